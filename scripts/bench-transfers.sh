@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
 
-cargo test --release --locked -p openledger-node --test transfer_throughput -- --ignored --nocapture
+cargo test --release --locked --workspace --test transfer_throughput -- --ignored --nocapture
