@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
 
-cargo build --release --locked -p openledger-node
+# The same build as the tests (all targets, one feature set), so the two commands share it.
+cargo build --release --locked --workspace --all-targets
 exec "$CARGO_TARGET_DIR/release/openledger-node" --dev --tmp --rpc-cors all "$@"

@@ -6,6 +6,7 @@ use frame_support::{
 	genesis_builder_helper::{build_state, get_preset},
 	weights::Weight,
 };
+use openledger_primitives::{DataNetId, RecordId};
 use pallet_grandpa::AuthorityId as GrandpaId;
 use sp_api::impl_runtime_apis;
 use sp_consensus_aura::sr25519::AuthorityId as AuraId;
@@ -18,7 +19,7 @@ use sp_runtime::{
 use sp_version::RuntimeVersion;
 
 use super::{
-	AccountId, Aura, Balance, Block, Executive, Grandpa, InherentDataExt, Nonce, Runtime,
+	AccountId, Aura, Balance, Block, DataNets, Executive, Grandpa, InherentDataExt, Nonce, Runtime,
 	RuntimeCall, RuntimeGenesisConfig, System, TransactionPayment, VERSION,
 };
 use crate::opaque::SessionKeys;
@@ -261,6 +262,46 @@ impl_runtime_apis! {
 		) -> Weight {
 			Executive::try_execute_block(block, state_root_check, signature_check, select)
 				.expect("try-runtime: block execution failed")
+		}
+	}
+
+	impl openledger_primitives::DataNetsApi<
+		Block,
+		AccountId,
+		Balance,
+		pallet_datanets::DataNet<Runtime>,
+		pallet_datanets::Record<Runtime>,
+	> for Runtime {
+		fn datanet(datanet: DataNetId) -> Option<pallet_datanets::DataNet<Runtime>> {
+			pallet_datanets::DataNets::<Runtime>::get(datanet)
+		}
+
+		fn record(record: RecordId) -> Option<pallet_datanets::Record<Runtime>> {
+			pallet_datanets::Records::<Runtime>::get(record)
+		}
+
+		fn accepted_records(
+			datanet: DataNetId,
+			start: u64,
+			limit: u32,
+		) -> Vec<(RecordId, pallet_datanets::Record<Runtime>, [u8; 32])> {
+			DataNets::accepted_page(datanet, start, limit)
+		}
+
+		fn commitment(datanet: DataNetId, version: Option<u64>) -> Option<(u64, [u8; 32])> {
+			DataNets::commitment_at(datanet, version)
+		}
+
+		fn contributor_records(
+			contributor: AccountId,
+			start_after: Option<RecordId>,
+			limit: u32,
+		) -> Vec<(RecordId, pallet_datanets::Record<Runtime>)> {
+			DataNets::contributor_page(&contributor, start_after, limit)
+		}
+
+		fn claimable(datanet: DataNetId, contributor: AccountId) -> Balance {
+			DataNets::claimable(datanet, &contributor)
 		}
 	}
 

@@ -6,4 +6,6 @@ frame_benchmarking::define_benchmarks!(
 	[pallet_timestamp, Timestamp]
 	[pallet_sudo, Sudo]
 	[pallet_utility, Utility]
+	[pallet_datanets, DataNets]
+	[pallet_prompts, Prompts]
 );

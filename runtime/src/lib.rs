@@ -216,4 +216,11 @@ mod runtime {
 
 	#[runtime::pallet_index(8)]
 	pub type Sudo = pallet_sudo;
+
+	// The registries of the attribution network: 20 onwards.
+	#[runtime::pallet_index(20)]
+	pub type DataNets = pallet_datanets;
+
+	#[runtime::pallet_index(21)]
+	pub type Prompts = pallet_prompts;
 }

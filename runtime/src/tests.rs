@@ -192,7 +192,12 @@ fn development_genesis_builds() {
 		assert_eq!(free(&sender(DEV_SENDER_ACCOUNTS)), 0);
 		// pallet-balances 51.0.2 does not count its `dev_accounts` into the total issuance; the
 		// issuance covers the explicitly endowed accounts only.
-		let expected_issuance = well_known * ENDOWMENT + token::EXISTENTIAL_DEPOSIT;
+		// The DataNets reward account is created with the existential deposit.
+		assert_eq!(
+			free(&pallet_datanets::Pallet::<Runtime>::account_id()),
+			token::EXISTENTIAL_DEPOSIT
+		);
+		let expected_issuance = well_known * ENDOWMENT + 2 * token::EXISTENTIAL_DEPOSIT;
 		assert_eq!(Balances::total_issuance(), expected_issuance);
 	});
 }

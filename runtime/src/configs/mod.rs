@@ -17,6 +17,8 @@ use sp_consensus_aura::sr25519::AuthorityId as AuraId;
 use sp_runtime::{FixedPointNumber, Perbill, Perquintill};
 use sp_version::RuntimeVersion;
 
+mod registries;
+
 use super::{
 	fees::{AuraAccountAdapter, DealWithFees},
 	token::{EXISTENTIAL_DEPOSIT, MICRO_OPEN, SS58_FORMAT},
