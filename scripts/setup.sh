@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing OpenLedger needs, if it is missing:
-#   apt: protobuf-compiler, clang, libclang-dev (and build-essential, git, curl)
+#   apt: protobuf-compiler, clang, libclang-dev (and build-essential, git, curl, nodejs, npm)
 #   rustup: the wasm32-unknown-unknown target and the rust-src component
 # Safe to run again: it only installs what is not there.
 set -euo pipefail
@@ -12,6 +12,9 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# Node.js and npm run the @polkadot/api client test (scripts/registry-client).
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 
 if ((${#need_apt[@]})); then
 	echo "setup: installing ${need_apt[*]} with apt-get" >&2
