@@ -1,7 +1,8 @@
 //! The node's RPC methods beyond the standard set (system, chain, state, author and offchain,
 //! which `sc_service::spawn_tasks` adds): account nonces (`system_accountNextIndex`,
 //! `system_dryRun`), fee queries (`payment_queryInfo`, `payment_queryFeeDetails`) and GRANDPA
-//! (`grandpa_roundState`, `grandpa_proveFinality`, `grandpa_subscribeJustifications`).
+//! (`grandpa_roundState`, `grandpa_proveFinality`, `grandpa_subscribeJustifications`), and the
+//! DataNets registry (`datanets_*`, see [`crate::datanets_rpc`]).
 
 use std::sync::Arc;
 
@@ -55,6 +56,7 @@ where
 	C::Api: substrate_frame_rpc_system::AccountNonceApi<Block, AccountId, Nonce>,
 	C::Api: pallet_transaction_payment_rpc::TransactionPaymentRuntimeApi<Block, Balance>,
 	C::Api: BlockBuilder<Block>,
+	C::Api: crate::datanets_rpc::RuntimeDataNetsApi,
 	P: TransactionPool + 'static,
 	B: sc_client_api::Backend<Block> + Send + Sync + 'static,
 	B::State: sc_client_api::StateBackend<sp_runtime::traits::HashingFor<Block>>,
@@ -72,6 +74,7 @@ where
 		finality_provider,
 	} = grandpa;
 
+	module.merge(crate::datanets_rpc::module(client.clone())?)?;
 	module.merge(System::new(client.clone(), pool).into_rpc())?;
 	module.merge(TransactionPayment::new(client).into_rpc())?;
 	module.merge(

@@ -1,6 +1,6 @@
 //! End-to-end: a contributor's JavaScript tooling (@polkadot/api) registers a DataNet with
-//! records, curation and rewards, and a prompt, on a `--dev` node, then reads them back through
-//! storage and the runtime API (`scripts/registry-client/register-assets.mjs`).
+//! records, curation and rewards, a prompt, a base model and an adapter, on a `--dev` node, then
+//! reads them back through storage, the runtime API and the node's `datanets_*` RPC methods (`scripts/registry-client/register-assets.mjs`).
 //!
 //! Needs Node.js and the client's npm packages (`npm ci` in `scripts/registry-client`, which
 //! `scripts/test.sh` runs).
@@ -11,6 +11,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use common::Node;
+use serde_json::json;
 
 fn client_dir() -> PathBuf {
 	PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/registry-client")
@@ -48,5 +49,32 @@ async fn run(node: &mut Node) -> Result<()> {
 		serde_json::from_str(stdout.lines().last().context("no summary")?)?;
 	ensure!(summary["version"] == 1, "one accepted record: {summary}");
 	ensure!(summary["promptVersions"] == 2, "two prompt versions: {summary}");
+	ensure!(summary["adapter"] == "0", "an adapter was registered: {summary}");
+
+	// The node's `datanets_*` RPC methods read the same registry.
+	let datanet = summary["datanet"].clone();
+	let commitment = rpc.call("datanets_commitment", vec![datanet.clone()]).await?;
+	ensure!(commitment["version"] == 1, "datanets_commitment: {commitment}");
+	ensure!(commitment["commitment"] == summary["commitment"], "commitment: {commitment}");
+	let at_zero = rpc.call("datanets_commitment", vec![datanet.clone(), json!(0)]).await?;
+	ensure!(at_zero["commitment"] == format!("0x{}", "00".repeat(32)), "version 0: {at_zero}");
+	let page =
+		rpc.call("datanets_acceptedRecords", vec![datanet.clone(), json!(0), json!(10)]).await?;
+	let page = page.as_array().context("a page is an array")?;
+	ensure!(page.len() == 1, "one accepted record: {page:?}");
+	ensure!(page[0]["status"]["accepted"] == 0, "accepted first: {page:?}");
+	ensure!(page[0]["commitment"] == summary["commitment"], "commitment of the record: {page:?}");
+	let bob = page[0]["contributor"].clone();
+	let mine =
+		rpc.call("datanets_contributorRecords", vec![bob.clone(), json!(null), json!(10)]).await?;
+	ensure!(mine.as_array().map(Vec::len) == Some(1), "Bob's records: {mine}");
+	let net = rpc.call("datanets_getDataNet", vec![datanet.clone()]).await?;
+	ensure!(net["name"] == "medical-qa" && net["curation"] == "Curated", "DataNet: {net}");
+	let claimable = rpc.call("datanets_claimable", vec![datanet.clone(), bob]).await?;
+	ensure!(claimable == "0", "Bob claimed everything: {claimable}");
+	let missing = rpc.call("datanets_getDataNet", vec![json!(999)]).await?;
+	ensure!(missing.is_null(), "an unknown DataNet is null: {missing}");
+	let bad = rpc.call("datanets_claimable", vec![datanet, json!("not-an-address")]).await;
+	ensure!(bad.is_err(), "a malformed address is an error");
 	Ok(())
 }

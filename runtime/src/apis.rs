@@ -305,6 +305,22 @@ impl_runtime_apis! {
 		}
 	}
 
+	impl openledger_primitives::AdaptersApi<
+		Block,
+		pallet_adapters::Adapter<Runtime>,
+		pallet_adapters::BaseModel<Runtime>,
+	> for Runtime {
+		fn adapter(adapter: openledger_primitives::AdapterId) -> Option<pallet_adapters::Adapter<Runtime>> {
+			pallet_adapters::Adapters::<Runtime>::get(adapter)
+		}
+
+		fn base_model(
+			base_model: openledger_primitives::BaseModelId,
+		) -> Option<pallet_adapters::BaseModel<Runtime>> {
+			pallet_adapters::BaseModels::<Runtime>::get(base_model)
+		}
+	}
+
 	impl sp_genesis_builder::GenesisBuilder<Block> for Runtime {
 		fn build_state(config: Vec<u8>) -> sp_genesis_builder::Result {
 			build_state::<RuntimeGenesisConfig>(config)

@@ -8,4 +8,5 @@ frame_benchmarking::define_benchmarks!(
 	[pallet_utility, Utility]
 	[pallet_datanets, DataNets]
 	[pallet_prompts, Prompts]
+	[pallet_adapters, Adapters]
 );

@@ -223,4 +223,7 @@ mod runtime {
 
 	#[runtime::pallet_index(21)]
 	pub type Prompts = pallet_prompts;
+
+	#[runtime::pallet_index(22)]
+	pub type Adapters = pallet_adapters;
 }

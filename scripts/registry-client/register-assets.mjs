@@ -6,7 +6,8 @@
 //
 // Uses the dev accounts: Alice owns a curated DataNet with Charlie as curator, Bob contributes
 // two records (Charlie accepts one and rejects the other), Dave pays the DataNet a reward that
-// Bob claims, and Alice registers a prompt and publishes a second version of it. Prints a JSON
+// Bob claims, Alice registers a prompt and publishes a second version of it, Alice (sudo, as
+// governance) registers a base model and Bob an adapter of it trained on the DataNet. Prints a JSON
 // summary; exits non-zero, with the reason, if anything is not as expected.
 
 import { ApiPromise, Keyring, WsProvider } from '@polkadot/api';
@@ -129,6 +130,39 @@ async function main() {
     alice,
   );
 
+  // ---- A base model (governance: sudo on the dev chain) and an adapter trained on the DataNet ----
+  const modelEvents = await send(
+    api,
+    api.tx.sudo.sudo(
+      api.tx.adapters.registerBaseModel(
+        'SmolLM2-135M-Instruct',
+        'llama',
+        '0xb179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53',
+        'Q4_1',
+        8192,
+        'Apache-2.0',
+      ),
+    ),
+    alice,
+  );
+  const baseModel = eventData(modelEvents, 'adapters', 'BaseModelRegistered').baseModel.toNumber();
+  const adapterHash = blake2AsHex('adapter_config.json + adapter_model.safetensors');
+  const adapterEvents = await send(
+    api,
+    api.tx.adapters.registerAdapter(
+      'medical-qa-lora',
+      baseModel,
+      adapterHash,
+      8,
+      ['Q', 'V'],
+      'ipfs://bafy-adapter',
+      OPEN / 1000n,
+      [[datanet, 1_000_000_000]], // trained on the DataNet alone: 100%
+    ),
+    bob,
+  );
+  const adapter = eventData(adapterEvents, 'adapters', 'AdapterRegistered').adapter.toBigInt();
+
   // ---- Read everything back ----
   const info = (await api.query.dataNets.dataNets(datanet)).unwrap();
   check(info.owner.toString() === alice.address, 'DataNet owner');
@@ -169,6 +203,17 @@ async function main() {
   const v2 = (await api.query.prompts.versions(prompt, 2)).unwrap();
   check(v2.template.isExternal && v2.pricePerUse.toBigInt() === OPEN / 50n, 'prompt v2');
 
+  const adapterInfo = (await api.call.adaptersApi.adapter(adapter)).unwrap();
+  check(adapterInfo.owner.toString() === bob.address, 'adapter owner');
+  check(adapterInfo.baseModel.toNumber() === baseModel, 'adapter base model');
+  check(adapterInfo.contentHash.toHex() === adapterHash, 'adapter content hash');
+  check(adapterInfo.rank.toNumber() === 8, 'adapter rank');
+  check(adapterInfo.targetModules.map((m) => m.type).join(',') === 'Q,V', 'target modules');
+  check(adapterInfo.datanets[0][0].toNumber() === datanet, 'trained on the DataNet');
+  check(adapterInfo.datanets[0][1].toNumber() === 1_000_000_000, 'with weight 100%');
+  const model = (await api.call.adaptersApi.baseModel(baseModel)).unwrap();
+  check(model.architecture.toUtf8() === 'llama' && model.enabled.isTrue, 'base model');
+
   // Deposits are held, not spent.
   const holds = await api.query.balances.holds(alice.address);
   check(holds.length >= 2, 'Alice holds deposits for her DataNet and prompt');
@@ -182,6 +227,8 @@ async function main() {
       forfeited: forfeited.toString(),
       prompt: prompt.toString(),
       promptVersions: promptInfo.latest.toNumber(),
+      baseModel,
+      adapter: adapter.toString(),
     }),
   );
   await api.disconnect();

@@ -211,6 +211,15 @@ impl Rpc {
 		Ok(fee.parse()?)
 	}
 
+	/// Calls `method` with positional `params` and returns its result.
+	pub async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value> {
+		let mut list = subxt::rpcs::client::RpcParams::new();
+		for param in params {
+			list.push(param)?;
+		}
+		Ok(self.0.request(method, list).await?)
+	}
+
 	/// The node's libp2p peer id.
 	pub async fn peer_id(&self) -> Result<String> {
 		Ok(self.0.request("system_localPeerId", rpc_params![]).await?)

@@ -21,6 +21,10 @@ pub type RecordId = u64;
 pub type PromptId = u64;
 /// A version of a prompt template: 1 for the first, one more for each published after it.
 pub type PromptVersion = u32;
+/// Identifies a base model in the model registry.
+pub type BaseModelId = u32;
+/// Identifies a LoRA adapter in the model registry.
+pub type AdapterId = u64;
 /// A 32-byte content hash (BLAKE2b-256 or SHA-256 of the content, as the DataNet's
 /// description says).
 pub type ContentHash = [u8; 32];
@@ -114,6 +118,19 @@ sp_api::decl_runtime_apis! {
 
 		/// The rewards `contributor` can claim from a DataNet now.
 		fn claimable(datanet: DataNetId, contributor: AccountId) -> Balance;
+	}
+
+	/// Reads of the model registry: what a worker needs to serve an adapter.
+	pub trait AdaptersApi<Adapter, BaseModel>
+	where
+		Adapter: Codec,
+		BaseModel: Codec,
+	{
+		/// An adapter's full record, if it exists (retired ones included).
+		fn adapter(adapter: AdapterId) -> Option<Adapter>;
+
+		/// A base model, if it exists.
+		fn base_model(base_model: BaseModelId) -> Option<BaseModel>;
 	}
 }
 

@@ -1,8 +1,8 @@
-//! The registries: DataNets and prompts.
+//! The registries: DataNets, prompts, and base models with their LoRA adapters.
 
 use frame_support::{
 	parameter_types,
-	traits::{tokens::imbalance::ResolveTo, ConstU128, ConstU32, TypedGet},
+	traits::{tokens::imbalance::ResolveTo, ConstU128, ConstU32, Contains, TypedGet},
 	PalletId,
 };
 use sp_runtime::Perbill;
@@ -64,4 +64,51 @@ impl pallet_prompts::Config for Runtime {
 	type MaxUriLen = ConstU32<256>;
 	type MaxVersions = ConstU32<64>;
 	type WeightInfo = pallet_prompts::weights::SubstrateWeight<Runtime>;
+}
+
+/// The DataNets that exist, for adapters that declare what they were trained on.
+pub struct DataNetExists;
+impl Contains<pallet_datanets::DataNetId> for DataNetExists {
+	fn contains(datanet: &pallet_datanets::DataNetId) -> bool {
+		pallet_datanets::DataNets::<Runtime>::contains_key(datanet)
+	}
+}
+
+#[cfg(feature = "runtime-benchmarks")]
+impl pallet_adapters::BenchmarkHelper for DataNetExists {
+	fn datanet(i: u32) -> pallet_datanets::DataNetId {
+		use frame_support::traits::fungible::Mutate;
+		let owner: AccountId = frame_benchmarking::account("datanet-owner", i, 0);
+		let _ = Balances::mint_into(&owner, 1_000 * OPEN);
+		let id = pallet_datanets::NextDataNetId::<Runtime>::get();
+		pallet_datanets::Pallet::<Runtime>::create_datanet(
+			frame_system::RawOrigin::Signed(owner).into(),
+			b"benchmark".to_vec().try_into().expect("short"),
+			Default::default(),
+			[0u8; 32],
+			Default::default(),
+			pallet_datanets::CurationMode::Open,
+			Default::default(),
+			Perbill::zero(),
+		)
+		.expect("funded");
+		id
+	}
+}
+
+/// Base models and LoRA adapters: a deposit of 1 OPEN per adapter plus 0.001 OPEN per stored
+/// byte; ranks up to 256; up to 16 training DataNets per adapter.
+impl pallet_adapters::Config for Runtime {
+	type Currency = Balances;
+	type RuntimeHoldReason = RuntimeHoldReason;
+	type DataNets = DataNetExists;
+	type AdapterDeposit = ConstU128<OPEN>;
+	type ByteDeposit = ConstU128<BYTE_DEPOSIT>;
+	type MaxNameLen = ConstU32<64>;
+	type MaxUriLen = ConstU32<256>;
+	type MaxRank = ConstU32<256>;
+	type MaxTrainingDataNets = ConstU32<16>;
+	type WeightInfo = pallet_adapters::weights::SubstrateWeight<Runtime>;
+	#[cfg(feature = "runtime-benchmarks")]
+	type BenchmarkHelper = DataNetExists;
 }
