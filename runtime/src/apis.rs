@@ -216,7 +216,7 @@ impl_runtime_apis! {
 			use frame_benchmarking::{Benchmarking, BenchmarkList};
 			use frame_support::traits::StorageInfoTrait;
 			use frame_system_benchmarking::Pallet as SystemBench;
-			use super::{Balances, Sudo, Timestamp, Utility};
+			use super::{Adapters, Balances, Prompts, Sudo, Timestamp, Utility};
 
 			let mut list = Vec::<BenchmarkList>::new();
 			list_benchmarks!(list, extra);
@@ -232,7 +232,7 @@ impl_runtime_apis! {
 			use frame_benchmarking::{BenchmarkBatch, Benchmarking};
 			use frame_support::traits::TrackedStorageKey;
 			use frame_system_benchmarking::Pallet as SystemBench;
-			use super::{Balances, Sudo, Timestamp, Utility};
+			use super::{Adapters, Balances, Prompts, Sudo, Timestamp, Utility};
 
 			impl frame_system_benchmarking::Config for Runtime {}
 
