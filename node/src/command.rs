@@ -106,12 +106,16 @@ pub fn run() -> sc_cli::Result<()> {
 				Ok((cmd.run(client, backend, Some(aux_revert)), task_manager))
 			})
 		}
-		#[cfg(feature = "runtime-benchmarks")]
 		Some(Subcommand::Benchmark(cmd)) => {
 			use frame_benchmarking_cli::BenchmarkCmd;
 
 			let runner = cli.create_runner(cmd)?;
 			runner.sync_run(|config| match cmd {
+				BenchmarkCmd::Pallet(_) if !cfg!(feature = "runtime-benchmarks") => {
+					Err("this node was built without the `runtime-benchmarks` feature; \
+					 run scripts/benchmark-weights.sh, which builds one with it"
+						.into())
+				}
 				BenchmarkCmd::Pallet(cmd) => cmd
 					.run_with_spec::<sp_runtime::traits::HashingFor<Block>, ()>(Some(
 						config.chain_spec,

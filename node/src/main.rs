@@ -5,7 +5,7 @@
 mod chain_spec;
 mod cli;
 mod command;
-mod datanets_rpc;
+mod registry_rpc;
 mod rpc;
 mod service;
 

@@ -2,7 +2,7 @@
 //! which `sc_service::spawn_tasks` adds): account nonces (`system_accountNextIndex`,
 //! `system_dryRun`), fee queries (`payment_queryInfo`, `payment_queryFeeDetails`) and GRANDPA
 //! (`grandpa_roundState`, `grandpa_proveFinality`, `grandpa_subscribeJustifications`), and the
-//! DataNets registry (`datanets_*`, see [`crate::datanets_rpc`]).
+//! registries (`datanets_*`, `adapters_*`, `tools_*`, see [`crate::registry_rpc`]).
 
 use std::sync::Arc;
 
@@ -56,7 +56,9 @@ where
 	C::Api: substrate_frame_rpc_system::AccountNonceApi<Block, AccountId, Nonce>,
 	C::Api: pallet_transaction_payment_rpc::TransactionPaymentRuntimeApi<Block, Balance>,
 	C::Api: BlockBuilder<Block>,
-	C::Api: crate::datanets_rpc::RuntimeDataNetsApi,
+	C::Api: crate::registry_rpc::datanets::RuntimeDataNetsApi,
+	C::Api: crate::registry_rpc::adapters::RuntimeAdaptersApi,
+	C::Api: crate::registry_rpc::tools::RuntimeToolsApi,
 	P: TransactionPool + 'static,
 	B: sc_client_api::Backend<Block> + Send + Sync + 'static,
 	B::State: sc_client_api::StateBackend<sp_runtime::traits::HashingFor<Block>>,
@@ -74,7 +76,9 @@ where
 		finality_provider,
 	} = grandpa;
 
-	module.merge(crate::datanets_rpc::module(client.clone())?)?;
+	module.merge(crate::registry_rpc::datanets::module(client.clone())?)?;
+	module.merge(crate::registry_rpc::adapters::module(client.clone())?)?;
+	module.merge(crate::registry_rpc::tools::module(client.clone())?)?;
 	module.merge(System::new(client.clone(), pool).into_rpc())?;
 	module.merge(TransactionPayment::new(client).into_rpc())?;
 	module.merge(

@@ -1,6 +1,8 @@
-//! End-to-end: a contributor's JavaScript tooling (@polkadot/api) registers a DataNet with
-//! records, curation and rewards, a prompt, a base model and an adapter, on a `--dev` node, then
-//! reads them back through storage, the runtime API and the node's `datanets_*` RPC methods (`scripts/registry-client/register-assets.mjs`).
+//! End-to-end: a contributor's JavaScript tooling (@polkadot/api,
+//! `scripts/registry-client/register-assets.mjs`) registers a DataNet with records, curation and
+//! rewards, a prompt, a base model, an adapter and a tool on a `--dev` node, then reads them back
+//! through storage and the runtime APIs; this test reads them again through the node's
+//! `datanets_*`, `adapters_*` and `tools_*` RPC methods.
 //!
 //! Needs Node.js and the client's npm packages (`npm ci` in `scripts/registry-client`, which
 //! `scripts/test.sh` runs).
@@ -12,6 +14,9 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use anyhow::{ensure, Context, Result};
 use common::Node;
 use serde_json::json;
+
+/// One OPEN in the smallest unit.
+const OPEN: u128 = 1_000_000_000_000_000_000;
 
 fn client_dir() -> PathBuf {
 	PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/registry-client")
@@ -50,6 +55,7 @@ async fn run(node: &mut Node) -> Result<()> {
 	ensure!(summary["version"] == 1, "one accepted record: {summary}");
 	ensure!(summary["promptVersions"] == 2, "two prompt versions: {summary}");
 	ensure!(summary["adapter"] == "0", "an adapter was registered: {summary}");
+	ensure!(summary["tool"] == "0", "a tool was registered: {summary}");
 
 	// The node's `datanets_*` RPC methods read the same registry.
 	let datanet = summary["datanet"].clone();
@@ -74,7 +80,34 @@ async fn run(node: &mut Node) -> Result<()> {
 	ensure!(claimable == "0", "Bob claimed everything: {claimable}");
 	let missing = rpc.call("datanets_getDataNet", vec![json!(999)]).await?;
 	ensure!(missing.is_null(), "an unknown DataNet is null: {missing}");
-	let bad = rpc.call("datanets_claimable", vec![datanet, json!("not-an-address")]).await;
+	let bad = rpc.call("datanets_claimable", vec![datanet.clone(), json!("not-an-address")]).await;
 	ensure!(bad.is_err(), "a malformed address is an error");
+
+	// The model registry and the tools registry.
+	let adapter = rpc.call("adapters_getAdapter", vec![json!(0)]).await?;
+	ensure!(adapter["owner"] == page[0]["contributor"], "adapter owner: {adapter}");
+	ensure!(adapter["rank"] == 8 && adapter["targetModules"] == json!(["Q", "V"]), "{adapter}");
+	ensure!(
+		adapter["datanets"] == json!([{ "datanet": datanet, "weight": 1_000_000_000 }]),
+		"trained on the DataNet: {adapter}"
+	);
+	ensure!(adapter["retired"] == false && adapter["pendingOwner"].is_null(), "{adapter}");
+	let model = rpc.call("adapters_getBaseModel", vec![adapter["baseModel"].clone()]).await?;
+	ensure!(model["name"] == "SmolLM2-135M-Instruct" && model["quantization"] == "Q4_1", "{model}");
+	ensure!(
+		model["weightsHash"]
+			== "0xb179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+		"base model weights hash: {model}"
+	);
+	let tool = rpc.call("tools_getTool", vec![json!(0)]).await?;
+	ensure!(tool["endpoint"] == "https://tools.example/mcp", "tool endpoint: {tool}");
+	ensure!(tool["pricePerCall"] == (OPEN / 200).to_string(), "tool price: {tool}");
+	ensure!(tool["paused"] == false, "tool running: {tool}");
+	for (method, id) in
+		[("adapters_getAdapter", 99), ("adapters_getBaseModel", 99), ("tools_getTool", 99)]
+	{
+		let missing = rpc.call(method, vec![json!(id)]).await?;
+		ensure!(missing.is_null(), "{method} of an unknown id is null: {missing}");
+	}
 	Ok(())
 }

@@ -216,7 +216,7 @@ impl_runtime_apis! {
 			use frame_benchmarking::{Benchmarking, BenchmarkList};
 			use frame_support::traits::StorageInfoTrait;
 			use frame_system_benchmarking::Pallet as SystemBench;
-			use super::{Adapters, Balances, Prompts, Sudo, Timestamp, Utility};
+			use super::{Adapters, Balances, Prompts, Sudo, Timestamp, Tools, Utility};
 
 			let mut list = Vec::<BenchmarkList>::new();
 			list_benchmarks!(list, extra);
@@ -232,7 +232,7 @@ impl_runtime_apis! {
 			use frame_benchmarking::{BenchmarkBatch, Benchmarking};
 			use frame_support::traits::TrackedStorageKey;
 			use frame_system_benchmarking::Pallet as SystemBench;
-			use super::{Adapters, Balances, Prompts, Sudo, Timestamp, Utility};
+			use super::{Adapters, Balances, Prompts, Sudo, Timestamp, Tools, Utility};
 
 			impl frame_system_benchmarking::Config for Runtime {}
 
@@ -318,6 +318,12 @@ impl_runtime_apis! {
 			base_model: openledger_primitives::BaseModelId,
 		) -> Option<pallet_adapters::BaseModel<Runtime>> {
 			pallet_adapters::BaseModels::<Runtime>::get(base_model)
+		}
+	}
+
+	impl openledger_primitives::ToolsApi<Block, pallet_tools::Tool<Runtime>> for Runtime {
+		fn tool(tool: openledger_primitives::ToolId) -> Option<pallet_tools::Tool<Runtime>> {
+			pallet_tools::Tools::<Runtime>::get(tool)
 		}
 	}
 

@@ -9,4 +9,5 @@ frame_benchmarking::define_benchmarks!(
 	[pallet_datanets, DataNets]
 	[pallet_prompts, Prompts]
 	[pallet_adapters, Adapters]
+	[pallet_tools, Tools]
 );

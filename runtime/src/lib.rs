@@ -226,4 +226,7 @@ mod runtime {
 
 	#[runtime::pallet_index(22)]
 	pub type Adapters = pallet_adapters;
+
+	#[runtime::pallet_index(23)]
+	pub type Tools = pallet_tools;
 }

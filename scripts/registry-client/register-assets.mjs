@@ -7,8 +7,9 @@
 // Uses the dev accounts: Alice owns a curated DataNet with Charlie as curator, Bob contributes
 // two records (Charlie accepts one and rejects the other), Dave pays the DataNet a reward that
 // Bob claims, Alice registers a prompt and publishes a second version of it, Alice (sudo, as
-// governance) registers a base model and Bob an adapter of it trained on the DataNet. Prints a JSON
-// summary; exits non-zero, with the reason, if anything is not as expected.
+// governance) registers a base model and Bob an adapter of it trained on the DataNet, and Charlie
+// registers an MCP tool. Prints a JSON summary; exits non-zero, with the reason, if anything is
+// not as expected.
 
 import { ApiPromise, Keyring, WsProvider } from '@polkadot/api';
 import { blake2AsHex, blake2AsU8a, cryptoWaitReady } from '@polkadot/util-crypto';
@@ -163,6 +164,19 @@ async function main() {
   );
   const adapter = eventData(adapterEvents, 'adapters', 'AdapterRegistered').adapter.toBigInt();
 
+  // ---- An MCP tool: its endpoint and the hash of its descriptor (the MCP tool definition) ----
+  const descriptor = JSON.stringify({
+    name: 'pubmed_search',
+    description: 'Search PubMed abstracts',
+    inputSchema: { type: 'object', properties: { query: { type: 'string' } } },
+  });
+  const toolEvents = await send(
+    api,
+    api.tx.tools.registerTool('pubmed-search', 'https://tools.example/mcp', blake2AsHex(descriptor), OPEN / 200n),
+    charlie,
+  );
+  const tool = eventData(toolEvents, 'tools', 'ToolRegistered').tool.toBigInt();
+
   // ---- Read everything back ----
   const info = (await api.query.dataNets.dataNets(datanet)).unwrap();
   check(info.owner.toString() === alice.address, 'DataNet owner');
@@ -214,6 +228,17 @@ async function main() {
   const model = (await api.call.adaptersApi.baseModel(baseModel)).unwrap();
   check(model.architecture.toUtf8() === 'llama' && model.enabled.isTrue, 'base model');
 
+  const toolInfo = (await api.call.toolsApi.tool(tool)).unwrap();
+  check(toolInfo.owner.toString() === charlie.address, 'tool owner');
+  check(toolInfo.endpoint.toUtf8() === 'https://tools.example/mcp', 'tool endpoint');
+  check(toolInfo.descriptorHash.toHex() === blake2AsHex(descriptor), 'tool descriptor hash');
+  check(toolInfo.pricePerCall.toBigInt() === OPEN / 200n && toolInfo.paused.isFalse, 'tool price');
+  const toolHolds = await api.query.balances.holds(charlie.address);
+  check(
+    toolHolds.some((h) => h.id.isTools && h.amount.toBigInt() === toolInfo.deposit.toBigInt()),
+    'the tool deposit is held from Charlie',
+  );
+
   // Deposits are held, not spent.
   const holds = await api.query.balances.holds(alice.address);
   check(holds.length >= 2, 'Alice holds deposits for her DataNet and prompt');
@@ -229,6 +254,7 @@ async function main() {
       promptVersions: promptInfo.latest.toNumber(),
       baseModel,
       adapter: adapter.toString(),
+      tool: tool.toString(),
     }),
   );
   await api.disconnect();

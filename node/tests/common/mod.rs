@@ -4,6 +4,7 @@
 //! Every process is owned by a [`Node`], which kills and reaps it when dropped, so a failing
 //! test (a panic unwinds through the drop) never leaves a node running.
 
+// Each test binary uses only some of these helpers.
 #![allow(dead_code)]
 
 use std::{
@@ -194,14 +195,12 @@ impl Rpc {
 	}
 
 	/// The hash of the parent of block `hash` (`0x…`).
-	#[allow(dead_code)]
 	pub async fn parent_hash(&self, hash: &str) -> Result<String> {
 		let header: Value = self.0.request("chain_getHeader", rpc_params![hash]).await?;
 		Ok(header["parentHash"].as_str().context("header without a parent")?.to_string())
 	}
 
 	/// The fee `payment_queryInfo` quotes for an encoded extrinsic in the state of block `at`.
-	#[allow(dead_code)]
 	pub async fn query_fee(&self, extrinsic: &[u8], at: &str) -> Result<u128> {
 		let info: Value = self
 			.0

@@ -409,9 +409,7 @@ pub mod pallet {
 			ensure!(!AdapterByHash::<T>::contains_key(content_hash), Error::<T>::DuplicateAdapter);
 			let id = NextAdapterId::<T>::get();
 			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
-			let bytes: BalanceOf<T> = (name.len().saturating_add(uri.len()) as u32).into();
-			let deposit = T::AdapterDeposit::get()
-				.saturating_add(T::ByteDeposit::get().saturating_mul(bytes));
+			let deposit = Self::deposit_for(&name, &uri);
 			T::Currency::hold(&HoldReason::AdapterDeposit.into(), &owner, deposit)?;
 
 			Adapters::<T>::insert(
@@ -471,9 +469,7 @@ pub mod pallet {
 			let who = ensure_signed(origin)?;
 			ensure!(!uri.is_empty(), Error::<T>::EmptyField);
 			Self::mutate_owned(adapter, &who, |info| {
-				let bytes: BalanceOf<T> = (info.name.len().saturating_add(uri.len()) as u32).into();
-				let deposit = T::AdapterDeposit::get()
-					.saturating_add(T::ByteDeposit::get().saturating_mul(bytes));
+				let deposit = Self::deposit_for(&info.name, &uri);
 				let reason = HoldReason::AdapterDeposit.into();
 				if deposit > info.deposit {
 					T::Currency::hold(&reason, &who, deposit.saturating_sub(info.deposit))?;
@@ -560,6 +556,15 @@ pub mod pallet {
 				ensure!(!info.retired, Error::<T>::Retired);
 				change(info)
 			})
+		}
+
+		/// The deposit of an adapter with this name and URI.
+		fn deposit_for(name: &[u8], uri: &[u8]) -> BalanceOf<T> {
+			openledger_primitives::storage_deposit(
+				T::AdapterDeposit::get(),
+				T::ByteDeposit::get(),
+				name.len().saturating_add(uri.len()),
+			)
 		}
 
 		/// The adapter if it may be served: registered and not retired.

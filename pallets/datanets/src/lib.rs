@@ -180,6 +180,7 @@ pub mod pallet {
 		PalletId,
 	};
 	use frame_system::pallet_prelude::*;
+	use openledger_primitives::storage_deposit;
 	use sp_runtime::{
 		traits::{AccountIdConversion, Saturating, Zero},
 		Perbill, Rounding, SaturatedConversion,
@@ -438,7 +439,7 @@ pub mod pallet {
 			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
 			let bytes =
 				name.len().saturating_add(description_uri.len()).saturating_add(license.len());
-			let deposit = Self::deposit_for(T::DataNetDeposit::get(), bytes);
+			let deposit = storage_deposit(T::DataNetDeposit::get(), T::ByteDeposit::get(), bytes);
 			T::Currency::hold(&HoldReason::DataNetDeposit.into(), &owner, deposit)?;
 
 			DataNets::<T>::insert(
@@ -555,7 +556,7 @@ pub mod pallet {
 			let id = NextRecordId::<T>::get();
 			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
 			let bytes = uri.len().saturating_add(metadata.as_ref().map_or(0, |m| m.len()));
-			let deposit = Self::deposit_for(T::RecordDeposit::get(), bytes);
+			let deposit = storage_deposit(T::RecordDeposit::get(), T::ByteDeposit::get(), bytes);
 			T::Currency::hold(&HoldReason::RecordDeposit.into(), &contributor, deposit)?;
 
 			let mut record = Record {
@@ -802,12 +803,6 @@ pub mod pallet {
 			ids.filter_map(|(id, _)| Some((id, Records::<T>::get(id)?))).take(limit).collect()
 		}
 
-		/// The deposit for `bytes` stored bytes on top of `base`.
-		fn deposit_for(base: BalanceOf<T>, bytes: usize) -> BalanceOf<T> {
-			let bytes: BalanceOf<T> = (bytes as u32).into();
-			base.saturating_add(T::ByteDeposit::get().saturating_mul(bytes))
-		}
-
 		fn ensure_distinct(curators: &[T::AccountId]) -> DispatchResult {
 			for (i, curator) in curators.iter().enumerate() {
 				ensure!(!curators[..i].contains(curator), Error::<T>::DuplicateCurator);
@@ -897,8 +892,10 @@ pub mod pallet {
 			let mut held: BTreeMap<(T::AccountId, bool), BalanceOf<T>> = BTreeMap::new();
 			let mut pending: BTreeMap<DataNetId, u32> = BTreeMap::new();
 			let mut accepted: BTreeMap<(DataNetId, T::AccountId), u64> = BTreeMap::new();
+			let mut pending_recorded: BTreeMap<DataNetId, u32> = BTreeMap::new();
 			for (id, net) in DataNets::<T>::iter() {
 				ensure!(id < NextDataNetId::<T>::get(), "DataNet id not below the next id");
+				pending_recorded.insert(id, net.pending);
 				let entry = held.entry((net.owner.clone(), true)).or_default();
 				*entry = entry.saturating_add(net.deposit);
 				let mut chain = EMPTY_COMMITMENT;
@@ -929,7 +926,9 @@ pub mod pallet {
 					"accepted record beyond the DataNet's version"
 				);
 			}
+			let mut records = 0usize;
 			for (id, record) in Records::<T>::iter() {
+				records = records.saturating_add(1);
 				ensure!(id < NextRecordId::<T>::get(), "record id not below the next id");
 				ensure!(DataNets::<T>::contains_key(record.datanet), "record of a missing DataNet");
 				ensure!(
@@ -952,16 +951,16 @@ pub mod pallet {
 				}
 			}
 			ensure!(
-				RecordsByHash::<T>::iter().count() == Records::<T>::iter().count(),
+				RecordsByHash::<T>::iter().count() == records,
 				"content-hash index has stale entries"
 			);
 			ensure!(
-				ContributorRecords::<T>::iter().count() == Records::<T>::iter().count(),
+				ContributorRecords::<T>::iter().count() == records,
 				"contributor index has stale entries"
 			);
-			for (id, net) in DataNets::<T>::iter() {
+			for (id, recorded) in pending_recorded {
 				ensure!(
-					pending.get(&id).copied().unwrap_or(0) == net.pending,
+					pending.get(&id).copied().unwrap_or(0) == recorded,
 					"pending count does not match pending records"
 				);
 			}

@@ -25,6 +25,8 @@ pub type PromptVersion = u32;
 pub type BaseModelId = u32;
 /// Identifies a LoRA adapter in the model registry.
 pub type AdapterId = u64;
+/// Identifies an MCP-style tool in the tools registry.
+pub type ToolId = u64;
 /// A 32-byte content hash (BLAKE2b-256 or SHA-256 of the content, as the DataNet's
 /// description says).
 pub type ContentHash = [u8; 32];
@@ -83,6 +85,16 @@ pub fn commitment_of<'a>(
 	})
 }
 
+/// The deposit for storing `bytes` bytes on chain: `base + per_byte * bytes`, saturating (a
+/// length beyond `u32::MAX` counts as `u32::MAX`). Every registry charges its deposits so.
+pub fn storage_deposit<Balance>(base: Balance, per_byte: Balance, bytes: usize) -> Balance
+where
+	Balance: sp_arithmetic::traits::Saturating + From<u32>,
+{
+	let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+	base.saturating_add(per_byte.saturating_mul(Balance::from(bytes)))
+}
+
 /// The most entries one page of a runtime API listing returns.
 pub const MAX_PAGE: u32 = 1_000;
 
@@ -132,6 +144,15 @@ sp_api::decl_runtime_apis! {
 		/// A base model, if it exists.
 		fn base_model(base_model: BaseModelId) -> Option<BaseModel>;
 	}
+
+	/// Reads of the tools registry: what a worker needs to call a tool and attribute the call.
+	pub trait ToolsApi<Tool>
+	where
+		Tool: Codec,
+	{
+		/// A tool's full record, if it is registered.
+		fn tool(tool: ToolId) -> Option<Tool>;
+	}
 }
 
 #[cfg(test)]
@@ -148,5 +169,13 @@ mod tests {
 		assert_eq!(commitment_of(core::iter::empty()), EMPTY_COMMITMENT);
 		let step = next_commitment(&next_commitment(&EMPTY_COMMITMENT, 0, 1, &a), 1, 2, &b);
 		assert_eq!(ab, step);
+	}
+
+	#[test]
+	fn storage_deposit_counts_bytes_and_saturates() {
+		assert_eq!(storage_deposit(100u128, 3, 0), 100);
+		assert_eq!(storage_deposit(100u128, 3, 10), 130);
+		assert_eq!(storage_deposit(u64::MAX - 1, 1, 5), u64::MAX);
+		assert_eq!(storage_deposit(0u128, 1, usize::MAX), u32::MAX as u128);
 	}
 }

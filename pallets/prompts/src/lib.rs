@@ -134,6 +134,7 @@ pub mod pallet {
 		},
 	};
 	use frame_system::pallet_prelude::*;
+	use openledger_primitives::storage_deposit;
 	use sp_runtime::traits::{Saturating, StaticLookup};
 
 	/// An account as call arguments name it (an address the runtime looks up).
@@ -284,7 +285,8 @@ pub mod pallet {
 			let version = Self::new_version(&owner, template, price_per_use)?;
 			let id = NextPromptId::<T>::get();
 			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
-			let deposit = Self::deposit_for(T::PromptDeposit::get(), name.len());
+			let deposit =
+				storage_deposit(T::PromptDeposit::get(), T::ByteDeposit::get(), name.len());
 			T::Currency::hold(&HoldReason::PromptDeposit.into(), &owner, deposit)?;
 
 			let content_hash = version.content_hash;
@@ -437,7 +439,11 @@ pub mod pallet {
 			price_per_use: BalanceOf<T>,
 		) -> Result<PromptVersionInfo<T>, DispatchError> {
 			ensure!(template.stored_bytes() > 0, Error::<T>::EmptyTemplate);
-			let deposit = Self::deposit_for(T::VersionDeposit::get(), template.stored_bytes());
+			let deposit = storage_deposit(
+				T::VersionDeposit::get(),
+				T::ByteDeposit::get(),
+				template.stored_bytes(),
+			);
 			T::Currency::hold(&HoldReason::PromptDeposit.into(), owner, deposit)?;
 			Ok(PromptVersionInfo {
 				content_hash: template.content_hash(),
@@ -446,12 +452,6 @@ pub mod pallet {
 				deprecated: false,
 				deposit,
 			})
-		}
-
-		/// The deposit for `bytes` stored bytes on top of `base`.
-		fn deposit_for(base: BalanceOf<T>, bytes: usize) -> BalanceOf<T> {
-			let bytes: BalanceOf<T> = (bytes as u32).into();
-			base.saturating_add(T::ByteDeposit::get().saturating_mul(bytes))
 		}
 
 		/// The deposits held for a prompt and all its versions.

@@ -1,4 +1,4 @@
-//! The registries: DataNets, prompts, and base models with their LoRA adapters.
+//! The registries: DataNets, prompts, base models with their LoRA adapters, and tools.
 
 use frame_support::{
 	parameter_types,
@@ -111,4 +111,15 @@ impl pallet_adapters::Config for Runtime {
 	type WeightInfo = pallet_adapters::weights::SubstrateWeight<Runtime>;
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = DataNetExists;
+}
+
+/// Tools: a deposit of 1 OPEN per tool plus 0.001 OPEN per stored byte of its name and endpoint.
+impl pallet_tools::Config for Runtime {
+	type Currency = Balances;
+	type RuntimeHoldReason = RuntimeHoldReason;
+	type ToolDeposit = ConstU128<OPEN>;
+	type ByteDeposit = ConstU128<BYTE_DEPOSIT>;
+	type MaxNameLen = ConstU32<64>;
+	type MaxUriLen = ConstU32<256>;
+	type WeightInfo = pallet_tools::weights::SubstrateWeight<Runtime>;
 }

@@ -1,6 +1,4 @@
-//! `datanets_*` RPC methods: what clients read from the DataNets registry, through the
-//! runtime's `DataNetsApi`, as JSON. Each method takes an optional block hash as its last
-//! parameter (the best block when it is left out).
+//! `datanets_*` RPC methods: the DataNets registry, through the runtime's `DataNetsApi`.
 //!
 //! - `datanets_getDataNet(id, at?)`: the DataNet, or `null`.
 //! - `datanets_getRecord(id, at?)`: a record, or `null`.
@@ -14,17 +12,15 @@
 
 use std::sync::Arc;
 
-use jsonrpsee::{
-	types::{ErrorObjectOwned, Params},
-	RpcModule,
-};
+use jsonrpsee::{types::Params, RpcModule};
 use openledger_primitives::{DataNetId, DataNetsApi, RecordId};
-use openledger_runtime::{opaque::Block, AccountId, Balance, Hash, Runtime};
+use openledger_runtime::{opaque::Block, AccountId, Balance, Runtime};
 use pallet_datanets::{DataNet, Record, RecordStatus};
 use serde_json::{json, Value};
 use sp_api::ProvideRuntimeApi;
 use sp_blockchain::HeaderBackend;
-use sp_core::crypto::{Ss58AddressFormat, Ss58Codec};
+
+use super::{block, hex32, parse_account, runtime_error, ss58, text, RpcResult};
 
 /// The runtime API as this runtime instantiates it.
 pub trait RuntimeDataNetsApi:
@@ -34,39 +30,6 @@ pub trait RuntimeDataNetsApi:
 impl<T: DataNetsApi<Block, AccountId, Balance, DataNet<Runtime>, Record<Runtime>>>
 	RuntimeDataNetsApi for T
 {
-}
-
-type RpcResult = Result<Value, ErrorObjectOwned>;
-
-fn invalid_params(message: impl ToString) -> ErrorObjectOwned {
-	ErrorObjectOwned::owned(
-		jsonrpsee::types::error::INVALID_PARAMS_CODE,
-		message.to_string(),
-		None::<()>,
-	)
-}
-
-fn runtime_error(error: impl std::fmt::Display) -> ErrorObjectOwned {
-	ErrorObjectOwned::owned(1, format!("runtime API call failed: {error}"), None::<()>)
-}
-
-fn ss58(account: &AccountId) -> String {
-	account.to_ss58check_with_version(Ss58AddressFormat::custom(
-		openledger_runtime::token::SS58_FORMAT,
-	))
-}
-
-fn parse_account(text: &str) -> Result<AccountId, ErrorObjectOwned> {
-	AccountId::from_ss58check(text)
-		.map_err(|e| invalid_params(format!("bad account {text:?}: {e:?}")))
-}
-
-fn hex32(bytes: &[u8; 32]) -> String {
-	format!("0x{}", hex::encode(bytes))
-}
-
-fn text(bytes: &[u8]) -> String {
-	String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// A DataNet as JSON.
@@ -104,11 +67,6 @@ pub fn record_json(id: RecordId, record: &Record<Runtime>) -> Value {
 			RecordStatus::Accepted { index } => json!({ "accepted": index }),
 		},
 	})
-}
-
-/// The block to read at: the one named, or the best block.
-fn block<C: HeaderBackend<Block>>(client: &C, at: Option<Hash>) -> Hash {
-	at.unwrap_or_else(|| client.info().best_hash)
 }
 
 /// Builds the `datanets_*` methods over `client`.

@@ -1,0 +1,35 @@
+//! The worker's errors: each says what was wrong with which input.
+
+/// What can go wrong loading models and adapters or serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+	/// Reading a file failed.
+	#[error("I/O error: {0}")]
+	Io(#[from] std::io::Error),
+	/// A tensor operation failed.
+	#[error("tensor error: {0}")]
+	Tensor(#[from] candle_core::Error),
+	/// A model or adapter file is malformed.
+	#[error("malformed model file: {0}")]
+	Format(String),
+	/// The model uses something this engine does not implement.
+	#[error("unsupported: {0}")]
+	Unsupported(String),
+	/// The tokenizer could not be built or failed.
+	#[error("tokenizer: {0}")]
+	Tokenizer(String),
+	/// A LoRA adapter is malformed or does not fit the base model.
+	#[error("adapter {name}: {reason}")]
+	Adapter {
+		/// The adapter's name or path.
+		name: String,
+		/// What is wrong with it.
+		reason: String,
+	},
+	/// A request is invalid (empty prompt, too long, bad sampling parameters).
+	#[error("bad request: {0}")]
+	Request(String),
+}
+
+/// The worker's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,19 @@
+//! The OpenLedger inference worker: serves Llama-family models with many LoRA adapters.
+//!
+//! - [`model`]: the decoder, over quantized GGUF or dense weights, with adapters applied
+//!   unmerged on top of the shared base weights.
+//! - [`lora`]: PEFT LoRA adapters.
+//! - [`tokenizer`]: tokenizers from `tokenizer.json` or rebuilt from GGUF metadata.
+//! - [`sampling`] and [`generate`]: choosing tokens and running a request to completion.
+//! - [`models`]: where the real models live on this machine.
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod lora;
+pub mod model;
+pub mod models;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

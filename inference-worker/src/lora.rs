@@ -1,0 +1,578 @@
+//! PEFT LoRA adapters (`adapter_config.json` + `adapter_model.safetensors`), kept apart from the
+//! base weights: a projection's output becomes `W x + s · B (A x)` with `s = alpha / r` (or
+//! `alpha / sqrt(r)` with rsLoRA), per module as `rank_pattern` and `alpha_pattern` say.
+
+use std::{collections::HashMap, path::Path};
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::{
+	config::{LlamaConfig, RopeLayout},
+	error::{Error, Result},
+};
+
+/// A projection of a transformer block that LoRA can target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Projection {
+	/// `self_attn.q_proj`.
+	Q,
+	/// `self_attn.k_proj`.
+	K,
+	/// `self_attn.v_proj`.
+	V,
+	/// `self_attn.o_proj`.
+	O,
+	/// `mlp.gate_proj`.
+	Gate,
+	/// `mlp.up_proj`.
+	Up,
+	/// `mlp.down_proj`.
+	Down,
+}
+
+impl Projection {
+	/// Every projection, in block order.
+	pub const ALL: [Projection; 7] = [
+		Projection::Q,
+		Projection::K,
+		Projection::V,
+		Projection::O,
+		Projection::Gate,
+		Projection::Up,
+		Projection::Down,
+	];
+
+	/// The module's name in a Hugging Face Llama (`q_proj`, ...).
+	pub fn hf_name(self) -> &'static str {
+		match self {
+			Projection::Q => "q_proj",
+			Projection::K => "k_proj",
+			Projection::V => "v_proj",
+			Projection::O => "o_proj",
+			Projection::Gate => "gate_proj",
+			Projection::Up => "up_proj",
+			Projection::Down => "down_proj",
+		}
+	}
+
+	/// The module's path inside a block (`self_attn.q_proj`, `mlp.up_proj`, ...).
+	pub fn hf_path(self) -> &'static str {
+		match self {
+			Projection::Q => "self_attn.q_proj",
+			Projection::K => "self_attn.k_proj",
+			Projection::V => "self_attn.v_proj",
+			Projection::O => "self_attn.o_proj",
+			Projection::Gate => "mlp.gate_proj",
+			Projection::Up => "mlp.up_proj",
+			Projection::Down => "mlp.down_proj",
+		}
+	}
+
+	fn from_hf_path(path: &str) -> Option<Self> {
+		Self::ALL.into_iter().find(|p| p.hf_path() == path)
+	}
+}
+
+/// The fields of `adapter_config.json` that change the computation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PeftConfig {
+	/// `"LORA"`.
+	#[serde(default)]
+	pub peft_type: Option<String>,
+	/// The default rank.
+	pub r: usize,
+	/// The default alpha.
+	pub lora_alpha: f64,
+	/// Per-module ranks, keyed by a module name or a suffix of its path.
+	#[serde(default)]
+	pub rank_pattern: HashMap<String, usize>,
+	/// Per-module alphas, keyed like `rank_pattern`.
+	#[serde(default)]
+	pub alpha_pattern: HashMap<String, f64>,
+	/// Scale by `alpha / sqrt(r)` instead of `alpha / r`.
+	#[serde(default)]
+	pub use_rslora: bool,
+	/// DoRA adapters are not supported.
+	#[serde(default)]
+	pub use_dora: bool,
+	/// Weights stored transposed (GPT-2 `Conv1D` style); not used by Llama models.
+	#[serde(default)]
+	pub fan_in_fan_out: bool,
+	/// Trained biases (`"none"` is the only supported value).
+	#[serde(default)]
+	pub bias: Option<String>,
+}
+
+impl PeftConfig {
+	/// The value of `pattern` that applies to module `path` (PEFT matches a key against the
+	/// whole path or a dotted suffix of it; the longest matching key wins).
+	fn lookup<V: Copy>(pattern: &HashMap<String, V>, path: &str) -> Option<V> {
+		pattern
+			.iter()
+			.filter(|(key, _)| path == key.as_str() || path.ends_with(&format!(".{key}")))
+			.max_by_key(|(key, _)| key.len())
+			.map(|(_, v)| *v)
+	}
+
+	/// The scale of module `path` with rank `rank`.
+	fn scale(&self, path: &str, rank: usize) -> f64 {
+		let alpha = Self::lookup(&self.alpha_pattern, path).unwrap_or(self.lora_alpha);
+		if self.use_rslora {
+			alpha / (rank as f64).sqrt()
+		} else {
+			alpha / rank as f64
+		}
+	}
+}
+
+/// One projection's low-rank pair, ready to apply: `x A^T` then `(…) (s B)^T`.
+#[derive(Debug, Clone)]
+pub struct LoraWeights {
+	/// `A^T`, `[in, r]`.
+	a_t: Tensor,
+	/// `s · B^T`, `[r, out]`.
+	b_t: Tensor,
+	/// The rank.
+	pub rank: usize,
+}
+
+impl LoraWeights {
+	/// The adapter's contribution for `x` (`[tokens, in]`): `[tokens, out]`.
+	pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+		let x = x.to_dtype(self.a_t.dtype())?;
+		Ok(x.matmul(&self.a_t)?.matmul(&self.b_t)?)
+	}
+}
+
+/// A loaded adapter.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+	/// Its name (the folder's name unless given).
+	pub name: String,
+	layers: Vec<HashMap<Projection, LoraWeights>>,
+	/// Bytes its weights take in memory.
+	pub size_bytes: usize,
+}
+
+fn adapter_error(name: &str, reason: impl ToString) -> Error {
+	Error::Adapter { name: name.to_string(), reason: reason.to_string() }
+}
+
+/// llama.cpp stores a Llama's Q and K rows permuted so that RoPE can rotate interleaved pairs;
+/// an adapter trained on the Hugging Face weights needs its `B` rows permuted the same way.
+fn permute_rows_for_interleaved_rope(b: &Tensor, heads: usize) -> Result<Tensor> {
+	let (out, r) = b.dims2()?;
+	let head_dim = out / heads;
+	Ok(b.reshape((heads, 2, head_dim / 2, r))?.transpose(1, 2)?.contiguous()?.reshape((out, r))?)
+}
+
+impl LoraAdapter {
+	/// Loads a PEFT adapter folder for a base model with `config`, checking every tensor's shape
+	/// against the base model (`in_out(layer, projection)` gives a projection's widths).
+	pub fn load(
+		dir: &Path,
+		name: Option<&str>,
+		config: &LlamaConfig,
+		in_out: impl Fn(usize, Projection) -> Option<(usize, usize)>,
+		device: &Device,
+	) -> Result<Self> {
+		let name = name
+			.map(str::to_string)
+			.or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+			.unwrap_or_else(|| dir.display().to_string());
+		let config_path = dir.join("adapter_config.json");
+		let text = std::fs::read_to_string(&config_path).map_err(|e| {
+			adapter_error(&name, format!("cannot read {}: {e}", config_path.display()))
+		})?;
+		let peft: PeftConfig = serde_json::from_str(&text)
+			.map_err(|e| adapter_error(&name, format!("bad adapter_config.json: {e}")))?;
+		if let Some(kind) = peft.peft_type.as_deref().filter(|k| *k != "LORA") {
+			return Err(adapter_error(&name, format!("peft_type {kind} is not LORA")));
+		}
+		if peft.use_dora {
+			return Err(adapter_error(&name, "DoRA adapters are not supported"));
+		}
+		if peft.fan_in_fan_out {
+			return Err(adapter_error(&name, "fan_in_fan_out adapters are not supported"));
+		}
+		if peft.bias.as_deref().is_some_and(|b| b != "none") {
+			return Err(adapter_error(&name, "adapters with trained biases are not supported"));
+		}
+		let weights_path = dir.join("adapter_model.safetensors");
+		let bytes = std::fs::read(&weights_path).map_err(|e| {
+			adapter_error(&name, format!("cannot read {}: {e}", weights_path.display()))
+		})?;
+		let tensors = safetensors::SafeTensors::deserialize(&bytes)
+			.map_err(|e| adapter_error(&name, format!("bad adapter_model.safetensors: {e}")))?;
+
+		// Pair the A and B matrices of each module.
+		let mut pairs: HashMap<(usize, Projection), (Option<Tensor>, Option<Tensor>)> =
+			HashMap::new();
+		for (key, view) in tensors.tensors() {
+			let (layer, projection, is_a) = parse_key(&key)
+				.ok_or_else(|| adapter_error(&name, format!("unexpected tensor {key}")))?;
+			if layer >= config.num_layers {
+				return Err(adapter_error(
+					&name,
+					format!("{key}: the base model has {} layers", config.num_layers),
+				));
+			}
+			let tensor = to_tensor(&view, device)
+				.map_err(|e| adapter_error(&name, format!("{key}: {e}")))?;
+			let entry = pairs.entry((layer, projection)).or_default();
+			if is_a {
+				entry.0 = Some(tensor);
+			} else {
+				entry.1 = Some(tensor);
+			}
+		}
+		if pairs.is_empty() {
+			return Err(adapter_error(&name, "no LoRA weights"));
+		}
+
+		let mut layers = vec![HashMap::new(); config.num_layers];
+		let mut size_bytes = 0;
+		for ((layer, projection), pair) in pairs {
+			let path = format!("model.layers.{layer}.{}", projection.hf_path());
+			let (Some(a), Some(b)) = pair else {
+				return Err(adapter_error(&name, format!("{path}: lora_A or lora_B is missing")));
+			};
+			let (in_features, out_features) = in_out(layer, projection)
+				.ok_or_else(|| adapter_error(&name, format!("{path}: no such projection")))?;
+			let (rank, a_in) = a.dims2()?;
+			let (b_out, b_rank) = b.dims2()?;
+			if rank == 0 || a_in != in_features || b_out != out_features || b_rank != rank {
+				return Err(adapter_error(
+					&name,
+					format!(
+						"{path}: lora_A is {rank}x{a_in} and lora_B {b_out}x{b_rank}, the base \
+						 projection is {out_features}x{in_features}"
+					),
+				));
+			}
+			let declared = PeftConfig::lookup(&peft.rank_pattern, &path).unwrap_or(peft.r);
+			if declared != rank {
+				return Err(adapter_error(
+					&name,
+					format!("{path}: the config says rank {declared}, the weights have {rank}"),
+				));
+			}
+			let b = match (config.rope_layout, projection) {
+				(RopeLayout::Interleaved, Projection::Q) => {
+					permute_rows_for_interleaved_rope(&b, config.num_heads)?
+				}
+				(RopeLayout::Interleaved, Projection::K) => {
+					permute_rows_for_interleaved_rope(&b, config.num_kv_heads)?
+				}
+				_ => b,
+			};
+			let scale = peft.scale(&path, rank);
+			let weights = LoraWeights {
+				a_t: a.t()?.contiguous()?,
+				b_t: (b.t()?.contiguous()? * scale)?,
+				rank,
+			};
+			size_bytes += (a_in + b_out) * rank * DType::F32.size_in_bytes();
+			layers[layer].insert(projection, weights);
+		}
+		tracing::debug!(adapter = %name, size_bytes, "adapter loaded");
+		Ok(Self { name, layers, size_bytes })
+	}
+
+	/// The weights of `projection` in `layer`, if the adapter targets it.
+	pub fn weights(&self, layer: usize, projection: Projection) -> Option<&LoraWeights> {
+		self.layers.get(layer)?.get(&projection)
+	}
+
+	/// Modules the adapter targets.
+	pub fn module_count(&self) -> usize {
+		self.layers.iter().map(HashMap::len).sum()
+	}
+}
+
+/// `base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight` → `(i, proj,
+/// is_a)`.
+fn parse_key(key: &str) -> Option<(usize, Projection, bool)> {
+	let rest = key.strip_prefix("base_model.model.")?;
+	let rest = rest.strip_prefix("model.").unwrap_or(rest);
+	let rest = rest.strip_prefix("layers.")?;
+	let (layer, rest) = rest.split_once('.')?;
+	let layer = layer.parse().ok()?;
+	let (module, suffix) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+		(m, true)
+	} else {
+		(rest.strip_suffix(".lora_B.weight")?, false)
+	};
+	Some((layer, Projection::from_hf_path(module)?, suffix))
+}
+
+fn to_tensor(view: &safetensors::tensor::TensorView<'_>, device: &Device) -> Result<Tensor> {
+	let dtype = match view.dtype() {
+		safetensors::Dtype::F32 => DType::F32,
+		safetensors::Dtype::F16 => DType::F16,
+		safetensors::Dtype::BF16 => DType::BF16,
+		other => return Err(Error::Format(format!("tensor type {other:?}"))),
+	};
+	let tensor = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)?;
+	Ok(tensor.to_dtype(DType::F32)?)
+}
+
+/// Synthetic PEFT adapters with deterministic weights, for tests and benchmarks (no adapters
+/// ship with any model): the same formula as `scripts/reference/hf_reference.py`, so
+/// Hugging Face PEFT computes reference outputs for exactly these weights.
+pub mod synthetic {
+	use std::{collections::BTreeMap, path::Path};
+
+	use super::Projection;
+	use crate::{config::LlamaConfig, error::Result};
+
+	/// What to build.
+	#[derive(Clone, Debug)]
+	pub struct SyntheticAdapter {
+		/// Varies the weights between adapters.
+		pub seed: u64,
+		/// The default rank.
+		pub rank: usize,
+		/// The default alpha.
+		pub alpha: f64,
+		/// The projections it targets.
+		pub targets: Vec<Projection>,
+		/// Per-projection ranks (PEFT `rank_pattern`, keyed by module name).
+		pub rank_pattern: BTreeMap<Projection, usize>,
+		/// Per-projection alphas (PEFT `alpha_pattern`).
+		pub alpha_pattern: BTreeMap<Projection, f64>,
+	}
+
+	/// Entry `(i, j)` of the `rows x cols` matrix A (`is_b` false) or B of `projection` in
+	/// `layer`.
+	pub fn value(
+		seed: u64,
+		layer: usize,
+		projection: Projection,
+		is_b: bool,
+		(i, j): (usize, usize),
+		cols: usize,
+	) -> f32 {
+		let p = Projection::ALL.iter().position(|q| *q == projection).unwrap_or(0) as f64;
+		let m = if is_b { 1.0 } else { 0.0 };
+		let amplitude = if is_b { 0.1 } else { 1.0 } / (cols as f64).sqrt();
+		let phase = seed as f64 * 0.618 + layer as f64 * 1.3 + p * 2.1 + m * 0.7;
+		let (i, j) = (i as f64, j as f64);
+		(amplitude * (phase + i * 0.37 + j * 0.11 + i * j * 0.013).sin()) as f32
+	}
+
+	/// The `(in, out)` widths of a projection of a Llama with `config`.
+	pub fn widths(config: &LlamaConfig, projection: Projection) -> (usize, usize) {
+		let q = config.num_heads * config.head_dim;
+		let kv = config.num_kv_heads * config.head_dim;
+		let (h, f) = (config.hidden_size, config.intermediate_size);
+		match projection {
+			Projection::Q => (h, q),
+			Projection::K | Projection::V => (h, kv),
+			Projection::O => (q, h),
+			Projection::Gate | Projection::Up => (h, f),
+			Projection::Down => (f, h),
+		}
+	}
+
+	/// Writes the adapter as a PEFT folder (`adapter_config.json` +
+	/// `adapter_model.safetensors`, float32) into `dir`.
+	pub fn write(adapter: &SyntheticAdapter, config: &LlamaConfig, dir: &Path) -> Result<()> {
+		std::fs::create_dir_all(dir)?;
+		let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+		for layer in 0..config.num_layers {
+			for &projection in &adapter.targets {
+				let rank = adapter.rank_pattern.get(&projection).copied().unwrap_or(adapter.rank);
+				let (input, output) = widths(config, projection);
+				let prefix =
+					format!("base_model.model.model.layers.{layer}.{}", projection.hf_path());
+				for (is_b, rows, cols) in [(false, rank, input), (true, output, rank)] {
+					let mut bytes = Vec::with_capacity(rows * cols * 4);
+					for i in 0..rows {
+						for j in 0..cols {
+							let v = value(adapter.seed, layer, projection, is_b, (i, j), cols);
+							bytes.extend_from_slice(&v.to_le_bytes());
+						}
+					}
+					let which = if is_b { "lora_B" } else { "lora_A" };
+					tensors.push((format!("{prefix}.{which}.weight"), vec![rows, cols], bytes));
+				}
+			}
+		}
+		let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+			.iter()
+			.map(|(name, shape, bytes)| {
+				safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+					.map(|view| (name.clone(), view))
+					.map_err(|e| crate::error::Error::Format(e.to_string()))
+			})
+			.collect::<Result<_>>()?;
+		safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors"))
+			.map_err(|e| crate::error::Error::Format(e.to_string()))?;
+		let name = |p: &Projection| p.hf_name().to_string();
+		let config_json = serde_json::json!({
+			"peft_type": "LORA",
+			"task_type": "CAUSAL_LM",
+			"r": adapter.rank,
+			"lora_alpha": adapter.alpha,
+			"lora_dropout": 0.0,
+			"bias": "none",
+			"target_modules": adapter.targets.iter().map(name).collect::<Vec<_>>(),
+			"rank_pattern": adapter.rank_pattern.iter().map(|(p, r)| (name(p), *r)).collect::<BTreeMap<_, _>>(),
+			"alpha_pattern": adapter.alpha_pattern.iter().map(|(p, a)| (name(p), *a)).collect::<BTreeMap<_, _>>(),
+			"use_rslora": false,
+			"use_dora": false,
+			"fan_in_fan_out": false,
+		});
+		std::fs::write(
+			dir.join("adapter_config.json"),
+			serde_json::to_vec_pretty(&config_json)
+				.map_err(|e| crate::error::Error::Format(e.to_string()))?,
+		)?;
+		Ok(())
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use std::collections::BTreeMap;
+
+	use super::{synthetic::SyntheticAdapter, *};
+
+	fn config() -> LlamaConfig {
+		LlamaConfig {
+			architecture: "llama".into(),
+			vocab_size: 32,
+			hidden_size: 16,
+			intermediate_size: 24,
+			num_layers: 2,
+			num_heads: 4,
+			num_kv_heads: 2,
+			head_dim: 4,
+			rope_theta: 10_000.0,
+			rope_scale: 1.0,
+			rope_layout: RopeLayout::Halves,
+			rms_norm_eps: 1e-5,
+			context_length: 64,
+		}
+	}
+
+	fn spec() -> SyntheticAdapter {
+		SyntheticAdapter {
+			seed: 3,
+			rank: 4,
+			alpha: 8.0,
+			targets: vec![Projection::Q, Projection::V, Projection::Down],
+			rank_pattern: BTreeMap::from([(Projection::V, 2)]),
+			alpha_pattern: BTreeMap::from([(Projection::Down, 2.0)]),
+		}
+	}
+
+	fn load(dir: &Path) -> Result<LoraAdapter> {
+		let config = config();
+		LoraAdapter::load(
+			dir,
+			None,
+			&config,
+			|l, p| (l < config.num_layers).then(|| synthetic::widths(&config, p)),
+			&Device::Cpu,
+		)
+	}
+
+	#[test]
+	fn loads_ranks_and_scales_from_the_patterns() {
+		let dir = tempfile::tempdir().unwrap();
+		synthetic::write(&spec(), &config(), dir.path()).unwrap();
+		let adapter = load(dir.path()).unwrap();
+		assert_eq!(adapter.module_count(), 6);
+		assert_eq!(adapter.weights(0, Projection::Q).unwrap().rank, 4);
+		assert_eq!(adapter.weights(1, Projection::V).unwrap().rank, 2);
+		assert!(adapter.weights(0, Projection::K).is_none());
+		// Down: alpha 2 over rank 4 → scale 0.5; its contribution is 0.5 · B A x.
+		let x = Tensor::ones((1, 24), DType::F32, &Device::Cpu).unwrap();
+		let got: Vec<f32> = adapter
+			.weights(0, Projection::Down)
+			.unwrap()
+			.forward(&x)
+			.unwrap()
+			.flatten_all()
+			.unwrap()
+			.to_vec1()
+			.unwrap();
+		let a = |i, j| synthetic::value(3, 0, Projection::Down, false, (i, j), 24);
+		let b = |i, j| synthetic::value(3, 0, Projection::Down, true, (i, j), 4);
+		for (o, g) in got.iter().enumerate() {
+			let want: f32 =
+				(0..4).map(|r| b(o, r) * (0..24).map(|j| a(r, j)).sum::<f32>()).sum::<f32>() * 0.5;
+			assert!((g - want).abs() < 1e-5, "row {o}: {g} vs {want}");
+		}
+	}
+
+	#[test]
+	fn corrupt_or_mismatched_adapters_are_rejected_with_the_reason() {
+		let dir = tempfile::tempdir().unwrap();
+		let err = load(dir.path()).unwrap_err().to_string();
+		assert!(err.contains("adapter_config.json"), "{err}");
+
+		synthetic::write(&spec(), &config(), dir.path()).unwrap();
+		let weights = dir.path().join("adapter_model.safetensors");
+		let bytes = std::fs::read(&weights).unwrap();
+		std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+		let err = load(dir.path()).unwrap_err().to_string();
+		assert!(err.contains("bad adapter_model.safetensors"), "{err}");
+
+		// An adapter for a wider model does not fit.
+		let mut wide = config();
+		wide.hidden_size = 32;
+		synthetic::write(&spec(), &wide, dir.path()).unwrap();
+		let err = load(dir.path()).unwrap_err().to_string();
+		assert!(err.contains("the base projection is"), "{err}");
+
+		// The config's rank disagrees with the weights.
+		synthetic::write(&spec(), &config(), dir.path()).unwrap();
+		let path = dir.path().join("adapter_config.json");
+		let text = std::fs::read_to_string(&path).unwrap().replace("\"r\": 4", "\"r\": 8");
+		std::fs::write(&path, text).unwrap();
+		let err = load(dir.path()).unwrap_err().to_string();
+		assert!(err.contains("the config says rank 8"), "{err}");
+
+		std::fs::write(&path, "{ not json").unwrap();
+		let err = load(dir.path()).unwrap_err().to_string();
+		assert!(err.contains("bad adapter_config.json"), "{err}");
+
+		std::fs::write(&path, r#"{"r": 4, "lora_alpha": 8, "use_dora": true}"#).unwrap();
+		let err = load(dir.path()).unwrap_err().to_string();
+		assert!(err.contains("DoRA"), "{err}");
+	}
+
+	#[test]
+	fn interleaved_rope_permutes_the_rows_of_b() {
+		// Two heads of width 4: rows [h0: 0 1 2 3, h1: 4 5 6 7] → [0 2 1 3, 4 6 5 7].
+		let b = Tensor::arange(0f32, 8., &Device::Cpu).unwrap().reshape((8, 1)).unwrap();
+		let p: Vec<f32> = permute_rows_for_interleaved_rope(&b, 2)
+			.unwrap()
+			.flatten_all()
+			.unwrap()
+			.to_vec1()
+			.unwrap();
+		assert_eq!(p, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+	}
+
+	#[test]
+	fn keys_name_layers_and_projections() {
+		assert_eq!(
+			parse_key("base_model.model.model.layers.12.mlp.down_proj.lora_B.weight"),
+			Some((12, Projection::Down, false))
+		);
+		assert_eq!(
+			parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+			Some((0, Projection::Q, true))
+		);
+		assert_eq!(parse_key("base_model.model.lm_head.lora_A.weight"), None);
+		assert_eq!(
+			parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"),
+			None
+		);
+	}
+}

@@ -1,0 +1,402 @@
+//! A Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2): grouped-query attention, RoPE,
+//! RMSNorm, SwiGLU, tied or separate output embeddings, with quantized (GGUF) or dense weights.
+//!
+//! LoRA adapters are never merged into the base weights: each projection adds its adapter's
+//! low-rank product on top of the base product, so one set of base weights serves every adapter.
+
+use std::{fs::File, io::BufReader, path::Path};
+
+use candle_core::{
+	quantized::{gguf_file, QMatMul, QTensor},
+	DType, Device, Module, Tensor, D,
+};
+
+use crate::{
+	config::{LlamaConfig, RopeLayout},
+	error::{Error, Result},
+	lora::{LoraAdapter, Projection},
+	tokenizer::Tokenizer,
+};
+
+/// How to hold the weights in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+	/// As stored in the file (quantized GGUF blocks stay quantized).
+	#[default]
+	AsStored,
+	/// Dequantized to f32 at load time (for checking the quantized path against a dense one).
+	F32,
+}
+
+/// A linear layer `y = x W^T (+ b)` over quantized or dense weights.
+#[derive(Debug, Clone)]
+pub struct Linear {
+	weight: QMatMul,
+	bias: Option<Tensor>,
+	/// Input width.
+	pub in_features: usize,
+	/// Output width.
+	pub out_features: usize,
+}
+
+impl Linear {
+	fn new(weight: QTensor, bias: Option<Tensor>, format: WeightFormat) -> Result<Self> {
+		let (out_features, in_features) = weight.shape().dims2()?;
+		let device = weight.device();
+		let weight = match format {
+			WeightFormat::AsStored => QMatMul::from_qtensor(weight)?,
+			WeightFormat::F32 => QMatMul::Tensor(weight.dequantize(&device)?),
+		};
+		Ok(Self { weight, bias, in_features, out_features })
+	}
+
+	/// `x` is `[tokens, in_features]`; returns `[tokens, out_features]`.
+	pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+		let y = self.weight.forward(x)?;
+		Ok(match &self.bias {
+			Some(bias) => y.broadcast_add(bias)?,
+			None => y,
+		})
+	}
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+struct Block {
+	attn_norm: Tensor,
+	q: Linear,
+	k: Linear,
+	v: Linear,
+	o: Linear,
+	ffn_norm: Tensor,
+	gate: Linear,
+	up: Linear,
+	down: Linear,
+}
+
+/// Precomputed RoPE tables, `[positions, rotary_dim / 2]`.
+#[derive(Debug, Clone)]
+struct Rope {
+	cos: Tensor,
+	sin: Tensor,
+	layout: RopeLayout,
+}
+
+impl Rope {
+	fn new(config: &LlamaConfig, device: &Device) -> Result<Self> {
+		let half = config.head_dim / 2;
+		let inv_freq: Vec<f32> = (0..half)
+			.map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f32 / config.head_dim as f32))
+			.collect();
+		let positions = config.context_length;
+		let mut angles = Vec::with_capacity(positions * half);
+		for p in 0..positions {
+			let p = p as f32 / config.rope_scale;
+			angles.extend(inv_freq.iter().map(|f| p * f));
+		}
+		let angles = Tensor::from_vec(angles, (positions, half), device)?;
+		Ok(Self { cos: angles.cos()?, sin: angles.sin()?, layout: config.rope_layout })
+	}
+
+	/// Rotates `x` (`[1, heads, tokens, head_dim]`) for positions `start..start + tokens`.
+	fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+		let tokens = x.dim(2)?;
+		let cos = self.cos.narrow(0, start, tokens)?;
+		let sin = self.sin.narrow(0, start, tokens)?;
+		let x = x.contiguous()?;
+		Ok(match self.layout {
+			RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+			RopeLayout::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+		})
+	}
+}
+
+/// The keys and values of one sequence's tokens so far, per layer (`[1, kv_heads, tokens,
+/// head_dim]`).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+	layers: Vec<Option<(Tensor, Tensor)>>,
+	len: usize,
+}
+
+impl KvCache {
+	/// Tokens cached.
+	pub fn len(&self) -> usize {
+		self.len
+	}
+
+	/// Whether nothing is cached.
+	pub fn is_empty(&self) -> bool {
+		self.len == 0
+	}
+}
+
+/// A loaded model.
+#[derive(Debug, Clone)]
+pub struct Llama {
+	/// Its hyper-parameters.
+	pub config: LlamaConfig,
+	embeddings: Tensor,
+	blocks: Vec<Block>,
+	norm: Tensor,
+	lm_head: Linear,
+	rope: Rope,
+	device: Device,
+}
+
+/// Reads the tensors of a GGUF file.
+struct GgufReader {
+	content: gguf_file::Content,
+	reader: BufReader<File>,
+	device: Device,
+}
+
+impl GgufReader {
+	fn tensor(&mut self, name: &str) -> Result<QTensor> {
+		self.content
+			.tensor(&mut self.reader, name, &self.device)
+			.map_err(|e| Error::Format(format!("tensor {name}: {e}")))
+	}
+
+	fn optional(&mut self, name: &str) -> Result<Option<QTensor>> {
+		if self.content.tensor_infos.contains_key(name) {
+			self.tensor(name).map(Some)
+		} else {
+			Ok(None)
+		}
+	}
+
+	fn dense(&mut self, name: &str) -> Result<Tensor> {
+		Ok(self.tensor(name)?.dequantize(&self.device)?)
+	}
+
+	fn linear(&mut self, name: &str, format: WeightFormat) -> Result<Linear> {
+		let weight = self.tensor(&format!("{name}.weight"))?;
+		let bias = match self.optional(&format!("{name}.bias"))? {
+			Some(bias) => Some(bias.dequantize(&self.device)?),
+			None => None,
+		};
+		Linear::new(weight, bias, format)
+	}
+}
+
+impl Llama {
+	/// Loads a GGUF model and the tokenizer in its metadata, showing progress on stderr.
+	pub fn from_gguf(
+		path: &Path,
+		device: &Device,
+		format: WeightFormat,
+	) -> Result<(Self, Tokenizer)> {
+		let file = File::open(path)
+			.map_err(|e| Error::Format(format!("cannot open {}: {e}", path.display())))?;
+		let mut reader = BufReader::new(file);
+		let content = gguf_file::Content::read(&mut reader)
+			.map_err(|e| Error::Format(format!("{} is not a GGUF file: {e}", path.display())))?;
+		let config = LlamaConfig::from_gguf(&content.metadata)?;
+		let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
+		let mut gguf = GgufReader { content, reader, device: device.clone() };
+
+		let progress = indicatif::ProgressBar::new(config.num_layers as u64 + 2)
+			.with_style(
+				indicatif::ProgressStyle::with_template(
+					"loading {msg} {bar:30} {pos}/{len} layers",
+				)
+				.unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+			)
+			.with_message(
+				path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+			);
+		let token_embd = gguf.tensor("token_embd.weight")?;
+		let embeddings = token_embd.dequantize(device)?;
+		let (vocab, hidden) = embeddings.dims2()?;
+		if hidden != config.hidden_size || vocab != config.vocab_size {
+			return Err(Error::Format(format!(
+				"token_embd is {vocab}x{hidden}, the metadata says {}x{}",
+				config.vocab_size, config.hidden_size
+			)));
+		}
+		let lm_head = match gguf.optional("output.weight")? {
+			Some(output) => Linear::new(output, None, format)?,
+			None => Linear::new(token_embd, None, format)?,
+		};
+		let norm = gguf.dense("output_norm.weight")?;
+		progress.inc(1);
+		let mut blocks = Vec::with_capacity(config.num_layers);
+		for i in 0..config.num_layers {
+			let p = format!("blk.{i}");
+			let block = Block {
+				attn_norm: gguf.dense(&format!("{p}.attn_norm.weight"))?,
+				q: gguf.linear(&format!("{p}.attn_q"), format)?,
+				k: gguf.linear(&format!("{p}.attn_k"), format)?,
+				v: gguf.linear(&format!("{p}.attn_v"), format)?,
+				o: gguf.linear(&format!("{p}.attn_output"), format)?,
+				ffn_norm: gguf.dense(&format!("{p}.ffn_norm.weight"))?,
+				gate: gguf.linear(&format!("{p}.ffn_gate"), format)?,
+				up: gguf.linear(&format!("{p}.ffn_up"), format)?,
+				down: gguf.linear(&format!("{p}.ffn_down"), format)?,
+			};
+			let q_width = config.num_heads * config.head_dim;
+			let kv_width = config.num_kv_heads * config.head_dim;
+			if block.q.out_features != q_width || block.k.out_features != kv_width {
+				return Err(Error::Format(format!(
+					"{p}: attention projections do not match {} heads of {}",
+					config.num_heads, config.head_dim
+				)));
+			}
+			blocks.push(block);
+			progress.inc(1);
+		}
+		let rope = Rope::new(&config, device)?;
+		progress.inc(1);
+		progress.finish_and_clear();
+		tracing::info!(
+			model = %path.display(),
+			layers = config.num_layers,
+			hidden = config.hidden_size,
+			heads = config.num_heads,
+			kv_heads = config.num_kv_heads,
+			"model loaded"
+		);
+		Ok((
+			Self { config, embeddings, blocks, norm, lm_head, rope, device: device.clone() },
+			tokenizer,
+		))
+	}
+
+	/// The device the weights live on.
+	pub fn device(&self) -> &Device {
+		&self.device
+	}
+
+	/// The base projection `which` of block `layer` (for adapters to check their shapes).
+	pub fn projection(&self, layer: usize, which: Projection) -> Option<&Linear> {
+		let block = self.blocks.get(layer)?;
+		Some(match which {
+			Projection::Q => &block.q,
+			Projection::K => &block.k,
+			Projection::V => &block.v,
+			Projection::O => &block.o,
+			Projection::Gate => &block.gate,
+			Projection::Up => &block.up,
+			Projection::Down => &block.down,
+		})
+	}
+
+	fn project(
+		&self,
+		base: &Linear,
+		x: &Tensor,
+		adapter: Option<&LoraAdapter>,
+		layer: usize,
+		which: Projection,
+	) -> Result<Tensor> {
+		let y = base.forward(x)?;
+		match adapter.and_then(|a| a.weights(layer, which)) {
+			Some(lora) => Ok((y + lora.forward(x)?)?),
+			None => Ok(y),
+		}
+	}
+
+	/// Runs `tokens` (the next tokens of one sequence) through the model, appending their keys
+	/// and values to `cache`, with `adapter` applied on top of the base weights. Returns the
+	/// logits `[tokens, vocab]` of every position when `all_logits`, else of the last one
+	/// (`[1, vocab]`).
+	pub fn forward(
+		&self,
+		tokens: &[u32],
+		cache: &mut KvCache,
+		adapter: Option<&LoraAdapter>,
+		all_logits: bool,
+	) -> Result<Tensor> {
+		let cfg = &self.config;
+		let t = tokens.len();
+		if t == 0 {
+			return Err(Error::Request("no tokens to run".into()));
+		}
+		let start = cache.len;
+		if start + t > cfg.context_length {
+			return Err(Error::Request(format!(
+				"{} tokens exceed the model's context of {}",
+				start + t,
+				cfg.context_length
+			)));
+		}
+		if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+			return Err(Error::Request(format!("token id {bad} is outside the vocabulary")));
+		}
+		if cache.layers.len() != self.blocks.len() {
+			cache.layers = vec![None; self.blocks.len()];
+		}
+		let ids = Tensor::new(tokens, &self.device)?;
+		let mut x = self.embeddings.index_select(&ids, 0)?;
+		let eps = cfg.rms_norm_eps as f32;
+		let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+		let mask = causal_mask(t, start, &self.device)?;
+		for (l, block) in self.blocks.iter().enumerate() {
+			let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
+			let q = self.project(&block.q, &h, adapter, l, Projection::Q)?;
+			let k = self.project(&block.k, &h, adapter, l, Projection::K)?;
+			let v = self.project(&block.v, &h, adapter, l, Projection::V)?;
+			let heads = |x: Tensor, n: usize| -> Result<Tensor> {
+				Ok(x.reshape((1, t, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
+			};
+			let q = self.rope.apply(&heads(q, cfg.num_heads)?, start)?;
+			let k = self.rope.apply(&heads(k, cfg.num_kv_heads)?, start)?;
+			let v = heads(v, cfg.num_kv_heads)?;
+			let (k, v) = match cache.layers[l].take() {
+				Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+				None => (k, v),
+			};
+			cache.layers[l] = Some((k.clone(), v.clone()));
+			// Grouped-query attention: each key/value head serves `group` query heads.
+			let group = cfg.group_size();
+			let total = start + t;
+			let q = q.reshape((cfg.num_kv_heads, group * t, cfg.head_dim))?;
+			let k = k.squeeze(0)?;
+			let v = v.squeeze(0)?;
+			let scores = (q.matmul(&k.t()?)? * scale)?;
+			let scores = scores.reshape((cfg.num_kv_heads, group, t, total))?;
+			let scores = match &mask {
+				Some(mask) => scores.broadcast_add(mask)?,
+				None => scores,
+			};
+			let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+			let probs = probs.reshape((cfg.num_kv_heads, group * t, total))?;
+			let attn = probs.matmul(&v)?; // [kv_heads, group * t, head_dim]
+			let attn = attn
+				.reshape((cfg.num_heads, t, cfg.head_dim))?
+				.transpose(0, 1)?
+				.reshape((t, cfg.num_heads * cfg.head_dim))?;
+			let attn = self.project(&block.o, &attn, adapter, l, Projection::O)?;
+			x = (x + attn)?;
+			let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
+			let gate = self.project(&block.gate, &h, adapter, l, Projection::Gate)?;
+			let up = self.project(&block.up, &h, adapter, l, Projection::Up)?;
+			let mlp = (candle_nn::ops::silu(&gate)? * up)?;
+			let down = self.project(&block.down, &mlp, adapter, l, Projection::Down)?;
+			x = (x + down)?;
+		}
+		cache.len = start + t;
+		let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
+		let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+		Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+	}
+
+	/// Log-softmax over the vocabulary of each row of `logits`.
+	pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+		Ok(candle_nn::ops::log_softmax(logits, D::Minus1)?)
+	}
+}
+
+/// The additive causal mask for `t` new tokens after `start` cached ones: `[t, start + t]`,
+/// `-inf` where a query would see a later key. `None` for a single token (it sees everything).
+fn causal_mask(t: usize, start: usize, device: &Device) -> Result<Option<Tensor>> {
+	if t == 1 {
+		return Ok(None);
+	}
+	let total = start + t;
+	let mask: Vec<f32> = (0..t)
+		.flat_map(|i| (0..total).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+		.collect();
+	Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
+}

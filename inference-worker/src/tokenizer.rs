@@ -1,0 +1,138 @@
+//! Tokenizers: from `tokenizer.json`, or rebuilt from GGUF metadata (`tokenizer.ggml.*`), which
+//! is all a GGUF file such as SmolLM2's carries.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file::Value;
+use tokenizers::{
+	decoders::byte_level::ByteLevel as ByteLevelDecoder,
+	models::bpe::{Vocab, BPE},
+	pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence},
+	AddedToken, PreTokenizerWrapper,
+};
+
+use crate::error::{Error, Result};
+
+/// GGUF's token types (`tokenizer.ggml.token_type`): control tokens such as `<|im_start|>` are
+/// special and never split.
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// A tokenizer with the model's special tokens.
+#[derive(Clone)]
+pub struct Tokenizer {
+	inner: tokenizers::Tokenizer,
+	/// The beginning-of-sequence token, if the model has one.
+	pub bos: Option<u32>,
+	/// The end-of-sequence token: generation stops when it is produced.
+	pub eos: Option<u32>,
+	/// Whether the model expects BOS before every prompt.
+	pub add_bos: bool,
+	/// The model's chat template (Jinja), if its metadata has one.
+	pub chat_template: Option<String>,
+}
+
+fn tokenizer_error(e: impl std::fmt::Display) -> Error {
+	Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+	/// Loads a Hugging Face `tokenizer.json`, turning off any padding and truncation it forces.
+	pub fn from_file(path: &std::path::Path) -> Result<Self> {
+		let mut inner = tokenizers::Tokenizer::from_file(path).map_err(tokenizer_error)?;
+		inner.with_padding(None);
+		inner.with_truncation(None).map_err(tokenizer_error)?;
+		Ok(Self { inner, bos: None, eos: None, add_bos: false, chat_template: None })
+	}
+
+	/// Rebuilds the tokenizer from GGUF metadata. Supports byte-level BPE (`gpt2`, as in Llama
+	/// 3, SmolLM2, Qwen2).
+	pub fn from_gguf(metadata: &HashMap<String, Value>) -> Result<Self> {
+		let get = |key: &str| metadata.get(key);
+		let model = get("tokenizer.ggml.model")
+			.and_then(|v| v.to_string().ok())
+			.ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.model".into()))?;
+		if model != "gpt2" {
+			return Err(Error::Unsupported(format!("GGUF tokenizer model {model:?}")));
+		}
+		let tokens: Vec<String> = get("tokenizer.ggml.tokens")
+			.and_then(|v| v.to_vec().ok())
+			.ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?
+			.iter()
+			.map(|t| t.to_string().cloned().map_err(tokenizer_error))
+			.collect::<Result<_>>()?;
+		let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")
+			.and_then(|v| v.to_vec().ok())
+			.ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.merges".into()))?
+			.iter()
+			.map(|m| {
+				let m = m.to_string().map_err(tokenizer_error)?;
+				let (a, b) = m
+					.split_once(' ')
+					.ok_or_else(|| Error::Tokenizer(format!("bad merge {m:?}")))?;
+				Ok((a.to_string(), b.to_string()))
+			})
+			.collect::<Result<_>>()?;
+		let types: Vec<i32> = match get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
+			Some(types) => types.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
+			None => vec![1; tokens.len()],
+		};
+		let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+		let bpe =
+			BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tokenizer_error)?;
+		let mut inner = tokenizers::Tokenizer::new(bpe);
+		// The pre-tokenizer llama.cpp names in `tokenizer.ggml.pre`: SmolLM2 ("smollm") splits
+		// every digit, then applies GPT-2's byte-level split.
+		let pre = get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
+		let byte_level: PreTokenizerWrapper = ByteLevel::new(false, true, true).into();
+		let pre_tokenizer: PreTokenizerWrapper = match pre.as_deref() {
+			Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level]).into(),
+			Some("gpt2") | Some("default") | None => byte_level,
+			Some(other) => {
+				return Err(Error::Unsupported(format!("GGUF pre-tokenizer {other:?}")));
+			}
+		};
+		inner.with_pre_tokenizer(Some(pre_tokenizer));
+		inner.with_decoder(Some(ByteLevelDecoder::default()));
+		let special: Vec<AddedToken> = tokens
+			.iter()
+			.zip(&types)
+			.filter(|(_, t)| **t == TOKEN_TYPE_CONTROL || **t == TOKEN_TYPE_USER_DEFINED)
+			.map(|(token, t)| AddedToken::from(token.clone(), *t == TOKEN_TYPE_CONTROL))
+			.collect();
+		inner.add_special_tokens(&special);
+
+		let id = |key: &str| get(key).and_then(|v| v.to_u32().ok());
+		Ok(Self {
+			inner,
+			bos: id("tokenizer.ggml.bos_token_id"),
+			eos: id("tokenizer.ggml.eos_token_id"),
+			add_bos: get("tokenizer.ggml.add_bos_token")
+				.and_then(|v| v.to_bool().ok())
+				.unwrap_or(false),
+			chat_template: get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned(),
+		})
+	}
+
+	/// The ids of `text`, with BOS first when the model asks for it. Special tokens written in
+	/// the text (such as `<|im_start|>`) are recognised.
+	pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+		let encoding = self.inner.encode(text, false).map_err(tokenizer_error)?;
+		let mut ids = Vec::with_capacity(encoding.len() + 1);
+		if self.add_bos {
+			ids.extend(self.bos);
+		}
+		ids.extend_from_slice(encoding.get_ids());
+		Ok(ids)
+	}
+
+	/// The text of `ids`, special tokens included.
+	pub fn decode(&self, ids: &[u32]) -> Result<String> {
+		self.inner.decode(ids, false).map_err(tokenizer_error)
+	}
+
+	/// Tokens in the vocabulary, special tokens included.
+	pub fn vocab_size(&self) -> usize {
+		self.inner.get_vocab_size(true)
+	}
+}

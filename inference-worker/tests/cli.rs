@@ -1,0 +1,82 @@
+//! The `openledger-worker generate` command, as an outside check drives it: one JSON object
+//! with the prompt's ids, the generated ids, their log-probabilities and the text; clear errors
+//! for bad input.
+
+use std::process::Command;
+
+use openledger_inference_worker::models;
+use serde_json::Value;
+
+fn worker() -> Command {
+	Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
+}
+
+#[test]
+fn generate_prints_one_json_object_that_matches_transformers() {
+	let model = models::smollm2_gguf();
+	assert!(model.exists(), "{} is missing: run scripts/fetch-models.sh", model.display());
+	let fixture: Value =
+		serde_json::from_str(include_str!("fixtures/hf_smollm2.json")).expect("fixture");
+	let case = &fixture["cases"][0];
+	let output = worker()
+		.args(["generate", "--model"])
+		.arg(&model)
+		.args(["--prompt", case["prompt"].as_str().unwrap()])
+		.args(["--max-tokens", "8", "--temperature", "0", "--dequantize", "--json"])
+		.output()
+		.expect("the worker runs");
+	let stdout = String::from_utf8_lossy(&output.stdout);
+	assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+	let lines: Vec<&str> = stdout.lines().collect();
+	assert_eq!(lines.len(), 1, "exactly one line of JSON: {stdout}");
+	let out: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+	assert_eq!(out["prompt_tokens"], case["prompt_tokens"]);
+	let tokens = out["tokens"].as_array().expect("tokens");
+	assert_eq!(tokens.len(), 8);
+	assert_eq!(tokens[..], case["base"]["tokens"].as_array().unwrap()[..8]);
+	let logprobs = out["logprobs"].as_array().expect("logprobs");
+	assert_eq!(logprobs.len(), 8);
+	assert!(logprobs.iter().all(|l| l.as_f64().is_some_and(|l| l <= 0.0)));
+	assert!(out["text"].as_str().is_some_and(|t| !t.is_empty()), "{out}");
+	assert_eq!(out["finish_reason"], "length");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+	let dir = tempfile::tempdir().unwrap();
+	let not_gguf = dir.path().join("model.gguf");
+	std::fs::write(&not_gguf, b"definitely not a GGUF file").unwrap();
+	let output = worker()
+		.args(["generate", "--model"])
+		.arg(&not_gguf)
+		.args(["--prompt", "hello", "--json"])
+		.output()
+		.unwrap();
+	assert!(!output.status.success());
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(stderr.contains("is not a GGUF file"), "{stderr}");
+
+	let model = models::smollm2_gguf();
+	let missing_adapter = dir.path().join("no-such-adapter");
+	let output = worker()
+		.args(["generate", "--model"])
+		.arg(&model)
+		.arg("--adapter")
+		.arg(&missing_adapter)
+		.args(["--prompt", "hello", "--json"])
+		.output()
+		.unwrap();
+	assert!(!output.status.success());
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(stderr.contains("adapter_config.json"), "{stderr}");
+
+	let output = worker()
+		.args(["generate", "--model"])
+		.arg(&model)
+		.args(["--prompt", "hello", "--max-tokens", "100000"])
+		.output()
+		.unwrap();
+	assert!(!output.status.success());
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(stderr.contains("exceed the model's context"), "{stderr}");
+}

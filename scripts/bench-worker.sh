@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Benchmarks the inference worker on the real model, side by side in one run: prefill and decode
+# tokens/s against candle-transformers' quantized Llama, decode with a LoRA adapter against the
+# base model, and an adapter's cold load (inference-worker/benches/engine.rs). Prints a Markdown
+# table for docs/BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+. scripts/env.sh
+scripts/fetch-models.sh
+
+cargo bench --locked --workspace --bench engine

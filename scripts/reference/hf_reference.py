@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Reference outputs of Hugging Face transformers (+ PEFT) for the worker's correctness tests.
+
+Loads SmolLM2-135M-Instruct from the same GGUF file the worker serves (transformers dequantizes
+it to float32), builds a LoRA adapter with PEFT whose weights follow the formula of
+`openledger_inference_worker::lora::synthetic` (so the Rust test can rebuild the same adapter
+without Python), and records, for each prompt, with and without the adapter:
+
+- the prompt's token ids,
+- the 20 largest logits of the first generated position,
+- 12 greedy tokens with the log-probability of each.
+
+    pip install torch transformers peft gguf numpy
+    scripts/reference/hf_reference.py > inference-worker/tests/fixtures/hf_smollm2.json
+"""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+MODELS = os.environ.get("OPENLEDGER_MODELS", os.path.expanduser("~/.cache/openledger/models"))
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = [
+    "The capital of France is",
+    "<|im_start|>user\nWhat is a LoRA adapter?<|im_end|>\n<|im_start|>assistant\n",
+    "Data attribution 2024: 17 records, 3 curators and",
+]
+STEPS = 12
+TOP = 20
+
+# The adapter: rank 8, alpha 16 by default; v_proj at rank 4; down_proj with alpha 8.
+ADAPTER = {
+    "r": 8,
+    "lora_alpha": 16,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "down_proj"],
+    "rank_pattern": {"v_proj": 4},
+    "alpha_pattern": {"down_proj": 8},
+    "seed": 1,
+}
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def synthetic(seed, layer, projection, is_b, rows, cols):
+    """The same values as `lora::synthetic_value` in Rust (float64 math, stored as float32)."""
+    p = PROJECTIONS.index(projection)
+    m = 1.0 if is_b else 0.0
+    amplitude = (0.1 if is_b else 1.0) / math.sqrt(cols)
+    i = np.arange(rows, dtype=np.float64)[:, None]
+    j = np.arange(cols, dtype=np.float64)[None, :]
+    phase = seed * 0.618 + layer * 1.3 + p * 2.1 + m * 0.7
+    return (amplitude * np.sin(phase + i * 0.37 + j * 0.11 + i * j * 0.013)).astype(np.float32)
+
+
+def greedy(model, ids):
+    tokens, logprobs, top = [], [], None
+    seq = list(ids)
+    with torch.no_grad():
+        for step in range(STEPS):
+            logits = model(torch.tensor([seq])).logits[0, -1].float()
+            if step == 0:
+                values, indices = torch.topk(logits, TOP)
+                top = [[int(i), float(v)] for i, v in zip(indices, values)]
+            token = int(torch.argmax(logits))
+            logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+            tokens.append(token)
+            seq.append(token)
+    return {"top_logits": top, "tokens": tokens, "logprobs": logprobs}
+
+
+def main():
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(MODELS, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(MODELS, gguf_file=GGUF, dtype=torch.float32)
+    model.eval()
+    cases = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        cases.append({"prompt": prompt, "prompt_tokens": ids, "base": greedy(model, ids)})
+
+    config = LoraConfig(
+        r=ADAPTER["r"],
+        lora_alpha=ADAPTER["lora_alpha"],
+        target_modules=ADAPTER["target_modules"],
+        rank_pattern=ADAPTER["rank_pattern"],
+        alpha_pattern=ADAPTER["alpha_pattern"],
+        lora_dropout=0.0,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if ".lora_A." not in name and ".lora_B." not in name:
+                continue
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            projection = next(p for p in PROJECTIONS if f".{p}." in name)
+            rows, cols = param.shape
+            values = synthetic(ADAPTER["seed"], layer, projection, ".lora_B." in name, rows, cols)
+            param.copy_(torch.from_numpy(values))
+    peft_model.eval()
+    for case in cases:
+        case["adapter"] = greedy(peft_model, case["prompt_tokens"])
+
+    json.dump(
+        {
+            "model": GGUF,
+            "reference": f"transformers {__import__('transformers').__version__}, "
+            f"peft {__import__('peft').__version__}, torch {torch.__version__}, float32 on CPU",
+            "adapter": ADAPTER,
+            "steps": STEPS,
+            "cases": cases,
+        },
+        sys.stdout,
+        indent=1,
+    )
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
