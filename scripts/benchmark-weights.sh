@@ -37,7 +37,7 @@ case "${1:-}" in
 	for dir in pallets/*/; do
 		crate="$(basename "$dir")"
 		[ -f "$dir/src/benchmarking.rs" ] || continue
-		bench "pallet_${crate//-/_}" "$dir/src/weights.rs"
+		bench "pallet_${crate//-/_}" "${dir%/}/src/weights.rs"
 	done
 	;;
 *) bench "$1" "$2" ;;

@@ -2,11 +2,12 @@
 //!
 //! - [`model`]: the decoder, over quantized GGUF or dense weights, with adapters applied
 //!   unmerged on top of the shared base weights.
-//! - [`lora`]: PEFT LoRA adapters.
+//! - [`lora`]: PEFT LoRA adapters; [`adapter_cache`]: which of them are in memory.
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or rebuilt from GGUF metadata.
 //! - [`sampling`] and [`generate`]: choosing tokens and running a request to completion.
 //! - [`models`]: where the real models live on this machine.
 
+pub mod adapter_cache;
 pub mod config;
 pub mod error;
 pub mod generate;

@@ -14,7 +14,7 @@ use candle_core::{
 use crate::{
 	config::{LlamaConfig, RopeLayout},
 	error::{Error, Result},
-	lora::{LoraAdapter, Projection},
+	lora::{LoraAdapter, LoraWeights, Projection},
 	tokenizer::Tokenizer,
 };
 
@@ -128,6 +128,65 @@ impl KvCache {
 	/// Whether nothing is cached.
 	pub fn is_empty(&self) -> bool {
 		self.len == 0
+	}
+}
+
+/// One sequence's part of a batch step (see [`Llama::forward_batch`]).
+pub struct SequenceInput<'a> {
+	/// The sequence's new tokens: its whole prompt at prefill, one token at decode.
+	pub tokens: &'a [u32],
+	/// Its keys and values so far; extended by the step.
+	pub cache: &'a mut KvCache,
+	/// The adapter it is served with, if any.
+	pub adapter: Option<&'a LoraAdapter>,
+	/// Whether to return the logits of every new position, or only of the last.
+	pub all_logits: bool,
+}
+
+/// The sequences of a batch as row segments, each with its adapter.
+///
+/// An adapter's low-rank product is computed per segment (SGMV-style; one row per sequence at
+/// decode, BGMV-style), with exactly the shapes the sequence has when it is served alone. That
+/// keeps every request's output bit-identical whatever else shares its batch (batch invariance),
+/// which re-execution checks of a worker's claims rely on: a matrix product over the rows of
+/// several sequences at once sums in a different order, and the 8-bit quantization of
+/// activations downstream amplifies such last-bit differences into visible ones.
+struct Segments<'a> {
+	/// `(adapter, first row, rows)` of each sequence, in batch order.
+	segments: Vec<(Option<&'a LoraAdapter>, usize, usize)>,
+}
+
+impl<'a> Segments<'a> {
+	fn new(batch: &[SequenceInput<'a>], spans: &[(usize, usize, usize)]) -> Self {
+		let segments =
+			batch.iter().zip(spans).map(|(seq, &(row, t, _))| (seq.adapter, row, t)).collect();
+		Self { segments }
+	}
+
+	/// The base projection of every row, plus each sequence's adapter product on its rows.
+	fn project(
+		&self,
+		base: &Linear,
+		x: &Tensor,
+		layer: usize,
+		which: Projection,
+	) -> Result<Tensor> {
+		let y = base.forward(x)?;
+		let lora = |adapter: Option<&'a LoraAdapter>| -> Option<&'a LoraWeights> {
+			adapter.and_then(|a| a.weights(layer, which))
+		};
+		if self.segments.iter().all(|(adapter, _, _)| lora(*adapter).is_none()) {
+			return Ok(y);
+		}
+		let mut pieces = Vec::with_capacity(self.segments.len());
+		for &(adapter, row, t) in &self.segments {
+			let rows = y.narrow(0, row, t)?;
+			pieces.push(match lora(adapter) {
+				Some(weights) => (rows + weights.forward(&x.narrow(0, row, t)?)?)?,
+				None => rows,
+			});
+		}
+		Ok(if pieces.len() == 1 { pieces.remove(0) } else { Tensor::cat(&pieces, 0)? })
 	}
 }
 
@@ -282,21 +341,6 @@ impl Llama {
 		})
 	}
 
-	fn project(
-		&self,
-		base: &Linear,
-		x: &Tensor,
-		adapter: Option<&LoraAdapter>,
-		layer: usize,
-		which: Projection,
-	) -> Result<Tensor> {
-		let y = base.forward(x)?;
-		match adapter.and_then(|a| a.weights(layer, which)) {
-			Some(lora) => Ok((y + lora.forward(x)?)?),
-			None => Ok(y),
-		}
-	}
-
 	/// Runs `tokens` (the next tokens of one sequence) through the model, appending their keys
 	/// and values to `cache`, with `adapter` applied on top of the base weights. Returns the
 	/// logits `[tokens, vocab]` of every position when `all_logits`, else of the last one
@@ -308,78 +352,133 @@ impl Llama {
 		adapter: Option<&LoraAdapter>,
 		all_logits: bool,
 	) -> Result<Tensor> {
+		let mut batch = [SequenceInput { tokens, cache, adapter, all_logits }];
+		let mut out = self.forward_batch(&mut batch)?;
+		out.pop().ok_or_else(|| Error::Request("empty batch".into()))
+	}
+
+	/// Runs one step of a batch of sequences, each with its own new tokens (a whole prompt, or
+	/// one decoded token), its own cache and its own adapter or none. The base weights are
+	/// applied to every row of the batch at once; each adapter's low-rank product is computed
+	/// on the rows of the sequences that use it (see [`Segments`]); attention is per sequence.
+	/// Returns each sequence's logits as [`Llama::forward`] does.
+	pub fn forward_batch(&self, batch: &mut [SequenceInput<'_>]) -> Result<Vec<Tensor>> {
 		let cfg = &self.config;
-		let t = tokens.len();
-		if t == 0 {
-			return Err(Error::Request("no tokens to run".into()));
+		let mut spans = Vec::with_capacity(batch.len());
+		let mut ids = Vec::new();
+		for seq in batch.iter_mut() {
+			let t = seq.tokens.len();
+			if t == 0 {
+				return Err(Error::Request("a sequence has no tokens to run".into()));
+			}
+			let start = seq.cache.len;
+			if start + t > cfg.context_length {
+				return Err(Error::Request(format!(
+					"{} tokens exceed the model's context of {}",
+					start + t,
+					cfg.context_length
+				)));
+			}
+			if let Some(&bad) = seq.tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+				return Err(Error::Request(format!("token id {bad} is outside the vocabulary")));
+			}
+			if seq.cache.layers.len() != self.blocks.len() {
+				seq.cache.layers = vec![None; self.blocks.len()];
+			}
+			spans.push((ids.len(), t, start));
+			ids.extend_from_slice(seq.tokens);
 		}
-		let start = cache.len;
-		if start + t > cfg.context_length {
-			return Err(Error::Request(format!(
-				"{} tokens exceed the model's context of {}",
-				start + t,
-				cfg.context_length
-			)));
+		if batch.is_empty() {
+			return Ok(Vec::new());
 		}
-		if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-			return Err(Error::Request(format!("token id {bad} is outside the vocabulary")));
-		}
-		if cache.layers.len() != self.blocks.len() {
-			cache.layers = vec![None; self.blocks.len()];
-		}
-		let ids = Tensor::new(tokens, &self.device)?;
+		let segments = Segments::new(batch, &spans);
+		let ids = Tensor::new(ids.as_slice(), &self.device)?;
 		let mut x = self.embeddings.index_select(&ids, 0)?;
 		let eps = cfg.rms_norm_eps as f32;
-		let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-		let mask = causal_mask(t, start, &self.device)?;
 		for (l, block) in self.blocks.iter().enumerate() {
 			let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
-			let q = self.project(&block.q, &h, adapter, l, Projection::Q)?;
-			let k = self.project(&block.k, &h, adapter, l, Projection::K)?;
-			let v = self.project(&block.v, &h, adapter, l, Projection::V)?;
-			let heads = |x: Tensor, n: usize| -> Result<Tensor> {
-				Ok(x.reshape((1, t, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
-			};
-			let q = self.rope.apply(&heads(q, cfg.num_heads)?, start)?;
-			let k = self.rope.apply(&heads(k, cfg.num_kv_heads)?, start)?;
-			let v = heads(v, cfg.num_kv_heads)?;
-			let (k, v) = match cache.layers[l].take() {
-				Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
-				None => (k, v),
-			};
-			cache.layers[l] = Some((k.clone(), v.clone()));
-			// Grouped-query attention: each key/value head serves `group` query heads.
-			let group = cfg.group_size();
-			let total = start + t;
-			let q = q.reshape((cfg.num_kv_heads, group * t, cfg.head_dim))?;
-			let k = k.squeeze(0)?;
-			let v = v.squeeze(0)?;
-			let scores = (q.matmul(&k.t()?)? * scale)?;
-			let scores = scores.reshape((cfg.num_kv_heads, group, t, total))?;
-			let scores = match &mask {
-				Some(mask) => scores.broadcast_add(mask)?,
-				None => scores,
-			};
-			let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-			let probs = probs.reshape((cfg.num_kv_heads, group * t, total))?;
-			let attn = probs.matmul(&v)?; // [kv_heads, group * t, head_dim]
-			let attn = attn
-				.reshape((cfg.num_heads, t, cfg.head_dim))?
-				.transpose(0, 1)?
-				.reshape((t, cfg.num_heads * cfg.head_dim))?;
-			let attn = self.project(&block.o, &attn, adapter, l, Projection::O)?;
+			let q = segments.project(&block.q, &h, l, Projection::Q)?;
+			let k = segments.project(&block.k, &h, l, Projection::K)?;
+			let v = segments.project(&block.v, &h, l, Projection::V)?;
+			let mut outputs = Vec::with_capacity(batch.len());
+			for (seq, &(row, t, start)) in batch.iter_mut().zip(&spans) {
+				let (q, k, v) = (q.narrow(0, row, t)?, k.narrow(0, row, t)?, v.narrow(0, row, t)?);
+				outputs.push(self.attention(&q, &k, &v, start, &mut seq.cache.layers[l])?);
+			}
+			let attn =
+				if outputs.len() == 1 { outputs.remove(0) } else { Tensor::cat(&outputs, 0)? };
+			let attn = segments.project(&block.o, &attn, l, Projection::O)?;
 			x = (x + attn)?;
 			let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
-			let gate = self.project(&block.gate, &h, adapter, l, Projection::Gate)?;
-			let up = self.project(&block.up, &h, adapter, l, Projection::Up)?;
+			let gate = segments.project(&block.gate, &h, l, Projection::Gate)?;
+			let up = segments.project(&block.up, &h, l, Projection::Up)?;
 			let mlp = (candle_nn::ops::silu(&gate)? * up)?;
-			let down = self.project(&block.down, &mlp, adapter, l, Projection::Down)?;
+			let down = segments.project(&block.down, &mlp, l, Projection::Down)?;
 			x = (x + down)?;
 		}
-		cache.len = start + t;
-		let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
-		let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-		Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+		// The rows whose logits are wanted, run through the head together.
+		let mut rows = Vec::new();
+		let mut counts = Vec::with_capacity(batch.len());
+		for (seq, &(row, t, start)) in batch.iter_mut().zip(&spans) {
+			seq.cache.len = start + t;
+			let wanted = if seq.all_logits { row..row + t } else { row + t - 1..row + t };
+			counts.push(wanted.len());
+			rows.extend(wanted.map(|r| r as u32));
+		}
+		let rows = Tensor::new(rows.as_slice(), &self.device)?;
+		let x = candle_nn::ops::rms_norm(&x.index_select(&rows, 0)?, &self.norm, eps)?;
+		let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+		let mut out = Vec::with_capacity(counts.len());
+		let mut at = 0;
+		for n in counts {
+			out.push(logits.narrow(0, at, n)?);
+			at += n;
+		}
+		Ok(out)
+	}
+
+	/// Causal grouped-query attention of one sequence's new rows (`q`, `k`, `v`: `[t, width]`)
+	/// over its cached keys and values, which it extends. Returns `[t, heads * head_dim]`.
+	fn attention(
+		&self,
+		q: &Tensor,
+		k: &Tensor,
+		v: &Tensor,
+		start: usize,
+		cache: &mut Option<(Tensor, Tensor)>,
+	) -> Result<Tensor> {
+		let cfg = &self.config;
+		let t = q.dim(0)?;
+		let heads = |x: &Tensor, n: usize| -> Result<Tensor> {
+			Ok(x.reshape((1, t, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
+		};
+		let q = self.rope.apply(&heads(q, cfg.num_heads)?, start)?;
+		let k = self.rope.apply(&heads(k, cfg.num_kv_heads)?, start)?;
+		let v = heads(v, cfg.num_kv_heads)?;
+		let (k, v) = match cache.take() {
+			Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+			None => (k, v),
+		};
+		*cache = Some((k.clone(), v.clone()));
+		// Grouped-query attention: each key/value head serves `group` query heads.
+		let group = cfg.group_size();
+		let total = start + t;
+		let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+		let q = q.reshape((cfg.num_kv_heads, group * t, cfg.head_dim))?;
+		let (k, v) = (k.squeeze(0)?, v.squeeze(0)?);
+		let scores = (q.matmul(&k.t()?)? * scale)?;
+		let scores = scores.reshape((cfg.num_kv_heads, group, t, total))?;
+		let scores = match causal_mask(t, start, &self.device)? {
+			Some(mask) => scores.broadcast_add(&mask)?,
+			None => scores,
+		};
+		let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+		let probs = probs.reshape((cfg.num_kv_heads, group * t, total))?;
+		let attn = probs.matmul(&v)?; // [kv_heads, group * t, head_dim]
+		Ok(attn
+			.reshape((cfg.num_heads, t, cfg.head_dim))?
+			.transpose(0, 1)?
+			.reshape((t, cfg.num_heads * cfg.head_dim))?)
 	}
 
 	/// Log-softmax over the vocabulary of each row of `logits`.

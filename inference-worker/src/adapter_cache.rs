@@ -1,0 +1,348 @@
+//! The adapters a worker holds in memory: loaded when a request names one, kept in LRU order
+//! under a byte budget, evicted when the budget is needed (pinned adapters never are), and
+//! reloaded when their files change on disk.
+//!
+//! Requests hold an adapter through an [`Arc`], so evicting or reloading it never disturbs a
+//! request already running with it, and loading happens outside the cache's lock, so a slow load
+//! never stalls requests that use other adapters.
+
+use std::{
+	collections::HashMap,
+	path::{Path, PathBuf},
+	sync::{Arc, Mutex},
+	time::SystemTime,
+};
+
+use crate::{
+	error::{Error, Result},
+	lora::LoraAdapter,
+};
+
+/// What identifies the version of an adapter's files on disk: their sizes and modification
+/// times. A changed fingerprint means the adapter must be reloaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint(Vec<(u64, Option<SystemTime>)>);
+
+impl Fingerprint {
+	fn of(dir: &Path) -> Result<Self> {
+		let mut parts = Vec::with_capacity(2);
+		for file in ["adapter_config.json", "adapter_model.safetensors"] {
+			let meta = std::fs::metadata(dir.join(file)).map_err(|e| Error::Adapter {
+				name: dir.display().to_string(),
+				reason: format!("cannot read {file}: {e}"),
+			})?;
+			parts.push((meta.len(), meta.modified().ok()));
+		}
+		Ok(Self(parts))
+	}
+}
+
+struct Entry {
+	adapter: Arc<LoraAdapter>,
+	dir: PathBuf,
+	fingerprint: Fingerprint,
+	last_used: u64,
+	pinned: bool,
+}
+
+/// How the cache has been used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+	/// Requests served from memory.
+	pub hits: u64,
+	/// Adapters loaded from disk (first use, or after eviction).
+	pub loads: u64,
+	/// Adapters reloaded because their files changed.
+	pub reloads: u64,
+	/// Adapters evicted to make room.
+	pub evictions: u64,
+}
+
+struct Inner {
+	entries: HashMap<String, Entry>,
+	used_bytes: usize,
+	clock: u64,
+	stats: CacheStats,
+}
+
+/// An LRU cache of adapters bounded by bytes.
+pub struct AdapterCache {
+	budget_bytes: usize,
+	inner: Mutex<Inner>,
+}
+
+impl AdapterCache {
+	/// A cache that holds at most `budget_bytes` of adapter weights.
+	pub fn new(budget_bytes: usize) -> Self {
+		Self {
+			budget_bytes,
+			inner: Mutex::new(Inner {
+				entries: HashMap::new(),
+				used_bytes: 0,
+				clock: 0,
+				stats: CacheStats::default(),
+			}),
+		}
+	}
+
+	fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+		// A panic while holding the lock leaves the maps consistent (every mutation is a single
+		// insert or remove), so a poisoned lock is still usable.
+		self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
+
+	/// The adapter `name` whose files are in `dir`: from memory if its files have not changed,
+	/// else loaded with `load` (outside the lock) and inserted, evicting the least recently used
+	/// unpinned adapters as the budget requires.
+	pub fn get_or_load(
+		&self,
+		name: &str,
+		dir: &Path,
+		load: impl FnOnce(&Path) -> Result<LoraAdapter>,
+	) -> Result<Arc<LoraAdapter>> {
+		let fingerprint = Fingerprint::of(dir)?;
+		let mut reload = false;
+		{
+			let mut inner = self.lock();
+			inner.clock += 1;
+			let now = inner.clock;
+			if let Some(entry) = inner.entries.get_mut(name) {
+				if entry.fingerprint == fingerprint && entry.dir == dir {
+					entry.last_used = now;
+					let adapter = entry.adapter.clone();
+					inner.stats.hits += 1;
+					return Ok(adapter);
+				}
+				reload = true;
+			}
+		}
+		let adapter = Arc::new(load(dir)?);
+		if adapter.size_bytes > self.budget_bytes {
+			return Err(Error::Adapter {
+				name: name.to_string(),
+				reason: format!(
+					"needs {} bytes, more than the cache's whole budget of {}",
+					adapter.size_bytes, self.budget_bytes
+				),
+			});
+		}
+		let mut inner = self.lock();
+		let pinned = match inner.entries.remove(name) {
+			Some(old) => {
+				inner.used_bytes -= old.adapter.size_bytes;
+				old.pinned
+			}
+			None => false,
+		};
+		while inner.used_bytes + adapter.size_bytes > self.budget_bytes {
+			let victim = inner
+				.entries
+				.iter()
+				.filter(|(_, e)| !e.pinned)
+				.min_by_key(|(_, e)| e.last_used)
+				.map(|(name, _)| name.clone());
+			let Some(victim) = victim else {
+				return Err(Error::Adapter {
+					name: name.to_string(),
+					reason: format!(
+						"no room: {} of {} bytes are held by pinned adapters",
+						inner.used_bytes, self.budget_bytes
+					),
+				});
+			};
+			if let Some(evicted) = inner.entries.remove(&victim) {
+				inner.used_bytes -= evicted.adapter.size_bytes;
+				inner.stats.evictions += 1;
+				tracing::debug!(adapter = %victim, "adapter evicted");
+			}
+		}
+		inner.clock += 1;
+		let last_used = inner.clock;
+		inner.used_bytes += adapter.size_bytes;
+		if reload {
+			inner.stats.reloads += 1;
+		} else {
+			inner.stats.loads += 1;
+		}
+		inner.entries.insert(
+			name.to_string(),
+			Entry {
+				adapter: adapter.clone(),
+				dir: dir.to_path_buf(),
+				fingerprint,
+				last_used,
+				pinned,
+			},
+		);
+		Ok(adapter)
+	}
+
+	/// Pins or unpins an adapter already in the cache: a pinned adapter is never evicted.
+	/// Returns whether the adapter was there.
+	pub fn set_pinned(&self, name: &str, pinned: bool) -> bool {
+		match self.lock().entries.get_mut(name) {
+			Some(entry) => {
+				entry.pinned = pinned;
+				true
+			}
+			None => false,
+		}
+	}
+
+	/// Whether `name` is in memory.
+	pub fn contains(&self, name: &str) -> bool {
+		self.lock().entries.contains_key(name)
+	}
+
+	/// Bytes of adapter weights in memory.
+	pub fn used_bytes(&self) -> usize {
+		self.lock().used_bytes
+	}
+
+	/// Adapters in memory.
+	pub fn len(&self) -> usize {
+		self.lock().entries.len()
+	}
+
+	/// Whether no adapter is in memory.
+	pub fn is_empty(&self) -> bool {
+		self.len() == 0
+	}
+
+	/// Hits, loads, reloads and evictions so far.
+	pub fn stats(&self) -> CacheStats {
+		self.lock().stats
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use std::collections::BTreeMap;
+
+	use candle_core::Device;
+
+	use super::*;
+	use crate::{
+		config::{LlamaConfig, RopeLayout},
+		lora::{
+			synthetic::{self, SyntheticAdapter},
+			Projection,
+		},
+	};
+
+	fn config() -> LlamaConfig {
+		LlamaConfig {
+			architecture: "llama".into(),
+			vocab_size: 32,
+			hidden_size: 16,
+			intermediate_size: 24,
+			num_layers: 2,
+			num_heads: 4,
+			num_kv_heads: 2,
+			head_dim: 4,
+			rope_theta: 10_000.0,
+			rope_scale: 1.0,
+			rope_layout: RopeLayout::Interleaved,
+			rms_norm_eps: 1e-5,
+			context_length: 64,
+		}
+	}
+
+	fn write(dir: &Path, seed: u64, rank: usize) {
+		let spec = SyntheticAdapter {
+			seed,
+			rank,
+			alpha: 8.0,
+			targets: vec![Projection::Q, Projection::V],
+			rank_pattern: BTreeMap::new(),
+			alpha_pattern: BTreeMap::new(),
+		};
+		synthetic::write(&spec, &config(), dir).unwrap();
+	}
+
+	fn load(dir: &Path) -> Result<LoraAdapter> {
+		let config = config();
+		LoraAdapter::load(
+			dir,
+			None,
+			&config,
+			|l, p| (l < config.num_layers).then(|| synthetic::widths(&config, p)),
+			&Device::Cpu,
+		)
+	}
+
+	/// Bytes of one rank-`rank` adapter on q and v of [`config`].
+	fn size(rank: usize) -> usize {
+		// q: A 16 in + B 16 out; v: A 16 in + B 8 out; two layers; f32.
+		2 * ((16 + 16) + (16 + 8)) * rank * 4
+	}
+
+	#[test]
+	fn evicts_the_least_recently_used_and_never_a_pinned_one() {
+		let root = tempfile::tempdir().unwrap();
+		let dirs: Vec<PathBuf> = (0..4)
+			.map(|i| {
+				let dir = root.path().join(format!("a{i}"));
+				write(&dir, i, 2);
+				dir
+			})
+			.collect();
+		let cache = AdapterCache::new(3 * size(2));
+		for (i, dir) in dirs.iter().take(3).enumerate() {
+			let adapter = cache.get_or_load(&format!("a{i}"), dir, load).unwrap();
+			assert_eq!(adapter.size_bytes, size(2));
+		}
+		assert_eq!((cache.len(), cache.used_bytes()), (3, 3 * size(2)));
+		// Use a0 again, pin a1: a2 is the one to go.
+		let held = cache.get_or_load("a0", &dirs[0], load).unwrap();
+		assert!(cache.set_pinned("a1", true));
+		cache.get_or_load("a3", &dirs[3], load).unwrap();
+		assert!(cache.contains("a0") && cache.contains("a1") && cache.contains("a3"));
+		assert!(!cache.contains("a2"));
+		// Next a0 goes (a1 is pinned), though a request still holds it.
+		cache.get_or_load("a2", &dirs[2], load).unwrap();
+		assert!(!cache.contains("a0") && cache.contains("a1"));
+		assert_eq!(held.name, "a0", "the evicted adapter stays usable by its holder");
+		assert_eq!(cache.stats(), CacheStats { hits: 1, loads: 5, reloads: 0, evictions: 2 });
+		assert_eq!(cache.used_bytes(), 3 * size(2));
+	}
+
+	#[test]
+	fn reloads_an_adapter_whose_files_changed() {
+		let root = tempfile::tempdir().unwrap();
+		let dir = root.path().join("a");
+		write(&dir, 1, 2);
+		let cache = AdapterCache::new(10 * size(4));
+		let first = cache.get_or_load("a", &dir, load).unwrap();
+		assert_eq!(first.weights(0, Projection::Q).unwrap().rank, 2);
+		// The owner publishes a new version at a higher rank.
+		write(&dir, 2, 4);
+		let second = cache.get_or_load("a", &dir, load).unwrap();
+		assert_eq!(second.weights(0, Projection::Q).unwrap().rank, 4);
+		assert_eq!(first.weights(0, Projection::Q).unwrap().rank, 2, "old holders keep theirs");
+		assert_eq!(cache.used_bytes(), size(4));
+		assert_eq!(cache.stats().reloads, 1);
+	}
+
+	#[test]
+	fn refuses_what_cannot_fit_and_keeps_what_it_had() {
+		let root = tempfile::tempdir().unwrap();
+		let (small, big) = (root.path().join("small"), root.path().join("big"));
+		write(&small, 1, 2);
+		write(&big, 2, 8);
+		let cache = AdapterCache::new(2 * size(2));
+		cache.get_or_load("small", &small, load).unwrap();
+		let err = cache.get_or_load("big", &big, load).unwrap_err().to_string();
+		assert!(err.contains("more than the cache's whole budget"), "{err}");
+		assert!(cache.set_pinned("small", true));
+		let other = root.path().join("other");
+		write(&other, 3, 3);
+		let err = cache.get_or_load("other", &other, load).unwrap_err().to_string();
+		assert!(err.contains("pinned"), "{err}");
+		assert!(cache.contains("small") && cache.used_bytes() == size(2));
+		// A corrupt adapter is an error, and nothing changes.
+		std::fs::write(other.join("adapter_config.json"), "{").unwrap();
+		assert!(cache.get_or_load("other", &other, load).is_err());
+		assert_eq!(cache.len(), 1);
+	}
+}
