@@ -231,21 +231,7 @@ mod tests {
 	};
 
 	fn config() -> LlamaConfig {
-		LlamaConfig {
-			architecture: "llama".into(),
-			vocab_size: 32,
-			hidden_size: 16,
-			intermediate_size: 24,
-			num_layers: 2,
-			num_heads: 4,
-			num_kv_heads: 2,
-			head_dim: 4,
-			rope_theta: 10_000.0,
-			rope_scale: 1.0,
-			rope_layout: RopeLayout::Interleaved,
-			rms_norm_eps: 1e-5,
-			context_length: 64,
-		}
+		LlamaConfig::tiny(RopeLayout::Interleaved)
 	}
 
 	fn write(dir: &Path, seed: u64, rank: usize) {

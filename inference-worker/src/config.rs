@@ -124,3 +124,25 @@ impl LlamaConfig {
 		self.num_heads / self.num_kv_heads
 	}
 }
+
+#[cfg(test)]
+impl LlamaConfig {
+	/// A tiny Llama (2 layers, width 16, 4 query and 2 key/value heads) for unit tests.
+	pub(crate) fn tiny(rope_layout: RopeLayout) -> Self {
+		Self {
+			architecture: "llama".into(),
+			vocab_size: 32,
+			hidden_size: 16,
+			intermediate_size: 24,
+			num_layers: 2,
+			num_heads: 4,
+			num_kv_heads: 2,
+			head_dim: 4,
+			rope_theta: 10_000.0,
+			rope_scale: 1.0,
+			rope_layout,
+			rms_norm_eps: 1e-5,
+			context_length: 64,
+		}
+	}
+}
