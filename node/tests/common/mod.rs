@@ -55,21 +55,18 @@ impl Node {
 	pub fn start(name: &str, log_dir: &Path, args: &[&str]) -> Result<Self> {
 		let (rpc_port, p2p_port) = (free_port(), free_port());
 		let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-		args.extend(
-			[
-				"--rpc-port".to_string(),
-				rpc_port.to_string(),
-				"--listen-addr".into(),
-				format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
-				"--prometheus-port".into(),
-				free_port().to_string(),
-				"--no-telemetry".into(),
-				"--no-mdns".into(),
-				"--name".into(),
-				name.to_string(),
-			]
-			.into_iter(),
-		);
+		args.extend([
+			"--rpc-port".to_string(),
+			rpc_port.to_string(),
+			"--listen-addr".into(),
+			format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+			"--prometheus-port".into(),
+			free_port().to_string(),
+			"--no-telemetry".into(),
+			"--no-mdns".into(),
+			"--name".into(),
+			name.to_string(),
+		]);
 		let mut node = Node {
 			name: name.to_string(),
 			rpc_port,

@@ -604,7 +604,7 @@ fn reward_rounding_never_pays_out_more_than_was_paid_in() {
 		}
 		assert_ok!(DataNetsPallet::reward(RuntimeOrigin::signed(DAVE), id, 100));
 		let shares = DataNetsPallet::claimable(id, &BOB) + DataNetsPallet::claimable(id, &CHARLIE);
-		assert!(shares <= 100 && shares >= 99, "shares {shares}");
+		assert!((99..=100).contains(&shares), "shares {shares}");
 		assert_ok!(DataNetsPallet::claim_rewards(RuntimeOrigin::signed(BOB), id));
 		assert_ok!(DataNetsPallet::claim_rewards(RuntimeOrigin::signed(CHARLIE), id));
 		assert!(free(DataNetsPallet::account_id()) >= EXISTENTIAL_DEPOSIT);
