@@ -89,16 +89,21 @@ pub fn generate(
 			finish_reason = FinishReason::Eos;
 			break;
 		}
-		text = tokenizer.decode(&tokens)?;
-		if let Some(cut) = request.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-			text.truncate(cut);
-			finish_reason = FinishReason::Stop;
-			break;
+		// The output is decoded at each step only when stop sequences must be looked for.
+		if !request.stop.is_empty() {
+			text = tokenizer.decode(&tokens)?;
+			if let Some(cut) = request.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+				text.truncate(cut);
+				finish_reason = FinishReason::Stop;
+				break;
+			}
 		}
 		next_input = vec![sampled.token];
 	}
-	if finish_reason == FinishReason::Eos {
-		text = tokenizer.decode(&tokens[..tokens.len() - 1])?;
+	match finish_reason {
+		FinishReason::Stop => {}
+		FinishReason::Eos => text = tokenizer.decode(&tokens[..tokens.len() - 1])?,
+		FinishReason::Length => text = tokenizer.decode(&tokens)?,
 	}
 	Ok(Generation { prompt_tokens, tokens, logprobs, text, finish_reason })
 }

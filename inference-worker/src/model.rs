@@ -8,7 +8,7 @@ use std::{fs::File, io::BufReader, path::Path};
 
 use candle_core::{
 	quantized::{gguf_file, QMatMul, QTensor},
-	DType, Device, Module, Tensor, D,
+	DType, Device, Module, Tensor,
 };
 
 use crate::{
@@ -479,11 +479,6 @@ impl Llama {
 			.reshape((cfg.num_heads, t, cfg.head_dim))?
 			.transpose(0, 1)?
 			.reshape((t, cfg.num_heads * cfg.head_dim))?)
-	}
-
-	/// Log-softmax over the vocabulary of each row of `logits`.
-	pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
-		Ok(candle_nn::ops::log_softmax(logits, D::Minus1)?)
 	}
 }
 
