@@ -34,7 +34,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Prefill then greedy decode with this engine; returns (prefill tok/s, decode tok/s).
 fn ours(model: &Llama, prompt: &[u32], adapter: Option<&LoraAdapter>) -> (f64, f64) {
-	let mut cache = KvCache::default();
+	let mut cache = KvCache::new(model, 4096).unwrap();
 	let start = Instant::now();
 	let logits = model.forward(prompt, &mut cache, adapter, false).unwrap();
 	let prefill = prompt.len() as f64 / start.elapsed().as_secs_f64();

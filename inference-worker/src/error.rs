@@ -26,6 +26,20 @@ pub enum Error {
 		/// What is wrong with it.
 		reason: String,
 	},
+	/// The KV cache has too few free blocks for a step (the scheduler preempts a sequence).
+	#[error("the KV cache is full: {needed} blocks needed, {available} free")]
+	CacheFull {
+		/// Blocks the step needs.
+		needed: usize,
+		/// Blocks free.
+		available: usize,
+	},
+	/// The request queue is full: try again later.
+	#[error("overloaded: {queued} requests are already waiting (the limit)")]
+	Overloaded {
+		/// Requests waiting.
+		queued: usize,
+	},
 	/// A request is invalid (empty prompt, too long, bad sampling parameters).
 	#[error("bad request: {0}")]
 	Request(String),

@@ -71,7 +71,7 @@ pub fn generate(
 		)));
 	}
 	let mut sampler = Sampler::new(request.sampling.clone())?;
-	let mut cache = KvCache::default();
+	let mut cache = KvCache::new(model, prompt_tokens.len() + request.max_tokens)?;
 	let mut history = prompt_tokens.clone();
 	let mut tokens = Vec::with_capacity(request.max_tokens);
 	let mut logprobs = Vec::with_capacity(request.max_tokens);

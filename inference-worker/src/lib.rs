@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: the decoder, over quantized GGUF or dense weights, with adapters applied
 //!   unmerged on top of the shared base weights.
+//! - [`kv_cache`]: the paged key/value cache shared by all sequences, with prefix sharing.
 //! - [`lora`]: PEFT LoRA adapters; [`adapter_cache`]: which of them are in memory.
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or rebuilt from GGUF metadata.
 //! - [`sampling`] and [`generate`]: choosing tokens and running a request to completion.
@@ -11,6 +12,7 @@ pub mod adapter_cache;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod kv_cache;
 pub mod lora;
 pub mod model;
 pub mod models;

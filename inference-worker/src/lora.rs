@@ -153,7 +153,13 @@ pub struct LoraAdapter {
 	layers: Vec<HashMap<Projection, LoraWeights>>,
 	/// Bytes its weights take in memory.
 	pub size_bytes: usize,
+	/// Unique to this load of the adapter (a reload gets a new one): keys and values cached
+	/// for prefix sharing are tagged with it.
+	pub uid: u64,
 }
+
+/// The next [`LoraAdapter::uid`]; 0 stands for the base model.
+static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn adapter_error(name: &str, reason: impl ToString) -> Error {
 	Error::Adapter { name: name.to_string(), reason: reason.to_string() }
@@ -277,7 +283,8 @@ impl LoraAdapter {
 			layers[layer].insert(projection, weights);
 		}
 		tracing::debug!(adapter = %name, size_bytes, "adapter loaded");
-		Ok(Self { name, layers, size_bytes })
+		let uid = NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+		Ok(Self { name, layers, size_bytes, uid })
 	}
 
 	/// The weights of `projection` in `layer`, if the adapter targets it.

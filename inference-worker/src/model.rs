@@ -14,6 +14,7 @@ use candle_core::{
 use crate::{
 	config::{LlamaConfig, RopeLayout},
 	error::{Error, Result},
+	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
 	lora::{LoraAdapter, LoraWeights, Projection},
 	tokenizer::Tokenizer,
 };
@@ -111,32 +112,42 @@ impl Rope {
 	}
 }
 
-/// The keys and values of one sequence's tokens so far, per layer (`[1, kv_heads, tokens,
-/// head_dim]`).
-#[derive(Debug, Clone, Default)]
+/// One sequence's cache with a pool of its own, for serving a single request (a server shares
+/// one [`PagedKvCache`] among all its sequences instead).
+#[derive(Debug)]
 pub struct KvCache {
-	layers: Vec<Option<(Tensor, Tensor)>>,
-	len: usize,
+	pool: PagedKvCache,
+	table: BlockTable,
 }
 
 impl KvCache {
+	/// A cache for up to `tokens` tokens of one sequence of `model`.
+	pub fn new(model: &Llama, tokens: usize) -> Result<Self> {
+		let config = KvCacheConfig::for_tokens(tokens, KvCacheConfig::DEFAULT_BLOCK_SIZE);
+		Ok(Self {
+			pool: PagedKvCache::new(&model.config, config, &model.device)?,
+			table: BlockTable::new(0),
+		})
+	}
+
 	/// Tokens cached.
 	pub fn len(&self) -> usize {
-		self.len
+		self.table.len()
 	}
 
 	/// Whether nothing is cached.
 	pub fn is_empty(&self) -> bool {
-		self.len == 0
+		self.table.is_empty()
 	}
 }
 
 /// One sequence's part of a batch step (see [`Llama::forward_batch`]).
 pub struct SequenceInput<'a> {
-	/// The sequence's new tokens: its whole prompt at prefill, one token at decode.
+	/// The sequence's new tokens: its whole prompt (or what of it is not cached) at prefill,
+	/// one token at decode.
 	pub tokens: &'a [u32],
-	/// Its keys and values so far; extended by the step.
-	pub cache: &'a mut KvCache,
+	/// The blocks of its keys and values so far; extended by the step.
+	pub table: &'a mut BlockTable,
 	/// The adapter it is served with, if any.
 	pub adapter: Option<&'a LoraAdapter>,
 	/// Whether to return the logits of every new position, or only of the last.
@@ -352,8 +363,8 @@ impl Llama {
 		adapter: Option<&LoraAdapter>,
 		all_logits: bool,
 	) -> Result<Tensor> {
-		let mut batch = [SequenceInput { tokens, cache, adapter, all_logits }];
-		let mut out = self.forward_batch(&mut batch)?;
+		let mut batch = [SequenceInput { tokens, table: &mut cache.table, adapter, all_logits }];
+		let mut out = self.forward_batch(&mut cache.pool, &mut batch)?;
 		out.pop().ok_or_else(|| Error::Request("empty batch".into()))
 	}
 
@@ -361,8 +372,14 @@ impl Llama {
 	/// one decoded token), its own cache and its own adapter or none. The base weights are
 	/// applied to every row of the batch at once; each adapter's low-rank product is computed
 	/// on the rows of the sequences that use it (see [`Segments`]); attention is per sequence.
+	/// Keys and values go to `cache`, in blocks reserved here for the sequences that still need
+	/// them (a scheduler reserves them beforehand; [`Error::CacheFull`] otherwise).
 	/// Returns each sequence's logits as [`Llama::forward`] does.
-	pub fn forward_batch(&self, batch: &mut [SequenceInput<'_>]) -> Result<Vec<Tensor>> {
+	pub fn forward_batch(
+		&self,
+		cache: &mut PagedKvCache,
+		batch: &mut [SequenceInput<'_>],
+	) -> Result<Vec<Tensor>> {
 		let cfg = &self.config;
 		let mut spans = Vec::with_capacity(batch.len());
 		let mut ids = Vec::new();
@@ -371,7 +388,7 @@ impl Llama {
 			if t == 0 {
 				return Err(Error::Request("a sequence has no tokens to run".into()));
 			}
-			let start = seq.cache.len;
+			let start = seq.table.len();
 			if start + t > cfg.context_length {
 				return Err(Error::Request(format!(
 					"{} tokens exceed the model's context of {}",
@@ -382,14 +399,17 @@ impl Llama {
 			if let Some(&bad) = seq.tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
 				return Err(Error::Request(format!("token id {bad} is outside the vocabulary")));
 			}
-			if seq.cache.layers.len() != self.blocks.len() {
-				seq.cache.layers = vec![None; self.blocks.len()];
-			}
 			spans.push((ids.len(), t, start));
 			ids.extend_from_slice(seq.tokens);
 		}
 		if batch.is_empty() {
 			return Ok(Vec::new());
+		}
+		// Every sequence's blocks, and the pool slots of all its tokens (cached and new).
+		let mut slots = Vec::with_capacity(batch.len());
+		for (seq, &(_, t, start)) in batch.iter_mut().zip(&spans) {
+			cache.reserve(seq.table, t)?;
+			slots.push(Tensor::new(cache.slots(seq.table, 0, start + t).as_slice(), &self.device)?);
 		}
 		let segments = Segments::new(batch, &spans);
 		let ids = Tensor::new(ids.as_slice(), &self.device)?;
@@ -401,9 +421,10 @@ impl Llama {
 			let k = segments.project(&block.k, &h, l, Projection::K)?;
 			let v = segments.project(&block.v, &h, l, Projection::V)?;
 			let mut outputs = Vec::with_capacity(batch.len());
-			for (seq, &(row, t, start)) in batch.iter_mut().zip(&spans) {
+			for ((seq, &(row, t, start)), slots) in batch.iter().zip(&spans).zip(&slots) {
 				let (q, k, v) = (q.narrow(0, row, t)?, k.narrow(0, row, t)?, v.narrow(0, row, t)?);
-				outputs.push(self.attention(&q, &k, &v, start, &mut seq.cache.layers[l])?);
+				let at = Attend { layer: l, start, table: &*seq.table, slots };
+				outputs.push(self.attention(&q, &k, &v, cache, at)?);
 			}
 			let attn =
 				if outputs.len() == 1 { outputs.remove(0) } else { Tensor::cat(&outputs, 0)? };
@@ -419,8 +440,8 @@ impl Llama {
 		// The rows whose logits are wanted, run through the head together.
 		let mut rows = Vec::new();
 		let mut counts = Vec::with_capacity(batch.len());
-		for (seq, &(row, t, start)) in batch.iter_mut().zip(&spans) {
-			seq.cache.len = start + t;
+		for (seq, &(row, t, _)) in batch.iter_mut().zip(&spans) {
+			cache.commit(seq.table, seq.tokens);
 			let wanted = if seq.all_logits { row..row + t } else { row + t - 1..row + t };
 			counts.push(wanted.len());
 			rows.extend(wanted.map(|r| r as u32));
@@ -438,16 +459,18 @@ impl Llama {
 	}
 
 	/// Causal grouped-query attention of one sequence's new rows (`q`, `k`, `v`: `[t, width]`)
-	/// over its cached keys and values, which it extends. Returns `[t, heads * head_dim]`.
+	/// over its cached keys and values: the new keys and values are written to their blocks,
+	/// then all of the sequence's are gathered back. Returns `[t, heads * head_dim]`.
 	fn attention(
 		&self,
 		q: &Tensor,
 		k: &Tensor,
 		v: &Tensor,
-		start: usize,
-		cache: &mut Option<(Tensor, Tensor)>,
+		cache: &PagedKvCache,
+		at: Attend<'_>,
 	) -> Result<Tensor> {
 		let cfg = &self.config;
+		let start = at.start;
 		let t = q.dim(0)?;
 		let heads = |x: &Tensor, n: usize| -> Result<Tensor> {
 			Ok(x.reshape((1, t, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
@@ -455,14 +478,22 @@ impl Llama {
 		let q = self.rope.apply(&heads(q, cfg.num_heads)?, start)?;
 		let k = self.rope.apply(&heads(k, cfg.num_kv_heads)?, start)?;
 		let v = heads(v, cfg.num_kv_heads)?;
-		let (k, v) = match cache.take() {
-			Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
-			None => (k, v),
+		let kv_width = cfg.num_kv_heads * cfg.head_dim;
+		let rows = |x: &Tensor| -> Result<Tensor> {
+			Ok(x.squeeze(0)?.transpose(0, 1)?.reshape((t, kv_width))?)
 		};
-		*cache = Some((k.clone(), v.clone()));
+		cache.write(at.layer, at.table, start, &rows(&k)?, &rows(&v)?)?;
+		let (k, v) = cache.gather(at.layer, at.slots)?;
+		let total = start + t;
+		let heads_of = |x: Tensor| -> Result<Tensor> {
+			Ok(x.reshape((total, cfg.num_kv_heads, cfg.head_dim))?
+				.transpose(0, 1)?
+				.contiguous()?
+				.unsqueeze(0)?)
+		};
+		let (k, v) = (heads_of(k)?, heads_of(v)?);
 		// Grouped-query attention: each key/value head serves `group` query heads.
 		let group = cfg.group_size();
-		let total = start + t;
 		let scale = 1.0 / (cfg.head_dim as f64).sqrt();
 		let q = q.reshape((cfg.num_kv_heads, group * t, cfg.head_dim))?;
 		let (k, v) = (k.squeeze(0)?, v.squeeze(0)?);
@@ -480,6 +511,16 @@ impl Llama {
 			.transpose(0, 1)?
 			.reshape((t, cfg.num_heads * cfg.head_dim))?)
 	}
+}
+
+/// Where one sequence's attention reads and writes the paged cache.
+struct Attend<'a> {
+	layer: usize,
+	/// Tokens cached before this step.
+	start: usize,
+	table: &'a BlockTable,
+	/// Pool slots of the sequence's tokens, cached and new.
+	slots: &'a Tensor,
 }
 
 /// The additive causal mask for `t` new tokens after `start` cached ones: `[t, start + t]`,

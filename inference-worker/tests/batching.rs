@@ -1,11 +1,12 @@
 //! A mixed batch — requests for different adapters and for the base model, prefill and decode in
-//! the same step, a request joining mid-way — gives each request what it gets when served alone,
+//! the same step, a request joining mid-way, one reusing another's cached prompt — gives each request what it gets when served alone,
 //! on the real model with its quantized weights (the serving path).
 
 use std::collections::BTreeMap;
 
 use candle_core::Device;
 use openledger_inference_worker::{
+	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
 	lora::{
 		synthetic::{self, SyntheticAdapter},
 		LoraAdapter, Projection,
@@ -47,7 +48,7 @@ fn adapter(
 
 /// Greedy decoding of one request alone: the logits of each step.
 fn solo(model: &Llama, prompt: &[u32], adapter: Option<&LoraAdapter>) -> Vec<Vec<f32>> {
-	let mut cache = KvCache::default();
+	let mut cache = KvCache::new(model, prompt.len() + STEPS).unwrap();
 	let mut input = prompt.to_vec();
 	let mut steps = Vec::new();
 	for _ in 0..STEPS {
@@ -87,33 +88,48 @@ fn a_mixed_batch_matches_serving_each_request_alone() {
 	.iter()
 	.map(|p| tokenizer.encode(p).unwrap())
 	.collect();
-	// Request 3 uses the same adapter as request 1 and joins at step 2.
-	let adapters = [None, Some(&a), Some(&b), Some(&a)];
-	let joins = [0, 0, 0, 2];
+	let mut prompts = prompts;
+	prompts.push(prompts[1].clone());
+	// Request 3 uses the same adapter as request 1 and joins at step 2; request 4 is request 1
+	// again, joining at step 3: it takes the cached blocks of the shared prompt.
+	let adapters = [None, Some(&a), Some(&b), Some(&a), Some(&a)];
+	let joins = [0, 0, 0, 2, 3];
 	let expected: Vec<Vec<Vec<f32>>> =
 		prompts.iter().zip(adapters).map(|(p, ad)| solo(&model, p, ad)).collect();
 
-	let mut caches: Vec<KvCache> = vec![KvCache::default(); prompts.len()];
+	// One pool for all of them, in small blocks so that prompts span several.
+	let config = KvCacheConfig { block_size: 4, num_blocks: 64 };
+	let mut pool = PagedKvCache::new(&model.config, config, &Device::Cpu).unwrap();
+	let salt = |ad: Option<&LoraAdapter>| ad.map_or(0, |a| a.uid);
+	let mut tables: Vec<BlockTable> =
+		adapters.iter().map(|ad| BlockTable::new(salt(*ad))).collect();
 	let mut next: Vec<Vec<u32>> = prompts.clone();
 	let mut done = vec![0usize; prompts.len()];
-	for step in 0..STEPS + 2 {
+	for step in 0..STEPS + 4 {
 		let active: Vec<usize> =
 			(0..prompts.len()).filter(|&i| joins[i] <= step && done[i] < STEPS).collect();
 		if active.is_empty() {
 			break;
 		}
+		for &i in &active {
+			if tables[i].is_empty() {
+				let reused = pool.reuse_prefix(&mut tables[i], &prompts[i]);
+				assert_eq!(reused > 0, i == 4, "request {i} reused {reused} tokens");
+				next[i] = prompts[i][reused..].to_vec();
+			}
+		}
 		let mut inputs: Vec<SequenceInput<'_>> = Vec::new();
-		for (i, cache) in caches.iter_mut().enumerate() {
+		for (i, table) in tables.iter_mut().enumerate() {
 			if active.contains(&i) {
 				inputs.push(SequenceInput {
 					tokens: &next[i],
-					cache,
+					table,
 					adapter: adapters[i],
 					all_logits: false,
 				});
 			}
 		}
-		let outputs = model.forward_batch(&mut inputs).unwrap();
+		let outputs = model.forward_batch(&mut pool, &mut inputs).unwrap();
 		drop(inputs);
 		for (&i, logits) in active.iter().zip(outputs) {
 			let logits: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
@@ -126,6 +142,11 @@ fn a_mixed_batch_matches_serving_each_request_alone() {
 		}
 	}
 	assert!(done.iter().all(|&d| d == STEPS), "every request finished: {done:?}");
+	assert!(pool.allocator().prefix_hits >= 3, "the shared prompt's full blocks were reused");
+	for table in &mut tables {
+		pool.free(table);
+	}
+	assert_eq!(pool.available_blocks(), config.num_blocks, "every block is back");
 	// The adapters matter: without them, requests 1 and 2 would differ.
 	let base_1 = solo(&model, &prompts[1], None);
 	assert_ne!(base_1[0], expected[1][0]);

@@ -121,7 +121,7 @@ fn check(
 		if dense { "f32" } else { "q4_1" },
 		adapter.is_some()
 	);
-	let mut cache = KvCache::default();
+	let mut cache = KvCache::new(model, 4096).unwrap();
 	let logits = model.forward(&case.prompt_tokens, &mut cache, adapter, false).unwrap();
 	let logits: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
 	let ours: Vec<f32> = expected.top_logits.iter().map(|(id, _)| logits[*id as usize]).collect();
