@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Benchmarks the inference worker on the real model, side by side in one run: prefill and decode
 # tokens/s against candle-transformers' quantized Llama, decode with a LoRA adapter against the
-# base model, and an adapter's cold load (inference-worker/benches/engine.rs). Prints a Markdown
-# table for docs/BENCHMARKS.md.
+# base model, and an adapter's cold load (inference-worker/benches/engine.rs); throughput with 1,
+# 100 and 1,000 adapters in the mix against the base model alone (benches/multi_adapter.rs).
+# Prints Markdown tables for docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
 scripts/fetch-models.sh
 
-cargo bench --locked --workspace --bench engine
+cargo bench --locked --workspace --bench engine --bench multi_adapter

@@ -51,7 +51,105 @@ pub struct Generation {
 	pub finish_reason: FinishReason,
 }
 
-/// Generates a completion of `request` with `model`, and `adapter` on top when given.
+/// Checks a request's prompt tokens and length against the model's context.
+pub fn validate(prompt_tokens: &[u32], max_tokens: usize, context: usize) -> Result<()> {
+	if prompt_tokens.is_empty() {
+		return Err(Error::Request("the prompt is empty".into()));
+	}
+	if max_tokens == 0 {
+		return Err(Error::Request("max_tokens is 0".into()));
+	}
+	if prompt_tokens.len().saturating_add(max_tokens) > context {
+		return Err(Error::Request(format!(
+			"{} prompt tokens plus {max_tokens} new tokens exceed the model's context of {context}",
+			prompt_tokens.len(),
+		)));
+	}
+	Ok(())
+}
+
+/// The output of one request so far, and whether it is finished: the part of generation that
+/// is the same whether the request is served alone or in a batch.
+#[derive(Debug)]
+pub struct Progress {
+	sampler: Sampler,
+	/// The prompt's token ids.
+	pub prompt_tokens: Vec<u32>,
+	/// The generated token ids so far.
+	pub tokens: Vec<u32>,
+	logprobs: Vec<f32>,
+	max_tokens: usize,
+	stop: Vec<String>,
+	text: String,
+	finish_reason: Option<FinishReason>,
+}
+
+impl Progress {
+	/// The start of `request`, whose prompt is `prompt_tokens`.
+	pub fn new(request: &GenerationRequest, prompt_tokens: Vec<u32>) -> Result<Self> {
+		Ok(Self {
+			sampler: Sampler::new(request.sampling.clone())?,
+			prompt_tokens,
+			tokens: Vec::with_capacity(request.max_tokens),
+			logprobs: Vec::with_capacity(request.max_tokens),
+			max_tokens: request.max_tokens,
+			stop: request.stop.clone(),
+			text: String::new(),
+			finish_reason: None,
+		})
+	}
+
+	/// Whether the request is finished.
+	pub fn is_finished(&self) -> bool {
+		self.finish_reason.is_some()
+	}
+
+	/// Samples the next token from `logits` (the last position's) and records it; returns it.
+	/// Generation ends at the end-of-sequence token, a stop sequence or `max_tokens`.
+	pub fn advance(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Result<u32> {
+		let history: Vec<u32> = match self.sampler.needs_history() {
+			true => self.prompt_tokens.iter().chain(&self.tokens).copied().collect(),
+			false => Vec::new(),
+		};
+		let sampled = self.sampler.sample(logits, &history)?;
+		self.tokens.push(sampled.token);
+		self.logprobs.push(sampled.logprob);
+		if Some(sampled.token) == tokenizer.eos {
+			self.finish_reason = Some(FinishReason::Eos);
+		} else if !self.stop.is_empty() {
+			// The output is decoded at each step only when stop sequences must be looked for.
+			self.text = tokenizer.decode(&self.tokens)?;
+			if let Some(cut) = self.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+				self.text.truncate(cut);
+				self.finish_reason = Some(FinishReason::Stop);
+			}
+		}
+		if self.finish_reason.is_none() && self.tokens.len() >= self.max_tokens {
+			self.finish_reason = Some(FinishReason::Length);
+		}
+		Ok(sampled.token)
+	}
+
+	/// The finished generation (as it stands, if it is not finished).
+	pub fn finish(self, tokenizer: &Tokenizer) -> Result<Generation> {
+		let finish_reason = self.finish_reason.unwrap_or(FinishReason::Length);
+		let text = match finish_reason {
+			FinishReason::Stop => self.text,
+			FinishReason::Eos => tokenizer.decode(&self.tokens[..self.tokens.len() - 1])?,
+			FinishReason::Length => tokenizer.decode(&self.tokens)?,
+		};
+		Ok(Generation {
+			prompt_tokens: self.prompt_tokens,
+			tokens: self.tokens,
+			logprobs: self.logprobs,
+			text,
+			finish_reason,
+		})
+	}
+}
+
+/// Generates a completion of `request` with `model`, and `adapter` on top when given, alone
+/// (the [`crate::engine::Engine`] serves many requests together).
 pub fn generate(
 	model: &Llama,
 	tokenizer: &Tokenizer,
@@ -59,51 +157,14 @@ pub fn generate(
 	request: &GenerationRequest,
 ) -> Result<Generation> {
 	let prompt_tokens = tokenizer.encode(&request.prompt)?;
-	if prompt_tokens.is_empty() {
-		return Err(Error::Request("the prompt is empty".into()));
-	}
-	let context = model.config.context_length;
-	if prompt_tokens.len() + request.max_tokens > context {
-		return Err(Error::Request(format!(
-			"{} prompt tokens plus {} new tokens exceed the model's context of {context}",
-			prompt_tokens.len(),
-			request.max_tokens
-		)));
-	}
-	let mut sampler = Sampler::new(request.sampling.clone())?;
+	validate(&prompt_tokens, request.max_tokens, model.config.context_length)?;
 	let mut cache = KvCache::new(model, prompt_tokens.len() + request.max_tokens)?;
-	let mut history = prompt_tokens.clone();
-	let mut tokens = Vec::with_capacity(request.max_tokens);
-	let mut logprobs = Vec::with_capacity(request.max_tokens);
-	let mut finish_reason = FinishReason::Length;
-	let mut text = String::new();
-	let mut next_input = prompt_tokens.clone();
-	while tokens.len() < request.max_tokens {
+	let mut progress = Progress::new(request, prompt_tokens.clone())?;
+	let mut next_input = prompt_tokens;
+	while !progress.is_finished() {
 		let logits = model.forward(&next_input, &mut cache, adapter, false)?;
 		let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-		let sampled = sampler.sample(&logits, &history)?;
-		tokens.push(sampled.token);
-		logprobs.push(sampled.logprob);
-		history.push(sampled.token);
-		if Some(sampled.token) == tokenizer.eos {
-			finish_reason = FinishReason::Eos;
-			break;
-		}
-		// The output is decoded at each step only when stop sequences must be looked for.
-		if !request.stop.is_empty() {
-			text = tokenizer.decode(&tokens)?;
-			if let Some(cut) = request.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-				text.truncate(cut);
-				finish_reason = FinishReason::Stop;
-				break;
-			}
-		}
-		next_input = vec![sampled.token];
+		next_input = vec![progress.advance(&logits, tokenizer)?];
 	}
-	match finish_reason {
-		FinishReason::Stop => {}
-		FinishReason::Eos => text = tokenizer.decode(&tokens[..tokens.len() - 1])?,
-		FinishReason::Length => text = tokenizer.decode(&tokens)?,
-	}
-	Ok(Generation { prompt_tokens, tokens, logprobs, text, finish_reason })
+	progress.finish(tokenizer)
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: the decoder, over quantized GGUF or dense weights, with adapters applied
 //!   unmerged on top of the shared base weights.
+//! - [`engine`]: continuous batching of many requests with different adapters.
 //! - [`kv_cache`]: the paged key/value cache shared by all sequences, with prefix sharing.
 //! - [`lora`]: PEFT LoRA adapters; [`adapter_cache`]: which of them are in memory.
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or rebuilt from GGUF metadata.
@@ -10,6 +11,7 @@
 
 pub mod adapter_cache;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;

@@ -486,30 +486,30 @@ impl Llama {
 		let (k, v) = cache.gather(at.layer, at.slots)?;
 		let total = start + t;
 		let heads_of = |x: Tensor| -> Result<Tensor> {
-			Ok(x.reshape((total, cfg.num_kv_heads, cfg.head_dim))?
-				.transpose(0, 1)?
-				.contiguous()?
-				.unsqueeze(0)?)
+			Ok(x.reshape((total, cfg.num_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?)
 		};
-		let (k, v) = (heads_of(k)?, heads_of(v)?);
-		// Grouped-query attention: each key/value head serves `group` query heads.
+		let (k, v) = (heads_of(k)?, heads_of(v)?); // [kv_heads, total, head_dim]
+											 // Grouped-query attention: each key/value head serves `group` query heads.
 		let group = cfg.group_size();
 		let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-		let q = q.reshape((cfg.num_kv_heads, group * t, cfg.head_dim))?;
-		let (k, v) = (k.squeeze(0)?, v.squeeze(0)?);
-		let scores = (q.matmul(&k.t()?)? * scale)?;
-		let scores = scores.reshape((cfg.num_kv_heads, group, t, total))?;
-		let scores = match causal_mask(t, start, &self.device)? {
-			Some(mask) => scores.broadcast_add(&mask)?,
-			None => scores,
-		};
-		let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-		let probs = probs.reshape((cfg.num_kv_heads, group * t, total))?;
-		let attn = probs.matmul(&v)?; // [kv_heads, group * t, head_dim]
-		Ok(attn
-			.reshape((cfg.num_heads, t, cfg.head_dim))?
-			.transpose(0, 1)?
-			.reshape((t, cfg.num_heads * cfg.head_dim))?)
+		let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?.reshape((
+			t,
+			cfg.num_kv_heads,
+			group,
+			cfg.head_dim,
+		))?;
+		// Row by row, each over exactly the keys it sees (causality without a mask): a token's
+		// attention then has the same shapes — and the same float results — whether it is
+		// computed in a whole prompt, in a chunk of one, or alone at decode.
+		let mut rows = Vec::with_capacity(t);
+		for i in 0..t {
+			let seen = start + i + 1;
+			let (k, v) = (k.narrow(1, 0, seen)?, v.narrow(1, 0, seen)?);
+			let scores = (q.get(i)?.matmul(&k.t()?)? * scale)?; // [kv_heads, group, seen]
+			let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+			rows.push(probs.matmul(&v)?.reshape((1, cfg.num_heads * cfg.head_dim))?);
+		}
+		Ok(if rows.len() == 1 { rows.remove(0) } else { Tensor::cat(&rows, 0)? })
 	}
 }
 
@@ -521,17 +521,4 @@ struct Attend<'a> {
 	table: &'a BlockTable,
 	/// Pool slots of the sequence's tokens, cached and new.
 	slots: &'a Tensor,
-}
-
-/// The additive causal mask for `t` new tokens after `start` cached ones: `[t, start + t]`,
-/// `-inf` where a query would see a later key. `None` for a single token (it sees everything).
-fn causal_mask(t: usize, start: usize, device: &Device) -> Result<Option<Tensor>> {
-	if t == 1 {
-		return Ok(None);
-	}
-	let total = start + t;
-	let mask: Vec<f32> = (0..t)
-		.flat_map(|i| (0..total).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
-		.collect();
-	Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
 }

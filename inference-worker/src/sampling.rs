@@ -77,6 +77,11 @@ impl Sampler {
 		Ok(Self { params, rng })
 	}
 
+	/// Whether [`Sampler::sample`] looks at the tokens so far (for the repetition penalty).
+	pub fn needs_history(&self) -> bool {
+		self.params.repetition_penalty != 1.0
+	}
+
 	/// Picks the next token from `logits` (one row over the vocabulary), given the tokens so far
 	/// (prompt and output) for the repetition penalty.
 	pub fn sample(&mut self, logits: &[f32], previous: &[u32]) -> Result<Sampled> {

@@ -5,8 +5,10 @@
 //! Tolerances: transformers dequantizes the GGUF to float32, so the worker with dequantized
 //! weights (`WeightFormat::F32`) must match it closely: every greedy token equal, logits and
 //! log-probabilities within [`DENSE_TOL`]. With the weights kept in Q4_1/Q8_0 (the serving
-//! path, whose matrix products also quantize the activations to 8 bits), the first greedy
-//! tokens must be equal and the first position's top logits within [`QUANTIZED_TOL`].
+//! path, whose matrix products also quantize the activations to 8 bits), the first position's
+//! top logits must be within [`QUANTIZED_TOL`], the first greedy token equal, and, fed the
+//! reference's tokens one by one (teacher forcing), the reference's token at every step within
+//! [`QUANTIZED_TOL`] of the worker's top logit: quantization may flip a near-tie, nothing more.
 //!
 //! Needs the model: `scripts/fetch-models.sh` (which `scripts/test.sh` runs).
 
@@ -30,8 +32,6 @@ use serde::Deserialize;
 const DENSE_TOL: f32 = 1e-4;
 /// Largest difference allowed between the quantized path and transformers (top logits).
 const QUANTIZED_TOL: f32 = 0.5;
-/// Greedy tokens the quantized path must agree on.
-const QUANTIZED_PREFIX: usize = 4;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -147,8 +147,20 @@ fn check(
 		assert!(lp <= DENSE_TOL, "{label}: logprobs differ by {lp}");
 	} else {
 		assert!(logit_diff <= QUANTIZED_TOL, "{label}: top logits differ by {logit_diff}");
-		let k = QUANTIZED_PREFIX.min(n);
-		assert_eq!(out.tokens[..k], expected.tokens[..k], "{label}: first greedy tokens");
+		assert_eq!(out.tokens[0], expected.tokens[0], "{label}: first greedy token");
+		let mut cache = KvCache::new(model, 4096).unwrap();
+		let mut input = case.prompt_tokens.clone();
+		for (step, &want) in expected.tokens.iter().enumerate() {
+			let logits = model.forward(&input, &mut cache, adapter, false).unwrap();
+			let logits: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
+			let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+			let gap = top - logits[want as usize];
+			assert!(
+				gap <= QUANTIZED_TOL,
+				"{label}, step {step}: the reference's token is {gap} below the top"
+			);
+			input = vec![want];
+		}
 	}
 	eprintln!("{label}: max top-logit difference {logit_diff:.2e}, tokens {:?}", out.tokens);
 	logit_diff

@@ -1,0 +1,119 @@
+//! Throughput with many adapters in the mix, against the base model alone, side by side in one
+//! run on the real model (SmolLM2-135M-Instruct, weights dequantized to f32 so that a batch
+//! step costs what its rows cost on the CPU):
+//!
+//! the same requests (short prompts, a few greedy tokens each) through the continuous-batching
+//! engine at the same batch size, served with no adapter, one adapter, 100 and 1,000 distinct
+//! adapters (round robin). All adapters fit the adapter cache, as on a worker that holds its
+//! adapters in memory; loading is measured separately (`engine` bench).
+//!
+//!     scripts/bench-worker.sh   (or cargo bench --workspace --bench multi_adapter)
+//!
+//! Prints a Markdown table.
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use candle_core::Device;
+use openledger_inference_worker::{
+	engine::{Engine, EngineConfig},
+	generate::GenerationRequest,
+	lora::{
+		synthetic::{self, SyntheticAdapter},
+		Projection,
+	},
+	model::{Llama, WeightFormat},
+	models,
+	sampling::SamplingParams,
+};
+
+const REQUESTS: usize = 1000;
+const MAX_TOKENS: usize = 4;
+const BATCH: usize = 64;
+const RANK: usize = 8;
+
+fn main() {
+	let path = models::smollm2_gguf();
+	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
+	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::F32).unwrap();
+	let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
+	let root = tempfile::tempdir().unwrap();
+	let names: Vec<String> = (0..REQUESTS).map(|i| format!("adapter-{i:04}")).collect();
+	for (i, name) in names.iter().enumerate() {
+		let spec = SyntheticAdapter {
+			seed: i as u64,
+			rank: RANK,
+			alpha: 2.0 * RANK as f64,
+			targets: vec![Projection::Q, Projection::V],
+			rank_pattern: BTreeMap::new(),
+			alpha_pattern: BTreeMap::new(),
+		};
+		synthetic::write(&spec, &model.config, &root.path().join(name)).unwrap();
+	}
+	let prompts = [
+		"The capital of France is",
+		"Once upon a time there",
+		"def add(a, b):",
+		"Data attribution pays",
+	];
+	let requests: Vec<GenerationRequest> = (0..REQUESTS)
+		.map(|i| GenerationRequest {
+			prompt: prompts[i % prompts.len()].into(),
+			max_tokens: MAX_TOKENS,
+			sampling: SamplingParams::default(),
+			stop: vec![],
+		})
+		.collect();
+
+	// (label, distinct adapters) — 0 is the base model alone.
+	let mixes = [
+		("base model alone", 0),
+		("1 adapter", 1),
+		("100 adapters", 100),
+		("1,000 adapters", 1000),
+	];
+	let mut rows = Vec::new();
+	for (label, distinct) in mixes {
+		let config = EngineConfig {
+			max_running: BATCH,
+			max_batch_tokens: 512,
+			max_waiting: REQUESTS,
+			adapter_bytes: 4 << 30,
+			..EngineConfig::default()
+		};
+		let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
+		for name in &names {
+			engine.register_adapter(name.clone(), root.path().join(name));
+		}
+		// Warm the adapter cache: the mix is measured, not the loads.
+		for name in names.iter().take(distinct) {
+			engine.submit(&requests[0], Some(name)).unwrap();
+		}
+		engine.run_to_completion();
+		let computed_before = engine.stats().tokens_computed;
+		let start = Instant::now();
+		for (i, request) in requests.iter().enumerate() {
+			let adapter = (distinct > 0).then(|| names[i % distinct].as_str());
+			engine.submit(request, adapter).unwrap();
+		}
+		let done = engine.run_to_completion();
+		let seconds = start.elapsed().as_secs_f64();
+		let generated: usize = done.iter().map(|c| c.result.as_ref().unwrap().tokens.len()).sum();
+		let computed = engine.stats().tokens_computed - computed_before;
+		rows.push((label, generated as f64 / seconds, computed as f64 / seconds, seconds));
+	}
+	println!(
+		"SmolLM2-135M-Instruct (f32 weights), CPU, {} threads, {REQUESTS} requests of {MAX_TOKENS} \
+		 greedy tokens, batch {BATCH}, adapters rank {RANK} on q/v",
+		candle_core::utils::get_num_threads()
+	);
+	println!();
+	println!("| mix | generated tok/s | tokens computed/s | seconds | vs base alone |");
+	println!("|---|---|---|---|---|");
+	let base = rows[0].1;
+	for (label, generated, computed, seconds) in rows {
+		println!(
+			"| {label} | {generated:.1} | {computed:.1} | {seconds:.1} | {:.2}x |",
+			generated / base
+		);
+	}
+}

@@ -1,0 +1,480 @@
+//! Continuous batching: many requests, each with its own adapter or none, served together.
+//!
+//! Every [`Engine::step`] runs one batch through the model: the running sequences' next tokens
+//! (one each at decode, a chunk of the prompt at prefill) in a single
+//! [`Llama::forward_batch`]. Requests join at any step, as soon as their adapter is in memory
+//! and the paged KV cache has room for their prompt, and leave as soon as they finish.
+//!
+//! - **Admission**: waiting requests are taken in arrival order, skipping those whose adapter
+//!   is still loading (a load runs on the loader thread and never holds up a step). A prompt
+//!   whose first blocks are cached (the same prompt template, the same adapter) reuses them.
+//!   Long prompts are prefilled in chunks of the step's token budget.
+//! - **Preemption**: when a running sequence needs a block and none is free, the most recently
+//!   admitted sequence gives its blocks back and waits again; when readmitted it recomputes its
+//!   prompt and output so far (its full blocks are often still cached) and carries on exactly
+//!   where it was, sampler state included.
+//! - **Overload**: at most `max_waiting` requests wait; more get [`Error::Overloaded`] at once.
+//! - **Failure**: a step that fails ends the requests of that batch with the error and frees
+//!   their blocks; the engine and every other request carry on.
+
+use std::{
+	collections::{HashMap, VecDeque},
+	path::PathBuf,
+	sync::{mpsc, Arc},
+};
+
+use crate::{
+	adapter_cache::AdapterCache,
+	error::{Error, Result},
+	generate::{validate, Generation, GenerationRequest, Progress},
+	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
+	lora::LoraAdapter,
+	model::{Llama, SequenceInput},
+	tokenizer::Tokenizer,
+};
+
+/// Identifies a request submitted to an [`Engine`].
+pub type RequestId = u64;
+
+/// The engine's limits.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+	/// Bytes of the paged KV cache.
+	pub kv_cache_bytes: usize,
+	/// Tokens per KV block.
+	pub block_size: usize,
+	/// Most tokens one step runs (prompt chunks plus one per decoding sequence).
+	pub max_batch_tokens: usize,
+	/// Most sequences in one step.
+	pub max_running: usize,
+	/// Most requests waiting to start; beyond it requests are refused as overloaded.
+	pub max_waiting: usize,
+	/// Bytes of adapter weights kept in memory.
+	pub adapter_bytes: usize,
+}
+
+impl Default for EngineConfig {
+	fn default() -> Self {
+		Self {
+			kv_cache_bytes: 256 << 20,
+			block_size: KvCacheConfig::DEFAULT_BLOCK_SIZE,
+			max_batch_tokens: 512,
+			max_running: 64,
+			max_waiting: 1024,
+			adapter_bytes: 512 << 20,
+		}
+	}
+}
+
+/// What the engine has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+	/// Steps run.
+	pub steps: u64,
+	/// Tokens run through the model (prompt and decode).
+	pub tokens_computed: u64,
+	/// Prompt tokens taken from cached blocks instead of computed.
+	pub tokens_reused: u64,
+	/// Sequences preempted for lack of blocks.
+	pub preemptions: u64,
+	/// Requests refused because the queue was full.
+	pub rejected: u64,
+	/// Requests finished (successfully or not).
+	pub finished: u64,
+}
+
+/// Where a request's adapter stands.
+enum AdapterState {
+	Base,
+	Loading(String),
+	Ready(Arc<LoraAdapter>),
+}
+
+/// A request in the engine.
+struct Sequence {
+	id: RequestId,
+	adapter: AdapterState,
+	progress: Progress,
+	table: BlockTable,
+	/// Tokens whose keys and values are not computed yet, in order: the prompt (and, after a
+	/// preemption, the output so far), then each sampled token.
+	pending: Vec<u32>,
+	/// How many of `pending` this step runs (blocks reserved for them).
+	scheduled: usize,
+}
+
+impl Sequence {
+	fn adapter(&self) -> Option<&LoraAdapter> {
+		match &self.adapter {
+			AdapterState::Ready(adapter) => Some(adapter),
+			_ => None,
+		}
+	}
+
+	fn salt(&self) -> u64 {
+		self.adapter().map_or(0, |a| a.uid)
+	}
+
+	/// Everything the sequence must have cached: its prompt and output so far.
+	fn all_tokens(&self) -> Vec<u32> {
+		let p = &self.progress;
+		p.prompt_tokens.iter().chain(&p.tokens).copied().collect()
+	}
+}
+
+/// A finished request.
+#[derive(Debug)]
+pub struct Completion {
+	/// The request.
+	pub id: RequestId,
+	/// Its generation, or why it failed.
+	pub result: Result<Generation>,
+}
+
+type LoadResult = (String, Result<Arc<LoraAdapter>>);
+
+/// Serves requests with continuous batching (see the module documentation).
+pub struct Engine {
+	model: Arc<Llama>,
+	tokenizer: Arc<Tokenizer>,
+	config: EngineConfig,
+	cache: PagedKvCache,
+	adapters: Arc<AdapterCache>,
+	registry: HashMap<String, PathBuf>,
+	waiting: VecDeque<Sequence>,
+	running: Vec<Sequence>,
+	loads: mpsc::Sender<(String, PathBuf)>,
+	loaded: mpsc::Receiver<LoadResult>,
+	next_id: RequestId,
+	stats: EngineStats,
+}
+
+impl Engine {
+	/// An engine serving `model`, with a KV cache and an adapter cache of the configured sizes,
+	/// and a loader thread for adapters.
+	pub fn new(model: Arc<Llama>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Self> {
+		if config.max_batch_tokens == 0 || config.max_running == 0 {
+			return Err(Error::Request(
+				"max_batch_tokens and max_running must be at least 1".into(),
+			));
+		}
+		let kv =
+			KvCacheConfig::for_budget(&model.config, config.block_size, config.kv_cache_bytes)?;
+		let cache = PagedKvCache::new(&model.config, kv, model.device())?;
+		let adapters = Arc::new(AdapterCache::new(config.adapter_bytes));
+		let (loads, load_rx) = mpsc::channel::<(String, PathBuf)>();
+		let (loaded_tx, loaded) = mpsc::channel();
+		let loader_model = model.clone();
+		let loader_cache = adapters.clone();
+		std::thread::Builder::new()
+			.name("adapter-loader".into())
+			.spawn(move || {
+				for (name, dir) in load_rx {
+					let result = loader_cache
+						.get_or_load(&name, &dir, |dir| load_adapter(&loader_model, &name, dir));
+					if loaded_tx.send((name, result)).is_err() {
+						break;
+					}
+				}
+			})
+			.map_err(Error::Io)?;
+		tracing::info!(blocks = kv.num_blocks, block_size = kv.block_size, "engine ready");
+		Ok(Self {
+			model,
+			tokenizer,
+			config,
+			cache,
+			adapters,
+			registry: HashMap::new(),
+			waiting: VecDeque::new(),
+			running: Vec::new(),
+			loads,
+			loaded,
+			next_id: 0,
+			stats: EngineStats::default(),
+		})
+	}
+
+	/// Makes the adapter in the PEFT folder `dir` servable under `name` (it is loaded when a
+	/// request first names it).
+	pub fn register_adapter(&mut self, name: impl Into<String>, dir: impl Into<PathBuf>) {
+		self.registry.insert(name.into(), dir.into());
+	}
+
+	/// The adapter cache (for pinning and statistics).
+	pub fn adapters(&self) -> &AdapterCache {
+		&self.adapters
+	}
+
+	/// The KV cache (for statistics).
+	pub fn kv_cache(&self) -> &PagedKvCache {
+		&self.cache
+	}
+
+	/// What the engine has done so far.
+	pub fn stats(&self) -> EngineStats {
+		self.stats
+	}
+
+	/// Requests waiting to start.
+	pub fn waiting(&self) -> usize {
+		self.waiting.len()
+	}
+
+	/// Requests running.
+	pub fn running(&self) -> usize {
+		self.running.len()
+	}
+
+	/// Whether any request is waiting or running.
+	pub fn has_work(&self) -> bool {
+		!self.waiting.is_empty() || !self.running.is_empty()
+	}
+
+	/// Queues `request`, served with the registered adapter `adapter` (or the base model).
+	/// Fails at once for a bad request, an unknown adapter, a request that could never fit the
+	/// KV cache, or a full queue ([`Error::Overloaded`]).
+	pub fn submit(
+		&mut self,
+		request: &GenerationRequest,
+		adapter: Option<&str>,
+	) -> Result<RequestId> {
+		if self.waiting.len() >= self.config.max_waiting {
+			self.stats.rejected += 1;
+			return Err(Error::Overloaded { queued: self.waiting.len() });
+		}
+		let prompt_tokens = self.tokenizer.encode(&request.prompt)?;
+		validate(&prompt_tokens, request.max_tokens, self.model.config.context_length)?;
+		let blocks = self.cache.blocks_for(prompt_tokens.len() + request.max_tokens);
+		let capacity = self.cache.config().num_blocks;
+		if blocks > capacity {
+			return Err(Error::Request(format!(
+				"{} prompt tokens plus {} new tokens need {blocks} KV blocks, the cache has \
+				 {capacity}",
+				prompt_tokens.len(),
+				request.max_tokens
+			)));
+		}
+		let adapter = match adapter {
+			None => AdapterState::Base,
+			Some(name) => {
+				let dir = self.registry.get(name).ok_or_else(|| Error::Adapter {
+					name: name.to_string(),
+					reason: "no adapter is registered under this name".into(),
+				})?;
+				if self.adapters.contains(name) {
+					// In memory: a hit costs a look at the files' metadata, nothing more.
+					let model = self.model.clone();
+					AdapterState::Ready(
+						self.adapters.get_or_load(name, dir, |d| load_adapter(&model, name, d))?,
+					)
+				} else {
+					self.loads.send((name.to_string(), dir.clone())).map_err(|_| {
+						Error::Adapter { name: name.into(), reason: "the loader stopped".into() }
+					})?;
+					AdapterState::Loading(name.to_string())
+				}
+			}
+		};
+		let id = self.next_id;
+		self.next_id += 1;
+		let progress = Progress::new(request, prompt_tokens.clone())?;
+		self.waiting.push_back(Sequence {
+			id,
+			adapter,
+			progress,
+			table: BlockTable::default(),
+			pending: prompt_tokens,
+			scheduled: 0,
+		});
+		Ok(id)
+	}
+
+	/// Hands the adapters loaded so far to the requests waiting for them.
+	fn collect_loads(&mut self, done: &mut Vec<Completion>) {
+		while let Ok(load) = self.loaded.try_recv() {
+			self.apply_load(load, done);
+		}
+	}
+
+	/// Hands a loaded adapter to the requests waiting for it; a failed load fails them.
+	fn apply_load(&mut self, (name, result): LoadResult, done: &mut Vec<Completion>) {
+		{
+			let mut kept = VecDeque::with_capacity(self.waiting.len());
+			for mut seq in self.waiting.drain(..) {
+				if matches!(&seq.adapter, AdapterState::Loading(n) if *n == name) {
+					match &result {
+						Ok(adapter) => seq.adapter = AdapterState::Ready(adapter.clone()),
+						Err(e) => {
+							let error =
+								Error::Adapter { name: name.clone(), reason: e.to_string() };
+							done.push(Completion { id: seq.id, result: Err(error) });
+							self.stats.finished += 1;
+							continue;
+						}
+					}
+				}
+				kept.push_back(seq);
+			}
+			self.waiting = kept;
+		}
+	}
+
+	/// Makes sure every running sequence has blocks for its next tokens, preempting the most
+	/// recently admitted sequences when blocks run out.
+	fn secure_running(&mut self, budget: &mut usize) {
+		let mut i = 0;
+		while i < self.running.len() {
+			let want = self.running[i].pending.len().min((*budget).max(1));
+			let needed = self.cache.blocks_needed(&self.running[i].table, want);
+			if needed <= self.cache.available_blocks() {
+				match self.cache.reserve(&mut self.running[i].table, want) {
+					Ok(()) => {
+						self.running[i].scheduled = want;
+						*budget = budget.saturating_sub(want);
+						i += 1;
+						continue;
+					}
+					Err(e) => tracing::warn!(error = %e, "reserving blocks failed"),
+				}
+			}
+			// Preempt the newest sequence (possibly this one) and try again.
+			let Some(mut victim) = self.running.pop() else { break };
+			self.cache.free(&mut victim.table);
+			victim.pending = victim.all_tokens();
+			self.stats.preemptions += 1;
+			tracing::debug!(request = victim.id, "preempted: KV cache full");
+			self.waiting.push_front(victim);
+		}
+	}
+
+	/// Admits waiting requests whose adapter is ready while the step has room.
+	fn admit(&mut self, budget: &mut usize) {
+		let mut i = 0;
+		while i < self.waiting.len() && *budget > 0 && self.running.len() < self.config.max_running
+		{
+			if matches!(self.waiting[i].adapter, AdapterState::Loading(_)) {
+				i += 1;
+				continue;
+			}
+			let seq = &mut self.waiting[i];
+			seq.table = BlockTable::new(seq.salt());
+			let reused = self.cache.reuse_prefix(&mut seq.table, &seq.pending);
+			let chunk = (seq.pending.len() - reused).min(*budget);
+			// Room for the chunk now, and for the whole remaining input before long.
+			let needed = self.cache.blocks_for(seq.pending.len() + 1) - seq.table.blocks().len();
+			if needed > self.cache.available_blocks()
+				|| self.cache.reserve(&mut seq.table, chunk).is_err()
+			{
+				self.cache.free(&mut seq.table);
+				break;
+			}
+			let Some(mut seq) = self.waiting.remove(i) else { break };
+			seq.pending.drain(..reused);
+			seq.scheduled = chunk;
+			self.stats.tokens_reused += reused as u64;
+			*budget -= chunk;
+			self.running.push(seq);
+		}
+	}
+
+	/// Runs one step: admits what fits, runs the batch, samples, and returns the requests that
+	/// finished in it.
+	pub fn step(&mut self) -> Vec<Completion> {
+		let mut done = Vec::new();
+		self.collect_loads(&mut done);
+		let mut budget = self.config.max_batch_tokens;
+		self.secure_running(&mut budget);
+		self.admit(&mut budget);
+		if self.running.is_empty() {
+			return done;
+		}
+		let result = {
+			let mut inputs: Vec<SequenceInput<'_>> = Vec::with_capacity(self.running.len());
+			for Sequence { pending, table, adapter, scheduled, .. } in &mut self.running {
+				inputs.push(SequenceInput {
+					tokens: &pending[..*scheduled],
+					table,
+					adapter: match adapter {
+						AdapterState::Ready(a) => Some(a),
+						_ => None,
+					},
+					all_logits: false,
+				});
+			}
+			self.model.forward_batch(&mut self.cache, &mut inputs)
+		};
+		self.stats.steps += 1;
+		self.stats.tokens_computed += self.running.iter().map(|s| s.scheduled as u64).sum::<u64>();
+		let logits = match result {
+			Ok(logits) => logits,
+			Err(e) => {
+				tracing::error!(error = %e, "batch step failed; ending its requests");
+				let reason = e.to_string();
+				for mut seq in self.running.drain(..) {
+					self.cache.free(&mut seq.table);
+					let error = Error::Request(format!("the batch step failed: {reason}"));
+					done.push(Completion { id: seq.id, result: Err(error) });
+					self.stats.finished += 1;
+				}
+				return done;
+			}
+		};
+		let mut still_running = Vec::with_capacity(self.running.len());
+		for (mut seq, logits) in self.running.drain(..).zip(logits) {
+			seq.pending.drain(..seq.scheduled);
+			if !seq.pending.is_empty() {
+				// Part of a prompt: its logits are not needed.
+				still_running.push(seq);
+				continue;
+			}
+			let sampled = logits
+				.squeeze(0)
+				.and_then(|l| l.to_vec1::<f32>())
+				.map_err(Error::from)
+				.and_then(|l| seq.progress.advance(&l, &self.tokenizer));
+			match sampled {
+				Ok(token) if !seq.progress.is_finished() => {
+					seq.pending.push(token);
+					still_running.push(seq);
+				}
+				outcome => {
+					self.cache.free(&mut seq.table);
+					let result = outcome.and_then(|_| seq.progress.finish(&self.tokenizer));
+					done.push(Completion { id: seq.id, result });
+					self.stats.finished += 1;
+				}
+			}
+		}
+		self.running = still_running;
+		done
+	}
+
+	/// Steps until every request has finished; returns them in the order they finished.
+	pub fn run_to_completion(&mut self) -> Vec<Completion> {
+		let mut all = Vec::new();
+		while self.has_work() {
+			let before = (self.stats.steps, all.len());
+			all.extend(self.step());
+			if (self.stats.steps, all.len()) == before {
+				// Nothing could run: waiting for an adapter to load.
+				match self.loaded.recv() {
+					Ok(load) => self.apply_load(load, &mut all),
+					Err(_) => break,
+				}
+			}
+		}
+		all
+	}
+}
+
+/// Loads the adapter `name` from `dir` for `model`, checking it against the base projections.
+pub fn load_adapter(model: &Llama, name: &str, dir: &std::path::Path) -> Result<LoraAdapter> {
+	LoraAdapter::load(
+		dir,
+		Some(name),
+		&model.config,
+		|layer, p| model.projection(layer, p).map(|l| (l.in_features, l.out_features)),
+		model.device(),
+	)
+}
