@@ -119,6 +119,81 @@ impl LlamaConfig {
 		})
 	}
 
+	/// Reads a Hugging Face `config.json` (`model_type` llama, mistral or qwen2).
+	pub fn from_hf_json(text: &str) -> Result<Self> {
+		#[derive(serde::Deserialize)]
+		struct HfConfig {
+			model_type: Option<String>,
+			vocab_size: usize,
+			hidden_size: usize,
+			intermediate_size: usize,
+			num_hidden_layers: usize,
+			num_attention_heads: usize,
+			num_key_value_heads: Option<usize>,
+			head_dim: Option<usize>,
+			rope_theta: Option<f32>,
+			rope_scaling: Option<serde_json::Value>,
+			rms_norm_eps: Option<f64>,
+			max_position_embeddings: Option<usize>,
+		}
+		let hf: HfConfig =
+			serde_json::from_str(text).map_err(|e| Error::Format(format!("config.json: {e}")))?;
+		let architecture = hf.model_type.unwrap_or_else(|| "llama".into());
+		if !matches!(architecture.as_str(), "llama" | "mistral" | "qwen2") {
+			return Err(Error::Unsupported(format!("model_type {architecture:?}")));
+		}
+		let num_heads = hf.num_attention_heads;
+		let num_kv_heads = hf.num_key_value_heads.unwrap_or(num_heads);
+		if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+			return Err(Error::Format(format!(
+				"{num_heads} query heads cannot share {num_kv_heads} key/value heads"
+			)));
+		}
+		let head_dim = match hf.head_dim {
+			Some(d) => d,
+			None if hf.hidden_size % num_heads == 0 => hf.hidden_size / num_heads,
+			None => {
+				return Err(Error::Format(format!(
+					"{} is not a multiple of {num_heads}",
+					hf.hidden_size
+				)))
+			}
+		};
+		let rope_scale = match &hf.rope_scaling {
+			None | Some(serde_json::Value::Null) => 1.0,
+			Some(scaling) => {
+				let kind = scaling
+					.get("rope_type")
+					.or_else(|| scaling.get("type"))
+					.and_then(|k| k.as_str())
+					.unwrap_or("default");
+				match kind {
+					"default" => 1.0,
+					"linear" => {
+						scaling.get("factor").and_then(|f| f.as_f64()).unwrap_or(1.0) as f32
+					}
+					other => return Err(Error::Unsupported(format!("RoPE scaling {other:?}"))),
+				}
+			}
+		};
+		Ok(Self {
+			architecture,
+			vocab_size: hf.vocab_size,
+			hidden_size: hf.hidden_size,
+			intermediate_size: hf.intermediate_size,
+			num_layers: hf.num_hidden_layers,
+			num_heads,
+			num_kv_heads,
+			head_dim,
+			rope_theta: hf.rope_theta.unwrap_or(10_000.0),
+			rope_scale,
+			// Hugging Face checkpoints rotate halves; only llama.cpp's conversion interleaves.
+			rope_layout: RopeLayout::Halves,
+			rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
+			context_length: hf.max_position_embeddings.unwrap_or(2048),
+		})
+	}
+
 	/// Query heads that share one key/value head.
 	pub fn group_size(&self) -> usize {
 		self.num_heads / self.num_kv_heads
@@ -144,5 +219,43 @@ impl LlamaConfig {
 			rms_norm_eps: 1e-5,
 			context_length: 64,
 		}
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	/// SmolLM2-135M-Instruct's `config.json`, trimmed.
+	const SMOLLM2: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+		"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+		"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+		"rope_theta": 100000, "rope_scaling": null, "rms_norm_eps": 1e-05,
+		"max_position_embeddings": 8192, "tie_word_embeddings": true, "torch_dtype": "bfloat16"}"#;
+
+	#[test]
+	fn a_hugging_face_config_is_read() {
+		let cfg = LlamaConfig::from_hf_json(SMOLLM2).unwrap();
+		assert_eq!((cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), (30, 9, 3, 64));
+		assert_eq!(cfg.group_size(), 3);
+		assert_eq!(cfg.rope_theta, 100_000.0);
+		assert_eq!(cfg.rope_layout, RopeLayout::Halves);
+		assert_eq!(cfg.context_length, 8192);
+		assert_eq!(cfg.rms_norm_eps, 1e-5);
+	}
+
+	#[test]
+	fn rope_scaling_and_bad_configs() {
+		let with = |extra: &str| SMOLLM2.replace("\"rope_scaling\": null", extra);
+		let linear = with(r#""rope_scaling": {"rope_type": "linear", "factor": 4.0}"#);
+		assert_eq!(LlamaConfig::from_hf_json(&linear).unwrap().rope_scale, 4.0);
+		let yarn = with(r#""rope_scaling": {"type": "yarn", "factor": 4.0}"#);
+		let err = LlamaConfig::from_hf_json(&yarn).unwrap_err();
+		assert!(err.to_string().contains("yarn"), "{err}");
+		let heads = SMOLLM2.replace("\"num_key_value_heads\": 3", "\"num_key_value_heads\": 4");
+		assert!(LlamaConfig::from_hf_json(&heads).is_err(), "9 heads cannot share 4");
+		let gpt2 = SMOLLM2.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"");
+		assert!(matches!(LlamaConfig::from_hf_json(&gpt2), Err(Error::Unsupported(_))));
+		assert!(LlamaConfig::from_hf_json("{}").is_err());
 	}
 }

@@ -5,11 +5,13 @@
 //! - [`engine`]: continuous batching of many requests with different adapters.
 //! - [`kv_cache`]: the paged key/value cache shared by all sequences, with prefix sharing.
 //! - [`lora`]: PEFT LoRA adapters; [`adapter_cache`]: which of them are in memory.
+//! - [`chat`]: the model's chat template, rendered as transformers renders it.
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or rebuilt from GGUF metadata.
 //! - [`sampling`] and [`generate`]: choosing tokens and running a request to completion.
 //! - [`models`]: where the real models live on this machine.
 
 pub mod adapter_cache;
+pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use openledger_inference_worker::{
+	chat::Message,
 	generate::{generate, GenerationRequest},
 	lora::LoraAdapter,
 	model::{Llama, WeightFormat},
@@ -35,15 +36,23 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct GenerateArgs {
-	/// The model: a GGUF file.
+	/// The model: a GGUF file, or a Hugging Face folder (config.json, safetensors,
+	/// tokenizer.json).
 	#[arg(long)]
 	model: PathBuf,
 	/// A PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
 	#[arg(long)]
 	adapter: Option<PathBuf>,
-	/// The prompt text, used as is (write the chat template's tokens yourself).
+	/// The prompt text, used as is; with `--chat`, the user's message.
 	#[arg(long)]
 	prompt: String,
+	/// Wrap the prompt in the model's chat template as a user turn (after `--system`), ready
+	/// for the assistant's answer.
+	#[arg(long)]
+	chat: bool,
+	/// With `--chat`: a system turn first (otherwise the template's default, if any).
+	#[arg(long, requires = "chat")]
+	system: Option<String>,
 	/// The most tokens to generate.
 	#[arg(long, default_value_t = 64)]
 	max_tokens: usize,
@@ -66,11 +75,23 @@ struct GenerateArgs {
 	#[arg(long)]
 	stop: Vec<String>,
 	/// Dequantize the weights to f32 at load time.
-	#[arg(long)]
+	#[arg(long, conflicts_with = "quantize")]
 	dequantize: bool,
+	/// Quantize the weights at load time.
+	#[arg(long, value_enum)]
+	quantize: Option<Quantize>,
 	/// Print one JSON object: prompt_tokens, tokens, logprobs, text, finish_reason.
 	#[arg(long)]
 	json: bool,
+}
+
+/// Load-time quantization.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Quantize {
+	/// 8-bit blocks (Q8_0).
+	Int8,
+	/// 4-bit blocks (Q4_1; the output projection in Q8_0).
+	Int4,
 }
 
 fn main() -> Result<()> {
@@ -88,8 +109,13 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 		bail!("--prompt is empty");
 	}
 	let device = Device::Cpu;
-	let format = if args.dequantize { WeightFormat::F32 } else { WeightFormat::AsStored };
-	let (model, tokenizer) = Llama::from_gguf(&args.model, &device, format)
+	let format = match (args.dequantize, args.quantize) {
+		(true, _) => WeightFormat::F32,
+		(false, Some(Quantize::Int8)) => WeightFormat::Int8,
+		(false, Some(Quantize::Int4)) => WeightFormat::Int4,
+		(false, None) => WeightFormat::AsStored,
+	};
+	let (model, tokenizer) = Llama::load(&args.model, &device, format)
 		.with_context(|| format!("loading {}", args.model.display()))?;
 	let adapter = match &args.adapter {
 		Some(dir) => Some(
@@ -104,8 +130,18 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 		),
 		None => None,
 	};
+	let prompt = if args.chat {
+		let mut messages = Vec::with_capacity(2);
+		if let Some(system) = &args.system {
+			messages.push(Message::new("system", system));
+		}
+		messages.push(Message::new("user", &args.prompt));
+		tokenizer.chat_template()?.render(&messages, true)?
+	} else {
+		args.prompt
+	};
 	let request = GenerationRequest {
-		prompt: args.prompt,
+		prompt,
 		max_tokens: args.max_tokens,
 		sampling: SamplingParams {
 			temperature: args.temperature,

@@ -7,7 +7,7 @@
 use std::{fs::File, io::BufReader, path::Path};
 
 use candle_core::{
-	quantized::{gguf_file, QMatMul, QTensor},
+	quantized::{gguf_file, GgmlDType, QMatMul, QTensor},
 	DType, Device, Module, Tensor,
 };
 
@@ -27,6 +27,32 @@ pub enum WeightFormat {
 	AsStored,
 	/// Dequantized to f32 at load time (for checking the quantized path against a dense one).
 	F32,
+	/// Quantized at load time to 8 bits (GGUF Q8_0 blocks: 32 weights and one scale).
+	Int8,
+	/// Quantized at load time to 4 bits (GGUF Q4_1 blocks: 32 weights, a scale and a minimum);
+	/// the output projection to 8.
+	Int4,
+}
+
+impl WeightFormat {
+	/// The format of the output projection: 8 bits when the rest is quantized to 4 (as
+	/// llama.cpp keeps `output.weight` at higher precision; at 4 bits the logits of a small
+	/// model drift by several units).
+	fn for_output(self) -> Self {
+		match self {
+			Self::Int4 => Self::Int8,
+			other => other,
+		}
+	}
+
+	/// The block format weights are quantized to at load time, if any.
+	fn quantize_to(self) -> Option<GgmlDType> {
+		match self {
+			Self::Int8 => Some(GgmlDType::Q8_0),
+			Self::Int4 => Some(GgmlDType::Q4_1),
+			Self::AsStored | Self::F32 => None,
+		}
+	}
 }
 
 /// A linear layer `y = x W^T (+ b)` over quantized or dense weights.
@@ -41,12 +67,34 @@ pub struct Linear {
 }
 
 impl Linear {
+	/// From a GGUF tensor, kept as stored or converted to `format`.
 	fn new(weight: QTensor, bias: Option<Tensor>, format: WeightFormat) -> Result<Self> {
-		let (out_features, in_features) = weight.shape().dims2()?;
-		let device = weight.device();
-		let weight = match format {
-			WeightFormat::AsStored => QMatMul::from_qtensor(weight)?,
-			WeightFormat::F32 => QMatMul::Tensor(weight.dequantize(&device)?),
+		match format {
+			WeightFormat::AsStored => {
+				let (out_features, in_features) = weight.shape().dims2()?;
+				let weight = QMatMul::from_qtensor(weight)?;
+				Ok(Self { weight, bias, in_features, out_features })
+			}
+			_ => Self::from_dense(weight.dequantize(&weight.device())?, bias, format),
+		}
+	}
+
+	/// From a dense `[out, in]` tensor, kept in f32 or quantized at load time.
+	fn from_dense(weight: Tensor, bias: Option<Tensor>, format: WeightFormat) -> Result<Self> {
+		let (out_features, in_features) = weight.dims2()?;
+		let weight = weight.to_dtype(DType::F32)?;
+		let weight = match format.quantize_to() {
+			Some(dtype) => {
+				if in_features % dtype.block_size() != 0 {
+					return Err(Error::Unsupported(format!(
+						"quantizing a {out_features}x{in_features} weight: rows must be a \
+						 multiple of {} values",
+						dtype.block_size()
+					)));
+				}
+				QMatMul::from_qtensor(QTensor::quantize(&weight, dtype)?)?
+			}
+			None => QMatMul::Tensor(weight),
 		};
 		Ok(Self { weight, bias, in_features, out_features })
 	}
@@ -206,12 +254,26 @@ impl<'a> Segments<'a> {
 pub struct Llama {
 	/// Its hyper-parameters.
 	pub config: LlamaConfig,
+	/// How its weights are held.
+	pub format: WeightFormat,
 	embeddings: Tensor,
 	blocks: Vec<Block>,
 	norm: Tensor,
 	lm_head: Linear,
 	rope: Rope,
 	device: Device,
+}
+
+/// Where a model's tensors come from, by role: a GGUF file or a Hugging Face folder.
+trait WeightSource {
+	/// The token embeddings (dense), and the output projection: its own, or tied to them.
+	fn embeddings_and_output(&mut self, format: WeightFormat) -> Result<(Tensor, Linear)>;
+	/// The final norm.
+	fn final_norm(&mut self) -> Result<Tensor>;
+	/// Block `layer`'s norm before attention (`ffn` false) or before the MLP.
+	fn norm(&mut self, layer: usize, ffn: bool) -> Result<Tensor>;
+	/// Block `layer`'s projection `which`, with its bias if it has one.
+	fn linear(&mut self, layer: usize, which: Projection, format: WeightFormat) -> Result<Linear>;
 }
 
 /// Reads the tensors of a GGUF file.
@@ -239,8 +301,39 @@ impl GgufReader {
 	fn dense(&mut self, name: &str) -> Result<Tensor> {
 		Ok(self.tensor(name)?.dequantize(&self.device)?)
 	}
+}
 
-	fn linear(&mut self, name: &str, format: WeightFormat) -> Result<Linear> {
+impl WeightSource for GgufReader {
+	fn embeddings_and_output(&mut self, format: WeightFormat) -> Result<(Tensor, Linear)> {
+		let format = format.for_output();
+		let token_embd = self.tensor("token_embd.weight")?;
+		let embeddings = token_embd.dequantize(&self.device)?;
+		let output = match self.optional("output.weight")? {
+			Some(output) => Linear::new(output, None, format)?,
+			None => Linear::new(token_embd, None, format)?,
+		};
+		Ok((embeddings, output))
+	}
+
+	fn final_norm(&mut self) -> Result<Tensor> {
+		self.dense("output_norm.weight")
+	}
+
+	fn norm(&mut self, layer: usize, ffn: bool) -> Result<Tensor> {
+		self.dense(&format!("blk.{layer}.{}_norm.weight", if ffn { "ffn" } else { "attn" }))
+	}
+
+	fn linear(&mut self, layer: usize, which: Projection, format: WeightFormat) -> Result<Linear> {
+		let name = match which {
+			Projection::Q => "attn_q",
+			Projection::K => "attn_k",
+			Projection::V => "attn_v",
+			Projection::O => "attn_output",
+			Projection::Gate => "ffn_gate",
+			Projection::Up => "ffn_up",
+			Projection::Down => "ffn_down",
+		};
+		let name = format!("blk.{layer}.{name}");
 		let weight = self.tensor(&format!("{name}.weight"))?;
 		let bias = match self.optional(&format!("{name}.bias"))? {
 			Some(bias) => Some(bias.dequantize(&self.device)?),
@@ -250,7 +343,89 @@ impl GgufReader {
 	}
 }
 
+/// Reads the tensors of a Hugging Face folder (`model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`), converting them to f32 on the device.
+struct SafetensorsReader {
+	tensors: std::collections::HashMap<String, Tensor>,
+	device: Device,
+}
+
+impl SafetensorsReader {
+	fn open(dir: &Path, device: &Device) -> Result<Self> {
+		let index = dir.join("model.safetensors.index.json");
+		let files: Vec<std::path::PathBuf> = if index.exists() {
+			let text = std::fs::read_to_string(&index)?;
+			let parsed: serde_json::Value = serde_json::from_str(&text)
+				.map_err(|e| Error::Format(format!("{}: {e}", index.display())))?;
+			let map = parsed
+				.get("weight_map")
+				.and_then(|m| m.as_object())
+				.ok_or_else(|| Error::Format(format!("{} has no weight_map", index.display())))?;
+			let shards: std::collections::BTreeSet<&str> =
+				map.values().filter_map(|v| v.as_str()).collect();
+			shards.into_iter().map(|f| dir.join(f)).collect()
+		} else {
+			vec![dir.join("model.safetensors")]
+		};
+		let mut tensors = std::collections::HashMap::new();
+		for file in files {
+			let loaded = candle_core::safetensors::load(&file, &Device::Cpu)
+				.map_err(|e| Error::Format(format!("{}: {e}", file.display())))?;
+			tensors.extend(loaded);
+		}
+		Ok(Self { tensors, device: device.clone() })
+	}
+
+	fn take(&mut self, name: &str) -> Result<Tensor> {
+		let tensor = self
+			.tensors
+			.remove(name)
+			.ok_or_else(|| Error::Format(format!("the checkpoint has no tensor {name}")))?;
+		Ok(tensor.to_dtype(DType::F32)?.to_device(&self.device)?)
+	}
+}
+
+impl WeightSource for SafetensorsReader {
+	fn embeddings_and_output(&mut self, format: WeightFormat) -> Result<(Tensor, Linear)> {
+		let embeddings = self.take("model.embed_tokens.weight")?;
+		let output = if self.tensors.contains_key("lm_head.weight") {
+			self.take("lm_head.weight")?
+		} else {
+			embeddings.clone()
+		};
+		Ok((embeddings, Linear::from_dense(output, None, format.for_output())?))
+	}
+
+	fn final_norm(&mut self) -> Result<Tensor> {
+		self.take("model.norm.weight")
+	}
+
+	fn norm(&mut self, layer: usize, ffn: bool) -> Result<Tensor> {
+		let which = if ffn { "post_attention_layernorm" } else { "input_layernorm" };
+		self.take(&format!("model.layers.{layer}.{which}.weight"))
+	}
+
+	fn linear(&mut self, layer: usize, which: Projection, format: WeightFormat) -> Result<Linear> {
+		let name = format!("model.layers.{layer}.{}", which.hf_path());
+		let weight = self.take(&format!("{name}.weight"))?;
+		let bias_name = format!("{name}.bias");
+		let bias =
+			if self.tensors.contains_key(&bias_name) { Some(self.take(&bias_name)?) } else { None };
+		Linear::from_dense(weight, bias, format)
+	}
+}
+
 impl Llama {
+	/// Loads a model: a GGUF file (with the tokenizer in its metadata), or a Hugging Face
+	/// folder (`config.json`, safetensors, `tokenizer.json`).
+	pub fn load(path: &Path, device: &Device, format: WeightFormat) -> Result<(Self, Tokenizer)> {
+		if path.is_dir() {
+			Self::from_folder(path, device, format)
+		} else {
+			Self::from_gguf(path, device, format)
+		}
+	}
+
 	/// Loads a GGUF model and the tokenizer in its metadata, showing progress on stderr.
 	pub fn from_gguf(
 		path: &Path,
@@ -265,7 +440,35 @@ impl Llama {
 		let config = LlamaConfig::from_gguf(&content.metadata)?;
 		let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
 		let mut gguf = GgufReader { content, reader, device: device.clone() };
+		let model = Self::build(config, &mut gguf, format, path, device)?;
+		Ok((model, tokenizer))
+	}
 
+	/// Loads a Hugging Face folder: `config.json`, `model.safetensors` (or shards with
+	/// `model.safetensors.index.json`), `tokenizer.json` (and `tokenizer_config.json`).
+	pub fn from_folder(
+		dir: &Path,
+		device: &Device,
+		format: WeightFormat,
+	) -> Result<(Self, Tokenizer)> {
+		let config_path = dir.join("config.json");
+		let text = std::fs::read_to_string(&config_path)
+			.map_err(|e| Error::Format(format!("cannot read {}: {e}", config_path.display())))?;
+		let config = LlamaConfig::from_hf_json(&text)?;
+		let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+		let mut source = SafetensorsReader::open(dir, device)?;
+		let model = Self::build(config, &mut source, format, dir, device)?;
+		Ok((model, tokenizer))
+	}
+
+	/// Assembles the model from `source`, checking shapes, showing progress on stderr.
+	fn build(
+		config: LlamaConfig,
+		source: &mut impl WeightSource,
+		format: WeightFormat,
+		path: &Path,
+		device: &Device,
+	) -> Result<Self> {
 		let progress = indicatif::ProgressBar::new(config.num_layers as u64 + 2)
 			.with_style(
 				indicatif::ProgressStyle::with_template(
@@ -276,40 +479,34 @@ impl Llama {
 			.with_message(
 				path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
 			);
-		let token_embd = gguf.tensor("token_embd.weight")?;
-		let embeddings = token_embd.dequantize(device)?;
+		let (embeddings, lm_head) = source.embeddings_and_output(format)?;
 		let (vocab, hidden) = embeddings.dims2()?;
 		if hidden != config.hidden_size || vocab != config.vocab_size {
 			return Err(Error::Format(format!(
-				"token_embd is {vocab}x{hidden}, the metadata says {}x{}",
+				"the token embeddings are {vocab}x{hidden}, the configuration says {}x{}",
 				config.vocab_size, config.hidden_size
 			)));
 		}
-		let lm_head = match gguf.optional("output.weight")? {
-			Some(output) => Linear::new(output, None, format)?,
-			None => Linear::new(token_embd, None, format)?,
-		};
-		let norm = gguf.dense("output_norm.weight")?;
+		let norm = source.final_norm()?;
 		progress.inc(1);
 		let mut blocks = Vec::with_capacity(config.num_layers);
 		for i in 0..config.num_layers {
-			let p = format!("blk.{i}");
 			let block = Block {
-				attn_norm: gguf.dense(&format!("{p}.attn_norm.weight"))?,
-				q: gguf.linear(&format!("{p}.attn_q"), format)?,
-				k: gguf.linear(&format!("{p}.attn_k"), format)?,
-				v: gguf.linear(&format!("{p}.attn_v"), format)?,
-				o: gguf.linear(&format!("{p}.attn_output"), format)?,
-				ffn_norm: gguf.dense(&format!("{p}.ffn_norm.weight"))?,
-				gate: gguf.linear(&format!("{p}.ffn_gate"), format)?,
-				up: gguf.linear(&format!("{p}.ffn_up"), format)?,
-				down: gguf.linear(&format!("{p}.ffn_down"), format)?,
+				attn_norm: source.norm(i, false)?,
+				q: source.linear(i, Projection::Q, format)?,
+				k: source.linear(i, Projection::K, format)?,
+				v: source.linear(i, Projection::V, format)?,
+				o: source.linear(i, Projection::O, format)?,
+				ffn_norm: source.norm(i, true)?,
+				gate: source.linear(i, Projection::Gate, format)?,
+				up: source.linear(i, Projection::Up, format)?,
+				down: source.linear(i, Projection::Down, format)?,
 			};
 			let q_width = config.num_heads * config.head_dim;
 			let kv_width = config.num_kv_heads * config.head_dim;
 			if block.q.out_features != q_width || block.k.out_features != kv_width {
 				return Err(Error::Format(format!(
-					"{p}: attention projections do not match {} heads of {}",
+					"layer {i}: attention projections do not match {} heads of {}",
 					config.num_heads, config.head_dim
 				)));
 			}
@@ -325,12 +522,10 @@ impl Llama {
 			hidden = config.hidden_size,
 			heads = config.num_heads,
 			kv_heads = config.num_kv_heads,
+			?format,
 			"model loaded"
 		);
-		Ok((
-			Self { config, embeddings, blocks, norm, lm_head, rope, device: device.clone() },
-			tokenizer,
-		))
+		Ok(Self { config, format, embeddings, blocks, norm, lm_head, rope, device: device.clone() })
 	}
 
 	/// The device the weights live on.
@@ -521,4 +716,38 @@ struct Attend<'a> {
 	table: &'a BlockTable,
 	/// Pool slots of the sequence's tokens, cached and new.
 	slots: &'a Tensor,
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	/// Relative error of a load-time quantized projection against the f32 one.
+	fn relative_error(format: WeightFormat) -> f32 {
+		let device = Device::Cpu;
+		let w = Tensor::randn(0f32, 0.05, (96, 256), &device).unwrap();
+		let x = Tensor::randn(0f32, 1.0, (5, 256), &device).unwrap();
+		let dense = Linear::from_dense(w.clone(), None, WeightFormat::F32).unwrap();
+		let quantized = Linear::from_dense(w, None, format).unwrap();
+		let want = dense.forward(&x).unwrap();
+		let got = quantized.forward(&x).unwrap();
+		let err = (got - &want).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>();
+		let norm = want.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>();
+		(err.unwrap() / norm.unwrap()).sqrt()
+	}
+
+	#[test]
+	fn load_time_quantization_stays_close_to_f32() {
+		let int8 = relative_error(WeightFormat::Int8);
+		let int4 = relative_error(WeightFormat::Int4);
+		assert!(int8 < 0.02, "int8: {int8}");
+		assert!(int4 < 0.15, "int4: {int4}");
+		assert!(int8 < int4);
+		let odd = Linear::from_dense(
+			Tensor::zeros((4, 48), DType::F32, &Device::Cpu).unwrap(),
+			None,
+			WeightFormat::Int8,
+		);
+		assert!(matches!(odd, Err(Error::Unsupported(_))), "rows of 48 are not whole blocks");
+	}
 }

@@ -11,7 +11,10 @@ use tokenizers::{
 	AddedToken, PreTokenizerWrapper,
 };
 
-use crate::error::{Error, Result};
+use crate::{
+	chat::ChatTemplate,
+	error::{Error, Result},
+};
 
 /// GGUF's token types (`tokenizer.ggml.token_type`): control tokens such as `<|im_start|>` are
 /// special and never split.
@@ -37,12 +40,40 @@ fn tokenizer_error(e: impl std::fmt::Display) -> Error {
 }
 
 impl Tokenizer {
-	/// Loads a Hugging Face `tokenizer.json`, turning off any padding and truncation it forces.
+	/// Loads a Hugging Face `tokenizer.json`, turning off any padding and truncation it forces,
+	/// with the special tokens and chat template of the `tokenizer_config.json` beside it, if
+	/// there is one.
 	pub fn from_file(path: &std::path::Path) -> Result<Self> {
 		let mut inner = tokenizers::Tokenizer::from_file(path).map_err(tokenizer_error)?;
 		inner.with_padding(None);
 		inner.with_truncation(None).map_err(tokenizer_error)?;
-		Ok(Self { inner, bos: None, eos: None, add_bos: false, chat_template: None })
+		let mut tokenizer =
+			Self { inner, bos: None, eos: None, add_bos: false, chat_template: None };
+		let config_path = path.with_file_name("tokenizer_config.json");
+		if config_path.exists() {
+			let text = std::fs::read_to_string(&config_path)?;
+			let config: serde_json::Value = serde_json::from_str(&text)
+				.map_err(|e| Error::Tokenizer(format!("{}: {e}", config_path.display())))?;
+			// A special token is a string, or an object with its `content`.
+			let token = |key: &str| {
+				let value = config.get(key)?;
+				let text = value.as_str().or_else(|| value.get("content")?.as_str())?;
+				tokenizer.inner.token_to_id(text)
+			};
+			tokenizer.bos = token("bos_token");
+			tokenizer.eos = token("eos_token");
+			tokenizer.add_bos = config.get("add_bos_token").and_then(|v| v.as_bool()) == Some(true);
+			// One template, or a list of named ones whose `default` is the chat template.
+			tokenizer.chat_template = match config.get("chat_template") {
+				Some(serde_json::Value::String(t)) => Some(t.clone()),
+				Some(serde_json::Value::Array(named)) => named
+					.iter()
+					.find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+					.and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+				_ => None,
+			};
+		}
+		Ok(tokenizer)
 	}
 
 	/// Rebuilds the tokenizer from GGUF metadata. Supports byte-level BPE (`gpt2`, as in Llama
@@ -114,12 +145,13 @@ impl Tokenizer {
 		})
 	}
 
-	/// The ids of `text`, with BOS first when the model asks for it. Special tokens written in
-	/// the text (such as `<|im_start|>`) are recognised.
+	/// The ids of `text`, with BOS first when the model asks for it (and the text, say a
+	/// rendered chat template, does not start with it already). Special tokens written in the
+	/// text (such as `<|im_start|>`) are recognised.
 	pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
 		let encoding = self.inner.encode(text, false).map_err(tokenizer_error)?;
 		let mut ids = Vec::with_capacity(encoding.len() + 1);
-		if self.add_bos {
+		if self.add_bos && encoding.get_ids().first() != self.bos.as_ref() {
 			ids.extend(self.bos);
 		}
 		ids.extend_from_slice(encoding.get_ids());
@@ -129,6 +161,21 @@ impl Tokenizer {
 	/// The text of `ids`, special tokens included.
 	pub fn decode(&self, ids: &[u32]) -> Result<String> {
 		self.inner.decode(ids, false).map_err(tokenizer_error)
+	}
+
+	/// Writes the tokenizer as a Hugging Face `tokenizer.json`.
+	pub fn save(&self, path: &std::path::Path) -> Result<()> {
+		self.inner.save(path, false).map_err(tokenizer_error)
+	}
+
+	/// The model's chat template, compiled; an error if the model has none.
+	pub fn chat_template(&self) -> Result<ChatTemplate> {
+		let source = self.chat_template.as_deref().ok_or_else(|| {
+			Error::Tokenizer("the model has no chat template in its metadata".into())
+		})?;
+		let token =
+			|id: Option<u32>| id.and_then(|id| self.inner.id_to_token(id)).unwrap_or_default();
+		ChatTemplate::new(source, &token(self.bos), &token(self.eos))
 	}
 
 	/// Tokens in the vocabulary, special tokens included.

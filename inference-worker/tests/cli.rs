@@ -42,6 +42,27 @@ fn generate_prints_one_json_object_that_matches_transformers() {
 }
 
 #[test]
+fn chat_wraps_the_prompt_in_the_models_template() {
+	let model = models::smollm2_gguf();
+	let fixture: Value =
+		serde_json::from_str(include_str!("fixtures/hf_smollm2.json")).expect("fixture");
+	let chat = &fixture["chats"][0];
+	let message = chat["messages"][0]["content"].as_str().unwrap();
+	let output = worker()
+		.args(["generate", "--model"])
+		.arg(&model)
+		.args(["--chat", "--prompt", message, "--max-tokens", "2", "--json"])
+		.output()
+		.expect("the worker runs");
+	assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+	let out: Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+	assert_eq!(
+		out["prompt_tokens"], chat["prompt_tokens"],
+		"the template as transformers renders it"
+	);
+}
+
+#[test]
 fn bad_input_gets_a_clear_error() {
 	let dir = tempfile::tempdir().unwrap();
 	let not_gguf = dir.path().join("model.gguf");

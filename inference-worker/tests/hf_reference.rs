@@ -6,16 +6,20 @@
 //! weights (`WeightFormat::F32`) must match it closely: every greedy token equal, logits and
 //! log-probabilities within [`DENSE_TOL`]. With the weights kept in Q4_1/Q8_0 (the serving
 //! path, whose matrix products also quantize the activations to 8 bits), the first position's
-//! top logits must be within [`QUANTIZED_TOL`], the first greedy token equal, and, fed the
+//! top logits must be within [`quantized_tol`], the first greedy token equal, and, fed the
 //! reference's tokens one by one (teacher forcing), the reference's token at every step within
-//! [`QUANTIZED_TOL`] of the worker's top logit: quantization may flip a near-tie, nothing more.
+//! [`quantized_tol`] of the worker's top logit: quantization may flip a near-tie, nothing more.
 //!
 //! Needs the model: `scripts/fetch-models.sh` (which `scripts/test.sh` runs).
 
-use std::collections::BTreeMap;
+use std::{
+	collections::{BTreeMap, HashMap},
+	path::Path,
+};
 
-use candle_core::Device;
+use candle_core::{quantized::gguf_file, Device, Tensor};
 use openledger_inference_worker::{
+	chat::Message,
 	generate::{generate, FinishReason, GenerationRequest},
 	lora::{
 		synthetic::{self, SyntheticAdapter},
@@ -30,14 +34,31 @@ use serde::Deserialize;
 
 /// Largest difference allowed between the dense path and transformers (logits and logprobs).
 const DENSE_TOL: f32 = 1e-4;
-/// Largest difference allowed between the quantized path and transformers (top logits).
-const QUANTIZED_TOL: f32 = 0.5;
+/// Largest difference allowed between a quantized path and transformers (top logits, and the
+/// reference token's gap to the top when teacher-forced), by weight format: the GGUF's own Q4_1
+/// blocks, and the same weights quantized again at load time to 8 or 4 bits (both also
+/// quantize the activations to 8 bits in their matrix products).
+fn quantized_tol(format: WeightFormat) -> f32 {
+	match format {
+		WeightFormat::Int8 | WeightFormat::Int4 => 1.0,
+		_ => 0.5,
+	}
+}
 
 #[derive(Deserialize)]
 struct Fixture {
 	adapter: AdapterSpec,
 	steps: usize,
 	cases: Vec<Case>,
+	chats: Vec<Chat>,
+}
+
+/// A conversation rendered by transformers' `apply_chat_template` with the GGUF's template.
+#[derive(Deserialize)]
+struct Chat {
+	messages: Vec<Message>,
+	text: String,
+	prompt_tokens: Vec<u32>,
 }
 
 #[derive(Deserialize)]
@@ -115,12 +136,7 @@ fn check(
 	steps: usize,
 	dense: bool,
 ) -> f32 {
-	let label = format!(
-		"{:?} ({}, adapter: {})",
-		case.prompt,
-		if dense { "f32" } else { "q4_1" },
-		adapter.is_some()
-	);
+	let label = format!("{:?} ({:?}, adapter: {})", case.prompt, model.format, adapter.is_some());
 	let mut cache = KvCache::new(model, 4096).unwrap();
 	let logits = model.forward(&case.prompt_tokens, &mut cache, adapter, false).unwrap();
 	let logits: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
@@ -146,29 +162,35 @@ fn check(
 		let lp = max_diff(&out.logprobs, &expected.logprobs[..n]);
 		assert!(lp <= DENSE_TOL, "{label}: logprobs differ by {lp}");
 	} else {
-		assert!(logit_diff <= QUANTIZED_TOL, "{label}: top logits differ by {logit_diff}");
+		assert!(
+			logit_diff <= quantized_tol(model.format),
+			"{label}: top logits differ by {logit_diff}"
+		);
 		assert_eq!(out.tokens[0], expected.tokens[0], "{label}: first greedy token");
 		let mut cache = KvCache::new(model, 4096).unwrap();
 		let mut input = case.prompt_tokens.clone();
+		let mut max_gap = 0f32;
 		for (step, &want) in expected.tokens.iter().enumerate() {
 			let logits = model.forward(&input, &mut cache, adapter, false).unwrap();
 			let logits: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
 			let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
 			let gap = top - logits[want as usize];
+			max_gap = max_gap.max(gap);
 			assert!(
-				gap <= QUANTIZED_TOL,
+				gap <= quantized_tol(model.format),
 				"{label}, step {step}: the reference's token is {gap} below the top"
 			);
 			input = vec![want];
 		}
+		eprintln!("{label}: the reference's tokens at most {max_gap:.2e} below the top");
 	}
 	eprintln!("{label}: max top-logit difference {logit_diff:.2e}, tokens {:?}", out.tokens);
 	logit_diff
 }
 
-fn run(format: WeightFormat) {
+fn run(path: &Path, format: WeightFormat) {
 	let fixture = fixture();
-	let (model, tokenizer) = load(format);
+	let (model, tokenizer) = Llama::load(path, &Device::Cpu, format).expect("the model loads");
 	let dir = tempfile::tempdir().unwrap();
 	let lora = adapter(&model, &fixture.adapter, dir.path());
 	let dense = format == WeightFormat::F32;
@@ -181,10 +203,110 @@ fn run(format: WeightFormat) {
 
 #[test]
 fn dense_weights_match_transformers_and_peft() {
-	run(WeightFormat::F32);
+	run(&models::smollm2_gguf(), WeightFormat::F32);
 }
 
 #[test]
 fn quantized_weights_match_transformers_and_peft_within_tolerance() {
-	run(WeightFormat::AsStored);
+	run(&models::smollm2_gguf(), WeightFormat::AsStored);
+}
+
+/// The same model as a Hugging Face folder (`config.json`, `model.safetensors` in Hugging
+/// Face's tensor names and row order, `tokenizer.json`), written from the GGUF's weights.
+fn hf_folder(dir: &Path) {
+	let path = models::smollm2_gguf();
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let cfg = &model.config;
+	let mut file = std::fs::File::open(&path).unwrap();
+	let content = gguf_file::Content::read(&mut file).unwrap();
+	let mut tensors = HashMap::new();
+	let mut dense = |name: &str| -> Tensor {
+		content.tensor(&mut file, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap()
+	};
+	// llama.cpp interleaved the rows of Q and K for its RoPE; Hugging Face rotates halves.
+	let unpermute = |w: Tensor, heads: usize| -> Tensor {
+		let (out, input) = w.dims2().unwrap();
+		w.reshape((heads, out / heads / 2, 2, input))
+			.unwrap()
+			.transpose(1, 2)
+			.unwrap()
+			.contiguous()
+			.unwrap()
+			.reshape((out, input))
+			.unwrap()
+	};
+	tensors.insert("model.embed_tokens.weight".to_string(), dense("token_embd.weight"));
+	tensors.insert("model.norm.weight".to_string(), dense("output_norm.weight"));
+	for l in 0..cfg.num_layers {
+		let hf = |p: &str| format!("model.layers.{l}.{p}.weight");
+		let gg = |p: &str| format!("blk.{l}.{p}.weight");
+		tensors.insert(hf("input_layernorm"), dense(&gg("attn_norm")));
+		tensors.insert(hf("post_attention_layernorm"), dense(&gg("ffn_norm")));
+		tensors.insert(hf("self_attn.q_proj"), unpermute(dense(&gg("attn_q")), cfg.num_heads));
+		tensors.insert(hf("self_attn.k_proj"), unpermute(dense(&gg("attn_k")), cfg.num_kv_heads));
+		for (h, g) in [
+			("self_attn.v_proj", "attn_v"),
+			("self_attn.o_proj", "attn_output"),
+			("mlp.gate_proj", "ffn_gate"),
+			("mlp.up_proj", "ffn_up"),
+			("mlp.down_proj", "ffn_down"),
+		] {
+			tensors.insert(hf(h), dense(&gg(g)));
+		}
+	}
+	candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+	let config = serde_json::json!({
+		"model_type": "llama",
+		"vocab_size": cfg.vocab_size,
+		"hidden_size": cfg.hidden_size,
+		"intermediate_size": cfg.intermediate_size,
+		"num_hidden_layers": cfg.num_layers,
+		"num_attention_heads": cfg.num_heads,
+		"num_key_value_heads": cfg.num_kv_heads,
+		"rope_theta": cfg.rope_theta,
+		"rms_norm_eps": cfg.rms_norm_eps,
+		"max_position_embeddings": cfg.context_length,
+		"tie_word_embeddings": true,
+	});
+	std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+	tokenizer.save(&dir.join("tokenizer.json")).unwrap();
+	let token = |id: Option<u32>| id.map(|id| tokenizer.decode(&[id]).unwrap());
+	let tokenizer_config = serde_json::json!({
+		"bos_token": token(tokenizer.bos),
+		"eos_token": token(tokenizer.eos),
+		"add_bos_token": tokenizer.add_bos,
+		"chat_template": tokenizer.chat_template,
+	});
+	std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+	let (_, reloaded) = Llama::load(dir, &Device::Cpu, WeightFormat::F32).unwrap();
+	assert_eq!((reloaded.bos, reloaded.eos), (tokenizer.bos, tokenizer.eos));
+	assert_eq!(reloaded.chat_template, tokenizer.chat_template);
+}
+
+#[test]
+fn a_safetensors_folder_matches_transformers_and_peft() {
+	let dir = tempfile::tempdir().unwrap();
+	hf_folder(dir.path());
+	run(dir.path(), WeightFormat::F32);
+}
+
+#[test]
+fn int8_and_int4_quantized_at_load_time_within_tolerance() {
+	let dir = tempfile::tempdir().unwrap();
+	hf_folder(dir.path());
+	run(dir.path(), WeightFormat::Int8);
+	run(dir.path(), WeightFormat::Int4);
+}
+
+#[test]
+fn the_chat_template_renders_as_transformers_does() {
+	let fixture = fixture();
+	let (_, tokenizer) = load(WeightFormat::AsStored);
+	let template = tokenizer.chat_template().expect("the GGUF has a chat template");
+	assert!(!fixture.chats.is_empty());
+	for chat in &fixture.chats {
+		let text = template.render(&chat.messages, true).unwrap();
+		assert_eq!(text, chat.text);
+		assert_eq!(tokenizer.encode(&text).unwrap(), chat.prompt_tokens);
+	}
 }

@@ -46,6 +46,17 @@ ADAPTER = {
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+CHATS = [
+    [{"role": "user", "content": "What is a DataNet?"}],
+    [
+        {"role": "system", "content": "You answer in one sentence."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another one?"},
+    ],
+]
+
+
 def synthetic(seed, layer, projection, is_b, rows, cols):
     """The same values as `lora::synthetic_value` in Rust (float64 math, stored as float32)."""
     p = PROJECTIONS.index(projection)
@@ -83,6 +94,13 @@ def main():
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         cases.append({"prompt": prompt, "prompt_tokens": ids, "base": greedy(model, ids)})
 
+    # The model's chat template (from the GGUF metadata), as transformers renders it.
+    chats = []
+    for messages in CHATS:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        chats.append({"messages": messages, "text": text, "prompt_tokens": ids})
+
     config = LoraConfig(
         r=ADAPTER["r"],
         lora_alpha=ADAPTER["lora_alpha"],
@@ -114,6 +132,7 @@ def main():
             "adapter": ADAPTER,
             "steps": STEPS,
             "cases": cases,
+            "chats": chats,
         },
         sys.stdout,
         indent=1,
