@@ -126,22 +126,24 @@ impl PeftConfig {
 	}
 }
 
-/// One projection's low-rank pair, ready to apply: `x A^T` then `(…) (s B)^T`.
+/// One projection's low-rank pair, ready to apply: `x A^T` then `(…) (s B)^T`, in the layout
+/// the multi-LoRA kernels read (`openledger_kernels::lora`).
 #[derive(Debug, Clone)]
 pub struct LoraWeights {
-	/// `A^T`, `[in, r]`.
-	a_t: Tensor,
-	/// `s · B^T`, `[r, out]`.
-	b_t: Tensor,
+	/// `A`, `[r, in]`, contiguous.
+	pub a: Tensor,
+	/// `s · B^T`, `[r, out]`, contiguous.
+	pub b_t: Tensor,
 	/// The rank.
 	pub rank: usize,
 }
 
 impl LoraWeights {
-	/// The adapter's contribution for `x` (`[tokens, in]`): `[tokens, out]`.
+	/// The adapter's contribution for `x` (`[tokens, in]`): `[tokens, out]`, with tensor
+	/// operations (the CPU path uses the kernels instead).
 	pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-		let x = x.to_dtype(self.a_t.dtype())?;
-		Ok(x.matmul(&self.a_t)?.matmul(&self.b_t)?)
+		let x = x.to_dtype(self.a.dtype())?;
+		Ok(x.matmul(&self.a.t()?)?.matmul(&self.b_t)?)
 	}
 }
 
@@ -274,11 +276,8 @@ impl LoraAdapter {
 				_ => b,
 			};
 			let scale = peft.scale(&path, rank);
-			let weights = LoraWeights {
-				a_t: a.t()?.contiguous()?,
-				b_t: (b.t()?.contiguous()? * scale)?,
-				rank,
-			};
+			let weights =
+				LoraWeights { a: a.contiguous()?, b_t: (b.t()?.contiguous()? * scale)?, rank };
 			size_bytes += (a_in + b_out) * rank * DType::F32.size_in_bytes();
 			layers[layer].insert(projection, weights);
 		}

@@ -204,12 +204,14 @@ pub struct SequenceInput<'a> {
 
 /// The sequences of a batch as row segments, each with its adapter.
 ///
-/// An adapter's low-rank product is computed per segment (SGMV-style; one row per sequence at
-/// decode, BGMV-style), with exactly the shapes the sequence has when it is served alone. That
-/// keeps every request's output bit-identical whatever else shares its batch (batch invariance),
-/// which re-execution checks of a worker's claims rely on: a matrix product over the rows of
-/// several sequences at once sums in a different order, and the 8-bit quantization of
-/// activations downstream amplifies such last-bit differences into visible ones.
+/// Each sequence's adapter product is added to its rows only (SGMV for prefill segments, BGMV
+/// for one row per sequence at decode). On the CPU one call of the multi-LoRA kernel
+/// (`openledger_kernels::lora::sgmv`) does every segment of a projection, each row alone in a
+/// fixed order; elsewhere, tensor operations per segment with the shapes the sequence has when
+/// served alone. Either way every request's output is bit-identical whatever else shares its
+/// batch (batch invariance), which re-execution checks of a worker's claims rely on: a matrix
+/// product over the rows of several sequences at once sums in a different order, and the 8-bit
+/// quantization of activations downstream amplifies such last-bit differences into visible ones.
 struct Segments<'a> {
 	/// `(adapter, first row, rows)` of each sequence, in batch order.
 	segments: Vec<(Option<&'a LoraAdapter>, usize, usize)>,
@@ -231,22 +233,79 @@ impl<'a> Segments<'a> {
 		which: Projection,
 	) -> Result<Tensor> {
 		let y = base.forward(x)?;
-		let lora = |adapter: Option<&'a LoraAdapter>| -> Option<&'a LoraWeights> {
-			adapter.and_then(|a| a.weights(layer, which))
-		};
-		if self.segments.iter().all(|(adapter, _, _)| lora(*adapter).is_none()) {
+		let pairs: Vec<(std::ops::Range<usize>, &LoraWeights)> = self
+			.segments
+			.iter()
+			.filter_map(|&(adapter, row, t)| Some((row..row + t, adapter?.weights(layer, which)?)))
+			.collect();
+		if pairs.is_empty() {
 			return Ok(y);
 		}
-		let mut pieces = Vec::with_capacity(self.segments.len());
-		for &(adapter, row, t) in &self.segments {
-			let rows = y.narrow(0, row, t)?;
-			pieces.push(match lora(adapter) {
-				Some(weights) => (rows + weights.forward(&x.narrow(0, row, t)?)?)?,
-				None => rows,
-			});
+		if x.device().is_cpu() {
+			return cpu_sgmv(x, y, &pairs);
 		}
-		Ok(if pieces.len() == 1 { pieces.remove(0) } else { Tensor::cat(&pieces, 0)? })
+		// Elsewhere, with tensor operations per segment (the GPU kernels replace this).
+		let mut pieces = Vec::with_capacity(self.segments.len());
+		let mut at = 0;
+		for (rows, weights) in &pairs {
+			if rows.start > at {
+				pieces.push(y.narrow(0, at, rows.start - at)?);
+			}
+			let base_rows = y.narrow(0, rows.start, rows.len())?;
+			pieces.push((base_rows + weights.forward(&x.narrow(0, rows.start, rows.len())?)?)?);
+			at = rows.end;
+		}
+		if at < y.dim(0)? {
+			pieces.push(y.narrow(0, at, y.dim(0)? - at)?);
+		}
+		Ok(Tensor::cat(&pieces, 0)?)
 	}
+}
+
+/// Reads a contiguous f32 CPU tensor's values in place.
+fn cpu_values<'g>(
+	guard: &'g candle_core::Storage,
+	layout: &candle_core::Layout,
+) -> Result<&'g [f32]> {
+	match guard {
+		candle_core::Storage::Cpu(storage) => {
+			let values = storage.as_slice::<f32>()?;
+			let start = layout.start_offset();
+			let len = layout.shape().elem_count();
+			values
+				.get(start..start + len)
+				.ok_or_else(|| Error::Format("tensor out of bounds".into()))
+		}
+		_ => Err(Error::Unsupported("the CPU multi-LoRA kernel needs CPU tensors".into())),
+	}
+}
+
+/// `y` plus each segment's adapter product on its rows, by the CPU multi-LoRA kernel.
+fn cpu_sgmv(
+	x: &Tensor,
+	y: Tensor,
+	pairs: &[(std::ops::Range<usize>, &LoraWeights)],
+) -> Result<Tensor> {
+	let x = x.to_dtype(DType::F32)?.contiguous()?;
+	let (rows, in_dim) = x.dims2()?;
+	let out_dim = y.dim(1)?;
+	let mut out: Vec<f32> = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+	let (x_guard, x_layout) = x.storage_and_layout();
+	let x_values = cpu_values(&x_guard, x_layout)?;
+	let guards: Vec<_> =
+		pairs.iter().map(|(_, w)| (w.a.storage_and_layout(), w.b_t.storage_and_layout())).collect();
+	let mut segments = Vec::with_capacity(pairs.len());
+	for ((rows, weights), ((a, a_layout), (b, b_layout))) in pairs.iter().zip(&guards) {
+		let pair = openledger_kernels::lora::LoraPair {
+			a: cpu_values(a, a_layout)?,
+			b_t: cpu_values(b, b_layout)?,
+			rank: weights.rank,
+		};
+		segments.push(openledger_kernels::lora::Segment { rows: rows.clone(), pair });
+	}
+	openledger_kernels::lora::sgmv(x_values, in_dim, &mut out, out_dim, &segments)
+		.map_err(|e| Error::Unsupported(e.to_string()))?;
+	Ok(Tensor::from_vec(out, (rows, out_dim), y.device())?)
 }
 
 /// A loaded model.
