@@ -1,6 +1,11 @@
-//! The adapters a worker holds in memory: loaded when a request names one, kept in LRU order
-//! under a byte budget, evicted when the budget is needed (pinned adapters never are), and
-//! reloaded when their files change on disk.
+//! The adapters a worker holds in memory, in two tiers:
+//!
+//! - the **device tier**: adapters ready to serve (weights on the model's device), in LRU order
+//!   under a byte budget, evicted when the budget is needed (pinned adapters never are);
+//! - the **host tier** (optional): the adapters' files in host memory, under a budget of its own,
+//!   so that an adapter evicted from the device comes back without reading the disk.
+//!
+//! Both are checked against the files on disk: an adapter whose files changed is reloaded.
 //!
 //! Requests hold an adapter through an [`Arc`], so evicting or reloading it never disturbs a
 //! request already running with it, and loading happens outside the cache's lock, so a slow load
@@ -15,7 +20,7 @@ use std::{
 
 use crate::{
 	error::{Error, Result},
-	lora::LoraAdapter,
+	lora::{AdapterFiles, LoraAdapter},
 };
 
 /// What identifies the version of an adapter's files on disk: their sizes and modification
@@ -54,31 +59,53 @@ pub struct CacheStats {
 	pub loads: u64,
 	/// Adapters reloaded because their files changed.
 	pub reloads: u64,
-	/// Adapters evicted to make room.
+	/// Adapters evicted from the device tier to make room.
 	pub evictions: u64,
+	/// Adapters rebuilt from the host tier instead of read from disk.
+	pub host_hits: u64,
+}
+
+/// An adapter's files in the host tier.
+struct HostEntry {
+	files: Arc<AdapterFiles>,
+	fingerprint: Fingerprint,
+	last_used: u64,
 }
 
 struct Inner {
 	entries: HashMap<String, Entry>,
 	used_bytes: usize,
+	host: HashMap<String, HostEntry>,
+	host_bytes: usize,
 	clock: u64,
 	stats: CacheStats,
 }
 
-/// An LRU cache of adapters bounded by bytes.
+/// An LRU cache of adapters bounded by bytes, with an optional host tier.
 pub struct AdapterCache {
 	budget_bytes: usize,
+	host_budget_bytes: usize,
 	inner: Mutex<Inner>,
 }
 
 impl AdapterCache {
-	/// A cache that holds at most `budget_bytes` of adapter weights.
+	/// A cache that holds at most `budget_bytes` of adapter weights ready to serve, and no host
+	/// tier.
 	pub fn new(budget_bytes: usize) -> Self {
+		Self::with_host_tier(budget_bytes, 0)
+	}
+
+	/// A cache with a device tier of `budget_bytes` and a host tier of `host_budget_bytes` of
+	/// adapter files.
+	pub fn with_host_tier(budget_bytes: usize, host_budget_bytes: usize) -> Self {
 		Self {
 			budget_bytes,
+			host_budget_bytes,
 			inner: Mutex::new(Inner {
 				entries: HashMap::new(),
 				used_bytes: 0,
+				host: HashMap::new(),
+				host_bytes: 0,
 				clock: 0,
 				stats: CacheStats::default(),
 			}),
@@ -91,14 +118,15 @@ impl AdapterCache {
 		self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 	}
 
-	/// The adapter `name` whose files are in `dir`: from memory if its files have not changed,
-	/// else loaded with `load` (outside the lock) and inserted, evicting the least recently used
+	/// The adapter `name` whose files are in `dir`: from the device tier if its files have not
+	/// changed, else built with `load` (outside the lock) from its files — from the host tier
+	/// when they are there, else read from disk — and inserted, evicting the least recently used
 	/// unpinned adapters as the budget requires.
 	pub fn get_or_load(
 		&self,
 		name: &str,
 		dir: &Path,
-		load: impl FnOnce(&Path) -> Result<LoraAdapter>,
+		load: impl FnOnce(&AdapterFiles) -> Result<LoraAdapter>,
 	) -> Result<Arc<LoraAdapter>> {
 		let fingerprint = Fingerprint::of(dir)?;
 		let mut reload = false;
@@ -116,7 +144,8 @@ impl AdapterCache {
 				reload = true;
 			}
 		}
-		let adapter = Arc::new(load(dir)?);
+		let files = self.files(name, dir, &fingerprint)?;
+		let adapter = Arc::new(load(&files)?);
 		if adapter.size_bytes > self.budget_bytes {
 			return Err(Error::Adapter {
 				name: name.to_string(),
@@ -175,6 +204,60 @@ impl AdapterCache {
 			},
 		);
 		Ok(adapter)
+	}
+
+	/// The files of `name` from the host tier if they are there and current, else from disk
+	/// (then kept in the host tier, evicting its least recently used entries as needed).
+	fn files(
+		&self,
+		name: &str,
+		dir: &Path,
+		fingerprint: &Fingerprint,
+	) -> Result<Arc<AdapterFiles>> {
+		{
+			let mut inner = self.lock();
+			inner.clock += 1;
+			let now = inner.clock;
+			if let Some(entry) = inner.host.get_mut(name) {
+				if entry.fingerprint == *fingerprint {
+					entry.last_used = now;
+					let files = entry.files.clone();
+					inner.stats.host_hits += 1;
+					return Ok(files);
+				}
+			}
+		}
+		let files = Arc::new(AdapterFiles::read(dir, name)?);
+		let size = files.size_bytes();
+		if size <= self.host_budget_bytes {
+			let mut inner = self.lock();
+			if let Some(old) = inner.host.remove(name) {
+				inner.host_bytes -= old.files.size_bytes();
+			}
+			while inner.host_bytes + size > self.host_budget_bytes {
+				let victim = inner
+					.host
+					.iter()
+					.min_by_key(|(_, e)| e.last_used)
+					.map(|(name, _)| name.clone());
+				match victim.and_then(|v| inner.host.remove(&v)) {
+					Some(evicted) => inner.host_bytes -= evicted.files.size_bytes(),
+					None => break,
+				}
+			}
+			inner.clock += 1;
+			let last_used = inner.clock;
+			inner.host_bytes += size;
+			let entry =
+				HostEntry { files: files.clone(), fingerprint: fingerprint.clone(), last_used };
+			inner.host.insert(name.to_string(), entry);
+		}
+		Ok(files)
+	}
+
+	/// Bytes of adapter files in the host tier.
+	pub fn host_bytes(&self) -> usize {
+		self.lock().host_bytes
 	}
 
 	/// Pins or unpins an adapter already in the cache: a pinned adapter is never evicted.
@@ -246,11 +329,11 @@ mod tests {
 		synthetic::write(&spec, &config(), dir).unwrap();
 	}
 
-	fn load(dir: &Path) -> Result<LoraAdapter> {
+	fn load(files: &AdapterFiles) -> Result<LoraAdapter> {
 		let config = config();
-		LoraAdapter::load(
-			dir,
-			None,
+		LoraAdapter::from_files(
+			files,
+			"test",
 			&config,
 			|l, p| (l < config.num_layers).then(|| synthetic::widths(&config, p)),
 			&Device::Cpu,
@@ -288,9 +371,40 @@ mod tests {
 		// Next a0 goes (a1 is pinned), though a request still holds it.
 		cache.get_or_load("a2", &dirs[2], load).unwrap();
 		assert!(!cache.contains("a0") && cache.contains("a1"));
-		assert_eq!(held.name, "a0", "the evicted adapter stays usable by its holder");
-		assert_eq!(cache.stats(), CacheStats { hits: 1, loads: 5, reloads: 0, evictions: 2 });
+		assert!(held.weights(0, Projection::Q).is_some(), "the evicted adapter stays usable");
+		let stats = cache.stats();
+		assert_eq!(stats, CacheStats { hits: 1, loads: 5, reloads: 0, evictions: 2, host_hits: 0 });
 		assert_eq!(cache.used_bytes(), 3 * size(2));
+	}
+
+	#[test]
+	fn an_evicted_adapter_comes_back_from_the_host_tier_until_its_files_change() {
+		let root = tempfile::tempdir().unwrap();
+		let (a, b) = (root.path().join("a"), root.path().join("b"));
+		write(&a, 1, 2);
+		write(&b, 2, 2);
+		// Room for one adapter on the device, both in host memory.
+		let cache = AdapterCache::with_host_tier(size(2), 1 << 20);
+		cache.get_or_load("a", &a, load).unwrap();
+		let b1 = cache.get_or_load("b", &b, load).unwrap();
+		assert!(!cache.contains("a"), "a was evicted from the device");
+		let files_a = AdapterFiles::read(&a, "a").unwrap().size_bytes();
+		let files_b = AdapterFiles::read(&b, "b").unwrap().size_bytes();
+		assert_eq!(cache.host_bytes(), files_a + files_b);
+		let again = cache.get_or_load("a", &a, load).unwrap();
+		assert_eq!(cache.stats().host_hits, 1, "rebuilt from host memory");
+		assert_eq!(again.weights(0, Projection::Q).unwrap().rank, 2);
+		// New weights on disk: the host copy is stale and is not used.
+		write(&b, 3, 2);
+		let b2 = cache.get_or_load("b", &b, load).unwrap();
+		let values =
+			|x: &LoraAdapter| x.weights(0, Projection::Q).unwrap().a.to_vec2::<f32>().unwrap();
+		assert_ne!(values(&b1), values(&b2));
+		assert_eq!(cache.stats().host_hits, 1);
+		// A host tier too small for an adapter's files just does not keep them.
+		let tiny = AdapterCache::with_host_tier(size(2), 10);
+		tiny.get_or_load("a", &a, load).unwrap();
+		assert_eq!(tiny.host_bytes(), 0);
 	}
 
 	#[test]

@@ -28,7 +28,7 @@ use crate::{
 	error::{Error, Result},
 	generate::{validate, Generation, GenerationRequest, Progress},
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
-	lora::LoraAdapter,
+	lora::{AdapterFiles, LoraAdapter},
 	model::{Llama, SequenceInput},
 	tokenizer::Tokenizer,
 };
@@ -49,8 +49,10 @@ pub struct EngineConfig {
 	pub max_running: usize,
 	/// Most requests waiting to start; beyond it requests are refused as overloaded.
 	pub max_waiting: usize,
-	/// Bytes of adapter weights kept in memory.
+	/// Bytes of adapter weights kept ready to serve (the device tier).
 	pub adapter_bytes: usize,
+	/// Bytes of adapter files kept in host memory (the host tier; 0 for none).
+	pub adapter_host_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
 			max_running: 64,
 			max_waiting: 1024,
 			adapter_bytes: 512 << 20,
+			adapter_host_bytes: 2 << 30,
 		}
 	}
 }
@@ -161,7 +164,8 @@ impl Engine {
 		let kv =
 			KvCacheConfig::for_budget(&model.config, config.block_size, config.kv_cache_bytes)?;
 		let cache = PagedKvCache::new(&model.config, kv, model.device())?;
-		let adapters = Arc::new(AdapterCache::new(config.adapter_bytes));
+		let adapters =
+			Arc::new(AdapterCache::with_host_tier(config.adapter_bytes, config.adapter_host_bytes));
 		let (loads, load_rx) = mpsc::channel::<(String, PathBuf)>();
 		let (loaded_tx, loaded) = mpsc::channel();
 		let loader_model = model.clone();
@@ -170,8 +174,9 @@ impl Engine {
 			.name("adapter-loader".into())
 			.spawn(move || {
 				for (name, dir) in load_rx {
-					let result = loader_cache
-						.get_or_load(&name, &dir, |dir| load_adapter(&loader_model, &name, dir));
+					let result = loader_cache.get_or_load(&name, &dir, |files| {
+						adapter_from_files(&loader_model, &name, files)
+					});
 					if loaded_tx.send((name, result)).is_err() {
 						break;
 					}
@@ -266,7 +271,8 @@ impl Engine {
 					// In memory: a hit costs a look at the files' metadata, nothing more.
 					let model = self.model.clone();
 					AdapterState::Ready(
-						self.adapters.get_or_load(name, dir, |d| load_adapter(&model, name, d))?,
+						self.adapters
+							.get_or_load(name, dir, |f| adapter_from_files(&model, name, f))?,
 					)
 				} else {
 					self.loads.send((name.to_string(), dir.clone())).map_err(|_| {
@@ -470,9 +476,15 @@ impl Engine {
 
 /// Loads the adapter `name` from `dir` for `model`, checking it against the base projections.
 pub fn load_adapter(model: &Llama, name: &str, dir: &std::path::Path) -> Result<LoraAdapter> {
-	LoraAdapter::load(
-		dir,
-		Some(name),
+	adapter_from_files(model, name, &AdapterFiles::read(dir, name)?)
+}
+
+/// Builds the adapter `name` for `model` from its files, checking it against the base
+/// projections.
+pub fn adapter_from_files(model: &Llama, name: &str, files: &AdapterFiles) -> Result<LoraAdapter> {
+	LoraAdapter::from_files(
+		files,
+		name,
 		&model.config,
 		|layer, p| model.projection(layer, p).map(|l| (l.in_features, l.out_features)),
 		model.device(),

@@ -147,6 +147,35 @@ impl LoraWeights {
 	}
 }
 
+/// An adapter's files as read from its PEFT folder: what the host tier of the adapter cache
+/// keeps, so that an adapter evicted from the device comes back without touching the disk.
+#[derive(Debug, Clone)]
+pub struct AdapterFiles {
+	/// `adapter_config.json`.
+	pub config: String,
+	/// `adapter_model.safetensors`.
+	pub weights: Vec<u8>,
+}
+
+impl AdapterFiles {
+	/// Reads the PEFT folder `dir` of the adapter `name`.
+	pub fn read(dir: &Path, name: &str) -> Result<Self> {
+		let read = |file: &str| {
+			let path = dir.join(file);
+			std::fs::read(&path)
+				.map_err(|e| adapter_error(name, format!("cannot read {}: {e}", path.display())))
+		};
+		let config = String::from_utf8(read("adapter_config.json")?)
+			.map_err(|_| adapter_error(name, "adapter_config.json is not UTF-8"))?;
+		Ok(Self { config, weights: read("adapter_model.safetensors")? })
+	}
+
+	/// Bytes they take.
+	pub fn size_bytes(&self) -> usize {
+		self.config.len() + self.weights.len()
+	}
+}
+
 /// A loaded adapter.
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -189,11 +218,22 @@ impl LoraAdapter {
 			.map(str::to_string)
 			.or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
 			.unwrap_or_else(|| dir.display().to_string());
-		let config_path = dir.join("adapter_config.json");
-		let text = std::fs::read_to_string(&config_path).map_err(|e| {
-			adapter_error(&name, format!("cannot read {}: {e}", config_path.display()))
-		})?;
-		let peft: PeftConfig = serde_json::from_str(&text)
+		let files = AdapterFiles::read(dir, &name)?;
+		Self::from_files(&files, &name, config, in_out, device)
+	}
+
+	/// Builds the adapter `name` from its files (already in host memory), checking every
+	/// tensor's shape against the base model, with its weights on `device`.
+	pub fn from_files(
+		files: &AdapterFiles,
+		name: &str,
+		config: &LlamaConfig,
+		in_out: impl Fn(usize, Projection) -> Option<(usize, usize)>,
+		device: &Device,
+	) -> Result<Self> {
+		let name = name.to_string();
+		let text = &files.config;
+		let peft: PeftConfig = serde_json::from_str(text)
 			.map_err(|e| adapter_error(&name, format!("bad adapter_config.json: {e}")))?;
 		if let Some(kind) = peft.peft_type.as_deref().filter(|k| *k != "LORA") {
 			return Err(adapter_error(&name, format!("peft_type {kind} is not LORA")));
@@ -207,11 +247,7 @@ impl LoraAdapter {
 		if peft.bias.as_deref().is_some_and(|b| b != "none") {
 			return Err(adapter_error(&name, "adapters with trained biases are not supported"));
 		}
-		let weights_path = dir.join("adapter_model.safetensors");
-		let bytes = std::fs::read(&weights_path).map_err(|e| {
-			adapter_error(&name, format!("cannot read {}: {e}", weights_path.display()))
-		})?;
-		let tensors = safetensors::SafeTensors::deserialize(&bytes)
+		let tensors = safetensors::SafeTensors::deserialize(&files.weights)
 			.map_err(|e| adapter_error(&name, format!("bad adapter_model.safetensors: {e}")))?;
 
 		// Pair the A and B matrices of each module.

@@ -125,6 +125,7 @@ fn continuous_batching_with_chunked_prefill_and_preemption_matches_serving_alone
 		max_running: 4,
 		max_waiting: 16,
 		adapter_bytes: 64 << 20,
+		adapter_host_bytes: 0,
 	};
 	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
 	for (name, dir) in &dirs {
