@@ -27,7 +27,7 @@ use openledger_inference_worker::{
 	},
 	model::{KvCache, Llama, WeightFormat},
 	models,
-	sampling::SamplingParams,
+	sampling::{argmax, SamplingParams},
 	tokenizer::Tokenizer,
 };
 use serde::Deserialize;
@@ -51,6 +51,18 @@ struct Fixture {
 	steps: usize,
 	cases: Vec<Case>,
 	chats: Vec<Chat>,
+	tiny_prompt: Vec<u32>,
+	tiny_models: BTreeMap<String, TinyModel>,
+}
+
+/// A tiny model of another supported shape, weights from [`tiny_value`], and what transformers
+/// computes with it.
+#[derive(Deserialize)]
+struct TinyModel {
+	config: serde_json::Value,
+	tensors: Vec<String>,
+	logits: Vec<f32>,
+	tokens: Vec<u32>,
 }
 
 /// A conversation rendered by transformers' `apply_chat_template` with the GGUF's template.
@@ -308,5 +320,93 @@ fn the_chat_template_renders_as_transformers_does() {
 		let text = template.render(&chat.messages, true).unwrap();
 		assert_eq!(text, chat.text);
 		assert_eq!(tokenizer.encode(&text).unwrap(), chat.prompt_tokens);
+	}
+}
+
+/// The same values as `tiny_value` in `scripts/reference/hf_reference.py`.
+fn tiny_value(name: &str, shape: &[usize]) -> Vec<f32> {
+	let sum: usize = name.bytes().enumerate().map(|(k, b)| (k + 1) * b as usize).sum();
+	let phase = (sum % 997) as f64 * 0.01;
+	let (base, amplitude) = if name.ends_with("norm.weight") {
+		(1.0, 0.1)
+	} else if name.ends_with(".bias") {
+		(0.0, 0.05)
+	} else {
+		(0.0, 1.0 / (shape[shape.len() - 1] as f64).sqrt())
+	};
+	let (rows, cols) = (shape[0], if shape.len() > 1 { shape[1] } else { 1 });
+	let mut values = Vec::with_capacity(rows * cols);
+	for i in 0..rows {
+		for j in 0..cols {
+			let (i, j) = (i as f64, j as f64);
+			values.push(
+				(base + amplitude * (phase + i * 0.37 + j * 0.11 + i * j * 0.013).sin()) as f32,
+			);
+		}
+	}
+	values
+}
+
+/// The shape of a Hugging Face Llama/Qwen2 tensor, from the model's `config.json`.
+fn tiny_shape(name: &str, config: &serde_json::Value) -> Vec<usize> {
+	let get = |key: &str| config[key].as_u64().unwrap() as usize;
+	let (vocab, hidden, inter) = (get("vocab_size"), get("hidden_size"), get("intermediate_size"));
+	let head_dim = hidden / get("num_attention_heads");
+	let q = get("num_attention_heads") * head_dim;
+	let kv = get("num_key_value_heads") * head_dim;
+	let bias = name.ends_with(".bias");
+	let matrix = |out: usize, input: usize| if bias { vec![out] } else { vec![out, input] };
+	match name {
+		_ if name.contains("embed_tokens") || name.starts_with("lm_head") => vec![vocab, hidden],
+		_ if name.ends_with("norm.weight") => vec![hidden],
+		_ if name.contains("q_proj") => matrix(q, hidden),
+		_ if name.contains("k_proj") || name.contains("v_proj") => matrix(kv, hidden),
+		_ if name.contains("o_proj") => matrix(hidden, q),
+		_ if name.contains("gate_proj") || name.contains("up_proj") => matrix(inter, hidden),
+		_ if name.contains("down_proj") => matrix(hidden, inter),
+		other => panic!("unexpected tensor {other}"),
+	}
+}
+
+#[test]
+fn tiny_qwen2_and_scaled_llama_folders_match_transformers() {
+	let fixture = fixture();
+	assert_eq!(fixture.tiny_models.len(), 2);
+	for (name, tiny) in &fixture.tiny_models {
+		let dir = tempfile::tempdir().unwrap();
+		let mut tensors = HashMap::new();
+		for tensor in &tiny.tensors {
+			let shape = tiny_shape(tensor, &tiny.config);
+			let values = Tensor::from_vec(tiny_value(tensor, &shape), shape, &Device::Cpu).unwrap();
+			tensors.insert(tensor.clone(), values);
+		}
+		candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+		std::fs::write(dir.path().join("config.json"), tiny.config.to_string()).unwrap();
+		let vocab: serde_json::Map<String, serde_json::Value> =
+			(0..tiny.logits.len()).map(|i| (format!("t{i}"), serde_json::Value::from(i))).collect();
+		let tokenizer = serde_json::json!({
+			"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+			"normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+			"decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+		});
+		std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+		let (model, _) = Llama::load(dir.path(), &Device::Cpu, WeightFormat::F32)
+			.unwrap_or_else(|e| panic!("{name}: {e}"));
+		let mut cache = KvCache::new(&model, 64).unwrap();
+		let mut input = fixture.tiny_prompt.clone();
+		let mut tokens = Vec::new();
+		for step in 0..tiny.tokens.len() {
+			let logits = model.forward(&input, &mut cache, None, false).unwrap();
+			let logits: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
+			if step == 0 {
+				let diff = max_diff(&logits, &tiny.logits);
+				eprintln!("tiny {name}: logits within {diff:.2e} of transformers");
+				assert!(diff <= 1e-5, "{name}: logits differ by {diff}");
+			}
+			let token = argmax(&logits) as u32;
+			tokens.push(token);
+			input = vec![token];
+		}
+		assert_eq!(tokens, tiny.tokens, "{name}: greedy tokens");
 	}
 }

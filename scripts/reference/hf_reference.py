@@ -68,6 +68,84 @@ def synthetic(seed, layer, projection, is_b, rows, cols):
     return (amplitude * np.sin(phase + i * 0.37 + j * 0.11 + i * j * 0.013)).astype(np.float32)
 
 
+# Tiny models of the other supported shapes, with weights from a formula (no weights to ship):
+# Qwen2 (q/k/v biases, separate output head, GQA) and Llama with linear RoPE scaling and
+# grouped-query heads. The Rust test writes the same weights as a Hugging Face folder.
+TINY_MODELS = {
+    "qwen2": {
+        "model_type": "qwen2",
+        "vocab_size": 96,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rope_theta": 5000.0,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 128,
+        "tie_word_embeddings": False,
+    },
+    "llama_scaled": {
+        "model_type": "llama",
+        "vocab_size": 96,
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "rope_theta": 10000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": False,
+    },
+}
+TINY_PROMPT = [3, 17, 42, 5, 88, 13, 60]
+TINY_STEPS = 6
+
+
+def tiny_value(name, shape):
+    """The same values as `tiny_weight` in inference-worker/tests/hf_reference.rs."""
+    phase = sum((k + 1) * b for k, b in enumerate(name.encode())) % 997 * 0.01
+    if name.endswith("norm.weight"):
+        base, amplitude = 1.0, 0.1
+    elif name.endswith(".bias"):
+        base, amplitude = 0.0, 0.05
+    else:
+        base, amplitude = 0.0, 1.0 / math.sqrt(shape[-1])
+    rows = shape[0]
+    cols = shape[1] if len(shape) > 1 else 1
+    i = np.arange(rows, dtype=np.float64)[:, None]
+    j = np.arange(cols, dtype=np.float64)[None, :]
+    values = base + amplitude * np.sin(phase + i * 0.37 + j * 0.11 + i * j * 0.013)
+    return values.reshape(shape).astype(np.float32)
+
+
+def tiny_models():
+    from transformers import AutoConfig
+
+    out = {}
+    for name, fields in TINY_MODELS.items():
+        config = AutoConfig.for_model(**fields)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with torch.no_grad():
+            for key, tensor in model.state_dict().items():
+                tensor.copy_(torch.from_numpy(tiny_value(key, tuple(tensor.shape))))
+        model.eval()
+        seq = list(TINY_PROMPT)
+        tokens = []
+        with torch.no_grad():
+            first = model(torch.tensor([seq])).logits[0, -1].float().tolist()
+            for _ in range(TINY_STEPS):
+                logits = model(torch.tensor([seq])).logits[0, -1]
+                token = int(torch.argmax(logits))
+                tokens.append(token)
+                seq.append(token)
+        names = sorted(model.state_dict().keys())
+        out[name] = {"config": fields, "tensors": names, "logits": first, "tokens": tokens}
+    return out
+
+
 def greedy(model, ids):
     tokens, logprobs, top = [], [], None
     seq = list(ids)
@@ -133,6 +211,8 @@ def main():
             "steps": STEPS,
             "cases": cases,
             "chats": chats,
+            "tiny_prompt": TINY_PROMPT,
+            "tiny_models": tiny_models(),
         },
         sys.stdout,
         indent=1,
