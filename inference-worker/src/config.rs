@@ -46,6 +46,9 @@ pub struct LlamaConfig {
 	pub rms_norm_eps: f64,
 	/// The longest context the model was trained for.
 	pub context_length: usize,
+	/// Sliding-window attention (Mistral): each token sees at most this many keys, itself
+	/// included. `None`: every earlier token.
+	pub sliding_window: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -76,7 +79,7 @@ impl LlamaConfig {
 		let hidden_size = usize_of("embedding_length")?;
 		let num_heads = usize_of("attention.head_count")?;
 		let num_kv_heads = usize_of("attention.head_count_kv").unwrap_or(num_heads);
-		if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+		if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
 			return Err(Error::Format(format!(
 				"{num_heads} query heads cannot share {num_kv_heads} key/value heads"
 			)));
@@ -115,6 +118,7 @@ impl LlamaConfig {
 			rope_layout,
 			rms_norm_eps: f32_of("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f64,
 			context_length: usize_of("context_length").unwrap_or(2048),
+			sliding_window: usize_of("attention.sliding_window").ok().filter(|&w| w > 0),
 			architecture,
 		})
 	}
@@ -135,6 +139,8 @@ impl LlamaConfig {
 			rope_scaling: Option<serde_json::Value>,
 			rms_norm_eps: Option<f64>,
 			max_position_embeddings: Option<usize>,
+			sliding_window: Option<usize>,
+			use_sliding_window: Option<bool>,
 		}
 		let hf: HfConfig =
 			serde_json::from_str(text).map_err(|e| Error::Format(format!("config.json: {e}")))?;
@@ -144,20 +150,29 @@ impl LlamaConfig {
 		}
 		let num_heads = hf.num_attention_heads;
 		let num_kv_heads = hf.num_key_value_heads.unwrap_or(num_heads);
-		if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+		if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
 			return Err(Error::Format(format!(
 				"{num_heads} query heads cannot share {num_kv_heads} key/value heads"
 			)));
 		}
 		let head_dim = match hf.head_dim {
 			Some(d) => d,
-			None if hf.hidden_size % num_heads == 0 => hf.hidden_size / num_heads,
+			None if hf.hidden_size.is_multiple_of(num_heads) => hf.hidden_size / num_heads,
 			None => {
 				return Err(Error::Format(format!(
 					"{} is not a multiple of {num_heads}",
 					hf.hidden_size
 				)))
 			}
+		};
+		// Mistral slides its window in every layer; Qwen2 declares a window but uses it only
+		// with `use_sliding_window`, and then in some layers only (not supported).
+		let sliding_window = match (architecture.as_str(), hf.use_sliding_window) {
+			("mistral", _) => hf.sliding_window,
+			(_, Some(true)) => {
+				return Err(Error::Unsupported("per-layer sliding-window attention".into()))
+			}
+			_ => None,
 		};
 		let rope_scale = match &hf.rope_scaling {
 			None | Some(serde_json::Value::Null) => 1.0,
@@ -191,6 +206,7 @@ impl LlamaConfig {
 			rope_layout: RopeLayout::Halves,
 			rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
 			context_length: hf.max_position_embeddings.unwrap_or(2048),
+			sliding_window,
 		})
 	}
 
@@ -218,6 +234,7 @@ impl LlamaConfig {
 			rope_layout,
 			rms_norm_eps: 1e-5,
 			context_length: 64,
+			sliding_window: None,
 		}
 	}
 }
@@ -242,6 +259,20 @@ mod tests {
 		assert_eq!(cfg.rope_layout, RopeLayout::Halves);
 		assert_eq!(cfg.context_length, 8192);
 		assert_eq!(cfg.rms_norm_eps, 1e-5);
+		assert_eq!(cfg.sliding_window, None);
+		let mistral = SMOLLM2
+			.replace("\"model_type\": \"llama\"", "\"model_type\": \"mistral\"")
+			.replace("\"rope_scaling\": null", "\"sliding_window\": 4096");
+		assert_eq!(LlamaConfig::from_hf_json(&mistral).unwrap().sliding_window, Some(4096));
+		let qwen2 =
+			SMOLLM2.replace("\"model_type\": \"llama\"", "\"model_type\": \"qwen2\"").replace(
+				"\"rope_scaling\": null",
+				"\"sliding_window\": 4096, \"use_sliding_window\": false",
+			);
+		assert_eq!(LlamaConfig::from_hf_json(&qwen2).unwrap().sliding_window, None);
+		let sliding =
+			qwen2.replace("\"use_sliding_window\": false", "\"use_sliding_window\": true");
+		assert!(matches!(LlamaConfig::from_hf_json(&sliding), Err(Error::Unsupported(_))));
 	}
 
 	#[test]

@@ -293,7 +293,7 @@ impl PagedKvCache {
 	pub fn blocks_needed(&self, table: &BlockTable, new_tokens: usize) -> usize {
 		let bs = self.config.block_size;
 		let needed = self.blocks_for(table.len() + new_tokens).saturating_sub(table.blocks.len());
-		let copy = table.len() % bs != 0
+		let copy = !table.len().is_multiple_of(bs)
 			&& new_tokens > 0
 			&& table.blocks.last().is_some_and(|&b| self.allocator.refs(b) > 1);
 		needed + usize::from(copy)
@@ -316,7 +316,7 @@ impl PagedKvCache {
 			return Err(Error::CacheFull { needed, available: self.allocator.available() });
 		}
 		let bs = self.config.block_size;
-		if table.len() % bs != 0 && new_tokens > 0 {
+		if !table.len().is_multiple_of(bs) && new_tokens > 0 {
 			if let Some(last) = table.blocks.last_mut() {
 				if self.allocator.refs(*last) > 1 {
 					let copy = self

@@ -752,14 +752,16 @@ impl Llama {
 			group,
 			cfg.head_dim,
 		))?;
-		// Row by row, each over exactly the keys it sees (causality without a mask): a token's
-		// attention then has the same shapes — and the same float results — whether it is
-		// computed in a whole prompt, in a chunk of one, or alone at decode.
+		// Row by row, each over exactly the keys it sees (causality, and the sliding window if
+		// the model has one, without a mask): a token's attention then has the same shapes —
+		// and the same float results — whether it is computed in a whole prompt, in a chunk of
+		// one, or alone at decode.
 		let mut rows = Vec::with_capacity(t);
 		for i in 0..t {
-			let seen = start + i + 1;
-			let (k, v) = (k.narrow(1, 0, seen)?, v.narrow(1, 0, seen)?);
-			let scores = (q.get(i)?.matmul(&k.t()?)? * scale)?; // [kv_heads, group, seen]
+			let end = start + i + 1;
+			let first = cfg.sliding_window.map_or(0, |w| end.saturating_sub(w));
+			let (k, v) = (k.narrow(1, first, end - first)?, v.narrow(1, first, end - first)?);
+			let scores = (q.get(i)?.matmul(&k.t()?)? * scale)?; // [kv_heads, group, keys]
 			let probs = candle_nn::ops::softmax_last_dim(&scores)?;
 			rows.push(probs.matmul(&v)?.reshape((1, cfg.num_heads * cfg.head_dim))?);
 		}

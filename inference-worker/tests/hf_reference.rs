@@ -369,9 +369,9 @@ fn tiny_shape(name: &str, config: &serde_json::Value) -> Vec<usize> {
 }
 
 #[test]
-fn tiny_qwen2_and_scaled_llama_folders_match_transformers() {
+fn tiny_qwen2_scaled_llama_and_sliding_mistral_folders_match_transformers() {
 	let fixture = fixture();
-	assert_eq!(fixture.tiny_models.len(), 2);
+	assert_eq!(fixture.tiny_models.len(), 3);
 	for (name, tiny) in &fixture.tiny_models {
 		let dir = tempfile::tempdir().unwrap();
 		let mut tensors = HashMap::new();
@@ -380,7 +380,29 @@ fn tiny_qwen2_and_scaled_llama_folders_match_transformers() {
 			let values = Tensor::from_vec(tiny_value(tensor, &shape), shape, &Device::Cpu).unwrap();
 			tensors.insert(tensor.clone(), values);
 		}
-		candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+		if name == "llama_scaled" {
+			// Two shards and their index, as large checkpoints come.
+			let mut names: Vec<&String> = tensors.keys().collect();
+			names.sort();
+			let (first, second) = names.split_at(names.len() / 2);
+			let mut weight_map = serde_json::Map::new();
+			for (file, part) in [
+				("model-00001-of-00002.safetensors", first),
+				("model-00002-of-00002.safetensors", second),
+			] {
+				let shard: HashMap<&String, Tensor> =
+					part.iter().map(|n| (*n, tensors[*n].clone())).collect();
+				candle_core::safetensors::save(&shard, dir.path().join(file)).unwrap();
+				for n in part {
+					weight_map.insert((*n).clone(), serde_json::Value::from(file));
+				}
+			}
+			let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+			std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string())
+				.unwrap();
+		} else {
+			candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+		}
 		std::fs::write(dir.path().join("config.json"), tiny.config.to_string()).unwrap();
 		let vocab: serde_json::Map<String, serde_json::Value> =
 			(0..tiny.logits.len()).map(|i| (format!("t{i}"), serde_json::Value::from(i))).collect();
@@ -408,5 +430,16 @@ fn tiny_qwen2_and_scaled_llama_folders_match_transformers() {
 			input = vec![token];
 		}
 		assert_eq!(tokens, tiny.tokens, "{name}: greedy tokens");
+		if tiny.config.get("sliding_window").is_some() {
+			// The window matters: without it the logits are not transformers'.
+			let mut config = tiny.config.clone();
+			config.as_object_mut().unwrap().remove("sliding_window");
+			std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+			let (full, _) = Llama::load(dir.path(), &Device::Cpu, WeightFormat::F32).unwrap();
+			let mut cache = KvCache::new(&full, 64).unwrap();
+			let logits = full.forward(&fixture.tiny_prompt, &mut cache, None, false).unwrap();
+			let logits: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
+			assert!(max_diff(&logits, &tiny.logits) > 1e-3, "{name}: the window changed nothing");
+		}
 	}
 }

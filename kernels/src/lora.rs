@@ -49,7 +49,11 @@ pub fn sgmv(
 	out_dim: usize,
 	segments: &[Segment<'_>],
 ) -> Result<(), ShapeError> {
-	if in_dim == 0 || out_dim == 0 || x.len() % in_dim != 0 || y.len() % out_dim != 0 {
+	if in_dim == 0
+		|| out_dim == 0
+		|| !x.len().is_multiple_of(in_dim)
+		|| !y.len().is_multiple_of(out_dim)
+	{
 		return Err(ShapeError(format!(
 			"x has {} values for rows of {in_dim}, y {} for rows of {out_dim}",
 			x.len(),

@@ -69,8 +69,9 @@ def synthetic(seed, layer, projection, is_b, rows, cols):
 
 
 # Tiny models of the other supported shapes, with weights from a formula (no weights to ship):
-# Qwen2 (q/k/v biases, separate output head, GQA) and Llama with linear RoPE scaling and
-# grouped-query heads. The Rust test writes the same weights as a Hugging Face folder.
+# Qwen2 (q/k/v biases, separate output head, GQA), Llama with linear RoPE scaling and
+# grouped-query heads, and Mistral with a sliding window shorter than the prompt. The Rust test
+# writes the same weights as a Hugging Face folder.
 TINY_MODELS = {
     "qwen2": {
         "model_type": "qwen2",
@@ -97,6 +98,20 @@ TINY_MODELS = {
         "rope_scaling": {"rope_type": "linear", "factor": 2.0},
         "rms_norm_eps": 1e-5,
         "max_position_embeddings": 256,
+        "tie_word_embeddings": False,
+    },
+    "mistral_window": {
+        "model_type": "mistral",
+        "vocab_size": 96,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 128,
+        "sliding_window": 4,
         "tie_word_embeddings": False,
     },
 }
