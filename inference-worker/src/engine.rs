@@ -463,10 +463,20 @@ impl Engine {
 			let before = (self.stats.steps, all.len());
 			all.extend(self.step());
 			if (self.stats.steps, all.len()) == before {
-				// Nothing could run: waiting for an adapter to load.
-				match self.loaded.recv() {
-					Ok(load) => self.apply_load(load, &mut all),
-					Err(_) => break,
+				// Nothing could run. If an adapter is loading, wait for it; otherwise the waiting
+				// requests can never start (which admission rules out), so fail them rather
+				// than wait forever.
+				let loading =
+					self.waiting.iter().any(|s| matches!(s.adapter, AdapterState::Loading(_)));
+				match loading.then(|| self.loaded.recv()) {
+					Some(Ok(load)) => self.apply_load(load, &mut all),
+					_ => {
+						for seq in self.waiting.drain(..) {
+							let error = Error::Request("the request could not be scheduled".into());
+							all.push(Completion { id: seq.id, result: Err(error) });
+							self.stats.finished += 1;
+						}
+					}
 				}
 			}
 		}
