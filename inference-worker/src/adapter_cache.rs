@@ -50,6 +50,65 @@ struct Entry {
 	pinned: bool,
 }
 
+/// What the LRU eviction of either tier needs to know of an entry.
+trait Cached {
+	/// The clock value of its last use.
+	fn last_used(&self) -> u64;
+	/// Bytes it holds.
+	fn size(&self) -> usize;
+	/// Whether it may be evicted.
+	fn evictable(&self) -> bool;
+}
+
+impl Cached for Entry {
+	fn last_used(&self) -> u64 {
+		self.last_used
+	}
+	fn size(&self) -> usize {
+		self.adapter.size_bytes
+	}
+	fn evictable(&self) -> bool {
+		!self.pinned
+	}
+}
+
+impl Cached for HostEntry {
+	fn last_used(&self) -> u64 {
+		self.last_used
+	}
+	fn size(&self) -> usize {
+		self.files.size_bytes()
+	}
+	fn evictable(&self) -> bool {
+		true
+	}
+}
+
+/// Evicts the least recently used evictable entries of `map` (whose sizes add up to `used`)
+/// until `need` more bytes fit in `budget`. Returns how many were evicted, or `None` when the
+/// entries left cannot be evicted and there is still no room.
+fn evict_lru<E: Cached>(
+	map: &mut HashMap<String, E>,
+	used: &mut usize,
+	need: usize,
+	budget: usize,
+) -> Option<u64> {
+	let mut evicted = 0;
+	while *used + need > budget {
+		let victim = map
+			.iter()
+			.filter(|(_, e)| e.evictable())
+			.min_by_key(|(_, e)| e.last_used())
+			.map(|(name, _)| name.clone())?;
+		if let Some(entry) = map.remove(&victim) {
+			*used -= entry.size();
+			evicted += 1;
+			tracing::debug!(adapter = %victim, "evicted");
+		}
+	}
+	Some(evicted)
+}
+
 /// How the cache has been used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -163,26 +222,22 @@ impl AdapterCache {
 			}
 			None => false,
 		};
-		while inner.used_bytes + adapter.size_bytes > self.budget_bytes {
-			let victim = inner
-				.entries
-				.iter()
-				.filter(|(_, e)| !e.pinned)
-				.min_by_key(|(_, e)| e.last_used)
-				.map(|(name, _)| name.clone());
-			let Some(victim) = victim else {
+		let inner_ref = &mut *inner;
+		match evict_lru(
+			&mut inner_ref.entries,
+			&mut inner_ref.used_bytes,
+			adapter.size_bytes,
+			self.budget_bytes,
+		) {
+			Some(evicted) => inner.stats.evictions += evicted,
+			None => {
 				return Err(Error::Adapter {
 					name: name.to_string(),
 					reason: format!(
 						"no room: {} of {} bytes are held by pinned adapters",
 						inner.used_bytes, self.budget_bytes
 					),
-				});
-			};
-			if let Some(evicted) = inner.entries.remove(&victim) {
-				inner.used_bytes -= evicted.adapter.size_bytes;
-				inner.stats.evictions += 1;
-				tracing::debug!(adapter = %victim, "adapter evicted");
+				})
 			}
 		}
 		inner.clock += 1;
@@ -234,17 +289,14 @@ impl AdapterCache {
 			if let Some(old) = inner.host.remove(name) {
 				inner.host_bytes -= old.files.size_bytes();
 			}
-			while inner.host_bytes + size > self.host_budget_bytes {
-				let victim = inner
-					.host
-					.iter()
-					.min_by_key(|(_, e)| e.last_used)
-					.map(|(name, _)| name.clone());
-				match victim.and_then(|v| inner.host.remove(&v)) {
-					Some(evicted) => inner.host_bytes -= evicted.files.size_bytes(),
-					None => break,
-				}
-			}
+			let inner_ref = &mut *inner;
+			// Every host entry is evictable and `size` fits the budget, so room is always made.
+			let _ = evict_lru(
+				&mut inner_ref.host,
+				&mut inner_ref.host_bytes,
+				size,
+				self.host_budget_bytes,
+			);
 			inner.clock += 1;
 			let last_used = inner.clock;
 			inner.host_bytes += size;

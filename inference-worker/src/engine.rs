@@ -28,7 +28,7 @@ use crate::{
 	error::{Error, Result},
 	generate::{validate, Generation, GenerationRequest, Progress},
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
-	lora::{AdapterFiles, LoraAdapter},
+	lora::LoraAdapter,
 	model::{Llama, SequenceInput},
 	tokenizer::Tokenizer,
 };
@@ -175,7 +175,7 @@ impl Engine {
 			.spawn(move || {
 				for (name, dir) in load_rx {
 					let result = loader_cache.get_or_load(&name, &dir, |files| {
-						adapter_from_files(&loader_model, &name, files)
+						loader_model.adapter_from_files(&name, files)
 					});
 					if loaded_tx.send((name, result)).is_err() {
 						break;
@@ -272,7 +272,7 @@ impl Engine {
 					let model = self.model.clone();
 					AdapterState::Ready(
 						self.adapters
-							.get_or_load(name, dir, |f| adapter_from_files(&model, name, f))?,
+							.get_or_load(name, dir, |f| model.adapter_from_files(name, f))?,
 					)
 				} else {
 					self.loads.send((name.to_string(), dir.clone())).map_err(|_| {
@@ -305,25 +305,31 @@ impl Engine {
 
 	/// Hands a loaded adapter to the requests waiting for it; a failed load fails them.
 	fn apply_load(&mut self, (name, result): LoadResult, done: &mut Vec<Completion>) {
-		{
-			let mut kept = VecDeque::with_capacity(self.waiting.len());
-			for mut seq in self.waiting.drain(..) {
-				if matches!(&seq.adapter, AdapterState::Loading(n) if *n == name) {
-					match &result {
-						Ok(adapter) => seq.adapter = AdapterState::Ready(adapter.clone()),
-						Err(e) => {
-							let error =
-								Error::Adapter { name: name.clone(), reason: e.to_string() };
-							done.push(Completion { id: seq.id, result: Err(error) });
-							self.stats.finished += 1;
-							continue;
-						}
+		let mut kept = VecDeque::with_capacity(self.waiting.len());
+		for mut seq in self.waiting.drain(..) {
+			if matches!(&seq.adapter, AdapterState::Loading(n) if *n == name) {
+				match &result {
+					Ok(adapter) => seq.adapter = AdapterState::Ready(adapter.clone()),
+					Err(e) => {
+						// Every waiting request gets its own copy of the load's error, which
+						// already names the adapter when it comes from reading its files.
+						let error = match e {
+							Error::Adapter { name, reason } => {
+								Error::Adapter { name: name.clone(), reason: reason.clone() }
+							}
+							other => {
+								Error::Adapter { name: name.clone(), reason: other.to_string() }
+							}
+						};
+						done.push(Completion { id: seq.id, result: Err(error) });
+						self.stats.finished += 1;
+						continue;
 					}
 				}
-				kept.push_back(seq);
 			}
-			self.waiting = kept;
+			kept.push_back(seq);
 		}
+		self.waiting = kept;
 	}
 
 	/// Makes sure every running sequence has blocks for its next tokens, preempting the most
@@ -482,21 +488,4 @@ impl Engine {
 		}
 		all
 	}
-}
-
-/// Loads the adapter `name` from `dir` for `model`, checking it against the base projections.
-pub fn load_adapter(model: &Llama, name: &str, dir: &std::path::Path) -> Result<LoraAdapter> {
-	adapter_from_files(model, name, &AdapterFiles::read(dir, name)?)
-}
-
-/// Builds the adapter `name` for `model` from its files, checking it against the base
-/// projections.
-pub fn adapter_from_files(model: &Llama, name: &str, files: &AdapterFiles) -> Result<LoraAdapter> {
-	LoraAdapter::from_files(
-		files,
-		name,
-		&model.config,
-		|layer, p| model.projection(layer, p).map(|l| (l.in_features, l.out_features)),
-		model.device(),
-	)
 }

@@ -40,6 +40,9 @@ pub enum Error {
 		/// Requests waiting.
 		queued: usize,
 	},
+	/// A compute kernel refused its inputs or failed on the device.
+	#[error("kernel: {0}")]
+	Kernel(#[from] openledger_kernels::backend::KernelError),
 	/// A request is invalid (empty prompt, too long, bad sampling parameters).
 	#[error("bad request: {0}")]
 	Request(String),

@@ -3,6 +3,8 @@
 //! - [`model`]: the decoder, over quantized GGUF or dense weights, with adapters applied
 //!   unmerged on top of the shared base weights.
 //! - [`engine`]: continuous batching of many requests with different adapters.
+//! - [`kernel_model`]: the same decoder composed of `openledger_kernels` calls, on the CPU
+//!   references or, with a GPU, the CUDA kernels (weights, KV cache and adapters on the device).
 //! - [`kv_cache`]: the paged key/value cache shared by all sequences, with prefix sharing.
 //! - [`lora`]: PEFT LoRA adapters; [`adapter_cache`]: which of them are in memory.
 //! - [`chat`]: the model's chat template, rendered as transformers renders it.
@@ -16,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod kernel_model;
 pub mod kv_cache;
 pub mod lora;
 pub mod model;

@@ -14,7 +14,6 @@ use clap::{Parser, Subcommand};
 use openledger_inference_worker::{
 	chat::Message,
 	generate::{generate, GenerationRequest},
-	lora::LoraAdapter,
 	model::{Llama, WeightFormat},
 	sampling::SamplingParams,
 };
@@ -119,14 +118,9 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 		.with_context(|| format!("loading {}", args.model.display()))?;
 	let adapter = match &args.adapter {
 		Some(dir) => Some(
-			LoraAdapter::load(
-				dir,
-				None,
-				&model.config,
-				|layer, p| model.projection(layer, p).map(|l| (l.in_features, l.out_features)),
-				&device,
-			)
-			.with_context(|| format!("loading the adapter {}", dir.display()))?,
+			model
+				.load_adapter(dir, None)
+				.with_context(|| format!("loading the adapter {}", dir.display()))?,
 		),
 		None => None,
 	};

@@ -15,7 +15,7 @@ use crate::{
 	config::{LlamaConfig, RopeLayout},
 	error::{Error, Result},
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
-	lora::{LoraAdapter, LoraWeights, Projection},
+	lora::{AdapterFiles, LoraAdapter, LoraWeights, Projection},
 	tokenizer::Tokenizer,
 };
 
@@ -280,6 +280,55 @@ fn cpu_values<'g>(
 	}
 }
 
+/// Adds each segment's adapter product to its rows of `y`, in place, by the CPU multi-LoRA
+/// kernel (no copy of `y` out of its tensor and back).
+struct AddLora<'a> {
+	pairs: &'a [(std::ops::Range<usize>, &'a LoraWeights)],
+}
+
+impl candle_core::InplaceOp2 for AddLora<'_> {
+	fn name(&self) -> &'static str {
+		"multi-lora-sgmv"
+	}
+
+	fn cpu_fwd(
+		&self,
+		y: &mut candle_core::CpuStorage,
+		y_layout: &candle_core::Layout,
+		x: &candle_core::CpuStorage,
+		x_layout: &candle_core::Layout,
+	) -> candle_core::Result<()> {
+		let (Some((y_start, y_end)), Some((x_start, x_end))) =
+			(y_layout.contiguous_offsets(), x_layout.contiguous_offsets())
+		else {
+			candle_core::bail!("the multi-LoRA kernel needs contiguous tensors");
+		};
+		let (_, in_dim) = x_layout.shape().dims2()?;
+		let (_, out_dim) = y_layout.shape().dims2()?;
+		let x = &x.as_slice::<f32>()?[x_start..x_end];
+		let y = match y {
+			candle_core::CpuStorage::F32(values) => &mut values[y_start..y_end],
+			_ => candle_core::bail!("the multi-LoRA kernel needs f32 outputs"),
+		};
+		let guards: Vec<_> = self
+			.pairs
+			.iter()
+			.map(|(_, w)| (w.a.storage_and_layout(), w.b_t.storage_and_layout()))
+			.collect();
+		let mut segments = Vec::with_capacity(self.pairs.len());
+		for ((rows, weights), ((a, a_layout), (b, b_layout))) in self.pairs.iter().zip(&guards) {
+			let pair = openledger_kernels::lora::LoraPair {
+				a: cpu_values(a, a_layout).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+				b_t: cpu_values(b, b_layout).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+				rank: weights.rank,
+			};
+			segments.push(openledger_kernels::lora::Segment { rows: rows.clone(), pair });
+		}
+		openledger_kernels::lora::sgmv(x, in_dim, y, out_dim, &segments)
+			.map_err(|e| candle_core::Error::Msg(e.to_string()))
+	}
+}
+
 /// `y` plus each segment's adapter product on its rows, by the CPU multi-LoRA kernel.
 fn cpu_sgmv(
 	x: &Tensor,
@@ -287,25 +336,10 @@ fn cpu_sgmv(
 	pairs: &[(std::ops::Range<usize>, &LoraWeights)],
 ) -> Result<Tensor> {
 	let x = x.to_dtype(DType::F32)?.contiguous()?;
-	let (rows, in_dim) = x.dims2()?;
-	let out_dim = y.dim(1)?;
-	let mut out: Vec<f32> = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-	let (x_guard, x_layout) = x.storage_and_layout();
-	let x_values = cpu_values(&x_guard, x_layout)?;
-	let guards: Vec<_> =
-		pairs.iter().map(|(_, w)| (w.a.storage_and_layout(), w.b_t.storage_and_layout())).collect();
-	let mut segments = Vec::with_capacity(pairs.len());
-	for ((rows, weights), ((a, a_layout), (b, b_layout))) in pairs.iter().zip(&guards) {
-		let pair = openledger_kernels::lora::LoraPair {
-			a: cpu_values(a, a_layout)?,
-			b_t: cpu_values(b, b_layout)?,
-			rank: weights.rank,
-		};
-		segments.push(openledger_kernels::lora::Segment { rows: rows.clone(), pair });
-	}
-	openledger_kernels::lora::sgmv(x_values, in_dim, &mut out, out_dim, &segments)
-		.map_err(|e| Error::Unsupported(e.to_string()))?;
-	Ok(Tensor::from_vec(out, (rows, out_dim), y.device())?)
+	// `y` is the base product just computed: a fresh tensor no one else holds.
+	let y = y.to_dtype(DType::F32)?.contiguous()?;
+	y.inplace_op2(&x, &AddLora { pairs })?;
+	Ok(y)
 }
 
 /// A loaded model.
@@ -604,6 +638,36 @@ impl Llama {
 			Projection::Up => &block.up,
 			Projection::Down => &block.down,
 		})
+	}
+
+	/// The input and output widths of projection `which` of block `layer`, which an adapter's
+	/// tensors are checked against.
+	fn projection_widths(&self, layer: usize, which: Projection) -> Option<(usize, usize)> {
+		self.projection(layer, which).map(|l| (l.in_features, l.out_features))
+	}
+
+	/// Loads the PEFT adapter folder `dir` for this model (named `name`, or after its folder),
+	/// checking every tensor against the base projections, with its weights on the model's
+	/// device.
+	pub fn load_adapter(&self, dir: &Path, name: Option<&str>) -> Result<LoraAdapter> {
+		LoraAdapter::load(
+			dir,
+			name,
+			&self.config,
+			|layer, p| self.projection_widths(layer, p),
+			&self.device,
+		)
+	}
+
+	/// Builds the adapter `name` for this model from its files (already in host memory).
+	pub fn adapter_from_files(&self, name: &str, files: &AdapterFiles) -> Result<LoraAdapter> {
+		LoraAdapter::from_files(
+			files,
+			name,
+			&self.config,
+			|layer, p| self.projection_widths(layer, p),
+			&self.device,
+		)
 	}
 
 	/// Runs `tokens` (the next tokens of one sequence) through the model, appending their keys

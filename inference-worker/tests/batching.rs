@@ -36,14 +36,7 @@ fn adapter(
 		alpha_pattern: BTreeMap::new(),
 	};
 	synthetic::write(&spec, &model.config, dir).unwrap();
-	LoraAdapter::load(
-		dir,
-		None,
-		&model.config,
-		|l, p| model.projection(l, p).map(|lin| (lin.in_features, lin.out_features)),
-		&Device::Cpu,
-	)
-	.unwrap()
+	model.load_adapter(dir, None).unwrap()
 }
 
 /// Greedy decoding of one request alone: the logits of each step.

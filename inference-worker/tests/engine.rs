@@ -57,9 +57,7 @@ fn solo(
 	req: &GenerationRequest,
 	dirs: &BTreeMap<String, std::path::PathBuf>,
 ) -> Generation {
-	let adapter = adapter.map(|name| {
-		openledger_inference_worker::engine::load_adapter(model, name, &dirs[name]).unwrap()
-	});
+	let adapter = adapter.map(|name| model.load_adapter(&dirs[name], Some(name)).unwrap());
 	generate(model, tokenizer, adapter.as_ref(), req).unwrap()
 }
 
@@ -259,9 +257,7 @@ fn a_thousand_distinct_adapters_in_one_run() {
 		write_adapter(&model, &dir, 1000 + i as u64, rank, &[Projection::Q, Projection::V]);
 		dirs.insert(name, dir);
 	}
-	let one = openledger_inference_worker::engine::load_adapter(&model, "x", &dirs["adapter-0000"])
-		.unwrap()
-		.size_bytes;
+	let one = model.load_adapter(&dirs["adapter-0000"], Some("x")).unwrap().size_bytes;
 	let config = EngineConfig {
 		max_batch_tokens: 256,
 		max_running: 64,

@@ -124,14 +124,7 @@ fn adapter(model: &Llama, spec: &AdapterSpec, dir: &std::path::Path) -> LoraAdap
 		alpha_pattern: spec.alpha_pattern.iter().map(|(m, a)| (projection(m), *a)).collect(),
 	};
 	synthetic::write(&synthetic, &model.config, dir).expect("the adapter is written");
-	LoraAdapter::load(
-		dir,
-		Some("fixture"),
-		&model.config,
-		|l, p| model.projection(l, p).map(|lin| (lin.in_features, lin.out_features)),
-		&Device::Cpu,
-	)
-	.expect("the adapter loads")
+	model.load_adapter(dir, Some("fixture")).expect("the adapter loads")
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -28,17 +28,7 @@ pub struct Segment<'a> {
 	pub pair: LoraPair<'a>,
 }
 
-/// What is wrong with a call's shapes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShapeError(pub String);
-
-impl std::fmt::Display for ShapeError {
-	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-		write!(f, "multi-LoRA shapes: {}", self.0)
-	}
-}
-
-impl std::error::Error for ShapeError {}
+pub use crate::ShapeError;
 
 /// Adds each segment's low-rank product to its rows of `y` (`[rows, out_dim]`), from `x`
 /// (`[rows, in_dim]`). Rows in no segment are left as they are.

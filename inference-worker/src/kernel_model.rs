@@ -1,0 +1,591 @@
+//! The Llama decoder composed of `openledger_kernels` calls, over any [`Backend`]: the CPU
+//! references ([`openledger_kernels::backend::Cpu`]) or the CUDA kernels
+//! ([`openledger_kernels::backend::Cuda`]), where weights, the paged KV cache and the adapter
+//! pool all live on the device and only token ids, positions, block tables and the sampled
+//! tokens cross the bus.
+//!
+//! The weights are the GGUF file's own quantized blocks, uploaded as they are stored (Q4_0,
+//! Q4_1, Q8_0, Q4_K, Q6_K) and dequantized in registers by the GEMV kernels. A step is either
+//! a prefill chunk of one sequence (flash-style attention over the paged cache) or one decode
+//! token for each of a batch of sequences (paged decode attention), each sequence with its own
+//! adapter or none (multi-LoRA over the paged adapter pool).
+
+use std::{fs::File, io::BufReader, path::Path};
+
+use candle_core::quantized::{gguf_file, GgmlDType};
+use openledger_kernels::{
+	adapter_pool::{LoraPlan, PagedAdapter},
+	attention::{AttentionParams, KvLayout},
+	backend::{Backend, KernelError},
+	fused::RopeStyle,
+	quant::{self, Format},
+	sampling::{Sampled, SamplingParams},
+};
+
+use crate::{
+	config::{LlamaConfig, RopeLayout},
+	error::{Error, Result},
+	lora::{LoraAdapter, Projection},
+};
+
+/// A weight matrix as the GEMV kernels read it.
+struct Weight<B: Backend> {
+	format: Format,
+	bytes: B::Bytes,
+	rows: usize,
+	cols: usize,
+}
+
+/// One transformer block's weights.
+struct Layer<B: Backend> {
+	attn_norm: B::Floats,
+	ffn_norm: B::Floats,
+	q: Weight<B>,
+	k: Weight<B>,
+	v: Weight<B>,
+	o: Weight<B>,
+	gate: Weight<B>,
+	up: Weight<B>,
+	down: Weight<B>,
+}
+
+/// The kernel format of a GGUF tensor type, when the kernels read it.
+fn format_of(dtype: GgmlDType) -> Option<Format> {
+	Some(match dtype {
+		GgmlDType::Q4_0 => Format::Q4_0,
+		GgmlDType::Q4_1 => Format::Q4_1,
+		GgmlDType::Q8_0 => Format::Q8_0,
+		GgmlDType::Q4K => Format::Q4K,
+		GgmlDType::Q6K => Format::Q6K,
+		_ => return None,
+	})
+}
+
+/// The Llama decoder over a kernel backend.
+pub struct KernelLlama<B: Backend> {
+	/// Its hyper-parameters.
+	pub config: LlamaConfig,
+	backend: B,
+	/// The token embeddings as stored (rows are dequantized on the host when looked up).
+	embeddings: (Format, Vec<u8>),
+	layers: Vec<Layer<B>>,
+	norm: B::Floats,
+	lm_head: Weight<B>,
+	cos: B::Floats,
+	sin: B::Floats,
+	rope_style: RopeStyle,
+	max_positions: usize,
+}
+
+/// The paged key/value cache of a [`KernelLlama`]: per layer, `[num_blocks, block_size,
+/// kv_heads, head_dim]` keys and values on the backend. Which blocks a sequence owns is the
+/// caller's (its block table); the kernels read and write through it.
+pub struct KernelCache<B: Backend> {
+	layout: KvLayout,
+	num_blocks: usize,
+	k: Vec<B::Floats>,
+	v: Vec<B::Floats>,
+}
+
+impl<B: Backend> KernelCache<B> {
+	/// Tokens per block.
+	pub fn block_size(&self) -> usize {
+		self.layout.block_size
+	}
+
+	/// Blocks per layer.
+	pub fn num_blocks(&self) -> usize {
+		self.num_blocks
+	}
+}
+
+/// An adapter resident in a backend's adapter pool: per layer, the pages of each targeted
+/// projection.
+pub struct KernelAdapter {
+	layers: Vec<Vec<(Projection, PagedAdapter)>>,
+}
+
+impl KernelAdapter {
+	fn get(&self, layer: usize, projection: Projection) -> Option<&PagedAdapter> {
+		self.layers.get(layer)?.iter().find(|(p, _)| *p == projection).map(|(_, a)| a)
+	}
+}
+
+/// One sequence of a decode step: its next token, that token's position, its block table and
+/// its adapter.
+pub struct DecodeInput<'a> {
+	/// The token.
+	pub token: u32,
+	/// Its position (the tokens before it are in the cache).
+	pub position: usize,
+	/// The sequence's blocks, in order.
+	pub table: &'a [u32],
+	/// Its adapter, resident in the pool passed with the step.
+	pub adapter: Option<&'a KernelAdapter>,
+}
+
+/// Reads a GGUF tensor's raw bytes.
+fn raw(
+	content: &gguf_file::Content,
+	reader: &mut BufReader<File>,
+	name: &str,
+) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
+	let tensor = content
+		.tensor(reader, name, &candle_core::Device::Cpu)
+		.map_err(|e| Error::Format(format!("tensor {name}: {e}")))?;
+	let dims = tensor.shape().dims().to_vec();
+	let bytes = tensor.data()?.into_owned();
+	Ok((tensor.dtype(), dims, bytes))
+}
+
+impl<B: Backend> KernelLlama<B> {
+	/// Loads a GGUF Llama/Mistral file onto `backend`, with rotary tables for `max_positions`.
+	/// Every projection must be stored in a format the kernels read; anything else (F16/F32
+	/// projections, biases, other block types) is refused with [`Error::Unsupported`].
+	pub fn from_gguf(path: &Path, backend: B, max_positions: usize) -> Result<Self> {
+		let file = File::open(path)
+			.map_err(|e| Error::Format(format!("cannot open {}: {e}", path.display())))?;
+		let mut reader = BufReader::new(file);
+		let content = gguf_file::Content::read(&mut reader)
+			.map_err(|e| Error::Format(format!("{} is not a GGUF file: {e}", path.display())))?;
+		let config = LlamaConfig::from_gguf(&content.metadata)?;
+		if content.tensor_infos.keys().any(|name| name.ends_with(".bias")) {
+			return Err(Error::Unsupported("the kernel path has no projection biases".into()));
+		}
+		let f32s = |reader: &mut BufReader<File>, name: &str| -> Result<B::Floats> {
+			let tensor = content
+				.tensor(reader, name, &candle_core::Device::Cpu)
+				.map_err(|e| Error::Format(format!("tensor {name}: {e}")))?;
+			let values =
+				tensor.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+			Ok(backend.floats(&values)?)
+		};
+		let weight = |reader: &mut BufReader<File>, name: &str| -> Result<Weight<B>> {
+			let (dtype, dims, bytes) = raw(&content, reader, name)?;
+			let format = format_of(dtype).ok_or_else(|| {
+				Error::Unsupported(format!("{name} is {dtype:?}, which the kernels do not read"))
+			})?;
+			let [rows, cols] = match dims[..] {
+				[rows, cols] => [rows, cols],
+				_ => return Err(Error::Format(format!("{name} has shape {dims:?}"))),
+			};
+			if quant::row_bytes(format, cols).map_err(KernelError::from)? * rows != bytes.len() {
+				return Err(Error::Format(format!(
+					"{name}: {} bytes for {rows}x{cols}",
+					bytes.len()
+				)));
+			}
+			Ok(Weight { format, bytes: backend.bytes(&bytes)?, rows, cols })
+		};
+		let mut layers = Vec::with_capacity(config.num_layers);
+		for l in 0..config.num_layers {
+			let p = |s: &str| format!("blk.{l}.{s}.weight");
+			layers.push(Layer {
+				attn_norm: f32s(&mut reader, &p("attn_norm"))?,
+				ffn_norm: f32s(&mut reader, &p("ffn_norm"))?,
+				q: weight(&mut reader, &p("attn_q"))?,
+				k: weight(&mut reader, &p("attn_k"))?,
+				v: weight(&mut reader, &p("attn_v"))?,
+				o: weight(&mut reader, &p("attn_output"))?,
+				gate: weight(&mut reader, &p("ffn_gate"))?,
+				up: weight(&mut reader, &p("ffn_up"))?,
+				down: weight(&mut reader, &p("ffn_down"))?,
+			});
+		}
+		let norm = f32s(&mut reader, "output_norm.weight")?;
+		let (dtype, _, embedding_bytes) = raw(&content, &mut reader, "token_embd.weight")?;
+		let embedding_format = format_of(dtype).ok_or_else(|| {
+			Error::Unsupported(format!("token_embd is {dtype:?}, which the kernels do not read"))
+		})?;
+		let lm_head = if content.tensor_infos.contains_key("output.weight") {
+			weight(&mut reader, "output.weight")?
+		} else {
+			weight(&mut reader, "token_embd.weight")?
+		};
+		let (cos, sin) = rope_tables(&config, max_positions);
+		let rope_style = match config.rope_layout {
+			RopeLayout::Interleaved => RopeStyle::Gptj,
+			RopeLayout::Halves => RopeStyle::Neox,
+		};
+		Ok(Self {
+			cos: backend.floats(&cos)?,
+			sin: backend.floats(&sin)?,
+			config,
+			embeddings: (embedding_format, embedding_bytes),
+			layers,
+			norm,
+			lm_head,
+			rope_style,
+			max_positions,
+			backend,
+		})
+	}
+
+	/// The backend the model runs on.
+	pub fn backend(&self) -> &B {
+		&self.backend
+	}
+
+	/// A cache of `num_blocks` blocks of `block_size` tokens per layer.
+	pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KernelCache<B>> {
+		let layout = KvLayout {
+			block_size,
+			num_kv_heads: self.config.num_kv_heads,
+			head_dim: self.config.head_dim,
+		};
+		let len = num_blocks * layout.block_len();
+		let mut k = Vec::with_capacity(self.config.num_layers);
+		let mut v = Vec::with_capacity(self.config.num_layers);
+		for _ in 0..self.config.num_layers {
+			k.push(self.backend.zeros(len)?);
+			v.push(self.backend.zeros(len)?);
+		}
+		Ok(KernelCache { layout, num_blocks, k, v })
+	}
+
+	/// Puts `adapter`'s weights into `pool` (pages of at least the widest projection).
+	pub fn upload_adapter(
+		&self,
+		pool: &mut B::Pool,
+		adapter: &LoraAdapter,
+	) -> Result<KernelAdapter> {
+		let mut layers = Vec::with_capacity(self.config.num_layers);
+		for l in 0..self.config.num_layers {
+			let mut resident = Vec::new();
+			for p in Projection::ALL {
+				let Some(w) = adapter.weights(l, p) else { continue };
+				let a: Vec<f32> =
+					w.a.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+				let b_t: Vec<f32> =
+					w.b_t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+				let (in_dim, out_dim) = (a.len() / w.rank, b_t.len() / w.rank);
+				match self.backend.upload_adapter(pool, &a, in_dim, &b_t, out_dim) {
+					Ok(paged) => resident.push((p, paged)),
+					Err(e) => {
+						// Give back what this adapter already took.
+						let taken = KernelAdapter { layers: std::mem::take(&mut layers) };
+						self.release_adapter(pool, &taken)?;
+						for (_, paged) in &resident {
+							self.backend.release_adapter(pool, paged)?;
+						}
+						return Err(e.into());
+					}
+				}
+			}
+			layers.push(resident);
+		}
+		Ok(KernelAdapter { layers })
+	}
+
+	/// Gives an adapter's pages back to `pool`.
+	pub fn release_adapter(&self, pool: &mut B::Pool, adapter: &KernelAdapter) -> Result<()> {
+		for (_, paged) in adapter.layers.iter().flatten() {
+			self.backend.release_adapter(pool, paged)?;
+		}
+		Ok(())
+	}
+
+	/// The cache slot of `position` in a sequence with blocks `table`.
+	fn slot(cache: &KernelCache<B>, table: &[u32], position: usize) -> Result<i64> {
+		let bs = cache.layout.block_size;
+		let block = *table.get(position / bs).ok_or_else(|| {
+			Error::Request(format!(
+				"position {position} is past the sequence's {} blocks",
+				table.len()
+			))
+		})?;
+		if block as usize >= cache.num_blocks {
+			return Err(Error::Request(format!(
+				"block {block} of a cache of {}",
+				cache.num_blocks
+			)));
+		}
+		Ok(block as i64 * bs as i64 + (position % bs) as i64)
+	}
+
+	/// The embedding rows of `tokens`, on the backend.
+	fn embed(&self, tokens: &[u32]) -> Result<B::Floats> {
+		let hidden = self.config.hidden_size;
+		let (format, bytes) = &self.embeddings;
+		let row_bytes = quant::row_bytes(*format, hidden).map_err(KernelError::from)?;
+		let mut x = vec![0f32; tokens.len() * hidden];
+		for (row, &token) in x.chunks_mut(hidden).zip(tokens) {
+			let at = token as usize * row_bytes;
+			let src = bytes
+				.get(at..at + row_bytes)
+				.ok_or_else(|| Error::Request(format!("token {token} is not in the vocabulary")))?;
+			quant::dequantize_row(*format, src, row).map_err(KernelError::from)?;
+		}
+		Ok(self.backend.floats(&x)?)
+	}
+
+	/// `y = x · Wᵀ` (+ the adapters of `plan`) for `n` rows.
+	fn project(
+		&self,
+		w: &Weight<B>,
+		x: &B::Floats,
+		n: usize,
+		lora: Option<(&B::Pool, &LoraPlan)>,
+	) -> Result<B::Floats> {
+		let mut y = self.backend.zeros(n * w.rows)?;
+		self.backend.gemv(w.format, &w.bytes, w.rows, w.cols, x, n, &mut y)?;
+		if let Some((pool, plan)) = lora {
+			if plan.num_tiles() > 0 {
+				self.backend.add_lora(pool, plan, x, w.cols, &mut y, w.rows)?;
+			}
+		}
+		Ok(y)
+	}
+
+	/// Runs the blocks over `x` (`n` rows at `positions`, whose keys and values go to `slots`),
+	/// with `attend` computing each layer's attention from its queries. Returns the final
+	/// hidden states before the output norm.
+	#[allow(clippy::too_many_arguments)]
+	fn blocks(
+		&self,
+		cache: &mut KernelCache<B>,
+		mut x: B::Floats,
+		n: usize,
+		positions: &[u32],
+		slots: &[i64],
+		plans: &[(usize, &KernelAdapter)],
+		pool: Option<&B::Pool>,
+		attend: impl Fn(&B::Floats, &KernelCache<B>, usize) -> Result<B::Floats>,
+	) -> Result<B::Floats> {
+		let c = &self.config;
+		let eps = c.rms_norm_eps as f32;
+		let positions = self.backend.words(positions)?;
+		let slots = self.backend.slots(slots)?;
+		let mut h = self.backend.zeros(n * c.hidden_size)?;
+		for (l, layer) in self.layers.iter().enumerate() {
+			let plan_for = |p: Projection| -> Result<LoraPlan> {
+				let segments: Vec<_> = plans
+					.iter()
+					.filter_map(|&(row, adapter)| Some((row..row + 1, adapter.get(l, p)?)))
+					.collect();
+				Ok(LoraPlan::new(n, &coalesce(&segments)).map_err(KernelError::from)?)
+			};
+			let lora = |p: Projection| -> Result<Option<LoraPlan>> {
+				Ok(if pool.is_some() && !plans.is_empty() { Some(plan_for(p)?) } else { None })
+			};
+			self.backend.rms_norm(&x, &layer.attn_norm, eps, &mut h)?;
+			let (pq, pk, pv) = (lora(Projection::Q)?, lora(Projection::K)?, lora(Projection::V)?);
+			let mut q = self.project(&layer.q, &h, n, with(pool, &pq))?;
+			let mut k = self.project(&layer.k, &h, n, with(pool, &pk))?;
+			let v = self.project(&layer.v, &h, n, with(pool, &pv))?;
+			let d = c.head_dim;
+			self.backend.rope(
+				&mut q,
+				c.num_heads,
+				d,
+				&positions,
+				&self.cos,
+				&self.sin,
+				self.rope_style,
+			)?;
+			self.backend.rope(
+				&mut k,
+				c.num_kv_heads,
+				d,
+				&positions,
+				&self.cos,
+				&self.sin,
+				self.rope_style,
+			)?;
+			let layout = cache.layout;
+			self.backend.write_kv(&mut cache.k[l], &mut cache.v[l], layout, &k, &v, &slots)?;
+			let attn = attend(&q, cache, l)?;
+			let o = self.project(&layer.o, &attn, n, with(pool, &lora(Projection::O)?))?;
+			self.backend.add_rms_norm(&mut x, &o, &layer.ffn_norm, eps, &mut h)?;
+			let gate = self.project(&layer.gate, &h, n, with(pool, &lora(Projection::Gate)?))?;
+			let up = self.project(&layer.up, &h, n, with(pool, &lora(Projection::Up)?))?;
+			let mut act = self.backend.zeros(n * c.intermediate_size)?;
+			self.backend.silu_mul(&gate, &up, &mut act)?;
+			let down = self.project(&layer.down, &act, n, with(pool, &lora(Projection::Down)?))?;
+			self.backend.add_assign(&mut x, &down)?;
+		}
+		Ok(x)
+	}
+
+	/// The logits of the `n` rows of final hidden states `x`.
+	fn logits(&self, x: &B::Floats, n: usize) -> Result<B::Floats> {
+		let mut h = self.backend.zeros(n * self.config.hidden_size)?;
+		self.backend.rms_norm(x, &self.norm, self.config.rms_norm_eps as f32, &mut h)?;
+		self.project(&self.lm_head, &h, n, None)
+	}
+
+	fn attention_params(&self) -> AttentionParams {
+		AttentionParams {
+			num_heads: self.config.num_heads,
+			scale: 1.0 / (self.config.head_dim as f32).sqrt(),
+			window: self.config.sliding_window,
+		}
+	}
+
+	fn check_positions(&self, last: usize) -> Result<()> {
+		if last >= self.max_positions {
+			return Err(Error::Request(format!(
+				"position {last} is past the {} the model was loaded for",
+				self.max_positions
+			)));
+		}
+		Ok(())
+	}
+
+	/// Prefills `tokens` at positions `start..` of one sequence (blocks `table`; the tokens
+	/// before `start` are already cached), with `adapter` (resident in `pool`) or none. Returns
+	/// the logits of the last token, `[vocab]`, on the backend.
+	pub fn prefill(
+		&self,
+		cache: &mut KernelCache<B>,
+		tokens: &[u32],
+		start: usize,
+		table: &[u32],
+		adapter: Option<(&B::Pool, &KernelAdapter)>,
+	) -> Result<B::Floats> {
+		let n = tokens.len();
+		if n == 0 {
+			return Err(Error::Request("an empty prefill".into()));
+		}
+		self.check_positions(start + n - 1)?;
+		let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
+		let slots =
+			(start..start + n).map(|p| Self::slot(cache, table, p)).collect::<Result<Vec<_>>>()?;
+		let table_buf = self.backend.words(table)?;
+		let params = self.attention_params();
+		let plans: Vec<(usize, &KernelAdapter)> = match adapter {
+			Some((_, a)) => (0..n).map(|row| (row, a)).collect(),
+			None => Vec::new(),
+		};
+		let x = self.embed(tokens)?;
+		let x = self.blocks(
+			cache,
+			x,
+			n,
+			&positions,
+			&slots,
+			&plans,
+			adapter.map(|(p, _)| p),
+			|q, cache, l| {
+				Ok(self.backend.prefill(
+					q,
+					&params,
+					&cache.k[l],
+					&cache.v[l],
+					cache.layout,
+					&table_buf,
+					start,
+				)?)
+			},
+		)?;
+		// Only the last row's logits: bring its hidden state over (one row of floats).
+		let hidden = self.config.hidden_size;
+		let all = self.backend.read(&x)?;
+		let last = self.backend.floats(&all[(n - 1) * hidden..])?;
+		self.logits(&last, 1)
+	}
+
+	/// One decode step for a batch of sequences: each one's next token through the model, its
+	/// keys and values cached. Returns the logits `[batch, vocab]` on the backend.
+	pub fn decode(
+		&self,
+		cache: &mut KernelCache<B>,
+		batch: &[DecodeInput<'_>],
+		pool: Option<&B::Pool>,
+	) -> Result<B::Floats> {
+		let n = batch.len();
+		if n == 0 {
+			return Err(Error::Request("an empty decode batch".into()));
+		}
+		let max_blocks = batch.iter().map(|s| s.table.len()).max().unwrap_or(0).max(1);
+		let mut tables = vec![u32::MAX; n * max_blocks];
+		let mut tokens = Vec::with_capacity(n);
+		let mut positions = Vec::with_capacity(n);
+		let mut slots = Vec::with_capacity(n);
+		let mut lens = Vec::with_capacity(n);
+		let mut plans = Vec::new();
+		for (i, s) in batch.iter().enumerate() {
+			self.check_positions(s.position)?;
+			tables[i * max_blocks..i * max_blocks + s.table.len()].copy_from_slice(s.table);
+			tokens.push(s.token);
+			positions.push(s.position as u32);
+			slots.push(Self::slot(cache, s.table, s.position)?);
+			lens.push(s.position as u32 + 1);
+			if let Some(adapter) = s.adapter {
+				if pool.is_none() {
+					return Err(Error::Request("an adapter without its pool".into()));
+				}
+				plans.push((i, adapter));
+			}
+		}
+		let tables = self.backend.words(&tables)?;
+		let lens = self.backend.words(&lens)?;
+		let params = self.attention_params();
+		let x = self.embed(&tokens)?;
+		let x = self.blocks(cache, x, n, &positions, &slots, &plans, pool, |q, cache, l| {
+			Ok(self.backend.decode(
+				q,
+				&params,
+				&cache.k[l],
+				&cache.v[l],
+				cache.layout,
+				&tables,
+				max_blocks,
+				&lens,
+			)?)
+		})?;
+		self.logits(&x, n)
+	}
+
+	/// Samples a token for each row of `logits` (`[rows, vocab]`) on the backend: only the
+	/// chosen tokens and their log-probabilities come back.
+	pub fn sample(
+		&self,
+		logits: &B::Floats,
+		params: &[SamplingParams],
+		uniform: &[f32],
+	) -> Result<Vec<Sampled>> {
+		Ok(self.backend.sample(logits, self.config.vocab_size, params, uniform)?)
+	}
+}
+
+/// The pool and plan of a projection, when it has adapters.
+fn with<'a, P>(pool: Option<&'a P>, plan: &'a Option<LoraPlan>) -> Option<(&'a P, &'a LoraPlan)> {
+	pool.zip(plan.as_ref())
+}
+
+/// Merges consecutive one-row segments that share an adapter into one segment, so a prefill's
+/// rows form SGMV tiles instead of one-row BGMV tiles.
+fn coalesce<'a>(
+	rows: &[(std::ops::Range<usize>, &'a PagedAdapter)],
+) -> Vec<(std::ops::Range<usize>, &'a PagedAdapter)> {
+	let mut out: Vec<(std::ops::Range<usize>, &'a PagedAdapter)> = Vec::with_capacity(rows.len());
+	for (range, adapter) in rows {
+		match out.last_mut() {
+			Some((last, a)) if last.end == range.start && std::ptr::eq(*a, *adapter) => {
+				last.end = range.end
+			}
+			_ => out.push((range.clone(), adapter)),
+		}
+	}
+	out
+}
+
+/// The rotary tables `[max_positions, head_dim / 2]`, with the model's linear scaling: angle
+/// `(p / scale) · θ^(-2i/d)`, computed in f64.
+fn rope_tables(config: &LlamaConfig, max_positions: usize) -> (Vec<f32>, Vec<f32>) {
+	let d = config.head_dim;
+	let half = d / 2;
+	let mut cos = Vec::with_capacity(max_positions * half);
+	let mut sin = Vec::with_capacity(max_positions * half);
+	for p in 0..max_positions {
+		let p = p as f64 / config.rope_scale as f64;
+		for i in 0..half {
+			let inv_freq = (config.rope_theta as f64).powf(-((2 * i) as f64) / d as f64);
+			let angle = p * inv_freq;
+			cos.push(angle.cos() as f32);
+			sin.push(angle.sin() as f32);
+		}
+	}
+	(cos, sin)
+}

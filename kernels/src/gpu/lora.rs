@@ -1,0 +1,313 @@
+//! Multi-LoRA on the GPU: the paged adapter pool in device memory and the shrink/expand
+//! launchers of `kernels/cuda/lora.cu` (CPU reference: [`crate::adapter_pool`]).
+
+use cudarc::driver::{
+	CudaEvent, CudaFunction, CudaSlice, LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
+
+use super::{as_i32, expect_len, Gpu, GpuError, LORA};
+use crate::adapter_pool::{LoraPlan, PageAllocator, PagedAdapter};
+
+/// The largest rank the kernels take (the expand stages `16 × 128` shrunk values in shared
+/// memory).
+pub const MAX_RANK: usize = 128;
+const SHRINK_WARPS: u32 = 8;
+const EXPAND_THREADS: u32 = 128;
+
+/// Every resident adapter's rows in one device allocation of `num_pages × page_len` floats.
+pub struct DeviceAdapterPool {
+	pool: CudaSlice<f32>,
+	page_len: usize,
+	/// `page_len` as the kernels' `int` argument.
+	page_len_i32: i32,
+	pages: PageAllocator,
+	/// Reused upload buffers, grown to the largest adapter seen.
+	staging_host: Option<PinnedHostSlice<f32>>,
+	staging_device: Option<CudaSlice<f32>>,
+	/// Recorded after the last copy out of `staging_host`. The copy is asynchronous, and on the
+	/// context's single stream cudarc records no event of its own on a pinned buffer, so
+	/// `as_mut_slice` would not wait for it: this is waited for before the buffer is rewritten
+	/// (or freed).
+	staging_copied: Option<CudaEvent>,
+}
+
+impl DeviceAdapterPool {
+	/// A pool of `num_pages` pages of `page_len` floats (`page_len` ≥ the longest row, input or
+	/// output, of the projections it will hold).
+	pub fn new(gpu: &Gpu, page_len: usize, num_pages: u32) -> Result<Self, GpuError> {
+		let page_len_i32 = as_i32("page_len", page_len)?;
+		let len = page_len
+			.checked_mul(num_pages as usize)
+			.ok_or_else(|| GpuError::Shape(format!("{num_pages} pages of {page_len}")))?;
+		Ok(Self {
+			pool: gpu.zeros(len)?,
+			page_len,
+			page_len_i32,
+			pages: PageAllocator::new(num_pages),
+			staging_host: None,
+			staging_device: None,
+			staging_copied: None,
+		})
+	}
+
+	/// Floats per page.
+	pub fn page_len(&self) -> usize {
+		self.page_len
+	}
+
+	/// Pages not holding an adapter.
+	pub fn free_pages(&self) -> usize {
+		self.pages.free_pages()
+	}
+
+	/// The pool's memory.
+	pub fn pool(&self) -> &CudaSlice<f32> {
+		&self.pool
+	}
+
+	/// Uploads one adapter's pair for a projection — `a` `[rank, in_dim]`, `b_t` (`s·Bᵀ`)
+	/// `[rank, out_dim]` — in one copy from page-locked memory, then scatters its rows to the
+	/// pages it is given. Fails, taking no pages, when the pool is full or the shapes are wrong.
+	pub fn upload(
+		&mut self,
+		gpu: &Gpu,
+		a: &[f32],
+		in_dim: usize,
+		b_t: &[f32],
+		out_dim: usize,
+	) -> Result<PagedAdapter, GpuError> {
+		if in_dim == 0 || out_dim == 0 || !a.len().is_multiple_of(in_dim) {
+			return Err(GpuError::Shape(format!("A of {} values for rows of {in_dim}", a.len())));
+		}
+		let rank = a.len() / in_dim;
+		if rank == 0
+			|| rank > MAX_RANK
+			|| b_t.len() != rank * out_dim
+			|| in_dim > self.page_len
+			|| out_dim > self.page_len
+		{
+			return Err(GpuError::Shape(format!(
+				"rank {rank} (1 to {MAX_RANK}), sBᵀ of {} values for {out_dim} out, pages of {}",
+				b_t.len(),
+				self.page_len
+			)));
+		}
+		let total = a.len() + b_t.len();
+		if let Some(copied) = self.staging_copied.take() {
+			copied.synchronize()?;
+		}
+		// The two buffers are replaced together (both dropped first, the device one set last),
+		// so that whenever the device buffer is there the host one is too, of the same length.
+		if self.staging_device.as_ref().is_none_or(|d| d.len() < total) {
+			self.staging_host = None;
+			self.staging_device = None;
+			self.staging_host = Some(gpu.pinned(total)?);
+			self.staging_device = Some(gpu.zeros(total)?);
+		}
+		let (Some(host), Some(device)) = (self.staging_host.as_mut(), self.staging_device.as_mut())
+		else {
+			return Err(GpuError::Shape("upload buffers missing".into()));
+		};
+		let staged = host.as_mut_slice()?;
+		staged[..a.len()].copy_from_slice(a);
+		staged[a.len()..total].copy_from_slice(b_t);
+		let pages = self.pages.allocate(2 * rank).ok_or_else(|| {
+			GpuError::Shape(format!(
+				"the adapter pool has {} free pages, an adapter of rank {rank} needs {}",
+				self.pages.free_pages(),
+				2 * rank
+			))
+		})?;
+		let result = (|| {
+			// The whole buffer (the same length as the device one; cudarc refuses a source longer
+			// than its destination): after a larger adapter it is longer than `total`, and only
+			// its first `total` values are read by the scatter.
+			gpu.stream().memcpy_htod(&*host, &mut *device)?;
+			self.staging_copied = Some(gpu.stream().record_event(None)?);
+			let pages_device = gpu.upload(&pages)?;
+			let f = gpu.function(&LORA, "lora_scatter_rows")?;
+			let (rank_i, in_i, out_i, page_len) =
+				(rank as i32, in_dim as i32, out_dim as i32, self.page_len as i32);
+			let mut launch = gpu.stream().launch_builder(&f);
+			launch
+				.arg(&*device)
+				.arg(&rank_i)
+				.arg(&in_i)
+				.arg(&out_i)
+				.arg(&pages_device)
+				.arg(&mut self.pool)
+				.arg(&page_len);
+			let config = LaunchConfig {
+				grid_dim: (2 * rank as u32, 1, 1),
+				block_dim: (256, 1, 1),
+				shared_mem_bytes: 0,
+			};
+			// SAFETY: the arguments match `lora_scatter_rows`; the staged buffer holds
+			// rank·(in + out) floats, every page is below `num_pages` and every row fits a page.
+			unsafe { launch.launch(config) }?;
+			Ok::<_, GpuError>(())
+		})();
+		match result {
+			Ok(()) => Ok(PagedAdapter { rank: rank as u32, pages }),
+			Err(e) => {
+				// The pages were never handed out; a failed release cannot happen here.
+				let _ = self.pages.release(&pages);
+				Err(e)
+			}
+		}
+	}
+
+	/// Gives an adapter's pages back (its rows stay until overwritten).
+	pub fn release(&mut self, adapter: &PagedAdapter) -> Result<(), GpuError> {
+		self.pages.release(&adapter.pages).map_err(|e| GpuError::Shape(e.0))
+	}
+}
+
+/// A [`LoraPlan`] on the device.
+pub struct DevicePlan {
+	tile_row_start: CudaSlice<u32>,
+	tile_rows: CudaSlice<u32>,
+	tile_rank: CudaSlice<u32>,
+	tile_pages: CudaSlice<u32>,
+	pages: CudaSlice<u32>,
+	num_tiles: u32,
+	max_rank: usize,
+	rows: usize,
+	/// The size of the pool the plan was checked against.
+	pool_pages: u32,
+}
+
+impl DevicePlan {
+	/// Copies `plan` to the device, for use with `pool` (whose pages it must name).
+	pub fn upload(gpu: &Gpu, pool: &DeviceAdapterPool, plan: &LoraPlan) -> Result<Self, GpuError> {
+		if plan.max_rank > MAX_RANK {
+			return Err(GpuError::Shape(format!("rank {} > {MAX_RANK}", plan.max_rank)));
+		}
+		plan.validate(pool.pages.num_pages() as usize).map_err(|e| GpuError::Shape(e.0))?;
+		// The tiles are the kernels' grid y dimension.
+		if plan.num_tiles() > 65_535 {
+			return Err(GpuError::Shape(format!(
+				"{} tiles in one plan, past the grid's 65535",
+				plan.num_tiles()
+			)));
+		}
+		// A zero-length device buffer cannot be allocated: an empty plan keeps one dummy value.
+		let up = |v: &[u32]| gpu.upload(if v.is_empty() { &[0] } else { v });
+		Ok(Self {
+			tile_row_start: up(&plan.tile_row_start)?,
+			tile_rows: up(&plan.tile_rows)?,
+			tile_rank: up(&plan.tile_rank)?,
+			tile_pages: up(&plan.tile_pages)?,
+			pages: up(&plan.pages)?,
+			num_tiles: u32::try_from(plan.num_tiles())
+				.map_err(|_| GpuError::Shape("too many tiles".into()))?,
+			max_rank: plan.max_rank,
+			rows: plan.rows,
+			pool_pages: pool.pages.num_pages(),
+		})
+	}
+
+	/// The row stride of the shrunk buffer.
+	pub fn max_rank(&self) -> usize {
+		self.max_rank
+	}
+}
+
+/// `shrunk[r, j] = x[r] · A_j` for the plan's rows (`x` `[rows, in_dim]`, `shrunk`
+/// `[rows, max_rank]`).
+pub fn shrink(
+	gpu: &Gpu,
+	pool: &DeviceAdapterPool,
+	plan: &DevicePlan,
+	x: &CudaSlice<f32>,
+	in_dim: usize,
+	shrunk: &mut CudaSlice<f32>,
+) -> Result<(), GpuError> {
+	if in_dim == 0 || in_dim > pool.page_len {
+		return Err(GpuError::Shape(format!("{in_dim} inputs for pages of {}", pool.page_len)));
+	}
+	same_pool(pool, plan)?;
+	expect_len("x", x, plan.rows * in_dim)?;
+	expect_len("shrunk", shrunk, plan.rows * plan.max_rank)?;
+	if plan.num_tiles == 0 {
+		return Ok(());
+	}
+	let f = gpu.function(&LORA, "lora_shrink")?;
+	let (in_i, max_rank) = (as_i32("in_dim", in_dim)?, plan.max_rank as i32);
+	let mut launch = plan_launch(gpu, &f, pool, plan);
+	launch.arg(x).arg(&in_i).arg(shrunk).arg(&max_rank);
+	let config = LaunchConfig {
+		grid_dim: ((plan.max_rank as u32).div_ceil(SHRINK_WARPS), plan.num_tiles, 1),
+		block_dim: (32 * SHRINK_WARPS, 1, 1),
+		shared_mem_bytes: 0,
+	};
+	// SAFETY: the arguments match `lora_shrink`; x and shrunk were checked against the plan's
+	// rows, every tile's rows lie in the batch and its pages in the pool (LoraPlan::new and the
+	// pool's allocator guarantee both), and the grid covers max_rank rank rows per tile.
+	unsafe { launch.launch(config) }?;
+	Ok(())
+}
+
+/// `y[r] += Σ_j shrunk[r, j] · (s·Bᵀ)_j` for the plan's rows (`y` `[rows, out_dim]`).
+pub fn expand(
+	gpu: &Gpu,
+	pool: &DeviceAdapterPool,
+	plan: &DevicePlan,
+	shrunk: &CudaSlice<f32>,
+	y: &mut CudaSlice<f32>,
+	out_dim: usize,
+) -> Result<(), GpuError> {
+	if out_dim == 0 || out_dim > pool.page_len {
+		return Err(GpuError::Shape(format!("{out_dim} outputs for pages of {}", pool.page_len)));
+	}
+	same_pool(pool, plan)?;
+	expect_len("y", y, plan.rows * out_dim)?;
+	expect_len("shrunk", shrunk, plan.rows * plan.max_rank)?;
+	if plan.num_tiles == 0 {
+		return Ok(());
+	}
+	let f = gpu.function(&LORA, "lora_expand")?;
+	let (out_i, max_rank) = (as_i32("out_dim", out_dim)?, plan.max_rank as i32);
+	let mut launch = plan_launch(gpu, &f, pool, plan);
+	launch.arg(shrunk).arg(&max_rank).arg(y).arg(&out_i);
+	let config = LaunchConfig {
+		grid_dim: ((out_dim as u32).div_ceil(EXPAND_THREADS), plan.num_tiles, 1),
+		block_dim: (EXPAND_THREADS, 1, 1),
+		shared_mem_bytes: 0,
+	};
+	// SAFETY: the arguments match `lora_expand`; shapes checked above, ranks ≤ MAX_RANK (the
+	// kernel's shared tile), tiles ≤ 16 rows (LoraPlan), pages in the pool.
+	unsafe { launch.launch(config) }?;
+	Ok(())
+}
+
+/// A launch of `function` with the arguments both multi-LoRA kernels start with: the pool, its
+/// page length, and the plan's tiles and pages.
+fn plan_launch<'a>(
+	gpu: &'a Gpu,
+	function: &'a CudaFunction,
+	pool: &'a DeviceAdapterPool,
+	plan: &'a DevicePlan,
+) -> LaunchArgs<'a> {
+	let mut launch = gpu.stream().launch_builder(function);
+	launch
+		.arg(&pool.pool)
+		.arg(&pool.page_len_i32)
+		.arg(&plan.tile_row_start)
+		.arg(&plan.tile_rows)
+		.arg(&plan.tile_rank)
+		.arg(&plan.tile_pages)
+		.arg(&plan.pages);
+	launch
+}
+
+fn same_pool(pool: &DeviceAdapterPool, plan: &DevicePlan) -> Result<(), GpuError> {
+	if plan.pool_pages > pool.pages.num_pages() {
+		return Err(GpuError::Shape(format!(
+			"a plan for a pool of {} pages used with one of {}",
+			plan.pool_pages,
+			pool.pages.num_pages()
+		)));
+	}
+	Ok(())
+}

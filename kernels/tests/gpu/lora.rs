@@ -1,0 +1,133 @@
+//! Multi-LoRA over the paged adapter pool: GPU against [`openledger_kernels::adapter_pool`].
+//!
+//! The kernels do the CPU reference's arithmetic in its order (explicit fused multiply-adds, the
+//! same butterfly), so the comparison is exact: tolerance 0.
+
+use openledger_kernels::{
+	adapter_pool::{self, LoraPlan, PagedAdapter},
+	gpu::{
+		lora::{self, DeviceAdapterPool, DevicePlan},
+		Gpu,
+	},
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+pub const CHECKS: &[crate::Check] = &[
+	("bgmv_and_sgmv_match_the_cpu_bit_for_bit", bgmv_and_sgmv_match_the_cpu_bit_for_bit),
+	("released_pages_are_reused_and_a_full_pool_refuses", released_pages_are_reused),
+];
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+	(0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// Runs one batch on both sides and compares.
+#[allow(clippy::too_many_arguments)]
+fn run_both(
+	gpu: &Gpu,
+	device_pool: &DeviceAdapterPool,
+	host_pool: &[f32],
+	segments: &[(std::ops::Range<usize>, &PagedAdapter)],
+	rows: usize,
+	in_dim: usize,
+	out_dim: usize,
+	rng: &mut StdRng,
+) -> anyhow::Result<()> {
+	let page_len = device_pool.page_len();
+	let plan = LoraPlan::new(rows, segments)?;
+	let x = random(rng, rows * in_dim);
+	let y0 = random(rng, rows * out_dim);
+	let mut shrunk = vec![0f32; rows * plan.max_rank];
+	adapter_pool::shrink(host_pool, page_len, &plan, &x, in_dim, &mut shrunk)?;
+	let mut want = y0.clone();
+	adapter_pool::expand(host_pool, page_len, &plan, &shrunk, &mut want, out_dim)?;
+
+	let device_plan = DevicePlan::upload(gpu, device_pool, &plan)?;
+	let x_d = gpu.upload(&x)?;
+	let mut shrunk_d = gpu.zeros::<f32>(rows * plan.max_rank)?;
+	let mut y_d = gpu.upload(&y0)?;
+	lora::shrink(gpu, device_pool, &device_plan, &x_d, in_dim, &mut shrunk_d)?;
+	lora::expand(gpu, device_pool, &device_plan, &shrunk_d, &mut y_d, out_dim)?;
+	let got_shrunk = gpu.download(&shrunk_d)?;
+	// Entries past a row's rank are not written on either side (zero on both).
+	crate::compare(&format!("shrunk {in_dim}->{out_dim}"), &got_shrunk, &shrunk, 0.0, 0.0)?;
+	crate::compare(&format!("y {in_dim}->{out_dim}"), &gpu.download(&y_d)?, &want, 0.0, 0.0)
+}
+
+fn bgmv_and_sgmv_match_the_cpu_bit_for_bit(gpu: &Gpu) -> anyhow::Result<()> {
+	let mut rng = StdRng::seed_from_u64(21);
+	for &(in_dim, out_dim) in &[(576, 576), (576, 192), (1536, 576), (33, 7), (1, 1)] {
+		let page_len = in_dim.max(out_dim);
+		let ranks = [1usize, 2, 3, 8, 16, 64, 128, 5];
+		let num_pages = 2 * ranks.iter().sum::<usize>() as u32 + 20;
+		let mut device_pool = DeviceAdapterPool::new(gpu, page_len, num_pages)?;
+		let mut host_pool = vec![0f32; num_pages as usize * page_len];
+		let mut adapters = Vec::new();
+		for (i, &rank) in ranks.iter().enumerate() {
+			let a = random(&mut rng, rank * in_dim);
+			let b_t = random(&mut rng, rank * out_dim);
+			let adapter = device_pool.upload(gpu, &a, in_dim, &b_t, out_dim)?;
+			adapter_pool::write_rows(
+				&mut host_pool,
+				page_len,
+				&adapter,
+				&a,
+				in_dim,
+				&b_t,
+				out_dim,
+			)?;
+			// A hole in the pool, so later adapters' pages are scattered.
+			if i == 2 {
+				let hole = device_pool.upload(gpu, &a, in_dim, &b_t, out_dim)?;
+				adapters.push(adapter);
+				device_pool.release(&hole)?;
+				continue;
+			}
+			adapters.push(adapter);
+		}
+		// Decode (BGMV): one row per adapter, with base rows between.
+		let decode: Vec<_> = (0..ranks.len()).map(|i| (2 * i..2 * i + 1, &adapters[i])).collect();
+		run_both(
+			gpu,
+			&device_pool,
+			&host_pool,
+			&decode,
+			2 * ranks.len(),
+			in_dim,
+			out_dim,
+			&mut rng,
+		)?;
+		// Prefill (SGMV): segments of 1, 15, 16, 17 and 40 rows.
+		let lengths = [1usize, 15, 16, 17, 40];
+		let mut segments = Vec::new();
+		let mut start = 0;
+		for (i, &len) in lengths.iter().enumerate() {
+			segments.push((start..start + len, &adapters[(i * 3) % adapters.len()]));
+			start += len;
+		}
+		run_both(gpu, &device_pool, &host_pool, &segments, start + 3, in_dim, out_dim, &mut rng)?;
+	}
+	Ok(())
+}
+
+fn released_pages_are_reused(gpu: &Gpu) -> anyhow::Result<()> {
+	let mut rng = StdRng::seed_from_u64(4);
+	let (in_dim, out_dim, rank) = (64, 48, 8);
+	let mut device_pool = DeviceAdapterPool::new(gpu, 64, 32)?;
+	let mut host_pool = vec![0f32; 32 * 64];
+	let (a1, b1) = (random(&mut rng, rank * in_dim), random(&mut rng, rank * out_dim));
+	let first = device_pool.upload(gpu, &a1, in_dim, &b1, out_dim)?;
+	let second = device_pool.upload(gpu, &a1, in_dim, &b1, out_dim)?;
+	anyhow::ensure!(device_pool.free_pages() == 0, "two rank-8 adapters fill 32 pages");
+	let refused = device_pool.upload(gpu, &a1, in_dim, &b1, out_dim);
+	anyhow::ensure!(refused.is_err(), "a full pool refuses an upload");
+	anyhow::ensure!(device_pool.free_pages() == 0, "and takes no pages doing so");
+	device_pool.release(&first)?;
+	let (a2, b2) = (random(&mut rng, rank * in_dim), random(&mut rng, rank * out_dim));
+	let third = device_pool.upload(gpu, &a2, in_dim, &b2, out_dim)?;
+	anyhow::ensure!(third.pages == first.pages, "the released pages are taken again");
+	adapter_pool::write_rows(&mut host_pool, 64, &second, &a1, in_dim, &b1, out_dim)?;
+	adapter_pool::write_rows(&mut host_pool, 64, &third, &a2, in_dim, &b2, out_dim)?;
+	let segments = [(0..3, &third), (3..5, &second)];
+	run_both(gpu, &device_pool, &host_pool, &segments, 5, in_dim, out_dim, &mut rng)
+}
