@@ -1,10 +1,13 @@
 //! Generating a completion for one request: prefill the prompt, then decode token by token
 //! until the end-of-sequence token, a stop sequence or the token limit.
 
+use openledger_kernels::backend::Backend;
 use serde::Serialize;
 
 use crate::{
 	error::{Error, Result},
+	kernel_model::{DecodeInput, KernelLlama},
+	kv_cache::KvCacheConfig,
 	lora::LoraAdapter,
 	model::{KvCache, Llama},
 	sampling::{Sampler, SamplingParams},
@@ -165,6 +168,46 @@ pub fn generate(
 		let logits = model.forward(&next_input, &mut cache, adapter, false)?;
 		let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
 		next_input = vec![progress.advance(&logits, tokenizer)?];
+	}
+	progress.finish(tokenizer)
+}
+
+/// [`generate`] on the decoder composed of kernel calls ([`KernelLlama`]), on the CPU
+/// references or on the GPU: the same request (sampling, penalties, stops, limits); the
+/// adapter goes into the backend's adapter pool, and each step's logits come back for the
+/// sampler.
+pub fn generate_with_kernels<B: Backend>(
+	model: &KernelLlama<B>,
+	tokenizer: &Tokenizer,
+	adapter: Option<&LoraAdapter>,
+	request: &GenerationRequest,
+) -> Result<Generation> {
+	let prompt_tokens = tokenizer.encode(&request.prompt)?;
+	validate(&prompt_tokens, request.max_tokens, model.config.context_length)?;
+	let block_size = KvCacheConfig::DEFAULT_BLOCK_SIZE;
+	let blocks = (prompt_tokens.len() + request.max_tokens).div_ceil(block_size);
+	let mut cache = model.new_cache(blocks, block_size)?;
+	let table: Vec<u32> = (0..blocks as u32).collect();
+	let (pool, resident) = match adapter {
+		Some(adapter) => {
+			let mut pool = model.pool_for(&[adapter])?;
+			let resident = model.upload_adapter(&mut pool, adapter)?;
+			(Some(pool), Some(resident))
+		}
+		None => (None, None),
+	};
+	let mut progress = Progress::new(request, prompt_tokens.clone())?;
+	let with = pool.as_ref().zip(resident.as_ref());
+	let mut logits = model.prefill(&mut cache, &prompt_tokens, 0, &table, with)?;
+	let mut position = prompt_tokens.len();
+	loop {
+		let token = progress.advance(&model.backend().read(&logits)?, tokenizer)?;
+		if progress.is_finished() {
+			break;
+		}
+		let step = DecodeInput { token, position, table: &table, adapter: resident.as_ref() };
+		logits = model.decode(&mut cache, &[step], pool.as_ref())?;
+		position += 1;
 	}
 	progress.finish(tokenizer)
 }

@@ -26,6 +26,7 @@ use crate::{
 	config::{LlamaConfig, RopeLayout},
 	error::{Error, Result},
 	lora::{LoraAdapter, Projection},
+	tokenizer::Tokenizer,
 };
 
 /// A weight matrix as the GEMV kernels read it.
@@ -47,6 +48,20 @@ struct Layer<B: Backend> {
 	gate: Weight<B>,
 	up: Weight<B>,
 	down: Weight<B>,
+}
+
+impl<B: Backend> Layer<B> {
+	fn weight(&self, projection: Projection) -> &Weight<B> {
+		match projection {
+			Projection::Q => &self.q,
+			Projection::K => &self.k,
+			Projection::V => &self.v,
+			Projection::O => &self.o,
+			Projection::Gate => &self.gate,
+			Projection::Up => &self.up,
+			Projection::Down => &self.down,
+		}
+	}
 }
 
 /// The kernel format of a GGUF tensor type, when the kernels read it.
@@ -139,16 +154,23 @@ fn raw(
 }
 
 impl<B: Backend> KernelLlama<B> {
-	/// Loads a GGUF Llama/Mistral file onto `backend`, with rotary tables for `max_positions`.
-	/// Every projection must be stored in a format the kernels read; anything else (F16/F32
-	/// projections, biases, other block types) is refused with [`Error::Unsupported`].
-	pub fn from_gguf(path: &Path, backend: B, max_positions: usize) -> Result<Self> {
+	/// Loads a GGUF Llama/Mistral file onto `backend`, with rotary tables for `max_positions`
+	/// (`None`: the model's context length), and its tokenizer. Every projection must be stored
+	/// in a format the kernels read; anything else (F16/F32 projections, biases, other block
+	/// types) is refused with [`Error::Unsupported`].
+	pub fn from_gguf(
+		path: &Path,
+		backend: B,
+		max_positions: Option<usize>,
+	) -> Result<(Self, Tokenizer)> {
 		let file = File::open(path)
 			.map_err(|e| Error::Format(format!("cannot open {}: {e}", path.display())))?;
 		let mut reader = BufReader::new(file);
 		let content = gguf_file::Content::read(&mut reader)
 			.map_err(|e| Error::Format(format!("{} is not a GGUF file: {e}", path.display())))?;
 		let config = LlamaConfig::from_gguf(&content.metadata)?;
+		let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
+		let max_positions = max_positions.unwrap_or(config.context_length);
 		if content.tensor_infos.keys().any(|name| name.ends_with(".bias")) {
 			return Err(Error::Unsupported("the kernel path has no projection biases".into()));
 		}
@@ -207,7 +229,7 @@ impl<B: Backend> KernelLlama<B> {
 			RopeLayout::Interleaved => RopeStyle::Gptj,
 			RopeLayout::Halves => RopeStyle::Neox,
 		};
-		Ok(Self {
+		let model = Self {
 			cos: backend.floats(&cos)?,
 			sin: backend.floats(&sin)?,
 			config,
@@ -218,7 +240,45 @@ impl<B: Backend> KernelLlama<B> {
 			rope_style,
 			max_positions,
 			backend,
-		})
+		};
+		Ok((model, tokenizer))
+	}
+
+	/// Loads the PEFT adapter folder `dir` (named `name`, or after its folder), checking every
+	/// tensor against this model's projections.
+	pub fn load_adapter(&self, dir: &Path, name: Option<&str>) -> Result<LoraAdapter> {
+		LoraAdapter::load(
+			dir,
+			name,
+			&self.config,
+			|layer, p| {
+				let w = self.layers.get(layer)?.weight(p);
+				Some((w.cols, w.rows))
+			},
+			&candle_core::Device::Cpu,
+		)
+	}
+
+	/// An adapter pool on the backend with room for `adapters`, its pages as wide as the
+	/// widest projection.
+	pub fn pool_for(&self, adapters: &[&LoraAdapter]) -> Result<B::Pool> {
+		let c = &self.config;
+		let page_len = c
+			.hidden_size
+			.max(c.intermediate_size)
+			.max(c.num_heads * c.head_dim)
+			.max(c.num_kv_heads * c.head_dim);
+		let mut pages = 0usize;
+		for adapter in adapters {
+			for l in 0..c.num_layers {
+				for p in Projection::ALL {
+					pages += adapter.weights(l, p).map_or(0, |w| 2 * w.rank);
+				}
+			}
+		}
+		let pages = u32::try_from(pages.max(1))
+			.map_err(|_| Error::Request(format!("{pages} adapter pages are too many")))?;
+		Ok(self.backend.pool(page_len, pages)?)
 	}
 
 	/// The backend the model runs on.

@@ -8,14 +8,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use openledger_inference_worker::{
 	chat::Message,
-	generate::{generate, GenerationRequest},
+	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
+	kernel_model::KernelLlama,
 	model::{Llama, WeightFormat},
 	sampling::SamplingParams,
+	tokenizer::Tokenizer,
+};
+use openledger_kernels::{
+	backend::{Backend, Cpu, Cuda},
+	gpu::Gpu,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -79,6 +85,14 @@ struct GenerateArgs {
 	/// Quantize the weights at load time.
 	#[arg(long, value_enum)]
 	quantize: Option<Quantize>,
+	/// Run the decoder composed of the compute kernels (`kernels/`) on the GGUF file's own
+	/// quantized blocks, instead of candle's: on their CPU references, or with `--gpu` on the
+	/// first CUDA device (weights, KV cache and adapter on the device).
+	#[arg(long, conflicts_with_all = ["dequantize", "quantize"])]
+	kernels: bool,
+	/// With `--kernels`: on the GPU.
+	#[arg(long, requires = "kernels")]
+	gpu: bool,
 	/// Print one JSON object: prompt_tokens, tokens, logprobs, text, finish_reason.
 	#[arg(long)]
 	json: bool,
@@ -107,6 +121,16 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 	if args.prompt.is_empty() {
 		bail!("--prompt is empty");
 	}
+	if args.kernels {
+		return if args.gpu {
+			let gpu = Gpu::first()?.ok_or_else(|| {
+				anyhow!("--gpu: there is no CUDA driver or device on this machine")
+			})?;
+			run_with_kernels(args, Cuda::new(gpu))
+		} else {
+			run_with_kernels(args, Cpu)
+		};
+	}
 	let device = Device::Cpu;
 	let format = match (args.dequantize, args.quantize) {
 		(true, _) => WeightFormat::F32,
@@ -124,6 +148,29 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 		),
 		None => None,
 	};
+	let request = request(&args, &tokenizer)?;
+	print(&generate(&model, &tokenizer, adapter.as_ref(), &request)?, args.json)
+}
+
+/// `generate` on the kernel decoder over `backend`.
+fn run_with_kernels<B: Backend>(args: GenerateArgs, backend: B) -> Result<()> {
+	let (model, tokenizer) = KernelLlama::from_gguf(&args.model, backend, None)
+		.with_context(|| format!("loading {} onto the kernels", args.model.display()))?;
+	let adapter = match &args.adapter {
+		Some(dir) => Some(
+			model
+				.load_adapter(dir, None)
+				.with_context(|| format!("loading the adapter {}", dir.display()))?,
+		),
+		None => None,
+	};
+	let request = request(&args, &tokenizer)?;
+	print(&generate_with_kernels(&model, &tokenizer, adapter.as_ref(), &request)?, args.json)
+}
+
+/// The request the arguments ask for: the prompt (in the chat template with `--chat`) and the
+/// sampling settings.
+fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationRequest> {
 	let prompt = if args.chat {
 		let mut messages = Vec::with_capacity(2);
 		if let Some(system) = &args.system {
@@ -132,9 +179,9 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 		messages.push(Message::new("user", &args.prompt));
 		tokenizer.chat_template()?.render(&messages, true)?
 	} else {
-		args.prompt
+		args.prompt.clone()
 	};
-	let request = GenerationRequest {
+	Ok(GenerationRequest {
 		prompt,
 		max_tokens: args.max_tokens,
 		sampling: SamplingParams {
@@ -144,11 +191,14 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 			repetition_penalty: args.repetition_penalty,
 			seed: args.seed,
 		},
-		stop: args.stop,
-	};
-	let generation = generate(&model, &tokenizer, adapter.as_ref(), &request)?;
-	if args.json {
-		println!("{}", serde_json::to_string(&generation)?);
+		stop: args.stop.clone(),
+	})
+}
+
+/// Prints a generation: one JSON object, or its text.
+fn print(generation: &Generation, json: bool) -> Result<()> {
+	if json {
+		println!("{}", serde_json::to_string(generation)?);
 	} else {
 		println!("{}", generation.text);
 	}

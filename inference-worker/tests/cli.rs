@@ -41,6 +41,62 @@ fn generate_prints_one_json_object_that_matches_transformers() {
 	assert_eq!(out["finish_reason"], "length");
 }
 
+/// `--kernels` (the decoder composed of the compute kernels, on their CPU references) gives the
+/// tokens the candle path gives on the same dequantized values, with and without an adapter;
+/// `--gpu` without a GPU is a clear error.
+#[test]
+fn the_kernel_decoder_generates_what_the_candle_decoder_generates() {
+	let model = models::smollm2_gguf();
+	let dir = tempfile::tempdir().unwrap();
+	let spec = openledger_inference_worker::lora::synthetic::SyntheticAdapter {
+		seed: 3,
+		rank: 8,
+		alpha: 16.0,
+		targets: openledger_inference_worker::lora::Projection::ALL.to_vec(),
+		rank_pattern: Default::default(),
+		alpha_pattern: Default::default(),
+	};
+	let (dense, _) = openledger_inference_worker::model::Llama::load(
+		&model,
+		&candle_core::Device::Cpu,
+		openledger_inference_worker::model::WeightFormat::AsStored,
+	)
+	.unwrap();
+	openledger_inference_worker::lora::synthetic::write(&spec, &dense.config, dir.path()).unwrap();
+	for adapter in [None, Some(dir.path())] {
+		let run = |extra: &[&str]| {
+			let mut command = worker();
+			command.args(["generate", "--model"]).arg(&model);
+			if let Some(adapter) = adapter {
+				command.arg("--adapter").arg(adapter);
+			}
+			let output = command
+				.args(["--prompt", "The capital of France is", "--max-tokens", "6"])
+				.args(["--temperature", "0", "--json"])
+				.args(extra)
+				.output()
+				.unwrap();
+			assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+			serde_json::from_slice::<Value>(&output.stdout).unwrap()
+		};
+		let kernels = run(&["--kernels"]);
+		let candle = run(&["--dequantize"]);
+		assert_eq!(kernels["tokens"], candle["tokens"], "adapter {adapter:?}");
+		assert_eq!(kernels["text"], candle["text"]);
+	}
+	let output = worker()
+		.args(["generate", "--model"])
+		.arg(&model)
+		.args(["--prompt", "hello", "--kernels", "--gpu"])
+		.output()
+		.unwrap();
+	if openledger_kernels::gpu::Gpu::first().ok().flatten().is_none() {
+		assert!(!output.status.success());
+		let stderr = String::from_utf8_lossy(&output.stderr);
+		assert!(stderr.contains("no CUDA driver or device"), "{stderr}");
+	}
+}
+
 #[test]
 fn chat_wraps_the_prompt_in_the_models_template() {
 	let model = models::smollm2_gguf();

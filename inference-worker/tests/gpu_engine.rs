@@ -121,8 +121,8 @@ fn main() -> anyhow::Result<()> {
 		tokenizer.encode("The capital of France is")?,
 		tokenizer.encode("Write a haiku about paged attention and LoRA adapters")?,
 	];
-	let cpu = KernelLlama::from_gguf(&path, Cpu, 256)?;
-	let cuda = KernelLlama::from_gguf(&path, Cuda::new(gpu), 256)?;
+	let (cpu, _) = KernelLlama::from_gguf(&path, Cpu, Some(256))?;
+	let (cuda, _) = KernelLlama::from_gguf(&path, Cuda::new(gpu), Some(256))?;
 	let want = run(&cpu, &prompts, &adapters)?;
 	let got = run(&cuda, &prompts, &adapters)?;
 	for (step, (g, w)) in got.iter().zip(&want).enumerate() {

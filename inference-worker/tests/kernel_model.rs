@@ -33,7 +33,8 @@ const BLOCK: usize = 4;
 
 fn load() -> (KernelLlama<Cpu>, Llama, Tokenizer) {
 	let path = models::smollm2_gguf();
-	let kernels = KernelLlama::from_gguf(&path, Cpu, 256).expect("the GGUF loads on the kernels");
+	let (kernels, _) =
+		KernelLlama::from_gguf(&path, Cpu, Some(256)).expect("the GGUF loads on the kernels");
 	let (dense, tokenizer) =
 		Llama::from_gguf(&path, &Device::Cpu, WeightFormat::F32).expect("the GGUF loads");
 	(kernels, dense, tokenizer)
