@@ -15,6 +15,7 @@ use openledger_inference_worker::{
 	chat::Message,
 	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
 	kernel_model::KernelLlama,
+	lora::LoraAdapter,
 	model::{Llama, WeightFormat},
 	sampling::SamplingParams,
 	tokenizer::Tokenizer,
@@ -140,14 +141,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 	};
 	let (model, tokenizer) = Llama::load(&args.model, &device, format)
 		.with_context(|| format!("loading {}", args.model.display()))?;
-	let adapter = match &args.adapter {
-		Some(dir) => Some(
-			model
-				.load_adapter(dir, None)
-				.with_context(|| format!("loading the adapter {}", dir.display()))?,
-		),
-		None => None,
-	};
+	let adapter = load_adapter(&args, |dir| model.load_adapter(dir, None))?;
 	let request = request(&args, &tokenizer)?;
 	print(&generate(&model, &tokenizer, adapter.as_ref(), &request)?, args.json)
 }
@@ -156,16 +150,20 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 fn run_with_kernels<B: Backend>(args: GenerateArgs, backend: B) -> Result<()> {
 	let (model, tokenizer) = KernelLlama::from_gguf(&args.model, backend, None)
 		.with_context(|| format!("loading {} onto the kernels", args.model.display()))?;
-	let adapter = match &args.adapter {
-		Some(dir) => Some(
-			model
-				.load_adapter(dir, None)
-				.with_context(|| format!("loading the adapter {}", dir.display()))?,
-		),
-		None => None,
-	};
+	let adapter = load_adapter(&args, |dir| model.load_adapter(dir, None))?;
 	let request = request(&args, &tokenizer)?;
 	print(&generate_with_kernels(&model, &tokenizer, adapter.as_ref(), &request)?, args.json)
+}
+
+/// The `--adapter`, loaded by `load` (which checks it against the model), if one was given.
+fn load_adapter(
+	args: &GenerateArgs,
+	load: impl FnOnce(&std::path::Path) -> openledger_inference_worker::Result<LoraAdapter>,
+) -> Result<Option<LoraAdapter>> {
+	args.adapter
+		.as_deref()
+		.map(|dir| load(dir).with_context(|| format!("loading the adapter {}", dir.display())))
+		.transpose()
 }
 
 /// The request the arguments ask for: the prompt (in the chat template with `--chat`) and the
