@@ -183,7 +183,8 @@ pub fn generate_with_kernels<B: Backend>(
 	request: &GenerationRequest,
 ) -> Result<Generation> {
 	let prompt_tokens = tokenizer.encode(&request.prompt)?;
-	validate(&prompt_tokens, request.max_tokens, model.config.context_length)?;
+	let limit = model.config.context_length.min(model.max_positions());
+	validate(&prompt_tokens, request.max_tokens, limit)?;
 	let block_size = KvCacheConfig::DEFAULT_BLOCK_SIZE;
 	let blocks = (prompt_tokens.len() + request.max_tokens).div_ceil(block_size);
 	let mut cache = model.new_cache(blocks, block_size)?;

@@ -18,6 +18,7 @@ use openledger_kernels::{
 	attention::{AttentionParams, KvLayout},
 	backend::{Backend, KernelError},
 	fused::RopeStyle,
+	gpu::lora::MAX_RANK,
 	quant::{self, Format},
 	sampling::{Sampled, SamplingParams},
 };
@@ -171,6 +172,9 @@ impl<B: Backend> KernelLlama<B> {
 		let config = LlamaConfig::from_gguf(&content.metadata)?;
 		let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
 		let max_positions = max_positions.unwrap_or(config.context_length);
+		if max_positions == 0 {
+			return Err(Error::Request("rotary tables for 0 positions".into()));
+		}
 		if content.tensor_infos.keys().any(|name| name.ends_with(".bias")) {
 			return Err(Error::Unsupported("the kernel path has no projection biases".into()));
 		}
@@ -281,6 +285,16 @@ impl<B: Backend> KernelLlama<B> {
 		Ok(self.backend.pool(page_len, pages)?)
 	}
 
+	/// Columns of the logits (rows of the output projection).
+	pub fn vocab(&self) -> usize {
+		self.lm_head.rows
+	}
+
+	/// The most positions a sequence may reach (the rotary tables' length).
+	pub fn max_positions(&self) -> usize {
+		self.max_positions
+	}
+
 	/// The backend the model runs on.
 	pub fn backend(&self) -> &B {
 		&self.backend
@@ -288,6 +302,11 @@ impl<B: Backend> KernelLlama<B> {
 
 	/// A cache of `num_blocks` blocks of `block_size` tokens per layer.
 	pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KernelCache<B>> {
+		if num_blocks == 0 || block_size == 0 {
+			return Err(Error::Request(format!(
+				"a cache of {num_blocks} blocks of {block_size} tokens"
+			)));
+		}
 		let layout = KvLayout {
 			block_size,
 			num_kv_heads: self.config.num_kv_heads,
@@ -309,30 +328,40 @@ impl<B: Backend> KernelLlama<B> {
 		pool: &mut B::Pool,
 		adapter: &LoraAdapter,
 	) -> Result<KernelAdapter> {
-		let mut layers = Vec::with_capacity(self.config.num_layers);
+		// Everything that can fail on the host first, so an upload failure is the only one
+		// that has pages to give back.
+		let mut pairs = Vec::new();
 		for l in 0..self.config.num_layers {
-			let mut resident = Vec::new();
 			for p in Projection::ALL {
 				let Some(w) = adapter.weights(l, p) else { continue };
+				if w.rank == 0 || w.rank > MAX_RANK {
+					return Err(Error::Adapter {
+						name: adapter.name.clone(),
+						reason: format!("rank {} (the kernels take 1 to {MAX_RANK})", w.rank),
+					});
+				}
+				let (_, in_dim) = w.a.dims2()?;
+				let (_, out_dim) = w.b_t.dims2()?;
 				let a: Vec<f32> =
 					w.a.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
 				let b_t: Vec<f32> =
 					w.b_t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-				let (in_dim, out_dim) = (a.len() / w.rank, b_t.len() / w.rank);
-				match self.backend.upload_adapter(pool, &a, in_dim, &b_t, out_dim) {
-					Ok(paged) => resident.push((p, paged)),
-					Err(e) => {
-						// Give back what this adapter already took.
-						let taken = KernelAdapter { layers: std::mem::take(&mut layers) };
-						self.release_adapter(pool, &taken)?;
-						for (_, paged) in &resident {
-							self.backend.release_adapter(pool, paged)?;
-						}
-						return Err(e.into());
+				pairs.push((l, p, a, in_dim, b_t, out_dim));
+			}
+		}
+		let mut layers: Vec<Vec<(Projection, PagedAdapter)>> =
+			(0..self.config.num_layers).map(|_| Vec::new()).collect();
+		for (l, p, a, in_dim, b_t, out_dim) in pairs {
+			match self.backend.upload_adapter(pool, &a, in_dim, &b_t, out_dim) {
+				Ok(paged) => layers[l].push((p, paged)),
+				Err(e) => {
+					// Give back what this adapter already took, as far as that goes.
+					for (_, paged) in layers.iter().flatten() {
+						let _ = self.backend.release_adapter(pool, paged);
 					}
+					return Err(e.into());
 				}
 			}
-			layers.push(resident);
 		}
 		Ok(KernelAdapter { layers })
 	}
@@ -343,6 +372,21 @@ impl<B: Backend> KernelLlama<B> {
 			self.backend.release_adapter(pool, paged)?;
 		}
 		Ok(())
+	}
+
+	/// Checks that the blocks holding positions `0..=last` of a sequence with blocks `table` are
+	/// blocks of `cache` (the attention kernels read all of them).
+	fn check_table(cache: &KernelCache<B>, table: &[u32], last: usize) -> Result<()> {
+		let needed = last / cache.layout.block_size + 1;
+		let blocks = table.get(..needed).ok_or_else(|| {
+			Error::Request(format!("position {last} is past the sequence's {} blocks", table.len()))
+		})?;
+		match blocks.iter().find(|&&b| b as usize >= cache.num_blocks) {
+			Some(block) => {
+				Err(Error::Request(format!("block {block} of a cache of {}", cache.num_blocks)))
+			}
+			None => Ok(()),
+		}
 	}
 
 	/// The cache slot of `position` in a sequence with blocks `table`.
@@ -507,7 +551,11 @@ impl<B: Backend> KernelLlama<B> {
 		if n == 0 {
 			return Err(Error::Request("an empty prefill".into()));
 		}
-		self.check_positions(start + n - 1)?;
+		let last = start
+			.checked_add(n - 1)
+			.ok_or_else(|| Error::Request(format!("a prefill at position {start}")))?;
+		self.check_positions(last)?;
+		Self::check_table(cache, table, last)?;
 		let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
 		let slots =
 			(start..start + n).map(|p| Self::slot(cache, table, p)).collect::<Result<Vec<_>>>()?;
@@ -566,6 +614,7 @@ impl<B: Backend> KernelLlama<B> {
 		let mut plans = Vec::new();
 		for (i, s) in batch.iter().enumerate() {
 			self.check_positions(s.position)?;
+			Self::check_table(cache, s.table, s.position)?;
 			tables[i * max_blocks..i * max_blocks + s.table.len()].copy_from_slice(s.table);
 			tokens.push(s.token);
 			positions.push(s.position as u32);
@@ -605,7 +654,7 @@ impl<B: Backend> KernelLlama<B> {
 		params: &[SamplingParams],
 		uniform: &[f32],
 	) -> Result<Vec<Sampled>> {
-		Ok(self.backend.sample(logits, self.config.vocab_size, params, uniform)?)
+		Ok(self.backend.sample(logits, self.vocab(), params, uniform)?)
 	}
 }
 
@@ -638,10 +687,11 @@ fn rope_tables(config: &LlamaConfig, max_positions: usize) -> (Vec<f32>, Vec<f32
 	let half = d / 2;
 	let mut cos = Vec::with_capacity(max_positions * half);
 	let mut sin = Vec::with_capacity(max_positions * half);
+	let inv_freq: Vec<f64> =
+		(0..half).map(|i| (config.rope_theta as f64).powf(-((2 * i) as f64) / d as f64)).collect();
 	for p in 0..max_positions {
 		let p = p as f64 / config.rope_scale as f64;
-		for i in 0..half {
-			let inv_freq = (config.rope_theta as f64).powf(-((2 * i) as f64) / d as f64);
+		for &inv_freq in &inv_freq {
 			let angle = p * inv_freq;
 			cos.push(angle.cos() as f32);
 			sin.push(angle.sin() as f32);

@@ -20,10 +20,7 @@ use openledger_inference_worker::{
 	tokenizer::Tokenizer,
 	Error,
 };
-use openledger_kernels::{
-	backend::{Backend, Cpu},
-	sampling::SamplingParams,
-};
+use openledger_kernels::{backend::Cpu, sampling::SamplingParams};
 
 /// Largest logit difference from the candle decoder allowed, against logits of magnitude ~20:
 /// 30 layers of f32 products summed in different orders (measured: 4.3e-5 at most).
@@ -73,7 +70,7 @@ fn kernel_steps(
 	let blocks = (prompt.len() + STEPS).div_ceil(BLOCK);
 	let mut cache = model.new_cache(blocks, BLOCK).unwrap();
 	let table: Vec<u32> = (0..blocks as u32).rev().collect();
-	let mut pool = (adapter.is_some()).then(|| Cpu.pool(1536, 4096).unwrap());
+	let mut pool = adapter.map(|a| model.pool_for(&[a]).unwrap());
 	let resident = adapter.map(|a| model.upload_adapter(pool.as_mut().unwrap(), a).unwrap());
 	let with = pool.as_ref().zip(resident.as_ref());
 	let mut logits = model.prefill(&mut cache, prompt, 0, &table, with).unwrap();
@@ -184,6 +181,10 @@ fn bad_steps_get_clear_errors() {
 	assert!(matches!(foreign, Err(Error::Request(ref m)) if m.contains("block 7")));
 	assert!(kernels.prefill(&mut cache, &[], 0, &[0], None).is_err());
 	assert!(kernels.decode(&mut cache, &[], None).is_err());
+	// A block the attention would read before the new position, not only the one written.
+	let prefix = kernels.prefill(&mut cache, &[1], 4, &[9, 0], None);
+	assert!(matches!(prefix, Err(Error::Request(ref m)) if m.contains("block 9")), "{prefix:?}");
+	assert!(kernels.new_cache(0, BLOCK).is_err() && kernels.new_cache(2, 0).is_err());
 	let far = kernels.prefill(&mut cache, &[1], 300, &[0; 100], None);
 	assert!(matches!(far, Err(Error::Request(ref m)) if m.contains("loaded for")), "{far:?}");
 }

@@ -546,8 +546,13 @@ impl Backend for Cuda {
 		params: &[SamplingParams],
 		uniform: &[f32],
 	) -> KernelResult<Vec<Sampled>> {
-		let mut tokens = self.gpu.zeros::<u32>(params.len().max(1))?;
-		let mut logprobs = self.gpu.zeros::<f32>(params.len().max(1))?;
+		if params.is_empty() {
+			// The CPU reference's answer for no rows (after the same shape check).
+			sampling::check(logits.len(), vocab, params, uniform)?;
+			return Ok(Vec::new());
+		}
+		let mut tokens = self.gpu.zeros::<u32>(params.len())?;
+		let mut logprobs = self.gpu.zeros::<f32>(params.len())?;
 		gpu::sampling::sample(
 			&self.gpu,
 			logits,
@@ -562,7 +567,6 @@ impl Backend for Cuda {
 		Ok(tokens
 			.into_iter()
 			.zip(logprobs)
-			.take(params.len())
 			.map(|(token, logprob)| Sampled { token, logprob })
 			.collect())
 	}
