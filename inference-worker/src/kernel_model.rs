@@ -10,9 +10,9 @@
 //! token for each of a batch of sequences (paged decode attention), each sequence with its own
 //! adapter or none (multi-LoRA over the paged adapter pool).
 
-use std::{fs::File, io::BufReader, path::Path};
+use std::path::Path;
 
-use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::quantized::GgmlDType;
 use openledger_kernels::{
 	adapter_pool::{LoraPlan, PagedAdapter},
 	attention::{AttentionParams, KvLayout},
@@ -27,6 +27,7 @@ use crate::{
 	config::{LlamaConfig, RopeLayout},
 	error::{Error, Result},
 	lora::{LoraAdapter, Projection},
+	model::GgufReader,
 	tokenizer::Tokenizer,
 };
 
@@ -140,20 +141,6 @@ pub struct DecodeInput<'a> {
 	pub adapter: Option<&'a KernelAdapter>,
 }
 
-/// Reads a GGUF tensor's raw bytes.
-fn raw(
-	content: &gguf_file::Content,
-	reader: &mut BufReader<File>,
-	name: &str,
-) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
-	let tensor = content
-		.tensor(reader, name, &candle_core::Device::Cpu)
-		.map_err(|e| Error::Format(format!("tensor {name}: {e}")))?;
-	let dims = tensor.shape().dims().to_vec();
-	let bytes = tensor.data()?.into_owned();
-	Ok((tensor.dtype(), dims, bytes))
-}
-
 impl<B: Backend> KernelLlama<B> {
 	/// Loads a GGUF Llama/Mistral file onto `backend`, with rotary tables for `max_positions`
 	/// (`None`: the model's context length), and its tokenizer. Every projection must be stored
@@ -164,30 +151,23 @@ impl<B: Backend> KernelLlama<B> {
 		backend: B,
 		max_positions: Option<usize>,
 	) -> Result<(Self, Tokenizer)> {
-		let file = File::open(path)
-			.map_err(|e| Error::Format(format!("cannot open {}: {e}", path.display())))?;
-		let mut reader = BufReader::new(file);
-		let content = gguf_file::Content::read(&mut reader)
-			.map_err(|e| Error::Format(format!("{} is not a GGUF file: {e}", path.display())))?;
-		let config = LlamaConfig::from_gguf(&content.metadata)?;
-		let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
+		let (mut gguf, config, tokenizer) = GgufReader::open(path, &candle_core::Device::Cpu)?;
 		let max_positions = max_positions.unwrap_or(config.context_length);
 		if max_positions == 0 {
 			return Err(Error::Request("rotary tables for 0 positions".into()));
 		}
-		if content.tensor_infos.keys().any(|name| name.ends_with(".bias")) {
+		if gguf.content.tensor_infos.keys().any(|name| name.ends_with(".bias")) {
 			return Err(Error::Unsupported("the kernel path has no projection biases".into()));
 		}
-		let f32s = |reader: &mut BufReader<File>, name: &str| -> Result<B::Floats> {
-			let tensor = content
-				.tensor(reader, name, &candle_core::Device::Cpu)
-				.map_err(|e| Error::Format(format!("tensor {name}: {e}")))?;
-			let values =
-				tensor.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-			Ok(backend.floats(&values)?)
+		let f32s = |gguf: &mut GgufReader, name: &str| -> Result<B::Floats> {
+			Ok(backend.floats(&gguf.dense(name)?.flatten_all()?.to_vec1::<f32>()?)?)
 		};
-		let weight = |reader: &mut BufReader<File>, name: &str| -> Result<Weight<B>> {
-			let (dtype, dims, bytes) = raw(&content, reader, name)?;
+		let raw = |gguf: &mut GgufReader, name: &str| -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
+			let tensor = gguf.tensor(name)?;
+			Ok((tensor.dtype(), tensor.shape().dims().to_vec(), tensor.data()?.into_owned()))
+		};
+		let weight = |gguf: &mut GgufReader, name: &str| -> Result<Weight<B>> {
+			let (dtype, dims, bytes) = raw(gguf, name)?;
 			let format = format_of(dtype).ok_or_else(|| {
 				Error::Unsupported(format!("{name} is {dtype:?}, which the kernels do not read"))
 			})?;
@@ -207,26 +187,26 @@ impl<B: Backend> KernelLlama<B> {
 		for l in 0..config.num_layers {
 			let p = |s: &str| format!("blk.{l}.{s}.weight");
 			layers.push(Layer {
-				attn_norm: f32s(&mut reader, &p("attn_norm"))?,
-				ffn_norm: f32s(&mut reader, &p("ffn_norm"))?,
-				q: weight(&mut reader, &p("attn_q"))?,
-				k: weight(&mut reader, &p("attn_k"))?,
-				v: weight(&mut reader, &p("attn_v"))?,
-				o: weight(&mut reader, &p("attn_output"))?,
-				gate: weight(&mut reader, &p("ffn_gate"))?,
-				up: weight(&mut reader, &p("ffn_up"))?,
-				down: weight(&mut reader, &p("ffn_down"))?,
+				attn_norm: f32s(&mut gguf, &p("attn_norm"))?,
+				ffn_norm: f32s(&mut gguf, &p("ffn_norm"))?,
+				q: weight(&mut gguf, &p("attn_q"))?,
+				k: weight(&mut gguf, &p("attn_k"))?,
+				v: weight(&mut gguf, &p("attn_v"))?,
+				o: weight(&mut gguf, &p("attn_output"))?,
+				gate: weight(&mut gguf, &p("ffn_gate"))?,
+				up: weight(&mut gguf, &p("ffn_up"))?,
+				down: weight(&mut gguf, &p("ffn_down"))?,
 			});
 		}
-		let norm = f32s(&mut reader, "output_norm.weight")?;
-		let (dtype, _, embedding_bytes) = raw(&content, &mut reader, "token_embd.weight")?;
+		let norm = f32s(&mut gguf, "output_norm.weight")?;
+		let (dtype, _, embedding_bytes) = raw(&mut gguf, "token_embd.weight")?;
 		let embedding_format = format_of(dtype).ok_or_else(|| {
 			Error::Unsupported(format!("token_embd is {dtype:?}, which the kernels do not read"))
 		})?;
-		let lm_head = if content.tensor_infos.contains_key("output.weight") {
-			weight(&mut reader, "output.weight")?
+		let lm_head = if gguf.content.tensor_infos.contains_key("output.weight") {
+			weight(&mut gguf, "output.weight")?
 		} else {
-			weight(&mut reader, "token_embd.weight")?
+			weight(&mut gguf, "token_embd.weight")?
 		};
 		let (cos, sin) = rope_tables(&config, max_positions);
 		let rope_style = match config.rope_layout {
@@ -374,37 +354,26 @@ impl<B: Backend> KernelLlama<B> {
 		Ok(())
 	}
 
-	/// Checks that the blocks holding positions `0..=last` of a sequence with blocks `table` are
-	/// blocks of `cache` (the attention kernels read all of them).
-	fn check_table(cache: &KernelCache<B>, table: &[u32], last: usize) -> Result<()> {
-		let needed = last / cache.layout.block_size + 1;
-		let blocks = table.get(..needed).ok_or_else(|| {
+	/// The cache slots of `positions` in a sequence with blocks `table`, after checking that
+	/// every block holding positions `0..positions.end` is a block of `cache` (the attention
+	/// kernels read all of them, not only the ones written).
+	fn slots(
+		cache: &KernelCache<B>,
+		table: &[u32],
+		positions: std::ops::Range<usize>,
+	) -> Result<Vec<i64>> {
+		let bs = cache.layout.block_size;
+		let last = positions.end.saturating_sub(1);
+		let blocks = table.get(..last / bs + 1).ok_or_else(|| {
 			Error::Request(format!("position {last} is past the sequence's {} blocks", table.len()))
 		})?;
-		match blocks.iter().find(|&&b| b as usize >= cache.num_blocks) {
-			Some(block) => {
-				Err(Error::Request(format!("block {block} of a cache of {}", cache.num_blocks)))
-			}
-			None => Ok(()),
-		}
-	}
-
-	/// The cache slot of `position` in a sequence with blocks `table`.
-	fn slot(cache: &KernelCache<B>, table: &[u32], position: usize) -> Result<i64> {
-		let bs = cache.layout.block_size;
-		let block = *table.get(position / bs).ok_or_else(|| {
-			Error::Request(format!(
-				"position {position} is past the sequence's {} blocks",
-				table.len()
-			))
-		})?;
-		if block as usize >= cache.num_blocks {
+		if let Some(block) = blocks.iter().find(|&&b| b as usize >= cache.num_blocks) {
 			return Err(Error::Request(format!(
 				"block {block} of a cache of {}",
 				cache.num_blocks
 			)));
 		}
-		Ok(block as i64 * bs as i64 + (position % bs) as i64)
+		Ok(positions.map(|p| blocks[p / bs] as i64 * bs as i64 + (p % bs) as i64).collect())
 	}
 
 	/// The embedding rows of `tokens`, on the backend.
@@ -555,10 +524,8 @@ impl<B: Backend> KernelLlama<B> {
 			.checked_add(n - 1)
 			.ok_or_else(|| Error::Request(format!("a prefill at position {start}")))?;
 		self.check_positions(last)?;
-		Self::check_table(cache, table, last)?;
+		let slots = Self::slots(cache, table, start..last + 1)?;
 		let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
-		let slots =
-			(start..start + n).map(|p| Self::slot(cache, table, p)).collect::<Result<Vec<_>>>()?;
 		let table_buf = self.backend.words(table)?;
 		let params = self.attention_params();
 		let plans: Vec<(usize, &KernelAdapter)> = match adapter {
@@ -614,11 +581,10 @@ impl<B: Backend> KernelLlama<B> {
 		let mut plans = Vec::new();
 		for (i, s) in batch.iter().enumerate() {
 			self.check_positions(s.position)?;
-			Self::check_table(cache, s.table, s.position)?;
 			tables[i * max_blocks..i * max_blocks + s.table.len()].copy_from_slice(s.table);
 			tokens.push(s.token);
 			positions.push(s.position as u32);
-			slots.push(Self::slot(cache, s.table, s.position)?);
+			slots.extend(Self::slots(cache, s.table, s.position..s.position + 1)?);
 			lens.push(s.position as u32 + 1);
 			if let Some(adapter) = s.adapter {
 				if pool.is_none() {

@@ -370,14 +370,27 @@ trait WeightSource {
 }
 
 /// Reads the tensors of a GGUF file.
-struct GgufReader {
-	content: gguf_file::Content,
+pub(crate) struct GgufReader {
+	pub(crate) content: gguf_file::Content,
 	reader: BufReader<File>,
 	device: Device,
 }
 
 impl GgufReader {
-	fn tensor(&mut self, name: &str) -> Result<QTensor> {
+	/// Opens the GGUF file at `path`, its tensors to be read onto `device`, with the model
+	/// configuration and the tokenizer in its metadata.
+	pub(crate) fn open(path: &Path, device: &Device) -> Result<(Self, LlamaConfig, Tokenizer)> {
+		let file = File::open(path)
+			.map_err(|e| Error::Format(format!("cannot open {}: {e}", path.display())))?;
+		let mut reader = BufReader::new(file);
+		let content = gguf_file::Content::read(&mut reader)
+			.map_err(|e| Error::Format(format!("{} is not a GGUF file: {e}", path.display())))?;
+		let config = LlamaConfig::from_gguf(&content.metadata)?;
+		let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
+		Ok((Self { content, reader, device: device.clone() }, config, tokenizer))
+	}
+
+	pub(crate) fn tensor(&mut self, name: &str) -> Result<QTensor> {
 		self.content
 			.tensor(&mut self.reader, name, &self.device)
 			.map_err(|e| Error::Format(format!("tensor {name}: {e}")))
@@ -391,7 +404,7 @@ impl GgufReader {
 		}
 	}
 
-	fn dense(&mut self, name: &str) -> Result<Tensor> {
+	pub(crate) fn dense(&mut self, name: &str) -> Result<Tensor> {
 		Ok(self.tensor(name)?.dequantize(&self.device)?)
 	}
 }
@@ -525,14 +538,7 @@ impl Llama {
 		device: &Device,
 		format: WeightFormat,
 	) -> Result<(Self, Tokenizer)> {
-		let file = File::open(path)
-			.map_err(|e| Error::Format(format!("cannot open {}: {e}", path.display())))?;
-		let mut reader = BufReader::new(file);
-		let content = gguf_file::Content::read(&mut reader)
-			.map_err(|e| Error::Format(format!("{} is not a GGUF file: {e}", path.display())))?;
-		let config = LlamaConfig::from_gguf(&content.metadata)?;
-		let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
-		let mut gguf = GgufReader { content, reader, device: device.clone() };
+		let (mut gguf, config, tokenizer) = GgufReader::open(path, device)?;
 		let model = Self::build(config, &mut gguf, format, path, device)?;
 		Ok((model, tokenizer))
 	}
