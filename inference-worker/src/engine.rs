@@ -1,8 +1,10 @@
 //! Continuous batching: many requests, each with its own adapter or none, served together.
 //!
 //! Every [`Engine::step`] runs one batch through the model: the running sequences' next tokens
-//! (one each at decode, a chunk of the prompt at prefill) in a single
-//! [`Llama::forward_batch`]. Requests join at any step, as soon as their adapter is in memory
+//! (one each at decode, a chunk of the prompt at prefill) in a single [`Decoder::step`]. The
+//! model is any [`Decoder`]: the candle decoder ([`Llama`], the default) or the decoder
+//! composed of kernel calls (`KernelLlama`, on the CPU references or a GPU), whose adapters
+//! also have to be resident in its adapter pool. Requests join at any step, as soon as their adapter is in memory
 //! and the paged KV cache has room for their prompt, and leave as soon as they finish.
 //!
 //! - **Admission**: waiting requests are taken in arrival order, skipping those whose adapter
@@ -13,6 +15,11 @@
 //!   admitted sequence gives its blocks back and waits again; when readmitted it recomputes its
 //!   prompt and output so far (its full blocks are often still cached) and carries on exactly
 //!   where it was, sampler state included.
+//! - **Adapters**: an adapter is loaded (on the loader thread) the first time a request names
+//!   it and kept in the adapter cache, least recently used out first. A decoder with an adapter
+//!   pool uploads it the first step it serves and evicts others only for room; a request joins
+//!   a batch only while the batch's adapters fit the pool together, and one whose adapter
+//!   could never fit fails with a clear error.
 //! - **Overload**: at most `max_waiting` requests wait; more get [`Error::Overloaded`] at once.
 //! - **Failure**: a step that fails ends the requests of that batch with the error and frees
 //!   their blocks; the engine and every other request carry on.
@@ -25,6 +32,7 @@ use std::{
 
 use crate::{
 	adapter_cache::AdapterCache,
+	decoder::Decoder,
 	error::{Error, Result},
 	generate::{validate, Generation, GenerationRequest, Progress},
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
@@ -125,6 +133,15 @@ impl Sequence {
 	}
 }
 
+/// The name of `seq`'s adapter.
+fn adapter_name(seq: &Sequence) -> String {
+	match &seq.adapter {
+		AdapterState::Base => String::new(),
+		AdapterState::Loading(name) => name.clone(),
+		AdapterState::Ready(adapter) => adapter.name.clone(),
+	}
+}
+
 /// A finished request.
 #[derive(Debug)]
 pub struct Completion {
@@ -137,11 +154,12 @@ pub struct Completion {
 type LoadResult = (String, Result<Arc<LoraAdapter>>);
 
 /// Serves requests with continuous batching (see the module documentation).
-pub struct Engine {
-	model: Arc<Llama>,
+pub struct Engine<D: Decoder = Llama> {
+	model: Arc<D>,
 	tokenizer: Arc<Tokenizer>,
 	config: EngineConfig,
-	cache: PagedKvCache,
+	cache: PagedKvCache<D::Store>,
+	residency: D::Residency,
 	adapters: Arc<AdapterCache>,
 	registry: HashMap<String, PathBuf>,
 	waiting: VecDeque<Sequence>,
@@ -152,18 +170,20 @@ pub struct Engine {
 	stats: EngineStats,
 }
 
-impl Engine {
-	/// An engine serving `model`, with a KV cache and an adapter cache of the configured sizes,
-	/// and a loader thread for adapters.
-	pub fn new(model: Arc<Llama>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Self> {
+impl<D: Decoder> Engine<D> {
+	/// An engine serving `model`, with a KV cache and an adapter cache of the configured sizes
+	/// (and, for a decoder with an adapter pool, a pool of `adapter_bytes`), and a loader thread
+	/// for adapters.
+	pub fn new(model: Arc<D>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Self> {
 		if config.max_batch_tokens == 0 || config.max_running == 0 {
 			return Err(Error::Request(
 				"max_batch_tokens and max_running must be at least 1".into(),
 			));
 		}
 		let kv =
-			KvCacheConfig::for_budget(&model.config, config.block_size, config.kv_cache_bytes)?;
-		let cache = PagedKvCache::new(&model.config, kv, model.device())?;
+			KvCacheConfig::for_budget(model.config(), config.block_size, config.kv_cache_bytes)?;
+		let cache = model.kv_cache(kv)?;
+		let residency = model.residency(config.adapter_bytes)?;
 		let adapters =
 			Arc::new(AdapterCache::with_host_tier(config.adapter_bytes, config.adapter_host_bytes));
 		let (loads, load_rx) = mpsc::channel::<(String, PathBuf)>();
@@ -189,6 +209,7 @@ impl Engine {
 			tokenizer,
 			config,
 			cache,
+			residency,
 			adapters,
 			registry: HashMap::new(),
 			waiting: VecDeque::new(),
@@ -212,8 +233,13 @@ impl Engine {
 	}
 
 	/// The KV cache (for statistics).
-	pub fn kv_cache(&self) -> &PagedKvCache {
+	pub fn kv_cache(&self) -> &PagedKvCache<D::Store> {
 		&self.cache
+	}
+
+	/// The adapters resident where the decoder computes (for statistics).
+	pub fn residency(&self) -> &D::Residency {
+		&self.residency
 	}
 
 	/// What the engine has done so far.
@@ -249,7 +275,7 @@ impl Engine {
 			return Err(Error::Overloaded { queued: self.waiting.len() });
 		}
 		let prompt_tokens = self.tokenizer.encode(&request.prompt)?;
-		validate(&prompt_tokens, request.max_tokens, self.model.config.context_length)?;
+		validate(&prompt_tokens, request.max_tokens, self.model.max_sequence())?;
 		let blocks = self.cache.blocks_for(prompt_tokens.len() + request.max_tokens);
 		let capacity = self.cache.config().num_blocks;
 		if blocks > capacity {
@@ -360,14 +386,39 @@ impl Engine {
 		}
 	}
 
-	/// Admits waiting requests whose adapter is ready while the step has room.
-	fn admit(&mut self, budget: &mut usize) {
+	/// Admits waiting requests whose adapter is ready while the step has room (and, with an
+	/// adapter, while the batch's adapters fit the decoder's pool together). A request whose
+	/// adapter cannot fit the pool even alone fails.
+	fn admit(&mut self, budget: &mut usize, done: &mut Vec<Completion>) {
 		let mut i = 0;
 		while i < self.waiting.len() && *budget > 0 && self.running.len() < self.config.max_running
 		{
 			if matches!(self.waiting[i].adapter, AdapterState::Loading(_)) {
 				i += 1;
 				continue;
+			}
+			if let Some(adapter) = self.waiting[i].adapter() {
+				if !self.model.adapters_fit(&self.residency, &[adapter]) {
+					let Some(seq) = self.waiting.remove(i) else { break };
+					let error = Error::Adapter {
+						name: adapter_name(&seq),
+						reason: "larger than the decoder's whole adapter pool".into(),
+					};
+					done.push(Completion { id: seq.id, result: Err(error) });
+					self.stats.finished += 1;
+					continue;
+				}
+				let mut batch: Vec<&LoraAdapter> = vec![adapter];
+				for a in self.running.iter().filter_map(Sequence::adapter) {
+					if !batch.iter().any(|b| b.uid == a.uid) {
+						batch.push(a);
+					}
+				}
+				if !self.model.adapters_fit(&self.residency, &batch) {
+					// Its turn comes when adapters of the running batch leave.
+					i += 1;
+					continue;
+				}
 			}
 			let seq = &mut self.waiting[i];
 			seq.table = BlockTable::new(seq.salt());
@@ -397,7 +448,7 @@ impl Engine {
 		self.collect_loads(&mut done);
 		let mut budget = self.config.max_batch_tokens;
 		self.secure_running(&mut budget);
-		self.admit(&mut budget);
+		self.admit(&mut budget, &mut done);
 		if self.running.is_empty() {
 			return done;
 		}
@@ -414,7 +465,7 @@ impl Engine {
 					all_logits: false,
 				});
 			}
-			self.model.forward_batch(&mut self.cache, &mut inputs)
+			self.model.step(&mut self.cache, &mut self.residency, &mut inputs)
 		};
 		self.stats.steps += 1;
 		self.stats.tokens_computed += self.running.iter().map(|s| s.scheduled as u64).sum::<u64>();
@@ -440,11 +491,7 @@ impl Engine {
 				still_running.push(seq);
 				continue;
 			}
-			let sampled = logits
-				.squeeze(0)
-				.and_then(|l| l.to_vec1::<f32>())
-				.map_err(Error::from)
-				.and_then(|l| seq.progress.advance(&l, &self.tokenizer));
+			let sampled = seq.progress.advance(&logits, &self.tokenizer);
 			match sampled {
 				Ok(token) if !seq.progress.is_finished() => {
 					seq.pending.push(token);

@@ -10,7 +10,7 @@
 //! token for each of a batch of sequences (paged decode attention), each sequence with its own
 //! adapter or none (multi-LoRA over the paged adapter pool).
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use candle_core::quantized::GgmlDType;
 use openledger_kernels::{
@@ -26,7 +26,8 @@ use openledger_kernels::{
 use crate::{
 	config::{LlamaConfig, RopeLayout},
 	error::{Error, Result},
-	lora::{LoraAdapter, Projection},
+	kv_cache::{BlockId, KvStore},
+	lora::{AdapterFiles, LoraAdapter, Projection},
 	model::GgufReader,
 	tokenizer::Tokenizer,
 };
@@ -82,7 +83,8 @@ fn format_of(dtype: GgmlDType) -> Option<Format> {
 pub struct KernelLlama<B: Backend> {
 	/// Its hyper-parameters.
 	pub config: LlamaConfig,
-	backend: B,
+	/// Shared with its caches, which copy blocks on the backend.
+	backend: Arc<B>,
 	/// The token embeddings as stored (rows are dequantized on the host when looked up).
 	embeddings: (Format, Vec<u8>),
 	layers: Vec<Layer<B>>,
@@ -98,10 +100,30 @@ pub struct KernelLlama<B: Backend> {
 /// kv_heads, head_dim]` keys and values on the backend. Which blocks a sequence owns is the
 /// caller's (its block table); the kernels read and write through it.
 pub struct KernelCache<B: Backend> {
+	backend: Arc<B>,
 	layout: KvLayout,
 	num_blocks: usize,
 	k: Vec<B::Floats>,
 	v: Vec<B::Floats>,
+}
+
+impl<B: Backend> KvStore for KernelCache<B> {
+	fn copy_block(&mut self, from: BlockId, to: BlockId) -> Result<()> {
+		let len = self.layout.block_len();
+		for block in [from, to] {
+			if block as usize >= self.num_blocks {
+				return Err(Error::Request(format!(
+					"block {block} of a cache of {}",
+					self.num_blocks
+				)));
+			}
+		}
+		let (src, dst) = (from as usize * len, to as usize * len);
+		for buffer in self.k.iter_mut().chain(&mut self.v) {
+			self.backend.copy_within(buffer, src, dst, len)?;
+		}
+		Ok(())
+	}
 }
 
 impl<B: Backend> KernelCache<B> {
@@ -223,7 +245,7 @@ impl<B: Backend> KernelLlama<B> {
 			lm_head,
 			rope_style,
 			max_positions,
-			backend,
+			backend: Arc::new(backend),
 		};
 		Ok((model, tokenizer))
 	}
@@ -235,34 +257,54 @@ impl<B: Backend> KernelLlama<B> {
 			dir,
 			name,
 			&self.config,
-			|layer, p| {
-				let w = self.layers.get(layer)?.weight(p);
-				Some((w.cols, w.rows))
-			},
+			|layer, p| self.widths(layer, p),
 			&candle_core::Device::Cpu,
 		)
 	}
 
-	/// An adapter pool on the backend with room for `adapters`, its pages as wide as the
-	/// widest projection.
-	pub fn pool_for(&self, adapters: &[&LoraAdapter]) -> Result<B::Pool> {
+	/// Builds the adapter `name` for this model from its files (already in host memory),
+	/// checking every tensor against this model's projections. Its weights stay on the host
+	/// until [`KernelLlama::upload_adapter`] puts them in a pool.
+	pub fn adapter_from_files(&self, name: &str, files: &AdapterFiles) -> Result<LoraAdapter> {
+		LoraAdapter::from_files(
+			files,
+			name,
+			&self.config,
+			|layer, p| self.widths(layer, p),
+			&candle_core::Device::Cpu,
+		)
+	}
+
+	/// The (input, output) widths of projection `p` of layer `layer`.
+	fn widths(&self, layer: usize, p: Projection) -> Option<(usize, usize)> {
+		let w = self.layers.get(layer)?.weight(p);
+		Some((w.cols, w.rows))
+	}
+
+	/// Floats per adapter pool page: the widest projection's input or output.
+	pub fn page_len(&self) -> usize {
 		let c = &self.config;
-		let page_len = c
-			.hidden_size
+		c.hidden_size
 			.max(c.intermediate_size)
 			.max(c.num_heads * c.head_dim)
-			.max(c.num_kv_heads * c.head_dim);
-		let mut pages = 0usize;
-		for adapter in adapters {
-			for l in 0..c.num_layers {
-				for p in Projection::ALL {
-					pages += adapter.weights(l, p).map_or(0, |w| 2 * w.rank);
-				}
-			}
-		}
-		let pages = u32::try_from(pages.max(1))
-			.map_err(|_| Error::Request(format!("{pages} adapter pages are too many")))?;
-		Ok(self.backend.pool(page_len, pages)?)
+			.max(c.num_kv_heads * c.head_dim)
+	}
+
+	/// Pool pages `adapter` takes once uploaded (a page per rank row of each A and Bᵀ).
+	pub fn pages_of(adapter: &LoraAdapter) -> usize {
+		adapter.modules().map(|w| 2 * w.rank).sum()
+	}
+
+	/// An adapter pool on the backend of `num_pages` pages of [`KernelLlama::page_len`].
+	pub fn pool(&self, num_pages: usize) -> Result<B::Pool> {
+		let pages = u32::try_from(num_pages.max(1))
+			.map_err(|_| Error::Request(format!("{num_pages} adapter pages are too many")))?;
+		Ok(self.backend.pool(self.page_len(), pages)?)
+	}
+
+	/// An adapter pool on the backend with room for `adapters`.
+	pub fn pool_for(&self, adapters: &[&LoraAdapter]) -> Result<B::Pool> {
+		self.pool(adapters.iter().map(|a| Self::pages_of(a)).sum())
 	}
 
 	/// Columns of the logits (rows of the output projection).
@@ -299,7 +341,7 @@ impl<B: Backend> KernelLlama<B> {
 			k.push(self.backend.zeros(len)?);
 			v.push(self.backend.zeros(len)?);
 		}
-		Ok(KernelCache { layout, num_blocks, k, v })
+		Ok(KernelCache { backend: self.backend.clone(), layout, num_blocks, k, v })
 	}
 
 	/// Puts `adapter`'s weights into `pool` (pages of at least the widest projection).

@@ -12,8 +12,10 @@
 //! - A shared block is never written: a sequence about to append to a block it shares (after
 //!   [`PagedKvCache::fork`]) gets its own copy first (copy on write).
 //!
-//! On the CPU attention gathers a sequence's slots into contiguous tensors; the GPU kernels read
-//! the block tables directly. Both see the same pool layout.
+//! The bookkeeping is the same wherever the keys and values live (a [`KvStore`]): in candle
+//! tensors ([`TensorStore`]), where attention gathers a sequence's slots into contiguous
+//! tensors, or in a kernel backend's buffers, where the attention kernels read the block
+//! tables directly. Both see the same pool layout.
 
 use std::{
 	collections::{BTreeMap, HashMap},
@@ -222,24 +224,47 @@ impl BlockTable {
 	}
 }
 
+/// Where a [`PagedKvCache`]'s keys and values live: candle tensors ([`TensorStore`]) or a
+/// kernel backend's buffers (`kernel_model::KernelCache`).
+pub trait KvStore {
+	/// Copies block `from` over block `to`, in every layer (copy on write of a shared block).
+	fn copy_block(&mut self, from: BlockId, to: BlockId) -> Result<()>;
+}
+
+/// Keys and values in candle tensors: per layer, `[num_blocks * block_size, kv_heads *
+/// head_dim]` on the model's device.
+#[derive(Debug)]
+pub struct TensorStore {
+	block_size: usize,
+	width: usize,
+	/// Per layer: keys and values.
+	layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvStore for TensorStore {
+	fn copy_block(&mut self, from: BlockId, to: BlockId) -> Result<()> {
+		let bs = self.block_size;
+		for (k, v) in &self.layers {
+			for pool in [k, v] {
+				let rows = pool.narrow(0, from as usize * bs, bs)?.copy()?;
+				pool.slice_set(&rows, 0, to as usize * bs)?;
+			}
+		}
+		Ok(())
+	}
+}
+
 /// The pool of key/value blocks of every layer, and its allocator.
 #[derive(Debug)]
-pub struct PagedKvCache {
+pub struct PagedKvCache<S = TensorStore> {
 	config: KvCacheConfig,
-	width: usize,
-	/// Per layer: keys and values, `[num_blocks * block_size, kv_heads * head_dim]`.
-	layers: Vec<(Tensor, Tensor)>,
+	store: S,
 	allocator: BlockAllocator,
 }
 
-impl PagedKvCache {
+impl PagedKvCache<TensorStore> {
 	/// Allocates the pool for `model` on `device`.
 	pub fn new(model: &LlamaConfig, config: KvCacheConfig, device: &Device) -> Result<Self> {
-		if config.block_size == 0 || config.num_blocks == 0 {
-			return Err(Error::Request(
-				"the KV cache needs at least one block of one token".into(),
-			));
-		}
 		let width = model.num_kv_heads * model.head_dim;
 		let slots = config.num_blocks * config.block_size;
 		let layers = (0..model.num_layers)
@@ -250,7 +275,68 @@ impl PagedKvCache {
 				))
 			})
 			.collect::<Result<Vec<_>>>()?;
-		Ok(Self { config, width, layers, allocator: BlockAllocator::new(config.num_blocks) })
+		let store = TensorStore { block_size: config.block_size, width, layers };
+		Self::with_store(config, store)
+	}
+
+	/// Writes the keys and values (`[t, kv_width]`) of tokens `start..start + t` of `table` in
+	/// `layer` (the blocks must be reserved).
+	pub fn write(
+		&self,
+		layer: usize,
+		table: &BlockTable,
+		start: usize,
+		k: &Tensor,
+		v: &Tensor,
+	) -> Result<()> {
+		let (t, width) = k.dims2()?;
+		if width != self.store.width || start + t > table.blocks.len() * self.config.block_size {
+			return Err(Error::Request(format!(
+				"cannot write {t} tokens of width {width} at {start}: the table holds {} blocks",
+				table.blocks.len()
+			)));
+		}
+		let (pool_k, pool_v) = &self.store.layers[layer];
+		let bs = self.config.block_size;
+		let mut i = 0;
+		while i < t {
+			let pos = start + i;
+			let run = (bs - pos % bs).min(t - i);
+			let slot = table.blocks[pos / bs] as usize * bs + pos % bs;
+			pool_k.slice_set(&k.narrow(0, i, run)?.contiguous()?, 0, slot)?;
+			pool_v.slice_set(&v.narrow(0, i, run)?.contiguous()?, 0, slot)?;
+			i += run;
+		}
+		Ok(())
+	}
+
+	/// The keys and values of `layer` at `slots` (see [`PagedKvCache::slots`]), `[n, kv_width]`.
+	pub fn gather(&self, layer: usize, slots: &Tensor) -> Result<(Tensor, Tensor)> {
+		let (k, v) = &self.store.layers[layer];
+		Ok((k.index_select(slots, 0)?, v.index_select(slots, 0)?))
+	}
+}
+
+impl<S: KvStore> PagedKvCache<S> {
+	/// A pool of `config.num_blocks` blocks whose keys and values live in `store` (which must
+	/// hold that many blocks of `config.block_size` tokens).
+	pub fn with_store(config: KvCacheConfig, store: S) -> Result<Self> {
+		if config.block_size == 0 || config.num_blocks == 0 {
+			return Err(Error::Request(
+				"the KV cache needs at least one block of one token".into(),
+			));
+		}
+		Ok(Self { config, store, allocator: BlockAllocator::new(config.num_blocks) })
+	}
+
+	/// Where the keys and values live.
+	pub fn store(&self) -> &S {
+		&self.store
+	}
+
+	/// Where the keys and values live, to write them.
+	pub fn store_mut(&mut self) -> &mut S {
+		&mut self.store
 	}
 
 	/// Its size.
@@ -323,11 +409,9 @@ impl PagedKvCache {
 						.allocator
 						.allocate()
 						.ok_or(Error::CacheFull { needed, available: 0 })?;
-					for (k, v) in &self.layers {
-						for pool in [k, v] {
-							let rows = pool.narrow(0, *last as usize * bs, bs)?.copy()?;
-							pool.slice_set(&rows, 0, copy as usize * bs)?;
-						}
+					if let Err(e) = self.store.copy_block(*last, copy) {
+						self.allocator.release(copy);
+						return Err(e);
 					}
 					self.allocator.release(*last);
 					*last = copy;
@@ -346,43 +430,6 @@ impl PagedKvCache {
 	pub fn slots(&self, table: &BlockTable, from: usize, to: usize) -> Vec<u32> {
 		let bs = self.config.block_size;
 		(from..to).map(|i| table.blocks[i / bs] * bs as u32 + (i % bs) as u32).collect()
-	}
-
-	/// Writes the keys and values (`[t, kv_width]`) of tokens `start..start + t` of `table` in
-	/// `layer` (the blocks must be reserved).
-	pub fn write(
-		&self,
-		layer: usize,
-		table: &BlockTable,
-		start: usize,
-		k: &Tensor,
-		v: &Tensor,
-	) -> Result<()> {
-		let (t, width) = k.dims2()?;
-		if width != self.width || start + t > table.blocks.len() * self.config.block_size {
-			return Err(Error::Request(format!(
-				"cannot write {t} tokens of width {width} at {start}: the table holds {} blocks",
-				table.blocks.len()
-			)));
-		}
-		let (pool_k, pool_v) = &self.layers[layer];
-		let bs = self.config.block_size;
-		let mut i = 0;
-		while i < t {
-			let pos = start + i;
-			let run = (bs - pos % bs).min(t - i);
-			let slot = table.blocks[pos / bs] as usize * bs + pos % bs;
-			pool_k.slice_set(&k.narrow(0, i, run)?.contiguous()?, 0, slot)?;
-			pool_v.slice_set(&v.narrow(0, i, run)?.contiguous()?, 0, slot)?;
-			i += run;
-		}
-		Ok(())
-	}
-
-	/// The keys and values of `layer` at `slots` (see [`PagedKvCache::slots`]), `[n, kv_width]`.
-	pub fn gather(&self, layer: usize, slots: &Tensor) -> Result<(Tensor, Tensor)> {
-		let (k, v) = &self.layers[layer];
-		Ok((k.index_select(slots, 0)?, v.index_select(slots, 0)?))
 	}
 
 	/// Records that `tokens` were written at the end of `table`, registering each block they
@@ -473,7 +520,7 @@ mod tests {
 	#[test]
 	fn written_rows_are_gathered_back_across_block_boundaries() {
 		let mut c = cache(4, 3);
-		let width = c.width;
+		let width = c.store.width;
 		let mut table = BlockTable::new(0);
 		c.reserve(&mut table, 5).unwrap();
 		let (k, v) = (rows(5, width, 0.0), rows(5, width, 1000.0));
@@ -523,7 +570,7 @@ mod tests {
 	#[test]
 	fn a_forked_sequence_copies_the_shared_block_before_writing_it() {
 		let mut c = cache(4, 4);
-		let width = c.width;
+		let width = c.store.width;
 		let mut parent = BlockTable::new(0);
 		c.reserve(&mut parent, 3).unwrap();
 		let k = rows(3, width, 0.0);

@@ -2,7 +2,8 @@
 //!
 //! - [`model`]: the decoder, over quantized GGUF or dense weights, with adapters applied
 //!   unmerged on top of the shared base weights.
-//! - [`engine`]: continuous batching of many requests with different adapters.
+//! - [`engine`]: continuous batching of many requests with different adapters, over any
+//!   [`decoder::Decoder`].
 //! - [`kernel_model`]: the same decoder composed of `openledger_kernels` calls, on the CPU
 //!   references or, with a GPU, the CUDA kernels (weights, KV cache and adapters on the device).
 //! - [`kv_cache`]: the paged key/value cache shared by all sequences, with prefix sharing.
@@ -15,6 +16,7 @@
 pub mod adapter_cache;
 pub mod chat;
 pub mod config;
+pub mod decoder;
 pub mod engine;
 pub mod error;
 pub mod generate;

@@ -331,6 +331,11 @@ impl LoraAdapter {
 	pub fn module_count(&self) -> usize {
 		self.layers.iter().map(HashMap::len).sum()
 	}
+
+	/// The weights of every module the adapter targets.
+	pub fn modules(&self) -> impl Iterator<Item = &LoraWeights> {
+		self.layers.iter().flat_map(HashMap::values)
+	}
 }
 
 /// `base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight` → `(i, proj,

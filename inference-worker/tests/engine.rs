@@ -1,15 +1,20 @@
 //! Continuous batching on the real model: requests joining and leaving at every step, chunked
 //! prefill, preemption when the KV cache runs out, the "overloaded" error, and a thousand
-//! distinct adapters in one run — each request getting what it gets when served alone.
+//! distinct adapters in one run — each request getting what it gets when served alone. The
+//! same scheduler over the decoder composed of kernel calls (CPU references), with an adapter
+//! pool too small for every adapter at once.
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use candle_core::Device;
 use openledger_inference_worker::{
+	config::LlamaConfig,
+	decoder::Decoder,
 	engine::{Completion, Engine, EngineConfig},
 	error::Error,
-	generate::{generate, Generation, GenerationRequest},
-	kv_cache::KvCacheConfig,
+	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
+	kernel_model::KernelLlama,
+	kv_cache::{BlockTable, KvCacheConfig},
 	lora::{
 		synthetic::{self, SyntheticAdapter},
 		Projection,
@@ -19,6 +24,7 @@ use openledger_inference_worker::{
 	sampling::SamplingParams,
 	tokenizer::Tokenizer,
 };
+use openledger_kernels::backend::Cpu;
 
 fn load(format: WeightFormat) -> (Arc<Llama>, Arc<Tokenizer>) {
 	let path = models::smollm2_gguf();
@@ -38,6 +44,28 @@ fn write_adapter(model: &Llama, dir: &Path, seed: u64, rank: usize, targets: &[P
 		alpha_pattern: BTreeMap::new(),
 	};
 	synthetic::write(&spec, &model.config, dir).unwrap();
+}
+
+/// Adapters a, b and c: (name, seed, rank, targets).
+const ADAPTERS: [(&str, u64, usize, &[Projection]); 3] = [
+	("a", 1, 8, &[Projection::Q, Projection::V, Projection::Down]),
+	("b", 2, 4, &Projection::ALL),
+	("c", 3, 8, &[Projection::K, Projection::O, Projection::Up]),
+];
+
+/// Writes each of `specs` into a folder of `root` named after it; returns the folders by name.
+fn write_adapters(
+	model: &Llama,
+	root: &Path,
+	specs: &[(&str, u64, usize, &[Projection])],
+) -> BTreeMap<String, std::path::PathBuf> {
+	let mut dirs = BTreeMap::new();
+	for &(name, seed, rank, targets) in specs {
+		let dir = root.join(name);
+		write_adapter(model, &dir, seed, rank, targets);
+		dirs.insert(name.to_string(), dir);
+	}
+	dirs
 }
 
 fn request(prompt: &str, max_tokens: usize) -> GenerationRequest {
@@ -98,46 +126,35 @@ const PROMPTS: [&str; 6] = [
 	"1, 2, 3, 4, 5,",
 ];
 
-#[test]
-fn continuous_batching_with_chunked_prefill_and_preemption_matches_serving_alone() {
-	let (model, tokenizer) = load(WeightFormat::AsStored);
-	let root = tempfile::tempdir().unwrap();
-	let mut dirs = BTreeMap::new();
-	for (name, seed, rank, targets) in [
-		("a", 1, 8, vec![Projection::Q, Projection::V, Projection::Down]),
-		("b", 2, 4, Projection::ALL.to_vec()),
-	] {
-		let dir = root.path().join(name);
-		write_adapter(&model, &dir, seed, rank, &targets);
-		dirs.insert(name.to_string(), dir);
-	}
-	let adapters = [None, Some("a"), Some("b"), None, Some("a"), Some("b")];
-
-	// Small steps (prompts are prefilled in chunks) and a KV cache of 12 blocks of 4 tokens:
-	// the requests cannot all be cached at once, so some are preempted and recomputed.
-	let per_block = KvCacheConfig::bytes_per_block(&model.config, 4);
-	let config = EngineConfig {
-		kv_cache_bytes: 12 * per_block,
+/// Steps of at most 10 tokens (prompts are prefilled in chunks) and 4 sequences, a KV cache of
+/// `blocks` blocks of 4 tokens, `adapter_bytes` for adapters and no host tier.
+fn small_config(model: &LlamaConfig, blocks: usize, adapter_bytes: usize) -> EngineConfig {
+	EngineConfig {
+		kv_cache_bytes: blocks * KvCacheConfig::bytes_per_block(model, 4),
 		block_size: 4,
 		max_batch_tokens: 10,
 		max_running: 4,
 		max_waiting: 16,
-		adapter_bytes: 64 << 20,
+		adapter_bytes,
 		adapter_host_bytes: 0,
-	};
-	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
-	for (name, dir) in &dirs {
-		engine.register_adapter(name.clone(), dir.clone());
 	}
+}
+
+/// Serves [`PROMPTS`] (request `i` with `adapters[i]`) on `engine`: half of them first, the
+/// rest after `steps` steps, while those run. Returns the requests and what each got.
+fn serve_staggered<D: Decoder>(
+	engine: &mut Engine<D>,
+	adapters: &[Option<&str>; 6],
+	steps: usize,
+) -> Vec<(GenerationRequest, Generation)> {
 	let requests: Vec<GenerationRequest> =
 		PROMPTS.iter().enumerate().map(|(i, p)| request(p, 6 + i % 3)).collect();
-	// Half the requests arrive first, the rest while those are running.
 	let mut ids = Vec::new();
 	for i in 0..3 {
 		ids.push(engine.submit(&requests[i], adapters[i]).unwrap());
 	}
 	let mut completions = Vec::new();
-	for _ in 0..4 {
+	for _ in 0..steps {
 		completions.extend(engine.step());
 	}
 	assert!(engine.running() > 0, "requests are running when the others arrive");
@@ -145,27 +162,41 @@ fn continuous_batching_with_chunked_prefill_and_preemption_matches_serving_alone
 		ids.push(engine.submit(&requests[i], adapters[i]).unwrap());
 	}
 	completions.extend(engine.run_to_completion());
-	let results = by_id(completions);
+	let mut results = by_id(completions);
 	assert_eq!(results.len(), PROMPTS.len());
-	for (i, id) in ids.iter().enumerate() {
-		let want = solo(&model, &tokenizer, adapters[i], &requests[i], &dirs);
-		assert_same(
-			&results[id],
-			&want,
-			&format!("request {i} ({:?})", adapters[i]),
-			QUANTIZED_TOL,
-		);
-	}
-	let stats = engine.stats();
-	assert!(stats.preemptions > 0, "the small cache forced preemptions: {stats:?}");
-	assert!(stats.steps < 60, "requests shared steps: {stats:?}");
-	assert_eq!(stats.finished, PROMPTS.len() as u64);
+	assert_eq!(engine.stats().finished, PROMPTS.len() as u64);
 	let cache = engine.kv_cache();
 	assert_eq!(
 		cache.available_blocks(),
 		cache.config().num_blocks,
 		"every block is back (cached or free)"
 	);
+	requests.into_iter().zip(ids).map(|(r, id)| (r, results.remove(&id).unwrap())).collect()
+}
+
+#[test]
+fn continuous_batching_with_chunked_prefill_and_preemption_matches_serving_alone() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let dirs = write_adapters(&model, root.path(), &ADAPTERS[..2]);
+	let adapters = [None, Some("a"), Some("b"), None, Some("a"), Some("b")];
+
+	// A KV cache of 12 blocks of 4 tokens: the requests cannot all be cached at once, so some
+	// are preempted and recomputed.
+	let config = small_config(&model.config, 12, 64 << 20);
+	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
+	for (name, dir) in &dirs {
+		engine.register_adapter(name.clone(), dir.clone());
+	}
+	// Half the requests arrive first, the rest while those are running.
+	let served = serve_staggered(&mut engine, &adapters, 4);
+	for (i, (req, got)) in served.iter().enumerate() {
+		let want = solo(&model, &tokenizer, adapters[i], req, &dirs);
+		assert_same(got, &want, &format!("request {i} ({:?})", adapters[i]), QUANTIZED_TOL);
+	}
+	let stats = engine.stats();
+	assert!(stats.preemptions > 0, "the small cache forced preemptions: {stats:?}");
+	assert!(stats.steps < 60, "requests shared steps: {stats:?}");
 }
 
 #[test]
@@ -298,4 +329,130 @@ fn a_thousand_distinct_adapters_in_one_run() {
 		engine.stats().steps,
 		stats
 	);
+}
+
+/// Log-probability difference allowed on the kernel decoder between serving in a batch and
+/// alone: a prompt prefilled in chunks, or recomputed after a preemption by prefill where it was
+/// decoded, caches keys summed in other orders (measured in `tests/kernel_model.rs`: 1e-4 on
+/// the logits at most).
+const KERNEL_TOL: f32 = 1e-4;
+
+fn load_kernels() -> (Arc<KernelLlama<Cpu>>, Arc<Tokenizer>) {
+	let path = models::smollm2_gguf();
+	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
+	let (model, tokenizer) = KernelLlama::from_gguf(&path, Cpu, Some(512)).unwrap();
+	(Arc::new(model), Arc::new(tokenizer))
+}
+
+/// The engine over the kernel decoder: requests with three adapters and none, a KV cache of 8
+/// blocks of 4 tokens (preemptions), prompts prefilled in chunks beside decoding sequences, and
+/// an adapter pool that holds two of the adapters but not the three, so adapters are evicted
+/// from it and uploaded again — and every request gets what it gets alone.
+#[test]
+fn the_engine_on_the_kernel_decoder_serves_what_each_request_gets_alone() {
+	let (model, tokenizer) = load_kernels();
+	let (dense, _) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let dirs = write_adapters(&dense, root.path(), &ADAPTERS);
+	let loaded: BTreeMap<&str, _> =
+		dirs.iter().map(|(n, d)| (n.as_str(), model.load_adapter(d, Some(n)).unwrap())).collect();
+	// Room in the pool for the two largest together, never for all three.
+	let mut sizes: Vec<usize> = loaded.values().map(KernelLlama::<Cpu>::pages_of).collect();
+	sizes.sort_unstable();
+	let pool_pages = sizes[1] + sizes[2];
+	assert!(pool_pages < sizes.iter().sum::<usize>());
+	let config = small_config(&model.config, 8, pool_pages * model.page_len() * 4);
+	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
+	assert_eq!(engine.residency().num_pages(), pool_pages);
+	for (name, dir) in &dirs {
+		engine.register_adapter(name.clone(), dir.clone());
+	}
+	let adapters = [None, Some("a"), Some("b"), Some("c"), Some("a"), Some("c")];
+	let served = serve_staggered(&mut engine, &adapters, 3);
+	for (i, (req, got)) in served.iter().enumerate() {
+		let adapter = adapters[i].map(|n| &loaded[n]);
+		let want = generate_with_kernels(&model, &tokenizer, adapter, req).unwrap();
+		assert_same(got, &want, &format!("request {i} ({:?})", adapters[i]), KERNEL_TOL);
+	}
+	let stats = engine.stats();
+	assert!(stats.preemptions > 0, "the small cache forced preemptions: {stats:?}");
+	let pool = engine.residency();
+	assert!(pool.evictions() > 0, "three adapters went through a pool for two");
+	assert!(pool.uploads() > 3, "evicted adapters were uploaded again");
+	assert!(pool.resident() <= 2);
+}
+
+/// A request whose adapter is larger than the whole pool fails with the adapter's name; the
+/// others are served.
+#[test]
+fn the_kernel_engine_refuses_an_adapter_larger_than_its_pool() {
+	let (model, tokenizer) = load_kernels();
+	let (dense, _) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let (small, big) = (root.path().join("small"), root.path().join("big"));
+	write_adapter(&dense, &small, 1, 1, &[Projection::Q]);
+	write_adapter(&dense, &big, 2, 16, &[Projection::Q]);
+	let small_pages = KernelLlama::<Cpu>::pages_of(&model.load_adapter(&small, None).unwrap());
+	let big_adapter = model.load_adapter(&big, None).unwrap();
+	// Room in host memory for the big one's weights, not in the pool for its pages.
+	let config = EngineConfig { adapter_bytes: 4 << 20, ..EngineConfig::default() };
+	let page_bytes = model.page_len() * 4;
+	let big_pool_bytes = KernelLlama::<Cpu>::pages_of(&big_adapter) * page_bytes;
+	assert!(big_adapter.size_bytes < config.adapter_bytes && config.adapter_bytes < big_pool_bytes);
+	assert!(2 * small_pages * page_bytes < config.adapter_bytes);
+	let mut engine = Engine::new(model.clone(), tokenizer, config).unwrap();
+	engine.register_adapter("small", &small);
+	engine.register_adapter("big", &big);
+	let req = request("The capital of France is", 2);
+	let big_id = engine.submit(&req, Some("big")).unwrap();
+	let small_id = engine.submit(&req, Some("small")).unwrap();
+	let base_id = engine.submit(&req, None).unwrap();
+	let mut results: BTreeMap<u64, _> =
+		engine.run_to_completion().into_iter().map(|c| (c.id, c.result)).collect();
+	match results.remove(&big_id) {
+		Some(Err(Error::Adapter { name, reason })) => {
+			assert_eq!(name, "big");
+			assert!(reason.contains("adapter pool"), "{reason}");
+		}
+		other => panic!("the big adapter's request gave {other:?}"),
+	}
+	assert_eq!(results.remove(&small_id).unwrap().unwrap().tokens.len(), 2);
+	assert_eq!(results.remove(&base_id).unwrap().unwrap().tokens.len(), 2);
+	assert_eq!(engine.residency().resident(), 1, "the small adapter stays resident");
+}
+
+/// Copy on write in the kernel decoder's cache: a forked sequence that appends to a shared,
+/// partly filled block gets its own copy of it (on the backend), and both sequences then run
+/// as the original would have alone.
+#[test]
+fn a_forked_sequence_copies_the_shared_block_it_writes_on_the_kernel_decoder() {
+	let (model, tokenizer) = load_kernels();
+	let mut cache = model.kv_cache(KvCacheConfig { block_size: 4, num_blocks: 8 }).unwrap();
+	let mut residency = model.residency(1 << 20).unwrap();
+	let prompt = tokenizer.encode("Copy on write keeps forks apart").unwrap();
+	assert!(prompt.len() % 4 != 0, "the prompt ends inside a block");
+	let mut step = |cache: &mut _, table: &mut BlockTable, tokens: &[u32]| {
+		let mut batch = [openledger_inference_worker::model::SequenceInput {
+			tokens,
+			table,
+			adapter: None,
+			all_logits: false,
+		}];
+		model.step(cache, &mut residency, &mut batch).unwrap().remove(0)
+	};
+	let mut original = BlockTable::new(0);
+	step(&mut cache, &mut original, &prompt);
+	let mut fork = cache.fork(&original);
+	let shared = *original.blocks().last().unwrap();
+	// The fork writes first: it gets a copy of the shared block, the original keeps its own.
+	let forked = step(&mut cache, &mut fork, &[42]);
+	assert_ne!(*fork.blocks().last().unwrap(), shared, "the fork writes to a copy");
+	assert_eq!(*original.blocks().last().unwrap(), shared);
+	let then = step(&mut cache, &mut original, &[42]);
+	assert_eq!(forked, then, "the fork read the prompt's keys from its copy");
+	// Against a sequence that never shared anything.
+	let mut alone = BlockTable::new(0);
+	step(&mut cache, &mut alone, &prompt);
+	let want = step(&mut cache, &mut alone, &[42]);
+	assert_eq!(then, want);
 }

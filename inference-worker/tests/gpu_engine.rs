@@ -1,15 +1,18 @@
 //! The kernel decoder on the GPU against the same decoder on the CPU references, on the real
 //! model (its Q4_1/Q8_0 blocks uploaded as stored) and an adapter on every projection: prefill,
 //! a second prefill chunk, batched decode steps with different adapters, and on-device greedy
-//! sampling.
+//! sampling. Then the continuous-batching engine over the GPU decoder (KV cache and adapter
+//! pool on the device): each request as it comes out alone.
 //!
 //! A plain `main` (harness = false) so that a skip is printed whatever the runner captures:
 //! without a CUDA device the steps run on the CPU references only, and it says so.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use candle_core::Device;
 use openledger_inference_worker::{
+	engine::{Engine, EngineConfig},
+	generate::{generate_with_kernels, GenerationRequest},
 	kernel_model::{DecodeInput, KernelLlama},
 	lora::{
 		synthetic::{self, SyntheticAdapter},
@@ -163,5 +166,41 @@ fn main() -> anyhow::Result<()> {
 		anyhow::ensure!(diff <= TOL, "step {step}: GPU and CPU logits differ by {diff}");
 	}
 	println!("ok: GPU and CPU agree within {TOL} over {} steps", got.len());
+
+	// The engine over the GPU decoder: requests with either adapter or none in one batch.
+	let cuda = Arc::new(cuda);
+	let config = EngineConfig {
+		kv_cache_bytes: 64 << 20,
+		adapter_bytes: 256 << 20,
+		..EngineConfig::default()
+	};
+	let mut engine = Engine::new(cuda.clone(), Arc::new(tokenizer.clone()), config)?;
+	let names = ["adapter-1", "adapter-2"];
+	for name in names {
+		engine.register_adapter(name, dir.path().join(name));
+	}
+	let prompts = ["The capital of France is", "Write a haiku about LoRA", "1, 2, 3,"];
+	let mut submitted = Vec::new();
+	for (i, prompt) in prompts.iter().cycle().take(9).enumerate() {
+		let request = GenerationRequest {
+			prompt: prompt.to_string(),
+			max_tokens: 8,
+			sampling: Default::default(),
+			stop: vec![],
+		};
+		let adapter = [None, Some(0), Some(1)][i % 3];
+		submitted.push((engine.submit(&request, adapter.map(|a| names[a]))?, adapter, request));
+	}
+	let mut results: BTreeMap<u64, _> =
+		engine.run_to_completion().into_iter().map(|c| (c.id, c.result)).collect();
+	for (id, adapter, request) in submitted {
+		let got = results.remove(&id).ok_or_else(|| anyhow::anyhow!("request {id} lost"))??;
+		let want =
+			generate_with_kernels(&cuda, &tokenizer, adapter.map(|a| &adapters[a]), &request)?;
+		anyhow::ensure!(got.tokens == want.tokens, "request {id}: the engine's tokens differ");
+		let diff = max_diff(&got.logprobs, &want.logprobs);
+		anyhow::ensure!(diff <= TOL, "request {id}: log-probabilities differ by {diff}");
+	}
+	println!("ok: the engine on the GPU serves 9 requests as each is served alone");
 	Ok(())
 }

@@ -56,6 +56,15 @@ pub trait Backend {
 	fn slots(&self, host: &[i64]) -> KernelResult<Self::Slots>;
 	/// `buffer`'s values, on the host.
 	fn read(&self, buffer: &Self::Floats) -> KernelResult<Vec<f32>>;
+	/// Copies `len` values of `buffer` from `src` to `dst` (the ranges must not overlap): the
+	/// copy of a shared KV cache block before it is written.
+	fn copy_within(
+		&self,
+		buffer: &mut Self::Floats,
+		src: usize,
+		dst: usize,
+		len: usize,
+	) -> KernelResult<()>;
 
 	/// `y [n, rows] = x [n, cols] · Wᵀ` for `W` `rows × cols` in `format`.
 	#[allow(clippy::too_many_arguments)]
@@ -168,6 +177,8 @@ pub trait Backend {
 	) -> KernelResult<PagedAdapter>;
 	/// Gives an adapter's pages back.
 	fn release_adapter(&self, pool: &mut Self::Pool, adapter: &PagedAdapter) -> KernelResult<()>;
+	/// Pages of `pool` not holding an adapter.
+	fn free_pages(&self, pool: &Self::Pool) -> usize;
 	/// `y += x · Aᵀ · (s·Bᵀ)` on the rows `plan` names, each with its adapter.
 	fn add_lora(
 		&self,
@@ -178,6 +189,18 @@ pub trait Backend {
 		y: &mut Self::Floats,
 		out_dim: usize,
 	) -> KernelResult<()>;
+}
+
+/// Checks a [`Backend::copy_within`] of `len` values from `src` to `dst` in a buffer of
+/// `buffer_len`: both ranges inside it, and apart.
+fn check_copy(buffer_len: usize, src: usize, dst: usize, len: usize) -> Result<(), ShapeError> {
+	let inside = |at: usize| at.checked_add(len).is_some_and(|end| end <= buffer_len);
+	if !inside(src) || !inside(dst) || (src < dst + len && dst < src + len && len > 0) {
+		return Err(ShapeError(format!(
+			"copy of {len} values from {src} to {dst} in a buffer of {buffer_len}"
+		)));
+	}
+	Ok(())
 }
 
 /// The CPU references, over host vectors.
@@ -213,6 +236,17 @@ impl Backend for Cpu {
 	}
 	fn slots(&self, host: &[i64]) -> KernelResult<Vec<i64>> {
 		Ok(host.to_vec())
+	}
+	fn copy_within(
+		&self,
+		buffer: &mut Vec<f32>,
+		src: usize,
+		dst: usize,
+		len: usize,
+	) -> KernelResult<()> {
+		check_copy(buffer.len(), src, dst, len)?;
+		buffer.copy_within(src..src + len, dst);
+		Ok(())
 	}
 	fn read(&self, buffer: &Vec<f32>) -> KernelResult<Vec<f32>> {
 		Ok(buffer.clone())
@@ -379,6 +413,9 @@ impl Backend for Cpu {
 	fn release_adapter(&self, pool: &mut CpuPool, adapter: &PagedAdapter) -> KernelResult<()> {
 		Ok(pool.pages.release(&adapter.pages)?)
 	}
+	fn free_pages(&self, pool: &CpuPool) -> usize {
+		pool.pages.free_pages()
+	}
 	fn add_lora(
 		&self,
 		pool: &CpuPool,
@@ -436,6 +473,23 @@ impl Backend for Cuda {
 	}
 	fn read(&self, buffer: &CudaSlice<f32>) -> KernelResult<Vec<f32>> {
 		Ok(self.gpu.download(buffer)?)
+	}
+	fn copy_within(
+		&self,
+		buffer: &mut CudaSlice<f32>,
+		src: usize,
+		dst: usize,
+		len: usize,
+	) -> KernelResult<()> {
+		check_copy(buffer.len(), src, dst, len)?;
+		// Through a scratch buffer: a view to read and one to write of the same allocation
+		// cannot be borrowed together. Only copy-on-write of a shared block comes here.
+		let stream = self.gpu.stream();
+		let scratch = stream.clone_dtod(&buffer.slice(src..src + len)).map_err(GpuError::from)?;
+		stream
+			.memcpy_dtod(&scratch, &mut buffer.slice_mut(dst..dst + len))
+			.map_err(GpuError::from)?;
+		Ok(())
 	}
 
 	fn gemv(
@@ -587,6 +641,9 @@ impl Backend for Cuda {
 	fn release_adapter(&self, pool: &mut Self::Pool, adapter: &PagedAdapter) -> KernelResult<()> {
 		Ok(pool.release(adapter)?)
 	}
+	fn free_pages(&self, pool: &Self::Pool) -> usize {
+		pool.free_pages()
+	}
 	fn add_lora(
 		&self,
 		pool: &Self::Pool,
@@ -603,5 +660,33 @@ impl Backend for Cuda {
 		let mut shrunk = self.gpu.zeros::<f32>(plan.rows * plan.max_rank)?;
 		gpu::lora::shrink(&self.gpu, pool, &device_plan, x, in_dim, &mut shrunk)?;
 		Ok(gpu::lora::expand(&self.gpu, pool, &device_plan, &shrunk, y, out_dim)?)
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	#[test]
+	fn copy_within_copies_one_range_and_refuses_overlaps_and_overruns() {
+		let mut buffer: Vec<f32> = (0..10).map(|i| i as f32).collect();
+		Cpu.copy_within(&mut buffer, 1, 6, 3).unwrap();
+		assert_eq!(buffer, [0., 1., 2., 3., 4., 5., 1., 2., 3., 9.]);
+		for (src, dst, len) in [(0, 2, 3), (2, 0, 3), (8, 0, 3), (0, 8, 3), (usize::MAX, 0, 2)] {
+			let before = buffer.clone();
+			assert!(Cpu.copy_within(&mut buffer, src, dst, len).is_err(), "{src}->{dst} x{len}");
+			assert_eq!(buffer, before, "a refused copy changes nothing");
+		}
+		Cpu.copy_within(&mut buffer, 3, 3, 0).unwrap();
+	}
+
+	#[test]
+	fn free_pages_counts_what_adapters_hold() {
+		let mut pool = Cpu.pool(8, 10).unwrap();
+		assert_eq!(Cpu.free_pages(&pool), 10);
+		let adapter = Cpu.upload_adapter(&mut pool, &[1.0; 2 * 4], 4, &[1.0; 2 * 3], 3).unwrap();
+		assert_eq!(Cpu.free_pages(&pool), 6);
+		Cpu.release_adapter(&mut pool, &adapter).unwrap();
+		assert_eq!(Cpu.free_pages(&pool), 10);
 	}
 }

@@ -13,7 +13,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 /// The GPU against CPU checks of this family.
 pub const CHECKS: &[crate::Check] =
-	&[("write_kv", write_kv), ("decode", decode), ("prefill", prefill)];
+	&[("write_kv", write_kv), ("decode", decode), ("prefill", prefill), ("copy_block", copy_block)];
 
 const ATOL: f32 = 1e-4;
 const RTOL: f32 = 1e-4;
@@ -215,5 +215,27 @@ fn prefill(gpu: &Gpu) -> anyhow::Result<()> {
 			RTOL,
 		)?;
 	}
+	Ok(())
+}
+
+/// A KV block's copy on write through the backend: the same buffer as the CPU's after copies
+/// in both directions, and the same refusals.
+fn copy_block(gpu: &Gpu) -> anyhow::Result<()> {
+	use openledger_kernels::backend::{Backend, Cpu, Cuda};
+	let mut rng = StdRng::seed_from_u64(43);
+	let host = random(&mut rng, 16 * 1024 + 7, 1.0);
+	let cuda = Cuda::new(Gpu::new(gpu.stream().context().ordinal())?);
+	let mut on_gpu = cuda.floats(&host)?;
+	let mut on_cpu = host.clone();
+	for (src, dst, len) in [(0, 8192, 1024), (9000, 100, 4096), (16 * 1024, 3, 7)] {
+		cuda.copy_within(&mut on_gpu, src, dst, len)?;
+		Cpu.copy_within(&mut on_cpu, src, dst, len)?;
+	}
+	anyhow::ensure!(cuda.read(&on_gpu)? == on_cpu, "copies differ from the CPU's");
+	anyhow::ensure!(cuda.copy_within(&mut on_gpu, 0, 10, 20).is_err(), "an overlap was copied");
+	anyhow::ensure!(
+		cuda.copy_within(&mut on_gpu, 16 * 1024, 0, 8).is_err(),
+		"an overrun was copied"
+	);
 	Ok(())
 }
