@@ -12,7 +12,10 @@
 
 use std::collections::HashMap;
 
-use openledger_kernels::backend::Backend;
+use openledger_kernels::{
+	backend::Backend,
+	sampling::{self as kernel_sampling, SamplingParams as KernelSampling},
+};
 
 use crate::{
 	config::LlamaConfig,
@@ -21,7 +24,22 @@ use crate::{
 	kv_cache::{KvCacheConfig, KvStore, PagedKvCache, TensorStore},
 	lora::{AdapterFiles, LoraAdapter},
 	model::{Llama, SequenceInput},
+	sampling::Sampled,
 };
+
+/// A sequence's next token as a step gives it: the logits of its last token, for the host's
+/// sampler, or the token already sampled where the logits are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Next {
+	/// The logits `[vocab]`.
+	Logits(Vec<f32>),
+	/// The token the kernels' sampler picked, and its log-probability.
+	Sampled(Sampled),
+}
+
+/// How one sequence's next token is picked in a step: by the host from its logits (`None`), or
+/// where the logits are, with the kernels' sampler, these parameters and this uniform draw.
+pub type Draw = Option<(KernelSampling, f32)>;
 
 /// A model the [`crate::engine::Engine`] can serve with.
 pub trait Decoder: Send + Sync + 'static {
@@ -43,15 +61,19 @@ pub trait Decoder: Send + Sync + 'static {
 	fn adapter_from_files(&self, name: &str, files: &AdapterFiles) -> Result<LoraAdapter>;
 	/// Whether `adapters` (distinct) can all be resident for one step.
 	fn adapters_fit(&self, residency: &Self::Residency, adapters: &[&LoraAdapter]) -> bool;
+	/// Whether it samples tokens where its logits are (then a step takes [`Draw`]s).
+	fn samples(&self) -> bool;
 	/// Runs one step of a batch of sequences (each its next tokens: a prompt chunk, or one
 	/// decoded token), caching their keys and values in `cache` (blocks reserved beforehand, or
-	/// here while the pool has room) and returning the logits of each one's last token.
+	/// here while the pool has room). Returns each one's next token as `draws` asks: sampled
+	/// where there is a draw (when [`Decoder::samples`]), else the logits of its last token.
 	fn step(
 		&self,
 		cache: &mut PagedKvCache<Self::Store>,
 		residency: &mut Self::Residency,
 		batch: &mut [SequenceInput<'_>],
-	) -> Result<Vec<Vec<f32>>>;
+		draws: &[Draw],
+	) -> Result<Vec<Next>>;
 }
 
 impl Decoder for Llama {
@@ -83,15 +105,21 @@ impl Decoder for Llama {
 		true
 	}
 
+	fn samples(&self) -> bool {
+		false
+	}
+
+	/// Always the logits: the host samples.
 	fn step(
 		&self,
 		cache: &mut PagedKvCache,
 		_residency: &mut (),
 		batch: &mut [SequenceInput<'_>],
-	) -> Result<Vec<Vec<f32>>> {
+		_draws: &[Draw],
+	) -> Result<Vec<Next>> {
 		self.forward_batch(cache, batch)?
 			.into_iter()
-			.map(|logits| Ok(logits.squeeze(0)?.to_vec1::<f32>()?))
+			.map(|logits| Ok(Next::Logits(logits.squeeze(0)?.to_vec1::<f32>()?)))
 			.collect()
 	}
 }
@@ -136,6 +164,30 @@ impl<B: Backend> KernelAdapters<B> {
 }
 
 impl<B: Backend> KernelLlama<B> {
+	/// The next token of each row of `logits` (`[rows, vocab]`, on the backend) as `draws`
+	/// asks: all sampled on the backend when every row has a draw, else the logits brought
+	/// back, the rows with a draw sampled on the host by the kernels' reference sampler.
+	fn next_tokens(&self, logits: &B::Floats, draws: &[Draw]) -> Result<Vec<Next>> {
+		if let Some(all) = draws.iter().copied().collect::<Option<Vec<_>>>() {
+			let (params, uniform): (Vec<KernelSampling>, Vec<f32>) = all.into_iter().unzip();
+			let sampled = self.sample(logits, &params, &uniform)?;
+			return Ok(sampled.into_iter().map(|s| Next::Sampled(s.into())).collect());
+		}
+		let vocab = self.vocab();
+		let host = self.backend().read(logits)?;
+		host.chunks_exact(vocab)
+			.zip(draws)
+			.map(|(row, draw)| match draw {
+				Some((params, u)) => {
+					let sampled = kernel_sampling::sample(row, vocab, &[*params], &[*u])
+						.map_err(openledger_kernels::backend::KernelError::from)?;
+					Ok(Next::Sampled(sampled[0].into()))
+				}
+				None => Ok(Next::Logits(row.to_vec())),
+			})
+			.collect()
+	}
+
 	/// Makes every adapter of `adapters` resident in `residency`'s pool, evicting the least
 	/// recently used adapters that this step does not use while pages are short.
 	fn make_resident(
@@ -233,17 +285,31 @@ where
 		adapters.iter().map(|a| Self::pages_of(a)).sum::<usize>() <= residency.num_pages
 	}
 
+	fn samples(&self) -> bool {
+		true
+	}
+
 	/// Sequences with one new token decode together in one batch (paged decode attention,
 	/// multi-LoRA BGMV); each prompt chunk is a prefill of its own (flash attention over the
-	/// cache, SGMV).
+	/// cache, SGMV). When every decoding sequence has a draw, the batch is sampled on the
+	/// backend and only tokens and log-probabilities come back; otherwise its logits come back
+	/// and the sequences with a draw are sampled by the same algorithm on the host.
 	fn step(
 		&self,
 		cache: &mut PagedKvCache<KernelCache<B>>,
 		residency: &mut KernelAdapters<B>,
 		batch: &mut [SequenceInput<'_>],
-	) -> Result<Vec<Vec<f32>>> {
+		draws: &[Draw],
+	) -> Result<Vec<Next>> {
 		if batch.iter().any(|s| s.tokens.is_empty()) {
 			return Err(Error::Request("a sequence has no tokens to run".into()));
+		}
+		if draws.len() != batch.len() {
+			return Err(Error::Request(format!(
+				"{} draws for {} sequences",
+				draws.len(),
+				batch.len()
+			)));
 		}
 		let mut adapters: Vec<&LoraAdapter> = Vec::new();
 		for adapter in batch.iter().filter_map(|s| s.adapter) {
@@ -258,8 +324,7 @@ where
 		let resident = |seq: &SequenceInput<'_>| -> Option<&KernelAdapter> {
 			seq.adapter.and_then(|a| residency.resident.get(&a.uid)).map(|r| &r.adapter)
 		};
-		let vocab = self.vocab();
-		let mut out = vec![Vec::new(); batch.len()];
+		let mut out = vec![Next::Logits(Vec::new()); batch.len()];
 		let decoding: Vec<usize> =
 			(0..batch.len()).filter(|&i| batch[i].tokens.len() == 1).collect();
 		if !decoding.is_empty() {
@@ -273,9 +338,9 @@ where
 				})
 				.collect();
 			let logits = self.decode(cache.store_mut(), &inputs, Some(&residency.pool))?;
-			let logits = self.backend().read(&logits)?;
-			for (&i, row) in decoding.iter().zip(logits.chunks_exact(vocab)) {
-				out[i] = row.to_vec();
+			let rows: Vec<Draw> = decoding.iter().map(|&i| draws[i]).collect();
+			for (&i, next) in decoding.iter().zip(self.next_tokens(&logits, &rows)?) {
+				out[i] = next;
 			}
 		}
 		for (i, seq) in batch.iter().enumerate() {
@@ -288,7 +353,7 @@ where
 					seq.table.blocks(),
 					adapter,
 				)?;
-				out[i] = self.backend().read(&logits)?;
+				out[i] = self.next_tokens(&logits, &[draws[i]])?.remove(0);
 			}
 		}
 		for seq in batch.iter_mut() {

@@ -32,7 +32,7 @@ use std::{
 
 use crate::{
 	adapter_cache::AdapterCache,
-	decoder::Decoder,
+	decoder::{Decoder, Next},
 	error::{Error, Result},
 	generate::{validate, Generation, GenerationRequest, Progress},
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
@@ -453,6 +453,16 @@ impl<D: Decoder> Engine<D> {
 			return done;
 		}
 		let result = {
+			// Where the decoder samples, the sequences that sample this step draw now.
+			let samples = self.model.samples();
+			let draws: Vec<_> = self
+				.running
+				.iter_mut()
+				.map(|s| match samples && s.pending.len() == s.scheduled {
+					true => s.progress.kernel_draw(),
+					false => None,
+				})
+				.collect();
 			let mut inputs: Vec<SequenceInput<'_>> = Vec::with_capacity(self.running.len());
 			for Sequence { pending, table, adapter, scheduled, .. } in &mut self.running {
 				inputs.push(SequenceInput {
@@ -465,7 +475,7 @@ impl<D: Decoder> Engine<D> {
 					all_logits: false,
 				});
 			}
-			self.model.step(&mut self.cache, &mut self.residency, &mut inputs)
+			self.model.step(&mut self.cache, &mut self.residency, &mut inputs, &draws)
 		};
 		self.stats.steps += 1;
 		self.stats.tokens_computed += self.running.iter().map(|s| s.scheduled as u64).sum::<u64>();
@@ -484,14 +494,17 @@ impl<D: Decoder> Engine<D> {
 			}
 		};
 		let mut still_running = Vec::with_capacity(self.running.len());
-		for (mut seq, logits) in self.running.drain(..).zip(logits) {
+		for (mut seq, next) in self.running.drain(..).zip(logits) {
 			seq.pending.drain(..seq.scheduled);
 			if !seq.pending.is_empty() {
 				// Part of a prompt: its logits are not needed.
 				still_running.push(seq);
 				continue;
 			}
-			let sampled = seq.progress.advance(&logits, &self.tokenizer);
+			let sampled = match next {
+				Next::Logits(logits) => seq.progress.advance(&logits, &self.tokenizer),
+				Next::Sampled(sampled) => seq.progress.record(sampled, &self.tokenizer),
+			};
 			match sampled {
 				Ok(token) if !seq.progress.is_finished() => {
 					seq.pending.push(token);

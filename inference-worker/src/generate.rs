@@ -1,7 +1,7 @@
 //! Generating a completion for one request: prefill the prompt, then decode token by token
 //! until the end-of-sequence token, a stop sequence or the token limit.
 
-use openledger_kernels::backend::Backend;
+use openledger_kernels::{backend::Backend, sampling::SamplingParams as KernelSampling};
 use serde::Serialize;
 
 use crate::{
@@ -10,7 +10,7 @@ use crate::{
 	kv_cache::KvCacheConfig,
 	lora::LoraAdapter,
 	model::{KvCache, Llama},
-	sampling::{Sampler, SamplingParams},
+	sampling::{Sampled, Sampler, SamplingParams},
 	tokenizer::Tokenizer,
 };
 
@@ -115,6 +115,18 @@ impl Progress {
 			false => Vec::new(),
 		};
 		let sampled = self.sampler.sample(logits, &history)?;
+		self.record(sampled, tokenizer)
+	}
+
+	/// The kernels' sampling of the next token, when they can sample it where the logits are
+	/// (see [`Sampler::kernel_draw`]); the token they pick goes to [`Progress::record`].
+	pub fn kernel_draw(&mut self) -> Option<(KernelSampling, f32)> {
+		self.sampler.kernel_draw()
+	}
+
+	/// Records `sampled` as the next token (chosen by [`Progress::advance`], or by the kernels'
+	/// sampler from [`Progress::kernel_draw`]); returns it.
+	pub fn record(&mut self, sampled: Sampled, tokenizer: &Tokenizer) -> Result<u32> {
 		self.tokens.push(sampled.token);
 		self.logprobs.push(sampled.logprob);
 		if Some(sampled.token) == tokenizer.eos {
@@ -174,8 +186,9 @@ pub fn generate(
 
 /// [`generate`] on the decoder composed of kernel calls ([`KernelLlama`]), on the CPU
 /// references or on the GPU: the same request (sampling, penalties, stops, limits); the
-/// adapter goes into the backend's adapter pool, and each step's logits come back for the
-/// sampler.
+/// adapter goes into the backend's adapter pool. Tokens are sampled where the logits are (only
+/// the token and its log-probability come back), except with a repetition penalty, where the
+/// logits come back for the host's sampler.
 pub fn generate_with_kernels<B: Backend>(
 	model: &KernelLlama<B>,
 	tokenizer: &Tokenizer,
@@ -202,7 +215,12 @@ pub fn generate_with_kernels<B: Backend>(
 	let mut logits = model.prefill(&mut cache, &prompt_tokens, 0, &table, with)?;
 	let mut position = prompt_tokens.len();
 	loop {
-		let token = progress.advance(&model.backend().read(&logits)?, tokenizer)?;
+		let token = match progress.kernel_draw() {
+			Some((params, u)) => {
+				progress.record(model.sample(&logits, &[params], &[u])?[0].into(), tokenizer)?
+			}
+			None => progress.advance(&model.backend().read(&logits)?, tokenizer)?,
+		};
 		if progress.is_finished() {
 			break;
 		}

@@ -1,6 +1,7 @@
 //! Choosing the next token: greedy, or sampled with temperature, top-k and top-p, after a
 //! repetition penalty, from a seeded generator so that a request with a seed is reproducible.
 
+use openledger_kernels::sampling as kernel;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::error::{Error, Result};
@@ -55,6 +56,12 @@ pub struct Sampled {
 	pub logprob: f32,
 }
 
+impl From<kernel::Sampled> for Sampled {
+	fn from(s: kernel::Sampled) -> Self {
+		Self { token: s.token, logprob: s.logprob }
+	}
+}
+
 /// Samples tokens for one request.
 #[derive(Debug)]
 pub struct Sampler {
@@ -80,6 +87,26 @@ impl Sampler {
 	/// Whether [`Sampler::sample`] looks at the tokens so far (for the repetition penalty).
 	pub fn needs_history(&self) -> bool {
 		self.params.repetition_penalty != 1.0
+	}
+
+	/// The kernels' sampling parameters and uniform draw for the next token, when the kernels'
+	/// sampler (`openledger_kernels::sampling`, which runs where the logits are) can pick it:
+	/// without a repetition penalty, which needs the tokens so far. Draws from the request's
+	/// seeded generator (one draw per sampled token, none for greedy), so a seeded request is
+	/// reproducible on this path as on the host's; the two paths do not pick the same tokens
+	/// from the same seed (they draw and visit the kept tokens differently).
+	pub fn kernel_draw(&mut self) -> Option<(kernel::SamplingParams, f32)> {
+		if self.needs_history() {
+			return None;
+		}
+		let p = &self.params;
+		let params = kernel::SamplingParams {
+			temperature: p.temperature,
+			top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+			top_p: p.top_p,
+		};
+		let uniform = if p.temperature == 0.0 { 0.0 } else { self.rng.random::<f32>() };
+		Some((params, uniform))
 	}
 
 	/// Picks the next token from `logits` (one row over the vocabulary), given the tokens so far
@@ -162,6 +189,32 @@ mod tests {
 
 	fn sampler(params: SamplingParams) -> Sampler {
 		Sampler::new(params).expect("valid parameters")
+	}
+
+	#[test]
+	fn kernel_draws_only_without_a_repetition_penalty_and_follow_the_seed() {
+		let penalised = SamplingParams { repetition_penalty: 1.2, ..Default::default() };
+		assert!(sampler(penalised).kernel_draw().is_none());
+		let (p, u) = sampler(SamplingParams::default()).kernel_draw().unwrap();
+		assert_eq!((p.temperature, p.top_k, p.top_p, u), (0.0, 0, 1.0, 0.0));
+		let params = SamplingParams {
+			temperature: 0.7,
+			top_k: 40,
+			top_p: 0.9,
+			seed: 7,
+			..Default::default()
+		};
+		let draws = |seed: u64| {
+			let mut s = sampler(SamplingParams { seed, ..params.clone() });
+			(0..5).map(|_| s.kernel_draw().unwrap()).collect::<Vec<_>>()
+		};
+		let first = draws(7);
+		assert_eq!(first, draws(7), "the same seed, the same draws");
+		assert_ne!(first, draws(8));
+		for (p, u) in &first {
+			assert_eq!((p.temperature, p.top_k, p.top_p), (0.7, 40, 0.9));
+			assert!((0.0..1.0).contains(u));
+		}
 	}
 
 	#[test]

@@ -140,6 +140,24 @@ fn small_config(model: &LlamaConfig, blocks: usize, adapter_bytes: usize) -> Eng
 	}
 }
 
+/// Request `i` of [`PROMPTS`], sampled in turn greedily, with a seeded temperature, top-k and
+/// top-p (on the kernel decoder: where the logits are), and greedily after a repetition penalty
+/// (on the host on every decoder).
+fn staggered_request(i: usize) -> GenerationRequest {
+	let sampling = match i % 3 {
+		0 => SamplingParams::default(),
+		1 => SamplingParams {
+			temperature: 0.8,
+			top_k: 40,
+			top_p: 0.95,
+			seed: i as u64,
+			..Default::default()
+		},
+		_ => SamplingParams { repetition_penalty: 1.3, ..Default::default() },
+	};
+	GenerationRequest { sampling, ..request(PROMPTS[i], 6 + i % 3) }
+}
+
 /// Serves [`PROMPTS`] (request `i` with `adapters[i]`) on `engine`: half of them first, the
 /// rest after `steps` steps, while those run. Returns the requests and what each got.
 fn serve_staggered<D: Decoder>(
@@ -147,8 +165,7 @@ fn serve_staggered<D: Decoder>(
 	adapters: &[Option<&str>; 6],
 	steps: usize,
 ) -> Vec<(GenerationRequest, Generation)> {
-	let requests: Vec<GenerationRequest> =
-		PROMPTS.iter().enumerate().map(|(i, p)| request(p, 6 + i % 3)).collect();
+	let requests: Vec<GenerationRequest> = (0..PROMPTS.len()).map(staggered_request).collect();
 	let mut ids = Vec::new();
 	for i in 0..3 {
 		ids.push(engine.submit(&requests[i], adapters[i]).unwrap());
@@ -438,7 +455,7 @@ fn a_forked_sequence_copies_the_shared_block_it_writes_on_the_kernel_decoder() {
 			adapter: None,
 			all_logits: false,
 		}];
-		model.step(cache, &mut residency, &mut batch).unwrap().remove(0)
+		model.step(cache, &mut residency, &mut batch, &[None]).unwrap().remove(0)
 	};
 	let mut original = BlockTable::new(0);
 	step(&mut cache, &mut original, &prompt);
