@@ -7,16 +7,23 @@
 //! adapters (round robin). All adapters fit the adapter cache, as on a worker that holds its
 //! adapters in memory; loading is measured separately (`engine` bench).
 //!
-//!     scripts/bench-worker.sh   (or cargo bench --workspace --bench multi_adapter)
+//! With a CUDA device, the same mixes again through the engine over the decoder composed of the
+//! CUDA kernels (`Engine<KernelLlama<Cuda>>`: the GGUF's Q4_1/Q8_0 blocks, KV cache and adapter
+//! pool on the device, tokens sampled there); without one that part says it is skipped.
 //!
-//! Prints a Markdown table.
+//!     scripts/bench-worker.sh   (or cargo bench --workspace --bench multi_adapter)
+//!     cargo bench --workspace --bench multi_adapter -- --gpu-only   (scripts/test-gpu.sh)
+//!
+//! Prints a Markdown table per decoder.
 
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use candle_core::Device;
 use openledger_inference_worker::{
+	decoder::Decoder,
 	engine::{Engine, EngineConfig},
 	generate::GenerationRequest,
+	kernel_model::KernelLlama,
 	lora::{
 		synthetic::{self, SyntheticAdapter},
 		Projection,
@@ -24,7 +31,9 @@ use openledger_inference_worker::{
 	model::{Llama, WeightFormat},
 	models,
 	sampling::SamplingParams,
+	tokenizer::Tokenizer,
 };
+use openledger_kernels::{backend::Cuda, gpu::Gpu};
 
 const REQUESTS: usize = 1000;
 const MAX_TOKENS: usize = 4;
@@ -64,6 +73,43 @@ fn main() {
 		})
 		.collect();
 
+	let gpu_only = std::env::args().any(|a| a == "--gpu-only");
+	if !gpu_only {
+		let rows = measure(model.clone(), &tokenizer, root.path(), &names, &requests);
+		println!(
+			"SmolLM2-135M-Instruct (f32 weights), candle decoder, CPU, {} threads, {REQUESTS} \
+			 requests of {MAX_TOKENS} greedy tokens, batch {BATCH}, adapters rank {RANK} on q/v",
+			candle_core::utils::get_num_threads()
+		);
+		print_table(&rows);
+	}
+	match Gpu::first() {
+		Ok(Some(gpu)) => {
+			let name = gpu.name().unwrap_or_else(|e| e.to_string());
+			let (kernels, _) = KernelLlama::from_gguf(&path, Cuda::new(gpu), Some(256)).unwrap();
+			let rows = measure(Arc::new(kernels), &tokenizer, root.path(), &names, &requests);
+			println!(
+				"SmolLM2-135M-Instruct (Q4_1/Q8_0 as stored), kernel decoder on {name}, \
+				 {REQUESTS} requests of {MAX_TOKENS} greedy tokens, batch {BATCH}, adapters rank \
+				 {RANK} on q/v"
+			);
+			print_table(&rows);
+		}
+		Ok(None) => {
+			println!("SKIPPED: the kernel decoder on a GPU (no CUDA driver or device here)")
+		}
+		Err(e) => panic!("the GPU is there but cannot be used: {e}"),
+	}
+}
+
+/// (label, generated tokens/s, tokens computed/s, seconds) of each mix on `model`.
+fn measure<D: Decoder>(
+	model: Arc<D>,
+	tokenizer: &Arc<Tokenizer>,
+	root: &std::path::Path,
+	names: &[String],
+	requests: &[GenerationRequest],
+) -> Vec<(&'static str, f64, f64, f64)> {
 	// (label, distinct adapters) — 0 is the base model alone.
 	let mixes = [
 		("base model alone", 0),
@@ -77,12 +123,13 @@ fn main() {
 			max_running: BATCH,
 			max_batch_tokens: 512,
 			max_waiting: REQUESTS,
-			adapter_bytes: 4 << 30,
+			// Room for every adapter (on the kernel decoder, in its pool too).
+			adapter_bytes: 8 << 30,
 			..EngineConfig::default()
 		};
 		let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
-		for name in &names {
-			engine.register_adapter(name.clone(), root.path().join(name));
+		for name in names {
+			engine.register_adapter(name.clone(), root.join(name));
 		}
 		// Warm the adapter cache: the mix is measured, not the loads.
 		for name in names.iter().take(distinct) {
@@ -101,11 +148,10 @@ fn main() {
 		let computed = engine.stats().tokens_computed - computed_before;
 		rows.push((label, generated as f64 / seconds, computed as f64 / seconds, seconds));
 	}
-	println!(
-		"SmolLM2-135M-Instruct (f32 weights), CPU, {} threads, {REQUESTS} requests of {MAX_TOKENS} \
-		 greedy tokens, batch {BATCH}, adapters rank {RANK} on q/v",
-		candle_core::utils::get_num_threads()
-	);
+	rows
+}
+
+fn print_table(rows: &[(&str, f64, f64, f64)]) {
 	println!();
 	println!("| mix | generated tok/s | tokens computed/s | seconds | vs base alone |");
 	println!("|---|---|---|---|---|");
@@ -116,4 +162,5 @@ fn main() {
 			generated / base
 		);
 	}
+	println!();
 }
