@@ -16,7 +16,7 @@
 //!
 //! Prints a Markdown table per decoder.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use candle_core::Device;
 use openledger_inference_worker::{
@@ -24,10 +24,6 @@ use openledger_inference_worker::{
 	engine::{Engine, EngineConfig},
 	generate::GenerationRequest,
 	kernel_model::KernelLlama,
-	lora::{
-		synthetic::{self, SyntheticAdapter},
-		Projection,
-	},
 	model::{Llama, WeightFormat},
 	models,
 	sampling::SamplingParams,
@@ -35,6 +31,7 @@ use openledger_inference_worker::{
 };
 use openledger_kernels::{backend::Cuda, gpu::Gpu};
 
+mod common;
 const REQUESTS: usize = 1000;
 const MAX_TOKENS: usize = 4;
 const BATCH: usize = 64;
@@ -46,18 +43,7 @@ fn main() {
 	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::F32).unwrap();
 	let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
 	let root = tempfile::tempdir().unwrap();
-	let names: Vec<String> = (0..REQUESTS).map(|i| format!("adapter-{i:04}")).collect();
-	for (i, name) in names.iter().enumerate() {
-		let spec = SyntheticAdapter {
-			seed: i as u64,
-			rank: RANK,
-			alpha: 2.0 * RANK as f64,
-			targets: vec![Projection::Q, Projection::V],
-			rank_pattern: BTreeMap::new(),
-			alpha_pattern: BTreeMap::new(),
-		};
-		synthetic::write(&spec, &model.config, &root.path().join(name)).unwrap();
-	}
+	let names = common::write_qv_adapters(&model.config, root.path(), REQUESTS, RANK);
 	let prompts = [
 		"The capital of France is",
 		"Once upon a time there",

@@ -1,0 +1,220 @@
+//! End to end against Hugging Face transformers + PEFT, side by side in one run: the same
+//! model file (SmolLM2-135M-Instruct, Q4_1 GGUF), the same LoRA adapters (PEFT folders written
+//! here), the same requests (many adapters in the mix, greedy), the same batch size, on the
+//! same device.
+//!
+//! - transformers + PEFT (`scripts/reference/hf_throughput.py`, run from here): the GGUF
+//!   dequantized to f32, every adapter loaded into one `PeftModel`, batches of mixed adapters
+//!   (`adapter_names`), left-padded, `generate` greedy;
+//! - ours, CPU: the continuous-batching engine over the candle decoder, with the weights as
+//!   stored (the serving path) and dequantized to f32 (transformers' precision);
+//! - with a CUDA device, both again on it: transformers + PEFT with `device="cuda"`, and the
+//!   engine over the decoder composed of the CUDA kernels.
+//!
+//! Needs python3 with torch, transformers, peft and gguf (`scripts/bench-vs-transformers.sh`
+//! installs them when missing); without them the baseline rows say why they are missing.
+//! Prints a Markdown table: generated tokens per second and each row's ratio to transformers +
+//! PEFT on the same device.
+
+use std::{path::Path, process::Command, sync::Arc, time::Instant};
+
+use candle_core::Device;
+use openledger_inference_worker::{
+	decoder::Decoder,
+	engine::{Engine, EngineConfig},
+	generate::GenerationRequest,
+	kernel_model::KernelLlama,
+	model::{Llama, WeightFormat},
+	models,
+	sampling::SamplingParams,
+	tokenizer::Tokenizer,
+};
+use openledger_kernels::{backend::Cuda, gpu::Gpu};
+
+mod common;
+const REQUESTS: usize = 128;
+const ADAPTERS: usize = 32;
+const MAX_TOKENS: usize = 16;
+const BATCH: usize = 32;
+const RANK: usize = 8;
+const PROMPTS: [&str; 4] = [
+	"The capital of France is",
+	"<|im_start|>user\nWhat is a LoRA adapter?<|im_end|>\n<|im_start|>assistant\n",
+	"def add(a, b):",
+	"Data attribution pays the people whose records",
+];
+
+/// One measured configuration: generated tokens and seconds.
+struct Run {
+	generated: usize,
+	seconds: f64,
+}
+
+impl Run {
+	fn rate(&self) -> f64 {
+		self.generated as f64 / self.seconds
+	}
+}
+
+/// Request `i`: a prompt and an adapter in turn (every request has one).
+fn requests(names: &[String]) -> Vec<(GenerationRequest, String)> {
+	(0..REQUESTS)
+		.map(|i| {
+			let request = GenerationRequest {
+				prompt: PROMPTS[i % PROMPTS.len()].into(),
+				max_tokens: MAX_TOKENS,
+				sampling: SamplingParams::default(),
+				stop: vec![],
+			};
+			(request, names[i % names.len()].clone())
+		})
+		.collect()
+}
+
+/// Serves the requests on `model`'s engine at batch [`BATCH`], adapters loaded beforehand.
+fn ours<D: Decoder>(
+	model: Arc<D>,
+	tokenizer: &Arc<Tokenizer>,
+	root: &Path,
+	requests: &[(GenerationRequest, String)],
+) -> Run {
+	let config = EngineConfig {
+		max_running: BATCH,
+		max_batch_tokens: 1024,
+		max_waiting: REQUESTS,
+		adapter_bytes: 1 << 30,
+		..EngineConfig::default()
+	};
+	let mut engine = Engine::new(model, tokenizer.clone(), config).unwrap();
+	let names: std::collections::BTreeSet<&String> = requests.iter().map(|(_, n)| n).collect();
+	for name in &names {
+		engine.register_adapter(name.as_str(), root.join(name));
+	}
+	// Load (and, on the kernel decoder, upload) every adapter first: serving is measured.
+	let mut warm = requests[0].0.clone();
+	warm.max_tokens = 1;
+	for name in &names {
+		engine.submit(&warm, Some(name)).unwrap();
+	}
+	engine.run_to_completion();
+	let start = Instant::now();
+	for (request, adapter) in requests {
+		engine.submit(request, Some(adapter)).unwrap();
+	}
+	let done = engine.run_to_completion();
+	let seconds = start.elapsed().as_secs_f64();
+	let generated = done.iter().map(|c| c.result.as_ref().unwrap().tokens.len()).sum();
+	Run { generated, seconds }
+}
+
+/// Serves the requests with transformers + PEFT on `device`, or says why it cannot.
+fn transformers(
+	gguf: &Path,
+	root: &Path,
+	requests: &[(GenerationRequest, String)],
+	device: &str,
+) -> Result<(Run, String), String> {
+	let spec = serde_json::json!({
+		"gguf": gguf,
+		"adapters_dir": root,
+		"batch": BATCH,
+		"device": device,
+		"dtype": "float32",
+		"requests": requests.iter().map(|(r, a)| serde_json::json!({
+			"prompt": r.prompt, "adapter": a, "max_tokens": r.max_tokens,
+		})).collect::<Vec<_>>(),
+	});
+	let input = root.join("requests.json");
+	std::fs::write(&input, spec.to_string()).map_err(|e| e.to_string())?;
+	let script =
+		Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/hf_throughput.py");
+	let output = Command::new("python3")
+		.arg(script)
+		.arg(&input)
+		.output()
+		.map_err(|e| format!("python3: {e}"))?;
+	if !output.status.success() {
+		let stderr = String::from_utf8_lossy(&output.stderr);
+		let last = stderr.lines().last().unwrap_or("no output").to_string();
+		return Err(last);
+	}
+	let out: serde_json::Value =
+		serde_json::from_slice(&output.stdout).map_err(|e| format!("its output: {e}"))?;
+	let run = Run {
+		generated: out["generated"].as_u64().unwrap_or(0) as usize,
+		seconds: out["seconds"].as_f64().unwrap_or(f64::NAN),
+	};
+	let versions = format!(
+		"torch {}, transformers {}, peft {}, {} threads",
+		out["torch"], out["transformers"], out["peft"], out["threads"]
+	);
+	Ok((run, versions.replace('"', "")))
+}
+
+fn row(label: &str, run: &Run, baseline: Option<&Run>) {
+	let ratio = baseline.map_or("—".to_string(), |b| format!("{:.2}x", run.rate() / b.rate()));
+	println!("| {label} | {} | {:.2} | {:.1} | {ratio} |", run.generated, run.seconds, run.rate());
+}
+
+fn main() {
+	let gguf = models::smollm2_gguf();
+	assert!(gguf.exists(), "{} is missing: run scripts/fetch-models.sh", gguf.display());
+	let (quantized, tokenizer) =
+		Llama::from_gguf(&gguf, &Device::Cpu, WeightFormat::AsStored).unwrap();
+	let tokenizer = Arc::new(tokenizer);
+	let root = tempfile::tempdir().unwrap();
+	let names = common::write_qv_adapters(&quantized.config, root.path(), ADAPTERS, RANK);
+	let requests = requests(&names);
+	println!(
+		"SmolLM2-135M-Instruct, {REQUESTS} requests of up to {MAX_TOKENS} greedy tokens, \
+		 {ADAPTERS} distinct rank-{RANK} q/v adapters in the mix (every request has one), batch \
+		 {BATCH}"
+	);
+	println!();
+	println!("| system | generated tokens | seconds | generated tok/s | vs transformers + PEFT |");
+	println!("|---|---|---|---|---|");
+	let hf = transformers(&gguf, root.path(), &requests, "cpu");
+	let baseline = match &hf {
+		Ok((run, versions)) => {
+			row(&format!("transformers + PEFT, CPU, f32 ({versions})"), run, Some(run));
+			Some(run)
+		}
+		Err(why) => {
+			println!("| transformers + PEFT, CPU | SKIPPED: {why} | | | |");
+			None
+		}
+	};
+	let run = ours(Arc::new(quantized), &tokenizer, root.path(), &requests);
+	row(
+		&format!(
+			"ours, CPU, Q4_1/Q8_0 as stored, {} threads",
+			candle_core::utils::get_num_threads()
+		),
+		&run,
+		baseline,
+	);
+	let (dense, _) = Llama::from_gguf(&gguf, &Device::Cpu, WeightFormat::F32).unwrap();
+	row("ours, CPU, f32", &ours(Arc::new(dense), &tokenizer, root.path(), &requests), baseline);
+
+	match Gpu::first() {
+		Ok(Some(gpu)) => {
+			let name = gpu.name().unwrap_or_else(|e| e.to_string());
+			let hf = transformers(&gguf, root.path(), &requests, "cuda");
+			let baseline = match &hf {
+				Ok((run, _)) => {
+					row(&format!("transformers + PEFT, {name}, f32"), run, Some(run));
+					Some(run)
+				}
+				Err(why) => {
+					println!("| transformers + PEFT, {name} | SKIPPED: {why} | | | |");
+					None
+				}
+			};
+			let (kernels, _) = KernelLlama::from_gguf(&gguf, Cuda::new(gpu), Some(256)).unwrap();
+			let run = ours(Arc::new(kernels), &tokenizer, root.path(), &requests);
+			row(&format!("ours, {name}, kernel decoder, Q4_1/Q8_0 as stored"), &run, baseline);
+		}
+		Ok(None) => println!("\nSKIPPED: the GPU rows (no CUDA driver or device here)"),
+		Err(e) => panic!("the GPU is there but cannot be used: {e}"),
+	}
+}
