@@ -12,10 +12,7 @@
 
 use std::collections::HashMap;
 
-use openledger_kernels::{
-	backend::Backend,
-	sampling::{self as kernel_sampling, SamplingParams as KernelSampling},
-};
+use openledger_kernels::{backend::Backend, sampling::SamplingParams as KernelSampling};
 
 use crate::{
 	config::LlamaConfig,
@@ -27,19 +24,28 @@ use crate::{
 	sampling::Sampled,
 };
 
-/// A sequence's next token as a step gives it: the logits of its last token, for the host's
-/// sampler, or the token already sampled where the logits are.
+/// What a step should give back for one sequence.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Want {
+	/// Nothing: a prompt chunk before the last, whose logits are not needed.
+	Nothing,
+	/// The logits of its last token, for the host's sampler.
+	Logits,
+	/// A token sampled where the logits are, by the kernels' sampler with these parameters and
+	/// this uniform draw (only asked of a decoder that [`Decoder::samples`]).
+	Token(KernelSampling, f32),
+}
+
+/// What a step gave back for one sequence.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Next {
+	/// Nothing was asked.
+	Nothing,
 	/// The logits `[vocab]`.
 	Logits(Vec<f32>),
 	/// The token the kernels' sampler picked, and its log-probability.
 	Sampled(Sampled),
 }
-
-/// How one sequence's next token is picked in a step: by the host from its logits (`None`), or
-/// where the logits are, with the kernels' sampler, these parameters and this uniform draw.
-pub type Draw = Option<(KernelSampling, f32)>;
 
 /// A model the [`crate::engine::Engine`] can serve with.
 pub trait Decoder: Send + Sync + 'static {
@@ -61,18 +67,18 @@ pub trait Decoder: Send + Sync + 'static {
 	fn adapter_from_files(&self, name: &str, files: &AdapterFiles) -> Result<LoraAdapter>;
 	/// Whether `adapters` (distinct) can all be resident for one step.
 	fn adapters_fit(&self, residency: &Self::Residency, adapters: &[&LoraAdapter]) -> bool;
-	/// Whether it samples tokens where its logits are (then a step takes [`Draw`]s).
+	/// Whether it samples tokens where its logits are (then a step takes [`Want::Token`]).
 	fn samples(&self) -> bool;
 	/// Runs one step of a batch of sequences (each its next tokens: a prompt chunk, or one
 	/// decoded token), caching their keys and values in `cache` (blocks reserved beforehand, or
-	/// here while the pool has room). Returns each one's next token as `draws` asks: sampled
-	/// where there is a draw (when [`Decoder::samples`]), else the logits of its last token.
+	/// here while the pool has room). Returns for each sequence what `wants` asks of it (a
+	/// decoder may give logits where nothing was asked).
 	fn step(
 		&self,
 		cache: &mut PagedKvCache<Self::Store>,
 		residency: &mut Self::Residency,
 		batch: &mut [SequenceInput<'_>],
-		draws: &[Draw],
+		wants: &[Want],
 	) -> Result<Vec<Next>>;
 }
 
@@ -109,13 +115,13 @@ impl Decoder for Llama {
 		false
 	}
 
-	/// Always the logits: the host samples.
+	/// Always the logits (the host samples), whatever was asked.
 	fn step(
 		&self,
 		cache: &mut PagedKvCache,
 		_residency: &mut (),
 		batch: &mut [SequenceInput<'_>],
-		_draws: &[Draw],
+		_wants: &[Want],
 	) -> Result<Vec<Next>> {
 		self.forward_batch(cache, batch)?
 			.into_iter()
@@ -164,28 +170,38 @@ impl<B: Backend> KernelAdapters<B> {
 }
 
 impl<B: Backend> KernelLlama<B> {
-	/// The next token of each row of `logits` (`[rows, vocab]`, on the backend) as `draws`
-	/// asks: all sampled on the backend when every row has a draw, else the logits brought
-	/// back, the rows with a draw sampled on the host by the kernels' reference sampler.
-	fn next_tokens(&self, logits: &B::Floats, draws: &[Draw]) -> Result<Vec<Next>> {
-		if let Some(all) = draws.iter().copied().collect::<Option<Vec<_>>>() {
-			let (params, uniform): (Vec<KernelSampling>, Vec<f32>) = all.into_iter().unzip();
+	/// What `wants` asks of each row of `logits` (`[rows, vocab]`, on the backend). Tokens are
+	/// always sampled on the backend (the rows that want none are sampled greedily alongside and
+	/// dropped), so a row's token never depends on what shares its batch; the logits come back
+	/// only when some row wants them.
+	fn next_tokens(&self, logits: &B::Floats, wants: &[Want]) -> Result<Vec<Next>> {
+		let mut out = vec![Next::Nothing; wants.len()];
+		if wants.iter().any(|w| matches!(w, Want::Token(..))) {
+			let (params, uniform): (Vec<KernelSampling>, Vec<f32>) = wants
+				.iter()
+				.map(|w| match *w {
+					Want::Token(params, u) => (params, u),
+					_ => (KernelSampling::GREEDY, 0.0),
+				})
+				.unzip();
 			let sampled = self.sample(logits, &params, &uniform)?;
-			return Ok(sampled.into_iter().map(|s| Next::Sampled(s.into())).collect());
-		}
-		let vocab = self.vocab();
-		let host = self.backend().read(logits)?;
-		host.chunks_exact(vocab)
-			.zip(draws)
-			.map(|(row, draw)| match draw {
-				Some((params, u)) => {
-					let sampled = kernel_sampling::sample(row, vocab, &[*params], &[*u])
-						.map_err(openledger_kernels::backend::KernelError::from)?;
-					Ok(Next::Sampled(sampled[0].into()))
+			for ((slot, want), s) in out.iter_mut().zip(wants).zip(sampled) {
+				if matches!(want, Want::Token(..)) {
+					*slot = Next::Sampled(s.into());
 				}
-				None => Ok(Next::Logits(row.to_vec())),
-			})
-			.collect()
+			}
+		}
+		if wants.contains(&Want::Logits) {
+			let host = self.backend().read(logits)?;
+			for ((slot, want), row) in
+				out.iter_mut().zip(wants).zip(host.chunks_exact(self.vocab()))
+			{
+				if *want == Want::Logits {
+					*slot = Next::Logits(row.to_vec());
+				}
+			}
+		}
+		Ok(out)
 	}
 
 	/// Makes every adapter of `adapters` resident in `residency`'s pool, evicting the least
@@ -291,23 +307,22 @@ where
 
 	/// Sequences with one new token decode together in one batch (paged decode attention,
 	/// multi-LoRA BGMV); each prompt chunk is a prefill of its own (flash attention over the
-	/// cache, SGMV). When every decoding sequence has a draw, the batch is sampled on the
-	/// backend and only tokens and log-probabilities come back; otherwise its logits come back
-	/// and the sequences with a draw are sampled by the same algorithm on the host.
+	/// cache, SGMV). Tokens are sampled on the backend, and logits come back only for the
+	/// sequences that want them (see `next_tokens`).
 	fn step(
 		&self,
 		cache: &mut PagedKvCache<KernelCache<B>>,
 		residency: &mut KernelAdapters<B>,
 		batch: &mut [SequenceInput<'_>],
-		draws: &[Draw],
+		wants: &[Want],
 	) -> Result<Vec<Next>> {
 		if batch.iter().any(|s| s.tokens.is_empty()) {
 			return Err(Error::Request("a sequence has no tokens to run".into()));
 		}
-		if draws.len() != batch.len() {
+		if wants.len() != batch.len() {
 			return Err(Error::Request(format!(
-				"{} draws for {} sequences",
-				draws.len(),
+				"{} wants for {} sequences",
+				wants.len(),
 				batch.len()
 			)));
 		}
@@ -324,7 +339,7 @@ where
 		let resident = |seq: &SequenceInput<'_>| -> Option<&KernelAdapter> {
 			seq.adapter.and_then(|a| residency.resident.get(&a.uid)).map(|r| &r.adapter)
 		};
-		let mut out = vec![Next::Logits(Vec::new()); batch.len()];
+		let mut out = vec![Next::Nothing; batch.len()];
 		let decoding: Vec<usize> =
 			(0..batch.len()).filter(|&i| batch[i].tokens.len() == 1).collect();
 		if !decoding.is_empty() {
@@ -338,7 +353,7 @@ where
 				})
 				.collect();
 			let logits = self.decode(cache.store_mut(), &inputs, Some(&residency.pool))?;
-			let rows: Vec<Draw> = decoding.iter().map(|&i| draws[i]).collect();
+			let rows: Vec<Want> = decoding.iter().map(|&i| wants[i]).collect();
 			for (&i, next) in decoding.iter().zip(self.next_tokens(&logits, &rows)?) {
 				out[i] = next;
 			}
@@ -353,7 +368,7 @@ where
 					seq.table.blocks(),
 					adapter,
 				)?;
-				out[i] = self.next_tokens(&logits, &[draws[i]])?.remove(0);
+				out[i] = self.next_tokens(&logits, &[wants[i]])?.remove(0);
 			}
 		}
 		for seq in batch.iter_mut() {

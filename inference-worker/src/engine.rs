@@ -18,8 +18,9 @@
 //! - **Adapters**: an adapter is loaded (on the loader thread) the first time a request names
 //!   it and kept in the adapter cache, least recently used out first. A decoder with an adapter
 //!   pool uploads it the first step it serves and evicts others only for room; a request joins
-//!   a batch only while the batch's adapters fit the pool together, and one whose adapter
-//!   could never fit fails with a clear error.
+//!   a batch only while the batch's adapters fit the pool together (and while one waits for
+//!   room, later requests join only with adapters already in the batch, so it is not starved),
+//!   and one whose adapter could never fit fails with a clear error.
 //! - **Overload**: at most `max_waiting` requests wait; more get [`Error::Overloaded`] at once.
 //! - **Failure**: a step that fails ends the requests of that batch with the error and frees
 //!   their blocks; the engine and every other request carry on.
@@ -32,7 +33,7 @@ use std::{
 
 use crate::{
 	adapter_cache::AdapterCache,
-	decoder::{Decoder, Next},
+	decoder::{Decoder, Next, Want},
 	error::{Error, Result},
 	generate::{validate, Generation, GenerationRequest, Progress},
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
@@ -57,7 +58,10 @@ pub struct EngineConfig {
 	pub max_running: usize,
 	/// Most requests waiting to start; beyond it requests are refused as overloaded.
 	pub max_waiting: usize,
-	/// Bytes of adapter weights kept ready to serve (the device tier).
+	/// Bytes of adapter weights kept ready to serve (the device tier). On a decoder with an
+	/// adapter pool (the kernel decoder) this is also the pool's size, allocated up front; its
+	/// pages are as wide as the model's widest projection, so it holds fewer adapters than the
+	/// same bytes of the adapter cache, and it must hold at least one page.
 	pub adapter_bytes: usize,
 	/// Bytes of adapter files kept in host memory (the host tier; 0 for none).
 	pub adapter_host_bytes: usize,
@@ -391,6 +395,9 @@ impl<D: Decoder> Engine<D> {
 	/// adapter cannot fit the pool even alone fails.
 	fn admit(&mut self, budget: &mut usize, done: &mut Vec<Completion>) {
 		let mut i = 0;
+		// Once a request waits for pool room, later ones may join only with adapters already in
+		// the batch (or none), so that a stream of other adapters cannot starve it.
+		let mut pool_waiter = false;
 		while i < self.waiting.len() && *budget > 0 && self.running.len() < self.config.max_running
 		{
 			if matches!(self.waiting[i].adapter, AdapterState::Loading(_)) {
@@ -398,6 +405,11 @@ impl<D: Decoder> Engine<D> {
 				continue;
 			}
 			if let Some(adapter) = self.waiting[i].adapter() {
+				let in_batch = self.running.iter().any(|s| s.salt() == adapter.uid);
+				if pool_waiter && !in_batch {
+					i += 1;
+					continue;
+				}
 				if !self.model.adapters_fit(&self.residency, &[adapter]) {
 					let Some(seq) = self.waiting.remove(i) else { break };
 					let error = Error::Adapter {
@@ -416,6 +428,7 @@ impl<D: Decoder> Engine<D> {
 				}
 				if !self.model.adapters_fit(&self.residency, &batch) {
 					// Its turn comes when adapters of the running batch leave.
+					pool_waiter = true;
 					i += 1;
 					continue;
 				}
@@ -453,14 +466,20 @@ impl<D: Decoder> Engine<D> {
 			return done;
 		}
 		let result = {
-			// Where the decoder samples, the sequences that sample this step draw now.
+			// What each sequence wants back: nothing mid-prompt, else a token sampled where the
+			// decoder's logits are when it samples and the request's sampler allows, else logits.
 			let samples = self.model.samples();
-			let draws: Vec<_> = self
+			let wants: Vec<Want> = self
 				.running
 				.iter_mut()
-				.map(|s| match samples && s.pending.len() == s.scheduled {
-					true => s.progress.kernel_draw(),
-					false => None,
+				.map(|s| {
+					if s.pending.len() > s.scheduled {
+						return Want::Nothing;
+					}
+					match samples.then(|| s.progress.kernel_draw()).flatten() {
+						Some((params, u)) => Want::Token(params, u),
+						None => Want::Logits,
+					}
 				})
 				.collect();
 			let mut inputs: Vec<SequenceInput<'_>> = Vec::with_capacity(self.running.len());
@@ -475,7 +494,7 @@ impl<D: Decoder> Engine<D> {
 					all_logits: false,
 				});
 			}
-			self.model.step(&mut self.cache, &mut self.residency, &mut inputs, &draws)
+			self.model.step(&mut self.cache, &mut self.residency, &mut inputs, &wants)
 		};
 		self.stats.steps += 1;
 		self.stats.tokens_computed += self.running.iter().map(|s| s.scheduled as u64).sum::<u64>();
@@ -504,6 +523,7 @@ impl<D: Decoder> Engine<D> {
 			let sampled = match next {
 				Next::Logits(logits) => seq.progress.advance(&logits, &self.tokenizer),
 				Next::Sampled(sampled) => seq.progress.record(sampled, &self.tokenizer),
+				Next::Nothing => Err(Error::Request("the decoder gave no next token".into())),
 			};
 			match sampled {
 				Ok(token) if !seq.progress.is_finished() => {

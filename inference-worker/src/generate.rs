@@ -127,6 +127,10 @@ impl Progress {
 	/// Records `sampled` as the next token (chosen by [`Progress::advance`], or by the kernels'
 	/// sampler from [`Progress::kernel_draw`]); returns it.
 	pub fn record(&mut self, sampled: Sampled, tokenizer: &Tokenizer) -> Result<u32> {
+		if sampled.logprob.is_nan() {
+			// The kernels' sampler orders a NaN above every number: NaN logits come out here.
+			return Err(Error::Request("the model produced no usable logits".into()));
+		}
 		self.tokens.push(sampled.token);
 		self.logprobs.push(sampled.logprob);
 		if Some(sampled.token) == tokenizer.eos {

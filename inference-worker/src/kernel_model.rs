@@ -253,26 +253,42 @@ impl<B: Backend> KernelLlama<B> {
 	/// Loads the PEFT adapter folder `dir` (named `name`, or after its folder), checking every
 	/// tensor against this model's projections.
 	pub fn load_adapter(&self, dir: &Path, name: Option<&str>) -> Result<LoraAdapter> {
-		LoraAdapter::load(
+		let adapter = LoraAdapter::load(
 			dir,
 			name,
 			&self.config,
 			|layer, p| self.widths(layer, p),
 			&candle_core::Device::Cpu,
-		)
+		)?;
+		Self::check_ranks(&adapter)?;
+		Ok(adapter)
+	}
+
+	/// Refuses an adapter with a module of a rank the kernels do not take (1 to [`MAX_RANK`]),
+	/// so that it fails when it is loaded rather than in a step it would share with others.
+	fn check_ranks(adapter: &LoraAdapter) -> Result<()> {
+		match adapter.modules().find(|w| w.rank == 0 || w.rank > MAX_RANK) {
+			Some(w) => Err(Error::Adapter {
+				name: adapter.name.clone(),
+				reason: format!("rank {} (the kernels take 1 to {MAX_RANK})", w.rank),
+			}),
+			None => Ok(()),
+		}
 	}
 
 	/// Builds the adapter `name` for this model from its files (already in host memory),
 	/// checking every tensor against this model's projections. Its weights stay on the host
 	/// until [`KernelLlama::upload_adapter`] puts them in a pool.
 	pub fn adapter_from_files(&self, name: &str, files: &AdapterFiles) -> Result<LoraAdapter> {
-		LoraAdapter::from_files(
+		let adapter = LoraAdapter::from_files(
 			files,
 			name,
 			&self.config,
 			|layer, p| self.widths(layer, p),
 			&candle_core::Device::Cpu,
-		)
+		)?;
+		Self::check_ranks(&adapter)?;
+		Ok(adapter)
 	}
 
 	/// The (input, output) widths of projection `p` of layer `layer`.
@@ -352,16 +368,11 @@ impl<B: Backend> KernelLlama<B> {
 	) -> Result<KernelAdapter> {
 		// Everything that can fail on the host first, so an upload failure is the only one
 		// that has pages to give back.
+		Self::check_ranks(adapter)?;
 		let mut pairs = Vec::new();
 		for l in 0..self.config.num_layers {
 			for p in Projection::ALL {
 				let Some(w) = adapter.weights(l, p) else { continue };
-				if w.rank == 0 || w.rank > MAX_RANK {
-					return Err(Error::Adapter {
-						name: adapter.name.clone(),
-						reason: format!("rank {} (the kernels take 1 to {MAX_RANK})", w.rank),
-					});
-				}
 				let (_, in_dim) = w.a.dims2()?;
 				let (_, out_dim) = w.b_t.dims2()?;
 				let a: Vec<f32> =
@@ -388,12 +399,18 @@ impl<B: Backend> KernelLlama<B> {
 		Ok(KernelAdapter { layers })
 	}
 
-	/// Gives an adapter's pages back to `pool`.
+	/// Gives an adapter's pages back to `pool`: every module's, even after one fails (the
+	/// first failure is returned).
 	pub fn release_adapter(&self, pool: &mut B::Pool, adapter: &KernelAdapter) -> Result<()> {
+		let mut first = Ok(());
 		for (_, paged) in adapter.layers.iter().flatten() {
-			self.backend.release_adapter(pool, paged)?;
+			if let Err(e) = self.backend.release_adapter(pool, paged) {
+				if first.is_ok() {
+					first = Err(e.into());
+				}
+			}
 		}
-		Ok(())
+		first
 	}
 
 	/// The cache slots of `positions` in a sequence with blocks `table`, after checking that

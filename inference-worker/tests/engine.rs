@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 use candle_core::Device;
 use openledger_inference_worker::{
 	config::LlamaConfig,
-	decoder::Decoder,
+	decoder::{Decoder, Want},
 	engine::{Completion, Engine, EngineConfig},
 	error::Error,
 	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
@@ -438,6 +438,81 @@ fn the_kernel_engine_refuses_an_adapter_larger_than_its_pool() {
 	assert_eq!(engine.residency().resident(), 1, "the small adapter stays resident");
 }
 
+/// A request waiting for room in the adapter pool is not overtaken by a later request whose
+/// adapter would fit beside the running ones: it starts first when room comes.
+#[test]
+fn a_request_waiting_for_pool_room_is_not_overtaken() {
+	let (model, tokenizer) = load_kernels();
+	let (dense, _) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let mut dirs = write_adapters(&dense, root.path(), &ADAPTERS);
+	dirs.extend(write_adapters(&dense, root.path(), &[("d", 4, 1, &[Projection::Q])]));
+	let pages =
+		|n: &str| KernelLlama::<Cpu>::pages_of(&model.load_adapter(&dirs[n], None).unwrap());
+	// a, b and d fit together; c does not fit beside a and b.
+	let pool = pages("a") + pages("b") + pages("d");
+	assert!(pages("a") + pages("b") + pages("c") > pool);
+	let config =
+		EngineConfig { adapter_bytes: pool * model.page_len() * 4, ..EngineConfig::default() };
+	let mut engine = Engine::new(model.clone(), tokenizer, config).unwrap();
+	for (name, dir) in &dirs {
+		engine.register_adapter(name.clone(), dir.clone());
+	}
+	// Every adapter in the adapter cache first, so that admission does not wait for loads.
+	for name in dirs.keys() {
+		engine.submit(&request("Hi", 1), Some(name)).unwrap();
+	}
+	engine.run_to_completion();
+	let long = request("The capital of France is", 10);
+	engine.submit(&long, Some("a")).unwrap();
+	engine.submit(&long, Some("b")).unwrap();
+	engine.step();
+	assert_eq!(engine.running(), 2);
+	let c = engine.submit(&request("1, 2, 3,", 2), Some("c")).unwrap();
+	let d = engine.submit(&request("1, 2, 3,", 2), Some("d")).unwrap();
+	let order: Vec<u64> = engine.run_to_completion().into_iter().map(|done| done.id).collect();
+	let at = |id| order.iter().position(|&x| x == id).unwrap();
+	assert!(at(c) < at(d), "c waited first and finished first: {order:?}");
+}
+
+/// An adapter of a rank the kernels do not take (above 128) fails when it is loaded, with its
+/// name, not in a step it would share with other requests; a sampled token whose
+/// log-probability is NaN (NaN logits) is refused.
+#[test]
+fn the_kernel_engine_refuses_a_rank_above_the_kernels_and_nan_logits() {
+	let (model, tokenizer) = load_kernels();
+	let (dense, _) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let wide = root.path().join("wide");
+	write_adapter(&dense, &wide, 3, 130, &[Projection::Q]);
+	match model.load_adapter(&wide, None) {
+		Err(Error::Adapter { reason, .. }) => assert!(reason.contains("rank 130"), "{reason}"),
+		other => panic!("a rank-130 adapter loaded: {other:?}"),
+	}
+	let config = EngineConfig { adapter_bytes: 64 << 20, ..EngineConfig::default() };
+	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
+	engine.register_adapter("wide", &wide);
+	let req = request("The capital of France is", 2);
+	let wide_id = engine.submit(&req, Some("wide")).unwrap();
+	let base_id = engine.submit(&req, None).unwrap();
+	let mut results: BTreeMap<u64, _> =
+		engine.run_to_completion().into_iter().map(|c| (c.id, c.result)).collect();
+	match results.remove(&wide_id) {
+		Some(Err(Error::Adapter { name, reason })) => {
+			assert_eq!(name, "wide");
+			assert!(reason.contains("rank 130"), "{reason}");
+		}
+		other => panic!("the wide adapter's request gave {other:?}"),
+	}
+	assert_eq!(results.remove(&base_id).unwrap().unwrap().tokens.len(), 2);
+
+	let mut progress =
+		openledger_inference_worker::generate::Progress::new(&req, vec![1, 2]).unwrap();
+	let nan = openledger_inference_worker::sampling::Sampled { token: 0, logprob: f32::NAN };
+	assert!(progress.record(nan, &tokenizer).is_err());
+	assert!(progress.tokens.is_empty(), "nothing recorded");
+}
+
 /// Copy on write in the kernel decoder's cache: a forked sequence that appends to a shared,
 /// partly filled block gets its own copy of it (on the backend), and both sequences then run
 /// as the original would have alone.
@@ -455,7 +530,7 @@ fn a_forked_sequence_copies_the_shared_block_it_writes_on_the_kernel_decoder() {
 			adapter: None,
 			all_logits: false,
 		}];
-		model.step(cache, &mut residency, &mut batch, &[None]).unwrap().remove(0)
+		model.step(cache, &mut residency, &mut batch, &[Want::Logits]).unwrap().remove(0)
 	};
 	let mut original = BlockTable::new(0);
 	step(&mut cache, &mut original, &prompt);
