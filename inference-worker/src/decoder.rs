@@ -172,8 +172,8 @@ impl<B: Backend> KernelAdapters<B> {
 impl<B: Backend> KernelLlama<B> {
 	/// What `wants` asks of each row of `logits` (`[rows, vocab]`, on the backend). Tokens are
 	/// always sampled on the backend (the rows that want none are sampled greedily alongside and
-	/// dropped), so a row's token never depends on what shares its batch; the logits come back
-	/// only when some row wants them.
+	/// dropped), so a row's token never depends on what shares its batch; only the rows that
+	/// want their logits bring them back.
 	fn next_tokens(&self, logits: &B::Floats, wants: &[Want]) -> Result<Vec<Next>> {
 		let mut out = vec![Next::Nothing; wants.len()];
 		if wants.iter().any(|w| matches!(w, Want::Token(..))) {
@@ -191,14 +191,11 @@ impl<B: Backend> KernelLlama<B> {
 				}
 			}
 		}
-		if wants.contains(&Want::Logits) {
-			let host = self.backend().read(logits)?;
-			for ((slot, want), row) in
-				out.iter_mut().zip(wants).zip(host.chunks_exact(self.vocab()))
-			{
-				if *want == Want::Logits {
-					*slot = Next::Logits(row.to_vec());
-				}
+		let vocab = self.vocab();
+		for (row, (slot, want)) in out.iter_mut().zip(wants).enumerate() {
+			if *want == Want::Logits {
+				// Only the rows that want them cross the bus.
+				*slot = Next::Logits(self.backend().read_range(logits, row * vocab, vocab)?);
 			}
 		}
 		Ok(out)

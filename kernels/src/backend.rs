@@ -56,6 +56,9 @@ pub trait Backend {
 	fn slots(&self, host: &[i64]) -> KernelResult<Self::Slots>;
 	/// `buffer`'s values, on the host.
 	fn read(&self, buffer: &Self::Floats) -> KernelResult<Vec<f32>>;
+	/// `len` of `buffer`'s values from `start`, on the host (one row of logits, say).
+	fn read_range(&self, buffer: &Self::Floats, start: usize, len: usize)
+		-> KernelResult<Vec<f32>>;
 	/// Copies `len` values of `buffer` from `src` to `dst` (the ranges must not overlap): the
 	/// copy of a shared KV cache block before it is written.
 	fn copy_within(
@@ -191,10 +194,18 @@ pub trait Backend {
 	) -> KernelResult<()>;
 }
 
+/// Checks that `start..start + len` lies in a buffer of `buffer_len`.
+fn check_range(buffer_len: usize, start: usize, len: usize) -> Result<(), ShapeError> {
+	match start.checked_add(len) {
+		Some(end) if end <= buffer_len => Ok(()),
+		_ => Err(ShapeError(format!("{len} values from {start} of a buffer of {buffer_len}"))),
+	}
+}
+
 /// Checks a [`Backend::copy_within`] of `len` values from `src` to `dst` in a buffer of
 /// `buffer_len`: both ranges inside it, and apart.
 fn check_copy(buffer_len: usize, src: usize, dst: usize, len: usize) -> Result<(), ShapeError> {
-	let inside = |at: usize| at.checked_add(len).is_some_and(|end| end <= buffer_len);
+	let inside = |at: usize| check_range(buffer_len, at, len).is_ok();
 	if !inside(src) || !inside(dst) || (src < dst + len && dst < src + len && len > 0) {
 		return Err(ShapeError(format!(
 			"copy of {len} values from {src} to {dst} in a buffer of {buffer_len}"
@@ -247,6 +258,10 @@ impl Backend for Cpu {
 		check_copy(buffer.len(), src, dst, len)?;
 		buffer.copy_within(src..src + len, dst);
 		Ok(())
+	}
+	fn read_range(&self, buffer: &Vec<f32>, start: usize, len: usize) -> KernelResult<Vec<f32>> {
+		check_range(buffer.len(), start, len)?;
+		Ok(buffer[start..start + len].to_vec())
 	}
 	fn read(&self, buffer: &Vec<f32>) -> KernelResult<Vec<f32>> {
 		Ok(buffer.clone())
@@ -474,6 +489,16 @@ impl Backend for Cuda {
 	fn read(&self, buffer: &CudaSlice<f32>) -> KernelResult<Vec<f32>> {
 		Ok(self.gpu.download(buffer)?)
 	}
+	fn read_range(
+		&self,
+		buffer: &CudaSlice<f32>,
+		start: usize,
+		len: usize,
+	) -> KernelResult<Vec<f32>> {
+		check_range(buffer.len(), start, len)?;
+		let view = buffer.slice(start..start + len);
+		Ok(self.gpu.stream().clone_dtoh(&view).map_err(GpuError::from)?)
+	}
 	fn copy_within(
 		&self,
 		buffer: &mut CudaSlice<f32>,
@@ -678,6 +703,16 @@ mod tests {
 			assert_eq!(buffer, before, "a refused copy changes nothing");
 		}
 		Cpu.copy_within(&mut buffer, 3, 3, 0).unwrap();
+	}
+
+	#[test]
+	fn read_range_reads_one_range_and_refuses_overruns() {
+		let buffer: Vec<f32> = (0..10).map(|i| i as f32).collect();
+		assert_eq!(Cpu.read_range(&buffer, 3, 4).unwrap(), [3., 4., 5., 6.]);
+		assert_eq!(Cpu.read_range(&buffer, 10, 0).unwrap(), [] as [f32; 0]);
+		for (start, len) in [(8, 3), (11, 0), (usize::MAX, 2)] {
+			assert!(Cpu.read_range(&buffer, start, len).is_err(), "{start} x{len}");
+		}
 	}
 
 	#[test]

@@ -232,6 +232,8 @@ fn copy_block(gpu: &Gpu) -> anyhow::Result<()> {
 		Cpu.copy_within(&mut on_cpu, src, dst, len)?;
 	}
 	anyhow::ensure!(cuda.read(&on_gpu)? == on_cpu, "copies differ from the CPU's");
+	anyhow::ensure!(cuda.read_range(&on_gpu, 8190, 40)? == on_cpu[8190..8230], "a range read");
+	anyhow::ensure!(cuda.read_range(&on_gpu, 16 * 1024, 8).is_err(), "an overrun was read");
 	anyhow::ensure!(cuda.copy_within(&mut on_gpu, 0, 10, 20).is_err(), "an overlap was copied");
 	anyhow::ensure!(
 		cuda.copy_within(&mut on_gpu, 16 * 1024, 0, 8).is_err(),
