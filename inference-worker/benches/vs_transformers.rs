@@ -11,6 +11,8 @@
 //! - with a CUDA device, both again on it: transformers + PEFT with `device="cuda"`, and the
 //!   engine over the decoder composed of the CUDA kernels.
 //!
+//! `-- --gpu-only` leaves the CPU rows out (for a GPU machine's short lease).
+//!
 //! Needs python3 with torch, transformers, peft and gguf (`scripts/bench-vs-transformers.sh`
 //! installs them when missing); without them the baseline rows say why they are missing.
 //! Prints a Markdown table: generated tokens per second and each row's ratio to transformers +
@@ -126,8 +128,12 @@ fn transformers(
 	});
 	let input = root.join("requests.json");
 	std::fs::write(&input, spec.to_string()).map_err(|e| e.to_string())?;
-	let script =
-		Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/hf_throughput.py");
+	// From the repository's root (a copy of the tree on a GPU machine), else where it was built.
+	let script = Some(Path::new("scripts/reference/hf_throughput.py").to_path_buf())
+		.filter(|p| p.exists())
+		.unwrap_or_else(|| {
+			Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/hf_throughput.py")
+		});
 	let output = Command::new("python3")
 		.arg(script)
 		.arg(&input)
@@ -173,29 +179,30 @@ fn main() {
 	println!();
 	println!("| system | generated tokens | seconds | generated tok/s | vs transformers + PEFT |");
 	println!("|---|---|---|---|---|");
-	let hf = transformers(&gguf, root.path(), &requests, "cpu");
-	let baseline = match &hf {
-		Ok((run, versions)) => {
-			row(&format!("transformers + PEFT, CPU, f32 ({versions})"), run, Some(run));
-			Some(run)
-		}
-		Err(why) => {
-			println!("| transformers + PEFT, CPU | SKIPPED: {why} | | | |");
-			None
-		}
-	};
-	let run = ours(Arc::new(quantized), &tokenizer, root.path(), &requests);
-	row(
-		&format!(
-			"ours, CPU, Q4_1/Q8_0 as stored, {} threads",
-			candle_core::utils::get_num_threads()
-		),
-		&run,
-		baseline,
-	);
-	let (dense, _) = Llama::from_gguf(&gguf, &Device::Cpu, WeightFormat::F32).unwrap();
-	row("ours, CPU, f32", &ours(Arc::new(dense), &tokenizer, root.path(), &requests), baseline);
-
+	if !std::env::args().any(|a| a == "--gpu-only") {
+		let hf = transformers(&gguf, root.path(), &requests, "cpu");
+		let baseline = match &hf {
+			Ok((run, versions)) => {
+				row(&format!("transformers + PEFT, CPU, f32 ({versions})"), run, Some(run));
+				Some(run)
+			}
+			Err(why) => {
+				println!("| transformers + PEFT, CPU | SKIPPED: {why} | | | |");
+				None
+			}
+		};
+		let run = ours(Arc::new(quantized), &tokenizer, root.path(), &requests);
+		row(
+			&format!(
+				"ours, CPU, Q4_1/Q8_0 as stored, {} threads",
+				candle_core::utils::get_num_threads()
+			),
+			&run,
+			baseline,
+		);
+		let (dense, _) = Llama::from_gguf(&gguf, &Device::Cpu, WeightFormat::F32).unwrap();
+		row("ours, CPU, f32", &ours(Arc::new(dense), &tokenizer, root.path(), &requests), baseline);
+	}
 	match Gpu::first() {
 		Ok(Some(gpu)) => {
 			let name = gpu.name().unwrap_or_else(|e| e.to_string());
