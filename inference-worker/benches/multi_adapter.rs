@@ -70,6 +70,9 @@ fn main() {
 		print_table(&rows);
 	}
 	match Gpu::first() {
+		Ok(Some(gpu)) if gpu.is_emulator() => {
+			println!("SKIPPED: the kernel decoder on a GPU (the CUDA emulator is not one)")
+		}
 		Ok(Some(gpu)) => {
 			let name = gpu.name().unwrap_or_else(|e| e.to_string());
 			let (kernels, _) = KernelLlama::from_gguf(&path, Cuda::new(gpu), Some(256)).unwrap();

@@ -204,6 +204,9 @@ fn main() {
 		row("ours, CPU, f32", &ours(Arc::new(dense), &tokenizer, root.path(), &requests), baseline);
 	}
 	match Gpu::first() {
+		Ok(Some(gpu)) if gpu.is_emulator() => {
+			println!("\nSKIPPED: the GPU rows (the CUDA emulator is not a GPU)")
+		}
 		Ok(Some(gpu)) => {
 			let name = gpu.name().unwrap_or_else(|e| e.to_string());
 			let hf = transformers(&gguf, root.path(), &requests, "cuda");

@@ -5,7 +5,9 @@
 //! pool on the device): each request as it comes out alone.
 //!
 //! A plain `main` (harness = false) so that a skip is printed whatever the runner captures:
-//! without a CUDA device the steps run on the CPU references only, and it says so.
+//! without a CUDA device the steps run on the CPU references only, and it says so (or fails,
+//! with `OPENLEDGER_REQUIRE_GPU=1`). `scripts/test.sh` runs it on the CUDA emulator
+//! (`kernels/emulator/`).
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -138,6 +140,10 @@ fn main() -> anyhow::Result<()> {
 	let (cpu, _) = KernelLlama::from_gguf(&path, Cpu, Some(256))?;
 	let (want, tokens) = run(&cpu, &prompts, &adapters, None)?;
 	let Some(gpu) = gpu else {
+		anyhow::ensure!(
+			std::env::var("OPENLEDGER_REQUIRE_GPU").as_deref() != Ok("1"),
+			"OPENLEDGER_REQUIRE_GPU=1 but there is no CUDA driver or device"
+		);
 		println!(
 			"SKIPPED: the kernel decoder on the GPU (no CUDA driver or device here); its {} steps \
 			 ran on the CPU references only.",

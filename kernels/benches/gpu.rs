@@ -56,6 +56,10 @@ fn main() -> anyhow::Result<()> {
 		println!("SKIPPED: no CUDA driver or device on this machine; nothing measured.");
 		return Ok(());
 	};
+	if gpu.is_emulator() {
+		println!("SKIPPED: the CUDA emulator runs kernels on the CPU; nothing measured.");
+		return Ok(());
+	}
 	let peak = gpu.peak_bandwidth()?;
 	println!(
 		"device: {} ({}), peak memory bandwidth {:.0} GB/s",

@@ -35,10 +35,14 @@
 
 __device__ __forceinline__ float f16_to_f32(unsigned int h)
 {
-	float f;
 	unsigned short s = (unsigned short)h;
+#ifdef CUDA_EMULATOR
+	return emu_half_to_float(s);
+#else
+	float f;
 	asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(s));
 	return f;
+#endif
 }
 
 __device__ __forceinline__ float bf16_to_f32(unsigned int h)

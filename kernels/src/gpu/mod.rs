@@ -89,6 +89,9 @@ pub const COMMON: &str = include_str!("../../cuda/common.cuh");
 /// Every source, in the order they are compiled.
 pub const SOURCES: [Source; 6] = [ATTENTION, FUSED, LORA, QUANT, SAMPLING, SPARSE];
 
+/// How the CUDA emulator's device name begins (`kernels/emulator/driver.cpp`).
+pub const EMULATOR_NAME: &str = "OpenLedger CUDA emulator";
+
 /// Whether `libcuda` can be loaded.
 pub fn driver_available() -> bool {
 	// SAFETY: only tries to open the library; nothing is called through it.
@@ -200,6 +203,12 @@ impl Gpu {
 	/// The device's name, as the driver gives it.
 	pub fn name(&self) -> Result<String, GpuError> {
 		Ok(self.ctx.name()?)
+	}
+
+	/// Whether this "device" is the CUDA emulator (`kernels/emulator/`, which runs the kernels
+	/// on the CPU for correctness checks): its timings mean nothing, and benches refuse it.
+	pub fn is_emulator(&self) -> bool {
+		self.name().is_ok_and(|name| name.starts_with(EMULATOR_NAME))
 	}
 
 	/// The architecture the sources are compiled for on this device.

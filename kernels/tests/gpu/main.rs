@@ -7,9 +7,13 @@
 //!    `scripts/test.sh` sets after fetching NVRTC, a missing NVRTC is a failure, not a skip;
 //! 2. when a CUDA device is present, every kernel is run on it and compared with its CPU
 //!    reference over many shapes, each family in its own module below. Without a device these
-//!    checks are skipped, and the line saying so is printed last.
+//!    checks are skipped, and the line saying so is printed last; with
+//!    `OPENLEDGER_REQUIRE_GPU=1` (`scripts/test.sh`, which puts the CUDA emulator of
+//!    `kernels/emulator/` on the library path) a missing device is a failure. On the emulator the
+//!    emulator's own checks run too (`emulator.rs`).
 
 mod attention;
+mod emulator;
 mod fused;
 mod lora;
 mod quant;
@@ -99,6 +103,22 @@ fn main() {
 					}
 				}
 			}
+			if gpu.is_emulator() {
+				for (name, check) in emulator::CHECKS {
+					match check(&gpu) {
+						Ok(()) => println!("  ok    emulator::{name}"),
+						Err(e) => {
+							println!("  FAIL  emulator::{name}: {e:#}");
+							failed.push(format!("emulator::{name}"));
+						}
+					}
+				}
+			}
+			None
+		}
+		Ok(None) if std::env::var("OPENLEDGER_REQUIRE_GPU").as_deref() == Ok("1") => {
+			println!("  FAIL  OPENLEDGER_REQUIRE_GPU=1 but there is no CUDA driver or device");
+			failed.push("GPU missing".into());
 			None
 		}
 		Ok(None) => Some("no CUDA driver or device on this machine".to_string()),
