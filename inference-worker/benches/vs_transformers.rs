@@ -16,7 +16,9 @@
 //! Needs python3 with torch, transformers, peft and gguf (`scripts/bench-vs-transformers.sh`
 //! installs them when missing); without them the baseline rows say why they are missing.
 //! Prints a Markdown table: generated tokens per second and each row's ratio to transformers +
-//! PEFT on the same device.
+//! PEFT on the same device. `OPENLEDGER_BENCH_DRY_RUN=1` serves 8 requests of 2 tokens, also on
+//! the CUDA emulator, to show the whole bench runs before a lent GPU's minutes are spent on it;
+//! its numbers mean nothing.
 
 use std::{path::Path, process::Command, sync::Arc, time::Instant};
 
@@ -59,12 +61,18 @@ impl Run {
 }
 
 /// Request `i`: a prompt and an adapter in turn (every request has one).
+/// Whether this is a dry run (`OPENLEDGER_BENCH_DRY_RUN=1`).
+fn dry_run() -> bool {
+	std::env::var("OPENLEDGER_BENCH_DRY_RUN").as_deref() == Ok("1")
+}
+
 fn requests(names: &[String]) -> Vec<(GenerationRequest, String)> {
-	(0..REQUESTS)
+	let (count, max_tokens) = if dry_run() { (8, 2) } else { (REQUESTS, MAX_TOKENS) };
+	(0..count)
 		.map(|i| {
 			let request = GenerationRequest {
 				prompt: PROMPTS[i % PROMPTS.len()].into(),
-				max_tokens: MAX_TOKENS,
+				max_tokens,
 				sampling: SamplingParams::default(),
 				stop: vec![],
 			};
@@ -83,7 +91,7 @@ fn ours<D: Decoder>(
 	let config = EngineConfig {
 		max_running: BATCH,
 		max_batch_tokens: 1024,
-		max_waiting: REQUESTS,
+		max_waiting: requests.len(),
 		adapter_bytes: 1 << 30,
 		..EngineConfig::default()
 	};
@@ -171,10 +179,17 @@ fn main() {
 	let root = tempfile::tempdir().unwrap();
 	let names = common::write_qv_adapters(&quantized.config, root.path(), ADAPTERS, RANK);
 	let requests = requests(&names);
+	if dry_run() {
+		println!(
+			"DRY RUN (OPENLEDGER_BENCH_DRY_RUN=1): {} requests; numbers mean nothing.",
+			requests.len()
+		);
+	}
 	println!(
-		"SmolLM2-135M-Instruct, {REQUESTS} requests of up to {MAX_TOKENS} greedy tokens, \
-		 {ADAPTERS} distinct rank-{RANK} q/v adapters in the mix (every request has one), batch \
-		 {BATCH}"
+		"SmolLM2-135M-Instruct, {} requests of up to {} greedy tokens, {ADAPTERS} distinct \
+		 rank-{RANK} q/v adapters in the mix (every request has one), batch {BATCH}",
+		requests.len(),
+		requests[0].0.max_tokens
 	);
 	println!();
 	println!("| system | generated tokens | seconds | generated tok/s | vs transformers + PEFT |");
@@ -204,7 +219,7 @@ fn main() {
 		row("ours, CPU, f32", &ours(Arc::new(dense), &tokenizer, root.path(), &requests), baseline);
 	}
 	match Gpu::first() {
-		Ok(Some(gpu)) if gpu.is_emulator() => {
+		Ok(Some(gpu)) if gpu.is_emulator() && !dry_run() => {
 			println!("\nSKIPPED: the GPU rows (the CUDA emulator is not a GPU)")
 		}
 		Ok(Some(gpu)) => {

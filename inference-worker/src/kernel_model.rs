@@ -451,20 +451,22 @@ impl<B: Backend> KernelLlama<B> {
 		Ok(self.backend.floats(&x)?)
 	}
 
-	/// `y = x · Wᵀ` (+ the adapters of `plan`) for `n` rows.
+	/// `y = x · Wᵀ` for `n` rows, plus, with `lora`, the adapters of the step's plan for
+	/// layer `layer`'s projection `p`.
 	fn project(
 		&self,
 		w: &Weight<B>,
 		x: &B::Floats,
 		n: usize,
-		lora: Option<(&B::Pool, &LoraPlan)>,
+		lora: &mut Option<(&B::Pool, B::Plans)>,
+		layer: usize,
+		p: Projection,
 	) -> Result<B::Floats> {
 		let mut y = self.backend.zeros(n * w.rows)?;
 		self.backend.gemv(w.format, &w.bytes, w.rows, w.cols, x, n, &mut y)?;
-		if let Some((pool, plan)) = lora {
-			if plan.num_tiles() > 0 {
-				self.backend.add_lora(pool, plan, x, w.cols, &mut y, w.rows)?;
-			}
+		if let Some((pool, plans)) = lora {
+			let which = plan_slot(layer, p);
+			self.backend.add_lora(pool, plans, which, x, w.cols, &mut y, w.rows)?;
 		}
 		Ok(y)
 	}
@@ -489,22 +491,31 @@ impl<B: Backend> KernelLlama<B> {
 		let positions = self.backend.words(positions)?;
 		let slots = self.backend.slots(slots)?;
 		let mut h = self.backend.zeros(n * c.hidden_size)?;
+		// Every layer's and projection's plan for this step, made ready at once (one copy on a
+		// GPU), in plan_slot order.
+		let mut lora = match pool {
+			Some(pool) if !plans.is_empty() => {
+				let mut all = Vec::with_capacity(self.layers.len() * Projection::ALL.len());
+				for l in 0..self.layers.len() {
+					for p in Projection::ALL {
+						let segments: Vec<_> = plans
+							.iter()
+							.filter_map(|&(row, adapter)| Some((row..row + 1, adapter.get(l, p)?)))
+							.collect();
+						all.push(
+							LoraPlan::new(n, &coalesce(&segments)).map_err(KernelError::from)?,
+						);
+					}
+				}
+				Some((pool, self.backend.plans(pool, all)?))
+			}
+			_ => None,
+		};
 		for (l, layer) in self.layers.iter().enumerate() {
-			let plan_for = |p: Projection| -> Result<LoraPlan> {
-				let segments: Vec<_> = plans
-					.iter()
-					.filter_map(|&(row, adapter)| Some((row..row + 1, adapter.get(l, p)?)))
-					.collect();
-				Ok(LoraPlan::new(n, &coalesce(&segments)).map_err(KernelError::from)?)
-			};
-			let lora = |p: Projection| -> Result<Option<LoraPlan>> {
-				Ok(if pool.is_some() && !plans.is_empty() { Some(plan_for(p)?) } else { None })
-			};
 			self.backend.rms_norm(&x, &layer.attn_norm, eps, &mut h)?;
-			let (pq, pk, pv) = (lora(Projection::Q)?, lora(Projection::K)?, lora(Projection::V)?);
-			let mut q = self.project(&layer.q, &h, n, with(pool, &pq))?;
-			let mut k = self.project(&layer.k, &h, n, with(pool, &pk))?;
-			let v = self.project(&layer.v, &h, n, with(pool, &pv))?;
+			let mut q = self.project(&layer.q, &h, n, &mut lora, l, Projection::Q)?;
+			let mut k = self.project(&layer.k, &h, n, &mut lora, l, Projection::K)?;
+			let v = self.project(&layer.v, &h, n, &mut lora, l, Projection::V)?;
 			let d = c.head_dim;
 			self.backend.rope(
 				&mut q,
@@ -527,13 +538,13 @@ impl<B: Backend> KernelLlama<B> {
 			let layout = cache.layout;
 			self.backend.write_kv(&mut cache.k[l], &mut cache.v[l], layout, &k, &v, &slots)?;
 			let attn = attend(&q, cache, l)?;
-			let o = self.project(&layer.o, &attn, n, with(pool, &lora(Projection::O)?))?;
+			let o = self.project(&layer.o, &attn, n, &mut lora, l, Projection::O)?;
 			self.backend.add_rms_norm(&mut x, &o, &layer.ffn_norm, eps, &mut h)?;
-			let gate = self.project(&layer.gate, &h, n, with(pool, &lora(Projection::Gate)?))?;
-			let up = self.project(&layer.up, &h, n, with(pool, &lora(Projection::Up)?))?;
+			let gate = self.project(&layer.gate, &h, n, &mut lora, l, Projection::Gate)?;
+			let up = self.project(&layer.up, &h, n, &mut lora, l, Projection::Up)?;
 			let mut act = self.backend.zeros(n * c.intermediate_size)?;
 			self.backend.silu_mul(&gate, &up, &mut act)?;
-			let down = self.project(&layer.down, &act, n, with(pool, &lora(Projection::Down)?))?;
+			let down = self.project(&layer.down, &act, n, &mut lora, l, Projection::Down)?;
 			self.backend.add_assign(&mut x, &down)?;
 		}
 		Ok(x)
@@ -543,7 +554,7 @@ impl<B: Backend> KernelLlama<B> {
 	fn logits(&self, x: &B::Floats, n: usize) -> Result<B::Floats> {
 		let mut h = self.backend.zeros(n * self.config.hidden_size)?;
 		self.backend.rms_norm(x, &self.norm, self.config.rms_norm_eps as f32, &mut h)?;
-		self.project(&self.lm_head, &h, n, None)
+		self.project(&self.lm_head, &h, n, &mut None, 0, Projection::Q)
 	}
 
 	fn attention_params(&self) -> AttentionParams {
@@ -683,9 +694,11 @@ impl<B: Backend> KernelLlama<B> {
 	}
 }
 
-/// The pool and plan of a projection, when it has adapters.
-fn with<'a, P>(pool: Option<&'a P>, plan: &'a Option<LoraPlan>) -> Option<(&'a P, &'a LoraPlan)> {
-	pool.zip(plan.as_ref())
+/// Where layer `layer`'s plan for projection `p` is among a step's plans: layer by layer, in
+/// [`Projection::ALL`] order.
+fn plan_slot(layer: usize, p: Projection) -> usize {
+	let index = Projection::ALL.iter().position(|&q| q == p).unwrap_or(0);
+	layer * Projection::ALL.len() + index
 }
 
 /// Merges consecutive one-row segments that share an adapter into one segment, so a prefill's

@@ -10,6 +10,10 @@
 //!
 //! `cargo bench -p openledger-kernels --bench gpu` (NVRTC on `LD_LIBRARY_PATH`:
 //! `scripts/fetch-nvrtc.sh` prints its folder). Without a GPU it says so and measures nothing.
+//!
+//! `OPENLEDGER_BENCH_DRY_RUN=1` runs every step once at toy sizes, also on the CUDA emulator
+//! (`scripts/build-cuda-emulator.sh`), to show the whole bench runs before a lent GPU's minutes
+//! are spent on it; its numbers mean nothing.
 
 use std::time::Instant;
 
@@ -25,8 +29,24 @@ use openledger_kernels::{
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-/// Median seconds of `runs` timed calls of `f` (after two warm-up calls), each synchronised.
+/// Whether this is a dry run (`OPENLEDGER_BENCH_DRY_RUN=1`): toy sizes, one timed call.
+fn dry_run() -> bool {
+	std::env::var("OPENLEDGER_BENCH_DRY_RUN").as_deref() == Ok("1")
+}
+
+/// `full`, or `toy` in a dry run.
+fn size(full: usize, toy: usize) -> usize {
+	if dry_run() {
+		toy
+	} else {
+		full
+	}
+}
+
+/// Median seconds of `runs` timed calls of `f` (after two warm-up calls), each synchronised;
+/// one call in a dry run.
 fn time(gpu: &Gpu, runs: usize, mut f: impl FnMut() -> Result<(), GpuError>) -> f64 {
+	let runs = size(runs, 1);
 	let mut run = || -> Result<f64, GpuError> {
 		gpu.synchronize()?;
 		let start = Instant::now();
@@ -56,7 +76,11 @@ fn main() -> anyhow::Result<()> {
 		println!("SKIPPED: no CUDA driver or device on this machine; nothing measured.");
 		return Ok(());
 	};
-	if gpu.is_emulator() {
+	if dry_run() {
+		println!(
+			"DRY RUN (OPENLEDGER_BENCH_DRY_RUN=1): toy sizes, one call each; numbers mean nothing."
+		);
+	} else if gpu.is_emulator() {
 		println!("SKIPPED: the CUDA emulator runs kernels on the CPU; nothing measured.");
 		return Ok(());
 	}
@@ -77,7 +101,7 @@ fn main() -> anyhow::Result<()> {
 	let cols = 8192;
 	for format in Format::ALL {
 		let row_bytes = host_quant::row_bytes(format, cols)?;
-		let rows = (512 << 20) / row_bytes;
+		let rows = size(512 << 20, 1 << 20) / row_bytes;
 		// Quantize one 64-row band and repeat it: the values do not change the timing.
 		let band_rows = 64.min(rows);
 		let band = match format {
@@ -127,9 +151,10 @@ fn main() -> anyhow::Result<()> {
 	println!("| context | KV MB read | µs | GB/s | share of peak |");
 	println!("|---|---|---|---|---|");
 	for context in [512usize, 2048, 8192] {
-		let (seqs, heads, kv_heads, head_dim, block_size) = (64usize, 32, 8, 128, 16);
+		let context = size(context, context / 16 + 7);
+		let (seqs, heads, kv_heads, head_dim, block_size) = (size(64, 2), 32, 8, 128, 16);
 		let layout = KvLayout { block_size, num_kv_heads: kv_heads, head_dim };
-		let blocks_per_seq = context / block_size;
+		let blocks_per_seq = context.div_ceil(block_size);
 		let num_blocks = seqs * blocks_per_seq;
 		let mut order: Vec<u32> = (0..num_blocks as u32).collect();
 		for i in (1..order.len()).rev() {
@@ -177,7 +202,7 @@ fn main() -> anyhow::Result<()> {
 	// own request: base alone, base + one adapter for all rows, base + 64 of 1,000 resident
 	// adapters (rank 16).
 	println!("\n## Multi-LoRA (4096 x 4096 bf16 projection, rank 16, batch 64)");
-	let (dim, rank, batch, resident) = (4096usize, 16usize, 64usize, 1000usize);
+	let (dim, rank, batch, resident) = (size(4096, 256), 16usize, size(64, 9), 1000usize);
 	let w = host_quant::quantize(Format::Bf16, &random(&mut rng, dim * dim, 0.05), dim, dim)?;
 	let weights = gpu.upload(&w)?;
 	let x = gpu.upload(&random(&mut rng, batch * dim, 1.0))?;
@@ -237,7 +262,7 @@ fn main() -> anyhow::Result<()> {
 		plain / upload
 	);
 	println!("| plain page-locked copy | {:.1} | {:.1} | 1.00 |", plain * 1e6, bytes / plain / 1e9);
-	let big = 256usize << 20;
+	let big = size(256 << 20, 1 << 20);
 	let mut big_pinned = gpu.pinned::<u8>(big)?;
 	big_pinned.as_mut_slice()?.fill(1);
 	let mut big_dst = gpu.zeros::<u8>(big)?;
@@ -252,7 +277,7 @@ fn main() -> anyhow::Result<()> {
 	println!("\n## FFN down projection, sparse vs dense (8 rows, 14336 -> 4096)");
 	println!("| zero activations | dense µs | sparse µs | speed-up |");
 	println!("|---|---|---|---|");
-	let (rows, inter, hidden) = (8usize, 14336usize, 4096usize);
+	let (rows, inter, hidden) = (8usize, size(14336, 1000), size(4096, 300));
 	let w_t = gpu.upload(&random(&mut rng, inter * hidden, 0.02))?;
 	let mut out = gpu.zeros::<f32>(rows * hidden)?;
 	for zero_share in [0.0f64, 0.5, 0.9] {

@@ -43,6 +43,8 @@ pub trait Backend {
 	type Slots;
 	/// The paged adapter pool.
 	type Pool;
+	/// A step's multi-LoRA plans, made ready together ([`Backend::plans`]).
+	type Plans;
 
 	/// A buffer holding `host`.
 	fn floats(&self, host: &[f32]) -> KernelResult<Self::Floats>;
@@ -182,16 +184,38 @@ pub trait Backend {
 	fn release_adapter(&self, pool: &mut Self::Pool, adapter: &PagedAdapter) -> KernelResult<()>;
 	/// Pages of `pool` not holding an adapter.
 	fn free_pages(&self, pool: &Self::Pool) -> usize;
-	/// `y += x · Aᵀ · (s·Bᵀ)` on the rows `plan` names, each with its adapter.
+	/// Makes `plans` ready for [`Backend::add_lora`] over `pool`: on a GPU every plan of a step
+	/// (one per layer and projection) goes over the bus in one copy, and one shrunk buffer serves
+	/// them all.
+	fn plans(&self, pool: &Self::Pool, plans: Vec<LoraPlan>) -> KernelResult<Self::Plans>;
+	/// `y += x · Aᵀ · (s·Bᵀ)` on the rows plan `which` of `plans` names, each with its adapter.
+	#[allow(clippy::too_many_arguments)]
 	fn add_lora(
 		&self,
 		pool: &Self::Pool,
-		plan: &LoraPlan,
+		plans: &mut Self::Plans,
+		which: usize,
 		x: &Self::Floats,
 		in_dim: usize,
 		y: &mut Self::Floats,
 		out_dim: usize,
 	) -> KernelResult<()>;
+}
+
+/// The plan `which` of a step's `count` plans, or a shape error.
+fn plan_index(which: usize, count: usize) -> Result<usize, ShapeError> {
+	if which < count {
+		Ok(which)
+	} else {
+		Err(ShapeError(format!("plan {which} of {count}")))
+	}
+}
+
+/// A step's plans on the GPU: their arrays in one device buffer, and the shrunk buffer they
+/// share (sized for the largest).
+pub struct CudaPlans {
+	plans: Vec<gpu::lora::DevicePlan>,
+	shrunk: CudaSlice<f32>,
 }
 
 /// Checks that `start..start + len` lies in a buffer of `buffer_len`.
@@ -232,6 +256,7 @@ impl Backend for Cpu {
 	type Words = Vec<u32>;
 	type Slots = Vec<i64>;
 	type Pool = CpuPool;
+	type Plans = Vec<LoraPlan>;
 
 	fn floats(&self, host: &[f32]) -> KernelResult<Vec<f32>> {
 		Ok(host.to_vec())
@@ -431,15 +456,21 @@ impl Backend for Cpu {
 	fn free_pages(&self, pool: &CpuPool) -> usize {
 		pool.pages.free_pages()
 	}
+	fn plans(&self, _pool: &CpuPool, plans: Vec<LoraPlan>) -> KernelResult<Vec<LoraPlan>> {
+		Ok(plans)
+	}
+
 	fn add_lora(
 		&self,
 		pool: &CpuPool,
-		plan: &LoraPlan,
+		plans: &mut Vec<LoraPlan>,
+		which: usize,
 		x: &Vec<f32>,
 		in_dim: usize,
 		y: &mut Vec<f32>,
 		out_dim: usize,
 	) -> KernelResult<()> {
+		let plan = &plans[plan_index(which, plans.len())?];
 		let mut shrunk = vec![0.0; plan.rows * plan.max_rank];
 		adapter_pool::shrink(&pool.values, pool.page_len, plan, x, in_dim, &mut shrunk)?;
 		Ok(adapter_pool::expand(&pool.values, pool.page_len, plan, &shrunk, y, out_dim)?)
@@ -470,6 +501,7 @@ impl Backend for Cuda {
 	type Words = CudaSlice<u32>;
 	type Slots = CudaSlice<i64>;
 	type Pool = gpu::lora::DeviceAdapterPool;
+	type Plans = CudaPlans;
 
 	fn floats(&self, host: &[f32]) -> KernelResult<CudaSlice<f32>> {
 		Ok(self.gpu.upload(host)?)
@@ -669,22 +701,28 @@ impl Backend for Cuda {
 	fn free_pages(&self, pool: &Self::Pool) -> usize {
 		pool.free_pages()
 	}
+	fn plans(&self, pool: &Self::Pool, plans: Vec<LoraPlan>) -> KernelResult<CudaPlans> {
+		let shrunk_len = plans.iter().map(|p| p.rows * p.max_rank).max().unwrap_or(0).max(1);
+		Ok(CudaPlans {
+			plans: gpu::lora::DevicePlan::upload_all(&self.gpu, pool, &plans)?,
+			// Never read where not written: the shrink writes every entry the expand reads.
+			shrunk: self.gpu.zeros::<f32>(shrunk_len)?,
+		})
+	}
+
 	fn add_lora(
 		&self,
 		pool: &Self::Pool,
-		plan: &LoraPlan,
+		plans: &mut CudaPlans,
+		which: usize,
 		x: &CudaSlice<f32>,
 		in_dim: usize,
 		y: &mut CudaSlice<f32>,
 		out_dim: usize,
 	) -> KernelResult<()> {
-		if plan.num_tiles() == 0 {
-			return Ok(());
-		}
-		let device_plan = gpu::lora::DevicePlan::upload(&self.gpu, pool, plan)?;
-		let mut shrunk = self.gpu.zeros::<f32>(plan.rows * plan.max_rank)?;
-		gpu::lora::shrink(&self.gpu, pool, &device_plan, x, in_dim, &mut shrunk)?;
-		Ok(gpu::lora::expand(&self.gpu, pool, &device_plan, &shrunk, y, out_dim)?)
+		let plan = &plans.plans[plan_index(which, plans.plans.len())?];
+		gpu::lora::shrink(&self.gpu, pool, plan, x, in_dim, &mut plans.shrunk)?;
+		Ok(gpu::lora::expand(&self.gpu, pool, plan, &plans.shrunk, y, out_dim)?)
 	}
 }
 
@@ -713,6 +751,23 @@ mod tests {
 		for (start, len) in [(8, 3), (11, 0), (usize::MAX, 2)] {
 			assert!(Cpu.read_range(&buffer, start, len).is_err(), "{start} x{len}");
 		}
+	}
+
+	#[test]
+	fn add_lora_applies_the_plan_it_is_given_and_refuses_one_past_the_step() {
+		let mut pool = Cpu.pool(4, 4).unwrap();
+		// Rank 1: A = [1, 0, 0, 0] (4 inputs), s·Bᵀ = [2, 3] (2 outputs).
+		let adapter = Cpu.upload_adapter(&mut pool, &[1., 0., 0., 0.], 4, &[2., 3.], 2).unwrap();
+		let plans =
+			vec![LoraPlan::new(2, &[]).unwrap(), LoraPlan::new(2, &[(1..2, &adapter)]).unwrap()];
+		let mut plans = Cpu.plans(&pool, plans).unwrap();
+		let x = vec![9., 9., 9., 9., 5., 7., 7., 7.];
+		let mut y = vec![0.; 4];
+		Cpu.add_lora(&pool, &mut plans, 0, &x, 4, &mut y, 2).unwrap();
+		assert_eq!(y, [0., 0., 0., 0.], "the empty plan adds nothing");
+		Cpu.add_lora(&pool, &mut plans, 1, &x, 4, &mut y, 2).unwrap();
+		assert_eq!(y, [0., 0., 10., 15.], "row 1 gets x·A = 5 times s·Bᵀ, row 0 nothing");
+		assert!(Cpu.add_lora(&pool, &mut plans, 2, &x, 4, &mut y, 2).is_err());
 	}
 
 	#[test]

@@ -1,8 +1,11 @@
 //! Multi-LoRA on the GPU: the paged adapter pool in device memory and the shrink/expand
 //! launchers of `kernels/cuda/lora.cu` (CPU reference: [`crate::adapter_pool`]).
 
+use std::sync::Arc;
+
 use cudarc::driver::{
-	CudaEvent, CudaFunction, CudaSlice, LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
+	CudaEvent, CudaFunction, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PinnedHostSlice,
+	PushKernelArg,
 };
 
 use super::{as_i32, expect_len, Gpu, GpuError, LORA};
@@ -163,13 +166,14 @@ impl DeviceAdapterPool {
 	}
 }
 
-/// A [`LoraPlan`] on the device.
+/// A [`LoraPlan`] on the device: its five arrays inside one device buffer, which the plans
+/// uploaded together ([`DevicePlan::upload_all`]) share.
 pub struct DevicePlan {
-	tile_row_start: CudaSlice<u32>,
-	tile_rows: CudaSlice<u32>,
-	tile_rank: CudaSlice<u32>,
-	tile_pages: CudaSlice<u32>,
-	pages: CudaSlice<u32>,
+	packed: Arc<CudaSlice<u32>>,
+	/// Where `tile_row_start`, `tile_rows`, `tile_rank`, `tile_pages` and `pages` start in
+	/// `packed`.
+	at: [usize; 5],
+	pages_len: usize,
 	num_tiles: u32,
 	max_rank: usize,
 	rows: usize,
@@ -180,41 +184,100 @@ pub struct DevicePlan {
 impl DevicePlan {
 	/// Copies `plan` to the device, for use with `pool` (whose pages it must name).
 	pub fn upload(gpu: &Gpu, pool: &DeviceAdapterPool, plan: &LoraPlan) -> Result<Self, GpuError> {
-		if plan.max_rank > MAX_RANK {
-			return Err(GpuError::Shape(format!("rank {} > {MAX_RANK}", plan.max_rank)));
+		let mut plans = Self::upload_all(gpu, pool, std::slice::from_ref(plan))?;
+		plans.pop().ok_or_else(|| GpuError::Shape("no plan uploaded".into()))
+	}
+
+	/// Copies every plan of `plans` to the device in one transfer (a decode step's plans, one per
+	/// layer and projection, cost one copy instead of five each), in order.
+	pub fn upload_all(
+		gpu: &Gpu,
+		pool: &DeviceAdapterPool,
+		plans: &[LoraPlan],
+	) -> Result<Vec<Self>, GpuError> {
+		let mut packed = Vec::new();
+		let mut placed = Vec::with_capacity(plans.len());
+		for plan in plans {
+			if plan.max_rank > MAX_RANK {
+				return Err(GpuError::Shape(format!("rank {} > {MAX_RANK}", plan.max_rank)));
+			}
+			plan.validate(pool.pages.num_pages() as usize).map_err(|e| GpuError::Shape(e.0))?;
+			// The tiles are the kernels' grid y dimension.
+			if plan.num_tiles() > 65_535 {
+				return Err(GpuError::Shape(format!(
+					"{} tiles in one plan, past the grid's 65535",
+					plan.num_tiles()
+				)));
+			}
+			let num_tiles = u32::try_from(plan.num_tiles())
+				.map_err(|_| GpuError::Shape("too many tiles".into()))?;
+			let mut at = [0; 5];
+			let parts = [
+				&plan.tile_row_start,
+				&plan.tile_rows,
+				&plan.tile_rank,
+				&plan.tile_pages,
+				&plan.pages,
+			];
+			for (start, part) in at.iter_mut().zip(parts) {
+				*start = packed.len();
+				packed.extend_from_slice(part);
+			}
+			placed.push((at, plan.pages.len(), num_tiles, plan.max_rank, plan.rows));
 		}
-		plan.validate(pool.pages.num_pages() as usize).map_err(|e| GpuError::Shape(e.0))?;
-		// The tiles are the kernels' grid y dimension.
-		if plan.num_tiles() > 65_535 {
-			return Err(GpuError::Shape(format!(
-				"{} tiles in one plan, past the grid's 65535",
-				plan.num_tiles()
-			)));
+		// A zero-length device buffer cannot be allocated: empty plans share one dummy value.
+		if packed.is_empty() {
+			packed.push(0);
 		}
-		// A zero-length device buffer cannot be allocated: an empty plan keeps one dummy value.
-		let up = |v: &[u32]| gpu.upload(if v.is_empty() { &[0] } else { v });
-		Ok(Self {
-			tile_row_start: up(&plan.tile_row_start)?,
-			tile_rows: up(&plan.tile_rows)?,
-			tile_rank: up(&plan.tile_rank)?,
-			tile_pages: up(&plan.tile_pages)?,
-			pages: up(&plan.pages)?,
-			num_tiles: u32::try_from(plan.num_tiles())
-				.map_err(|_| GpuError::Shape("too many tiles".into()))?,
-			max_rank: plan.max_rank,
-			rows: plan.rows,
-			pool_pages: pool.pages.num_pages(),
-		})
+		let packed = Arc::new(gpu.upload(&packed)?);
+		let pool_pages = pool.pages.num_pages();
+		Ok(placed
+			.into_iter()
+			.map(|(at, pages_len, num_tiles, max_rank, rows)| Self {
+				packed: packed.clone(),
+				at,
+				pages_len,
+				num_tiles,
+				max_rank,
+				rows,
+				pool_pages,
+			})
+			.collect())
 	}
 
 	/// The row stride of the shrunk buffer.
 	pub fn max_rank(&self) -> usize {
 		self.max_rank
 	}
+
+	/// The batch's row count.
+	pub fn rows(&self) -> usize {
+		self.rows
+	}
+
+	/// The five arrays, as the kernels take them.
+	fn views(&self) -> [CudaView<'_, u32>; 5] {
+		let tiles = self.num_tiles as usize;
+		let lens = [tiles, tiles, tiles, tiles, self.pages_len];
+		std::array::from_fn(|i| self.packed.slice(self.at[i]..self.at[i] + lens[i]))
+	}
 }
 
-/// `shrunk[r, j] = x[r] · A_j` for the plan's rows (`x` `[rows, in_dim]`, `shrunk`
-/// `[rows, max_rank]`).
+/// Fails unless `shrunk` holds at least the plan's `rows × max_rank` values (a buffer sized for
+/// the largest of a step's plans serves them all).
+fn expect_shrunk(shrunk: &CudaSlice<f32>, plan: &DevicePlan) -> Result<(), GpuError> {
+	let need = plan.rows * plan.max_rank;
+	if shrunk.len() < need {
+		return Err(GpuError::Shape(format!(
+			"shrunk has {} values, the plan needs {need}",
+			shrunk.len()
+		)));
+	}
+	Ok(())
+}
+
+/// `shrunk[r, j] = x[r] · A_j` for the plan's rows (`x` `[rows, in_dim]`, `shrunk` at least
+/// `[rows, max_rank]`; only the entries of each row's adapter rank are written).
 pub fn shrink(
 	gpu: &Gpu,
 	pool: &DeviceAdapterPool,
@@ -228,13 +291,14 @@ pub fn shrink(
 	}
 	same_pool(pool, plan)?;
 	expect_len("x", x, plan.rows * in_dim)?;
-	expect_len("shrunk", shrunk, plan.rows * plan.max_rank)?;
+	expect_shrunk(shrunk, plan)?;
 	if plan.num_tiles == 0 {
 		return Ok(());
 	}
 	let f = gpu.function(&LORA, "lora_shrink")?;
 	let (in_i, max_rank) = (as_i32("in_dim", in_dim)?, plan.max_rank as i32);
-	let mut launch = plan_launch(gpu, &f, pool, plan);
+	let views = plan.views();
+	let mut launch = plan_launch(gpu, &f, pool, &views);
 	launch.arg(x).arg(&in_i).arg(shrunk).arg(&max_rank);
 	let config = LaunchConfig {
 		grid_dim: ((plan.max_rank as u32).div_ceil(SHRINK_WARPS), plan.num_tiles, 1),
@@ -262,13 +326,14 @@ pub fn expand(
 	}
 	same_pool(pool, plan)?;
 	expect_len("y", y, plan.rows * out_dim)?;
-	expect_len("shrunk", shrunk, plan.rows * plan.max_rank)?;
+	expect_shrunk(shrunk, plan)?;
 	if plan.num_tiles == 0 {
 		return Ok(());
 	}
 	let f = gpu.function(&LORA, "lora_expand")?;
 	let (out_i, max_rank) = (as_i32("out_dim", out_dim)?, plan.max_rank as i32);
-	let mut launch = plan_launch(gpu, &f, pool, plan);
+	let views = plan.views();
+	let mut launch = plan_launch(gpu, &f, pool, &views);
 	launch.arg(shrunk).arg(&max_rank).arg(y).arg(&out_i);
 	let config = LaunchConfig {
 		grid_dim: ((out_dim as u32).div_ceil(EXPAND_THREADS), plan.num_tiles, 1),
@@ -287,17 +352,13 @@ fn plan_launch<'a>(
 	gpu: &'a Gpu,
 	function: &'a CudaFunction,
 	pool: &'a DeviceAdapterPool,
-	plan: &'a DevicePlan,
+	plan: &'a [CudaView<'a, u32>; 5],
 ) -> LaunchArgs<'a> {
 	let mut launch = gpu.stream().launch_builder(function);
-	launch
-		.arg(&pool.pool)
-		.arg(&pool.page_len_i32)
-		.arg(&plan.tile_row_start)
-		.arg(&plan.tile_rows)
-		.arg(&plan.tile_rank)
-		.arg(&plan.tile_pages)
-		.arg(&plan.pages);
+	launch.arg(&pool.pool).arg(&pool.page_len_i32);
+	for part in plan {
+		launch.arg(part);
+	}
 	launch
 }
 

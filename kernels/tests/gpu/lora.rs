@@ -15,6 +15,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 pub const CHECKS: &[crate::Check] = &[
 	("bgmv_and_sgmv_match_the_cpu_bit_for_bit", bgmv_and_sgmv_match_the_cpu_bit_for_bit),
 	("released_pages_are_reused_and_a_full_pool_refuses", released_pages_are_reused),
+	("plans_uploaded_together_share_one_shrunk_buffer", plans_uploaded_together),
 ];
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -130,4 +131,57 @@ fn released_pages_are_reused(gpu: &Gpu) -> anyhow::Result<()> {
 	adapter_pool::write_rows(&mut host_pool, 64, &third, &a2, in_dim, &b2, out_dim)?;
 	let segments = [(0..3, &third), (3..5, &second)];
 	run_both(gpu, &device_pool, &host_pool, &segments, 5, in_dim, out_dim, &mut rng)
+}
+
+/// A step's plans go over in one copy ([`DevicePlan::upload_all`]) and share one shrunk buffer
+/// sized for the largest, filled with NaN: each plan's result still equals the CPU's, so no
+/// kernel reads an entry of the shared buffer that its own shrink did not write.
+fn plans_uploaded_together(gpu: &Gpu) -> anyhow::Result<()> {
+	let mut rng = StdRng::seed_from_u64(8);
+	let (in_dim, out_dim, rows) = (96, 80, 6);
+	let ranks = [4usize, 16, 1];
+	let num_pages = 2 * ranks.iter().sum::<usize>() as u32;
+	let mut device_pool = DeviceAdapterPool::new(gpu, 96, num_pages)?;
+	let mut host_pool = vec![0f32; num_pages as usize * 96];
+	let mut adapters = Vec::new();
+	for &rank in &ranks {
+		let (a, b_t) = (random(&mut rng, rank * in_dim), random(&mut rng, rank * out_dim));
+		let adapter = device_pool.upload(gpu, &a, in_dim, &b_t, out_dim)?;
+		adapter_pool::write_rows(&mut host_pool, 96, &adapter, &a, in_dim, &b_t, out_dim)?;
+		adapters.push(adapter);
+	}
+	let plans = [
+		LoraPlan::new(rows, &[(0..1, &adapters[0]), (3..6, &adapters[1])])?,
+		LoraPlan::new(rows, &[(1..2, &adapters[2])])?,
+		LoraPlan::new(rows, &[])?,
+		LoraPlan::new(rows, &[(0..6, &adapters[2])])?,
+	];
+	let device_plans = DevicePlan::upload_all(gpu, &device_pool, &plans)?;
+	anyhow::ensure!(device_plans.len() == plans.len(), "one device plan per plan");
+	let largest = plans.iter().map(|p| p.rows * p.max_rank).max().unwrap_or(0);
+	let mut shrunk_d = gpu.upload(&vec![f32::NAN; largest])?;
+	let x = random(&mut rng, rows * in_dim);
+	let x_d = gpu.upload(&x)?;
+	for (i, (plan, device_plan)) in plans.iter().zip(&device_plans).enumerate() {
+		let y0 = random(&mut rng, rows * out_dim);
+		let mut shrunk = vec![0f32; rows * plan.max_rank];
+		adapter_pool::shrink(&host_pool, 96, plan, &x, in_dim, &mut shrunk)?;
+		let mut want = y0.clone();
+		adapter_pool::expand(&host_pool, 96, plan, &shrunk, &mut want, out_dim)?;
+		let mut y_d = gpu.upload(&y0)?;
+		lora::shrink(gpu, &device_pool, device_plan, &x_d, in_dim, &mut shrunk_d)?;
+		lora::expand(gpu, &device_pool, device_plan, &shrunk_d, &mut y_d, out_dim)?;
+		crate::compare(
+			&format!("plan {i} of a shared upload"),
+			&gpu.download(&y_d)?,
+			&want,
+			0.0,
+			0.0,
+		)?;
+	}
+	// A shrunk buffer smaller than a plan needs is refused, not overrun.
+	let mut small = gpu.zeros::<f32>(largest - 1)?;
+	let refused = lora::shrink(gpu, &device_pool, &device_plans[0], &x_d, in_dim, &mut small);
+	anyhow::ensure!(refused.is_err(), "a shrunk buffer too small for the plan was accepted");
+	Ok(())
 }
