@@ -26,9 +26,14 @@ objects=()
 for cu in "$root"/kernels/cuda/*.cu "$root"/kernels/emulator/selftest.cu; do
 	name="$(basename "$cu" .cu)"
 	# Dynamic shared memory is the launch's buffer: `extern __shared__ T name[];` becomes a
-	# pointer to it.
-	sed -E 's/extern __shared__ ([A-Za-z0-9_]+) ([A-Za-z0-9_]+)\[\];/\1* \2 = reinterpret_cast<\1*>(emu::dynamic_shared());/' \
+	# pointer to it; a static `__shared__ T name[dims];` becomes EMU_SHARED (poisoned per block).
+	sed -E -e 's/extern __shared__ ([A-Za-z0-9_]+) ([A-Za-z0-9_]+)\[\];/\1* \2 = reinterpret_cast<\1*>(emu::dynamic_shared());/' \
+		-e 's/^([[:space:]]*)__shared__ ([A-Za-z_][A-Za-z0-9_]*) ([A-Za-z_][A-Za-z0-9_]*)((\[[^]]+\])*);/\1EMU_SHARED(\2, \3, \4);/' \
 		"$cu" > "$work/$name.cu"
+	if grep -n '__shared__' "$work/$name.cu" | grep -v '^[0-9]*:[[:space:]]*//'; then
+		echo "build-cuda-emulator: a __shared__ declaration above is not in a form it rewrites" >&2
+		exit 1
+	fi
 	{
 		echo '#include "device.h"'
 		echo "#include \"$root/kernels/cuda/common.cuh\""

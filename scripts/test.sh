@@ -27,3 +27,6 @@ export OPENLEDGER_REQUIRE_NVRTC=1 OPENLEDGER_REQUIRE_GPU=1
 # The @polkadot/api client that node/tests/registry_client.rs drives, at its locked versions.
 npm ci --prefix scripts/registry-client --no-audit --no-fund
 cargo test --release --locked --workspace
+# The kernel checks once more on the emulator with each block's threads run from the highest
+# index down: a race between threads that the usual order happens to win loses in one of the two.
+OPENLEDGER_CUDA_EMULATOR_ORDER=reverse cargo test --release --locked --workspace --test gpu

@@ -697,7 +697,15 @@ impl<B: Backend> KernelLlama<B> {
 /// Where layer `layer`'s plan for projection `p` is among a step's plans: layer by layer, in
 /// [`Projection::ALL`] order.
 fn plan_slot(layer: usize, p: Projection) -> usize {
-	let index = Projection::ALL.iter().position(|&q| q == p).unwrap_or(0);
+	let index = match p {
+		Projection::Q => 0,
+		Projection::K => 1,
+		Projection::V => 2,
+		Projection::O => 3,
+		Projection::Gate => 4,
+		Projection::Up => 5,
+		Projection::Down => 6,
+	};
 	layer * Projection::ALL.len() + index
 }
 
@@ -736,4 +744,18 @@ fn rope_tables(config: &LlamaConfig, max_positions: usize) -> (Vec<f32>, Vec<f32
 		}
 	}
 	(cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	#[test]
+	fn plan_slots_follow_layers_then_projection_all_order() {
+		for layer in [0, 1, 29] {
+			for (i, &p) in Projection::ALL.iter().enumerate() {
+				assert_eq!(plan_slot(layer, p), layer * Projection::ALL.len() + i);
+			}
+		}
+	}
 }

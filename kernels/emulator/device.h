@@ -23,8 +23,13 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 // One copy per OS thread: each thread runs one block at a time, and every fiber of that block
-// sees the same copy.
+// sees the same copy. The build script turns each `__shared__ T name[dims];` into EMU_SHARED,
+// which also has the array filled with 0xFF (NaN) before every block, as dynamic shared memory
+// is: a kernel reading shared memory nobody wrote sees poison, not the last block's values.
 #define __shared__ static thread_local
+#define EMU_SHARED(T, name, dims)          \
+	static thread_local T name dims;   \
+	static thread_local const bool emu_shared_##name = emu::register_shared(&name, sizeof(name))
 
 struct uint3 {
 	unsigned int x, y, z;
@@ -75,8 +80,11 @@ void sync_block();
 /// Gives every lane of the calling fiber's warp `value` (8 bytes at most) and returns lane
 /// `src`'s; every lane of the warp must call it with `mask` naming all of them.
 std::uint64_t warp_exchange(unsigned int mask, std::uint64_t value, int src);
-/// The launch's dynamic shared memory.
+/// The launch's dynamic shared memory (null when the launch asked for none).
 void* dynamic_shared();
+/// Has `bytes` at `at` (a static `__shared__` array) poisoned now and before every later block
+/// on this OS thread.
+bool register_shared(void* at, std::size_t bytes);
 /// The calling fiber's lane.
 inline int lane() { return static_cast<int>(self()->linear & 31u); }
 

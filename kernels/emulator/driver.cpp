@@ -145,7 +145,7 @@ bool in_device_memory(CUdeviceptr ptr, size_t bytes)
 		return false;
 	}
 	--it;
-	return ptr >= it->first && ptr - it->first + bytes <= it->second;
+	return ptr >= it->first && bytes <= it->second && ptr - it->first <= it->second - bytes;
 }
 
 CUresult allocate(CUdeviceptr* out, size_t bytes)
@@ -251,11 +251,22 @@ struct Worker {
 	void* scheduler_sp = nullptr;
 	Fiber* running = nullptr;
 	std::vector<unsigned char> dynamic_shared;
+	/// The static __shared__ arrays the kernels run on this thread have declared.
+	std::vector<std::pair<void*, size_t>> static_shared;
 	std::string error;
 };
 
 // The calling OS thread's worker. Code on a fiber finds it through emu::self() instead.
 thread_local Worker* this_worker = nullptr;
+
+// OPENLEDGER_CUDA_EMULATOR_ORDER=reverse: a block's threads start, and hand over, from the
+// highest index down instead of from 0 up, so a race that the usual order happens to win (a
+// lower thread writing shared memory a higher one reads without a barrier) loses in one of the
+// two runs.
+const bool reverse_order = [] {
+	const char* order = std::getenv("OPENLEDGER_CUDA_EMULATOR_ORDER");
+	return order != nullptr && std::strcmp(order, "reverse") == 0;
+}();
 
 // The worker of the fiber running this code.
 Worker& fiber_worker() { return *static_cast<Worker*>(emu::self()->worker); }
@@ -278,7 +289,7 @@ void switch_away(Fiber* f)
 		const unsigned n = l.threads;
 		const unsigned at = static_cast<unsigned>(f - l.fibers.data());
 		for (unsigned k = 1; k <= n; ++k) {
-			Fiber& next = l.fibers[(at + k) % n];
+			Fiber& next = l.fibers[reverse_order ? (at + n - k) % n : (at + k) % n];
 			if (next.done ||
 			    (next.waiting != nullptr && next.waiting->generation == next.wait_generation)) {
 				continue;
@@ -328,7 +339,10 @@ void prepare(Fiber& f)
 		}
 		munmap(reinterpret_cast<void*>(aligned + REGION_BYTES), start + REGION_BYTES - aligned);
 		f.region = reinterpret_cast<char*>(aligned);
-		mprotect(f.region + PAGE_BYTES, PAGE_BYTES, PROT_NONE);
+		if (mprotect(f.region + PAGE_BYTES, PAGE_BYTES, PROT_NONE) != 0) {
+			std::fprintf(stderr, "CUDA emulator: cannot protect a fiber stack's guard page\n");
+			std::abort();
+		}
 	}
 	auto* top = reinterpret_cast<void**>(f.region + REGION_BYTES);
 	*--top = nullptr; // fiber_main's (never used) return address
@@ -378,9 +392,13 @@ bool run_block(uint3 block)
 	if (!l.dynamic_shared.empty()) {
 		std::memset(l.dynamic_shared.data(), 0xFF, l.dynamic_shared.size());
 	}
+	for (const auto& [at, bytes] : l.static_shared) {
+		std::memset(at, 0xFF, bytes);
+	}
 	// The fibers pass control among themselves; it comes back here when none can run.
-	l.running = &l.fibers[0];
-	emu_switch(&l.scheduler_sp, l.fibers[0].sp);
+	Fiber& first = l.fibers[reverse_order ? l.threads - 1 : 0];
+	l.running = &first;
+	emu_switch(&l.scheduler_sp, first.sp);
 	if (!l.error.empty()) {
 		return false;
 	}
@@ -447,7 +465,18 @@ std::uint64_t warp_exchange(unsigned int mask, std::uint64_t value, int src)
 	return w.slots[parity][src];
 }
 
-void* dynamic_shared() { return fiber_worker().dynamic_shared.data(); }
+void* dynamic_shared()
+{
+	Worker& l = fiber_worker();
+	return l.dynamic_shared.empty() ? nullptr : l.dynamic_shared.data();
+}
+
+bool register_shared(void* at, std::size_t bytes)
+{
+	std::memset(at, 0xFF, bytes);
+	fiber_worker().static_shared.emplace_back(at, bytes);
+	return true;
+}
 
 } // namespace emu
 
@@ -501,8 +530,8 @@ bool parse_entries(const char* ptx, std::vector<Entry>& entries)
 namespace {
 
 // The threads that run a launch's blocks: the launching thread and helpers (one fewer than the
-// machine's cores, or OPENLEDGER_CUDA_EMULATOR_THREADS - 1), each taking the next block not yet
-// taken. Blocks are independent in CUDA, so the order they run in does not matter.
+// machine's cores, at most 15, or OPENLEDGER_CUDA_EMULATOR_THREADS - 1), each taking the next
+// block not yet taken. Blocks are independent in CUDA, so the order they run in does not matter.
 struct Pool {
 	std::mutex lock;
 	std::condition_variable start;
@@ -580,7 +609,8 @@ Pool& pool()
 		if (const char* env = std::getenv("OPENLEDGER_CUDA_EMULATOR_THREADS")) {
 			threads = static_cast<unsigned>(std::strtoul(env, nullptr, 10));
 		}
-		threads = std::max(1u, std::min(threads, 64u));
+		// At most 16: each thread keeps up to 1,024 fiber stacks mapped.
+		threads = std::max(1u, std::min(threads, 16u));
 		for (unsigned i = 1; i < threads; ++i) {
 			pool->helpers.emplace_back(helper, pool);
 			pool->helpers.back().detach();

@@ -62,3 +62,12 @@ extern "C" __global__ void __launch_bounds__(64) selftest_bounded(float* out)
 {
 	out[threadIdx.x] = 1.0f;
 }
+
+// Reads a static shared cell no thread of the block wrote, then writes it: each block must read
+// poison (NaN), not what an earlier block left.
+extern "C" __global__ void selftest_static_shared(float* out)
+{
+	__shared__ float cells[64];
+	out[blockIdx.x] = cells[5];
+	cells[5] = 1.0f;
+}
