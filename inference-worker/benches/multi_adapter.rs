@@ -40,7 +40,7 @@ const BATCH: usize = 64;
 const RANK: usize = 8;
 
 fn main() {
-	let dry = std::env::var("OPENLEDGER_BENCH_DRY_RUN").as_deref() == Ok("1");
+	let dry = common::dry_run();
 	let count = if dry { 12 } else { REQUESTS };
 	if dry {
 		println!("DRY RUN (OPENLEDGER_BENCH_DRY_RUN=1): {count} requests; numbers mean nothing.");
@@ -121,7 +121,7 @@ fn measure<D: Decoder>(
 			max_batch_tokens: 512,
 			max_waiting: requests.len(),
 			// Room for every adapter (on the kernel decoder, in its pool too).
-			adapter_bytes: if requests.len() < REQUESTS { 256 << 20 } else { 8 << 30 },
+			adapter_bytes: if common::dry_run() { 256 << 20 } else { 8 << 30 },
 			..EngineConfig::default()
 		};
 		let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();

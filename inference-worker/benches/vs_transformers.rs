@@ -61,13 +61,8 @@ impl Run {
 }
 
 /// Request `i`: a prompt and an adapter in turn (every request has one).
-/// Whether this is a dry run (`OPENLEDGER_BENCH_DRY_RUN=1`).
-fn dry_run() -> bool {
-	std::env::var("OPENLEDGER_BENCH_DRY_RUN").as_deref() == Ok("1")
-}
-
 fn requests(names: &[String]) -> Vec<(GenerationRequest, String)> {
-	let (count, max_tokens) = if dry_run() { (8, 2) } else { (REQUESTS, MAX_TOKENS) };
+	let (count, max_tokens) = if common::dry_run() { (8, 2) } else { (REQUESTS, MAX_TOKENS) };
 	(0..count)
 		.map(|i| {
 			let request = GenerationRequest {
@@ -165,6 +160,21 @@ fn transformers(
 	Ok((run, versions.replace('"', "")))
 }
 
+/// Prints transformers + PEFT's row on `device` (with its versions), or why it is missing;
+/// returns its run, the baseline of the rows after it.
+fn baseline_row<'a>(device: &str, hf: &'a Result<(Run, String), String>) -> Option<&'a Run> {
+	match hf {
+		Ok((run, versions)) => {
+			row(&format!("transformers + PEFT, {device}, f32 ({versions})"), run, Some(run));
+			Some(run)
+		}
+		Err(why) => {
+			println!("| transformers + PEFT, {device} | SKIPPED: {why} | | | |");
+			None
+		}
+	}
+}
+
 fn row(label: &str, run: &Run, baseline: Option<&Run>) {
 	let ratio = baseline.map_or("—".to_string(), |b| format!("{:.2}x", run.rate() / b.rate()));
 	println!("| {label} | {} | {:.2} | {:.1} | {ratio} |", run.generated, run.seconds, run.rate());
@@ -179,7 +189,7 @@ fn main() {
 	let root = tempfile::tempdir().unwrap();
 	let names = common::write_qv_adapters(&quantized.config, root.path(), ADAPTERS, RANK);
 	let requests = requests(&names);
-	if dry_run() {
+	if common::dry_run() {
 		println!(
 			"DRY RUN (OPENLEDGER_BENCH_DRY_RUN=1): {} requests; numbers mean nothing.",
 			requests.len()
@@ -196,16 +206,7 @@ fn main() {
 	println!("|---|---|---|---|---|");
 	if !std::env::args().any(|a| a == "--gpu-only") {
 		let hf = transformers(&gguf, root.path(), &requests, "cpu");
-		let baseline = match &hf {
-			Ok((run, versions)) => {
-				row(&format!("transformers + PEFT, CPU, f32 ({versions})"), run, Some(run));
-				Some(run)
-			}
-			Err(why) => {
-				println!("| transformers + PEFT, CPU | SKIPPED: {why} | | | |");
-				None
-			}
-		};
+		let baseline = baseline_row("CPU", &hf);
 		let run = ours(Arc::new(quantized), &tokenizer, root.path(), &requests);
 		row(
 			&format!(
@@ -219,22 +220,13 @@ fn main() {
 		row("ours, CPU, f32", &ours(Arc::new(dense), &tokenizer, root.path(), &requests), baseline);
 	}
 	match Gpu::first() {
-		Ok(Some(gpu)) if gpu.is_emulator() && !dry_run() => {
+		Ok(Some(gpu)) if gpu.is_emulator() && !common::dry_run() => {
 			println!("\nSKIPPED: the GPU rows (the CUDA emulator is not a GPU)")
 		}
 		Ok(Some(gpu)) => {
 			let name = gpu.name().unwrap_or_else(|e| e.to_string());
 			let hf = transformers(&gguf, root.path(), &requests, "cuda");
-			let baseline = match &hf {
-				Ok((run, _)) => {
-					row(&format!("transformers + PEFT, {name}, f32"), run, Some(run));
-					Some(run)
-				}
-				Err(why) => {
-					println!("| transformers + PEFT, {name} | SKIPPED: {why} | | | |");
-					None
-				}
-			};
+			let baseline = baseline_row(&name, &hf);
 			let (kernels, _) = KernelLlama::from_gguf(&gguf, Cuda::new(gpu), Some(256)).unwrap();
 			let run = ours(Arc::new(kernels), &tokenizer, root.path(), &requests);
 			row(&format!("ours, {name}, kernel decoder, Q4_1/Q8_0 as stored"), &run, baseline);

@@ -1,4 +1,4 @@
-//! What the worker's benches share: their adapters.
+//! What the worker's benches share: their adapters, and whether this is a dry run.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -9,6 +9,12 @@ use openledger_inference_worker::{
 		Projection,
 	},
 };
+
+/// Whether this is a dry run (`OPENLEDGER_BENCH_DRY_RUN=1`): toy sizes, also on the CUDA
+/// emulator, numbers meaningless.
+pub fn dry_run() -> bool {
+	std::env::var("OPENLEDGER_BENCH_DRY_RUN").as_deref() == Ok("1")
+}
 
 /// Writes `count` synthetic PEFT adapters of rank `rank` on q and v (seeds 0, 1, …) into
 /// folders of `root` named `adapter-0000`, …; returns their names.
