@@ -1,6 +1,6 @@
 //! Throughput with many adapters in the mix, against the base model alone, side by side in one
-//! run on the real model (SmolLM2-135M-Instruct, weights dequantized to f32 so that a batch
-//! step costs what its rows cost on the CPU):
+//! run on the real model (SmolLM2-135M-Instruct, weights in the GGUF's Q4_1/Q8_0 blocks, as a
+//! worker serves them):
 //!
 //! the same requests (short prompts, a few greedy tokens each) through the continuous-batching
 //! engine at the same batch size, served with no adapter, one adapter, 100 and 1,000 distinct
@@ -47,7 +47,7 @@ fn main() {
 	}
 	let path = models::smollm2_gguf();
 	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
-	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::F32).unwrap();
+	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::AsStored).unwrap();
 	let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
 	let root = tempfile::tempdir().unwrap();
 	let names = common::write_qv_adapters(&model.config, root.path(), count, RANK);
@@ -70,7 +70,7 @@ fn main() {
 	if !gpu_only {
 		let rows = measure(model.clone(), &tokenizer, root.path(), &names, &requests);
 		println!(
-			"SmolLM2-135M-Instruct (f32 weights), candle decoder, CPU, {} threads, {count} \
+			"SmolLM2-135M-Instruct (Q4_1/Q8_0 as stored), candle decoder, CPU, {} threads, {count} \
 			 requests of {MAX_TOKENS} greedy tokens, batch {BATCH}, adapters rank {RANK} on q/v",
 			candle_core::utils::get_num_threads()
 		);

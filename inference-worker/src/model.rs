@@ -4,12 +4,14 @@
 //! LoRA adapters are never merged into the base weights: each projection adds its adapter's
 //! low-rank product on top of the base product, so one set of base weights serves every adapter.
 
-use std::{fs::File, io::BufReader, path::Path};
+use std::{fs::File, io::BufReader, path::Path, sync::Arc};
 
 use candle_core::{
 	quantized::{gguf_file, GgmlDType, QMatMul, QTensor},
 	DType, Device, Module, Tensor,
 };
+
+use openledger_kernels::{backend::KernelError, cpu_matmul::QuantMatrix, quant::Format};
 
 use crate::{
 	config::{LlamaConfig, RopeLayout},
@@ -58,7 +60,7 @@ impl WeightFormat {
 /// A linear layer `y = x W^T (+ b)` over quantized or dense weights.
 #[derive(Debug, Clone)]
 pub struct Linear {
-	weight: QMatMul,
+	weight: Weight,
 	bias: Option<Tensor>,
 	/// Input width.
 	pub in_features: usize,
@@ -72,7 +74,7 @@ impl Linear {
 		match format {
 			WeightFormat::AsStored => {
 				let (out_features, in_features) = weight.shape().dims2()?;
-				let weight = QMatMul::from_qtensor(weight)?;
+				let weight = Weight::quantized(weight)?;
 				Ok(Self { weight, bias, in_features, out_features })
 			}
 			_ => Self::from_dense(weight.dequantize(&weight.device())?, bias, format),
@@ -92,9 +94,9 @@ impl Linear {
 						dtype.block_size()
 					)));
 				}
-				QMatMul::from_qtensor(QTensor::quantize(&weight, dtype)?)?
+				Weight::quantized(QTensor::quantize(&weight, dtype)?)?
 			}
-			None => QMatMul::Tensor(weight),
+			None => Weight::Candle(QMatMul::Tensor(weight)),
 		};
 		Ok(Self { weight, bias, in_features, out_features })
 	}
@@ -106,6 +108,71 @@ impl Linear {
 			Some(bias) => y.broadcast_add(bias)?,
 			None => y,
 		})
+	}
+}
+
+/// A linear layer's weight matrix and the product that multiplies by it.
+#[derive(Debug, Clone)]
+enum Weight {
+	/// Q4_0, Q4_1 or Q8_0 blocks on the CPU, multiplied by [`QuantMatrix`]: each block
+	/// dequantized once per batch and used for every row in f32 (candle's CPU product redoes an
+	/// 8-bit dot product for every row of the batch, and has no vector code for Q4_1).
+	Blocks(Arc<QuantMatrix>),
+	/// Dense weights, the K-quants (candle's integer dot products are faster for them at every
+	/// batch size measured: `kernels/benches/cpu_matmul.rs`), and other devices: candle's.
+	Candle(QMatMul),
+}
+
+impl Weight {
+	/// Quantized weights, by the block product where it serves the format better on this
+	/// device.
+	fn quantized(weight: QTensor) -> Result<Self> {
+		let format = match weight.dtype() {
+			GgmlDType::Q4_0 => Some(Format::Q4_0),
+			GgmlDType::Q4_1 => Some(Format::Q4_1),
+			GgmlDType::Q8_0 => Some(Format::Q8_0),
+			_ => None,
+		};
+		match format {
+			Some(format) if weight.device().is_cpu() => {
+				let (rows, cols) = weight.shape().dims2()?;
+				let bytes = weight.data()?.into_owned();
+				let matrix = QuantMatrix::new(format, rows, cols, bytes).map_err(|e| {
+					Error::Format(format!("a {rows}x{cols} {:?} weight: {e}", weight.dtype()))
+				})?;
+				Ok(Self::Blocks(Arc::new(matrix)))
+			}
+			_ => Ok(Self::Candle(QMatMul::from_qtensor(weight)?)),
+		}
+	}
+
+	/// `x W^T` over the last dimension of `x`.
+	fn forward(&self, x: &Tensor) -> Result<Tensor> {
+		let matrix = match self {
+			Self::Candle(weight) => return Ok(weight.forward(x)?),
+			Self::Blocks(matrix) => matrix,
+		};
+		if x.dims().last() != Some(&matrix.cols()) {
+			return Err(Error::Tensor(candle_core::Error::Msg(format!(
+				"a {}x{} weight multiplies rows of {} values, not {:?}",
+				matrix.rows(),
+				matrix.cols(),
+				matrix.cols(),
+				x.dims()
+			))));
+		}
+		let x = x.to_dtype(DType::F32)?.contiguous()?;
+		let mut dims = x.dims().to_vec();
+		let n = x.elem_count() / matrix.cols();
+		let mut y = vec![0f32; n * matrix.rows()];
+		{
+			let (guard, layout) = x.storage_and_layout();
+			matrix.matmul(cpu_values(&guard, layout)?, &mut y).map_err(KernelError::from)?;
+		}
+		if let Some(last) = dims.last_mut() {
+			*last = matrix.rows();
+		}
+		Ok(Tensor::from_vec(y, dims, x.device())?)
 	}
 }
 

@@ -17,6 +17,8 @@
 //! - [`fused`]: RMSNorm, rotary embeddings, SiLU-and-multiply and residual add.
 //! - [`sampling`]: top-k / top-p sampling from logits with a caller-given uniform draw.
 //! - [`sparse`]: the activation-sparse FFN down projection.
+//! - [`cpu_matmul`]: the quantized matrix product of the CPU serving path (not a reference:
+//!   each weight row dequantized once per batch, batch-invariant to the bit).
 //! - [`backend`]: one interface over both implementations, so a model written once runs on
 //!   the CPU references or on the GPU.
 //! - [`gpu`]: the CUDA versions, compiled at run time by NVRTC and launched through cudarc,
@@ -26,6 +28,7 @@
 pub mod adapter_pool;
 pub mod attention;
 pub mod backend;
+pub mod cpu_matmul;
 pub mod fused;
 pub mod gpu;
 pub mod lora;

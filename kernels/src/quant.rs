@@ -197,6 +197,13 @@ pub fn dequantize_row(format: Format, bytes: &[u8], out: &mut [f32]) -> Result<(
 			bytes.len()
 		)));
 	}
+	dequantize_unchecked(format, bytes, out);
+	Ok(())
+}
+
+/// [`dequantize_row`] once the lengths are known to fit: `bytes` is [`row_bytes`] of
+/// `out.len()` values (checked by the caller).
+pub(crate) fn dequantize_unchecked(format: Format, bytes: &[u8], out: &mut [f32]) {
 	let header = format.row_header_bytes();
 	let blocks = bytes[header..].chunks_exact(format.block_bytes());
 	let outs = out.chunks_exact_mut(format.block_values());
@@ -275,7 +282,6 @@ pub fn dequantize_row(format: Format, bytes: &[u8], out: &mut [f32]) -> Result<(
 			}
 		}
 	}
-	Ok(())
 }
 
 /// The four 6-bit values (minus 32) of a Q6_K position: from `ql[l]`, `ql[l + 32]` and `qh[l]`.

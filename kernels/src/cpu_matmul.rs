@@ -1,0 +1,602 @@
+//! The quantized matrix product of the CPU serving path: `y = x Wᵀ` for weights kept in one of
+//! the [`Format`]s, cheaper per row as the batch grows, and exactly batch-invariant.
+//!
+//! Unlike the rest of this crate this is not a reference for a GPU kernel: it is what the
+//! worker's CPU decoder multiplies by. Weight rows are shared out among rayon's threads, 16 to a
+//! task; a task dequantizes its rows once (AVX2 for Q4_0, Q4_1 and Q8_0 where the CPU has it)
+//! into a per-thread buffer and multiplies every input row by them in f32, so a batch of `n`
+//! rows costs one dequantization of the weights plus `n` dot products per weight row. (A product
+//! that quantizes the inputs and redoes an integer dot product for every (weight row, input
+//! row) pair, as candle's CPU one does, costs a batch what its rows cost one by one.) Input
+//! rows are taken four at a time against each weight row (the four stay in the L1 cache while
+//! the task's weight rows pass); a single row left over goes against four weight rows at a
+//! time (four independent chains of multiply-adds instead of one).
+//!
+//! Every output value is `dot(w_r, x_i)` computed the same way however it is grouped: sixteen
+//! running sums (two groups of eight, one per column position modulo 16) over the columns in
+//! order, then the sixteen added in a fixed tree. So a row's result does not depend on the batch
+//! it is in, to the bit. The dot uses fused multiply-adds where the CPU has AVX2 and FMA
+//! (detected at run time) and a multiply then an add elsewhere: results differ between those two
+//! kinds of CPU, never within one. The dequantized values are those of
+//! [`quant::dequantize_row`] (GGML's arithmetic), so the product is the f32 product of the
+//! dequantized matrix up to the order of the sums: what transformers computes from a GGUF file.
+
+use std::{cell::RefCell, fmt};
+
+use rayon::prelude::*;
+
+use crate::{
+	quant::{self, Format},
+	ShapeError,
+};
+
+/// Weight rows per rayon task.
+const ROWS_PER_TASK: usize = 16;
+/// Columns per step of a dot product (two groups of eight running sums).
+const STEP: usize = 16;
+
+/// A `rows × cols` weight matrix in a quantized [`Format`], row after row.
+#[derive(Clone)]
+pub struct QuantMatrix {
+	format: Format,
+	rows: usize,
+	cols: usize,
+	row_bytes: usize,
+	bytes: Vec<u8>,
+}
+
+impl fmt::Debug for QuantMatrix {
+	fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+		f.debug_struct("QuantMatrix")
+			.field("format", &self.format.name())
+			.field("rows", &self.rows)
+			.field("cols", &self.cols)
+			.finish_non_exhaustive()
+	}
+}
+
+impl QuantMatrix {
+	/// Takes `bytes`, `rows` rows of `cols` values in `format` ([`quant::row_bytes`] each), or
+	/// says what does not fit.
+	pub fn new(
+		format: Format,
+		rows: usize,
+		cols: usize,
+		bytes: Vec<u8>,
+	) -> Result<Self, ShapeError> {
+		let row_bytes = quant::row_bytes(format, cols)?;
+		if rows == 0 || rows.checked_mul(row_bytes) != Some(bytes.len()) {
+			return Err(ShapeError(format!(
+				"{rows} {} rows of {cols} values take {row_bytes} bytes each, not {} in all",
+				format.name(),
+				bytes.len()
+			)));
+		}
+		Ok(Self { format, rows, cols, row_bytes, bytes })
+	}
+
+	/// The weights' format.
+	pub fn format(&self) -> Format {
+		self.format
+	}
+
+	/// Output width (weight rows).
+	pub fn rows(&self) -> usize {
+		self.rows
+	}
+
+	/// Input width (values per weight row).
+	pub fn cols(&self) -> usize {
+		self.cols
+	}
+
+	/// `y = x Wᵀ`: `x` is `n` rows of [`cols`](Self::cols) values, `y` is `n` rows of
+	/// [`rows`](Self::rows) values (overwritten).
+	pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> Result<(), ShapeError> {
+		self.matmul_on(Isa::detect(), x, y)
+	}
+
+	fn matmul_on(&self, isa: Isa, x: &[f32], y: &mut [f32]) -> Result<(), ShapeError> {
+		let n = x.len() / self.cols;
+		if n * self.cols != x.len() || y.len() != n * self.rows {
+			return Err(ShapeError(format!(
+				"a {}x{} matrix takes rows of {} values and gives rows of {}: {} inputs for {} \
+				 outputs do not fit",
+				self.rows,
+				self.cols,
+				self.cols,
+				self.rows,
+				x.len(),
+				y.len()
+			)));
+		}
+		if n == 0 {
+			return Ok(());
+		}
+		// Transposed (one weight row's n results together), so each task writes one stretch.
+		let mut y_t = vec![0f32; self.rows * n];
+		y_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, out)| {
+			let first = task * ROWS_PER_TASK * self.row_bytes;
+			let bytes = &self.bytes[first..first + out.len() / n * self.row_bytes];
+			rows(isa, self.format, self.row_bytes, bytes, x, out);
+		});
+		for (r, column) in y_t.chunks_exact(n).enumerate() {
+			for (i, &v) in column.iter().enumerate() {
+				y[i * self.rows + r] = v;
+			}
+		}
+		Ok(())
+	}
+}
+
+/// The instructions the product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+	/// x86-64 AVX2 with FMA: 8-lane vectors, fused multiply-adds in the dot products.
+	Avx2Fma,
+	/// Plain Rust: a multiply then an add.
+	Portable,
+}
+
+impl Isa {
+	/// The best this CPU runs.
+	fn detect() -> Self {
+		#[cfg(target_arch = "x86_64")]
+		if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+			return Self::Avx2Fma;
+		}
+		Self::Portable
+	}
+}
+
+/// For each weight row in `bytes` (`row_bytes` each) and each row `x_i` of `x`, into `out`
+/// (one weight row's results after the other): the row dequantized, then `dot(w, x_i)`.
+fn rows(isa: Isa, format: Format, row_bytes: usize, bytes: &[u8], x: &[f32], out: &mut [f32]) {
+	let weight_rows = bytes.len() / row_bytes;
+	if weight_rows == 0 || out.is_empty() {
+		return;
+	}
+	let cols = x.len() / (out.len() / weight_rows);
+	thread_local! {
+		/// The task's dequantized weight rows, kept from task to task (every value is written
+		/// before it is read).
+		static VALUES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+	}
+	VALUES.with_borrow_mut(|values| {
+		if values.len() < weight_rows * cols {
+			values.resize(weight_rows * cols, 0.0);
+		}
+		let w = &mut values[..weight_rows * cols];
+		match isa {
+			#[cfg(target_arch = "x86_64")]
+			// SAFETY: `Isa::Avx2Fma` is detected only where the CPU has AVX2 and FMA.
+			Isa::Avx2Fma => unsafe { avx2::rows(format, row_bytes, bytes, w, x, out) },
+			_ => {
+				for (row, w) in bytes.chunks_exact(row_bytes).zip(w.chunks_exact_mut(cols)) {
+					quant::dequantize_unchecked(format, row, w);
+				}
+				portable_dots(w, cols, x, out);
+			}
+		}
+	});
+}
+
+/// `out[k * n + i] = dot(w_k, x_i)` for each weight row `w_k` of `w` and each of the `n` rows
+/// `x_i` of `x` (rows `cols` long): four input rows at a time (then one at a time), each group
+/// against every weight row, so that the group stays in the L1 cache while the weight rows
+/// pass.
+fn portable_dots(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+	let n = x.len() / cols;
+	let row = |i: usize| &x[i * cols..(i + 1) * cols];
+	let mut i = 0;
+	while i < n {
+		let four = i + 4 <= n;
+		for (k, w) in w.chunks_exact(cols).enumerate() {
+			let out = &mut out[k * n + i..];
+			if four {
+				let xs = [row(i), row(i + 1), row(i + 2), row(i + 3)];
+				out[..4].copy_from_slice(&portable_dot_rows::<4>(w, xs));
+			} else {
+				out[0] = portable_dot_rows::<1>(w, [row(i)])[0];
+			}
+		}
+		i += if four { 4 } else { 1 };
+	}
+}
+
+/// The dot product of `w` with each of `R` rows (each as long as `w`, a multiple of 16), every
+/// row by the same operations as alone.
+fn portable_dot_rows<const R: usize>(w: &[f32], xs: [&[f32]; R]) -> [f32; R] {
+	let (w, _) = w.as_chunks::<STEP>();
+	let xs = xs.map(|x| &x.as_chunks::<STEP>().0[..w.len()]);
+	let mut acc = [[0f32; STEP]; R];
+	for (c, wc) in w.iter().enumerate() {
+		for r in 0..R {
+			let (xc, a) = (&xs[r][c], &mut acc[r]);
+			for l in 0..STEP {
+				a[l] += wc[l] * xc[l];
+			}
+		}
+	}
+	acc.map(|a| sum_lanes(&a))
+}
+
+/// The sixteen running sums of a dot product added in one fixed order.
+#[inline(always)]
+fn sum_lanes(a: &[f32; STEP]) -> f32 {
+	let mut s = [0f32; 8];
+	for l in 0..8 {
+		s[l] = a[l] + a[l + 8];
+	}
+	let t = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+	(t[0] + t[2]) + (t[1] + t[3])
+}
+
+/// An IEEE half-precision value as f32, exactly (as `half::f16::to_f32`) and without a call:
+/// finite values by moving the bits into place and scaling by 2^112 (exact, subnormals
+/// included), infinities and NaNs by setting the exponent.
+#[inline(always)]
+fn f16_to_f32(h: u16) -> f32 {
+	let sign = ((h & 0x8000) as u32) << 16;
+	let abs = (h & 0x7fff) as u32;
+	let magnitude = if abs >= 0x7c00 {
+		0x7f80_0000 | ((abs & 0x3ff) << 13)
+	} else {
+		(f32::from_bits(abs << 13) * f32::from_bits(0x7780_0000)).to_bits()
+	};
+	f32::from_bits(sign | magnitude)
+}
+
+/// The AVX2 + FMA versions: the block formats GGUF models mostly use (Q4_0, Q4_1, Q8_0)
+/// dequantized with vector instructions (the values of [`quant::dequantize_row`], bit for bit:
+/// the same integer-to-float conversions, multiplies and adds), the others by the reference;
+/// dot products in 8-lane fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+	use std::arch::x86_64::*;
+
+	use super::{f16_to_f32, quant, sum_lanes, Format, STEP};
+
+	/// [`super::rows`] on AVX2 + FMA, with `w` a buffer of one row's values.
+	///
+	/// # Safety
+	/// The CPU must have AVX2 and FMA.
+	#[target_feature(enable = "avx2,fma")]
+	pub(super) unsafe fn rows(
+		format: Format,
+		row_bytes: usize,
+		bytes: &[u8],
+		w: &mut [f32],
+		x: &[f32],
+		out: &mut [f32],
+	) {
+		let cols = w.len() / (bytes.len() / row_bytes);
+		for (row, w) in bytes.chunks_exact(row_bytes).zip(w.chunks_exact_mut(cols)) {
+			dequantize(format, row, w);
+		}
+		dots(w, cols, x, out);
+	}
+
+	/// Eight unsigned bytes (the low half of `v`) as floats.
+	#[inline]
+	#[target_feature(enable = "avx2,fma")]
+	fn u8x8_to_f32(v: __m128i) -> __m256 {
+		_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+	}
+
+	/// Writes eight floats at `y[at..at + 8]`.
+	#[inline]
+	#[target_feature(enable = "avx2,fma")]
+	fn store(y: &mut [f32; 32], at: usize, v: __m256) {
+		assert!(at <= 24);
+		// SAFETY: `y` has 32 values and `at + 8 <= 32`.
+		unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(at), v) }
+	}
+
+	/// The sixteen bytes after a block's `skip` header bytes.
+	#[inline]
+	#[target_feature(enable = "avx2,fma")]
+	fn nibbles<const BYTES: usize>(b: &[u8; BYTES], skip: usize) -> __m128i {
+		assert!(skip + 16 <= BYTES);
+		// SAFETY: 16 bytes from `skip` lie inside the block.
+		unsafe { _mm_loadu_si128(b.as_ptr().add(skip).cast()) }
+	}
+
+	/// One weight row's values from its bytes (whole blocks, `w.len()` values).
+	#[target_feature(enable = "avx2,fma")]
+	pub(super) fn dequantize(format: Format, bytes: &[u8], w: &mut [f32]) {
+		let low = _mm_set1_epi8(15);
+		let blocks = w.as_chunks_mut::<32>().0;
+		match format {
+			Format::Q4_0 => {
+				for (b, y) in bytes.as_chunks::<18>().0.iter().zip(blocks) {
+					let d = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([b[0], b[1]])));
+					let q = nibbles(b, 2);
+					let (lo, hi) =
+						(_mm_and_si128(q, low), _mm_and_si128(_mm_srli_epi16::<4>(q), low));
+					let eight = _mm256_set1_epi32(8);
+					let halves = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+					for (k, v) in halves.into_iter().enumerate() {
+						let q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(v), eight);
+						store(y, 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+					}
+				}
+			}
+			Format::Q4_1 => {
+				for (b, y) in bytes.as_chunks::<20>().0.iter().zip(blocks) {
+					let d = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([b[0], b[1]])));
+					let m = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([b[2], b[3]])));
+					let q = nibbles(b, 4);
+					let (lo, hi) =
+						(_mm_and_si128(q, low), _mm_and_si128(_mm_srli_epi16::<4>(q), low));
+					let halves = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+					for (k, v) in halves.into_iter().enumerate() {
+						store(y, 8 * k, _mm256_add_ps(_mm256_mul_ps(u8x8_to_f32(v), d), m));
+					}
+				}
+			}
+			Format::Q8_0 => {
+				for (b, y) in bytes.as_chunks::<34>().0.iter().zip(blocks) {
+					let d = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([b[0], b[1]])));
+					let q = [nibbles(b, 2), nibbles(b, 18)];
+					let quarters =
+						[q[0], _mm_srli_si128::<8>(q[0]), q[1], _mm_srli_si128::<8>(q[1])];
+					for (k, v) in quarters.into_iter().enumerate() {
+						let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+						store(y, 8 * k, _mm256_mul_ps(v, d));
+					}
+				}
+			}
+			_ => quant::dequantize_unchecked(format, bytes, w),
+		}
+	}
+
+	/// [`super::portable_dots`] on AVX2 + FMA.
+	#[target_feature(enable = "avx2,fma")]
+	fn dots(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+		let n = x.len() / cols;
+		assert!(cols.is_multiple_of(STEP) && w.len().is_multiple_of(cols));
+		assert!(out.len() == w.len() / cols * n);
+		let weight_rows = w.len() / cols;
+		let row = |i: usize| x[i * cols..].as_ptr();
+		let weight = |k: usize| w[k * cols..].as_ptr();
+		let mut i = 0;
+		// Four input rows against each weight row.
+		while i + 4 <= n {
+			let xs = [row(i), row(i + 1), row(i + 2), row(i + 3)];
+			for k in 0..weight_rows {
+				// SAFETY: rows i..i + 4 of `x` and row k of `w` hold `cols` values each.
+				let [four] = unsafe { dot_tile::<1, 4>([weight(k)], xs, cols) };
+				out[k * n + i..][..4].copy_from_slice(&four);
+			}
+			i += 4;
+		}
+		// The rest one by one, against four weight rows at a time.
+		for i in i..n {
+			let mut k = 0;
+			while k + 4 <= weight_rows {
+				let ws = [weight(k), weight(k + 1), weight(k + 2), weight(k + 3)];
+				// SAFETY: as above, for row i of `x` and rows k..k + 4 of `w`.
+				let four = unsafe { dot_tile::<4, 1>(ws, [row(i)], cols) };
+				for (j, [v]) in four.into_iter().enumerate() {
+					out[(k + j) * n + i] = v;
+				}
+				k += 4;
+			}
+			for k in k..weight_rows {
+				// SAFETY: as above, for row i of `x` and row k of `w`.
+				out[k * n + i] = unsafe { dot_tile::<1, 1>([weight(k)], [row(i)], cols) }[0][0];
+			}
+		}
+	}
+
+	/// The dot products of each of the `K` weight rows at `ws` with each of the `R` input rows
+	/// at `xs`, every pair by the same operations as alone: lane `l` of a pair's two
+	/// accumulators sums the columns `l` modulo 16, in column order. (`K` x `R` pairs are
+	/// computed together only to reuse loads and to keep several independent chains of
+	/// multiply-adds in flight.)
+	///
+	/// # Safety
+	/// Each of `ws` and `xs` points to `len` values, a multiple of 16.
+	#[inline]
+	#[target_feature(enable = "avx2,fma")]
+	unsafe fn dot_tile<const K: usize, const R: usize>(
+		ws: [*const f32; K],
+		xs: [*const f32; R],
+		len: usize,
+	) -> [[f32; R]; K] {
+		let mut acc = [[[_mm256_setzero_ps(); 2]; R]; K];
+		for c in (0..len).step_by(STEP) {
+			// SAFETY: `c + 16 <= len`, the length of every row at `ws` and `xs`.
+			unsafe {
+				for k in 0..K {
+					let w0 = _mm256_loadu_ps(ws[k].add(c));
+					let w1 = _mm256_loadu_ps(ws[k].add(c + 8));
+					for r in 0..R {
+						let x = xs[r].add(c);
+						acc[k][r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc[k][r][0]);
+						acc[k][r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), acc[k][r][1]);
+					}
+				}
+			}
+		}
+		let mut sums = [[0f32; R]; K];
+		for (sums, acc) in sums.iter_mut().zip(acc) {
+			for (sum, [a0, a1]) in sums.iter_mut().zip(acc) {
+				let mut lanes = [0f32; STEP];
+				// SAFETY: 16 values fit in `lanes`.
+				unsafe {
+					_mm256_storeu_ps(lanes.as_mut_ptr(), a0);
+					_mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
+				}
+				*sum = sum_lanes(&lanes);
+			}
+		}
+		sums
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use rand::{rngs::StdRng, Rng, SeedableRng};
+
+	use super::*;
+
+	fn random_matrix(rng: &mut StdRng, format: Format, rows: usize, cols: usize) -> QuantMatrix {
+		let mut bytes = Vec::new();
+		for _ in 0..rows {
+			match format {
+				// No quantizer for the K-quants: random blocks with small finite f16 scales.
+				Format::Q4K | Format::Q6K => {
+					let start = bytes.len();
+					bytes.extend(
+						(0..quant::row_bytes(format, cols).unwrap()).map(|_| rng.random::<u8>()),
+					);
+					for block in bytes[start..].chunks_mut(format.block_bytes()) {
+						let at = if format == Format::Q4K { 0 } else { block.len() - 2 };
+						block[at..at + 2].copy_from_slice(&0x2c00u16.to_le_bytes());
+						if format == Format::Q4K {
+							block[2..4].copy_from_slice(&0x2400u16.to_le_bytes());
+						}
+					}
+				}
+				_ => {
+					let values: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+					quant::quantize_row(format, &values, &mut bytes).unwrap();
+				}
+			}
+		}
+		QuantMatrix::new(format, rows, cols, bytes).unwrap()
+	}
+
+	fn dequantized(m: &QuantMatrix) -> Vec<f32> {
+		let mut w = vec![0f32; m.rows * m.cols];
+		for (r, out) in w.chunks_exact_mut(m.cols).enumerate() {
+			quant::dequantize_row(m.format, &m.bytes[r * m.row_bytes..][..m.row_bytes], out)
+				.unwrap();
+		}
+		w
+	}
+
+	/// The instruction sets this CPU runs: the portable one, and AVX2 + FMA where it has them.
+	fn isas() -> Vec<Isa> {
+		let mut isas = vec![Isa::Portable];
+		if Isa::detect() != Isa::Portable {
+			isas.push(Isa::detect());
+		}
+		isas
+	}
+
+	#[test]
+	fn matches_the_dequantized_product_in_every_format() {
+		let mut rng = StdRng::seed_from_u64(7);
+		for (isa, format) in isas().into_iter().flat_map(|i| Format::ALL.map(|f| (i, f))) {
+			// Odd row counts (a partial last task), several batch sizes (1..4 and a tail).
+			for (rows, cols, n) in [(1, 256, 1), (37, 512, 3), (50, 768, 9), (16, 256, 4)] {
+				let m = random_matrix(&mut rng, format, rows, cols);
+				let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+				let mut y = vec![f32::NAN; n * rows];
+				m.matmul_on(isa, &x, &mut y).unwrap();
+				let w = dequantized(&m);
+				for i in 0..n {
+					for r in 0..rows {
+						let row = &w[r * cols..][..cols];
+						let xi = &x[i * cols..][..cols];
+						let want: f64 =
+							row.iter().zip(xi).map(|(&a, &b)| a as f64 * b as f64).sum();
+						let scale: f64 =
+							row.iter().zip(xi).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+						let got = y[i * rows + r] as f64;
+						assert!(
+							(got - want).abs() <= 1e-5 * scale.max(1e-6),
+							"{isa:?} {} {rows}x{cols} n={n} y[{i},{r}] = {got}, want {want}",
+							format.name()
+						);
+					}
+				}
+			}
+		}
+	}
+
+	#[test]
+	fn a_row_gets_the_same_bits_in_any_batch() {
+		let mut rng = StdRng::seed_from_u64(3);
+		let (rows, cols) = (70, 768);
+		let formats = [Format::Q4_0, Format::Q4_1, Format::Q8_0, Format::Q6K];
+		for (isa, format) in isas().into_iter().flat_map(|i| formats.map(|f| (i, f))) {
+			let m = random_matrix(&mut rng, format, rows, cols);
+			let x: Vec<f32> = (0..11 * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+			let mut batched = vec![0f32; 11 * rows];
+			m.matmul_on(isa, &x, &mut batched).unwrap();
+			for i in 0..11 {
+				let mut alone = vec![0f32; rows];
+				m.matmul_on(isa, &x[i * cols..][..cols], &mut alone).unwrap();
+				let row = &batched[i * rows..][..rows];
+				assert!(
+					row.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+					"{isa:?} {}: row {i} differs between a batch of 11 and alone",
+					format.name()
+				);
+				// And in a batch of two, in either place.
+				let mut pair = x[i * cols..][..cols].to_vec();
+				pair.extend_from_slice(&x[((i + 5) % 11) * cols..][..cols]);
+				let mut y = vec![0f32; 2 * rows];
+				m.matmul_on(isa, &pair, &mut y).unwrap();
+				assert!(y[..rows].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()));
+			}
+		}
+	}
+
+	#[test]
+	fn the_vector_dequantization_gives_the_reference_values_to_the_bit() {
+		let mut rng = StdRng::seed_from_u64(11);
+		for format in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
+			// Random bytes: every nibble and byte value, scales of every exponent (the f16
+			// infinities and NaNs included), in 64 blocks.
+			let cols = 64 * 32;
+			let bytes: Vec<u8> =
+				(0..quant::row_bytes(format, cols).unwrap()).map(|_| rng.random()).collect();
+			let mut want = vec![0f32; cols];
+			quant::dequantize_row(format, &bytes, &mut want).unwrap();
+			#[cfg(target_arch = "x86_64")]
+			if Isa::detect() == Isa::Avx2Fma {
+				let mut got = vec![0f32; cols];
+				// SAFETY: the CPU has AVX2 and FMA (detected).
+				unsafe { avx2::dequantize(format, &bytes, &mut got) };
+				for (c, (g, w)) in got.iter().zip(&want).enumerate() {
+					assert!(
+						g.to_bits() == w.to_bits() || (w.is_nan() && g.is_nan()),
+						"{}: value {c} is {g}, the reference says {w}",
+						format.name()
+					);
+				}
+			}
+		}
+	}
+
+	#[test]
+	fn f16_conversion_is_exact_for_every_value() {
+		for h in 0..=u16::MAX {
+			let want = half::f16::from_bits(h).to_f32();
+			let got = f16_to_f32(h);
+			assert!(
+				got.to_bits() == want.to_bits() || (want.is_nan() && got.is_nan()),
+				"{h:#06x}: {got} != {want}"
+			);
+		}
+	}
+
+	#[test]
+	fn shapes_that_do_not_fit_are_refused() {
+		assert!(QuantMatrix::new(Format::Q4_1, 2, 48, vec![0; 2 * 30]).is_err(), "48 values");
+		assert!(QuantMatrix::new(Format::Q4_1, 2, 32, vec![0; 39]).is_err(), "short bytes");
+		assert!(QuantMatrix::new(Format::Q4_1, 0, 32, vec![]).is_err(), "no rows");
+		let m = QuantMatrix::new(Format::Q8_0, 3, 32, vec![0; 3 * 34]).unwrap();
+		assert!(m.matmul(&[0.0; 33], &mut [0.0; 3]).is_err(), "x not whole rows");
+		assert!(m.matmul(&[0.0; 64], &mut [0.0; 3]).is_err(), "y too short for two rows");
+		m.matmul(&[], &mut []).unwrap();
+		let mut y = [f32::NAN; 6];
+		m.matmul(&[0.0; 64], &mut y).unwrap();
+		assert_eq!(y, [0.0; 6], "zero blocks give zeros");
+	}
+}
