@@ -137,9 +137,8 @@ impl Weight {
 			Some(format) if weight.device().is_cpu() => {
 				let (rows, cols) = weight.shape().dims2()?;
 				let bytes = weight.data()?.into_owned();
-				let matrix = QuantMatrix::new(format, rows, cols, bytes).map_err(|e| {
-					Error::Format(format!("a {rows}x{cols} {:?} weight: {e}", weight.dtype()))
-				})?;
+				let matrix =
+					QuantMatrix::new(format, rows, cols, bytes).map_err(KernelError::from)?;
 				Ok(Self::Blocks(Arc::new(matrix)))
 			}
 			_ => Ok(Self::Candle(QMatMul::from_qtensor(weight)?)),
@@ -161,6 +160,15 @@ impl Weight {
 				x.dims()
 			))));
 		}
+		if !x.device().is_cpu() {
+			return Err(Error::Unsupported(format!(
+				"a {}x{} weight held for the CPU multiplies CPU tensors, not {:?} ones",
+				matrix.rows(),
+				matrix.cols(),
+				x.device()
+			)));
+		}
+		let dtype = x.dtype();
 		let x = x.to_dtype(DType::F32)?.contiguous()?;
 		let mut dims = x.dims().to_vec();
 		let n = x.elem_count() / matrix.cols();
@@ -172,7 +180,7 @@ impl Weight {
 		if let Some(last) = dims.last_mut() {
 			*last = matrix.rows();
 		}
-		Ok(Tensor::from_vec(y, dims, x.device())?)
+		Ok(Tensor::from_vec(y, dims, x.device())?.to_dtype(dtype)?)
 	}
 }
 
@@ -932,6 +940,32 @@ mod tests {
 		let err = (got - &want).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>();
 		let norm = want.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>();
 		(err.unwrap() / norm.unwrap()).sqrt()
+	}
+
+	#[test]
+	fn the_block_product_takes_rows_of_any_leading_shape() {
+		let device = Device::Cpu;
+		let w = Tensor::randn(0f32, 0.05, (40, 64), &device).unwrap();
+		let linear = Linear::from_dense(w, None, WeightFormat::Int8).unwrap();
+		assert!(matches!(linear.weight, Weight::Blocks(_)), "Q8_0 on the CPU: the block product");
+		let x = Tensor::randn(0f32, 1.0, (2, 3, 64), &device).unwrap();
+		let flat = linear.forward(&x.reshape((6, 64)).unwrap()).unwrap();
+		let batched = linear.forward(&x).unwrap();
+		assert_eq!(batched.dims(), [2, 3, 40]);
+		let (a, b) = (flat.flatten_all().unwrap(), batched.flatten_all().unwrap());
+		assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+		// A transposed (non-contiguous) input, one row, and a half-precision input.
+		let t = Tensor::randn(0f32, 1.0, (64, 5), &device).unwrap().t().unwrap();
+		let want = linear.forward(&t.contiguous().unwrap()).unwrap();
+		assert_eq!(
+			linear.forward(&t).unwrap().to_vec2::<f32>().unwrap(),
+			want.to_vec2::<f32>().unwrap()
+		);
+		assert_eq!(linear.forward(&x.get(0).unwrap().get(0).unwrap()).unwrap().dims(), [40]);
+		let half = linear.forward(&x.to_dtype(DType::F16).unwrap()).unwrap();
+		assert_eq!(half.dtype(), DType::F16, "the input's dtype comes back");
+		let wrong = linear.forward(&Tensor::zeros((2, 63), DType::F32, &device).unwrap());
+		assert!(wrong.unwrap_err().to_string().contains("rows of 64 values"));
 	}
 
 	#[test]
