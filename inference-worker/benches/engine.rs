@@ -66,6 +66,9 @@ fn baseline(model: &mut ModelWeights, prompt: &[u32]) -> (f64, f64) {
 }
 
 fn main() {
+	// SAFETY: first thing in `main`, before any other thread exists. (Both sides of each
+	// comparison run in this process and get the same setting.)
+	unsafe { openledger_inference_worker::threads::settle_cpu_threads() };
 	let path = models::smollm2_gguf();
 	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
 	let device = Device::Cpu;

@@ -40,6 +40,9 @@ const BATCH: usize = 64;
 const RANK: usize = 8;
 
 fn main() {
+	// SAFETY: first thing in `main`, before any other thread exists. (Both sides of each
+	// comparison run in this process and get the same setting.)
+	unsafe { openledger_inference_worker::threads::settle_cpu_threads() };
 	let dry = common::dry_run();
 	let count = if dry { 12 } else { REQUESTS };
 	if dry {

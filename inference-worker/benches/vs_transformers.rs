@@ -181,6 +181,9 @@ fn row(label: &str, run: &Run, baseline: Option<&Run>) {
 }
 
 fn main() {
+	// SAFETY: first thing in `main`, before any other thread exists. (Both sides of each
+	// comparison run in this process and get the same setting.)
+	unsafe { openledger_inference_worker::threads::settle_cpu_threads() };
 	let gguf = models::smollm2_gguf();
 	assert!(gguf.exists(), "{} is missing: run scripts/fetch-models.sh", gguf.display());
 	let (quantized, tokenizer) =

@@ -12,6 +12,7 @@
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or rebuilt from GGUF metadata.
 //! - [`sampling`] and [`generate`]: choosing tokens and running a request to completion.
 //! - [`models`]: where the real models live on this machine.
+//! - [`threads`]: the CPU thread count, settled once per process.
 
 pub mod adapter_cache;
 pub mod chat;
@@ -26,6 +27,7 @@ pub mod lora;
 pub mod model;
 pub mod models;
 pub mod sampling;
+pub mod threads;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
