@@ -68,7 +68,7 @@ impl<B: Backend> Layer<B> {
 }
 
 /// The kernel format of a GGUF tensor type, when the kernels read it.
-fn format_of(dtype: GgmlDType) -> Option<Format> {
+pub(crate) fn format_of(dtype: GgmlDType) -> Option<Format> {
 	Some(match dtype {
 		GgmlDType::Q4_0 => Format::Q4_0,
 		GgmlDType::Q4_1 => Format::Q4_1,

@@ -16,6 +16,7 @@ use openledger_kernels::{backend::KernelError, cpu_matmul::QuantMatrix, quant::F
 use crate::{
 	config::{LlamaConfig, RopeLayout},
 	error::{Error, Result},
+	kernel_model::format_of,
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
 	lora::{AdapterFiles, LoraAdapter, LoraWeights, Projection},
 	tokenizer::Tokenizer,
@@ -127,12 +128,8 @@ impl Weight {
 	/// Quantized weights, by the block product where it serves the format better on this
 	/// device.
 	fn quantized(weight: QTensor) -> Result<Self> {
-		let format = match weight.dtype() {
-			GgmlDType::Q4_0 => Some(Format::Q4_0),
-			GgmlDType::Q4_1 => Some(Format::Q4_1),
-			GgmlDType::Q8_0 => Some(Format::Q8_0),
-			_ => None,
-		};
+		let format = format_of(weight.dtype())
+			.filter(|f| matches!(f, Format::Q4_0 | Format::Q4_1 | Format::Q8_0));
 		match format {
 			Some(format) if weight.device().is_cpu() => {
 				let (rows, cols) = weight.shape().dims2()?;

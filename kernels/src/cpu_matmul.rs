@@ -118,7 +118,7 @@ impl QuantMatrix {
 		y_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, out)| {
 			let first = task * ROWS_PER_TASK * self.row_bytes;
 			let bytes = &self.bytes[first..first + out.len() / n * self.row_bytes];
-			rows(isa, self.format, self.row_bytes, bytes, x, out);
+			rows(isa, self.format, self.row_bytes, self.cols, bytes, x, out);
 		});
 		for (r, column) in y_t.chunks_exact(n).enumerate() {
 			for (i, &v) in column.iter().enumerate() {
@@ -149,14 +149,22 @@ impl Isa {
 	}
 }
 
-/// For each weight row in `bytes` (`row_bytes` each) and each row `x_i` of `x`, into `out`
-/// (one weight row's results after the other): the row dequantized, then `dot(w, x_i)`.
-fn rows(isa: Isa, format: Format, row_bytes: usize, bytes: &[u8], x: &[f32], out: &mut [f32]) {
+/// For each weight row in `bytes` (`row_bytes` each, `cols` values) and each row `x_i` of `x`,
+/// into `out` (one weight row's results after the other): the rows dequantized, then
+/// `dot(w, x_i)`.
+fn rows(
+	isa: Isa,
+	format: Format,
+	row_bytes: usize,
+	cols: usize,
+	bytes: &[u8],
+	x: &[f32],
+	out: &mut [f32],
+) {
 	let weight_rows = bytes.len() / row_bytes;
 	if weight_rows == 0 || out.is_empty() {
 		return;
 	}
-	let cols = x.len() / (out.len() / weight_rows);
 	thread_local! {
 		/// The task's dequantized weight rows, kept from task to task (every value is written
 		/// before it is read).
@@ -167,16 +175,19 @@ fn rows(isa: Isa, format: Format, row_bytes: usize, bytes: &[u8], x: &[f32], out
 			values.resize(weight_rows * cols, 0.0);
 		}
 		let w = &mut values[..weight_rows * cols];
+		for (row, w) in bytes.chunks_exact(row_bytes).zip(w.chunks_exact_mut(cols)) {
+			match isa {
+				#[cfg(target_arch = "x86_64")]
+				// SAFETY: `Isa::Avx2Fma` is detected only where the CPU has AVX2 and FMA.
+				Isa::Avx2Fma => unsafe { avx2::dequantize(format, row, w) },
+				_ => quant::dequantize_unchecked(format, row, w),
+			}
+		}
 		match isa {
 			#[cfg(target_arch = "x86_64")]
-			// SAFETY: `Isa::Avx2Fma` is detected only where the CPU has AVX2 and FMA.
-			Isa::Avx2Fma => unsafe { avx2::rows(format, row_bytes, bytes, w, x, out) },
-			_ => {
-				for (row, w) in bytes.chunks_exact(row_bytes).zip(w.chunks_exact_mut(cols)) {
-					quant::dequantize_unchecked(format, row, w);
-				}
-				portable_dots(w, cols, x, out);
-			}
+			// SAFETY: as above.
+			Isa::Avx2Fma => unsafe { avx2::dots(w, cols, x, out) },
+			_ => portable_dots(w, cols, x, out),
 		}
 	});
 }
@@ -264,26 +275,6 @@ mod avx2 {
 
 	use super::{f16_to_f32, quant, sum_lanes, Format, STEP};
 
-	/// [`super::rows`] on AVX2 + FMA, with `w` a buffer for the values of all the task's rows.
-	///
-	/// # Safety
-	/// The CPU must have AVX2 and FMA.
-	#[target_feature(enable = "avx2,fma")]
-	pub(super) unsafe fn rows(
-		format: Format,
-		row_bytes: usize,
-		bytes: &[u8],
-		w: &mut [f32],
-		x: &[f32],
-		out: &mut [f32],
-	) {
-		let cols = w.len() / (bytes.len() / row_bytes);
-		for (row, w) in bytes.chunks_exact(row_bytes).zip(w.chunks_exact_mut(cols)) {
-			dequantize(format, row, w);
-		}
-		dots(w, cols, x, out);
-	}
-
 	/// Eight unsigned bytes (the low half of `v`) as floats.
 	#[inline]
 	#[target_feature(enable = "avx2,fma")]
@@ -360,7 +351,7 @@ mod avx2 {
 
 	/// [`super::portable_dots`] on AVX2 + FMA.
 	#[target_feature(enable = "avx2,fma")]
-	fn dots(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+	pub(super) fn dots(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
 		let n = x.len() / cols;
 		assert!(cols.is_multiple_of(STEP) && w.len().is_multiple_of(cols));
 		assert!(out.len() == w.len() / cols * n);
