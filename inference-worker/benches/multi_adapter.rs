@@ -125,6 +125,7 @@ fn measure<D: Decoder>(
 			max_waiting: requests.len(),
 			// Room for every adapter (on the kernel decoder, in its pool too).
 			adapter_bytes: if common::dry_run() { 256 << 20 } else { 8 << 30 },
+			adapter_pool_bytes: if common::dry_run() { 256 << 20 } else { 8 << 30 },
 			..EngineConfig::default()
 		};
 		let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();

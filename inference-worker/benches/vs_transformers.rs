@@ -88,6 +88,7 @@ fn ours<D: Decoder>(
 		max_batch_tokens: 1024,
 		max_waiting: requests.len(),
 		adapter_bytes: 1 << 30,
+		adapter_pool_bytes: 1 << 30,
 		..EngineConfig::default()
 	};
 	let mut engine = Engine::new(model, tokenizer.clone(), config).unwrap();

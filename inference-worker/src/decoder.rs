@@ -220,7 +220,7 @@ impl<B: Backend> KernelLlama<B> {
 			if residency.resident.contains_key(&adapter.uid) {
 				continue;
 			}
-			let needed = Self::pages_of(adapter);
+			let needed = self.pages_of(adapter);
 			while self.backend().free_pages(&residency.pool) < needed {
 				let victim = residency
 					.resident
@@ -295,7 +295,7 @@ where
 	}
 
 	fn adapters_fit(&self, residency: &KernelAdapters<B>, adapters: &[&LoraAdapter]) -> bool {
-		adapters.iter().map(|a| Self::pages_of(a)).sum::<usize>() <= residency.num_pages
+		adapters.iter().map(|a| self.pages_of(a)).sum::<usize>() <= residency.num_pages
 	}
 
 	fn samples(&self) -> bool {

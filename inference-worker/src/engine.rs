@@ -58,11 +58,14 @@ pub struct EngineConfig {
 	pub max_running: usize,
 	/// Most requests waiting to start; beyond it requests are refused as overloaded.
 	pub max_waiting: usize,
-	/// Bytes of adapter weights kept ready to serve (the device tier). On a decoder with an
-	/// adapter pool (the kernel decoder) this is also the pool's size, allocated up front; its
-	/// pages are as wide as the model's widest projection, so it holds fewer adapters than the
-	/// same bytes of the adapter cache, and it must hold at least one page.
+	/// Bytes of loaded adapter weights kept ready to serve: the device tier of the candle
+	/// decoder, which serves from them; host memory for the kernel decoder, which uploads
+	/// them to its adapter pool.
 	pub adapter_bytes: usize,
+	/// Bytes of the kernel decoder's adapter pool (device memory on a GPU), allocated up front;
+	/// it must hold at least one page. An adapter takes exactly its `f32` weights' bytes there
+	/// (pages divide every projection's width). Decoders without a pool ignore it.
+	pub adapter_pool_bytes: usize,
 	/// Bytes of adapter files kept in host memory (the host tier; 0 for none).
 	pub adapter_host_bytes: usize,
 }
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
 			max_running: 64,
 			max_waiting: 1024,
 			adapter_bytes: 512 << 20,
+			adapter_pool_bytes: 512 << 20,
 			adapter_host_bytes: 2 << 30,
 		}
 	}
@@ -176,7 +180,7 @@ pub struct Engine<D: Decoder = Llama> {
 
 impl<D: Decoder> Engine<D> {
 	/// An engine serving `model`, with a KV cache and an adapter cache of the configured sizes
-	/// (and, for a decoder with an adapter pool, a pool of `adapter_bytes`), and a loader thread
+	/// (and, for a decoder with an adapter pool, a pool of `adapter_pool_bytes`), and a loader thread
 	/// for adapters.
 	pub fn new(model: Arc<D>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Self> {
 		if config.max_batch_tokens == 0 || config.max_running == 0 {
@@ -187,7 +191,7 @@ impl<D: Decoder> Engine<D> {
 		let kv =
 			KvCacheConfig::for_budget(model.config(), config.block_size, config.kv_cache_bytes)?;
 		let cache = model.kv_cache(kv)?;
-		let residency = model.residency(config.adapter_bytes)?;
+		let residency = model.residency(config.adapter_pool_bytes)?;
 		let adapters =
 			Arc::new(AdapterCache::with_host_tier(config.adapter_bytes, config.adapter_host_bytes));
 		let (loads, load_rx) = mpsc::channel::<(String, PathBuf)>();

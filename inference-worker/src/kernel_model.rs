@@ -14,7 +14,7 @@ use std::{path::Path, sync::Arc};
 
 use candle_core::quantized::GgmlDType;
 use openledger_kernels::{
-	adapter_pool::{LoraPlan, PagedAdapter},
+	adapter_pool::{self, LoraPlan, PagedAdapter},
 	attention::{AttentionParams, KvLayout},
 	backend::{Backend, KernelError},
 	fused::RopeStyle,
@@ -297,18 +297,28 @@ impl<B: Backend> KernelLlama<B> {
 		Some((w.cols, w.rows))
 	}
 
-	/// Floats per adapter pool page: the widest projection's input or output.
+	/// Floats per adapter pool page: the greatest common divisor of the projections' widths
+	/// (inputs and outputs), so that every adapter row fills whole pages (SmolLM2-135M: 192, a
+	/// third of a 576-wide row), unless that is under 32 floats; then the widest width, a page
+	/// a row.
 	pub fn page_len(&self) -> usize {
 		let c = &self.config;
-		c.hidden_size
-			.max(c.intermediate_size)
-			.max(c.num_heads * c.head_dim)
-			.max(c.num_kv_heads * c.head_dim)
+		page_len_for([
+			c.hidden_size,
+			c.intermediate_size,
+			c.num_heads * c.head_dim,
+			c.num_kv_heads * c.head_dim,
+		])
 	}
 
-	/// Pool pages `adapter` takes once uploaded (a page per rank row of each A and Bᵀ).
-	pub fn pages_of(adapter: &LoraAdapter) -> usize {
-		adapter.modules().map(|w| 2 * w.rank).sum()
+	/// Pool pages `adapter` takes once uploaded: each rank row of each `A` and `s·Bᵀ` on
+	/// pages of its own.
+	pub fn pages_of(&self, adapter: &LoraAdapter) -> usize {
+		let page_len = self.page_len();
+		adapter
+			.modules()
+			.map(|w| adapter_pool::adapter_pages(w.rank, w.in_dim(), w.out_dim(), page_len))
+			.sum()
 	}
 
 	/// An adapter pool on the backend of `num_pages` pages of [`KernelLlama::page_len`].
@@ -320,7 +330,7 @@ impl<B: Backend> KernelLlama<B> {
 
 	/// An adapter pool on the backend with room for `adapters`.
 	pub fn pool_for(&self, adapters: &[&LoraAdapter]) -> Result<B::Pool> {
-		self.pool(adapters.iter().map(|a| Self::pages_of(a)).sum())
+		self.pool(adapters.iter().map(|a| self.pages_of(a)).sum())
 	}
 
 	/// Columns of the logits (rows of the output projection).
@@ -360,7 +370,7 @@ impl<B: Backend> KernelLlama<B> {
 		Ok(KernelCache { backend: self.backend.clone(), layout, num_blocks, k, v })
 	}
 
-	/// Puts `adapter`'s weights into `pool` (pages of at least the widest projection).
+	/// Puts `adapter`'s weights into `pool` (each row of `A` and `s·Bᵀ` on pages of its own).
 	pub fn upload_adapter(
 		&self,
 		pool: &mut B::Pool,
@@ -746,9 +756,39 @@ fn rope_tables(config: &LlamaConfig, max_positions: usize) -> (Vec<f32>, Vec<f32
 	(cos, sin)
 }
 
+/// Floats per adapter pool page for projections of these widths: see [`KernelLlama::page_len`].
+fn page_len_for(widths: [usize; 4]) -> usize {
+	let divisor = widths.into_iter().fold(0, gcd);
+	if divisor >= 32 {
+		divisor
+	} else {
+		widths.into_iter().max().unwrap_or(0)
+	}
+}
+
+/// The greatest common divisor (Euclid's); `gcd(0, n) = n`.
+fn gcd(a: usize, b: usize) -> usize {
+	if b == 0 {
+		a
+	} else {
+		gcd(b, a % b)
+	}
+}
+
 #[cfg(test)]
 mod tests {
 	use super::*;
+
+	#[test]
+	fn adapter_pages_divide_every_width_unless_that_takes_pages_under_32_floats() {
+		// SmolLM2-135M: hidden 576, MLP 1536, 9 query heads and 3 key/value heads of 64.
+		assert_eq!(page_len_for([576, 1536, 576, 192]), 192);
+		// Llama-2-7B-like: 4096 and 11008 (43 × 256).
+		assert_eq!(page_len_for([4096, 11008, 4096, 1024]), 256);
+		// Widths with a common divisor of 10 get pages as wide as the widest, a page a row.
+		assert_eq!(page_len_for([70, 50, 70, 70]), 70);
+		assert_eq!(gcd(0, 7), 7);
+	}
 
 	#[test]
 	fn plan_slots_follow_layers_then_projection_all_order() {

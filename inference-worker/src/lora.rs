@@ -139,6 +139,16 @@ pub struct LoraWeights {
 }
 
 impl LoraWeights {
+	/// Inputs of the adapted projection (columns of `A`).
+	pub fn in_dim(&self) -> usize {
+		self.a.dims().last().copied().unwrap_or(0)
+	}
+
+	/// Outputs of the adapted projection (columns of `s · B^T`).
+	pub fn out_dim(&self) -> usize {
+		self.b_t.dims().last().copied().unwrap_or(0)
+	}
+
 	/// The adapter's contribution for `x` (`[tokens, in]`): `[tokens, out]`, with tensor
 	/// operations (the CPU path uses the kernels instead).
 	pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

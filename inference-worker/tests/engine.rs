@@ -127,16 +127,18 @@ const PROMPTS: [&str; 6] = [
 ];
 
 /// Steps of at most 10 tokens (prompts are prefilled in chunks) and 4 sequences, a KV cache of
-/// `blocks` blocks of 4 tokens, `adapter_bytes` for adapters and no host tier.
-fn small_config(model: &LlamaConfig, blocks: usize, adapter_bytes: usize) -> EngineConfig {
+/// `blocks` blocks of 4 tokens, an adapter pool of `pool_bytes` (on the kernel decoder) and no
+/// host tier.
+fn small_config(model: &LlamaConfig, blocks: usize, pool_bytes: usize) -> EngineConfig {
 	EngineConfig {
 		kv_cache_bytes: blocks * KvCacheConfig::bytes_per_block(model, 4),
 		block_size: 4,
 		max_batch_tokens: 10,
 		max_running: 4,
 		max_waiting: 16,
-		adapter_bytes,
+		adapter_pool_bytes: pool_bytes,
 		adapter_host_bytes: 0,
+		..EngineConfig::default()
 	}
 }
 
@@ -374,7 +376,7 @@ fn the_engine_on_the_kernel_decoder_serves_what_each_request_gets_alone() {
 	let loaded: BTreeMap<&str, _> =
 		dirs.iter().map(|(n, d)| (n.as_str(), model.load_adapter(d, Some(n)).unwrap())).collect();
 	// Room in the pool for the two largest together, never for all three.
-	let mut sizes: Vec<usize> = loaded.values().map(KernelLlama::<Cpu>::pages_of).collect();
+	let mut sizes: Vec<usize> = loaded.values().map(|a| model.pages_of(a)).collect();
 	sizes.sort_unstable();
 	let pool_pages = sizes[1] + sizes[2];
 	assert!(pool_pages < sizes.iter().sum::<usize>());
@@ -409,14 +411,16 @@ fn the_kernel_engine_refuses_an_adapter_larger_than_its_pool() {
 	let (small, big) = (root.path().join("small"), root.path().join("big"));
 	write_adapter(&dense, &small, 1, 1, &[Projection::Q]);
 	write_adapter(&dense, &big, 2, 16, &[Projection::Q]);
-	let small_pages = KernelLlama::<Cpu>::pages_of(&model.load_adapter(&small, None).unwrap());
+	let small_pages = model.pages_of(&model.load_adapter(&small, None).unwrap());
 	let big_adapter = model.load_adapter(&big, None).unwrap();
 	// Room in host memory for the big one's weights, not in the pool for its pages.
-	let config = EngineConfig { adapter_bytes: 4 << 20, ..EngineConfig::default() };
+	let config = EngineConfig { adapter_pool_bytes: 1 << 20, ..EngineConfig::default() };
 	let page_bytes = model.page_len() * 4;
-	let big_pool_bytes = KernelLlama::<Cpu>::pages_of(&big_adapter) * page_bytes;
-	assert!(big_adapter.size_bytes < config.adapter_bytes && config.adapter_bytes < big_pool_bytes);
-	assert!(2 * small_pages * page_bytes < config.adapter_bytes);
+	let big_pool_bytes = model.pages_of(&big_adapter) * page_bytes;
+	assert_eq!(big_pool_bytes, big_adapter.size_bytes, "the pool wastes nothing");
+	assert!(big_adapter.size_bytes < config.adapter_bytes);
+	assert!(config.adapter_pool_bytes < big_pool_bytes);
+	assert!(2 * small_pages * page_bytes < config.adapter_pool_bytes);
 	let mut engine = Engine::new(model.clone(), tokenizer, config).unwrap();
 	engine.register_adapter("small", &small);
 	engine.register_adapter("big", &big);
@@ -447,13 +451,12 @@ fn a_request_waiting_for_pool_room_is_not_overtaken() {
 	let root = tempfile::tempdir().unwrap();
 	let mut dirs = write_adapters(&dense, root.path(), &ADAPTERS);
 	dirs.extend(write_adapters(&dense, root.path(), &[("d", 4, 1, &[Projection::Q])]));
-	let pages =
-		|n: &str| KernelLlama::<Cpu>::pages_of(&model.load_adapter(&dirs[n], None).unwrap());
+	let pages = |n: &str| model.pages_of(&model.load_adapter(&dirs[n], None).unwrap());
 	// a, b and d fit together; c does not fit beside a and b.
 	let pool = pages("a") + pages("b") + pages("d");
 	assert!(pages("a") + pages("b") + pages("c") > pool);
 	let config =
-		EngineConfig { adapter_bytes: pool * model.page_len() * 4, ..EngineConfig::default() };
+		EngineConfig { adapter_pool_bytes: pool * model.page_len() * 4, ..EngineConfig::default() };
 	let mut engine = Engine::new(model.clone(), tokenizer, config).unwrap();
 	for (name, dir) in &dirs {
 		engine.register_adapter(name.clone(), dir.clone());

@@ -178,6 +178,7 @@ fn main() -> anyhow::Result<()> {
 	let config = EngineConfig {
 		kv_cache_bytes: 64 << 20,
 		adapter_bytes: 256 << 20,
+		adapter_pool_bytes: 256 << 20,
 		..EngineConfig::default()
 	};
 	let mut engine = Engine::new(cuda.clone(), Arc::new(tokenizer.clone()), config)?;

@@ -18,7 +18,7 @@
 use std::time::Instant;
 
 use openledger_kernels::{
-	adapter_pool::{LoraPlan, PagedAdapter},
+	adapter_pool::{adapter_pages, LoraPlan, PagedAdapter},
 	attention::{AttentionParams, KvLayout},
 	gpu::{
 		attention::{self, GpuBlockTables, GpuPagedKv},
@@ -200,14 +200,17 @@ fn main() -> anyhow::Result<()> {
 
 	// Multi-LoRA at one projection of a 4096-wide model (bf16 weights), 64 rows each with its
 	// own request: base alone, base + one adapter for all rows, base + 64 of 1,000 resident
-	// adapters (rank 16).
-	println!("\n## Multi-LoRA (4096 x 4096 bf16 projection, rank 16, batch 64)");
+	// adapters (rank 16), in pool pages of 256 floats (what the decoder picks for a model of
+	// widths 4096 and 11008: a row on 16 pages).
+	println!("\n## Multi-LoRA (4096 x 4096 bf16 projection, rank 16, batch 64, pages of 256)");
 	let (dim, rank, batch, resident) = (size(4096, 256), 16usize, size(64, 9), 1000usize);
+	let page_len = size(256, 64);
+	let per_adapter = adapter_pages(rank, dim, dim, page_len);
 	let w = host_quant::quantize(Format::Bf16, &random(&mut rng, dim * dim, 0.05), dim, dim)?;
 	let weights = gpu.upload(&w)?;
 	let x = gpu.upload(&random(&mut rng, batch * dim, 1.0))?;
 	let mut y = gpu.zeros::<f32>(batch * dim)?;
-	let mut pool = DeviceAdapterPool::new(&gpu, dim, (2 * rank * resident) as u32)?;
+	let mut pool = DeviceAdapterPool::new(&gpu, page_len, (per_adapter * resident) as u32)?;
 	let a = random(&mut rng, rank * dim, 0.02);
 	let b_t = random(&mut rng, rank * dim, 0.02);
 	let mut adapters = Vec::with_capacity(resident);
@@ -238,8 +241,10 @@ fn main() -> anyhow::Result<()> {
 	// Adapter upload: a rank-16 q/k/v/o adapter of a 4096-wide model is 4 × 2 × 16 × 4096
 	// floats; here one projection pair at a time, as the pool takes them, against one plain
 	// page-locked copy of the same bytes.
-	println!("\n## Adapter upload (rank 16, 4096 wide, one projection pair = 512 KiB)");
-	let mut upload_pool = DeviceAdapterPool::new(&gpu, dim, (2 * rank * 8) as u32)?;
+	println!(
+		"\n## Adapter upload (rank 16, 4096 wide, one projection pair = 512 KiB, pages of 256)"
+	);
+	let mut upload_pool = DeviceAdapterPool::new(&gpu, page_len, (per_adapter * 8) as u32)?;
 	let mut last = None;
 	let upload = time(&gpu, 50, || {
 		if let Some(adapter) = last.take() {

@@ -1,16 +1,19 @@
 // Multi-LoRA over a paged adapter pool: the CUDA side of kernels/src/adapter_pool.rs.
 //
-// The pool is [num_pages, page_len] floats; an adapter of rank r for one projection owns 2r
-// pages: its r rows of A ([r, in]) and its r rows of s*B^T ([r, out]), one row at the start of
-// each page. A batch comes as tiles of up to TILE_ROWS rows of one segment (rows sharing an
-// adapter): tile t covers rows tile_row_start[t] .. + tile_rows[t], has rank tile_rank[t], and
-// its 2r page numbers start at pages[tile_pages[t]].
+// The pool is [num_pages, page_len] floats; an adapter of rank r for one projection owns its r
+// rows of A ([r, in]), each on a_row_pages = ceil(in / page_len) pages, then its r rows of
+// s*B^T ([r, out]), each on b_row_pages = ceil(out / page_len) pages; a row's values run from
+// the start of its first page on (its last page may be part full). A batch comes as tiles of
+// up to TILE_ROWS rows of one segment (rows sharing an adapter): tile t covers rows
+// tile_row_start[t] .. + tile_rows[t], has rank tile_rank[t], and its r * (a_row_pages +
+// b_row_pages) page numbers start at pages[tile_pages[t]]. Every adapter of one launch adapts
+// the same projection, so the row page counts are the launch's.
 //
 // One tile of one row is BGMV (a decode batch where every row has its own adapter); tiles of
 // up to 16 rows are SGMV (a prefill segment): a warp reads each adapter row once for the whole
 // tile. The arithmetic is the CPU reference's, in the same order, so results agree to the bit:
-// fused multiply-adds in explicit __fmaf_rn, lane l of a warp summing c = l, l+32, ..., then an
-// xor butterfly.
+// fused multiply-adds in explicit __fmaf_rn, lane l of a warp summing c = l, l+32, ... (however
+// the row is cut into pages), then an xor butterfly.
 
 #define TILE_ROWS 16
 #define SHRINK_WARPS 8
@@ -28,6 +31,8 @@ extern "C" __global__ void lora_shrink(
 	const unsigned int* __restrict__ tile_rank,
 	const unsigned int* __restrict__ tile_pages,
 	const unsigned int* __restrict__ pages,
+	int a_row_pages,
+	int b_row_pages,
 	const float* __restrict__ x,
 	int in_dim,
 	float* __restrict__ shrunk,
@@ -42,14 +47,19 @@ extern "C" __global__ void lora_shrink(
 	}
 	const int start = (int)tile_row_start[t];
 	const int rows = (int)tile_rows[t];
-	const float* a = pool + (size_t)pages[tile_pages[t] + j] * (size_t)page_len;
+	const unsigned int* a_pages = pages + tile_pages[t] + (size_t)j * (size_t)a_row_pages;
 	float acc[TILE_ROWS];
 #pragma unroll
 	for (int r = 0; r < TILE_ROWS; ++r) {
 		acc[r] = 0.0f;
 	}
-	for (int c = lane; c < in_dim; c += 32) {
-		const float av = __ldg(a + c);
+	// Input c is value `off` of the row's page q.
+	for (int c = lane, q = 0, off = lane; c < in_dim; c += 32, off += 32) {
+		while (off >= page_len) {
+			off -= page_len;
+			++q;
+		}
+		const float av = __ldg(pool + (size_t)__ldg(a_pages + q) * (size_t)page_len + off);
 #pragma unroll
 		for (int r = 0; r < TILE_ROWS; ++r) {
 			if (r < rows) {
@@ -81,6 +91,8 @@ extern "C" __global__ void lora_expand(
 	const unsigned int* __restrict__ tile_rank,
 	const unsigned int* __restrict__ tile_pages,
 	const unsigned int* __restrict__ pages,
+	int a_row_pages,
+	int b_row_pages,
 	const float* __restrict__ shrunk,
 	int max_rank,
 	float* __restrict__ y,
@@ -101,14 +113,19 @@ extern "C" __global__ void lora_expand(
 	if (o >= out_dim) {
 		return;
 	}
-	const unsigned int* b_pages = pages + tile_pages[t] + rank;
+	// Output o is value `off` of page q of each row of s*B^T.
+	const int q = o / page_len;
+	const int off = o - q * page_len;
+	const unsigned int* b_pages =
+		pages + tile_pages[t] + (size_t)rank * (size_t)a_row_pages + (size_t)q;
 	float acc[TILE_ROWS];
 #pragma unroll
 	for (int r = 0; r < TILE_ROWS; ++r) {
 		acc[r] = 0.0f;
 	}
 	for (int j = 0; j < rank; ++j) {
-		const float b = __ldg(pool + (size_t)b_pages[j] * (size_t)page_len + o);
+		const unsigned int page = __ldg(b_pages + (size_t)j * (size_t)b_row_pages);
+		const float b = __ldg(pool + (size_t)page * (size_t)page_len + off);
 #pragma unroll
 		for (int r = 0; r < TILE_ROWS; ++r) {
 			if (r < rows) {
@@ -126,7 +143,8 @@ extern "C" __global__ void lora_expand(
 }
 
 // Writes an uploaded adapter's rows into its pages: staged holds A ([rank, in_dim]) then s*B^T
-// ([rank, out_dim]) contiguously, as they came over PCIe. Grid: (2 * rank); block: any width.
+// ([rank, out_dim]) contiguously, as they came over PCIe. Grid: (the adapter's page count);
+// block: any width; block p fills the adapter's page p.
 extern "C" __global__ void lora_scatter_rows(
 	const float* __restrict__ staged,
 	int rank,
@@ -136,16 +154,28 @@ extern "C" __global__ void lora_scatter_rows(
 	float* __restrict__ pool,
 	int page_len)
 {
-	const int row = blockIdx.x;
-	if (row >= 2 * rank) {
+	const int a_row_pages = (in_dim + page_len - 1) / page_len;
+	const int b_row_pages = (out_dim + page_len - 1) / page_len;
+	const int p = blockIdx.x;
+	const int a_pages = rank * a_row_pages;
+	int row, q, width;
+	const float* rows;
+	if (p < a_pages) {
+		row = p / a_row_pages;
+		q = p - row * a_row_pages;
+		width = in_dim;
+		rows = staged;
+	} else if (p < a_pages + rank * b_row_pages) {
+		row = (p - a_pages) / b_row_pages;
+		q = p - a_pages - row * b_row_pages;
+		width = out_dim;
+		rows = staged + (size_t)rank * (size_t)in_dim;
+	} else {
 		return;
 	}
-	const bool is_a = row < rank;
-	const int len = is_a ? in_dim : out_dim;
-	const float* src =
-		is_a ? staged + (size_t)row * in_dim
-			 : staged + (size_t)rank * in_dim + (size_t)(row - rank) * out_dim;
-	float* dst = pool + (size_t)adapter_pages[row] * (size_t)page_len;
+	const int len = min(page_len, width - q * page_len);
+	const float* src = rows + (size_t)row * (size_t)width + (size_t)q * (size_t)page_len;
+	float* dst = pool + (size_t)adapter_pages[p] * (size_t)page_len;
 	for (int c = threadIdx.x; c < len; c += blockDim.x) {
 		dst[c] = src[c];
 	}

@@ -1,17 +1,20 @@
 //! Multi-LoRA over a paged adapter pool (S-LoRA's unified paging, Punica's SGMV/BGMV).
 //!
 //! Thousands of adapters stay resident without one allocation each: one pool of fixed-size
-//! pages (`[num_pages, page_len]` `f32`) holds every resident adapter's rows, one row per page —
-//! the `rank` rows of `A` (`[rank, in]`) and the `rank` rows of `s·Bᵀ` (`[rank, out]`) — so
-//! loading and evicting an adapter is taking and giving back pages, never a fresh allocation
-//! or a compaction. `page_len` is at least the longest row a projection has.
+//! pages (`[num_pages, page_len]` `f32`) holds every resident adapter's rows — the `rank` rows
+//! of `A` (`[rank, in]`) and the `rank` rows of `s·Bᵀ` (`[rank, out]`) — so loading and
+//! evicting an adapter is taking and giving back pages, never a fresh allocation or a
+//! compaction. A row takes `⌈width / page_len⌉` pages of its own (see [`row_pages`]), so a
+//! pool whose page length divides every projection's width (the decoder picks the greatest
+//! common divisor of its widths) wastes nothing, whichever projections an adapter adapts.
 //!
 //! A batch is described by a [`LoraPlan`]: its segments (rows that share an adapter) cut into
 //! tiles of at most [`TILE_ROWS`] rows. The shrink and expand here are the CPU reference of the
 //! CUDA kernels in `kernels/cuda/lora.cu`, with the same arithmetic in the same order (fused
 //! multiply-adds, a 32-lane butterfly for the shrink's dot products), so the two agree to the
-//! bit. A decode batch whose rows use different adapters is the BGMV case (tiles of one row);
-//! a prefill segment is the SGMV case (tiles of up to 16 rows that read each adapter row once).
+//! bit; the order does not depend on how rows are cut into pages. A decode batch whose rows use
+//! different adapters is the BGMV case (tiles of one row); a prefill segment is the SGMV case
+//! (tiles of up to 16 rows that read each adapter row once).
 
 use std::ops::Range;
 
@@ -22,6 +25,22 @@ pub const TILE_ROWS: usize = 16;
 
 /// Lanes of the shrink's dot products (a CUDA warp).
 const LANES: usize = 32;
+
+/// Pages one row of `width` floats takes in a pool of pages of `page_len` (0 when `page_len`
+/// is 0).
+pub fn row_pages(width: usize, page_len: usize) -> usize {
+	if page_len == 0 {
+		0
+	} else {
+		width.div_ceil(page_len)
+	}
+}
+
+/// Pages an adapter pair of `rank` for a projection of `in_dim` inputs and `out_dim` outputs
+/// takes in a pool of pages of `page_len`.
+pub fn adapter_pages(rank: usize, in_dim: usize, out_dim: usize, page_len: usize) -> usize {
+	rank.saturating_mul(row_pages(in_dim, page_len).saturating_add(row_pages(out_dim, page_len)))
+}
 
 /// Hands out the pages of a pool: all-or-nothing, lowest free pages first.
 #[derive(Clone, Debug)]
@@ -77,20 +96,54 @@ impl PageAllocator {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PagedAdapter {
 	/// The rank.
-	pub rank: u32,
-	/// `2·rank` pages: `A`'s rows, then `s·Bᵀ`'s rows.
-	pub pages: Vec<u32>,
+	rank: u32,
+	/// Pages per row of `A` and per row of `s·Bᵀ`.
+	row_pages: (u32, u32),
+	/// `A`'s rows, then `s·Bᵀ`'s, each row's pages in order.
+	pages: Vec<u32>,
 }
 
 impl PagedAdapter {
+	/// An adapter of `rank` on `pages` whose rows of `A` take `row_pages.0` pages each and
+	/// whose rows of `s·Bᵀ` take `row_pages.1`: `A`'s rows first, each row's pages in order.
+	/// Refused unless the pages are exactly that many and both counts are at least 1.
+	pub fn new(rank: u32, row_pages: (u32, u32), pages: Vec<u32>) -> Result<Self, ShapeError> {
+		let per_rank = (row_pages.0 as usize).saturating_add(row_pages.1 as usize);
+		if rank == 0 || row_pages.0 == 0 || row_pages.1 == 0 {
+			return Err(ShapeError(format!("rank {rank} with rows of {row_pages:?} pages")));
+		}
+		if Some(pages.len()) != (rank as usize).checked_mul(per_rank) {
+			return Err(ShapeError(format!(
+				"{} pages for rank {rank} with rows of {row_pages:?} pages",
+				pages.len()
+			)));
+		}
+		Ok(Self { rank, row_pages, pages })
+	}
+
+	/// The rank.
+	pub fn rank(&self) -> u32 {
+		self.rank
+	}
+
+	/// Pages per row of `A` and per row of `s·Bᵀ`.
+	pub fn row_pages(&self) -> (u32, u32) {
+		self.row_pages
+	}
+
+	/// Every page, `A`'s rows first.
+	pub fn pages(&self) -> &[u32] {
+		&self.pages
+	}
+
 	/// The pages of `A`'s rows.
 	pub fn a_pages(&self) -> &[u32] {
-		&self.pages[..self.rank as usize]
+		&self.pages[..self.rank as usize * self.row_pages.0 as usize]
 	}
 
 	/// The pages of `s·Bᵀ`'s rows.
 	pub fn b_pages(&self) -> &[u32] {
-		&self.pages[self.rank as usize..]
+		&self.pages[self.rank as usize * self.row_pages.0 as usize..]
 	}
 }
 
@@ -107,29 +160,41 @@ pub fn write_rows(
 ) -> Result<(), ShapeError> {
 	let rank = adapter.rank as usize;
 	check_pool(pool, page_len, &adapter.pages)?;
-	if adapter.pages.len() != 2 * rank
-		|| a.len() != rank * in_dim
+	let (a_pages, b_pages) = (row_pages(in_dim, page_len), row_pages(out_dim, page_len));
+	if a.len() != rank * in_dim
 		|| b_t.len() != rank * out_dim
-		|| in_dim > page_len
-		|| out_dim > page_len
+		|| in_dim == 0
+		|| out_dim == 0
+		|| (a_pages as u32, b_pages as u32) != adapter.row_pages
 	{
 		return Err(ShapeError(format!(
-			"an adapter of rank {rank} on {} pages of {page_len}: A has {} values for {in_dim} \
-			 in, sBᵀ {} for {out_dim} out",
-			adapter.pages.len(),
+			"an adapter of rank {rank} with rows of {:?} pages of {page_len}: A has {} values \
+			 for {in_dim} in, sBᵀ {} for {out_dim} out",
+			adapter.row_pages,
 			a.len(),
 			b_t.len()
 		)));
 	}
-	for (j, &page) in adapter.a_pages().iter().enumerate() {
-		let at = page as usize * page_len;
-		pool[at..at + in_dim].copy_from_slice(&a[j * in_dim..(j + 1) * in_dim]);
-	}
-	for (j, &page) in adapter.b_pages().iter().enumerate() {
-		let at = page as usize * page_len;
-		pool[at..at + out_dim].copy_from_slice(&b_t[j * out_dim..(j + 1) * out_dim]);
+	let rows = a.chunks_exact(in_dim).zip(adapter.a_pages().chunks_exact(a_pages));
+	for (row, pages) in
+		rows.chain(b_t.chunks_exact(out_dim).zip(adapter.b_pages().chunks_exact(b_pages)))
+	{
+		for (part, &page) in row.chunks(page_len).zip(pages) {
+			let at = page as usize * page_len;
+			pool[at..at + part.len()].copy_from_slice(part);
+		}
 	}
 	Ok(())
+}
+
+/// Copies the row of `width` floats held on `pages` into `row` (resized to `width`).
+fn gather_row(pool: &[f32], page_len: usize, pages: &[u32], width: usize, row: &mut Vec<f32>) {
+	row.clear();
+	for (q, &page) in pages.iter().enumerate() {
+		let len = page_len.min(width - q * page_len);
+		let at = page as usize * page_len;
+		row.extend_from_slice(&pool[at..at + len]);
+	}
 }
 
 /// A batch's adapted rows, cut into tiles for the kernels. Rows in no segment are left alone.
@@ -143,8 +208,11 @@ pub struct LoraPlan {
 	pub tile_rank: Vec<u32>,
 	/// Where each tile's adapter pages start in [`Self::pages`].
 	pub tile_pages: Vec<u32>,
-	/// The adapters' pages, `2·rank` per segment.
+	/// The adapters' pages, [`PagedAdapter::pages`] per segment.
 	pub pages: Vec<u32>,
+	/// Pages per row of `A` and of `s·Bᵀ`, the same for every adapter of the plan (they adapt
+	/// one projection); `(0, 0)` in a plan of no tiles.
+	pub row_pages: (u32, u32),
 	/// The largest rank: the row stride of the shrunk buffer.
 	pub max_rank: usize,
 	/// The batch's row count.
@@ -161,14 +229,15 @@ impl LoraPlan {
 		let mut plan = Self { rows, ..Self::default() };
 		let mut covered = vec![false; rows];
 		for (range, adapter) in segments {
-			if range.end > rows
-				|| adapter.rank == 0
-				|| adapter.pages.len() != 2 * adapter.rank as usize
-			{
+			if range.end > rows {
+				return Err(ShapeError(format!("a segment of rows {range:?} (of {rows})")));
+			}
+			if plan.tile_rank.is_empty() {
+				plan.row_pages = adapter.row_pages;
+			} else if adapter.row_pages != plan.row_pages {
 				return Err(ShapeError(format!(
-					"a segment of rows {range:?} (of {rows}) with rank {} on {} pages",
-					adapter.rank,
-					adapter.pages.len()
+					"an adapter with rows of {:?} pages in a plan of rows of {:?}",
+					adapter.row_pages, plan.row_pages
 				)));
 			}
 			if covered[range.clone()].iter().any(|&c| c) {
@@ -179,6 +248,9 @@ impl LoraPlan {
 				.map_err(|_| ShapeError("more than 2³² pages in one plan".into()))?;
 			plan.pages.extend_from_slice(&adapter.pages);
 			plan.max_rank = plan.max_rank.max(adapter.rank as usize);
+			if range.is_empty() {
+				continue;
+			}
 			for start in range.clone().step_by(TILE_ROWS) {
 				plan.tile_row_start.push(start as u32);
 				plan.tile_rows.push((range.end - start).min(TILE_ROWS) as u32);
@@ -191,11 +263,16 @@ impl LoraPlan {
 
 	/// Checks what the kernels rely on, for a plan that may have been put together by hand:
 	/// every tile lies in the batch, has 1 to [`TILE_ROWS`] rows and a rank of 1 to `max_rank`,
-	/// and its pages exist in [`Self::pages`] and in a pool of `num_pages`.
+	/// and its pages exist in [`Self::pages`] and in a pool of `num_pages`; a plan with tiles
+	/// has rows of at least one page.
 	pub fn validate(&self, num_pages: usize) -> Result<(), ShapeError> {
 		let tiles = self.num_tiles();
 		if [self.tile_rows.len(), self.tile_rank.len(), self.tile_pages.len()] != [tiles; 3] {
 			return Err(ShapeError("tile arrays of different lengths".into()));
+		}
+		let per_rank = self.row_pages.0 as usize + self.row_pages.1 as usize;
+		if tiles > 0 && (self.row_pages.0 == 0 || self.row_pages.1 == 0) {
+			return Err(ShapeError(format!("rows of {:?} pages", self.row_pages)));
 		}
 		for t in 0..tiles {
 			let (start, rows, rank) = (
@@ -208,7 +285,7 @@ impl LoraPlan {
 				|| rows > TILE_ROWS
 				|| start + rows > self.rows
 				|| rank == 0 || rank > self.max_rank
-				|| pages + 2 * rank > self.pages.len()
+				|| pages + rank * per_rank > self.pages.len()
 			{
 				return Err(ShapeError(format!(
 					"tile {t}: rows {start}..{} of {}, rank {rank} of at most {}, pages from 					 {pages} of {}",
@@ -230,11 +307,15 @@ impl LoraPlan {
 		self.tile_row_start.len()
 	}
 
-	fn tile(&self, t: usize) -> (usize, usize, usize, &[u32]) {
+	/// Tile `t`'s first row, row count, rank, and the pages of its `A` rows and `s·Bᵀ` rows.
+	fn tile(&self, t: usize) -> (usize, usize, usize, &[u32], &[u32]) {
 		let start = self.tile_row_start[t] as usize;
 		let rank = self.tile_rank[t] as usize;
 		let offset = self.tile_pages[t] as usize;
-		(start, self.tile_rows[t] as usize, rank, &self.pages[offset..offset + 2 * rank])
+		let a_end = offset + rank * self.row_pages.0 as usize;
+		let b_end = a_end + rank * self.row_pages.1 as usize;
+		let (a, b) = (&self.pages[offset..a_end], &self.pages[a_end..b_end]);
+		(start, self.tile_rows[t] as usize, rank, a, b)
 	}
 }
 
@@ -250,20 +331,23 @@ fn check_pool(pool: &[f32], page_len: usize, pages: &[u32]) -> Result<(), ShapeE
 }
 
 /// Checks a shrink or expand call: the pool is whole pages, the plan fits it, the activation
-/// buffer (`x` or `y`: its name, length and row width) has the plan's rows of at most a page,
-/// and the shrunk buffer has the plan's rows of `max_rank`.
+/// buffer (`x` or `y`: its name, length and row width) has the plan's rows, each as many
+/// pages wide as the plan's adapter rows (`plan_pages`: those of `A` for `x`, of `s·Bᵀ` for
+/// `y`), and the shrunk buffer has the plan's rows of `max_rank`.
 fn check_call(
 	pool: &[f32],
 	page_len: usize,
 	plan: &LoraPlan,
-	(what, len, width): (&str, usize, usize),
+	(what, len, width, plan_pages): (&str, usize, usize, u32),
 	shrunk_len: usize,
 ) -> Result<(), ShapeError> {
 	check_pool(pool, page_len, &[])?;
 	plan.validate(pool.len() / page_len)?;
-	if width == 0 || width > page_len || len != plan.rows * width {
+	let pages_match = plan.num_tiles() == 0 || row_pages(width, page_len) == plan_pages as usize;
+	if width == 0 || len != plan.rows * width || !pages_match {
 		return Err(ShapeError(format!(
-			"{what} has {len} values for {} rows of {width} (pages of {page_len})",
+			"{what} has {len} values for {} rows of {width} (pages of {page_len}; the plan's \
+			 adapter rows take {plan_pages})",
 			plan.rows
 		)));
 	}
@@ -289,15 +373,16 @@ pub fn shrink(
 	in_dim: usize,
 	shrunk: &mut [f32],
 ) -> Result<(), ShapeError> {
-	check_call(pool, page_len, plan, ("x", x.len(), in_dim), shrunk.len())?;
+	check_call(pool, page_len, plan, ("x", x.len(), in_dim, plan.row_pages.0), shrunk.len())?;
+	let mut a = Vec::with_capacity(in_dim);
 	for t in 0..plan.num_tiles() {
-		let (start, rows, rank, pages) = plan.tile(t);
-		for (j, &page) in pages[..rank].iter().enumerate() {
-			let a = &pool[page as usize * page_len..][..in_dim];
+		let (start, rows, _, a_pages, _) = plan.tile(t);
+		for (j, pages) in a_pages.chunks_exact(plan.row_pages.0 as usize).enumerate() {
+			gather_row(pool, page_len, pages, in_dim, &mut a);
 			for r in start..start + rows {
 				let x_row = &x[r * in_dim..(r + 1) * in_dim];
 				let mut lanes = [0f32; LANES];
-				for (c, (&xv, &av)) in x_row.iter().zip(a).enumerate() {
+				for (c, (&xv, &av)) in x_row.iter().zip(&a).enumerate() {
 					lanes[c % LANES] = xv.mul_add(av, lanes[c % LANES]);
 				}
 				shrunk[r * plan.max_rank + j] = butterfly(lanes);
@@ -331,15 +416,22 @@ pub fn expand(
 	y: &mut [f32],
 	out_dim: usize,
 ) -> Result<(), ShapeError> {
-	check_call(pool, page_len, plan, ("y", y.len(), out_dim), shrunk.len())?;
+	check_call(pool, page_len, plan, ("y", y.len(), out_dim, plan.row_pages.1), shrunk.len())?;
+	let (mut row, mut b) = (Vec::with_capacity(out_dim), Vec::new());
 	for t in 0..plan.num_tiles() {
-		let (start, rows, rank, pages) = plan.tile(t);
+		let (start, rows, rank, _, b_pages) = plan.tile(t);
+		// The tile's rows of s·Bᵀ, contiguous: [rank, out_dim].
+		b.clear();
+		for pages in b_pages.chunks_exact(plan.row_pages.1 as usize) {
+			gather_row(pool, page_len, pages, out_dim, &mut row);
+			b.extend_from_slice(&row);
+		}
 		for r in start..start + rows {
 			let s = &shrunk[r * plan.max_rank..][..rank];
 			for o in 0..out_dim {
 				let mut acc = 0f32;
-				for (j, &page) in pages[rank..].iter().enumerate() {
-					acc = s[j].mul_add(pool[page as usize * page_len + o], acc);
+				for (j, &sj) in s.iter().enumerate() {
+					acc = sj.mul_add(b[j * out_dim + o], acc);
 				}
 				y[r * out_dim + o] += acc;
 			}
@@ -374,112 +466,183 @@ mod tests {
 		assert_eq!(pages.allocate(2).unwrap(), vec![1, 3], "lowest free pages first");
 	}
 
-	/// Adapters written into scattered pages of a pool give what the contiguous kernel gives,
-	/// within float rounding (the two sum in different orders), for every row.
+	/// An adapter of `rank` for `in_dim → out_dim` in `pages` of `allocator`'s pool.
+	fn place(
+		allocator: &mut PageAllocator,
+		rank: usize,
+		(in_dim, out_dim): (usize, usize),
+		page_len: usize,
+	) -> PagedAdapter {
+		let row = (row_pages(in_dim, page_len) as u32, row_pages(out_dim, page_len) as u32);
+		let pages = allocator.allocate(adapter_pages(rank, in_dim, out_dim, page_len)).unwrap();
+		PagedAdapter::new(rank as u32, row, pages).unwrap()
+	}
+
+	/// Runs the shrink and the expand of `segments` over `y0`.
+	fn apply(
+		pool: &[f32],
+		page_len: usize,
+		segments: &[(Range<usize>, &PagedAdapter)],
+		x: &[f32],
+		(in_dim, out_dim): (usize, usize),
+		y0: &[f32],
+	) -> Vec<f32> {
+		let rows = y0.len() / out_dim;
+		let plan = LoraPlan::new(rows, segments).unwrap();
+		let mut shrunk = vec![0f32; rows * plan.max_rank];
+		shrink(pool, page_len, &plan, x, in_dim, &mut shrunk).unwrap();
+		let mut y = y0.to_vec();
+		expand(pool, page_len, &plan, &shrunk, &mut y, out_dim).unwrap();
+		y
+	}
+
 	#[test]
-	fn paged_matches_the_contiguous_kernel_over_ranks_and_tiles() {
+	fn rows_take_whole_pages_and_a_common_divisor_wastes_nothing() {
+		assert_eq!(row_pages(576, 1536), 1);
+		assert_eq!(row_pages(576, 192), 3);
+		assert_eq!(row_pages(577, 192), 4);
+		assert_eq!(row_pages(5, 0), 0);
+		// SmolLM2-135M's q_proj (576 → 576) and v_proj (576 → 192), rank 8: in pages of the
+		// widest width (1536) they take 32 pages, 49,152 floats for 15,360 values; in pages of
+		// 192 (the widths' greatest common divisor) 80 pages, exactly their values.
+		let values = 8 * (576 + 576) + 8 * (576 + 192);
+		let wide = adapter_pages(8, 576, 576, 1536) + adapter_pages(8, 576, 192, 1536);
+		let fitted = adapter_pages(8, 576, 576, 192) + adapter_pages(8, 576, 192, 192);
+		assert_eq!((wide, wide * 1536), (32, 49_152));
+		assert_eq!(fitted * 192, values);
+		let adapter = PagedAdapter::new(2, (3, 1), (0..8).collect()).unwrap();
+		assert_eq!((adapter.a_pages(), adapter.b_pages()), (&[0, 1, 2, 3, 4, 5][..], &[6, 7][..]));
+		assert!(PagedAdapter::new(2, (3, 1), (0..7).collect()).is_err(), "a page short");
+		assert!(PagedAdapter::new(0, (3, 1), vec![]).is_err(), "rank 0");
+		assert!(PagedAdapter::new(1, (0, 1), vec![0]).is_err(), "rows of no page");
+	}
+
+	/// Adapters written into scattered pages of a pool give what the contiguous kernel gives,
+	/// within float rounding (the two sum in different orders), for every row, whether a row
+	/// fits one page or spans several (the last one part full).
+	#[test]
+	fn paged_matches_the_contiguous_kernel_over_ranks_tiles_and_page_lengths() {
 		let mut rng = StdRng::seed_from_u64(11);
 		for &(in_dim, out_dim) in &[(1, 1), (33, 7), (576, 192), (100, 300)] {
-			let page_len = in_dim.max(out_dim) + 3;
-			let ranks = [1usize, 8, 3, 128, 16];
-			let mut allocator = PageAllocator::new(2 * ranks.iter().sum::<usize>() as u32 + 10);
-			// Take and give back some pages first so the adapters' pages are not in order.
-			let hole = allocator.allocate(10).unwrap();
-			let mut pool = vec![f32::NAN; allocator.num_pages() as usize * page_len];
-			let mut adapters = Vec::new();
-			for (i, &rank) in ranks.iter().enumerate() {
-				let a = random(&mut rng, rank * in_dim);
-				let b_t = random(&mut rng, rank * out_dim);
-				let pages = allocator.allocate(2 * rank).unwrap();
-				let adapter = PagedAdapter { rank: rank as u32, pages };
-				write_rows(&mut pool, page_len, &adapter, &a, in_dim, &b_t, out_dim).unwrap();
-				adapters.push((a, b_t, adapter));
-				if i == 1 {
-					allocator.release(&hole).unwrap();
+			for page_len in [in_dim.max(out_dim) + 3, 32, 7] {
+				let dims = (in_dim, out_dim);
+				let ranks = [1usize, 8, 3, 128, 16];
+				let need: usize =
+					ranks.iter().map(|&r| adapter_pages(r, in_dim, out_dim, page_len)).sum();
+				let mut allocator = PageAllocator::new(need as u32 + 10);
+				// Take and give back some pages first so the adapters' pages are not in order.
+				let hole = allocator.allocate(10).unwrap();
+				let mut pool = vec![f32::NAN; allocator.num_pages() as usize * page_len];
+				let mut adapters = Vec::new();
+				for (i, &rank) in ranks.iter().enumerate() {
+					let a = random(&mut rng, rank * in_dim);
+					let b_t = random(&mut rng, rank * out_dim);
+					let adapter = place(&mut allocator, rank, dims, page_len);
+					write_rows(&mut pool, page_len, &adapter, &a, in_dim, &b_t, out_dim).unwrap();
+					adapters.push((a, b_t, adapter));
+					if i == 1 {
+						allocator.release(&hole).unwrap();
+					}
+				}
+				// Segments of 1 row (decode), 17 and 40 rows (more than one tile), a base row.
+				let lengths = [1usize, 17, 1, 40, 2];
+				let rows = lengths.iter().sum::<usize>() + 1;
+				let mut segments = Vec::new();
+				let mut start = 1;
+				for (i, &len) in lengths.iter().enumerate() {
+					segments.push((start..start + len, i));
+					start += len;
+				}
+				let x = random(&mut rng, rows * in_dim);
+				let y0 = random(&mut rng, rows * out_dim);
+				let plan_segments: Vec<_> =
+					segments.iter().map(|(r, i)| (r.clone(), &adapters[*i].2)).collect();
+				let plan = LoraPlan::new(rows, &plan_segments).unwrap();
+				assert_eq!(plan.num_tiles(), 1 + 2 + 1 + 3 + 1);
+				let y = apply(&pool, page_len, &plan_segments, &x, dims, &y0);
+
+				let contiguous: Vec<_> = segments
+					.iter()
+					.map(|(r, i)| {
+						let (a, b_t, adapter) = &adapters[*i];
+						let pair = LoraPair { a, b_t, rank: adapter.rank() as usize };
+						Segment { rows: r.clone(), pair }
+					})
+					.collect();
+				let mut want = y0.clone();
+				sgmv(&x, in_dim, &mut want, out_dim, &contiguous).unwrap();
+				assert_eq!(y[..out_dim], y0[..out_dim], "the base row is untouched");
+				for (k, (g, w)) in y.iter().zip(&want).enumerate() {
+					let bound = 1e-5 * (in_dim * 128) as f32;
+					let at = format!("{in_dim}x{out_dim}, pages of {page_len}, value {k}");
+					assert!((g - w).abs() <= bound, "{at}: {g} vs {w}");
 				}
 			}
-			// Segments of 1 row (decode), 17 and 40 rows (more than one tile), a base row.
-			let lengths = [1usize, 17, 1, 40, 2];
-			let rows = lengths.iter().sum::<usize>() + 1;
-			let mut segments = Vec::new();
-			let mut start = 1;
-			for (i, &len) in lengths.iter().enumerate() {
-				segments.push((start..start + len, i));
-				start += len;
-			}
-			let x = random(&mut rng, rows * in_dim);
-			let y0 = random(&mut rng, rows * out_dim);
-			let plan_segments: Vec<_> =
-				segments.iter().map(|(r, i)| (r.clone(), &adapters[*i].2)).collect();
-			let plan = LoraPlan::new(rows, &plan_segments).unwrap();
-			assert_eq!(plan.num_tiles(), 1 + 2 + 1 + 3 + 1);
-			let mut shrunk = vec![0f32; rows * plan.max_rank];
-			shrink(&pool, page_len, &plan, &x, in_dim, &mut shrunk).unwrap();
-			let mut y = y0.clone();
-			expand(&pool, page_len, &plan, &shrunk, &mut y, out_dim).unwrap();
+		}
+	}
 
-			let contiguous: Vec<_> = segments
-				.iter()
-				.map(|(r, i)| {
-					let (a, b_t, adapter) = &adapters[*i];
-					let pair = LoraPair { a, b_t, rank: adapter.rank as usize };
-					Segment { rows: r.clone(), pair }
-				})
-				.collect();
-			let mut want = y0.clone();
-			sgmv(&x, in_dim, &mut want, out_dim, &contiguous).unwrap();
-			assert_eq!(y[..out_dim], y0[..out_dim], "the base row is untouched");
-			for (k, (g, w)) in y.iter().zip(&want).enumerate() {
-				let bound = 1e-5 * (in_dim * 128) as f32;
-				assert!((g - w).abs() <= bound, "{in_dim}x{out_dim} value {k}: {g} vs {w}");
-			}
+	/// How rows are cut into pages changes no bit of the result (the GPU kernels rely on the
+	/// same order whatever the page length).
+	#[test]
+	fn the_page_length_changes_no_bit() {
+		let mut rng = StdRng::seed_from_u64(3);
+		let (dims, rank, rows) = ((200, 130), 5, 19);
+		let (a, b_t) = (random(&mut rng, rank * dims.0), random(&mut rng, rank * dims.1));
+		let (x, y0) = (random(&mut rng, rows * dims.0), random(&mut rng, rows * dims.1));
+		let run = |page_len: usize| {
+			let mut allocator =
+				PageAllocator::new(adapter_pages(rank, dims.0, dims.1, page_len) as u32);
+			let adapter = place(&mut allocator, rank, dims, page_len);
+			let mut pool = vec![0f32; allocator.num_pages() as usize * page_len];
+			write_rows(&mut pool, page_len, &adapter, &a, dims.0, &b_t, dims.1).unwrap();
+			apply(&pool, page_len, &[(2..rows, &adapter)], &x, dims, &y0)
+		};
+		let whole = run(200);
+		for page_len in [1, 10, 32, 64, 199] {
+			assert_eq!(run(page_len), whole, "pages of {page_len}");
 		}
 	}
 
 	#[test]
 	fn a_row_gets_the_same_bits_alone_or_in_a_tile() {
 		let mut rng = StdRng::seed_from_u64(5);
-		let (in_dim, out_dim, page_len, rank) = (70, 50, 70, 8);
-		let mut allocator = PageAllocator::new(16);
-		let adapter = PagedAdapter { rank, pages: allocator.allocate(16).unwrap() };
-		let mut pool = vec![0f32; 16 * page_len];
-		let (a, b_t) = (random(&mut rng, 8 * in_dim), random(&mut rng, 8 * out_dim));
-		write_rows(&mut pool, page_len, &adapter, &a, in_dim, &b_t, out_dim).unwrap();
+		let (dims, page_len, rank) = ((70, 50), 32, 8);
+		let mut allocator = PageAllocator::new(adapter_pages(rank, 70, 50, page_len) as u32);
+		let adapter = place(&mut allocator, rank, dims, page_len);
+		let mut pool = vec![0f32; allocator.num_pages() as usize * page_len];
+		let (a, b_t) = (random(&mut rng, rank * dims.0), random(&mut rng, rank * dims.1));
+		write_rows(&mut pool, page_len, &adapter, &a, dims.0, &b_t, dims.1).unwrap();
 		let rows = 20;
-		let x = random(&mut rng, rows * in_dim);
+		let x = random(&mut rng, rows * dims.0);
 		let run = |x: &[f32], rows: usize| {
-			let plan = LoraPlan::new(rows, &[(0..rows, &adapter)]).unwrap();
-			let mut shrunk = vec![0f32; rows * 8];
-			shrink(&pool, page_len, &plan, x, in_dim, &mut shrunk).unwrap();
-			let mut y = vec![0f32; rows * out_dim];
-			expand(&pool, page_len, &plan, &shrunk, &mut y, out_dim).unwrap();
-			y
+			apply(&pool, page_len, &[(0..rows, &adapter)], x, dims, &vec![0f32; rows * dims.1])
 		};
 		let batched = run(&x, rows);
 		for r in [0, 15, 16, 19] {
-			let alone = run(&x[r * in_dim..(r + 1) * in_dim], 1);
-			assert_eq!(alone[..], batched[r * out_dim..(r + 1) * out_dim], "row {r}");
+			let alone = run(&x[r * dims.0..(r + 1) * dims.0], 1);
+			assert_eq!(alone[..], batched[r * dims.1..(r + 1) * dims.1], "row {r}");
 		}
 	}
 
 	#[test]
 	fn bad_shapes_are_refused() {
-		let adapter = PagedAdapter { rank: 1, pages: vec![0, 1] };
+		let adapter = PagedAdapter::new(1, (1, 1), vec![0, 1]).unwrap();
 		let mut pool = vec![0f32; 8];
 		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 4], 4, &[0.0; 4], 4).is_ok());
-		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 5], 5, &[0.0; 4], 4).is_err());
+		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 5], 5, &[0.0; 4], 4).is_err(), "2 pages");
+		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 3], 4, &[0.0; 4], 4).is_err());
 		assert!(write_rows(&mut pool, 3, &adapter, &[0.0; 3], 3, &[0.0; 3], 3).is_err());
-		let far = PagedAdapter { rank: 1, pages: vec![0, 9] };
+		let far = PagedAdapter::new(1, (1, 1), vec![0, 9]).unwrap();
 		assert!(write_rows(&mut pool, 4, &far, &[0.0; 4], 4, &[0.0; 4], 4).is_err());
 		assert!(LoraPlan::new(2, &[(0..3, &adapter)]).is_err(), "rows past the batch");
 		assert!(LoraPlan::new(4, &[(0..2, &adapter), (1..3, &adapter)]).is_err(), "overlap");
-		let odd = PagedAdapter { rank: 2, pages: vec![0, 1] };
-		assert!(LoraPlan::new(2, &[(0..1, &odd)]).is_err(), "pages for rank 1, not 2");
+		let wider = PagedAdapter::new(1, (2, 1), vec![0, 1, 2]).unwrap();
+		assert!(LoraPlan::new(4, &[(0..2, &adapter), (2..3, &wider)]).is_err(), "two widths");
 		let plan = LoraPlan::new(2, &[(0..2, &adapter)]).unwrap();
 		let mut shrunk = vec![0f32; 2];
 		assert!(shrink(&pool, 4, &plan, &[0.0; 8], 4, &mut shrunk).is_ok());
 		assert!(shrink(&pool, 4, &plan, &[0.0; 6], 3, &mut [0.0; 1]).is_err());
-		assert!(shrink(&pool, 4, &plan, &[0.0; 10], 5, &mut shrunk).is_err(), "row > page");
+		assert!(shrink(&pool, 4, &plan, &[0.0; 10], 5, &mut shrunk).is_err(), "rows of 2 pages");
 		assert!(expand(&pool, 4, &plan, &shrunk, &mut [0.0; 8], 4).is_ok());
 		assert!(expand(&pool, 4, &plan, &shrunk, &mut [0.0; 7], 4).is_err());
 		assert!(expand(&pool[..7], 4, &plan, &shrunk, &mut [0.0; 8], 4).is_err(), "ragged pool");
@@ -490,5 +653,10 @@ mod tests {
 		let mut bad = plan.clone();
 		bad.tile_rank[0] = 2;
 		assert!(bad.validate(2).is_err(), "rank above max_rank");
+		let mut bad = plan.clone();
+		bad.row_pages = (2, 1);
+		assert!(bad.validate(2).is_err(), "pages past the plan's");
+		bad.row_pages = (0, 1);
+		assert!(bad.validate(2).is_err(), "rows of no page");
 	}
 }

@@ -428,14 +428,23 @@ impl Backend for Cpu {
 			return Err(ShapeError(format!("A of {} values for rows of {in_dim}", a.len())).into());
 		}
 		let rank = a.len() / in_dim;
-		let pages = pool.pages.allocate(2 * rank).ok_or_else(|| {
+		let page_len = pool.page_len;
+		let need = adapter_pool::adapter_pages(rank, in_dim, out_dim, page_len);
+		let row_pages = [in_dim, out_dim].map(|w| adapter_pool::row_pages(w, page_len) as u32);
+		let rank = u32::try_from(rank).map_err(|_| ShapeError(format!("rank {rank}")))?;
+		let pages = pool.pages.allocate(need).ok_or_else(|| {
 			ShapeError(format!(
-				"the adapter pool has {} free pages, an adapter of rank {rank} needs {}",
+				"the adapter pool has {} free pages, an adapter of rank {rank} needs {need}",
 				pool.pages.free_pages(),
-				2 * rank
 			))
 		})?;
-		let adapter = PagedAdapter { rank: rank as u32, pages };
+		let adapter = match PagedAdapter::new(rank, row_pages.into(), pages.clone()) {
+			Ok(adapter) => adapter,
+			Err(e) => {
+				pool.pages.release(&pages)?;
+				return Err(e.into());
+			}
+		};
 		if let Err(e) = adapter_pool::write_rows(
 			&mut pool.values,
 			pool.page_len,
@@ -445,13 +454,13 @@ impl Backend for Cpu {
 			b_t,
 			out_dim,
 		) {
-			pool.pages.release(&adapter.pages)?;
+			pool.pages.release(adapter.pages())?;
 			return Err(e.into());
 		}
 		Ok(adapter)
 	}
 	fn release_adapter(&self, pool: &mut CpuPool, adapter: &PagedAdapter) -> KernelResult<()> {
-		Ok(pool.pages.release(&adapter.pages)?)
+		Ok(pool.pages.release(adapter.pages())?)
 	}
 	fn free_pages(&self, pool: &CpuPool) -> usize {
 		pool.pages.free_pages()

@@ -9,7 +9,7 @@ use cudarc::driver::{
 };
 
 use super::{as_i32, expect_len, Gpu, GpuError, LORA};
-use crate::adapter_pool::{LoraPlan, PageAllocator, PagedAdapter};
+use crate::adapter_pool::{adapter_pages, row_pages, LoraPlan, PageAllocator, PagedAdapter};
 
 /// The largest rank the kernels take (the expand stages `16 × 128` shrunk values in shared
 /// memory).
@@ -35,8 +35,8 @@ pub struct DeviceAdapterPool {
 }
 
 impl DeviceAdapterPool {
-	/// A pool of `num_pages` pages of `page_len` floats (`page_len` ≥ the longest row, input or
-	/// output, of the projections it will hold).
+	/// A pool of `num_pages` pages of `page_len` floats (a row longer than a page takes several;
+	/// a page length that divides every projection's width wastes nothing).
 	pub fn new(gpu: &Gpu, page_len: usize, num_pages: u32) -> Result<Self, GpuError> {
 		let page_len_i32 = as_i32("page_len", page_len)?;
 		let len = page_len
@@ -83,18 +83,17 @@ impl DeviceAdapterPool {
 			return Err(GpuError::Shape(format!("A of {} values for rows of {in_dim}", a.len())));
 		}
 		let rank = a.len() / in_dim;
-		if rank == 0
-			|| rank > MAX_RANK
-			|| b_t.len() != rank * out_dim
-			|| in_dim > self.page_len
-			|| out_dim > self.page_len
-		{
+		if rank == 0 || rank > MAX_RANK || b_t.len() != rank * out_dim {
 			return Err(GpuError::Shape(format!(
-				"rank {rank} (1 to {MAX_RANK}), sBᵀ of {} values for {out_dim} out, pages of {}",
+				"rank {rank} (1 to {MAX_RANK}), sBᵀ of {} values for {out_dim} out",
 				b_t.len(),
-				self.page_len
 			)));
 		}
+		let (in_i, out_i) = (as_i32("in_dim", in_dim)?, as_i32("out_dim", out_dim)?);
+		let row_pages = [in_dim, out_dim].map(|width| row_pages(width, self.page_len) as u32);
+		let need = adapter_pages(rank, in_dim, out_dim, self.page_len);
+		let grid = u32::try_from(need)
+			.map_err(|_| GpuError::Shape(format!("an adapter of {need} pages")))?;
 		let total = a.len() + b_t.len();
 		if let Some(copied) = self.staging_copied.take() {
 			copied.synchronize()?;
@@ -114,23 +113,23 @@ impl DeviceAdapterPool {
 		let staged = host.as_mut_slice()?;
 		staged[..a.len()].copy_from_slice(a);
 		staged[a.len()..total].copy_from_slice(b_t);
-		let pages = self.pages.allocate(2 * rank).ok_or_else(|| {
+		let pages = self.pages.allocate(need).ok_or_else(|| {
 			GpuError::Shape(format!(
-				"the adapter pool has {} free pages, an adapter of rank {rank} needs {}",
+				"the adapter pool has {} free pages, an adapter of rank {rank} needs {need}",
 				self.pages.free_pages(),
-				2 * rank
 			))
 		})?;
+		let adapter = PagedAdapter::new(rank as u32, row_pages.into(), pages)
+			.map_err(|e| GpuError::Shape(e.0))?;
 		let result = (|| {
 			// The whole buffer (the same length as the device one; cudarc refuses a source longer
 			// than its destination): after a larger adapter it is longer than `total`, and only
 			// its first `total` values are read by the scatter.
 			gpu.stream().memcpy_htod(&*host, &mut *device)?;
 			self.staging_copied = Some(gpu.stream().record_event(None)?);
-			let pages_device = gpu.upload(&pages)?;
+			let pages_device = gpu.upload(adapter.pages())?;
 			let f = gpu.function(&LORA, "lora_scatter_rows")?;
-			let (rank_i, in_i, out_i, page_len) =
-				(rank as i32, in_dim as i32, out_dim as i32, self.page_len as i32);
+			let (rank_i, page_len) = (rank as i32, self.page_len_i32);
 			let mut launch = gpu.stream().launch_builder(&f);
 			launch
 				.arg(&*device)
@@ -140,21 +139,24 @@ impl DeviceAdapterPool {
 				.arg(&pages_device)
 				.arg(&mut self.pool)
 				.arg(&page_len);
+			// One block a page, a thread a value (a page of 192 floats is 6 warps).
+			let threads = self.page_len.next_multiple_of(32).min(256) as u32;
 			let config = LaunchConfig {
-				grid_dim: (2 * rank as u32, 1, 1),
-				block_dim: (256, 1, 1),
+				grid_dim: (grid, 1, 1),
+				block_dim: (threads, 1, 1),
 				shared_mem_bytes: 0,
 			};
 			// SAFETY: the arguments match `lora_scatter_rows`; the staged buffer holds
-			// rank·(in + out) floats, every page is below `num_pages` and every row fits a page.
+			// rank·(in + out) floats, the adapter has one page for each block, every page is
+			// below `num_pages`, and a block copies at most a page.
 			unsafe { launch.launch(config) }?;
 			Ok::<_, GpuError>(())
 		})();
 		match result {
-			Ok(()) => Ok(PagedAdapter { rank: rank as u32, pages }),
+			Ok(()) => Ok(adapter),
 			Err(e) => {
 				// The pages were never handed out; a failed release cannot happen here.
-				let _ = self.pages.release(&pages);
+				let _ = self.pages.release(adapter.pages());
 				Err(e)
 			}
 		}
@@ -162,7 +164,7 @@ impl DeviceAdapterPool {
 
 	/// Gives an adapter's pages back (its rows stay until overwritten).
 	pub fn release(&mut self, adapter: &PagedAdapter) -> Result<(), GpuError> {
-		self.pages.release(&adapter.pages).map_err(|e| GpuError::Shape(e.0))
+		self.pages.release(adapter.pages()).map_err(|e| GpuError::Shape(e.0))
 	}
 }
 
@@ -177,6 +179,8 @@ pub struct DevicePlan {
 	num_tiles: u32,
 	max_rank: usize,
 	rows: usize,
+	/// Pages per row of `A` and of `s·Bᵀ`, as the kernels' `int` arguments.
+	row_pages: [i32; 2],
 	/// The size of the pool the plan was checked against.
 	pool_pages: u32,
 }
@@ -211,6 +215,10 @@ impl DevicePlan {
 			}
 			let num_tiles = u32::try_from(plan.num_tiles())
 				.map_err(|_| GpuError::Shape("too many tiles".into()))?;
+			let row_pages = [
+				as_i32("pages per row of A", plan.row_pages.0 as usize)?,
+				as_i32("pages per row of sBᵀ", plan.row_pages.1 as usize)?,
+			];
 			let mut at = [0; 5];
 			let parts = [
 				&plan.tile_row_start,
@@ -223,7 +231,7 @@ impl DevicePlan {
 				*start = packed.len();
 				packed.extend_from_slice(part);
 			}
-			placed.push((at, plan.pages.len(), num_tiles, plan.max_rank, plan.rows));
+			placed.push((at, num_tiles, row_pages));
 		}
 		// A zero-length device buffer cannot be allocated: empty plans share one dummy value.
 		if packed.is_empty() {
@@ -233,13 +241,15 @@ impl DevicePlan {
 		let pool_pages = pool.pages.num_pages();
 		Ok(placed
 			.into_iter()
-			.map(|(at, pages_len, num_tiles, max_rank, rows)| Self {
+			.zip(plans)
+			.map(|((at, num_tiles, row_pages), plan)| Self {
 				packed: packed.clone(),
 				at,
-				pages_len,
+				pages_len: plan.pages.len(),
 				num_tiles,
-				max_rank,
-				rows,
+				max_rank: plan.max_rank,
+				rows: plan.rows,
+				row_pages,
 				pool_pages,
 			})
 			.collect())
@@ -286,9 +296,7 @@ pub fn shrink(
 	in_dim: usize,
 	shrunk: &mut CudaSlice<f32>,
 ) -> Result<(), GpuError> {
-	if in_dim == 0 || in_dim > pool.page_len {
-		return Err(GpuError::Shape(format!("{in_dim} inputs for pages of {}", pool.page_len)));
-	}
+	check_width(pool, plan, "inputs", in_dim, plan.row_pages[0])?;
 	same_pool(pool, plan)?;
 	expect_len("x", x, plan.rows * in_dim)?;
 	expect_shrunk(shrunk, plan)?;
@@ -298,7 +306,7 @@ pub fn shrink(
 	let f = gpu.function(&LORA, "lora_shrink")?;
 	let (in_i, max_rank) = (as_i32("in_dim", in_dim)?, plan.max_rank as i32);
 	let views = plan.views();
-	let mut launch = plan_launch(gpu, &f, pool, &views);
+	let mut launch = plan_launch(gpu, &f, pool, plan, &views);
 	launch.arg(x).arg(&in_i).arg(shrunk).arg(&max_rank);
 	let config = LaunchConfig {
 		grid_dim: ((plan.max_rank as u32).div_ceil(SHRINK_WARPS), plan.num_tiles, 1),
@@ -306,8 +314,9 @@ pub fn shrink(
 		shared_mem_bytes: 0,
 	};
 	// SAFETY: the arguments match `lora_shrink`; x and shrunk were checked against the plan's
-	// rows, every tile's rows lie in the batch and its pages in the pool (LoraPlan::new and the
-	// pool's allocator guarantee both), and the grid covers max_rank rank rows per tile.
+	// rows, x's rows take the plan's pages per row of A, every tile's rows lie in the batch and
+	// its rank·(pages per row of A and sBᵀ) pages in the plan's page list and the pool
+	// (LoraPlan::validate), and the grid covers max_rank rank rows per tile.
 	unsafe { launch.launch(config) }?;
 	Ok(())
 }
@@ -321,9 +330,7 @@ pub fn expand(
 	y: &mut CudaSlice<f32>,
 	out_dim: usize,
 ) -> Result<(), GpuError> {
-	if out_dim == 0 || out_dim > pool.page_len {
-		return Err(GpuError::Shape(format!("{out_dim} outputs for pages of {}", pool.page_len)));
-	}
+	check_width(pool, plan, "outputs", out_dim, plan.row_pages[1])?;
 	same_pool(pool, plan)?;
 	expect_len("y", y, plan.rows * out_dim)?;
 	expect_shrunk(shrunk, plan)?;
@@ -333,33 +340,55 @@ pub fn expand(
 	let f = gpu.function(&LORA, "lora_expand")?;
 	let (out_i, max_rank) = (as_i32("out_dim", out_dim)?, plan.max_rank as i32);
 	let views = plan.views();
-	let mut launch = plan_launch(gpu, &f, pool, &views);
+	let mut launch = plan_launch(gpu, &f, pool, plan, &views);
 	launch.arg(shrunk).arg(&max_rank).arg(y).arg(&out_i);
 	let config = LaunchConfig {
 		grid_dim: ((out_dim as u32).div_ceil(EXPAND_THREADS), plan.num_tiles, 1),
 		block_dim: (EXPAND_THREADS, 1, 1),
 		shared_mem_bytes: 0,
 	};
-	// SAFETY: the arguments match `lora_expand`; shapes checked above, ranks ≤ MAX_RANK (the
-	// kernel's shared tile), tiles ≤ 16 rows (LoraPlan), pages in the pool.
+	// SAFETY: the arguments match `lora_expand`; shapes checked above (y's rows take the plan's
+	// pages per row of sBᵀ), ranks ≤ MAX_RANK (the kernel's shared tile), tiles ≤ 16 rows and
+	// their pages in the plan's page list and the pool (LoraPlan::validate).
 	unsafe { launch.launch(config) }?;
 	Ok(())
 }
 
 /// A launch of `function` with the arguments both multi-LoRA kernels start with: the pool, its
-/// page length, and the plan's tiles and pages.
+/// page length, the plan's tiles and pages (`views`), and its pages per row of `A` and `s·Bᵀ`.
 fn plan_launch<'a>(
 	gpu: &'a Gpu,
 	function: &'a CudaFunction,
 	pool: &'a DeviceAdapterPool,
-	plan: &'a [CudaView<'a, u32>; 5],
+	plan: &'a DevicePlan,
+	views: &'a [CudaView<'a, u32>; 5],
 ) -> LaunchArgs<'a> {
 	let mut launch = gpu.stream().launch_builder(function);
 	launch.arg(&pool.pool).arg(&pool.page_len_i32);
-	for part in plan {
+	for part in views {
 		launch.arg(part);
 	}
+	launch.arg(&plan.row_pages[0]).arg(&plan.row_pages[1]);
 	launch
+}
+
+/// Fails unless rows of `width` take the pages the plan's adapter rows take (`pages`), in a
+/// plan with tiles; `what` names the width in the error.
+fn check_width(
+	pool: &DeviceAdapterPool,
+	plan: &DevicePlan,
+	what: &str,
+	width: usize,
+	pages: i32,
+) -> Result<(), GpuError> {
+	let fits = plan.num_tiles == 0 || row_pages(width, pool.page_len) == pages as usize;
+	if width == 0 || !fits {
+		return Err(GpuError::Shape(format!(
+			"{width} {what} in pages of {}, for adapter rows of {pages} pages",
+			pool.page_len
+		)));
+	}
+	Ok(())
 }
 
 fn same_pool(pool: &DeviceAdapterPool, plan: &DevicePlan) -> Result<(), GpuError> {

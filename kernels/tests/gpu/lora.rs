@@ -1,10 +1,12 @@
 //! Multi-LoRA over the paged adapter pool: GPU against [`openledger_kernels::adapter_pool`].
 //!
 //! The kernels do the CPU reference's arithmetic in its order (explicit fused multiply-adds, the
-//! same butterfly), so the comparison is exact: tolerance 0.
+//! same butterfly), so the comparison is exact: tolerance 0. Rows fit one page or span several
+//! (pages of 192, as the decoder cuts SmolLM2's rows; of 40, not a multiple of a warp; of 16,
+//! less than one).
 
 use openledger_kernels::{
-	adapter_pool::{self, LoraPlan, PagedAdapter},
+	adapter_pool::{self, adapter_pages, LoraPlan, PagedAdapter},
 	gpu::{
 		lora::{self, DeviceAdapterPool, DevicePlan},
 		Gpu,
@@ -57,10 +59,19 @@ fn run_both(
 
 fn bgmv_and_sgmv_match_the_cpu_bit_for_bit(gpu: &Gpu) -> anyhow::Result<()> {
 	let mut rng = StdRng::seed_from_u64(21);
-	for &(in_dim, out_dim) in &[(576, 576), (576, 192), (1536, 576), (33, 7), (1, 1)] {
-		let page_len = in_dim.max(out_dim);
+	let shapes = [
+		((576, 576), 576),
+		((576, 192), 192),
+		((1536, 576), 192),
+		((576, 192), 40),
+		((33, 7), 16),
+		((33, 7), 33),
+		((1, 1), 1),
+	];
+	for ((in_dim, out_dim), page_len) in shapes {
 		let ranks = [1usize, 2, 3, 8, 16, 64, 128, 5];
-		let num_pages = 2 * ranks.iter().sum::<usize>() as u32 + 20;
+		let pages = |rank| adapter_pages(rank, in_dim, out_dim, page_len);
+		let num_pages = (ranks.iter().map(|&r| pages(r)).sum::<usize>() + pages(3)) as u32;
 		let mut device_pool = DeviceAdapterPool::new(gpu, page_len, num_pages)?;
 		let mut host_pool = vec![0f32; num_pages as usize * page_len];
 		let mut adapters = Vec::new();
@@ -113,22 +124,23 @@ fn bgmv_and_sgmv_match_the_cpu_bit_for_bit(gpu: &Gpu) -> anyhow::Result<()> {
 
 fn released_pages_are_reused(gpu: &Gpu) -> anyhow::Result<()> {
 	let mut rng = StdRng::seed_from_u64(4);
+	// Pages of 32: a row of A takes 2, a row of sBᵀ 2 (the second half full).
 	let (in_dim, out_dim, rank) = (64, 48, 8);
-	let mut device_pool = DeviceAdapterPool::new(gpu, 64, 32)?;
-	let mut host_pool = vec![0f32; 32 * 64];
+	let mut device_pool = DeviceAdapterPool::new(gpu, 32, 64)?;
+	let mut host_pool = vec![0f32; 64 * 32];
 	let (a1, b1) = (random(&mut rng, rank * in_dim), random(&mut rng, rank * out_dim));
 	let first = device_pool.upload(gpu, &a1, in_dim, &b1, out_dim)?;
 	let second = device_pool.upload(gpu, &a1, in_dim, &b1, out_dim)?;
-	anyhow::ensure!(device_pool.free_pages() == 0, "two rank-8 adapters fill 32 pages");
+	anyhow::ensure!(device_pool.free_pages() == 0, "two rank-8 adapters fill 64 pages");
 	let refused = device_pool.upload(gpu, &a1, in_dim, &b1, out_dim);
 	anyhow::ensure!(refused.is_err(), "a full pool refuses an upload");
 	anyhow::ensure!(device_pool.free_pages() == 0, "and takes no pages doing so");
 	device_pool.release(&first)?;
 	let (a2, b2) = (random(&mut rng, rank * in_dim), random(&mut rng, rank * out_dim));
 	let third = device_pool.upload(gpu, &a2, in_dim, &b2, out_dim)?;
-	anyhow::ensure!(third.pages == first.pages, "the released pages are taken again");
-	adapter_pool::write_rows(&mut host_pool, 64, &second, &a1, in_dim, &b1, out_dim)?;
-	adapter_pool::write_rows(&mut host_pool, 64, &third, &a2, in_dim, &b2, out_dim)?;
+	anyhow::ensure!(third.pages() == first.pages(), "the released pages are taken again");
+	adapter_pool::write_rows(&mut host_pool, 32, &second, &a1, in_dim, &b1, out_dim)?;
+	adapter_pool::write_rows(&mut host_pool, 32, &third, &a2, in_dim, &b2, out_dim)?;
 	let segments = [(0..3, &third), (3..5, &second)];
 	run_both(gpu, &device_pool, &host_pool, &segments, 5, in_dim, out_dim, &mut rng)
 }
