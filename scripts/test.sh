@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
+# candle reads its CPU thread count from here instead of parsing /proc/cpuinfo on every f32
+# matrix product (what the worker's main does for itself: inference-worker/src/threads.rs).
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
 
 cargo fmt --all -- --check
 scripts/fetch-models.sh

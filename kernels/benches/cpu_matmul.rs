@@ -12,14 +12,21 @@ use candle_core::{
 };
 use openledger_kernels::{cpu_matmul::QuantMatrix, quant::Format};
 
-/// Median seconds of `runs` calls of `f`, after one warm-up call.
+/// Seconds per call of `f`: the median of `runs` samples, each the mean of as many calls as
+/// take about 5 ms (a single batch-1 call is ~0.1 ms, where the thread pool's wake-up alone
+/// moves one call's time by tens of percent), after warm-up calls.
 fn median(runs: usize, mut f: impl FnMut()) -> f64 {
+	let start = Instant::now();
 	f();
+	f();
+	let calls = (0.005 / (start.elapsed().as_secs_f64() / 2.0)).ceil().max(1.0) as usize;
 	let mut times: Vec<f64> = (0..runs)
 		.map(|_| {
 			let start = Instant::now();
-			f();
-			start.elapsed().as_secs_f64()
+			for _ in 0..calls {
+				f();
+			}
+			start.elapsed().as_secs_f64() / calls as f64
 		})
 		.collect();
 	times.sort_by(f64::total_cmp);
@@ -35,7 +42,7 @@ fn main() -> anyhow::Result<()> {
 	let device = Device::Cpu;
 	let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 	println!(
-		"{rows}x{cols} weight, CPU, {threads} threads; input rows per second (median of 21 calls)\n"
+		"{rows}x{cols} weight, CPU, {threads} threads; input rows per second (median of 21 samples of ~5 ms of calls)\n"
 	);
 	println!("| format | batch | ours rows/s | candle QMatMul rows/s | ours / candle |");
 	println!("|---|---|---|---|---|");

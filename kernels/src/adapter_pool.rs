@@ -6,7 +6,8 @@
 //! evicting an adapter is taking and giving back pages, never a fresh allocation or a
 //! compaction. A row takes `⌈width / page_len⌉` pages of its own (see [`row_pages`]), so a
 //! pool whose page length divides every projection's width (the decoder picks the greatest
-//! common divisor of its widths) wastes nothing, whichever projections an adapter adapts.
+//! common divisor of its widths when that is at least 32 floats) wastes nothing, whichever
+//! projections an adapter adapts.
 //!
 //! A batch is described by a [`LoraPlan`]: its segments (rows that share an adapter) cut into
 //! tiles of at most [`TILE_ROWS`] rows. The shrink and expand here are the CPU reference of the
@@ -232,6 +233,9 @@ impl LoraPlan {
 			if range.end > rows {
 				return Err(ShapeError(format!("a segment of rows {range:?} (of {rows})")));
 			}
+			if range.is_empty() {
+				continue;
+			}
 			if plan.tile_rank.is_empty() {
 				plan.row_pages = adapter.row_pages;
 			} else if adapter.row_pages != plan.row_pages {
@@ -248,9 +252,6 @@ impl LoraPlan {
 				.map_err(|_| ShapeError("more than 2³² pages in one plan".into()))?;
 			plan.pages.extend_from_slice(&adapter.pages);
 			plan.max_rank = plan.max_rank.max(adapter.rank as usize);
-			if range.is_empty() {
-				continue;
-			}
 			for start in range.clone().step_by(TILE_ROWS) {
 				plan.tile_row_start.push(start as u32);
 				plan.tile_rows.push((range.end - start).min(TILE_ROWS) as u32);
@@ -285,10 +286,14 @@ impl LoraPlan {
 				|| rows > TILE_ROWS
 				|| start + rows > self.rows
 				|| rank == 0 || rank > self.max_rank
-				|| pages + rank * per_rank > self.pages.len()
+				|| rank
+					.checked_mul(per_rank)
+					.and_then(|n| n.checked_add(pages))
+					.is_none_or(|end| end > self.pages.len())
 			{
 				return Err(ShapeError(format!(
-					"tile {t}: rows {start}..{} of {}, rank {rank} of at most {}, pages from 					 {pages} of {}",
+					"tile {t}: rows {start}..{} of {}, rank {rank} of at most {}, pages from \
+					 {pages} of {}",
 					start + rows,
 					self.rows,
 					self.max_rank,
@@ -638,6 +643,7 @@ mod tests {
 		assert!(LoraPlan::new(4, &[(0..2, &adapter), (1..3, &adapter)]).is_err(), "overlap");
 		let wider = PagedAdapter::new(1, (2, 1), vec![0, 1, 2]).unwrap();
 		assert!(LoraPlan::new(4, &[(0..2, &adapter), (2..3, &wider)]).is_err(), "two widths");
+		assert!(LoraPlan::new(4, &[(0..2, &adapter), (2..2, &wider)]).is_ok(), "no rows: skipped");
 		let plan = LoraPlan::new(2, &[(0..2, &adapter)]).unwrap();
 		let mut shrunk = vec![0f32; 2];
 		assert!(shrink(&pool, 4, &plan, &[0.0; 8], 4, &mut shrunk).is_ok());

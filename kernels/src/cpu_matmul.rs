@@ -165,6 +165,15 @@ fn rows(
 	if weight_rows == 0 || out.is_empty() {
 		return;
 	}
+	// One input row: each weight row is used once, so it is multiplied where it is
+	// dequantized, in registers.
+	#[cfg(target_arch = "x86_64")]
+	if isa == Isa::Avx2Fma && x.len() == cols {
+		// SAFETY: `Isa::Avx2Fma` is detected only where the CPU has AVX2 and FMA.
+		if unsafe { avx2::dequantize_dot(format, row_bytes, bytes, x, out) } {
+			return;
+		}
+	}
 	thread_local! {
 		/// The task's dequantized weight rows, kept from task to task (every value is written
 		/// before it is read).
@@ -300,53 +309,123 @@ mod avx2 {
 		unsafe { _mm_loadu_si128(b.as_ptr().add(skip).cast()) }
 	}
 
-	/// One weight row's values from its bytes (whole blocks, `w.len()` values).
+	/// Calls `each(i, v)` with the values of block `i` of a row's `bytes` as four vectors of
+	/// eight, in order, for Q4_0, Q4_1 and Q8_0 (the reference's values, bit for bit); returns
+	/// false, calling nothing, for another format.
+	#[inline]
 	#[target_feature(enable = "avx2,fma")]
-	pub(super) fn dequantize(format: Format, bytes: &[u8], w: &mut [f32]) {
+	fn each_block(format: Format, bytes: &[u8], mut each: impl FnMut(usize, [__m256; 4])) -> bool {
 		let low = _mm_set1_epi8(15);
-		let blocks = w.as_chunks_mut::<32>().0;
 		match format {
 			Format::Q4_0 => {
-				for (b, y) in bytes.as_chunks::<18>().0.iter().zip(blocks) {
+				for (i, b) in bytes.as_chunks::<18>().0.iter().enumerate() {
 					let d = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([b[0], b[1]])));
 					let q = nibbles(b, 2);
 					let (lo, hi) =
 						(_mm_and_si128(q, low), _mm_and_si128(_mm_srli_epi16::<4>(q), low));
 					let eight = _mm256_set1_epi32(8);
 					let halves = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
-					for (k, v) in halves.into_iter().enumerate() {
-						let q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(v), eight);
-						store(y, 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
-					}
+					each(
+						i,
+						halves.map(|v| {
+							let q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(v), eight);
+							_mm256_mul_ps(_mm256_cvtepi32_ps(q), d)
+						}),
+					);
 				}
 			}
 			Format::Q4_1 => {
-				for (b, y) in bytes.as_chunks::<20>().0.iter().zip(blocks) {
+				for (i, b) in bytes.as_chunks::<20>().0.iter().enumerate() {
 					let d = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([b[0], b[1]])));
 					let m = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([b[2], b[3]])));
 					let q = nibbles(b, 4);
 					let (lo, hi) =
 						(_mm_and_si128(q, low), _mm_and_si128(_mm_srli_epi16::<4>(q), low));
 					let halves = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
-					for (k, v) in halves.into_iter().enumerate() {
-						store(y, 8 * k, _mm256_add_ps(_mm256_mul_ps(u8x8_to_f32(v), d), m));
-					}
+					each(i, halves.map(|v| _mm256_add_ps(_mm256_mul_ps(u8x8_to_f32(v), d), m)));
 				}
 			}
 			Format::Q8_0 => {
-				for (b, y) in bytes.as_chunks::<34>().0.iter().zip(blocks) {
+				for (i, b) in bytes.as_chunks::<34>().0.iter().enumerate() {
 					let d = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([b[0], b[1]])));
 					let q = [nibbles(b, 2), nibbles(b, 18)];
 					let quarters =
 						[q[0], _mm_srli_si128::<8>(q[0]), q[1], _mm_srli_si128::<8>(q[1])];
-					for (k, v) in quarters.into_iter().enumerate() {
-						let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-						store(y, 8 * k, _mm256_mul_ps(v, d));
-					}
+					each(
+						i,
+						quarters
+							.map(|v| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d)),
+					);
 				}
 			}
-			_ => quant::dequantize_unchecked(format, bytes, w),
+			_ => return false,
 		}
+		true
+	}
+
+	/// One weight row's values from its bytes (whole blocks, `w.len()` values).
+	#[target_feature(enable = "avx2,fma")]
+	pub(super) fn dequantize(format: Format, bytes: &[u8], w: &mut [f32]) {
+		let blocks = w.as_chunks_mut::<32>().0;
+		let vectors = each_block(format, bytes, |i, v| {
+			for (k, v) in v.into_iter().enumerate() {
+				store(&mut blocks[i], 8 * k, v);
+			}
+		});
+		if !vectors {
+			quant::dequantize_unchecked(format, bytes, w);
+		}
+	}
+
+	/// `out[k] = dot(w_k, x)` for each weight row `w_k` in `bytes` (`row_bytes` each) and the
+	/// one input row `x`, each block's values multiplied where they are dequantized, in
+	/// registers: the same values, operations and order as [`dequantize`] then [`dots`] (so
+	/// the same bits), without the round trip through memory. Returns false, computing
+	/// nothing, for a format [`each_block`] does not take.
+	#[target_feature(enable = "avx2,fma")]
+	pub(super) fn dequantize_dot(
+		format: Format,
+		row_bytes: usize,
+		bytes: &[u8],
+		x: &[f32],
+		out: &mut [f32],
+	) -> bool {
+		let (x, _) = x.as_chunks::<32>();
+		for (row, out) in bytes.chunks_exact(row_bytes).zip(out.iter_mut()) {
+			let mut acc = [_mm256_setzero_ps(); 2];
+			let vectors = each_block(format, row, |i, v| {
+				for (k, v) in v.into_iter().enumerate() {
+					acc[k % 2] = _mm256_fmadd_ps(v, load(&x[i], 8 * k), acc[k % 2]);
+				}
+			});
+			if !vectors {
+				return false;
+			}
+			*out = sum_pair(acc);
+		}
+		true
+	}
+
+	/// Eight floats from `x[at..at + 8]`.
+	#[inline]
+	#[target_feature(enable = "avx2,fma")]
+	fn load(x: &[f32; 32], at: usize) -> __m256 {
+		assert!(at <= 24);
+		// SAFETY: `x` has 32 values and `at + 8 <= 32`.
+		unsafe { _mm256_loadu_ps(x.as_ptr().add(at)) }
+	}
+
+	/// A pair's two accumulators (columns 0-7 and 8-15 modulo 16) summed as [`sum_lanes`] does.
+	#[inline]
+	#[target_feature(enable = "avx2,fma")]
+	fn sum_pair([a0, a1]: [__m256; 2]) -> f32 {
+		let mut lanes = [0f32; STEP];
+		// SAFETY: 16 values fit in `lanes`.
+		unsafe {
+			_mm256_storeu_ps(lanes.as_mut_ptr(), a0);
+			_mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
+		}
+		sum_lanes(&lanes)
 	}
 
 	/// [`super::portable_dots`] on AVX2 + FMA.
@@ -418,19 +497,7 @@ mod avx2 {
 				}
 			}
 		}
-		let mut sums = [[0f32; R]; K];
-		for (sums, acc) in sums.iter_mut().zip(acc) {
-			for (sum, [a0, a1]) in sums.iter_mut().zip(acc) {
-				let mut lanes = [0f32; STEP];
-				// SAFETY: 16 values fit in `lanes`.
-				unsafe {
-					_mm256_storeu_ps(lanes.as_mut_ptr(), a0);
-					_mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
-				}
-				*sum = sum_lanes(&lanes);
-			}
-		}
-		sums
+		acc.map(|acc| acc.map(|pair| sum_pair(pair)))
 	}
 }
 

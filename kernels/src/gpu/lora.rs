@@ -119,8 +119,14 @@ impl DeviceAdapterPool {
 				self.pages.free_pages(),
 			))
 		})?;
-		let adapter = PagedAdapter::new(rank as u32, row_pages.into(), pages)
-			.map_err(|e| GpuError::Shape(e.0))?;
+		let adapter = match PagedAdapter::new(rank as u32, row_pages.into(), pages.clone()) {
+			Ok(adapter) => adapter,
+			Err(e) => {
+				// Handed out just now; a failed release cannot happen here.
+				let _ = self.pages.release(&pages);
+				return Err(GpuError::Shape(e.0));
+			}
+		};
 		let result = (|| {
 			// The whole buffer (the same length as the device one; cudarc refuses a source longer
 			// than its destination): after a larger adapter it is longer than `total`, and only

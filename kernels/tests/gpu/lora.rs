@@ -152,7 +152,8 @@ fn plans_uploaded_together(gpu: &Gpu) -> anyhow::Result<()> {
 	let mut rng = StdRng::seed_from_u64(8);
 	let (in_dim, out_dim, rows) = (96, 80, 6);
 	let ranks = [4usize, 16, 1];
-	let num_pages = 2 * ranks.iter().sum::<usize>() as u32;
+	let num_pages = ranks.iter().map(|&r| adapter_pages(r, in_dim, out_dim, 96)).sum::<usize>();
+	let num_pages = num_pages as u32;
 	let mut device_pool = DeviceAdapterPool::new(gpu, 96, num_pages)?;
 	let mut host_pool = vec![0f32; num_pages as usize * 96];
 	let mut adapters = Vec::new();
@@ -195,5 +196,10 @@ fn plans_uploaded_together(gpu: &Gpu) -> anyhow::Result<()> {
 	let mut small = gpu.zeros::<f32>(largest - 1)?;
 	let refused = lora::shrink(gpu, &device_pool, &device_plans[0], &x_d, in_dim, &mut small);
 	anyhow::ensure!(refused.is_err(), "a shrunk buffer too small for the plan was accepted");
+	// Rows one value wider than A's take two pages of 96, not the plan's one: refused.
+	let wide = gpu.upload(&vec![0f32; rows * (in_dim + 1)])?;
+	let refused =
+		lora::shrink(gpu, &device_pool, &device_plans[0], &wide, in_dim + 1, &mut shrunk_d);
+	anyhow::ensure!(refused.is_err(), "inputs wider than the plan's pages were accepted");
 	Ok(())
 }
