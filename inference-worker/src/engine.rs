@@ -63,10 +63,9 @@ pub struct EngineConfig {
 	/// them to its adapter pool.
 	pub adapter_bytes: usize,
 	/// Bytes of the kernel decoder's adapter pool (device memory on a GPU), allocated up front;
-	/// it must hold at least one page. An adapter takes exactly its `f32` weights' bytes there
-	/// when the projections' widths have a common divisor of at least 32 floats (the page
-	/// length then; otherwise pages are as wide as the widest projection, a page a row).
-	/// Decoders without a pool ignore it.
+	/// it must hold at least one page. An adapter takes its `f32` weights' bytes there and at
+	/// most about 1% more for common widths (nothing more for SmolLM2; see
+	/// `KernelLlama::page_len`). Decoders without a pool ignore it.
 	pub adapter_pool_bytes: usize,
 	/// Bytes of adapter files kept in host memory (the host tier; 0 for none).
 	pub adapter_host_bytes: usize,

@@ -200,11 +200,11 @@ fn main() -> anyhow::Result<()> {
 
 	// Multi-LoRA at one projection of a 4096-wide model (bf16 weights), 64 rows each with its
 	// own request: base alone, base + one adapter for all rows, base + 64 of 1,000 resident
-	// adapters (rank 16), in pool pages of 256 floats (what the decoder picks for a model of
-	// widths 4096 and 11008: a row on 16 pages).
-	println!("\n## Multi-LoRA (4096 x 4096 bf16 projection, rank 16, batch 64, pages of 256)");
+	// adapters (rank 16), in pool pages of 1376 floats (what the decoder picks for Llama-2-7B's
+	// widths, 4096 and 11008: a row on 3 pages, the last one part full).
+	println!("\n## Multi-LoRA (4096 x 4096 bf16 projection, rank 16, batch 64, pages of 1376)");
 	let (dim, rank, batch, resident) = (size(4096, 256), 16usize, size(64, 9), 1000usize);
-	let page_len = size(256, 64);
+	let page_len = size(1376, 96);
 	let per_adapter = adapter_pages(rank, dim, dim, page_len);
 	let w = host_quant::quantize(Format::Bf16, &random(&mut rng, dim * dim, 0.05), dim, dim)?;
 	let weights = gpu.upload(&w)?;
@@ -242,7 +242,7 @@ fn main() -> anyhow::Result<()> {
 	// floats; here one projection pair at a time, as the pool takes them, against one plain
 	// page-locked copy of the same bytes.
 	println!(
-		"\n## Adapter upload (rank 16, 4096 wide, one projection pair = 512 KiB, pages of 256)"
+		"\n## Adapter upload (rank 16, 4096 wide, one projection pair = 512 KiB, pages of 1376)"
 	);
 	let mut upload_pool = DeviceAdapterPool::new(&gpu, page_len, (per_adapter * 8) as u32)?;
 	let mut last = None;

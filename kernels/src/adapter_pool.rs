@@ -5,9 +5,9 @@
 //! of `A` (`[rank, in]`) and the `rank` rows of `s·Bᵀ` (`[rank, out]`) — so loading and
 //! evicting an adapter is taking and giving back pages, never a fresh allocation or a
 //! compaction. A row takes `⌈width / page_len⌉` pages of its own (see [`row_pages`]), so a
-//! pool whose page length divides every projection's width (the decoder picks the greatest
-//! common divisor of its widths when that is at least 32 floats) wastes nothing, whichever
-//! projections an adapter adapts.
+//! pool whose page length divides every projection's width wastes nothing, whichever
+//! projections an adapter adapts (the decoder picks a page length that leaves at most 1%
+//! unused where one does, with the fewest pages a row).
 //!
 //! A batch is described by a [`LoraPlan`]: its segments (rows that share an adapter) cut into
 //! tiles of at most [`TILE_ROWS`] rows. The shrink and expand here are the CPU reference of the
