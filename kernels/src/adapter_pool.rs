@@ -17,7 +17,7 @@
 //! different adapters is the BGMV case (tiles of one row); a prefill segment is the SGMV case
 //! (tiles of up to 16 rows that read each adapter row once).
 
-use std::ops::Range;
+use std::{cmp::Reverse, collections::BinaryHeap, ops::Range};
 
 use crate::ShapeError;
 
@@ -43,18 +43,26 @@ pub fn adapter_pages(rank: usize, in_dim: usize, out_dim: usize, page_len: usize
 	rank.saturating_mul(row_pages(in_dim, page_len).saturating_add(row_pages(out_dim, page_len)))
 }
 
-/// Hands out the pages of a pool: all-or-nothing, lowest free pages first.
+/// Hands out the pages of a pool: all-or-nothing, lowest free pages first. Taking or giving
+/// back `k` pages costs `O(k log n)` in a pool of `n` (a pool holds hundreds of thousands of
+/// pages, and an eviction gives back thousands).
 #[derive(Clone, Debug)]
 pub struct PageAllocator {
-	/// Free pages, highest first, so that `pop` gives the lowest.
-	free: Vec<u32>,
+	/// Free pages, the lowest on top.
+	free: BinaryHeap<Reverse<u32>>,
+	/// Whether each page is free.
+	is_free: Vec<bool>,
 	num_pages: u32,
 }
 
 impl PageAllocator {
 	/// A pool of `num_pages` pages, all free.
 	pub fn new(num_pages: u32) -> Self {
-		Self { free: (0..num_pages).rev().collect(), num_pages }
+		Self {
+			free: (0..num_pages).map(Reverse).collect(),
+			is_free: vec![true; num_pages as usize],
+			num_pages,
+		}
 	}
 
 	/// Pages in the pool.
@@ -72,23 +80,30 @@ impl PageAllocator {
 		if count > self.free.len() {
 			return None;
 		}
-		let at = self.free.len() - count;
-		let mut pages = self.free.split_off(at);
-		pages.reverse();
+		let pages: Vec<u32> =
+			(0..count).filter_map(|_| self.free.pop()).map(|Reverse(page)| page).collect();
+		for &page in &pages {
+			self.is_free[page as usize] = false;
+		}
 		Some(pages)
 	}
 
-	/// Gives `pages` back. A page that is out of the pool or already free is refused, and then
-	/// nothing is given back.
+	/// Gives `pages` back. A page that is out of the pool, already free or named twice is
+	/// refused, and then nothing is given back.
 	pub fn release(&mut self, pages: &[u32]) -> Result<(), ShapeError> {
-		let mut seen = std::collections::HashSet::with_capacity(pages.len());
-		for &page in pages {
-			if page >= self.num_pages || self.free.contains(&page) || !seen.insert(page) {
-				return Err(ShapeError(format!("page {page} is not an allocated page")));
+		for (i, &page) in pages.iter().enumerate() {
+			match self.is_free.get_mut(page as usize) {
+				// Marked free as it goes, so that a page named twice is caught the second time.
+				Some(free) if !*free => *free = true,
+				_ => {
+					for &given in &pages[..i] {
+						self.is_free[given as usize] = false;
+					}
+					return Err(ShapeError(format!("page {page} is not an allocated page")));
+				}
 			}
 		}
-		self.free.extend_from_slice(pages);
-		self.free.sort_unstable_by(|a, b| b.cmp(a));
+		self.free.extend(pages.iter().map(|&page| Reverse(page)));
 		Ok(())
 	}
 }
@@ -466,7 +481,11 @@ mod tests {
 		assert!(pages.release(&[3]).is_err(), "page 3 is free");
 		assert!(pages.release(&[0, 0]).is_err(), "twice in one release");
 		assert!(pages.release(&[7]).is_err(), "out of the pool");
+		assert!(pages.release(&[2, 1, 2]).is_err(), "a page named twice");
 		assert_eq!(pages.free_pages(), 2, "a refused release gives nothing back");
+		assert!(pages.release(&[2, 3]).is_err(), "page 3 is free, so 2 stays taken too");
+		pages.release(&[2]).unwrap();
+		pages.allocate(1).unwrap();
 		pages.release(&[1]).unwrap();
 		assert_eq!(pages.allocate(2).unwrap(), vec![1, 3], "lowest free pages first");
 	}
