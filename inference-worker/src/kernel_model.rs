@@ -94,6 +94,8 @@ pub struct KernelLlama<B: Backend> {
 	sin: B::Floats,
 	rope_style: RopeStyle,
 	max_positions: usize,
+	/// Floats per adapter pool page ([`KernelLlama::page_len`]), worked out at load.
+	page_len: usize,
 }
 
 /// The paged key/value cache of a [`KernelLlama`]: per layer, `[num_blocks, block_size,
@@ -235,6 +237,12 @@ impl<B: Backend> KernelLlama<B> {
 			RopeLayout::Interleaved => RopeStyle::Gptj,
 			RopeLayout::Halves => RopeStyle::Neox,
 		};
+		let page_len = page_len_for([
+			config.hidden_size,
+			config.intermediate_size,
+			config.num_heads * config.head_dim,
+			config.num_kv_heads * config.head_dim,
+		]);
 		let model = Self {
 			cos: backend.floats(&cos)?,
 			sin: backend.floats(&sin)?,
@@ -245,6 +253,7 @@ impl<B: Backend> KernelLlama<B> {
 			lm_head,
 			rope_style,
 			max_positions,
+			page_len,
 			backend: Arc::new(backend),
 		};
 		Ok((model, tokenizer))
@@ -303,22 +312,15 @@ impl<B: Backend> KernelLlama<B> {
 	/// of a 576-wide row, nothing unused; Llama-2-7B: 1376, a row of 4096 on 3 pages, 0.4%
 	/// unused); when none does, the one that leaves least unused.
 	pub fn page_len(&self) -> usize {
-		let c = &self.config;
-		page_len_for([
-			c.hidden_size,
-			c.intermediate_size,
-			c.num_heads * c.head_dim,
-			c.num_kv_heads * c.head_dim,
-		])
+		self.page_len
 	}
 
 	/// Pool pages `adapter` takes once uploaded: each rank row of each `A` and `s·Bᵀ` on
 	/// pages of its own.
 	pub fn pages_of(&self, adapter: &LoraAdapter) -> usize {
-		let page_len = self.page_len();
 		adapter
 			.modules()
-			.map(|w| adapter_pool::adapter_pages(w.rank, w.in_dim(), w.out_dim(), page_len))
+			.map(|w| adapter_pool::adapter_pages(w.rank, w.in_dim(), w.out_dim(), self.page_len))
 			.sum()
 	}
 
@@ -780,7 +782,7 @@ mod tests {
 	use super::*;
 
 	#[test]
-	fn adapter_pages_divide_every_width_unless_that_takes_pages_under_32_floats() {
+	fn pages_cut_a_row_of_each_width_into_the_fewest_pages_within_one_percent_unused() {
 		// SmolLM2-135M: hidden 576, MLP 1536, 9 query heads and 3 key/value heads of 64: their
 		// greatest common divisor, nothing unused, 15 pages for one row of each width.
 		assert_eq!(page_len_for([576, 1536, 576, 192]), 192);

@@ -106,13 +106,70 @@ impl PageAllocator {
 		self.free.extend(pages.iter().map(|&page| Reverse(page)));
 		Ok(())
 	}
+
+	/// Pages for an adapter pair of `rank` for a projection of `dims` (inputs, outputs) in a
+	/// pool of pages of `page_len`: the shape is checked first, then the pages are taken
+	/// all-or-nothing (an error, taking nothing, when too few are free).
+	pub fn allocate_adapter(
+		&mut self,
+		rank: usize,
+		dims: (usize, usize),
+		page_len: usize,
+	) -> Result<PagedAdapter, ShapeError> {
+		let shape = AdapterShape::new(rank, dims, page_len)?;
+		let pages = self.allocate(shape.pages).ok_or_else(|| {
+			ShapeError(format!(
+				"the adapter pool has {} free pages, an adapter of rank {rank} needs {}",
+				self.free_pages(),
+				shape.pages
+			))
+		})?;
+		Ok(PagedAdapter { rank: shape.rank, dims: shape.dims, row_pages: shape.row_pages, pages })
+	}
 }
 
-/// One adapter's pair for one projection, resident in a pool.
+/// An adapter pair's shape in a pool: its rank, widths, pages per row and pages in all.
+struct AdapterShape {
+	rank: u32,
+	dims: (u32, u32),
+	row_pages: (u32, u32),
+	pages: usize,
+}
+
+impl AdapterShape {
+	/// Refused unless the rank, both widths and the page length are at least 1 and every count
+	/// fits a `u32`.
+	fn new(rank: usize, dims: (usize, usize), page_len: usize) -> Result<Self, ShapeError> {
+		let bad = || {
+			ShapeError(format!(
+				"an adapter of rank {rank} for {} inputs and {} outputs in pages of {page_len}",
+				dims.0, dims.1
+			))
+		};
+		if rank == 0 || dims.0 == 0 || dims.1 == 0 || page_len == 0 {
+			return Err(bad());
+		}
+		let u32_of = |n: usize| u32::try_from(n).map_err(|_| bad());
+		let row_pages = (row_pages(dims.0, page_len), row_pages(dims.1, page_len));
+		let pages = rank.checked_mul(row_pages.0 + row_pages.1).ok_or_else(bad)?;
+		u32_of(pages)?;
+		Ok(Self {
+			rank: u32_of(rank)?,
+			dims: (u32_of(dims.0)?, u32_of(dims.1)?),
+			row_pages: (u32_of(row_pages.0)?, u32_of(row_pages.1)?),
+			pages,
+		})
+	}
+}
+
+/// One adapter's pair for one projection, resident in a pool (see
+/// [`PageAllocator::allocate_adapter`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PagedAdapter {
 	/// The rank.
 	rank: u32,
+	/// Floats per row of `A` (the projection's inputs) and of `s·Bᵀ` (its outputs).
+	dims: (u32, u32),
 	/// Pages per row of `A` and per row of `s·Bᵀ`.
 	row_pages: (u32, u32),
 	/// `A`'s rows, then `s·Bᵀ`'s, each row's pages in order.
@@ -120,26 +177,36 @@ pub struct PagedAdapter {
 }
 
 impl PagedAdapter {
-	/// An adapter of `rank` on `pages` whose rows of `A` take `row_pages.0` pages each and
-	/// whose rows of `s·Bᵀ` take `row_pages.1`: `A`'s rows first, each row's pages in order.
-	/// Refused unless the pages are exactly that many and both counts are at least 1.
-	pub fn new(rank: u32, row_pages: (u32, u32), pages: Vec<u32>) -> Result<Self, ShapeError> {
-		let per_rank = (row_pages.0 as usize).saturating_add(row_pages.1 as usize);
-		if rank == 0 || row_pages.0 == 0 || row_pages.1 == 0 {
-			return Err(ShapeError(format!("rank {rank} with rows of {row_pages:?} pages")));
-		}
-		if Some(pages.len()) != (rank as usize).checked_mul(per_rank) {
+	/// An adapter of `rank` for a projection of `dims` (inputs, outputs) on `pages` of a pool
+	/// of pages of `page_len`: `A`'s rows first, each row's pages in order. Refused unless the
+	/// rank, widths and page length are at least 1 and the pages are exactly as many as the
+	/// rows take.
+	pub fn new(
+		rank: usize,
+		dims: (usize, usize),
+		page_len: usize,
+		pages: Vec<u32>,
+	) -> Result<Self, ShapeError> {
+		let shape = AdapterShape::new(rank, dims, page_len)?;
+		if pages.len() != shape.pages {
 			return Err(ShapeError(format!(
-				"{} pages for rank {rank} with rows of {row_pages:?} pages",
-				pages.len()
+				"{} pages for an adapter of rank {rank} for {dims:?} in pages of {page_len}, \
+				 which takes {}",
+				pages.len(),
+				shape.pages
 			)));
 		}
-		Ok(Self { rank, row_pages, pages })
+		Ok(Self { rank: shape.rank, dims: shape.dims, row_pages: shape.row_pages, pages })
 	}
 
 	/// The rank.
 	pub fn rank(&self) -> u32 {
 		self.rank
+	}
+
+	/// Floats per row of `A` (the projection's inputs) and of `s·Bᵀ` (its outputs).
+	pub fn dims(&self) -> (usize, usize) {
+		(self.dims.0 as usize, self.dims.1 as usize)
 	}
 
 	/// Pages per row of `A` and per row of `s·Bᵀ`.
@@ -164,28 +231,26 @@ impl PagedAdapter {
 }
 
 /// Writes an adapter's rows into the pages it was given: `a` is `[rank, in_dim]`, `b_t` is
-/// `[rank, out_dim]`. (On the GPU: one copy of `a` and `b_t` to the device, then a scatter.)
+/// `[rank, out_dim]` with the adapter's [`PagedAdapter::dims`]. (On the GPU: one copy of `a`
+/// and `b_t` to the device, then a scatter.)
 pub fn write_rows(
 	pool: &mut [f32],
 	page_len: usize,
 	adapter: &PagedAdapter,
 	a: &[f32],
-	in_dim: usize,
 	b_t: &[f32],
-	out_dim: usize,
 ) -> Result<(), ShapeError> {
 	let rank = adapter.rank as usize;
+	let (in_dim, out_dim) = adapter.dims();
 	check_pool(pool, page_len, &adapter.pages)?;
 	let (a_pages, b_pages) = (row_pages(in_dim, page_len), row_pages(out_dim, page_len));
 	if a.len() != rank * in_dim
 		|| b_t.len() != rank * out_dim
-		|| in_dim == 0
-		|| out_dim == 0
 		|| (a_pages as u32, b_pages as u32) != adapter.row_pages
 	{
 		return Err(ShapeError(format!(
-			"an adapter of rank {rank} with rows of {:?} pages of {page_len}: A has {} values \
-			 for {in_dim} in, sBᵀ {} for {out_dim} out",
+			"an adapter of rank {rank} for {in_dim} inputs and {out_dim} outputs with rows of \
+			 {:?} pages, written in pages of {page_len}: A has {} values, sBᵀ {}",
 			adapter.row_pages,
 			a.len(),
 			b_t.len()
@@ -226,8 +291,10 @@ pub struct LoraPlan {
 	pub tile_pages: Vec<u32>,
 	/// The adapters' pages, [`PagedAdapter::pages`] per segment.
 	pub pages: Vec<u32>,
-	/// Pages per row of `A` and of `s·Bᵀ`, the same for every adapter of the plan (they adapt
-	/// one projection); `(0, 0)` in a plan of no tiles.
+	/// Floats per row of `A` and of `s·Bᵀ` (the projection's inputs and outputs), the same for
+	/// every adapter of the plan (they adapt one projection); `(0, 0)` in a plan of no tiles.
+	pub dims: (u32, u32),
+	/// Pages per row of `A` and of `s·Bᵀ`; `(0, 0)` in a plan of no tiles.
 	pub row_pages: (u32, u32),
 	/// The largest rank: the row stride of the shrunk buffer.
 	pub max_rank: usize,
@@ -252,11 +319,11 @@ impl LoraPlan {
 				continue;
 			}
 			if plan.tile_rank.is_empty() {
-				plan.row_pages = adapter.row_pages;
-			} else if adapter.row_pages != plan.row_pages {
+				(plan.dims, plan.row_pages) = (adapter.dims, adapter.row_pages);
+			} else if (adapter.dims, adapter.row_pages) != (plan.dims, plan.row_pages) {
 				return Err(ShapeError(format!(
-					"an adapter with rows of {:?} pages in a plan of rows of {:?}",
-					adapter.row_pages, plan.row_pages
+					"an adapter for {:?} (inputs, outputs) in a plan for {:?}",
+					adapter.dims, plan.dims
 				)));
 			}
 			if covered[range.clone()].iter().any(|&c| c) {
@@ -280,15 +347,19 @@ impl LoraPlan {
 	/// Checks what the kernels rely on, for a plan that may have been put together by hand:
 	/// every tile lies in the batch, has 1 to [`TILE_ROWS`] rows and a rank of 1 to `max_rank`,
 	/// and its pages exist in [`Self::pages`] and in a pool of `num_pages`; a plan with tiles
-	/// has rows of at least one page.
+	/// has rows of at least one float and one page.
 	pub fn validate(&self, num_pages: usize) -> Result<(), ShapeError> {
 		let tiles = self.num_tiles();
 		if [self.tile_rows.len(), self.tile_rank.len(), self.tile_pages.len()] != [tiles; 3] {
 			return Err(ShapeError("tile arrays of different lengths".into()));
 		}
 		let per_rank = self.row_pages.0 as usize + self.row_pages.1 as usize;
-		if tiles > 0 && (self.row_pages.0 == 0 || self.row_pages.1 == 0) {
-			return Err(ShapeError(format!("rows of {:?} pages", self.row_pages)));
+		let empty = [self.dims.0, self.dims.1, self.row_pages.0, self.row_pages.1].contains(&0);
+		if tiles > 0 && empty {
+			return Err(ShapeError(format!(
+				"rows of {:?} floats on {:?} pages",
+				self.dims, self.row_pages
+			)));
 		}
 		for t in 0..tiles {
 			let (start, rows, rank) = (
@@ -351,23 +422,25 @@ fn check_pool(pool: &[f32], page_len: usize, pages: &[u32]) -> Result<(), ShapeE
 }
 
 /// Checks a shrink or expand call: the pool is whole pages, the plan fits it, the activation
-/// buffer (`x` or `y`: its name, length and row width) has the plan's rows, each as many
-/// pages wide as the plan's adapter rows (`plan_pages`: those of `A` for `x`, of `s·Bᵀ` for
-/// `y`), and the shrunk buffer has the plan's rows of `max_rank`.
+/// buffer (`x` or `y`: its name, length and row width) has the plan's rows, each as wide as
+/// the plan's adapter rows (`(plan_width, plan_pages)`: those of `A` for `x`, of `s·Bᵀ` for
+/// `y`) and so on as many pages, and the shrunk buffer has the plan's rows of `max_rank`.
 fn check_call(
 	pool: &[f32],
 	page_len: usize,
 	plan: &LoraPlan,
-	(what, len, width, plan_pages): (&str, usize, usize, u32),
+	(what, len, width): (&str, usize, usize),
+	(plan_width, plan_pages): (u32, u32),
 	shrunk_len: usize,
 ) -> Result<(), ShapeError> {
 	check_pool(pool, page_len, &[])?;
 	plan.validate(pool.len() / page_len)?;
-	let pages_match = plan.num_tiles() == 0 || row_pages(width, page_len) == plan_pages as usize;
-	if width == 0 || len != plan.rows * width || !pages_match {
+	let fits = plan.num_tiles() == 0
+		|| (width == plan_width as usize && row_pages(width, page_len) == plan_pages as usize);
+	if width == 0 || len != plan.rows * width || !fits {
 		return Err(ShapeError(format!(
 			"{what} has {len} values for {} rows of {width} (pages of {page_len}; the plan's \
-			 adapter rows take {plan_pages})",
+			 adapter rows are {plan_width} wide on {plan_pages} pages)",
 			plan.rows
 		)));
 	}
@@ -393,7 +466,8 @@ pub fn shrink(
 	in_dim: usize,
 	shrunk: &mut [f32],
 ) -> Result<(), ShapeError> {
-	check_call(pool, page_len, plan, ("x", x.len(), in_dim, plan.row_pages.0), shrunk.len())?;
+	let plan_rows = (plan.dims.0, plan.row_pages.0);
+	check_call(pool, page_len, plan, ("x", x.len(), in_dim), plan_rows, shrunk.len())?;
 	let mut a = Vec::with_capacity(in_dim);
 	for t in 0..plan.num_tiles() {
 		let (start, rows, _, a_pages, _) = plan.tile(t);
@@ -436,7 +510,8 @@ pub fn expand(
 	y: &mut [f32],
 	out_dim: usize,
 ) -> Result<(), ShapeError> {
-	check_call(pool, page_len, plan, ("y", y.len(), out_dim, plan.row_pages.1), shrunk.len())?;
+	let plan_rows = (plan.dims.1, plan.row_pages.1);
+	check_call(pool, page_len, plan, ("y", y.len(), out_dim), plan_rows, shrunk.len())?;
 	let (mut row, mut b) = (Vec::with_capacity(out_dim), Vec::new());
 	for t in 0..plan.num_tiles() {
 		let (start, rows, rank, _, b_pages) = plan.tile(t);
@@ -490,16 +565,38 @@ mod tests {
 		assert_eq!(pages.allocate(2).unwrap(), vec![1, 3], "lowest free pages first");
 	}
 
+	#[test]
+	fn an_adapter_is_shaped_before_it_takes_pages() {
+		let mut pages = PageAllocator::new(10);
+		// Rank 2, rows of 12 and 4 floats in pages of 4: 3 + 1 pages a rank row.
+		let adapter = pages.allocate_adapter(2, (12, 4), 4).unwrap();
+		assert_eq!(adapter.pages(), &(0..8).collect::<Vec<_>>()[..]);
+		assert_eq!((adapter.a_pages(), adapter.b_pages()), (&[0, 1, 2, 3, 4, 5][..], &[6, 7][..]));
+		assert_eq!((adapter.rank(), adapter.dims(), adapter.row_pages()), (2, (12, 4), (3, 1)));
+		let full = pages.allocate_adapter(1, (5, 4), 4).unwrap_err();
+		assert!(full.0.contains("2 free pages") && full.0.contains("needs 3"), "{full}");
+		for (rank, dims, page_len) in
+			[(0, (4, 4), 4), (1, (0, 4), 4), (1, (4, 0), 4), (1, (4, 4), 0)]
+		{
+			assert!(pages.allocate_adapter(rank, dims, page_len).is_err(), "{rank} {dims:?}");
+		}
+		assert!(pages.allocate_adapter(usize::MAX, (4, 4), 1).is_err(), "too many pages");
+		assert_eq!(pages.free_pages(), 2, "a refused adapter takes nothing");
+		let by_hand = PagedAdapter::new(2, (12, 4), 4, (0..8).collect()).unwrap();
+		assert_eq!(by_hand, adapter);
+		assert!(PagedAdapter::new(2, (12, 4), 4, (0..7).collect()).is_err(), "a page short");
+		assert!(PagedAdapter::new(0, (12, 4), 4, vec![]).is_err(), "rank 0");
+		assert!(PagedAdapter::new(1, (0, 4), 4, vec![0]).is_err(), "rows of no float");
+	}
+
 	/// An adapter of `rank` for `in_dim → out_dim` in `pages` of `allocator`'s pool.
 	fn place(
 		allocator: &mut PageAllocator,
 		rank: usize,
-		(in_dim, out_dim): (usize, usize),
+		dims: (usize, usize),
 		page_len: usize,
 	) -> PagedAdapter {
-		let row = (row_pages(in_dim, page_len) as u32, row_pages(out_dim, page_len) as u32);
-		let pages = allocator.allocate(adapter_pages(rank, in_dim, out_dim, page_len)).unwrap();
-		PagedAdapter::new(rank as u32, row, pages).unwrap()
+		allocator.allocate_adapter(rank, dims, page_len).unwrap()
 	}
 
 	/// Runs the shrink and the expand of `segments` over `y0`.
@@ -534,11 +631,6 @@ mod tests {
 		let fitted = adapter_pages(8, 576, 576, 192) + adapter_pages(8, 576, 192, 192);
 		assert_eq!((wide, wide * 1536), (32, 49_152));
 		assert_eq!(fitted * 192, values);
-		let adapter = PagedAdapter::new(2, (3, 1), (0..8).collect()).unwrap();
-		assert_eq!((adapter.a_pages(), adapter.b_pages()), (&[0, 1, 2, 3, 4, 5][..], &[6, 7][..]));
-		assert!(PagedAdapter::new(2, (3, 1), (0..7).collect()).is_err(), "a page short");
-		assert!(PagedAdapter::new(0, (3, 1), vec![]).is_err(), "rank 0");
-		assert!(PagedAdapter::new(1, (0, 1), vec![0]).is_err(), "rows of no page");
 	}
 
 	/// Adapters written into scattered pages of a pool give what the contiguous kernel gives,
@@ -562,7 +654,7 @@ mod tests {
 					let a = random(&mut rng, rank * in_dim);
 					let b_t = random(&mut rng, rank * out_dim);
 					let adapter = place(&mut allocator, rank, dims, page_len);
-					write_rows(&mut pool, page_len, &adapter, &a, in_dim, &b_t, out_dim).unwrap();
+					write_rows(&mut pool, page_len, &adapter, &a, &b_t).unwrap();
 					adapters.push((a, b_t, adapter));
 					if i == 1 {
 						allocator.release(&hole).unwrap();
@@ -618,7 +710,7 @@ mod tests {
 				PageAllocator::new(adapter_pages(rank, dims.0, dims.1, page_len) as u32);
 			let adapter = place(&mut allocator, rank, dims, page_len);
 			let mut pool = vec![0f32; allocator.num_pages() as usize * page_len];
-			write_rows(&mut pool, page_len, &adapter, &a, dims.0, &b_t, dims.1).unwrap();
+			write_rows(&mut pool, page_len, &adapter, &a, &b_t).unwrap();
 			apply(&pool, page_len, &[(2..rows, &adapter)], &x, dims, &y0)
 		};
 		let whole = run(200);
@@ -635,7 +727,7 @@ mod tests {
 		let adapter = place(&mut allocator, rank, dims, page_len);
 		let mut pool = vec![0f32; allocator.num_pages() as usize * page_len];
 		let (a, b_t) = (random(&mut rng, rank * dims.0), random(&mut rng, rank * dims.1));
-		write_rows(&mut pool, page_len, &adapter, &a, dims.0, &b_t, dims.1).unwrap();
+		write_rows(&mut pool, page_len, &adapter, &a, &b_t).unwrap();
 		let rows = 20;
 		let x = random(&mut rng, rows * dims.0);
 		let run = |x: &[f32], rows: usize| {
@@ -650,23 +742,30 @@ mod tests {
 
 	#[test]
 	fn bad_shapes_are_refused() {
-		let adapter = PagedAdapter::new(1, (1, 1), vec![0, 1]).unwrap();
+		let adapter = PagedAdapter::new(1, (4, 4), 4, vec![0, 1]).unwrap();
 		let mut pool = vec![0f32; 8];
-		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 4], 4, &[0.0; 4], 4).is_ok());
-		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 5], 5, &[0.0; 4], 4).is_err(), "2 pages");
-		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 3], 4, &[0.0; 4], 4).is_err());
-		assert!(write_rows(&mut pool, 3, &adapter, &[0.0; 3], 3, &[0.0; 3], 3).is_err());
-		let far = PagedAdapter::new(1, (1, 1), vec![0, 9]).unwrap();
-		assert!(write_rows(&mut pool, 4, &far, &[0.0; 4], 4, &[0.0; 4], 4).is_err());
+		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 4], &[0.0; 4]).is_ok());
+		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 5], &[0.0; 4]).is_err(), "A too long");
+		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 3], &[0.0; 4]).is_err(), "A too short");
+		assert!(write_rows(&mut pool, 4, &adapter, &[0.0; 4], &[0.0; 3]).is_err(), "sBᵀ short");
+		assert!(write_rows(&mut pool, 2, &adapter, &[0.0; 4], &[0.0; 4]).is_err(), "pages of 2");
+		assert!(write_rows(&mut pool, 3, &adapter, &[0.0; 4], &[0.0; 4]).is_err(), "ragged");
+		let far = PagedAdapter::new(1, (4, 4), 4, vec![0, 9]).unwrap();
+		assert!(write_rows(&mut pool, 4, &far, &[0.0; 4], &[0.0; 4]).is_err());
 		assert!(LoraPlan::new(2, &[(0..3, &adapter)]).is_err(), "rows past the batch");
 		assert!(LoraPlan::new(4, &[(0..2, &adapter), (1..3, &adapter)]).is_err(), "overlap");
-		let wider = PagedAdapter::new(1, (2, 1), vec![0, 1, 2]).unwrap();
+		let wider = PagedAdapter::new(1, (5, 4), 4, vec![0, 1, 2]).unwrap();
 		assert!(LoraPlan::new(4, &[(0..2, &adapter), (2..3, &wider)]).is_err(), "two widths");
 		assert!(LoraPlan::new(4, &[(0..2, &adapter), (2..2, &wider)]).is_ok(), "no rows: skipped");
+		// Rows of 3 floats take one page of 4 too, but are not the plan's rows of 4: reading
+		// them as rows of 4 would read past their values.
+		let narrower = PagedAdapter::new(1, (3, 4), 4, vec![0, 1]).unwrap();
+		assert!(LoraPlan::new(4, &[(0..2, &adapter), (2..3, &narrower)]).is_err(), "3 vs 4");
 		let plan = LoraPlan::new(2, &[(0..2, &adapter)]).unwrap();
 		let mut shrunk = vec![0f32; 2];
 		assert!(shrink(&pool, 4, &plan, &[0.0; 8], 4, &mut shrunk).is_ok());
 		assert!(shrink(&pool, 4, &plan, &[0.0; 6], 3, &mut [0.0; 1]).is_err());
+		assert!(shrink(&pool, 4, &plan, &[0.0; 6], 3, &mut shrunk).is_err(), "3 of the plan's 4");
 		assert!(shrink(&pool, 4, &plan, &[0.0; 10], 5, &mut shrunk).is_err(), "rows of 2 pages");
 		assert!(expand(&pool, 4, &plan, &shrunk, &mut [0.0; 8], 4).is_ok());
 		assert!(expand(&pool, 4, &plan, &shrunk, &mut [0.0; 7], 4).is_err());
@@ -683,5 +782,12 @@ mod tests {
 		assert!(bad.validate(2).is_err(), "pages past the plan's");
 		bad.row_pages = (0, 1);
 		assert!(bad.validate(2).is_err(), "rows of no page");
+		let mut bad = plan.clone();
+		bad.dims = (4, 0);
+		assert!(bad.validate(2).is_err(), "rows of no float");
+		let mut bad = plan.clone();
+		bad.dims = (3, 4);
+		assert!(bad.validate(2).is_ok(), "validate knows no page length");
+		assert!(shrink(&pool, 4, &bad, &[0.0; 8], 4, &mut shrunk).is_err(), "4 of the plan's 3");
 	}
 }

@@ -424,36 +424,13 @@ impl Backend for Cpu {
 		b_t: &[f32],
 		out_dim: usize,
 	) -> KernelResult<PagedAdapter> {
-		if in_dim == 0 || !a.len().is_multiple_of(in_dim) || a.is_empty() {
+		if in_dim == 0 || !a.len().is_multiple_of(in_dim) {
 			return Err(ShapeError(format!("A of {} values for rows of {in_dim}", a.len())).into());
 		}
 		let rank = a.len() / in_dim;
-		let page_len = pool.page_len;
-		let need = adapter_pool::adapter_pages(rank, in_dim, out_dim, page_len);
-		let row_pages = [in_dim, out_dim].map(|w| adapter_pool::row_pages(w, page_len) as u32);
-		let rank = u32::try_from(rank).map_err(|_| ShapeError(format!("rank {rank}")))?;
-		let pages = pool.pages.allocate(need).ok_or_else(|| {
-			ShapeError(format!(
-				"the adapter pool has {} free pages, an adapter of rank {rank} needs {need}",
-				pool.pages.free_pages(),
-			))
-		})?;
-		let adapter = match PagedAdapter::new(rank, row_pages.into(), pages.clone()) {
-			Ok(adapter) => adapter,
-			Err(e) => {
-				pool.pages.release(&pages)?;
-				return Err(e.into());
-			}
-		};
-		if let Err(e) = adapter_pool::write_rows(
-			&mut pool.values,
-			pool.page_len,
-			&adapter,
-			a,
-			in_dim,
-			b_t,
-			out_dim,
-		) {
+		let adapter = pool.pages.allocate_adapter(rank, (in_dim, out_dim), pool.page_len)?;
+		if let Err(e) = adapter_pool::write_rows(&mut pool.values, pool.page_len, &adapter, a, b_t)
+		{
 			pool.pages.release(adapter.pages())?;
 			return Err(e.into());
 		}

@@ -9,7 +9,7 @@ use cudarc::driver::{
 };
 
 use super::{as_i32, expect_len, Gpu, GpuError, LORA};
-use crate::adapter_pool::{adapter_pages, row_pages, LoraPlan, PageAllocator, PagedAdapter};
+use crate::adapter_pool::{row_pages, LoraPlan, PageAllocator, PagedAdapter};
 
 /// The largest rank the kernels take (the expand stages `16 × 128` shrunk values in shared
 /// memory).
@@ -90,10 +90,6 @@ impl DeviceAdapterPool {
 			)));
 		}
 		let (in_i, out_i) = (as_i32("in_dim", in_dim)?, as_i32("out_dim", out_dim)?);
-		let row_pages = [in_dim, out_dim].map(|width| row_pages(width, self.page_len) as u32);
-		let need = adapter_pages(rank, in_dim, out_dim, self.page_len);
-		let grid = u32::try_from(need)
-			.map_err(|_| GpuError::Shape(format!("an adapter of {need} pages")))?;
 		let total = a.len() + b_t.len();
 		if let Some(copied) = self.staging_copied.take() {
 			copied.synchronize()?;
@@ -113,20 +109,12 @@ impl DeviceAdapterPool {
 		let staged = host.as_mut_slice()?;
 		staged[..a.len()].copy_from_slice(a);
 		staged[a.len()..total].copy_from_slice(b_t);
-		let pages = self.pages.allocate(need).ok_or_else(|| {
-			GpuError::Shape(format!(
-				"the adapter pool has {} free pages, an adapter of rank {rank} needs {need}",
-				self.pages.free_pages(),
-			))
-		})?;
-		let adapter = match PagedAdapter::new(rank as u32, row_pages.into(), pages.clone()) {
-			Ok(adapter) => adapter,
-			Err(e) => {
-				// Handed out just now; a failed release cannot happen here.
-				let _ = self.pages.release(&pages);
-				return Err(GpuError::Shape(e.0));
-			}
-		};
+		let adapter = self
+			.pages
+			.allocate_adapter(rank, (in_dim, out_dim), self.page_len)
+			.map_err(|e| GpuError::Shape(e.0))?;
+		// At most the pool's pages, which a u32 counts.
+		let grid = adapter.pages().len() as u32;
 		let result = (|| {
 			// The whole buffer (the same length as the device one; cudarc refuses a source longer
 			// than its destination): after a larger adapter it is longer than `total`, and only
@@ -185,6 +173,8 @@ pub struct DevicePlan {
 	num_tiles: u32,
 	max_rank: usize,
 	rows: usize,
+	/// Floats per row of `A` and of `s·Bᵀ` (the plan's inputs and outputs).
+	dims: [usize; 2],
 	/// Pages per row of `A` and of `s·Bᵀ`, as the kernels' `int` arguments.
 	row_pages: [i32; 2],
 	/// The size of the pool the plan was checked against.
@@ -255,6 +245,7 @@ impl DevicePlan {
 				num_tiles,
 				max_rank: plan.max_rank,
 				rows: plan.rows,
+				dims: [plan.dims.0 as usize, plan.dims.1 as usize],
 				row_pages,
 				pool_pages,
 			})
@@ -302,7 +293,7 @@ pub fn shrink(
 	in_dim: usize,
 	shrunk: &mut CudaSlice<f32>,
 ) -> Result<(), GpuError> {
-	check_width(pool, plan, "inputs", in_dim, plan.row_pages[0])?;
+	check_width(pool, plan, "inputs", in_dim, 0)?;
 	same_pool(pool, plan)?;
 	expect_len("x", x, plan.rows * in_dim)?;
 	expect_shrunk(shrunk, plan)?;
@@ -336,7 +327,7 @@ pub fn expand(
 	y: &mut CudaSlice<f32>,
 	out_dim: usize,
 ) -> Result<(), GpuError> {
-	check_width(pool, plan, "outputs", out_dim, plan.row_pages[1])?;
+	check_width(pool, plan, "outputs", out_dim, 1)?;
 	same_pool(pool, plan)?;
 	expect_len("y", y, plan.rows * out_dim)?;
 	expect_shrunk(shrunk, plan)?;
@@ -378,19 +369,22 @@ fn plan_launch<'a>(
 	launch
 }
 
-/// Fails unless rows of `width` take the pages the plan's adapter rows take (`pages`), in a
-/// plan with tiles; `what` names the width in the error.
+/// Fails unless rows of `width` are as wide as the plan's adapter rows of `A` (`side` 0) or
+/// `s·Bᵀ` (`side` 1) and take as many pages of the pool, in a plan with tiles; `what` names
+/// the width in the error.
 fn check_width(
 	pool: &DeviceAdapterPool,
 	plan: &DevicePlan,
 	what: &str,
 	width: usize,
-	pages: i32,
+	side: usize,
 ) -> Result<(), GpuError> {
-	let fits = plan.num_tiles == 0 || row_pages(width, pool.page_len) == pages as usize;
+	let (plan_width, pages) = (plan.dims[side], plan.row_pages[side]);
+	let fits = plan.num_tiles == 0
+		|| (width == plan_width && row_pages(width, pool.page_len) == pages as usize);
 	if width == 0 || !fits {
 		return Err(GpuError::Shape(format!(
-			"{width} {what} in pages of {}, for adapter rows of {pages} pages",
+			"{width} {what} in pages of {}, for adapter rows of {plan_width} on {pages} pages",
 			pool.page_len
 		)));
 	}

@@ -79,15 +79,7 @@ fn bgmv_and_sgmv_match_the_cpu_bit_for_bit(gpu: &Gpu) -> anyhow::Result<()> {
 			let a = random(&mut rng, rank * in_dim);
 			let b_t = random(&mut rng, rank * out_dim);
 			let adapter = device_pool.upload(gpu, &a, in_dim, &b_t, out_dim)?;
-			adapter_pool::write_rows(
-				&mut host_pool,
-				page_len,
-				&adapter,
-				&a,
-				in_dim,
-				&b_t,
-				out_dim,
-			)?;
+			adapter_pool::write_rows(&mut host_pool, page_len, &adapter, &a, &b_t)?;
 			// A hole in the pool, so later adapters' pages are scattered.
 			if i == 2 {
 				let hole = device_pool.upload(gpu, &a, in_dim, &b_t, out_dim)?;
@@ -139,8 +131,8 @@ fn released_pages_are_reused(gpu: &Gpu) -> anyhow::Result<()> {
 	let (a2, b2) = (random(&mut rng, rank * in_dim), random(&mut rng, rank * out_dim));
 	let third = device_pool.upload(gpu, &a2, in_dim, &b2, out_dim)?;
 	anyhow::ensure!(third.pages() == first.pages(), "the released pages are taken again");
-	adapter_pool::write_rows(&mut host_pool, 32, &second, &a1, in_dim, &b1, out_dim)?;
-	adapter_pool::write_rows(&mut host_pool, 32, &third, &a2, in_dim, &b2, out_dim)?;
+	adapter_pool::write_rows(&mut host_pool, 32, &second, &a1, &b1)?;
+	adapter_pool::write_rows(&mut host_pool, 32, &third, &a2, &b2)?;
 	let segments = [(0..3, &third), (3..5, &second)];
 	run_both(gpu, &device_pool, &host_pool, &segments, 5, in_dim, out_dim, &mut rng)
 }
@@ -160,7 +152,7 @@ fn plans_uploaded_together(gpu: &Gpu) -> anyhow::Result<()> {
 	for &rank in &ranks {
 		let (a, b_t) = (random(&mut rng, rank * in_dim), random(&mut rng, rank * out_dim));
 		let adapter = device_pool.upload(gpu, &a, in_dim, &b_t, out_dim)?;
-		adapter_pool::write_rows(&mut host_pool, 96, &adapter, &a, in_dim, &b_t, out_dim)?;
+		adapter_pool::write_rows(&mut host_pool, 96, &adapter, &a, &b_t)?;
 		adapters.push(adapter);
 	}
 	let plans = [
@@ -201,5 +193,14 @@ fn plans_uploaded_together(gpu: &Gpu) -> anyhow::Result<()> {
 	let refused =
 		lora::shrink(gpu, &device_pool, &device_plans[0], &wide, in_dim + 1, &mut shrunk_d);
 	anyhow::ensure!(refused.is_err(), "inputs wider than the plan's pages were accepted");
+	// Rows one value narrower take the plan's one page but are not its rows of A: refused.
+	let narrow = gpu.upload(&vec![0f32; rows * (in_dim - 1)])?;
+	let refused =
+		lora::shrink(gpu, &device_pool, &device_plans[0], &narrow, in_dim - 1, &mut shrunk_d);
+	anyhow::ensure!(refused.is_err(), "inputs narrower than the plan's rows were accepted");
+	let mut y_narrow = gpu.upload(&vec![0f32; rows * (out_dim - 1)])?;
+	let refused =
+		lora::expand(gpu, &device_pool, &device_plans[0], &shrunk_d, &mut y_narrow, out_dim - 1);
+	anyhow::ensure!(refused.is_err(), "outputs narrower than the plan's rows were accepted");
 	Ok(())
 }
