@@ -113,16 +113,25 @@ impl QuantMatrix {
 		if n == 0 {
 			return Ok(());
 		}
-		// Transposed (one weight row's n results together), so each task writes one stretch.
-		let mut y_t = vec![0f32; self.rows * n];
+		// Transposed (one weight row's n results together), so each task writes one stretch;
+		// for one input row that is `y` itself.
+		let mut transposed = Vec::new();
+		let y_t = if n == 1 {
+			&mut *y
+		} else {
+			transposed.resize(self.rows * n, 0f32);
+			&mut transposed
+		};
 		y_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, out)| {
 			let first = task * ROWS_PER_TASK * self.row_bytes;
 			let bytes = &self.bytes[first..first + out.len() / n * self.row_bytes];
 			rows(isa, self.format, self.row_bytes, self.cols, bytes, x, out);
 		});
-		for (r, column) in y_t.chunks_exact(n).enumerate() {
-			for (i, &v) in column.iter().enumerate() {
-				y[i * self.rows + r] = v;
+		if n > 1 {
+			for (r, column) in transposed.chunks_exact(n).enumerate() {
+				for (i, &v) in column.iter().enumerate() {
+					y[i * self.rows + r] = v;
+				}
 			}
 		}
 		Ok(())
