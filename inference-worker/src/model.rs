@@ -104,11 +104,79 @@ impl Linear {
 
 	/// `x` is `[tokens, in_features]`; returns `[tokens, out_features]`.
 	pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-		let y = self.weight.forward(x)?;
+		self.add_bias(self.weight.forward(x)?)
+	}
+
+	fn add_bias(&self, y: Tensor) -> Result<Tensor> {
 		Ok(match &self.bias {
 			Some(bias) => y.broadcast_add(bias)?,
 			None => y,
 		})
+	}
+
+	/// Puts the block weights of `parts` (projections of the same input, such as a layer's
+	/// query, key and value) one after the other in one matrix that they share, so that
+	/// [`Linear::forward_all`] multiplies by all of them in one product: one pass of the
+	/// thread pool instead of one each, which at decode is much of a small product's cost.
+	/// Every value stays what each part's own product gives, to the bit. Parts of different
+	/// formats or widths, or not held as blocks, are left as they are.
+	fn stack(parts: &mut [&mut Linear]) {
+		let mut matrices = Vec::with_capacity(parts.len());
+		for part in parts.iter() {
+			match &part.weight {
+				Weight::Blocks { matrix, rows } if rows.len() == matrix.rows() => {
+					matrices.push(&**matrix)
+				}
+				_ => return,
+			}
+		}
+		let Ok(stacked) = QuantMatrix::stack(&matrices) else { return };
+		let stacked = Arc::new(stacked);
+		let mut at = 0;
+		for part in parts.iter_mut() {
+			let rows = at..at + part.out_features;
+			at = rows.end;
+			part.weight = Weight::Blocks { matrix: stacked.clone(), rows };
+		}
+	}
+
+	/// Each of `parts` applied to `x`: in one product where they share a matrix in order
+	/// ([`Linear::stack`]), else one by one. Either way, the same values to the bit.
+	fn forward_all<const N: usize>(parts: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+		// The rows the parts take of one matrix, if they take consecutive rows of the same one.
+		let mut whole: Option<(&Arc<QuantMatrix>, std::ops::Range<usize>)> = None;
+		for part in parts {
+			let Weight::Blocks { matrix, rows } = &part.weight else {
+				whole = None;
+				break;
+			};
+			whole = match whole {
+				None => Some((matrix, rows.clone())),
+				Some((m, r)) if Arc::ptr_eq(m, matrix) && rows.start == r.end => {
+					Some((m, r.start..rows.end))
+				}
+				_ => None,
+			};
+			if whole.is_none() {
+				break;
+			}
+		}
+		let Some((matrix, rows)) = whole.filter(|_| N > 1) else {
+			let mut out = Vec::with_capacity(N);
+			for part in parts {
+				out.push(part.forward(x)?);
+			}
+			return out.try_into().map_err(|_| Error::Format("projection count".into()));
+		};
+		let y = Weight::blocks_forward(matrix, rows, x)?;
+		let last = y.rank().saturating_sub(1);
+		let mut out = Vec::with_capacity(N);
+		let mut at = 0;
+		for part in parts {
+			out.push(part.add_bias(y.narrow(last, at, part.out_features)?.contiguous()?)?);
+			at += part.out_features;
+		}
+		out.try_into().map_err(|_| Error::Format("projection count".into()))
 	}
 }
 
@@ -117,8 +185,10 @@ impl Linear {
 enum Weight {
 	/// Q4_0, Q4_1 or Q8_0 blocks on the CPU, multiplied by [`QuantMatrix`]: each block
 	/// dequantized once per batch and used for every row in f32 (candle's CPU product redoes an
-	/// 8-bit dot product for every row of the batch, and has no vector code for Q4_1).
-	Blocks(Arc<QuantMatrix>),
+	/// 8-bit dot product for every row of the batch, and has no vector code for Q4_1). The
+	/// weight is `rows` of the matrix, which several projections may share (see
+	/// [`Linear::stack`]).
+	Blocks { matrix: Arc<QuantMatrix>, rows: std::ops::Range<usize> },
 	/// Dense weights, the K-quants (candle's integer dot products are faster for them at every
 	/// batch size measured: `kernels/benches/cpu_matmul.rs`), and other devices: candle's.
 	Candle(QMatMul),
@@ -136,7 +206,7 @@ impl Weight {
 				let bytes = weight.data()?.into_owned();
 				let matrix =
 					QuantMatrix::new(format, rows, cols, bytes).map_err(KernelError::from)?;
-				Ok(Self::Blocks(Arc::new(matrix)))
+				Ok(Self::Blocks { matrix: Arc::new(matrix), rows: 0..rows })
 			}
 			_ => Ok(Self::Candle(QMatMul::from_qtensor(weight)?)),
 		}
@@ -144,14 +214,22 @@ impl Weight {
 
 	/// `x W^T` over the last dimension of `x`.
 	fn forward(&self, x: &Tensor) -> Result<Tensor> {
-		let matrix = match self {
-			Self::Candle(weight) => return Ok(weight.forward(x)?),
-			Self::Blocks(matrix) => matrix,
-		};
+		match self {
+			Self::Candle(weight) => Ok(weight.forward(x)?),
+			Self::Blocks { matrix, rows } => Self::blocks_forward(matrix, rows.clone(), x),
+		}
+	}
+
+	/// `x W[rows]^T` over the last dimension of `x`, by the block product.
+	fn blocks_forward(
+		matrix: &QuantMatrix,
+		rows: std::ops::Range<usize>,
+		x: &Tensor,
+	) -> Result<Tensor> {
 		if x.dims().last() != Some(&matrix.cols()) {
 			return Err(Error::Tensor(candle_core::Error::Msg(format!(
 				"a {}x{} weight multiplies rows of {} values, not {:?}",
-				matrix.rows(),
+				rows.len(),
 				matrix.cols(),
 				matrix.cols(),
 				x.dims()
@@ -160,7 +238,7 @@ impl Weight {
 		if !x.device().is_cpu() {
 			return Err(Error::Unsupported(format!(
 				"a {}x{} weight held for the CPU multiplies CPU tensors, not {:?} ones",
-				matrix.rows(),
+				rows.len(),
 				matrix.cols(),
 				x.device()
 			)));
@@ -169,13 +247,14 @@ impl Weight {
 		let x = x.to_dtype(DType::F32)?.contiguous()?;
 		let mut dims = x.dims().to_vec();
 		let n = x.elem_count() / matrix.cols();
-		let mut y = vec![0f32; n * matrix.rows()];
+		let mut y = vec![0f32; n * rows.len()];
 		{
 			let (guard, layout) = x.storage_and_layout();
-			matrix.matmul(cpu_values(&guard, layout)?, &mut y).map_err(KernelError::from)?;
-		}
-		if let Some(last) = dims.last_mut() {
-			*last = matrix.rows();
+			let values = cpu_values(&guard, layout)?;
+			if let Some(last) = dims.last_mut() {
+				*last = rows.len();
+			}
+			matrix.matmul_rows(rows, values, &mut y).map_err(KernelError::from)?;
 		}
 		Ok(Tensor::from_vec(y, dims, x.device())?.to_dtype(dtype)?)
 	}
@@ -304,7 +383,29 @@ impl<'a> Segments<'a> {
 		layer: usize,
 		which: Projection,
 	) -> Result<Tensor> {
-		let y = base.forward(x)?;
+		self.adapt(base.forward(x)?, x, layer, which)
+	}
+
+	/// [`Segments::project`] for several projections of the same input (`which` naming
+	/// `bases`), whose base products are one product where they share a matrix.
+	fn project_all<const N: usize>(
+		&self,
+		bases: [&Linear; N],
+		x: &Tensor,
+		layer: usize,
+		which: [Projection; N],
+	) -> Result<[Tensor; N]> {
+		let ys = Linear::forward_all(bases, x)?;
+		let mut out = Vec::with_capacity(N);
+		for (y, which) in ys.into_iter().zip(which) {
+			out.push(self.adapt(y, x, layer, which)?);
+		}
+		out.try_into().map_err(|_| Error::Format("projection count".into()))
+	}
+
+	/// `y` (the base projection `which` of `x`) plus each sequence's adapter product on its
+	/// rows.
+	fn adapt(&self, y: Tensor, x: &Tensor, layer: usize, which: Projection) -> Result<Tensor> {
 		let pairs: Vec<(std::ops::Range<usize>, &LoraWeights)> = self
 			.segments
 			.iter()
@@ -662,7 +763,7 @@ impl Llama {
 		progress.inc(1);
 		let mut blocks = Vec::with_capacity(config.num_layers);
 		for i in 0..config.num_layers {
-			let block = Block {
+			let mut block = Block {
 				attn_norm: source.norm(i, false)?,
 				q: source.linear(i, Projection::Q, format)?,
 				k: source.linear(i, Projection::K, format)?,
@@ -681,6 +782,8 @@ impl Llama {
 					config.num_heads, config.head_dim
 				)));
 			}
+			Linear::stack(&mut [&mut block.q, &mut block.k, &mut block.v]);
+			Linear::stack(&mut [&mut block.gate, &mut block.up]);
 			blocks.push(block);
 			progress.inc(1);
 		}
@@ -813,9 +916,12 @@ impl Llama {
 		let eps = cfg.rms_norm_eps as f32;
 		for (l, block) in self.blocks.iter().enumerate() {
 			let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
-			let q = segments.project(&block.q, &h, l, Projection::Q)?;
-			let k = segments.project(&block.k, &h, l, Projection::K)?;
-			let v = segments.project(&block.v, &h, l, Projection::V)?;
+			let [q, k, v] = segments.project_all(
+				[&block.q, &block.k, &block.v],
+				&h,
+				l,
+				[Projection::Q, Projection::K, Projection::V],
+			)?;
 			let mut outputs = Vec::with_capacity(batch.len());
 			for ((seq, &(row, t, start)), slots) in batch.iter().zip(&spans).zip(&slots) {
 				let (q, k, v) = (q.narrow(0, row, t)?, k.narrow(0, row, t)?, v.narrow(0, row, t)?);
@@ -827,8 +933,12 @@ impl Llama {
 			let attn = segments.project(&block.o, &attn, l, Projection::O)?;
 			x = (x + attn)?;
 			let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
-			let gate = segments.project(&block.gate, &h, l, Projection::Gate)?;
-			let up = segments.project(&block.up, &h, l, Projection::Up)?;
+			let [gate, up] = segments.project_all(
+				[&block.gate, &block.up],
+				&h,
+				l,
+				[Projection::Gate, Projection::Up],
+			)?;
 			let mlp = (candle_nn::ops::silu(&gate)? * up)?;
 			let down = segments.project(&block.down, &mlp, l, Projection::Down)?;
 			x = (x + down)?;
@@ -939,12 +1049,58 @@ mod tests {
 		(err.unwrap() / norm.unwrap()).sqrt()
 	}
 
+	/// Projections stacked into one matrix give each its own values to the bit, in one product
+	/// or alone, with or without biases; parts that cannot share a matrix are left apart.
+	#[test]
+	fn stacked_projections_give_each_its_own_bits() {
+		let device = Device::Cpu;
+		let x = Tensor::randn(0f32, 1.0, (3, 64), &device).unwrap();
+		let make = |rows: usize, bias: bool, format: WeightFormat| {
+			let w = Tensor::randn(0f32, 0.05, (rows, 64), &device).unwrap();
+			let b = bias.then(|| Tensor::randn(0f32, 1.0, rows, &device).unwrap());
+			Linear::from_dense(w, b, format).unwrap()
+		};
+		let values = |t: &Tensor| t.to_vec2::<f32>().unwrap();
+		let apart = [
+			make(40, true, WeightFormat::Int4),
+			make(8, false, WeightFormat::Int4),
+			make(8, true, WeightFormat::Int4),
+		];
+		let want: Vec<_> = apart.iter().map(|l| values(&l.forward(&x).unwrap())).collect();
+		let mut stacked = apart.clone();
+		let [q, k, v] = &mut stacked;
+		Linear::stack(&mut [q, k, v]);
+		assert!(matches!(&stacked[1].weight, Weight::Blocks { rows, .. } if *rows == (40..48)));
+		let [q, k, v] = &stacked;
+		let together = Linear::forward_all([q, k, v], &x).unwrap();
+		for (i, (got, want)) in together.iter().zip(&want).enumerate() {
+			assert_eq!(&values(got), want, "part {i} in one product");
+			assert_eq!(&values(&stacked[i].forward(&x).unwrap()), want, "part {i} alone");
+		}
+		// Out of order: one by one, the same values.
+		let [second, first] = Linear::forward_all([v, q], &x).unwrap();
+		assert_eq!((values(&second), values(&first)), (want[2].clone(), want[0].clone()));
+		// A dense part is left apart, and so are the others.
+		let mut mixed = [make(40, false, WeightFormat::Int4), make(8, false, WeightFormat::F32)];
+		let want: Vec<_> = mixed.iter().map(|l| values(&l.forward(&x).unwrap())).collect();
+		let [a, b] = &mut mixed;
+		Linear::stack(&mut [a, b]);
+		assert!(
+			matches!(&mixed[0].weight, Weight::Blocks { matrix, rows } if matrix.rows() == rows.len())
+		);
+		let got = Linear::forward_all([&mixed[0], &mixed[1]], &x).unwrap();
+		assert_eq!(got.iter().map(values).collect::<Vec<_>>(), want);
+	}
+
 	#[test]
 	fn the_block_product_takes_rows_of_any_leading_shape() {
 		let device = Device::Cpu;
 		let w = Tensor::randn(0f32, 0.05, (40, 64), &device).unwrap();
 		let linear = Linear::from_dense(w, None, WeightFormat::Int8).unwrap();
-		assert!(matches!(linear.weight, Weight::Blocks(_)), "Q8_0 on the CPU: the block product");
+		assert!(
+			matches!(linear.weight, Weight::Blocks { .. }),
+			"Q8_0 on the CPU: the block product"
+		);
 		let x = Tensor::randn(0f32, 1.0, (2, 3, 64), &device).unwrap();
 		let flat = linear.forward(&x.reshape((6, 64)).unwrap()).unwrap();
 		let batched = linear.forward(&x).unwrap();

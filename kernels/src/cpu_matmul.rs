@@ -21,7 +21,7 @@
 //! [`quant::dequantize_row`] (GGML's arithmetic), so the product is the f32 product of the
 //! dequantized matrix up to the order of the sums: what transformers computes from a GGUF file.
 
-use std::{cell::RefCell, fmt};
+use std::{cell::RefCell, fmt, ops::Range};
 
 use rayon::prelude::*;
 
@@ -75,6 +75,27 @@ impl QuantMatrix {
 		Ok(Self { format, rows, cols, row_bytes, bytes })
 	}
 
+	/// One matrix of the rows of `parts` in order (the query, key and value projections of a
+	/// layer, say, so that one product serves the three; every output value is the same
+	/// either way, to the bit). Refused unless every part has the same format and width.
+	pub fn stack(parts: &[&QuantMatrix]) -> Result<Self, ShapeError> {
+		let Some(first) = parts.first() else {
+			return Err(ShapeError("no matrices to stack".into()));
+		};
+		if let Some(odd) = parts.iter().find(|m| (m.format, m.cols) != (first.format, first.cols)) {
+			return Err(ShapeError(format!(
+				"stacking {} rows of {} with {} rows of {}",
+				odd.format.name(),
+				odd.cols,
+				first.format.name(),
+				first.cols
+			)));
+		}
+		let rows = parts.iter().map(|m| m.rows).sum();
+		let bytes = parts.iter().flat_map(|m| m.bytes.iter().copied()).collect();
+		Self::new(first.format, rows, first.cols, bytes)
+	}
+
 	/// The weights' format.
 	pub fn format(&self) -> Format {
 		self.format
@@ -93,19 +114,42 @@ impl QuantMatrix {
 	/// `y = x Wᵀ`: `x` is `n` rows of [`cols`](Self::cols) values, `y` is `n` rows of
 	/// [`rows`](Self::rows) values (overwritten).
 	pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> Result<(), ShapeError> {
-		self.matmul_on(Isa::detect(), x, y)
+		self.matmul_on(Isa::detect(), 0..self.rows, x, y)
 	}
 
-	fn matmul_on(&self, isa: Isa, x: &[f32], y: &mut [f32]) -> Result<(), ShapeError> {
+	/// `y = x W[rows]ᵀ`, the product by the weight rows `rows` only: `y` is `n` rows of
+	/// `rows.len()` values, each the value [`matmul`](Self::matmul) gives, to the bit.
+	pub fn matmul_rows(
+		&self,
+		rows: Range<usize>,
+		x: &[f32],
+		y: &mut [f32],
+	) -> Result<(), ShapeError> {
+		self.matmul_on(Isa::detect(), rows, x, y)
+	}
+
+	fn matmul_on(
+		&self,
+		isa: Isa,
+		weight_rows: Range<usize>,
+		x: &[f32],
+		y: &mut [f32],
+	) -> Result<(), ShapeError> {
 		let n = x.len() / self.cols;
-		if n * self.cols != x.len() || y.len() != n * self.rows {
+		let out = weight_rows.len();
+		if weight_rows.end > self.rows || out == 0 {
 			return Err(ShapeError(format!(
-				"a {}x{} matrix takes rows of {} values and gives rows of {}: {} inputs for {} \
-				 outputs do not fit",
+				"weight rows {weight_rows:?} of a {}x{} matrix",
+				self.rows, self.cols
+			)));
+		}
+		if n * self.cols != x.len() || y.len() != n * out {
+			return Err(ShapeError(format!(
+				"{out} rows of a {}x{} matrix take rows of {} values and give rows of {out}: {} \
+				 inputs for {} outputs do not fit",
 				self.rows,
 				self.cols,
 				self.cols,
-				self.rows,
 				x.len(),
 				y.len()
 			)));
@@ -119,18 +163,20 @@ impl QuantMatrix {
 		let y_t = if n == 1 {
 			&mut *y
 		} else {
-			transposed.resize(self.rows * n, 0f32);
+			transposed.resize(out * n, 0f32);
 			&mut transposed
 		};
-		y_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, out)| {
+		let bytes =
+			&self.bytes[weight_rows.start * self.row_bytes..weight_rows.end * self.row_bytes];
+		y_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, y_t)| {
 			let first = task * ROWS_PER_TASK * self.row_bytes;
-			let bytes = &self.bytes[first..first + out.len() / n * self.row_bytes];
-			rows(isa, self.format, self.row_bytes, self.cols, bytes, x, out);
+			let bytes = &bytes[first..first + y_t.len() / n * self.row_bytes];
+			rows(isa, self.format, self.row_bytes, self.cols, bytes, x, y_t);
 		});
 		if n > 1 {
 			for (r, column) in transposed.chunks_exact(n).enumerate() {
 				for (i, &v) in column.iter().enumerate() {
-					y[i * self.rows + r] = v;
+					y[i * out + r] = v;
 				}
 			}
 		}
@@ -575,7 +621,7 @@ mod tests {
 				let m = random_matrix(&mut rng, format, rows, cols);
 				let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
 				let mut y = vec![f32::NAN; n * rows];
-				m.matmul_on(isa, &x, &mut y).unwrap();
+				m.matmul_on(isa, 0..rows, &x, &mut y).unwrap();
 				let w = dequantized(&m);
 				for i in 0..n {
 					for r in 0..rows {
@@ -606,10 +652,10 @@ mod tests {
 			let m = random_matrix(&mut rng, format, rows, cols);
 			let x: Vec<f32> = (0..11 * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
 			let mut batched = vec![0f32; 11 * rows];
-			m.matmul_on(isa, &x, &mut batched).unwrap();
+			m.matmul_on(isa, 0..rows, &x, &mut batched).unwrap();
 			for i in 0..11 {
 				let mut alone = vec![0f32; rows];
-				m.matmul_on(isa, &x[i * cols..][..cols], &mut alone).unwrap();
+				m.matmul_on(isa, 0..rows, &x[i * cols..][..cols], &mut alone).unwrap();
 				let row = &batched[i * rows..][..rows];
 				assert!(
 					row.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -622,7 +668,7 @@ mod tests {
 					let mut pair = x[first * cols..][..cols].to_vec();
 					pair.extend_from_slice(&x[second * cols..][..cols]);
 					let mut y = vec![0f32; 2 * rows];
-					m.matmul_on(isa, &pair, &mut y).unwrap();
+					m.matmul_on(isa, 0..rows, &pair, &mut y).unwrap();
 					let at = if first == i { 0 } else { rows };
 					let mine = &y[at..at + rows];
 					assert!(mine.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()));
@@ -685,5 +731,47 @@ mod tests {
 		let mut y = [f32::NAN; 6];
 		m.matmul(&[0.0; 64], &mut y).unwrap();
 		assert_eq!(y, [0.0; 6], "zero blocks give zeros");
+		assert!(m.matmul_rows(1..4, &[0.0; 32], &mut [0.0; 3]).is_err(), "rows past the matrix");
+		assert!(m.matmul_rows(2..2, &[0.0; 32], &mut []).is_err(), "no rows");
+		assert!(m.matmul_rows(1..3, &[0.0; 32], &mut [0.0; 3]).is_err(), "y of 3 for 2 rows");
+		let narrow = QuantMatrix::new(Format::Q8_0, 1, 64, vec![0; 68]).unwrap();
+		let q4 = QuantMatrix::new(Format::Q4_1, 1, 32, vec![0; 20]).unwrap();
+		assert!(QuantMatrix::stack(&[&m, &narrow]).is_err(), "widths differ");
+		assert!(QuantMatrix::stack(&[&m, &q4]).is_err(), "formats differ");
+		assert!(QuantMatrix::stack(&[]).is_err(), "nothing");
+	}
+
+	/// A stack of matrices gives, by its rows of each part, each part's own product to the
+	/// bit, in one call or part by part, at batch 1 and above.
+	#[test]
+	fn a_stack_gives_each_part_its_own_bits() {
+		let mut rng = StdRng::seed_from_u64(9);
+		for (isa, format) in isas().into_iter().flat_map(|i| Format::ALL.map(|f| (i, f))) {
+			let cols = 256;
+			let heights = [37usize, 5, 16];
+			let parts: Vec<_> =
+				heights.iter().map(|&h| random_matrix(&mut rng, format, h, cols)).collect();
+			let stack = QuantMatrix::stack(&parts.iter().collect::<Vec<_>>()).unwrap();
+			assert_eq!((stack.rows(), stack.cols()), (58, cols));
+			for n in [1usize, 3] {
+				let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+				let mut all = vec![f32::NAN; n * 58];
+				stack.matmul_on(isa, 0..58, &x, &mut all).unwrap();
+				let mut at = 0;
+				for (part, &h) in parts.iter().zip(&heights) {
+					let mut alone = vec![0f32; n * h];
+					part.matmul_on(isa, 0..h, &x, &mut alone).unwrap();
+					let mut rows = vec![f32::NAN; n * h];
+					stack.matmul_on(isa, at..at + h, &x, &mut rows).unwrap();
+					let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+					assert_eq!(bits(&rows), bits(&alone), "{isa:?} {} n={n}", format.name());
+					for i in 0..n {
+						let whole = &all[i * 58 + at..][..h];
+						assert_eq!(bits(whole), bits(&alone[i * h..][..h]), "{isa:?} row {i}");
+					}
+					at += h;
+				}
+			}
+		}
 	}
 }
