@@ -295,7 +295,8 @@ where
 	}
 
 	fn adapters_fit(&self, residency: &KernelAdapters<B>, adapters: &[&LoraAdapter]) -> bool {
-		adapters.iter().map(|a| self.pages_of(a)).sum::<usize>() <= residency.num_pages
+		adapters.iter().fold(0usize, |sum, a| sum.saturating_add(self.pages_of(a)))
+			<= residency.num_pages
 	}
 
 	fn samples(&self) -> bool {

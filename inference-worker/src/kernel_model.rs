@@ -316,12 +316,12 @@ impl<B: Backend> KernelLlama<B> {
 	}
 
 	/// Pool pages `adapter` takes once uploaded: each rank row of each `A` and `s·Bᵀ` on
-	/// pages of its own.
+	/// pages of its own (saturating at `usize::MAX`: such an adapter fits no pool).
 	pub fn pages_of(&self, adapter: &LoraAdapter) -> usize {
 		adapter
 			.modules()
 			.map(|w| adapter_pool::adapter_pages(w.rank, w.in_dim(), w.out_dim(), self.page_len))
-			.sum()
+			.fold(0, |sum, pages| pages.map_or(usize::MAX, |p| sum.saturating_add(p)))
 	}
 
 	/// An adapter pool on the backend of `num_pages` pages of [`KernelLlama::page_len`].
@@ -333,7 +333,7 @@ impl<B: Backend> KernelLlama<B> {
 
 	/// An adapter pool on the backend with room for `adapters`.
 	pub fn pool_for(&self, adapters: &[&LoraAdapter]) -> Result<B::Pool> {
-		self.pool(adapters.iter().map(|a| self.pages_of(a)).sum())
+		self.pool(adapters.iter().fold(0, |sum, a| sum.saturating_add(self.pages_of(a))))
 	}
 
 	/// Columns of the logits (rows of the output projection).

@@ -4,7 +4,7 @@
 //! LoRA adapters are never merged into the base weights: each projection adds its adapter's
 //! low-rank product on top of the base product, so one set of base weights serves every adapter.
 
-use std::{fs::File, io::BufReader, path::Path, sync::Arc};
+use std::{fs::File, io::BufReader, ops::Range, path::Path, sync::Arc};
 
 use candle_core::{
 	quantized::{gguf_file, GgmlDType, QMatMul, QTensor},
@@ -144,40 +144,43 @@ impl Linear {
 	/// ([`Linear::stack`]), else one by one. Either way, the same values to the bit.
 	fn forward_all<const N: usize>(parts: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
 		// The rows the parts take of one matrix, if they take consecutive rows of the same one.
-		let mut whole: Option<(&Arc<QuantMatrix>, std::ops::Range<usize>)> = None;
-		for part in parts {
-			let Weight::Blocks { matrix, rows } = &part.weight else {
-				whole = None;
-				break;
-			};
-			whole = match whole {
-				None => Some((matrix, rows.clone())),
-				Some((m, r)) if Arc::ptr_eq(m, matrix) && rows.start == r.end => {
-					Some((m, r.start..rows.end))
+		let shared = parts
+			.iter()
+			.try_fold(None, |whole: Option<(&Arc<QuantMatrix>, Range<usize>)>, part| {
+				let Weight::Blocks { matrix, rows } = &part.weight else { return None };
+				match whole {
+					None => Some(Some((matrix, rows.clone()))),
+					Some((m, r)) if Arc::ptr_eq(m, matrix) && rows.start == r.end => {
+						Some(Some((m, r.start..rows.end)))
+					}
+					Some(_) => None,
 				}
-				_ => None,
-			};
-			if whole.is_none() {
-				break;
-			}
-		}
-		let Some((matrix, rows)) = whole.filter(|_| N > 1) else {
-			let mut out = Vec::with_capacity(N);
-			for part in parts {
-				out.push(part.forward(x)?);
-			}
-			return out.try_into().map_err(|_| Error::Format("projection count".into()));
+			})
+			.flatten()
+			.filter(|_| N > 1);
+		let Some((matrix, rows)) = shared else {
+			return try_map(parts, |_, part| part.forward(x));
 		};
 		let y = Weight::blocks_forward(matrix, rows, x)?;
 		let last = y.rank().saturating_sub(1);
-		let mut out = Vec::with_capacity(N);
 		let mut at = 0;
-		for part in parts {
-			out.push(part.add_bias(y.narrow(last, at, part.out_features)?.contiguous()?)?);
+		try_map(parts, |_, part| {
+			let own = y.narrow(last, at, part.out_features)?.contiguous()?;
 			at += part.out_features;
-		}
-		out.try_into().map_err(|_| Error::Format("projection count".into()))
+			part.add_bias(own)
+		})
 	}
+}
+
+/// `f` of each of `items` and its index, in order, stopping at the first error.
+fn try_map<T, U, const N: usize>(
+	items: [T; N],
+	mut f: impl FnMut(usize, T) -> Result<U>,
+) -> Result<[U; N]> {
+	let out =
+		items.into_iter().enumerate().map(|(i, item)| f(i, item)).collect::<Result<Vec<U>>>()?;
+	// As many as went in: the conversion cannot fail.
+	out.try_into().map_err(|_| Error::Format("a mapped array changed its length".into()))
 }
 
 /// A linear layer's weight matrix and the product that multiplies by it.
@@ -188,7 +191,7 @@ enum Weight {
 	/// 8-bit dot product for every row of the batch, and has no vector code for Q4_1). The
 	/// weight is `rows` of the matrix, which several projections may share (see
 	/// [`Linear::stack`]).
-	Blocks { matrix: Arc<QuantMatrix>, rows: std::ops::Range<usize> },
+	Blocks { matrix: Arc<QuantMatrix>, rows: Range<usize> },
 	/// Dense weights, the K-quants (candle's integer dot products are faster for them at every
 	/// batch size measured: `kernels/benches/cpu_matmul.rs`), and other devices: candle's.
 	Candle(QMatMul),
@@ -221,11 +224,7 @@ impl Weight {
 	}
 
 	/// `x W[rows]^T` over the last dimension of `x`, by the block product.
-	fn blocks_forward(
-		matrix: &QuantMatrix,
-		rows: std::ops::Range<usize>,
-		x: &Tensor,
-	) -> Result<Tensor> {
+	fn blocks_forward(matrix: &QuantMatrix, rows: Range<usize>, x: &Tensor) -> Result<Tensor> {
 		if x.dims().last() != Some(&matrix.cols()) {
 			return Err(Error::Tensor(candle_core::Error::Msg(format!(
 				"a {}x{} weight multiplies rows of {} values, not {:?}",
@@ -396,17 +395,13 @@ impl<'a> Segments<'a> {
 		which: [Projection; N],
 	) -> Result<[Tensor; N]> {
 		let ys = Linear::forward_all(bases, x)?;
-		let mut out = Vec::with_capacity(N);
-		for (y, which) in ys.into_iter().zip(which) {
-			out.push(self.adapt(y, x, layer, which)?);
-		}
-		out.try_into().map_err(|_| Error::Format("projection count".into()))
+		try_map(ys, |i, y| self.adapt(y, x, layer, which[i]))
 	}
 
 	/// `y` (the base projection `which` of `x`) plus each sequence's adapter product on its
 	/// rows.
 	fn adapt(&self, y: Tensor, x: &Tensor, layer: usize, which: Projection) -> Result<Tensor> {
-		let pairs: Vec<(std::ops::Range<usize>, &LoraWeights)> = self
+		let pairs: Vec<(Range<usize>, &LoraWeights)> = self
 			.segments
 			.iter()
 			.filter_map(|&(adapter, row, t)| Some((row..row + t, adapter?.weights(layer, which)?)))
@@ -456,7 +451,7 @@ fn cpu_values<'g>(
 /// Adds each segment's adapter product to its rows of `y`, in place, by the CPU multi-LoRA
 /// kernel (no copy of `y` out of its tensor and back).
 struct AddLora<'a> {
-	pairs: &'a [(std::ops::Range<usize>, &'a LoraWeights)],
+	pairs: &'a [(Range<usize>, &'a LoraWeights)],
 }
 
 impl candle_core::InplaceOp2 for AddLora<'_> {
@@ -503,11 +498,7 @@ impl candle_core::InplaceOp2 for AddLora<'_> {
 }
 
 /// `y` plus each segment's adapter product on its rows, by the CPU multi-LoRA kernel.
-fn cpu_sgmv(
-	x: &Tensor,
-	y: Tensor,
-	pairs: &[(std::ops::Range<usize>, &LoraWeights)],
-) -> Result<Tensor> {
+fn cpu_sgmv(x: &Tensor, y: Tensor, pairs: &[(Range<usize>, &LoraWeights)]) -> Result<Tensor> {
 	let x = x.to_dtype(DType::F32)?.contiguous()?;
 	// `y` is the base product just computed: a fresh tensor no one else holds.
 	let y = y.to_dtype(DType::F32)?.contiguous()?;

@@ -205,7 +205,8 @@ fn main() -> anyhow::Result<()> {
 	println!("\n## Multi-LoRA (4096 x 4096 bf16 projection, rank 16, batch 64, pages of 1376)");
 	let (dim, rank, batch, resident) = (size(4096, 256), 16usize, size(64, 9), 1000usize);
 	let page_len = size(1376, 96);
-	let per_adapter = adapter_pages(rank, dim, dim, page_len);
+	let per_adapter = adapter_pages(rank, dim, dim, page_len)
+		.ok_or_else(|| anyhow::anyhow!("an adapter of rank {rank} takes more than usize pages"))?;
 	let w = host_quant::quantize(Format::Bf16, &random(&mut rng, dim * dim, 0.05), dim, dim)?;
 	let weights = gpu.upload(&w)?;
 	let x = gpu.upload(&random(&mut rng, batch * dim, 1.0))?;

@@ -8,7 +8,10 @@
 // What it emulates:
 // - Memory: device pointers are host pointers. Fresh allocations are filled with 0xFF bytes (a
 //   NaN in every float) so a kernel that reads what nobody wrote shows it; copies and frees are
-//   checked against the allocations.
+//   checked against the allocations. Each allocation ends (to 16 bytes) against a page that
+//   cannot be touched: a kernel that reads or writes past a buffer's end fails its launch,
+//   naming the thread and how far past which allocation it went; so does any other access
+//   outside memory, or a thread's stack overflowing.
 // - Modules: cuModuleLoadData takes the PTX NVRTC made from the same sources; each `.entry` must
 //   be a kernel compiled in here with the same number of parameters, and its `.maxntid`
 //   (__launch_bounds__) limits the launches as on a GPU.
@@ -26,7 +29,9 @@
 
 #include "device.h"
 
+#include <signal.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 
 #include <algorithm>
 #include <atomic>
@@ -129,8 +134,22 @@ struct Context {
 	int device;
 };
 
+// A device allocation. It lies at the end of a mapping of its own, just before a page that
+// cannot be read or written, and another such page opens the mapping: a kernel that reads or
+// writes past the end of a buffer (or far before its start) faults at once, and the fault
+// handler below fails its launch with where it went, where a GPU would often read or write the
+// allocator's slack unnoticed. The start is aligned to 16 bytes (a float4), not to the GPU's
+// 256, so that the end is exact to 16 bytes.
+struct Allocation {
+	size_t bytes;         // as asked for
+	char* mapping;        // a guard page, the data's pages, a guard page
+	size_t mapping_bytes;
+};
+
+constexpr size_t GUARD_BYTES = 4096;
+
 std::mutex memory_lock;
-std::map<uintptr_t, size_t> device_allocations; // start -> bytes
+std::map<uintptr_t, Allocation> device_allocations; // start -> allocation
 size_t allocated_bytes = 0;
 bool initialised = false;
 Context primary{0};
@@ -145,7 +164,8 @@ bool in_device_memory(CUdeviceptr ptr, size_t bytes)
 		return false;
 	}
 	--it;
-	return ptr >= it->first && bytes <= it->second && ptr - it->first <= it->second - bytes;
+	const size_t size = it->second.bytes;
+	return ptr >= it->first && bytes <= size && ptr - it->first <= size - bytes;
 }
 
 CUresult allocate(CUdeviceptr* out, size_t bytes)
@@ -153,14 +173,27 @@ CUresult allocate(CUdeviceptr* out, size_t bytes)
 	if (out == nullptr || bytes == 0) {
 		return INVALID_VALUE;
 	}
-	const size_t rounded = (bytes + 255) / 256 * 256;
-	void* p = std::aligned_alloc(256, rounded);
-	if (p == nullptr) {
-		return 2; // CUDA_ERROR_OUT_OF_MEMORY
+	constexpr CUresult OUT_OF_MEMORY = 2;
+	if (bytes > TOTAL_MEMORY) {
+		return OUT_OF_MEMORY;
 	}
-	std::memset(p, 0xFF, rounded);
+	const size_t used = (bytes + 15) / 16 * 16;
+	const size_t data_bytes = (used + GUARD_BYTES - 1) / GUARD_BYTES * GUARD_BYTES;
+	const size_t mapping_bytes = data_bytes + 2 * GUARD_BYTES;
+	void* mapped = mmap(nullptr, mapping_bytes, PROT_NONE,
+		MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (mapped == MAP_FAILED) {
+		return OUT_OF_MEMORY;
+	}
+	char* mapping = static_cast<char*>(mapped);
+	if (mprotect(mapping + GUARD_BYTES, data_bytes, PROT_READ | PROT_WRITE) != 0) {
+		munmap(mapping, mapping_bytes);
+		return OUT_OF_MEMORY;
+	}
+	char* p = mapping + GUARD_BYTES + data_bytes - used;
+	std::memset(p, 0xFF, used);
 	std::lock_guard<std::mutex> guard(memory_lock);
-	device_allocations[reinterpret_cast<uintptr_t>(p)] = bytes;
+	device_allocations[reinterpret_cast<uintptr_t>(p)] = Allocation{bytes, mapping, mapping_bytes};
 	allocated_bytes += bytes;
 	*out = reinterpret_cast<CUdeviceptr>(p);
 	return SUCCESS;
@@ -173,9 +206,9 @@ CUresult release(CUdeviceptr ptr)
 	if (it == device_allocations.end()) {
 		return INVALID_VALUE;
 	}
-	allocated_bytes -= it->second;
+	allocated_bytes -= it->second.bytes;
+	munmap(it->second.mapping, it->second.mapping_bytes);
 	device_allocations.erase(it);
-	std::free(reinterpret_cast<void*>(ptr));
 	return SUCCESS;
 }
 
@@ -275,6 +308,16 @@ Worker& me()
 {
 	if (this_worker == nullptr) {
 		this_worker = new Worker();
+		// The fault handler's stack, unless the thread has one (Rust's threads do).
+		stack_t current{};
+		if (sigaltstack(nullptr, &current) == 0 && (current.ss_flags & SS_DISABLE) != 0) {
+			stack_t alternate{};
+			alternate.ss_size = 64 * 1024;
+			alternate.ss_sp = std::malloc(alternate.ss_size);
+			if (alternate.ss_sp != nullptr) {
+				sigaltstack(&alternate, nullptr);
+			}
+		}
 	}
 	return *this_worker;
 }
@@ -622,6 +665,92 @@ Pool& pool()
 
 std::mutex launch_lock;
 
+// ---------------------------------------------------------------------------------------------
+// Faults: a kernel's read or write outside device memory fails its launch.
+
+struct sigaction previous_segv{};
+
+// Says where `addr` lies against the device allocations, into `out`.
+void describe_address(uintptr_t addr, char* out, size_t len)
+{
+	// Only tried: the fault may have interrupted a host thread that holds the lock.
+	std::unique_lock<std::mutex> guard(memory_lock, std::try_to_lock);
+	if (guard.owns_lock()) {
+		for (const auto& [start, a] : device_allocations) {
+			const auto first = reinterpret_cast<uintptr_t>(a.mapping);
+			if (addr < first || addr >= first + a.mapping_bytes) {
+				continue;
+			}
+			if (addr >= start) {
+				std::snprintf(out, len,
+					"a read or write %zu bytes past the end of a device allocation of %zu "
+					"bytes at %#lx",
+					static_cast<size_t>(addr - start - a.bytes), a.bytes, start);
+			} else {
+				std::snprintf(out, len,
+					"a read or write %zu bytes before the start of a device allocation of %zu "
+					"bytes at %#lx",
+					static_cast<size_t>(start - addr), a.bytes, start);
+			}
+			return;
+		}
+	}
+	std::snprintf(out, len, "a read or write at %#lx, outside device memory", addr);
+}
+
+// SIGSEGV: on a kernel's fiber, the launch fails (the fiber is left for good, as emu::fault
+// leaves it) and the process goes on, as a GPU's context would report an illegal address;
+// elsewhere, whoever handled it before (Rust's stack-overflow report) or the default action.
+void on_segv(int sig, siginfo_t* info, void* context)
+{
+	const auto* uc = static_cast<const ucontext_t*>(context);
+	const auto sp = static_cast<uintptr_t>(uc->uc_mcontext.gregs[REG_RSP]);
+	const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+	Worker* l = this_worker;
+	Fiber* f = l != nullptr ? l->running : nullptr;
+	if (f != nullptr && !f->done && f->region != nullptr &&
+	    (sp & ~static_cast<uintptr_t>(REGION_BYTES - 1)) == reinterpret_cast<uintptr_t>(f->region)) {
+		char what[256];
+		const auto guard = reinterpret_cast<uintptr_t>(f->region) + PAGE_BYTES;
+		if (addr >= guard && addr < guard + PAGE_BYTES) {
+			std::snprintf(what, sizeof what,
+				"thread %u overflowed its stack (%zu KiB on the emulator)",
+				f->state()->linear, (REGION_BYTES - 2 * PAGE_BYTES) / 1024);
+		} else {
+			char where[200];
+			describe_address(addr, where, sizeof where);
+			std::snprintf(what, sizeof what, "thread %u: %s", f->state()->linear, where);
+		}
+		l->error = what;
+		f->done = true;
+		emu_switch(&f->sp, l->scheduler_sp);
+		__builtin_unreachable();
+	}
+	if ((previous_segv.sa_flags & SA_SIGINFO) != 0 && previous_segv.sa_sigaction != nullptr) {
+		previous_segv.sa_sigaction(sig, info, context);
+	} else if (previous_segv.sa_handler == SIG_DFL || previous_segv.sa_handler == SIG_IGN) {
+		// Returning re-runs the faulting instruction, which now ends the process.
+		signal(sig, SIG_DFL);
+	} else {
+		previous_segv.sa_handler(sig);
+	}
+}
+
+// Installs on_segv once. It runs on the thread's alternate signal stack (so that a fiber's stack
+// overflow can be reported), which each OS thread that runs blocks has (see me()), and it never
+// returns from a kernel's fault, so SIGSEGV stays unblocked (SA_NODEFER).
+void install_fault_handler()
+{
+	static std::once_flag once;
+	std::call_once(once, [] {
+		struct sigaction action{};
+		action.sa_sigaction = on_segv;
+		action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+		sigemptyset(&action.sa_mask);
+		sigaction(SIGSEGV, &action, &previous_segv);
+	});
+}
+
 } // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -632,6 +761,7 @@ EXPORT CUresult cuInit(unsigned int flags)
 	if (flags != 0) {
 		return INVALID_VALUE;
 	}
+	install_fault_handler();
 	initialised = true;
 	return SUCCESS;
 }

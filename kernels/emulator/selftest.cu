@@ -71,3 +71,16 @@ extern "C" __global__ void selftest_static_shared(float* out)
 	out[blockIdx.x] = cells[5];
 	cells[5] = 1.0f;
 }
+
+// Thread 0 reads (`write` 0) or writes (`write` 1) x[index]; a read is copied to out[0].
+extern "C" __global__ void selftest_touch(float* x, long long index, int write, float* out)
+{
+	if (threadIdx.x != 0) {
+		return;
+	}
+	if (write) {
+		x[index] = 1.0f;
+	} else {
+		out[0] = x[index];
+	}
+}

@@ -38,9 +38,9 @@ pub fn row_pages(width: usize, page_len: usize) -> usize {
 }
 
 /// Pages an adapter pair of `rank` for a projection of `in_dim` inputs and `out_dim` outputs
-/// takes in a pool of pages of `page_len`.
-pub fn adapter_pages(rank: usize, in_dim: usize, out_dim: usize, page_len: usize) -> usize {
-	rank.saturating_mul(row_pages(in_dim, page_len).saturating_add(row_pages(out_dim, page_len)))
+/// takes in a pool of pages of `page_len` (`None` past `usize`).
+pub fn adapter_pages(rank: usize, in_dim: usize, out_dim: usize, page_len: usize) -> Option<usize> {
+	rank.checked_mul(row_pages(in_dim, page_len).checked_add(row_pages(out_dim, page_len))?)
 }
 
 /// Hands out the pages of a pool: all-or-nothing, lowest free pages first. Taking or giving
@@ -124,7 +124,7 @@ impl PageAllocator {
 				shape.pages
 			))
 		})?;
-		Ok(PagedAdapter { rank: shape.rank, dims: shape.dims, row_pages: shape.row_pages, pages })
+		Ok(shape.with_pages(pages))
 	}
 }
 
@@ -150,15 +150,19 @@ impl AdapterShape {
 			return Err(bad());
 		}
 		let u32_of = |n: usize| u32::try_from(n).map_err(|_| bad());
-		let row_pages = (row_pages(dims.0, page_len), row_pages(dims.1, page_len));
-		let pages = rank.checked_mul(row_pages.0 + row_pages.1).ok_or_else(bad)?;
+		let pages = adapter_pages(rank, dims.0, dims.1, page_len).ok_or_else(bad)?;
 		u32_of(pages)?;
 		Ok(Self {
 			rank: u32_of(rank)?,
 			dims: (u32_of(dims.0)?, u32_of(dims.1)?),
-			row_pages: (u32_of(row_pages.0)?, u32_of(row_pages.1)?),
+			row_pages: (u32_of(row_pages(dims.0, page_len))?, u32_of(row_pages(dims.1, page_len))?),
 			pages,
 		})
+	}
+
+	/// The adapter of this shape on `pages` (as many as [`Self::pages`]).
+	fn with_pages(self, pages: Vec<u32>) -> PagedAdapter {
+		PagedAdapter { rank: self.rank, dims: self.dims, row_pages: self.row_pages, pages }
 	}
 }
 
@@ -196,7 +200,7 @@ impl PagedAdapter {
 				shape.pages
 			)));
 		}
-		Ok(Self { rank: shape.rank, dims: shape.dims, row_pages: shape.row_pages, pages })
+		Ok(shape.with_pages(pages))
 	}
 
 	/// The rank.
@@ -421,26 +425,45 @@ fn check_pool(pool: &[f32], page_len: usize, pages: &[u32]) -> Result<(), ShapeE
 	}
 }
 
+/// Fails unless activation rows of `width` floats (`what` names them) meet adapter rows of
+/// `plan_width` floats on `plan_pages` pages of `page_len`: as wide, and so on as many pages. A
+/// plan with no tiles (`tiled` false) is met by rows of any width of at least one float.
+pub fn check_row_width(
+	what: &str,
+	width: usize,
+	page_len: usize,
+	(plan_width, plan_pages): (usize, usize),
+	tiled: bool,
+) -> Result<(), ShapeError> {
+	let fits = !tiled || (width == plan_width && row_pages(width, page_len) == plan_pages);
+	if width == 0 || !fits {
+		return Err(ShapeError(format!(
+			"{what} of {width} values in pages of {page_len}, for adapter rows of {plan_width} \
+			 on {plan_pages} pages"
+		)));
+	}
+	Ok(())
+}
+
 /// Checks a shrink or expand call: the pool is whole pages, the plan fits it, the activation
 /// buffer (`x` or `y`: its name, length and row width) has the plan's rows, each as wide as
-/// the plan's adapter rows (`(plan_width, plan_pages)`: those of `A` for `x`, of `s·Bᵀ` for
-/// `y`) and so on as many pages, and the shrunk buffer has the plan's rows of `max_rank`.
+/// the plan's adapter rows (`plan_rows`: the width and pages of those of `A` for `x`, of `s·Bᵀ`
+/// for `y`), and the shrunk buffer has the plan's rows of `max_rank`.
 fn check_call(
 	pool: &[f32],
 	page_len: usize,
 	plan: &LoraPlan,
 	(what, len, width): (&str, usize, usize),
-	(plan_width, plan_pages): (u32, u32),
+	plan_rows: (u32, u32),
 	shrunk_len: usize,
 ) -> Result<(), ShapeError> {
 	check_pool(pool, page_len, &[])?;
 	plan.validate(pool.len() / page_len)?;
-	let fits = plan.num_tiles() == 0
-		|| (width == plan_width as usize && row_pages(width, page_len) == plan_pages as usize);
-	if width == 0 || len != plan.rows * width || !fits {
+	let plan_rows = (plan_rows.0 as usize, plan_rows.1 as usize);
+	check_row_width(&format!("rows of {what}"), width, page_len, plan_rows, plan.num_tiles() > 0)?;
+	if len != plan.rows * width {
 		return Err(ShapeError(format!(
-			"{what} has {len} values for {} rows of {width} (pages of {page_len}; the plan's \
-			 adapter rows are {plan_width} wide on {plan_pages} pages)",
+			"{what} has {len} values for {} rows of {width}",
 			plan.rows
 		)));
 	}
@@ -627,8 +650,10 @@ mod tests {
 		// widest width (1536) they take 32 pages, 49,152 floats for 15,360 values; in pages of
 		// 192 (the widths' greatest common divisor) 80 pages, exactly their values.
 		let values = 8 * (576 + 576) + 8 * (576 + 192);
-		let wide = adapter_pages(8, 576, 576, 1536) + adapter_pages(8, 576, 192, 1536);
-		let fitted = adapter_pages(8, 576, 576, 192) + adapter_pages(8, 576, 192, 192);
+		let wide =
+			adapter_pages(8, 576, 576, 1536).unwrap() + adapter_pages(8, 576, 192, 1536).unwrap();
+		let fitted =
+			adapter_pages(8, 576, 576, 192).unwrap() + adapter_pages(8, 576, 192, 192).unwrap();
 		assert_eq!((wide, wide * 1536), (32, 49_152));
 		assert_eq!(fitted * 192, values);
 	}
@@ -643,8 +668,10 @@ mod tests {
 			for page_len in [in_dim.max(out_dim) + 3, 32, 7] {
 				let dims = (in_dim, out_dim);
 				let ranks = [1usize, 8, 3, 128, 16];
-				let need: usize =
-					ranks.iter().map(|&r| adapter_pages(r, in_dim, out_dim, page_len)).sum();
+				let need: usize = ranks
+					.iter()
+					.map(|&r| adapter_pages(r, in_dim, out_dim, page_len).unwrap())
+					.sum();
 				let mut allocator = PageAllocator::new(need as u32 + 10);
 				// Take and give back some pages first so the adapters' pages are not in order.
 				let hole = allocator.allocate(10).unwrap();
@@ -707,7 +734,7 @@ mod tests {
 		let (x, y0) = (random(&mut rng, rows * dims.0), random(&mut rng, rows * dims.1));
 		let run = |page_len: usize| {
 			let mut allocator =
-				PageAllocator::new(adapter_pages(rank, dims.0, dims.1, page_len) as u32);
+				PageAllocator::new(adapter_pages(rank, dims.0, dims.1, page_len).unwrap() as u32);
 			let adapter = place(&mut allocator, rank, dims, page_len);
 			let mut pool = vec![0f32; allocator.num_pages() as usize * page_len];
 			write_rows(&mut pool, page_len, &adapter, &a, &b_t).unwrap();
@@ -723,7 +750,8 @@ mod tests {
 	fn a_row_gets_the_same_bits_alone_or_in_a_tile() {
 		let mut rng = StdRng::seed_from_u64(5);
 		let (dims, page_len, rank) = ((70, 50), 32, 8);
-		let mut allocator = PageAllocator::new(adapter_pages(rank, 70, 50, page_len) as u32);
+		let mut allocator =
+			PageAllocator::new(adapter_pages(rank, 70, 50, page_len).unwrap() as u32);
 		let adapter = place(&mut allocator, rank, dims, page_len);
 		let mut pool = vec![0f32; allocator.num_pages() as usize * page_len];
 		let (a, b_t) = (random(&mut rng, rank * dims.0), random(&mut rng, rank * dims.1));

@@ -9,7 +9,7 @@ use cudarc::driver::{
 };
 
 use super::{as_i32, expect_len, Gpu, GpuError, LORA};
-use crate::adapter_pool::{row_pages, LoraPlan, PageAllocator, PagedAdapter};
+use crate::adapter_pool::{check_row_width, LoraPlan, PageAllocator, PagedAdapter};
 
 /// The largest rank the kernels take (the expand stages `16 × 128` shrunk values in shared
 /// memory).
@@ -293,7 +293,7 @@ pub fn shrink(
 	in_dim: usize,
 	shrunk: &mut CudaSlice<f32>,
 ) -> Result<(), GpuError> {
-	check_width(pool, plan, "inputs", in_dim, 0)?;
+	check_width(pool, plan, "rows of x", in_dim, 0)?;
 	same_pool(pool, plan)?;
 	expect_len("x", x, plan.rows * in_dim)?;
 	expect_shrunk(shrunk, plan)?;
@@ -327,7 +327,7 @@ pub fn expand(
 	y: &mut CudaSlice<f32>,
 	out_dim: usize,
 ) -> Result<(), GpuError> {
-	check_width(pool, plan, "outputs", out_dim, 1)?;
+	check_width(pool, plan, "rows of y", out_dim, 1)?;
 	same_pool(pool, plan)?;
 	expect_len("y", y, plan.rows * out_dim)?;
 	expect_shrunk(shrunk, plan)?;
@@ -369,9 +369,8 @@ fn plan_launch<'a>(
 	launch
 }
 
-/// Fails unless rows of `width` are as wide as the plan's adapter rows of `A` (`side` 0) or
-/// `s·Bᵀ` (`side` 1) and take as many pages of the pool, in a plan with tiles; `what` names
-/// the width in the error.
+/// Fails unless rows of `width` meet the plan's adapter rows of `A` (`side` 0) or `s·Bᵀ`
+/// (`side` 1) (see [`check_row_width`]); `what` names the rows in the error.
 fn check_width(
 	pool: &DeviceAdapterPool,
 	plan: &DevicePlan,
@@ -379,16 +378,9 @@ fn check_width(
 	width: usize,
 	side: usize,
 ) -> Result<(), GpuError> {
-	let (plan_width, pages) = (plan.dims[side], plan.row_pages[side]);
-	let fits = plan.num_tiles == 0
-		|| (width == plan_width && row_pages(width, pool.page_len) == pages as usize);
-	if width == 0 || !fits {
-		return Err(GpuError::Shape(format!(
-			"{width} {what} in pages of {}, for adapter rows of {plan_width} on {pages} pages",
-			pool.page_len
-		)));
-	}
-	Ok(())
+	let plan_rows = (plan.dims[side], plan.row_pages[side] as usize);
+	check_row_width(what, width, pool.page_len, plan_rows, plan.num_tiles > 0)
+		.map_err(|e| GpuError::Shape(e.0))
 }
 
 fn same_pool(pool: &DeviceAdapterPool, plan: &DevicePlan) -> Result<(), GpuError> {

@@ -1,7 +1,8 @@
 //! The CUDA emulator's own checks (kernels/emulator/selftest.cu), run only when the device is the
 //! emulator: its shuffles and barriers give what a GPU gives, and code that is wrong on a GPU —
-//! a missing barrier, a shuffle after lanes left, a misaligned vector load, a launch past
-//! `__launch_bounds__` or the shared-memory limit — fails on it rather than passing by luck.
+//! a missing barrier, a shuffle after lanes left, a misaligned vector load, a read or write
+//! past the end of a buffer, a launch past `__launch_bounds__` or the shared-memory limit —
+//! fails on it rather than passing by luck.
 
 use anyhow::{ensure, Result};
 use openledger_kernels::gpu::{Gpu, LaunchConfig, PushKernelArg, Source};
@@ -16,6 +17,7 @@ pub const CHECKS: &[crate::Check] = &[
 	("static_shared_memory_is_poisoned_for_every_block", static_shared),
 	("a_shuffle_after_lanes_left_fails", shuffle_after_exit),
 	("a_misaligned_vector_load_fails", misaligned_load),
+	("reads_and_writes_past_a_buffer_fail", out_of_bounds),
 	("launch_limits_hold", launch_limits),
 ];
 
@@ -110,6 +112,53 @@ fn load4(gpu: &Gpu, offset: i32) -> Result<f32> {
 fn misaligned_load(gpu: &Gpu) -> Result<()> {
 	ensure!(load4(gpu, 4)? == 26.0, "an aligned float4 load summed wrong");
 	ensure!(load4(gpu, 1).is_err(), "a float4 load 4 bytes off its alignment did not fail");
+	Ok(())
+}
+
+/// Launches `selftest_touch` on a fresh buffer of `len` floats (all 2.0): thread 0 of 32 reads
+/// or writes element `index`. The value read, or the launch's error.
+fn touch(gpu: &Gpu, len: usize, index: i64, write: bool) -> Result<f32> {
+	let mut x = gpu.upload(&vec![2.0f32; len])?;
+	let mut out = gpu.zeros::<f32>(1)?;
+	let f = gpu.function(&SELFTEST, "selftest_touch")?;
+	let mut launch = gpu.stream().launch_builder(&f);
+	let write = i32::from(write);
+	launch.arg(&mut x).arg(&index).arg(&write).arg(&mut out);
+	// SAFETY: selftest_touch(float*, long long, int, float*); the index may lie outside x on
+	// purpose: on the emulator that fails the launch instead of touching other memory.
+	unsafe { launch.launch(config(1, 32, 0)) }?;
+	Ok(gpu.download(&out)?[0])
+}
+
+fn out_of_bounds(gpu: &Gpu) -> Result<()> {
+	// Lengths whose ends fall at different places of their last 16 bytes and of a page.
+	for len in [1usize, 3, 4, 1000, 1024, 4096] {
+		let last = len as i64 - 1;
+		ensure!(touch(gpu, len, last, false)? == 2.0, "{len} floats: the last one read wrong");
+		touch(gpu, len, last, true)?;
+		ensure!(touch(gpu, len, 0, false)? == 2.0, "{len} floats: the first one read wrong");
+		// The first float past the end that is not in the allocation's 16-byte rounding, and one
+		// 2 KiB past that (inside the guard page that follows every allocation).
+		let past = len.div_ceil(4) as i64 * 4;
+		for index in [past, past + 512] {
+			for write in [false, true] {
+				let result = touch(gpu, len, index, write);
+				ensure!(
+					result.is_err(),
+					"{len} floats: {} element {index} did not fail: {result:?}",
+					if write { "writing" } else { "reading" }
+				);
+			}
+		}
+	}
+	// A buffer of whole pages starts right after the guard page that opens its mapping: the
+	// float before it is out of bounds too.
+	for write in [false, true] {
+		let result = touch(gpu, 1024, -1, write);
+		ensure!(result.is_err(), "element -1 of a page of floats did not fail: {result:?}");
+	}
+	// The emulator goes on after a failed launch.
+	ensure!(touch(gpu, 8, 7, false)? == 2.0, "a launch after the faults read wrong");
 	Ok(())
 }
 

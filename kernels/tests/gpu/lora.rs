@@ -70,7 +70,7 @@ fn bgmv_and_sgmv_match_the_cpu_bit_for_bit(gpu: &Gpu) -> anyhow::Result<()> {
 	];
 	for ((in_dim, out_dim), page_len) in shapes {
 		let ranks = [1usize, 2, 3, 8, 16, 64, 128, 5];
-		let pages = |rank| adapter_pages(rank, in_dim, out_dim, page_len);
+		let pages = |rank| adapter_pages(rank, in_dim, out_dim, page_len).unwrap();
 		let num_pages = (ranks.iter().map(|&r| pages(r)).sum::<usize>() + pages(3)) as u32;
 		let mut device_pool = DeviceAdapterPool::new(gpu, page_len, num_pages)?;
 		let mut host_pool = vec![0f32; num_pages as usize * page_len];
@@ -144,7 +144,8 @@ fn plans_uploaded_together(gpu: &Gpu) -> anyhow::Result<()> {
 	let mut rng = StdRng::seed_from_u64(8);
 	let (in_dim, out_dim, rows) = (96, 80, 6);
 	let ranks = [4usize, 16, 1];
-	let num_pages = ranks.iter().map(|&r| adapter_pages(r, in_dim, out_dim, 96)).sum::<usize>();
+	let num_pages =
+		ranks.iter().map(|&r| adapter_pages(r, in_dim, out_dim, 96).unwrap()).sum::<usize>();
 	let num_pages = num_pages as u32;
 	let mut device_pool = DeviceAdapterPool::new(gpu, 96, num_pages)?;
 	let mut host_pool = vec![0f32; num_pages as usize * 96];
