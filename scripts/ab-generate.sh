@@ -3,6 +3,8 @@
 # SmolLM2-135M-Instruct (chat prompt, greedy, 200 tokens, model load included), the two
 # binaries alternating RUNS times each (default 6), then each one's median wall, user and system
 # seconds and the ratio of the medians. Fails if the two generate different tokens.
+# AB_PROMPT_FILE (a file whose text is the user's message) and AB_MAX_TOKENS change the prompt
+# and the token count: a long prompt and few tokens time the prefill, the batched product.
 #
 #   scripts/ab-generate.sh OLD_BINARY NEW_BINARY [RUNS]
 #
@@ -11,7 +13,7 @@
 # `git stash pop`, build again.)
 set -euo pipefail
 if [ $# -lt 2 ]; then
-	sed -n '2,11p' "$0" >&2
+	sed -n '2,13p' "$0" >&2
 	exit 2
 fi
 old="$(realpath "$1")" new="$(realpath "$2")" runs="${3:-6}"
@@ -22,9 +24,15 @@ export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
+prompt="Tell me a long story about a dragon."
+if [ -n "${AB_PROMPT_FILE:-}" ]; then
+	prompt="$(cat "$AB_PROMPT_FILE")"
+fi
+max_tokens="${AB_MAX_TOKENS:-200}"
+
 run() { # label binary → one line "label wall user sys" on stdout, tokens in $work/label.json
 	/usr/bin/time -f "$1 %e %U %S" -o "$work/time" "$2" generate --model "$model" \
-		--prompt "Tell me a long story about a dragon." --chat --max-tokens 200 --json \
+		--prompt "$prompt" --chat --max-tokens "$max_tokens" --json \
 		>"$work/$1.json" 2>/dev/null
 	cat "$work/time"
 }

@@ -183,6 +183,16 @@ fn try_map<T, U, const N: usize>(
 	out.try_into().map_err(|_| Error::Format("a mapped array changed its length".into()))
 }
 
+/// Whether candle is asked to hold every quantized matrix dequantized (`CANDLE_DEQUANTIZE_ALL`
+/// or `CANDLE_DEQUANTIZE_ALL_F16` set to anything but "" or "0", as candle reads them): then
+/// candle's product serves every format, as it does in candle alone, instead of the block
+/// product taking some formats out of its hands.
+fn candle_dequantizes_all() -> bool {
+	["CANDLE_DEQUANTIZE_ALL", "CANDLE_DEQUANTIZE_ALL_F16"]
+		.iter()
+		.any(|name| std::env::var(name).is_ok_and(|value| !value.is_empty() && value != "0"))
+}
+
 /// A linear layer's weight matrix and the product that multiplies by it.
 #[derive(Debug, Clone)]
 enum Weight {
@@ -204,7 +214,7 @@ impl Weight {
 		let format = format_of(weight.dtype())
 			.filter(|f| matches!(f, Format::Q4_0 | Format::Q4_1 | Format::Q8_0));
 		match format {
-			Some(format) if weight.device().is_cpu() => {
+			Some(format) if weight.device().is_cpu() && !candle_dequantizes_all() => {
 				let (rows, cols) = weight.shape().dims2()?;
 				let bytes = weight.data()?.into_owned();
 				let matrix =

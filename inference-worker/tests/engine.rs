@@ -97,6 +97,18 @@ fn by_id(completions: Vec<Completion>) -> BTreeMap<u64, Generation> {
 		.collect()
 }
 
+/// Asserts that `result` (a request's, from a run's completions) is the failure of adapter
+/// `adapter` with a reason that says `says`.
+fn assert_adapter_failed(result: Option<Result<Generation, Error>>, adapter: &str, says: &str) {
+	match result {
+		Some(Err(Error::Adapter { name, reason })) => {
+			assert_eq!(name, adapter);
+			assert!(reason.contains(says), "{adapter}: {reason}");
+		}
+		other => panic!("the request for adapter {adapter} gave {other:?}"),
+	}
+}
+
 /// Same prompt, tokens, text and log-probabilities (within `tol`): serving is invariant to what
 /// shares the batch, to prefill chunking and to recompute after preemption (see
 /// `Llama::attention`).
@@ -430,13 +442,7 @@ fn the_kernel_engine_refuses_an_adapter_larger_than_its_pool() {
 	let base_id = engine.submit(&req, None).unwrap();
 	let mut results: BTreeMap<u64, _> =
 		engine.run_to_completion().into_iter().map(|c| (c.id, c.result)).collect();
-	match results.remove(&big_id) {
-		Some(Err(Error::Adapter { name, reason })) => {
-			assert_eq!(name, "big");
-			assert!(reason.contains("adapter pool"), "{reason}");
-		}
-		other => panic!("the big adapter's request gave {other:?}"),
-	}
+	assert_adapter_failed(results.remove(&big_id), "big", "adapter pool");
 	assert_eq!(results.remove(&small_id).unwrap().unwrap().tokens.len(), 2);
 	assert_eq!(results.remove(&base_id).unwrap().unwrap().tokens.len(), 2);
 	assert_eq!(engine.residency().resident(), 1, "the small adapter stays resident");
@@ -500,13 +506,7 @@ fn the_kernel_engine_refuses_a_rank_above_the_kernels_and_nan_logits() {
 	let base_id = engine.submit(&req, None).unwrap();
 	let mut results: BTreeMap<u64, _> =
 		engine.run_to_completion().into_iter().map(|c| (c.id, c.result)).collect();
-	match results.remove(&wide_id) {
-		Some(Err(Error::Adapter { name, reason })) => {
-			assert_eq!(name, "wide");
-			assert!(reason.contains("rank 130"), "{reason}");
-		}
-		other => panic!("the wide adapter's request gave {other:?}"),
-	}
+	assert_adapter_failed(results.remove(&wide_id), "wide", "rank 130");
 	assert_eq!(results.remove(&base_id).unwrap().unwrap().tokens.len(), 2);
 
 	let mut progress =
