@@ -174,11 +174,17 @@ impl QuantMatrix {
 			rows(isa, self.format, self.row_bytes, self.cols, bytes, x, y_t);
 		});
 		if n > 1 {
-			for (r, column) in transposed.chunks_exact(n).enumerate() {
-				for (i, &v) in column.iter().enumerate() {
-					y[i * out + r] = v;
+			// Back to one input row's results together, in parallel, 16 input rows per task,
+			// each task writing its rows in order (the serial scatter this replaces wrote `y`
+			// with a stride of `out`: an 878-token prefill is 1.17x faster without it).
+			y.par_chunks_mut(out * ROWS_PER_TASK).enumerate().for_each(|(task, y)| {
+				for (i, y) in y.chunks_exact_mut(out).enumerate() {
+					let i = task * ROWS_PER_TASK + i;
+					for (r, v) in y.iter_mut().enumerate() {
+						*v = transposed[r * n + i];
+					}
 				}
-			}
+			});
 		}
 		Ok(())
 	}
