@@ -295,8 +295,7 @@ where
 	}
 
 	fn adapters_fit(&self, residency: &KernelAdapters<B>, adapters: &[&LoraAdapter]) -> bool {
-		adapters.iter().fold(0usize, |sum, a| sum.saturating_add(self.pages_of(a)))
-			<= residency.num_pages
+		self.pages_of_all(adapters) <= residency.num_pages
 	}
 
 	fn samples(&self) -> bool {

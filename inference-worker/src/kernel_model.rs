@@ -331,9 +331,14 @@ impl<B: Backend> KernelLlama<B> {
 		Ok(self.backend.pool(self.page_len(), pages)?)
 	}
 
+	/// Pool pages `adapters` take together ([`KernelLlama::pages_of`] each, saturating).
+	pub fn pages_of_all(&self, adapters: &[&LoraAdapter]) -> usize {
+		adapters.iter().fold(0, |sum, a| sum.saturating_add(self.pages_of(a)))
+	}
+
 	/// An adapter pool on the backend with room for `adapters`.
 	pub fn pool_for(&self, adapters: &[&LoraAdapter]) -> Result<B::Pool> {
-		self.pool(adapters.iter().fold(0, |sum, a| sum.saturating_add(self.pages_of(a))))
+		self.pool(self.pages_of_all(adapters))
 	}
 
 	/// Columns of the logits (rows of the output projection).
