@@ -1,12 +1,49 @@
 #!/usr/bin/env bash
-# The main job: builds the node and starts a development chain (Alice authors and finalizes,
-# 6-second blocks; RPC on ws://127.0.0.1:9944, Prometheus on 9615). Extra arguments go to the
-# node, e.g. `scripts/run-dev.sh --rpc-port 9955`. State is kept in a temporary directory.
+# The main job: builds everything, then runs a development chain (Alice authors and finalizes
+# 6-second blocks; RPC on ws://127.0.0.1:9944, Prometheus on 9615; state in a temporary
+# directory) and an inference worker serving the real model (SmolLM2-135M-Instruct, fetched and
+# checked by scripts/fetch-models.sh) over HTTP on http://127.0.0.1:8080 (OpenAI's completions
+# and chat completions API; every PEFT adapter folder under $OPENLEDGER_ADAPTERS, if set, is
+# served as a model of its own name). Ctrl-C stops both; if either stops, the other is stopped.
+#
+# Extra arguments go to the node, e.g. `scripts/run-dev.sh --rpc-port 9955`;
+# OPENLEDGER_WORKER_LISTEN moves the worker (default 127.0.0.1:8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
+scripts/fetch-models.sh
 
 # The same build as the tests (all targets, one feature set), so the two commands share it.
 cargo build --release --locked --workspace --all-targets
-exec "$CARGO_TARGET_DIR/release/openledger-node" --dev --tmp --rpc-cors all "$@"
+
+worker_args=(serve
+	--model "${OPENLEDGER_MODELS:-$HOME/.cache/openledger/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
+	--listen "${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}")
+if [ -n "${OPENLEDGER_ADAPTERS:-}" ]; then
+	worker_args+=(--adapters "$OPENLEDGER_ADAPTERS")
+fi
+
+pids=()
+stop() {
+	trap - EXIT INT TERM
+	kill "${pids[@]}" 2>/dev/null || true
+	wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+"$CARGO_TARGET_DIR/release/openledger-node" --dev --tmp --rpc-cors all "$@" &
+pids+=($!)
+"$CARGO_TARGET_DIR/release/openledger-worker" "${worker_args[@]}" &
+pids+=($!)
+cat >&2 <<EOF
+openledger: the dev chain on ws://127.0.0.1:9944 and the worker on
+http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}, for example:
+  curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/completions -H 'content-type: application/json' \\
+    -d '{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}'
+EOF
+# Until either stops (then the trap stops the other).
+set +e
+wait -n
+status=$?
+exit "$status"

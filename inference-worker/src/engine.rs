@@ -22,6 +22,8 @@
 //!   room, later requests join only with adapters already in the batch, so it is not starved),
 //!   and one whose adapter could never fit fails with a clear error.
 //! - **Overload**: at most `max_waiting` requests wait; more get [`Error::Overloaded`] at once.
+//! - **Cancellation**: [`Engine::cancel`] drops a waiting or running request (its client went
+//!   away) and gives its blocks back at once.
 //! - **Failure**: a step that fails ends the requests of that batch with the error and frees
 //!   their blocks; the engine and every other request carry on.
 
@@ -101,6 +103,8 @@ pub struct EngineStats {
 	pub rejected: u64,
 	/// Requests finished (successfully or not).
 	pub finished: u64,
+	/// Requests cancelled before they finished ([`Engine::cancel`]).
+	pub cancelled: u64,
 }
 
 /// Where a request's adapter stands.
@@ -329,6 +333,24 @@ impl<D: Decoder> Engine<D> {
 			scheduled: 0,
 		});
 		Ok(id)
+	}
+
+	/// Drops request `id`, waiting or running, and frees its KV blocks (shared prefix blocks
+	/// stay cached for others); it produces no [`Completion`]. Returns whether the request was
+	/// there (false once it has finished).
+	pub fn cancel(&mut self, id: RequestId) -> bool {
+		let seq = if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+			self.waiting.remove(i)
+		} else if let Some(i) = self.running.iter().position(|s| s.id == id) {
+			Some(self.running.remove(i))
+		} else {
+			None
+		};
+		let Some(mut seq) = seq else { return false };
+		self.cache.free(&mut seq.table);
+		self.stats.cancelled += 1;
+		tracing::debug!(request = id, "cancelled");
+		true
 	}
 
 	/// Hands the adapters loaded so far to the requests waiting for them.

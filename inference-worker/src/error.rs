@@ -46,6 +46,9 @@ pub enum Error {
 	/// A request is invalid (empty prompt, too long, bad sampling parameters).
 	#[error("bad request: {0}")]
 	Request(String),
+	/// The engine's serving thread is gone (it failed): nothing more can be served.
+	#[error("the engine has stopped: {0}")]
+	Stopped(String),
 }
 
 /// The worker's result type.

@@ -11,6 +11,8 @@
 //! - [`chat`]: the model's chat template, rendered as transformers renders it.
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or rebuilt from GGUF metadata.
 //! - [`sampling`] and [`generate`]: choosing tokens and running a request to completion.
+//! - [`service`]: the engine on a thread of its own, answering requests from any thread;
+//!   [`http_api`]: the HTTP API over it (OpenAI's completions and chat completions).
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, settled once per process.
 
@@ -21,12 +23,14 @@ pub mod decoder;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod http_api;
 pub mod kernel_model;
 pub mod kv_cache;
 pub mod lora;
 pub mod model;
 pub mod models;
 pub mod sampling;
+pub mod service;
 pub mod threads;
 pub mod tokenizer;
 

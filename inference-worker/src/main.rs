@@ -4,20 +4,30 @@
 //! openledger-worker generate --model SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     [--adapter ./my-peft-adapter] --prompt "The capital of France is" \
 //!     --max-tokens 16 --temperature 0 --json
+//! openledger-worker serve --model SmolLM2-135M-Instruct.Q4_1.gguf \
+//!     [--adapters ./adapters] [--listen 127.0.0.1:8080]
 //! ```
 
-use std::path::PathBuf;
+use std::{
+	net::SocketAddr,
+	path::{Path, PathBuf},
+	sync::Arc,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use openledger_inference_worker::{
 	chat::Message,
+	decoder::Decoder,
+	engine::EngineConfig,
 	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
+	http_api::{self, ApiState},
 	kernel_model::KernelLlama,
 	lora::LoraAdapter,
 	model::{Llama, WeightFormat},
 	sampling::SamplingParams,
+	service::EngineService,
 	tokenizer::Tokenizer,
 };
 use openledger_kernels::{
@@ -38,6 +48,58 @@ struct Cli {
 enum Command {
 	/// Generate a completion of one prompt and print it (as one JSON object with `--json`).
 	Generate(GenerateArgs),
+	/// Serve the model and its LoRA adapters over HTTP (OpenAI's completions and chat
+	/// completions API), many requests batched together.
+	Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+	/// The model: a GGUF file, or a Hugging Face folder (config.json, safetensors,
+	/// tokenizer.json).
+	#[arg(long)]
+	model: PathBuf,
+	/// The address to listen on.
+	#[arg(long, default_value = "127.0.0.1:8080")]
+	listen: SocketAddr,
+	/// The base model's name in requests (`model`) and in `/v1/models` (default: the file or
+	/// folder name without its extension).
+	#[arg(long)]
+	served_model_name: Option<String>,
+	/// A folder of PEFT adapters: each subfolder with an `adapter_config.json` is served under
+	/// the subfolder's name (loaded when a request first names it).
+	#[arg(long)]
+	adapters: Option<PathBuf>,
+	/// One more adapter, as NAME=FOLDER (repeatable).
+	#[arg(long = "adapter", value_parser = named_folder)]
+	adapter: Vec<(String, PathBuf)>,
+	/// The most requests served together in a step.
+	#[arg(long, default_value_t = 32)]
+	max_running: usize,
+	/// The most requests waiting to start; more are answered 503 at once.
+	#[arg(long, default_value_t = 256)]
+	max_waiting: usize,
+	/// The most tokens one step runs (long prompts are prefilled in chunks of it).
+	#[arg(long, default_value_t = 512)]
+	max_batch_tokens: usize,
+	/// MiB of the paged KV cache.
+	#[arg(long, default_value_t = 256)]
+	kv_cache_mib: usize,
+	/// MiB of loaded adapters kept ready (and, with `--kernels`, of the adapter pool).
+	#[arg(long, default_value_t = 512)]
+	adapter_mib: usize,
+	#[command(flatten)]
+	weights: WeightArgs,
+}
+
+/// `NAME=FOLDER`.
+fn named_folder(value: &str) -> Result<(String, PathBuf), String> {
+	match value.split_once('=') {
+		Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+			Ok((name.to_string(), PathBuf::from(dir)))
+		}
+		_ => Err(format!("{value:?} is not NAME=FOLDER")),
+	}
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +142,16 @@ struct GenerateArgs {
 	/// Stop when the output contains this text (repeatable).
 	#[arg(long)]
 	stop: Vec<String>,
+	#[command(flatten)]
+	weights: WeightArgs,
+	/// Print one JSON object: prompt_tokens, tokens, logprobs, text, finish_reason.
+	#[arg(long)]
+	json: bool,
+}
+
+/// How the model's weights are held and which decoder runs them.
+#[derive(Debug, clap::Args)]
+struct WeightArgs {
 	/// Dequantize the weights to f32 at load time.
 	#[arg(long, conflicts_with = "quantize")]
 	dequantize: bool,
@@ -94,9 +166,18 @@ struct GenerateArgs {
 	/// With `--kernels`: on the GPU.
 	#[arg(long, requires = "kernels")]
 	gpu: bool,
-	/// Print one JSON object: prompt_tokens, tokens, logprobs, text, finish_reason.
-	#[arg(long)]
-	json: bool,
+}
+
+impl WeightArgs {
+	/// The candle decoder's weight format these arguments ask for.
+	fn format(&self) -> WeightFormat {
+		match (self.dequantize, self.quantize) {
+			(true, _) => WeightFormat::F32,
+			(false, Some(Quantize::Int8)) => WeightFormat::Int8,
+			(false, Some(Quantize::Int4)) => WeightFormat::Int4,
+			(false, None) => WeightFormat::AsStored,
+		}
+	}
 }
 
 /// Load-time quantization.
@@ -117,6 +198,7 @@ fn main() -> Result<()> {
 		.init();
 	match Cli::parse().command {
 		Command::Generate(args) => run_generate(args),
+		Command::Serve(args) => run_serve(args),
 	}
 }
 
@@ -124,8 +206,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 	if args.prompt.is_empty() {
 		bail!("--prompt is empty");
 	}
-	if args.kernels {
-		return if args.gpu {
+	if args.weights.kernels {
+		return if args.weights.gpu {
 			let gpu = Gpu::first()?.ok_or_else(|| {
 				anyhow!("--gpu: there is no CUDA driver or device on this machine")
 			})?;
@@ -134,14 +216,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 			run_with_kernels(args, Cpu)
 		};
 	}
-	let device = Device::Cpu;
-	let format = match (args.dequantize, args.quantize) {
-		(true, _) => WeightFormat::F32,
-		(false, Some(Quantize::Int8)) => WeightFormat::Int8,
-		(false, Some(Quantize::Int4)) => WeightFormat::Int4,
-		(false, None) => WeightFormat::AsStored,
-	};
-	let (model, tokenizer) = Llama::load(&args.model, &device, format)
+	let (model, tokenizer) = Llama::load(&args.model, &Device::Cpu, args.weights.format())
 		.with_context(|| format!("loading {}", args.model.display()))?;
 	let adapter = load_adapter(&args, |dir| model.load_adapter(dir, None))?;
 	let request = request(&args, &tokenizer)?;
@@ -203,4 +278,131 @@ fn print(generation: &Generation, json: bool) -> Result<()> {
 		println!("{}", generation.text);
 	}
 	Ok(())
+}
+
+/// `serve`: loads the model, starts the engine thread and serves the HTTP API until Ctrl-C.
+fn run_serve(args: ServeArgs) -> Result<()> {
+	let name = match &args.served_model_name {
+		Some(name) => name.clone(),
+		None => args
+			.model
+			.file_stem()
+			.and_then(|s| s.to_str())
+			.ok_or_else(|| anyhow!("--served-model-name: {} has no name", args.model.display()))?
+			.to_string(),
+	};
+	let mut adapters = match &args.adapters {
+		Some(dir) => adapter_folders(dir)?,
+		None => Vec::new(),
+	};
+	adapters.extend(args.adapter.iter().cloned());
+	let mut names: Vec<&str> = adapters.iter().map(|(n, _)| n.as_str()).collect();
+	names.sort_unstable();
+	if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+		bail!("two adapters are named {:?}", twice[0]);
+	}
+	if names.contains(&name.as_str()) {
+		bail!("an adapter has the base model's name {name:?}");
+	}
+	let config = EngineConfig {
+		kv_cache_bytes: args.kv_cache_mib << 20,
+		max_batch_tokens: args.max_batch_tokens,
+		max_running: args.max_running,
+		max_waiting: args.max_waiting,
+		adapter_bytes: args.adapter_mib << 20,
+		adapter_pool_bytes: args.adapter_mib << 20,
+		..EngineConfig::default()
+	};
+	let loading = || format!("loading {}", args.model.display());
+	let (engine, tokenizer) = if args.weights.kernels {
+		if args.weights.gpu {
+			let gpu = Gpu::first()?.ok_or_else(|| {
+				anyhow!("--gpu: there is no CUDA driver or device on this machine")
+			})?;
+			let (model, tokenizer) =
+				KernelLlama::from_gguf(&args.model, Cuda::new(gpu), None).with_context(loading)?;
+			start(model, tokenizer, config, adapters.clone())?
+		} else {
+			let (model, tokenizer) =
+				KernelLlama::from_gguf(&args.model, Cpu, None).with_context(loading)?;
+			start(model, tokenizer, config, adapters.clone())?
+		}
+	} else {
+		let (model, tokenizer) =
+			Llama::load(&args.model, &Device::Cpu, args.weights.format()).with_context(loading)?;
+		start(model, tokenizer, config, adapters.clone())?
+	};
+	let chat_template = match tokenizer.chat_template() {
+		Ok(template) => Some(template),
+		Err(e) => {
+			tracing::warn!(error = %e, "no chat template: /v1/chat/completions is refused");
+			None
+		}
+	};
+	let state = Arc::new(ApiState {
+		engine,
+		model_name: name,
+		adapters: adapters.into_iter().map(|(n, _)| n).collect(),
+		chat_template,
+		started: http_api::now(),
+	});
+	let runtime = tokio::runtime::Builder::new_multi_thread()
+		.worker_threads(2)
+		.enable_all()
+		.build()
+		.context("starting the HTTP runtime")?;
+	runtime.block_on(async move {
+		let listener = tokio::net::TcpListener::bind(args.listen)
+			.await
+			.with_context(|| format!("listening on {}", args.listen))?;
+		tracing::info!(
+			address = %listener.local_addr()?,
+			model = %state.model_name,
+			adapters = state.adapters.len(),
+			"serving"
+		);
+		eprintln!(
+			"openledger-worker: serving {} and {} adapters on http://{}",
+			state.model_name,
+			state.adapters.len(),
+			listener.local_addr()?
+		);
+		axum::serve(listener, http_api::router(state))
+			.with_graceful_shutdown(async {
+				let _ = tokio::signal::ctrl_c().await;
+			})
+			.await
+			.context("serving HTTP")
+	})
+}
+
+/// Starts the engine thread over `model`.
+fn start<D: Decoder>(
+	model: D,
+	tokenizer: Tokenizer,
+	config: EngineConfig,
+	adapters: Vec<(String, PathBuf)>,
+) -> Result<(EngineService, Tokenizer)> {
+	let service =
+		EngineService::start(Arc::new(model), Arc::new(tokenizer.clone()), config, adapters)
+			.context("starting the engine")?;
+	Ok((service, tokenizer))
+}
+
+/// The adapters in `dir`: each subfolder with an `adapter_config.json`, by its name.
+fn adapter_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+	let mut found = Vec::new();
+	for entry in std::fs::read_dir(dir).with_context(|| format!("--adapters {}", dir.display()))? {
+		let path = entry?.path();
+		if !path.join("adapter_config.json").is_file() {
+			continue;
+		}
+		let name = path
+			.file_name()
+			.and_then(|n| n.to_str())
+			.ok_or_else(|| anyhow!("the adapter folder {} has no UTF-8 name", path.display()))?;
+		found.push((name.to_string(), path.clone()));
+	}
+	found.sort();
+	Ok(found)
 }

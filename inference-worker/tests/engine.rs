@@ -304,6 +304,45 @@ fn bad_requests_and_a_full_queue_get_clear_errors() {
 	engine.submit(&ok, None).unwrap();
 }
 
+/// Cancelling a running and a waiting request frees their blocks at once, leaves the others'
+/// outputs as they are alone, and is refused for a request that is gone.
+#[test]
+fn cancelled_requests_give_their_blocks_back_and_leave_the_others_alone() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let config = EngineConfig { max_running: 2, ..small_config(&model.config, 64, 0) };
+	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
+	let free = engine.kv_cache().available_blocks();
+	let kept = request(PROMPTS[0], 8);
+	let running = engine.submit(&request(PROMPTS[1], 40), None).unwrap();
+	let kept_id = engine.submit(&kept, None).unwrap();
+	let waiting = engine.submit(&request(PROMPTS[2], 8), None).unwrap();
+	let mut done = Vec::new();
+	for _ in 0..4 {
+		done.extend(engine.step());
+	}
+	assert!(done.is_empty());
+	assert_eq!((engine.running(), engine.waiting()), (2, 1));
+	let held = free - engine.kv_cache().available_blocks();
+	assert!(engine.cancel(running));
+	assert!(engine.cancel(waiting));
+	assert!(!engine.cancel(running), "cancelled twice");
+	assert_eq!((engine.running(), engine.waiting()), (1, 0));
+	assert!(free - engine.kv_cache().available_blocks() < held, "no blocks came back");
+	done.extend(engine.run_to_completion());
+	assert_eq!(engine.kv_cache().available_blocks(), free);
+	let done = by_id(done);
+	assert_eq!(done.keys().copied().collect::<Vec<_>>(), [kept_id]);
+	assert_same(
+		&done[&kept_id],
+		&solo(&model, &tokenizer, None, &kept, &BTreeMap::new()),
+		"kept",
+		0.0,
+	);
+	assert!(!engine.cancel(kept_id), "cancelled after it finished");
+	assert_eq!(engine.stats().cancelled, 2);
+	assert_eq!(engine.stats().finished, 1);
+}
+
 /// A thousand distinct adapters, more than the adapter cache holds at once, in one run on the
 /// real model (dense weights, so that a batch step costs what its rows cost).
 #[test]

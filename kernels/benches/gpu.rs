@@ -95,9 +95,13 @@ fn main() -> anyhow::Result<()> {
 
 	// Decode GEMV: a weight matrix well past the L2 cache (≥ 256 MB dequantized to bf16
 	// terms), batch 1.
-	println!("\n## Decode GEMV (batch 1, 8192 columns)");
-	println!("| format | rows | weight MB | µs | GB/s | share of peak |");
-	println!("|---|---|---|---|---|---|");
+	println!(
+		"\n## Decode GEMV (batch 1, 8192 columns; x read directly and staged in shared memory)"
+	);
+	println!(
+		"| format | x reads | rows | weight MB | µs | GB/s | share of peak | staged / direct |"
+	);
+	println!("|---|---|---|---|---|---|---|---|");
 	let cols = 8192;
 	for format in Format::ALL {
 		let row_bytes = host_quant::row_bytes(format, cols)?;
@@ -132,17 +136,26 @@ fn main() -> anyhow::Result<()> {
 		let weights = gpu.upload(&weights_host)?;
 		let x = gpu.upload(&random(&mut rng, cols, 1.0))?;
 		let mut y = gpu.zeros::<f32>(rows)?;
-		let seconds =
-			time(&gpu, 20, || quant::gemv(&gpu, format, &weights, rows, cols, &x, 1, &mut y));
 		let bytes = (rows * row_bytes + cols * 4 + rows * 4) as f64;
-		println!(
-			"| {} | {rows} | {:.0} | {:.1} | {:.0} | {:.2} |",
-			format.name(),
-			(rows * row_bytes) as f64 / 1e6,
-			seconds * 1e6,
-			bytes / seconds / 1e9,
-			bytes / seconds / peak
-		);
+		let mut direct = f64::NAN;
+		for reads in [quant::XReads::Direct, quant::XReads::Staged] {
+			let seconds = time(&gpu, 20, || {
+				quant::gemv_reading(&gpu, reads, format, &weights, rows, cols, &x, 1, &mut y)
+			});
+			if reads == quant::XReads::Direct {
+				direct = seconds;
+			}
+			let chosen = if reads == quant::XReads::for_format(format) { " (used)" } else { "" };
+			println!(
+				"| {} | {reads:?}{chosen} | {rows} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2}x |",
+				format.name(),
+				(rows * row_bytes) as f64 / 1e6,
+				seconds * 1e6,
+				bytes / seconds / 1e9,
+				bytes / seconds / peak,
+				direct / seconds
+			);
+		}
 	}
 
 	// Paged decode attention: 64 sequences of 2,048 tokens, 32 query heads on 8 kv heads of

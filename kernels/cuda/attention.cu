@@ -16,6 +16,10 @@
 
 #define DECODE_THREADS 128
 #define DECODE_WARPS (DECODE_THREADS / 32)
+// Keys whose K rows a warp of paged_attention_decode loads at once.
+#define DECODE_KEYS 4
+// Keys whose V values a thread of paged_attention_decode loads at once.
+#define DECODE_VALUES 8
 
 #define PREFILL_BR 16
 #define PREFILL_THREADS 128
@@ -148,12 +152,17 @@ extern "C" __global__ void write_kv(
 // partial_out ([num_seqs, num_heads, max_partitions(, head_dim)]). Partitions past the context
 // write nothing (the reduce does not read them).
 //
-// Dynamic shared memory: q (head_dim rounded up to 4 floats), DECODE_WARPS floats for the
-// reductions, partition_size floats for the logits.
+// Dynamic shared memory: the partition's key rows (partition_size long longs, rounded up to an
+// even count), q (head_dim rounded up to 4 floats), DECODE_WARPS floats for the reductions,
+// partition_size floats for the logits.
 //
-// Logits: warp w takes keys w, w + DECODE_WARPS, ...; its lanes split the key's head_dim
-// (float4 loads when head_dim % 4 == 0), then an xor butterfly. The weighted values: thread d
-// takes dimensions d, d + DECODE_THREADS, ... and walks the partition's keys in order.
+// Logits: warp w takes DECODE_KEYS keys at a time (keys DECODE_KEYS * w .., then DECODE_KEYS *
+// DECODE_WARPS further), all their loads issued before any sum; its lanes split each key's
+// head_dim (float4 loads when head_dim % 4 == 0), then an xor butterfly per key. Each key's
+// cache row is computed once there (block table lookup) and kept in shared memory. The weighted
+// values: thread d takes dimensions d, d + DECODE_THREADS, ... and walks the partition's keys in
+// order, DECODE_VALUES loads in flight before their multiply-adds. Masked keys load row 0 (no
+// branch holds the loads back) and are dropped: their logit is -inf, their weight 0.
 extern "C" __global__ void paged_attention_decode(
 	const float* __restrict__ q,
 	const float* __restrict__ k_cache,
@@ -190,10 +199,14 @@ extern "C" __global__ void paged_attention_decode(
 	const int n = min(partition_size, len - part_start);
 	const int kv_head = head / (num_heads / num_kv_heads);
 	const int q_stride = (head_dim + 3) & ~3;
-	float* qs = smem;
-	float* red = smem + q_stride;
+	long long* rows = (long long*)decode_smem4;
+	float* qs = smem + 2 * ((partition_size + 1) & ~1);
+	float* red = qs + q_stride;
 	float* logits = red + DECODE_WARPS;
 	const unsigned int* table = block_tables + (size_t)seq * max_blocks_per_seq;
+	// Loads of masked keys go to row 0, there whenever the cache has a block; with none, every
+	// key is masked and nothing is loaded.
+	const bool loads = num_blocks > 0;
 
 	const float* q_row = q + ((size_t)seq * num_heads + head) * head_dim;
 	for (int d = tid; d < head_dim; d += blockDim.x) {
@@ -202,32 +215,62 @@ extern "C" __global__ void paged_attention_decode(
 	__syncthreads();
 
 	const bool vec4 = (head_dim & 3) == 0;
-	for (int i = warp; i < n; i += DECODE_WARPS) {
-		const long long row = kv_row(
-			table, max_blocks_per_seq, part_start + i, num_blocks, block_size, num_kv_heads,
-			head_dim, kv_head);
-		float s = 0.0f;
-		if (row >= 0) {
-			const float* k_row = k_cache + row;
-			if (vec4) {
-				const float4* k4 = (const float4*)k_row;
-				const float4* q4 = (const float4*)qs;
-				for (int c = lane; c < (head_dim >> 2); c += 32) {
-					const float4 a = q4[c];
-					const float4 b = __ldg(k4 + c);
-					s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+	for (int i0 = warp * DECODE_KEYS; i0 < n; i0 += DECODE_WARPS * DECODE_KEYS) {
+		long long row[DECODE_KEYS];
+		const float* k_row[DECODE_KEYS];
+		float s[DECODE_KEYS];
+#pragma unroll
+		for (int j = 0; j < DECODE_KEYS; ++j) {
+			row[j] = i0 + j < n ? kv_row(table, max_blocks_per_seq, part_start + i0 + j,
+						     num_blocks, block_size, num_kv_heads, head_dim,
+						     kv_head)
+					    : -1;
+			k_row[j] = k_cache + (row[j] >= 0 ? row[j] : 0);
+			s[j] = 0.0f;
+		}
+		if (loads && vec4) {
+			const float4* q4 = (const float4*)qs;
+			for (int c = lane; c < (head_dim >> 2); c += 32) {
+				const float4 a = q4[c];
+				float4 b[DECODE_KEYS];
+#pragma unroll
+				for (int j = 0; j < DECODE_KEYS; ++j) {
+					b[j] = __ldg((const float4*)k_row[j] + c);
 				}
-			} else {
-				for (int c = lane; c < head_dim; c += 32) {
-					s += qs[c] * __ldg(k_row + c);
+#pragma unroll
+				for (int j = 0; j < DECODE_KEYS; ++j) {
+					s[j] += a.x * b[j].x + a.y * b[j].y + a.z * b[j].z + a.w * b[j].w;
+				}
+			}
+		} else if (loads) {
+			for (int c = lane; c < head_dim; c += 32) {
+				const float a = qs[c];
+				float b[DECODE_KEYS];
+#pragma unroll
+				for (int j = 0; j < DECODE_KEYS; ++j) {
+					b[j] = __ldg(k_row[j] + c);
+				}
+#pragma unroll
+				for (int j = 0; j < DECODE_KEYS; ++j) {
+					s[j] += a * b[j];
 				}
 			}
 		}
-		s = warp_sum(s);
+#pragma unroll
+		for (int j = 0; j < DECODE_KEYS; ++j) {
+			s[j] = warp_sum(s[j]);
+		}
 		if (lane == 0) {
-			logits[i] = row >= 0 ? s * scale : NEG_INF;
+#pragma unroll
+			for (int j = 0; j < DECODE_KEYS; ++j) {
+				if (i0 + j < n) {
+					logits[i0 + j] = row[j] >= 0 ? s[j] * scale : NEG_INF;
+					rows[i0 + j] = row[j];
+				}
+			}
 		}
 	}
+	// Publishes the logits and the rows.
 	__syncthreads();
 
 	float m = NEG_INF;
@@ -247,21 +290,34 @@ extern "C" __global__ void paged_attention_decode(
 
 	const size_t at = ((size_t)seq * num_heads + head) * max_partitions + part;
 	float* out = partial_out + at * head_dim;
-	for (int d = tid; d < head_dim; d += blockDim.x) {
+	for (int d = tid; d < head_dim && loads; d += blockDim.x) {
 		float acc = 0.0f;
-		for (int i = 0; i < n; ++i) {
-			const float e = logits[i];
-			if (e == 0.0f) {
-				continue;
+		int i = 0;
+		for (; i + DECODE_VALUES <= n; i += DECODE_VALUES) {
+			float v[DECODE_VALUES];
+#pragma unroll
+			for (int j = 0; j < DECODE_VALUES; ++j) {
+				const long long row = rows[i + j];
+				v[j] = __ldg(v_cache + (row >= 0 ? row : 0) + d);
 			}
-			const long long row = kv_row(
-				table, max_blocks_per_seq, part_start + i, num_blocks, block_size,
-				num_kv_heads, head_dim, kv_head);
-			if (row >= 0) {
-				acc += e * __ldg(v_cache + row + d);
+#pragma unroll
+			for (int j = 0; j < DECODE_VALUES; ++j) {
+				const float e = logits[i + j];
+				if (e != 0.0f) {
+					acc += e * v[j];
+				}
+			}
+		}
+		for (; i < n; ++i) {
+			const float e = logits[i];
+			if (e != 0.0f) {
+				acc += e * __ldg(v_cache + rows[i] + d);
 			}
 		}
 		out[d] = acc;
+	}
+	for (int d = tid; d < head_dim && !loads; d += blockDim.x) {
+		out[d] = 0.0f;
 	}
 	if (tid == 0) {
 		exp_sums[at] = sum;

@@ -67,14 +67,15 @@ extern "C" __global__ void rope(float* __restrict__ x, const unsigned* __restric
 				const float* __restrict__ cos_t, const float* __restrict__ sin_t,
 				int pairs, int heads, int head_dim, int max_pos, int style)
 {
-	const int p = blockIdx.x * blockDim.x + threadIdx.x;
-	if (p >= pairs) {
+	// In 64 bits: the last block's threads past `pairs` would wrap a 32-bit index near 2^31.
+	const size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (p >= (size_t)pairs) {
 		return;
 	}
 	const int half = head_dim >> 1;
-	const int i = p % half;
-	const int token_head = p / half;
-	const int token = token_head / heads;
+	const int i = (int)(p % half);
+	const size_t token_head = p / half;
+	const size_t token = token_head / heads;
 	const unsigned pos = positions[token];
 	if (pos >= (unsigned)max_pos) {
 		return;
@@ -99,13 +100,13 @@ __device__ __forceinline__ float silu(float g)
 extern "C" __global__ void silu_mul(const float* __restrict__ gate_up, float* __restrict__ out,
 				    int n, int inter)
 {
-	const int k = blockIdx.x * blockDim.x + threadIdx.x;
-	if (k >= n) {
+	const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (k >= (size_t)n) {
 		return;
 	}
-	const int row = k / inter;
-	const int i = k - row * inter;
-	const float* g = gate_up + (size_t)row * 2 * inter;
+	const size_t row = k / inter;
+	const size_t i = k - row * inter;
+	const float* g = gate_up + row * 2 * inter;
 	out[k] = __fmul_rn(silu(g[i]), g[inter + i]);
 }
 
@@ -114,8 +115,8 @@ extern "C" __global__ void silu_mul_split(const float* __restrict__ gate,
 					  const float* __restrict__ up, float* __restrict__ out,
 					  int n)
 {
-	const int k = blockIdx.x * blockDim.x + threadIdx.x;
-	if (k < n) {
+	const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (k < (size_t)n) {
 		out[k] = __fmul_rn(silu(gate[k]), up[k]);
 	}
 }
@@ -123,8 +124,8 @@ extern "C" __global__ void silu_mul_split(const float* __restrict__ gate,
 // a += b over n values.
 extern "C" __global__ void add_assign(float* __restrict__ a, const float* __restrict__ b, int n)
 {
-	const int k = blockIdx.x * blockDim.x + threadIdx.x;
-	if (k < n) {
+	const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (k < (size_t)n) {
 		a[k] = __fadd_rn(a[k], b[k]);
 	}
 }

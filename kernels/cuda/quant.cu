@@ -103,9 +103,12 @@ struct Format;
 template <>
 struct Format<FMT_Q4_0> {
 	static constexpr int UNIT = 32;
+	// The unit's first column of x; its columns lie in one aligned stretch of SLOT.
+	static constexpr int SLOT = 32;
+	__device__ static int x_col(int u) { return 32 * u; }
 	__device__ static size_t row_bytes(int cols) { return (size_t)(cols / 32) * 18; }
 	template <int NC>
-	__device__ static void unit(const unsigned char* row, int u, const float* x, int cols, float (&acc)[NC])
+	__device__ static void unit(const unsigned char* row, int u, const float* x, size_t x_stride, float (&acc)[NC])
 	{
 		const unsigned char* b = row + (size_t)u * 18;
 		const float d = f16_to_f32(ld_u16(b));
@@ -113,7 +116,7 @@ struct Format<FMT_Q4_0> {
 		ld_words_u16<4>(b + 2, q);
 #pragma unroll
 		for (int c = 0; c < NC; ++c) {
-			const float* xb = x + (size_t)c * cols + (size_t)u * 32;
+			const float* xb = x + (size_t)c * x_stride;
 			float s = 0.0f;
 #pragma unroll
 			for (int i = 0; i < 4; ++i) {
@@ -137,9 +140,12 @@ struct Format<FMT_Q4_0> {
 template <>
 struct Format<FMT_Q4_1> {
 	static constexpr int UNIT = 32;
+	// The unit's first column of x; its columns lie in one aligned stretch of SLOT.
+	static constexpr int SLOT = 32;
+	__device__ static int x_col(int u) { return 32 * u; }
 	__device__ static size_t row_bytes(int cols) { return (size_t)(cols / 32) * 20; }
 	template <int NC>
-	__device__ static void unit(const unsigned char* row, int u, const float* x, int cols, float (&acc)[NC])
+	__device__ static void unit(const unsigned char* row, int u, const float* x, size_t x_stride, float (&acc)[NC])
 	{
 		const unsigned char* b = row + (size_t)u * 20;
 		const unsigned int dm = ld_u32(b);
@@ -152,7 +158,7 @@ struct Format<FMT_Q4_1> {
 		}
 #pragma unroll
 		for (int c = 0; c < NC; ++c) {
-			const float* xb = x + (size_t)c * cols + (size_t)u * 32;
+			const float* xb = x + (size_t)c * x_stride;
 			float s = 0.0f;
 			float sx = 0.0f;
 #pragma unroll
@@ -179,9 +185,12 @@ struct Format<FMT_Q4_1> {
 template <>
 struct Format<FMT_Q8_0> {
 	static constexpr int UNIT = 32;
+	// The unit's first column of x; its columns lie in one aligned stretch of SLOT.
+	static constexpr int SLOT = 32;
+	__device__ static int x_col(int u) { return 32 * u; }
 	__device__ static size_t row_bytes(int cols) { return (size_t)(cols / 32) * 34; }
 	template <int NC>
-	__device__ static void unit(const unsigned char* row, int u, const float* x, int cols, float (&acc)[NC])
+	__device__ static void unit(const unsigned char* row, int u, const float* x, size_t x_stride, float (&acc)[NC])
 	{
 		const unsigned char* b = row + (size_t)u * 34;
 		const float d = f16_to_f32(ld_u16(b));
@@ -189,7 +198,7 @@ struct Format<FMT_Q8_0> {
 		ld_words_u16<8>(b + 2, q);
 #pragma unroll
 		for (int c = 0; c < NC; ++c) {
-			const float* xb = x + (size_t)c * cols + (size_t)u * 32;
+			const float* xb = x + (size_t)c * x_stride;
 			float s = 0.0f;
 #pragma unroll
 			for (int i = 0; i < 8; ++i) {
@@ -213,6 +222,9 @@ struct Format<FMT_Q8_0> {
 template <>
 struct Format<FMT_Q4_K> {
 	static constexpr int UNIT = 64;
+	// The unit's first column of x; its columns lie in one aligned stretch of SLOT.
+	static constexpr int SLOT = 64;
+	__device__ static int x_col(int u) { return 64 * u; }
 	__device__ static size_t row_bytes(int cols) { return (size_t)(cols / 256) * 144; }
 	// Byte k (0..11) of the packed scales, held in words s1..s3 (bytes 4..15 of the block).
 	__device__ static unsigned int scale_byte(unsigned int s1, unsigned int s2, unsigned int s3, int k)
@@ -232,7 +244,7 @@ struct Format<FMT_Q4_K> {
 		}
 	}
 	template <int NC>
-	__device__ static void unit(const unsigned char* row, int u, const float* x, int cols, float (&acc)[NC])
+	__device__ static void unit(const unsigned char* row, int u, const float* x, size_t x_stride, float (&acc)[NC])
 	{
 		const int block = u >> 2;
 		const int quarter = u & 3;
@@ -252,7 +264,7 @@ struct Format<FMT_Q4_K> {
 		const unsigned int q[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
 #pragma unroll
 		for (int c = 0; c < NC; ++c) {
-			const float* xb = x + (size_t)c * cols + (size_t)block * 256 + 64 * quarter;
+			const float* xb = x + (size_t)c * x_stride;
 			float s1 = 0.0f, x1 = 0.0f, s2 = 0.0f, x2 = 0.0f;
 #pragma unroll
 			for (int i = 0; i < 8; ++i) {
@@ -283,9 +295,12 @@ struct Format<FMT_Q4_K> {
 template <>
 struct Format<FMT_Q6_K> {
 	static constexpr int UNIT = 64;
+	// The unit's first column of x; its columns lie in one aligned stretch of SLOT.
+	static constexpr int SLOT = 128;
+	__device__ static int x_col(int u) { return 256 * (u >> 2) + 128 * ((u & 3) >> 1) + 16 * (u & 1); }
 	__device__ static size_t row_bytes(int cols) { return (size_t)(cols / 256) * 210; }
 	template <int NC>
-	__device__ static void unit(const unsigned char* row, int u, const float* x, int cols, float (&acc)[NC])
+	__device__ static void unit(const unsigned char* row, int u, const float* x, size_t x_stride, float (&acc)[NC])
 	{
 		const int block = u >> 2;
 		const int half = (u & 3) >> 1;
@@ -304,7 +319,7 @@ struct Format<FMT_Q6_K> {
 		}
 #pragma unroll
 		for (int c = 0; c < NC; ++c) {
-			const float* xb = x + (size_t)c * cols + (size_t)block * 256 + 128 * half + l0;
+			const float* xb = x + (size_t)c * x_stride;
 			float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
 			for (int i = 0; i < 4; ++i) {
@@ -344,15 +359,18 @@ struct Format<FMT_Q6_K> {
 template <>
 struct Format<FMT_INT8> {
 	static constexpr int UNIT = 16;
+	// The unit's first column of x; its columns lie in one aligned stretch of SLOT.
+	static constexpr int SLOT = 16;
+	__device__ static int x_col(int u) { return 16 * u; }
 	__device__ static size_t row_bytes(int cols) { return 16 + (size_t)cols; }
 	template <int NC>
-	__device__ static void unit(const unsigned char* row, int u, const float* x, int cols, float (&acc)[NC])
+	__device__ static void unit(const unsigned char* row, int u, const float* x, size_t x_stride, float (&acc)[NC])
 	{
 		const uint4 v = ld_u128(row + 16 + (size_t)u * 16);
 		const unsigned int q[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
 		for (int c = 0; c < NC; ++c) {
-			const float* xb = x + (size_t)c * cols + (size_t)u * 16;
+			const float* xb = x + (size_t)c * x_stride;
 			float a = acc[c];
 #pragma unroll
 			for (int i = 0; i < 4; ++i) {
@@ -376,9 +394,12 @@ struct Format<FMT_INT8> {
 template <>
 struct Format<FMT_INT4> {
 	static constexpr int UNIT = 32;
+	// The unit's first column of x; its columns lie in one aligned stretch of SLOT.
+	static constexpr int SLOT = 32;
+	__device__ static int x_col(int u) { return 32 * u; }
 	__device__ static size_t row_bytes(int cols) { return (size_t)(cols / 32) * 18; }
 	template <int NC>
-	__device__ static void unit(const unsigned char* row, int u, const float* x, int cols, float (&acc)[NC])
+	__device__ static void unit(const unsigned char* row, int u, const float* x, size_t x_stride, float (&acc)[NC])
 	{
 		const unsigned char* b = row + (size_t)u * 18;
 		const float d = f16_to_f32(ld_u16(b));
@@ -386,7 +407,7 @@ struct Format<FMT_INT4> {
 		ld_words_u16<4>(b + 2, q);
 #pragma unroll
 		for (int c = 0; c < NC; ++c) {
-			const float* xb = x + (size_t)c * cols + (size_t)u * 32;
+			const float* xb = x + (size_t)c * x_stride;
 			float s = 0.0f;
 #pragma unroll
 			for (int i = 0; i < 8; ++i) {
@@ -409,9 +430,12 @@ struct Format<FMT_INT4> {
 template <>
 struct Format<FMT_BF16> {
 	static constexpr int UNIT = 8;
+	// The unit's first column of x; its columns lie in one aligned stretch of SLOT.
+	static constexpr int SLOT = 8;
+	__device__ static int x_col(int u) { return 8 * u; }
 	__device__ static size_t row_bytes(int cols) { return (size_t)cols * 2; }
 	template <int NC>
-	__device__ static void unit(const unsigned char* row, int u, const float* x, int cols, float (&acc)[NC])
+	__device__ static void unit(const unsigned char* row, int u, const float* x, size_t x_stride, float (&acc)[NC])
 	{
 		const uint4 v = ld_u128(row + (size_t)u * 16);
 		const unsigned int q[4] = {v.x, v.y, v.z, v.w};
@@ -423,7 +447,7 @@ struct Format<FMT_BF16> {
 		}
 #pragma unroll
 		for (int c = 0; c < NC; ++c) {
-			const float* xb = x + (size_t)c * cols + (size_t)u * 8;
+			const float* xb = x + (size_t)c * x_stride;
 			float xa[4], xc[4];
 			ld_x4(xb, xa);
 			ld_x4(xb + 4, xc);
@@ -441,6 +465,27 @@ struct Format<FMT_BF16> {
 	}
 	__device__ static float finish(const unsigned char*, float sum) { return sum; }
 };
+
+// The 32 lanes' sums of weight row `row` (at wr) reduced by an xor butterfly; lane 0 writes
+// them to y for input rows c0 .. c0 + NC - 1. The whole warp calls it.
+template <int FMT, int NC>
+__device__ __forceinline__ void gemv_store(
+	const unsigned char* wr, float (&acc)[NC], int lane, int row, int rows, int c0, float* __restrict__ y)
+{
+#pragma unroll
+	for (int c = 0; c < NC; ++c) {
+#pragma unroll
+		for (int off = 16; off > 0; off >>= 1) {
+			acc[c] = __fadd_rn(acc[c], __shfl_xor_sync(0xFFFFFFFFu, acc[c], off));
+		}
+	}
+	if (lane == 0) {
+#pragma unroll
+		for (int c = 0; c < NC; ++c) {
+			y[(size_t)(c0 + c) * rows + row] = Format<FMT>::finish(wr, acc[c]);
+		}
+	}
+}
 
 // y[(c0 + c) * rows + r] = W[r] . x[c0 + c] for c < NC. cols must be a positive multiple of the
 // format's block size (the launcher checks), so every unit is whole.
@@ -469,34 +514,25 @@ __device__ __forceinline__ void gemv_body(
 	}
 	const int units = cols / F::UNIT;
 	for (int u = lane; u < units; u += 32) {
-		F::template unit<NC>(wr, u, xc, cols, acc);
+		F::template unit<NC>(wr, u, xc + F::x_col(u), (size_t)cols, acc);
 	}
-#pragma unroll
-	for (int c = 0; c < NC; ++c) {
-#pragma unroll
-		for (int off = 16; off > 0; off >>= 1) {
-			acc[c] = __fadd_rn(acc[c], __shfl_xor_sync(0xFFFFFFFFu, acc[c], off));
-		}
-	}
-	if (lane == 0) {
-#pragma unroll
-		for (int c = 0; c < NC; ++c) {
-			y[(size_t)(c0 + c) * rows + row] = F::finish(wr, acc[c]);
-		}
-	}
+	gemv_store<FMT, NC>(wr, acc, lane, row, rows, c0, y);
 }
 
-#define GEMV_KERNEL(NAME, FMT, NC)                                                    \
-	extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_##NAME##_n##NC( \
-		const unsigned char* __restrict__ w,                                            \
-		int rows,                                                                       \
-		int cols,                                                                       \
-		const float* __restrict__ x,                                                    \
-		int c0,                                                                         \
-		float* __restrict__ y)                                                          \
-	{                                                                                   \
-		gemv_body<FMT, NC>(w, rows, cols, x, c0, y);                                    \
+// Kernel PREFIX_NAME_nNC running BODY<FMT, NC>.
+#define GEMV_KERNEL_OF(PREFIX, BODY, NAME, FMT, NC)                                      \
+	extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) PREFIX##_##NAME##_n##NC( \
+		const unsigned char* __restrict__ w,                                                \
+		int rows,                                                                           \
+		int cols,                                                                           \
+		const float* __restrict__ x,                                                        \
+		int c0,                                                                             \
+		float* __restrict__ y)                                                              \
+	{                                                                                       \
+		BODY<FMT, NC>(w, rows, cols, x, c0, y);                                             \
 	}
+
+#define GEMV_KERNEL(NAME, FMT, NC) GEMV_KERNEL_OF(gemv, gemv_body, NAME, FMT, NC)
 
 #define GEMV_KERNELS(NAME, FMT) \
 	GEMV_KERNEL(NAME, FMT, 1)   \
@@ -516,3 +552,98 @@ GEMV_KERNELS(q6_k, FMT_Q6_K)
 GEMV_KERNELS(int8, FMT_INT8)
 GEMV_KERNELS(int4, FMT_INT4)
 GEMV_KERNELS(bf16, FMT_BF16)
+
+// The same products with x staged in shared memory (gemv_staged_<format>_n<NC>): the block
+// goes through the row 32 units at a time (lane l still takes units l, l + 32, ..., the same
+// arithmetic in the same order, so the same bits as gemv_<format>_n<NC>). For each stretch its
+// 128 threads first copy the stretch's x (for the NC input rows) from global memory with
+// coalesced float4 loads into shared memory, SLOT columns to a slot and STAGE_PAD floats
+// between slots; then each lane reads its unit's values from there. Read directly, a warp's
+// float4 loads of x touch 32 lines at once (lane l's unit lies 32 · UNIT floats from lane
+// l + 1's) and every warp of every block reads all of x; staged, a block reads x once per 4
+// weight rows, in whole lines, and the padding puts the 8 lanes of each quarter-warp of a
+// shared float4 load on 8 different bank quads (no conflicts). Dynamic shared memory: NC ·
+// ROW floats (the launcher's staged_floats); instantiated for the NC whose stretch fits
+// 48 KiB (every NC up to 8, up to 5 for Q4_K and Q6_K).
+#define STAGE_PAD 4
+
+template <int FMT, int NC>
+__device__ __forceinline__ void gemv_staged_body(
+	const unsigned char* __restrict__ w,
+	int rows,
+	int cols,
+	const float* __restrict__ x,
+	int c0,
+	float* __restrict__ y)
+{
+	typedef Format<FMT> F;
+	constexpr int SLOT_STRIDE = F::SLOT + STAGE_PAD;
+	// Floats per input row: the stretch's slots, padded.
+	constexpr int ROW = (32 * F::UNIT / F::SLOT) * SLOT_STRIDE;
+	extern __shared__ float4 gemv_smem4[];
+	float* xs = (float*)gemv_smem4;
+	const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+	const int lane = threadIdx.x & 31;
+	// Warps past the last row stage x and meet the barriers like the others, and compute
+	// nothing.
+	const bool active = row < rows;
+	const unsigned char* wr = w + (size_t)(active ? row : 0) * F::row_bytes(cols);
+	const float* xc = x + (size_t)c0 * cols;
+	float acc[NC];
+#pragma unroll
+	for (int c = 0; c < NC; ++c) {
+		acc[c] = 0.0f;
+	}
+	const int units = cols / F::UNIT;
+	for (int u0 = 0; u0 < units; u0 += 32) {
+		const int here = min(32, units - u0);
+		const int quads = here * (F::UNIT / 4);
+		const int first = u0 * F::UNIT;
+		// The previous stretch's reads are done.
+		__syncthreads();
+#pragma unroll
+		for (int c = 0; c < NC; ++c) {
+			const float4* src = (const float4*)(xc + (size_t)c * cols + first);
+			for (int f = threadIdx.x; f < quads; f += blockDim.x) {
+				const int at = 4 * f;
+				*(float4*)(xs + c * ROW + (at / F::SLOT) * SLOT_STRIDE + at % F::SLOT) =
+					__ldg(src + f);
+			}
+		}
+		__syncthreads();
+		if (active && lane < here) {
+			const int u = u0 + lane;
+			const int at = F::x_col(u) - first;
+			F::template unit<NC>(
+				wr, u, xs + (at / F::SLOT) * SLOT_STRIDE + at % F::SLOT, (size_t)ROW, acc);
+		}
+	}
+	if (!active) {
+		return;
+	}
+	gemv_store<FMT, NC>(wr, acc, lane, row, rows, c0, y);
+}
+
+#define GEMV_STAGED_KERNEL(NAME, FMT, NC) GEMV_KERNEL_OF(gemv_staged, gemv_staged_body, NAME, FMT, NC)
+
+#define GEMV_STAGED_KERNELS_5(NAME, FMT) \
+	GEMV_STAGED_KERNEL(NAME, FMT, 1)     \
+	GEMV_STAGED_KERNEL(NAME, FMT, 2)     \
+	GEMV_STAGED_KERNEL(NAME, FMT, 3)     \
+	GEMV_STAGED_KERNEL(NAME, FMT, 4)     \
+	GEMV_STAGED_KERNEL(NAME, FMT, 5)
+
+#define GEMV_STAGED_KERNELS(NAME, FMT) \
+	GEMV_STAGED_KERNELS_5(NAME, FMT)   \
+	GEMV_STAGED_KERNEL(NAME, FMT, 6)   \
+	GEMV_STAGED_KERNEL(NAME, FMT, 7)   \
+	GEMV_STAGED_KERNEL(NAME, FMT, 8)
+
+GEMV_STAGED_KERNELS(q4_0, FMT_Q4_0)
+GEMV_STAGED_KERNELS(q4_1, FMT_Q4_1)
+GEMV_STAGED_KERNELS(q8_0, FMT_Q8_0)
+GEMV_STAGED_KERNELS_5(q4_k, FMT_Q4_K)
+GEMV_STAGED_KERNELS_5(q6_k, FMT_Q6_K)
+GEMV_STAGED_KERNELS(int8, FMT_INT8)
+GEMV_STAGED_KERNELS(int4, FMT_INT4)
+GEMV_STAGED_KERNELS(bf16, FMT_BF16)

@@ -350,7 +350,8 @@ impl LoraPlan {
 
 	/// Checks what the kernels rely on, for a plan that may have been put together by hand:
 	/// every tile lies in the batch, has 1 to [`TILE_ROWS`] rows and a rank of 1 to `max_rank`,
-	/// and its pages exist in [`Self::pages`] and in a pool of `num_pages`; a plan with tiles
+	/// shares no row with another tile (each adds its product into its rows of `y` without
+	/// atomics: two tiles on one row would race on a GPU), and its pages exist in [`Self::pages`] and in a pool of `num_pages`; a plan with tiles
 	/// has rows of at least one float and one page.
 	pub fn validate(&self, num_pages: usize) -> Result<(), ShapeError> {
 		let tiles = self.num_tiles();
@@ -365,6 +366,7 @@ impl LoraPlan {
 				self.dims, self.row_pages
 			)));
 		}
+		let mut covered = vec![false; self.rows];
 		for t in 0..tiles {
 			let (start, rows, rank) = (
 				self.tile_row_start[t] as usize,
@@ -372,6 +374,16 @@ impl LoraPlan {
 				self.tile_rank[t] as usize,
 			);
 			let pages = self.tile_pages[t] as usize;
+			let overlaps = start
+				.checked_add(rows)
+				.and_then(|end| covered.get_mut(start..end))
+				.is_some_and(|rows| rows.iter_mut().any(|c| std::mem::replace(c, true)));
+			if overlaps {
+				return Err(ShapeError(format!(
+					"tile {t}: rows {start}..{} are another tile's too",
+					start + rows
+				)));
+			}
 			if rows == 0
 				|| rows > TILE_ROWS
 				|| start + rows > self.rows
@@ -816,6 +828,11 @@ mod tests {
 		let mut bad = plan.clone();
 		bad.dims = (3, 4);
 		assert!(bad.validate(2).is_ok(), "validate knows no page length");
+		let mut bad = LoraPlan::new(4, &[(0..2, &adapter), (2..4, &adapter)]).unwrap();
+		assert!(bad.validate(2).is_ok());
+		bad.tile_row_start[1] = 1;
+		let err = bad.validate(2).unwrap_err().to_string();
+		assert!(err.contains("tile 1: rows 1..3 are another tile's too"), "{err}");
 		assert!(shrink(&pool, 4, &bad, &[0.0; 8], 4, &mut shrunk).is_err(), "4 of the plan's 3");
 	}
 }

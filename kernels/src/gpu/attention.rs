@@ -199,7 +199,9 @@ pub fn decode(
 		return Err(GpuError::Shape(format!("{max_partitions} partitions in one decode launch")));
 	}
 	let q_stride = hd.div_ceil(4) * 4;
-	let decode_shared = (q_stride + 32 + partition_size) * 4;
+	// The partition's key rows (i64, an even count of floats' room), q, reductions, logits.
+	let decode_shared =
+		(2 * partition_size.next_multiple_of(2) + q_stride + 32 + partition_size) * 4;
 	let reduce_shared = (max_partitions + 32) * 4;
 	if decode_shared > SHARED_LIMIT || reduce_shared > SHARED_LIMIT {
 		return Err(GpuError::Shape(format!(
@@ -247,8 +249,8 @@ pub fn decode(
 	// SAFETY: the arguments follow paged_attention_decode's signature; q, the caches and the
 	// tables were checked against the shapes passed, the scratch buffers hold [num_seqs,
 	// num_heads, max_partitions(, head_dim)] for the grid (num_heads, num_seqs,
-	// max_partitions), and the dynamic shared memory is the q, reduction and logit space the
-	// kernel lays out (under 48 KiB).
+	// max_partitions), and the dynamic shared memory is the key row, q, reduction and logit
+	// space the kernel lays out (under 48 KiB).
 	unsafe {
 		launch.launch(LaunchConfig {
 			grid_dim: (params.num_heads as u32, num_seqs as u32, max_partitions as u32),

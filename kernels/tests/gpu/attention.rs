@@ -96,6 +96,8 @@ fn decode(gpu: &Gpu) -> anyhow::Result<()> {
 		(256, 1, 2, 16, &[1999, 5], None, 512),
 		(16, 2, 1, 8, &[1, 9, 33, 100], Some(7), 16),
 		(96, 2, 3, 16, &[1, 511, 512, 1500], Some(600), 128),
+		// An odd partition (the kernel's shared key rows are rounded up to an even count).
+		(70, 1, 3, 16, &[1, 7, 37, 38, 75, 300], None, 37),
 	];
 	for &(head_dim, num_kv_heads, group, block_size, lens, window, partition_size) in cases {
 		let layout = KvLayout { block_size, num_kv_heads, head_dim };

@@ -7,14 +7,18 @@
 //! any indexing mistake would give (one wrong value of a 1536-long row moves the result by
 //! about 0.1 for these inputs, a wrong scale by more) while leaving room for rounding-level
 //! differences (about `cols · 2⁻²⁴ · max|w·x|`) should the compiler ever order something
-//! differently.
+//! differently. The two ways of reading x (directly and staged in shared memory) must agree
+//! to the bit.
 
 use candle_core::{
 	quantized::{GgmlDType, QTensor},
 	Device, Tensor,
 };
 use openledger_kernels::{
-	gpu::{quant, Gpu},
+	gpu::{
+		quant::{self, XReads},
+		Gpu,
+	},
 	quant::{gemm, quantize, row_bytes, Format},
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -67,13 +71,18 @@ fn check(gpu: &Gpu, format: Format) -> anyhow::Result<()> {
 				let mut y = gpu.upload(&vec![f32::NAN; n * rows])?;
 				quant::gemv(gpu, format, &w, rows, cols, &x_gpu, n, &mut y)?;
 				let got = gpu.download(&y)?;
-				crate::compare(
-					&format!("{} {rows}×{cols}, n = {n}", format.name()),
-					&got,
-					&want,
-					1e-4 * (cols as f32).sqrt(),
-					1e-5,
-				)?;
+				let what = format!("{} {rows}×{cols}, n = {n}", format.name());
+				crate::compare(&what, &got, &want, 1e-4 * (cols as f32).sqrt(), 1e-5)?;
+				// Reading x the other way (directly or staged in shared memory): the same bits.
+				let other = match XReads::for_format(format) {
+					XReads::Direct => XReads::Staged,
+					XReads::Staged => XReads::Direct,
+				};
+				let mut y = gpu.upload(&vec![f32::NAN; n * rows])?;
+				quant::gemv_reading(gpu, other, format, &w, rows, cols, &x_gpu, n, &mut y)?;
+				let same =
+					gpu.download(&y)?.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+				anyhow::ensure!(same, "{what}: reading x {other:?} changes bits");
 			}
 		}
 	}

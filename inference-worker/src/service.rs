@@ -1,0 +1,208 @@
+//! The engine on a thread of its own, taking requests from any thread or task: what the HTTP
+//! API ([`crate::http_api`]) serves through.
+//!
+//! [`EngineService::start`] builds an [`Engine`] on a new thread and runs it there: it takes
+//! the requests sent with [`EngineService::generate`] between steps (blocking only while it has
+//! nothing to do), steps while anything waits or runs, and answers each request when it
+//! finishes. A request whose caller has gone (the future of [`EngineService::generate`]
+//! dropped: an HTTP client that disconnected) is cancelled before the next step, so its KV
+//! blocks go back to the others at once. A bad request is answered at once with the engine's
+//! error and costs nothing.
+
+use std::{
+	collections::HashMap,
+	path::PathBuf,
+	sync::{
+		atomic::{AtomicBool, Ordering},
+		mpsc, Arc, Mutex,
+	},
+	time::Duration,
+};
+
+use tokio::sync::oneshot;
+
+use crate::{
+	decoder::Decoder,
+	engine::{Engine, EngineConfig, EngineStats, RequestId},
+	error::{Error, Result},
+	generate::{Generation, GenerationRequest},
+	tokenizer::Tokenizer,
+};
+
+/// One request on its way to the engine thread.
+struct Job {
+	request: GenerationRequest,
+	adapter: Option<String>,
+	reply: oneshot::Sender<Result<Generation>>,
+}
+
+/// What the engine thread has done and holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+	/// The engine's counters.
+	pub engine: EngineStats,
+	/// Requests waiting to start.
+	pub waiting: usize,
+	/// Requests running.
+	pub running: usize,
+	/// Tokens generated for requests that finished successfully.
+	pub generated_tokens: u64,
+	/// Prompt tokens of requests that finished successfully.
+	pub prompt_tokens: u64,
+}
+
+/// A handle to the engine thread; cloning it is cheap, and the thread stops when the last
+/// handle is dropped (after answering what it holds).
+#[derive(Clone)]
+pub struct EngineService {
+	jobs: mpsc::Sender<Job>,
+	stats: Arc<Mutex<ServiceStats>>,
+	alive: Arc<AtomicBool>,
+}
+
+/// Marks the engine thread stopped when it ends, however it ends (a panic included).
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+	fn drop(&mut self) {
+		self.0.store(false, Ordering::SeqCst);
+	}
+}
+
+impl EngineService {
+	/// Starts the engine thread: an [`Engine`] over `model` with `config`, and `adapters`
+	/// (name, PEFT folder) registered. Fails if the engine cannot be built (a KV cache budget
+	/// too small for one block, say).
+	pub fn start<D: Decoder>(
+		model: Arc<D>,
+		tokenizer: Arc<Tokenizer>,
+		config: EngineConfig,
+		adapters: Vec<(String, PathBuf)>,
+	) -> Result<Self> {
+		let (jobs, rx) = mpsc::channel::<Job>();
+		let stats = Arc::new(Mutex::new(ServiceStats::default()));
+		let (ready_tx, ready) = mpsc::channel::<Result<()>>();
+		let shared = stats.clone();
+		let alive = Arc::new(AtomicBool::new(true));
+		let guard = Alive(alive.clone());
+		std::thread::Builder::new()
+			.name("engine".into())
+			.spawn(move || {
+				let _alive = guard;
+				let mut engine = match Engine::new(model, tokenizer, config) {
+					Ok(engine) => engine,
+					Err(e) => {
+						let _ = ready_tx.send(Err(e));
+						return;
+					}
+				};
+				for (name, dir) in adapters {
+					engine.register_adapter(name, dir);
+				}
+				let _ = ready_tx.send(Ok(()));
+				run(engine, rx, &shared);
+			})
+			.map_err(Error::Io)?;
+		ready.recv().map_err(|_| Error::Stopped("before it was ready".into()))??;
+		Ok(Self { jobs, stats, alive })
+	}
+
+	/// Serves `request` with the registered adapter `adapter` (or the base model) and waits for
+	/// its generation. Dropping the future cancels the request.
+	pub async fn generate(
+		&self,
+		request: GenerationRequest,
+		adapter: Option<String>,
+	) -> Result<Generation> {
+		let (reply, answer) = oneshot::channel();
+		self.jobs
+			.send(Job { request, adapter, reply })
+			.map_err(|_| Error::Stopped("the request was not taken".into()))?;
+		answer.await.map_err(|_| Error::Stopped("before answering".into()))?
+	}
+
+	/// Whether the engine thread is still serving.
+	pub fn is_alive(&self) -> bool {
+		self.alive.load(Ordering::SeqCst)
+	}
+
+	/// What the engine has done so far and holds now.
+	pub fn stats(&self) -> ServiceStats {
+		*self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
+}
+
+/// The engine thread's loop (see the module documentation).
+fn run<D: Decoder>(mut engine: Engine<D>, jobs: mpsc::Receiver<Job>, stats: &Mutex<ServiceStats>) {
+	let mut replies: HashMap<RequestId, oneshot::Sender<Result<Generation>>> = HashMap::new();
+	let mut finished = (0u64, 0u64);
+	loop {
+		// Nothing to do: sleep until a request comes (or every handle is gone).
+		if !engine.has_work() {
+			match jobs.recv() {
+				Ok(job) => accept(&mut engine, job, &mut replies),
+				Err(_) => return,
+			}
+		}
+		while let Ok(job) = jobs.try_recv() {
+			accept(&mut engine, job, &mut replies);
+		}
+		replies.retain(|&id, reply| {
+			if reply.is_closed() {
+				engine.cancel(id);
+				false
+			} else {
+				true
+			}
+		});
+		let steps = engine.stats().steps;
+		let done = engine.step();
+		let idle = done.is_empty() && engine.stats().steps == steps;
+		for completion in &done {
+			if let Ok(generation) = &completion.result {
+				finished.0 += generation.prompt_tokens.len() as u64;
+				finished.1 += generation.tokens.len() as u64;
+			}
+		}
+		// The figures first, so that a client that has its answer sees them.
+		*stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = ServiceStats {
+			engine: engine.stats(),
+			waiting: engine.waiting(),
+			running: engine.running(),
+			prompt_tokens: finished.0,
+			generated_tokens: finished.1,
+		};
+		for completion in done {
+			if let Some(reply) = replies.remove(&completion.id) {
+				let _ = reply.send(completion.result);
+			}
+		}
+		if idle && engine.has_work() {
+			// Nothing could run this step (an adapter is loading): wait a little for it, or for
+			// a new request, rather than spin.
+			match jobs.recv_timeout(Duration::from_millis(2)) {
+				Ok(job) => accept(&mut engine, job, &mut replies),
+				Err(mpsc::RecvTimeoutError::Timeout) => {}
+				Err(mpsc::RecvTimeoutError::Disconnected) => {
+					std::thread::sleep(Duration::from_millis(2))
+				}
+			}
+		}
+	}
+}
+
+/// Submits `job` to the engine, or answers it at once with why it cannot be served.
+fn accept<D: Decoder>(
+	engine: &mut Engine<D>,
+	job: Job,
+	replies: &mut HashMap<RequestId, oneshot::Sender<Result<Generation>>>,
+) {
+	match engine.submit(&job.request, job.adapter.as_deref()) {
+		Ok(id) => {
+			replies.insert(id, job.reply);
+		}
+		Err(e) => {
+			let _ = job.reply.send(Err(e));
+		}
+	}
+}

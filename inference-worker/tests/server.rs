@@ -1,0 +1,402 @@
+//! The HTTP API on the real model: what it answers equals what the library generates alone,
+//! many clients at once included; every bad request gets its status and a JSON error; a client
+//! that hangs up cancels its request; and `openledger-worker serve` serves a folder of adapters.
+
+use std::{
+	collections::BTreeMap,
+	io::{BufRead, BufReader, Read, Write},
+	net::{SocketAddr, TcpStream},
+	path::{Path, PathBuf},
+	process::{Child, Command, Stdio},
+	sync::Arc,
+	time::{Duration, Instant},
+};
+
+use candle_core::Device;
+use openledger_inference_worker::{
+	engine::EngineConfig,
+	generate::{generate, FinishReason, Generation, GenerationRequest},
+	http_api::{self, ApiState},
+	lora::{
+		synthetic::{self, SyntheticAdapter},
+		Projection,
+	},
+	model::{Llama, WeightFormat},
+	models,
+	sampling::SamplingParams,
+	service::EngineService,
+	tokenizer::Tokenizer,
+};
+use serde_json::{json, Value};
+
+const MODEL: &str = "smollm2";
+
+fn load() -> (Arc<Llama>, Arc<Tokenizer>) {
+	let path = models::smollm2_gguf();
+	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
+	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::AsStored).unwrap();
+	(Arc::new(model), Arc::new(tokenizer))
+}
+
+/// Writes a rank-8 adapter on q, v and down into `dir`.
+fn write_adapter(model: &Llama, dir: &Path, seed: u64) {
+	let spec = SyntheticAdapter {
+		seed,
+		rank: 8,
+		alpha: 16.0,
+		targets: vec![Projection::Q, Projection::V, Projection::Down],
+		rank_pattern: BTreeMap::new(),
+		alpha_pattern: BTreeMap::new(),
+	};
+	synthetic::write(&spec, &model.config, dir).unwrap();
+}
+
+/// The API on an ephemeral port of this machine, with `adapters` registered; its address.
+fn start(
+	model: Arc<Llama>,
+	tokenizer: Arc<Tokenizer>,
+	adapters: Vec<(String, PathBuf)>,
+	config: EngineConfig,
+) -> SocketAddr {
+	let engine = EngineService::start(model, tokenizer.clone(), config, adapters.clone()).unwrap();
+	let state = Arc::new(ApiState {
+		engine,
+		model_name: MODEL.into(),
+		adapters: adapters.into_iter().map(|(name, _)| name).collect(),
+		chat_template: Some(tokenizer.chat_template().unwrap()),
+		started: http_api::now(),
+	});
+	let runtime =
+		tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+	let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0))).unwrap();
+	let address = listener.local_addr().unwrap();
+	std::thread::spawn(move || {
+		runtime.block_on(async { axum::serve(listener, http_api::router(state)).await.unwrap() })
+	});
+	address
+}
+
+/// POSTs `body` to `path` and returns the connection without reading the answer.
+fn send(address: SocketAddr, path: &str, body: &str) -> TcpStream {
+	let mut stream = TcpStream::connect(address).unwrap();
+	write!(
+		stream,
+		"POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+		 Content-Length: {}\r\n\r\n{body}",
+		body.len()
+	)
+	.unwrap();
+	stream
+}
+
+/// Sends `method path` with `body` (as JSON) and returns the status and the body.
+fn call(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+	let mut stream = TcpStream::connect(address).unwrap();
+	stream.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+	write!(
+		stream,
+		"{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: \
+		 application/json\r\nContent-Length: {}\r\n\r\n",
+		body.len()
+	)
+	.unwrap();
+	// A body over the limit may be answered (and the connection closed) before it is all sent.
+	let _ = stream.write_all(body);
+	let mut answer = String::new();
+	stream.read_to_string(&mut answer).unwrap();
+	let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+	let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+	(status, body.to_string())
+}
+
+fn post(address: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+	let (status, body) = call(address, "POST", path, body.to_string().as_bytes());
+	(status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
+}
+
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+	call(address, "GET", path, b"")
+}
+
+/// A metric's value in `/metrics`.
+fn metric(address: SocketAddr, name: &str) -> u64 {
+	let (status, text) = get(address, "/metrics");
+	assert_eq!(status, 200);
+	let line = text
+		.lines()
+		.find(|l| l.starts_with(&format!("openledger_worker_{name} ")))
+		.unwrap_or_else(|| panic!("no {name} in {text}"));
+	line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn greedy(prompt: &str, max_tokens: usize) -> GenerationRequest {
+	GenerationRequest {
+		prompt: prompt.into(),
+		max_tokens,
+		sampling: SamplingParams::default(),
+		stop: vec![],
+	}
+}
+
+/// Asserts that `answer` (a completion's JSON) carries `want`'s text, reason and counts.
+fn assert_answers(answer: &Value, want: &Generation, text_at: &str) {
+	let choice = &answer["choices"][0];
+	assert_eq!(choice.pointer(text_at).and_then(Value::as_str), Some(want.text.as_str()));
+	let reason = match want.finish_reason {
+		FinishReason::Length => "length",
+		FinishReason::Eos | FinishReason::Stop => "stop",
+	};
+	assert_eq!(choice["finish_reason"], reason, "{answer}");
+	assert_eq!(answer["usage"]["prompt_tokens"], want.prompt_tokens.len());
+	assert_eq!(answer["usage"]["completion_tokens"], want.tokens.len());
+	assert_eq!(answer["usage"]["total_tokens"], want.prompt_tokens.len() + want.tokens.len());
+}
+
+#[test]
+fn completions_answer_what_the_model_generates_alone_for_many_clients_at_once() {
+	let (model, tokenizer) = load();
+	let root = tempfile::tempdir().unwrap();
+	let dir = root.path().join("tuned");
+	write_adapter(&model, &dir, 7);
+	let adapter = model.load_adapter(&dir, Some("tuned")).unwrap();
+	let address = start(
+		model.clone(),
+		tokenizer.clone(),
+		vec![("tuned".into(), dir)],
+		EngineConfig::default(),
+	);
+
+	let (status, health) = get(address, "/health");
+	assert_eq!((status, health.as_str()), (200, r#"{"status":"ok"}"#));
+	let (status, list) = get(address, "/v1/models");
+	assert_eq!(status, 200);
+	let list: Value = serde_json::from_str(&list).unwrap();
+	let ids: Vec<&str> =
+		list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+	assert_eq!(ids, [MODEL, "tuned"]);
+	assert_eq!(list["data"][1]["parent"], MODEL);
+
+	// Six clients at once, three on the base model and three on the adapter: each gets what
+	// the model generates for it alone (greedy, the quantized weights: to the bit).
+	let prompts = ["The capital of France is", "def add(a, b):", "Data attribution pays"];
+	let cases: Vec<(&str, Option<&str>)> =
+		prompts.iter().flat_map(|&p| [(p, None), (p, Some("tuned"))]).collect();
+	let answers: Vec<Value> = std::thread::scope(|s| {
+		let handles: Vec<_> = cases
+			.iter()
+			.map(|&(prompt, adapter)| {
+				s.spawn(move || {
+					let mut body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0});
+					if let Some(name) = adapter {
+						body["model"] = json!(name);
+					}
+					let (status, answer) = post(address, "/v1/completions", &body);
+					assert_eq!(status, 200, "{answer}");
+					answer
+				})
+			})
+			.collect();
+		handles.into_iter().map(|h| h.join().unwrap()).collect()
+	});
+	for ((prompt, name), answer) in cases.iter().zip(&answers) {
+		let lora = name.map(|_| &adapter);
+		let want = generate(&model, &tokenizer, lora, &greedy(prompt, 16)).unwrap();
+		assert_answers(answer, &want, "/text");
+		assert_eq!(answer["object"], "text_completion");
+		assert_eq!(answer["model"], name.unwrap_or(MODEL));
+	}
+	assert_ne!(answers[0]["choices"][0]["text"], answers[1]["choices"][0]["text"]);
+
+	// A chat: the messages in the model's template, then the same generation.
+	let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]);
+	let (status, answer) = post(
+		address,
+		"/v1/chat/completions",
+		&json!({"messages": messages, "max_tokens": 16, "temperature": 0, "model": "tuned"}),
+	);
+	assert_eq!(status, 200, "{answer}");
+	let rendered = tokenizer
+		.chat_template()
+		.unwrap()
+		.render(&serde_json::from_value::<Vec<_>>(messages).unwrap(), true)
+		.unwrap();
+	let want = generate(&model, &tokenizer, Some(&adapter), &greedy(&rendered, 16)).unwrap();
+	assert_answers(&answer, &want, "/message/content");
+	assert_eq!(answer["choices"][0]["message"]["role"], "assistant");
+
+	// Stop sequences and seeded sampling are the library's.
+	let mut request = greedy("The capital of France is", 16);
+	request.stop = vec!["\n".into()];
+	request.sampling = SamplingParams {
+		temperature: 0.8,
+		top_k: 40,
+		top_p: 0.9,
+		seed: 11,
+		..SamplingParams::default()
+	};
+	let want = generate(&model, &tokenizer, None, &request).unwrap();
+	let (status, answer) = post(
+		address,
+		"/v1/completions",
+		&json!({"prompt": ["The capital of France is"], "max_tokens": 16, "stop": "\n",
+			"logprobs": null, "echo": false, "n": 1, "stream": false,
+			"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 11}),
+	);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["text"], want.text.as_str());
+
+	assert_eq!(metric(address, "requests_finished_total"), 8);
+	assert_eq!(metric(address, "requests_running"), 0);
+	let generated: usize =
+		answers.iter().map(|a| a["usage"]["completion_tokens"].as_u64().unwrap() as usize).sum();
+	assert!(metric(address, "generation_tokens_total") as usize > generated);
+}
+
+#[test]
+fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
+	let (model, tokenizer) = load();
+	let root = tempfile::tempdir().unwrap();
+	let corrupt = root.path().join("corrupt");
+	write_adapter(&model, &corrupt, 3);
+	std::fs::write(corrupt.join("adapter_model.safetensors"), b"not a safetensors file").unwrap();
+	let config = EngineConfig { max_running: 1, max_waiting: 1, ..EngineConfig::default() };
+	let address = start(model, tokenizer, vec![("corrupt".into(), corrupt)], config);
+
+	let error = |status: u16, body: &[u8], code: &str, says: &str| {
+		let (got, text) = call(address, "POST", "/v1/completions", body);
+		let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+		assert_eq!(got, status, "{answer}");
+		assert_eq!(answer["error"]["code"], code, "{answer}");
+		let message = answer["error"]["message"].as_str().unwrap();
+		assert!(message.contains(says), "{message:?} does not say {says:?}");
+	};
+	error(400, br#"{"prompt": "x","#, "invalid_json", "EOF");
+	error(400, br#"{"max_tokens": 3}"#, "invalid_json", "prompt");
+	error(400, br#"{"prompt": 5}"#, "invalid_json", "prompt");
+	error(404, br#"{"prompt": "x", "model": "nope"}"#, "model_not_found", "nope");
+	error(400, br#"{"prompt": ""}"#, "invalid_request", "the prompt is empty");
+	error(400, br#"{"prompt": "x", "max_tokens": 0}"#, "invalid_request", "max_tokens is 0");
+	error(400, br#"{"prompt": "x", "max_tokens": 100000}"#, "invalid_request", "context of 8192");
+	error(400, br#"{"prompt": "x", "temperature": -1}"#, "invalid_request", "temperature");
+	error(400, br#"{"prompt": "x", "top_p": 0}"#, "invalid_request", "top_p");
+	error(400, br#"{"prompt": "x", "top_k": -2}"#, "invalid_request", "top_k");
+	error(400, br#"{"prompt": "x", "stream": true}"#, "invalid_request", "stream");
+	error(400, br#"{"prompt": "x", "n": 2}"#, "invalid_request", "n:");
+	error(400, br#"{"prompt": "x", "logprobs": 5}"#, "invalid_request", "logprobs");
+	error(400, br#"{"prompt": "x", "echo": true}"#, "invalid_request", "echo");
+	error(400, br#"{"prompt": ["x", "y"]}"#, "invalid_request", "one prompt");
+	error(400, br#"{"prompt": "x", "stop": ["a","b","c","d","e"]}"#, "invalid_request", "stop");
+	error(422, br#"{"prompt": "x", "model": "corrupt"}"#, "adapter_unavailable", "corrupt");
+	let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(http_api::MAX_BODY_BYTES));
+	error(413, big.as_bytes(), "body_too_large", "length limit");
+	let (status, text) = call(address, "POST", "/v1/chat/completions", br#"{"messages": []}"#);
+	assert_eq!(status, 400, "{text}");
+	assert!(text.contains("at least one message"), "{text}");
+
+	// A client that hangs up: its request is cancelled and its blocks freed, and the next
+	// request is served.
+	let body =
+		json!({"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 4000, "temperature": 0}).to_string();
+	let stream = send(address, "/v1/completions", &body);
+	let since = Instant::now();
+	while metric(address, "requests_running") == 0 {
+		assert!(since.elapsed() < Duration::from_secs(60), "the request never started");
+		std::thread::sleep(Duration::from_millis(20));
+	}
+	// With one running and one waiting, the queue is full: a third is told to come back.
+	let waiting = send(address, "/v1/completions", &body);
+	while metric(address, "requests_waiting") == 0 {
+		assert!(since.elapsed() < Duration::from_secs(60), "the second request never queued");
+		std::thread::sleep(Duration::from_millis(20));
+	}
+	error(503, body.as_bytes(), "overloaded", "overloaded");
+	drop(stream);
+	drop(waiting);
+	while metric(address, "requests_cancelled_total") < 2 || metric(address, "requests_running") > 0
+	{
+		assert!(since.elapsed() < Duration::from_secs(60), "the requests were not cancelled");
+		std::thread::sleep(Duration::from_millis(20));
+	}
+	assert_eq!(metric(address, "requests_waiting"), 0);
+	assert_eq!(metric(address, "requests_rejected_total"), 1);
+	let (status, answer) =
+		post(address, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 2}));
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["usage"]["completion_tokens"], 2);
+}
+
+/// `openledger-worker serve` until dropped.
+struct Served(Child);
+
+impl Drop for Served {
+	fn drop(&mut self) {
+		let _ = self.0.kill();
+		let _ = self.0.wait();
+	}
+}
+
+#[test]
+fn the_serve_command_serves_a_folder_of_adapters() {
+	let (model, tokenizer) = load();
+	let root = tempfile::tempdir().unwrap();
+	write_adapter(&model, &root.path().join("alpha"), 1);
+	write_adapter(&model, &root.path().join("beta"), 2);
+	std::fs::create_dir(root.path().join("not-an-adapter")).unwrap();
+	let elsewhere = tempfile::tempdir().unwrap();
+	let extra = elsewhere.path().join("gamma");
+	write_adapter(&model, &extra, 3);
+	let mut child = Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
+		.arg("serve")
+		.arg("--model")
+		.arg(models::smollm2_gguf())
+		.args(["--listen", "127.0.0.1:0", "--served-model-name", "base", "--adapters"])
+		.arg(root.path())
+		.arg("--adapter")
+		.arg(format!("gamma={}", extra.display()))
+		.stderr(Stdio::piped())
+		.spawn()
+		.unwrap();
+	let stderr = child.stderr.take().unwrap();
+	let served = Served(child);
+	// "openledger-worker: serving base and 3 adapters on http://ADDRESS"
+	let line = BufReader::new(stderr)
+		.lines()
+		.map(Result::unwrap)
+		.find(|l| l.starts_with("openledger-worker: serving"))
+		.expect("the worker stopped before serving");
+	assert!(line.contains("serving base and 3 adapters"), "{line}");
+	let address: SocketAddr = line.rsplit("http://").next().unwrap().parse().unwrap();
+	let (status, list) = get(address, "/v1/models");
+	assert_eq!(status, 200);
+	let list: Value = serde_json::from_str(&list).unwrap();
+	let ids: Vec<&str> =
+		list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+	assert_eq!(ids, ["base", "alpha", "beta", "gamma"]);
+	let (status, answer) = post(
+		address,
+		"/v1/completions",
+		&json!({"model": "gamma", "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}),
+	);
+	assert_eq!(status, 200, "{answer}");
+	let adapter = model.load_adapter(&extra, Some("gamma")).unwrap();
+	let want =
+		generate(&model, &tokenizer, Some(&adapter), &greedy("The capital of France is", 16))
+			.unwrap();
+	assert_answers(&answer, &want, "/text");
+	drop(served);
+
+	// Two adapters of one name are refused before anything is served.
+	let output = Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
+		.arg("serve")
+		.arg("--model")
+		.arg(models::smollm2_gguf())
+		.arg("--adapters")
+		.arg(root.path())
+		.arg("--adapter")
+		.arg(format!("alpha={}", extra.display()))
+		.output()
+		.unwrap();
+	assert!(!output.status.success());
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(stderr.contains(r#"two adapters are named "alpha""#), "{stderr}");
+}
