@@ -152,9 +152,14 @@ enum OneOrMany {
 	Many(Vec<String>),
 }
 
-/// The sampling fields both endpoints take.
+/// A request to either endpoint: `prompt` for completions, `messages` for chat. (One flat
+/// struct rather than a shared part with `#[serde(flatten)]`: flattening buffers numbers,
+/// which fails under serde_json's `arbitrary_precision`, enabled in this workspace.)
 #[derive(Debug, Deserialize)]
-struct Sampling {
+struct Body {
+	model: Option<String>,
+	prompt: Option<OneOrMany>,
+	messages: Option<Vec<Message>>,
 	max_tokens: Option<usize>,
 	/// The chat endpoint's newer name for `max_tokens`.
 	max_completion_tokens: Option<usize>,
@@ -170,24 +175,6 @@ struct Sampling {
 	logprobs: Option<Value>,
 	/// Completions: whether to put the prompt before the answer.
 	echo: Option<bool>,
-}
-
-/// A `/v1/completions` request.
-#[derive(Debug, Deserialize)]
-struct CompletionRequest {
-	model: Option<String>,
-	prompt: OneOrMany,
-	#[serde(flatten)]
-	sampling: Sampling,
-}
-
-/// A `/v1/chat/completions` request.
-#[derive(Debug, Deserialize)]
-struct ChatRequest {
-	model: Option<String>,
-	messages: Vec<Message>,
-	#[serde(flatten)]
-	sampling: Sampling,
 }
 
 /// Token counts of an answer.
@@ -237,7 +224,7 @@ impl ApiState {
 }
 
 /// The engine's request for `prompt` with `sampling`.
-fn generation_request(prompt: String, sampling: Sampling) -> Result<GenerationRequest, ApiError> {
+fn generation_request(prompt: String, sampling: Body) -> Result<GenerationRequest, ApiError> {
 	if sampling.stream == Some(true) {
 		return Err(ApiError::bad_request("stream: streaming answers are not served yet"));
 	}
@@ -323,37 +310,44 @@ fn answer(
 
 async fn completions(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<CompletionRequest>, JsonRejection>,
+	body: Result<Json<Body>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Json(mut body) = body?;
 	let adapter = state.adapter_of(body.model.as_deref())?;
-	let prompt = match body.prompt {
-		OneOrMany::One(prompt) => prompt,
-		OneOrMany::Many(mut prompts) if prompts.len() == 1 => prompts.remove(0),
-		OneOrMany::Many(_) => {
+	let prompt = match body.prompt.take() {
+		None => return Err(ApiError::bad_request("prompt: missing field `prompt`")),
+		Some(OneOrMany::One(prompt)) => prompt,
+		Some(OneOrMany::Many(mut prompts)) if prompts.len() == 1 => prompts.remove(0),
+		Some(OneOrMany::Many(_)) => {
 			return Err(ApiError::bad_request("prompt: one prompt per request is served"))
 		}
 	};
-	let request = generation_request(prompt, body.sampling)?;
+	let model = body.model.take();
+	let request = generation_request(prompt, body)?;
 	let generation = state.engine.generate(request, adapter).await?;
 	let choice = json!({ "text": generation.text });
-	Ok(answer(&state, "cmpl", "text_completion", body.model, choice, &generation))
+	Ok(answer(&state, "cmpl", "text_completion", model, choice, &generation))
 }
 
 async fn chat_completions(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<ChatRequest>, JsonRejection>,
+	body: Result<Json<Body>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Json(mut body) = body?;
 	let adapter = state.adapter_of(body.model.as_deref())?;
 	let template = state.chat_template.as_ref().ok_or_else(|| {
 		ApiError::bad_request("this model has no chat template: use /v1/completions")
 	})?;
-	let prompt = template.render(&body.messages, true)?;
-	let request = generation_request(prompt, body.sampling)?;
+	let messages = body
+		.messages
+		.take()
+		.ok_or_else(|| ApiError::bad_request("messages: missing field `messages`"))?;
+	let prompt = template.render(&messages, true)?;
+	let model = body.model.take();
+	let request = generation_request(prompt, body)?;
 	let generation = state.engine.generate(request, adapter).await?;
 	let choice = json!({ "message": { "role": "assistant", "content": generation.text } });
-	Ok(answer(&state, "chatcmpl", "chat.completion", body.model, choice, &generation))
+	Ok(answer(&state, "chatcmpl", "chat.completion", model, choice, &generation))
 }
 
 async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {

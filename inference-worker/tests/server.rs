@@ -271,7 +271,7 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 		assert!(message.contains(says), "{message:?} does not say {says:?}");
 	};
 	error(400, br#"{"prompt": "x","#, "invalid_json", "EOF");
-	error(400, br#"{"max_tokens": 3}"#, "invalid_json", "prompt");
+	error(400, br#"{"max_tokens": 3}"#, "invalid_request", "missing field `prompt`");
 	error(400, br#"{"prompt": 5}"#, "invalid_json", "prompt");
 	error(404, br#"{"prompt": "x", "model": "nope"}"#, "model_not_found", "nope");
 	error(400, br#"{"prompt": ""}"#, "invalid_request", "the prompt is empty");
@@ -289,6 +289,9 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 	error(422, br#"{"prompt": "x", "model": "corrupt"}"#, "adapter_unavailable", "corrupt");
 	let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(http_api::MAX_BODY_BYTES));
 	error(413, big.as_bytes(), "body_too_large", "length limit");
+	let (status, text) = call(address, "POST", "/v1/chat/completions", br#"{"prompt": "x"}"#);
+	assert_eq!(status, 400, "{text}");
+	assert!(text.contains("missing field `messages`"), "{text}");
 	let (status, text) = call(address, "POST", "/v1/chat/completions", br#"{"messages": []}"#);
 	assert_eq!(status, 400, "{text}");
 	assert!(text.contains("at least one message"), "{text}");
