@@ -270,6 +270,12 @@ impl<D: Decoder> Engine<D> {
 		self.running.len()
 	}
 
+	/// The tokens each running request has generated so far (streaming answers send their
+	/// text as it grows).
+	pub fn outputs(&self) -> impl Iterator<Item = (RequestId, &[u32])> {
+		self.running.iter().map(|s| (s.id, s.progress.tokens.as_slice()))
+	}
+
 	/// Whether any request is waiting or running.
 	pub fn has_work(&self) -> bool {
 		!self.waiting.is_empty() || !self.running.is_empty()
@@ -532,7 +538,7 @@ impl<D: Decoder> Engine<D> {
 				let reason = e.to_string();
 				for mut seq in self.running.drain(..) {
 					self.cache.free(&mut seq.table);
-					let error = Error::Request(format!("the batch step failed: {reason}"));
+					let error = Error::Batch(reason.clone());
 					done.push(Completion { id: seq.id, result: Err(error) });
 					self.stats.finished += 1;
 				}
@@ -550,7 +556,7 @@ impl<D: Decoder> Engine<D> {
 			let sampled = match next {
 				Next::Logits(logits) => seq.progress.advance(&logits, &self.tokenizer),
 				Next::Sampled(sampled) => seq.progress.record(sampled, &self.tokenizer),
-				Next::Nothing => Err(Error::Request("the decoder gave no next token".into())),
+				Next::Nothing => Err(Error::Batch("the decoder gave no next token".into())),
 			};
 			match sampled {
 				Ok(token) if !seq.progress.is_finished() => {

@@ -46,6 +46,10 @@ pub enum Error {
 	/// A request is invalid (empty prompt, too long, bad sampling parameters).
 	#[error("bad request: {0}")]
 	Request(String),
+	/// Running a batch failed (the device, or the decoder's own fault): the requests in it end
+	/// with this error, the engine carries on.
+	#[error("the batch step failed: {0}")]
+	Batch(String),
 	/// The engine's serving thread is gone (it failed): nothing more can be served.
 	#[error("the engine has stopped: {0}")]
 	Stopped(String),

@@ -4,10 +4,18 @@
 //! - `POST /v1/completions`: `model` (the base model's name, or an adapter's; absent: the
 //!   base), `prompt` (a string, or an array of one), `max_tokens` (16), `temperature` (1),
 //!   `top_p` (1), `top_k` (a vLLM extension; 0 or -1: all), `repetition_penalty` (1), `seed`
-//!   (random when absent), `stop` (a string or up to 4), `n` (1 only), `stream`, `logprobs`
-//!   and `echo` (refused when asked for: not served yet).
+//!   (random when absent; choice `i` of `n` is seeded with `seed + i`), `stop` (a string or up
+//!   to 4), `n` (choices, 1 to 16), `stream` and `stream_options.include_usage`;
+//!   `logprobs` and `echo` are refused when asked for (not served yet).
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt`.
+//! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
+//!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
+//!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
+//!   when it ends, a chunk with `usage` (and no choices) if asked for, then `data: [DONE]`.
+//!   The text sent adds up to exactly the whole answer's (text that a stop sequence could still
+//!   cut is held back). A request the engine refuses gets its error status before any event;
+//!   an error after the events began is sent as an `{"error": …}` event before `[DONE]`.
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base).
 //! - `GET /health`: 200 while the engine serves, 503 once its thread has stopped.
 //! - `GET /metrics`: the engine's counters and gauges in Prometheus' text format.
@@ -16,10 +24,12 @@
 //! says whose fault it is: 400 for a malformed or impossible request (bad JSON, an empty or too
 //! long prompt, a bad sampling value), 404 for an unknown model, 413 for a body over the limit,
 //! 422 for an adapter that cannot be loaded (its files are corrupt or do not fit the base), 503
-//! when the queue is full (try again), 500 otherwise. A client that disconnects cancels its
-//! request: its KV blocks go back to the others before the next step.
+//! when the queue is full (try again), 500 otherwise (a failed batch step, a stopped engine). A
+//! client that disconnects cancels its request (every choice of it, streamed or not): its KV
+//! blocks go back to the others before the next step.
 
 use std::{
+	convert::Infallible,
 	sync::Arc,
 	time::{SystemTime, UNIX_EPOCH},
 };
@@ -27,10 +37,14 @@ use std::{
 use axum::{
 	extract::{rejection::JsonRejection, DefaultBodyLimit, State},
 	http::{header, StatusCode},
-	response::{IntoResponse, Response},
+	response::{
+		sse::{Event, KeepAlive, Sse},
+		IntoResponse, Response,
+	},
 	routing::{get, post},
 	Json, Router,
 };
+use futures::stream::{BoxStream, SelectAll, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -39,7 +53,7 @@ use crate::{
 	error::Error,
 	generate::{FinishReason, Generation, GenerationRequest},
 	sampling::SamplingParams,
-	service::EngineService,
+	service::{EngineService, EventStream, StreamEvent},
 };
 
 /// The largest request body taken, in bytes (a prompt beyond the model's context is refused
@@ -132,15 +146,19 @@ impl From<JsonRejection> for ApiError {
 	}
 }
 
+impl ApiError {
+	/// OpenAI's error object.
+	fn body(&self) -> Value {
+		json!({ "error": { "message": self.message, "type": self.kind, "code": self.code } })
+	}
+}
+
 impl IntoResponse for ApiError {
 	fn into_response(self) -> Response {
 		if self.status.is_server_error() {
 			tracing::warn!(status = %self.status, error = %self.message, "request failed");
 		}
-		let body = json!({
-			"error": { "message": self.message, "type": self.kind, "code": self.code }
-		});
-		(self.status, Json(body)).into_response()
+		(self.status, Json(self.body())).into_response()
 	}
 }
 
@@ -171,10 +189,18 @@ struct Body {
 	stop: Option<OneOrMany>,
 	n: Option<usize>,
 	stream: Option<bool>,
+	stream_options: Option<StreamOptions>,
 	/// Completions: how many top tokens' log-probabilities; chat: whether to return them.
 	logprobs: Option<Value>,
 	/// Completions: whether to put the prompt before the answer.
 	echo: Option<bool>,
+}
+
+/// What a streamed answer also sends.
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+	/// A last chunk with the token counts.
+	include_usage: Option<bool>,
 }
 
 /// Token counts of an answer.
@@ -183,14 +209,6 @@ struct Usage {
 	prompt_tokens: usize,
 	completion_tokens: usize,
 	total_tokens: usize,
-}
-
-impl Usage {
-	fn of(generation: &Generation) -> Self {
-		let (prompt_tokens, completion_tokens) =
-			(generation.prompt_tokens.len(), generation.tokens.len());
-		Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
-	}
 }
 
 /// OpenAI's name for why generation ended.
@@ -202,13 +220,18 @@ fn finish_reason(reason: FinishReason) -> &'static str {
 }
 
 impl ApiState {
-	/// The adapter `model` names: `None` for the base model (or no name), or an error if it is
+	/// The model a request's `model` names: the name answers report, and the adapter (`None`
+	/// for the base model, which no name or an empty one also means); an error if it is
 	/// neither the base nor a registered adapter.
-	fn adapter_of(&self, model: Option<&str>) -> Result<Option<String>, ApiError> {
+	fn resolve(&self, model: Option<&str>) -> Result<(String, Option<String>), ApiError> {
 		match model {
-			None => Ok(None),
-			Some(name) if name.is_empty() || name == self.model_name => Ok(None),
-			Some(name) if self.adapters.iter().any(|a| a == name) => Ok(Some(name.to_string())),
+			None => Ok((self.model_name.clone(), None)),
+			Some(name) if name.is_empty() || name == self.model_name => {
+				Ok((self.model_name.clone(), None))
+			}
+			Some(name) if self.adapters.iter().any(|a| a == name) => {
+				Ok((name.to_string(), Some(name.to_string())))
+			}
 			Some(name) => Err(ApiError {
 				status: StatusCode::NOT_FOUND,
 				kind: "invalid_request_error",
@@ -223,28 +246,33 @@ impl ApiState {
 	}
 }
 
-/// The engine's request for `prompt` with `sampling`.
-fn generation_request(prompt: String, sampling: Body) -> Result<GenerationRequest, ApiError> {
-	if sampling.stream == Some(true) {
-		return Err(ApiError::bad_request("stream: streaming answers are not served yet"));
-	}
-	if sampling
+/// The most choices (`n`) one request may ask for: each is a request of its own in the engine.
+pub const MAX_CHOICES: usize = 16;
+
+/// The engine's requests for `prompt` with `body`'s sampling: `n` of them, choice `i` seeded
+/// with `seed + i` (so a seeded request is repeatable, and its choices differ).
+fn generation_requests(prompt: String, body: &Body) -> Result<Vec<GenerationRequest>, ApiError> {
+	if body
 		.logprobs
 		.as_ref()
 		.is_some_and(|v| !matches!(v, Value::Null | Value::Bool(false)) && v.as_u64() != Some(0))
 	{
 		return Err(ApiError::bad_request("logprobs: log-probabilities are not served yet"));
 	}
-	if sampling.echo == Some(true) {
+	if body.echo == Some(true) {
 		return Err(ApiError::bad_request("echo: echoing the prompt is not served"));
 	}
-	if sampling.n.is_some_and(|n| n != 1) {
-		return Err(ApiError::bad_request("n: only one choice per request is served"));
+	if body.stream_options.is_some() && body.stream != Some(true) {
+		return Err(ApiError::bad_request("stream_options: only allowed when stream is true"));
 	}
-	let stop = match sampling.stop {
+	let n = body.n.unwrap_or(1);
+	if !(1..=MAX_CHOICES).contains(&n) {
+		return Err(ApiError::bad_request(format!("n: from 1 to {MAX_CHOICES} choices, not {n}")));
+	}
+	let stop = match &body.stop {
 		None => Vec::new(),
-		Some(OneOrMany::One(s)) => vec![s],
-		Some(OneOrMany::Many(list)) => list,
+		Some(OneOrMany::One(s)) => vec![s.clone()],
+		Some(OneOrMany::Many(list)) => list.clone(),
 	};
 	if stop.len() > MAX_STOP {
 		return Err(ApiError::bad_request(format!("stop: at most {MAX_STOP} sequences")));
@@ -252,68 +280,294 @@ fn generation_request(prompt: String, sampling: Body) -> Result<GenerationReques
 	if stop.iter().any(String::is_empty) {
 		return Err(ApiError::bad_request("stop: an empty stop sequence"));
 	}
-	let top_k = match sampling.top_k {
+	let top_k = match body.top_k {
 		None | Some(-1) | Some(0) => 0,
 		Some(k) => usize::try_from(k)
 			.map_err(|_| ApiError::bad_request(format!("top_k {k} is not -1, 0 or positive")))?,
 	};
-	Ok(GenerationRequest {
-		prompt,
-		max_tokens: sampling
-			.max_tokens
-			.or(sampling.max_completion_tokens)
-			.unwrap_or(DEFAULT_MAX_TOKENS),
-		sampling: SamplingParams {
-			temperature: sampling.temperature.unwrap_or(1.0),
-			top_k,
-			top_p: sampling.top_p.unwrap_or(1.0),
-			repetition_penalty: sampling.repetition_penalty.unwrap_or(1.0),
-			seed: sampling.seed.unwrap_or_else(rand::random),
-		},
-		stop,
-	})
+	let seed = body.seed;
+	Ok((0..n as u64)
+		.map(|i| GenerationRequest {
+			prompt: prompt.clone(),
+			max_tokens: body
+				.max_tokens
+				.or(body.max_completion_tokens)
+				.unwrap_or(DEFAULT_MAX_TOKENS),
+			sampling: SamplingParams {
+				temperature: body.temperature.unwrap_or(1.0),
+				top_k,
+				top_p: body.top_p.unwrap_or(1.0),
+				repetition_penalty: body.repetition_penalty.unwrap_or(1.0),
+				seed: seed.map_or_else(rand::random, |s| s.wrapping_add(i)),
+			},
+			stop: stop.clone(),
+		})
+		.collect())
 }
 
-/// A request id for an answer (`prefix-` and 24 hex digits).
-fn answer_id(prefix: &str) -> String {
-	format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+/// Which of the two generating endpoints answers: the shape of its answers.
+#[derive(Clone, Copy, Debug)]
+enum Endpoint {
+	/// `/v1/completions`.
+	Completions,
+	/// `/v1/chat/completions`.
+	Chat,
 }
 
-/// The model name an answer reports: the one asked for, or the base.
-fn answered_model(state: &ApiState, model: Option<String>) -> String {
-	model.filter(|m| !m.is_empty()).unwrap_or_else(|| state.model_name.clone())
+impl Endpoint {
+	/// The answer's `object`, whole or a streamed chunk of it.
+	fn object(self, chunk: bool) -> &'static str {
+		match (self, chunk) {
+			(Endpoint::Completions, _) => "text_completion",
+			(Endpoint::Chat, false) => "chat.completion",
+			(Endpoint::Chat, true) => "chat.completion.chunk",
+		}
+	}
+
+	/// A new answer id (`prefix-` and 24 hex digits).
+	fn answer_id(self) -> String {
+		let prefix = match self {
+			Endpoint::Completions => "cmpl",
+			Endpoint::Chat => "chatcmpl",
+		};
+		format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+	}
+
+	/// Choice `index` of a whole answer: `text` as a completion or an assistant's message.
+	fn choice(self, index: usize, text: &str, reason: FinishReason) -> Value {
+		let mut choice = match self {
+			Endpoint::Completions => json!({ "text": text }),
+			Endpoint::Chat => json!({ "message": { "role": "assistant", "content": text } }),
+		};
+		choice["index"] = json!(index);
+		choice["logprobs"] = Value::Null;
+		choice["finish_reason"] = json!(finish_reason(reason));
+		choice
+	}
+
+	/// Choice `index` of a streamed chunk: more `text`, or (with `reason`) the choice's end; a
+	/// chat's first chunk of a choice carries the role.
+	fn delta(self, index: usize, text: Option<&str>, reason: Option<FinishReason>) -> Value {
+		let mut choice = match (self, text) {
+			(Endpoint::Completions, text) => json!({ "text": text.unwrap_or("") }),
+			(Endpoint::Chat, Some("")) => {
+				json!({ "delta": { "role": "assistant", "content": "" } })
+			}
+			(Endpoint::Chat, Some(text)) => json!({ "delta": { "content": text } }),
+			(Endpoint::Chat, None) => json!({ "delta": {} }),
+		};
+		choice["index"] = json!(index);
+		choice["logprobs"] = Value::Null;
+		choice["finish_reason"] = json!(reason.map(finish_reason));
+		choice
+	}
 }
 
-/// An answer of kind `object` for `generation`: its one choice is `choice` (its text, as a
-/// completion or a chat message) with OpenAI's index, log-probabilities (not served) and finish
-/// reason added.
-fn answer(
-	state: &ApiState,
-	id_prefix: &str,
-	object: &str,
-	model: Option<String>,
-	mut choice: Value,
-	generation: &Generation,
-) -> Json<Value> {
-	choice["index"] = json!(0);
-	choice["logprobs"] = Value::Null;
-	choice["finish_reason"] = json!(finish_reason(generation.finish_reason));
-	Json(json!({
-		"id": answer_id(id_prefix),
-		"object": object,
+/// Token counts of the `n` generations of one prompt (the prompt counted once).
+fn usage_of<'g>(generations: impl IntoIterator<Item = &'g Generation>) -> Usage {
+	let mut usage = Usage { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
+	for generation in generations {
+		usage.prompt_tokens = generation.prompt_tokens.len();
+		usage.completion_tokens += generation.tokens.len();
+	}
+	usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+	usage
+}
+
+/// Serves `prompt` (rendered for `endpoint`) with `body`'s options on `adapter`: the whole
+/// answer, or a stream of server-sent events when `stream` is asked for.
+async fn serve(
+	state: Arc<ApiState>,
+	endpoint: Endpoint,
+	prompt: String,
+	(model, adapter): (String, Option<String>),
+	body: Body,
+) -> Result<Response, ApiError> {
+	let requests = generation_requests(prompt, &body)?;
+	if body.stream == Some(true) {
+		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+		let head = ChunkHead { id: endpoint.answer_id(), created: now(), model, endpoint };
+		return stream(&state.engine, requests, adapter, head, include_usage).await;
+	}
+	let generations = futures::future::try_join_all(
+		requests.into_iter().map(|request| state.engine.generate(request, adapter.clone())),
+	)
+	.await?;
+	let choices: Vec<Value> = generations
+		.iter()
+		.enumerate()
+		.map(|(i, g)| endpoint.choice(i, &g.text, g.finish_reason))
+		.collect();
+	Ok(Json(json!({
+		"id": endpoint.answer_id(),
+		"object": endpoint.object(false),
 		"created": now(),
-		"model": answered_model(state, model),
-		"choices": [choice],
-		"usage": Usage::of(generation),
+		"model": model,
+		"choices": choices,
+		"usage": usage_of(&generations),
 	}))
+	.into_response())
+}
+
+/// What every chunk of one streamed answer repeats.
+struct ChunkHead {
+	id: String,
+	created: u64,
+	model: String,
+	endpoint: Endpoint,
+}
+
+impl ChunkHead {
+	/// A chunk with `choices` (and `usage`: `null` on every chunk but the last when the client
+	/// asked for it, absent otherwise).
+	fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Event {
+		let mut chunk = json!({
+			"id": self.id,
+			"object": self.endpoint.object(true),
+			"created": self.created,
+			"model": self.model,
+			"choices": choices,
+		});
+		if let Some(usage) = usage {
+			chunk["usage"] = usage;
+		}
+		Event::default().data(chunk.to_string())
+	}
+}
+
+/// One choice's events, tagged with its index.
+type ChoiceEvents = BoxStream<'static, (usize, Option<Result<StreamEvent, Error>>)>;
+
+/// The events of `stream` (choice `index`) up to its last ([`StreamEvent::Done`] or an error),
+/// or `None` if it closes before that (the engine stopped).
+fn choice_events(index: usize, first: StreamEvent, stream: EventStream) -> ChoiceEvents {
+	let open = !matches!(first, StreamEvent::Done(_));
+	let rest = futures::stream::unfold(open.then_some(stream), |stream| async move {
+		let mut stream = stream?;
+		match stream.next().await {
+			Some(Ok(StreamEvent::Text(text))) => {
+				Some((Some(Ok(StreamEvent::Text(text))), Some(stream)))
+			}
+			Some(last) => Some((Some(last), None)),
+			None => Some((None, None)),
+		}
+	});
+	futures::stream::once(async move { Some(Ok(first)) })
+		.chain(rest)
+		.map(move |e| (index, e))
+		.boxed()
+}
+
+/// Answers with server-sent events: each choice's text as it is generated, a chunk with its
+/// finish reason when it ends, the usage when asked for, then `[DONE]`. Every choice has
+/// started (or been refused, which is answered as an error status) before the events begin.
+async fn stream(
+	engine: &EngineService,
+	requests: Vec<GenerationRequest>,
+	adapter: Option<String>,
+	head: ChunkHead,
+	include_usage: bool,
+) -> Result<Response, ApiError> {
+	let mut choices = Vec::with_capacity(requests.len());
+	let mut started = Vec::with_capacity(requests.len());
+	for request in requests {
+		started.push(engine.generate_stream(request, adapter.clone())?);
+	}
+	for (index, mut events) in started.into_iter().enumerate() {
+		match events.next().await {
+			Some(Ok(first)) => choices.push(choice_events(index, first, events)),
+			Some(Err(e)) => return Err(e.into()),
+			None => return Err(Error::Stopped("before answering".into()).into()),
+		}
+	}
+	let open = choices.len();
+	let mut start = Vec::new();
+	if matches!(head.endpoint, Endpoint::Chat) {
+		for index in 0..open {
+			let usage = include_usage.then_some(Value::Null);
+			start.push(head.chunk(vec![head.endpoint.delta(index, Some(""), None)], usage));
+		}
+	}
+	let answer = Streamer {
+		events: futures::stream::select_all(choices),
+		head,
+		include_usage,
+		start,
+		finished: Vec::new(),
+		open,
+		ended: false,
+	};
+	let events = futures::stream::unfold(answer, |mut answer| async move {
+		let events = answer.next_events().await?;
+		Some((futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>)), answer))
+	})
+	.flatten();
+	Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// A streamed answer in progress.
+struct Streamer {
+	events: SelectAll<ChoiceEvents>,
+	head: ChunkHead,
+	include_usage: bool,
+	/// Events to send before any choice's (a chat's role chunks).
+	start: Vec<Event>,
+	finished: Vec<Generation>,
+	/// Choices not finished.
+	open: usize,
+	ended: bool,
+}
+
+impl Streamer {
+	/// The events that the next thing to happen brings; `None` once the answer has ended
+	/// (which drops the choices' streams: any still running are cancelled).
+	async fn next_events(&mut self) -> Option<Vec<Event>> {
+		if self.ended {
+			return None;
+		}
+		if !self.start.is_empty() {
+			return Some(std::mem::take(&mut self.start));
+		}
+		let usage = self.include_usage.then_some(Value::Null);
+		let endpoint = self.head.endpoint;
+		let error = match self.events.next().await {
+			Some((index, Some(Ok(StreamEvent::Text(text))))) => {
+				let choice = endpoint.delta(index, Some(&text), None);
+				return Some(vec![self.head.chunk(vec![choice], usage)]);
+			}
+			Some((index, Some(Ok(StreamEvent::Done(generation))))) => {
+				let choice = endpoint.delta(index, None, Some(generation.finish_reason));
+				let mut events = vec![self.head.chunk(vec![choice], usage)];
+				self.finished.push(generation);
+				self.open -= 1;
+				if self.open == 0 {
+					if self.include_usage {
+						let usage = json!(usage_of(&self.finished));
+						events.push(self.head.chunk(Vec::new(), Some(usage)));
+					}
+					events.push(Event::default().data("[DONE]"));
+					self.ended = true;
+				}
+				return Some(events);
+			}
+			Some((_, Some(Err(e)))) => ApiError::from(e),
+			Some((_, None)) | None => ApiError::from(Error::Stopped("mid-answer".into())),
+		};
+		// An error ends the whole answer, in the body since the status has gone.
+		self.ended = true;
+		if error.status.is_server_error() {
+			tracing::warn!(status = %error.status, error = %error.message, "streamed request failed");
+		}
+		Some(vec![Event::default().data(error.body().to_string()), Event::default().data("[DONE]")])
+	}
 }
 
 async fn completions(
 	State(state): State<Arc<ApiState>>,
 	body: Result<Json<Body>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
 	let Json(mut body) = body?;
-	let adapter = state.adapter_of(body.model.as_deref())?;
+	let model = state.resolve(body.model.as_deref())?;
 	let prompt = match body.prompt.take() {
 		None => return Err(ApiError::bad_request("prompt: missing field `prompt`")),
 		Some(OneOrMany::One(prompt)) => prompt,
@@ -322,19 +576,15 @@ async fn completions(
 			return Err(ApiError::bad_request("prompt: one prompt per request is served"))
 		}
 	};
-	let model = body.model.take();
-	let request = generation_request(prompt, body)?;
-	let generation = state.engine.generate(request, adapter).await?;
-	let choice = json!({ "text": generation.text });
-	Ok(answer(&state, "cmpl", "text_completion", model, choice, &generation))
+	serve(state, Endpoint::Completions, prompt, model, body).await
 }
 
 async fn chat_completions(
 	State(state): State<Arc<ApiState>>,
 	body: Result<Json<Body>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
 	let Json(mut body) = body?;
-	let adapter = state.adapter_of(body.model.as_deref())?;
+	let model = state.resolve(body.model.as_deref())?;
 	let template = state.chat_template.as_ref().ok_or_else(|| {
 		ApiError::bad_request("this model has no chat template: use /v1/completions")
 	})?;
@@ -343,11 +593,7 @@ async fn chat_completions(
 		.take()
 		.ok_or_else(|| ApiError::bad_request("messages: missing field `messages`"))?;
 	let prompt = template.render(&messages, true)?;
-	let model = body.model.take();
-	let request = generation_request(prompt, body)?;
-	let generation = state.engine.generate(request, adapter).await?;
-	let choice = json!({ "message": { "role": "assistant", "content": generation.text } });
-	Ok(answer(&state, "chatcmpl", "chat.completion", model, choice, &generation))
+	serve(state, Endpoint::Chat, prompt, model, body).await
 }
 
 async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {

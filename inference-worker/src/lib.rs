@@ -12,7 +12,8 @@
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or rebuilt from GGUF metadata.
 //! - [`sampling`] and [`generate`]: choosing tokens and running a request to completion.
 //! - [`service`]: the engine on a thread of its own, answering requests from any thread;
-//!   [`http_api`]: the HTTP API over it (OpenAI's completions and chat completions).
+//!   [`http_api`]: the HTTP API over it (OpenAI's completions and chat completions, whole or
+//!   streamed); [`text_stream`]: a generation's text released as it grows.
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, settled once per process.
 
@@ -31,6 +32,7 @@ pub mod model;
 pub mod models;
 pub mod sampling;
 pub mod service;
+pub mod text_stream;
 pub mod threads;
 pub mod tokenizer;
 

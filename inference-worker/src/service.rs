@@ -8,6 +8,10 @@
 //! dropped: an HTTP client that disconnected) is cancelled before the next step, so its KV
 //! blocks go back to the others at once. A bad request is answered at once with the engine's
 //! error and costs nothing.
+//!
+//! [`EngineService::generate_stream`] serves a request whose text is wanted as it is generated:
+//! after every step the engine thread sends each streaming request the text its new tokens add
+//! ([`TextStream`]: only text that can no longer change), then the finished generation.
 
 use std::{
 	collections::HashMap,
@@ -19,21 +23,87 @@ use std::{
 	time::Duration,
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc as channel, oneshot};
 
 use crate::{
 	decoder::Decoder,
 	engine::{Engine, EngineConfig, EngineStats, RequestId},
 	error::{Error, Result},
 	generate::{Generation, GenerationRequest},
+	text_stream::TextStream,
 	tokenizer::Tokenizer,
 };
+
+/// What a streaming request receives, in order: pieces of text, then its generation.
+#[derive(Debug)]
+pub enum StreamEvent {
+	/// More of the text (never empty); the pieces add up to the generation's text.
+	Text(String),
+	/// The request finished: its generation, whose text was all sent.
+	Done(Generation),
+}
+
+/// The events of a streaming request ([`EngineService::generate_stream`]). Dropping it cancels
+/// the request.
+#[derive(Debug)]
+pub struct EventStream(channel::UnboundedReceiver<Result<StreamEvent>>);
+
+impl EventStream {
+	/// The next event: an error ends the stream (so does [`StreamEvent::Done`]); `None` after
+	/// the end.
+	pub async fn next(&mut self) -> Option<Result<StreamEvent>> {
+		self.0.recv().await
+	}
+}
+
+/// Where a request's answer goes.
+enum Reply {
+	/// The whole generation, once finished.
+	Whole(oneshot::Sender<Result<Generation>>),
+	/// Its text as it grows, then the generation.
+	Stream(channel::UnboundedSender<Result<StreamEvent>>, TextStream),
+}
+
+impl Reply {
+	/// Whether the receiver has gone (the request should be cancelled).
+	fn is_closed(&self) -> bool {
+		match self {
+			Reply::Whole(reply) => reply.is_closed(),
+			Reply::Stream(events, _) => events.is_closed(),
+		}
+	}
+
+	/// Answers with the request's `result`: for a stream, the rest of the text first.
+	fn send(self, result: Result<Generation>) {
+		match self {
+			Reply::Whole(reply) => {
+				let _ = reply.send(result);
+			}
+			Reply::Stream(events, text) => {
+				let result = result.and_then(|generation| match text.finish(&generation) {
+					Some(rest) => {
+						if !rest.is_empty() {
+							let _ = events.send(Ok(StreamEvent::Text(rest.to_string())));
+						}
+						Ok(generation)
+					}
+					None => Err(Error::Batch(format!(
+						"the text streamed so far ({:?}) does not begin the final text ({:?})",
+						text.sent(),
+						generation.text
+					))),
+				});
+				let _ = events.send(result.map(StreamEvent::Done));
+			}
+		}
+	}
+}
 
 /// One request on its way to the engine thread.
 struct Job {
 	request: GenerationRequest,
 	adapter: Option<String>,
-	reply: oneshot::Sender<Result<Generation>>,
+	reply: Reply,
 }
 
 /// What the engine thread has done and holds now.
@@ -58,6 +128,8 @@ pub struct EngineService {
 	jobs: mpsc::Sender<Job>,
 	stats: Arc<Mutex<ServiceStats>>,
 	alive: Arc<AtomicBool>,
+	/// The model's end-of-sequence token (not part of streamed text).
+	eos: Option<u32>,
 }
 
 /// Marks the engine thread stopped when it ends, however it ends (a panic included).
@@ -85,11 +157,12 @@ impl EngineService {
 		let shared = stats.clone();
 		let alive = Arc::new(AtomicBool::new(true));
 		let guard = Alive(alive.clone());
+		let eos = tokenizer.eos;
 		std::thread::Builder::new()
 			.name("engine".into())
 			.spawn(move || {
 				let _alive = guard;
-				let mut engine = match Engine::new(model, tokenizer, config) {
+				let mut engine = match Engine::new(model, tokenizer.clone(), config) {
 					Ok(engine) => engine,
 					Err(e) => {
 						let _ = ready_tx.send(Err(e));
@@ -100,11 +173,11 @@ impl EngineService {
 					engine.register_adapter(name, dir);
 				}
 				let _ = ready_tx.send(Ok(()));
-				run(engine, rx, &shared);
+				run(engine, &tokenizer, rx, &shared);
 			})
 			.map_err(Error::Io)?;
 		ready.recv().map_err(|_| Error::Stopped("before it was ready".into()))??;
-		Ok(Self { jobs, stats, alive })
+		Ok(Self { jobs, stats, alive, eos })
 	}
 
 	/// Serves `request` with the registered adapter `adapter` (or the base model) and waits for
@@ -115,10 +188,26 @@ impl EngineService {
 		adapter: Option<String>,
 	) -> Result<Generation> {
 		let (reply, answer) = oneshot::channel();
-		self.jobs
-			.send(Job { request, adapter, reply })
-			.map_err(|_| Error::Stopped("the request was not taken".into()))?;
+		self.submit(Job { request, adapter, reply: Reply::Whole(reply) })?;
 		answer.await.map_err(|_| Error::Stopped("before answering".into()))?
+	}
+
+	/// Serves `request` like [`EngineService::generate`], sending its text as it is generated
+	/// (see [`EventStream`]). A request the engine refuses (bad, unknown adapter, queue full)
+	/// gets the error as its first event.
+	pub fn generate_stream(
+		&self,
+		request: GenerationRequest,
+		adapter: Option<String>,
+	) -> Result<EventStream> {
+		let (events, receiver) = channel::unbounded_channel();
+		let text = TextStream::new(&request.stop, self.eos);
+		self.submit(Job { request, adapter, reply: Reply::Stream(events, text) })?;
+		Ok(EventStream(receiver))
+	}
+
+	fn submit(&self, job: Job) -> Result<()> {
+		self.jobs.send(job).map_err(|_| Error::Stopped("the request was not taken".into()))
 	}
 
 	/// Whether the engine thread is still serving.
@@ -133,8 +222,13 @@ impl EngineService {
 }
 
 /// The engine thread's loop (see the module documentation).
-fn run<D: Decoder>(mut engine: Engine<D>, jobs: mpsc::Receiver<Job>, stats: &Mutex<ServiceStats>) {
-	let mut replies: HashMap<RequestId, oneshot::Sender<Result<Generation>>> = HashMap::new();
+fn run<D: Decoder>(
+	mut engine: Engine<D>,
+	tokenizer: &Tokenizer,
+	jobs: mpsc::Receiver<Job>,
+	stats: &Mutex<ServiceStats>,
+) {
+	let mut replies: HashMap<RequestId, Reply> = HashMap::new();
 	let mut finished = (0u64, 0u64);
 	loop {
 		// Nothing to do: sleep until a request comes (or every handle is gone).
@@ -174,9 +268,10 @@ fn run<D: Decoder>(mut engine: Engine<D>, jobs: mpsc::Receiver<Job>, stats: &Mut
 		};
 		for completion in done {
 			if let Some(reply) = replies.remove(&completion.id) {
-				let _ = reply.send(completion.result);
+				reply.send(completion.result);
 			}
 		}
+		stream_text(&mut engine, tokenizer, &mut replies);
 		if idle && engine.has_work() {
 			// Nothing could run this step (an adapter is loading): wait a little for it, or for
 			// a new request, rather than spin.
@@ -191,18 +286,39 @@ fn run<D: Decoder>(mut engine: Engine<D>, jobs: mpsc::Receiver<Job>, stats: &Mut
 	}
 }
 
-/// Submits `job` to the engine, or answers it at once with why it cannot be served.
-fn accept<D: Decoder>(
+/// Sends each running streaming request the text its tokens so far add.
+fn stream_text<D: Decoder>(
 	engine: &mut Engine<D>,
-	job: Job,
-	replies: &mut HashMap<RequestId, oneshot::Sender<Result<Generation>>>,
+	tokenizer: &Tokenizer,
+	replies: &mut HashMap<RequestId, Reply>,
 ) {
+	let mut failed = Vec::new();
+	for (id, tokens) in engine.outputs() {
+		let Some(Reply::Stream(events, text)) = replies.get_mut(&id) else { continue };
+		match text.advance(tokens, tokenizer) {
+			Ok(piece) if piece.is_empty() => {}
+			Ok(piece) => {
+				let _ = events.send(Ok(StreamEvent::Text(piece)));
+			}
+			Err(e) => {
+				// The text cannot be decoded: the error ends the stream and the request.
+				let _ = events.send(Err(e));
+				failed.push(id);
+			}
+		}
+	}
+	for id in failed {
+		replies.remove(&id);
+		engine.cancel(id);
+	}
+}
+
+/// Submits `job` to the engine, or answers it at once with why it cannot be served.
+fn accept<D: Decoder>(engine: &mut Engine<D>, job: Job, replies: &mut HashMap<RequestId, Reply>) {
 	match engine.submit(&job.request, job.adapter.as_deref()) {
 		Ok(id) => {
 			replies.insert(id, job.reply);
 		}
-		Err(e) => {
-			let _ = job.reply.send(Err(e));
-		}
+		Err(e) => job.reply.send(Err(e)),
 	}
 }

@@ -6,7 +6,6 @@
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
-use candle_core::Device;
 use openledger_inference_worker::{
 	config::LlamaConfig,
 	decoder::{Decoder, Want},
@@ -15,10 +14,7 @@ use openledger_inference_worker::{
 	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
 	kernel_model::KernelLlama,
 	kv_cache::{BlockTable, KvCacheConfig},
-	lora::{
-		synthetic::{self, SyntheticAdapter},
-		Projection,
-	},
+	lora::Projection,
 	model::{Llama, WeightFormat},
 	models,
 	sampling::SamplingParams,
@@ -26,25 +22,8 @@ use openledger_inference_worker::{
 };
 use openledger_kernels::backend::Cpu;
 
-fn load(format: WeightFormat) -> (Arc<Llama>, Arc<Tokenizer>) {
-	let path = models::smollm2_gguf();
-	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
-	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, format).unwrap();
-	(Arc::new(model), Arc::new(tokenizer))
-}
-
-/// Writes a synthetic adapter into `dir`.
-fn write_adapter(model: &Llama, dir: &Path, seed: u64, rank: usize, targets: &[Projection]) {
-	let spec = SyntheticAdapter {
-		seed,
-		rank,
-		alpha: 2.0 * rank as f64,
-		targets: targets.to_vec(),
-		rank_pattern: BTreeMap::new(),
-		alpha_pattern: BTreeMap::new(),
-	};
-	synthetic::write(&spec, &model.config, dir).unwrap();
-}
+mod common;
+use common::{greedy, load, write_adapter};
 
 /// Adapters a, b and c: (name, seed, rank, targets).
 const ADAPTERS: [(&str, u64, usize, &[Projection]); 3] = [
@@ -66,15 +45,6 @@ fn write_adapters(
 		dirs.insert(name.to_string(), dir);
 	}
 	dirs
-}
-
-fn request(prompt: &str, max_tokens: usize) -> GenerationRequest {
-	GenerationRequest {
-		prompt: prompt.into(),
-		max_tokens,
-		sampling: SamplingParams::default(),
-		stop: vec![],
-	}
 }
 
 /// The request served alone by [`generate`].
@@ -169,7 +139,7 @@ fn staggered_request(i: usize) -> GenerationRequest {
 		},
 		_ => SamplingParams { repetition_penalty: 1.3, ..Default::default() },
 	};
-	GenerationRequest { sampling, ..request(PROMPTS[i], 6 + i % 3) }
+	GenerationRequest { sampling, ..greedy(PROMPTS[i], 6 + i % 3) }
 }
 
 /// Serves [`PROMPTS`] (request `i` with `adapters[i]`) on `engine`: half of them first, the
@@ -240,7 +210,7 @@ fn a_shared_prompt_template_is_computed_once() {
 	let questions = ["What is 2+2?", "Name a colour.", "Where is Paris?"];
 	let requests: Vec<GenerationRequest> = questions
 		.iter()
-		.map(|q| request(&format!("{template}{q}<|im_end|>\n<|im_start|>assistant\n"), 4))
+		.map(|q| greedy(&format!("{template}{q}<|im_end|>\n<|im_start|>assistant\n"), 4))
 		.collect();
 	let first = engine.submit(&requests[0], None).unwrap();
 	let mut results = by_id(engine.run_to_completion());
@@ -271,16 +241,16 @@ fn bad_requests_and_a_full_queue_get_clear_errors() {
 	let config =
 		EngineConfig { kv_cache_bytes: 4 * per_block, max_waiting: 2, ..EngineConfig::default() };
 	let mut engine = Engine::new(model.clone(), tokenizer, config).unwrap();
-	let ok = request("Hello", 2);
+	let ok = greedy("Hello", 2);
 	let err = engine.submit(&ok, Some("nobody")).unwrap_err();
 	assert!(err.to_string().contains("no adapter is registered"), "{err}");
-	let err = engine.submit(&request("", 2), None).unwrap_err();
+	let err = engine.submit(&greedy("", 2), None).unwrap_err();
 	assert!(err.to_string().contains("the prompt is empty"), "{err}");
-	let err = engine.submit(&request("Hello", 0), None).unwrap_err();
+	let err = engine.submit(&greedy("Hello", 0), None).unwrap_err();
 	assert!(err.to_string().contains("max_tokens is 0"), "{err}");
-	let err = engine.submit(&request("Hello", 100), None).unwrap_err();
+	let err = engine.submit(&greedy("Hello", 100), None).unwrap_err();
 	assert!(err.to_string().contains("need 7 KV blocks, the cache has 4"), "{err}");
-	let mut bad_sampling = request("Hello", 2);
+	let mut bad_sampling = greedy("Hello", 2);
 	bad_sampling.sampling.top_p = 0.0;
 	assert!(engine.submit(&bad_sampling, None).is_err());
 	// A broken adapter fails its own request only.
@@ -312,10 +282,10 @@ fn cancelled_requests_give_their_blocks_back_and_leave_the_others_alone() {
 	let config = EngineConfig { max_running: 2, ..small_config(&model.config, 64, 0) };
 	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
 	let free = engine.kv_cache().available_blocks();
-	let kept = request(PROMPTS[0], 8);
-	let running = engine.submit(&request(PROMPTS[1], 40), None).unwrap();
+	let kept = greedy(PROMPTS[0], 8);
+	let running = engine.submit(&greedy(PROMPTS[1], 40), None).unwrap();
 	let kept_id = engine.submit(&kept, None).unwrap();
-	let waiting = engine.submit(&request(PROMPTS[2], 8), None).unwrap();
+	let waiting = engine.submit(&greedy(PROMPTS[2], 8), None).unwrap();
 	let mut done = Vec::new();
 	for _ in 0..4 {
 		done.extend(engine.step());
@@ -341,6 +311,47 @@ fn cancelled_requests_give_their_blocks_back_and_leave_the_others_alone() {
 	assert!(!engine.cancel(kept_id), "cancelled after it finished");
 	assert_eq!(engine.stats().cancelled, 2);
 	assert_eq!(engine.stats().finished, 1);
+}
+
+/// A batch step that fails (a device fault, say) ends the requests of that batch with the
+/// error and frees their blocks; a request still waiting then, and the ones after, are served
+/// as they would be alone.
+#[test]
+fn a_failed_step_ends_its_batch_only_and_the_engine_carries_on() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let flaky = Arc::new(common::Flaky::new(model.clone()));
+	let config = EngineConfig { max_running: 2, ..small_config(&model.config, 64, 0) };
+	let mut engine = Engine::new(flaky.clone(), tokenizer.clone(), config).unwrap();
+	let free = engine.kv_cache().available_blocks();
+	let first = engine.submit(&greedy(PROMPTS[0], 8), None).unwrap();
+	let second = engine.submit(&greedy(PROMPTS[1], 8), None).unwrap();
+	let later = greedy(PROMPTS[2], 8);
+	let waiting = engine.submit(&later, None).unwrap();
+	let mut done = Vec::new();
+	for _ in 0..3 {
+		done.extend(engine.step());
+	}
+	assert!(done.is_empty());
+	assert_eq!((engine.running(), engine.waiting()), (2, 1));
+	flaky.fail_step(1);
+	let failed = engine.step();
+	let ids: Vec<u64> = failed.iter().map(|c| c.id).collect();
+	assert_eq!(ids, [first, second]);
+	for completion in failed {
+		let error = completion.result.unwrap_err();
+		assert!(matches!(error, Error::Batch(_)), "{error:?}");
+		assert!(error.to_string().contains("step 4 failed on purpose"), "{error}");
+	}
+	assert_eq!((engine.running(), engine.waiting()), (0, 1));
+	assert_eq!(engine.kv_cache().available_blocks(), free, "the failed batch kept blocks");
+	let again = greedy(PROMPTS[0], 8);
+	let resubmitted = engine.submit(&again, None).unwrap();
+	let done = by_id(engine.run_to_completion());
+	let alone = |request| solo(&model, &tokenizer, None, request, &BTreeMap::new());
+	assert_same(&done[&waiting], &alone(&later), "waiting", 0.0);
+	assert_same(&done[&resubmitted], &alone(&again), "resubmitted", 0.0);
+	assert_eq!(engine.kv_cache().available_blocks(), free);
+	assert_eq!(engine.stats().finished, 4);
 }
 
 /// A thousand distinct adapters, more than the adapter cache holds at once, in one run on the
@@ -371,7 +382,7 @@ fn a_thousand_distinct_adapters_in_one_run() {
 	for (name, dir) in &dirs {
 		engine.register_adapter(name.clone(), dir.clone());
 	}
-	let req = request("The capital of France is", 2);
+	let req = greedy("The capital of France is", 2);
 	let mut ids = Vec::with_capacity(ADAPTERS);
 	for name in dirs.keys() {
 		ids.push((engine.submit(&req, Some(name)).unwrap(), name.clone()));
@@ -475,7 +486,7 @@ fn the_kernel_engine_refuses_an_adapter_larger_than_its_pool() {
 	let mut engine = Engine::new(model.clone(), tokenizer, config).unwrap();
 	engine.register_adapter("small", &small);
 	engine.register_adapter("big", &big);
-	let req = request("The capital of France is", 2);
+	let req = greedy("The capital of France is", 2);
 	let big_id = engine.submit(&req, Some("big")).unwrap();
 	let small_id = engine.submit(&req, Some("small")).unwrap();
 	let base_id = engine.submit(&req, None).unwrap();
@@ -508,16 +519,16 @@ fn a_request_waiting_for_pool_room_is_not_overtaken() {
 	}
 	// Every adapter in the adapter cache first, so that admission does not wait for loads.
 	for name in dirs.keys() {
-		engine.submit(&request("Hi", 1), Some(name)).unwrap();
+		engine.submit(&greedy("Hi", 1), Some(name)).unwrap();
 	}
 	engine.run_to_completion();
-	let long = request("The capital of France is", 10);
+	let long = greedy("The capital of France is", 10);
 	engine.submit(&long, Some("a")).unwrap();
 	engine.submit(&long, Some("b")).unwrap();
 	engine.step();
 	assert_eq!(engine.running(), 2);
-	let c = engine.submit(&request("1, 2, 3,", 2), Some("c")).unwrap();
-	let d = engine.submit(&request("1, 2, 3,", 2), Some("d")).unwrap();
+	let c = engine.submit(&greedy("1, 2, 3,", 2), Some("c")).unwrap();
+	let d = engine.submit(&greedy("1, 2, 3,", 2), Some("d")).unwrap();
 	let order: Vec<u64> = engine.run_to_completion().into_iter().map(|done| done.id).collect();
 	let at = |id| order.iter().position(|&x| x == id).unwrap();
 	assert!(at(c) < at(d), "c waited first and finished first: {order:?}");
@@ -540,7 +551,7 @@ fn the_kernel_engine_refuses_a_rank_above_the_kernels_and_nan_logits() {
 	let config = EngineConfig { adapter_bytes: 64 << 20, ..EngineConfig::default() };
 	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
 	engine.register_adapter("wide", &wide);
-	let req = request("The capital of France is", 2);
+	let req = greedy("The capital of France is", 2);
 	let wide_id = engine.submit(&req, Some("wide")).unwrap();
 	let base_id = engine.submit(&req, None).unwrap();
 	let mut results: BTreeMap<u64, _> =

@@ -3,7 +3,6 @@
 //! that hangs up cancels its request; and `openledger-worker serve` serves a folder of adapters.
 
 use std::{
-	collections::BTreeMap,
 	io::{BufRead, BufReader, Read, Write},
 	net::{SocketAddr, TcpStream},
 	path::{Path, PathBuf},
@@ -12,15 +11,12 @@ use std::{
 	time::{Duration, Instant},
 };
 
-use candle_core::Device;
 use openledger_inference_worker::{
+	decoder::Decoder,
 	engine::EngineConfig,
 	generate::{generate, FinishReason, Generation, GenerationRequest},
 	http_api::{self, ApiState},
-	lora::{
-		synthetic::{self, SyntheticAdapter},
-		Projection,
-	},
+	lora::{LoraAdapter, Projection},
 	model::{Llama, WeightFormat},
 	models,
 	sampling::SamplingParams,
@@ -29,31 +25,17 @@ use openledger_inference_worker::{
 };
 use serde_json::{json, Value};
 
+mod common;
+use common::{greedy, load, write_adapter};
+
 const MODEL: &str = "smollm2";
 
-fn load() -> (Arc<Llama>, Arc<Tokenizer>) {
-	let path = models::smollm2_gguf();
-	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
-	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::AsStored).unwrap();
-	(Arc::new(model), Arc::new(tokenizer))
-}
-
-/// Writes a rank-8 adapter on q, v and down into `dir`.
-fn write_adapter(model: &Llama, dir: &Path, seed: u64) {
-	let spec = SyntheticAdapter {
-		seed,
-		rank: 8,
-		alpha: 16.0,
-		targets: vec![Projection::Q, Projection::V, Projection::Down],
-		rank_pattern: BTreeMap::new(),
-		alpha_pattern: BTreeMap::new(),
-	};
-	synthetic::write(&spec, &model.config, dir).unwrap();
-}
+/// The adapters' projections.
+const TARGETS: [Projection; 3] = [Projection::Q, Projection::V, Projection::Down];
 
 /// The API on an ephemeral port of this machine, with `adapters` registered; its address.
-fn start(
-	model: Arc<Llama>,
+fn start<D: Decoder>(
+	model: Arc<D>,
 	tokenizer: Arc<Tokenizer>,
 	adapters: Vec<(String, PathBuf)>,
 	config: EngineConfig,
@@ -76,6 +58,18 @@ fn start(
 	address
 }
 
+/// The real model served with one adapter, `tuned`, written under `root`: the model, its
+/// tokenizer, the adapter as the library loads it, and the API's address.
+fn serve_tuned(root: &Path) -> (Arc<Llama>, Arc<Tokenizer>, LoraAdapter, SocketAddr) {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let dir = root.join("tuned");
+	write_adapter(&model, &dir, 7, 8, &TARGETS);
+	let adapter = model.load_adapter(&dir, Some("tuned")).unwrap();
+	let adapters = vec![("tuned".into(), dir)];
+	let address = start(model.clone(), tokenizer.clone(), adapters, EngineConfig::default());
+	(model, tokenizer, adapter, address)
+}
+
 /// POSTs `body` to `path` and returns the connection without reading the answer.
 fn send(address: SocketAddr, path: &str, body: &str) -> TcpStream {
 	let mut stream = TcpStream::connect(address).unwrap();
@@ -91,6 +85,12 @@ fn send(address: SocketAddr, path: &str, body: &str) -> TcpStream {
 
 /// Sends `method path` with `body` (as JSON) and returns the status and the body.
 fn call(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+	let (status, _, body) = exchange(address, method, path, body);
+	(status, body)
+}
+
+/// Sends `method path` with `body` (as JSON) and returns the status, the head and the body.
+fn exchange(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
 	let mut stream = TcpStream::connect(address).unwrap();
 	stream.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
 	write!(
@@ -106,7 +106,105 @@ fn call(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Str
 	stream.read_to_string(&mut answer).unwrap();
 	let (head, body) = answer.split_once("\r\n\r\n").unwrap();
 	let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-	(status, body.to_string())
+	(status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// The body of a chunked HTTP answer.
+fn dechunk(mut raw: &str) -> String {
+	let mut body = String::new();
+	loop {
+		let (size, rest) = raw.split_once("\r\n").unwrap_or_else(|| panic!("cut: {raw:?}"));
+		let size = usize::from_str_radix(size.trim(), 16).unwrap();
+		if size == 0 {
+			return body;
+		}
+		body.push_str(&rest[..size]);
+		raw = rest[size..].strip_prefix("\r\n").unwrap();
+	}
+}
+
+/// POSTs `body` with `stream` set: the status, and each event's data (`"[DONE]"` as a string),
+/// or the error object when the status is not 200.
+fn stream(address: SocketAddr, path: &str, body: &Value) -> (u16, Vec<Value>) {
+	let mut body = body.clone();
+	body["stream"] = json!(true);
+	let (status, head, text) = exchange(address, "POST", path, body.to_string().as_bytes());
+	if status != 200 {
+		return (
+			status,
+			vec![serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))],
+		);
+	}
+	assert!(head.contains("content-type: text/event-stream"), "{head}");
+	let text = if head.contains("transfer-encoding: chunked") { dechunk(&text) } else { text };
+	let events = text
+		.split("\n\n")
+		.filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")))
+		.map(|data| match data {
+			"[DONE]" => json!("[DONE]"),
+			data => serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}")),
+		})
+		.collect();
+	(status, events)
+}
+
+/// A streamed answer put together.
+#[derive(Debug, Default)]
+struct Streamed {
+	/// Each choice's text, and how many chunks brought it.
+	texts: Vec<(String, usize)>,
+	/// Each choice's finish reason.
+	reasons: Vec<Option<String>>,
+	/// The usage chunk's, if there was one.
+	usage: Option<Value>,
+	/// An error event's object.
+	error: Option<Value>,
+}
+
+/// Puts `events` (of one answer, ending with `[DONE]`) together, each choice's text at
+/// `text_at`, checking that the chunks belong together and that nothing follows a choice's
+/// end or the usage.
+fn gather(events: &[Value], object: &str, text_at: &str) -> Streamed {
+	assert_eq!(events.last(), Some(&json!("[DONE]")), "{events:?}");
+	let mut streamed = Streamed::default();
+	let id = events[0]["id"].clone();
+	for event in &events[..events.len() - 1] {
+		if event.get("error").is_some() {
+			assert!(streamed.error.is_none(), "two errors");
+			streamed.error = Some(event["error"].clone());
+			continue;
+		}
+		assert!(streamed.error.is_none() && streamed.usage.is_none(), "{event} after the end");
+		assert_eq!((&event["id"], event["object"].as_str()), (&id, Some(object)), "{event}");
+		assert_eq!(event["model"], MODEL, "{event}");
+		if let Some(usage) = event.get("usage").filter(|u| !u.is_null()) {
+			assert_eq!(event["choices"], json!([]), "{event}");
+			streamed.usage = Some(usage.clone());
+			continue;
+		}
+		for choice in event["choices"].as_array().unwrap() {
+			let i = choice["index"].as_u64().unwrap() as usize;
+			if streamed.texts.len() <= i {
+				streamed.texts.resize(i + 1, Default::default());
+				streamed.reasons.resize(i + 1, None);
+			}
+			assert!(streamed.reasons[i].is_none(), "choice {i} went on after its end: {event}");
+			if let Some(text) = choice.pointer(text_at).and_then(Value::as_str) {
+				streamed.texts[i].0.push_str(text);
+				streamed.texts[i].1 += usize::from(!text.is_empty());
+			}
+			streamed.reasons[i] = choice["finish_reason"].as_str().map(String::from);
+		}
+	}
+	streamed
+}
+
+/// OpenAI's finish reason for `generation`.
+fn reason(generation: &Generation) -> &'static str {
+	match generation.finish_reason {
+		FinishReason::Length => "length",
+		FinishReason::Eos | FinishReason::Stop => "stop",
+	}
 }
 
 fn post(address: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
@@ -129,24 +227,11 @@ fn metric(address: SocketAddr, name: &str) -> u64 {
 	line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-fn greedy(prompt: &str, max_tokens: usize) -> GenerationRequest {
-	GenerationRequest {
-		prompt: prompt.into(),
-		max_tokens,
-		sampling: SamplingParams::default(),
-		stop: vec![],
-	}
-}
-
 /// Asserts that `answer` (a completion's JSON) carries `want`'s text, reason and counts.
 fn assert_answers(answer: &Value, want: &Generation, text_at: &str) {
 	let choice = &answer["choices"][0];
 	assert_eq!(choice.pointer(text_at).and_then(Value::as_str), Some(want.text.as_str()));
-	let reason = match want.finish_reason {
-		FinishReason::Length => "length",
-		FinishReason::Eos | FinishReason::Stop => "stop",
-	};
-	assert_eq!(choice["finish_reason"], reason, "{answer}");
+	assert_eq!(choice["finish_reason"], reason(want), "{answer}");
 	assert_eq!(answer["usage"]["prompt_tokens"], want.prompt_tokens.len());
 	assert_eq!(answer["usage"]["completion_tokens"], want.tokens.len());
 	assert_eq!(answer["usage"]["total_tokens"], want.prompt_tokens.len() + want.tokens.len());
@@ -154,17 +239,8 @@ fn assert_answers(answer: &Value, want: &Generation, text_at: &str) {
 
 #[test]
 fn completions_answer_what_the_model_generates_alone_for_many_clients_at_once() {
-	let (model, tokenizer) = load();
 	let root = tempfile::tempdir().unwrap();
-	let dir = root.path().join("tuned");
-	write_adapter(&model, &dir, 7);
-	let adapter = model.load_adapter(&dir, Some("tuned")).unwrap();
-	let address = start(
-		model.clone(),
-		tokenizer.clone(),
-		vec![("tuned".into(), dir)],
-		EngineConfig::default(),
-	);
+	let (model, tokenizer, adapter, address) = serve_tuned(root.path());
 
 	let (status, health) = get(address, "/health");
 	assert_eq!((status, health.as_str()), (200, r#"{"status":"ok"}"#));
@@ -254,10 +330,10 @@ fn completions_answer_what_the_model_generates_alone_for_many_clients_at_once() 
 
 #[test]
 fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
-	let (model, tokenizer) = load();
+	let (model, tokenizer) = load(WeightFormat::AsStored);
 	let root = tempfile::tempdir().unwrap();
 	let corrupt = root.path().join("corrupt");
-	write_adapter(&model, &corrupt, 3);
+	write_adapter(&model, &corrupt, 3, 8, &TARGETS);
 	std::fs::write(corrupt.join("adapter_model.safetensors"), b"not a safetensors file").unwrap();
 	let config = EngineConfig { max_running: 1, max_waiting: 1, ..EngineConfig::default() };
 	let address = start(model, tokenizer, vec![("corrupt".into(), corrupt)], config);
@@ -280,8 +356,14 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 	error(400, br#"{"prompt": "x", "temperature": -1}"#, "invalid_request", "temperature");
 	error(400, br#"{"prompt": "x", "top_p": 0}"#, "invalid_request", "top_p");
 	error(400, br#"{"prompt": "x", "top_k": -2}"#, "invalid_request", "top_k");
-	error(400, br#"{"prompt": "x", "stream": true}"#, "invalid_request", "stream");
-	error(400, br#"{"prompt": "x", "n": 2}"#, "invalid_request", "n:");
+	error(400, br#"{"prompt": "x", "n": 0}"#, "invalid_request", "n: from 1 to 16");
+	error(400, br#"{"prompt": "x", "n": 17}"#, "invalid_request", "n: from 1 to 16");
+	let options = br#"{"prompt": "x", "stream_options": {"include_usage": true}}"#;
+	error(400, options, "invalid_request", "stream_options");
+	let stream = br#"{"prompt": "x", "stream": true, "model": "nope"}"#;
+	error(404, stream, "model_not_found", "nope");
+	let stream = br#"{"prompt": "", "stream": true}"#;
+	error(400, stream, "invalid_request", "the prompt is empty");
 	error(400, br#"{"prompt": "x", "logprobs": 5}"#, "invalid_request", "logprobs");
 	error(400, br#"{"prompt": "x", "echo": true}"#, "invalid_request", "echo");
 	error(400, br#"{"prompt": ["x", "y"]}"#, "invalid_request", "one prompt");
@@ -328,6 +410,159 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 	assert_eq!(answer["usage"]["completion_tokens"], 2);
 }
 
+const PARIS: &str = "The capital of France is";
+
+/// Streamed answers add up to what the library generates alone (greedy, with an adapter, with
+/// a stop sequence that has to be held back, several seeded choices), in OpenAI's chunks; `n`
+/// choices of a whole answer are each the library's with its own seed; a client that hangs up
+/// on a stream cancels its request.
+#[test]
+fn streamed_answers_add_up_to_the_whole_answers() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, adapter, address) = serve_tuned(root.path());
+	let alone = |lora: Option<&LoraAdapter>, request: &GenerationRequest| {
+		generate(&model, &tokenizer, lora, request).unwrap()
+	};
+
+	// Greedy on the base model, with the usage at the end.
+	let want = alone(None, &greedy(PARIS, 24));
+	let body = json!({"prompt": PARIS, "max_tokens": 24, "temperature": 0,
+		"stream_options": {"include_usage": true}});
+	let (status, events) = stream(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let got = gather(&events, "text_completion", "/text");
+	assert!(got.error.is_none(), "{got:?}");
+	assert_eq!(got.texts.len(), 1);
+	assert_eq!(got.texts[0].0, want.text);
+	assert!(got.texts[0].1 > 2, "the text came in {} pieces", got.texts[0].1);
+	assert_eq!(got.reasons, [Some(reason(&want).to_string())]);
+	let usage = got.usage.expect("no usage chunk");
+	assert_eq!(usage["prompt_tokens"], want.prompt_tokens.len());
+	assert_eq!(usage["completion_tokens"], want.tokens.len());
+	assert!(events.iter().all(|e| e == "[DONE]" || e.get("usage").is_some()));
+
+	// A chat on the adapter: the role first, then the content; no usage unless asked.
+	let messages = json!([{"role": "user", "content": "Name three colours."}]);
+	let rendered = tokenizer
+		.chat_template()
+		.unwrap()
+		.render(&serde_json::from_value::<Vec<_>>(messages.clone()).unwrap(), true)
+		.unwrap();
+	let want = alone(Some(&adapter), &greedy(&rendered, 20));
+	let body = json!({"messages": messages, "max_tokens": 20, "temperature": 0, "model": "tuned"});
+	let (status, mut events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	assert_eq!(events[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+	for event in &mut events {
+		assert!(event.get("usage").is_none(), "{event}");
+		// The answer names the adapter it was asked for.
+		if let Some(model) = event.get_mut("model") {
+			assert_eq!(model, "tuned");
+			*model = json!(MODEL);
+		}
+	}
+	let got = gather(&events, "chat.completion.chunk", "/delta/content");
+	assert!(got.error.is_none(), "{got:?}");
+	assert_eq!(got.texts[0].0, want.text);
+	assert_eq!(got.reasons, [Some(reason(&want).to_string())]);
+
+	// A four-character stop sequence from the middle of the greedy text: the text streamed
+	// stops before it (what could become the stop sequence is held back until it cannot).
+	let full = alone(None, &greedy(PARIS, 32)).text;
+	let stop: String = full.chars().skip(full.chars().count() / 2).take(4).collect();
+	let mut request = greedy(PARIS, 32);
+	request.stop = vec![stop.clone(), "never seen".into()];
+	let want = alone(None, &request);
+	assert_eq!(want.finish_reason, FinishReason::Stop);
+	let body = json!({"prompt": PARIS, "max_tokens": 32, "temperature": 0,
+		"stop": [stop, "never seen"]});
+	let (status, events) = stream(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let got = gather(&events, "text_completion", "/text");
+	assert!(got.error.is_none(), "{got:?}");
+	assert_eq!(got.texts[0].0, want.text);
+	assert_eq!(got.reasons, [Some("stop".to_string())]);
+
+	// Three seeded choices streamed together, and two in a whole answer: choice i is the
+	// library's generation with seed + i.
+	let seeded = |seed: u64, max_tokens: usize| {
+		let mut request = greedy(PARIS, max_tokens);
+		request.sampling = SamplingParams { temperature: 0.9, seed, ..SamplingParams::default() };
+		alone(None, &request)
+	};
+	let body = json!({"prompt": PARIS, "max_tokens": 12, "temperature": 0.9, "seed": 40, "n": 3,
+		"stream_options": {"include_usage": true}});
+	let (status, events) = stream(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let got = gather(&events, "text_completion", "/text");
+	assert!(got.error.is_none(), "{got:?}");
+	let wants: Vec<Generation> = (40..43).map(|seed| seeded(seed, 12)).collect();
+	let texts: Vec<&str> = got.texts.iter().map(|(t, _)| t.as_str()).collect();
+	let want_texts: Vec<&str> = wants.iter().map(|g| g.text.as_str()).collect();
+	assert_eq!(texts, want_texts);
+	assert_ne!(texts[0], texts[1]);
+	let usage = got.usage.unwrap();
+	assert_eq!(usage["completion_tokens"], wants.iter().map(|g| g.tokens.len()).sum::<usize>());
+	assert_eq!(usage["prompt_tokens"], wants[0].prompt_tokens.len());
+	let (status, answer) = post(
+		address,
+		"/v1/completions",
+		&json!({"prompt": PARIS, "max_tokens": 12, "temperature": 0.9, "seed": 41, "n": 2}),
+	);
+	assert_eq!(status, 200, "{answer}");
+	for (i, choice) in answer["choices"].as_array().unwrap().iter().enumerate() {
+		assert_eq!(choice["index"], i);
+		assert_eq!(choice["text"], wants[i + 1].text.as_str());
+	}
+
+	// A client that hangs up on a stream: its request is cancelled.
+	let body = json!({"prompt": "1, 2, 3,", "max_tokens": 4000, "temperature": 0, "stream": true});
+	let connection = send(address, "/v1/completions", &body.to_string());
+	let mut lines = BufReader::new(connection.try_clone().unwrap()).lines();
+	assert!(lines.any(|l| l.unwrap().starts_with("data: ")), "no event came");
+	drop(lines);
+	drop(connection);
+	let since = Instant::now();
+	while metric(address, "requests_cancelled_total") < 1 {
+		assert!(since.elapsed() < Duration::from_secs(60), "the stream was not cancelled");
+		std::thread::sleep(Duration::from_millis(20));
+	}
+	assert_eq!(metric(address, "requests_running"), 0);
+}
+
+/// A batch step that fails is the server's fault: a whole answer is a 500; a stream that has
+/// begun ends with an error event; the worker serves the next request as before.
+#[test]
+fn a_failed_step_is_a_server_error_whole_or_streamed() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let flaky = Arc::new(common::Flaky::new(model.clone()));
+	let address = start(flaky.clone(), tokenizer.clone(), vec![], EngineConfig::default());
+	let body = json!({"prompt": PARIS, "max_tokens": 16, "temperature": 0});
+
+	flaky.fail_step(3);
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 500, "{answer}");
+	assert_eq!(answer["error"]["code"], "internal_error");
+	let message = answer["error"]["message"].as_str().unwrap();
+	assert!(message.contains("the batch step failed: unsupported: step"), "{message}");
+
+	flaky.fail_step(8);
+	let (status, events) = stream(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let got = gather(&events, "text_completion", "/text");
+	let error = got.error.clone().expect("no error event");
+	assert_eq!(error["code"], "internal_error", "{error}");
+	assert_eq!(got.reasons, [None]);
+	let want = generate(&model, &tokenizer, None, &greedy(PARIS, 16)).unwrap();
+	assert!(!got.texts[0].0.is_empty() && want.text.starts_with(&got.texts[0].0), "{got:?}");
+
+	let (status, health) = get(address, "/health");
+	assert_eq!(status, 200, "{health}");
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/text");
+}
+
 /// `openledger-worker serve` until dropped.
 struct Served(Child);
 
@@ -340,14 +575,14 @@ impl Drop for Served {
 
 #[test]
 fn the_serve_command_serves_a_folder_of_adapters() {
-	let (model, tokenizer) = load();
+	let (model, tokenizer) = load(WeightFormat::AsStored);
 	let root = tempfile::tempdir().unwrap();
-	write_adapter(&model, &root.path().join("alpha"), 1);
-	write_adapter(&model, &root.path().join("beta"), 2);
+	write_adapter(&model, &root.path().join("alpha"), 1, 8, &TARGETS);
+	write_adapter(&model, &root.path().join("beta"), 2, 8, &TARGETS);
 	std::fs::create_dir(root.path().join("not-an-adapter")).unwrap();
 	let elsewhere = tempfile::tempdir().unwrap();
 	let extra = elsewhere.path().join("gamma");
-	write_adapter(&model, &extra, 3);
+	write_adapter(&model, &extra, 3, 8, &TARGETS);
 	let mut child = Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
 		.arg("serve")
 		.arg("--model")

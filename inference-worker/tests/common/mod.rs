@@ -1,0 +1,136 @@
+//! What the worker's integration tests share: the real model, synthetic adapters, greedy
+//! requests, and a decoder whose steps can be made to fail.
+
+// Each test crate uses only some of these.
+#![allow(dead_code)]
+
+use std::{
+	collections::BTreeMap,
+	path::Path,
+	sync::{
+		atomic::{AtomicU64, Ordering},
+		Arc,
+	},
+};
+
+use candle_core::Device;
+use openledger_inference_worker::{
+	config::LlamaConfig,
+	decoder::{Decoder, Next, Want},
+	error::{Error, Result},
+	generate::GenerationRequest,
+	kv_cache::{KvCacheConfig, PagedKvCache},
+	lora::{
+		synthetic::{self, SyntheticAdapter},
+		AdapterFiles, LoraAdapter, Projection,
+	},
+	model::{Llama, SequenceInput, WeightFormat},
+	models,
+	sampling::SamplingParams,
+	tokenizer::Tokenizer,
+};
+
+/// The real model (SmolLM2-135M-Instruct) with its weights in `format`, and its tokenizer.
+pub fn load(format: WeightFormat) -> (Arc<Llama>, Arc<Tokenizer>) {
+	let path = models::smollm2_gguf();
+	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
+	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, format).unwrap();
+	(Arc::new(model), Arc::new(tokenizer))
+}
+
+/// Writes a synthetic PEFT adapter of `rank` (alpha twice the rank) on `targets` into `dir`.
+pub fn write_adapter(model: &Llama, dir: &Path, seed: u64, rank: usize, targets: &[Projection]) {
+	let spec = SyntheticAdapter {
+		seed,
+		rank,
+		alpha: 2.0 * rank as f64,
+		targets: targets.to_vec(),
+		rank_pattern: BTreeMap::new(),
+		alpha_pattern: BTreeMap::new(),
+	};
+	synthetic::write(&spec, &model.config, dir).unwrap();
+}
+
+/// A greedy request for `max_tokens` tokens after `prompt`.
+pub fn greedy(prompt: &str, max_tokens: usize) -> GenerationRequest {
+	GenerationRequest {
+		prompt: prompt.into(),
+		max_tokens,
+		sampling: SamplingParams::default(),
+		stop: vec![],
+	}
+}
+
+/// A decoder that is `D` except that the step numbered [`Flaky::fail_step`] fails, as a device
+/// fault would.
+pub struct Flaky<D> {
+	inner: Arc<D>,
+	/// Steps run (failed ones included).
+	steps: AtomicU64,
+	/// The step (counting from 1) that fails; 0 for none.
+	fail_at: AtomicU64,
+}
+
+impl<D: Decoder> Flaky<D> {
+	/// `inner`, not failing until told to.
+	pub fn new(inner: Arc<D>) -> Self {
+		Self { inner, steps: AtomicU64::new(0), fail_at: AtomicU64::new(0) }
+	}
+
+	/// Steps run so far.
+	pub fn steps(&self) -> u64 {
+		self.steps.load(Ordering::SeqCst)
+	}
+
+	/// Makes the `after`-th step from now fail (1: the next one).
+	pub fn fail_step(&self, after: u64) {
+		self.fail_at.store(self.steps() + after, Ordering::SeqCst);
+	}
+}
+
+impl<D: Decoder> Decoder for Flaky<D> {
+	type Store = D::Store;
+	type Residency = D::Residency;
+
+	fn config(&self) -> &LlamaConfig {
+		self.inner.config()
+	}
+
+	fn max_sequence(&self) -> usize {
+		self.inner.max_sequence()
+	}
+
+	fn kv_cache(&self, kv: KvCacheConfig) -> Result<PagedKvCache<D::Store>> {
+		self.inner.kv_cache(kv)
+	}
+
+	fn residency(&self, budget_bytes: usize) -> Result<D::Residency> {
+		self.inner.residency(budget_bytes)
+	}
+
+	fn adapter_from_files(&self, name: &str, files: &AdapterFiles) -> Result<LoraAdapter> {
+		self.inner.adapter_from_files(name, files)
+	}
+
+	fn adapters_fit(&self, residency: &D::Residency, adapters: &[&LoraAdapter]) -> bool {
+		self.inner.adapters_fit(residency, adapters)
+	}
+
+	fn samples(&self) -> bool {
+		self.inner.samples()
+	}
+
+	fn step(
+		&self,
+		cache: &mut PagedKvCache<D::Store>,
+		residency: &mut D::Residency,
+		batch: &mut [SequenceInput<'_>],
+		wants: &[Want],
+	) -> Result<Vec<Next>> {
+		let step = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
+		if step == self.fail_at.load(Ordering::SeqCst) {
+			return Err(Error::Unsupported(format!("step {step} failed on purpose")));
+		}
+		self.inner.step(cache, residency, batch, wants)
+	}
+}

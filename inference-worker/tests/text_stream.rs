@@ -1,0 +1,111 @@
+//! Streamed text on the real model's tokenizer: whatever the tokens (characters split across
+//! byte tokens, special tokens, stop sequences anywhere), the pieces released add up to exactly
+//! the final text of the generation, and each is released as soon as it can no longer change.
+
+use openledger_inference_worker::{
+	generate::{FinishReason, GenerationRequest, Progress},
+	sampling::{Sampled, SamplingParams},
+	text_stream::TextStream,
+	tokenizer::Tokenizer,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+mod common;
+
+/// Feeds `tokens` one by one to a generation with `stop` and to a stream; returns the pieces
+/// released after each token, what [`TextStream::finish`] adds, and the final text.
+fn stream(
+	tokenizer: &Tokenizer,
+	tokens: &[u32],
+	stop: &[String],
+) -> (Vec<String>, String, String, FinishReason) {
+	let request = GenerationRequest {
+		prompt: String::new(),
+		max_tokens: tokens.len() + 1,
+		sampling: SamplingParams::default(),
+		stop: stop.to_vec(),
+	};
+	let mut progress = Progress::new(&request, vec![1]).unwrap();
+	let mut text = TextStream::new(stop, tokenizer.eos);
+	let mut pieces = Vec::new();
+	for &token in tokens {
+		progress.record(Sampled { token, logprob: 0.0 }, tokenizer).unwrap();
+		if progress.is_finished() {
+			break;
+		}
+		pieces.push(text.advance(&progress.tokens, tokenizer).unwrap());
+		assert_eq!(text.sent(), pieces.concat());
+	}
+	let generation = progress.finish(tokenizer).unwrap();
+	let rest = text.finish(&generation).unwrap_or_else(|| {
+		panic!("sent {:?}, final {:?} ({tokens:?})", text.sent(), generation.text)
+	});
+	(pieces, rest.to_string(), generation.text.clone(), generation.finish_reason)
+}
+
+#[test]
+fn pieces_add_up_to_the_final_text_for_any_tokens_and_stops() {
+	let (_, tokenizer) = common::load(openledger_inference_worker::model::WeightFormat::AsStored);
+	let vocab = tokenizer.vocab_size() as u32;
+	let mut rng = StdRng::seed_from_u64(5);
+	let words = "naïve café 東京 données 🚀🦀 ünïcödé — 数据集 αβγ".to_string();
+	let spelled = tokenizer.encode(&words).unwrap();
+	let mut stopped = 0;
+	for case in 0..400 {
+		// Random tokens (special and byte tokens included), or runs of a text full of
+		// multi-byte characters.
+		let tokens: Vec<u32> = if case % 2 == 0 {
+			(0..rng.random_range(1..40)).map(|_| rng.random_range(0..vocab)).collect()
+		} else {
+			let start = rng.random_range(0..spelled.len());
+			spelled[start..].iter().take(rng.random_range(1..30)).copied().collect()
+		};
+		let text = tokenizer.decode(&tokens).unwrap();
+		// A stop sequence cut from the text (it stops the generation), or one not in it.
+		let chars: Vec<char> = text.chars().collect();
+		let stop: Vec<String> = match case % 3 {
+			0 if !chars.is_empty() => {
+				let at = rng.random_range(0..chars.len());
+				let len = rng.random_range(1..=6).min(chars.len() - at);
+				vec![chars[at..at + len].iter().collect(), "\u{0}never".into()]
+			}
+			1 => vec!["zzzzzzzzq".into()],
+			_ => vec![],
+		};
+		let (pieces, rest, text, reason) = stream(&tokenizer, &tokens, &stop);
+		assert_eq!(pieces.concat() + &rest, text, "case {case}: {tokens:?} {stop:?}");
+		stopped += usize::from(reason == FinishReason::Stop);
+	}
+	assert!(stopped > 50, "only {stopped} cases stopped at a stop sequence");
+}
+
+#[test]
+fn a_split_character_waits_for_its_last_byte_and_a_stop_holds_back_no_more_than_it_must() {
+	let (_, tokenizer) = common::load(openledger_inference_worker::model::WeightFormat::AsStored);
+	// Find a character that takes several tokens.
+	let (character, tokens) = ["🦀", "🚀", "数", "東", "ü"]
+		.iter()
+		.map(|c| (c.to_string(), tokenizer.encode(&format!("a{c}")).unwrap()))
+		.find(|(_, t)| t.len() > 2)
+		.expect("every test character is one token");
+	let (pieces, rest, text, _) = stream(&tokenizer, &tokens, &[]);
+	assert_eq!(text, format!("a{character}"));
+	assert_eq!(pieces[0], "a");
+	// Nothing while the character is incomplete; all of it with its last token.
+	assert!(pieces[1..pieces.len() - 1].iter().all(String::is_empty), "{pieces:?}");
+	assert_eq!(pieces.last().unwrap(), &character);
+	assert_eq!(rest, "");
+
+	// With the three-byte stop sequence "END", the last two bytes wait: they could begin it.
+	let tokens = tokenizer.encode("Hello world, and EN then more").unwrap();
+	let stop = ["END".to_string()];
+	let (pieces, rest, text, reason) = stream(&tokenizer, &tokens, &stop);
+	assert_eq!(reason, FinishReason::Length);
+	let sent = pieces.concat();
+	assert_eq!(sent.len(), text.len() - 2, "{sent:?}");
+	assert_eq!(sent + &rest, text);
+	let tokens = tokenizer.encode("Hello world, and END then more").unwrap();
+	let (pieces, rest, text, reason) = stream(&tokenizer, &tokens, &stop);
+	assert_eq!((reason, text.as_str()), (FinishReason::Stop, "Hello world, and "));
+	assert_eq!(pieces.concat() + &rest, text);
+}
