@@ -48,6 +48,10 @@ pub struct Generation {
 	pub tokens: Vec<u32>,
 	/// The model's log-probability of each generated token.
 	pub logprobs: Vec<f32>,
+	/// For each generated token, the most likely tokens at its step with their
+	/// log-probabilities, most likely first: as many as the request's
+	/// [`SamplingParams::top_logprobs`] (empty when it asks for none).
+	pub top_logprobs: Vec<Vec<(u32, f32)>>,
 	/// The generated text, cut before a stop sequence.
 	pub text: String,
 	/// Why it ended.
@@ -81,6 +85,7 @@ pub struct Progress {
 	/// The generated token ids so far.
 	pub tokens: Vec<u32>,
 	logprobs: Vec<f32>,
+	top_logprobs: Vec<Vec<(u32, f32)>>,
 	max_tokens: usize,
 	stop: Vec<String>,
 	text: String,
@@ -95,6 +100,7 @@ impl Progress {
 			prompt_tokens,
 			tokens: Vec::with_capacity(request.max_tokens),
 			logprobs: Vec::with_capacity(request.max_tokens),
+			top_logprobs: Vec::new(),
 			max_tokens: request.max_tokens,
 			stop: request.stop.clone(),
 			text: String::new(),
@@ -115,6 +121,9 @@ impl Progress {
 			false => Vec::new(),
 		};
 		let sampled = self.sampler.sample(logits, &history)?;
+		if self.sampler.wants_top_logprobs() {
+			self.top_logprobs.push(self.sampler.top_logprobs(logits));
+		}
 		self.record(sampled, tokenizer)
 	}
 
@@ -161,6 +170,7 @@ impl Progress {
 			prompt_tokens: self.prompt_tokens,
 			tokens: self.tokens,
 			logprobs: self.logprobs,
+			top_logprobs: self.top_logprobs,
 			text,
 			finish_reason,
 		})

@@ -5,10 +5,16 @@
 //!   base), `prompt` (a string, or an array of one), `max_tokens` (16), `temperature` (1),
 //!   `top_p` (1), `top_k` (a vLLM extension; 0 or -1: all), `repetition_penalty` (1), `seed`
 //!   (random when absent; choice `i` of `n` is seeded with `seed + i`), `stop` (a string or up
-//!   to 4), `n` (choices, 1 to 16), `stream` and `stream_options.include_usage`;
-//!   `logprobs` and `echo` are refused when asked for (not served yet).
+//!   to 4), `n` (choices, 1 to 16), `stream` and `stream_options.include_usage`, `logprobs`
+//!   (the sampled tokens' log-probabilities and this many most likely tokens' at each step, up
+//!   to 20: OpenAI's `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`), `echo` (the
+//!   prompt before the answer's text).
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
-//!   model's own chat template instead of `prompt`.
+//!   model's own chat template instead of `prompt`; `logprobs` (true or false) and
+//!   `top_logprobs` (0 to 20) give OpenAI's `logprobs.content` (each token's text, bytes,
+//!   log-probability and most likely alternatives). Log-probabilities are the model's own
+//!   (before temperature, penalty or truncation), as vLLM reports them; they are not served
+//!   with `stream`, nor with `echo` (that would need the prompt's).
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
@@ -52,8 +58,9 @@ use crate::{
 	chat::{ChatTemplate, Message},
 	error::Error,
 	generate::{FinishReason, Generation, GenerationRequest},
-	sampling::SamplingParams,
+	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
+	tokenizer::Tokenizer,
 };
 
 /// The largest request body taken, in bytes (a prompt beyond the model's context is refused
@@ -72,6 +79,8 @@ pub struct ApiState {
 	pub model_name: String,
 	/// The adapters' names, each servable as a model.
 	pub adapters: Vec<String>,
+	/// The model's tokenizer (the tokens' text in log-probabilities).
+	pub tokenizer: Arc<Tokenizer>,
 	/// The model's chat template, if it has one (`/v1/chat/completions` needs it).
 	pub chat_template: Option<ChatTemplate>,
 	/// When the worker started (seconds since the epoch), the models' `created`.
@@ -192,6 +201,8 @@ struct Body {
 	stream_options: Option<StreamOptions>,
 	/// Completions: how many top tokens' log-probabilities; chat: whether to return them.
 	logprobs: Option<Value>,
+	/// Chat: how many top tokens' log-probabilities.
+	top_logprobs: Option<usize>,
 	/// Completions: whether to put the prompt before the answer.
 	echo: Option<bool>,
 }
@@ -249,18 +260,56 @@ impl ApiState {
 /// The most choices (`n`) one request may ask for: each is a request of its own in the engine.
 pub const MAX_CHOICES: usize = 16;
 
-/// The engine's requests for `prompt` with `body`'s sampling: `n` of them, choice `i` seeded
-/// with `seed + i` (so a seeded request is repeatable, and its choices differ).
-fn generation_requests(prompt: String, body: &Body) -> Result<Vec<GenerationRequest>, ApiError> {
-	if body
-		.logprobs
-		.as_ref()
-		.is_some_and(|v| !matches!(v, Value::Null | Value::Bool(false)) && v.as_u64() != Some(0))
-	{
-		return Err(ApiError::bad_request("logprobs: log-probabilities are not served yet"));
+/// How many most likely tokens' log-probabilities `body` asks for at `endpoint`: `None` for no
+/// log-probabilities at all.
+fn logprobs_asked(endpoint: Endpoint, body: &Body) -> Result<Option<usize>, ApiError> {
+	let asked = match (endpoint, &body.logprobs) {
+		(_, None | Some(Value::Null | Value::Bool(false))) => None,
+		(Endpoint::Completions, Some(k)) => Some(k.as_u64().ok_or_else(|| {
+			ApiError::bad_request(format!("logprobs: {k} is not a count of tokens"))
+		})?),
+		(Endpoint::Chat, Some(Value::Bool(true))) => Some(body.top_logprobs.unwrap_or(0) as u64),
+		(Endpoint::Chat, Some(other)) => {
+			return Err(ApiError::bad_request(format!("logprobs: {other} is not true or false")))
+		}
+	};
+	match endpoint {
+		Endpoint::Chat if asked.is_none() && body.top_logprobs.is_some_and(|k| k > 0) => {
+			return Err(ApiError::bad_request("top_logprobs: only with logprobs: true"))
+		}
+		Endpoint::Completions if body.top_logprobs.is_some() => {
+			return Err(ApiError::bad_request("top_logprobs: use logprobs on /v1/completions"))
+		}
+		_ => {}
+	}
+	let Some(k) = asked else { return Ok(None) };
+	if k > MAX_TOP_LOGPROBS as u64 {
+		return Err(ApiError::bad_request(format!(
+			"logprobs: at most {MAX_TOP_LOGPROBS} most likely tokens, not {k}"
+		)));
+	}
+	if body.stream == Some(true) {
+		return Err(ApiError::bad_request("logprobs: not served with stream yet"));
 	}
 	if body.echo == Some(true) {
-		return Err(ApiError::bad_request("echo: echoing the prompt is not served"));
+		return Err(ApiError::bad_request(
+			"logprobs with echo: the prompt's log-probabilities are not served",
+		));
+	}
+	Ok(Some(k as usize))
+}
+
+/// The engine's requests for `prompt` with `body`'s sampling at `endpoint`, each reporting
+/// `top_logprobs` most likely tokens: `n` of them, choice `i` seeded with `seed + i` (so a
+/// seeded request is repeatable, and its choices differ).
+fn generation_requests(
+	endpoint: Endpoint,
+	prompt: String,
+	body: &Body,
+	top_logprobs: usize,
+) -> Result<Vec<GenerationRequest>, ApiError> {
+	if body.echo == Some(true) && matches!(endpoint, Endpoint::Chat) {
+		return Err(ApiError::bad_request("echo: only on /v1/completions"));
 	}
 	if body.stream_options.is_some() && body.stream != Some(true) {
 		return Err(ApiError::bad_request("stream_options: only allowed when stream is true"));
@@ -299,6 +348,7 @@ fn generation_requests(prompt: String, body: &Body) -> Result<Vec<GenerationRequ
 				top_p: body.top_p.unwrap_or(1.0),
 				repetition_penalty: body.repetition_penalty.unwrap_or(1.0),
 				seed: seed.map_or_else(rand::random, |s| s.wrapping_add(i)),
+				top_logprobs,
 			},
 			stop: stop.clone(),
 		})
@@ -333,16 +383,79 @@ impl Endpoint {
 		format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
 	}
 
-	/// Choice `index` of a whole answer: `text` as a completion or an assistant's message.
-	fn choice(self, index: usize, text: &str, reason: FinishReason) -> Value {
+	/// Choice `index` of a whole answer: `text` as a completion or an assistant's message,
+	/// with its `logprobs` (`null` when not asked for).
+	fn choice(self, index: usize, text: &str, logprobs: Value, reason: FinishReason) -> Value {
 		let mut choice = match self {
 			Endpoint::Completions => json!({ "text": text }),
 			Endpoint::Chat => json!({ "message": { "role": "assistant", "content": text } }),
 		};
 		choice["index"] = json!(index);
-		choice["logprobs"] = Value::Null;
+		choice["logprobs"] = logprobs;
 		choice["finish_reason"] = json!(finish_reason(reason));
 		choice
+	}
+
+	/// OpenAI's `logprobs` of a choice for `generation`'s tokens (each token's text as the
+	/// tokenizer decodes it alone), whose text begins `offset` characters into the choice's
+	/// text (after an echoed prompt).
+	fn logprobs(
+		self,
+		tokenizer: &Tokenizer,
+		generation: &Generation,
+		offset: usize,
+	) -> Result<Value, Error> {
+		// JSON has no infinities: vLLM's floor.
+		let finite = |logprob: f32| json!(logprob.max(-9999.0));
+		let mut texts = Vec::with_capacity(generation.tokens.len());
+		let mut alternatives = Vec::with_capacity(generation.tokens.len());
+		for (i, &token) in generation.tokens.iter().enumerate() {
+			texts.push(tokenizer.decode(&[token])?);
+			let top = generation.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
+			let top: Vec<(String, f32)> = top
+				.iter()
+				.map(|&(t, logprob)| Ok((tokenizer.decode(&[t])?, logprob)))
+				.collect::<Result<_, Error>>()?;
+			alternatives.push(top);
+		}
+		let logprobs = generation.logprobs.iter().copied();
+		Ok(match self {
+			Endpoint::Completions => {
+				let mut offsets = Vec::with_capacity(texts.len());
+				let mut at = offset;
+				for text in &texts {
+					offsets.push(at);
+					at += text.chars().count();
+				}
+				let top: Vec<Value> = alternatives
+					.iter()
+					.map(|top| {
+						Value::Object(top.iter().map(|(t, lp)| (t.clone(), finite(*lp))).collect())
+					})
+					.collect();
+				json!({
+					"tokens": texts,
+					"token_logprobs": logprobs.map(finite).collect::<Vec<_>>(),
+					"top_logprobs": top,
+					"text_offset": offsets,
+				})
+			}
+			Endpoint::Chat => {
+				let entry = |text: &str, logprob: f32| json!({ "token": text, "logprob": finite(logprob), "bytes": text.as_bytes() });
+				let content: Vec<Value> = texts
+					.iter()
+					.zip(logprobs)
+					.zip(&alternatives)
+					.map(|((text, logprob), top)| {
+						let mut token = entry(text, logprob);
+						token["top_logprobs"] =
+							top.iter().map(|(t, lp)| entry(t, *lp)).collect::<Vec<_>>().into();
+						token
+					})
+					.collect();
+				json!({ "content": content })
+			}
+		})
 	}
 
 	/// Choice `index` of a streamed chunk: more `text`, or (with `reason`) the choice's end; a
@@ -383,21 +496,28 @@ async fn serve(
 	(model, adapter): (String, Option<String>),
 	body: Body,
 ) -> Result<Response, ApiError> {
-	let requests = generation_requests(prompt, &body)?;
+	let logprobs = logprobs_asked(endpoint, &body)?;
+	let requests = generation_requests(endpoint, prompt.clone(), &body, logprobs.unwrap_or(0))?;
+	let echo = (body.echo == Some(true)).then_some(prompt);
 	if body.stream == Some(true) {
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
 		let head = ChunkHead { id: endpoint.answer_id(), created: now(), model, endpoint };
-		return stream(&state.engine, requests, adapter, head, include_usage).await;
+		return stream(&state.engine, requests, adapter, head, include_usage, echo).await;
 	}
 	let generations = futures::future::try_join_all(
 		requests.into_iter().map(|request| state.engine.generate(request, adapter.clone())),
 	)
 	.await?;
-	let choices: Vec<Value> = generations
-		.iter()
-		.enumerate()
-		.map(|(i, g)| endpoint.choice(i, &g.text, g.finish_reason))
-		.collect();
+	let echoed = echo.as_deref().unwrap_or("");
+	let offset = echoed.chars().count();
+	let mut choices = Vec::with_capacity(generations.len());
+	for (i, g) in generations.iter().enumerate() {
+		let logprobs = match logprobs {
+			Some(_) => endpoint.logprobs(&state.tokenizer, g, offset)?,
+			None => Value::Null,
+		};
+		choices.push(endpoint.choice(i, &format!("{echoed}{}", g.text), logprobs, g.finish_reason));
+	}
 	Ok(Json(json!({
 		"id": endpoint.answer_id(),
 		"object": endpoint.object(false),
@@ -467,6 +587,7 @@ async fn stream(
 	adapter: Option<String>,
 	head: ChunkHead,
 	include_usage: bool,
+	echo: Option<String>,
 ) -> Result<Response, ApiError> {
 	let mut choices = Vec::with_capacity(requests.len());
 	let mut started = Vec::with_capacity(requests.len());
@@ -482,10 +603,15 @@ async fn stream(
 	}
 	let open = choices.len();
 	let mut start = Vec::new();
-	if matches!(head.endpoint, Endpoint::Chat) {
+	// A chat's choices begin with the role; echoed completions with the prompt.
+	let first = match head.endpoint {
+		Endpoint::Chat => Some(""),
+		Endpoint::Completions => echo.as_deref(),
+	};
+	if let Some(text) = first {
 		for index in 0..open {
 			let usage = include_usage.then_some(Value::Null);
-			start.push(head.chunk(vec![head.endpoint.delta(index, Some(""), None)], usage));
+			start.push(head.chunk(vec![head.endpoint.delta(index, Some(text), None)], usage));
 		}
 	}
 	let answer = Streamer {

@@ -139,6 +139,10 @@ struct GenerateArgs {
 	/// Seed of the sampler.
 	#[arg(long, default_value_t = 0)]
 	seed: u64,
+	/// With --json: the most likely tokens at each step to report with their log-probabilities
+	/// (`top_logprobs`; 0: none, at most 20).
+	#[arg(long, default_value_t = 0)]
+	top_logprobs: usize,
 	/// Stop when the output contains this text (repeatable).
 	#[arg(long)]
 	stop: Vec<String>,
@@ -265,6 +269,7 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 			top_p: args.top_p,
 			repetition_penalty: args.repetition_penalty,
 			seed: args.seed,
+			top_logprobs: args.top_logprobs,
 		},
 		stop: args.stop.clone(),
 	})
@@ -343,6 +348,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 		engine,
 		model_name: name,
 		adapters: adapters.into_iter().map(|(n, _)| n).collect(),
+		tokenizer,
 		chat_template,
 		started: http_api::now(),
 	});
@@ -382,10 +388,10 @@ fn start<D: Decoder>(
 	tokenizer: Tokenizer,
 	config: EngineConfig,
 	adapters: Vec<(String, PathBuf)>,
-) -> Result<(EngineService, Tokenizer)> {
-	let service =
-		EngineService::start(Arc::new(model), Arc::new(tokenizer.clone()), config, adapters)
-			.context("starting the engine")?;
+) -> Result<(EngineService, Arc<Tokenizer>)> {
+	let tokenizer = Arc::new(tokenizer);
+	let service = EngineService::start(Arc::new(model), tokenizer.clone(), config, adapters)
+		.context("starting the engine")?;
 	Ok((service, tokenizer))
 }
 

@@ -19,11 +19,25 @@ pub struct SamplingParams {
 	pub repetition_penalty: f32,
 	/// Seed of the sampler's generator.
 	pub seed: u64,
+	/// How many of the most likely tokens to report with their log-probabilities at each step
+	/// (vLLM's `logprobs`; 0 for none, at most [`MAX_TOP_LOGPROBS`]). The sampled token's own
+	/// log-probability is always reported.
+	pub top_logprobs: usize,
 }
+
+/// The most alternatives [`SamplingParams::top_logprobs`] may ask for (vLLM's default limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
 	fn default() -> Self {
-		Self { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+		Self {
+			temperature: 0.0,
+			top_k: 0,
+			top_p: 1.0,
+			repetition_penalty: 1.0,
+			seed: 0,
+			top_logprobs: 0,
+		}
 	}
 }
 
@@ -40,6 +54,12 @@ impl SamplingParams {
 			return Err(Error::Request(format!(
 				"repetition_penalty {} is not > 0",
 				self.repetition_penalty
+			)));
+		}
+		if self.top_logprobs > MAX_TOP_LOGPROBS {
+			return Err(Error::Request(format!(
+				"{} top log-probabilities asked for, at most {MAX_TOP_LOGPROBS}",
+				self.top_logprobs
 			)));
 		}
 		Ok(())
@@ -69,11 +89,34 @@ pub struct Sampler {
 	rng: StdRng,
 }
 
-/// `log_softmax(logits)[token]`, computed stably.
-pub fn logprob_of(logits: &[f32], token: usize) -> f32 {
+/// `max(logits)` and `ln Σ exp(logits - max)`: `log_softmax(logits)[t]` is
+/// `logits[t] - max - ln_sum`.
+fn softmax_norm(logits: &[f32]) -> (f32, f32) {
 	let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
 	let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-	(logits[token] - max) - sum.ln() as f32
+	(max, sum.ln() as f32)
+}
+
+/// `log_softmax(logits)[token]`, computed stably.
+pub fn logprob_of(logits: &[f32], token: usize) -> f32 {
+	let (max, ln_sum) = softmax_norm(logits);
+	(logits[token] - max) - ln_sum
+}
+
+/// The `k` most likely tokens under `logits` with their log-probabilities, most likely first
+/// (the lower id first on ties).
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+	let k = k.min(logits.len());
+	if k == 0 {
+		return Vec::new();
+	}
+	let by_rank = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+	let mut order: Vec<usize> = (0..logits.len()).collect();
+	order.select_nth_unstable_by(k - 1, by_rank);
+	order.truncate(k);
+	order.sort_unstable_by(by_rank);
+	let (max, ln_sum) = softmax_norm(logits);
+	order.into_iter().map(|t| (t as u32, (logits[t] - max) - ln_sum)).collect()
 }
 
 impl Sampler {
@@ -91,12 +134,13 @@ impl Sampler {
 
 	/// The kernels' sampling parameters and uniform draw for the next token, when the kernels'
 	/// sampler (`openledger_kernels::sampling`, which runs where the logits are) can pick it:
-	/// without a repetition penalty, which needs the tokens so far. Draws from the request's
+	/// without a repetition penalty, which needs the tokens so far, and without top
+	/// log-probabilities, which need the logits (see [`Sampler::top_logprobs`]). Draws from the request's
 	/// seeded generator (one draw per sampled token, none for greedy), so a seeded request is
 	/// reproducible on this path as on the host's; the two paths do not pick the same tokens
 	/// from the same seed (they draw and visit the kept tokens differently).
 	pub fn kernel_draw(&mut self) -> Option<(kernel::SamplingParams, f32)> {
-		if self.needs_history() {
+		if self.needs_history() || self.params.top_logprobs > 0 {
 			return None;
 		}
 		let p = &self.params;
@@ -107,6 +151,17 @@ impl Sampler {
 		};
 		let uniform = if p.temperature == 0.0 { 0.0 } else { self.rng.random::<f32>() };
 		Some((params, uniform))
+	}
+
+	/// Whether the request asks for the most likely tokens at each step.
+	pub fn wants_top_logprobs(&self) -> bool {
+		self.params.top_logprobs > 0
+	}
+
+	/// The most likely tokens under `logits` that the request asks to see (its
+	/// [`SamplingParams::top_logprobs`]), with their log-probabilities.
+	pub fn top_logprobs(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+		top_logprobs(logits, self.params.top_logprobs)
 	}
 
 	/// Picks the next token from `logits` (one row over the vocabulary), given the tokens so far
@@ -215,6 +270,28 @@ mod tests {
 			assert_eq!((p.temperature, p.top_k, p.top_p), (0.7, 40, 0.9));
 			assert!((0.0..1.0).contains(u));
 		}
+	}
+
+	#[test]
+	fn top_logprobs_are_the_most_likely_tokens_in_order_and_need_the_logits() {
+		let logits = [0.5, 3.0, -1.0, 3.0, 2.0, f32::NEG_INFINITY];
+		let top = top_logprobs(&logits, 3);
+		let tokens: Vec<u32> = top.iter().map(|&(t, _)| t).collect();
+		assert_eq!(tokens, [1, 3, 4], "ties go to the lower id");
+		for &(t, lp) in &top {
+			assert!((lp - logprob_of(&logits, t as usize)).abs() < 1e-6);
+		}
+		let all = top_logprobs(&logits, 10);
+		assert_eq!(all.len(), 6);
+		let total: f32 = all.iter().map(|&(_, lp)| lp.exp()).sum();
+		assert!((total - 1.0).abs() < 1e-5, "{total}");
+		assert_eq!(all[5], (5, f32::NEG_INFINITY));
+		assert!(top_logprobs(&logits, 0).is_empty());
+		let asks = SamplingParams { top_logprobs: 2, ..Default::default() };
+		assert!(sampler(asks.clone()).kernel_draw().is_none(), "the kernels give no logits");
+		assert_eq!(sampler(asks).top_logprobs(&logits), top[..2]);
+		let too_many = SamplingParams { top_logprobs: MAX_TOP_LOGPROBS + 1, ..Default::default() };
+		assert!(Sampler::new(too_many).is_err());
 	}
 
 	#[test]

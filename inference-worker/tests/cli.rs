@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use openledger_inference_worker::models;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn worker() -> Command {
 	Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
@@ -23,6 +23,7 @@ fn generate_prints_one_json_object_that_matches_transformers() {
 		.arg(&model)
 		.args(["--prompt", case["prompt"].as_str().unwrap()])
 		.args(["--max-tokens", "8", "--temperature", "0", "--dequantize", "--json"])
+		.args(["--top-logprobs", "3"])
 		.output()
 		.expect("the worker runs");
 	let stdout = String::from_utf8_lossy(&output.stdout);
@@ -37,6 +38,13 @@ fn generate_prints_one_json_object_that_matches_transformers() {
 	let logprobs = out["logprobs"].as_array().expect("logprobs");
 	assert_eq!(logprobs.len(), 8);
 	assert!(logprobs.iter().all(|l| l.as_f64().is_some_and(|l| l <= 0.0)));
+	// Greedy: each step's most likely token, of the three listed, is the one generated.
+	let top = out["top_logprobs"].as_array().expect("top_logprobs");
+	assert_eq!(top.len(), 8);
+	for (i, step) in top.iter().enumerate() {
+		assert_eq!(step.as_array().map(Vec::len), Some(3), "{step}");
+		assert_eq!(step[0], json!([tokens[i], logprobs[i]]), "step {i}");
+	}
 	assert!(out["text"].as_str().is_some_and(|t| !t.is_empty()), "{out}");
 	assert_eq!(out["finish_reason"], "length");
 }

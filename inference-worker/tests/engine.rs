@@ -79,9 +79,9 @@ fn assert_adapter_failed(result: Option<Result<Generation, Error>>, adapter: &st
 	}
 }
 
-/// Same prompt, tokens, text and log-probabilities (within `tol`): serving is invariant to what
-/// shares the batch, to prefill chunking and to recompute after preemption (see
-/// `Llama::attention`).
+/// Same prompt, tokens, text and log-probabilities, the most likely tokens' included (within
+/// `tol`): serving is invariant to what shares the batch, to prefill chunking and to recompute
+/// after preemption (see `Llama::attention`).
 fn assert_same(got: &Generation, want: &Generation, what: &str, tol: f32) {
 	assert_eq!(got.prompt_tokens, want.prompt_tokens, "{what}");
 	assert_eq!(got.tokens, want.tokens, "{what}: generated tokens");
@@ -90,6 +90,13 @@ fn assert_same(got: &Generation, want: &Generation, what: &str, tol: f32) {
 	let diff =
 		got.logprobs.iter().zip(&want.logprobs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
 	assert!(diff <= tol, "{what}: logprobs differ by {diff}");
+	assert_eq!(got.top_logprobs.len(), want.top_logprobs.len(), "{what}: top logprobs");
+	for (step, (a, b)) in got.top_logprobs.iter().zip(&want.top_logprobs).enumerate() {
+		let tokens = |top: &[(u32, f32)]| top.iter().map(|&(t, _)| t).collect::<Vec<_>>();
+		assert_eq!(tokens(a), tokens(b), "{what}: the most likely tokens at step {step}");
+		let diff = a.iter().zip(b).map(|(x, y)| (x.1 - y.1).abs()).fold(0.0, f32::max);
+		assert!(diff <= tol, "{what}: top logprobs at step {step} differ by {diff}");
+	}
 }
 
 /// Largest log-probability difference allowed against serving alone with the quantized weights
@@ -124,12 +131,13 @@ fn small_config(model: &LlamaConfig, blocks: usize, pool_bytes: usize) -> Engine
 	}
 }
 
-/// Request `i` of [`PROMPTS`], sampled in turn greedily, with a seeded temperature, top-k and
-/// top-p (on the kernel decoder: where the logits are), and greedily after a repetition penalty
-/// (on the host on every decoder).
+/// Request `i` of [`PROMPTS`], sampled in turn greedily (the fourth with the 3 most likely
+/// tokens' log-probabilities: on the host on every decoder), with a seeded temperature, top-k
+/// and top-p (on the kernel decoder: where the logits are), and greedily after a repetition
+/// penalty (on the host on every decoder; with 2 most likely tokens).
 fn staggered_request(i: usize) -> GenerationRequest {
 	let sampling = match i % 3 {
-		0 => SamplingParams::default(),
+		0 => SamplingParams { top_logprobs: i, ..Default::default() },
 		1 => SamplingParams {
 			temperature: 0.8,
 			top_k: 40,
@@ -137,7 +145,7 @@ fn staggered_request(i: usize) -> GenerationRequest {
 			seed: i as u64,
 			..Default::default()
 		},
-		_ => SamplingParams { repetition_penalty: 1.3, ..Default::default() },
+		_ => SamplingParams { repetition_penalty: 1.3, top_logprobs: 2, ..Default::default() },
 	};
 	GenerationRequest { sampling, ..greedy(PROMPTS[i], 6 + i % 3) }
 }

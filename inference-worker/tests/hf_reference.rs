@@ -153,7 +153,7 @@ fn check(
 	let request = GenerationRequest {
 		prompt: case.prompt.clone(),
 		max_tokens: steps,
-		sampling: SamplingParams::default(),
+		sampling: SamplingParams { top_logprobs: 5, ..SamplingParams::default() },
 		stop: vec![],
 	};
 	let out = generate(model, tokenizer, adapter, &request).unwrap();
@@ -167,6 +167,19 @@ fn check(
 		assert_eq!(out.tokens[..], expected.tokens[..n], "{label}: greedy tokens");
 		let lp = max_diff(&out.logprobs, &expected.logprobs[..n]);
 		assert!(lp <= DENSE_TOL, "{label}: logprobs differ by {lp}");
+		// The five most likely first tokens: transformers' top logits less its log-normaliser
+		// (its top token's logit less that token's log-probability).
+		assert_eq!(expected.top_logits[0].0, expected.tokens[0], "{label}");
+		let norm = expected.top_logits[0].1 - expected.logprobs[0];
+		let theirs: Vec<(u32, f32)> =
+			expected.top_logits[..5].iter().map(|&(id, logit)| (id, logit - norm)).collect();
+		let ours = &out.top_logprobs[0];
+		let ids = |top: &[(u32, f32)]| top.iter().map(|&(id, _)| id).collect::<Vec<_>>();
+		assert_eq!(ids(ours), ids(&theirs), "{label}: the five most likely first tokens");
+		let values = |top: &[(u32, f32)]| top.iter().map(|&(_, lp)| lp).collect::<Vec<_>>();
+		let top_diff = max_diff(&values(ours), &values(&theirs));
+		assert!(top_diff <= DENSE_TOL, "{label}: top log-probabilities differ by {top_diff}");
+		assert!(out.top_logprobs.iter().all(|top| top.len() == 5), "{label}");
 	} else {
 		assert!(
 			logit_diff <= quantized_tol(model.format),

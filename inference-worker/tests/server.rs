@@ -46,6 +46,7 @@ fn start<D: Decoder>(
 		model_name: MODEL.into(),
 		adapters: adapters.into_iter().map(|(name, _)| name).collect(),
 		chat_template: Some(tokenizer.chat_template().unwrap()),
+		tokenizer,
 		started: http_api::now(),
 	});
 	let runtime =
@@ -364,8 +365,6 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 	error(404, stream, "model_not_found", "nope");
 	let stream = br#"{"prompt": "", "stream": true}"#;
 	error(400, stream, "invalid_request", "the prompt is empty");
-	error(400, br#"{"prompt": "x", "logprobs": 5}"#, "invalid_request", "logprobs");
-	error(400, br#"{"prompt": "x", "echo": true}"#, "invalid_request", "echo");
 	error(400, br#"{"prompt": ["x", "y"]}"#, "invalid_request", "one prompt");
 	error(400, br#"{"prompt": "x", "stop": ["a","b","c","d","e"]}"#, "invalid_request", "stop");
 	error(422, br#"{"prompt": "x", "model": "corrupt"}"#, "adapter_unavailable", "corrupt");
@@ -528,6 +527,112 @@ fn streamed_answers_add_up_to_the_whole_answers() {
 		std::thread::sleep(Duration::from_millis(20));
 	}
 	assert_eq!(metric(address, "requests_running"), 0);
+}
+
+/// Log-probabilities are the library's (the sampled tokens' and the most likely ones at each
+/// step, in OpenAI's shape for each endpoint) and `echo` puts the prompt first, whole or
+/// streamed; what cannot be served together is refused.
+#[test]
+fn logprobs_and_echo_are_the_librarys() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, adapter, address) = serve_tuned(root.path());
+	let close = |got: &Value, want: f32| {
+		let got = got.as_f64().unwrap_or_else(|| panic!("{got} is not a number")) as f32;
+		assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+	};
+	let text_of = |t: u32| tokenizer.decode(&[t]).unwrap();
+
+	// Completions: tokens, token_logprobs, top_logprobs (3 each) and text offsets.
+	let mut request = greedy(PARIS, 8);
+	request.sampling.top_logprobs = 3;
+	let want = generate(&model, &tokenizer, None, &request).unwrap();
+	assert!(want.top_logprobs.iter().all(|top| top.len() == 3));
+	let body = json!({"prompt": PARIS, "max_tokens": 8, "temperature": 0, "logprobs": 3});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/text");
+	let logprobs = &answer["choices"][0]["logprobs"];
+	let tokens: Vec<String> = want.tokens.iter().map(|&t| text_of(t)).collect();
+	assert_eq!(logprobs["tokens"], json!(tokens));
+	let mut offset = 0;
+	for (i, token) in tokens.iter().enumerate() {
+		close(&logprobs["token_logprobs"][i], want.logprobs[i]);
+		assert_eq!(logprobs["text_offset"][i], offset);
+		offset += token.chars().count();
+		let top = logprobs["top_logprobs"][i].as_object().unwrap();
+		assert_eq!(top.len(), 3, "{top:?}");
+		for &(t, logprob) in &want.top_logprobs[i] {
+			close(&top[&text_of(t)], logprob);
+		}
+		// Greedy: the sampled token is the most likely one.
+		assert_eq!(want.top_logprobs[i][0], (want.tokens[i], want.logprobs[i]));
+	}
+
+	// Chat on the adapter: logprobs.content with bytes and two alternatives per token.
+	let messages = json!([{"role": "user", "content": "Name a colour."}]);
+	let rendered = tokenizer
+		.chat_template()
+		.unwrap()
+		.render(&serde_json::from_value::<Vec<_>>(messages.clone()).unwrap(), true)
+		.unwrap();
+	let mut request = greedy(&rendered, 6);
+	request.sampling.top_logprobs = 2;
+	let want = generate(&model, &tokenizer, Some(&adapter), &request).unwrap();
+	let body = json!({"messages": messages, "max_tokens": 6, "temperature": 0, "model": "tuned",
+		"logprobs": true, "top_logprobs": 2});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/message/content");
+	let content = answer["choices"][0]["logprobs"]["content"].as_array().unwrap();
+	assert_eq!(content.len(), want.tokens.len());
+	for (i, entry) in content.iter().enumerate() {
+		let text = text_of(want.tokens[i]);
+		assert_eq!(entry["token"], text.as_str());
+		assert_eq!(entry["bytes"], json!(text.as_bytes()));
+		close(&entry["logprob"], want.logprobs[i]);
+		let top = entry["top_logprobs"].as_array().unwrap();
+		assert_eq!(top.len(), 2);
+		for (alternative, &(t, logprob)) in top.iter().zip(&want.top_logprobs[i]) {
+			assert_eq!(alternative["token"], text_of(t).as_str());
+			close(&alternative["logprob"], logprob);
+		}
+	}
+	// Without logprobs, none are computed or sent.
+	let body = json!({"messages": messages, "max_tokens": 2, "logprobs": false});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["logprobs"], Value::Null);
+
+	// Echo: the prompt, then the completion; streamed, the prompt is the first piece.
+	let want = generate(&model, &tokenizer, None, &greedy(PARIS, 6)).unwrap();
+	let body = json!({"prompt": PARIS, "max_tokens": 6, "temperature": 0, "echo": true});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["text"], format!("{PARIS}{}", want.text));
+	let (status, events) = stream(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	assert_eq!(events[0]["choices"][0]["text"], PARIS);
+	let got = gather(&events, "text_completion", "/text");
+	assert!(got.error.is_none(), "{got:?}");
+	assert_eq!(got.texts[0].0, format!("{PARIS}{}", want.text));
+
+	let refused = |path: &str, body: Value, says: &str| {
+		let (status, answer) = post(address, path, &body);
+		assert_eq!(status, 400, "{answer}");
+		let message = answer["error"]["message"].as_str().unwrap();
+		assert!(message.contains(says), "{message:?} does not say {says:?}");
+	};
+	let completions = "/v1/completions";
+	let chat = "/v1/chat/completions";
+	refused(completions, json!({"prompt": "x", "logprobs": 21}), "at most 20");
+	refused(completions, json!({"prompt": "x", "logprobs": true}), "not a count");
+	refused(completions, json!({"prompt": "x", "logprobs": 1, "stream": true}), "with stream");
+	refused(completions, json!({"prompt": "x", "logprobs": 1, "echo": true}), "echo");
+	refused(completions, json!({"prompt": "x", "top_logprobs": 1}), "use logprobs");
+	refused(chat, json!({"messages": messages, "top_logprobs": 2}), "only with logprobs");
+	refused(chat, json!({"messages": messages, "logprobs": 3}), "not true or false");
+	refused(chat, json!({"messages": messages, "logprobs": true, "top_logprobs": 21}), "at most");
+	refused(chat, json!({"messages": messages, "echo": true}), "only on /v1/completions");
 }
 
 /// A batch step that fails is the server's fault: a whole answer is a 500; a stream that has
