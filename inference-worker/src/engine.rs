@@ -240,6 +240,13 @@ impl<D: Decoder> Engine<D> {
 		self.registry.insert(name.into(), dir.into());
 	}
 
+	/// Stops serving the adapter `name` to new requests; requests already submitted with it
+	/// finish with it, and its weights leave memory as the caches need room. Returns whether it
+	/// was registered.
+	pub fn unregister_adapter(&mut self, name: &str) -> bool {
+		self.registry.remove(name).is_some()
+	}
+
 	/// The adapter cache (for pinning and statistics).
 	pub fn adapters(&self) -> &AdapterCache {
 		&self.adapters

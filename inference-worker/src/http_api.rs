@@ -23,6 +23,14 @@
 //!   cut is held back). A request the engine refuses gets its error status before any event;
 //!   an error after the events began is sent as an `{"error": …}` event before `[DONE]`.
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base).
+//! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
+//!   model name not served yet that names an adapter folder there is served from then on (as
+//!   LoRAX does). With runtime adapters allowed ([`ApiState::with_runtime_adapters`]; 403
+//!   otherwise), vLLM's `POST /v1/load_lora_adapter` (`lora_name`, `lora_path`) builds the
+//!   adapter for the model first (a corrupt or mismatched one is a 422 and is not served) and
+//!   serves it; `POST /v1/unload_lora_adapter` (`lora_name`) stops serving it to new requests
+//!   (those taken finish with it). An unloaded adapter that is in the adapters folder comes
+//!   back when next named: remove its folder to withdraw it.
 //! - `GET /health`: 200 while the engine serves, 503 once its thread has stopped.
 //! - `GET /metrics`: the engine's counters and gauges in Prometheus' text format.
 //!
@@ -35,8 +43,10 @@
 //! blocks go back to the others before the next step.
 
 use std::{
+	collections::BTreeMap,
 	convert::Infallible,
-	sync::Arc,
+	path::{Component, Path, PathBuf},
+	sync::{Arc, RwLock},
 	time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -74,17 +84,83 @@ const DEFAULT_MAX_TOKENS: usize = 16;
 /// What the API serves.
 pub struct ApiState {
 	/// The engine thread.
-	pub engine: EngineService,
+	engine: EngineService,
 	/// The base model's name in requests and in `/v1/models`.
-	pub model_name: String,
-	/// The adapters' names, each servable as a model.
-	pub adapters: Vec<String>,
+	model_name: String,
+	/// The adapters, each servable as a model: their folders by name.
+	adapters: RwLock<BTreeMap<String, PathBuf>>,
+	/// A folder of adapter folders where a model name not served yet is looked for.
+	adapters_dir: Option<PathBuf>,
+	/// Whether clients may load and unload adapters (`/v1/load_lora_adapter`).
+	runtime_adapters: bool,
 	/// The model's tokenizer (the tokens' text in log-probabilities).
-	pub tokenizer: Arc<Tokenizer>,
+	tokenizer: Arc<Tokenizer>,
 	/// The model's chat template, if it has one (`/v1/chat/completions` needs it).
-	pub chat_template: Option<ChatTemplate>,
+	chat_template: Option<ChatTemplate>,
 	/// When the worker started (seconds since the epoch), the models' `created`.
-	pub started: u64,
+	started: u64,
+}
+
+impl ApiState {
+	/// The API over `engine`, serving the base model as `model_name` and `adapters` (name,
+	/// PEFT folder; registered with the engine already), with `tokenizer`'s chat template.
+	pub fn new(
+		engine: EngineService,
+		model_name: impl Into<String>,
+		tokenizer: Arc<Tokenizer>,
+		adapters: impl IntoIterator<Item = (String, PathBuf)>,
+	) -> Self {
+		let chat_template = match tokenizer.chat_template() {
+			Ok(template) => Some(template),
+			Err(e) => {
+				tracing::warn!(error = %e, "no chat template: /v1/chat/completions is refused");
+				None
+			}
+		};
+		Self {
+			engine,
+			model_name: model_name.into(),
+			adapters: RwLock::new(adapters.into_iter().collect()),
+			adapters_dir: None,
+			runtime_adapters: false,
+			tokenizer,
+			chat_template,
+			started: now(),
+		}
+	}
+
+	/// Serves, on demand, each adapter folder of `dir` that a request names (the folder's
+	/// name): adapters added there later are served without a restart (as LoRAX does).
+	pub fn with_adapters_dir(mut self, dir: Option<PathBuf>) -> Self {
+		self.adapters_dir = dir;
+		self
+	}
+
+	/// Lets clients load and unload adapters (vLLM's `/v1/load_lora_adapter` and
+	/// `/v1/unload_lora_adapter`, which vLLM gates the same way).
+	pub fn with_runtime_adapters(mut self, allowed: bool) -> Self {
+		self.runtime_adapters = allowed;
+		self
+	}
+
+	/// The base model's name.
+	pub fn model_name(&self) -> &str {
+		&self.model_name
+	}
+
+	/// The adapters served now, by name.
+	pub fn adapter_names(&self) -> Vec<String> {
+		self.read_adapters().keys().cloned().collect()
+	}
+
+	fn read_adapters(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, PathBuf>> {
+		// Every change is one insert or remove: a poisoned lock still holds a consistent map.
+		self.adapters.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
+
+	fn write_adapters(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, PathBuf>> {
+		self.adapters.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
 }
 
 /// The routes of the API over `state`.
@@ -95,6 +171,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
 		.route("/v1/models", get(models))
 		.route("/v1/completions", post(completions))
 		.route("/v1/chat/completions", post(chat_completions))
+		.route("/v1/load_lora_adapter", post(load_adapter))
+		.route("/v1/unload_lora_adapter", post(unload_adapter))
 		.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 		.with_state(state)
 }
@@ -231,6 +309,24 @@ fn finish_reason(reason: FinishReason) -> &'static str {
 }
 
 impl ApiState {
+	/// Whether the adapters folder has an adapter folder named `name` (a single plain path
+	/// component); if so it is served from now on.
+	fn discover(&self, name: &str) -> bool {
+		let Some(root) = &self.adapters_dir else { return false };
+		let mut parts = Path::new(name).components();
+		let plain = matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None));
+		let dir = root.join(name);
+		if !plain || !dir.join("adapter_config.json").is_file() {
+			return false;
+		}
+		if self.engine.register_adapter(name, &dir).is_err() {
+			return false;
+		}
+		tracing::info!(adapter = %name, "found in the adapters folder");
+		self.write_adapters().insert(name.to_string(), dir);
+		true
+	}
+
 	/// The model a request's `model` names: the name answers report, and the adapter (`None`
 	/// for the base model, which no name or an empty one also means); an error if it is
 	/// neither the base nor a registered adapter.
@@ -240,7 +336,7 @@ impl ApiState {
 			Some(name) if name.is_empty() || name == self.model_name => {
 				Ok((self.model_name.clone(), None))
 			}
-			Some(name) if self.adapters.iter().any(|a| a == name) => {
+			Some(name) if self.read_adapters().contains_key(name) || self.discover(name) => {
 				Ok((name.to_string(), Some(name.to_string())))
 			}
 			Some(name) => Err(ApiError {
@@ -722,6 +818,94 @@ async fn chat_completions(
 	serve(state, Endpoint::Chat, prompt, model, body).await
 }
 
+/// `/v1/load_lora_adapter`'s body (vLLM's).
+#[derive(Debug, Deserialize)]
+struct LoadAdapter {
+	lora_name: String,
+	lora_path: Option<PathBuf>,
+}
+
+impl ApiState {
+	/// Refuses runtime adapter changes unless they are allowed.
+	fn runtime_adapters_allowed(&self) -> Result<(), ApiError> {
+		match self.runtime_adapters {
+			true => Ok(()),
+			false => Err(ApiError {
+				status: StatusCode::FORBIDDEN,
+				kind: "invalid_request_error",
+				code: "runtime_adapters_disabled",
+				message: "loading and unloading adapters is off: start the worker with serve \
+				          --allow-runtime-adapters"
+					.into(),
+			}),
+		}
+	}
+}
+
+/// Loads the adapter in `lora_path` (a PEFT folder on the worker's machine) and serves it as
+/// the model `lora_name` from the next request on: built once for the served model first, so
+/// a corrupt or mismatched adapter is refused here (422) rather than at its first request.
+async fn load_adapter(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<LoadAdapter>, JsonRejection>,
+) -> Result<String, ApiError> {
+	state.runtime_adapters_allowed()?;
+	let Json(LoadAdapter { lora_name: name, lora_path }) = body?;
+	let dir = lora_path.ok_or_else(|| ApiError::bad_request("lora_path: missing"))?;
+	if name.is_empty() || name == state.model_name {
+		return Err(ApiError::bad_request(format!("lora_name: {name:?} cannot name an adapter")));
+	}
+	if state.read_adapters().contains_key(&name) {
+		return Err(ApiError::bad_request(format!(
+			"the adapter {name:?} is already loaded (unload it first)"
+		)));
+	}
+	if !dir.join("adapter_config.json").is_file() {
+		return Err(ApiError::bad_request(format!(
+			"lora_path: {} holds no adapter_config.json",
+			dir.display()
+		)));
+	}
+	let checked = state.clone();
+	let (check_name, check_dir) = (name.clone(), dir.clone());
+	tokio::task::spawn_blocking(move || checked.engine.check_adapter(&check_name, &check_dir))
+		.await
+		.map_err(|e| Error::Stopped(format!("checking the adapter: {e}")))??;
+	let mut adapters = state.write_adapters();
+	if adapters.contains_key(&name) {
+		return Err(ApiError::bad_request(format!("the adapter {name:?} is already loaded")));
+	}
+	state.engine.register_adapter(name.clone(), dir.clone())?;
+	adapters.insert(name.clone(), dir);
+	Ok(format!("Success: LoRA adapter '{name}' added successfully."))
+}
+
+/// `/v1/unload_lora_adapter`'s body (vLLM's).
+#[derive(Debug, Deserialize)]
+struct UnloadAdapter {
+	lora_name: String,
+}
+
+/// Stops serving the adapter `lora_name` to new requests (those already taken finish with it;
+/// its weights leave memory as the caches need room).
+async fn unload_adapter(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<UnloadAdapter>, JsonRejection>,
+) -> Result<String, ApiError> {
+	state.runtime_adapters_allowed()?;
+	let Json(UnloadAdapter { lora_name: name }) = body?;
+	if state.write_adapters().remove(&name).is_none() {
+		return Err(ApiError {
+			status: StatusCode::NOT_FOUND,
+			kind: "invalid_request_error",
+			code: "model_not_found",
+			message: format!("no adapter {name:?} is loaded"),
+		});
+	}
+	state.engine.unregister_adapter(name.clone())?;
+	Ok(format!("Success: LoRA adapter '{name}' removed successfully."))
+}
+
 async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
 	let model = |id: &str, parent: Option<&str>| {
 		json!({
@@ -734,7 +918,7 @@ async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
 		})
 	};
 	let mut data = vec![model(&state.model_name, None)];
-	data.extend(state.adapters.iter().map(|a| model(a, Some(&state.model_name))));
+	data.extend(state.adapter_names().iter().map(|a| model(a, Some(&state.model_name))));
 	Json(json!({ "object": "list", "data": data }))
 }
 

@@ -67,9 +67,13 @@ struct ServeArgs {
 	#[arg(long)]
 	served_model_name: Option<String>,
 	/// A folder of PEFT adapters: each subfolder with an `adapter_config.json` is served under
-	/// the subfolder's name (loaded when a request first names it).
+	/// the subfolder's name (loaded when a request first names it), those added later too.
 	#[arg(long)]
 	adapters: Option<PathBuf>,
+	/// Let clients load and unload adapters by path (`/v1/load_lora_adapter`,
+	/// `/v1/unload_lora_adapter`): only where the clients may read the worker's files.
+	#[arg(long)]
+	allow_runtime_adapters: bool,
 	/// One more adapter, as NAME=FOLDER (repeatable).
 	#[arg(long = "adapter", value_parser = named_folder)]
 	adapter: Vec<(String, PathBuf)>,
@@ -337,21 +341,11 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 			Llama::load(&args.model, &Device::Cpu, args.weights.format()).with_context(loading)?;
 		start(model, tokenizer, config, adapters.clone())?
 	};
-	let chat_template = match tokenizer.chat_template() {
-		Ok(template) => Some(template),
-		Err(e) => {
-			tracing::warn!(error = %e, "no chat template: /v1/chat/completions is refused");
-			None
-		}
-	};
-	let state = Arc::new(ApiState {
-		engine,
-		model_name: name,
-		adapters: adapters.into_iter().map(|(n, _)| n).collect(),
-		tokenizer,
-		chat_template,
-		started: http_api::now(),
-	});
+	let state = Arc::new(
+		ApiState::new(engine, name, tokenizer, adapters)
+			.with_adapters_dir(args.adapters.clone())
+			.with_runtime_adapters(args.allow_runtime_adapters),
+	);
 	let runtime = tokio::runtime::Builder::new_multi_thread()
 		.worker_threads(2)
 		.enable_all()
@@ -363,23 +357,48 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 			.with_context(|| format!("listening on {}", args.listen))?;
 		tracing::info!(
 			address = %listener.local_addr()?,
-			model = %state.model_name,
-			adapters = state.adapters.len(),
+			model = %state.model_name(),
+			adapters = state.adapter_names().len(),
 			"serving"
 		);
 		eprintln!(
 			"openledger-worker: serving {} and {} adapters on http://{}",
-			state.model_name,
-			state.adapters.len(),
+			state.model_name(),
+			state.adapter_names().len(),
 			listener.local_addr()?
 		);
 		axum::serve(listener, http_api::router(state))
-			.with_graceful_shutdown(async {
-				let _ = tokio::signal::ctrl_c().await;
-			})
+			.with_graceful_shutdown(stop_signal())
 			.await
 			.context("serving HTTP")
 	})
+}
+
+/// Resolves at Ctrl-C (SIGINT) or SIGTERM (what service managers and containers send): the
+/// server then stops taking connections and finishes the requests it has.
+async fn stop_signal() {
+	let interrupt = async {
+		let _ = tokio::signal::ctrl_c().await;
+	};
+	#[cfg(unix)]
+	{
+		use tokio::signal::unix::{signal, SignalKind};
+		match signal(SignalKind::terminate()) {
+			Ok(mut terminate) => {
+				tokio::select! {
+					_ = interrupt => {}
+					_ = terminate.recv() => {}
+				}
+			}
+			Err(e) => {
+				tracing::warn!(error = %e, "SIGTERM cannot be caught; stop with Ctrl-C");
+				interrupt.await;
+			}
+		}
+	}
+	#[cfg(not(unix))]
+	interrupt.await;
+	tracing::info!("stopping: finishing the requests taken");
 }
 
 /// Starts the engine thread over `model`.

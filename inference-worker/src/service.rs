@@ -15,7 +15,7 @@
 
 use std::{
 	collections::HashMap,
-	path::PathBuf,
+	path::{Path, PathBuf},
 	sync::{
 		atomic::{AtomicBool, Ordering},
 		mpsc, Arc, Mutex,
@@ -30,6 +30,7 @@ use crate::{
 	engine::{Engine, EngineConfig, EngineStats, RequestId},
 	error::{Error, Result},
 	generate::{Generation, GenerationRequest},
+	lora::AdapterFiles,
 	text_stream::TextStream,
 	tokenizer::Tokenizer,
 };
@@ -106,6 +107,20 @@ struct Job {
 	reply: Reply,
 }
 
+/// What the engine thread is asked to do.
+enum Message {
+	/// Serve a request.
+	Generate(Job),
+	/// Serve the adapter in a folder under a name from now on.
+	Register(String, PathBuf),
+	/// Stop serving the adapter of a name to new requests.
+	Unregister(String),
+}
+
+/// Builds an adapter from its folder for the served model, to check it (see
+/// [`EngineService::check_adapter`]).
+type AdapterCheck = dyn Fn(&str, &Path) -> Result<()> + Send + Sync;
+
 /// What the engine thread has done and holds now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceStats {
@@ -125,11 +140,12 @@ pub struct ServiceStats {
 /// handle is dropped (after answering what it holds).
 #[derive(Clone)]
 pub struct EngineService {
-	jobs: mpsc::Sender<Job>,
+	jobs: mpsc::Sender<Message>,
 	stats: Arc<Mutex<ServiceStats>>,
 	alive: Arc<AtomicBool>,
 	/// The model's end-of-sequence token (not part of streamed text).
 	eos: Option<u32>,
+	check: Arc<AdapterCheck>,
 }
 
 /// Marks the engine thread stopped when it ends, however it ends (a panic included).
@@ -151,13 +167,17 @@ impl EngineService {
 		config: EngineConfig,
 		adapters: Vec<(String, PathBuf)>,
 	) -> Result<Self> {
-		let (jobs, rx) = mpsc::channel::<Job>();
+		let (jobs, rx) = mpsc::channel::<Message>();
 		let stats = Arc::new(Mutex::new(ServiceStats::default()));
 		let (ready_tx, ready) = mpsc::channel::<Result<()>>();
 		let shared = stats.clone();
 		let alive = Arc::new(AtomicBool::new(true));
 		let guard = Alive(alive.clone());
 		let eos = tokenizer.eos;
+		let checked = model.clone();
+		let check: Arc<AdapterCheck> = Arc::new(move |name: &str, dir: &Path| {
+			checked.adapter_from_files(name, &AdapterFiles::read(dir, name)?).map(drop)
+		});
 		std::thread::Builder::new()
 			.name("engine".into())
 			.spawn(move || {
@@ -177,7 +197,7 @@ impl EngineService {
 			})
 			.map_err(Error::Io)?;
 		ready.recv().map_err(|_| Error::Stopped("before it was ready".into()))??;
-		Ok(Self { jobs, stats, alive, eos })
+		Ok(Self { jobs, stats, alive, eos, check })
 	}
 
 	/// Serves `request` with the registered adapter `adapter` (or the base model) and waits for
@@ -207,7 +227,28 @@ impl EngineService {
 	}
 
 	fn submit(&self, job: Job) -> Result<()> {
-		self.jobs.send(job).map_err(|_| Error::Stopped("the request was not taken".into()))
+		self.send(Message::Generate(job))
+	}
+
+	fn send(&self, message: Message) -> Result<()> {
+		self.jobs.send(message).map_err(|_| Error::Stopped("the request was not taken".into()))
+	}
+
+	/// Serves the adapter in the PEFT folder `dir` under `name` from the next request on
+	/// (replacing one of that name for new requests).
+	pub fn register_adapter(&self, name: impl Into<String>, dir: impl Into<PathBuf>) -> Result<()> {
+		self.send(Message::Register(name.into(), dir.into()))
+	}
+
+	/// Stops serving the adapter `name` to new requests (those already taken finish with it).
+	pub fn unregister_adapter(&self, name: impl Into<String>) -> Result<()> {
+		self.send(Message::Unregister(name.into()))
+	}
+
+	/// Builds the adapter in `dir` for the served model, as serving it would, and drops it:
+	/// whether its files can be served (this blocks while it reads and builds them).
+	pub fn check_adapter(&self, name: &str, dir: &Path) -> Result<()> {
+		(self.check)(name, dir)
 	}
 
 	/// Whether the engine thread is still serving.
@@ -225,7 +266,7 @@ impl EngineService {
 fn run<D: Decoder>(
 	mut engine: Engine<D>,
 	tokenizer: &Tokenizer,
-	jobs: mpsc::Receiver<Job>,
+	jobs: mpsc::Receiver<Message>,
 	stats: &Mutex<ServiceStats>,
 ) {
 	let mut replies: HashMap<RequestId, Reply> = HashMap::new();
@@ -234,12 +275,12 @@ fn run<D: Decoder>(
 		// Nothing to do: sleep until a request comes (or every handle is gone).
 		if !engine.has_work() {
 			match jobs.recv() {
-				Ok(job) => accept(&mut engine, job, &mut replies),
+				Ok(message) => accept(&mut engine, message, &mut replies),
 				Err(_) => return,
 			}
 		}
-		while let Ok(job) = jobs.try_recv() {
-			accept(&mut engine, job, &mut replies);
+		while let Ok(message) = jobs.try_recv() {
+			accept(&mut engine, message, &mut replies);
 		}
 		replies.retain(|&id, reply| {
 			if reply.is_closed() {
@@ -276,7 +317,7 @@ fn run<D: Decoder>(
 			// Nothing could run this step (an adapter is loading): wait a little for it, or for
 			// a new request, rather than spin.
 			match jobs.recv_timeout(Duration::from_millis(2)) {
-				Ok(job) => accept(&mut engine, job, &mut replies),
+				Ok(message) => accept(&mut engine, message, &mut replies),
 				Err(mpsc::RecvTimeoutError::Timeout) => {}
 				Err(mpsc::RecvTimeoutError::Disconnected) => {
 					std::thread::sleep(Duration::from_millis(2))
@@ -313,12 +354,28 @@ fn stream_text<D: Decoder>(
 	}
 }
 
-/// Submits `job` to the engine, or answers it at once with why it cannot be served.
-fn accept<D: Decoder>(engine: &mut Engine<D>, job: Job, replies: &mut HashMap<RequestId, Reply>) {
-	match engine.submit(&job.request, job.adapter.as_deref()) {
-		Ok(id) => {
-			replies.insert(id, job.reply);
+/// Does what `message` asks of the engine: a request is submitted, or answered at once with
+/// why it cannot be served.
+fn accept<D: Decoder>(
+	engine: &mut Engine<D>,
+	message: Message,
+	replies: &mut HashMap<RequestId, Reply>,
+) {
+	match message {
+		Message::Generate(job) => match engine.submit(&job.request, job.adapter.as_deref()) {
+			Ok(id) => {
+				replies.insert(id, job.reply);
+			}
+			Err(e) => job.reply.send(Err(e)),
+		},
+		Message::Register(name, dir) => {
+			tracing::info!(adapter = %name, dir = %dir.display(), "adapter registered");
+			engine.register_adapter(name, dir);
 		}
-		Err(e) => job.reply.send(Err(e)),
+		Message::Unregister(name) => {
+			if engine.unregister_adapter(&name) {
+				tracing::info!(adapter = %name, "adapter unregistered");
+			}
+		}
 	}
 }

@@ -362,6 +362,31 @@ fn a_failed_step_ends_its_batch_only_and_the_engine_carries_on() {
 	assert_eq!(engine.stats().finished, 4);
 }
 
+/// An adapter unregistered while a request uses it: that request finishes with it, later ones
+/// are refused; registered again, it serves again.
+#[test]
+fn an_unregistered_adapter_finishes_what_it_took_and_takes_no_more() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let dirs = write_adapters(&model, root.path(), &ADAPTERS[..1]);
+	let mut engine =
+		Engine::new(model.clone(), tokenizer.clone(), EngineConfig::default()).unwrap();
+	engine.register_adapter("a", dirs["a"].clone());
+	let request = greedy(PROMPTS[0], 6);
+	let taken = engine.submit(&request, Some("a")).unwrap();
+	engine.step();
+	assert!(engine.unregister_adapter("a"));
+	assert!(!engine.unregister_adapter("a"));
+	let err = engine.submit(&request, Some("a")).unwrap_err();
+	assert!(err.to_string().contains("no adapter is registered"), "{err}");
+	let done = by_id(engine.run_to_completion());
+	assert_same(&done[&taken], &solo(&model, &tokenizer, Some("a"), &request, &dirs), "taken", 0.0);
+	engine.register_adapter("a", dirs["a"].clone());
+	let again = engine.submit(&request, Some("a")).unwrap();
+	let done = by_id(engine.run_to_completion());
+	assert_same(&done[&again], &solo(&model, &tokenizer, Some("a"), &request, &dirs), "again", 0.0);
+}
+
 /// A thousand distinct adapters, more than the adapter cache holds at once, in one run on the
 /// real model (dense weights, so that a batch step costs what its rows cost).
 #[test]

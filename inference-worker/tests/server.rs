@@ -41,14 +41,12 @@ fn start<D: Decoder>(
 	config: EngineConfig,
 ) -> SocketAddr {
 	let engine = EngineService::start(model, tokenizer.clone(), config, adapters.clone()).unwrap();
-	let state = Arc::new(ApiState {
-		engine,
-		model_name: MODEL.into(),
-		adapters: adapters.into_iter().map(|(name, _)| name).collect(),
-		chat_template: Some(tokenizer.chat_template().unwrap()),
-		tokenizer,
-		started: http_api::now(),
-	});
+	serve_state(ApiState::new(engine, MODEL, tokenizer, adapters))
+}
+
+/// Serves `state` on an ephemeral port of this machine; its address.
+fn serve_state(state: ApiState) -> SocketAddr {
+	let state = Arc::new(state);
 	let runtime =
 		tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 	let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0))).unwrap();
@@ -635,6 +633,114 @@ fn logprobs_and_echo_are_the_librarys() {
 	refused(chat, json!({"messages": messages, "echo": true}), "only on /v1/completions");
 }
 
+/// Adapters come and go without a restart: one put into the adapters folder later is served
+/// when a request first names it; with runtime adapters allowed, clients load one by path
+/// (built first: a corrupt one is refused and never served) and unload it; without, both are
+/// refused.
+#[test]
+fn adapters_are_found_loaded_and_unloaded_at_run_time() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let folder = root.path().join("adapters");
+	std::fs::create_dir(&folder).unwrap();
+	let engine =
+		EngineService::start(model.clone(), tokenizer.clone(), EngineConfig::default(), Vec::new())
+			.unwrap();
+	let state = ApiState::new(engine, MODEL, tokenizer.clone(), Vec::new())
+		.with_adapters_dir(Some(folder.clone()))
+		.with_runtime_adapters(true);
+	let address = serve_state(state);
+	let body =
+		|name: &str| json!({"model": name, "prompt": PARIS, "max_tokens": 8, "temperature": 0});
+	let served = |name: &str, dir: &Path| {
+		let (status, answer) = post(address, "/v1/completions", &body(name));
+		assert_eq!(status, 200, "{answer}");
+		let adapter = model.load_adapter(dir, Some(name)).unwrap();
+		let want = generate(&model, &tokenizer, Some(&adapter), &greedy(PARIS, 8)).unwrap();
+		assert_answers(&answer, &want, "/text");
+		assert_eq!(answer["model"], name);
+	};
+	let unknown = |name: &str| {
+		let (status, answer) = post(address, "/v1/completions", &body(name));
+		assert_eq!(
+			(status, &answer["error"]["code"]),
+			(404, &json!("model_not_found")),
+			"{answer}"
+		);
+	};
+	let listed = || {
+		let (_, list) = get(address, "/v1/models");
+		let list: Value = serde_json::from_str(&list).unwrap();
+		list["data"]
+			.as_array()
+			.unwrap()
+			.iter()
+			.map(|m| m["id"].as_str().unwrap().to_string())
+			.collect::<Vec<_>>()
+	};
+
+	// An adapter added to the folder after the start.
+	unknown("late");
+	write_adapter(&model, &folder.join("late"), 5, 8, &TARGETS);
+	served("late", &folder.join("late"));
+	assert_eq!(listed(), [MODEL, "late"]);
+	// A name is one folder of it, never a path out of it.
+	write_adapter(&model, &root.path().join("outside"), 6, 8, &TARGETS);
+	unknown("../outside");
+	unknown(".");
+
+	// Loaded by path, then unloaded.
+	let admin = |path: &str, body: Value| {
+		let (status, text) = call(address, "POST", path, body.to_string().as_bytes());
+		(status, text)
+	};
+	let load = |name: &str, dir: &Path| {
+		admin("/v1/load_lora_adapter", json!({"lora_name": name, "lora_path": dir}))
+	};
+	let extra = root.path().join("extra");
+	write_adapter(&model, &extra, 9, 4, &Projection::ALL);
+	let (status, text) = load("extra", &extra);
+	assert_eq!((status, text.as_str()), (200, "Success: LoRA adapter 'extra' added successfully."));
+	served("extra", &extra);
+	let refused = |(status, text): (u16, String), want: u16, says: &str| {
+		assert_eq!(status, want, "{text}");
+		assert!(text.contains(says), "{text:?} does not say {says:?}");
+	};
+	refused(load("extra", &extra), 400, "already loaded");
+	refused(load(MODEL, &extra), 400, "cannot name an adapter");
+	refused(load("missing", &root.path().join("missing")), 400, "no adapter_config.json");
+	refused(admin("/v1/load_lora_adapter", json!({"lora_name": "x"})), 400, "lora_path");
+	let corrupt = root.path().join("corrupt");
+	write_adapter(&model, &corrupt, 10, 8, &TARGETS);
+	std::fs::write(corrupt.join("adapter_model.safetensors"), b"\x08\0\0\0\0\0\0\0{}").unwrap();
+	refused(load("corrupt", &corrupt), 422, "adapter corrupt");
+	unknown("corrupt");
+	assert_eq!(listed(), [MODEL, "extra", "late"]);
+	let unload = |name: &str| admin("/v1/unload_lora_adapter", json!({"lora_name": name}));
+	let (status, text) = unload("extra");
+	assert_eq!(
+		(status, text.as_str()),
+		(200, "Success: LoRA adapter 'extra' removed successfully.")
+	);
+	unknown("extra");
+	refused(unload("extra"), 404, "no adapter");
+	assert_eq!(listed(), [MODEL, "late"]);
+
+	// Without runtime adapters allowed, both are refused.
+	let engine =
+		EngineService::start(model.clone(), tokenizer.clone(), EngineConfig::default(), Vec::new())
+			.unwrap();
+	let closed = serve_state(ApiState::new(engine, MODEL, tokenizer.clone(), Vec::new()));
+	for (path, body) in [
+		("/v1/load_lora_adapter", json!({"lora_name": "extra", "lora_path": extra})),
+		("/v1/unload_lora_adapter", json!({"lora_name": "late"})),
+	] {
+		let (status, text) = call(closed, "POST", path, body.to_string().as_bytes());
+		assert_eq!(status, 403, "{text}");
+		assert!(text.contains("--allow-runtime-adapters"), "{text}");
+	}
+}
+
 /// A batch step that fails is the server's fault: a whole answer is a 500; a stream that has
 /// begun ends with an error event; the worker serves the next request as before.
 #[test]
@@ -696,6 +802,7 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 		.arg(root.path())
 		.arg("--adapter")
 		.arg(format!("gamma={}", extra.display()))
+		.arg("--allow-runtime-adapters")
 		.stderr(Stdio::piped())
 		.spawn()
 		.unwrap();
@@ -726,6 +833,34 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 		generate(&model, &tokenizer, Some(&adapter), &greedy("The capital of France is", 16))
 			.unwrap();
 	assert_answers(&answer, &want, "/text");
+	// An adapter folder added now is served when named; one elsewhere is loaded by path.
+	write_adapter(&model, &root.path().join("delta"), 4, 8, &TARGETS);
+	let (status, answer) = post(
+		address,
+		"/v1/completions",
+		&json!({"model": "delta", "prompt": "Hi", "max_tokens": 2}),
+	);
+	assert_eq!(status, 200, "{answer}");
+	let body = json!({"lora_name": "epsilon", "lora_path": extra}).to_string();
+	let (status, text) = call(address, "POST", "/v1/load_lora_adapter", body.as_bytes());
+	assert_eq!(status, 200, "{text}");
+	let (_, list) = get(address, "/v1/models");
+	for name in ["delta", "epsilon"] {
+		assert!(list.contains(&format!(r#""id":"{name}""#)), "{list}");
+	}
+	// SIGTERM: the worker stops taking connections and exits cleanly.
+	let mut served = served;
+	let pid = served.0.id().to_string();
+	assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+	let since = Instant::now();
+	let status = loop {
+		if let Some(status) = served.0.try_wait().unwrap() {
+			break status;
+		}
+		assert!(since.elapsed() < Duration::from_secs(30), "the worker ignored SIGTERM");
+		std::thread::sleep(Duration::from_millis(50));
+	};
+	assert!(status.success(), "the worker exited with {status}");
 	drop(served);
 
 	// Two adapters of one name are refused before anything is served.
