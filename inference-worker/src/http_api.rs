@@ -32,7 +32,8 @@
 //!   (those taken finish with it). An unloaded adapter that is in the adapters folder comes
 //!   back when next named: remove its folder to withdraw it.
 //! - `GET /health`: 200 while the engine serves, 503 once its thread has stopped.
-//! - `GET /metrics`: the engine's counters and gauges in Prometheus' text format.
+//! - `GET /metrics`: the engine's counters and gauges in Prometheus' text format, and vLLM's
+//!   latency histograms: time to the first token, between tokens, and of the whole request.
 //!
 //! Every error is a JSON object `{"error": {"message", "type", "code"}}` with a status that
 //! says whose fault it is: 400 for a malformed or impossible request (bad JSON, an empty or too
@@ -952,6 +953,18 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 			"# HELP openledger_worker_{name} {help}\n# TYPE openledger_worker_{name} {kind}\n\
 			 openledger_worker_{name} {value}\n"
 		));
+	}
+	let l = &s.latencies;
+	for (name, histogram, help) in [
+		(
+			"time_to_first_token_seconds",
+			&l.first_token,
+			"From taking a request to its first token.",
+		),
+		("inter_token_latency_seconds", &l.inter_token, "Between a request's consecutive tokens."),
+		("e2e_request_latency_seconds", &l.request, "From taking a request to its answer."),
+	] {
+		histogram.render(&format!("openledger_worker_{name}"), help, &mut text);
 	}
 	([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -20,7 +20,7 @@ use std::{
 		atomic::{AtomicBool, Ordering},
 		mpsc, Arc, Mutex,
 	},
-	time::Duration,
+	time::{Duration, Instant},
 };
 
 use tokio::sync::{mpsc as channel, oneshot};
@@ -31,6 +31,7 @@ use crate::{
 	error::{Error, Result},
 	generate::{Generation, GenerationRequest},
 	lora::AdapterFiles,
+	metrics::{Histogram, INTER_TOKEN_BOUNDS, REQUEST_BOUNDS, TTFT_BOUNDS},
 	text_stream::TextStream,
 	tokenizer::Tokenizer,
 };
@@ -121,8 +122,29 @@ enum Message {
 /// [`EngineService::check_adapter`]).
 type AdapterCheck = dyn Fn(&str, &Path) -> Result<()> + Send + Sync;
 
+/// How long requests took, as vLLM measures it (for `/metrics`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Latencies {
+	/// From taking a request to its first token.
+	pub first_token: Histogram,
+	/// Between a request's consecutive tokens.
+	pub inter_token: Histogram,
+	/// From taking a request to its answer (requests that finished well).
+	pub request: Histogram,
+}
+
+impl Default for Latencies {
+	fn default() -> Self {
+		Self {
+			first_token: Histogram::new(TTFT_BOUNDS),
+			inter_token: Histogram::new(INTER_TOKEN_BOUNDS),
+			request: Histogram::new(REQUEST_BOUNDS),
+		}
+	}
+}
+
 /// What the engine thread has done and holds now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ServiceStats {
 	/// The engine's counters.
 	pub engine: EngineStats,
@@ -134,6 +156,33 @@ pub struct ServiceStats {
 	pub generated_tokens: u64,
 	/// Prompt tokens of requests that finished successfully.
 	pub prompt_tokens: u64,
+	/// How long requests took.
+	pub latencies: Latencies,
+}
+
+/// A request the engine thread holds: where its answer goes, and when it was taken and last
+/// gave a token.
+struct Pending {
+	reply: Reply,
+	taken: Instant,
+	last_token: Option<Instant>,
+	/// Its tokens seen so far.
+	tokens: usize,
+}
+
+impl Pending {
+	/// Notes that the request has `tokens` tokens at `now`: a new one is timed.
+	fn saw(&mut self, tokens: usize, now: Instant, latencies: &mut Latencies) {
+		if tokens <= self.tokens {
+			return;
+		}
+		match self.last_token {
+			None => latencies.first_token.observe(now - self.taken),
+			Some(last) => latencies.inter_token.observe(now - last),
+		}
+		self.tokens = tokens;
+		self.last_token = Some(now);
+	}
 }
 
 /// A handle to the engine thread; cloning it is cheap, and the thread stops when the last
@@ -269,8 +318,9 @@ fn run<D: Decoder>(
 	jobs: mpsc::Receiver<Message>,
 	stats: &Mutex<ServiceStats>,
 ) {
-	let mut replies: HashMap<RequestId, Reply> = HashMap::new();
+	let mut replies: HashMap<RequestId, Pending> = HashMap::new();
 	let mut finished = (0u64, 0u64);
+	let mut latencies = Latencies::default();
 	loop {
 		// Nothing to do: sleep until a request comes (or every handle is gone).
 		if !engine.has_work() {
@@ -282,8 +332,8 @@ fn run<D: Decoder>(
 		while let Ok(message) = jobs.try_recv() {
 			accept(&mut engine, message, &mut replies);
 		}
-		replies.retain(|&id, reply| {
-			if reply.is_closed() {
+		replies.retain(|&id, pending| {
+			if pending.reply.is_closed() {
 				engine.cancel(id);
 				false
 			} else {
@@ -293,12 +343,18 @@ fn run<D: Decoder>(
 		let steps = engine.stats().steps;
 		let done = engine.step();
 		let idle = done.is_empty() && engine.stats().steps == steps;
+		let now = Instant::now();
 		for completion in &done {
 			if let Ok(generation) = &completion.result {
 				finished.0 += generation.prompt_tokens.len() as u64;
 				finished.1 += generation.tokens.len() as u64;
+				if let Some(pending) = replies.get_mut(&completion.id) {
+					pending.saw(generation.tokens.len(), now, &mut latencies);
+					latencies.request.observe(now - pending.taken);
+				}
 			}
 		}
+		follow_running(&mut engine, tokenizer, &mut replies, now, &mut latencies);
 		// The figures first, so that a client that has its answer sees them.
 		*stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = ServiceStats {
 			engine: engine.stats(),
@@ -306,13 +362,13 @@ fn run<D: Decoder>(
 			running: engine.running(),
 			prompt_tokens: finished.0,
 			generated_tokens: finished.1,
+			latencies,
 		};
 		for completion in done {
-			if let Some(reply) = replies.remove(&completion.id) {
-				reply.send(completion.result);
+			if let Some(pending) = replies.remove(&completion.id) {
+				pending.reply.send(completion.result);
 			}
 		}
-		stream_text(&mut engine, tokenizer, &mut replies);
 		if idle && engine.has_work() {
 			// Nothing could run this step (an adapter is loading): wait a little for it, or for
 			// a new request, rather than spin.
@@ -327,15 +383,20 @@ fn run<D: Decoder>(
 	}
 }
 
-/// Sends each running streaming request the text its tokens so far add.
-fn stream_text<D: Decoder>(
+/// Times the running requests' new tokens (at `now`), and sends each streaming one the text
+/// they add.
+fn follow_running<D: Decoder>(
 	engine: &mut Engine<D>,
 	tokenizer: &Tokenizer,
-	replies: &mut HashMap<RequestId, Reply>,
+	replies: &mut HashMap<RequestId, Pending>,
+	now: Instant,
+	latencies: &mut Latencies,
 ) {
 	let mut failed = Vec::new();
 	for (id, tokens) in engine.outputs() {
-		let Some(Reply::Stream(events, text)) = replies.get_mut(&id) else { continue };
+		let Some(pending) = replies.get_mut(&id) else { continue };
+		pending.saw(tokens.len(), now, latencies);
+		let Reply::Stream(events, text) = &mut pending.reply else { continue };
 		match text.advance(tokens, tokenizer) {
 			Ok(piece) if piece.is_empty() => {}
 			Ok(piece) => {
@@ -359,12 +420,18 @@ fn stream_text<D: Decoder>(
 fn accept<D: Decoder>(
 	engine: &mut Engine<D>,
 	message: Message,
-	replies: &mut HashMap<RequestId, Reply>,
+	replies: &mut HashMap<RequestId, Pending>,
 ) {
 	match message {
 		Message::Generate(job) => match engine.submit(&job.request, job.adapter.as_deref()) {
 			Ok(id) => {
-				replies.insert(id, job.reply);
+				let pending = Pending {
+					reply: job.reply,
+					taken: Instant::now(),
+					last_token: None,
+					tokens: 0,
+				};
+				replies.insert(id, pending);
 			}
 			Err(e) => job.reply.send(Err(e)),
 		},

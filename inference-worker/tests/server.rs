@@ -322,6 +322,20 @@ fn completions_answer_what_the_model_generates_alone_for_many_clients_at_once() 
 
 	assert_eq!(metric(address, "requests_finished_total"), 8);
 	assert_eq!(metric(address, "requests_running"), 0);
+	// Latencies: every request's first token and answer timed, and each later token.
+	assert_eq!(metric(address, "time_to_first_token_seconds_count"), 8);
+	assert_eq!(metric(address, "e2e_request_latency_seconds_count"), 8);
+	let tokens = metric(address, "generation_tokens_total");
+	assert_eq!(metric(address, "inter_token_latency_seconds_count"), tokens - 8);
+	let (_, text) = get(address, "/metrics");
+	let buckets: Vec<u64> = text
+		.lines()
+		.filter(|l| l.starts_with("openledger_worker_time_to_first_token_seconds_bucket"))
+		.map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+		.collect();
+	assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "not cumulative: {buckets:?}");
+	assert_eq!(buckets.last(), Some(&8), "{text}");
+	assert!(text.contains("le=\"+Inf\""), "{text}");
 	let generated: usize =
 		answers.iter().map(|a| a["usage"]["completion_tokens"].as_u64().unwrap() as usize).sum();
 	assert!(metric(address, "generation_tokens_total") as usize > generated);
