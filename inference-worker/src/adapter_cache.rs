@@ -23,10 +23,11 @@ use crate::{
 	lora::{AdapterFiles, LoraAdapter},
 };
 
-/// What identifies the version of an adapter's files on disk: their sizes and modification
-/// times. A changed fingerprint means the adapter must be reloaded.
+/// What identifies the version of an adapter's files on disk: their folder, sizes and
+/// modification times. A changed fingerprint means the adapter must be reloaded (the folder
+/// counts: files copied elsewhere keep their sizes and often their times).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Fingerprint(Vec<(u64, Option<SystemTime>)>);
+struct Fingerprint(PathBuf, Vec<(u64, Option<SystemTime>)>);
 
 impl Fingerprint {
 	fn of(dir: &Path) -> Result<Self> {
@@ -38,7 +39,7 @@ impl Fingerprint {
 			})?;
 			parts.push((meta.len(), meta.modified().ok()));
 		}
-		Ok(Self(parts))
+		Ok(Self(dir.to_path_buf(), parts))
 	}
 }
 
@@ -324,7 +325,12 @@ impl AdapterCache {
 		}
 	}
 
-	/// Whether `name` is in memory.
+	/// Whether `name`, loaded from `dir`, is in the device tier.
+	pub fn contains_from(&self, name: &str, dir: &Path) -> bool {
+		self.lock().entries.get(name).is_some_and(|entry| entry.dir == dir)
+	}
+
+	/// Whether `name` is in the device tier (from whichever folder).
 	pub fn contains(&self, name: &str) -> bool {
 		self.lock().entries.contains_key(name)
 	}

@@ -110,7 +110,9 @@ pub struct EngineStats {
 /// Where a request's adapter stands.
 enum AdapterState {
 	Base,
-	Loading(String),
+	/// Loading from this folder (a load from another folder, registered earlier under the same
+	/// name, is not this one's).
+	Loading(String, PathBuf),
 	Ready(Arc<LoraAdapter>),
 }
 
@@ -150,7 +152,7 @@ impl Sequence {
 fn adapter_name(seq: &Sequence) -> String {
 	match &seq.adapter {
 		AdapterState::Base => String::new(),
-		AdapterState::Loading(name) => name.clone(),
+		AdapterState::Loading(name, _) => name.clone(),
 		AdapterState::Ready(adapter) => adapter.name.clone(),
 	}
 }
@@ -164,7 +166,8 @@ pub struct Completion {
 	pub result: Result<Generation>,
 }
 
-type LoadResult = (String, Result<Arc<LoraAdapter>>);
+/// A finished load: the adapter's name and folder, and the adapter or why it failed.
+type LoadResult = (String, PathBuf, Result<Arc<LoraAdapter>>);
 
 /// Serves requests with continuous batching (see the module documentation).
 pub struct Engine<D: Decoder = Llama> {
@@ -210,7 +213,7 @@ impl<D: Decoder> Engine<D> {
 					let result = loader_cache.get_or_load(&name, &dir, |files| {
 						loader_model.adapter_from_files(&name, files)
 					});
-					if loaded_tx.send((name, result)).is_err() {
+					if loaded_tx.send((name, dir, result)).is_err() {
 						break;
 					}
 				}
@@ -319,7 +322,7 @@ impl<D: Decoder> Engine<D> {
 					name: name.to_string(),
 					reason: "no adapter is registered under this name".into(),
 				})?;
-				if self.adapters.contains(name) {
+				if self.adapters.contains_from(name, dir) {
 					// In memory: a hit costs a look at the files' metadata, nothing more.
 					let model = self.model.clone();
 					AdapterState::Ready(
@@ -330,7 +333,7 @@ impl<D: Decoder> Engine<D> {
 					self.loads.send((name.to_string(), dir.clone())).map_err(|_| {
 						Error::Adapter { name: name.into(), reason: "the loader stopped".into() }
 					})?;
-					AdapterState::Loading(name.to_string())
+					AdapterState::Loading(name.to_string(), dir.clone())
 				}
 			}
 		};
@@ -374,10 +377,10 @@ impl<D: Decoder> Engine<D> {
 	}
 
 	/// Hands a loaded adapter to the requests waiting for it; a failed load fails them.
-	fn apply_load(&mut self, (name, result): LoadResult, done: &mut Vec<Completion>) {
+	fn apply_load(&mut self, (name, dir, result): LoadResult, done: &mut Vec<Completion>) {
 		let mut kept = VecDeque::with_capacity(self.waiting.len());
 		for mut seq in self.waiting.drain(..) {
-			if matches!(&seq.adapter, AdapterState::Loading(n) if *n == name) {
+			if matches!(&seq.adapter, AdapterState::Loading(n, d) if *n == name && *d == dir) {
 				match &result {
 					Ok(adapter) => seq.adapter = AdapterState::Ready(adapter.clone()),
 					Err(e) => {
@@ -440,7 +443,7 @@ impl<D: Decoder> Engine<D> {
 		let mut pool_waiter = false;
 		while i < self.waiting.len() && *budget > 0 && self.running.len() < self.config.max_running
 		{
-			if matches!(self.waiting[i].adapter, AdapterState::Loading(_)) {
+			if matches!(self.waiting[i].adapter, AdapterState::Loading(..)) {
 				i += 1;
 				continue;
 			}
@@ -593,7 +596,7 @@ impl<D: Decoder> Engine<D> {
 				// requests can never start (which admission rules out), so fail them rather
 				// than wait forever.
 				let loading =
-					self.waiting.iter().any(|s| matches!(s.adapter, AdapterState::Loading(_)));
+					self.waiting.iter().any(|s| matches!(s.adapter, AdapterState::Loading(..)));
 				match loading.then(|| self.loaded.recv()) {
 					Some(Ok(load)) => self.apply_load(load, &mut all),
 					_ => {

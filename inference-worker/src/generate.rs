@@ -138,7 +138,7 @@ impl Progress {
 	pub fn record(&mut self, sampled: Sampled, tokenizer: &Tokenizer) -> Result<u32> {
 		if sampled.logprob.is_nan() {
 			// The kernels' sampler orders a NaN above every number: NaN logits come out here.
-			return Err(Error::Request("the model produced no usable logits".into()));
+			return Err(Error::Batch("the model produced no usable logits".into()));
 		}
 		self.tokens.push(sampled.token);
 		self.logprobs.push(sampled.logprob);

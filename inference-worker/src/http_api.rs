@@ -20,8 +20,10 @@
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
 //!   when it ends, a chunk with `usage` (and no choices) if asked for, then `data: [DONE]`.
 //!   The text sent adds up to exactly the whole answer's (text that a stop sequence could still
-//!   cut is held back). A request the engine refuses gets its error status before any event;
-//!   an error after the events began is sent as an `{"error": …}` event before `[DONE]`.
+//!   cut is held back). A request the engine refuses at once (a bad request, a full queue)
+//!   gets its error status before any event; the events begin once the engine has taken it,
+//!   and a later error (an adapter that cannot be loaded, a failed step) is sent as an
+//!   `{"error": …}` event before `[DONE]`.
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base).
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
 //!   model name not served yet that names an adapter folder there is served from then on (as
@@ -320,11 +322,17 @@ impl ApiState {
 		if !plain || !dir.join("adapter_config.json").is_file() {
 			return false;
 		}
+		// Under the lock, in the order the engine sees: an adapter loaded by path meanwhile
+		// under this name stays.
+		let mut adapters = self.write_adapters();
+		if adapters.contains_key(name) {
+			return true;
+		}
 		if self.engine.register_adapter(name, &dir).is_err() {
 			return false;
 		}
 		tracing::info!(adapter = %name, "found in the adapters folder");
-		self.write_adapters().insert(name.to_string(), dir);
+		adapters.insert(name.to_string(), dir);
 		true
 	}
 
@@ -655,10 +663,11 @@ impl ChunkHead {
 /// One choice's events, tagged with its index.
 type ChoiceEvents = BoxStream<'static, (usize, Option<Result<StreamEvent, Error>>)>;
 
-/// The events of `stream` (choice `index`) up to its last ([`StreamEvent::Done`] or an error),
-/// or `None` if it closes before that (the engine stopped).
-fn choice_events(index: usize, first: StreamEvent, stream: EventStream) -> ChoiceEvents {
-	let open = !matches!(first, StreamEvent::Done(_));
+/// The events of `stream` (choice `index`), after `first` if one was read already, up to its
+/// last ([`StreamEvent::Done`] or an error), or `None` if it closes before that (the engine
+/// stopped).
+fn choice_events(index: usize, first: Option<StreamEvent>, stream: EventStream) -> ChoiceEvents {
+	let open = !matches!(first, Some(StreamEvent::Done(_)));
 	let rest = futures::stream::unfold(open.then_some(stream), |stream| async move {
 		let mut stream = stream?;
 		match stream.next().await {
@@ -669,15 +678,17 @@ fn choice_events(index: usize, first: StreamEvent, stream: EventStream) -> Choic
 			None => Some((None, None)),
 		}
 	});
-	futures::stream::once(async move { Some(Ok(first)) })
+	futures::stream::iter(first.map(|event| Some(Ok(event))))
 		.chain(rest)
 		.map(move |e| (index, e))
 		.boxed()
 }
 
 /// Answers with server-sent events: each choice's text as it is generated, a chunk with its
-/// finish reason when it ends, the usage when asked for, then `[DONE]`. Every choice has
-/// started (or been refused, which is answered as an error status) before the events begin.
+/// finish reason when it ends, the usage when asked for, then `[DONE]`. The engine has taken
+/// every choice (or refused one, which is answered with an error status) before the events
+/// begin; the events begin before the first token (a queued request is not held up by a
+/// proxy's read timeout: keep-alive comments flow meanwhile).
 async fn stream(
 	engine: &EngineService,
 	requests: Vec<GenerationRequest>,
@@ -693,7 +704,8 @@ async fn stream(
 	}
 	for (index, mut events) in started.into_iter().enumerate() {
 		match events.next().await {
-			Some(Ok(first)) => choices.push(choice_events(index, first, events)),
+			Some(Ok(StreamEvent::Queued)) => choices.push(choice_events(index, None, events)),
+			Some(Ok(first)) => choices.push(choice_events(index, Some(first), events)),
 			Some(Err(e)) => return Err(e.into()),
 			None => return Err(Error::Stopped("before answering".into()).into()),
 		}
@@ -754,6 +766,7 @@ impl Streamer {
 		let usage = self.include_usage.then_some(Value::Null);
 		let endpoint = self.head.endpoint;
 		let error = match self.events.next().await {
+			Some((_, Some(Ok(StreamEvent::Queued)))) => return Some(Vec::new()),
 			Some((index, Some(Ok(StreamEvent::Text(text))))) => {
 				let choice = endpoint.delta(index, Some(&text), None);
 				return Some(vec![self.head.chunk(vec![choice], usage)]);
@@ -895,7 +908,9 @@ async fn unload_adapter(
 ) -> Result<String, ApiError> {
 	state.runtime_adapters_allowed()?;
 	let Json(UnloadAdapter { lora_name: name }) = body?;
-	if state.write_adapters().remove(&name).is_none() {
+	// The engine is told under the lock, so that its registry changes in the map's order.
+	let mut adapters = state.write_adapters();
+	if adapters.remove(&name).is_none() {
 		return Err(ApiError {
 			status: StatusCode::NOT_FOUND,
 			kind: "invalid_request_error",

@@ -168,7 +168,7 @@ impl Sampler {
 	/// (prompt and output) for the repetition penalty.
 	pub fn sample(&mut self, logits: &[f32], previous: &[u32]) -> Result<Sampled> {
 		if logits.is_empty() || logits.iter().any(|l| l.is_nan()) {
-			return Err(Error::Request("the model produced no usable logits".into()));
+			return Err(Error::Batch("the model produced no usable logits".into()));
 		}
 		let mut adjusted = logits.to_vec();
 		if self.params.repetition_penalty != 1.0 {

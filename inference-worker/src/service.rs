@@ -36,9 +36,12 @@ use crate::{
 	tokenizer::Tokenizer,
 };
 
-/// What a streaming request receives, in order: pieces of text, then its generation.
+/// What a streaming request receives, in order: that the engine took it, pieces of text, then
+/// its generation.
 #[derive(Debug)]
 pub enum StreamEvent {
+	/// The engine took the request (it was not refused); text follows as it is generated.
+	Queued,
 	/// More of the text (never empty); the pieces add up to the generation's text.
 	Text(String),
 	/// The request finished: its generation, whose text was all sent.
@@ -106,6 +109,8 @@ struct Job {
 	request: GenerationRequest,
 	adapter: Option<String>,
 	reply: Reply,
+	/// When it was sent (its latencies count from here).
+	sent: Instant,
 }
 
 /// What the engine thread is asked to do.
@@ -257,13 +262,13 @@ impl EngineService {
 		adapter: Option<String>,
 	) -> Result<Generation> {
 		let (reply, answer) = oneshot::channel();
-		self.submit(Job { request, adapter, reply: Reply::Whole(reply) })?;
+		self.submit(Job { request, adapter, reply: Reply::Whole(reply), sent: Instant::now() })?;
 		answer.await.map_err(|_| Error::Stopped("before answering".into()))?
 	}
 
 	/// Serves `request` like [`EngineService::generate`], sending its text as it is generated
-	/// (see [`EventStream`]). A request the engine refuses (bad, unknown adapter, queue full)
-	/// gets the error as its first event.
+	/// (see [`EventStream`]). The first event is [`StreamEvent::Queued`], or the error of a
+	/// request the engine refuses (bad, unknown adapter, queue full).
 	pub fn generate_stream(
 		&self,
 		request: GenerationRequest,
@@ -271,7 +276,8 @@ impl EngineService {
 	) -> Result<EventStream> {
 		let (events, receiver) = channel::unbounded_channel();
 		let text = TextStream::new(&request.stop, self.eos);
-		self.submit(Job { request, adapter, reply: Reply::Stream(events, text) })?;
+		let reply = Reply::Stream(events, text);
+		self.submit(Job { request, adapter, reply, sent: Instant::now() })?;
 		Ok(EventStream(receiver))
 	}
 
@@ -425,12 +431,11 @@ fn accept<D: Decoder>(
 	match message {
 		Message::Generate(job) => match engine.submit(&job.request, job.adapter.as_deref()) {
 			Ok(id) => {
-				let pending = Pending {
-					reply: job.reply,
-					taken: Instant::now(),
-					last_token: None,
-					tokens: 0,
-				};
+				if let Reply::Stream(events, _) = &job.reply {
+					let _ = events.send(Ok(StreamEvent::Queued));
+				}
+				let pending =
+					Pending { reply: job.reply, taken: job.sent, last_token: None, tokens: 0 };
 				replies.insert(id, pending);
 			}
 			Err(e) => job.reply.send(Err(e)),

@@ -385,6 +385,25 @@ fn an_unregistered_adapter_finishes_what_it_took_and_takes_no_more() {
 	let again = engine.submit(&request, Some("a")).unwrap();
 	let done = by_id(engine.run_to_completion());
 	assert_same(&done[&again], &solo(&model, &tokenizer, Some("a"), &request, &dirs), "again", 0.0);
+
+	// Registered again from another folder whose files have the same sizes and times (a copy of
+	// another adapter of the same shapes): that folder's weights are served, not the cached ones.
+	let other = root.path().join("other");
+	write_adapter(&model, &other, 77, 8, ADAPTERS[0].3);
+	for file in ["adapter_config.json", "adapter_model.safetensors"] {
+		let (a, b) = (dirs["a"].join(file), other.join(file));
+		assert_eq!(std::fs::metadata(&a).unwrap().len(), std::fs::metadata(&b).unwrap().len());
+		let time = std::fs::metadata(&a).unwrap().modified().unwrap();
+		std::fs::File::options().write(true).open(&b).unwrap().set_modified(time).unwrap();
+	}
+	engine.register_adapter("a", other.clone());
+	let moved = engine.submit(&request, Some("a")).unwrap();
+	let mut moved_dirs = dirs.clone();
+	moved_dirs.insert("a".into(), other);
+	let want = solo(&model, &tokenizer, Some("a"), &request, &moved_dirs);
+	assert_ne!(want.logprobs, done[&again].logprobs, "the two adapters differ");
+	let done = by_id(engine.run_to_completion());
+	assert_same(&done[&moved], &want, "moved", 0.0);
 }
 
 /// A thousand distinct adapters, more than the adapter cache holds at once, in one run on the

@@ -373,13 +373,20 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 	error(400, br#"{"prompt": "x", "n": 17}"#, "invalid_request", "n: from 1 to 16");
 	let options = br#"{"prompt": "x", "stream_options": {"include_usage": true}}"#;
 	error(400, options, "invalid_request", "stream_options");
-	let stream = br#"{"prompt": "x", "stream": true, "model": "nope"}"#;
-	error(404, stream, "model_not_found", "nope");
-	let stream = br#"{"prompt": "", "stream": true}"#;
-	error(400, stream, "invalid_request", "the prompt is empty");
+	let streamed = br#"{"prompt": "x", "stream": true, "model": "nope"}"#;
+	error(404, streamed, "model_not_found", "nope");
+	let streamed = br#"{"prompt": "", "stream": true}"#;
+	error(400, streamed, "invalid_request", "the prompt is empty");
 	error(400, br#"{"prompt": ["x", "y"]}"#, "invalid_request", "one prompt");
 	error(400, br#"{"prompt": "x", "stop": ["a","b","c","d","e"]}"#, "invalid_request", "stop");
 	error(422, br#"{"prompt": "x", "model": "corrupt"}"#, "adapter_unavailable", "corrupt");
+	// Streamed, the events begin once the engine takes the request: the adapter's failure to
+	// load comes as an error event.
+	let (status, events) =
+		stream(address, "/v1/completions", &json!({"prompt": "x", "model": "corrupt"}));
+	assert_eq!(status, 200, "{events:?}");
+	let got = gather(&events, "text_completion", "/text");
+	assert_eq!(got.error.unwrap()["code"], "adapter_unavailable");
 	let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(http_api::MAX_BODY_BYTES));
 	error(413, big.as_bytes(), "body_too_large", "length limit");
 	let (status, text) = call(address, "POST", "/v1/chat/completions", br#"{"prompt": "x"}"#);
