@@ -66,6 +66,7 @@ fn main() {
 			max_tokens: MAX_TOKENS,
 			sampling: SamplingParams::default(),
 			stop: vec![],
+			prompt_logprobs: None,
 		})
 		.collect();
 

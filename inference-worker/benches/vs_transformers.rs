@@ -70,6 +70,7 @@ fn requests(names: &[String]) -> Vec<(GenerationRequest, String)> {
 				max_tokens,
 				sampling: SamplingParams::default(),
 				stop: vec![],
+				prompt_logprobs: None,
 			};
 			(request, names[i % names.len()].clone())
 		})

@@ -31,6 +31,9 @@ pub enum Want {
 	Nothing,
 	/// The logits of its last token, for the host's sampler.
 	Logits,
+	/// The logits of every token it runs (for a prompt's log-probabilities; the last row is
+	/// also the host sampler's).
+	Rows,
 	/// A token sampled where the logits are, by the kernels' sampler with these parameters and
 	/// this uniform draw (only asked of a decoder that [`Decoder::samples`]).
 	Token(KernelSampling, f32),
@@ -43,6 +46,8 @@ pub enum Next {
 	Nothing,
 	/// The logits `[vocab]`.
 	Logits(Vec<f32>),
+	/// The logits of every token run, in order (each `[vocab]`).
+	Rows(Vec<Vec<f32>>),
 	/// The token the kernels' sampler picked, and its log-probability.
 	Sampled(Sampled),
 }
@@ -115,17 +120,24 @@ impl Decoder for Llama {
 		false
 	}
 
-	/// Always the logits (the host samples), whatever was asked.
+	/// Always logits (the host samples): every row's for [`Want::Rows`], else the last one's.
 	fn step(
 		&self,
 		cache: &mut PagedKvCache,
 		_residency: &mut (),
 		batch: &mut [SequenceInput<'_>],
-		_wants: &[Want],
+		wants: &[Want],
 	) -> Result<Vec<Next>> {
+		for (seq, want) in batch.iter_mut().zip(wants) {
+			seq.all_logits = *want == Want::Rows;
+		}
 		self.forward_batch(cache, batch)?
 			.into_iter()
-			.map(|logits| Ok(Next::Logits(logits.squeeze(0)?.to_vec1::<f32>()?)))
+			.zip(wants)
+			.map(|(logits, want)| match want {
+				Want::Rows => Ok(Next::Rows(logits.to_vec2::<f32>()?)),
+				_ => Ok(Next::Logits(logits.squeeze(0)?.to_vec1::<f32>()?)),
+			})
 			.collect()
 	}
 }
@@ -193,9 +205,16 @@ impl<B: Backend> KernelLlama<B> {
 		}
 		let vocab = self.vocab();
 		for (row, (slot, want)) in out.iter_mut().zip(wants).enumerate() {
-			if *want == Want::Logits {
-				// Only the rows that want them cross the bus.
-				*slot = Next::Logits(self.backend().read_range(logits, row * vocab, vocab)?);
+			// Only the rows that want them cross the bus.
+			match want {
+				Want::Logits => {
+					*slot = Next::Logits(self.backend().read_range(logits, row * vocab, vocab)?)
+				}
+				Want::Rows => {
+					let row = self.backend().read_range(logits, row * vocab, vocab)?;
+					*slot = Next::Rows(vec![row]);
+				}
+				Want::Nothing | Want::Token(..) => {}
 			}
 		}
 		Ok(out)
@@ -358,14 +377,20 @@ where
 		for (i, seq) in batch.iter().enumerate() {
 			if seq.tokens.len() > 1 {
 				let adapter = resident(seq).map(|a| (&residency.pool, a));
-				let logits = self.prefill(
-					cache.store_mut(),
-					seq.tokens,
-					seq.table.len(),
-					seq.table.blocks(),
-					adapter,
-				)?;
-				out[i] = self.next_tokens(&logits, &[wants[i]])?.remove(0);
+				let (store, start, blocks) =
+					(cache.store_mut(), seq.table.len(), seq.table.blocks());
+				out[i] = match wants[i] {
+					Want::Rows => {
+						let all = self.prefill_rows(store, seq.tokens, start, blocks, adapter)?;
+						let vocab = self.vocab();
+						let rows = self.backend().read(&all)?;
+						Next::Rows(rows.chunks(vocab).map(<[f32]>::to_vec).collect())
+					}
+					want => {
+						let logits = self.prefill(store, seq.tokens, start, blocks, adapter)?;
+						self.next_tokens(&logits, &[want])?.remove(0)
+					}
+				};
 			}
 		}
 		for seq in batch.iter_mut() {

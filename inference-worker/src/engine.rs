@@ -47,6 +47,11 @@ use crate::{
 /// Identifies a request submitted to an [`Engine`].
 pub type RequestId = u64;
 
+/// The most prompt tokens one step runs of a sequence whose prompt's log-probabilities are
+/// asked for: every row's logits come back (`[tokens, vocab]` floats), so its chunks are kept
+/// small.
+pub const PROMPT_LOGITS_CHUNK: usize = 128;
+
 /// The engine's limits.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -139,6 +144,14 @@ impl Sequence {
 
 	fn salt(&self) -> u64 {
 		self.adapter().map_or(0, |a| a.uid)
+	}
+
+	/// The most tokens it may run in one step of `budget` tokens.
+	fn chunk_limit(&self, budget: usize) -> usize {
+		match self.progress.wants_prompt_logits() {
+			true => budget.min(PROMPT_LOGITS_CHUNK),
+			false => budget,
+		}
 	}
 
 	/// Everything the sequence must have cached: its prompt and output so far.
@@ -303,7 +316,8 @@ impl<D: Decoder> Engine<D> {
 			self.stats.rejected += 1;
 			return Err(Error::Overloaded { queued: self.waiting.len() });
 		}
-		let prompt_tokens = self.tokenizer.encode(&request.prompt)?;
+		let prompt_tokens =
+			request.prompt.tokens(&self.tokenizer, self.model.config().vocab_size)?;
 		validate(&prompt_tokens, request.max_tokens, self.model.max_sequence())?;
 		let blocks = self.cache.blocks_for(prompt_tokens.len() + request.max_tokens);
 		let capacity = self.cache.config().num_blocks;
@@ -410,7 +424,8 @@ impl<D: Decoder> Engine<D> {
 	fn secure_running(&mut self, budget: &mut usize) {
 		let mut i = 0;
 		while i < self.running.len() {
-			let want = self.running[i].pending.len().min((*budget).max(1));
+			let seq = &self.running[i];
+			let want = seq.pending.len().min(seq.chunk_limit((*budget).max(1)));
 			let needed = self.cache.blocks_needed(&self.running[i].table, want);
 			if needed <= self.cache.available_blocks() {
 				match self.cache.reserve(&mut self.running[i].table, want) {
@@ -478,8 +493,12 @@ impl<D: Decoder> Engine<D> {
 			}
 			let seq = &mut self.waiting[i];
 			seq.table = BlockTable::new(seq.salt());
-			let reused = self.cache.reuse_prefix(&mut seq.table, &seq.pending);
-			let chunk = (seq.pending.len() - reused).min(*budget);
+			// A prompt whose log-probabilities are asked for is computed whole.
+			let reused = match seq.progress.wants_prompt_logits() {
+				true => 0,
+				false => self.cache.reuse_prefix(&mut seq.table, &seq.pending),
+			};
+			let chunk = (seq.pending.len() - reused).min(seq.chunk_limit(*budget));
 			// Room for the chunk now, and for the whole remaining input before long.
 			let needed = self.cache.blocks_for(seq.pending.len() + 1) - seq.table.blocks().len();
 			if needed > self.cache.available_blocks()
@@ -508,14 +527,20 @@ impl<D: Decoder> Engine<D> {
 		if self.running.is_empty() {
 			return done;
 		}
+		// Where each sequence's tokens of this step begin.
+		let starts: Vec<usize>;
 		let result = {
-			// What each sequence wants back: nothing mid-prompt, else a token sampled where the
+			// What each sequence wants back: every row's logits while its prompt's
+			// log-probabilities are computed, nothing mid-prompt, else a token sampled where the
 			// decoder's logits are when it samples and the request's sampler allows, else logits.
 			let samples = self.model.samples();
 			let wants: Vec<Want> = self
 				.running
 				.iter_mut()
 				.map(|s| {
+					if s.progress.wants_prompt_logits() {
+						return Want::Rows;
+					}
 					if s.pending.len() > s.scheduled {
 						return Want::Nothing;
 					}
@@ -525,6 +550,7 @@ impl<D: Decoder> Engine<D> {
 					}
 				})
 				.collect();
+			starts = self.running.iter().map(|s| s.table.len()).collect();
 			let mut inputs: Vec<SequenceInput<'_>> = Vec::with_capacity(self.running.len());
 			for Sequence { pending, table, adapter, scheduled, .. } in &mut self.running {
 				inputs.push(SequenceInput {
@@ -556,15 +582,22 @@ impl<D: Decoder> Engine<D> {
 			}
 		};
 		let mut still_running = Vec::with_capacity(self.running.len());
-		for (mut seq, next) in self.running.drain(..).zip(logits) {
+		for ((mut seq, next), start) in self.running.drain(..).zip(logits).zip(starts) {
 			seq.pending.drain(..seq.scheduled);
+			if let Next::Rows(rows) = &next {
+				seq.progress.record_prompt(start, rows);
+			}
 			if !seq.pending.is_empty() {
-				// Part of a prompt: its logits are not needed.
+				// Part of a prompt: nothing to sample yet.
 				still_running.push(seq);
 				continue;
 			}
 			let sampled = match next {
 				Next::Logits(logits) => seq.progress.advance(&logits, &self.tokenizer),
+				Next::Rows(rows) => match rows.last() {
+					Some(last) => seq.progress.advance(last, &self.tokenizer),
+					None => Err(Error::Batch("the decoder gave no logits".into())),
+				},
 				Next::Sampled(sampled) => seq.progress.record(sampled, &self.tokenizer),
 				Next::Nothing => Err(Error::Batch("the decoder gave no next token".into())),
 			};

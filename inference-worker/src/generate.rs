@@ -10,21 +10,80 @@ use crate::{
 	kv_cache::KvCacheConfig,
 	lora::LoraAdapter,
 	model::{KvCache, Llama},
-	sampling::{Sampled, Sampler, SamplingParams},
+	sampling::{logprob_of, top_logprobs, Sampled, Sampler, SamplingParams, MAX_TOP_LOGPROBS},
 	tokenizer::Tokenizer,
 };
+
+/// A request's prompt: text, or token ids as a client's own tokenizer made them (serialized as
+/// a string or a list of ids).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Prompt {
+	/// Text (special tokens such as `<|im_start|>` are recognised).
+	Text(String),
+	/// Token ids, served as they are.
+	Tokens(Vec<u32>),
+}
+
+impl Prompt {
+	/// The prompt's token ids; token ids must be in the model's vocabulary of `vocab_size`.
+	pub fn tokens(&self, tokenizer: &Tokenizer, vocab_size: usize) -> Result<Vec<u32>> {
+		match self {
+			Prompt::Text(text) => tokenizer.encode(text),
+			Prompt::Tokens(ids) => match ids.iter().find(|&&id| id as usize >= vocab_size) {
+				Some(id) => Err(Error::Request(format!(
+					"prompt token {id} is not in the model's vocabulary of {vocab_size}"
+				))),
+				None => Ok(ids.clone()),
+			},
+		}
+	}
+}
+
+impl From<&str> for Prompt {
+	fn from(text: &str) -> Self {
+		Prompt::Text(text.to_string())
+	}
+}
+
+impl From<String> for Prompt {
+	fn from(text: String) -> Self {
+		Prompt::Text(text)
+	}
+}
+
+impl From<Vec<u32>> for Prompt {
+	fn from(ids: Vec<u32>) -> Self {
+		Prompt::Tokens(ids)
+	}
+}
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationRequest {
-	/// The prompt text (special tokens such as `<|im_start|>` are recognised).
-	pub prompt: String,
+	/// The prompt.
+	pub prompt: Prompt,
 	/// The most tokens to generate.
 	pub max_tokens: usize,
 	/// How to pick tokens.
 	pub sampling: SamplingParams,
 	/// Generation stops when the output contains one of these (it is cut before it).
 	pub stop: Vec<String>,
+	/// The log-probability of each prompt token after the first, given the ones before it,
+	/// with this many most likely tokens at each position (vLLM's `prompt_logprobs`; OpenAI's
+	/// `echo` with `logprobs`); `None` for none. At most [`MAX_TOP_LOGPROBS`]. The whole
+	/// prompt is computed for it (no cached prefix is reused).
+	pub prompt_logprobs: Option<usize>,
+}
+
+/// The log-probabilities of a prompt's tokens after the first, each given the ones before it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PromptLogprobs {
+	/// `log p(prompt[i + 1] | prompt[..=i])` at `i`.
+	pub logprobs: Vec<f32>,
+	/// At `i`, the most likely tokens at that position with their log-probabilities, most
+	/// likely first (as many as the request asked for).
+	pub top_logprobs: Vec<Vec<(u32, f32)>>,
 }
 
 /// Why generation ended.
@@ -52,6 +111,8 @@ pub struct Generation {
 	/// log-probabilities, most likely first: as many as the request's
 	/// [`SamplingParams::top_logprobs`] (empty when it asks for none).
 	pub top_logprobs: Vec<Vec<(u32, f32)>>,
+	/// The prompt's log-probabilities, when the request asked for them.
+	pub prompt_logprobs: Option<PromptLogprobs>,
 	/// The generated text, cut before a stop sequence.
 	pub text: String,
 	/// Why it ended.
@@ -86,6 +147,8 @@ pub struct Progress {
 	pub tokens: Vec<u32>,
 	logprobs: Vec<f32>,
 	top_logprobs: Vec<Vec<(u32, f32)>>,
+	/// The prompt's log-probabilities so far and how many alternatives each, when asked for.
+	prompt_logprobs: Option<(usize, PromptLogprobs)>,
 	max_tokens: usize,
 	stop: Vec<String>,
 	text: String,
@@ -95,12 +158,18 @@ pub struct Progress {
 impl Progress {
 	/// The start of `request`, whose prompt is `prompt_tokens`.
 	pub fn new(request: &GenerationRequest, prompt_tokens: Vec<u32>) -> Result<Self> {
+		if let Some(k) = request.prompt_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+			return Err(Error::Request(format!(
+				"{k} top log-probabilities asked for the prompt, at most {MAX_TOP_LOGPROBS}"
+			)));
+		}
 		Ok(Self {
 			sampler: Sampler::new(request.sampling.clone())?,
 			prompt_tokens,
 			tokens: Vec::with_capacity(request.max_tokens),
 			logprobs: Vec::with_capacity(request.max_tokens),
 			top_logprobs: Vec::new(),
+			prompt_logprobs: request.prompt_logprobs.map(|k| (k, PromptLogprobs::default())),
 			max_tokens: request.max_tokens,
 			stop: request.stop.clone(),
 			text: String::new(),
@@ -111,6 +180,33 @@ impl Progress {
 	/// Whether the request is finished.
 	pub fn is_finished(&self) -> bool {
 		self.finish_reason.is_some()
+	}
+
+	/// Whether the logits of prompt positions are still needed (for the prompt's
+	/// log-probabilities).
+	pub fn wants_prompt_logits(&self) -> bool {
+		self.prompt_logprobs
+			.as_ref()
+			.is_some_and(|(_, p)| p.logprobs.len() + 1 < self.prompt_tokens.len())
+	}
+
+	/// Records the prompt's log-probabilities from `rows`, the logits of positions `start..` of
+	/// the sequence (each predicting the token after it). Positions recorded already (a
+	/// prompt computed again after a preemption) and past the prompt are skipped.
+	pub fn record_prompt(&mut self, start: usize, rows: &[Vec<f32>]) {
+		let Some((k, recorded)) = self.prompt_logprobs.as_mut() else { return };
+		for (position, row) in (start..).zip(rows) {
+			let Some(&next) = self.prompt_tokens.get(position + 1) else { break };
+			if position != recorded.logprobs.len() {
+				continue;
+			}
+			let logprob = match (next as usize) < row.len() {
+				true => logprob_of(row, next as usize),
+				false => f32::NEG_INFINITY,
+			};
+			recorded.logprobs.push(logprob);
+			recorded.top_logprobs.push(top_logprobs(row, *k));
+		}
 	}
 
 	/// Samples the next token from `logits` (the last position's) and records it; returns it.
@@ -171,6 +267,7 @@ impl Progress {
 			tokens: self.tokens,
 			logprobs: self.logprobs,
 			top_logprobs: self.top_logprobs,
+			prompt_logprobs: self.prompt_logprobs.map(|(_, p)| p),
 			text,
 			finish_reason,
 		})
@@ -185,11 +282,17 @@ pub fn generate(
 	adapter: Option<&LoraAdapter>,
 	request: &GenerationRequest,
 ) -> Result<Generation> {
-	let prompt_tokens = tokenizer.encode(&request.prompt)?;
+	let prompt_tokens = request.prompt.tokens(tokenizer, model.config.vocab_size)?;
 	validate(&prompt_tokens, request.max_tokens, model.config.context_length)?;
 	let mut cache = KvCache::new(model, prompt_tokens.len() + request.max_tokens)?;
 	let mut progress = Progress::new(request, prompt_tokens.clone())?;
-	let mut next_input = prompt_tokens;
+	// The prompt's every position when its log-probabilities are asked for.
+	let rows =
+		model.forward(&prompt_tokens, &mut cache, adapter, progress.wants_prompt_logits())?;
+	let rows: Vec<Vec<f32>> = rows.to_vec2()?;
+	progress.record_prompt(0, &rows);
+	let last = rows.last().ok_or_else(|| Error::Batch("the model gave no logits".into()))?;
+	let mut next_input = vec![progress.advance(last, tokenizer)?];
 	while !progress.is_finished() {
 		let logits = model.forward(&next_input, &mut cache, adapter, false)?;
 		let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
@@ -209,7 +312,7 @@ pub fn generate_with_kernels<B: Backend>(
 	adapter: Option<&LoraAdapter>,
 	request: &GenerationRequest,
 ) -> Result<Generation> {
-	let prompt_tokens = tokenizer.encode(&request.prompt)?;
+	let prompt_tokens = request.prompt.tokens(tokenizer, model.config.vocab_size)?;
 	let limit = model.config.context_length.min(model.max_positions());
 	validate(&prompt_tokens, request.max_tokens, limit)?;
 	let block_size = KvCacheConfig::DEFAULT_BLOCK_SIZE;
@@ -226,14 +329,30 @@ pub fn generate_with_kernels<B: Backend>(
 	};
 	let mut progress = Progress::new(request, prompt_tokens.clone())?;
 	let with = pool.as_ref().zip(resident.as_ref());
-	let mut logits = model.prefill(&mut cache, &prompt_tokens, 0, &table, with)?;
+	// With the prompt's log-probabilities, every position's logits come to the host, and the
+	// first token is sampled there (as the engine does).
+	let (mut logits, mut on_host) = match progress.wants_prompt_logits() {
+		true => {
+			let all = model.prefill_rows(&mut cache, &prompt_tokens, 0, &table, with)?;
+			let vocab = model.config.vocab_size;
+			let mut rows: Vec<Vec<f32>> =
+				model.backend().read(&all)?.chunks(vocab).map(<[f32]>::to_vec).collect();
+			progress.record_prompt(0, &rows);
+			let last = rows.pop().ok_or_else(|| Error::Batch("the model gave no logits".into()))?;
+			(model.backend().floats(&last)?, Some(last))
+		}
+		false => (model.prefill(&mut cache, &prompt_tokens, 0, &table, with)?, None),
+	};
 	let mut position = prompt_tokens.len();
 	loop {
-		let token = match progress.kernel_draw() {
-			Some((params, u)) => {
-				progress.record(model.sample(&logits, &[params], &[u])?[0].into(), tokenizer)?
-			}
-			None => progress.advance(&model.backend().read(&logits)?, tokenizer)?,
+		let token = match on_host.take() {
+			Some(row) => progress.advance(&row, tokenizer)?,
+			None => match progress.kernel_draw() {
+				Some((params, u)) => {
+					progress.record(model.sample(&logits, &[params], &[u])?[0].into(), tokenizer)?
+				}
+				None => progress.advance(&model.backend().read(&logits)?, tokenizer)?,
+			},
 		};
 		if progress.is_finished() {
 			break;

@@ -2,19 +2,23 @@
 //! clients work unchanged): the base model and every registered LoRA adapter are "models".
 //!
 //! - `POST /v1/completions`: `model` (the base model's name, or an adapter's; absent: the
-//!   base), `prompt` (a string, or an array of one), `max_tokens` (16), `temperature` (1),
+//!   base), `prompt` (a string, a list of strings, a list of token ids, or a list of lists of
+//!   token ids: up to [`MAX_PROMPTS`], choice `p * n + i` being choice `i` of prompt `p`),
+//!   `max_tokens` (16), `temperature` (1),
 //!   `top_p` (1), `top_k` (a vLLM extension; 0 or -1: all), `repetition_penalty` (1), `seed`
 //!   (random when absent; choice `i` of `n` is seeded with `seed + i`), `stop` (a string or up
 //!   to 4), `n` (choices, 1 to 16), `stream` and `stream_options.include_usage`, `logprobs`
 //!   (the sampled tokens' log-probabilities and this many most likely tokens' at each step, up
 //!   to 20: OpenAI's `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`), `echo` (the
-//!   prompt before the answer's text).
+//!   prompt before the answer's text; with `logprobs`, the prompt's tokens first in them, each
+//!   scored given the ones before it and the first `null`: how lm-evaluation-harness scores
+//!   continuations).
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt`; `logprobs` (true or false) and
 //!   `top_logprobs` (0 to 20) give OpenAI's `logprobs.content` (each token's text, bytes,
 //!   log-probability and most likely alternatives). Log-probabilities are the model's own
 //!   (before temperature, penalty or truncation), as vLLM reports them; they are not served
-//!   with `stream`, nor with `echo` (that would need the prompt's).
+//!   with `stream`.
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
@@ -70,7 +74,7 @@ use serde_json::{json, Value};
 use crate::{
 	chat::{ChatTemplate, Message},
 	error::Error,
-	generate::{FinishReason, Generation, GenerationRequest},
+	generate::{FinishReason, Generation, GenerationRequest, Prompt},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
@@ -252,7 +256,7 @@ impl IntoResponse for ApiError {
 	}
 }
 
-/// A string or a list of strings (`prompt`, `stop`).
+/// A string or a list of strings (`stop`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
@@ -266,7 +270,9 @@ enum OneOrMany {
 #[derive(Debug, Deserialize)]
 struct Body {
 	model: Option<String>,
-	prompt: Option<OneOrMany>,
+	/// A string, a list of strings, a list of token ids, or a list of lists of token ids (read
+	/// from a [`Value`]: untagged enums buffer numbers, which `arbitrary_precision` breaks).
+	prompt: Option<Value>,
 	messages: Option<Vec<Message>>,
 	max_tokens: Option<usize>,
 	/// The chat endpoint's newer name for `max_tokens`.
@@ -364,6 +370,66 @@ impl ApiState {
 
 /// The most choices (`n`) one request may ask for: each is a request of its own in the engine.
 pub const MAX_CHOICES: usize = 16;
+/// The most prompts one completions request may give (each `n` choices).
+pub const MAX_PROMPTS: usize = 256;
+
+/// Refuses token ids outside a vocabulary of `vocab_size`, and an empty prompt.
+fn prompt_tokens_known(ids: &[u32], vocab_size: usize) -> Result<(), ApiError> {
+	if ids.is_empty() {
+		return Err(ApiError::bad_request("prompt: the prompt is empty"));
+	}
+	match ids.iter().find(|&&id| id as usize >= vocab_size) {
+		Some(id) => Err(ApiError::bad_request(format!(
+			"prompt: token {id} is not in the model's vocabulary of {vocab_size}"
+		))),
+		None => Ok(()),
+	}
+}
+
+/// The prompts of a completions request's `prompt`: a string, a list of strings, a list of
+/// token ids (one prompt), or a list of lists of token ids.
+fn prompts(prompt: Value) -> Result<Vec<Prompt>, ApiError> {
+	let token = |value: &Value| -> Result<u32, ApiError> {
+		value
+			.as_u64()
+			.and_then(|id| u32::try_from(id).ok())
+			.ok_or_else(|| ApiError::bad_request(format!("prompt: {value} is not a token id")))
+	};
+	let tokens = |values: &[Value]| -> Result<Prompt, ApiError> {
+		Ok(Prompt::Tokens(values.iter().map(token).collect::<Result<_, _>>()?))
+	};
+	let prompts = match prompt {
+		Value::String(text) => vec![Prompt::Text(text)],
+		Value::Array(items) if items.first().is_some_and(Value::is_number) => {
+			vec![tokens(&items)?]
+		}
+		Value::Array(items) => items
+			.into_iter()
+			.map(|item| match item {
+				Value::String(text) => Ok(Prompt::Text(text)),
+				Value::Array(ids) => tokens(&ids),
+				other => Err(ApiError::bad_request(format!(
+					"prompt: {other} is neither a string nor a list of token ids"
+				))),
+			})
+			.collect::<Result<_, _>>()?,
+		other => {
+			return Err(ApiError::bad_request(format!(
+				"prompt: {other} is neither a string nor a list of strings or token ids"
+			)))
+		}
+	};
+	if prompts.is_empty() {
+		return Err(ApiError::bad_request("prompt: an empty list"));
+	}
+	if prompts.len() > MAX_PROMPTS {
+		return Err(ApiError::bad_request(format!(
+			"prompt: at most {MAX_PROMPTS} prompts per request, not {}",
+			prompts.len()
+		)));
+	}
+	Ok(prompts)
+}
 
 /// How many most likely tokens' log-probabilities `body` asks for at `endpoint`: `None` for no
 /// log-probabilities at all.
@@ -396,22 +462,18 @@ fn logprobs_asked(endpoint: Endpoint, body: &Body) -> Result<Option<usize>, ApiE
 	if body.stream == Some(true) {
 		return Err(ApiError::bad_request("logprobs: not served with stream yet"));
 	}
-	if body.echo == Some(true) {
-		return Err(ApiError::bad_request(
-			"logprobs with echo: the prompt's log-probabilities are not served",
-		));
-	}
 	Ok(Some(k as usize))
 }
 
-/// The engine's requests for `prompt` with `body`'s sampling at `endpoint`, each reporting
-/// `top_logprobs` most likely tokens: `n` of them, choice `i` seeded with `seed + i` (so a
-/// seeded request is repeatable, and its choices differ).
+/// The engine's requests for `prompts` with `body`'s sampling at `endpoint`, each reporting
+/// `logprobs` most likely tokens (and the prompt's, when echoed): `n` per prompt, choice
+/// `p * n + i` for choice `i` of prompt `p`, seeded with `seed + i` (so a seeded request is
+/// repeatable, its choices differ, and a prompt's choices do not depend on the others').
 fn generation_requests(
 	endpoint: Endpoint,
-	prompt: String,
+	prompts: &[Prompt],
 	body: &Body,
-	top_logprobs: usize,
+	logprobs: Option<usize>,
 ) -> Result<Vec<GenerationRequest>, ApiError> {
 	if body.echo == Some(true) && matches!(endpoint, Endpoint::Chat) {
 		return Err(ApiError::bad_request("echo: only on /v1/completions"));
@@ -440,8 +502,10 @@ fn generation_requests(
 			.map_err(|_| ApiError::bad_request(format!("top_k {k} is not -1, 0 or positive")))?,
 	};
 	let seed = body.seed;
-	Ok((0..n as u64)
-		.map(|i| GenerationRequest {
+	let echo = body.echo == Some(true);
+	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
+	Ok(choices
+		.map(|(prompt, i)| GenerationRequest {
 			prompt: prompt.clone(),
 			max_tokens: body
 				.max_tokens
@@ -453,9 +517,11 @@ fn generation_requests(
 				top_p: body.top_p.unwrap_or(1.0),
 				repetition_penalty: body.repetition_penalty.unwrap_or(1.0),
 				seed: seed.map_or_else(rand::random, |s| s.wrapping_add(i)),
-				top_logprobs,
+				top_logprobs: logprobs.unwrap_or(0),
 			},
 			stop: stop.clone(),
+			// OpenAI's echo with logprobs: the prompt's tokens' too.
+			prompt_logprobs: logprobs.filter(|_| echo),
 		})
 		.collect())
 }
@@ -503,64 +569,99 @@ impl Endpoint {
 
 	/// OpenAI's `logprobs` of a choice for `generation`'s tokens (each token's text as the
 	/// tokenizer decodes it alone), whose text begins `offset` characters into the choice's
-	/// text (after an echoed prompt).
+	/// text (after an echoed prompt). An echoed prompt's tokens come first when their
+	/// log-probabilities were computed (completions; the first token's is `null`, as it has
+	/// none).
 	fn logprobs(
 		self,
 		tokenizer: &Tokenizer,
 		generation: &Generation,
 		offset: usize,
 	) -> Result<Value, Error> {
+		let decode = |token: u32| tokenizer.decode(&[token]);
+		let alternatives = |top: &[(u32, f32)]| -> Result<Vec<(String, f32)>, Error> {
+			top.iter().map(|&(t, logprob)| Ok((decode(t)?, logprob))).collect()
+		};
+		let mut entries = Vec::with_capacity(generation.tokens.len());
+		for (i, (&token, &logprob)) in
+			generation.tokens.iter().zip(&generation.logprobs).enumerate()
+		{
+			let top = generation.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
+			entries.push(TokenLogprob {
+				text: decode(token)?,
+				logprob: Some(logprob),
+				top: Some(alternatives(top)?),
+			});
+		}
 		// JSON has no infinities: vLLM's floor.
 		let finite = |logprob: f32| json!(logprob.max(-9999.0));
-		let mut texts = Vec::with_capacity(generation.tokens.len());
-		let mut alternatives = Vec::with_capacity(generation.tokens.len());
-		for (i, &token) in generation.tokens.iter().enumerate() {
-			texts.push(tokenizer.decode(&[token])?);
-			let top = generation.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
-			let top: Vec<(String, f32)> = top
-				.iter()
-				.map(|&(t, logprob)| Ok((tokenizer.decode(&[t])?, logprob)))
-				.collect::<Result<_, Error>>()?;
-			alternatives.push(top);
-		}
-		let logprobs = generation.logprobs.iter().copied();
-		Ok(match self {
+		match self {
 			Endpoint::Completions => {
-				let mut offsets = Vec::with_capacity(texts.len());
-				let mut at = offset;
-				for text in &texts {
-					offsets.push(at);
-					at += text.chars().count();
+				let mut prompt = Vec::new();
+				if let Some(scores) = &generation.prompt_logprobs {
+					let (first, rest) = generation.prompt_tokens.split_first().unzip();
+					if let Some(&first) = first {
+						prompt.push(TokenLogprob {
+							text: decode(first)?,
+							logprob: None,
+							top: None,
+						});
+					}
+					let rest = rest.unwrap_or_default();
+					for ((&token, &logprob), top) in
+						rest.iter().zip(&scores.logprobs).zip(&scores.top_logprobs)
+					{
+						prompt.push(TokenLogprob {
+							text: decode(token)?,
+							logprob: Some(logprob),
+							top: Some(alternatives(top)?),
+						});
+					}
 				}
-				let top: Vec<Value> = alternatives
-					.iter()
-					.map(|top| {
+				let mut offsets = Vec::with_capacity(prompt.len() + entries.len());
+				let mut at = 0;
+				for entry in &prompt {
+					offsets.push(at);
+					at += entry.text.chars().count();
+				}
+				at = offset;
+				for entry in &entries {
+					offsets.push(at);
+					at += entry.text.chars().count();
+				}
+				let all: Vec<TokenLogprob> = prompt.into_iter().chain(entries).collect();
+				let top = |entry: &TokenLogprob| match &entry.top {
+					None => Value::Null,
+					Some(top) => {
 						Value::Object(top.iter().map(|(t, lp)| (t.clone(), finite(*lp))).collect())
-					})
-					.collect();
-				json!({
-					"tokens": texts,
-					"token_logprobs": logprobs.map(finite).collect::<Vec<_>>(),
-					"top_logprobs": top,
+					}
+				};
+				Ok(json!({
+					"tokens": all.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+					"token_logprobs": all.iter().map(|e| e.logprob.map(finite)).collect::<Vec<_>>(),
+					"top_logprobs": all.iter().map(top).collect::<Vec<_>>(),
 					"text_offset": offsets,
-				})
+				}))
 			}
 			Endpoint::Chat => {
 				let entry = |text: &str, logprob: f32| json!({ "token": text, "logprob": finite(logprob), "bytes": text.as_bytes() });
-				let content: Vec<Value> = texts
+				let content: Vec<Value> = entries
 					.iter()
-					.zip(logprobs)
-					.zip(&alternatives)
-					.map(|((text, logprob), top)| {
-						let mut token = entry(text, logprob);
-						token["top_logprobs"] =
-							top.iter().map(|(t, lp)| entry(t, *lp)).collect::<Vec<_>>().into();
+					.map(|e| {
+						let mut token = entry(&e.text, e.logprob.unwrap_or(f32::NEG_INFINITY));
+						token["top_logprobs"] = e
+							.top
+							.iter()
+							.flatten()
+							.map(|(t, lp)| entry(t, *lp))
+							.collect::<Vec<_>>()
+							.into();
 						token
 					})
 					.collect();
-				json!({ "content": content })
+				Ok(json!({ "content": content }))
 			}
-		})
+		}
 	}
 
 	/// Choice `index` of a streamed chunk: more `text`, or (with `reason`) the choice's end; a
@@ -581,44 +682,72 @@ impl Endpoint {
 	}
 }
 
-/// Token counts of the `n` generations of one prompt (the prompt counted once).
-fn usage_of<'g>(generations: impl IntoIterator<Item = &'g Generation>) -> Usage {
+/// One token of a choice's `logprobs`: its text, its log-probability and the most likely
+/// tokens at its position (`None` for a prompt's first token, which has none).
+struct TokenLogprob {
+	text: String,
+	logprob: Option<f32>,
+	top: Option<Vec<(String, f32)>>,
+}
+
+/// Token counts of an answer's generations, each with its choice's index, `n` choices per
+/// prompt (each prompt counted once).
+fn usage_of<'g>(generations: impl IntoIterator<Item = (usize, &'g Generation)>, n: usize) -> Usage {
 	let mut usage = Usage { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
-	for generation in generations {
-		usage.prompt_tokens = generation.prompt_tokens.len();
+	for (index, generation) in generations {
+		if index % n.max(1) == 0 {
+			usage.prompt_tokens += generation.prompt_tokens.len();
+		}
 		usage.completion_tokens += generation.tokens.len();
 	}
 	usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
 	usage
 }
 
-/// Serves `prompt` (rendered for `endpoint`) with `body`'s options on `adapter`: the whole
+/// The text echoed before each prompt's choices: the prompt's text (token ids decoded).
+fn echoes(tokenizer: &Tokenizer, prompts: &[Prompt]) -> Result<Vec<String>, Error> {
+	prompts
+		.iter()
+		.map(|prompt| match prompt {
+			Prompt::Text(text) => Ok(text.clone()),
+			Prompt::Tokens(ids) => tokenizer.decode(ids),
+		})
+		.collect()
+}
+
+/// Serves `prompts` (one, rendered, for chat) with `body`'s options on `adapter`: the whole
 /// answer, or a stream of server-sent events when `stream` is asked for.
 async fn serve(
 	state: Arc<ApiState>,
 	endpoint: Endpoint,
-	prompt: String,
+	prompts: Vec<Prompt>,
 	(model, adapter): (String, Option<String>),
 	body: Body,
 ) -> Result<Response, ApiError> {
 	let logprobs = logprobs_asked(endpoint, &body)?;
-	let requests = generation_requests(endpoint, prompt.clone(), &body, logprobs.unwrap_or(0))?;
-	let echo = (body.echo == Some(true)).then_some(prompt);
+	let requests = generation_requests(endpoint, &prompts, &body, logprobs)?;
+	let n = requests.len() / prompts.len().max(1);
+	let echo = (body.echo == Some(true)).then_some(prompts);
 	if body.stream == Some(true) {
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-		let head = ChunkHead { id: endpoint.answer_id(), created: now(), model, endpoint };
-		return stream(&state.engine, requests, adapter, head, include_usage, echo).await;
+		let head = ChunkHead { id: endpoint.answer_id(), created: now(), model, endpoint, n };
+		let tokenizer = &state.tokenizer;
+		return stream(&state.engine, tokenizer, requests, adapter, head, include_usage, echo)
+			.await;
 	}
 	let generations = futures::future::try_join_all(
 		requests.into_iter().map(|request| state.engine.generate(request, adapter.clone())),
 	)
 	.await?;
-	let echoed = echo.as_deref().unwrap_or("");
-	let offset = echoed.chars().count();
+	let echoed = match &echo {
+		Some(prompts) => echoes(&state.tokenizer, prompts)?,
+		None => Vec::new(),
+	};
 	let mut choices = Vec::with_capacity(generations.len());
 	for (i, g) in generations.iter().enumerate() {
+		let echoed = echoed.get(i / n).map_or("", String::as_str);
 		let logprobs = match logprobs {
-			Some(_) => endpoint.logprobs(&state.tokenizer, g, offset)?,
+			Some(_) => endpoint.logprobs(&state.tokenizer, g, echoed.chars().count())?,
 			None => Value::Null,
 		};
 		choices.push(endpoint.choice(i, &format!("{echoed}{}", g.text), logprobs, g.finish_reason));
@@ -629,7 +758,7 @@ async fn serve(
 		"created": now(),
 		"model": model,
 		"choices": choices,
-		"usage": usage_of(&generations),
+		"usage": usage_of(generations.iter().enumerate(), n),
 	}))
 	.into_response())
 }
@@ -640,6 +769,8 @@ struct ChunkHead {
 	created: u64,
 	model: String,
 	endpoint: Endpoint,
+	/// Choices per prompt.
+	n: usize,
 }
 
 impl ChunkHead {
@@ -691,11 +822,12 @@ fn choice_events(index: usize, first: Option<StreamEvent>, stream: EventStream) 
 /// proxy's read timeout: keep-alive comments flow meanwhile).
 async fn stream(
 	engine: &EngineService,
+	tokenizer: &Tokenizer,
 	requests: Vec<GenerationRequest>,
 	adapter: Option<String>,
 	head: ChunkHead,
 	include_usage: bool,
-	echo: Option<String>,
+	echo: Option<Vec<Prompt>>,
 ) -> Result<Response, ApiError> {
 	let mut choices = Vec::with_capacity(requests.len());
 	let mut started = Vec::with_capacity(requests.len());
@@ -712,13 +844,18 @@ async fn stream(
 	}
 	let open = choices.len();
 	let mut start = Vec::new();
-	// A chat's choices begin with the role; echoed completions with the prompt.
-	let first = match head.endpoint {
-		Endpoint::Chat => Some(""),
-		Endpoint::Completions => echo.as_deref(),
+	// A chat's choices begin with the role; echoed completions with their prompt.
+	let firsts: Vec<String> = match (head.endpoint, echo) {
+		(Endpoint::Chat, _) => vec![String::new()],
+		(Endpoint::Completions, Some(prompts)) => echoes(tokenizer, &prompts)?,
+		(Endpoint::Completions, None) => Vec::new(),
 	};
-	if let Some(text) = first {
-		for index in 0..open {
+	for index in 0..open {
+		let text = match head.endpoint {
+			Endpoint::Chat => firsts.first(),
+			Endpoint::Completions => firsts.get(index / head.n.max(1)),
+		};
+		if let Some(text) = text {
 			let usage = include_usage.then_some(Value::Null);
 			start.push(head.chunk(vec![head.endpoint.delta(index, Some(text), None)], usage));
 		}
@@ -747,7 +884,8 @@ struct Streamer {
 	include_usage: bool,
 	/// Events to send before any choice's (a chat's role chunks).
 	start: Vec<Event>,
-	finished: Vec<Generation>,
+	/// The choices finished, by index.
+	finished: Vec<(usize, Generation)>,
 	/// Choices not finished.
 	open: usize,
 	ended: bool,
@@ -774,11 +912,12 @@ impl Streamer {
 			Some((index, Some(Ok(StreamEvent::Done(generation))))) => {
 				let choice = endpoint.delta(index, None, Some(generation.finish_reason));
 				let mut events = vec![self.head.chunk(vec![choice], usage)];
-				self.finished.push(generation);
+				self.finished.push((index, generation));
 				self.open -= 1;
 				if self.open == 0 {
 					if self.include_usage {
-						let usage = json!(usage_of(&self.finished));
+						let finished = self.finished.iter().map(|(i, g)| (*i, g));
+						let usage = json!(usage_of(finished, self.head.n));
 						events.push(self.head.chunk(Vec::new(), Some(usage)));
 					}
 					events.push(Event::default().data("[DONE]"));
@@ -804,15 +943,19 @@ async fn completions(
 ) -> Result<Response, ApiError> {
 	let Json(mut body) = body?;
 	let model = state.resolve(body.model.as_deref())?;
-	let prompt = match body.prompt.take() {
+	let prompts = match body.prompt.take() {
 		None => return Err(ApiError::bad_request("prompt: missing field `prompt`")),
-		Some(OneOrMany::One(prompt)) => prompt,
-		Some(OneOrMany::Many(mut prompts)) if prompts.len() == 1 => prompts.remove(0),
-		Some(OneOrMany::Many(_)) => {
-			return Err(ApiError::bad_request("prompt: one prompt per request is served"))
-		}
+		Some(prompt) => prompts(prompt)?,
 	};
-	serve(state, Endpoint::Completions, prompt, model, body).await
+	// Every prompt is checked before any is served (the engine checks against the model's
+	// vocabulary too; an id the tokenizer does not know could not be echoed).
+	let vocab_size = state.tokenizer.vocab_size();
+	for prompt in &prompts {
+		if let Prompt::Tokens(ids) = prompt {
+			prompt_tokens_known(ids, vocab_size)?;
+		}
+	}
+	serve(state, Endpoint::Completions, prompts, model, body).await
 }
 
 async fn chat_completions(
@@ -829,7 +972,7 @@ async fn chat_completions(
 		.take()
 		.ok_or_else(|| ApiError::bad_request("messages: missing field `messages`"))?;
 	let prompt = template.render(&messages, true)?;
-	serve(state, Endpoint::Chat, prompt, model, body).await
+	serve(state, Endpoint::Chat, vec![Prompt::Text(prompt)], model, body).await
 }
 
 /// `/v1/load_lora_adapter`'s body (vLLM's).

@@ -604,6 +604,38 @@ impl<B: Backend> KernelLlama<B> {
 		table: &[u32],
 		adapter: Option<(&B::Pool, &KernelAdapter)>,
 	) -> Result<B::Floats> {
+		let x = self.prefill_hidden(cache, tokens, start, table, adapter)?;
+		// Only the last row's logits: bring its hidden state over (one row of floats).
+		let hidden = self.config.hidden_size;
+		let all = self.backend.read(&x)?;
+		let last = self.backend.floats(&all[(tokens.len() - 1) * hidden..])?;
+		self.logits(&last, 1)
+	}
+
+	/// [`KernelLlama::prefill`], returning the logits of every position `[tokens, vocab]` (a
+	/// prompt's log-probabilities).
+	pub fn prefill_rows(
+		&self,
+		cache: &mut KernelCache<B>,
+		tokens: &[u32],
+		start: usize,
+		table: &[u32],
+		adapter: Option<(&B::Pool, &KernelAdapter)>,
+	) -> Result<B::Floats> {
+		let x = self.prefill_hidden(cache, tokens, start, table, adapter)?;
+		self.logits(&x, tokens.len())
+	}
+
+	/// Runs `tokens` through the blocks (see [`KernelLlama::prefill`]); returns their hidden
+	/// states `[tokens, hidden]` before the final norm.
+	fn prefill_hidden(
+		&self,
+		cache: &mut KernelCache<B>,
+		tokens: &[u32],
+		start: usize,
+		table: &[u32],
+		adapter: Option<(&B::Pool, &KernelAdapter)>,
+	) -> Result<B::Floats> {
 		let n = tokens.len();
 		if n == 0 {
 			return Err(Error::Request("an empty prefill".into()));
@@ -641,11 +673,7 @@ impl<B: Backend> KernelLlama<B> {
 				)?)
 			},
 		)?;
-		// Only the last row's logits: bring its hidden state over (one row of floats).
-		let hidden = self.config.hidden_size;
-		let all = self.backend.read(&x)?;
-		let last = self.backend.floats(&all[(n - 1) * hidden..])?;
-		self.logits(&last, 1)
+		Ok(x)
 	}
 
 	/// One decode step for a batch of sequences: each one's next token through the model, its

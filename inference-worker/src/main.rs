@@ -147,12 +147,17 @@ struct GenerateArgs {
 	/// (`top_logprobs`; 0: none, at most 20).
 	#[arg(long, default_value_t = 0)]
 	top_logprobs: usize,
+	/// With --json: the log-probability of each prompt token after the first, and this many
+	/// most likely tokens at each prompt position (`prompt_logprobs`; at most 20).
+	#[arg(long)]
+	prompt_logprobs: Option<usize>,
 	/// Stop when the output contains this text (repeatable).
 	#[arg(long)]
 	stop: Vec<String>,
 	#[command(flatten)]
 	weights: WeightArgs,
-	/// Print one JSON object: prompt_tokens, tokens, logprobs, text, finish_reason.
+	/// Print one JSON object: prompt_tokens, tokens, logprobs, top_logprobs, prompt_logprobs,
+	/// text, finish_reason.
 	#[arg(long)]
 	json: bool,
 }
@@ -265,7 +270,7 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 		args.prompt.clone()
 	};
 	Ok(GenerationRequest {
-		prompt,
+		prompt: prompt.into(),
 		max_tokens: args.max_tokens,
 		sampling: SamplingParams {
 			temperature: args.temperature,
@@ -276,6 +281,7 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 			top_logprobs: args.top_logprobs,
 		},
 		stop: args.stop.clone(),
+		prompt_logprobs: args.prompt_logprobs,
 	})
 }
 

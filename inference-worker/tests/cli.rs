@@ -23,7 +23,7 @@ fn generate_prints_one_json_object_that_matches_transformers() {
 		.arg(&model)
 		.args(["--prompt", case["prompt"].as_str().unwrap()])
 		.args(["--max-tokens", "8", "--temperature", "0", "--dequantize", "--json"])
-		.args(["--top-logprobs", "3"])
+		.args(["--top-logprobs", "3", "--prompt-logprobs", "2"])
 		.output()
 		.expect("the worker runs");
 	let stdout = String::from_utf8_lossy(&output.stdout);
@@ -47,6 +47,16 @@ fn generate_prints_one_json_object_that_matches_transformers() {
 	}
 	assert!(out["text"].as_str().is_some_and(|t| !t.is_empty()), "{out}");
 	assert_eq!(out["finish_reason"], "length");
+	// The prompt's log-probabilities are transformers' (dequantized weights).
+	let prompt = &out["prompt_logprobs"];
+	let theirs = case["base"]["prompt_logprobs"]["logprobs"].as_array().unwrap();
+	let ours = prompt["logprobs"].as_array().expect("prompt logprobs");
+	assert_eq!(ours.len(), theirs.len());
+	for (a, b) in ours.iter().zip(theirs) {
+		assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4, "{a} vs {b}");
+	}
+	let top = prompt["top_logprobs"].as_array().unwrap();
+	assert!(top.iter().all(|t| t.as_array().map(Vec::len) == Some(2)), "{prompt}");
 }
 
 /// `--kernels` (the decoder composed of the compute kernels, on their CPU references) gives the

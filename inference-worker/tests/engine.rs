@@ -90,8 +90,28 @@ fn assert_same(got: &Generation, want: &Generation, what: &str, tol: f32) {
 	let diff =
 		got.logprobs.iter().zip(&want.logprobs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
 	assert!(diff <= tol, "{what}: logprobs differ by {diff}");
-	assert_eq!(got.top_logprobs.len(), want.top_logprobs.len(), "{what}: top logprobs");
-	for (step, (a, b)) in got.top_logprobs.iter().zip(&want.top_logprobs).enumerate() {
+	assert_same_top(&got.top_logprobs, &want.top_logprobs, what, tol);
+	match (&got.prompt_logprobs, &want.prompt_logprobs) {
+		(None, None) => {}
+		(Some(got), Some(want)) => {
+			assert_eq!(got.logprobs.len(), want.logprobs.len(), "{what}: prompt logprobs");
+			let diff = max_diff(&got.logprobs, &want.logprobs);
+			assert!(diff <= tol, "{what}: prompt logprobs differ by {diff}");
+			let what = format!("{what} (prompt)");
+			assert_same_top(&got.top_logprobs, &want.top_logprobs, &what, tol);
+		}
+		(got, want) => panic!("{what}: prompt logprobs {got:?}, alone {want:?}"),
+	}
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+	a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The same most likely tokens at each step, their log-probabilities within `tol`.
+fn assert_same_top(got: &[Vec<(u32, f32)>], want: &[Vec<(u32, f32)>], what: &str, tol: f32) {
+	assert_eq!(got.len(), want.len(), "{what}: top logprobs");
+	for (step, (a, b)) in got.iter().zip(want).enumerate() {
 		let tokens = |top: &[(u32, f32)]| top.iter().map(|&(t, _)| t).collect::<Vec<_>>();
 		assert_eq!(tokens(a), tokens(b), "{what}: the most likely tokens at step {step}");
 		let diff = a.iter().zip(b).map(|(x, y)| (x.1 - y.1).abs()).fold(0.0, f32::max);
@@ -134,7 +154,9 @@ fn small_config(model: &LlamaConfig, blocks: usize, pool_bytes: usize) -> Engine
 /// Request `i` of [`PROMPTS`], sampled in turn greedily (the fourth with the 3 most likely
 /// tokens' log-probabilities: on the host on every decoder), with a seeded temperature, top-k
 /// and top-p (on the kernel decoder: where the logits are), and greedily after a repetition
-/// penalty (on the host on every decoder; with 2 most likely tokens).
+/// penalty (on the host on every decoder; with 2 most likely tokens). Requests 2 and 4 also
+/// ask for their prompt's log-probabilities (with 3 and no alternatives): computed whole, in
+/// chunks, while others decode.
 fn staggered_request(i: usize) -> GenerationRequest {
 	let sampling = match i % 3 {
 		0 => SamplingParams { top_logprobs: i, ..Default::default() },
@@ -147,7 +169,12 @@ fn staggered_request(i: usize) -> GenerationRequest {
 		},
 		_ => SamplingParams { repetition_penalty: 1.3, top_logprobs: 2, ..Default::default() },
 	};
-	GenerationRequest { sampling, ..greedy(PROMPTS[i], 6 + i % 3) }
+	let prompt_logprobs = match i {
+		2 => Some(3),
+		4 => Some(0),
+		_ => None,
+	};
+	GenerationRequest { sampling, prompt_logprobs, ..greedy(PROMPTS[i], 6 + i % 3) }
 }
 
 /// Serves [`PROMPTS`] (request `i` with `adapters[i]`) on `engine`: half of them first, the
@@ -238,7 +265,7 @@ fn a_shared_prompt_template_is_computed_once() {
 	let dirs = BTreeMap::new();
 	for (req, id) in requests.iter().zip(std::iter::once(&first).chain(&ids)) {
 		let want = solo(&model, &tokenizer, None, req, &dirs);
-		assert_same(&results[id], &want, &req.prompt, QUANTIZED_TOL);
+		assert_same(&results[id], &want, &format!("{:?}", req.prompt), QUANTIZED_TOL);
 	}
 }
 

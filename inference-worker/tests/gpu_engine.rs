@@ -190,10 +190,11 @@ fn main() -> anyhow::Result<()> {
 	let mut submitted = Vec::new();
 	for (i, prompt) in prompts.iter().cycle().take(9).enumerate() {
 		let request = GenerationRequest {
-			prompt: prompt.to_string(),
+			prompt: (*prompt).into(),
 			max_tokens: 8,
 			sampling: Default::default(),
 			stop: vec![],
+			prompt_logprobs: None,
 		};
 		let adapter = [None, Some(0), Some(1)][i % 3];
 		submitted.push((engine.submit(&request, adapter.map(|a| names[a]))?, adapter, request));

@@ -97,6 +97,15 @@ struct Expected {
 	top_logits: Vec<(u32, f32)>,
 	tokens: Vec<u32>,
 	logprobs: Vec<f32>,
+	prompt_logprobs: PromptScores,
+}
+
+/// Each prompt token's log-probability after the first, and the 5 most likely tokens at each
+/// prompt position, from transformers' `log_softmax` over the whole prompt's logits.
+#[derive(Deserialize)]
+struct PromptScores {
+	logprobs: Vec<f32>,
+	top_logprobs: Vec<Vec<(u32, f32)>>,
 }
 
 fn fixture() -> Fixture {
@@ -151,10 +160,11 @@ fn check(
 	let logit_diff = max_diff(&ours, &theirs);
 
 	let request = GenerationRequest {
-		prompt: case.prompt.clone(),
+		prompt: case.prompt.as_str().into(),
 		max_tokens: steps,
 		sampling: SamplingParams { top_logprobs: 5, ..SamplingParams::default() },
 		stop: vec![],
+		prompt_logprobs: Some(5),
 	};
 	let out = generate(model, tokenizer, adapter, &request).unwrap();
 	assert_eq!(out.prompt_tokens, case.prompt_tokens, "{label}: prompt tokens");
@@ -180,6 +190,23 @@ fn check(
 		let top_diff = max_diff(&values(ours), &values(&theirs));
 		assert!(top_diff <= DENSE_TOL, "{label}: top log-probabilities differ by {top_diff}");
 		assert!(out.top_logprobs.iter().all(|top| top.len() == 5), "{label}");
+		// The prompt's log-probabilities (echo with logprobs): every position's logits.
+		let prompt = out.prompt_logprobs.as_ref().expect("asked for");
+		let theirs = &expected.prompt_logprobs;
+		assert_eq!(prompt.logprobs.len(), case.prompt_tokens.len() - 1, "{label}");
+		let diff = max_diff(&prompt.logprobs, &theirs.logprobs);
+		assert!(diff <= DENSE_TOL, "{label}: prompt logprobs differ by {diff}");
+		for (i, (ours, theirs)) in prompt.top_logprobs.iter().zip(&theirs.top_logprobs).enumerate()
+		{
+			assert_eq!(
+				ids(ours),
+				ids(theirs),
+				"{label}: most likely tokens at prompt position {i}"
+			);
+			let diff = max_diff(&values(ours), &values(theirs));
+			assert!(diff <= DENSE_TOL, "{label}: prompt position {i}'s top differ by {diff}");
+		}
+		eprintln!("{label}: prompt logprobs within {diff:.2e} of transformers");
 	} else {
 		assert!(
 			logit_diff <= quantized_tol(model.format),

@@ -361,7 +361,7 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 	};
 	error(400, br#"{"prompt": "x","#, "invalid_json", "EOF");
 	error(400, br#"{"max_tokens": 3}"#, "invalid_request", "missing field `prompt`");
-	error(400, br#"{"prompt": 5}"#, "invalid_json", "prompt");
+	error(400, br#"{"prompt": 5}"#, "invalid_request", "prompt: 5 is neither");
 	error(404, br#"{"prompt": "x", "model": "nope"}"#, "model_not_found", "nope");
 	error(400, br#"{"prompt": ""}"#, "invalid_request", "the prompt is empty");
 	error(400, br#"{"prompt": "x", "max_tokens": 0}"#, "invalid_request", "max_tokens is 0");
@@ -377,7 +377,6 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 	error(404, streamed, "model_not_found", "nope");
 	let streamed = br#"{"prompt": "", "stream": true}"#;
 	error(400, streamed, "invalid_request", "the prompt is empty");
-	error(400, br#"{"prompt": ["x", "y"]}"#, "invalid_request", "one prompt");
 	error(400, br#"{"prompt": "x", "stop": ["a","b","c","d","e"]}"#, "invalid_request", "stop");
 	error(422, br#"{"prompt": "x", "model": "corrupt"}"#, "adapter_unavailable", "corrupt");
 	// Streamed, the events begin once the engine takes the request: the adapter's failure to
@@ -429,6 +428,12 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 }
 
 const PARIS: &str = "The capital of France is";
+
+/// Asserts that the JSON number `got` is the log-probability `want` (within float printing).
+fn close(got: &Value, want: f32) {
+	let got = got.as_f64().unwrap_or_else(|| panic!("{got} is not a number")) as f32;
+	assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+}
 
 /// Streamed answers add up to what the library generates alone (greedy, with an adapter, with
 /// a stop sequence that has to be held back, several seeded choices), in OpenAI's chunks; `n`
@@ -555,10 +560,6 @@ fn streamed_answers_add_up_to_the_whole_answers() {
 fn logprobs_and_echo_are_the_librarys() {
 	let root = tempfile::tempdir().unwrap();
 	let (model, tokenizer, adapter, address) = serve_tuned(root.path());
-	let close = |got: &Value, want: f32| {
-		let got = got.as_f64().unwrap_or_else(|| panic!("{got} is not a number")) as f32;
-		assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{got} vs {want}");
-	};
 	let text_of = |t: u32| tokenizer.decode(&[t]).unwrap();
 
 	// Completions: tokens, token_logprobs, top_logprobs (3 each) and text offsets.
@@ -646,12 +647,136 @@ fn logprobs_and_echo_are_the_librarys() {
 	refused(completions, json!({"prompt": "x", "logprobs": 21}), "at most 20");
 	refused(completions, json!({"prompt": "x", "logprobs": true}), "not a count");
 	refused(completions, json!({"prompt": "x", "logprobs": 1, "stream": true}), "with stream");
-	refused(completions, json!({"prompt": "x", "logprobs": 1, "echo": true}), "echo");
 	refused(completions, json!({"prompt": "x", "top_logprobs": 1}), "use logprobs");
 	refused(chat, json!({"messages": messages, "top_logprobs": 2}), "only with logprobs");
 	refused(chat, json!({"messages": messages, "logprobs": 3}), "not true or false");
 	refused(chat, json!({"messages": messages, "logprobs": true, "top_logprobs": 21}), "at most");
 	refused(chat, json!({"messages": messages, "echo": true}), "only on /v1/completions");
+}
+
+/// What lm-evaluation-harness's `local-completions` model sends to score a continuation
+/// (`loglikelihood`): several prompts as token ids, `echo` with `logprobs: 1`, one greedy
+/// token. Each choice carries its prompt's log-probabilities (the first token's `null`), equal
+/// to the library's, and the harness's sum over the continuation ranks the right answer first.
+/// Then several text prompts with `n` choices each, whole and streamed, and bad prompts.
+#[test]
+fn prompts_as_token_ids_or_lists_are_scored_as_lm_evaluation_harness_asks() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let context = tokenizer.encode(PARIS).unwrap();
+	let continuations = [" Paris.", " London.", " a city."];
+	let prompts: Vec<Vec<u32>> =
+		continuations.iter().map(|c| tokenizer.encode(&format!("{PARIS}{c}")).unwrap()).collect();
+	for prompt in &prompts {
+		assert_eq!(prompt[..context.len()], context[..], "the context's tokens are a prefix");
+	}
+	let body = json!({"model": MODEL, "prompt": prompts, "temperature": 0, "max_tokens": 1,
+		"logprobs": 1, "seed": 1234, "echo": true});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let choices = answer["choices"].as_array().unwrap();
+	assert_eq!(choices.len(), prompts.len());
+	let mut scores = Vec::new();
+	for (i, (choice, prompt)) in choices.iter().zip(&prompts).enumerate() {
+		assert_eq!(choice["index"], i);
+		let request = GenerationRequest {
+			prompt: prompt.clone().into(),
+			prompt_logprobs: Some(1),
+			sampling: SamplingParams { top_logprobs: 1, ..SamplingParams::default() },
+			..greedy("", 1)
+		};
+		let want = generate(&model, &tokenizer, None, &request).unwrap();
+		let scored = want.prompt_logprobs.as_ref().unwrap();
+		assert_eq!(scored.logprobs.len(), prompt.len() - 1);
+		let echoed = tokenizer.decode(prompt).unwrap();
+		assert_eq!(choice["text"], format!("{echoed}{}", want.text));
+		let logprobs = &choice["logprobs"];
+		let token_logprobs = logprobs["token_logprobs"].as_array().unwrap();
+		let top_logprobs = logprobs["top_logprobs"].as_array().unwrap();
+		assert_eq!(token_logprobs.len(), prompt.len() + 1, "the prompt's tokens and the new one");
+		assert_eq!(logprobs["tokens"].as_array().unwrap().len(), prompt.len() + 1);
+		assert_eq!((&token_logprobs[0], &top_logprobs[0]), (&Value::Null, &Value::Null));
+		for (k, &logprob) in scored.logprobs.iter().enumerate() {
+			close(&token_logprobs[k + 1], logprob);
+			let top = top_logprobs[k + 1].as_object().unwrap();
+			assert_eq!(top.len(), 1);
+			let (t, best) = scored.top_logprobs[k][0];
+			close(&top[&tokenizer.decode(&[t]).unwrap()], best);
+		}
+		close(&token_logprobs[prompt.len()], want.logprobs[0]);
+		assert_eq!(logprobs["text_offset"][0], 0);
+		// The harness: the continuation's log-likelihood, and whether it is the greedy one.
+		let continuation = &token_logprobs[context.len()..prompt.len()];
+		let sum: f64 = continuation.iter().map(|v| v.as_f64().unwrap()).sum();
+		let greedy =
+			continuation.iter().zip(&top_logprobs[context.len()..prompt.len()]).all(|(lp, top)| {
+				let best = top.as_object().unwrap().values().map(|v| v.as_f64().unwrap());
+				lp.as_f64() == best.reduce(f64::max)
+			});
+		eprintln!("{:?}: log-likelihood {sum:.3}, greedy {greedy}", continuations[i]);
+		scores.push(sum);
+	}
+	assert!(scores[0] > scores[1], "Paris outscores London: {scores:?}");
+	let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+	assert_eq!(answer["usage"]["prompt_tokens"], prompt_tokens);
+	assert_eq!(answer["usage"]["completion_tokens"], prompts.len());
+
+	// One prompt as a flat list of ids is the text prompt's answer.
+	let want = generate(&model, &tokenizer, None, &greedy(PARIS, 5)).unwrap();
+	let body = json!({"prompt": context, "max_tokens": 5, "temperature": 0});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/text");
+
+	// Two text prompts, two seeded choices each: choice 2p + j is prompt p with seed + j, whole
+	// and streamed (each choice echoes its own prompt first).
+	let texts = [PARIS, "Once upon a time"];
+	let body = json!({"prompt": texts, "n": 2, "max_tokens": 4, "temperature": 0.9, "seed": 5,
+		"echo": true, "stream_options": null});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let (status, events) = stream(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let streamed = gather(&events, "text_completion", "/text");
+	assert!(streamed.error.is_none(), "{streamed:?}");
+	assert_eq!(answer["choices"].as_array().unwrap().len(), 4);
+	let mut prompt_tokens = 0;
+	for (p, text) in texts.iter().enumerate() {
+		for j in 0..2 {
+			let mut request = greedy(text, 4);
+			request.sampling =
+				SamplingParams { temperature: 0.9, seed: 5 + j as u64, ..request.sampling };
+			let want = generate(&model, &tokenizer, None, &request).unwrap();
+			let choice = &answer["choices"][2 * p + j];
+			assert_eq!(choice["index"], 2 * p + j);
+			assert_eq!(choice["text"], format!("{text}{}", want.text), "prompt {p}, choice {j}");
+			assert_eq!(streamed.texts[2 * p + j].0, format!("{text}{}", want.text));
+			if j == 0 {
+				prompt_tokens += want.prompt_tokens.len();
+			}
+		}
+	}
+	assert_eq!(answer["usage"]["prompt_tokens"], prompt_tokens, "each prompt counted once");
+
+	let refused = |body: Value, says: &str| {
+		let (status, answer) = post(address, "/v1/completions", &body);
+		assert_eq!(status, 400, "{answer}");
+		let message = answer["error"]["message"].as_str().unwrap();
+		assert!(message.contains(says), "{message:?} does not say {says:?}");
+	};
+	let vocab = model.config.vocab_size;
+	refused(json!({"prompt": [1, vocab]}), "not in the model's vocabulary");
+	refused(json!({"prompt": [[1, 2], [3, vocab + 5]]}), "not in the model's vocabulary");
+	refused(json!({"prompt": [1, "a"]}), "is not a token id");
+	refused(json!({"prompt": [1, -2]}), "is not a token id");
+	refused(json!({"prompt": ["a", 3]}), "neither a string nor a list of token ids");
+	refused(json!({"prompt": []}), "an empty list");
+	refused(json!({"prompt": [[]]}), "the prompt is empty");
+	refused(json!({"prompt": 7}), "neither a string nor a list");
+	let many: Vec<&str> = vec!["a"; http_api::MAX_PROMPTS + 1];
+	refused(json!({"prompt": many}), "at most");
+	// Nothing was left running or waiting by the refused ones.
+	assert_eq!(metric(address, "requests_running"), 0);
 }
 
 /// Adapters come and go without a restart: one put into the adapters folder later is served

@@ -20,10 +20,11 @@ fn stream(
 	stop: &[String],
 ) -> (Vec<String>, String, String, FinishReason) {
 	let request = GenerationRequest {
-		prompt: String::new(),
+		prompt: "".into(),
 		max_tokens: tokens.len() + 1,
 		sampling: SamplingParams::default(),
 		stop: stop.to_vec(),
+		prompt_logprobs: None,
 	};
 	let mut progress = Progress::new(&request, vec![1]).unwrap();
 	let mut text = TextStream::new(stop, tokenizer.eos);

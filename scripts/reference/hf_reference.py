@@ -8,7 +8,9 @@ without Python), and records, for each prompt, with and without the adapter:
 
 - the prompt's token ids,
 - the 20 largest logits of the first generated position,
-- 12 greedy tokens with the log-probability of each.
+- 12 greedy tokens with the log-probability of each,
+- each prompt token's log-probability given the ones before it, with the 5 most likely tokens
+  at each prompt position.
 
     pip install torch transformers peft gguf numpy
     scripts/reference/hf_reference.py > inference-worker/tests/fixtures/hf_smollm2.json
@@ -33,6 +35,7 @@ PROMPTS = [
 ]
 STEPS = 12
 TOP = 20
+PROMPT_TOP = 5
 
 # The adapter: rank 8, alpha 16 by default; v_proj at rank 4; down_proj with alpha 8.
 ADAPTER = {
@@ -177,6 +180,20 @@ def greedy(model, ids):
     return {"top_logits": top, "tokens": tokens, "logprobs": logprobs}
 
 
+def prompt_scores(model, ids):
+    """Each prompt token's log-probability after the first, given the ones before it, and the
+    PROMPT_TOP most likely tokens at each position (what echo with logprobs reports)."""
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    scores = [float(logprobs[i, t]) for i, t in enumerate(ids[1:])]
+    values, indices = torch.topk(logprobs, PROMPT_TOP, dim=-1)
+    top = [
+        [[int(i), float(v)] for i, v in zip(row_indices, row_values)]
+        for row_indices, row_values in zip(indices, values)
+    ]
+    return {"logprobs": scores, "top_logprobs": top}
+
+
 def main():
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(MODELS, gguf_file=GGUF)
@@ -185,7 +202,9 @@ def main():
     cases = []
     for prompt in PROMPTS:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        cases.append({"prompt": prompt, "prompt_tokens": ids, "base": greedy(model, ids)})
+        base = greedy(model, ids)
+        base["prompt_logprobs"] = prompt_scores(model, ids)
+        cases.append({"prompt": prompt, "prompt_tokens": ids, "base": base})
 
     # The model's chat template (from the GGUF metadata), as transformers renders it.
     chats = []
@@ -216,6 +235,7 @@ def main():
     peft_model.eval()
     for case in cases:
         case["adapter"] = greedy(peft_model, case["prompt_tokens"])
+        case["adapter"]["prompt_logprobs"] = prompt_scores(peft_model, case["prompt_tokens"])
 
     json.dump(
         {
