@@ -293,10 +293,10 @@ impl<D: Decoder> Engine<D> {
 		self.running.len()
 	}
 
-	/// The tokens each running request has generated so far (streaming answers send their
-	/// text as it grows).
-	pub fn outputs(&self) -> impl Iterator<Item = (RequestId, &[u32])> {
-		self.running.iter().map(|s| (s.id, s.progress.tokens.as_slice()))
+	/// Each running request's output so far (streaming answers send their text and tokens as
+	/// they grow).
+	pub fn outputs(&self) -> impl Iterator<Item = (RequestId, &Progress)> {
+		self.running.iter().map(|s| (s.id, &s.progress))
 	}
 
 	/// Whether any request is waiting or running.

@@ -98,6 +98,30 @@ pub enum FinishReason {
 	Stop,
 }
 
+/// A stretch of a generation's tokens with their log-probabilities and most likely
+/// alternatives at each (as many as the request asked for; see [`Generation`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TokenScores {
+	/// The token ids.
+	pub tokens: Vec<u32>,
+	/// The model's log-probability of each.
+	pub logprobs: Vec<f32>,
+	/// The most likely tokens at each one's step, most likely first (empty when none were
+	/// asked for).
+	pub top_logprobs: Vec<Vec<(u32, f32)>>,
+}
+
+impl TokenScores {
+	/// `tokens` from the `from`th on, with their `logprobs` and `top_logprobs`.
+	fn of(tokens: &[u32], logprobs: &[f32], top_logprobs: &[Vec<(u32, f32)>], from: usize) -> Self {
+		Self {
+			tokens: tokens.get(from..).unwrap_or_default().to_vec(),
+			logprobs: logprobs.get(from..).unwrap_or_default().to_vec(),
+			top_logprobs: top_logprobs.get(from..).unwrap_or_default().to_vec(),
+		}
+	}
+}
+
 /// A finished generation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Generation {
@@ -117,6 +141,13 @@ pub struct Generation {
 	pub text: String,
 	/// Why it ended.
 	pub finish_reason: FinishReason,
+}
+
+impl Generation {
+	/// The generated tokens from the `from`th on, with their scores.
+	pub fn scores_from(&self, from: usize) -> TokenScores {
+		TokenScores::of(&self.tokens, &self.logprobs, &self.top_logprobs, from)
+	}
 }
 
 /// Checks a request's prompt tokens and length against the model's context.
@@ -180,6 +211,11 @@ impl Progress {
 	/// Whether the request is finished.
 	pub fn is_finished(&self) -> bool {
 		self.finish_reason.is_some()
+	}
+
+	/// The generated tokens so far from the `from`th on, with their scores.
+	pub fn scores_from(&self, from: usize) -> TokenScores {
+		TokenScores::of(&self.tokens, &self.logprobs, &self.top_logprobs, from)
 	}
 
 	/// Whether the logits of prompt positions are still needed (for the prompt's

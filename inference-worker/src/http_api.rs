@@ -17,8 +17,10 @@
 //!   model's own chat template instead of `prompt`; `logprobs` (true or false) and
 //!   `top_logprobs` (0 to 20) give OpenAI's `logprobs.content` (each token's text, bytes,
 //!   log-probability and most likely alternatives). Log-probabilities are the model's own
-//!   (before temperature, penalty or truncation), as vLLM reports them; they are not served
-//!   with `stream`.
+//!   (before temperature, penalty or truncation), as vLLM reports them. Streamed, each chunk
+//!   carries the log-probabilities of the tokens generated since the last (a chunk may bring
+//!   them with no text yet); they add up to the whole answer's. The prompt's are not streamed
+//!   (`echo` with `logprobs` and `stream` is refused).
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
@@ -74,7 +76,7 @@ use serde_json::{json, Value};
 use crate::{
 	chat::{ChatTemplate, Message},
 	error::Error,
-	generate::{FinishReason, Generation, GenerationRequest, Prompt},
+	generate::{FinishReason, Generation, GenerationRequest, Prompt, TokenScores},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
@@ -459,8 +461,10 @@ fn logprobs_asked(endpoint: Endpoint, body: &Body) -> Result<Option<usize>, ApiE
 			"logprobs: at most {MAX_TOP_LOGPROBS} most likely tokens, not {k}"
 		)));
 	}
-	if body.stream == Some(true) {
-		return Err(ApiError::bad_request("logprobs: not served with stream yet"));
+	if body.stream == Some(true) && body.echo == Some(true) {
+		return Err(ApiError::bad_request(
+			"logprobs with echo: the prompt's log-probabilities are not streamed",
+		));
 	}
 	Ok(Some(k as usize))
 }
@@ -567,81 +571,58 @@ impl Endpoint {
 		choice
 	}
 
-	/// OpenAI's `logprobs` of a choice for `generation`'s tokens (each token's text as the
-	/// tokenizer decodes it alone), whose text begins `offset` characters into the choice's
-	/// text (after an echoed prompt). An echoed prompt's tokens come first when their
-	/// log-probabilities were computed (completions; the first token's is `null`, as it has
-	/// none).
+	/// OpenAI's `logprobs` of a whole choice for `generation`, whose text begins `offset`
+	/// characters into the choice's text (after an echoed prompt). An echoed prompt's tokens
+	/// come first when their log-probabilities were computed (completions; the first token's is
+	/// `null`, as it has none).
 	fn logprobs(
 		self,
 		tokenizer: &Tokenizer,
 		generation: &Generation,
 		offset: usize,
 	) -> Result<Value, Error> {
-		let decode = |token: u32| tokenizer.decode(&[token]);
-		let alternatives = |top: &[(u32, f32)]| -> Result<Vec<(String, f32)>, Error> {
-			top.iter().map(|&(t, logprob)| Ok((decode(t)?, logprob))).collect()
-		};
-		let mut entries = Vec::with_capacity(generation.tokens.len());
-		for (i, (&token, &logprob)) in
-			generation.tokens.iter().zip(&generation.logprobs).enumerate()
-		{
-			let top = generation.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
-			entries.push(TokenLogprob {
-				text: decode(token)?,
-				logprob: Some(logprob),
-				top: Some(alternatives(top)?),
-			});
+		let mut entries = Vec::new();
+		if let (Endpoint::Completions, Some(scores)) = (self, &generation.prompt_logprobs) {
+			if let Some((&first, rest)) = generation.prompt_tokens.split_first() {
+				let text = tokenizer.decode(&[first])?;
+				entries.push(TokenLogprob { text, logprob: None, top: None });
+				let rest = TokenScores {
+					tokens: rest.to_vec(),
+					logprobs: scores.logprobs.clone(),
+					top_logprobs: scores.top_logprobs.clone(),
+				};
+				entries.extend(TokenLogprob::all(tokenizer, &rest)?);
+			}
 		}
+		// The prompt's tokens from the start of the text, the generated ones from `offset`.
+		let mut offsets = TokenLogprob::offsets(&entries, 0);
+		let generated = TokenLogprob::all(tokenizer, &generation.scores_from(0))?;
+		offsets.extend(TokenLogprob::offsets(&generated, offset));
+		entries.extend(generated);
+		Ok(self.logprobs_of(&entries, offsets))
+	}
+
+	/// OpenAI's `logprobs` of `entries` (a whole choice's, or a streamed chunk's), which begin
+	/// at `offsets` in the choice's text.
+	fn logprobs_of(self, entries: &[TokenLogprob], offsets: Vec<usize>) -> Value {
 		// JSON has no infinities: vLLM's floor.
 		let finite = |logprob: f32| json!(logprob.max(-9999.0));
 		match self {
 			Endpoint::Completions => {
-				let mut prompt = Vec::new();
-				if let Some(scores) = &generation.prompt_logprobs {
-					let (first, rest) = generation.prompt_tokens.split_first().unzip();
-					if let Some(&first) = first {
-						prompt.push(TokenLogprob {
-							text: decode(first)?,
-							logprob: None,
-							top: None,
-						});
-					}
-					let rest = rest.unwrap_or_default();
-					for ((&token, &logprob), top) in
-						rest.iter().zip(&scores.logprobs).zip(&scores.top_logprobs)
-					{
-						prompt.push(TokenLogprob {
-							text: decode(token)?,
-							logprob: Some(logprob),
-							top: Some(alternatives(top)?),
-						});
-					}
-				}
-				let mut offsets = Vec::with_capacity(prompt.len() + entries.len());
-				let mut at = 0;
-				for entry in &prompt {
-					offsets.push(at);
-					at += entry.text.chars().count();
-				}
-				at = offset;
-				for entry in &entries {
-					offsets.push(at);
-					at += entry.text.chars().count();
-				}
-				let all: Vec<TokenLogprob> = prompt.into_iter().chain(entries).collect();
 				let top = |entry: &TokenLogprob| match &entry.top {
 					None => Value::Null,
 					Some(top) => {
 						Value::Object(top.iter().map(|(t, lp)| (t.clone(), finite(*lp))).collect())
 					}
 				};
-				Ok(json!({
-					"tokens": all.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
-					"token_logprobs": all.iter().map(|e| e.logprob.map(finite)).collect::<Vec<_>>(),
-					"top_logprobs": all.iter().map(top).collect::<Vec<_>>(),
+				let logprobs: Vec<Value> =
+					entries.iter().map(|e| e.logprob.map_or(Value::Null, finite)).collect();
+				json!({
+					"tokens": entries.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+					"token_logprobs": logprobs,
+					"top_logprobs": entries.iter().map(top).collect::<Vec<_>>(),
 					"text_offset": offsets,
-				}))
+				})
 			}
 			Endpoint::Chat => {
 				let entry = |text: &str, logprob: f32| json!({ "token": text, "logprob": finite(logprob), "bytes": text.as_bytes() });
@@ -649,45 +630,87 @@ impl Endpoint {
 					.iter()
 					.map(|e| {
 						let mut token = entry(&e.text, e.logprob.unwrap_or(f32::NEG_INFINITY));
-						token["top_logprobs"] = e
-							.top
-							.iter()
-							.flatten()
-							.map(|(t, lp)| entry(t, *lp))
-							.collect::<Vec<_>>()
-							.into();
+						let top = e.top.iter().flatten().map(|(t, lp)| entry(t, *lp));
+						token["top_logprobs"] = top.collect::<Vec<_>>().into();
 						token
 					})
 					.collect();
-				Ok(json!({ "content": content }))
+				json!({ "content": content })
 			}
 		}
 	}
 
-	/// Choice `index` of a streamed chunk: more `text`, or (with `reason`) the choice's end; a
-	/// chat's first chunk of a choice carries the role.
-	fn delta(self, index: usize, text: Option<&str>, reason: Option<FinishReason>) -> Value {
-		let mut choice = match (self, text) {
-			(Endpoint::Completions, text) => json!({ "text": text.unwrap_or("") }),
-			(Endpoint::Chat, Some("")) => {
+	/// Choice `index` of a streamed chunk, with `piece` of it.
+	fn delta(self, index: usize, piece: Piece<'_>) -> Value {
+		let mut choice = match (self, piece) {
+			(Endpoint::Completions, Piece::Start(text) | Piece::Text(text)) => {
+				json!({ "text": text })
+			}
+			(Endpoint::Completions, Piece::End(_)) => json!({ "text": "" }),
+			(Endpoint::Chat, Piece::Start(_)) => {
 				json!({ "delta": { "role": "assistant", "content": "" } })
 			}
-			(Endpoint::Chat, Some(text)) => json!({ "delta": { "content": text } }),
-			(Endpoint::Chat, None) => json!({ "delta": {} }),
+			(Endpoint::Chat, Piece::Text(text)) => json!({ "delta": { "content": text } }),
+			(Endpoint::Chat, Piece::End(_)) => json!({ "delta": {} }),
 		};
 		choice["index"] = json!(index);
 		choice["logprobs"] = Value::Null;
-		choice["finish_reason"] = json!(reason.map(finish_reason));
+		let reason = match piece {
+			Piece::End(reason) => json!(finish_reason(reason)),
+			_ => Value::Null,
+		};
+		choice["finish_reason"] = reason;
 		choice
 	}
 }
 
-/// One token of a choice's `logprobs`: its text, its log-probability and the most likely
-/// tokens at its position (`None` for a prompt's first token, which has none).
+/// What a streamed chunk brings of one choice.
+#[derive(Clone, Copy, Debug)]
+enum Piece<'a> {
+	/// Its beginning: a chat's role; a completion's echoed prompt.
+	Start(&'a str),
+	/// More of its text.
+	Text(&'a str),
+	/// Its end, and why.
+	End(FinishReason),
+}
+
+/// One token of a choice's `logprobs`: its text (as the tokenizer decodes it alone), its
+/// log-probability and the most likely tokens at its position (`None` for a prompt's first
+/// token, which has none).
 struct TokenLogprob {
 	text: String,
 	logprob: Option<f32>,
 	top: Option<Vec<(String, f32)>>,
+}
+
+impl TokenLogprob {
+	/// The entries of `scores`' tokens.
+	fn all(tokenizer: &Tokenizer, scores: &TokenScores) -> Result<Vec<Self>, Error> {
+		let decode = |token: u32| tokenizer.decode(&[token]);
+		let empty = Vec::new();
+		let mut entries = Vec::with_capacity(scores.tokens.len());
+		for (i, (&token, &logprob)) in scores.tokens.iter().zip(&scores.logprobs).enumerate() {
+			let top = scores.top_logprobs.get(i).unwrap_or(&empty);
+			let top =
+				top.iter().map(|&(t, lp)| Ok((decode(t)?, lp))).collect::<Result<_, Error>>()?;
+			entries.push(Self { text: decode(token)?, logprob: Some(logprob), top: Some(top) });
+		}
+		Ok(entries)
+	}
+
+	/// Where each of `entries` begins in the text, the first at `offset` (in characters).
+	fn offsets(entries: &[Self], offset: usize) -> Vec<usize> {
+		let mut at = offset;
+		entries
+			.iter()
+			.map(|entry| {
+				let here = at;
+				at += entry.text.chars().count();
+				here
+			})
+			.collect()
+	}
 }
 
 /// Token counts of an answer's generations, each with its choice's index, `n` choices per
@@ -730,10 +753,10 @@ async fn serve(
 	let echo = (body.echo == Some(true)).then_some(prompts);
 	if body.stream == Some(true) {
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-		let head = ChunkHead { id: endpoint.answer_id(), created: now(), model, endpoint, n };
-		let tokenizer = &state.tokenizer;
-		return stream(&state.engine, tokenizer, requests, adapter, head, include_usage, echo)
-			.await;
+		let (id, created, logprobs) = (endpoint.answer_id(), now(), logprobs.is_some());
+		let head = ChunkHead { id, created, model, endpoint, n, include_usage, logprobs };
+		let tokenizer = state.tokenizer.clone();
+		return stream(&state.engine, tokenizer, requests, adapter, head, echo).await;
 	}
 	let generations = futures::future::try_join_all(
 		requests.into_iter().map(|request| state.engine.generate(request, adapter.clone())),
@@ -771,6 +794,10 @@ struct ChunkHead {
 	endpoint: Endpoint,
 	/// Choices per prompt.
 	n: usize,
+	/// Whether a last chunk has the usage (and every other `"usage": null`).
+	include_usage: bool,
+	/// Whether chunks carry their tokens' log-probabilities.
+	logprobs: bool,
 }
 
 impl ChunkHead {
@@ -802,9 +829,7 @@ fn choice_events(index: usize, first: Option<StreamEvent>, stream: EventStream) 
 	let rest = futures::stream::unfold(open.then_some(stream), |stream| async move {
 		let mut stream = stream?;
 		match stream.next().await {
-			Some(Ok(StreamEvent::Text(text))) => {
-				Some((Some(Ok(StreamEvent::Text(text))), Some(stream)))
-			}
+			Some(Ok(event @ StreamEvent::Text(..))) => Some((Some(Ok(event)), Some(stream))),
 			Some(last) => Some((Some(last), None)),
 			None => Some((None, None)),
 		}
@@ -822,11 +847,10 @@ fn choice_events(index: usize, first: Option<StreamEvent>, stream: EventStream) 
 /// proxy's read timeout: keep-alive comments flow meanwhile).
 async fn stream(
 	engine: &EngineService,
-	tokenizer: &Tokenizer,
+	tokenizer: Arc<Tokenizer>,
 	requests: Vec<GenerationRequest>,
 	adapter: Option<String>,
 	head: ChunkHead,
-	include_usage: bool,
 	echo: Option<Vec<Prompt>>,
 ) -> Result<Response, ApiError> {
 	let mut choices = Vec::with_capacity(requests.len());
@@ -844,27 +868,31 @@ async fn stream(
 	}
 	let open = choices.len();
 	let mut start = Vec::new();
-	// A chat's choices begin with the role; echoed completions with their prompt.
+	// A chat's choices begin with the role; echoed completions with their prompt (and their
+	// tokens' offsets after it).
 	let firsts: Vec<String> = match (head.endpoint, echo) {
 		(Endpoint::Chat, _) => vec![String::new()],
-		(Endpoint::Completions, Some(prompts)) => echoes(tokenizer, &prompts)?,
+		(Endpoint::Completions, Some(prompts)) => echoes(&tokenizer, &prompts)?,
 		(Endpoint::Completions, None) => Vec::new(),
 	};
-	for index in 0..open {
+	let mut offsets = vec![0; open];
+	for (index, offset) in offsets.iter_mut().enumerate() {
 		let text = match head.endpoint {
 			Endpoint::Chat => firsts.first(),
 			Endpoint::Completions => firsts.get(index / head.n.max(1)),
 		};
 		if let Some(text) = text {
-			let usage = include_usage.then_some(Value::Null);
-			start.push(head.chunk(vec![head.endpoint.delta(index, Some(text), None)], usage));
+			let usage = head.include_usage.then_some(Value::Null);
+			start.push(head.chunk(vec![head.endpoint.delta(index, Piece::Start(text))], usage));
+			*offset = text.chars().count();
 		}
 	}
 	let answer = Streamer {
 		events: futures::stream::select_all(choices),
 		head,
-		include_usage,
+		tokenizer,
 		start,
+		offsets,
 		finished: Vec::new(),
 		open,
 		ended: false,
@@ -881,9 +909,12 @@ async fn stream(
 struct Streamer {
 	events: SelectAll<ChoiceEvents>,
 	head: ChunkHead,
-	include_usage: bool,
+	/// The tokens' text in log-probabilities.
+	tokenizer: Arc<Tokenizer>,
 	/// Events to send before any choice's (a chat's role chunks).
 	start: Vec<Event>,
+	/// Where each choice's next token begins in its text (in characters).
+	offsets: Vec<usize>,
 	/// The choices finished, by index.
 	finished: Vec<(usize, Generation)>,
 	/// Choices not finished.
@@ -901,21 +932,31 @@ impl Streamer {
 		if !self.start.is_empty() {
 			return Some(std::mem::take(&mut self.start));
 		}
-		let usage = self.include_usage.then_some(Value::Null);
+		let usage = self.head.include_usage.then_some(Value::Null);
 		let endpoint = self.head.endpoint;
 		let error = match self.events.next().await {
 			Some((_, Some(Ok(StreamEvent::Queued)))) => return Some(Vec::new()),
-			Some((index, Some(Ok(StreamEvent::Text(text))))) => {
-				let choice = endpoint.delta(index, Some(&text), None);
+			Some((index, Some(Ok(StreamEvent::Text(text, scores))))) => {
+				let scored = self.head.logprobs && !scores.tokens.is_empty();
+				if text.is_empty() && !scored {
+					return Some(Vec::new());
+				}
+				let mut choice = endpoint.delta(index, Piece::Text(&text));
+				if scored {
+					match self.logprobs(index, &scores) {
+						Ok(logprobs) => choice["logprobs"] = logprobs,
+						Err(e) => return Some(self.fail(e.into())),
+					}
+				}
 				return Some(vec![self.head.chunk(vec![choice], usage)]);
 			}
 			Some((index, Some(Ok(StreamEvent::Done(generation))))) => {
-				let choice = endpoint.delta(index, None, Some(generation.finish_reason));
+				let choice = endpoint.delta(index, Piece::End(generation.finish_reason));
 				let mut events = vec![self.head.chunk(vec![choice], usage)];
 				self.finished.push((index, generation));
 				self.open -= 1;
 				if self.open == 0 {
-					if self.include_usage {
+					if self.head.include_usage {
 						let finished = self.finished.iter().map(|(i, g)| (*i, g));
 						let usage = json!(usage_of(finished, self.head.n));
 						events.push(self.head.chunk(Vec::new(), Some(usage)));
@@ -928,12 +969,27 @@ impl Streamer {
 			Some((_, Some(Err(e)))) => ApiError::from(e),
 			Some((_, None)) | None => ApiError::from(Error::Stopped("mid-answer".into())),
 		};
-		// An error ends the whole answer, in the body since the status has gone.
+		Some(self.fail(error))
+	}
+
+	/// Choice `index`'s `logprobs` for its new tokens `scores`.
+	fn logprobs(&mut self, index: usize, scores: &TokenScores) -> Result<Value, Error> {
+		let entries = TokenLogprob::all(&self.tokenizer, scores)?;
+		let offset = self.offsets.get(index).copied().unwrap_or(0);
+		let offsets = TokenLogprob::offsets(&entries, offset);
+		if let Some(next) = self.offsets.get_mut(index) {
+			*next += entries.iter().map(|e| e.text.chars().count()).sum::<usize>();
+		}
+		Ok(self.head.endpoint.logprobs_of(&entries, offsets))
+	}
+
+	/// The events that end the answer with `error`, in the body since the status has gone.
+	fn fail(&mut self, error: ApiError) -> Vec<Event> {
 		self.ended = true;
 		if error.status.is_server_error() {
 			tracing::warn!(status = %error.status, error = %error.message, "streamed request failed");
 		}
-		Some(vec![Event::default().data(error.body().to_string()), Event::default().data("[DONE]")])
+		vec![Event::default().data(error.body().to_string()), Event::default().data("[DONE]")]
 	}
 }
 

@@ -10,8 +10,9 @@
 //! error and costs nothing.
 //!
 //! [`EngineService::generate_stream`] serves a request whose text is wanted as it is generated:
-//! after every step the engine thread sends each streaming request the text its new tokens add
-//! ([`TextStream`]: only text that can no longer change), then the finished generation.
+//! after every step the engine thread sends each streaming request its new tokens with their
+//! log-probabilities and the text they add ([`TextStream`]: only text that can no longer
+//! change), then the finished generation.
 
 use std::{
 	collections::HashMap,
@@ -29,21 +30,23 @@ use crate::{
 	decoder::Decoder,
 	engine::{Engine, EngineConfig, EngineStats, RequestId},
 	error::{Error, Result},
-	generate::{Generation, GenerationRequest},
+	generate::{Generation, GenerationRequest, TokenScores},
 	lora::AdapterFiles,
 	metrics::{Histogram, INTER_TOKEN_BOUNDS, REQUEST_BOUNDS, TTFT_BOUNDS},
 	text_stream::TextStream,
 	tokenizer::Tokenizer,
 };
 
-/// What a streaming request receives, in order: that the engine took it, pieces of text, then
-/// its generation.
+/// What a streaming request receives, in order: that the engine took it, pieces of its
+/// output, then its generation.
 #[derive(Debug)]
 pub enum StreamEvent {
-	/// The engine took the request (it was not refused); text follows as it is generated.
+	/// The engine took the request (it was not refused); its output follows as it is generated.
 	Queued,
-	/// More of the text (never empty); the pieces add up to the generation's text.
-	Text(String),
+	/// More of the text, and the tokens generated since the last piece with their scores
+	/// (never both empty; the text is empty while new tokens release none yet). The pieces add
+	/// up to the generation's text and tokens.
+	Text(String, TokenScores),
 	/// The request finished: its generation, whose text was all sent.
 	Done(Generation),
 }
@@ -65,8 +68,8 @@ impl EventStream {
 enum Reply {
 	/// The whole generation, once finished.
 	Whole(oneshot::Sender<Result<Generation>>),
-	/// Its text as it grows, then the generation.
-	Stream(channel::UnboundedSender<Result<StreamEvent>>, TextStream),
+	/// Its text as it grows, then the generation; and how many of its tokens were sent.
+	Stream(channel::UnboundedSender<Result<StreamEvent>>, TextStream, usize),
 }
 
 impl Reply {
@@ -74,21 +77,23 @@ impl Reply {
 	fn is_closed(&self) -> bool {
 		match self {
 			Reply::Whole(reply) => reply.is_closed(),
-			Reply::Stream(events, _) => events.is_closed(),
+			Reply::Stream(events, ..) => events.is_closed(),
 		}
 	}
 
-	/// Answers with the request's `result`: for a stream, the rest of the text first.
+	/// Answers with the request's `result`: for a stream, the rest of the text and tokens
+	/// first.
 	fn send(self, result: Result<Generation>) {
 		match self {
 			Reply::Whole(reply) => {
 				let _ = reply.send(result);
 			}
-			Reply::Stream(events, text) => {
+			Reply::Stream(events, text, sent) => {
 				let result = result.and_then(|generation| match text.finish(&generation) {
 					Some(rest) => {
-						if !rest.is_empty() {
-							let _ = events.send(Ok(StreamEvent::Text(rest.to_string())));
+						let scores = generation.scores_from(sent);
+						if !rest.is_empty() || !scores.tokens.is_empty() {
+							let _ = events.send(Ok(StreamEvent::Text(rest.to_string(), scores)));
 						}
 						Ok(generation)
 					}
@@ -276,7 +281,7 @@ impl EngineService {
 	) -> Result<EventStream> {
 		let (events, receiver) = channel::unbounded_channel();
 		let text = TextStream::new(&request.stop, self.eos);
-		let reply = Reply::Stream(events, text);
+		let reply = Reply::Stream(events, text, 0);
 		self.submit(Job { request, adapter, reply, sent: Instant::now() })?;
 		Ok(EventStream(receiver))
 	}
@@ -399,14 +404,16 @@ fn follow_running<D: Decoder>(
 	latencies: &mut Latencies,
 ) {
 	let mut failed = Vec::new();
-	for (id, tokens) in engine.outputs() {
+	for (id, progress) in engine.outputs() {
 		let Some(pending) = replies.get_mut(&id) else { continue };
+		let tokens = &progress.tokens;
 		pending.saw(tokens.len(), now, latencies);
-		let Reply::Stream(events, text) = &mut pending.reply else { continue };
+		let Reply::Stream(events, text, sent) = &mut pending.reply else { continue };
 		match text.advance(tokens, tokenizer) {
-			Ok(piece) if piece.is_empty() => {}
+			Ok(piece) if piece.is_empty() && tokens.len() == *sent => {}
 			Ok(piece) => {
-				let _ = events.send(Ok(StreamEvent::Text(piece)));
+				let _ = events.send(Ok(StreamEvent::Text(piece, progress.scores_from(*sent))));
+				*sent = tokens.len();
 			}
 			Err(e) => {
 				// The text cannot be decoded: the error ends the stream and the request.
@@ -431,7 +438,7 @@ fn accept<D: Decoder>(
 	match message {
 		Message::Generate(job) => match engine.submit(&job.request, job.adapter.as_deref()) {
 			Ok(id) => {
-				if let Reply::Stream(events, _) = &job.reply {
+				if let Reply::Stream(events, ..) = &job.reply {
 					let _ = events.send(Ok(StreamEvent::Queued));
 				}
 				let pending =

@@ -429,6 +429,15 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 
 const PARIS: &str = "The capital of France is";
 
+/// The `logprobs` of a streamed answer's chunks that carry some, in order (of choice 0).
+fn chunk_logprobs(events: &[Value]) -> impl Iterator<Item = &Value> {
+	events
+		.iter()
+		.filter_map(|e| e.get("choices")?.as_array()?.first())
+		.map(|choice| &choice["logprobs"])
+		.filter(|logprobs| !logprobs.is_null())
+}
+
 /// Asserts that the JSON number `got` is the log-probability `want` (within float printing).
 fn close(got: &Value, want: f32) {
 	let got = got.as_f64().unwrap_or_else(|| panic!("{got} is not a number")) as f32;
@@ -636,6 +645,39 @@ fn logprobs_and_echo_are_the_librarys() {
 	assert!(got.error.is_none(), "{got:?}");
 	assert_eq!(got.texts[0].0, format!("{PARIS}{}", want.text));
 
+	// Streamed, the chunks' log-probabilities add up to the whole answer's: completions with a
+	// stop sequence (text held back while its tokens' scores go out) and chat on the adapter.
+	let full = generate(&model, &tokenizer, None, &greedy(PARIS, 16)).unwrap().text;
+	let stop: String = full.chars().skip(full.chars().count() / 2).take(5).collect();
+	let body = json!({"prompt": PARIS, "max_tokens": 16, "temperature": 0, "logprobs": 2,
+		"stop": stop});
+	let (status, whole) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{whole}");
+	assert_eq!(whole["choices"][0]["finish_reason"], "stop");
+	let (status, events) = stream(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let got = gather(&events, "text_completion", "/text");
+	assert_eq!(got.texts[0].0, whole["choices"][0]["text"].as_str().unwrap());
+	let mut joined = json!({"tokens": [], "token_logprobs": [], "top_logprobs": [],
+		"text_offset": []});
+	for logprobs in chunk_logprobs(&events) {
+		for (key, values) in joined.as_object_mut().unwrap() {
+			let more = logprobs[key.as_str()].as_array().unwrap_or_else(|| panic!("{logprobs}"));
+			values.as_array_mut().unwrap().extend(more.iter().cloned());
+		}
+	}
+	assert_eq!(joined, whole["choices"][0]["logprobs"]);
+	let body = json!({"messages": messages, "max_tokens": 6, "temperature": 0, "model": "tuned",
+		"logprobs": true, "top_logprobs": 2});
+	let (status, whole) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{whole}");
+	let (status, events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let content: Vec<Value> =
+		chunk_logprobs(&events).flat_map(|l| l["content"].as_array().unwrap().clone()).collect();
+	assert_eq!(json!(content), whole["choices"][0]["logprobs"]["content"]);
+	assert_eq!(content.len(), 6);
+
 	let refused = |path: &str, body: Value, says: &str| {
 		let (status, answer) = post(address, path, &body);
 		assert_eq!(status, 400, "{answer}");
@@ -646,7 +688,8 @@ fn logprobs_and_echo_are_the_librarys() {
 	let chat = "/v1/chat/completions";
 	refused(completions, json!({"prompt": "x", "logprobs": 21}), "at most 20");
 	refused(completions, json!({"prompt": "x", "logprobs": true}), "not a count");
-	refused(completions, json!({"prompt": "x", "logprobs": 1, "stream": true}), "with stream");
+	let streamed_echo = json!({"prompt": "x", "logprobs": 1, "stream": true, "echo": true});
+	refused(completions, streamed_echo, "not streamed");
 	refused(completions, json!({"prompt": "x", "top_logprobs": 1}), "use logprobs");
 	refused(chat, json!({"messages": messages, "top_logprobs": 2}), "only with logprobs");
 	refused(chat, json!({"messages": messages, "logprobs": 3}), "not true or false");
