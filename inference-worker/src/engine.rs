@@ -278,6 +278,13 @@ impl<D: Decoder> Engine<D> {
 		&self.residency
 	}
 
+	/// The most tokens (prompt and output) one request may reach: the model's context, or the
+	/// whole KV cache if that is smaller.
+	pub fn max_sequence(&self) -> usize {
+		let kv = self.cache.config();
+		self.model.max_sequence().min(kv.num_blocks.saturating_mul(kv.block_size))
+	}
+
 	/// What the engine has done so far.
 	pub fn stats(&self) -> EngineStats {
 		self.stats

@@ -14,7 +14,9 @@
 //!   scored given the ones before it and the first `null`: how lm-evaluation-harness scores
 //!   continuations).
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
-//!   model's own chat template instead of `prompt`; `logprobs` (true or false) and
+//!   model's own chat template instead of `prompt` and `max_tokens` (or
+//!   `max_completion_tokens`) the rest of the context when absent (the model's, or the KV
+//!   cache's if smaller: vLLM's); `logprobs` (true or false) and
 //!   `top_logprobs` (0 to 20) give OpenAI's `logprobs.content` (each token's text, bytes,
 //!   log-probability and most likely alternatives). Log-probabilities are the model's own
 //!   (before temperature, penalty or truncation), as vLLM reports them. Streamed, each chunk
@@ -30,7 +32,8 @@
 //!   gets its error status before any event; the events begin once the engine has taken it,
 //!   and a later error (an adapter that cannot be loaded, a failed step) is sent as an
 //!   `{"error": …}` event before `[DONE]`.
-//! - `GET /v1/models`: the base model and the adapters (`parent`: the base).
+//! - `GET /v1/models`: the base model and the adapters (`parent`: the base; `max_model_len`:
+//!   the most tokens a request may reach).
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
 //!   model name not served yet that names an adapter folder there is served from then on (as
 //!   LoRAX does). With runtime adapters allowed ([`ApiState::with_runtime_adapters`]; 403
@@ -87,7 +90,8 @@ use crate::{
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// The most stop sequences a request may give (OpenAI's limit).
 const MAX_STOP: usize = 4;
-/// `max_tokens` when a request does not say (OpenAI's default for completions).
+/// `max_tokens` when a completions request does not say (OpenAI's default; a chat's is the
+/// rest of the context, as vLLM's).
 const DEFAULT_MAX_TOKENS: usize = 16;
 
 /// What the API serves.
@@ -478,6 +482,7 @@ fn generation_requests(
 	prompts: &[Prompt],
 	body: &Body,
 	logprobs: Option<usize>,
+	default_max_tokens: usize,
 ) -> Result<Vec<GenerationRequest>, ApiError> {
 	if body.echo == Some(true) && matches!(endpoint, Endpoint::Chat) {
 		return Err(ApiError::bad_request("echo: only on /v1/completions"));
@@ -514,7 +519,7 @@ fn generation_requests(
 			max_tokens: body
 				.max_tokens
 				.or(body.max_completion_tokens)
-				.unwrap_or(DEFAULT_MAX_TOKENS),
+				.unwrap_or(default_max_tokens),
 			sampling: SamplingParams {
 				temperature: body.temperature.unwrap_or(1.0),
 				top_k,
@@ -748,7 +753,17 @@ async fn serve(
 	body: Body,
 ) -> Result<Response, ApiError> {
 	let logprobs = logprobs_asked(endpoint, &body)?;
-	let requests = generation_requests(endpoint, &prompts, &body, logprobs)?;
+	let limited = body.max_tokens.or(body.max_completion_tokens).is_some();
+	let default_max_tokens = match (endpoint, prompts.as_slice()) {
+		// A chat's answer may take the rest of the context (at least one token: a prompt that
+		// fills it is refused as too long).
+		(Endpoint::Chat, [Prompt::Text(text)]) if !limited => {
+			let prompt = state.tokenizer.encode(text)?.len();
+			state.engine.max_sequence().saturating_sub(prompt).max(1)
+		}
+		_ => DEFAULT_MAX_TOKENS,
+	};
+	let requests = generation_requests(endpoint, &prompts, &body, logprobs, default_max_tokens)?;
 	let n = requests.len() / prompts.len().max(1);
 	let echo = (body.echo == Some(true)).then_some(prompts);
 	if body.stream == Some(true) {
@@ -1130,6 +1145,7 @@ async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
 			"owned_by": "openledger",
 			"root": state.model_name,
 			"parent": parent,
+			"max_model_len": state.engine.max_sequence(),
 		})
 	};
 	let mut data = vec![model(&state.model_name, None)];

@@ -205,6 +205,8 @@ pub struct EngineService {
 	/// The model's end-of-sequence token (not part of streamed text).
 	eos: Option<u32>,
 	check: Arc<AdapterCheck>,
+	/// [`Engine::max_sequence`].
+	max_sequence: usize,
 }
 
 /// Marks the engine thread stopped when it ends, however it ends (a panic included).
@@ -228,7 +230,7 @@ impl EngineService {
 	) -> Result<Self> {
 		let (jobs, rx) = mpsc::channel::<Message>();
 		let stats = Arc::new(Mutex::new(ServiceStats::default()));
-		let (ready_tx, ready) = mpsc::channel::<Result<()>>();
+		let (ready_tx, ready) = mpsc::channel::<Result<usize>>();
 		let shared = stats.clone();
 		let alive = Arc::new(AtomicBool::new(true));
 		let guard = Alive(alive.clone());
@@ -251,12 +253,18 @@ impl EngineService {
 				for (name, dir) in adapters {
 					engine.register_adapter(name, dir);
 				}
-				let _ = ready_tx.send(Ok(()));
+				let _ = ready_tx.send(Ok(engine.max_sequence()));
 				run(engine, &tokenizer, rx, &shared);
 			})
 			.map_err(Error::Io)?;
-		ready.recv().map_err(|_| Error::Stopped("before it was ready".into()))??;
-		Ok(Self { jobs, stats, alive, eos, check })
+		let max_sequence =
+			ready.recv().map_err(|_| Error::Stopped("before it was ready".into()))??;
+		Ok(Self { jobs, stats, alive, eos, check, max_sequence })
+	}
+
+	/// The most tokens (prompt and output) one request may reach ([`Engine::max_sequence`]).
+	pub fn max_sequence(&self) -> usize {
+		self.max_sequence
 	}
 
 	/// Serves `request` with the registered adapter `adapter` (or the base model) and waits for

@@ -16,6 +16,7 @@ use openledger_inference_worker::{
 	engine::EngineConfig,
 	generate::{generate, FinishReason, Generation, GenerationRequest},
 	http_api::{self, ApiState},
+	kv_cache::KvCacheConfig,
 	lora::{LoraAdapter, Projection},
 	model::{Llama, WeightFormat},
 	models,
@@ -695,6 +696,52 @@ fn logprobs_and_echo_are_the_librarys() {
 	refused(chat, json!({"messages": messages, "logprobs": 3}), "not true or false");
 	refused(chat, json!({"messages": messages, "logprobs": true, "top_logprobs": 21}), "at most");
 	refused(chat, json!({"messages": messages, "echo": true}), "only on /v1/completions");
+}
+
+/// A chat that does not say `max_tokens` may use the rest of the context (here the KV cache's
+/// 96 tokens, fewer than the model's 8192, which `/v1/models` reports); completions keep
+/// OpenAI's 16.
+#[test]
+fn a_chat_without_max_tokens_may_take_the_rest_of_the_context() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let blocks = 6;
+	let block_size = KvCacheConfig::DEFAULT_BLOCK_SIZE;
+	let config = EngineConfig {
+		kv_cache_bytes: blocks * KvCacheConfig::bytes_per_block(&model.config, block_size),
+		..EngineConfig::default()
+	};
+	let capacity = blocks * block_size;
+	let address = start(model, tokenizer.clone(), Vec::new(), config);
+	let (status, text) = get(address, "/v1/models");
+	assert_eq!(status, 200, "{text}");
+	let models: Value = serde_json::from_str(&text).unwrap();
+	assert_eq!(models["data"][0]["max_model_len"], capacity);
+
+	let messages = json!([{"role": "user", "content": "Write a long story about a dragon."}]);
+	let (status, answer) =
+		post(address, "/v1/chat/completions", &json!({"messages": messages, "temperature": 0}));
+	assert_eq!(status, 200, "{answer}");
+	let usage = &answer["usage"];
+	let (prompt, completion) =
+		(usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+	assert!(completion > 16, "{answer}");
+	match answer["choices"][0]["finish_reason"].as_str() {
+		Some("length") => assert_eq!(prompt + completion, capacity as u64, "{answer}"),
+		_ => assert!(prompt + completion <= capacity as u64, "{answer}"),
+	}
+	let body = json!({"messages": messages, "temperature": 0, "max_completion_tokens": 5});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["usage"]["completion_tokens"], 5);
+	let body = json!({"prompt": "Once upon a time, a dragon", "temperature": 0});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["usage"]["completion_tokens"], 16, "{answer}");
+	// A conversation that fills the context is refused as too long, not answered with nothing.
+	let long = "dragon ".repeat(capacity);
+	let body = json!({"messages": [{"role": "user", "content": long}]});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 400, "{answer}");
 }
 
 /// What lm-evaluation-harness's `local-completions` model sends to score a continuation
