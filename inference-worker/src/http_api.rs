@@ -32,6 +32,9 @@
 //!   gets its error status before any event; the events begin once the engine has taken it,
 //!   and a later error (an adapter that cannot be loaded, a failed step) is sent as an
 //!   `{"error": …}` event before `[DONE]`.
+//! - `POST /tokenize` (`prompt`, or `messages` and `add_generation_prompt`) and
+//!   `POST /detokenize` (`tokens`), vLLM's: the token ids serving would give (`tokens`, `count`,
+//!   `max_model_len`), and the text of token ids (`prompt`).
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base; `max_model_len`:
 //!   the most tokens a request may reach).
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
@@ -186,6 +189,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
 		.route("/v1/chat/completions", post(chat_completions))
 		.route("/v1/load_lora_adapter", post(load_adapter))
 		.route("/v1/unload_lora_adapter", post(unload_adapter))
+		.route("/tokenize", post(tokenize))
+		.route("/detokenize", post(detokenize))
 		.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 		.with_state(state)
 }
@@ -210,6 +215,16 @@ impl ApiError {
 			status: StatusCode::BAD_REQUEST,
 			kind: "invalid_request_error",
 			code: "invalid_request",
+			message: message.into(),
+		}
+	}
+
+	/// A 404 for a model (or adapter) that is not served.
+	fn model_not_found(message: impl Into<String>) -> Self {
+		Self {
+			status: StatusCode::NOT_FOUND,
+			kind: "invalid_request_error",
+			code: "model_not_found",
 			message: message.into(),
 		}
 	}
@@ -360,16 +375,11 @@ impl ApiState {
 			Some(name) if self.read_adapters().contains_key(name) || self.discover(name) => {
 				Ok((name.to_string(), Some(name.to_string())))
 			}
-			Some(name) => Err(ApiError {
-				status: StatusCode::NOT_FOUND,
-				kind: "invalid_request_error",
-				code: "model_not_found",
-				message: format!(
-					"the model {name:?} does not exist: this worker serves {:?} and its \
-					 adapters (GET /v1/models)",
-					self.model_name
-				),
-			}),
+			Some(name) => Err(ApiError::model_not_found(format!(
+				"the model {name:?} does not exist: this worker serves {:?} and its adapters \
+				 (GET /v1/models)",
+				self.model_name
+			))),
 		}
 	}
 }
@@ -379,14 +389,11 @@ pub const MAX_CHOICES: usize = 16;
 /// The most prompts one completions request may give (each `n` choices).
 pub const MAX_PROMPTS: usize = 256;
 
-/// Refuses token ids outside a vocabulary of `vocab_size`, and an empty prompt.
-fn prompt_tokens_known(ids: &[u32], vocab_size: usize) -> Result<(), ApiError> {
-	if ids.is_empty() {
-		return Err(ApiError::bad_request("prompt: the prompt is empty"));
-	}
+/// Refuses token ids (of the body's `field`) outside a vocabulary of `vocab_size`.
+fn tokens_known(field: &str, ids: &[u32], vocab_size: usize) -> Result<(), ApiError> {
 	match ids.iter().find(|&&id| id as usize >= vocab_size) {
 		Some(id) => Err(ApiError::bad_request(format!(
-			"prompt: token {id} is not in the model's vocabulary of {vocab_size}"
+			"{field}: token {id} is not in the model's vocabulary of {vocab_size}"
 		))),
 		None => Ok(()),
 	}
@@ -1023,7 +1030,10 @@ async fn completions(
 	let vocab_size = state.tokenizer.vocab_size();
 	for prompt in &prompts {
 		if let Prompt::Tokens(ids) = prompt {
-			prompt_tokens_known(ids, vocab_size)?;
+			if ids.is_empty() {
+				return Err(ApiError::bad_request("prompt: the prompt is empty"));
+			}
+			tokens_known("prompt", ids, vocab_size)?;
 		}
 	}
 	serve(state, Endpoint::Completions, prompts, model, body).await
@@ -1035,15 +1045,73 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
 	let Json(mut body) = body?;
 	let model = state.resolve(body.model.as_deref())?;
-	let template = state.chat_template.as_ref().ok_or_else(|| {
-		ApiError::bad_request("this model has no chat template: use /v1/completions")
-	})?;
+	let template = state.chat_template()?;
 	let messages = body
 		.messages
 		.take()
 		.ok_or_else(|| ApiError::bad_request("messages: missing field `messages`"))?;
 	let prompt = template.render(&messages, true)?;
 	serve(state, Endpoint::Chat, vec![Prompt::Text(prompt)], model, body).await
+}
+
+impl ApiState {
+	/// The model's chat template, or why a chat cannot be served.
+	fn chat_template(&self) -> Result<&ChatTemplate, ApiError> {
+		self.chat_template.as_ref().ok_or_else(|| {
+			ApiError::bad_request("this model has no chat template: use /v1/completions")
+		})
+	}
+}
+
+/// `/tokenize`'s body (vLLM's): a prompt, or a conversation rendered in the chat template.
+#[derive(Debug, Deserialize)]
+struct TokenizeBody {
+	model: Option<String>,
+	prompt: Option<String>,
+	messages: Option<Vec<Message>>,
+	/// With `messages`: end with the assistant's turn opened (true by default).
+	add_generation_prompt: Option<bool>,
+}
+
+/// The token ids serving would give a prompt (or a conversation in the chat template), their
+/// count and the most tokens a request may reach.
+async fn tokenize(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<TokenizeBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+	let Json(body) = body?;
+	state.resolve(body.model.as_deref())?;
+	let text = match (body.prompt, body.messages) {
+		(Some(prompt), None) => prompt,
+		(None, Some(messages)) => {
+			state.chat_template()?.render(&messages, body.add_generation_prompt.unwrap_or(true))?
+		}
+		_ => return Err(ApiError::bad_request("give either `prompt` or `messages`")),
+	};
+	let tokens = state.tokenizer.encode(&text)?;
+	Ok(Json(json!({
+		"count": tokens.len(),
+		"max_model_len": state.engine.max_sequence(),
+		"tokens": tokens,
+	})))
+}
+
+/// `/detokenize`'s body (vLLM's).
+#[derive(Debug, Deserialize)]
+struct DetokenizeBody {
+	model: Option<String>,
+	tokens: Vec<u32>,
+}
+
+/// The text of token ids.
+async fn detokenize(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<DetokenizeBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+	let Json(body) = body?;
+	state.resolve(body.model.as_deref())?;
+	tokens_known("tokens", &body.tokens, state.tokenizer.vocab_size())?;
+	Ok(Json(json!({ "prompt": state.tokenizer.decode(&body.tokens)? })))
 }
 
 /// `/v1/load_lora_adapter`'s body (vLLM's).
@@ -1125,12 +1193,7 @@ async fn unload_adapter(
 	// The engine is told under the lock, so that its registry changes in the map's order.
 	let mut adapters = state.write_adapters();
 	if adapters.remove(&name).is_none() {
-		return Err(ApiError {
-			status: StatusCode::NOT_FOUND,
-			kind: "invalid_request_error",
-			code: "model_not_found",
-			message: format!("no adapter {name:?} is loaded"),
-		});
+		return Err(ApiError::model_not_found(format!("no adapter {name:?} is loaded")));
 	}
 	state.engine.unregister_adapter(name.clone())?;
 	Ok(format!("Success: LoRA adapter '{name}' removed successfully."))

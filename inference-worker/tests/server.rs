@@ -811,6 +811,38 @@ fn prompts_as_token_ids_or_lists_are_scored_as_lm_evaluation_harness_asks() {
 	assert_eq!(answer["usage"]["prompt_tokens"], prompt_tokens);
 	assert_eq!(answer["usage"]["completion_tokens"], prompts.len());
 
+	// vLLM's /tokenize gives the ids serving uses, /detokenize their text.
+	let (status, answer) = post(address, "/tokenize", &json!({"prompt": PARIS}));
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!((&answer["tokens"], &answer["count"]), (&json!(context), &json!(context.len())));
+	let (_, models) = get(address, "/v1/models");
+	let models: Value = serde_json::from_str(&models).unwrap();
+	assert_eq!(answer["max_model_len"], models["data"][0]["max_model_len"]);
+	let messages = json!([{"role": "user", "content": "Hello"}]);
+	let rendered = tokenizer
+		.chat_template()
+		.unwrap()
+		.render(&serde_json::from_value::<Vec<_>>(messages.clone()).unwrap(), true)
+		.unwrap();
+	let (status, answer) = post(address, "/tokenize", &json!({"messages": messages}));
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["tokens"], json!(tokenizer.encode(&rendered).unwrap()));
+	let (status, answer) = post(address, "/detokenize", &json!({"tokens": prompts[1]}));
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["prompt"], format!("{PARIS}{}", continuations[1]));
+	let vocab = model.config.vocab_size;
+	for (path, body, status) in [
+		("/tokenize", json!({"prompt": "a", "messages": messages}), 400),
+		("/tokenize", json!({}), 400),
+		("/tokenize", json!({"prompt": "a", "model": "nope"}), 404),
+		("/detokenize", json!({"tokens": [1, vocab]}), 400),
+		("/detokenize", json!({"tokens": "a"}), 400),
+	] {
+		let (got, answer) = post(address, path, &body);
+		assert_eq!(got, status, "{path} {body}: {answer}");
+		assert!(answer["error"]["message"].is_string(), "{answer}");
+	}
+
 	// One prompt as a flat list of ids is the text prompt's answer.
 	let want = generate(&model, &tokenizer, None, &greedy(PARIS, 5)).unwrap();
 	let body = json!({"prompt": context, "max_tokens": 5, "temperature": 0});
