@@ -291,11 +291,7 @@ fn completions_answer_what_the_model_generates_alone_for_many_clients_at_once() 
 		&json!({"messages": messages, "max_tokens": 16, "temperature": 0, "model": "tuned"}),
 	);
 	assert_eq!(status, 200, "{answer}");
-	let rendered = tokenizer
-		.chat_template()
-		.unwrap()
-		.render(&serde_json::from_value::<Vec<_>>(messages).unwrap(), true)
-		.unwrap();
+	let rendered = render(&tokenizer, &messages);
 	let want = generate(&model, &tokenizer, Some(&adapter), &greedy(&rendered, 16)).unwrap();
 	assert_answers(&answer, &want, "/message/content");
 	assert_eq!(answer["choices"][0]["message"]["role"], "assistant");
@@ -430,6 +426,12 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 
 const PARIS: &str = "The capital of France is";
 
+/// `messages` (OpenAI's JSON) in the model's chat template, ready for the assistant's answer.
+fn render(tokenizer: &Tokenizer, messages: &Value) -> String {
+	let messages = serde_json::from_value::<Vec<_>>(messages.clone()).unwrap();
+	tokenizer.chat_template().unwrap().render(&messages, true).unwrap()
+}
+
 /// The `logprobs` of a streamed answer's chunks that carry some, in order (of choice 0).
 fn chunk_logprobs(events: &[Value]) -> impl Iterator<Item = &Value> {
 	events
@@ -476,11 +478,7 @@ fn streamed_answers_add_up_to_the_whole_answers() {
 
 	// A chat on the adapter: the role first, then the content; no usage unless asked.
 	let messages = json!([{"role": "user", "content": "Name three colours."}]);
-	let rendered = tokenizer
-		.chat_template()
-		.unwrap()
-		.render(&serde_json::from_value::<Vec<_>>(messages.clone()).unwrap(), true)
-		.unwrap();
+	let rendered = render(&tokenizer, &messages);
 	let want = alone(Some(&adapter), &greedy(&rendered, 20));
 	let body = json!({"messages": messages, "max_tokens": 20, "temperature": 0, "model": "tuned"});
 	let (status, mut events) = stream(address, "/v1/chat/completions", &body);
@@ -600,11 +598,7 @@ fn logprobs_and_echo_are_the_librarys() {
 
 	// Chat on the adapter: logprobs.content with bytes and two alternatives per token.
 	let messages = json!([{"role": "user", "content": "Name a colour."}]);
-	let rendered = tokenizer
-		.chat_template()
-		.unwrap()
-		.render(&serde_json::from_value::<Vec<_>>(messages.clone()).unwrap(), true)
-		.unwrap();
+	let rendered = render(&tokenizer, &messages);
 	let mut request = greedy(&rendered, 6);
 	request.sampling.top_logprobs = 2;
 	let want = generate(&model, &tokenizer, Some(&adapter), &request).unwrap();
@@ -819,11 +813,7 @@ fn prompts_as_token_ids_or_lists_are_scored_as_lm_evaluation_harness_asks() {
 	let models: Value = serde_json::from_str(&models).unwrap();
 	assert_eq!(answer["max_model_len"], models["data"][0]["max_model_len"]);
 	let messages = json!([{"role": "user", "content": "Hello"}]);
-	let rendered = tokenizer
-		.chat_template()
-		.unwrap()
-		.render(&serde_json::from_value::<Vec<_>>(messages.clone()).unwrap(), true)
-		.unwrap();
+	let rendered = render(&tokenizer, &messages);
 	let (status, answer) = post(address, "/tokenize", &json!({"messages": messages}));
 	assert_eq!(status, 200, "{answer}");
 	assert_eq!(answer["tokens"], json!(tokenizer.encode(&rendered).unwrap()));
