@@ -66,7 +66,7 @@ fn main() {
 			max_tokens: MAX_TOKENS,
 			sampling: SamplingParams::default(),
 			stop: vec![],
-			prompt_logprobs: None,
+			..Default::default()
 		})
 		.collect();
 

@@ -70,7 +70,7 @@ fn requests(names: &[String]) -> Vec<(GenerationRequest, String)> {
 				max_tokens,
 				sampling: SamplingParams::default(),
 				stop: vec![],
-				prompt_logprobs: None,
+				..Default::default()
 			};
 			(request, names[i % names.len()].clone())
 		})

@@ -10,7 +10,9 @@ use crate::{
 	kv_cache::KvCacheConfig,
 	lora::LoraAdapter,
 	model::{KvCache, Llama},
-	sampling::{logprob_of, top_logprobs, Sampled, Sampler, SamplingParams, MAX_TOP_LOGPROBS},
+	sampling::{
+		logprob_of, top_logprobs, History, Sampled, Sampler, SamplingParams, MAX_TOP_LOGPROBS,
+	},
 	tokenizer::Tokenizer,
 };
 
@@ -69,11 +71,32 @@ pub struct GenerationRequest {
 	pub sampling: SamplingParams,
 	/// Generation stops when the output contains one of these (it is cut before it).
 	pub stop: Vec<String>,
+	/// Generation stops at any of these tokens (vLLM's `stop_token_ids`; the text ends before
+	/// it, the reason is [`FinishReason::Stop`]).
+	pub stop_token_ids: Vec<u32>,
+	/// Whether to go on past the end-of-sequence token, to `max_tokens` (vLLM's `ignore_eos`,
+	/// as benchmarks ask for a fixed output length).
+	pub ignore_eos: bool,
 	/// The log-probability of each prompt token after the first, given the ones before it,
 	/// with this many most likely tokens at each position (vLLM's `prompt_logprobs`; OpenAI's
 	/// `echo` with `logprobs`); `None` for none. At most [`MAX_TOP_LOGPROBS`]. The whole
 	/// prompt is computed for it (no cached prefix is reused).
 	pub prompt_logprobs: Option<usize>,
+}
+
+impl Default for GenerationRequest {
+	/// An empty text prompt, 16 tokens, greedy, no stops, no prompt log-probabilities.
+	fn default() -> Self {
+		Self {
+			prompt: Prompt::Text(String::new()),
+			max_tokens: 16,
+			sampling: SamplingParams::default(),
+			stop: Vec::new(),
+			stop_token_ids: Vec::new(),
+			ignore_eos: false,
+			prompt_logprobs: None,
+		}
+	}
 }
 
 /// The log-probabilities of a prompt's tokens after the first, each given the ones before it.
@@ -94,7 +117,7 @@ pub enum FinishReason {
 	Length,
 	/// The model produced its end-of-sequence token.
 	Eos,
-	/// The output reached a stop sequence.
+	/// The output reached a stop sequence or a stop token.
 	Stop,
 }
 
@@ -182,6 +205,8 @@ pub struct Progress {
 	prompt_logprobs: Option<(usize, PromptLogprobs)>,
 	max_tokens: usize,
 	stop: Vec<String>,
+	stop_token_ids: Vec<u32>,
+	ignore_eos: bool,
 	text: String,
 	finish_reason: Option<FinishReason>,
 }
@@ -203,6 +228,8 @@ impl Progress {
 			prompt_logprobs: request.prompt_logprobs.map(|k| (k, PromptLogprobs::default())),
 			max_tokens: request.max_tokens,
 			stop: request.stop.clone(),
+			stop_token_ids: request.stop_token_ids.clone(),
+			ignore_eos: request.ignore_eos,
 			text: String::new(),
 			finish_reason: None,
 		})
@@ -248,11 +275,8 @@ impl Progress {
 	/// Samples the next token from `logits` (the last position's) and records it; returns it.
 	/// Generation ends at the end-of-sequence token, a stop sequence or `max_tokens`.
 	pub fn advance(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Result<u32> {
-		let history: Vec<u32> = match self.sampler.needs_history() {
-			true => self.prompt_tokens.iter().chain(&self.tokens).copied().collect(),
-			false => Vec::new(),
-		};
-		let sampled = self.sampler.sample(logits, &history)?;
+		let history = History { prompt: &self.prompt_tokens, output: &self.tokens };
+		let sampled = self.sampler.sample(logits, history)?;
 		if self.sampler.wants_top_logprobs() {
 			self.top_logprobs.push(self.sampler.top_logprobs(logits));
 		}
@@ -274,8 +298,11 @@ impl Progress {
 		}
 		self.tokens.push(sampled.token);
 		self.logprobs.push(sampled.logprob);
-		if Some(sampled.token) == tokenizer.eos {
+		if Some(sampled.token) == tokenizer.eos && !self.ignore_eos {
 			self.finish_reason = Some(FinishReason::Eos);
+		} else if self.stop_token_ids.contains(&sampled.token) {
+			self.text = tokenizer.decode(&self.tokens[..self.tokens.len() - 1])?;
+			self.finish_reason = Some(FinishReason::Stop);
 		} else if !self.stop.is_empty() {
 			// The output is decoded at each step only when stop sequences must be looked for.
 			self.text = tokenizer.decode(&self.tokens)?;

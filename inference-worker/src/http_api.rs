@@ -4,7 +4,8 @@
 //! - `POST /v1/completions`: `model` (the base model's name, or an adapter's; absent: the
 //!   base), `prompt` (a string, a list of strings, a list of token ids, or a list of lists of
 //!   token ids: up to [`MAX_PROMPTS`], choice `p * n + i` being choice `i` of prompt `p`),
-//!   `max_tokens` (16), `temperature` (1),
+//!   `max_tokens` (16), `presence_penalty` and `frequency_penalty` (OpenAI's, over the output),
+//!   vLLM's `stop_token_ids` and `ignore_eos`, `temperature` (1),
 //!   `top_p` (1), `top_k` (a vLLM extension; 0 or -1: all), `repetition_penalty` (1), `seed`
 //!   (random when absent; choice `i` of `n` is seeded with `seed + i`), `stop` (a string or up
 //!   to 4), `n` (choices, 1 to 16), `stream` and `stream_options.include_usage`, `logprobs`
@@ -12,7 +13,8 @@
 //!   to 20: OpenAI's `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`), `echo` (the
 //!   prompt before the answer's text; with `logprobs`, the prompt's tokens first in them, each
 //!   scored given the ones before it and the first `null`: how lm-evaluation-harness scores
-//!   continuations).
+//!   continuations). What is not served is refused, not ignored: `logit_bias`, `min_tokens`,
+//!   `best_of` above 1, `suffix`, `tools`, a `response_format` other than text.
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt` and `max_tokens` (or
 //!   `max_completion_tokens`) the rest of the context when absent (the model's, or the KV
@@ -302,6 +304,8 @@ struct Body {
 	top_p: Option<f32>,
 	top_k: Option<i64>,
 	repetition_penalty: Option<f32>,
+	presence_penalty: Option<f32>,
+	frequency_penalty: Option<f32>,
 	seed: Option<u64>,
 	stop: Option<OneOrMany>,
 	n: Option<usize>,
@@ -313,6 +317,41 @@ struct Body {
 	top_logprobs: Option<usize>,
 	/// Completions: whether to put the prompt before the answer.
 	echo: Option<bool>,
+	/// vLLM's: stop at any of these tokens.
+	stop_token_ids: Option<Vec<u32>>,
+	/// vLLM's: go on past the end-of-sequence token.
+	ignore_eos: Option<bool>,
+	/// Asked for but not served: refused rather than ignored (see [`refuse_unserved`]).
+	logit_bias: Option<Value>,
+	min_tokens: Option<Value>,
+	best_of: Option<Value>,
+	suffix: Option<Value>,
+	tools: Option<Value>,
+	response_format: Option<Value>,
+}
+
+/// Refuses what `body` asks for that is not served, rather than answer as if it had not
+/// asked: a bias on tokens, a least number of tokens, best-of sampling, a suffix, tools, a
+/// response format other than text. (Fields left at what means "none" pass.)
+fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
+	let none = |value: &Option<Value>, means_none: &[Value]| match value {
+		None | Some(Value::Null) => true,
+		Some(v) => means_none.contains(v),
+	};
+	let unserved = [
+		("logit_bias", none(&body.logit_bias, &[json!({})])),
+		("min_tokens", none(&body.min_tokens, &[json!(0)])),
+		("best_of", none(&body.best_of, &[json!(1)])),
+		("suffix", none(&body.suffix, &[json!("")])),
+		("tools", none(&body.tools, &[json!([])])),
+		("response_format", none(&body.response_format, &[json!({"type": "text"})])),
+	];
+	match unserved.iter().find(|(_, fine)| !fine) {
+		Some((field, _)) => {
+			Err(ApiError::bad_request(format!("{field}: not served by this worker")))
+		}
+		None => Ok(()),
+	}
 }
 
 /// What a streamed answer also sends.
@@ -532,10 +571,14 @@ fn generation_requests(
 				top_k,
 				top_p: body.top_p.unwrap_or(1.0),
 				repetition_penalty: body.repetition_penalty.unwrap_or(1.0),
+				presence_penalty: body.presence_penalty.unwrap_or(0.0),
+				frequency_penalty: body.frequency_penalty.unwrap_or(0.0),
 				seed: seed.map_or_else(rand::random, |s| s.wrapping_add(i)),
 				top_logprobs: logprobs.unwrap_or(0),
 			},
 			stop: stop.clone(),
+			stop_token_ids: body.stop_token_ids.clone().unwrap_or_default(),
+			ignore_eos: body.ignore_eos.unwrap_or(false),
 			// OpenAI's echo with logprobs: the prompt's tokens' too.
 			prompt_logprobs: logprobs.filter(|_| echo),
 		})
@@ -759,6 +802,10 @@ async fn serve(
 	(model, adapter): (String, Option<String>),
 	body: Body,
 ) -> Result<Response, ApiError> {
+	refuse_unserved(&body)?;
+	if let Some(ids) = &body.stop_token_ids {
+		tokens_known("stop_token_ids", ids, state.tokenizer.vocab_size())?;
+	}
 	let logprobs = logprobs_asked(endpoint, &body)?;
 	let limited = body.max_tokens.or(body.max_completion_tokens).is_some();
 	let default_max_tokens = match (endpoint, prompts.as_slice()) {

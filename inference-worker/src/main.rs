@@ -140,6 +140,15 @@ struct GenerateArgs {
 	/// Penalty for tokens already seen (1: none).
 	#[arg(long, default_value_t = 1.0)]
 	repetition_penalty: f32,
+	/// OpenAI's presence penalty on tokens already generated (0: none; -2 to 2).
+	#[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+	presence_penalty: f32,
+	/// OpenAI's frequency penalty, per time a token was already generated (0: none; -2 to 2).
+	#[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+	frequency_penalty: f32,
+	/// Go on past the end-of-sequence token, to --max-tokens.
+	#[arg(long)]
+	ignore_eos: bool,
 	/// Seed of the sampler.
 	#[arg(long, default_value_t = 0)]
 	seed: u64,
@@ -277,10 +286,14 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 			top_k: args.top_k,
 			top_p: args.top_p,
 			repetition_penalty: args.repetition_penalty,
+			presence_penalty: args.presence_penalty,
+			frequency_penalty: args.frequency_penalty,
 			seed: args.seed,
 			top_logprobs: args.top_logprobs,
 		},
 		stop: args.stop.clone(),
+		stop_token_ids: Vec::new(),
+		ignore_eos: args.ignore_eos,
 		prompt_logprobs: args.prompt_logprobs,
 	})
 }

@@ -1,6 +1,8 @@
 //! Choosing the next token: greedy, or sampled with temperature, top-k and top-p, after a
 //! repetition penalty, from a seeded generator so that a request with a seed is reproducible.
 
+use std::collections::HashMap;
+
 use openledger_kernels::sampling as kernel;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -17,6 +19,12 @@ pub struct SamplingParams {
 	pub top_p: f32,
 	/// CTRL-style penalty on tokens already in the prompt or the output (1 for none).
 	pub repetition_penalty: f32,
+	/// OpenAI's presence penalty: subtracted once from the logit of every token already in
+	/// the output (0 for none; -2 to 2).
+	pub presence_penalty: f32,
+	/// OpenAI's frequency penalty: subtracted from a token's logit once per time it is already
+	/// in the output (0 for none; -2 to 2).
+	pub frequency_penalty: f32,
 	/// Seed of the sampler's generator.
 	pub seed: u64,
 	/// How many of the most likely tokens to report with their log-probabilities at each step
@@ -35,6 +43,8 @@ impl Default for SamplingParams {
 			top_k: 0,
 			top_p: 1.0,
 			repetition_penalty: 1.0,
+			presence_penalty: 0.0,
+			frequency_penalty: 0.0,
 			seed: 0,
 			top_logprobs: 0,
 		}
@@ -55,6 +65,14 @@ impl SamplingParams {
 				"repetition_penalty {} is not > 0",
 				self.repetition_penalty
 			)));
+		}
+		for (name, value) in [
+			("presence_penalty", self.presence_penalty),
+			("frequency_penalty", self.frequency_penalty),
+		] {
+			if !(-2.0..=2.0).contains(&value) {
+				return Err(Error::Request(format!("{name} {value} is not in [-2, 2]")));
+			}
 		}
 		if self.top_logprobs > MAX_TOP_LOGPROBS {
 			return Err(Error::Request(format!(
@@ -80,6 +98,15 @@ impl From<kernel::Sampled> for Sampled {
 	fn from(s: kernel::Sampled) -> Self {
 		Self { token: s.token, logprob: s.logprob }
 	}
+}
+
+/// What a token is picked after: the tokens so far, for the penalties.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct History<'a> {
+	/// The prompt (the repetition penalty counts it).
+	pub prompt: &'a [u32],
+	/// The output so far (every penalty counts it).
+	pub output: &'a [u32],
 }
 
 /// Samples tokens for one request.
@@ -127,14 +154,15 @@ impl Sampler {
 		Ok(Self { params, rng })
 	}
 
-	/// Whether [`Sampler::sample`] looks at the tokens so far (for the repetition penalty).
+	/// Whether [`Sampler::sample`] looks at the tokens so far (for a penalty).
 	pub fn needs_history(&self) -> bool {
-		self.params.repetition_penalty != 1.0
+		let p = &self.params;
+		p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
 	}
 
 	/// The kernels' sampling parameters and uniform draw for the next token, when the kernels'
 	/// sampler (`openledger_kernels::sampling`, which runs where the logits are) can pick it:
-	/// without a repetition penalty, which needs the tokens so far, and without top
+	/// without penalties, which need the tokens so far, and without top
 	/// log-probabilities, which need the logits (see [`Sampler::top_logprobs`]). Draws from the request's
 	/// seeded generator (one draw per sampled token, none for greedy), so a seeded request is
 	/// reproducible on this path as on the host's; the two paths do not pick the same tokens
@@ -165,22 +193,36 @@ impl Sampler {
 	}
 
 	/// Picks the next token from `logits` (one row over the vocabulary), given the tokens so far
-	/// (prompt and output) for the repetition penalty.
-	pub fn sample(&mut self, logits: &[f32], previous: &[u32]) -> Result<Sampled> {
+	/// for the penalties (the repetition penalty over the prompt and the output, then OpenAI's
+	/// presence and frequency penalties over the output, as vLLM applies them). The reported
+	/// log-probability is the model's, before any of them.
+	pub fn sample(&mut self, logits: &[f32], history: History<'_>) -> Result<Sampled> {
 		if logits.is_empty() || logits.iter().any(|l| l.is_nan()) {
 			return Err(Error::Batch("the model produced no usable logits".into()));
 		}
 		let mut adjusted = logits.to_vec();
-		if self.params.repetition_penalty != 1.0 {
-			let penalty = self.params.repetition_penalty;
+		let p = &self.params;
+		if p.repetition_penalty != 1.0 {
+			let penalty = p.repetition_penalty;
 			let mut seen = vec![false; adjusted.len()];
-			for &t in previous {
+			for &t in history.prompt.iter().chain(history.output) {
 				if let Some(slot) = seen.get_mut(t as usize) {
 					if !*slot {
 						*slot = true;
 						let l = &mut adjusted[t as usize];
 						*l = if *l > 0.0 { *l / penalty } else { *l * penalty };
 					}
+				}
+			}
+		}
+		if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+			let mut counts: HashMap<u32, u32> = HashMap::new();
+			for &t in history.output {
+				*counts.entry(t).or_default() += 1;
+			}
+			for (t, n) in counts {
+				if let Some(l) = adjusted.get_mut(t as usize) {
+					*l -= p.presence_penalty + p.frequency_penalty * n as f32;
 				}
 			}
 		}
@@ -297,7 +339,7 @@ mod tests {
 	#[test]
 	fn greedy_picks_the_largest_logit_and_reports_its_logprob() {
 		let mut s = sampler(SamplingParams::default());
-		let out = s.sample(&[0.0, 2.0, 1.0], &[]).unwrap();
+		let out = s.sample(&[0.0, 2.0, 1.0], History::default()).unwrap();
 		assert_eq!(out.token, 1);
 		let expected = 2.0 - (1f32.exp() + 2f32.exp() + 1.0).ln() + 0.0;
 		assert!((out.logprob - (expected)).abs() < 1e-6, "{} vs {expected}", out.logprob);
@@ -307,9 +349,44 @@ mod tests {
 	fn repetition_penalty_steers_greedy_away_from_seen_tokens() {
 		let mut s = sampler(SamplingParams { repetition_penalty: 3.0, ..Default::default() });
 		// Token 1 (3.0) would win, but it was seen: 3.0 / 3 = 1.0 < 2.0.
-		assert_eq!(s.sample(&[0.0, 3.0, 2.0], &[1, 1]).unwrap().token, 2);
+		let seen = History { prompt: &[1], output: &[1] };
+		assert_eq!(s.sample(&[0.0, 3.0, 2.0], seen).unwrap().token, 2);
+		// In the prompt alone is seen too.
+		let in_prompt = History { prompt: &[1], output: &[] };
+		assert_eq!(s.sample(&[0.0, 3.0, 2.0], in_prompt).unwrap().token, 2);
 		// Negative logits are multiplied, pushing them further down.
-		assert_eq!(s.sample(&[-1.0, -1.5, -3.0], &[0]).unwrap().token, 1);
+		let seen = History { prompt: &[], output: &[0] };
+		assert_eq!(s.sample(&[-1.0, -1.5, -3.0], seen).unwrap().token, 1);
+	}
+
+	#[test]
+	fn presence_and_frequency_penalties_count_the_output_only() {
+		let logits = [0.0, 3.0, 2.0];
+		let twice = History { prompt: &[], output: &[1, 1] };
+		// Frequency: 3.0 - 2 * 0.6 = 1.8 < 2.0.
+		let mut s = sampler(SamplingParams { frequency_penalty: 0.6, ..Default::default() });
+		assert_eq!(s.sample(&logits, twice).unwrap().token, 2);
+		let once = History { prompt: &[], output: &[1] };
+		assert_eq!(s.sample(&logits, once).unwrap().token, 1, "3.0 - 0.6 > 2.0");
+		// Presence: once, however often: 3.0 - 1.1 < 2.0 whether seen once or twice.
+		let mut s = sampler(SamplingParams { presence_penalty: 1.1, ..Default::default() });
+		assert_eq!(s.sample(&logits, once).unwrap().token, 2);
+		assert_eq!(s.sample(&logits, twice).unwrap().token, 2);
+		let mut s = sampler(SamplingParams { presence_penalty: 0.9, ..Default::default() });
+		assert_eq!(s.sample(&logits, twice).unwrap().token, 1, "3.0 - 0.9 > 2.0");
+		// The prompt does not count; a negative penalty favours what was said.
+		let in_prompt = History { prompt: &[1, 1, 1], output: &[] };
+		let mut s = sampler(SamplingParams { frequency_penalty: 2.0, ..Default::default() });
+		assert_eq!(s.sample(&logits, in_prompt).unwrap().token, 1);
+		let mut s = sampler(SamplingParams { presence_penalty: -1.5, ..Default::default() });
+		let said = History { prompt: &[], output: &[2] };
+		let out = s.sample(&logits, said).unwrap();
+		assert_eq!(out.token, 2, "2.0 + 1.5 > 3.0");
+		// The reported log-probability is the model's own.
+		assert!((out.logprob - logprob_of(&logits, 2)).abs() < 1e-6);
+		assert!(sampler(SamplingParams { presence_penalty: 1.0, ..Default::default() })
+			.kernel_draw()
+			.is_none());
 	}
 
 	#[test]
@@ -318,14 +395,18 @@ mod tests {
 		for seed in 0..20 {
 			let mut s =
 				sampler(SamplingParams { temperature: 1.0, top_k: 1, seed, ..Default::default() });
-			assert_eq!(s.sample(&logits, &[]).unwrap().token, 1);
+			assert_eq!(s.sample(&logits, History::default()).unwrap().token, 1);
 			let mut s = sampler(SamplingParams {
 				temperature: 1.0,
 				top_p: 0.5,
 				seed,
 				..Default::default()
 			});
-			assert_eq!(s.sample(&logits, &[]).unwrap().token, 1, "p(1) alone exceeds 0.5");
+			assert_eq!(
+				s.sample(&logits, History::default()).unwrap().token,
+				1,
+				"p(1) alone exceeds 0.5"
+			);
 		}
 	}
 
@@ -334,12 +415,13 @@ mod tests {
 		let logits = [0.0, (3f32).ln()]; // p = 0.25, 0.75
 		let params = SamplingParams { temperature: 1.0, seed: 7, ..Default::default() };
 		let mut s = sampler(params.clone());
-		let draws: Vec<u32> = (0..4000).map(|_| s.sample(&logits, &[]).unwrap().token).collect();
+		let draws: Vec<u32> =
+			(0..4000).map(|_| s.sample(&logits, History::default()).unwrap().token).collect();
 		let ones = draws.iter().filter(|&&t| t == 1).count() as f64 / draws.len() as f64;
 		assert!((ones - 0.75).abs() < 0.03, "{ones}");
 		let mut again = sampler(params);
 		let replay: Vec<u32> =
-			(0..4000).map(|_| again.sample(&logits, &[]).unwrap().token).collect();
+			(0..4000).map(|_| again.sample(&logits, History::default()).unwrap().token).collect();
 		assert_eq!(draws, replay, "the same seed gives the same tokens");
 	}
 
@@ -351,7 +433,13 @@ mod tests {
 			Sampler::new(SamplingParams { repetition_penalty: 0.0, ..Default::default() }).is_err()
 		);
 		let mut s = sampler(SamplingParams::default());
-		assert!(s.sample(&[], &[]).is_err());
-		assert!(s.sample(&[f32::NAN, 1.0], &[]).is_err());
+		assert!(s.sample(&[], History::default()).is_err());
+		assert!(s.sample(&[f32::NAN, 1.0], History::default()).is_err());
+		for bad in [-2.5, 2.5, f32::NAN] {
+			let presence = SamplingParams { presence_penalty: bad, ..Default::default() };
+			assert!(Sampler::new(presence).is_err());
+			let frequency = SamplingParams { frequency_penalty: bad, ..Default::default() };
+			assert!(Sampler::new(frequency).is_err());
+		}
 	}
 }

@@ -121,7 +121,7 @@ struct Job {
 /// What the engine thread is asked to do.
 enum Message {
 	/// Serve a request.
-	Generate(Job),
+	Generate(Box<Job>),
 	/// Serve the adapter in a folder under a name from now on.
 	Register(String, PathBuf),
 	/// Stop serving the adapter of a name to new requests.
@@ -295,7 +295,7 @@ impl EngineService {
 	}
 
 	fn submit(&self, job: Job) -> Result<()> {
-		self.send(Message::Generate(job))
+		self.send(Message::Generate(Box::new(job)))
 	}
 
 	fn send(&self, message: Message) -> Result<()> {

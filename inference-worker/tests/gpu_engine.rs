@@ -194,7 +194,7 @@ fn main() -> anyhow::Result<()> {
 			max_tokens: 8,
 			sampling: Default::default(),
 			stop: vec![],
-			prompt_logprobs: None,
+			..Default::default()
 		};
 		let adapter = [None, Some(0), Some(1)][i % 3];
 		submitted.push((engine.submit(&request, adapter.map(|a| names[a]))?, adapter, request));

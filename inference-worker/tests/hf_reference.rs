@@ -165,6 +165,7 @@ fn check(
 		sampling: SamplingParams { top_logprobs: 5, ..SamplingParams::default() },
 		stop: vec![],
 		prompt_logprobs: Some(5),
+		..Default::default()
 	};
 	let out = generate(model, tokenizer, adapter, &request).unwrap();
 	assert_eq!(out.prompt_tokens, case.prompt_tokens, "{label}: prompt tokens");

@@ -738,6 +738,77 @@ fn a_chat_without_max_tokens_may_take_the_rest_of_the_context() {
 	assert_eq!(status, 400, "{answer}");
 }
 
+/// OpenAI's presence and frequency penalties and vLLM's `ignore_eos` and `stop_token_ids` are
+/// the library's; what is not served (a logit bias, tools, ...) is refused, not ignored.
+#[test]
+fn penalties_ignore_eos_and_stop_tokens_are_the_librarys_and_the_rest_is_refused() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let alone = |request: &GenerationRequest| generate(&model, &tokenizer, None, request).unwrap();
+	let plain = alone(&greedy(PARIS, 24));
+
+	// Penalties change the greedy answer, as the library's do.
+	let mut request = greedy(PARIS, 24);
+	request.sampling.frequency_penalty = 1.5;
+	request.sampling.presence_penalty = 0.5;
+	let want = alone(&request);
+	assert_ne!(want.tokens, plain.tokens, "the penalties change the greedy answer");
+	let body = json!({"prompt": PARIS, "max_tokens": 24, "temperature": 0,
+		"frequency_penalty": 1.5, "presence_penalty": 0.5});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/text");
+
+	// An answer that ends early goes on to max_tokens with ignore_eos.
+	let messages = json!([{"role": "user", "content": "Say hi."}]);
+	let chat = render(&tokenizer, &messages);
+	assert_eq!(alone(&greedy(&chat, 48)).finish_reason, FinishReason::Eos);
+	let want = alone(&GenerationRequest { ignore_eos: true, ..greedy(&chat, 48) });
+	assert_eq!((want.tokens.len(), want.finish_reason), (48, FinishReason::Length));
+	let body = json!({"messages": messages, "max_tokens": 48, "temperature": 0,
+		"ignore_eos": true});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/message/content");
+
+	// A stop token: the text ends before its first occurrence.
+	let stop = plain.tokens[3];
+	let at = plain.tokens.iter().position(|&t| t == stop).unwrap();
+	let body = json!({"prompt": PARIS, "max_tokens": 24, "temperature": 0,
+		"stop_token_ids": [stop]});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let choice = &answer["choices"][0];
+	assert_eq!(choice["text"], tokenizer.decode(&plain.tokens[..at]).unwrap());
+	assert_eq!(choice["finish_reason"], "stop");
+	assert_eq!(answer["usage"]["completion_tokens"], at + 1);
+
+	let refused = |body: Value, says: &str| {
+		let (status, answer) = post(address, "/v1/completions", &body);
+		assert_eq!(status, 400, "{answer}");
+		let message = answer["error"]["message"].as_str().unwrap();
+		assert!(message.contains(says), "{message:?} does not say {says:?}");
+	};
+	refused(json!({"prompt": "x", "presence_penalty": 2.5}), "presence_penalty");
+	refused(json!({"prompt": "x", "frequency_penalty": -3}), "frequency_penalty");
+	refused(json!({"prompt": "x", "stop_token_ids": [model.config.vocab_size]}), "vocabulary");
+	refused(json!({"prompt": "x", "logit_bias": {"50256": -100}}), "logit_bias: not served");
+	refused(json!({"prompt": "x", "min_tokens": 4}), "min_tokens: not served");
+	refused(json!({"prompt": "x", "best_of": 3}), "best_of: not served");
+	refused(json!({"prompt": "x", "suffix": "end"}), "suffix: not served");
+	let (status, answer) = post(
+		address,
+		"/v1/chat/completions",
+		&json!({"messages": messages, "response_format": {"type": "json_object"}}),
+	);
+	assert_eq!(status, 400, "{answer}");
+	// What means "none" passes.
+	let body = json!({"prompt": "x", "max_tokens": 1, "logit_bias": {}, "best_of": 1,
+		"min_tokens": 0, "suffix": null, "tools": []});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+}
+
 /// What lm-evaluation-harness's `local-completions` model sends to score a continuation
 /// (`loglikelihood`): several prompts as token ids, `echo` with `logprobs: 1`, one greedy
 /// token. Each choice carries its prompt's log-probabilities (the first token's `null`), equal

@@ -24,7 +24,7 @@ fn stream(
 		max_tokens: tokens.len() + 1,
 		sampling: SamplingParams::default(),
 		stop: stop.to_vec(),
-		prompt_logprobs: None,
+		..Default::default()
 	};
 	let mut progress = Progress::new(&request, vec![1]).unwrap();
 	let mut text = TextStream::new(stop, tokenizer.eos);

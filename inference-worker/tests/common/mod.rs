@@ -58,7 +58,7 @@ pub fn greedy(prompt: &str, max_tokens: usize) -> GenerationRequest {
 		max_tokens,
 		sampling: SamplingParams::default(),
 		stop: vec![],
-		prompt_logprobs: None,
+		..Default::default()
 	}
 }
 
