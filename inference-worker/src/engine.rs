@@ -47,9 +47,9 @@ use crate::{
 /// Identifies a request submitted to an [`Engine`].
 pub type RequestId = u64;
 
-/// The most prompt tokens one step runs of a sequence whose prompt's log-probabilities are
-/// asked for: every row's logits come back (`[tokens, vocab]` floats), so its chunks are kept
-/// small.
+/// The most prompt tokens one step runs of the sequences whose prompt's log-probabilities are
+/// asked for, together: every row's logits come back (`[tokens, vocab]` floats), so the rows
+/// one step brings back stay few (a running one gets at least one token a step).
 pub const PROMPT_LOGITS_CHUNK: usize = 128;
 
 /// The engine's limits.
@@ -146,10 +146,11 @@ impl Sequence {
 		self.adapter().map_or(0, |a| a.uid)
 	}
 
-	/// The most tokens it may run in one step of `budget` tokens.
-	fn chunk_limit(&self, budget: usize) -> usize {
+	/// The most tokens it may run in one step of `budget` tokens with `rows` rows of prompt
+	/// logits left to bring back (at least one).
+	fn chunk_limit(&self, budget: usize, rows: usize) -> usize {
 		match self.progress.wants_prompt_logits() {
-			true => budget.min(PROMPT_LOGITS_CHUNK),
+			true => budget.min(rows.max(1)),
 			false => budget,
 		}
 	}
@@ -325,7 +326,7 @@ impl<D: Decoder> Engine<D> {
 		}
 		let prompt_tokens =
 			request.prompt.tokens(&self.tokenizer, self.model.config().vocab_size)?;
-		validate(&prompt_tokens, request.max_tokens, self.model.max_sequence())?;
+		validate(&prompt_tokens, request, self.model.max_sequence())?;
 		let blocks = self.cache.blocks_for(prompt_tokens.len() + request.max_tokens);
 		let capacity = self.cache.config().num_blocks;
 		if blocks > capacity {
@@ -428,15 +429,18 @@ impl<D: Decoder> Engine<D> {
 
 	/// Makes sure every running sequence has blocks for its next tokens, preempting the most
 	/// recently admitted sequences when blocks run out.
-	fn secure_running(&mut self, budget: &mut usize) {
+	fn secure_running(&mut self, budget: &mut usize, rows: &mut usize) {
 		let mut i = 0;
 		while i < self.running.len() {
 			let seq = &self.running[i];
-			let want = seq.pending.len().min(seq.chunk_limit((*budget).max(1)));
+			let want = seq.pending.len().min(seq.chunk_limit((*budget).max(1), *rows));
 			let needed = self.cache.blocks_needed(&self.running[i].table, want);
 			if needed <= self.cache.available_blocks() {
 				match self.cache.reserve(&mut self.running[i].table, want) {
 					Ok(()) => {
+						if self.running[i].progress.wants_prompt_logits() {
+							*rows = rows.saturating_sub(want);
+						}
 						self.running[i].scheduled = want;
 						*budget = budget.saturating_sub(want);
 						i += 1;
@@ -458,14 +462,17 @@ impl<D: Decoder> Engine<D> {
 	/// Admits waiting requests whose adapter is ready while the step has room (and, with an
 	/// adapter, while the batch's adapters fit the decoder's pool together). A request whose
 	/// adapter cannot fit the pool even alone fails.
-	fn admit(&mut self, budget: &mut usize, done: &mut Vec<Completion>) {
+	fn admit(&mut self, budget: &mut usize, rows: &mut usize, done: &mut Vec<Completion>) {
 		let mut i = 0;
 		// Once a request waits for pool room, later ones may join only with adapters already in
 		// the batch (or none), so that a stream of other adapters cannot starve it.
 		let mut pool_waiter = false;
 		while i < self.waiting.len() && *budget > 0 && self.running.len() < self.config.max_running
 		{
-			if matches!(self.waiting[i].adapter, AdapterState::Loading(..)) {
+			let scored = self.waiting[i].progress.wants_prompt_logits();
+			if matches!(self.waiting[i].adapter, AdapterState::Loading(..))
+				|| (scored && *rows == 0)
+			{
 				i += 1;
 				continue;
 			}
@@ -505,7 +512,7 @@ impl<D: Decoder> Engine<D> {
 				true => 0,
 				false => self.cache.reuse_prefix(&mut seq.table, &seq.pending),
 			};
-			let chunk = (seq.pending.len() - reused).min(seq.chunk_limit(*budget));
+			let chunk = (seq.pending.len() - reused).min(seq.chunk_limit(*budget, *rows));
 			// Room for the chunk now, and for the whole remaining input before long.
 			let needed = self.cache.blocks_for(seq.pending.len() + 1) - seq.table.blocks().len();
 			if needed > self.cache.available_blocks()
@@ -517,6 +524,9 @@ impl<D: Decoder> Engine<D> {
 			let Some(mut seq) = self.waiting.remove(i) else { break };
 			seq.pending.drain(..reused);
 			seq.scheduled = chunk;
+			if scored {
+				*rows = rows.saturating_sub(chunk);
+			}
 			self.stats.tokens_reused += reused as u64;
 			*budget -= chunk;
 			self.running.push(seq);
@@ -529,8 +539,9 @@ impl<D: Decoder> Engine<D> {
 		let mut done = Vec::new();
 		self.collect_loads(&mut done);
 		let mut budget = self.config.max_batch_tokens;
-		self.secure_running(&mut budget);
-		self.admit(&mut budget, &mut done);
+		let mut rows = PROMPT_LOGITS_CHUNK;
+		self.secure_running(&mut budget, &mut rows);
+		self.admit(&mut budget, &mut rows, &mut done);
 		if self.running.is_empty() {
 			return done;
 		}
@@ -597,6 +608,14 @@ impl<D: Decoder> Engine<D> {
 			if !seq.pending.is_empty() {
 				// Part of a prompt: nothing to sample yet.
 				still_running.push(seq);
+				continue;
+			}
+			if seq.progress.is_finished() {
+				// A prompt scored only (no tokens asked for): done once its rows are in.
+				self.cache.free(&mut seq.table);
+				let result = seq.progress.finish(&self.tokenizer);
+				done.push(Completion { id: seq.id, result });
+				self.stats.finished += 1;
 				continue;
 			}
 			let sampled = match next {

@@ -173,13 +173,17 @@ impl Generation {
 	}
 }
 
-/// Checks a request's prompt tokens and length against the model's context.
-pub fn validate(prompt_tokens: &[u32], max_tokens: usize, context: usize) -> Result<()> {
+/// Checks `request`'s prompt tokens and length against the model's context. `max_tokens` may
+/// be 0 only to score the prompt (with its log-probabilities asked for).
+pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usize) -> Result<()> {
+	let max_tokens = request.max_tokens;
 	if prompt_tokens.is_empty() {
 		return Err(Error::Request("the prompt is empty".into()));
 	}
-	if max_tokens == 0 {
-		return Err(Error::Request("max_tokens is 0".into()));
+	if max_tokens == 0 && request.prompt_logprobs.is_none() {
+		return Err(Error::Request(
+			"max_tokens is 0 (allowed only to score the prompt: echo with logprobs)".into(),
+		));
 	}
 	if prompt_tokens.len().saturating_add(max_tokens) > context {
 		return Err(Error::Request(format!(
@@ -231,7 +235,8 @@ impl Progress {
 			stop_token_ids: request.stop_token_ids.clone(),
 			ignore_eos: request.ignore_eos,
 			text: String::new(),
-			finish_reason: None,
+			// A prompt scored only is finished once its log-probabilities are in.
+			finish_reason: (request.max_tokens == 0).then_some(FinishReason::Length),
 		})
 	}
 
@@ -285,7 +290,13 @@ impl Progress {
 
 	/// The kernels' sampling of the next token, when they can sample it where the logits are
 	/// (see [`Sampler::kernel_draw`]); the token they pick goes to [`Progress::record`].
+	/// The first token after a prompt whose log-probabilities were asked for is always sampled
+	/// on the host, from the last prompt row's logits, wherever the prompt's chunks ended (so
+	/// the token does not depend on what shared the batch).
 	pub fn kernel_draw(&mut self) -> Option<(KernelSampling, f32)> {
+		if self.prompt_logprobs.is_some() && self.tokens.is_empty() {
+			return None;
+		}
 		self.sampler.kernel_draw()
 	}
 
@@ -346,7 +357,7 @@ pub fn generate(
 	request: &GenerationRequest,
 ) -> Result<Generation> {
 	let prompt_tokens = request.prompt.tokens(tokenizer, model.config.vocab_size)?;
-	validate(&prompt_tokens, request.max_tokens, model.config.context_length)?;
+	validate(&prompt_tokens, request, model.config.context_length)?;
 	let mut cache = KvCache::new(model, prompt_tokens.len() + request.max_tokens)?;
 	let mut progress = Progress::new(request, prompt_tokens.clone())?;
 	// The prompt's every position when its log-probabilities are asked for.
@@ -354,6 +365,10 @@ pub fn generate(
 		model.forward(&prompt_tokens, &mut cache, adapter, progress.wants_prompt_logits())?;
 	let rows: Vec<Vec<f32>> = rows.to_vec2()?;
 	progress.record_prompt(0, &rows);
+	if progress.is_finished() {
+		// The prompt scored only.
+		return progress.finish(tokenizer);
+	}
 	let last = rows.last().ok_or_else(|| Error::Batch("the model gave no logits".into()))?;
 	let mut next_input = vec![progress.advance(last, tokenizer)?];
 	while !progress.is_finished() {
@@ -377,7 +392,7 @@ pub fn generate_with_kernels<B: Backend>(
 ) -> Result<Generation> {
 	let prompt_tokens = request.prompt.tokens(tokenizer, model.config.vocab_size)?;
 	let limit = model.config.context_length.min(model.max_positions());
-	validate(&prompt_tokens, request.max_tokens, limit)?;
+	validate(&prompt_tokens, request, limit)?;
 	let block_size = KvCacheConfig::DEFAULT_BLOCK_SIZE;
 	let blocks = (prompt_tokens.len() + request.max_tokens).div_ceil(block_size);
 	let mut cache = model.new_cache(blocks, block_size)?;
@@ -406,6 +421,10 @@ pub fn generate_with_kernels<B: Backend>(
 		}
 		false => (model.prefill(&mut cache, &prompt_tokens, 0, &table, with)?, None),
 	};
+	if progress.is_finished() {
+		// The prompt scored only.
+		return progress.finish(tokenizer);
+	}
 	let mut position = prompt_tokens.len();
 	loop {
 		let token = match on_host.take() {

@@ -13,7 +13,8 @@
 //!   to 20: OpenAI's `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`), `echo` (the
 //!   prompt before the answer's text; with `logprobs`, the prompt's tokens first in them, each
 //!   scored given the ones before it and the first `null`: how lm-evaluation-harness scores
-//!   continuations). What is not served is refused, not ignored: `logit_bias`, `min_tokens`,
+//!   continuations; `max_tokens` 0 then scores the prompt only). Prompts times `n` may not
+//!   exceed what the engine queues at once (a 400, not a 503 to retry forever). What is not served is refused, not ignored: `logit_bias`, `min_tokens`,
 //!   `best_of` above 1, `suffix`, `tools`, a `response_format` other than text.
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt` and `max_tokens` (or
@@ -328,11 +329,14 @@ struct Body {
 	suffix: Option<Value>,
 	tools: Option<Value>,
 	response_format: Option<Value>,
+	/// vLLM's per-token-id form of the prompt's log-probabilities (use `echo` with `logprobs`).
+	prompt_logprobs: Option<Value>,
 }
 
 /// Refuses what `body` asks for that is not served, rather than answer as if it had not
 /// asked: a bias on tokens, a least number of tokens, best-of sampling, a suffix, tools, a
-/// response format other than text. (Fields left at what means "none" pass.)
+/// response format other than text, vLLM's `prompt_logprobs` (OpenAI's `echo` with `logprobs`
+/// gives the prompt's). (Fields left at what means "none" pass.)
 fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
 	let none = |value: &Option<Value>, means_none: &[Value]| match value {
 		None | Some(Value::Null) => true,
@@ -345,6 +349,7 @@ fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
 		("suffix", none(&body.suffix, &[json!("")])),
 		("tools", none(&body.tools, &[json!([])])),
 		("response_format", none(&body.response_format, &[json!({"type": "text"})])),
+		("prompt_logprobs", none(&body.prompt_logprobs, &[])),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
 		Some((field, _)) => {
@@ -818,6 +823,16 @@ async fn serve(
 		_ => DEFAULT_MAX_TOKENS,
 	};
 	let requests = generation_requests(endpoint, &prompts, &body, logprobs, default_max_tokens)?;
+	if requests.len() > state.engine.max_waiting() {
+		return Err(ApiError::bad_request(format!(
+			"{} prompts of {} choices are {} requests, more than this worker queues at once \
+			 ({}): send fewer",
+			prompts.len(),
+			requests.len() / prompts.len().max(1),
+			requests.len(),
+			state.engine.max_waiting()
+		)));
+	}
 	let n = requests.len() / prompts.len().max(1);
 	let echo = (body.echo == Some(true)).then_some(prompts);
 	if body.stream == Some(true) {

@@ -207,6 +207,8 @@ pub struct EngineService {
 	check: Arc<AdapterCheck>,
 	/// [`Engine::max_sequence`].
 	max_sequence: usize,
+	/// [`EngineConfig::max_waiting`].
+	max_waiting: usize,
 }
 
 /// Marks the engine thread stopped when it ends, however it ends (a panic included).
@@ -235,6 +237,7 @@ impl EngineService {
 		let alive = Arc::new(AtomicBool::new(true));
 		let guard = Alive(alive.clone());
 		let eos = tokenizer.eos;
+		let max_waiting = config.max_waiting;
 		let checked = model.clone();
 		let check: Arc<AdapterCheck> = Arc::new(move |name: &str, dir: &Path| {
 			checked.adapter_from_files(name, &AdapterFiles::read(dir, name)?).map(drop)
@@ -259,12 +262,18 @@ impl EngineService {
 			.map_err(Error::Io)?;
 		let max_sequence =
 			ready.recv().map_err(|_| Error::Stopped("before it was ready".into()))??;
-		Ok(Self { jobs, stats, alive, eos, check, max_sequence })
+		Ok(Self { jobs, stats, alive, eos, check, max_sequence, max_waiting })
 	}
 
 	/// The most tokens (prompt and output) one request may reach ([`Engine::max_sequence`]).
 	pub fn max_sequence(&self) -> usize {
 		self.max_sequence
+	}
+
+	/// The most requests that may wait at once ([`EngineConfig::max_waiting`]): an answer
+	/// needing more (prompts times choices) could never be queued whole.
+	pub fn max_waiting(&self) -> usize {
+		self.max_waiting
 	}
 
 	/// Serves `request` with the registered adapter `adapter` (or the base model) and waits for

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 use openledger_inference_worker::{
 	config::LlamaConfig,
 	decoder::{Decoder, Want},
-	engine::{Completion, Engine, EngineConfig},
+	engine::{Completion, Engine, EngineConfig, PROMPT_LOGITS_CHUNK},
 	error::Error,
 	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
 	kernel_model::KernelLlama,
@@ -679,4 +679,77 @@ fn a_forked_sequence_copies_the_shared_block_it_writes_on_the_kernel_decoder() {
 	step(&mut cache, &mut alone, &prompt);
 	let want = step(&mut cache, &mut alone, &[42]);
 	assert_eq!(then, want);
+}
+
+/// A prompt whose log-probabilities are asked for has its first token sampled on the host
+/// wherever its chunks end (here one token before its end, so that its last token runs alone
+/// as a decoding one would, where the kernels would sample): seeded, it is what
+/// `generate_with_kernels` gives, whatever the chunking.
+#[test]
+fn a_scored_prompt_samples_its_first_token_alike_wherever_its_chunks_end() {
+	let (model, tokenizer) = load_kernels();
+	let prompt = PROMPTS[2];
+	let len = tokenizer.encode(prompt).unwrap().len();
+	let config =
+		EngineConfig { max_batch_tokens: len - 1, ..small_config(&model.config, 32, 1 << 20) };
+	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
+	for seed in 0..2 {
+		let request = GenerationRequest {
+			sampling: SamplingParams { temperature: 1.5, seed, ..Default::default() },
+			prompt_logprobs: Some(1),
+			..greedy(prompt, 1)
+		};
+		let want = generate_with_kernels(&model, &tokenizer, None, &request).unwrap();
+		let id = engine.submit(&request, None).unwrap();
+		let got = by_id(engine.run_to_completion()).remove(&id).unwrap();
+		assert_same(&got, &want, &format!("seed {seed}"), KERNEL_TOL);
+	}
+}
+
+/// Long prompts' log-probabilities come back at most `PROMPT_LOGITS_CHUNK` rows a step for the
+/// whole batch (two prompts of about 300 tokens take at least as many steps as their tokens
+/// over that), each equal to serving it alone; a prompt may be scored only (`max_tokens` 0),
+/// which generates nothing; a request beside them is not held up.
+#[test]
+fn long_prompts_are_scored_a_bounded_number_of_rows_a_step_and_may_be_scored_only() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let mut engine =
+		Engine::new(model.clone(), tokenizer.clone(), EngineConfig::default()).unwrap();
+	let long = |sentence: &str| sentence.repeat(30);
+	let requests = [
+		GenerationRequest {
+			prompt_logprobs: Some(2),
+			..greedy(&long("The quick brown fox jumps over the lazy dog. "), 0)
+		},
+		GenerationRequest {
+			prompt_logprobs: Some(0),
+			..greedy(&long("Records, curators and adapters earn their share. "), 3)
+		},
+		greedy(PROMPTS[0], 5),
+	];
+	let ids: Vec<u64> = requests.iter().map(|r| engine.submit(r, None).unwrap()).collect();
+	let mut results = by_id(engine.run_to_completion());
+	let scored: usize = requests[..2].iter().map(|r| prompt_len(&tokenizer, r)).sum();
+	assert!(scored > 2 * PROMPT_LOGITS_CHUNK, "{scored} prompt tokens to score");
+	let steps = engine.stats().steps as usize;
+	assert!(steps >= scored.div_ceil(PROMPT_LOGITS_CHUNK), "{steps} steps for {scored} rows");
+	let dirs = BTreeMap::new();
+	for (request, id) in requests.iter().zip(&ids) {
+		let got = results.remove(id).unwrap();
+		let want = solo(&model, &tokenizer, None, request, &dirs);
+		assert_same(&got, &want, &format!("request {id}"), QUANTIZED_TOL);
+	}
+	let only = solo(&model, &tokenizer, None, &requests[0], &dirs);
+	assert!(only.tokens.is_empty() && only.text.is_empty());
+	assert_eq!(
+		only.prompt_logprobs.unwrap().logprobs.len(),
+		prompt_len(&tokenizer, &requests[0]) - 1
+	);
+	// max_tokens 0 without the prompt's log-probabilities asks for nothing: refused.
+	let error = engine.submit(&greedy(PROMPTS[0], 0), None).unwrap_err();
+	assert!(error.to_string().contains("max_tokens is 0"), "{error}");
+}
+
+fn prompt_len(tokenizer: &Tokenizer, request: &GenerationRequest) -> usize {
+	request.prompt.tokens(tokenizer, usize::MAX).unwrap().len()
 }

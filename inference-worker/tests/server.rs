@@ -368,6 +368,8 @@ fn bad_requests_get_their_status_and_a_json_error_and_a_hang_up_cancels() {
 	error(400, br#"{"prompt": "x", "top_k": -2}"#, "invalid_request", "top_k");
 	error(400, br#"{"prompt": "x", "n": 0}"#, "invalid_request", "n: from 1 to 16");
 	error(400, br#"{"prompt": "x", "n": 17}"#, "invalid_request", "n: from 1 to 16");
+	// Two requests could never wait at once here (max_waiting 1): refused, not "try again".
+	error(400, br#"{"prompt": ["x", "y"]}"#, "invalid_request", "more than this worker queues");
 	let options = br#"{"prompt": "x", "stream_options": {"include_usage": true}}"#;
 	error(400, options, "invalid_request", "stream_options");
 	let streamed = br#"{"prompt": "x", "stream": true, "model": "nope"}"#;
@@ -796,6 +798,7 @@ fn penalties_ignore_eos_and_stop_tokens_are_the_librarys_and_the_rest_is_refused
 	refused(json!({"prompt": "x", "min_tokens": 4}), "min_tokens: not served");
 	refused(json!({"prompt": "x", "best_of": 3}), "best_of: not served");
 	refused(json!({"prompt": "x", "suffix": "end"}), "suffix: not served");
+	refused(json!({"prompt": "x", "prompt_logprobs": 1}), "prompt_logprobs: not served");
 	let (status, answer) = post(
 		address,
 		"/v1/chat/completions",
@@ -903,6 +906,31 @@ fn prompts_as_token_ids_or_lists_are_scored_as_lm_evaluation_harness_asks() {
 		assert_eq!(got, status, "{path} {body}: {answer}");
 		assert!(answer["error"]["message"].is_string(), "{answer}");
 	}
+
+	// A prompt scored only (max_tokens 0, as HELM-style scorers ask): its tokens, nothing new.
+	let body = json!({"prompt": [prompts[0]], "max_tokens": 0, "logprobs": 0, "echo": true});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let choice = &answer["choices"][0];
+	assert_eq!(choice["text"], tokenizer.decode(&prompts[0]).unwrap());
+	assert_eq!(choice["finish_reason"], "length");
+	assert_eq!(choice["logprobs"]["tokens"].as_array().unwrap().len(), prompts[0].len());
+	assert_eq!(answer["usage"]["completion_tokens"], 0);
+
+	// A later prompt the engine refuses fails the whole request, and the earlier one taken
+	// already is cancelled, not left running.
+	let cancelled = metric(address, "requests_cancelled_total");
+	let too_long = "a ".repeat(model.config.context_length + 10);
+	let body = json!({"prompt": [PARIS, too_long], "max_tokens": 200, "temperature": 0});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 400, "{answer}");
+	let since = Instant::now();
+	while metric(address, "requests_cancelled_total") == cancelled {
+		assert!(since.elapsed() < Duration::from_secs(30), "the first prompt was left running");
+		std::thread::sleep(Duration::from_millis(20));
+	}
+	assert_eq!(metric(address, "requests_cancelled_total"), cancelled + 1);
+	assert_eq!(metric(address, "requests_running") + metric(address, "requests_waiting"), 0);
 
 	// One prompt as a flat list of ids is the text prompt's answer.
 	let want = generate(&model, &tokenizer, None, &greedy(PARIS, 5)).unwrap();
