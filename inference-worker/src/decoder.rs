@@ -381,10 +381,7 @@ where
 					(cache.store_mut(), seq.table.len(), seq.table.blocks());
 				out[i] = match wants[i] {
 					Want::Rows => {
-						let all = self.prefill_rows(store, seq.tokens, start, blocks, adapter)?;
-						let vocab = self.vocab();
-						let rows = self.backend().read(&all)?;
-						Next::Rows(rows.chunks(vocab).map(<[f32]>::to_vec).collect())
+						Next::Rows(self.prefill_rows(store, seq.tokens, start, blocks, adapter)?)
 					}
 					want => {
 						let logits = self.prefill(store, seq.tokens, start, blocks, adapter)?;

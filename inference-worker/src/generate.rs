@@ -32,13 +32,21 @@ impl Prompt {
 	pub fn tokens(&self, tokenizer: &Tokenizer, vocab_size: usize) -> Result<Vec<u32>> {
 		match self {
 			Prompt::Text(text) => tokenizer.encode(text),
-			Prompt::Tokens(ids) => match ids.iter().find(|&&id| id as usize >= vocab_size) {
-				Some(id) => Err(Error::Request(format!(
-					"prompt token {id} is not in the model's vocabulary of {vocab_size}"
-				))),
-				None => Ok(ids.clone()),
-			},
+			Prompt::Tokens(ids) => {
+				check_token_ids("prompt", ids, vocab_size)?;
+				Ok(ids.clone())
+			}
 		}
+	}
+}
+
+/// Refuses token ids (of what a request calls `field`) outside a vocabulary of `vocab_size`.
+pub fn check_token_ids(field: &str, ids: &[u32], vocab_size: usize) -> Result<()> {
+	match ids.iter().find(|&&id| id as usize >= vocab_size) {
+		Some(id) => Err(Error::Request(format!(
+			"{field}: token {id} is not in the model's vocabulary of {vocab_size}"
+		))),
+		None => Ok(()),
 	}
 }
 
@@ -411,10 +419,7 @@ pub fn generate_with_kernels<B: Backend>(
 	// first token is sampled there (as the engine does).
 	let (mut logits, mut on_host) = match progress.wants_prompt_logits() {
 		true => {
-			let all = model.prefill_rows(&mut cache, &prompt_tokens, 0, &table, with)?;
-			let vocab = model.config.vocab_size;
-			let mut rows: Vec<Vec<f32>> =
-				model.backend().read(&all)?.chunks(vocab).map(<[f32]>::to_vec).collect();
+			let mut rows = model.prefill_rows(&mut cache, &prompt_tokens, 0, &table, with)?;
 			progress.record_prompt(0, &rows);
 			let last = rows.pop().ok_or_else(|| Error::Batch("the model gave no logits".into()))?;
 			(model.backend().floats(&last)?, Some(last))

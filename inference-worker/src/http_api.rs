@@ -85,7 +85,7 @@ use serde_json::{json, Value};
 use crate::{
 	chat::{ChatTemplate, Message},
 	error::Error,
-	generate::{FinishReason, Generation, GenerationRequest, Prompt, TokenScores},
+	generate::{check_token_ids, FinishReason, Generation, GenerationRequest, Prompt, TokenScores},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
@@ -432,16 +432,6 @@ impl ApiState {
 pub const MAX_CHOICES: usize = 16;
 /// The most prompts one completions request may give (each `n` choices).
 pub const MAX_PROMPTS: usize = 256;
-
-/// Refuses token ids (of the body's `field`) outside a vocabulary of `vocab_size`.
-fn tokens_known(field: &str, ids: &[u32], vocab_size: usize) -> Result<(), ApiError> {
-	match ids.iter().find(|&&id| id as usize >= vocab_size) {
-		Some(id) => Err(ApiError::bad_request(format!(
-			"{field}: token {id} is not in the model's vocabulary of {vocab_size}"
-		))),
-		None => Ok(()),
-	}
-}
 
 /// The prompts of a completions request's `prompt`: a string, a list of strings, a list of
 /// token ids (one prompt), or a list of lists of token ids.
@@ -809,7 +799,7 @@ async fn serve(
 ) -> Result<Response, ApiError> {
 	refuse_unserved(&body)?;
 	if let Some(ids) = &body.stop_token_ids {
-		tokens_known("stop_token_ids", ids, state.tokenizer.vocab_size())?;
+		check_token_ids("stop_token_ids", ids, state.tokenizer.vocab_size())?;
 	}
 	let logprobs = logprobs_asked(endpoint, &body)?;
 	let limited = body.max_tokens.or(body.max_completion_tokens).is_some();
@@ -1095,7 +1085,7 @@ async fn completions(
 			if ids.is_empty() {
 				return Err(ApiError::bad_request("prompt: the prompt is empty"));
 			}
-			tokens_known("prompt", ids, vocab_size)?;
+			check_token_ids("prompt", ids, vocab_size)?;
 		}
 	}
 	serve(state, Endpoint::Completions, prompts, model, body).await
@@ -1172,7 +1162,7 @@ async fn detokenize(
 ) -> Result<Json<Value>, ApiError> {
 	let Json(body) = body?;
 	state.resolve(body.model.as_deref())?;
-	tokens_known("tokens", &body.tokens, state.tokenizer.vocab_size())?;
+	check_token_ids("tokens", &body.tokens, state.tokenizer.vocab_size())?;
 	Ok(Json(json!({ "prompt": state.tokenizer.decode(&body.tokens)? })))
 }
 

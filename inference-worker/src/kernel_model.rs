@@ -612,8 +612,8 @@ impl<B: Backend> KernelLlama<B> {
 		self.logits(&last, 1)
 	}
 
-	/// [`KernelLlama::prefill`], returning the logits of every position `[tokens, vocab]` (a
-	/// prompt's log-probabilities).
+	/// [`KernelLlama::prefill`], returning the logits of every position, one row `[vocab]` per
+	/// token, on the host (a prompt's log-probabilities).
 	pub fn prefill_rows(
 		&self,
 		cache: &mut KernelCache<B>,
@@ -621,9 +621,10 @@ impl<B: Backend> KernelLlama<B> {
 		start: usize,
 		table: &[u32],
 		adapter: Option<(&B::Pool, &KernelAdapter)>,
-	) -> Result<B::Floats> {
+	) -> Result<Vec<Vec<f32>>> {
 		let x = self.prefill_hidden(cache, tokens, start, table, adapter)?;
-		self.logits(&x, tokens.len())
+		let all = self.backend.read(&self.logits(&x, tokens.len())?)?;
+		Ok(all.chunks(self.vocab()).map(<[f32]>::to_vec).collect())
 	}
 
 	/// Runs `tokens` through the blocks (see [`KernelLlama::prefill`]); returns their hidden
