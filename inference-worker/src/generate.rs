@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
 	error::{Error, Result},
+	json_mode::JsonState,
 	kernel_model::{DecodeInput, KernelLlama},
 	kv_cache::KvCacheConfig,
 	lora::LoraAdapter,
@@ -90,6 +91,23 @@ pub struct GenerationRequest {
 	/// `echo` with `logprobs`); `None` for none. At most [`MAX_TOP_LOGPROBS`]. The whole
 	/// prompt is computed for it (no cached prefix is reused).
 	pub prompt_logprobs: Option<usize>,
+	/// The fewest tokens to generate before the end-of-sequence token, a stop token or a stop
+	/// sequence may end the output (vLLM's `min_tokens`; at most `max_tokens`): until then
+	/// those tokens are not picked and stop sequences are not looked for.
+	pub min_tokens: usize,
+	/// What the output must be.
+	pub response_format: ResponseFormat,
+}
+
+/// What a request's output must be (OpenAI's `response_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResponseFormat {
+	/// Any text.
+	#[default]
+	Text,
+	/// One JSON object, the output held to the grammar token by token ([`crate::json_mode`]);
+	/// it ends at the end-of-sequence token once the object is closed (or at `max_tokens`).
+	JsonObject,
 }
 
 impl Default for GenerationRequest {
@@ -103,6 +121,8 @@ impl Default for GenerationRequest {
 			stop_token_ids: Vec::new(),
 			ignore_eos: false,
 			prompt_logprobs: None,
+			min_tokens: 0,
+			response_format: ResponseFormat::Text,
 		}
 	}
 }
@@ -193,6 +213,17 @@ pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usi
 			"max_tokens is 0 (allowed only to score the prompt: echo with logprobs)".into(),
 		));
 	}
+	if request.min_tokens > max_tokens {
+		return Err(Error::Request(format!(
+			"min_tokens {} is more than max_tokens {max_tokens}",
+			request.min_tokens
+		)));
+	}
+	if request.response_format == ResponseFormat::JsonObject && request.ignore_eos {
+		return Err(Error::Request(
+			"ignore_eos with a JSON response format: the output ends when the object closes".into(),
+		));
+	}
 	if prompt_tokens.len().saturating_add(max_tokens) > context {
 		return Err(Error::Request(format!(
 			"{} prompt tokens plus {max_tokens} new tokens exceed the model's context of {context}",
@@ -219,6 +250,13 @@ pub struct Progress {
 	stop: Vec<String>,
 	stop_token_ids: Vec<u32>,
 	ignore_eos: bool,
+	/// Tokens before which nothing may end the output.
+	min_tokens: usize,
+	/// The length of the text of the first `min_tokens - 1` tokens, in which stop sequences are
+	/// not looked for (when there are stop sequences).
+	held_text: usize,
+	/// How far into the JSON object the output is, in JSON mode.
+	json: Option<JsonState>,
 	text: String,
 	finish_reason: Option<FinishReason>,
 }
@@ -242,6 +280,9 @@ impl Progress {
 			stop: request.stop.clone(),
 			stop_token_ids: request.stop_token_ids.clone(),
 			ignore_eos: request.ignore_eos,
+			min_tokens: request.min_tokens,
+			held_text: 0,
+			json: (request.response_format == ResponseFormat::JsonObject).then(JsonState::new),
 			text: String::new(),
 			// A prompt scored only is finished once its log-probabilities are in.
 			finish_reason: (request.max_tokens == 0).then_some(FinishReason::Length),
@@ -289,7 +330,26 @@ impl Progress {
 	/// Generation ends at the end-of-sequence token, a stop sequence or `max_tokens`.
 	pub fn advance(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Result<u32> {
 		let history = History { prompt: &self.prompt_tokens, output: &self.tokens };
-		let sampled = self.sampler.sample(logits, history)?;
+		// Until `min_tokens`, nothing that would end the output; in JSON mode, only the tokens
+		// that keep it on the grammar, and the end once the object is closed.
+		let held = self.tokens.len() < self.min_tokens;
+		let (eos, stop_token_ids, json) = (tokenizer.eos, &self.stop_token_ids, self.json);
+		let bytes = match json {
+			Some(_) => tokenizer.token_bytes(),
+			None => &[],
+		};
+		let allowed = |t: u32| {
+			let ends = Some(t) == eos || stop_token_ids.contains(&t);
+			let fits = match json {
+				None => true,
+				Some(state) if state.is_complete() => Some(t) == eos,
+				Some(state) => bytes.get(t as usize).is_some_and(|b| state.accepts(b).is_some()),
+			};
+			fits && !(held && ends)
+		};
+		let constrained = held || json.is_some();
+		let allowed: Option<&dyn Fn(u32) -> bool> = constrained.then_some(&allowed);
+		let sampled = self.sampler.sample(logits, history, allowed)?;
 		if self.sampler.wants_top_logprobs() {
 			self.top_logprobs.push(self.sampler.top_logprobs(logits));
 		}
@@ -305,6 +365,10 @@ impl Progress {
 		if self.prompt_logprobs.is_some() && self.tokens.is_empty() {
 			return None;
 		}
+		// The kernels' sampler takes no mask.
+		if self.json.is_some() || self.tokens.len() < self.min_tokens {
+			return None;
+		}
 		self.sampler.kernel_draw()
 	}
 
@@ -317,15 +381,35 @@ impl Progress {
 		}
 		self.tokens.push(sampled.token);
 		self.logprobs.push(sampled.logprob);
-		if Some(sampled.token) == tokenizer.eos && !self.ignore_eos {
+		if let Some(state) = self.json.filter(|_| Some(sampled.token) != tokenizer.eos) {
+			let bytes = tokenizer.token_bytes().get(sampled.token as usize);
+			self.json = Some(bytes.and_then(|b| state.accepts(b)).ok_or_else(|| {
+				Error::Batch(format!("token {} does not continue the JSON output", sampled.token))
+			})?);
+		}
+		if self.tokens.len() < self.min_tokens {
+			// Nothing ends the output yet; stop sequences in this text will not count.
+			if !self.stop.is_empty() {
+				self.held_text = tokenizer.decode(&self.tokens)?.len();
+			}
+		} else if Some(sampled.token) == tokenizer.eos && !self.ignore_eos {
 			self.finish_reason = Some(FinishReason::Eos);
 		} else if self.stop_token_ids.contains(&sampled.token) {
 			self.text = tokenizer.decode(&self.tokens[..self.tokens.len() - 1])?;
 			self.finish_reason = Some(FinishReason::Stop);
 		} else if !self.stop.is_empty() {
-			// The output is decoded at each step only when stop sequences must be looked for.
+			// The output is decoded at each step only when stop sequences must be looked for:
+			// those that end past the text held by `min_tokens`.
 			self.text = tokenizer.decode(&self.tokens)?;
-			if let Some(cut) = self.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+			let (text, held) = (&self.text, self.held_text);
+			let found = |stop: &String| {
+				let mut from = (held + 1).saturating_sub(stop.len());
+				while !text.is_char_boundary(from) {
+					from += 1;
+				}
+				Some(from + text.get(from..)?.find(stop.as_str())?)
+			};
+			if let Some(cut) = self.stop.iter().filter_map(found).min() {
 				self.text.truncate(cut);
 				self.finish_reason = Some(FinishReason::Stop);
 			}

@@ -85,7 +85,10 @@ use serde_json::{json, Value};
 use crate::{
 	chat::{ChatTemplate, Message},
 	error::Error,
-	generate::{check_token_ids, FinishReason, Generation, GenerationRequest, Prompt, TokenScores},
+	generate::{
+		check_token_ids, FinishReason, Generation, GenerationRequest, Prompt, ResponseFormat,
+		TokenScores,
+	},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
@@ -322,33 +325,32 @@ struct Body {
 	stop_token_ids: Option<Vec<u32>>,
 	/// vLLM's: go on past the end-of-sequence token.
 	ignore_eos: Option<bool>,
-	/// Asked for but not served: refused rather than ignored (see [`refuse_unserved`]).
+	/// vLLM's: the fewest tokens before the output may end.
+	min_tokens: Option<usize>,
+	/// Token ids (as strings) to a bias added to their logits, -100 to 100.
 	logit_bias: Option<Value>,
-	min_tokens: Option<Value>,
+	/// `{"type": "text"}` or `{"type": "json_object"}`.
+	response_format: Option<Value>,
+	/// Asked for but not served: refused rather than ignored (see [`refuse_unserved`]).
 	best_of: Option<Value>,
 	suffix: Option<Value>,
 	tools: Option<Value>,
-	response_format: Option<Value>,
 	/// vLLM's per-token-id form of the prompt's log-probabilities (use `echo` with `logprobs`).
 	prompt_logprobs: Option<Value>,
 }
 
 /// Refuses what `body` asks for that is not served, rather than answer as if it had not
-/// asked: a bias on tokens, a least number of tokens, best-of sampling, a suffix, tools, a
-/// response format other than text, vLLM's `prompt_logprobs` (OpenAI's `echo` with `logprobs`
-/// gives the prompt's). (Fields left at what means "none" pass.)
+/// asked: best-of sampling, a suffix, tools, vLLM's `prompt_logprobs` (OpenAI's `echo` with
+/// `logprobs` gives the prompt's). (Fields left at what means "none" pass.)
 fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
 	let none = |value: &Option<Value>, means_none: &[Value]| match value {
 		None | Some(Value::Null) => true,
 		Some(v) => means_none.contains(v),
 	};
 	let unserved = [
-		("logit_bias", none(&body.logit_bias, &[json!({})])),
-		("min_tokens", none(&body.min_tokens, &[json!(0)])),
 		("best_of", none(&body.best_of, &[json!(1)])),
 		("suffix", none(&body.suffix, &[json!("")])),
 		("tools", none(&body.tools, &[json!([])])),
-		("response_format", none(&body.response_format, &[json!({"type": "text"})])),
 		("prompt_logprobs", none(&body.prompt_logprobs, &[])),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
@@ -356,6 +358,58 @@ fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
 			Err(ApiError::bad_request(format!("{field}: not served by this worker")))
 		}
 		None => Ok(()),
+	}
+}
+
+/// The most tokens `logit_bias` may name (OpenAI's limit).
+const MAX_LOGIT_BIAS_TOKENS: usize = 300;
+
+/// `logit_bias`: an object of token ids, as strings, to numbers (each id in a vocabulary of
+/// `vocab_size`; the sampler checks the numbers' range).
+fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+	let map = match value {
+		None | Some(Value::Null) => return Ok(Vec::new()),
+		Some(Value::Object(map)) => map,
+		Some(_) => {
+			return Err(ApiError::bad_request("logit_bias: an object of token ids to numbers"))
+		}
+	};
+	if map.len() > MAX_LOGIT_BIAS_TOKENS {
+		return Err(ApiError::bad_request(format!(
+			"logit_bias: at most {MAX_LOGIT_BIAS_TOKENS} tokens, not {}",
+			map.len()
+		)));
+	}
+	let mut bias = Vec::with_capacity(map.len());
+	for (key, value) in map {
+		let token = key
+			.parse::<u32>()
+			.map_err(|_| ApiError::bad_request(format!("logit_bias: {key:?} is not a token id")))?;
+		let value = value.as_f64().ok_or_else(|| {
+			ApiError::bad_request(format!("logit_bias: token {key}'s bias is not a number"))
+		})?;
+		bias.push((token, value as f32));
+	}
+	let ids: Vec<u32> = bias.iter().map(|(t, _)| *t).collect();
+	check_token_ids("logit_bias", &ids, vocab_size)?;
+	Ok(bias)
+}
+
+/// `response_format`: text (also when absent) or a JSON object; a JSON schema is refused.
+fn response_format(value: Option<&Value>) -> Result<ResponseFormat, ApiError> {
+	let kind = match value {
+		None | Some(Value::Null) => return Ok(ResponseFormat::Text),
+		Some(v) => v.get("type").and_then(Value::as_str),
+	};
+	match kind {
+		Some("text") => Ok(ResponseFormat::Text),
+		Some("json_object") => Ok(ResponseFormat::JsonObject),
+		Some("json_schema") => Err(ApiError::bad_request(
+			"response_format: json_schema is not served by this worker (json_object is)",
+		)),
+		_ => Err(ApiError::bad_request(
+			"response_format: {\"type\": \"text\"} or {\"type\": \"json_object\"}",
+		)),
 	}
 }
 
@@ -523,6 +577,7 @@ fn generation_requests(
 	prompts: &[Prompt],
 	body: &Body,
 	logprobs: Option<usize>,
+	logit_bias: Vec<(u32, f32)>,
 	default_max_tokens: usize,
 ) -> Result<Vec<GenerationRequest>, ApiError> {
 	if body.echo == Some(true) && matches!(endpoint, Endpoint::Chat) {
@@ -553,6 +608,7 @@ fn generation_requests(
 	};
 	let seed = body.seed;
 	let echo = body.echo == Some(true);
+	let response_format = response_format(body.response_format.as_ref())?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices
 		.map(|(prompt, i)| GenerationRequest {
@@ -568,6 +624,7 @@ fn generation_requests(
 				repetition_penalty: body.repetition_penalty.unwrap_or(1.0),
 				presence_penalty: body.presence_penalty.unwrap_or(0.0),
 				frequency_penalty: body.frequency_penalty.unwrap_or(0.0),
+				logit_bias: logit_bias.clone(),
 				seed: seed.map_or_else(rand::random, |s| s.wrapping_add(i)),
 				top_logprobs: logprobs.unwrap_or(0),
 			},
@@ -576,6 +633,8 @@ fn generation_requests(
 			ignore_eos: body.ignore_eos.unwrap_or(false),
 			// OpenAI's echo with logprobs: the prompt's tokens' too.
 			prompt_logprobs: logprobs.filter(|_| echo),
+			min_tokens: body.min_tokens.unwrap_or(0),
+			response_format,
 		})
 		.collect())
 }
@@ -802,6 +861,7 @@ async fn serve(
 		check_token_ids("stop_token_ids", ids, state.tokenizer.vocab_size())?;
 	}
 	let logprobs = logprobs_asked(endpoint, &body)?;
+	let bias = logit_bias(body.logit_bias.as_ref(), state.tokenizer.vocab_size())?;
 	let limited = body.max_tokens.or(body.max_completion_tokens).is_some();
 	let default_max_tokens = match (endpoint, prompts.as_slice()) {
 		// A chat's answer may take the rest of the context (at least one token: a prompt that
@@ -812,7 +872,8 @@ async fn serve(
 		}
 		_ => DEFAULT_MAX_TOKENS,
 	};
-	let requests = generation_requests(endpoint, &prompts, &body, logprobs, default_max_tokens)?;
+	let requests =
+		generation_requests(endpoint, &prompts, &body, logprobs, bias, default_max_tokens)?;
 	if requests.len() > state.engine.max_waiting() {
 		return Err(ApiError::bad_request(format!(
 			"{} prompts of {} choices are {} requests, more than this worker queues at once \

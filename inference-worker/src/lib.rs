@@ -14,6 +14,7 @@
 //! - [`service`]: the engine on a thread of its own, answering requests from any thread;
 //!   [`http_api`]: the HTTP API over it (OpenAI's completions and chat completions, whole or
 //!   streamed); [`text_stream`]: a generation's text released as it grows.
+//! - [`json_mode`]: JSON mode, the output held to a JSON object token by token.
 //! - [`metrics`]: latency histograms for `/metrics`.
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, settled once per process.
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod http_api;
+pub mod json_mode;
 pub mod kernel_model;
 pub mod kv_cache;
 pub mod lora;

@@ -21,7 +21,10 @@ use openledger_inference_worker::{
 	chat::Message,
 	decoder::Decoder,
 	engine::EngineConfig,
-	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
+	generate::{
+		check_token_ids, generate, generate_with_kernels, Generation, GenerationRequest,
+		ResponseFormat,
+	},
 	http_api::{self, ApiState},
 	kernel_model::KernelLlama,
 	lora::LoraAdapter,
@@ -149,6 +152,15 @@ struct GenerateArgs {
 	/// Go on past the end-of-sequence token, to --max-tokens.
 	#[arg(long)]
 	ignore_eos: bool,
+	/// Generate at least this many tokens before the output may end (at most --max-tokens).
+	#[arg(long, default_value_t = 0)]
+	min_tokens: usize,
+	/// A bias added to a token's logit, as TOKEN_ID=BIAS (-100 to 100); may be repeated.
+	#[arg(long, value_parser = parse_logit_bias, allow_negative_numbers = true)]
+	logit_bias: Vec<(u32, f32)>,
+	/// JSON mode: hold the output to one JSON object, token by token.
+	#[arg(long)]
+	json_object: bool,
 	/// Seed of the sampler.
 	#[arg(long, default_value_t = 0)]
 	seed: u64,
@@ -278,6 +290,8 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 	} else {
 		args.prompt.clone()
 	};
+	let biased: Vec<u32> = args.logit_bias.iter().map(|(t, _)| *t).collect();
+	check_token_ids("--logit-bias", &biased, tokenizer.vocab_size())?;
 	Ok(GenerationRequest {
 		prompt: prompt.into(),
 		max_tokens: args.max_tokens,
@@ -288,6 +302,7 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 			repetition_penalty: args.repetition_penalty,
 			presence_penalty: args.presence_penalty,
 			frequency_penalty: args.frequency_penalty,
+			logit_bias: args.logit_bias.clone(),
 			seed: args.seed,
 			top_logprobs: args.top_logprobs,
 		},
@@ -295,7 +310,20 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 		stop_token_ids: Vec::new(),
 		ignore_eos: args.ignore_eos,
 		prompt_logprobs: args.prompt_logprobs,
+		min_tokens: args.min_tokens,
+		response_format: match args.json_object {
+			true => ResponseFormat::JsonObject,
+			false => ResponseFormat::Text,
+		},
 	})
+}
+
+/// `--logit-bias`'s TOKEN_ID=BIAS.
+fn parse_logit_bias(arg: &str) -> std::result::Result<(u32, f32), String> {
+	let (token, bias) = arg.split_once('=').ok_or("expected TOKEN_ID=BIAS")?;
+	let token = token.trim().parse().map_err(|e| format!("token id {token:?}: {e}"))?;
+	let bias = bias.trim().parse().map_err(|e| format!("bias {bias:?}: {e}"))?;
+	Ok((token, bias))
 }
 
 /// Prints a generation: one JSON object, or its text.

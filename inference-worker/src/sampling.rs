@@ -1,5 +1,6 @@
-//! Choosing the next token: greedy, or sampled with temperature, top-k and top-p, after a
-//! repetition penalty, from a seeded generator so that a request with a seed is reproducible.
+//! Choosing the next token: greedy, or sampled with temperature, top-k and top-p, after the
+//! penalties, a bias on chosen tokens and a mask of the tokens allowed, from a seeded generator
+//! so that a request with a seed is reproducible.
 
 use std::collections::HashMap;
 
@@ -25,6 +26,9 @@ pub struct SamplingParams {
 	/// OpenAI's frequency penalty: subtracted from a token's logit once per time it is already
 	/// in the output (0 for none; -2 to 2).
 	pub frequency_penalty: f32,
+	/// OpenAI's `logit_bias`: added to these tokens' logits (-100 to 100: -100 all but bans a
+	/// token, 100 all but forces it).
+	pub logit_bias: Vec<(u32, f32)>,
 	/// Seed of the sampler's generator.
 	pub seed: u64,
 	/// How many of the most likely tokens to report with their log-probabilities at each step
@@ -36,6 +40,9 @@ pub struct SamplingParams {
 /// The most alternatives [`SamplingParams::top_logprobs`] may ask for (vLLM's default limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// The largest bias [`SamplingParams::logit_bias`] may add or take away (OpenAI's).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
+
 impl Default for SamplingParams {
 	fn default() -> Self {
 		Self {
@@ -45,6 +52,7 @@ impl Default for SamplingParams {
 			repetition_penalty: 1.0,
 			presence_penalty: 0.0,
 			frequency_penalty: 0.0,
+			logit_bias: Vec::new(),
 			seed: 0,
 			top_logprobs: 0,
 		}
@@ -73,6 +81,13 @@ impl SamplingParams {
 			if !(-2.0..=2.0).contains(&value) {
 				return Err(Error::Request(format!("{name} {value} is not in [-2, 2]")));
 			}
+		}
+		if let Some((token, bias)) =
+			self.logit_bias.iter().find(|(_, b)| !(-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(b))
+		{
+			return Err(Error::Request(format!(
+				"logit_bias {bias} for token {token} is not in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]"
+			)));
 		}
 		if self.top_logprobs > MAX_TOP_LOGPROBS {
 			return Err(Error::Request(format!(
@@ -154,21 +169,25 @@ impl Sampler {
 		Ok(Self { params, rng })
 	}
 
-	/// Whether [`Sampler::sample`] looks at the tokens so far (for a penalty).
-	pub fn needs_history(&self) -> bool {
+	/// Whether [`Sampler::sample`] changes the model's logits before it picks (a penalty, which
+	/// needs the tokens so far, or a bias).
+	pub fn adjusts_logits(&self) -> bool {
 		let p = &self.params;
-		p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
+		p.repetition_penalty != 1.0
+			|| p.presence_penalty != 0.0
+			|| p.frequency_penalty != 0.0
+			|| !p.logit_bias.is_empty()
 	}
 
 	/// The kernels' sampling parameters and uniform draw for the next token, when the kernels'
 	/// sampler (`openledger_kernels::sampling`, which runs where the logits are) can pick it:
-	/// without penalties, which need the tokens so far, and without top
+	/// without penalties, which need the tokens so far, without a bias, and without top
 	/// log-probabilities, which need the logits (see [`Sampler::top_logprobs`]). Draws from the request's
 	/// seeded generator (one draw per sampled token, none for greedy), so a seeded request is
 	/// reproducible on this path as on the host's; the two paths do not pick the same tokens
 	/// from the same seed (they draw and visit the kept tokens differently).
 	pub fn kernel_draw(&mut self) -> Option<(kernel::SamplingParams, f32)> {
-		if self.needs_history() || self.params.top_logprobs > 0 {
+		if self.adjusts_logits() || self.params.top_logprobs > 0 {
 			return None;
 		}
 		let p = &self.params;
@@ -194,9 +213,15 @@ impl Sampler {
 
 	/// Picks the next token from `logits` (one row over the vocabulary), given the tokens so far
 	/// for the penalties (the repetition penalty over the prompt and the output, then OpenAI's
-	/// presence and frequency penalties over the output, as vLLM applies them). The reported
-	/// log-probability is the model's, before any of them.
-	pub fn sample(&mut self, logits: &[f32], history: History<'_>) -> Result<Sampled> {
+	/// presence and frequency penalties over the output, as vLLM applies them), then the bias,
+	/// among the tokens `allowed` says yes to (all when `None`; an error if it allows none).
+	/// The reported log-probability is the model's, before any of them.
+	pub fn sample(
+		&mut self,
+		logits: &[f32],
+		history: History<'_>,
+		allowed: Option<&dyn Fn(u32) -> bool>,
+	) -> Result<Sampled> {
 		if logits.is_empty() || logits.iter().any(|l| l.is_nan()) {
 			return Err(Error::Batch("the model produced no usable logits".into()));
 		}
@@ -226,6 +251,26 @@ impl Sampler {
 				}
 			}
 		}
+		for &(t, bias) in &p.logit_bias {
+			if let Some(l) = adjusted.get_mut(t as usize) {
+				*l += bias;
+			}
+		}
+		if let Some(allowed) = allowed {
+			let mut any = false;
+			for (t, l) in adjusted.iter_mut().enumerate() {
+				if allowed(t as u32) {
+					any |= *l > f32::NEG_INFINITY;
+				} else {
+					*l = f32::NEG_INFINITY;
+				}
+			}
+			if !any {
+				return Err(Error::Request(
+					"no token may come next (the response format and min_tokens leave none)".into(),
+				));
+			}
+		}
 		let token = if self.params.temperature == 0.0 {
 			argmax(&adjusted)
 		} else {
@@ -236,7 +281,9 @@ impl Sampler {
 
 	fn sample_from(&mut self, logits: &[f32]) -> usize {
 		let t = self.params.temperature;
-		let mut order: Vec<usize> = (0..logits.len()).collect();
+		// Masked tokens are never kept, even by the rounding of the last draw.
+		let mut order: Vec<usize> =
+			(0..logits.len()).filter(|&i| logits[i] > f32::NEG_INFINITY).collect();
 		order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
 		if self.params.top_k > 0 {
 			order.truncate(self.params.top_k);
@@ -292,6 +339,8 @@ mod tests {
 	fn kernel_draws_only_without_a_repetition_penalty_and_follow_the_seed() {
 		let penalised = SamplingParams { repetition_penalty: 1.2, ..Default::default() };
 		assert!(sampler(penalised).kernel_draw().is_none());
+		let biased = SamplingParams { logit_bias: vec![(3, 1.0)], ..Default::default() };
+		assert!(sampler(biased).kernel_draw().is_none(), "the kernels take no bias");
 		let (p, u) = sampler(SamplingParams::default()).kernel_draw().unwrap();
 		assert_eq!((p.temperature, p.top_k, p.top_p, u), (0.0, 0, 1.0, 0.0));
 		let params = SamplingParams {
@@ -339,7 +388,7 @@ mod tests {
 	#[test]
 	fn greedy_picks_the_largest_logit_and_reports_its_logprob() {
 		let mut s = sampler(SamplingParams::default());
-		let out = s.sample(&[0.0, 2.0, 1.0], History::default()).unwrap();
+		let out = s.sample(&[0.0, 2.0, 1.0], History::default(), None).unwrap();
 		assert_eq!(out.token, 1);
 		let expected = 2.0 - (1f32.exp() + 2f32.exp() + 1.0).ln() + 0.0;
 		assert!((out.logprob - (expected)).abs() < 1e-6, "{} vs {expected}", out.logprob);
@@ -350,13 +399,13 @@ mod tests {
 		let mut s = sampler(SamplingParams { repetition_penalty: 3.0, ..Default::default() });
 		// Token 1 (3.0) would win, but it was seen: 3.0 / 3 = 1.0 < 2.0.
 		let seen = History { prompt: &[1], output: &[1] };
-		assert_eq!(s.sample(&[0.0, 3.0, 2.0], seen).unwrap().token, 2);
+		assert_eq!(s.sample(&[0.0, 3.0, 2.0], seen, None).unwrap().token, 2);
 		// In the prompt alone is seen too.
 		let in_prompt = History { prompt: &[1], output: &[] };
-		assert_eq!(s.sample(&[0.0, 3.0, 2.0], in_prompt).unwrap().token, 2);
+		assert_eq!(s.sample(&[0.0, 3.0, 2.0], in_prompt, None).unwrap().token, 2);
 		// Negative logits are multiplied, pushing them further down.
 		let seen = History { prompt: &[], output: &[0] };
-		assert_eq!(s.sample(&[-1.0, -1.5, -3.0], seen).unwrap().token, 1);
+		assert_eq!(s.sample(&[-1.0, -1.5, -3.0], seen, None).unwrap().token, 1);
 	}
 
 	#[test]
@@ -365,22 +414,22 @@ mod tests {
 		let twice = History { prompt: &[], output: &[1, 1] };
 		// Frequency: 3.0 - 2 * 0.6 = 1.8 < 2.0.
 		let mut s = sampler(SamplingParams { frequency_penalty: 0.6, ..Default::default() });
-		assert_eq!(s.sample(&logits, twice).unwrap().token, 2);
+		assert_eq!(s.sample(&logits, twice, None).unwrap().token, 2);
 		let once = History { prompt: &[], output: &[1] };
-		assert_eq!(s.sample(&logits, once).unwrap().token, 1, "3.0 - 0.6 > 2.0");
+		assert_eq!(s.sample(&logits, once, None).unwrap().token, 1, "3.0 - 0.6 > 2.0");
 		// Presence: once, however often: 3.0 - 1.1 < 2.0 whether seen once or twice.
 		let mut s = sampler(SamplingParams { presence_penalty: 1.1, ..Default::default() });
-		assert_eq!(s.sample(&logits, once).unwrap().token, 2);
-		assert_eq!(s.sample(&logits, twice).unwrap().token, 2);
+		assert_eq!(s.sample(&logits, once, None).unwrap().token, 2);
+		assert_eq!(s.sample(&logits, twice, None).unwrap().token, 2);
 		let mut s = sampler(SamplingParams { presence_penalty: 0.9, ..Default::default() });
-		assert_eq!(s.sample(&logits, twice).unwrap().token, 1, "3.0 - 0.9 > 2.0");
+		assert_eq!(s.sample(&logits, twice, None).unwrap().token, 1, "3.0 - 0.9 > 2.0");
 		// The prompt does not count; a negative penalty favours what was said.
 		let in_prompt = History { prompt: &[1, 1, 1], output: &[] };
 		let mut s = sampler(SamplingParams { frequency_penalty: 2.0, ..Default::default() });
-		assert_eq!(s.sample(&logits, in_prompt).unwrap().token, 1);
+		assert_eq!(s.sample(&logits, in_prompt, None).unwrap().token, 1);
 		let mut s = sampler(SamplingParams { presence_penalty: -1.5, ..Default::default() });
 		let said = History { prompt: &[], output: &[2] };
-		let out = s.sample(&logits, said).unwrap();
+		let out = s.sample(&logits, said, None).unwrap();
 		assert_eq!(out.token, 2, "2.0 + 1.5 > 3.0");
 		// The reported log-probability is the model's own.
 		assert!((out.logprob - logprob_of(&logits, 2)).abs() < 1e-6);
@@ -395,7 +444,7 @@ mod tests {
 		for seed in 0..20 {
 			let mut s =
 				sampler(SamplingParams { temperature: 1.0, top_k: 1, seed, ..Default::default() });
-			assert_eq!(s.sample(&logits, History::default()).unwrap().token, 1);
+			assert_eq!(s.sample(&logits, History::default(), None).unwrap().token, 1);
 			let mut s = sampler(SamplingParams {
 				temperature: 1.0,
 				top_p: 0.5,
@@ -403,7 +452,7 @@ mod tests {
 				..Default::default()
 			});
 			assert_eq!(
-				s.sample(&logits, History::default()).unwrap().token,
+				s.sample(&logits, History::default(), None).unwrap().token,
 				1,
 				"p(1) alone exceeds 0.5"
 			);
@@ -416,12 +465,13 @@ mod tests {
 		let params = SamplingParams { temperature: 1.0, seed: 7, ..Default::default() };
 		let mut s = sampler(params.clone());
 		let draws: Vec<u32> =
-			(0..4000).map(|_| s.sample(&logits, History::default()).unwrap().token).collect();
+			(0..4000).map(|_| s.sample(&logits, History::default(), None).unwrap().token).collect();
 		let ones = draws.iter().filter(|&&t| t == 1).count() as f64 / draws.len() as f64;
 		assert!((ones - 0.75).abs() < 0.03, "{ones}");
 		let mut again = sampler(params);
-		let replay: Vec<u32> =
-			(0..4000).map(|_| again.sample(&logits, History::default()).unwrap().token).collect();
+		let replay: Vec<u32> = (0..4000)
+			.map(|_| again.sample(&logits, History::default(), None).unwrap().token)
+			.collect();
 		assert_eq!(draws, replay, "the same seed gives the same tokens");
 	}
 
@@ -433,13 +483,62 @@ mod tests {
 			Sampler::new(SamplingParams { repetition_penalty: 0.0, ..Default::default() }).is_err()
 		);
 		let mut s = sampler(SamplingParams::default());
-		assert!(s.sample(&[], History::default()).is_err());
-		assert!(s.sample(&[f32::NAN, 1.0], History::default()).is_err());
+		assert!(s.sample(&[], History::default(), None).is_err());
+		assert!(s.sample(&[f32::NAN, 1.0], History::default(), None).is_err());
 		for bad in [-2.5, 2.5, f32::NAN] {
 			let presence = SamplingParams { presence_penalty: bad, ..Default::default() };
 			assert!(Sampler::new(presence).is_err());
 			let frequency = SamplingParams { frequency_penalty: bad, ..Default::default() };
 			assert!(Sampler::new(frequency).is_err());
 		}
+		for bad in [-100.5, 101.0, f32::NAN, f32::INFINITY] {
+			let biased = SamplingParams { logit_bias: vec![(0, bad)], ..Default::default() };
+			assert!(Sampler::new(biased).is_err(), "{bad}");
+		}
+	}
+
+	#[test]
+	fn a_bias_moves_the_pick_and_not_the_reported_logprob() {
+		let logits = [0.0, 3.0, 2.0];
+		let mut s = sampler(SamplingParams { logit_bias: vec![(2, 1.5)], ..Default::default() });
+		let out = s.sample(&logits, History::default(), None).unwrap();
+		assert_eq!(out.token, 2);
+		assert!((out.logprob - logprob_of(&logits, 2)).abs() < 1e-6);
+		// -100 keeps a token out however likely the model makes it; ids past the vocabulary are
+		// left alone.
+		let mut s = sampler(SamplingParams {
+			logit_bias: vec![(1, -100.0), (7, 100.0)],
+			temperature: 1.0,
+			seed: 3,
+			..Default::default()
+		});
+		let picks: Vec<u32> = (0..200)
+			.map(|_| s.sample(&[0.0, 30.0, 29.0], History::default(), None).unwrap().token)
+			.collect();
+		assert!(picks.iter().all(|&t| t == 2), "{picks:?}");
+	}
+
+	#[test]
+	fn only_allowed_tokens_are_picked_and_none_allowed_is_an_error() {
+		let logits = [0.0, 3.0, 2.0, -1.0];
+		let odd = |t: u32| t % 2 == 1;
+		let even = |t: u32| t.is_multiple_of(2);
+		let mut s = sampler(SamplingParams::default());
+		assert_eq!(s.sample(&logits, History::default(), Some(&even)).unwrap().token, 2);
+		let mut s = sampler(SamplingParams { temperature: 2.0, seed: 9, ..Default::default() });
+		for _ in 0..500 {
+			let token = s.sample(&logits, History::default(), Some(&odd)).unwrap().token;
+			assert!(odd(token), "{token}");
+		}
+		// The reported log-probability is the model's, over every token.
+		let out = s.sample(&logits, History::default(), Some(&even)).unwrap();
+		assert!((out.logprob - logprob_of(&logits, out.token as usize)).abs() < 1e-6);
+		assert!(matches!(
+			s.sample(&logits, History::default(), Some(&|_| false)),
+			Err(Error::Request(_))
+		));
+		// A token allowed but impossible under the model does not count as a choice.
+		let impossible = [f32::NEG_INFINITY, 1.0];
+		assert!(s.sample(&impossible, History::default(), Some(&even)).is_err());
 	}
 }

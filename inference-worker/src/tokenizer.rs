@@ -1,11 +1,14 @@
 //! Tokenizers: from `tokenizer.json`, or rebuilt from GGUF metadata (`tokenizer.ggml.*`), which
 //! is all a GGUF file such as SmolLM2's carries.
 
-use std::collections::HashMap;
+use std::{
+	collections::HashMap,
+	sync::{Arc, OnceLock},
+};
 
 use candle_core::quantized::gguf_file::Value;
 use tokenizers::{
-	decoders::byte_level::ByteLevel as ByteLevelDecoder,
+	decoders::{byte_level::ByteLevel as ByteLevelDecoder, DecoderWrapper},
 	models::bpe::{Vocab, BPE},
 	pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence},
 	AddedToken, PreTokenizerWrapper,
@@ -33,6 +36,8 @@ pub struct Tokenizer {
 	pub add_bos: bool,
 	/// The model's chat template (Jinja), if its metadata has one.
 	pub chat_template: Option<String>,
+	/// Each token's bytes, worked out when first asked for (see [`Tokenizer::token_bytes`]).
+	token_bytes: Arc<OnceLock<Vec<Box<[u8]>>>>,
 }
 
 fn tokenizer_error(e: impl std::fmt::Display) -> Error {
@@ -47,8 +52,14 @@ impl Tokenizer {
 		let mut inner = tokenizers::Tokenizer::from_file(path).map_err(tokenizer_error)?;
 		inner.with_padding(None);
 		inner.with_truncation(None).map_err(tokenizer_error)?;
-		let mut tokenizer =
-			Self { inner, bos: None, eos: None, add_bos: false, chat_template: None };
+		let mut tokenizer = Self {
+			inner,
+			bos: None,
+			eos: None,
+			add_bos: false,
+			chat_template: None,
+			token_bytes: Default::default(),
+		};
 		let config_path = path.with_file_name("tokenizer_config.json");
 		if config_path.exists() {
 			let text = std::fs::read_to_string(&config_path)?;
@@ -142,6 +153,7 @@ impl Tokenizer {
 				.and_then(|v| v.to_bool().ok())
 				.unwrap_or(false),
 			chat_template: get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned(),
+			token_bytes: Default::default(),
 		})
 	}
 
@@ -182,4 +194,45 @@ impl Tokenizer {
 	pub fn vocab_size(&self) -> usize {
 		self.inner.get_vocab_size(true)
 	}
+
+	/// The bytes each token adds to the text, by id ([`Tokenizer::vocab_size`] of them): empty
+	/// for special tokens (which add nothing unless asked to). A byte-level BPE token's are its
+	/// raw bytes, part of a character included; another model's token's are the UTF-8 of its
+	/// text decoded alone. Worked out once, on first use.
+	pub fn token_bytes(&self) -> &[Box<[u8]>] {
+		self.token_bytes.get_or_init(|| {
+			let added = self.inner.get_added_tokens_decoder();
+			let byte_level = matches!(self.inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
+			let alphabet = byte_level_bytes();
+			(0..self.vocab_size() as u32)
+				.map(|id| match (added.get(&id), self.inner.id_to_token(id)) {
+					(Some(token), _) if token.special => Box::default(),
+					(Some(token), _) => token.content.as_bytes().into(),
+					(None, Some(token)) if byte_level => {
+						token.chars().filter_map(|c| alphabet.get(&c).copied()).collect()
+					}
+					(None, Some(_)) => self.decode(&[id]).unwrap_or_default().into_bytes().into(),
+					(None, None) => Box::default(),
+				})
+				.collect()
+		})
+	}
+}
+
+/// The byte each character of GPT-2's byte-level alphabet stands for: printable bytes stand
+/// for themselves, the others for 256, 257, ... in order.
+fn byte_level_bytes() -> HashMap<char, u8> {
+	let mut next = 256;
+	(0..=255u8)
+		.filter_map(|b| {
+			let code = match b {
+				b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff => u32::from(b),
+				_ => {
+					next += 1;
+					next - 1
+				}
+			};
+			Some((char::from_u32(code)?, b))
+		})
+		.collect()
 }

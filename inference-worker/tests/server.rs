@@ -14,8 +14,9 @@ use std::{
 use openledger_inference_worker::{
 	decoder::Decoder,
 	engine::EngineConfig,
-	generate::{generate, FinishReason, Generation, GenerationRequest},
+	generate::{generate, FinishReason, Generation, GenerationRequest, ResponseFormat},
 	http_api::{self, ApiState},
+	json_mode::JsonState,
 	kv_cache::KvCacheConfig,
 	lora::{LoraAdapter, Projection},
 	model::{Llama, WeightFormat},
@@ -214,6 +215,14 @@ fn post(address: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
 
 fn get(address: SocketAddr, path: &str) -> (u16, String) {
 	call(address, "GET", path, b"")
+}
+
+/// Asserts that POSTing `body` to `path` is a 400 whose message says `says`.
+fn refused_at(address: SocketAddr, path: &str, body: Value, says: &str) {
+	let (status, answer) = post(address, path, &body);
+	assert_eq!(status, 400, "{answer}");
+	let message = answer["error"]["message"].as_str().unwrap();
+	assert!(message.contains(says), "{message:?} does not say {says:?}");
 }
 
 /// A metric's value in `/metrics`.
@@ -675,12 +684,7 @@ fn logprobs_and_echo_are_the_librarys() {
 	assert_eq!(json!(content), whole["choices"][0]["logprobs"]["content"]);
 	assert_eq!(content.len(), 6);
 
-	let refused = |path: &str, body: Value, says: &str| {
-		let (status, answer) = post(address, path, &body);
-		assert_eq!(status, 400, "{answer}");
-		let message = answer["error"]["message"].as_str().unwrap();
-		assert!(message.contains(says), "{message:?} does not say {says:?}");
-	};
+	let refused = |path: &str, body: Value, says: &str| refused_at(address, path, body, says);
 	let completions = "/v1/completions";
 	let chat = "/v1/chat/completions";
 	refused(completions, json!({"prompt": "x", "logprobs": 21}), "at most 20");
@@ -785,31 +789,135 @@ fn penalties_ignore_eos_and_stop_tokens_are_the_librarys_and_the_rest_is_refused
 	assert_eq!(choice["finish_reason"], "stop");
 	assert_eq!(answer["usage"]["completion_tokens"], at + 1);
 
-	let refused = |body: Value, says: &str| {
-		let (status, answer) = post(address, "/v1/completions", &body);
-		assert_eq!(status, 400, "{answer}");
-		let message = answer["error"]["message"].as_str().unwrap();
-		assert!(message.contains(says), "{message:?} does not say {says:?}");
-	};
+	let refused = |body: Value, says: &str| refused_at(address, "/v1/completions", body, says);
 	refused(json!({"prompt": "x", "presence_penalty": 2.5}), "presence_penalty");
 	refused(json!({"prompt": "x", "frequency_penalty": -3}), "frequency_penalty");
 	refused(json!({"prompt": "x", "stop_token_ids": [model.config.vocab_size]}), "vocabulary");
-	refused(json!({"prompt": "x", "logit_bias": {"50256": -100}}), "logit_bias: not served");
-	refused(json!({"prompt": "x", "min_tokens": 4}), "min_tokens: not served");
 	refused(json!({"prompt": "x", "best_of": 3}), "best_of: not served");
 	refused(json!({"prompt": "x", "suffix": "end"}), "suffix: not served");
 	refused(json!({"prompt": "x", "prompt_logprobs": 1}), "prompt_logprobs: not served");
-	let (status, answer) = post(
-		address,
-		"/v1/chat/completions",
-		&json!({"messages": messages, "response_format": {"type": "json_object"}}),
-	);
-	assert_eq!(status, 400, "{answer}");
 	// What means "none" passes.
 	let body = json!({"prompt": "x", "max_tokens": 1, "logit_bias": {}, "best_of": 1,
 		"min_tokens": 0, "suffix": null, "tools": []});
 	let (status, answer) = post(address, "/v1/completions", &body);
 	assert_eq!(status, 200, "{answer}");
+}
+
+/// OpenAI's `logit_bias` and `response_format: json_object`, vLLM's `min_tokens`: each answer is
+/// the library's for the same request, and does what the option promises on the real model.
+#[test]
+fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let alone = |request: &GenerationRequest| generate(&model, &tokenizer, None, request).unwrap();
+	let plain = alone(&greedy(PARIS, 12));
+
+	// -100 keeps the greedy first token out; +100 puts another first. The log-probabilities
+	// reported stay the model's.
+	let (first, forced) = (plain.tokens[0], tokenizer.encode(" banana").unwrap()[0]);
+	for (token, bias) in [(first, -100.0), (forced, 100.0)] {
+		let mut request = greedy(PARIS, 12);
+		request.sampling.logit_bias = vec![(token, bias)];
+		let want = alone(&request);
+		assert_eq!(want.tokens[0] == token, bias > 0.0, "{bias} on {token}: {:?}", want.tokens);
+		let body = json!({"prompt": PARIS, "max_tokens": 12, "temperature": 0, "logprobs": 0,
+			"logit_bias": {token.to_string(): bias}});
+		let (status, answer) = post(address, "/v1/completions", &body);
+		assert_eq!(status, 200, "{answer}");
+		assert_answers(&answer, &want, "/text");
+		let reported = &answer["choices"][0]["logprobs"]["token_logprobs"][0];
+		close(reported, want.logprobs[0]);
+		if bias > 0.0 {
+			assert!(want.logprobs[0] < -5.0, "the model's own log-probability of a forced token");
+		}
+	}
+
+	// An answer that ends at once goes on to min_tokens, then ends as it likes; a stop
+	// sequence inside the first min_tokens tokens does not count.
+	let messages = json!([{"role": "user", "content": "Say hi."}]);
+	let chat = render(&tokenizer, &messages);
+	let short = alone(&greedy(&chat, 64));
+	assert_eq!(short.finish_reason, FinishReason::Eos);
+	let min_tokens = short.tokens.len() + 6;
+	let want = alone(&GenerationRequest { min_tokens, ..greedy(&chat, 64) });
+	assert!(want.tokens.len() >= min_tokens, "{} tokens", want.tokens.len());
+	assert!(!want.tokens[..min_tokens - 1].contains(&tokenizer.eos.unwrap()));
+	assert!(want.text.starts_with(&short.text), "{:?} then {:?}", short.text, want.text);
+	let body = json!({"messages": messages, "max_tokens": 64, "temperature": 0,
+		"min_tokens": min_tokens});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/message/content");
+	let early = short.text.chars().take(3).collect::<String>();
+	let stopped =
+		alone(&GenerationRequest { min_tokens, stop: vec![early.clone()], ..greedy(&chat, 64) });
+	assert_ne!(stopped.text, "", "{early:?} in the held text does not stop the output");
+	assert!(stopped.text.starts_with(&short.text), "{:?}", stopped.text);
+
+	// JSON mode: whatever is sampled, the answer is one JSON object (or, cut by max_tokens, the
+	// start of one); greedy answers are the library's.
+	let messages = json!([{"role": "user",
+		"content": "Give me a JSON object with a cat's name and age."}]);
+	let chat = render(&tokenizer, &messages);
+	let json_mode = |seed: u64, temperature: f32| GenerationRequest {
+		response_format: ResponseFormat::JsonObject,
+		sampling: SamplingParams { temperature, seed, ..Default::default() },
+		..greedy(&chat, 96)
+	};
+	let want = alone(&json_mode(0, 0.0));
+	assert_eq!(want.finish_reason, FinishReason::Eos, "{:?}", want.text);
+	let object: Value = serde_json::from_str(&want.text)
+		.unwrap_or_else(|e| panic!("{e}: {:?} is not JSON", want.text));
+	assert!(object.is_object(), "{object}");
+	let body = json!({"messages": messages, "max_tokens": 96, "temperature": 0,
+		"response_format": {"type": "json_object"}});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/message/content");
+	for seed in 0..4 {
+		let sampled = alone(&json_mode(seed, 1.2));
+		let text = sampled.text.as_str();
+		match sampled.finish_reason {
+			FinishReason::Eos => {
+				let value: Value = serde_json::from_str(text)
+					.unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?} is not JSON"));
+				assert!(value.is_object(), "{value}");
+			}
+			_ => assert!(
+				JsonState::new().accepts(text.as_bytes()).is_some(),
+				"seed {seed}: {text:?} is not the start of an object"
+			),
+		}
+	}
+	// Without JSON mode the same prompt does not answer in JSON: the mask did the work.
+	let free = alone(&greedy(&chat, 96));
+	assert!(serde_json::from_str::<Value>(&free.text).is_err(), "{:?}", free.text);
+
+	let refused = |path: &str, body: Value, says: &str| refused_at(address, path, body, says);
+	let completions = "/v1/completions";
+	refused(completions, json!({"prompt": "x", "logit_bias": {"5": 101}}), "logit_bias");
+	refused(completions, json!({"prompt": "x", "logit_bias": {"a": 1}}), "not a token id");
+	refused(completions, json!({"prompt": "x", "logit_bias": [1]}), "logit_bias");
+	let too_far = json!({"prompt": "x", "logit_bias": {model.config.vocab_size.to_string(): 1}});
+	refused(completions, too_far, "vocabulary");
+	refused(completions, json!({"prompt": "x", "max_tokens": 4, "min_tokens": 5}), "min_tokens");
+	let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}});
+	refused(
+		"/v1/chat/completions",
+		json!({"messages": messages, "response_format": schema}),
+		"json_schema",
+	);
+	refused(
+		completions,
+		json!({"prompt": "x", "response_format": {"type": "yaml"}}),
+		"response_format",
+	);
+	refused(
+		completions,
+		json!({"prompt": "x", "ignore_eos": true,
+		"response_format": {"type": "json_object"}}),
+		"ignore_eos",
+	);
 }
 
 /// What lm-evaluation-harness's `local-completions` model sends to score a continuation
@@ -969,12 +1077,7 @@ fn prompts_as_token_ids_or_lists_are_scored_as_lm_evaluation_harness_asks() {
 	}
 	assert_eq!(answer["usage"]["prompt_tokens"], prompt_tokens, "each prompt counted once");
 
-	let refused = |body: Value, says: &str| {
-		let (status, answer) = post(address, "/v1/completions", &body);
-		assert_eq!(status, 400, "{answer}");
-		let message = answer["error"]["message"].as_str().unwrap();
-		assert!(message.contains(says), "{message:?} does not say {says:?}");
-	};
+	let refused = |body: Value, says: &str| refused_at(address, "/v1/completions", body, says);
 	let vocab = model.config.vocab_size;
 	refused(json!({"prompt": [1, vocab]}), "not in the model's vocabulary");
 	refused(json!({"prompt": [[1, 2], [3, vocab + 5]]}), "not in the model's vocabulary");

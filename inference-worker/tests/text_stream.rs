@@ -110,3 +110,24 @@ fn a_split_character_waits_for_its_last_byte_and_a_stop_holds_back_no_more_than_
 	assert_eq!((reason, text.as_str()), (FinishReason::Stop, "Hello world, and "));
 	assert_eq!(pieces.concat() + &rest, text);
 }
+
+/// Each token's bytes (what JSON mode checks against the grammar) put back together are the
+/// text's bytes, characters split across byte tokens included; special tokens have none.
+#[test]
+fn token_bytes_spell_the_text_and_special_tokens_have_none() {
+	let (_, tokenizer) = common::load(openledger_inference_worker::model::WeightFormat::AsStored);
+	let bytes = tokenizer.token_bytes();
+	assert_eq!(bytes.len(), tokenizer.vocab_size());
+	for text in ["{\"a\": [1, 2.5e3, null]}", "  tabs\tand\nlines", "数 🦀 ü é", "x\\u00e9\""]
+	{
+		let tokens = tokenizer.encode(text).unwrap();
+		let spelled: Vec<u8> =
+			tokens.iter().flat_map(|&t| bytes[t as usize].iter().copied()).collect();
+		assert_eq!(spelled, text.as_bytes(), "{text:?} as {tokens:?}");
+	}
+	for special in ["<|im_start|>", "<|im_end|>", "<|endoftext|>"] {
+		let [token] = tokenizer.encode(special).unwrap()[..] else { panic!("{special}") };
+		assert!(bytes[token as usize].is_empty(), "{special}");
+	}
+	assert!(bytes[tokenizer.eos.unwrap() as usize].is_empty());
+}
