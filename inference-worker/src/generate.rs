@@ -1,12 +1,14 @@
 //! Generating a completion for one request: prefill the prompt, then decode token by token
 //! until the end-of-sequence token, a stop sequence or the token limit.
 
+use std::sync::Arc;
+
 use openledger_kernels::{backend::Backend, sampling::SamplingParams as KernelSampling};
 use serde::Serialize;
 
 use crate::{
 	error::{Error, Result},
-	json_mode::JsonState,
+	json_mode::{JsonGrammar, JsonState},
 	kernel_model::{DecodeInput, KernelLlama},
 	kv_cache::KvCacheConfig,
 	lora::LoraAdapter,
@@ -100,14 +102,22 @@ pub struct GenerationRequest {
 }
 
 /// What a request's output must be (OpenAI's `response_format`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum ResponseFormat {
 	/// Any text.
 	#[default]
 	Text,
-	/// One JSON object, the output held to the grammar token by token ([`crate::json_mode`]);
-	/// it ends at the end-of-sequence token once the object is closed (or at `max_tokens`).
-	JsonObject,
+	/// JSON that `grammar` takes (any object, or what a schema allows), the output held to it
+	/// token by token ([`crate::json_mode`]); it ends at the end-of-sequence token once the
+	/// document is whole (or at `max_tokens`).
+	Json(Arc<JsonGrammar>),
+}
+
+impl ResponseFormat {
+	/// Any JSON object (JSON mode).
+	pub fn json_object() -> Self {
+		Self::Json(Arc::new(JsonGrammar::any_object()))
+	}
 }
 
 impl Default for GenerationRequest {
@@ -219,9 +229,9 @@ pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usi
 			request.min_tokens
 		)));
 	}
-	if request.response_format == ResponseFormat::JsonObject && request.ignore_eos {
+	if matches!(request.response_format, ResponseFormat::Json(_)) && request.ignore_eos {
 		return Err(Error::Request(
-			"ignore_eos with a JSON response format: the output ends when the object closes".into(),
+			"ignore_eos with a JSON response format: the output ends when the JSON is whole".into(),
 		));
 	}
 	if prompt_tokens.len().saturating_add(max_tokens) > context {
@@ -255,8 +265,8 @@ pub struct Progress {
 	/// The length of the text of the first `min_tokens - 1` tokens, in which stop sequences are
 	/// not looked for (when there are stop sequences).
 	held_text: usize,
-	/// How far into the JSON object the output is, in JSON mode.
-	json: Option<JsonState>,
+	/// The JSON the output must be, and how far into it the output is.
+	json: Option<(Arc<JsonGrammar>, JsonState)>,
 	text: String,
 	finish_reason: Option<FinishReason>,
 }
@@ -282,7 +292,10 @@ impl Progress {
 			ignore_eos: request.ignore_eos,
 			min_tokens: request.min_tokens,
 			held_text: 0,
-			json: (request.response_format == ResponseFormat::JsonObject).then(JsonState::new),
+			json: match &request.response_format {
+				ResponseFormat::Text => None,
+				ResponseFormat::Json(grammar) => Some((grammar.clone(), JsonState::new(grammar))),
+			},
 			text: String::new(),
 			// A prompt scored only is finished once its log-probabilities are in.
 			finish_reason: (request.max_tokens == 0).then_some(FinishReason::Length),
@@ -331,23 +344,19 @@ impl Progress {
 	pub fn advance(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Result<u32> {
 		let history = History { prompt: &self.prompt_tokens, output: &self.tokens };
 		// Until `min_tokens`, nothing that would end the output; in JSON mode, only the tokens
-		// that keep it on the grammar, and the end once the object is closed.
+		// that keep it on the grammar, and the end once the document is whole.
 		let held = self.tokens.len() < self.min_tokens;
-		let (eos, stop_token_ids, json) = (tokenizer.eos, &self.stop_token_ids, self.json);
-		let bytes = match json {
-			Some(_) => tokenizer.token_bytes(),
-			None => &[],
-		};
+		let (eos, stop_token_ids) = (tokenizer.eos, &self.stop_token_ids);
+		let fits = self
+			.json
+			.as_ref()
+			.map(|(grammar, state)| state.allowed_tokens(grammar, tokenizer.token_bytes(), eos));
 		let allowed = |t: u32| {
 			let ends = Some(t) == eos || stop_token_ids.contains(&t);
-			let fits = match json {
-				None => true,
-				Some(state) if state.is_complete() => Some(t) == eos,
-				Some(state) => bytes.get(t as usize).is_some_and(|b| state.accepts(b).is_some()),
-			};
+			let fits = fits.as_ref().is_none_or(|fits| fits.get(t as usize) == Some(&true));
 			fits && !(held && ends)
 		};
-		let constrained = held || json.is_some();
+		let constrained = held || fits.is_some();
 		let allowed: Option<&dyn Fn(u32) -> bool> = constrained.then_some(&allowed);
 		let sampled = self.sampler.sample(logits, history, allowed)?;
 		if self.sampler.wants_top_logprobs() {
@@ -381,11 +390,13 @@ impl Progress {
 		}
 		self.tokens.push(sampled.token);
 		self.logprobs.push(sampled.logprob);
-		if let Some(state) = self.json.filter(|_| Some(sampled.token) != tokenizer.eos) {
+		if let Some((grammar, state)) =
+			self.json.as_mut().filter(|_| Some(sampled.token) != tokenizer.eos)
+		{
 			let bytes = tokenizer.token_bytes().get(sampled.token as usize);
-			self.json = Some(bytes.and_then(|b| state.accepts(b)).ok_or_else(|| {
+			*state = bytes.and_then(|b| state.accepts(grammar, b)).ok_or_else(|| {
 				Error::Batch(format!("token {} does not continue the JSON output", sampled.token))
-			})?);
+			})?;
 		}
 		if self.tokens.len() < self.min_tokens {
 			// Nothing ends the output yet; stop sequences in this text will not count.

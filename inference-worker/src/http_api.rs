@@ -89,6 +89,7 @@ use crate::{
 		check_token_ids, FinishReason, Generation, GenerationRequest, Prompt, ResponseFormat,
 		TokenScores,
 	},
+	json_mode::JsonGrammar,
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
@@ -329,8 +330,11 @@ struct Body {
 	min_tokens: Option<usize>,
 	/// Token ids (as strings) to a bias added to their logits, -100 to 100.
 	logit_bias: Option<Value>,
-	/// `{"type": "text"}` or `{"type": "json_object"}`.
+	/// `{"type": "text"}`, `{"type": "json_object"}` (with LoRAX's `schema`, or without) or
+	/// `{"type": "json_schema", "json_schema": {"schema": ...}}`.
 	response_format: Option<Value>,
+	/// vLLM's: a JSON schema the output must follow.
+	guided_json: Option<Value>,
 	/// Asked for but not served: refused rather than ignored (see [`refuse_unserved`]).
 	best_of: Option<Value>,
 	suffix: Option<Value>,
@@ -395,20 +399,51 @@ fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)
 	Ok(bias)
 }
 
-/// `response_format`: text (also when absent) or a JSON object; a JSON schema is refused.
-fn response_format(value: Option<&Value>) -> Result<ResponseFormat, ApiError> {
-	let kind = match value {
-		None | Some(Value::Null) => return Ok(ResponseFormat::Text),
-		Some(v) => v.get("type").and_then(Value::as_str),
+/// What the output must be: `response_format` is text (also when absent), any JSON object
+/// (`json_object`), or what a JSON schema allows (OpenAI's `json_schema` with
+/// `json_schema.schema`, LoRAX's `json_object` with `schema`); vLLM's `guided_json` is a
+/// schema too (an object, or its text).
+fn response_format(
+	format: Option<&Value>,
+	guided_json: Option<&Value>,
+) -> Result<ResponseFormat, ApiError> {
+	let schema = |schema: &Value, field: &str| {
+		let parsed;
+		let schema = match schema {
+			Value::String(text) => {
+				parsed = serde_json::from_str::<Value>(text).map_err(|e| {
+					ApiError::bad_request(format!("{field}: the schema is not JSON: {e}"))
+				})?;
+				&parsed
+			}
+			schema => schema,
+		};
+		JsonGrammar::from_schema(schema)
+			.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
+			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
 	};
-	match kind {
+	let format = format.filter(|f| !f.is_null());
+	match (format, guided_json.filter(|g| !g.is_null())) {
+		(Some(_), Some(_)) => {
+			return Err(ApiError::bad_request("response_format and guided_json: one or the other"));
+		}
+		(None, Some(guided)) => return schema(guided, "guided_json"),
+		(None, None) => return Ok(ResponseFormat::Text),
+		(Some(_), None) => {}
+	}
+	let format = format.unwrap_or(&Value::Null);
+	match format.get("type").and_then(Value::as_str) {
 		Some("text") => Ok(ResponseFormat::Text),
-		Some("json_object") => Ok(ResponseFormat::JsonObject),
-		Some("json_schema") => Err(ApiError::bad_request(
-			"response_format: json_schema is not served by this worker (json_object is)",
-		)),
+		Some("json_object") => match format.get("schema") {
+			None | Some(Value::Null) => Ok(ResponseFormat::json_object()),
+			Some(given) => schema(given, "response_format.schema"),
+		},
+		Some("json_schema") => match format.pointer("/json_schema/schema") {
+			Some(given) => schema(given, "response_format.json_schema.schema"),
+			None => Err(ApiError::bad_request("response_format: json_schema.schema is missing")),
+		},
 		_ => Err(ApiError::bad_request(
-			"response_format: {\"type\": \"text\"} or {\"type\": \"json_object\"}",
+			"response_format: its type is text, json_object or json_schema",
 		)),
 	}
 }
@@ -608,7 +643,8 @@ fn generation_requests(
 	};
 	let seed = body.seed;
 	let echo = body.echo == Some(true);
-	let response_format = response_format(body.response_format.as_ref())?;
+	let response_format =
+		response_format(body.response_format.as_ref(), body.guided_json.as_ref())?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices
 		.map(|(prompt, i)| GenerationRequest {
@@ -634,7 +670,7 @@ fn generation_requests(
 			// OpenAI's echo with logprobs: the prompt's tokens' too.
 			prompt_logprobs: logprobs.filter(|_| echo),
 			min_tokens: body.min_tokens.unwrap_or(0),
-			response_format,
+			response_format: response_format.clone(),
 		})
 		.collect())
 }

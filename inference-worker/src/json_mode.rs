@@ -1,26 +1,396 @@
-//! JSON mode (OpenAI's `response_format: {"type": "json_object"}`): the output is held to one
-//! JSON object (RFC 8259), token by token.
+//! JSON mode and JSON schemas (OpenAI's `response_format` `json_object` and `json_schema`,
+//! LoRAX's `json_object` with a `schema`, vLLM's `guided_json`): the output is held to a
+//! [`JsonGrammar`], token by token.
+//!
+//! A grammar is any JSON object (JSON mode), or what a JSON schema allows, compiled into a
+//! small graph of nodes ([`JsonGrammar::from_schema`]: objects with their declared properties,
+//! keys in any order, the required ones before the object may close; arrays with their items
+//! and `minItems`/`maxItems`; strings; numbers and integers; booleans; null; `enum` and
+//! `const`; `anyOf`/`oneOf` and lists of types whose alternatives start with different bytes;
+//! local `$ref`s, recursive ones included). Keywords that would constrain what it does not
+//! enforce (`pattern`, `minLength`, `minimum`, ...) are refused rather than ignored;
+//! annotations (`title`, `description`, `format`, `default`, ...) are ignored. An object with
+//! declared properties is generated with those keys only.
 //!
 //! [`JsonState`] is a pushdown automaton over the output's bytes. Before each token is picked,
 //! every token of the vocabulary whose bytes would take the output off the grammar is masked
-//! (see [`JsonState::accepts`]), so whatever is sampled keeps the output a prefix of a JSON
-//! object; once the object is closed only the end-of-sequence token is left. The state is
-//! `Copy` (the nesting is a bit stack), so trying a token costs no allocation: a step over a
-//! 49,152-token vocabulary is a few hundred thousand byte transitions, most tokens failing on
-//! their first byte.
+//! ([`JsonState::allowed_tokens`], the vocabulary shared out among rayon's threads), so
+//! whatever is sampled keeps the output a prefix of a document the grammar takes; once the
+//! document is whole only the end-of-sequence token is left. The state is `Copy` (at most [`MAX_DEPTH`] open containers), so trying a token costs
+//! no allocation, and a token whose first byte cannot come next is refused without copying.
 //!
 //! Two limits keep a model that the mask steers from running away: nesting deeper than
 //! [`MAX_DEPTH`], and more than [`MAX_WHITESPACE_RUN`] whitespace bytes in a row between tokens
 //! of the grammar (a model kept off everything else can otherwise pad forever). An output cut
-//! by `max_tokens` is a prefix of an object, not an object, as with OpenAI.
+//! by `max_tokens` is a prefix of a document, not a document, as with OpenAI.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use serde_json::Value;
 
 /// The deepest nesting of objects and arrays.
-pub const MAX_DEPTH: u8 = 64;
+pub const MAX_DEPTH: usize = 16;
 /// The most whitespace bytes in a row outside strings.
 pub const MAX_WHITESPACE_RUN: u8 = 32;
+/// The most properties of one object, and values of one `enum`.
+pub const MAX_CHOICES: usize = 64;
+/// The most nodes a schema compiles into.
+const MAX_NODES: usize = 4096;
 
-/// The three literals, by [`Mode::Literal`]'s `which`.
-const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
+/// Keywords that constrain values in ways the grammar does not enforce: refused.
+const UNSERVED: [&str; 21] = [
+	"pattern",
+	"minLength",
+	"maxLength",
+	"minimum",
+	"maximum",
+	"exclusiveMinimum",
+	"exclusiveMaximum",
+	"multipleOf",
+	"patternProperties",
+	"propertyNames",
+	"minProperties",
+	"maxProperties",
+	"dependentRequired",
+	"dependentSchemas",
+	"prefixItems",
+	"contains",
+	"uniqueItems",
+	"not",
+	"if",
+	"unevaluatedProperties",
+	"unevaluatedItems",
+];
+
+/// A node of a grammar, by index.
+type NodeId = u16;
+/// Any JSON value.
+const ANY: NodeId = 0;
+/// `true` or `false`.
+const BOOLEAN: NodeId = 1;
+/// `null`.
+const NULL: NodeId = 2;
+
+/// What a value must be.
+#[derive(Clone, Debug, PartialEq)]
+enum Node {
+	/// Any JSON value.
+	Any,
+	/// An object with these properties only (in any order), `required` (a bit per property)
+	/// before it may close.
+	Object { properties: Vec<Property>, required: u64 },
+	/// An object with any keys and values.
+	AnyObject,
+	/// An array of `items`, from `min` to `max` of them.
+	Array { items: NodeId, min: u32, max: u32 },
+	/// A string.
+	String,
+	/// A number; an integer (no fraction, no exponent) if `integer`.
+	Number { integer: bool },
+	/// One of these texts (`enum`, `const`, `true`/`false`, `null`), compact JSON.
+	Literals(Vec<Box<[u8]>>),
+	/// One of these, told apart by their first byte.
+	Union(Vec<NodeId>),
+	/// What another node is (a `$ref`).
+	Ref(NodeId),
+}
+
+/// A declared property of an object.
+#[derive(Clone, Debug, PartialEq)]
+struct Property {
+	/// The key as it is written between the quotes (escaped as JSON escapes it).
+	key: Box<[u8]>,
+	/// What its value must be.
+	value: NodeId,
+}
+
+/// What a JSON output must be (see the module documentation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JsonGrammar {
+	nodes: Vec<Node>,
+	root: NodeId,
+	/// For each node, the bytes a value of it may start with.
+	starts: Vec<[bool; 256]>,
+}
+
+/// The nodes every grammar starts with: [`ANY`], [`BOOLEAN`], [`NULL`].
+fn base_nodes() -> Vec<Node> {
+	vec![
+		Node::Any,
+		Node::Literals(vec![b"true".as_slice().into(), b"false".as_slice().into()]),
+		Node::Literals(vec![b"null".as_slice().into()]),
+	]
+}
+
+impl JsonGrammar {
+	/// Any JSON object (JSON mode).
+	pub fn any_object() -> Self {
+		let mut nodes = base_nodes();
+		nodes.push(Node::AnyObject);
+		Self::new(nodes, 3)
+	}
+
+	fn new(nodes: Vec<Node>, root: NodeId) -> Self {
+		let mut grammar = Self { nodes, root, starts: Vec::new() };
+		grammar.starts =
+			(0..grammar.nodes.len()).map(|id| grammar.first_bytes(id as NodeId)).collect();
+		grammar
+	}
+
+	/// What `schema` (a JSON schema) allows, or why it cannot be served.
+	pub fn from_schema(schema: &Value) -> Result<Self, String> {
+		let mut compiler = Compiler { document: schema, nodes: base_nodes(), refs: HashMap::new() };
+		let root = compiler.compile(schema, "#")?;
+		let grammar = Self::new(compiler.nodes, root);
+		// A `$ref` that leads only to `$ref`s would never start a value.
+		for id in 0..grammar.nodes.len() {
+			grammar.resolve(id as NodeId).ok_or("a $ref cycle that never reaches a schema")?;
+		}
+		// Alternatives must start apart (the automaton follows one).
+		for node in &grammar.nodes {
+			if let Node::Union(members) = node {
+				let mut seen = [false; 256];
+				for &member in members {
+					for (b, starts) in grammar.starts[member as usize].iter().enumerate() {
+						if *starts && std::mem::replace(&mut seen[b], true) {
+							return Err(format!(
+								"alternatives (anyOf, oneOf or a list of types) that can both \
+								 start with {:?} are not served",
+								b as u8 as char
+							));
+						}
+					}
+				}
+			}
+		}
+		Ok(grammar)
+	}
+
+	/// The node `id` stands for, through `$ref`s; `None` for a cycle of them.
+	fn resolve(&self, mut id: NodeId) -> Option<NodeId> {
+		for _ in 0..=self.nodes.len() {
+			match self.nodes[id as usize] {
+				Node::Ref(target) => id = target,
+				_ => return Some(id),
+			}
+		}
+		None
+	}
+
+	/// The bytes a value of `id` may start with.
+	fn first_bytes(&self, id: NodeId) -> [bool; 256] {
+		let mut bytes = [false; 256];
+		let mut todo = vec![id];
+		let mut visited = vec![false; self.nodes.len()];
+		while let Some(id) = todo.pop() {
+			if std::mem::replace(&mut visited[id as usize], true) {
+				continue;
+			}
+			let mut set = |list: &[u8]| list.iter().for_each(|&b| bytes[b as usize] = true);
+			match &self.nodes[id as usize] {
+				Node::Any => set(b"{[\"-0123456789tfn"),
+				Node::Object { .. } | Node::AnyObject => set(b"{"),
+				Node::Array { .. } => set(b"["),
+				Node::String => set(b"\""),
+				Node::Number { .. } => set(b"-0123456789"),
+				Node::Literals(texts) => texts.iter().for_each(|t| set(&t[..t.len().min(1)])),
+				Node::Union(members) => todo.extend(members),
+				Node::Ref(target) => todo.push(*target),
+			}
+		}
+		bytes
+	}
+}
+
+/// Compiles a schema into nodes.
+struct Compiler<'a> {
+	/// The whole schema (`$ref`s point into it).
+	document: &'a Value,
+	nodes: Vec<Node>,
+	/// The node of each `$ref` seen, compiled or being compiled.
+	refs: HashMap<String, NodeId>,
+}
+
+/// A value as compact JSON.
+fn compact(value: &Value) -> Box<[u8]> {
+	serde_json::to_vec(value).unwrap_or_default().into()
+}
+
+impl Compiler<'_> {
+	fn add(&mut self, node: Node) -> Result<NodeId, String> {
+		if self.nodes.len() >= MAX_NODES {
+			return Err(format!("the schema takes more than {MAX_NODES} nodes"));
+		}
+		self.nodes.push(node);
+		Ok((self.nodes.len() - 1) as NodeId)
+	}
+
+	/// The node of `schema`, found at `at` (a JSON pointer, for messages).
+	fn compile(&mut self, schema: &Value, at: &str) -> Result<NodeId, String> {
+		let map = match schema {
+			Value::Bool(true) => return Ok(ANY),
+			Value::Object(map) => map,
+			_ => return Err(format!("{at}: a schema is an object or true")),
+		};
+		if let Some(key) = UNSERVED.iter().find(|k| map.contains_key(**k)) {
+			return Err(format!("{at}: {key} is not served"));
+		}
+		if let Some(reference) = map.get("$ref") {
+			return self.reference(reference, at);
+		}
+		if let Some(value) = map.get("const") {
+			return self.add(Node::Literals(vec![compact(value)]));
+		}
+		if let Some(values) = map.get("enum") {
+			let values = values.as_array().filter(|v| (1..=MAX_CHOICES).contains(&v.len()));
+			let values =
+				values.ok_or(format!("{at}: enum is a list of 1 to {MAX_CHOICES} values"))?;
+			return self.add(Node::Literals(values.iter().map(compact).collect()));
+		}
+		for keyword in ["anyOf", "oneOf"] {
+			if let Some(list) = map.get(keyword) {
+				let list = list.as_array().filter(|l| !l.is_empty());
+				let list = list.ok_or(format!("{at}: {keyword} is a list of schemas"))?;
+				let members = list
+					.iter()
+					.enumerate()
+					.map(|(i, s)| self.compile(s, &format!("{at}/{keyword}/{i}")))
+					.collect::<Result<Vec<_>, _>>()?;
+				return self.union(members);
+			}
+		}
+		if let Some(list) = map.get("allOf") {
+			return match list.as_array().map(Vec::as_slice) {
+				Some([one]) => self.compile(one, &format!("{at}/allOf/0")),
+				_ => Err(format!("{at}: allOf of more than one schema is not served")),
+			};
+		}
+		let types: Vec<&str> = match map.get("type") {
+			None if map.contains_key("properties") => vec!["object"],
+			None if map.contains_key("items") => vec!["array"],
+			None => return Ok(ANY),
+			Some(Value::String(t)) => vec![t.as_str()],
+			Some(Value::Array(list)) if !list.is_empty() => list
+				.iter()
+				.map(|t| t.as_str().ok_or(format!("{at}: type is a name or a list of names")))
+				.collect::<Result<_, _>>()?,
+			Some(_) => return Err(format!("{at}: type is a name or a list of names")),
+		};
+		let members =
+			types.iter().map(|t| self.typed(map, t, at)).collect::<Result<Vec<_>, _>>()?;
+		match members[..] {
+			[one] => Ok(one),
+			_ => self.union(members),
+		}
+	}
+
+	fn union(&mut self, members: Vec<NodeId>) -> Result<NodeId, String> {
+		match members[..] {
+			[one] => Ok(one),
+			_ => self.add(Node::Union(members)),
+		}
+	}
+
+	/// The node of `map` as a value of type `kind`.
+	fn typed(
+		&mut self,
+		map: &serde_json::Map<String, Value>,
+		kind: &str,
+		at: &str,
+	) -> Result<NodeId, String> {
+		match kind {
+			"object" => self.object(map, at),
+			"array" => {
+				let items = match map.get("items") {
+					None => ANY,
+					Some(items) => self.compile(items, &format!("{at}/items"))?,
+				};
+				let count = |key: &str, default: u32| match map.get(key) {
+					None => Ok(default),
+					Some(v) => v
+						.as_u64()
+						.and_then(|n| u32::try_from(n).ok())
+						.ok_or(format!("{at}: {key} is a count")),
+				};
+				let (min, max) = (count("minItems", 0)?, count("maxItems", u32::MAX)?);
+				if min > max {
+					return Err(format!("{at}: minItems {min} is more than maxItems {max}"));
+				}
+				self.add(Node::Array { items, min, max })
+			}
+			"string" => self.add(Node::String),
+			"number" => self.add(Node::Number { integer: false }),
+			"integer" => self.add(Node::Number { integer: true }),
+			"boolean" => Ok(BOOLEAN),
+			"null" => Ok(NULL),
+			other => Err(format!("{at}: unknown type {other:?}")),
+		}
+	}
+
+	fn object(&mut self, map: &serde_json::Map<String, Value>, at: &str) -> Result<NodeId, String> {
+		let declared = match map.get("properties") {
+			None => serde_json::Map::new(),
+			Some(Value::Object(declared)) => declared.clone(),
+			Some(_) => return Err(format!("{at}: properties is an object")),
+		};
+		if declared.is_empty() {
+			return match map.get("additionalProperties") {
+				Some(Value::Bool(false)) => {
+					self.add(Node::Object { properties: Vec::new(), required: 0 })
+				}
+				_ => self.add(Node::AnyObject),
+			};
+		}
+		if declared.len() > MAX_CHOICES {
+			return Err(format!("{at}: more than {MAX_CHOICES} properties"));
+		}
+		let mut properties = Vec::with_capacity(declared.len());
+		for (name, schema) in &declared {
+			let quoted = serde_json::to_vec(name).unwrap_or_default();
+			let key: Box<[u8]> = quoted[1..quoted.len().saturating_sub(1).max(1)].into();
+			if key.len() > u8::MAX as usize {
+				return Err(format!("{at}: a property name longer than 255 bytes"));
+			}
+			let value = self.compile(schema, &format!("{at}/properties/{name}"))?;
+			properties.push(Property { key, value });
+		}
+		let mut required = 0u64;
+		let names: Vec<&String> = declared.keys().collect();
+		for name in map.get("required").and_then(Value::as_array).into_iter().flatten() {
+			let i = names
+				.iter()
+				.position(|n| Some(n.as_str()) == name.as_str())
+				.ok_or(format!("{at}: required {name} is not among the properties"))?;
+			required |= 1 << i;
+		}
+		self.add(Node::Object { properties, required })
+	}
+
+	/// The node a `$ref` points to: `#` or `#/$defs/NAME` (or `#/definitions/NAME`).
+	fn reference(&mut self, reference: &Value, at: &str) -> Result<NodeId, String> {
+		let pointer = reference.as_str().ok_or(format!("{at}: $ref is a string"))?;
+		if let Some(&id) = self.refs.get(pointer) {
+			return Ok(id);
+		}
+		let target = match pointer.strip_prefix('#') {
+			Some(p)
+				if p.is_empty() || p.starts_with("/$defs/") || p.starts_with("/definitions/") =>
+			{
+				self.document.pointer(p)
+			}
+			_ => None,
+		};
+		let target = target
+			.ok_or(format!("{at}: $ref {pointer:?} (only #, #/$defs/... and #/definitions/...)"))?;
+		// Reserved first, so that a schema that refers to itself finds it.
+		let id = self.add(Node::Ref(ANY))?;
+		self.refs.insert(pointer.to_string(), id);
+		let compiled = self.compile(target, pointer)?;
+		self.nodes[id as usize] = Node::Ref(compiled);
+		Ok(id)
+	}
+}
 
 /// Where in a number the output is (RFC 8259's `number`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,15 +414,26 @@ enum Number {
 }
 
 impl Number {
+	/// Where a number starting with `b` is.
+	fn start(b: u8) -> Option<Self> {
+		match b {
+			b'-' => Some(Self::Minus),
+			b'0' => Some(Self::Zero),
+			b'1'..=b'9' => Some(Self::Int),
+			_ => None,
+		}
+	}
+
 	/// Whether the number may end here.
 	fn complete(self) -> bool {
 		matches!(self, Self::Zero | Self::Int | Self::Frac | Self::Exp)
 	}
 
-	/// The state after `b`, if `b` continues the number.
-	fn step(self, b: u8) -> Option<Self> {
+	/// The state after `b`, if `b` continues the number (an integer has no fraction or
+	/// exponent).
+	fn step(self, b: u8, integer: bool) -> Option<Self> {
 		let digit = b.is_ascii_digit();
-		Some(match (self, b) {
+		let next = match (self, b) {
 			(Self::Minus, b'0') => Self::Zero,
 			(Self::Minus, _) if digit => Self::Int,
 			(Self::Int, _) if digit => Self::Int,
@@ -62,7 +443,8 @@ impl Number {
 			(Self::E, b'+' | b'-') => Self::ESign,
 			(Self::E | Self::ESign | Self::Exp, _) if digit => Self::Exp,
 			_ => return None,
-		})
+		};
+		(!integer || matches!(next, Self::Zero | Self::Int)).then_some(next)
 	}
 }
 
@@ -79,186 +461,12 @@ enum InString {
 	Utf8(u8),
 }
 
-/// What the output expects next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-	/// Before the object: whitespace or `{`.
-	Start,
-	/// A value (after `:`, or after `,` in an array).
-	Value,
-	/// After `[`: a value or `]`.
-	ArrayFirst,
-	/// After `{`: a key or `}`.
-	ObjectFirst,
-	/// After `,` in an object: a key.
-	Key,
-	/// In a string, an object's key if `key`.
-	String { key: bool, at: InString },
-	/// After a key: `:`.
-	Colon,
-	/// In a number.
-	Number(Number),
-	/// In literal `which` of [`LITERALS`], `at` bytes in.
-	Literal { which: u8, at: u8 },
-	/// After a value: `,` or the innermost container's closing bracket.
-	After,
-	/// The object is closed.
-	Done,
-}
-
-/// How far into a JSON object the output is (see the module documentation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JsonState {
-	mode: Mode,
-	/// Bit `i` set when the container at depth `i + 1` is an object (clear: an array).
-	objects: u64,
-	/// How many containers are open.
-	depth: u8,
-	/// Whitespace bytes in a row just before.
-	whitespace: u8,
-}
-
-impl Default for JsonState {
-	fn default() -> Self {
-		Self::new()
-	}
-}
-
-impl JsonState {
-	/// Before the output's first byte.
-	pub fn new() -> Self {
-		Self { mode: Mode::Start, objects: 0, depth: 0, whitespace: 0 }
-	}
-
-	/// Whether the object is closed (only the end of the output may follow).
-	pub fn is_complete(&self) -> bool {
-		self.mode == Mode::Done
-	}
-
-	/// The state after `bytes`, if they keep the output a prefix of a JSON object; `None` for
-	/// no bytes (a special token, which has no text).
-	pub fn accepts(self, bytes: &[u8]) -> Option<Self> {
-		if bytes.is_empty() {
-			return None;
-		}
-		bytes.iter().try_fold(self, |state, &b| state.step(b))
-	}
-
-	/// Whether the innermost open container is an object.
-	fn in_object(&self) -> bool {
-		self.depth > 0 && self.objects >> (self.depth - 1) & 1 == 1
-	}
-
-	/// The state after the byte `b`, if it may come next.
-	fn step(mut self, b: u8) -> Option<Self> {
-		let whitespace = matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-		match self.mode {
-			Mode::String { key, at: InString::Plain } if b == b'"' => {
-				self.mode = if key { Mode::Colon } else { self.value_end() };
-				return Some(self);
-			}
-			Mode::String { key, at } => {
-				self.mode = Mode::String { key, at: string_step(at, b)? };
-				return Some(self);
-			}
-			Mode::Number(n) => match n.step(b) {
-				Some(next) => {
-					self.mode = Mode::Number(next);
-					return Some(self);
-				}
-				// The byte after a number belongs to what follows it.
-				None if n.complete() => self.mode = self.value_end(),
-				None => return None,
-			},
-			Mode::Literal { which, at } => {
-				let literal = LITERALS[which as usize];
-				if literal.get(at as usize) != Some(&b) {
-					return None;
-				}
-				self.mode = match at as usize + 1 == literal.len() {
-					true => self.value_end(),
-					false => Mode::Literal { which, at: at + 1 },
-				};
-				return Some(self);
-			}
-			_ => {}
-		}
-		if whitespace {
-			if self.mode == Mode::Done || self.whitespace >= MAX_WHITESPACE_RUN {
-				return None;
-			}
-			self.whitespace += 1;
-			return Some(self);
-		}
-		self.whitespace = 0;
-		self.mode = match (self.mode, b) {
-			(Mode::Start, b'{') => return self.open(true),
-			(Mode::Value | Mode::ArrayFirst, _) => match b {
-				b']' if self.mode == Mode::ArrayFirst => return Some(self.close()),
-				b'{' => return self.open(true),
-				b'[' => return self.open(false),
-				b'"' => Mode::String { key: false, at: InString::Plain },
-				b'-' => Mode::Number(Number::Minus),
-				b'0' => Mode::Number(Number::Zero),
-				b'1'..=b'9' => Mode::Number(Number::Int),
-				b't' => Mode::Literal { which: 0, at: 1 },
-				b'f' => Mode::Literal { which: 1, at: 1 },
-				b'n' => Mode::Literal { which: 2, at: 1 },
-				_ => return None,
-			},
-			(Mode::ObjectFirst, b'}') => return Some(self.close()),
-			(Mode::ObjectFirst | Mode::Key, b'"') => {
-				Mode::String { key: true, at: InString::Plain }
-			}
-			(Mode::Colon, b':') => Mode::Value,
-			(Mode::After, b',') if self.in_object() => Mode::Key,
-			(Mode::After, b',') => Mode::Value,
-			(Mode::After, b'}') if self.in_object() => return Some(self.close()),
-			(Mode::After, b']') if !self.in_object() => return Some(self.close()),
-			_ => return None,
-		};
-		Some(self)
-	}
-
-	/// Opens an object (or an array), if the nesting allows one more.
-	fn open(mut self, object: bool) -> Option<Self> {
-		if self.depth >= MAX_DEPTH {
-			return None;
-		}
-		if object {
-			self.objects |= 1 << self.depth;
-		} else {
-			self.objects &= !(1 << self.depth);
-		}
-		self.depth += 1;
-		self.mode = if object { Mode::ObjectFirst } else { Mode::ArrayFirst };
-		Some(self)
-	}
-
-	/// Closes the innermost container (the caller checked its kind).
-	fn close(mut self) -> Self {
-		self.depth -= 1;
-		self.mode = self.value_end();
-		self
-	}
-
-	/// What follows a finished value.
-	fn value_end(&self) -> Mode {
-		if self.depth == 0 {
-			Mode::Done
-		} else {
-			Mode::After
-		}
-	}
-}
-
 /// A string's state after `b`, if `b` may come next in it (other than the closing quote,
 /// which the caller takes).
 fn string_step(at: InString, b: u8) -> Option<InString> {
 	Some(match at {
 		InString::Plain => match b {
 			b'\\' => InString::Escape,
-			0x00..=0x1f => return None,
 			0x20..=0x7f => InString::Plain,
 			0xc2..=0xdf => InString::Utf8(1),
 			0xe0..=0xef => InString::Utf8(2),
@@ -282,38 +490,442 @@ fn string_step(at: InString, b: u8) -> Option<InString> {
 	})
 }
 
-#[cfg(test)]
-mod tests {
-	use super::*;
+/// An open container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Frame {
+	/// An object of node `node`: the properties given so far (a bit each), and the one whose
+	/// value comes next.
+	Object { node: NodeId, seen: u64, current: u8 },
+	/// An object with any keys.
+	AnyObject,
+	/// An array of node `node`, `count` items begun.
+	Array { node: NodeId, count: u32 },
+	/// An array of any values.
+	AnyArray,
+}
 
-	fn run(text: &[u8]) -> Option<JsonState> {
-		JsonState::new().accepts(text)
+/// What the output expects next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+	/// A value of a node.
+	Value(NodeId),
+	/// After `[`: an item or `]`.
+	ArrayFirst,
+	/// After `{`: a key or `}`.
+	ObjectFirst,
+	/// After `,` in an object: a key.
+	Key,
+	/// In a key of a declared object: the properties whose keys still match, `at` bytes in.
+	DeclaredKey { candidates: u64, at: u8 },
+	/// In a string: a value, or any object's key if `key`.
+	String { key: bool, at: InString },
+	/// After a key: `:`.
+	Colon,
+	/// In a number.
+	Number { at: Number, integer: bool },
+	/// In one of a node's literals: those that still match, `at` bytes in.
+	Literal { node: NodeId, candidates: u64, at: u8 },
+	/// After a value: `,` or the innermost container's closing bracket.
+	After,
+	/// The document is whole.
+	Done,
+}
+
+/// The bits of the first `n` of up to 64 choices.
+fn all_of(n: usize) -> u64 {
+	if n >= 64 {
+		u64::MAX
+	} else {
+		(1 << n) - 1
+	}
+}
+
+/// The choices among `candidates` for which `keep(i)` holds.
+fn filter(candidates: u64, count: usize, keep: impl Fn(usize) -> bool) -> u64 {
+	(0..count.min(64)).filter(|&i| candidates >> i & 1 == 1 && keep(i)).fold(0, |m, i| m | 1 << i)
+}
+
+/// How far into a document of a [`JsonGrammar`] the output is (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JsonState {
+	frames: [Frame; MAX_DEPTH],
+	depth: u8,
+	expect: Expect,
+	/// Whitespace bytes in a row just before.
+	whitespace: u8,
+}
+
+impl JsonState {
+	/// Before the output's first byte.
+	pub fn new(grammar: &JsonGrammar) -> Self {
+		Self {
+			frames: [Frame::AnyArray; MAX_DEPTH],
+			depth: 0,
+			expect: Expect::Value(grammar.root),
+			whitespace: 0,
+		}
 	}
 
-	fn complete(text: &str) -> bool {
-		run(text.as_bytes()).is_some_and(|s| s.is_complete())
+	/// Whether the output may end here: the document is whole (a number or a literal at the
+	/// top may also go on).
+	pub fn can_end(&self, grammar: &JsonGrammar) -> bool {
+		match self.expect {
+			Expect::Done => true,
+			Expect::Number { at, .. } => self.depth == 0 && at.complete(),
+			Expect::Literal { node, candidates, at } => {
+				let texts = grammar.literals(node);
+				self.depth == 0
+					&& filter(candidates, texts.len(), |i| texts[i].len() == at as usize) != 0
+			}
+			_ => false,
+		}
+	}
+
+	/// The state after `bytes`, if they keep the output a prefix of a document of `grammar`;
+	/// `None` for no bytes (a special token, which has no text).
+	pub fn accepts(self, grammar: &JsonGrammar, bytes: &[u8]) -> Option<Self> {
+		if bytes.is_empty() {
+			return None;
+		}
+		bytes.iter().try_fold(self, |state, &b| state.step(grammar, b))
+	}
+
+	/// For each token (by id, its bytes in `token_bytes`), whether it may come next; the end
+	/// of the output (`eos`) when the document may end.
+	pub fn allowed_tokens(
+		&self,
+		grammar: &JsonGrammar,
+		token_bytes: &[Box<[u8]>],
+		eos: Option<u32>,
+	) -> Vec<bool> {
+		// A token whose first byte cannot come next is refused without trying the rest.
+		let mut first = [false; 256];
+		for (b, ok) in first.iter_mut().enumerate() {
+			*ok = self.step(grammar, b as u8).is_some();
+		}
+		let mut allowed: Vec<bool> = token_bytes
+			.par_iter()
+			.map(|bytes| {
+				bytes.first().is_some_and(|&b| first[b as usize])
+					&& self.accepts(grammar, bytes).is_some()
+			})
+			.collect();
+		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
+			*slot = self.can_end(grammar);
+		}
+		allowed
+	}
+
+	fn top(&self) -> Option<Frame> {
+		self.frames.get(self.depth.checked_sub(1)? as usize).copied()
+	}
+
+	fn set_top(&mut self, frame: Frame) {
+		if let Some(top) = self.depth.checked_sub(1).and_then(|d| self.frames.get_mut(d as usize)) {
+			*top = frame;
+		}
+	}
+
+	/// What follows a finished value.
+	fn value_end(&self) -> Expect {
+		if self.depth == 0 {
+			Expect::Done
+		} else {
+			Expect::After
+		}
+	}
+
+	/// Opens a container, if the nesting allows one more.
+	fn open(mut self, frame: Frame, expect: Expect) -> Option<Self> {
+		*self.frames.get_mut(self.depth as usize)? = frame;
+		self.depth += 1;
+		self.expect = expect;
+		Some(self)
+	}
+
+	/// Closes the innermost container.
+	fn close(mut self) -> Self {
+		self.depth -= 1;
+		self.expect = self.value_end();
+		self
+	}
+
+	/// Closes the innermost object, if every required property was given.
+	fn close_object(self, grammar: &JsonGrammar) -> Option<Self> {
+		match self.top()? {
+			Frame::AnyObject => Some(self.close()),
+			Frame::Object { node, seen, .. } => {
+				let (_, required) = grammar.object(node);
+				(required & !seen == 0).then(|| self.close())
+			}
+			_ => None,
+		}
+	}
+
+	/// The state after the byte `b`, if it may come next.
+	fn step(mut self, grammar: &JsonGrammar, b: u8) -> Option<Self> {
+		match self.expect {
+			Expect::String { key, at: InString::Plain } if b == b'"' => {
+				self.expect = if key { Expect::Colon } else { self.value_end() };
+				return Some(self);
+			}
+			Expect::String { key, at } => {
+				self.expect = Expect::String { key, at: string_step(at, b)? };
+				return Some(self);
+			}
+			Expect::DeclaredKey { candidates, at } => {
+				let Frame::Object { node, seen, .. } = self.top()? else { return None };
+				let (properties, _) = grammar.object(node);
+				let key = |i: usize| &properties[i].key;
+				if b == b'"' {
+					let i = (0..properties.len())
+						.find(|&i| candidates >> i & 1 == 1 && key(i).len() == at as usize)?;
+					self.set_top(Frame::Object { node, seen: seen | 1 << i, current: i as u8 });
+					self.expect = Expect::Colon;
+				} else {
+					let next = filter(candidates, properties.len(), |i| {
+						key(i).get(at as usize) == Some(&b)
+					});
+					if next == 0 {
+						return None;
+					}
+					self.expect = Expect::DeclaredKey { candidates: next, at: at + 1 };
+				}
+				return Some(self);
+			}
+			Expect::Number { at, integer } => match at.step(b, integer) {
+				Some(next) => {
+					self.expect = Expect::Number { at: next, integer };
+					return Some(self);
+				}
+				// The byte after a number belongs to what follows it.
+				None if at.complete() => self.expect = self.value_end(),
+				None => return None,
+			},
+			Expect::Literal { node, candidates, at } => {
+				let texts = grammar.literals(node);
+				let at = at as usize;
+				let next = filter(candidates, texts.len(), |i| texts[i].get(at) == Some(&b));
+				if next != 0 {
+					let longer = filter(next, texts.len(), |i| texts[i].len() > at + 1);
+					self.expect = match longer {
+						0 => self.value_end(),
+						_ => Expect::Literal { node, candidates: next, at: at as u8 + 1 },
+					};
+					return Some(self);
+				}
+				// A literal that is whole may end here (one of `1` and `10`, say).
+				if filter(candidates, texts.len(), |i| texts[i].len() == at) == 0 {
+					return None;
+				}
+				self.expect = self.value_end();
+			}
+			_ => {}
+		}
+		if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+			if self.expect == Expect::Done || self.whitespace >= MAX_WHITESPACE_RUN {
+				return None;
+			}
+			self.whitespace += 1;
+			return Some(self);
+		}
+		self.whitespace = 0;
+		match self.expect {
+			Expect::Value(node) => self.start_value(grammar, node, b),
+			Expect::ArrayFirst => {
+				let (items, min, max) = match self.top()? {
+					Frame::Array { node, .. } => grammar.array(node),
+					_ => (ANY, 0, u32::MAX),
+				};
+				if b == b']' {
+					return (min == 0).then(|| self.close());
+				}
+				if max == 0 {
+					return None;
+				}
+				if let Frame::Array { node, .. } = self.top()? {
+					self.set_top(Frame::Array { node, count: 1 });
+				}
+				self.start_value(grammar, items, b)
+			}
+			Expect::ObjectFirst | Expect::Key => match (self.top()?, b) {
+				(_, b'}') if self.expect == Expect::ObjectFirst => self.close_object(grammar),
+				(Frame::Object { node, seen, .. }, b'"') => {
+					let (properties, _) = grammar.object(node);
+					let unseen = all_of(properties.len()) & !seen;
+					if unseen == 0 {
+						return None;
+					}
+					self.expect = Expect::DeclaredKey { candidates: unseen, at: 0 };
+					Some(self)
+				}
+				(Frame::AnyObject, b'"') => {
+					self.expect = Expect::String { key: true, at: InString::Plain };
+					Some(self)
+				}
+				_ => None,
+			},
+			Expect::Colon if b == b':' => {
+				self.expect = Expect::Value(match self.top()? {
+					Frame::Object { node, current, .. } => {
+						grammar.object(node).0.get(current as usize)?.value
+					}
+					_ => ANY,
+				});
+				Some(self)
+			}
+			Expect::After => match (self.top()?, b) {
+				(Frame::Object { node, seen, .. }, b',') => {
+					let (properties, _) = grammar.object(node);
+					if all_of(properties.len()) & !seen == 0 {
+						return None;
+					}
+					self.expect = Expect::Key;
+					Some(self)
+				}
+				(Frame::AnyObject, b',') => {
+					self.expect = Expect::Key;
+					Some(self)
+				}
+				(Frame::Object { .. } | Frame::AnyObject, b'}') => self.close_object(grammar),
+				(Frame::Array { node, count }, b',') => {
+					let (items, _, max) = grammar.array(node);
+					if count >= max {
+						return None;
+					}
+					self.set_top(Frame::Array { node, count: count + 1 });
+					self.expect = Expect::Value(items);
+					Some(self)
+				}
+				(Frame::AnyArray, b',') => {
+					self.expect = Expect::Value(ANY);
+					Some(self)
+				}
+				(Frame::Array { node, count }, b']') => {
+					let (_, min, _) = grammar.array(node);
+					(count >= min).then(|| self.close())
+				}
+				(Frame::AnyArray, b']') => Some(self.close()),
+				_ => None,
+			},
+			_ => None,
+		}
+	}
+
+	/// The state after `b`, the first byte of a value of `node`, if a value of `node` may
+	/// start with it.
+	fn start_value(mut self, grammar: &JsonGrammar, node: NodeId, b: u8) -> Option<Self> {
+		let node = grammar.resolve(node)?;
+		match &grammar.nodes[node as usize] {
+			Node::Any => match b {
+				b'{' => self.open(Frame::AnyObject, Expect::ObjectFirst),
+				b'[' => self.open(Frame::AnyArray, Expect::ArrayFirst),
+				b'"' => {
+					self.expect = Expect::String { key: false, at: InString::Plain };
+					Some(self)
+				}
+				b't' | b'f' => self.start_value(grammar, BOOLEAN, b),
+				b'n' => self.start_value(grammar, NULL, b),
+				_ => {
+					self.expect = Expect::Number { at: Number::start(b)?, integer: false };
+					Some(self)
+				}
+			},
+			Node::Object { .. } if b == b'{' => {
+				self.open(Frame::Object { node, seen: 0, current: 0 }, Expect::ObjectFirst)
+			}
+			Node::AnyObject if b == b'{' => self.open(Frame::AnyObject, Expect::ObjectFirst),
+			Node::Array { .. } if b == b'[' => {
+				self.open(Frame::Array { node, count: 0 }, Expect::ArrayFirst)
+			}
+			Node::String if b == b'"' => {
+				self.expect = Expect::String { key: false, at: InString::Plain };
+				Some(self)
+			}
+			Node::Number { integer } => {
+				self.expect = Expect::Number { at: Number::start(b)?, integer: *integer };
+				Some(self)
+			}
+			Node::Literals(texts) => {
+				let all = all_of(texts.len());
+				let next = filter(all, texts.len(), |i| texts[i].first() == Some(&b));
+				self.expect = match (next, filter(next, texts.len(), |i| texts[i].len() > 1)) {
+					(0, _) => return None,
+					(_, 0) => self.value_end(),
+					_ => Expect::Literal { node, candidates: next, at: 1 },
+				};
+				Some(self)
+			}
+			Node::Union(members) => {
+				let member = members.iter().find(|&&m| grammar.starts[m as usize][b as usize])?;
+				self.start_value(grammar, *member, b)
+			}
+			_ => None,
+		}
+	}
+}
+
+impl JsonGrammar {
+	/// An object node's properties and required bits (none for another node).
+	fn object(&self, node: NodeId) -> (&[Property], u64) {
+		match &self.nodes[node as usize] {
+			Node::Object { properties, required } => (properties, *required),
+			_ => (&[], 0),
+		}
+	}
+
+	/// An array node's items, least and most count (any, for another node).
+	fn array(&self, node: NodeId) -> (NodeId, u32, u32) {
+		match &self.nodes[node as usize] {
+			Node::Array { items, min, max } => (*items, *min, *max),
+			_ => (ANY, 0, u32::MAX),
+		}
+	}
+
+	/// A literal node's texts (none for another node).
+	fn literals(&self, node: NodeId) -> &[Box<[u8]>] {
+		match &self.nodes[node as usize] {
+			Node::Literals(texts) => texts,
+			_ => &[],
+		}
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use serde_json::json;
+
+	use super::*;
+
+	fn run(grammar: &JsonGrammar, text: &[u8]) -> Option<JsonState> {
+		JsonState::new(grammar).accepts(grammar, text)
+	}
+
+	fn complete(grammar: &JsonGrammar, text: &str) -> bool {
+		run(grammar, text.as_bytes()).is_some_and(|s| s.can_end(grammar))
 	}
 
 	#[test]
-	fn takes_every_kind_of_value_and_only_an_object_on_top() {
+	fn json_mode_takes_every_kind_of_value_and_only_an_object_on_top() {
+		let any = JsonGrammar::any_object();
 		for text in [
 			r#"{}"#,
-			r#" { "a" : 1 } "#.trim_end(),
+			r#" { "a" : 1 }"#,
 			r#"{"a":[1,-0.5,2e10,3E-2,0,-7],"b":{"c":null,"d":true,"e":false},"f":[]}"#,
 			r#"{"s":"tab\t \"q\" \\ \/ \u00e9 é 😀"}"#,
 			"{\n  \"k\": [\n    {}\n  ]\n}",
 		] {
-			assert!(complete(text), "{text}");
-			// Every serde_json parses what the automaton completes.
-			assert!(serde_json::from_str::<serde_json::Value>(text).unwrap().is_object());
+			assert!(complete(&any, text), "{text}");
+			assert!(serde_json::from_str::<Value>(text).unwrap().is_object());
 		}
 		for text in ["[]", "1", "\"s\"", "null", "true"] {
-			assert!(run(text.as_bytes()).is_none(), "{text} is not an object");
+			assert!(run(&any, text.as_bytes()).is_none(), "{text} is not an object");
 		}
 	}
 
 	#[test]
 	fn refuses_what_is_not_json() {
+		let any = JsonGrammar::any_object();
 		for text in [
 			r#"{"a":01}"#,
 			r#"{"a":1.}"#,
@@ -334,44 +946,162 @@ mod tests {
 			r#"{}{}"#,
 			r#"{} x"#,
 		] {
-			assert!(!complete(text), "{text} was taken");
+			assert!(!complete(&any, text), "{text} was taken");
 		}
-		// Invalid UTF-8 in a string.
-		assert!(run(b"{\"a\":\"\xff\"}").is_none());
-		assert!(run(b"{\"a\":\"\xc3\x28\"}").is_none());
-		// Nothing after the object, not even whitespace.
-		assert!(run(b"{} ").is_none());
+		assert!(run(&any, b"{\"a\":\"\xff\"}").is_none());
+		assert!(run(&any, b"{\"a\":\"\xc3\x28\"}").is_none());
+		// Nothing after the document, not even whitespace.
+		assert!(run(&any, b"{} ").is_none());
 	}
 
 	#[test]
-	fn a_prefix_is_taken_and_finishes_only_when_closed() {
-		let text = br#"{"key": [1.5, "va"#;
-		let state = run(text).unwrap();
-		assert!(!state.is_complete());
-		// A number may end with the byte after it, which must fit what follows.
-		let state = run(br#"{"n": 12"#).unwrap();
-		assert!(state.accepts(b"}").unwrap().is_complete());
-		assert!(state.accepts(b"3, \"m\": 0}").unwrap().is_complete());
-		assert!(state.accepts(b"]").is_none());
+	fn a_prefix_is_taken_and_ends_only_when_whole() {
+		let any = JsonGrammar::any_object();
+		let state = run(&any, br#"{"key": [1.5, "va"#).unwrap();
+		assert!(!state.can_end(&any));
+		// A number ends with the byte after it, which must fit what follows.
+		let state = run(&any, br#"{"n": 12"#).unwrap();
+		assert!(state.accepts(&any, b"}").unwrap().can_end(&any));
+		assert!(state.accepts(&any, b"3, \"m\": 0}").unwrap().can_end(&any));
+		assert!(state.accepts(&any, b"]").is_none());
 		// A multi-byte character split across tokens.
-		let state = run(b"{\"e\": \"\xf0\x9f").unwrap();
-		assert!(state.accepts(b"\x98\x80\"}").unwrap().is_complete());
-		assert!(state.accepts(b"\"}").is_none());
+		let state = run(&any, b"{\"e\": \"\xf0\x9f").unwrap();
+		assert!(state.accepts(&any, b"\x98\x80\"}").unwrap().can_end(&any));
+		assert!(state.accepts(&any, b"\"}").is_none());
 		// Special tokens have no bytes.
-		assert!(JsonState::new().accepts(b"").is_none());
+		assert!(JsonState::new(&any).accepts(&any, b"").is_none());
 	}
 
 	#[test]
 	fn limits_the_nesting_and_the_whitespace() {
-		let deep = "[".repeat(MAX_DEPTH as usize - 1);
-		let state = run(format!("{{\"a\":{deep}").as_bytes()).unwrap();
-		assert!(state.accepts(b"[").is_none());
-		assert!(state.accepts(b"1").is_some());
-		let closed = format!("{{\"a\":{deep}{}}}", "]".repeat(MAX_DEPTH as usize - 1));
-		assert!(complete(&closed));
+		let any = JsonGrammar::any_object();
+		let deep = "[".repeat(MAX_DEPTH - 1);
+		let state = run(&any, format!("{{\"a\":{deep}").as_bytes()).unwrap();
+		assert!(state.accepts(&any, b"[").is_none());
+		assert!(state.accepts(&any, b"1").is_some());
+		let closed = format!("{{\"a\":{deep}{}}}", "]".repeat(MAX_DEPTH - 1));
+		assert!(complete(&any, &closed));
 		let spaces = " ".repeat(MAX_WHITESPACE_RUN as usize);
-		let state = run(format!("{{{spaces}").as_bytes()).unwrap();
-		assert!(state.accepts(b" ").is_none());
-		assert!(state.accepts(b"\"k\":").unwrap().accepts(spaces.as_bytes()).is_some());
+		let state = run(&any, format!("{{{spaces}").as_bytes()).unwrap();
+		assert!(state.accepts(&any, b" ").is_none());
+		assert!(state.accepts(&any, b"\"k\":").unwrap().accepts(&any, spaces.as_bytes()).is_some());
+	}
+
+	fn person() -> JsonGrammar {
+		JsonGrammar::from_schema(&json!({
+			"title": "Person",
+			"type": "object",
+			"properties": {
+				"name": {"type": "string", "description": "their name"},
+				"age": {"type": "integer"},
+				"height": {"type": ["number", "null"]},
+				"pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}, "maxItems": 2},
+				"role": {"enum": ["admin", "user", 1, 10]},
+				"active": {"type": "boolean"}
+			},
+			"required": ["name", "age"],
+			"$defs": {"Pet": {"type": "object",
+				"properties": {"kind": {"const": "cat"}, "friends": {"type": "array",
+					"items": {"$ref": "#/$defs/Pet"}}},
+				"required": ["kind"], "additionalProperties": false}}
+		}))
+		.unwrap()
+	}
+
+	#[test]
+	fn a_schema_takes_what_it_describes_in_any_key_order() {
+		let g = person();
+		for text in [
+			r#"{"name":"Ada","age":36}"#,
+			r#"{"age": -3, "name": "B", "height": null, "active": false}"#,
+			r#"{"name":"C","age":1,"height":1.75e0,"role":"admin","pets":[]}"#,
+			r#"{"name":"D","age":2,"role":10,"pets":[{"kind":"cat"},{"kind":"cat","friends":[{"kind":"cat"}]}]}"#,
+			r#"{"role":1,"name":"E","age":0}"#,
+		] {
+			assert!(complete(&g, text), "{text}");
+		}
+		for text in [
+			r#"{"name":"Ada"}"#,
+			r#"{"age":36}"#,
+			r#"{"name":"Ada","age":36.5}"#,
+			r#"{"name":"Ada","age":1e3}"#,
+			r#"{"name":1,"age":36}"#,
+			r#"{"name":"A","age":3,"name":"B"}"#,
+			r#"{"name":"A","age":3,"other":1}"#,
+			r#"{"name":"A","age":3,"role":"guest"}"#,
+			r#"{"name":"A","age":3,"role":100}"#,
+			r#"{"name":"A","age":3,"height":"tall"}"#,
+			r#"{"name":"A","age":3,"pets":[{"kind":"dog"}]}"#,
+			r#"{"name":"A","age":3,"pets":[{}]}"#,
+			r#"{"name":"A","age":3,"pets":[{"kind":"cat"},{"kind":"cat"},{"kind":"cat"}]}"#,
+			r#"{"name":"A","age":3,"active":"yes"}"#,
+			r#"["name"]"#,
+		] {
+			assert!(!complete(&g, text), "{text} was taken");
+		}
+		// A key is matched byte by byte against the ones not given yet.
+		let state = run(&g, br#"{"name":"A","#).unwrap();
+		assert!(state.accepts(&g, b"\"na").is_none());
+		assert!(state.accepts(&g, b"\"ag").is_some());
+		assert!(run(&g, br#"{"a"#).unwrap().accepts(&g, b"ge\":").is_some());
+		// An enum's 1 ends where 10 does not go on.
+		assert!(run(&g, br#"{"name":"x","age":1,"role":1"#).unwrap().accepts(&g, b"}").is_some());
+	}
+
+	#[test]
+	fn top_level_scalars_may_end_the_output() {
+		let g = JsonGrammar::from_schema(&json!({"type": "integer"})).unwrap();
+		let state = run(&g, b"12").unwrap();
+		assert!(state.can_end(&g) && state.accepts(&g, b"3").is_some());
+		assert!(run(&g, b"-").is_some_and(|s| !s.can_end(&g)));
+		let g = JsonGrammar::from_schema(&json!({"enum": [1, 10, "x"]})).unwrap();
+		assert!(run(&g, b"1").unwrap().can_end(&g));
+		assert!(run(&g, b"10").unwrap().can_end(&g));
+		assert!(run(&g, b"\"x\"").unwrap().can_end(&g));
+		assert!(run(&g, b"2").is_none());
+		let anything = JsonGrammar::from_schema(&json!({})).unwrap();
+		assert!(complete(&anything, "[1, {\"a\": null}]") && complete(&anything, "\"s\""));
+	}
+
+	#[test]
+	fn schemas_it_cannot_hold_to_are_refused_with_the_reason() {
+		for (schema, says) in [
+			(json!({"type": "string", "pattern": "^a$"}), "pattern is not served"),
+			(json!({"type": "integer", "minimum": 0}), "minimum is not served"),
+			(json!({"anyOf": [{"type": "object"}, {"type": "object"}]}), "'{'"),
+			(json!({"type": ["integer", "number"]}), "start with"),
+			(json!({"type": "date"}), "unknown type"),
+			(json!({"$ref": "https://example.com/s.json"}), "$ref"),
+			(json!({"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}}), "cycle"),
+			(json!({"type": "object", "properties": {"a": {}}, "required": ["b"]}), "required"),
+			(json!({"type": "array", "minItems": 3, "maxItems": 2}), "minItems"),
+			(json!({"allOf": [{}, {}]}), "allOf"),
+			(json!(3), "a schema is"),
+		] {
+			let error = JsonGrammar::from_schema(&schema).unwrap_err();
+			assert!(error.contains(says), "{schema}: {error:?} does not say {says:?}");
+		}
+	}
+
+	#[test]
+	fn allowed_tokens_are_those_that_fit_and_the_end_only_when_whole() {
+		let any = JsonGrammar::any_object();
+		let bytes: Vec<Box<[u8]>> = ["{", "}", "\"a\"", ":", "1", " ", "", "{\"", "x"]
+			.iter()
+			.map(|t| t.as_bytes().into())
+			.collect();
+		let eos = Some(6);
+		let allowed = |state: &JsonState| {
+			let mask = state.allowed_tokens(&any, &bytes, eos);
+			(0..bytes.len()).filter(|&i| mask[i]).collect::<Vec<_>>()
+		};
+		let start = JsonState::new(&any);
+		assert_eq!(allowed(&start), [0, 5, 7]);
+		let state = start.accepts(&any, b"{").unwrap();
+		assert_eq!(allowed(&state), [1, 2, 5]);
+		let state = state.accepts(&any, b"\"a\":1").unwrap();
+		assert_eq!(allowed(&state), [1, 4, 5]);
+		let done = state.accepts(&any, b"}").unwrap();
+		assert_eq!(allowed(&done), [6]);
 	}
 }

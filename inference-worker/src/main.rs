@@ -26,6 +26,7 @@ use openledger_inference_worker::{
 		ResponseFormat,
 	},
 	http_api::{self, ApiState},
+	json_mode::JsonGrammar,
 	kernel_model::KernelLlama,
 	lora::LoraAdapter,
 	model::{Llama, WeightFormat},
@@ -159,8 +160,11 @@ struct GenerateArgs {
 	#[arg(long, value_parser = parse_logit_bias, allow_negative_numbers = true)]
 	logit_bias: Vec<(u32, f32)>,
 	/// JSON mode: hold the output to one JSON object, token by token.
-	#[arg(long)]
+	#[arg(long, conflicts_with = "json_schema")]
 	json_object: bool,
+	/// Hold the output to what the JSON schema in this file allows, token by token.
+	#[arg(long)]
+	json_schema: Option<PathBuf>,
 	/// Seed of the sampler.
 	#[arg(long, default_value_t = 0)]
 	seed: u64,
@@ -311,9 +315,18 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 		ignore_eos: args.ignore_eos,
 		prompt_logprobs: args.prompt_logprobs,
 		min_tokens: args.min_tokens,
-		response_format: match args.json_object {
-			true => ResponseFormat::JsonObject,
-			false => ResponseFormat::Text,
+		response_format: match (&args.json_schema, args.json_object) {
+			(Some(path), _) => {
+				let text = std::fs::read_to_string(path)
+					.with_context(|| format!("reading the JSON schema {}", path.display()))?;
+				let schema = serde_json::from_str(&text)
+					.with_context(|| format!("{} is not JSON", path.display()))?;
+				let grammar = JsonGrammar::from_schema(&schema)
+					.map_err(|e| anyhow!("{}: {e}", path.display()))?;
+				ResponseFormat::Json(Arc::new(grammar))
+			}
+			(None, true) => ResponseFormat::json_object(),
+			(None, false) => ResponseFormat::Text,
 		},
 	})
 }

@@ -16,7 +16,7 @@ use openledger_inference_worker::{
 	engine::EngineConfig,
 	generate::{generate, FinishReason, Generation, GenerationRequest, ResponseFormat},
 	http_api::{self, ApiState},
-	json_mode::JsonState,
+	json_mode::{JsonGrammar, JsonState},
 	kv_cache::KvCacheConfig,
 	lora::{LoraAdapter, Projection},
 	model::{Llama, WeightFormat},
@@ -860,7 +860,7 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 		"content": "Give me a JSON object with a cat's name and age."}]);
 	let chat = render(&tokenizer, &messages);
 	let json_mode = |seed: u64, temperature: f32| GenerationRequest {
-		response_format: ResponseFormat::JsonObject,
+		response_format: ResponseFormat::json_object(),
 		sampling: SamplingParams { temperature, seed, ..Default::default() },
 		..greedy(&chat, 96)
 	};
@@ -874,6 +874,7 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	let (status, answer) = post(address, "/v1/chat/completions", &body);
 	assert_eq!(status, 200, "{answer}");
 	assert_answers(&answer, &want, "/message/content");
+	let any = JsonGrammar::any_object();
 	for seed in 0..4 {
 		let sampled = alone(&json_mode(seed, 1.2));
 		let text = sampled.text.as_str();
@@ -884,7 +885,7 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 				assert!(value.is_object(), "{value}");
 			}
 			_ => assert!(
-				JsonState::new().accepts(text.as_bytes()).is_some(),
+				JsonState::new(&any).accepts(&any, text.as_bytes()).is_some(),
 				"seed {seed}: {text:?} is not the start of an object"
 			),
 		}
@@ -892,6 +893,62 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	// Without JSON mode the same prompt does not answer in JSON: the mask did the work.
 	let free = alone(&greedy(&chat, 96));
 	assert!(serde_json::from_str::<Value>(&free.text).is_err(), "{:?}", free.text);
+
+	// A JSON schema, in OpenAI's, LoRAX's and vLLM's forms: every answer that ends is what the
+	// schema describes.
+	let schema = json!({"type": "object", "properties": {
+			"name": {"type": "string"},
+			"age": {"type": "integer"},
+			"colors": {"type": "array", "maxItems": 3,
+				"items": {"enum": ["black", "white", "orange", "grey"]}},
+			"indoor": {"type": ["boolean", "null"]}},
+		"required": ["name", "age"], "additionalProperties": false});
+	let follows = |text: &str| {
+		let cat: Value =
+			serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?} is not JSON"));
+		let cat = cat.as_object().unwrap_or_else(|| panic!("{text:?} is not an object"));
+		assert!(cat["name"].is_string() && cat["age"].is_i64(), "{text:?}");
+		let colors = cat.get("colors").map_or(&[][..], |c| c.as_array().unwrap());
+		assert!(colors.len() <= 3, "{text:?}");
+		for color in colors {
+			assert!(["black", "white", "orange", "grey"].contains(&color.as_str().unwrap()));
+		}
+		assert!(cat.get("indoor").is_none_or(|v| v.is_boolean() || v.is_null()), "{text:?}");
+		assert!(cat.keys().all(|k| ["name", "age", "colors", "indoor"].contains(&k.as_str())));
+	};
+	let grammar = Arc::new(JsonGrammar::from_schema(&schema).unwrap());
+	let schema_mode = |seed: u64, temperature: f32| GenerationRequest {
+		response_format: ResponseFormat::Json(grammar.clone()),
+		sampling: SamplingParams { temperature, seed, ..Default::default() },
+		..greedy(&chat, 96)
+	};
+	let want = alone(&schema_mode(0, 0.0));
+	assert_eq!(want.finish_reason, FinishReason::Eos, "{:?}", want.text);
+	follows(&want.text);
+	let openai = json!({"type": "json_schema",
+		"json_schema": {"name": "cat", "strict": true, "schema": schema}});
+	let lorax = json!({"type": "json_object", "schema": schema});
+	for (field, format) in
+		[("response_format", openai), ("response_format", lorax), ("guided_json", schema.clone())]
+	{
+		let mut body = json!({"messages": messages, "max_tokens": 96, "temperature": 0});
+		body[field] = format;
+		let (status, answer) = post(address, "/v1/chat/completions", &body);
+		assert_eq!(status, 200, "{answer}");
+		assert_answers(&answer, &want, "/message/content");
+	}
+	let mut ended = 0;
+	for seed in 0..6 {
+		let sampled = alone(&schema_mode(seed, 1.0));
+		if sampled.finish_reason == FinishReason::Eos {
+			follows(&sampled.text);
+			ended += 1;
+		} else {
+			let state = JsonState::new(&grammar).accepts(&grammar, sampled.text.as_bytes());
+			assert!(state.is_some(), "seed {seed}: {:?} is off the schema", sampled.text);
+		}
+	}
+	assert!(ended >= 3, "{ended} of 6 sampled answers ended within 96 tokens");
 
 	let refused = |path: &str, body: Value, says: &str| refused_at(address, path, body, says);
 	let completions = "/v1/completions";
@@ -901,12 +958,17 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	let too_far = json!({"prompt": "x", "logit_bias": {model.config.vocab_size.to_string(): 1}});
 	refused(completions, too_far, "vocabulary");
 	refused(completions, json!({"prompt": "x", "max_tokens": 4, "min_tokens": 5}), "min_tokens");
-	let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}});
+	let pattern = json!({"type": "json_schema",
+		"json_schema": {"name": "x", "schema": {"type": "string", "pattern": "^a"}}});
 	refused(
 		"/v1/chat/completions",
-		json!({"messages": messages, "response_format": schema}),
-		"json_schema",
+		json!({"messages": messages, "response_format": pattern}),
+		"pattern is not served",
 	);
+	let both = json!({"messages": messages, "guided_json": {},
+		"response_format": {"type": "json_object"}});
+	refused("/v1/chat/completions", both, "one or the other");
+	refused(completions, json!({"prompt": "x", "guided_json": "{not json"}), "not JSON");
 	refused(
 		completions,
 		json!({"prompt": "x", "response_format": {"type": "yaml"}}),
