@@ -2,7 +2,9 @@
 # Benchmarks the inference worker on the real model, side by side in one run: prefill and decode
 # tokens/s against candle-transformers' quantized Llama, decode with a LoRA adapter against the
 # base model, and an adapter's cold load (inference-worker/benches/engine.rs); throughput with 1,
-# 100 and 1,000 adapters in the mix against the base model alone (benches/multi_adapter.rs).
+# 100 and 1,000 adapters in the mix against the base model alone (benches/multi_adapter.rs);
+# structured output (a JSON schema, JSON mode) against unconstrained generation
+# (benches/structured_output.rs).
 # Prints Markdown tables for docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +12,4 @@ scripts/setup.sh
 . scripts/env.sh
 scripts/fetch-models.sh
 
-cargo bench --locked --workspace --bench engine --bench multi_adapter
+cargo bench --locked --workspace --bench engine --bench multi_adapter --bench structured_output

@@ -29,6 +29,8 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use serde_json::Value;
 
+use crate::tokenizer::TokenBytes;
+
 /// The deepest nesting of objects and arrays.
 pub const MAX_DEPTH: usize = 16;
 /// The most whitespace bytes in a row outside strings.
@@ -490,6 +492,18 @@ fn string_step(at: InString, b: u8) -> Option<InString> {
 	})
 }
 
+/// Whether `bytes` keep a string at `at` open (`Some(true)`), close it somewhere (`Some(false)`),
+/// or cannot come next in it (`None`).
+fn stays_in_string(mut at: InString, bytes: &[u8]) -> Option<bool> {
+	for &b in bytes {
+		if at == InString::Plain && b == b'"' {
+			return Some(false);
+		}
+		at = string_step(at, b)?;
+	}
+	Some(true)
+}
+
 /// An open container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Frame {
@@ -587,7 +601,17 @@ impl JsonState {
 		if bytes.is_empty() {
 			return None;
 		}
-		bytes.iter().try_fold(self, |state, &b| state.step(grammar, b))
+		let mut state = self;
+		for &b in bytes {
+			match &mut state.expect {
+				// Inside a string only the string's own state changes (no copy of the rest).
+				Expect::String { at, .. } if !(*at == InString::Plain && b == b'"') => {
+					*at = string_step(*at, b)?;
+				}
+				_ => state = state.step(grammar, b)?,
+			}
+		}
+		Some(state)
 	}
 
 	/// For each token (by id, its bytes in `token_bytes`), whether it may come next; the end
@@ -595,7 +619,7 @@ impl JsonState {
 	pub fn allowed_tokens(
 		&self,
 		grammar: &JsonGrammar,
-		token_bytes: &[Box<[u8]>],
+		token_bytes: &TokenBytes,
 		eos: Option<u32>,
 	) -> Vec<bool> {
 		// A token whose first byte cannot come next is refused without trying the rest.
@@ -603,11 +627,22 @@ impl JsonState {
 		for (b, ok) in first.iter_mut().enumerate() {
 			*ok = self.step(grammar, b as u8).is_some();
 		}
-		let mut allowed: Vec<bool> = token_bytes
-			.par_iter()
-			.map(|bytes| {
-				bytes.first().is_some_and(|&b| first[b as usize])
-					&& self.accepts(grammar, bytes).is_some()
+		let mut allowed: Vec<bool> = (0..token_bytes.len())
+			.into_par_iter()
+			.map(|id| {
+				let bytes = token_bytes.get(id).unwrap_or_default();
+				if !bytes.first().is_some_and(|&b| first[b as usize]) {
+					return false;
+				}
+				// Inside a string most tokens stay in it: taken without trying them whole.
+				if let Expect::String { at, .. } = self.expect {
+					match stays_in_string(at, bytes) {
+						Some(true) => return true,
+						None => return false,
+						Some(false) => {}
+					}
+				}
+				self.accepts(grammar, bytes).is_some()
 			})
 			.collect();
 		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
@@ -1086,10 +1121,7 @@ mod tests {
 	#[test]
 	fn allowed_tokens_are_those_that_fit_and_the_end_only_when_whole() {
 		let any = JsonGrammar::any_object();
-		let bytes: Vec<Box<[u8]>> = ["{", "}", "\"a\"", ":", "1", " ", "", "{\"", "x"]
-			.iter()
-			.map(|t| t.as_bytes().into())
-			.collect();
+		let bytes = TokenBytes::new(["{", "}", "\"a\"", ":", "1", " ", "", "{\"", "x"]);
 		let eos = Some(6);
 		let allowed = |state: &JsonState| {
 			let mask = state.allowed_tokens(&any, &bytes, eos);

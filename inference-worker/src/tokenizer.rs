@@ -37,7 +37,45 @@ pub struct Tokenizer {
 	/// The model's chat template (Jinja), if its metadata has one.
 	pub chat_template: Option<String>,
 	/// Each token's bytes, worked out when first asked for (see [`Tokenizer::token_bytes`]).
-	token_bytes: Arc<OnceLock<Vec<Box<[u8]>>>>,
+	token_bytes: Arc<OnceLock<TokenBytes>>,
+}
+
+/// Each token's bytes, by id, in one buffer (scanned for every token at each step of
+/// structured output: one allocation per token would scatter them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenBytes {
+	bytes: Vec<u8>,
+	/// Where each token's bytes end in `bytes`.
+	ends: Vec<usize>,
+}
+
+impl TokenBytes {
+	/// The bytes of each of `tokens`, in order of id.
+	pub fn new<T: AsRef<[u8]>>(tokens: impl IntoIterator<Item = T>) -> Self {
+		let mut all = Self::default();
+		for token in tokens {
+			all.bytes.extend_from_slice(token.as_ref());
+			all.ends.push(all.bytes.len());
+		}
+		all
+	}
+
+	/// How many tokens.
+	pub fn len(&self) -> usize {
+		self.ends.len()
+	}
+
+	/// Whether there are none.
+	pub fn is_empty(&self) -> bool {
+		self.ends.is_empty()
+	}
+
+	/// Token `id`'s bytes, if there is such a token.
+	pub fn get(&self, id: usize) -> Option<&[u8]> {
+		let end = *self.ends.get(id)?;
+		let start = id.checked_sub(1).map_or(0, |before| self.ends[before]);
+		self.bytes.get(start..end)
+	}
 }
 
 fn tokenizer_error(e: impl std::fmt::Display) -> Error {
@@ -199,22 +237,22 @@ impl Tokenizer {
 	/// for special tokens (which add nothing unless asked to). A byte-level BPE token's are its
 	/// raw bytes, part of a character included; another model's token's are the UTF-8 of its
 	/// text decoded alone. Worked out once, on first use.
-	pub fn token_bytes(&self) -> &[Box<[u8]>] {
+	pub fn token_bytes(&self) -> &TokenBytes {
 		self.token_bytes.get_or_init(|| {
 			let added = self.inner.get_added_tokens_decoder();
 			let byte_level = matches!(self.inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
 			let alphabet = byte_level_bytes();
-			(0..self.vocab_size() as u32)
-				.map(|id| match (added.get(&id), self.inner.id_to_token(id)) {
-					(Some(token), _) if token.special => Box::default(),
-					(Some(token), _) => token.content.as_bytes().into(),
+			TokenBytes::new((0..self.vocab_size() as u32).map(|id| {
+				match (added.get(&id), self.inner.id_to_token(id)) {
+					(Some(token), _) if token.special => Vec::new(),
+					(Some(token), _) => token.content.as_bytes().to_vec(),
 					(None, Some(token)) if byte_level => {
 						token.chars().filter_map(|c| alphabet.get(&c).copied()).collect()
 					}
-					(None, Some(_)) => self.decode(&[id]).unwrap_or_default().into_bytes().into(),
-					(None, None) => Box::default(),
-				})
-				.collect()
+					(None, Some(_)) => self.decode(&[id]).unwrap_or_default().into_bytes(),
+					(None, None) => Vec::new(),
+				}
+			}))
 		})
 	}
 }

@@ -122,12 +122,13 @@ fn token_bytes_spell_the_text_and_special_tokens_have_none() {
 	{
 		let tokens = tokenizer.encode(text).unwrap();
 		let spelled: Vec<u8> =
-			tokens.iter().flat_map(|&t| bytes[t as usize].iter().copied()).collect();
+			tokens.iter().flat_map(|&t| bytes.get(t as usize).unwrap().iter().copied()).collect();
 		assert_eq!(spelled, text.as_bytes(), "{text:?} as {tokens:?}");
 	}
 	for special in ["<|im_start|>", "<|im_end|>", "<|endoftext|>"] {
 		let [token] = tokenizer.encode(special).unwrap()[..] else { panic!("{special}") };
-		assert!(bytes[token as usize].is_empty(), "{special}");
+		assert_eq!(bytes.get(token as usize), Some(&[][..]), "{special}");
 	}
-	assert!(bytes[tokenizer.eos.unwrap() as usize].is_empty());
+	assert_eq!(bytes.get(tokenizer.eos.unwrap() as usize), Some(&[][..]));
+	assert_eq!(bytes.get(bytes.len()), None);
 }

@@ -1,0 +1,109 @@
+//! What structured output costs on the real model (SmolLM2-135M-Instruct Q4_1 GGUF), side by
+//! side in one run: a greedy answer held to a JSON schema, and one held to any JSON object,
+//! against the same number of tokens generated unconstrained from the same prompt; and the
+//! vocabulary mask alone ([`JsonState::allowed_tokens`]) at three points of a document.
+//!
+//!     cargo bench --release -p openledger-inference-worker --bench structured_output
+//!
+//! (`scripts/bench-worker.sh` runs it with the workspace's settings.) Prints a Markdown table.
+
+use std::{sync::Arc, time::Instant};
+
+use candle_core::Device;
+use openledger_inference_worker::{
+	chat::Message,
+	generate::{generate, GenerationRequest, ResponseFormat},
+	json_mode::{JsonGrammar, JsonState},
+	model::{Llama, WeightFormat},
+	models,
+};
+
+const RUNS: usize = 5;
+const MAX_TOKENS: usize = 96;
+
+fn median(mut values: Vec<f64>) -> f64 {
+	values.sort_by(f64::total_cmp);
+	values[values.len() / 2]
+}
+
+fn main() {
+	// SAFETY: first thing in `main`, before any other thread exists.
+	unsafe { openledger_inference_worker::threads::settle_cpu_threads() };
+	let path = models::smollm2_gguf();
+	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
+	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::AsStored).unwrap();
+	let question = Message::new("user", "Give me a JSON object with a cat's name and age.");
+	let chat = tokenizer.chat_template().unwrap().render(&[question], true).unwrap();
+	let schema = serde_json::json!({"type": "object", "properties": {
+			"name": {"type": "string"},
+			"age": {"type": "integer"},
+			"colors": {"type": "array", "maxItems": 3,
+				"items": {"enum": ["black", "white", "orange", "grey"]}}},
+		"required": ["name", "age"], "additionalProperties": false});
+	let grammar = Arc::new(JsonGrammar::from_schema(&schema).unwrap());
+	let request = |format: ResponseFormat, max_tokens: usize, ignore_eos: bool| GenerationRequest {
+		prompt: chat.clone().into(),
+		max_tokens,
+		ignore_eos,
+		response_format: format,
+		..Default::default()
+	};
+	let time = |request: &GenerationRequest| {
+		let runs: Vec<(f64, usize)> = (0..RUNS)
+			.map(|_| {
+				let start = Instant::now();
+				let g = generate(&model, &tokenizer, None, request).unwrap();
+				(start.elapsed().as_secs_f64(), g.tokens.len())
+			})
+			.collect();
+		(median(runs.iter().map(|r| r.0).collect()), runs[0].1)
+	};
+
+	println!(
+		"SmolLM2-135M-Instruct Q4_1, CPU, {} threads, greedy, one request, median of {RUNS} \
+		 (each constrained answer against as many tokens unconstrained, same prompt)",
+		candle_core::utils::get_num_threads()
+	);
+	println!();
+	println!(
+		"| output | tokens | constrained ms | unconstrained ms | constrained / unconstrained |"
+	);
+	println!("|---|---|---|---|---|");
+	for (name, format) in [
+		("a JSON schema (3 properties, enum items)", ResponseFormat::Json(grammar.clone())),
+		("any JSON object (JSON mode)", ResponseFormat::json_object()),
+	] {
+		let (constrained, tokens) = time(&request(format, MAX_TOKENS, false));
+		let (free, _) = time(&request(ResponseFormat::Text, tokens, true));
+		println!(
+			"| {name} | {tokens} | {:.1} | {:.1} | {:.2}x |",
+			constrained * 1e3,
+			free * 1e3,
+			constrained / free
+		);
+	}
+
+	// The mask alone, over the whole vocabulary.
+	let bytes = tokenizer.token_bytes();
+	let start = JsonState::new(&grammar);
+	println!();
+	println!("| the mask over {} tokens, at | µs per step |", bytes.len());
+	println!("|---|---|");
+	for (at, text) in
+		[("the start", ""), ("a key", r#"{"name": "Tom", "#), ("a string value", r#"{"name": "To"#)]
+	{
+		let state = match text {
+			"" => start,
+			text => start.accepts(&grammar, text.as_bytes()).unwrap(),
+		};
+		let runs: Vec<f64> = (0..20)
+			.map(|_| {
+				let clock = Instant::now();
+				let mask = state.allowed_tokens(&grammar, bytes, tokenizer.eos);
+				std::hint::black_box(mask);
+				clock.elapsed().as_secs_f64() * 1e6
+			})
+			.collect();
+		println!("| {at} | {:.0} |", median(runs));
+	}
+}
