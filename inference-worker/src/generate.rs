@@ -145,6 +145,9 @@ pub struct PromptLogprobs {
 	/// At `i`, the most likely tokens at that position with their log-probabilities, most
 	/// likely first (as many as the request asked for).
 	pub top_logprobs: Vec<Vec<(u32, f32)>>,
+	/// At `i`, the rank of `prompt[i + 1]` among the vocabulary at that position (1 for the
+	/// most likely; tokens as likely share the better rank), as vLLM reports it.
+	pub ranks: Vec<u32>,
 }
 
 /// Why generation ended.
@@ -220,7 +223,9 @@ pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usi
 	}
 	if max_tokens == 0 && request.prompt_logprobs.is_none() {
 		return Err(Error::Request(
-			"max_tokens is 0 (allowed only to score the prompt: echo with logprobs)".into(),
+			"max_tokens is 0 (allowed only to score the prompt: echo with logprobs, or \
+			 prompt_logprobs)"
+				.into(),
 		));
 	}
 	if request.min_tokens > max_tokens {
@@ -229,9 +234,13 @@ pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usi
 			request.min_tokens
 		)));
 	}
-	if matches!(request.response_format, ResponseFormat::Json(_)) && request.ignore_eos {
+	if matches!(request.response_format, ResponseFormat::Json(_))
+		&& (request.ignore_eos || request.min_tokens > 0)
+	{
 		return Err(Error::Request(
-			"ignore_eos with a JSON response format: the output ends when the JSON is whole".into(),
+			"ignore_eos or min_tokens with a JSON response format: the output ends when the \
+			 JSON is whole"
+				.into(),
 		));
 	}
 	if prompt_tokens.len().saturating_add(max_tokens) > context {
@@ -330,11 +339,15 @@ impl Progress {
 			if position != recorded.logprobs.len() {
 				continue;
 			}
-			let logprob = match (next as usize) < row.len() {
-				true => logprob_of(row, next as usize),
-				false => f32::NEG_INFINITY,
+			let (logprob, rank) = match row.get(next as usize) {
+				Some(&logit) => {
+					let above = row.iter().filter(|&&l| l > logit).count();
+					(logprob_of(row, next as usize), above + 1)
+				}
+				None => (f32::NEG_INFINITY, row.len() + 1),
 			};
 			recorded.logprobs.push(logprob);
+			recorded.ranks.push(u32::try_from(rank).unwrap_or(u32::MAX));
 			recorded.top_logprobs.push(top_logprobs(row, *k));
 		}
 	}
@@ -351,9 +364,23 @@ impl Progress {
 			.json
 			.as_ref()
 			.map(|(grammar, state)| state.allowed_tokens(grammar, tokenizer.token_bytes(), eos));
+		// A whole document may also end at a stop token (a model without an end-of-sequence
+		// token, say).
+		let whole = self.json.as_ref().is_some_and(|(grammar, state)| state.can_end(grammar));
+		let stops_may_end = whole && !stop_token_ids.is_empty();
+		if !stops_may_end && fits.as_ref().is_some_and(|fits| !fits.contains(&true)) {
+			return Err(Error::Request(format!(
+				"no token continues the JSON output {:?} (the automaton nests at most {} \
+				 levels{})",
+				tokenizer.decode(&self.tokens)?,
+				crate::json_mode::MAX_DEPTH,
+				if eos.is_none() { "; the model has no end-of-sequence token" } else { "" }
+			)));
+		}
 		let allowed = |t: u32| {
 			let ends = Some(t) == eos || stop_token_ids.contains(&t);
-			let fits = fits.as_ref().is_none_or(|fits| fits.get(t as usize) == Some(&true));
+			let fits = fits.as_ref().is_none_or(|fits| fits.get(t as usize) == Some(&true))
+				|| (whole && stop_token_ids.contains(&t));
 			fits && !(held && ends)
 		};
 		let constrained = held || fits.is_some();
@@ -390,9 +417,9 @@ impl Progress {
 		}
 		self.tokens.push(sampled.token);
 		self.logprobs.push(sampled.logprob);
-		if let Some((grammar, state)) =
-			self.json.as_mut().filter(|_| Some(sampled.token) != tokenizer.eos)
-		{
+		let ends =
+			Some(sampled.token) == tokenizer.eos || self.stop_token_ids.contains(&sampled.token);
+		if let Some((grammar, state)) = self.json.as_mut().filter(|_| !ends) {
 			let bytes = tokenizer.token_bytes().get(sampled.token as usize);
 			*state = bytes.and_then(|b| state.accepts(grammar, b)).ok_or_else(|| {
 				Error::Batch(format!("token {} does not continue the JSON output", sampled.token))
@@ -401,7 +428,9 @@ impl Progress {
 		if self.tokens.len() < self.min_tokens {
 			// Nothing ends the output yet; stop sequences in this text will not count.
 			if !self.stop.is_empty() {
-				self.held_text = tokenizer.decode(&self.tokens)?.len();
+				// Without a split character's first bytes, which decode to U+FFFD for now.
+				let text = tokenizer.decode(&self.tokens)?;
+				self.held_text = text.trim_end_matches('\u{FFFD}').len();
 			}
 		} else if Some(sampled.token) == tokenizer.eos && !self.ignore_eos {
 			self.finish_reason = Some(FinishReason::Eos);
@@ -414,7 +443,8 @@ impl Progress {
 			self.text = tokenizer.decode(&self.tokens)?;
 			let (text, held) = (&self.text, self.held_text);
 			let found = |stop: &String| {
-				let mut from = (held + 1).saturating_sub(stop.len());
+				// (Never past the text, whatever the held text decoded to.)
+				let mut from = (held + 1).saturating_sub(stop.len()).min(text.len());
 				while !text.is_char_boundary(from) {
 					from += 1;
 				}

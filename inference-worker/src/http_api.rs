@@ -339,13 +339,17 @@ struct Body {
 	best_of: Option<Value>,
 	suffix: Option<Value>,
 	tools: Option<Value>,
-	/// vLLM's per-token-id form of the prompt's log-probabilities (use `echo` with `logprobs`).
+	guided_regex: Option<Value>,
+	guided_choice: Option<Value>,
+	guided_grammar: Option<Value>,
+	/// vLLM's: the prompt's log-probabilities, with this many most likely tokens at each
+	/// position, by token id (OpenAI's `echo` with `logprobs` gives them too).
 	prompt_logprobs: Option<Value>,
 }
 
 /// Refuses what `body` asks for that is not served, rather than answer as if it had not
-/// asked: best-of sampling, a suffix, tools, vLLM's `prompt_logprobs` (OpenAI's `echo` with
-/// `logprobs` gives the prompt's). (Fields left at what means "none" pass.)
+/// asked: best-of sampling, a suffix, tools, vLLM's guided decoding other than `guided_json`.
+/// (Fields left at what means "none" pass.)
 fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
 	let none = |value: &Option<Value>, means_none: &[Value]| match value {
 		None | Some(Value::Null) => true,
@@ -355,7 +359,9 @@ fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
 		("best_of", none(&body.best_of, &[json!(1)])),
 		("suffix", none(&body.suffix, &[json!("")])),
 		("tools", none(&body.tools, &[json!([])])),
-		("prompt_logprobs", none(&body.prompt_logprobs, &[])),
+		("guided_regex", none(&body.guided_regex, &[])),
+		("guided_choice", none(&body.guided_choice, &[])),
+		("guided_grammar", none(&body.guided_grammar, &[])),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
 		Some((field, _)) => {
@@ -386,9 +392,10 @@ fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)
 	}
 	let mut bias = Vec::with_capacity(map.len());
 	for (key, value) in map {
-		let token = key
-			.parse::<u32>()
-			.map_err(|_| ApiError::bad_request(format!("logit_bias: {key:?} is not a token id")))?;
+		let digits = !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit());
+		let token = key.parse::<u32>().ok().filter(|_| digits).ok_or_else(|| {
+			ApiError::bad_request(format!("logit_bias: {key:?} is not a token id"))
+		})?;
 		let value = value.as_f64().ok_or_else(|| {
 			ApiError::bad_request(format!("logit_bias: token {key}'s bias is not a number"))
 		})?;
@@ -590,17 +597,72 @@ fn logprobs_asked(endpoint: Endpoint, body: &Body) -> Result<Option<usize>, ApiE
 		_ => {}
 	}
 	let Some(k) = asked else { return Ok(None) };
-	if k > MAX_TOP_LOGPROBS as u64 {
-		return Err(ApiError::bad_request(format!(
-			"logprobs: at most {MAX_TOP_LOGPROBS} most likely tokens, not {k}"
-		)));
-	}
+	check_top_count("logprobs", k)?;
 	if body.stream == Some(true) && body.echo == Some(true) {
 		return Err(ApiError::bad_request(
 			"logprobs with echo: the prompt's log-probabilities are not streamed",
 		));
 	}
 	Ok(Some(k as usize))
+}
+
+/// Refuses more than [`MAX_TOP_LOGPROBS`] most likely tokens asked for in `field`.
+fn check_top_count(field: &str, k: u64) -> Result<(), ApiError> {
+	match k > MAX_TOP_LOGPROBS as u64 {
+		true => Err(ApiError::bad_request(format!(
+			"{field}: at most {MAX_TOP_LOGPROBS} most likely tokens, not {k}"
+		))),
+		false => Ok(()),
+	}
+}
+
+/// vLLM's `prompt_logprobs`: how many most likely tokens to report at each prompt position
+/// with the prompt token's own log-probability and rank (0 for the token's alone), or `None`.
+fn prompt_logprobs_asked(body: &Body) -> Result<Option<usize>, ApiError> {
+	let k = match &body.prompt_logprobs {
+		None | Some(Value::Null) => return Ok(None),
+		Some(k) => k.as_u64().ok_or_else(|| {
+			ApiError::bad_request(format!("prompt_logprobs: {k} is not a count of tokens"))
+		})?,
+	};
+	check_top_count("prompt_logprobs", k)?;
+	if body.stream == Some(true) {
+		return Err(ApiError::bad_request("prompt_logprobs: not streamed"));
+	}
+	Ok(Some(k as usize))
+}
+
+/// vLLM's `prompt_logprobs` of `generation`: `null` for the first prompt token, then at each
+/// position an object from token ids to `logprob`, `rank` and `decoded_token`, for the prompt
+/// token and the `k` most likely.
+fn prompt_logprobs_of(
+	tokenizer: &Tokenizer,
+	generation: &Generation,
+	k: usize,
+) -> Result<Value, Error> {
+	let Some(scores) = &generation.prompt_logprobs else { return Ok(Value::Null) };
+	let entry = |token: u32, logprob: f32, rank: u32| -> Result<(String, Value), Error> {
+		let decoded = tokenizer.decode(&[token])?;
+		let value =
+			json!({"logprob": logprob.max(-9999.0), "rank": rank, "decoded_token": decoded});
+		Ok((token.to_string(), value))
+	};
+	let mut positions = vec![Value::Null];
+	for (i, &token) in generation.prompt_tokens.iter().skip(1).enumerate() {
+		let (Some(&logprob), Some(&rank)) = (scores.logprobs.get(i), scores.ranks.get(i)) else {
+			break;
+		};
+		let mut position = serde_json::Map::new();
+		let top = scores.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
+		for (r, &(t, lp)) in top.iter().take(k).enumerate() {
+			let (id, value) = entry(t, lp, r as u32 + 1)?;
+			position.insert(id, value);
+		}
+		let (id, value) = entry(token, logprob, rank)?;
+		position.insert(id, value);
+		positions.push(Value::Object(position));
+	}
+	Ok(Value::Array(positions))
 }
 
 /// The engine's requests for `prompts` with `body`'s sampling at `endpoint`, each reporting
@@ -645,6 +707,7 @@ fn generation_requests(
 	let echo = body.echo == Some(true);
 	let response_format =
 		response_format(body.response_format.as_ref(), body.guided_json.as_ref())?;
+	let prompt_logprobs = prompt_logprobs_asked(body)?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices
 		.map(|(prompt, i)| GenerationRequest {
@@ -667,8 +730,8 @@ fn generation_requests(
 			stop: stop.clone(),
 			stop_token_ids: body.stop_token_ids.clone().unwrap_or_default(),
 			ignore_eos: body.ignore_eos.unwrap_or(false),
-			// OpenAI's echo with logprobs: the prompt's tokens' too.
-			prompt_logprobs: logprobs.filter(|_| echo),
+			// OpenAI's echo with logprobs, or vLLM's prompt_logprobs: the prompt's tokens' too.
+			prompt_logprobs: logprobs.filter(|_| echo).max(prompt_logprobs),
 			min_tokens: body.min_tokens.unwrap_or(0),
 			response_format: response_format.clone(),
 		})
@@ -717,24 +780,31 @@ impl Endpoint {
 	}
 
 	/// OpenAI's `logprobs` of a whole choice for `generation`, whose text begins `offset`
-	/// characters into the choice's text (after an echoed prompt). An echoed prompt's tokens
-	/// come first when their log-probabilities were computed (completions; the first token's is
-	/// `null`, as it has none).
+	/// characters into the choice's text (after an echoed prompt), with `top` alternatives. An
+	/// echoed prompt's tokens come first when their log-probabilities were computed
+	/// (completions; the first token's is `null`, as it has none).
 	fn logprobs(
 		self,
 		tokenizer: &Tokenizer,
 		generation: &Generation,
 		offset: usize,
+		top: usize,
 	) -> Result<Value, Error> {
 		let mut entries = Vec::new();
 		if let (Endpoint::Completions, Some(scores)) = (self, &generation.prompt_logprobs) {
 			if let Some((&first, rest)) = generation.prompt_tokens.split_first() {
 				let text = tokenizer.decode(&[first])?;
 				entries.push(TokenLogprob { text, logprob: None, top: None });
+				// As many alternatives as `logprobs` asks for (vLLM's `prompt_logprobs` may
+				// have asked the engine for more).
 				let rest = TokenScores {
 					tokens: rest.to_vec(),
 					logprobs: scores.logprobs.clone(),
-					top_logprobs: scores.top_logprobs.clone(),
+					top_logprobs: scores
+						.top_logprobs
+						.iter()
+						.map(|t| t[..t.len().min(top)].to_vec())
+						.collect(),
 				};
 				entries.extend(TokenLogprob::all(tokenizer, &rest)?);
 			}
@@ -897,6 +967,7 @@ async fn serve(
 		check_token_ids("stop_token_ids", ids, state.tokenizer.vocab_size())?;
 	}
 	let logprobs = logprobs_asked(endpoint, &body)?;
+	let prompt_logprobs = prompt_logprobs_asked(&body)?;
 	let bias = logit_bias(body.logit_bias.as_ref(), state.tokenizer.vocab_size())?;
 	let limited = body.max_tokens.or(body.max_completion_tokens).is_some();
 	let default_max_tokens = match (endpoint, prompts.as_slice()) {
@@ -941,20 +1012,29 @@ async fn serve(
 	for (i, g) in generations.iter().enumerate() {
 		let echoed = echoed.get(i / n).map_or("", String::as_str);
 		let logprobs = match logprobs {
-			Some(_) => endpoint.logprobs(&state.tokenizer, g, echoed.chars().count())?,
+			Some(k) => endpoint.logprobs(&state.tokenizer, g, echoed.chars().count(), k)?,
 			None => Value::Null,
 		};
-		choices.push(endpoint.choice(i, &format!("{echoed}{}", g.text), logprobs, g.finish_reason));
+		let text = format!("{echoed}{}", g.text);
+		let mut choice = endpoint.choice(i, &text, logprobs, g.finish_reason);
+		if let (Endpoint::Completions, Some(k)) = (endpoint, prompt_logprobs) {
+			choice["prompt_logprobs"] = prompt_logprobs_of(&state.tokenizer, g, k)?;
+		}
+		choices.push(choice);
 	}
-	Ok(Json(json!({
+	let mut answer = json!({
 		"id": endpoint.answer_id(),
 		"object": endpoint.object(false),
 		"created": now(),
 		"model": model,
 		"choices": choices,
 		"usage": usage_of(generations.iter().enumerate(), n),
-	}))
-	.into_response())
+	});
+	// vLLM puts a chat's (one prompt's) at the top.
+	if let (Endpoint::Chat, Some(k), Some(g)) = (endpoint, prompt_logprobs, generations.first()) {
+		answer["prompt_logprobs"] = prompt_logprobs_of(&state.tokenizer, g, k)?;
+	}
+	Ok(Json(answer).into_response())
 }
 
 /// What every chunk of one streamed answer repeats.

@@ -34,36 +34,50 @@ use crate::tokenizer::TokenBytes;
 /// The deepest nesting of objects and arrays.
 pub const MAX_DEPTH: usize = 16;
 /// The most whitespace bytes in a row outside strings.
-pub const MAX_WHITESPACE_RUN: u8 = 32;
+pub const MAX_WHITESPACE_RUN: u8 = 64;
 /// The most properties of one object, and values of one `enum`.
 pub const MAX_CHOICES: usize = 64;
 /// The most nodes a schema compiles into.
 const MAX_NODES: usize = 4096;
 
-/// Keywords that constrain values in ways the grammar does not enforce: refused.
-const UNSERVED: [&str; 21] = [
-	"pattern",
-	"minLength",
-	"maxLength",
-	"minimum",
-	"maximum",
-	"exclusiveMinimum",
-	"exclusiveMaximum",
-	"multipleOf",
-	"patternProperties",
-	"propertyNames",
-	"minProperties",
-	"maxProperties",
-	"dependentRequired",
-	"dependentSchemas",
-	"prefixItems",
-	"contains",
-	"uniqueItems",
-	"not",
-	"if",
-	"unevaluatedProperties",
-	"unevaluatedItems",
+/// The keywords a schema may use that the grammar enforces.
+const ENFORCED: [&str; 15] = [
+	"type",
+	"properties",
+	"required",
+	"additionalProperties",
+	"items",
+	"minItems",
+	"maxItems",
+	"enum",
+	"const",
+	"anyOf",
+	"oneOf",
+	"allOf",
+	"$ref",
+	"$defs",
+	"definitions",
 ];
+/// Annotations: taken and ignored (they do not constrain the value, or, as `format`, are not
+/// checked).
+const ANNOTATIONS: [&str; 12] = [
+	"title",
+	"description",
+	"default",
+	"examples",
+	"$schema",
+	"$id",
+	"$comment",
+	"format",
+	"deprecated",
+	"readOnly",
+	"writeOnly",
+	"contentMediaType",
+];
+/// The longest `enum` or `const` value, as compact JSON.
+const MAX_LITERAL: usize = 1024;
+/// The deepest nesting of schemas (through `$ref`s too) compiled.
+const MAX_SCHEMA_DEPTH: usize = 64;
 
 /// A node of a grammar, by index.
 type NodeId = u16;
@@ -82,8 +96,8 @@ enum Node {
 	/// An object with these properties only (in any order), `required` (a bit per property)
 	/// before it may close.
 	Object { properties: Vec<Property>, required: u64 },
-	/// An object with any keys and values.
-	AnyObject,
+	/// An object with any keys, each value of node `values`.
+	AnyObject { values: NodeId },
 	/// An array of `items`, from `min` to `max` of them.
 	Array { items: NodeId, min: u32, max: u32 },
 	/// A string.
@@ -108,12 +122,21 @@ struct Property {
 }
 
 /// What a JSON output must be (see the module documentation).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct JsonGrammar {
 	nodes: Vec<Node>,
 	root: NodeId,
 	/// For each node, the bytes a value of it may start with.
 	starts: Vec<[bool; 256]>,
+}
+
+impl std::fmt::Debug for JsonGrammar {
+	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+		f.debug_struct("JsonGrammar")
+			.field("nodes", &self.nodes)
+			.field("root", &self.root)
+			.finish_non_exhaustive()
+	}
 }
 
 /// The nodes every grammar starts with: [`ANY`], [`BOOLEAN`], [`NULL`].
@@ -129,7 +152,7 @@ impl JsonGrammar {
 	/// Any JSON object (JSON mode).
 	pub fn any_object() -> Self {
 		let mut nodes = base_nodes();
-		nodes.push(Node::AnyObject);
+		nodes.push(Node::AnyObject { values: ANY });
 		Self::new(nodes, 3)
 	}
 
@@ -142,7 +165,8 @@ impl JsonGrammar {
 
 	/// What `schema` (a JSON schema) allows, or why it cannot be served.
 	pub fn from_schema(schema: &Value) -> Result<Self, String> {
-		let mut compiler = Compiler { document: schema, nodes: base_nodes(), refs: HashMap::new() };
+		let mut compiler =
+			Compiler { document: schema, nodes: base_nodes(), refs: HashMap::new(), depth: 0 };
 		let root = compiler.compile(schema, "#")?;
 		let grammar = Self::new(compiler.nodes, root);
 		// A `$ref` that leads only to `$ref`s would never start a value.
@@ -156,10 +180,13 @@ impl JsonGrammar {
 				for &member in members {
 					for (b, starts) in grammar.starts[member as usize].iter().enumerate() {
 						if *starts && std::mem::replace(&mut seen[b], true) {
+							let byte = match b as u8 {
+								b @ 0x20..=0x7e => format!("{:?}", b as char),
+								b => format!("byte 0x{b:02x}"),
+							};
 							return Err(format!(
 								"alternatives (anyOf, oneOf or a list of types) that can both \
-								 start with {:?} are not served",
-								b as u8 as char
+								 start with {byte} are not served"
 							));
 						}
 					}
@@ -192,7 +219,7 @@ impl JsonGrammar {
 			let mut set = |list: &[u8]| list.iter().for_each(|&b| bytes[b as usize] = true);
 			match &self.nodes[id as usize] {
 				Node::Any => set(b"{[\"-0123456789tfn"),
-				Node::Object { .. } | Node::AnyObject => set(b"{"),
+				Node::Object { .. } | Node::AnyObject { .. } => set(b"{"),
 				Node::Array { .. } => set(b"["),
 				Node::String => set(b"\""),
 				Node::Number { .. } => set(b"-0123456789"),
@@ -212,6 +239,27 @@ struct Compiler<'a> {
 	nodes: Vec<Node>,
 	/// The node of each `$ref` seen, compiled or being compiled.
 	refs: HashMap<String, NodeId>,
+	/// How deep in the schema (through `$ref`s) the compiler is.
+	depth: usize,
+}
+
+/// Whether `value` is of the JSON schema type (or one of the types) `kind`.
+fn has_type(value: &Value, kind: &Value) -> bool {
+	let one = |kind: &str| match kind {
+		"object" => value.is_object(),
+		"array" => value.is_array(),
+		"string" => value.is_string(),
+		"number" => value.is_number(),
+		"integer" => value.is_i64() || value.is_u64(),
+		"boolean" => value.is_boolean(),
+		"null" => value.is_null(),
+		_ => false,
+	};
+	match kind {
+		Value::String(kind) => one(kind),
+		Value::Array(kinds) => kinds.iter().any(|k| k.as_str().is_some_and(one)),
+		_ => false,
+	}
 }
 
 /// A value as compact JSON.
@@ -230,25 +278,71 @@ impl Compiler<'_> {
 
 	/// The node of `schema`, found at `at` (a JSON pointer, for messages).
 	fn compile(&mut self, schema: &Value, at: &str) -> Result<NodeId, String> {
+		if self.depth >= MAX_SCHEMA_DEPTH {
+			return Err(format!("{at}: the schema nests more than {MAX_SCHEMA_DEPTH} levels"));
+		}
+		self.depth += 1;
+		let compiled = self.compile_map(schema, at);
+		self.depth -= 1;
+		compiled
+	}
+
+	fn compile_map(&mut self, schema: &Value, at: &str) -> Result<NodeId, String> {
 		let map = match schema {
 			Value::Bool(true) => return Ok(ANY),
 			Value::Object(map) => map,
 			_ => return Err(format!("{at}: a schema is an object or true")),
 		};
-		if let Some(key) = UNSERVED.iter().find(|k| map.contains_key(**k)) {
+		if let Some(key) = map
+			.keys()
+			.find(|k| !ENFORCED.contains(&k.as_str()) && !ANNOTATIONS.contains(&k.as_str()))
+		{
 			return Err(format!("{at}: {key} is not served"));
+		}
+		// A keyword that selects the value outright takes only annotations beside it (and
+		// `type` beside `enum` or `const`, which each value must have).
+		let selector = ["$ref", "const", "enum", "anyOf", "oneOf", "allOf"]
+			.into_iter()
+			.find(|k| map.contains_key(*k));
+		if let Some(selector) = selector {
+			let fine = |k: &str| {
+				k == selector
+					|| ANNOTATIONS.contains(&k)
+					|| matches!(k, "$defs" | "definitions")
+					|| (k == "type" && matches!(selector, "const" | "enum"))
+			};
+			let beside = map.keys().map(String::as_str).find(|k| !fine(k));
+			if let Some(beside) = beside {
+				return Err(format!("{at}: {beside} beside {selector} is not served"));
+			}
 		}
 		if let Some(reference) = map.get("$ref") {
 			return self.reference(reference, at);
 		}
-		if let Some(value) = map.get("const") {
-			return self.add(Node::Literals(vec![compact(value)]));
-		}
-		if let Some(values) = map.get("enum") {
-			let values = values.as_array().filter(|v| (1..=MAX_CHOICES).contains(&v.len()));
-			let values =
-				values.ok_or(format!("{at}: enum is a list of 1 to {MAX_CHOICES} values"))?;
-			return self.add(Node::Literals(values.iter().map(compact).collect()));
+		let values = match (map.get("const"), map.get("enum")) {
+			(Some(value), _) => Some(std::slice::from_ref(value)),
+			(None, Some(values)) => Some(
+				values
+					.as_array()
+					.filter(|v| (1..=MAX_CHOICES).contains(&v.len()))
+					.ok_or(format!("{at}: enum is a list of 1 to {MAX_CHOICES} values"))?
+					.as_slice(),
+			),
+			(None, None) => None,
+		};
+		if let Some(values) = values {
+			let mut texts = Vec::with_capacity(values.len());
+			for value in values {
+				if let Some(kind) = map.get("type").filter(|kind| !has_type(value, kind)) {
+					return Err(format!("{at}: the value {value} is not of type {kind}"));
+				}
+				let text = compact(value);
+				if text.is_empty() || text.len() > MAX_LITERAL {
+					return Err(format!("{at}: a value longer than {MAX_LITERAL} bytes"));
+				}
+				texts.push(text);
+			}
+			return self.add(Node::Literals(texts));
 		}
 		for keyword in ["anyOf", "oneOf"] {
 			if let Some(list) = map.get(keyword) {
@@ -269,8 +363,15 @@ impl Compiler<'_> {
 			};
 		}
 		let types: Vec<&str> = match map.get("type") {
-			None if map.contains_key("properties") => vec!["object"],
-			None if map.contains_key("items") => vec!["array"],
+			None if ["properties", "required", "additionalProperties"]
+				.iter()
+				.any(|k| map.contains_key(*k)) =>
+			{
+				vec!["object"]
+			}
+			None if ["items", "minItems", "maxItems"].iter().any(|k| map.contains_key(*k)) => {
+				vec!["array"]
+			}
 			None => return Ok(ANY),
 			Some(Value::String(t)) => vec![t.as_str()],
 			Some(Value::Array(list)) if !list.is_empty() => list
@@ -336,12 +437,26 @@ impl Compiler<'_> {
 			Some(Value::Object(declared)) => declared.clone(),
 			Some(_) => return Err(format!("{at}: properties is an object")),
 		};
+		let mut required = 0u64;
+		let names: Vec<&String> = declared.keys().collect();
+		for name in map.get("required").and_then(Value::as_array).into_iter().flatten() {
+			let i = names
+				.iter()
+				.position(|n| Some(n.as_str()) == name.as_str())
+				.ok_or(format!("{at}: required {name} is not among the properties"))?;
+			required |= 1 << i;
+		}
 		if declared.is_empty() {
+			// No declared keys: none at all, or any keys with values of one schema.
 			return match map.get("additionalProperties") {
 				Some(Value::Bool(false)) => {
 					self.add(Node::Object { properties: Vec::new(), required: 0 })
 				}
-				_ => self.add(Node::AnyObject),
+				None | Some(Value::Bool(true)) => self.add(Node::AnyObject { values: ANY }),
+				Some(values) => {
+					let values = self.compile(values, &format!("{at}/additionalProperties"))?;
+					self.add(Node::AnyObject { values })
+				}
 			};
 		}
 		if declared.len() > MAX_CHOICES {
@@ -356,15 +471,6 @@ impl Compiler<'_> {
 			}
 			let value = self.compile(schema, &format!("{at}/properties/{name}"))?;
 			properties.push(Property { key, value });
-		}
-		let mut required = 0u64;
-		let names: Vec<&String> = declared.keys().collect();
-		for name in map.get("required").and_then(Value::as_array).into_iter().flatten() {
-			let i = names
-				.iter()
-				.position(|n| Some(n.as_str()) == name.as_str())
-				.ok_or(format!("{at}: required {name} is not among the properties"))?;
-			required |= 1 << i;
 		}
 		self.add(Node::Object { properties, required })
 	}
@@ -461,6 +567,9 @@ enum InString {
 	Hex(u8),
 	/// In a multi-byte UTF-8 character, with this many continuation bytes to go.
 	Utf8(u8),
+	/// After a UTF-8 lead byte whose first continuation byte lies in `lo..=hi` (no overlong
+	/// forms, surrogates or code points past U+10FFFF), with `left` continuation bytes to go.
+	Utf8Lead { left: u8, lo: u8, hi: u8 },
 }
 
 /// A string's state after `b`, if `b` may come next in it (other than the closing quote,
@@ -471,9 +580,17 @@ fn string_step(at: InString, b: u8) -> Option<InString> {
 			b'\\' => InString::Escape,
 			0x20..=0x7f => InString::Plain,
 			0xc2..=0xdf => InString::Utf8(1),
-			0xe0..=0xef => InString::Utf8(2),
-			0xf0..=0xf4 => InString::Utf8(3),
+			0xe0 => InString::Utf8Lead { left: 2, lo: 0xa0, hi: 0xbf },
+			0xed => InString::Utf8Lead { left: 2, lo: 0x80, hi: 0x9f },
+			0xe1..=0xef => InString::Utf8(2),
+			0xf0 => InString::Utf8Lead { left: 3, lo: 0x90, hi: 0xbf },
+			0xf4 => InString::Utf8Lead { left: 3, lo: 0x80, hi: 0x8f },
+			0xf1..=0xf3 => InString::Utf8(3),
 			_ => return None,
+		},
+		InString::Utf8Lead { left, lo, hi } if (lo..=hi).contains(&b) => match left {
+			1 => InString::Plain,
+			left => InString::Utf8(left - 1),
 		},
 		InString::Escape => match b {
 			b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => InString::Plain,
@@ -488,7 +605,7 @@ fn string_step(at: InString, b: u8) -> Option<InString> {
 			1 => InString::Plain,
 			left => InString::Utf8(left - 1),
 		},
-		InString::Hex(_) | InString::Utf8(_) => return None,
+		InString::Hex(_) | InString::Utf8(_) | InString::Utf8Lead { .. } => return None,
 	})
 }
 
@@ -510,8 +627,8 @@ enum Frame {
 	/// An object of node `node`: the properties given so far (a bit each), and the one whose
 	/// value comes next.
 	Object { node: NodeId, seen: u64, current: u8 },
-	/// An object with any keys.
-	AnyObject,
+	/// An object with any keys, each value of node `values`.
+	AnyObject { values: NodeId },
 	/// An array of node `node`, `count` items begun.
 	Array { node: NodeId, count: u32 },
 	/// An array of any values.
@@ -538,7 +655,7 @@ enum Expect {
 	/// In a number.
 	Number { at: Number, integer: bool },
 	/// In one of a node's literals: those that still match, `at` bytes in.
-	Literal { node: NodeId, candidates: u64, at: u8 },
+	Literal { node: NodeId, candidates: u64, at: u16 },
 	/// After a value: `,` or the innermost container's closing bracket.
 	After,
 	/// The document is whole.
@@ -688,7 +805,7 @@ impl JsonState {
 	/// Closes the innermost object, if every required property was given.
 	fn close_object(self, grammar: &JsonGrammar) -> Option<Self> {
 		match self.top()? {
-			Frame::AnyObject => Some(self.close()),
+			Frame::AnyObject { .. } => Some(self.close()),
 			Frame::Object { node, seen, .. } => {
 				let (_, required) = grammar.object(node);
 				(required & !seen == 0).then(|| self.close())
@@ -712,19 +829,20 @@ impl JsonState {
 				let Frame::Object { node, seen, .. } = self.top()? else { return None };
 				let (properties, _) = grammar.object(node);
 				let key = |i: usize| &properties[i].key;
-				if b == b'"' {
+				let goes_on =
+					filter(candidates, properties.len(), |i| key(i).get(at as usize) == Some(&b));
+				// A quote closes the key unless a key goes on with it (escaped: a whole key
+				// never ends in an escaping backslash).
+				if b == b'"' && goes_on == 0 {
 					let i = (0..properties.len())
 						.find(|&i| candidates >> i & 1 == 1 && key(i).len() == at as usize)?;
 					self.set_top(Frame::Object { node, seen: seen | 1 << i, current: i as u8 });
 					self.expect = Expect::Colon;
 				} else {
-					let next = filter(candidates, properties.len(), |i| {
-						key(i).get(at as usize) == Some(&b)
-					});
-					if next == 0 {
+					if goes_on == 0 {
 						return None;
 					}
-					self.expect = Expect::DeclaredKey { candidates: next, at: at + 1 };
+					self.expect = Expect::DeclaredKey { candidates: goes_on, at: at + 1 };
 				}
 				return Some(self);
 			}
@@ -745,7 +863,7 @@ impl JsonState {
 					let longer = filter(next, texts.len(), |i| texts[i].len() > at + 1);
 					self.expect = match longer {
 						0 => self.value_end(),
-						_ => Expect::Literal { node, candidates: next, at: at as u8 + 1 },
+						_ => Expect::Literal { node, candidates: next, at: at as u16 + 1 },
 					};
 					return Some(self);
 				}
@@ -794,7 +912,7 @@ impl JsonState {
 					self.expect = Expect::DeclaredKey { candidates: unseen, at: 0 };
 					Some(self)
 				}
-				(Frame::AnyObject, b'"') => {
+				(Frame::AnyObject { .. }, b'"') => {
 					self.expect = Expect::String { key: true, at: InString::Plain };
 					Some(self)
 				}
@@ -805,7 +923,8 @@ impl JsonState {
 					Frame::Object { node, current, .. } => {
 						grammar.object(node).0.get(current as usize)?.value
 					}
-					_ => ANY,
+					Frame::AnyObject { values } => values,
+					_ => return None,
 				});
 				Some(self)
 			}
@@ -818,11 +937,13 @@ impl JsonState {
 					self.expect = Expect::Key;
 					Some(self)
 				}
-				(Frame::AnyObject, b',') => {
+				(Frame::AnyObject { .. }, b',') => {
 					self.expect = Expect::Key;
 					Some(self)
 				}
-				(Frame::Object { .. } | Frame::AnyObject, b'}') => self.close_object(grammar),
+				(Frame::Object { .. } | Frame::AnyObject { .. }, b'}') => {
+					self.close_object(grammar)
+				}
 				(Frame::Array { node, count }, b',') => {
 					let (items, _, max) = grammar.array(node);
 					if count >= max {
@@ -853,7 +974,7 @@ impl JsonState {
 		let node = grammar.resolve(node)?;
 		match &grammar.nodes[node as usize] {
 			Node::Any => match b {
-				b'{' => self.open(Frame::AnyObject, Expect::ObjectFirst),
+				b'{' => self.open(Frame::AnyObject { values: ANY }, Expect::ObjectFirst),
 				b'[' => self.open(Frame::AnyArray, Expect::ArrayFirst),
 				b'"' => {
 					self.expect = Expect::String { key: false, at: InString::Plain };
@@ -869,7 +990,9 @@ impl JsonState {
 			Node::Object { .. } if b == b'{' => {
 				self.open(Frame::Object { node, seen: 0, current: 0 }, Expect::ObjectFirst)
 			}
-			Node::AnyObject if b == b'{' => self.open(Frame::AnyObject, Expect::ObjectFirst),
+			Node::AnyObject { values } if b == b'{' => {
+				self.open(Frame::AnyObject { values: *values }, Expect::ObjectFirst)
+			}
 			Node::Array { .. } if b == b'[' => {
 				self.open(Frame::Array { node, count: 0 }, Expect::ArrayFirst)
 			}
@@ -1112,9 +1235,69 @@ mod tests {
 			(json!({"type": "array", "minItems": 3, "maxItems": 2}), "minItems"),
 			(json!({"allOf": [{}, {}]}), "allOf"),
 			(json!(3), "a schema is"),
+			(json!({"$recursiveRef": "#"}), "$recursiveRef is not served"),
+			(json!({"type": "array", "additionalItems": false}), "additionalItems is not served"),
+			(json!({"$ref": "#/$defs/A", "type": "object", "$defs": {"A": {}}}), "beside $ref"),
+			(json!({"anyOf": [{}], "properties": {}}), "beside anyOf"),
+			(json!({"type": "string", "enum": ["a", 1]}), "not of type"),
+			(json!({"const": "x".repeat(MAX_LITERAL)}), "longer than"),
+			(json!({"type": "object", "required": ["a"]}), "required"),
+			(json!({"additionalProperties": false, "required": ["a"]}), "required"),
 		] {
 			let error = JsonGrammar::from_schema(&schema).unwrap_err();
 			assert!(error.contains(says), "{schema}: {error:?} does not say {says:?}");
+		}
+		// A chain of $refs deeper than the compiler goes.
+		let defs: serde_json::Map<String, Value> = (0..100)
+			.map(|i| (format!("D{i}"), json!({"$ref": format!("#/$defs/D{}", i + 1)})))
+			.chain([("D100".to_string(), json!({"type": "integer"}))])
+			.collect();
+		let chain = json!({"$ref": "#/$defs/D0", "$defs": defs});
+		let error = JsonGrammar::from_schema(&chain).unwrap_err();
+		assert!(error.contains("nests more than"), "{error}");
+	}
+
+	#[test]
+	fn what_the_review_found_is_held_to() {
+		// A key with an escaped quote in it.
+		let g = JsonGrammar::from_schema(&json!({"type": "object",
+			"properties": {"say \"hi\"": {"type": "integer"}, "say": {"type": "integer"}},
+			"required": ["say \"hi\""]}))
+		.unwrap();
+		assert!(complete(&g, r#"{"say \"hi\"": 1}"#));
+		assert!(complete(&g, r#"{"say": 2, "say \"hi\"": 1}"#));
+		assert!(!complete(&g, r#"{"say": 2}"#));
+		// A long constant.
+		let long = "y".repeat(300);
+		let g = JsonGrammar::from_schema(&json!({"const": long})).unwrap();
+		assert!(complete(&g, &format!("\"{long}\"")));
+		assert!(!complete(&g, &format!("\"{}\"", &long[1..])));
+		// Values of one schema under any keys.
+		let g = JsonGrammar::from_schema(
+			&json!({"type": "object", "additionalProperties": {"type": "integer"}}),
+		)
+		.unwrap();
+		assert!(complete(&g, r#"{"a": 1, "b": -2}"#) && complete(&g, "{}"));
+		assert!(!complete(&g, r#"{"a": "x"}"#));
+		// UTF-8 as serde_json takes it: no overlong forms, surrogates or past U+10FFFF.
+		let any = JsonGrammar::any_object();
+		assert!(run(&any, "{\"€\": \"𐍈\"}".as_bytes()).is_some_and(|s| s.can_end(&any)));
+		for bad in [&b"\xe0\x80\x80"[..], b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xf0\x80\x80\x80"]
+		{
+			let text = [&b"{\"a\": \""[..], bad].concat();
+			assert!(run(&any, &text).is_none(), "{bad:x?}");
+		}
+	}
+
+	#[test]
+	fn schemas_it_takes_beside_annotations() {
+		for schema in [
+			json!({"title": "T", "description": "d", "type": "string", "format": "date-time"}),
+			json!({"anyOf": [{"type": "string"}, {"type": "null"}], "default": null}),
+			json!({"type": "string", "enum": ["a", "b"], "title": "E"}),
+			json!({"$ref": "#/$defs/A", "$defs": {"A": {"type": "integer"}}, "title": "R"}),
+		] {
+			assert!(JsonGrammar::from_schema(&schema).is_ok(), "{schema}");
 		}
 	}
 

@@ -235,12 +235,16 @@ impl Tokenizer {
 
 	/// The bytes each token adds to the text, by id ([`Tokenizer::vocab_size`] of them): empty
 	/// for special tokens (which add nothing unless asked to). A byte-level BPE token's are its
-	/// raw bytes, part of a character included; another model's token's are the UTF-8 of its
-	/// text decoded alone. Worked out once, on first use.
+	/// raw bytes, part of a character included; a SentencePiece token's are its piece with `▁`
+	/// as a space, or the byte a `<0xNN>` piece stands for. Worked out once, on first use.
 	pub fn token_bytes(&self) -> &TokenBytes {
 		self.token_bytes.get_or_init(|| {
 			let added = self.inner.get_added_tokens_decoder();
-			let byte_level = matches!(self.inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
+			// Byte-level BPE, alone or in a sequence of decoders.
+			let byte_level = self.inner.get_decoder().is_some_and(|decoder| {
+				matches!(decoder, DecoderWrapper::ByteLevel(_))
+					|| serde_json::to_string(decoder).is_ok_and(|d| d.contains("\"ByteLevel\""))
+			});
 			let alphabet = byte_level_bytes();
 			TokenBytes::new((0..self.vocab_size() as u32).map(|id| {
 				match (added.get(&id), self.inner.id_to_token(id)) {
@@ -249,11 +253,21 @@ impl Tokenizer {
 					(None, Some(token)) if byte_level => {
 						token.chars().filter_map(|c| alphabet.get(&c).copied()).collect()
 					}
-					(None, Some(_)) => self.decode(&[id]).unwrap_or_default().into_bytes(),
+					(None, Some(token)) => piece_bytes(&token),
 					(None, None) => Vec::new(),
 				}
 			}))
 		})
+	}
+}
+
+/// A SentencePiece token's bytes: the byte a `<0xNN>` piece stands for, or the piece with `▁`
+/// as a space.
+fn piece_bytes(piece: &str) -> Vec<u8> {
+	let hex = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>'));
+	match hex.filter(|h| h.len() == 2).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+		Some(byte) => vec![byte],
+		None => piece.replace('\u{2581}', " ").into_bytes(),
 	}
 }
 
@@ -273,4 +287,29 @@ fn byte_level_bytes() -> HashMap<char, u8> {
 			Some((char::from_u32(code)?, b))
 		})
 		.collect()
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	#[test]
+	fn sentencepiece_pieces_spell_their_bytes() {
+		assert_eq!(piece_bytes("\u{2581}name"), b" name");
+		assert_eq!(piece_bytes("<0x0A>"), b"\n");
+		assert_eq!(piece_bytes("<0xE2>"), [0xe2]);
+		assert_eq!(piece_bytes("<0x>"), b"<0x>");
+		assert_eq!(piece_bytes("York"), b"York");
+	}
+
+	#[test]
+	fn the_byte_level_alphabet_covers_every_byte_once() {
+		let bytes = byte_level_bytes();
+		assert_eq!(bytes.len(), 256);
+		let mut seen: Vec<u8> = bytes.values().copied().collect();
+		seen.sort_unstable();
+		assert_eq!(seen, (0..=255).collect::<Vec<u8>>());
+		assert_eq!(bytes[&'\u{120}'], b' ', "GPT-2's \u{120} is a space");
+		assert_eq!(bytes[&'a'], b'a');
+	}
 }

@@ -795,12 +795,90 @@ fn penalties_ignore_eos_and_stop_tokens_are_the_librarys_and_the_rest_is_refused
 	refused(json!({"prompt": "x", "stop_token_ids": [model.config.vocab_size]}), "vocabulary");
 	refused(json!({"prompt": "x", "best_of": 3}), "best_of: not served");
 	refused(json!({"prompt": "x", "suffix": "end"}), "suffix: not served");
-	refused(json!({"prompt": "x", "prompt_logprobs": 1}), "prompt_logprobs: not served");
 	// What means "none" passes.
 	let body = json!({"prompt": "x", "max_tokens": 1, "logit_bias": {}, "best_of": 1,
 		"min_tokens": 0, "suffix": null, "tools": []});
 	let (status, answer) = post(address, "/v1/completions", &body);
 	assert_eq!(status, 200, "{answer}");
+}
+
+/// vLLM's `prompt_logprobs`: at each prompt position after the first, the prompt token's
+/// log-probability (the library's) and rank, and the `k` most likely tokens ranked 1 to `k`;
+/// on a completion's choices or, for a chat, at the top; beside `echo` with fewer alternatives.
+#[test]
+fn vllm_prompt_logprobs_carry_ranks_and_the_most_likely_tokens() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let request = GenerationRequest { prompt_logprobs: Some(3), ..greedy(PARIS, 2) };
+	let want = generate(&model, &tokenizer, None, &request).unwrap();
+	let scores = want.prompt_logprobs.as_ref().unwrap();
+	let check = |positions: &Value, prompt: &[u32]| {
+		let positions = positions.as_array().unwrap_or_else(|| panic!("{positions}"));
+		assert_eq!(positions.len(), prompt.len());
+		assert_eq!(positions[0], Value::Null);
+		for (i, &token) in prompt.iter().enumerate().skip(1) {
+			let position = positions[i].as_object().unwrap();
+			let own = &position[&token.to_string()];
+			close(&own["logprob"], scores.logprobs[i - 1]);
+			assert_eq!(own["decoded_token"], tokenizer.decode(&[token]).unwrap());
+			let rank = own["rank"].as_u64().unwrap();
+			let top = &scores.top_logprobs[i - 1];
+			for (r, (t, logprob)) in top.iter().enumerate() {
+				let entry = &position[&t.to_string()];
+				close(&entry["logprob"], *logprob);
+				assert_eq!(entry["rank"], r + 1);
+			}
+			// The prompt token's rank says where it stands among the most likely.
+			match top.iter().position(|(t, _)| *t == token) {
+				Some(r) => assert_eq!(rank, r as u64 + 1),
+				None => {
+					assert!(rank > 3, "rank {rank} but not among the 3 most likely");
+					assert!(scores.logprobs[i - 1] <= top[2].1);
+				}
+			}
+			let extra = usize::from(top.iter().all(|(t, _)| *t != token));
+			assert_eq!(position.len(), 3 + extra, "{position:?}");
+		}
+	};
+	let body = json!({"prompt": PARIS, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 3});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &want, "/text");
+	check(&answer["choices"][0]["prompt_logprobs"], &want.prompt_tokens);
+	assert!(scores.ranks.iter().any(|&r| r > 3), "some prompt token is unlikely: {scores:?}");
+
+	// Beside echo with 1 alternative: echo's stay at 1, vLLM's at 3.
+	let body = json!({"prompt": PARIS, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 3,
+		"echo": true, "logprobs": 1});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	check(&answer["choices"][0]["prompt_logprobs"], &want.prompt_tokens);
+	let echoed = answer["choices"][0]["logprobs"]["top_logprobs"].as_array().unwrap();
+	assert!(echoed[1..].iter().all(|top| top.as_object().unwrap().len() == 1), "{echoed:?}");
+
+	// A chat's are the answer's, at the top.
+	let messages = json!([{"role": "user", "content": "Say hi."}]);
+	let chat = render(&tokenizer, &messages);
+	let request = GenerationRequest { prompt_logprobs: Some(3), ..greedy(&chat, 2) };
+	let want_chat = generate(&model, &tokenizer, None, &request).unwrap();
+	let body = json!({"messages": messages, "max_tokens": 2, "temperature": 0,
+		"prompt_logprobs": 0});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let positions = answer["prompt_logprobs"].as_array().unwrap();
+	assert_eq!(positions.len(), want_chat.prompt_tokens.len());
+	for (i, &token) in want_chat.prompt_tokens.iter().enumerate().skip(1) {
+		let position = positions[i].as_object().unwrap();
+		assert_eq!(position.len(), 1, "prompt_logprobs 0: the prompt token's alone");
+		let own = &position[&token.to_string()];
+		close(&own["logprob"], want_chat.prompt_logprobs.as_ref().unwrap().logprobs[i - 1]);
+		assert_eq!(own["rank"], want_chat.prompt_logprobs.as_ref().unwrap().ranks[i - 1]);
+	}
+
+	let refused = |body: Value, says: &str| refused_at(address, "/v1/completions", body, says);
+	refused(json!({"prompt": "x", "prompt_logprobs": 21}), "at most 20");
+	refused(json!({"prompt": "x", "prompt_logprobs": -1}), "not a count");
+	refused(json!({"prompt": "x", "prompt_logprobs": 1, "stream": true}), "not streamed");
 }
 
 /// OpenAI's `logit_bias` and `response_format: json_object`, vLLM's `min_tokens`: each answer is
@@ -969,6 +1047,11 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 		"response_format": {"type": "json_object"}});
 	refused("/v1/chat/completions", both, "one or the other");
 	refused(completions, json!({"prompt": "x", "guided_json": "{not json"}), "not JSON");
+	refused(completions, json!({"prompt": "x", "guided_regex": "a+"}), "guided_regex: not served");
+	refused(completions, json!({"prompt": "x", "logit_bias": {"+5": 1}}), "not a token id");
+	let json_min =
+		json!({"prompt": "x", "min_tokens": 3, "response_format": {"type": "json_object"}});
+	refused(completions, json_min, "min_tokens");
 	refused(
 		completions,
 		json!({"prompt": "x", "response_format": {"type": "yaml"}}),

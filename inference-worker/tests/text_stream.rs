@@ -132,3 +132,29 @@ fn token_bytes_spell_the_text_and_special_tokens_have_none() {
 	assert_eq!(bytes.get(tokenizer.eos.unwrap() as usize), Some(&[][..]));
 	assert_eq!(bytes.get(bytes.len()), None);
 }
+
+/// A stop sequence held back by `min_tokens` is looked for again once they are generated, even
+/// where the held text decoded longer than it ends up (a split character's first byte decodes
+/// to U+FFFD, three bytes, and with its second to "é", two).
+#[test]
+fn min_tokens_with_a_stop_after_a_split_character() {
+	let (_, tokenizer) = common::load(openledger_inference_worker::model::WeightFormat::AsStored);
+	let bytes = tokenizer.token_bytes();
+	let token_of = |b: &[u8]| (0..bytes.len()).find(|&t| bytes.get(t) == Some(b)).unwrap() as u32;
+	let (first, second, newline) = (token_of(&[0xc3]), token_of(&[0xa9]), token_of(b"\n"));
+	let request = GenerationRequest {
+		prompt: "".into(),
+		max_tokens: 8,
+		min_tokens: 2,
+		stop: vec!["\n".into()],
+		..Default::default()
+	};
+	let mut progress = Progress::new(&request, vec![1]).unwrap();
+	for token in [first, second] {
+		progress.record(Sampled { token, logprob: 0.0 }, &tokenizer).unwrap();
+		assert!(!progress.is_finished());
+	}
+	progress.record(Sampled { token: newline, logprob: 0.0 }, &tokenizer).unwrap();
+	let generation = progress.finish(&tokenizer).unwrap();
+	assert_eq!((generation.text.as_str(), generation.finish_reason), ("é", FinishReason::Stop));
+}
