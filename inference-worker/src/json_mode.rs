@@ -14,10 +14,13 @@
 //!
 //! [`JsonState`] is a pushdown automaton over the output's bytes. Before each token is picked,
 //! every token of the vocabulary whose bytes would take the output off the grammar is masked
-//! ([`JsonState::allowed_tokens`], the vocabulary shared out among rayon's threads), so
-//! whatever is sampled keeps the output a prefix of a document the grammar takes; once the
-//! document is whole only the end-of-sequence token is left. The state is `Copy` (at most [`MAX_DEPTH`] open containers), so trying a token costs
-//! no allocation, and a token whose first byte cannot come next is refused without copying.
+//! ([`JsonState::allowed_tokens`]), so whatever is sampled keeps the output a prefix of a
+//! document the grammar takes; once the document is whole only the end-of-sequence token is
+//! left. The mask walks a byte trie over the vocabulary ([`TokenBytes::trie`]): a prefix that
+//! many tokens share is stepped once, a refused byte prunes every token below it, and inside a
+//! string only the string's own state is carried. From inside a string, where nearly every
+//! token goes on, the tokens are checked one by one on rayon's threads instead. The state is
+//! `Copy` (at most [`MAX_DEPTH`] open containers), so trying a byte costs no allocation.
 //!
 //! Two limits keep a model that the mask steers from running away: nesting deeper than
 //! [`MAX_DEPTH`], and more than [`MAX_WHITESPACE_RUN`] whitespace bytes in a row between tokens
@@ -732,35 +735,121 @@ impl JsonState {
 	}
 
 	/// For each token (by id, its bytes in `token_bytes`), whether it may come next; the end
-	/// of the output (`eos`) when the document may end.
+	/// of the output (`eos`) when the document may end. Walks the tokens' byte trie: a prefix
+	/// shared by many tokens is stepped once, and a refused byte prunes every token below it;
+	/// inside a string only the string's own state is carried (the rest is that of the state
+	/// the string was entered from).
 	pub fn allowed_tokens(
 		&self,
 		grammar: &JsonGrammar,
 		token_bytes: &TokenBytes,
 		eos: Option<u32>,
 	) -> Vec<bool> {
-		// A token whose first byte cannot come next is refused without trying the rest.
-		let mut first = [false; 256];
-		for (b, ok) in first.iter_mut().enumerate() {
-			*ok = self.step(grammar, b as u8).is_some();
+		/// A trie node to go on from: with the state after its bytes (an index in `states`),
+		/// or inside a string, with the string's state alone and the index in `states` of the
+		/// state the string was entered from.
+		#[derive(Clone, Copy)]
+		enum Entry {
+			Whole(u32, u32),
+			InString(u32, InString, u32),
 		}
+		if let Expect::String { at, .. } = self.expect {
+			return self.allowed_in_string(grammar, token_bytes, eos, at);
+		}
+		let trie = token_bytes.trie();
+		let mut allowed = vec![false; token_bytes.len()];
+		// Marks the tokens that end at `node`; whether any go on from it.
+		let mut reach = |node: u32| {
+			for &id in trie.tokens(node) {
+				if let Some(slot) = allowed.get_mut(id as usize) {
+					*slot = true;
+				}
+			}
+			!trie.children(node).is_empty()
+		};
+		let mut states: Vec<JsonState> = vec![*self];
+		let mut stack = vec![Entry::Whole(0, 0)];
+		while let Some(entry) = stack.pop() {
+			let node = match entry {
+				Entry::Whole(node, _) | Entry::InString(node, ..) => node,
+			};
+			for &(b, child) in trie.children(node) {
+				let next = match entry {
+					Entry::InString(_, at, from) if !(at == InString::Plain && b == b'"') => {
+						// Inside the string: only its state changes.
+						if let Some(next) = string_step(at, b) {
+							if reach(child) {
+								stack.push(Entry::InString(child, next, from));
+							}
+						}
+						continue;
+					}
+					Entry::InString(_, _, from) => {
+						// The string closes: the whole state again.
+						let mut whole = states[from as usize];
+						if let Expect::String { at, .. } = &mut whole.expect {
+							*at = InString::Plain;
+						}
+						whole.step(grammar, b)
+					}
+					Entry::Whole(_, state) => states[state as usize].step(grammar, b),
+				};
+				let Some(next) = next else { continue };
+				if !reach(child) {
+					continue;
+				}
+				states.push(next);
+				let index = (states.len() - 1) as u32;
+				stack.push(match next.expect {
+					Expect::String { at, .. } => Entry::InString(child, at, index),
+					_ => Entry::Whole(child, index),
+				});
+			}
+		}
+		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
+			*slot = self.can_end(grammar);
+		}
+		allowed
+	}
+
+	/// [`JsonState::allowed_tokens`] inside a string (at `at`), where nearly every token goes
+	/// on and the trie walk would visit every node: token by token on rayon's threads, a token
+	/// that stays inside the string checked without copying the automaton.
+	fn allowed_in_string(
+		&self,
+		grammar: &JsonGrammar,
+		token_bytes: &TokenBytes,
+		eos: Option<u32>,
+		at: InString,
+	) -> Vec<bool> {
 		let mut allowed: Vec<bool> = (0..token_bytes.len())
 			.into_par_iter()
 			.map(|id| {
 				let bytes = token_bytes.get(id).unwrap_or_default();
-				if !bytes.first().is_some_and(|&b| first[b as usize]) {
-					return false;
+				match stays_in_string(at, bytes) {
+					_ if bytes.is_empty() => false,
+					Some(true) => true,
+					None => false,
+					Some(false) => self.accepts(grammar, bytes).is_some(),
 				}
-				// Inside a string most tokens stay in it: taken without trying them whole.
-				if let Expect::String { at, .. } = self.expect {
-					match stays_in_string(at, bytes) {
-						Some(true) => return true,
-						None => return false,
-						Some(false) => {}
-					}
-				}
-				self.accepts(grammar, bytes).is_some()
 			})
+			.collect();
+		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
+			*slot = self.can_end(grammar);
+		}
+		allowed
+	}
+
+	/// [`JsonState::allowed_tokens`] computed token by token, each token's bytes tried whole
+	/// (no trie, no shortcut): the reference the mask is tested and measured against.
+	pub fn allowed_tokens_each(
+		&self,
+		grammar: &JsonGrammar,
+		token_bytes: &TokenBytes,
+		eos: Option<u32>,
+	) -> Vec<bool> {
+		let mut allowed: Vec<bool> = (0..token_bytes.len())
+			.map(|id| self.accepts(grammar, token_bytes.get(id).unwrap_or_default()).is_some())
 			.collect();
 		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
 			*slot = self.can_end(grammar);
@@ -1298,6 +1387,48 @@ mod tests {
 			json!({"$ref": "#/$defs/A", "$defs": {"A": {"type": "integer"}}, "title": "R"}),
 		] {
 			assert!(JsonGrammar::from_schema(&schema).is_ok(), "{schema}");
+		}
+	}
+
+	#[test]
+	fn the_trie_walk_allows_what_trying_each_token_allows() {
+		// Every string of up to three bytes from a JSON-ish alphabet, and some longer ones.
+		let alphabet: Vec<u8> = b"{}[]:, \"\\abnlrtuefs0123456789.-+eE\n".to_vec();
+		let mut vocabulary: Vec<Vec<u8>> = vec![Vec::new()];
+		for length in 1..=3 {
+			let mut words = vec![Vec::new()];
+			for _ in 0..length {
+				words = words
+					.iter()
+					.flat_map(|w| alphabet.iter().map(move |&b| [w.clone(), vec![b]].concat()))
+					.collect();
+			}
+			vocabulary.extend(words.into_iter().step_by(length));
+		}
+		for long in ["{\"name\": \"", "\", \"age\": ", "true}", "null, ", "\\u00e9\"", "é\"}", "]}"]
+		{
+			vocabulary.push(long.as_bytes().to_vec());
+		}
+		let tokens = TokenBytes::new(&vocabulary);
+		let eos = Some(0);
+		let documents = [
+			(JsonGrammar::any_object(), r#"{"a": [1, -2.5e3, "x\"y", {"b": null}], "c": true}"#),
+			(person(), r#"{"name": "Ada", "age": 36, "role": 10, "pets": [{"kind": "cat"}]}"#),
+		];
+		for (grammar, document) in &documents {
+			for cut in 0..=document.len() {
+				let Some(state) = run(grammar, &document.as_bytes()[..cut])
+					.or((cut == 0).then(|| JsonState::new(grammar)))
+				else {
+					continue;
+				};
+				assert_eq!(
+					state.allowed_tokens(grammar, &tokens, eos),
+					state.allowed_tokens_each(grammar, &tokens, eos),
+					"after {:?}",
+					&document[..cut]
+				);
+			}
 		}
 	}
 

@@ -40,13 +40,82 @@ pub struct Tokenizer {
 	token_bytes: Arc<OnceLock<TokenBytes>>,
 }
 
-/// Each token's bytes, by id, in one buffer (scanned for every token at each step of
-/// structured output: one allocation per token would scatter them).
+/// Each token's bytes, by id, in one buffer, and a byte trie over them (structured output
+/// walks it at each step, so that tokens sharing a prefix have it checked once).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TokenBytes {
 	bytes: Vec<u8>,
 	/// Where each token's bytes end in `bytes`.
 	ends: Vec<usize>,
+	trie: TokenTrie,
+}
+
+/// A byte trie over a vocabulary's tokens, its nodes' edges and tokens each in one stretch of
+/// one array (walked for every step of structured output: scattered nodes would miss the
+/// cache). Node 0 is the root (no bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenTrie {
+	/// Per node: where its edges start in `edges`, then where its tokens start in `tokens`
+	/// (the next node's starts end them).
+	starts: Vec<(u32, u32)>,
+	/// Each edge: the next byte and the node it leads to.
+	edges: Vec<(u8, u32)>,
+	/// The tokens whose bytes are the path to each node.
+	tokens: Vec<u32>,
+}
+
+impl TokenTrie {
+	/// The trie of `tokens` (by id; those without bytes are in no node).
+	fn new<'a>(tokens: impl IntoIterator<Item = &'a [u8]>) -> Self {
+		// Built with a list per node, then laid out flat.
+		let mut children: Vec<Vec<(u8, u32)>> = vec![Vec::new()];
+		let mut ends: Vec<Vec<u32>> = vec![Vec::new()];
+		for (id, token) in tokens.into_iter().enumerate() {
+			if token.is_empty() {
+				continue;
+			}
+			let mut node = 0;
+			for &b in token {
+				node = match children[node].iter().find(|(c, _)| *c == b) {
+					Some(&(_, child)) => child as usize,
+					None => {
+						children.push(Vec::new());
+						ends.push(Vec::new());
+						let child = children.len() - 1;
+						children[node].push((b, child as u32));
+						child
+					}
+				};
+			}
+			ends[node].push(id as u32);
+		}
+		let mut trie = Self::default();
+		for (edges, tokens) in children.into_iter().zip(ends) {
+			trie.starts.push((trie.edges.len() as u32, trie.tokens.len() as u32));
+			trie.edges.extend(edges);
+			trie.tokens.extend(tokens);
+		}
+		trie.starts.push((trie.edges.len() as u32, trie.tokens.len() as u32));
+		trie
+	}
+
+	/// The edges out of `node`: the next byte and the node it leads to.
+	pub fn children(&self, node: u32) -> &[(u8, u32)] {
+		let node = node as usize;
+		match (self.starts.get(node), self.starts.get(node + 1)) {
+			(Some(&(from, _)), Some(&(to, _))) => &self.edges[from as usize..to as usize],
+			_ => &[],
+		}
+	}
+
+	/// The tokens whose bytes lead from the root to `node`.
+	pub fn tokens(&self, node: u32) -> &[u32] {
+		let node = node as usize;
+		match (self.starts.get(node), self.starts.get(node + 1)) {
+			(Some(&(_, from)), Some(&(_, to))) => &self.tokens[from as usize..to as usize],
+			_ => &[],
+		}
+	}
 }
 
 impl TokenBytes {
@@ -57,7 +126,13 @@ impl TokenBytes {
 			all.bytes.extend_from_slice(token.as_ref());
 			all.ends.push(all.bytes.len());
 		}
+		all.trie = TokenTrie::new((0..all.len()).map(|id| all.get(id).unwrap_or_default()));
 		all
+	}
+
+	/// The byte trie over the tokens.
+	pub fn trie(&self) -> &TokenTrie {
+		&self.trie
 	}
 
 	/// How many tokens.

@@ -158,3 +158,31 @@ fn min_tokens_with_a_stop_after_a_split_character() {
 	let generation = progress.finish(&tokenizer).unwrap();
 	assert_eq!((generation.text.as_str(), generation.finish_reason), ("é", FinishReason::Stop));
 }
+
+/// On the real vocabulary, structured output's mask (a walk of the tokens' byte trie) allows
+/// exactly the tokens whose bytes the JSON automaton takes, at every point of a document.
+#[test]
+fn the_json_mask_over_the_real_vocabulary_is_each_tokens_own_check() {
+	use openledger_inference_worker::json_mode::{JsonGrammar, JsonState};
+	let (_, tokenizer) = common::load(openledger_inference_worker::model::WeightFormat::AsStored);
+	let bytes = tokenizer.token_bytes();
+	let grammar = JsonGrammar::any_object();
+	let document = r#"{"name": "Tom é 🦀", "age": 3, "tags": ["a", {"b": null}], "ok": true}"#;
+	let mut checked = 0;
+	for cut in (0..=document.len()).filter(|c| document.is_char_boundary(*c)) {
+		let state = match cut {
+			0 => JsonState::new(&grammar),
+			cut => JsonState::new(&grammar).accepts(&grammar, &document.as_bytes()[..cut]).unwrap(),
+		};
+		let mask = state.allowed_tokens(&grammar, bytes, tokenizer.eos);
+		for (id, &allowed) in mask.iter().enumerate() {
+			let own = match Some(id as u32) == tokenizer.eos {
+				true => state.can_end(&grammar),
+				false => state.accepts(&grammar, bytes.get(id).unwrap()).is_some(),
+			};
+			assert_eq!(allowed, own, "token {id} {:?} after {:?}", bytes.get(id), &document[..cut]);
+		}
+		checked += 1;
+	}
+	assert!(checked > 60);
+}
