@@ -793,8 +793,7 @@ impl Endpoint {
 		let mut entries = Vec::new();
 		if let (Endpoint::Completions, Some(scores)) = (self, &generation.prompt_logprobs) {
 			if let Some((&first, rest)) = generation.prompt_tokens.split_first() {
-				let text = tokenizer.decode(&[first])?;
-				entries.push(TokenLogprob { text, logprob: None, top: None });
+				entries.push(TokenLogprob::first(tokenizer, first)?);
 				// As many alternatives as `logprobs` asks for (vLLM's `prompt_logprobs` may
 				// have asked the engine for more).
 				let rest = TokenScores {
@@ -826,9 +825,9 @@ impl Endpoint {
 			Endpoint::Completions => {
 				let top = |entry: &TokenLogprob| match &entry.top {
 					None => Value::Null,
-					Some(top) => {
-						Value::Object(top.iter().map(|(t, lp)| (t.clone(), finite(*lp))).collect())
-					}
+					Some(top) => Value::Object(
+						top.iter().map(|(t, _, lp)| (t.clone(), finite(*lp))).collect(),
+					),
 				};
 				let logprobs: Vec<Value> =
 					entries.iter().map(|e| e.logprob.map_or(Value::Null, finite)).collect();
@@ -840,12 +839,13 @@ impl Endpoint {
 				})
 			}
 			Endpoint::Chat => {
-				let entry = |text: &str, logprob: f32| json!({ "token": text, "logprob": finite(logprob), "bytes": text.as_bytes() });
+				let entry = |text: &str, bytes: &[u8], logprob: f32| json!({ "token": text, "logprob": finite(logprob), "bytes": bytes });
 				let content: Vec<Value> = entries
 					.iter()
 					.map(|e| {
-						let mut token = entry(&e.text, e.logprob.unwrap_or(f32::NEG_INFINITY));
-						let top = e.top.iter().flatten().map(|(t, lp)| entry(t, *lp));
+						let logprob = e.logprob.unwrap_or(f32::NEG_INFINITY);
+						let mut token = entry(&e.text, &e.bytes, logprob);
+						let top = e.top.iter().flatten().map(|(t, b, lp)| entry(t, b, *lp));
 						token["top_logprobs"] = top.collect::<Vec<_>>().into();
 						token
 					})
@@ -890,26 +890,46 @@ enum Piece<'a> {
 	End(FinishReason),
 }
 
-/// One token of a choice's `logprobs`: its text (as the tokenizer decodes it alone), its
+/// One token of a choice's `logprobs`: its text (as the tokenizer decodes it alone: U+FFFD
+/// for part of a character) and bytes (its own, part of a character included), its
 /// log-probability and the most likely tokens at its position (`None` for a prompt's first
 /// token, which has none).
 struct TokenLogprob {
 	text: String,
+	bytes: Vec<u8>,
 	logprob: Option<f32>,
-	top: Option<Vec<(String, f32)>>,
+	top: Option<Vec<(String, Vec<u8>, f32)>>,
+}
+
+/// `token`'s text decoded alone, and its bytes (a special token's are its text's).
+fn spelled(tokenizer: &Tokenizer, token: u32) -> Result<(String, Vec<u8>), Error> {
+	let text = tokenizer.decode(&[token])?;
+	let bytes = match tokenizer.token_bytes().get(token as usize) {
+		Some(bytes) if !bytes.is_empty() => bytes.to_vec(),
+		_ => text.as_bytes().to_vec(),
+	};
+	Ok((text, bytes))
 }
 
 impl TokenLogprob {
+	/// The entry of a prompt's first token, which has no log-probability.
+	fn first(tokenizer: &Tokenizer, token: u32) -> Result<Self, Error> {
+		let (text, bytes) = spelled(tokenizer, token)?;
+		Ok(Self { text, bytes, logprob: None, top: None })
+	}
+
 	/// The entries of `scores`' tokens.
 	fn all(tokenizer: &Tokenizer, scores: &TokenScores) -> Result<Vec<Self>, Error> {
-		let decode = |token: u32| tokenizer.decode(&[token]);
 		let empty = Vec::new();
 		let mut entries = Vec::with_capacity(scores.tokens.len());
 		for (i, (&token, &logprob)) in scores.tokens.iter().zip(&scores.logprobs).enumerate() {
 			let top = scores.top_logprobs.get(i).unwrap_or(&empty);
-			let top =
-				top.iter().map(|&(t, lp)| Ok((decode(t)?, lp))).collect::<Result<_, Error>>()?;
-			entries.push(Self { text: decode(token)?, logprob: Some(logprob), top: Some(top) });
+			let top = top
+				.iter()
+				.map(|&(t, lp)| spelled(tokenizer, t).map(|(text, bytes)| (text, bytes, lp)))
+				.collect::<Result<_, Error>>()?;
+			let (text, bytes) = spelled(tokenizer, token)?;
+			entries.push(Self { text, bytes, logprob: Some(logprob), top: Some(top) });
 		}
 		Ok(entries)
 	}

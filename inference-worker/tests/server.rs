@@ -910,6 +910,17 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 		}
 	}
 
+	// Forced to a byte that is part of a character: chat's logprobs carry the token's own
+	// byte (its text alone is U+FFFD).
+	let bytes = tokenizer.token_bytes();
+	let lead = (0..bytes.len()).find(|&t| bytes.get(t) == Some(&[0xc3][..])).unwrap();
+	let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+		"temperature": 0, "logprobs": true, "logit_bias": {lead.to_string(): 100}});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let entry = &answer["choices"][0]["logprobs"]["content"][0];
+	assert_eq!((&entry["token"], &entry["bytes"]), (&json!("\u{FFFD}"), &json!([0xc3])));
+
 	// An answer that ends at once goes on to min_tokens, then ends as it likes; a stop
 	// sequence inside the first min_tokens tokens does not count.
 	let messages = json!([{"role": "user", "content": "Say hi."}]);
