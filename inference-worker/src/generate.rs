@@ -379,8 +379,12 @@ impl Progress {
 		}
 		let allowed = |t: u32| {
 			let ends = Some(t) == eos || stop_token_ids.contains(&t);
-			let fits = fits.as_ref().is_none_or(|fits| fits.get(t as usize) == Some(&true))
-				|| (whole && stop_token_ids.contains(&t));
+			// In JSON, a stop token (text or not) only once the document is whole.
+			let fits = match &fits {
+				None => true,
+				Some(_) if stop_token_ids.contains(&t) => whole,
+				Some(fits) => fits.get(t as usize) == Some(&true),
+			};
 			fits && !(held && ends)
 		};
 		let constrained = held || fits.is_some();

@@ -652,14 +652,16 @@ fn prompt_logprobs_of(
 		let (Some(&logprob), Some(&rank)) = (scores.logprobs.get(i), scores.ranks.get(i)) else {
 			break;
 		};
+		// The prompt token first; if it is among the k most likely, its place there stands (as
+		// vLLM ranks tokens as likely as each other).
 		let mut position = serde_json::Map::new();
+		let (id, value) = entry(token, logprob, rank)?;
+		position.insert(id, value);
 		let top = scores.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
 		for (r, &(t, lp)) in top.iter().take(k).enumerate() {
 			let (id, value) = entry(t, lp, r as u32 + 1)?;
 			position.insert(id, value);
 		}
-		let (id, value) = entry(token, logprob, rank)?;
-		position.insert(id, value);
 		positions.push(Value::Object(position));
 	}
 	Ok(Value::Array(positions))
@@ -781,17 +783,18 @@ impl Endpoint {
 
 	/// OpenAI's `logprobs` of a whole choice for `generation`, whose text begins `offset`
 	/// characters into the choice's text (after an echoed prompt), with `top` alternatives. An
-	/// echoed prompt's tokens come first when their log-probabilities were computed
-	/// (completions; the first token's is `null`, as it has none).
+	/// `echo`ed prompt's tokens come first (completions; the first token's is `null`, as it has
+	/// none).
 	fn logprobs(
 		self,
 		tokenizer: &Tokenizer,
 		generation: &Generation,
-		offset: usize,
+		(offset, echo): (usize, bool),
 		top: usize,
 	) -> Result<Value, Error> {
 		let mut entries = Vec::new();
-		if let (Endpoint::Completions, Some(scores)) = (self, &generation.prompt_logprobs) {
+		let echoed = generation.prompt_logprobs.as_ref().filter(|_| echo);
+		if let (Endpoint::Completions, Some(scores)) = (self, echoed) {
 			if let Some((&first, rest)) = generation.prompt_tokens.split_first() {
 				entries.push(TokenLogprob::first(tokenizer, first)?);
 				// As many alternatives as `logprobs` asks for (vLLM's `prompt_logprobs` may
@@ -1032,7 +1035,10 @@ async fn serve(
 	for (i, g) in generations.iter().enumerate() {
 		let echoed = echoed.get(i / n).map_or("", String::as_str);
 		let logprobs = match logprobs {
-			Some(k) => endpoint.logprobs(&state.tokenizer, g, echoed.chars().count(), k)?,
+			Some(k) => {
+				let at = (echoed.chars().count(), echo.is_some());
+				endpoint.logprobs(&state.tokenizer, g, at, k)?
+			}
 			None => Value::Null,
 		};
 		let text = format!("{echoed}{}", g.text);

@@ -63,7 +63,7 @@ const ENFORCED: [&str; 15] = [
 ];
 /// Annotations: taken and ignored (they do not constrain the value, or, as `format`, are not
 /// checked).
-const ANNOTATIONS: [&str; 12] = [
+const ANNOTATIONS: [&str; 13] = [
 	"title",
 	"description",
 	"default",
@@ -76,6 +76,7 @@ const ANNOTATIONS: [&str; 12] = [
 	"readOnly",
 	"writeOnly",
 	"contentMediaType",
+	"contentEncoding",
 ];
 /// The longest `enum` or `const` value, as compact JSON.
 const MAX_LITERAL: usize = 1024;
@@ -440,6 +441,9 @@ impl Compiler<'_> {
 			Some(Value::Object(declared)) => declared.clone(),
 			Some(_) => return Err(format!("{at}: properties is an object")),
 		};
+		if declared.len() > MAX_CHOICES {
+			return Err(format!("{at}: more than {MAX_CHOICES} properties"));
+		}
 		let mut required = 0u64;
 		let names: Vec<&String> = declared.keys().collect();
 		for name in map.get("required").and_then(Value::as_array).into_iter().flatten() {
@@ -461,9 +465,6 @@ impl Compiler<'_> {
 					self.add(Node::AnyObject { values })
 				}
 			};
-		}
-		if declared.len() > MAX_CHOICES {
-			return Err(format!("{at}: more than {MAX_CHOICES} properties"));
 		}
 		let mut properties = Vec::with_capacity(declared.len());
 		for (name, schema) in &declared {

@@ -856,6 +856,16 @@ fn vllm_prompt_logprobs_carry_ranks_and_the_most_likely_tokens() {
 	let echoed = answer["choices"][0]["logprobs"]["top_logprobs"].as_array().unwrap();
 	assert!(echoed[1..].iter().all(|top| top.as_object().unwrap().len() == 1), "{echoed:?}");
 
+	// Without echo, the choice's logprobs are the generated tokens' alone.
+	let body = json!({"prompt": PARIS, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 0,
+		"logprobs": 1});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let logprobs = &answer["choices"][0]["logprobs"];
+	assert_eq!(logprobs["tokens"].as_array().unwrap().len(), 2, "{logprobs}");
+	assert_eq!(logprobs["text_offset"][0], 0);
+	close(&logprobs["token_logprobs"][0], want.logprobs[0]);
+
 	// A chat's are the answer's, at the top.
 	let messages = json!([{"role": "user", "content": "Say hi."}]);
 	let chat = render(&tokenizer, &messages);
