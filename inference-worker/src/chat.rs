@@ -1,25 +1,204 @@
 //! Chat templates: the model's own Jinja template (GGUF `tokenizer.chat_template`, or
 //! `chat_template` in a Hugging Face `tokenizer_config.json`), rendered with minijinja the way
-//! transformers' `apply_chat_template` renders it (Python string methods included).
+//! transformers' `apply_chat_template` renders it (Python string methods included), with the
+//! turns of tool calling (an assistant's `tool_calls`, a `tool`'s answer) and the `tools` given
+//! to the template as vLLM gives them.
 
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
 /// One turn of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
-	/// `system`, `user` or `assistant`.
+	/// `system`, `user`, `assistant` or `tool`.
 	pub role: String,
-	/// What was said.
+	/// What was said: a string, or OpenAI's list of text parts (joined by new lines); empty
+	/// for none (`null`: an assistant's turn that only called tools).
+	#[serde(default, deserialize_with = "content_text")]
 	pub content: String,
+	/// An assistant's calls of tools (OpenAI's: `id`, `type`, `function` with `name` and
+	/// `arguments`), given to the template with each call's arguments as an object.
+	#[serde(default, skip_serializing_if = "Option::is_none")]
+	pub tool_calls: Option<Vec<Value>>,
+	/// A tool's answer: the id of the call it answers.
+	#[serde(default, skip_serializing_if = "Option::is_none")]
+	pub tool_call_id: Option<String>,
+	/// The name of the participant or tool that speaks.
+	#[serde(default, skip_serializing_if = "Option::is_none")]
+	pub name: Option<String>,
+}
+
+/// A message's `content`: a string, `null`, or a list of parts of which only text is served.
+fn content_text<'de, D: Deserializer<'de>>(
+	deserializer: D,
+) -> std::result::Result<String, D::Error> {
+	use serde::de::Error as _;
+	match Value::deserialize(deserializer)? {
+		Value::Null => Ok(String::new()),
+		Value::String(text) => Ok(text),
+		Value::Array(parts) => {
+			let texts = parts
+				.iter()
+				.map(|part| match (part.get("type").and_then(Value::as_str), part.get("text")) {
+					(Some("text"), Some(Value::String(text))) => Ok(text.as_str()),
+					_ => Err(D::Error::custom(format!(
+						"content: only text parts are served, not {part}"
+					))),
+				})
+				.collect::<std::result::Result<Vec<_>, _>>()?;
+			Ok(texts.join("\n"))
+		}
+		other => {
+			Err(D::Error::custom(format!("content: {other} is not a string or a list of parts")))
+		}
+	}
 }
 
 impl Message {
 	/// A turn of `role`.
 	pub fn new(role: &str, content: &str) -> Self {
-		Self { role: role.into(), content: content.into() }
+		Self {
+			role: role.into(),
+			content: content.into(),
+			tool_calls: None,
+			tool_call_id: None,
+			name: None,
+		}
+	}
+
+	/// The message as the template sees it: a tool call's `arguments`, a string of JSON in
+	/// OpenAI's messages, as the object it holds (templates write `arguments | tojson`).
+	fn for_template(&self) -> minijinja::Value {
+		let mut map = std::collections::BTreeMap::<String, minijinja::Value>::new();
+		map.insert("role".into(), minijinja::Value::from(self.role.as_str()));
+		map.insert("content".into(), minijinja::Value::from(self.content.as_str()));
+		if let Some(calls) = &self.tool_calls {
+			let calls = calls.iter().map(|call| {
+				let mut call = call.clone();
+				let arguments = call.pointer("/function/arguments").and_then(Value::as_str);
+				let parsed = arguments.and_then(|a| serde_json::from_str::<Value>(a).ok());
+				if let (Some(parsed), Some(slot)) =
+					(parsed, call.pointer_mut("/function/arguments"))
+				{
+					*slot = parsed;
+				}
+				template_value(&call)
+			});
+			map.insert("tool_calls".into(), minijinja::Value::from(calls.collect::<Vec<_>>()));
+		}
+		if let Some(id) = &self.tool_call_id {
+			map.insert("tool_call_id".into(), minijinja::Value::from(id.as_str()));
+		}
+		if let Some(name) = &self.name {
+			map.insert("name".into(), minijinja::Value::from(name.as_str()));
+		}
+		minijinja::Value::from(map)
+	}
+}
+
+/// `value` as a template value. (Built by hand: serde_json's `arbitrary_precision`, on in this
+/// workspace, serializes numbers as a private map that a template would print.)
+pub fn template_value(value: &Value) -> minijinja::Value {
+	match value {
+		Value::Null => minijinja::Value::from(()),
+		Value::Bool(b) => minijinja::Value::from(*b),
+		Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+			(Some(i), ..) => minijinja::Value::from(i),
+			(None, Some(u), _) => minijinja::Value::from(u),
+			(.., Some(f)) => minijinja::Value::from(f),
+			_ => minijinja::Value::from(n.to_string()),
+		},
+		Value::String(s) => minijinja::Value::from(s.as_str()),
+		Value::Array(items) => {
+			minijinja::Value::from(items.iter().map(template_value).collect::<Vec<_>>())
+		}
+		Value::Object(map) => minijinja::Value::from(
+			map.iter()
+				.map(|(k, v)| (k.clone(), template_value(v)))
+				.collect::<std::collections::BTreeMap<_, _>>(),
+		),
+	}
+}
+
+/// transformers' `tojson` filter, Python's `json.dumps`: `", "` and `": "` between items (or
+/// new lines with `indent`), non-ASCII characters as they are unless `ensure_ascii`, nothing
+/// HTML-escaped (minijinja's own writes `'` as `\u0027`, which the model never saw in
+/// training). Keys come sorted (`sort_keys` changes nothing).
+fn tojson(
+	value: &minijinja::Value,
+	kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<minijinja::Value, JinjaError> {
+	let indent: Option<usize> = kwargs.get("indent")?;
+	let ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+	let _: Option<bool> = kwargs.get("sort_keys")?;
+	kwargs.assert_all_used()?;
+	let value = serde_json::to_value(value)
+		.map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+	let mut out = String::new();
+	dumps(&value, indent, 0, ascii.unwrap_or(false), &mut out);
+	Ok(minijinja::Value::from_safe_string(out))
+}
+
+/// `value` as Python's `json.dumps` writes it, `depth` levels in (see [`tojson`]).
+fn dumps(value: &Value, indent: Option<usize>, depth: usize, ascii: bool, out: &mut String) {
+	let newline = |out: &mut String, depth: usize| {
+		if let Some(n) = indent {
+			out.push('\n');
+			out.extend(std::iter::repeat_n(' ', n * depth));
+		}
+	};
+	let separator = if indent.is_some() { "," } else { ", " };
+	match value {
+		Value::Array(items) if !items.is_empty() => {
+			out.push('[');
+			for (i, item) in items.iter().enumerate() {
+				if i > 0 {
+					out.push_str(separator);
+				}
+				newline(out, depth + 1);
+				dumps(item, indent, depth + 1, ascii, out);
+			}
+			newline(out, depth);
+			out.push(']');
+		}
+		Value::Object(map) if !map.is_empty() => {
+			out.push('{');
+			for (i, (key, item)) in map.iter().enumerate() {
+				if i > 0 {
+					out.push_str(separator);
+				}
+				newline(out, depth + 1);
+				quoted(key, ascii, out);
+				out.push_str(": ");
+				dumps(item, indent, depth + 1, ascii, out);
+			}
+			newline(out, depth);
+			out.push('}');
+		}
+		Value::String(text) => quoted(text, ascii, out),
+		other => out.push_str(&other.to_string()),
+	}
+}
+
+/// `text` as a JSON string, as Python writes it (`\uXXXX` for non-ASCII if `ascii`).
+fn quoted(text: &str, ascii: bool, out: &mut String) {
+	let json = serde_json::to_string(text).unwrap_or_default();
+	if !ascii {
+		out.push_str(&json);
+		return;
+	}
+	for c in json.chars() {
+		if c.is_ascii() {
+			out.push(c);
+		} else {
+			let mut units = [0u16; 2];
+			for unit in c.encode_utf16(&mut units) {
+				out.push_str(&format!("\\u{unit:04x}"));
+			}
+		}
 	}
 }
 
@@ -46,6 +225,7 @@ impl ChatTemplate {
 				Err(JinjaError::new(ErrorKind::InvalidOperation, message))
 			},
 		);
+		env.add_filter("tojson", tojson);
 		env.add_template_owned("chat", source.to_string()).map_err(template_error)?;
 		Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
 	}
@@ -53,13 +233,28 @@ impl ChatTemplate {
 	/// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
 	/// answer begins.
 	pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+		self.render_with_tools(messages, &[], add_generation_prompt)
+	}
+
+	/// Renders `messages` with `tools` (OpenAI's tool definitions, as given: the template's
+	/// `tools`, `none` when there are none, as transformers gives it).
+	pub fn render_with_tools(
+		&self,
+		messages: &[Message],
+		tools: &[Value],
+		add_generation_prompt: bool,
+	) -> Result<String> {
 		if messages.is_empty() {
 			return Err(Error::Request("a chat needs at least one message".into()));
 		}
 		let template = self.env.get_template("chat").map_err(template_error)?;
+		let messages: Vec<minijinja::Value> = messages.iter().map(Message::for_template).collect();
+		let tools = (!tools.is_empty())
+			.then(|| minijinja::Value::from(tools.iter().map(template_value).collect::<Vec<_>>()));
 		template
 			.render(minijinja::context! {
-				messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+				messages => messages,
+				tools => tools,
 				add_generation_prompt => add_generation_prompt,
 				bos_token => &self.bos_token,
 				eos_token => &self.eos_token,
@@ -111,5 +306,54 @@ mod tests {
 		assert!(err.to_string().contains("roles must be user/assistant"), "{err}");
 		assert!(t.render(&[], true).is_err());
 		assert!(ChatTemplate::new("{% for %}", "", "").is_err(), "a broken template is refused");
+	}
+
+	/// A template in the shape of Hermes/Qwen 2.5's: the tools in the system turn, an
+	/// assistant's calls as JSON with their arguments as objects, a tool's answer.
+	const TOOLS: &str = "{% if tools %}<tools>{% for tool in tools %}{{ tool | tojson }}{% endfor \
+	                     %}</tools>\n{% endif %}{% for m in messages %}[{{ m.role }}]{% if \
+	                     m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }} \
+	                     {{ c.function.arguments | tojson }}</call>{% endfor %}{% elif m.role == \
+	                     'tool' %}({{ m.tool_call_id }}) \
+	                     {{ m.content }}{% else %}{{ m.content }}{% endif %}\n{% endfor %}";
+
+	#[test]
+	fn tool_calls_and_answers_reach_the_template() {
+		let t = ChatTemplate::new(TOOLS, "", "").unwrap();
+		let messages: Vec<Message> = serde_json::from_value(serde_json::json!([
+			{"role": "user", "content": [{"type": "text", "text": "Weather"},
+				{"type": "text", "text": "in Paris?"}]},
+			{"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+				"function": {"name": "weather", "arguments": "{\"city\": \"Paris\", \"days\": 2}"}}]},
+			{"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+		]))
+		.unwrap();
+		let tools = [serde_json::json!({"type": "function", "function": {"name": "weather",
+			"description": "It's the <weather> & more.",
+			"parameters": {"type": "object", "properties": {"days": {"maximum": 7}}}}})];
+		let text = t.render_with_tools(&messages, &tools, false).unwrap();
+		assert_eq!(
+			text,
+			"<tools>{\"function\": {\"description\": \"It's the <weather> & more.\", \"name\": \
+			 \"weather\", \"parameters\": {\"properties\": {\"days\": {\"maximum\": 7}}, \"type\": \
+			 \"object\"}}, \"type\": \"function\"}</tools>\n[user]Weather\nin Paris?\n[assistant]<call>\
+			 weather {\"city\": \"Paris\", \"days\": 2}</call>\n[tool](c1) sunny\n"
+		);
+		// transformers' `tojson` arguments: indent, ensure_ascii.
+		let dumps = ChatTemplate::new(
+			"{{ messages[0].tool_calls[0].function.arguments | tojson(indent=2) }}|{{ 'é' | \
+			 tojson(ensure_ascii=true) }}|{{ [] | tojson }}",
+			"",
+			"",
+		)
+		.unwrap();
+		let text = dumps.render(&messages[1..2], false).unwrap();
+		assert_eq!(text, "{\n  \"city\": \"Paris\",\n  \"days\": 2\n}|\"\\u00e9\"|[]");
+		// No tools: the template's `tools` is none.
+		let text = t.render(&messages[..1], false).unwrap();
+		assert_eq!(text, "[user]Weather\nin Paris?\n");
+		let image = serde_json::json!([{"role": "user", "content": [{"type": "image_url"}]}]);
+		let error = serde_json::from_value::<Vec<Message>>(image).unwrap_err();
+		assert!(error.to_string().contains("only text parts"), "{error}");
 	}
 }

@@ -14,8 +14,10 @@
 //!   prompt before the answer's text; with `logprobs`, the prompt's tokens first in them, each
 //!   scored given the ones before it and the first `null`: how lm-evaluation-harness scores
 //!   continuations; `max_tokens` 0 then scores the prompt only). Prompts times `n` may not
-//!   exceed what the engine queues at once (a 400, not a 503 to retry forever). What is not served is refused, not ignored: `logit_bias`, `min_tokens`,
-//!   `best_of` above 1, `suffix`, `tools`, a `response_format` other than text.
+//!   exceed what the engine queues at once (a 400, not a 503 to retry forever). `logit_bias`,
+//!   `min_tokens`, `response_format` (JSON mode and JSON schemas) and vLLM's `guided_json`
+//!   are served; what is not is refused, not ignored: `best_of` above 1, `suffix`, `tools` (on
+//!   completions), vLLM's other guided decoding.
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt` and `max_tokens` (or
 //!   `max_completion_tokens`) the rest of the context when absent (the model's, or the KV
@@ -25,7 +27,13 @@
 //!   (before temperature, penalty or truncation), as vLLM reports them. Streamed, each chunk
 //!   carries the log-probabilities of the tokens generated since the last (a chunk may bring
 //!   them with no text yet); they add up to the whole answer's. The prompt's are not streamed
-//!   (`echo` with `logprobs` and `stream` is refused).
+//!   (`echo` with `logprobs` and `stream` is refused). `tools` with `tool_choice` (a named
+//!   function, `"required"` or `"none"`; `"auto"` is refused) and `parallel_tool_calls`:
+//!   OpenAI's tool calls, held to the tools' parameter schemas ([`crate::tool_calls`]); the
+//!   message then has `content` `""` and `tool_calls`, and `"required"` calls the reason
+//!   `tool_calls` when they are whole (a named tool's keeps the output's, as OpenAI's).
+//!   Streamed, a named tool's call begins in the first chunk and its arguments follow as
+//!   they are generated; `"required"` calls come each whole as it closes.
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
@@ -35,7 +43,7 @@
 //!   gets its error status before any event; the events begin once the engine has taken it,
 //!   and a later error (an adapter that cannot be loaded, a failed step) is sent as an
 //!   `{"error": …}` event before `[DONE]`.
-//! - `POST /tokenize` (`prompt`, or `messages` and `add_generation_prompt`) and
+//! - `POST /tokenize` (`prompt`, or `messages`, `tools` and `add_generation_prompt`) and
 //!   `POST /detokenize` (`tokens`), vLLM's: the token ids serving would give (`tokens`, `count`,
 //!   `max_model_len`), and the text of token ids (`prompt`).
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base; `max_model_len`:
@@ -93,6 +101,7 @@ use crate::{
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
+	tool_calls::{CallStream, ToolCall, ToolCalling, Tools},
 };
 
 /// The largest request body taken, in bytes (a prompt beyond the model's context is refused
@@ -335,10 +344,14 @@ struct Body {
 	response_format: Option<Value>,
 	/// vLLM's: a JSON schema the output must follow.
 	guided_json: Option<Value>,
+	/// Chat: OpenAI's tool definitions, how they are to be called, and whether calls may be
+	/// several (see [`crate::tool_calls`]); refused on completions.
+	tools: Option<Value>,
+	tool_choice: Option<Value>,
+	parallel_tool_calls: Option<bool>,
 	/// Asked for but not served: refused rather than ignored (see [`refuse_unserved`]).
 	best_of: Option<Value>,
 	suffix: Option<Value>,
-	tools: Option<Value>,
 	guided_regex: Option<Value>,
 	guided_choice: Option<Value>,
 	guided_grammar: Option<Value>,
@@ -347,10 +360,11 @@ struct Body {
 	prompt_logprobs: Option<Value>,
 }
 
-/// Refuses what `body` asks for that is not served, rather than answer as if it had not
-/// asked: best-of sampling, a suffix, tools, vLLM's guided decoding other than `guided_json`.
-/// (Fields left at what means "none" pass.)
-fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
+/// Refuses what `body` asks for at `endpoint` that is not served, rather than answer as if it
+/// had not asked: best-of sampling, a suffix, tools on completions, vLLM's guided decoding
+/// other than `guided_json`. (Fields left at what means "none" pass.)
+fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
+	let chat = matches!(endpoint, Endpoint::Chat);
 	let none = |value: &Option<Value>, means_none: &[Value]| match value {
 		None | Some(Value::Null) => true,
 		Some(v) => means_none.contains(v),
@@ -358,7 +372,8 @@ fn refuse_unserved(body: &Body) -> Result<(), ApiError> {
 	let unserved = [
 		("best_of", none(&body.best_of, &[json!(1)])),
 		("suffix", none(&body.suffix, &[json!("")])),
-		("tools", none(&body.tools, &[json!([])])),
+		("tools", chat || none(&body.tools, &[json!([])])),
+		("tool_choice", chat || none(&body.tool_choice, &[json!("none")])),
 		("guided_regex", none(&body.guided_regex, &[])),
 		("guided_choice", none(&body.guided_choice, &[])),
 		("guided_grammar", none(&body.guided_grammar, &[])),
@@ -678,6 +693,7 @@ fn generation_requests(
 	logprobs: Option<usize>,
 	logit_bias: Vec<(u32, f32)>,
 	default_max_tokens: usize,
+	calling: Option<&ToolCalling>,
 ) -> Result<Vec<GenerationRequest>, ApiError> {
 	if body.echo == Some(true) && matches!(endpoint, Endpoint::Chat) {
 		return Err(ApiError::bad_request("echo: only on /v1/completions"));
@@ -709,6 +725,16 @@ fn generation_requests(
 	let echo = body.echo == Some(true);
 	let response_format =
 		response_format(body.response_format.as_ref(), body.guided_json.as_ref())?;
+	// Tool calls are held to their own grammar.
+	let response_format = match (calling, response_format) {
+		(None, format) => format,
+		(Some(calling), ResponseFormat::Text) => ResponseFormat::Json(calling.grammar()),
+		(Some(_), ResponseFormat::Json(_)) => {
+			return Err(ApiError::bad_request(
+				"tool_choice and response_format (or guided_json): one or the other",
+			))
+		}
+	};
 	let prompt_logprobs = prompt_logprobs_asked(body)?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices
@@ -978,14 +1004,15 @@ fn echoes(tokenizer: &Tokenizer, prompts: &[Prompt]) -> Result<Vec<String>, Erro
 
 /// Serves `prompts` (one, rendered, for chat) with `body`'s options on `adapter`: the whole
 /// answer, or a stream of server-sent events when `stream` is asked for.
+/// A chat's tool calls, when asked for, are held to their grammar and answered as calls.
 async fn serve(
 	state: Arc<ApiState>,
 	endpoint: Endpoint,
-	prompts: Vec<Prompt>,
+	(prompts, calling): (Vec<Prompt>, Option<Arc<ToolCalling>>),
 	(model, adapter): (String, Option<String>),
 	body: Body,
 ) -> Result<Response, ApiError> {
-	refuse_unserved(&body)?;
+	refuse_unserved(endpoint, &body)?;
 	if let Some(ids) = &body.stop_token_ids {
 		check_token_ids("stop_token_ids", ids, state.tokenizer.vocab_size())?;
 	}
@@ -1002,8 +1029,15 @@ async fn serve(
 		}
 		_ => DEFAULT_MAX_TOKENS,
 	};
-	let requests =
-		generation_requests(endpoint, &prompts, &body, logprobs, bias, default_max_tokens)?;
+	let requests = generation_requests(
+		endpoint,
+		&prompts,
+		&body,
+		logprobs,
+		bias,
+		default_max_tokens,
+		calling.as_deref(),
+	)?;
 	if requests.len() > state.engine.max_waiting() {
 		return Err(ApiError::bad_request(format!(
 			"{} prompts of {} choices are {} requests, more than this worker queues at once \
@@ -1019,7 +1053,7 @@ async fn serve(
 	if body.stream == Some(true) {
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
 		let (id, created, logprobs) = (endpoint.answer_id(), now(), logprobs.is_some());
-		let head = ChunkHead { id, created, model, endpoint, n, include_usage, logprobs };
+		let head = ChunkHead { id, created, model, endpoint, n, include_usage, logprobs, calling };
 		let tokenizer = state.tokenizer.clone();
 		return stream(&state.engine, tokenizer, requests, adapter, head, echo).await;
 	}
@@ -1043,6 +1077,17 @@ async fn serve(
 		};
 		let text = format!("{echoed}{}", g.text);
 		let mut choice = endpoint.choice(i, &text, logprobs, g.finish_reason);
+		if let Some(calling) = &calling {
+			if let Some(calls) = calling.calls(&g.text) {
+				let calls: Vec<Value> = calls.iter().map(ToolCall::to_json).collect();
+				choice["message"] =
+					json!({"role": "assistant", "content": "", "tool_calls": calls});
+				// A named tool's call was forced: the output's own reason (as OpenAI's).
+				if !calling.named() && g.finish_reason != FinishReason::Length {
+					choice["finish_reason"] = json!("tool_calls");
+				}
+			}
+		}
 		if let (Endpoint::Completions, Some(k)) = (endpoint, prompt_logprobs) {
 			choice["prompt_logprobs"] = prompt_logprobs_of(&state.tokenizer, g, k)?;
 		}
@@ -1075,6 +1120,8 @@ struct ChunkHead {
 	include_usage: bool,
 	/// Whether chunks carry their tokens' log-probabilities.
 	logprobs: bool,
+	/// A chat's tool calls, when its output is them.
+	calling: Option<Arc<ToolCalling>>,
 }
 
 impl ChunkHead {
@@ -1164,8 +1211,13 @@ async fn stream(
 			*offset = text.chars().count();
 		}
 	}
+	let calls = match &head.calling {
+		Some(calling) => (0..open).map(|_| calling.stream()).collect(),
+		None => Vec::new(),
+	};
 	let answer = Streamer {
 		events: futures::stream::select_all(choices),
+		calls,
 		head,
 		tokenizer,
 		start,
@@ -1185,6 +1237,8 @@ async fn stream(
 /// A streamed answer in progress.
 struct Streamer {
 	events: SelectAll<ChoiceEvents>,
+	/// Each choice's tool calls, when its output is them.
+	calls: Vec<CallStream>,
 	head: ChunkHead,
 	/// The tokens' text in log-probabilities.
 	tokenizer: Arc<Tokenizer>,
@@ -1215,10 +1269,21 @@ impl Streamer {
 			Some((_, Some(Ok(StreamEvent::Queued)))) => return Some(Vec::new()),
 			Some((index, Some(Ok(StreamEvent::Text(text, scores))))) => {
 				let scored = self.head.logprobs && !scores.tokens.is_empty();
-				if text.is_empty() && !scored {
+				let calls = self.calls.get_mut(index).map(|calls| calls.push(&text));
+				let nothing = match &calls {
+					Some(calls) => calls.is_empty(),
+					None => text.is_empty(),
+				};
+				if nothing && !scored {
 					return Some(Vec::new());
 				}
-				let mut choice = endpoint.delta(index, Piece::Text(&text));
+				let mut choice = match calls {
+					Some(calls) if calls.is_empty() => json!({"index": index, "delta": {}}),
+					Some(calls) => json!({"index": index, "delta": {"tool_calls": calls}}),
+					None => endpoint.delta(index, Piece::Text(&text)),
+				};
+				choice["logprobs"] = Value::Null;
+				choice["finish_reason"] = Value::Null;
 				if scored {
 					match self.logprobs(index, &scores) {
 						Ok(logprobs) => choice["logprobs"] = logprobs,
@@ -1228,7 +1293,12 @@ impl Streamer {
 				return Some(vec![self.head.chunk(vec![choice], usage)]);
 			}
 			Some((index, Some(Ok(StreamEvent::Done(generation))))) => {
-				let choice = endpoint.delta(index, Piece::End(generation.finish_reason));
+				let mut choice = endpoint.delta(index, Piece::End(generation.finish_reason));
+				let called = self.calls.get(index).is_some_and(CallStream::called);
+				let chosen = self.head.calling.as_ref().is_some_and(|c| !c.named());
+				if called && chosen && generation.finish_reason != FinishReason::Length {
+					choice["finish_reason"] = json!("tool_calls");
+				}
 				let mut events = vec![self.head.chunk(vec![choice], usage)];
 				self.finished.push((index, generation));
 				self.open -= 1;
@@ -1291,7 +1361,7 @@ async fn completions(
 			check_token_ids("prompt", ids, vocab_size)?;
 		}
 	}
-	serve(state, Endpoint::Completions, prompts, model, body).await
+	serve(state, Endpoint::Completions, (prompts, None), model, body).await
 }
 
 async fn chat_completions(
@@ -1305,8 +1375,14 @@ async fn chat_completions(
 		.messages
 		.take()
 		.ok_or_else(|| ApiError::bad_request("messages: missing field `messages`"))?;
-	let prompt = template.render(&messages, true)?;
-	serve(state, Endpoint::Chat, vec![Prompt::Text(prompt)], model, body).await
+	let tools = Tools::from_request(
+		body.tools.as_ref(),
+		body.tool_choice.as_ref(),
+		body.parallel_tool_calls,
+	)
+	.map_err(ApiError::bad_request)?;
+	let prompt = template.render_with_tools(&messages, &tools.definitions, true)?;
+	serve(state, Endpoint::Chat, (vec![Prompt::Text(prompt)], tools.calling), model, body).await
 }
 
 impl ApiState {
@@ -1326,6 +1402,8 @@ struct TokenizeBody {
 	messages: Option<Vec<Message>>,
 	/// With `messages`: end with the assistant's turn opened (true by default).
 	add_generation_prompt: Option<bool>,
+	/// With `messages`: the tools given to the template (OpenAI's definitions).
+	tools: Option<Vec<Value>>,
 }
 
 /// The token ids serving would give a prompt (or a conversation in the chat template), their
@@ -1338,9 +1416,11 @@ async fn tokenize(
 	state.resolve(body.model.as_deref())?;
 	let text = match (body.prompt, body.messages) {
 		(Some(prompt), None) => prompt,
-		(None, Some(messages)) => {
-			state.chat_template()?.render(&messages, body.add_generation_prompt.unwrap_or(true))?
-		}
+		(None, Some(messages)) => state.chat_template()?.render_with_tools(
+			&messages,
+			body.tools.as_deref().unwrap_or_default(),
+			body.add_generation_prompt.unwrap_or(true),
+		)?,
 		_ => return Err(ApiError::bad_request("give either `prompt` or `messages`")),
 	};
 	let tokens = state.tokenizer.encode(&text)?;

@@ -6,11 +6,15 @@
 //! small graph of nodes ([`JsonGrammar::from_schema`]: objects with their declared properties,
 //! keys in any order, the required ones before the object may close; arrays with their items
 //! and `minItems`/`maxItems`; strings; numbers and integers; booleans; null; `enum` and
-//! `const`; `anyOf`/`oneOf` and lists of types whose alternatives start with different bytes;
-//! local `$ref`s, recursive ones included). Keywords that would constrain what it does not
-//! enforce (`pattern`, `minLength`, `minimum`, ...) are refused rather than ignored;
-//! annotations (`title`, `description`, `format`, `default`, ...) are ignored. An object with
-//! declared properties is generated with those keys only.
+//! `const`; `anyOf`/`oneOf` and lists of types whose alternatives start with different bytes,
+//! or are objects told apart by a discriminator (a property each requires, whose value is a
+//! constant string of its own: written first, it says which object follows); local `$ref`s,
+//! recursive ones included). [`JsonGrammar::tool_calls`] is the grammar of OpenAI tool calls
+//! (a list of `{"name": ..., "parameters": ...}`, each tool's parameters its own schema).
+//! Keywords that would constrain what it does not enforce (`pattern`, `minLength`, `minimum`,
+//! ...) are refused rather than ignored; annotations (`title`, `description`, `format`,
+//! `default`, ...) are ignored. An object with declared properties is generated with those
+//! keys only.
 //!
 //! [`JsonState`] is a pushdown automaton over the output's bytes. Before each token is picked,
 //! every token of the vocabulary whose bytes would take the output off the grammar is masked
@@ -30,7 +34,7 @@
 use std::collections::HashMap;
 
 use rayon::prelude::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::tokenizer::TokenBytes;
 
@@ -63,7 +67,7 @@ const ENFORCED: [&str; 15] = [
 ];
 /// Annotations: taken and ignored (they do not constrain the value, or, as `format`, are not
 /// checked).
-const ANNOTATIONS: [&str; 13] = [
+const ANNOTATIONS: [&str; 14] = [
 	"title",
 	"description",
 	"default",
@@ -77,6 +81,8 @@ const ANNOTATIONS: [&str; 13] = [
 	"writeOnly",
 	"contentMediaType",
 	"contentEncoding",
+	// Pydantic's, beside the `oneOf` it describes (told apart by the grammar itself).
+	"discriminator",
 ];
 /// The longest `enum` or `const` value, as compact JSON.
 const MAX_LITERAL: usize = 1024;
@@ -112,6 +118,10 @@ enum Node {
 	Literals(Vec<Box<[u8]>>),
 	/// One of these, told apart by their first byte.
 	Union(Vec<NodeId>),
+	/// One of several objects, told apart by the value of the property `tag`, which comes
+	/// first: the `i`th of `tag`'s literals chooses `variants[i]`, an object node and the
+	/// index of its property that `tag` was.
+	Tagged { tag: Property, variants: Vec<(NodeId, u8)> },
 	/// What another node is (a `$ref`).
 	Ref(NodeId),
 }
@@ -169,10 +179,42 @@ impl JsonGrammar {
 
 	/// What `schema` (a JSON schema) allows, or why it cannot be served.
 	pub fn from_schema(schema: &Value) -> Result<Self, String> {
-		let mut compiler =
-			Compiler { document: schema, nodes: base_nodes(), refs: HashMap::new(), depth: 0 };
+		let mut compiler = Compiler::new(schema);
 		let root = compiler.compile(schema, "#")?;
-		let grammar = Self::new(compiler.nodes, root);
+		Self::checked(compiler.nodes, root)
+	}
+
+	/// OpenAI tool calls to `tools` (each a name and its parameters' schema, `None` for no
+	/// parameters: `{}`), as vLLM generates them for `tool_choice: "required"`: a list of 1 to
+	/// `max` objects `{"name": ..., "parameters": ...}`, the name first and the parameters
+	/// those of the tool named.
+	pub fn tool_calls(tools: &[(&str, Option<&Value>)], max: u32) -> Result<Self, String> {
+		let none = json!({"type": "object", "properties": {}, "additionalProperties": false});
+		let mut compiler = Compiler::new(&none);
+		let mut calls = Vec::with_capacity(tools.len());
+		for &(name, parameters) in tools {
+			// Each tool's schema is a document of its own (its `$ref`s point into it).
+			let parameters = parameters.unwrap_or(&none);
+			compiler.document = parameters;
+			compiler.refs.clear();
+			let at = format!("tool {name:?}: parameters");
+			let parameters = compiler.compile(parameters, &at)?;
+			let name = compiler.add(Node::Literals(vec![compact(&Value::from(name))]))?;
+			let properties = vec![
+				Property { key: b"name".as_slice().into(), value: name },
+				Property { key: b"parameters".as_slice().into(), value: parameters },
+			];
+			calls.push(compiler.add(Node::Object { properties, required: 0b11 })?);
+		}
+		let calls = compiler.tag_objects(calls)?;
+		let items = compiler.union(calls)?;
+		let root = compiler.add(Node::Array { items, min: 1, max: max.max(1) })?;
+		Self::checked(compiler.nodes, root)
+	}
+
+	/// The grammar of `nodes` from `root`, if the automaton can follow it.
+	fn checked(nodes: Vec<Node>, root: NodeId) -> Result<Self, String> {
+		let grammar = Self::new(nodes, root);
 		// A `$ref` that leads only to `$ref`s would never start a value.
 		for id in 0..grammar.nodes.len() {
 			grammar.resolve(id as NodeId).ok_or("a $ref cycle that never reaches a schema")?;
@@ -188,9 +230,16 @@ impl JsonGrammar {
 								b @ 0x20..=0x7e => format!("{:?}", b as char),
 								b => format!("byte 0x{b:02x}"),
 							};
+							let objects = match b as u8 {
+								b'{' => {
+									" (objects are, when each requires a property whose value \
+									 is a constant string of its own)"
+								}
+								_ => "",
+							};
 							return Err(format!(
 								"alternatives (anyOf, oneOf or a list of types) that can both \
-								 start with {byte} are not served"
+								 start with {byte} are not served{objects}"
 							));
 						}
 					}
@@ -223,7 +272,7 @@ impl JsonGrammar {
 			let mut set = |list: &[u8]| list.iter().for_each(|&b| bytes[b as usize] = true);
 			match &self.nodes[id as usize] {
 				Node::Any => set(b"{[\"-0123456789tfn"),
-				Node::Object { .. } | Node::AnyObject { .. } => set(b"{"),
+				Node::Object { .. } | Node::AnyObject { .. } | Node::Tagged { .. } => set(b"{"),
 				Node::Array { .. } => set(b"["),
 				Node::String => set(b"\""),
 				Node::Number { .. } => set(b"-0123456789"),
@@ -235,6 +284,10 @@ impl JsonGrammar {
 		bytes
 	}
 }
+
+/// An object of a union as [`Compiler::tag_objects`] finds it: its node, the index of its
+/// discriminator among its properties, and the discriminator's strings.
+type Variant = (NodeId, u8, Vec<Box<[u8]>>);
 
 /// Compiles a schema into nodes.
 struct Compiler<'a> {
@@ -271,7 +324,11 @@ fn compact(value: &Value) -> Box<[u8]> {
 	serde_json::to_vec(value).unwrap_or_default().into()
 }
 
-impl Compiler<'_> {
+impl<'a> Compiler<'a> {
+	fn new(document: &'a Value) -> Self {
+		Self { document, nodes: base_nodes(), refs: HashMap::new(), depth: 0 }
+	}
+
 	fn add(&mut self, node: Node) -> Result<NodeId, String> {
 		if self.nodes.len() >= MAX_NODES {
 			return Err(format!("the schema takes more than {MAX_NODES} nodes"));
@@ -357,6 +414,7 @@ impl Compiler<'_> {
 					.enumerate()
 					.map(|(i, s)| self.compile(s, &format!("{at}/{keyword}/{i}")))
 					.collect::<Result<Vec<_>, _>>()?;
+				let members = self.tag_objects(members)?;
 				return self.union(members);
 			}
 		}
@@ -397,6 +455,79 @@ impl Compiler<'_> {
 			[one] => Ok(one),
 			_ => self.add(Node::Union(members)),
 		}
+	}
+
+	/// `members` of a union with the objects among them (two or more) joined into one
+	/// [`Node::Tagged`] where they have a discriminator: a property that each requires, whose
+	/// value is one or more constant strings no other has. The first such property (in the
+	/// first object's order) is taken. Without one, `members` are left as they are.
+	fn tag_objects(&mut self, members: Vec<NodeId>) -> Result<Vec<NodeId>, String> {
+		let resolve = |nodes: &[Node], mut id: NodeId| {
+			for _ in 0..=nodes.len() {
+				match nodes[id as usize] {
+					Node::Ref(target) => id = target,
+					_ => return id,
+				}
+			}
+			ANY
+		};
+		let objects: Vec<(usize, NodeId)> = members
+			.iter()
+			.enumerate()
+			.map(|(at, &m)| (at, resolve(&self.nodes, m)))
+			.filter(|&(_, m)| matches!(self.nodes[m as usize], Node::Object { .. }))
+			.collect();
+		let Some(&(first_at, first)) = objects.first().filter(|_| objects.len() >= 2) else {
+			return Ok(members);
+		};
+		let (candidates, _) = object_of(&self.nodes, first);
+		// For each object, the index of the tag property and its strings.
+		let tagged_by = |key: &[u8]| -> Option<Vec<Variant>> {
+			let mut found = Vec::with_capacity(objects.len());
+			let mut seen = std::collections::HashSet::new();
+			for &(_, object) in &objects {
+				let (properties, required) = object_of(&self.nodes, object);
+				let i = properties.iter().position(|p| &*p.key == key)?;
+				if required >> i & 1 == 0 {
+					return None;
+				}
+				let Node::Literals(texts) =
+					&self.nodes[resolve(&self.nodes, properties[i].value) as usize]
+				else {
+					return None;
+				};
+				let strings = texts.iter().all(|t| t.first() == Some(&b'"'));
+				if !strings || !texts.iter().all(|t| seen.insert(t.clone())) {
+					return None;
+				}
+				found.push((object, i as u8, texts.clone()));
+			}
+			(seen.len() <= MAX_CHOICES).then_some(found)
+		};
+		let Some((key, found)) = candidates
+			.iter()
+			.find_map(|p| tagged_by(&p.key[..]).map(|found| (p.key.clone(), found)))
+		else {
+			return Ok(members);
+		};
+		let mut texts = Vec::new();
+		let mut variants = Vec::new();
+		for (object, at, strings) in found {
+			variants.extend(std::iter::repeat_n((object, at), strings.len()));
+			texts.extend(strings);
+		}
+		let value = self.add(Node::Literals(texts))?;
+		let tagged = self.add(Node::Tagged { tag: Property { key, value }, variants })?;
+		let joined: Vec<usize> = objects.iter().map(|&(at, _)| at).collect();
+		Ok(members
+			.iter()
+			.enumerate()
+			.filter_map(|(at, &m)| match at {
+				_ if at == first_at => Some(tagged),
+				_ if joined.contains(&at) => None,
+				_ => Some(m),
+			})
+			.collect())
 	}
 
 	/// The node of `map` as a value of type `kind`.
@@ -501,6 +632,16 @@ impl Compiler<'_> {
 		let compiled = self.compile(target, pointer)?;
 		self.nodes[id as usize] = Node::Ref(compiled);
 		Ok(id)
+	}
+}
+
+/// The properties and required bits of the object node `node` of `nodes` (a tagged one's: its
+/// discriminator, required; none for another node).
+fn object_of(nodes: &[Node], node: NodeId) -> (&[Property], u64) {
+	match &nodes[node as usize] {
+		Node::Object { properties, required } => (properties, *required),
+		Node::Tagged { tag, .. } => (std::slice::from_ref(tag), 1),
+		_ => (&[], 0),
 	}
 }
 
@@ -885,6 +1026,22 @@ impl JsonState {
 		Some(self)
 	}
 
+	/// After a value of the literal node `node`, one of `which` (a bit each) whole: if it was
+	/// the discriminator of a [`Node::Tagged`] object, the object is from now on the variant
+	/// it names, with the discriminator given.
+	fn literal_ends(mut self, grammar: &JsonGrammar, node: NodeId, which: u64) -> Self {
+		self.expect = self.value_end();
+		if let Some(Frame::Object { node: object, .. }) = self.top() {
+			if let Node::Tagged { tag, variants } = &grammar.nodes[object as usize] {
+				let chosen = variants.get(which.trailing_zeros() as usize);
+				if let (true, Some(&(variant, at))) = (tag.value == node, chosen) {
+					self.set_top(Frame::Object { node: variant, seen: 1 << at, current: at });
+				}
+			}
+		}
+		self
+	}
+
 	/// Closes the innermost container.
 	fn close(mut self) -> Self {
 		self.depth -= 1;
@@ -951,17 +1108,21 @@ impl JsonState {
 				let next = filter(candidates, texts.len(), |i| texts[i].get(at) == Some(&b));
 				if next != 0 {
 					let longer = filter(next, texts.len(), |i| texts[i].len() > at + 1);
-					self.expect = match longer {
-						0 => self.value_end(),
-						_ => Expect::Literal { node, candidates: next, at: at as u16 + 1 },
-					};
-					return Some(self);
+					return Some(match longer {
+						0 => self.literal_ends(grammar, node, next),
+						_ => {
+							self.expect =
+								Expect::Literal { node, candidates: next, at: at as u16 + 1 };
+							self
+						}
+					});
 				}
 				// A literal that is whole may end here (one of `1` and `10`, say).
-				if filter(candidates, texts.len(), |i| texts[i].len() == at) == 0 {
+				let whole = filter(candidates, texts.len(), |i| texts[i].len() == at);
+				if whole == 0 {
 					return None;
 				}
-				self.expect = self.value_end();
+				self = self.literal_ends(grammar, node, whole);
 			}
 			_ => {}
 		}
@@ -1080,6 +1241,9 @@ impl JsonState {
 			Node::Object { .. } if b == b'{' => {
 				self.open(Frame::Object { node, seen: 0, current: 0 }, Expect::ObjectFirst)
 			}
+			Node::Tagged { .. } if b == b'{' => {
+				self.open(Frame::Object { node, seen: 0, current: 0 }, Expect::ObjectFirst)
+			}
 			Node::AnyObject { values } if b == b'{' => {
 				self.open(Frame::AnyObject { values: *values }, Expect::ObjectFirst)
 			}
@@ -1097,12 +1261,14 @@ impl JsonState {
 			Node::Literals(texts) => {
 				let all = all_of(texts.len());
 				let next = filter(all, texts.len(), |i| texts[i].first() == Some(&b));
-				self.expect = match (next, filter(next, texts.len(), |i| texts[i].len() > 1)) {
-					(0, _) => return None,
-					(_, 0) => self.value_end(),
-					_ => Expect::Literal { node, candidates: next, at: 1 },
-				};
-				Some(self)
+				match (next, filter(next, texts.len(), |i| texts[i].len() > 1)) {
+					(0, _) => None,
+					(_, 0) => Some(self.literal_ends(grammar, node, next)),
+					_ => {
+						self.expect = Expect::Literal { node, candidates: next, at: 1 };
+						Some(self)
+					}
+				}
 			}
 			Node::Union(members) => {
 				let member = members.iter().find(|&&m| grammar.starts[m as usize][b as usize])?;
@@ -1114,12 +1280,10 @@ impl JsonState {
 }
 
 impl JsonGrammar {
-	/// An object node's properties and required bits (none for another node).
+	/// An object node's properties and required bits (a tagged one's: its discriminator;
+	/// none for another node).
 	fn object(&self, node: NodeId) -> (&[Property], u64) {
-		match &self.nodes[node as usize] {
-			Node::Object { properties, required } => (properties, *required),
-			_ => (&[], 0),
-		}
+		object_of(&self.nodes, node)
 	}
 
 	/// An array node's items, least and most count (any, for another node).
@@ -1391,6 +1555,106 @@ mod tests {
 		}
 	}
 
+	/// Pydantic's discriminated unions: objects told apart by a constant string property.
+	fn pets() -> JsonGrammar {
+		JsonGrammar::from_schema(&json!({
+			"anyOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}, {"type": "null"}],
+			"$defs": {
+				"Cat": {"type": "object", "properties": {"meows": {"type": "integer"},
+					"kind": {"const": "cat"}}, "required": ["kind", "meows"]},
+				"Dog": {"type": "object", "properties": {"kind": {"enum": ["dog", "puppy"]},
+					"barks": {"type": "number"}}, "required": ["kind"]}
+			}
+		}))
+		.unwrap()
+	}
+
+	#[test]
+	fn objects_told_apart_by_a_discriminator_written_first() {
+		// As pydantic writes a `Field(discriminator="pet_type")` union.
+		let pydantic = JsonGrammar::from_schema(&json!({
+			"$defs": {
+				"Cat": {"properties": {"pet_type": {"const": "cat", "title": "Pet Type",
+					"type": "string"}, "meows": {"title": "Meows", "type": "integer"}},
+					"required": ["pet_type", "meows"], "title": "Cat", "type": "object"},
+				"Dog": {"properties": {"pet_type": {"const": "dog", "title": "Pet Type",
+					"type": "string"}, "barks": {"title": "Barks", "type": "number"}},
+					"required": ["pet_type", "barks"], "title": "Dog", "type": "object"}
+			},
+			"properties": {"pet": {"discriminator": {"mapping": {"cat": "#/$defs/Cat",
+				"dog": "#/$defs/Dog"}, "propertyName": "pet_type"},
+				"oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}], "title": "Pet"}},
+			"required": ["pet"], "title": "Model", "type": "object"
+		}))
+		.unwrap();
+		assert!(complete(&pydantic, r#"{"pet": {"pet_type": "dog", "barks": 2.5}}"#));
+		assert!(!complete(&pydantic, r#"{"pet": {"pet_type": "dog", "meows": 2}}"#));
+		let g = pets();
+		for text in [
+			r#"{"kind": "cat", "meows": 3}"#,
+			r#"{"kind":"puppy"}"#,
+			r#"{"kind": "dog", "barks": 1.5}"#,
+			"null",
+		] {
+			assert!(complete(&g, text), "{text}");
+		}
+		for text in [
+			r#"{"meows": 3, "kind": "cat"}"#,
+			r#"{"kind": "cat", "barks": 1}"#,
+			r#"{"kind": "cat"}"#,
+			r#"{"kind": "bird"}"#,
+			r#"{"kind": "dog", "kind": "dog"}"#,
+			"{}",
+		] {
+			assert!(!complete(&g, text), "{text} was taken");
+		}
+		// Objects without one are refused, saying what would do.
+		for schema in [
+			json!({"anyOf": [{"properties": {"a": {"const": "x"}}, "required": ["a"]},
+				{"properties": {"a": {"const": "x"}}, "required": ["a"]}]}),
+			json!({"anyOf": [{"properties": {"a": {"const": "x"}}},
+				{"properties": {"a": {"const": "y"}}, "required": ["a"]}]}),
+			json!({"anyOf": [{"properties": {"a": {"const": 1}}, "required": ["a"]},
+				{"properties": {"a": {"const": 2}}, "required": ["a"]}]}),
+		] {
+			let error = JsonGrammar::from_schema(&schema).unwrap_err();
+			assert!(error.contains("constant string of its own"), "{schema}: {error}");
+		}
+	}
+
+	#[test]
+	fn tool_calls_are_a_list_of_named_calls_each_with_its_tools_parameters() {
+		let weather = json!({"type": "object", "properties": {"city": {"$ref": "#/$defs/City"}},
+			"required": ["city"], "$defs": {"City": {"type": "string"}}});
+		let count = json!({"type": "object", "properties": {"n": {"$ref": "#/$defs/City"}},
+			"$defs": {"City": {"type": "integer"}}});
+		let g = JsonGrammar::tool_calls(
+			&[("weather", Some(&weather)), ("count", Some(&count)), ("now", None)],
+			2,
+		)
+		.unwrap();
+		for text in [
+			r#"[{"name": "weather", "parameters": {"city": "Oslo"}}]"#,
+			r#"[{"name":"now","parameters":{}},{"name":"count","parameters":{"n":2}}]"#,
+		] {
+			assert!(complete(&g, text), "{text}");
+		}
+		let three = format!("[{}]", [r#"{"name": "now", "parameters": {}}"#; 3].join(", "));
+		for text in [
+			"[]",
+			r#"[{"name": "count", "parameters": {"n": "2"}}]"#,
+			r#"[{"name": "weather", "parameters": {"city": 2}}]"#,
+			r#"[{"name": "now", "parameters": {"x": 1}}]"#,
+			r#"[{"parameters": {}, "name": "now"}]"#,
+			three.as_str(),
+		] {
+			assert!(!complete(&g, text), "{text} was taken");
+		}
+		// One tool: no discriminator needed.
+		let g = JsonGrammar::tool_calls(&[("now", None)], u32::MAX).unwrap();
+		assert!(complete(&g, r#"[{"parameters": {}, "name": "now"}]"#));
+	}
+
 	#[test]
 	fn the_trie_walk_allows_what_trying_each_token_allows() {
 		// Every string of up to three bytes from a JSON-ish alphabet, and some longer ones.
@@ -1415,6 +1679,7 @@ mod tests {
 		let documents = [
 			(JsonGrammar::any_object(), r#"{"a": [1, -2.5e3, "x\"y", {"b": null}], "c": true}"#),
 			(person(), r#"{"name": "Ada", "age": 36, "role": 10, "pets": [{"kind": "cat"}]}"#),
+			(pets(), r#"{"kind": "puppy", "barks": -2}"#),
 		];
 		for (grammar, document) in &documents {
 			for cut in 0..=document.len() {

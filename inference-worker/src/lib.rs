@@ -14,7 +14,8 @@
 //! - [`service`]: the engine on a thread of its own, answering requests from any thread;
 //!   [`http_api`]: the HTTP API over it (OpenAI's completions and chat completions, whole or
 //!   streamed); [`text_stream`]: a generation's text released as it grows.
-//! - [`json_mode`]: JSON mode, the output held to a JSON object token by token.
+//! - [`json_mode`]: JSON mode and JSON schemas, the output held to a grammar token by token;
+//!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas.
 //! - [`metrics`]: latency histograms for `/metrics`.
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, settled once per process.
@@ -39,5 +40,6 @@ pub mod service;
 pub mod text_stream;
 pub mod threads;
 pub mod tokenizer;
+pub mod tool_calls;
 
 pub use error::{Error, Result};

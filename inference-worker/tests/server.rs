@@ -1086,6 +1086,140 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	);
 }
 
+/// OpenAI's tool calls: a named tool's call is its arguments, generated under the tool's
+/// parameters schema as the library generates them; `"required"` a list of calls, each with
+/// its tool's parameters; streamed, the calls add up to the whole answer's; `"none"` answers
+/// text; earlier turns with calls and a tool's answer are taken; what is not served is refused.
+#[test]
+fn tool_calls_are_held_to_their_tools_schemas_whole_and_streamed() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let alone = |request: &GenerationRequest| generate(&model, &tokenizer, None, request).unwrap();
+	let parameters = json!({"type": "object", "properties": {"city": {"type": "string"},
+		"unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]});
+	let weather = json!({"type": "function", "function": {"name": "get_weather",
+		"description": "The weather in a city.", "parameters": parameters}});
+	let clock = json!({"type": "function", "function": {"name": "get_time"}});
+	let tools = json!([weather, clock]);
+	let messages = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+	// SmolLM2's template does not show tools: the prompt is the conversation's alone.
+	let chat = render(&tokenizer, &messages);
+	let under = |grammar: JsonGrammar, max_tokens: usize| GenerationRequest {
+		response_format: ResponseFormat::Json(Arc::new(grammar)),
+		..greedy(&chat, max_tokens)
+	};
+	let path = "/v1/chat/completions";
+
+	// A named tool.
+	let want = alone(&under(JsonGrammar::from_schema(&parameters).unwrap(), 64));
+	assert_eq!(want.finish_reason, FinishReason::Eos, "{:?}", want.text);
+	let arguments: Value = serde_json::from_str(&want.text).unwrap();
+	assert!(arguments["city"].is_string(), "{arguments}");
+	assert!(["celsius", "fahrenheit"].contains(&arguments["unit"].as_str().unwrap()));
+	let named = json!({"type": "function", "function": {"name": "get_weather"}});
+	let body = json!({"messages": messages, "tools": tools, "tool_choice": named,
+		"max_tokens": 64, "temperature": 0});
+	let (status, answer) = post(address, path, &body);
+	assert_eq!(status, 200, "{answer}");
+	let choice = &answer["choices"][0];
+	// A forced call keeps the output's own reason, as OpenAI's.
+	assert_eq!(choice["finish_reason"], "stop", "{answer}");
+	assert_eq!(choice["message"]["content"], "");
+	let calls = choice["message"]["tool_calls"].as_array().unwrap();
+	assert_eq!(calls.len(), 1, "{answer}");
+	assert_eq!(calls[0]["type"], "function");
+	assert!(calls[0]["id"].as_str().unwrap().starts_with("chatcmpl-tool-"));
+	assert_eq!(calls[0]["function"], json!({"name": "get_weather", "arguments": want.text}));
+	assert_eq!(answer["usage"]["completion_tokens"], want.tokens.len());
+	let (status, events) = stream(address, path, &body);
+	assert_eq!(status, 200, "{events:?}");
+	let streamed =
+		gather(&events, "chat.completion.chunk", "/delta/tool_calls/0/function/arguments");
+	assert_eq!(streamed.texts[0].0, want.text);
+	assert_eq!(streamed.reasons[0].as_deref(), Some("stop"));
+	let heads: Vec<&Value> =
+		events.iter().filter_map(|e| e.pointer("/choices/0/delta/tool_calls/0/id")).collect();
+	assert_eq!(heads.len(), 1, "the call's id and name come once");
+
+	// Required: a list of calls.
+	let grammar =
+		JsonGrammar::tool_calls(&[("get_weather", Some(&parameters)), ("get_time", None)], 8)
+			.unwrap();
+	let want = alone(&under(grammar, 96));
+	assert_eq!(want.finish_reason, FinishReason::Eos, "{:?}", want.text);
+	let list: Vec<Value> = serde_json::from_str(&want.text).unwrap();
+	let body = json!({"messages": messages, "tools": tools, "tool_choice": "required",
+		"max_tokens": 96, "temperature": 0});
+	let (status, answer) = post(address, path, &body);
+	assert_eq!(status, 200, "{answer}");
+	let choice = &answer["choices"][0];
+	assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
+	let calls = choice["message"]["tool_calls"].as_array().unwrap();
+	assert_eq!(calls.len(), list.len(), "{answer}");
+	for (call, item) in calls.iter().zip(&list) {
+		assert_eq!(call["function"]["name"], item["name"]);
+		let arguments = call["function"]["arguments"].as_str().unwrap();
+		assert_eq!(serde_json::from_str::<Value>(arguments).unwrap(), item["parameters"]);
+	}
+	let (status, events) = stream(address, path, &body);
+	assert_eq!(status, 200, "{events:?}");
+	let deltas: Vec<&Value> = events
+		.iter()
+		.filter_map(|e| e.pointer("/choices/0/delta/tool_calls"))
+		.flat_map(|calls| calls.as_array().unwrap())
+		.collect();
+	assert_eq!(deltas.len(), calls.len(), "{events:?}");
+	for (i, (delta, call)) in deltas.iter().zip(calls).enumerate() {
+		assert_eq!((&delta["index"], &delta["function"]), (&json!(i), &call["function"]));
+	}
+	assert_eq!(
+		gather(&events, "chat.completion.chunk", "/delta/content").reasons[0].as_deref(),
+		Some("tool_calls")
+	);
+	// Cut short, the list is not whole: its text, with the reason.
+	let cut = json!({"messages": messages, "tools": tools, "tool_choice": "required",
+		"max_tokens": 5, "temperature": 0});
+	let (status, answer) = post(address, path, &cut);
+	assert_eq!(status, 200, "{answer}");
+	let choice = &answer["choices"][0];
+	assert_eq!(choice["finish_reason"], "length");
+	assert!(choice["message"].get("tool_calls").is_none(), "{answer}");
+	assert!(want.text.starts_with(choice["message"]["content"].as_str().unwrap()), "{answer}");
+
+	// "none": text, as without tools; earlier calls and a tool's answer are taken.
+	let body = json!({"messages": messages, "tools": tools, "tool_choice": "none",
+		"max_tokens": 8, "temperature": 0});
+	let (status, answer) = post(address, path, &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &alone(&greedy(&chat, 8)), "/message/content");
+	let turns = json!([{"role": "user", "content": "What is the weather in Paris?"},
+		{"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+			"function": {"name": "get_weather",
+				"arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]},
+		{"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 degrees."}]);
+	let body = json!({"messages": turns, "tools": tools, "tool_choice": "none",
+		"max_tokens": 8, "temperature": 0});
+	let (status, answer) = post(address, path, &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &alone(&greedy(&render(&tokenizer, &turns), 8)), "/message/content");
+
+	let refused = |path: &str, body: Value, says: &str| refused_at(address, path, body, says);
+	refused(path, json!({"messages": messages, "tools": tools}), "\"auto\" is not served");
+	let unknown = json!({"type": "function", "function": {"name": "get_mood"}});
+	refused(
+		path,
+		json!({"messages": messages, "tools": tools, "tool_choice": unknown}),
+		"not among the tools",
+	);
+	let both = json!({"messages": messages, "tools": tools, "tool_choice": "required",
+		"response_format": {"type": "json_object"}});
+	refused(path, both, "one or the other");
+	refused(path, json!({"messages": messages, "tool_choice": "required"}), "no tools");
+	refused("/v1/completions", json!({"prompt": "x", "tools": tools}), "tools: not served");
+	let image = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]);
+	refused(path, json!({"messages": image}), "only text parts");
+}
+
 /// What lm-evaluation-harness's `local-completions` model sends to score a continuation
 /// (`loglikelihood`): several prompts as token ids, `echo` with `logprobs: 1`, one greedy
 /// token. Each choice carries its prompt's log-probabilities (the first token's `null`), equal
