@@ -99,6 +99,10 @@ pub struct GenerationRequest {
 	pub min_tokens: usize,
 	/// What the output must be.
 	pub response_format: ResponseFormat,
+	/// Whether special tokens (`<|im_end|>`, ...) are left out of the text (vLLM's
+	/// `skip_special_tokens`, true by default); they stay among the tokens. Stop sequences
+	/// are looked for in the text.
+	pub skip_special_tokens: bool,
 }
 
 /// What a request's output must be (OpenAI's `response_format`).
@@ -133,6 +137,7 @@ impl Default for GenerationRequest {
 			prompt_logprobs: None,
 			min_tokens: 0,
 			response_format: ResponseFormat::Text,
+			skip_special_tokens: true,
 		}
 	}
 }
@@ -276,6 +281,8 @@ pub struct Progress {
 	held_text: usize,
 	/// The JSON the output must be, and how far into it the output is.
 	json: Option<(Arc<JsonGrammar>, JsonState)>,
+	/// Whether special tokens are left out of the text.
+	skip_special_tokens: bool,
 	text: String,
 	finish_reason: Option<FinishReason>,
 }
@@ -305,6 +312,7 @@ impl Progress {
 				ResponseFormat::Text => None,
 				ResponseFormat::Json(grammar) => Some((grammar.clone(), JsonState::new(grammar))),
 			},
+			skip_special_tokens: request.skip_special_tokens,
 			text: String::new(),
 			// A prompt scored only is finished once its log-probabilities are in.
 			finish_reason: (request.max_tokens == 0).then_some(FinishReason::Length),
@@ -433,18 +441,18 @@ impl Progress {
 			// Nothing ends the output yet; stop sequences in this text will not count.
 			if !self.stop.is_empty() {
 				// Without a split character's first bytes, which decode to U+FFFD for now.
-				let text = tokenizer.decode(&self.tokens)?;
+				let text = self.decode(tokenizer, &self.tokens)?;
 				self.held_text = text.trim_end_matches('\u{FFFD}').len();
 			}
 		} else if Some(sampled.token) == tokenizer.eos && !self.ignore_eos {
 			self.finish_reason = Some(FinishReason::Eos);
 		} else if self.stop_token_ids.contains(&sampled.token) {
-			self.text = tokenizer.decode(&self.tokens[..self.tokens.len() - 1])?;
+			self.text = self.decode(tokenizer, &self.tokens[..self.tokens.len() - 1])?;
 			self.finish_reason = Some(FinishReason::Stop);
 		} else if !self.stop.is_empty() {
 			// The output is decoded at each step only when stop sequences must be looked for:
 			// those that end past the text held by `min_tokens`.
-			self.text = tokenizer.decode(&self.tokens)?;
+			self.text = self.decode(tokenizer, &self.tokens)?;
 			let (text, held) = (&self.text, self.held_text);
 			let found = |stop: &String| {
 				// (Never past the text, whatever the held text decoded to.)
@@ -465,13 +473,18 @@ impl Progress {
 		Ok(sampled.token)
 	}
 
+	/// The text of `tokens` as the output's (special tokens left out if the request says so).
+	fn decode(&self, tokenizer: &Tokenizer, tokens: &[u32]) -> Result<String> {
+		tokenizer.decode_output(tokens, self.skip_special_tokens)
+	}
+
 	/// The finished generation (as it stands, if it is not finished).
-	pub fn finish(self, tokenizer: &Tokenizer) -> Result<Generation> {
+	pub fn finish(mut self, tokenizer: &Tokenizer) -> Result<Generation> {
 		let finish_reason = self.finish_reason.unwrap_or(FinishReason::Length);
 		let text = match finish_reason {
-			FinishReason::Stop => self.text,
-			FinishReason::Eos => tokenizer.decode(&self.tokens[..self.tokens.len() - 1])?,
-			FinishReason::Length => tokenizer.decode(&self.tokens)?,
+			FinishReason::Stop => std::mem::take(&mut self.text),
+			FinishReason::Eos => self.decode(tokenizer, &self.tokens[..self.tokens.len() - 1])?,
+			FinishReason::Length => self.decode(tokenizer, &self.tokens)?,
 		};
 		Ok(Generation {
 			prompt_tokens: self.prompt_tokens,

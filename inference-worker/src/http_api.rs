@@ -5,7 +5,8 @@
 //!   base), `prompt` (a string, a list of strings, a list of token ids, or a list of lists of
 //!   token ids: up to [`MAX_PROMPTS`], choice `p * n + i` being choice `i` of prompt `p`),
 //!   `max_tokens` (16), `presence_penalty` and `frequency_penalty` (OpenAI's, over the output),
-//!   vLLM's `stop_token_ids` and `ignore_eos`, `temperature` (1),
+//!   vLLM's `stop_token_ids`, `ignore_eos` and `skip_special_tokens` (true: special tokens
+//!   such as `<|im_end|>` are left out of the text), `temperature` (1),
 //!   `top_p` (1), `top_k` (a vLLM extension; 0 or -1: all), `repetition_penalty` (1), `seed`
 //!   (random when absent; choice `i` of `n` is seeded with `seed + i`), `stop` (a string or up
 //!   to 4), `n` (choices, 1 to 16), `stream` and `stream_options.include_usage`, `logprobs`
@@ -335,6 +336,8 @@ struct Body {
 	stop_token_ids: Option<Vec<u32>>,
 	/// vLLM's: go on past the end-of-sequence token.
 	ignore_eos: Option<bool>,
+	/// vLLM's: leave special tokens out of the text (true when absent).
+	skip_special_tokens: Option<bool>,
 	/// vLLM's: the fewest tokens before the output may end.
 	min_tokens: Option<usize>,
 	/// Token ids (as strings) to a bias added to their logits, -100 to 100.
@@ -758,6 +761,7 @@ fn generation_requests(
 			stop: stop.clone(),
 			stop_token_ids: body.stop_token_ids.clone().unwrap_or_default(),
 			ignore_eos: body.ignore_eos.unwrap_or(false),
+			skip_special_tokens: body.skip_special_tokens.unwrap_or(true),
 			// OpenAI's echo with logprobs, or vLLM's prompt_logprobs: the prompt's tokens' too.
 			prompt_logprobs: logprobs.filter(|_| echo).max(prompt_logprobs),
 			min_tokens: body.min_tokens.unwrap_or(0),

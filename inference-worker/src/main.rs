@@ -153,6 +153,10 @@ struct GenerateArgs {
 	/// Go on past the end-of-sequence token, to --max-tokens.
 	#[arg(long)]
 	ignore_eos: bool,
+	/// Keep special tokens (`<|im_end|>`, ...) in the text (left out by default, as vLLM's
+	/// `skip_special_tokens`).
+	#[arg(long)]
+	keep_special_tokens: bool,
 	/// Generate at least this many tokens before the output may end (at most --max-tokens).
 	#[arg(long, default_value_t = 0)]
 	min_tokens: usize,
@@ -315,6 +319,7 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 		ignore_eos: args.ignore_eos,
 		prompt_logprobs: args.prompt_logprobs,
 		min_tokens: args.min_tokens,
+		skip_special_tokens: !args.keep_special_tokens,
 		response_format: match (&args.json_schema, args.json_object) {
 			(Some(path), _) => {
 				let text = std::fs::read_to_string(path)

@@ -30,13 +30,31 @@ pub struct TextStream {
 	text: String,
 	/// How many bytes of `text` have been released.
 	sent: usize,
+	/// Whether special tokens are left out of the text (as the request's).
+	skip_special_tokens: bool,
 }
 
 impl TextStream {
-	/// A stream for a request with `stop` sequences, whose model ends with `eos`.
+	/// A stream for a request with `stop` sequences, whose model ends with `eos`, special
+	/// tokens left out of the text (see [`TextStream::skip_special_tokens`]).
 	pub fn new(stop: &[String], eos: Option<u32>) -> Self {
 		let hold = stop.iter().map(String::len).max().unwrap_or(0).saturating_sub(1);
-		Self { hold, eos, prefix_offset: 0, read_offset: 0, text: String::new(), sent: 0 }
+		Self {
+			hold,
+			eos,
+			prefix_offset: 0,
+			read_offset: 0,
+			text: String::new(),
+			sent: 0,
+			skip_special_tokens: true,
+		}
+	}
+
+	/// The stream with special tokens left out of the text or not (as the request's
+	/// [`crate::generate::GenerationRequest::skip_special_tokens`]).
+	pub fn skip_special_tokens(mut self, skip: bool) -> Self {
+		self.skip_special_tokens = skip;
+		self
 	}
 
 	/// The text released so far.
@@ -53,8 +71,10 @@ impl TextStream {
 		};
 		if end > self.read_offset {
 			let window = &tokens[self.prefix_offset..end];
-			let prefix = tokenizer.decode(&tokens[self.prefix_offset..self.read_offset])?;
-			let decoded = tokenizer.decode(window)?;
+			let skip = self.skip_special_tokens;
+			let prefix =
+				tokenizer.decode_output(&tokens[self.prefix_offset..self.read_offset], skip)?;
+			let decoded = tokenizer.decode_output(window, skip)?;
 			// Text that ends in a split character waits for the rest of it.
 			if decoded.len() > prefix.len() && !decoded.ends_with('\u{FFFD}') {
 				if let Some(new) = decoded.get(prefix.len()..) {

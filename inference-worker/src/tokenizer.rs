@@ -288,6 +288,12 @@ impl Tokenizer {
 		self.inner.decode(ids, false).map_err(tokenizer_error)
 	}
 
+	/// The text of `ids` as an output's: special tokens (`<|im_end|>`, ...) left out if
+	/// `skip_special_tokens`.
+	pub fn decode_output(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+		self.inner.decode(ids, skip_special_tokens).map_err(tokenizer_error)
+	}
+
 	/// Writes the tokenizer as a Hugging Face `tokenizer.json`.
 	pub fn save(&self, path: &std::path::Path) -> Result<()> {
 		self.inner.save(path, false).map_err(tokenizer_error)

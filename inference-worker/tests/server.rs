@@ -776,6 +776,26 @@ fn penalties_ignore_eos_and_stop_tokens_are_the_librarys_and_the_rest_is_refused
 	let (status, answer) = post(address, "/v1/chat/completions", &body);
 	assert_eq!(status, 200, "{answer}");
 	assert_answers(&answer, &want, "/message/content");
+	// The end-of-sequence token generated on the way is left out of the text (vLLM's
+	// skip_special_tokens), whole and streamed, or kept when asked.
+	let marker = "<|im_end|>";
+	assert!(!want.text.contains(marker), "{:?}", want.text);
+	let (status, events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	assert_eq!(gather(&events, "chat.completion.chunk", "/delta/content").texts[0].0, want.text);
+	let keep =
+		GenerationRequest { ignore_eos: true, skip_special_tokens: false, ..greedy(&chat, 48) };
+	let kept = alone(&keep);
+	assert_eq!(kept.tokens, want.tokens);
+	assert!(kept.text.contains(marker), "{:?}", kept.text);
+	let mut body = body;
+	body["skip_special_tokens"] = json!(false);
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, &kept, "/message/content");
+	let (status, events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	assert_eq!(gather(&events, "chat.completion.chunk", "/delta/content").texts[0].0, kept.text);
 
 	// A stop token: the text ends before its first occurrence.
 	let stop = plain.tokens[3];
