@@ -17,8 +17,8 @@
 //!   continuations; `max_tokens` 0 then scores the prompt only). Prompts times `n` may not
 //!   exceed what the engine queues at once (a 400, not a 503 to retry forever). `logit_bias`,
 //!   `min_tokens`, `response_format` (JSON mode and JSON schemas) and vLLM's `guided_json`
-//!   are served; what is not is refused, not ignored: `best_of` above 1, `suffix`, `tools` (on
-//!   completions), vLLM's other guided decoding.
+//!   and `guided_choice` are served; what is not is refused, not ignored: `best_of` above 1,
+//!   `suffix`, `tools` (on completions), vLLM's `guided_regex` and `guided_grammar`.
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt` and `max_tokens` (or
 //!   `max_completion_tokens`) the rest of the context when absent (the model's, or the KV
@@ -347,6 +347,8 @@ struct Body {
 	response_format: Option<Value>,
 	/// vLLM's: a JSON schema the output must follow.
 	guided_json: Option<Value>,
+	/// vLLM's: the output is one of these strings exactly.
+	guided_choice: Option<Value>,
 	/// Chat: OpenAI's tool definitions, how they are to be called, and whether calls may be
 	/// several (see [`crate::tool_calls`]); refused on completions.
 	tools: Option<Value>,
@@ -356,7 +358,6 @@ struct Body {
 	best_of: Option<Value>,
 	suffix: Option<Value>,
 	guided_regex: Option<Value>,
-	guided_choice: Option<Value>,
 	guided_grammar: Option<Value>,
 	/// vLLM's: the prompt's log-probabilities, with this many most likely tokens at each
 	/// position, by token id (OpenAI's `echo` with `logprobs` gives them too).
@@ -378,7 +379,6 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("tools", chat || none(&body.tools, &[json!([])])),
 		("tool_choice", chat || none(&body.tool_choice, &[json!("none")])),
 		("guided_regex", none(&body.guided_regex, &[])),
-		("guided_choice", none(&body.guided_choice, &[])),
 		("guided_grammar", none(&body.guided_grammar, &[])),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
@@ -427,11 +427,30 @@ fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)
 /// What the output must be: `response_format` is text (also when absent), any JSON object
 /// (`json_object`), or what a JSON schema allows (OpenAI's `json_schema` with
 /// `json_schema.schema`, LoRAX's `json_object` with `schema`); vLLM's `guided_json` is a
-/// schema too (an object, or its text).
+/// schema too (an object, or its text), and its `guided_choice` a list of texts, one of which
+/// the output is exactly.
 fn response_format(
 	format: Option<&Value>,
 	guided_json: Option<&Value>,
+	guided_choice: Option<&Value>,
 ) -> Result<ResponseFormat, ApiError> {
+	let guided_choice = guided_choice.filter(|c| !c.is_null());
+	if let Some(choices) = guided_choice {
+		if format.is_some_and(|f| !f.is_null()) || guided_json.is_some_and(|g| !g.is_null()) {
+			return Err(ApiError::bad_request(
+				"guided_choice, guided_json and response_format: one at most",
+			));
+		}
+		let texts = choices
+			.as_array()
+			.and_then(|list| {
+				list.iter().map(|c| c.as_str().map(String::from)).collect::<Option<Vec<_>>>()
+			})
+			.ok_or_else(|| ApiError::bad_request("guided_choice: a list of strings"))?;
+		return JsonGrammar::choice(&texts)
+			.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
+			.map_err(|e| ApiError::bad_request(format!("guided_choice: {e}")));
+	}
 	let schema = |schema: &Value, field: &str| {
 		let parsed;
 		let schema = match schema {
@@ -726,18 +745,20 @@ fn generation_requests(
 	};
 	let seed = body.seed;
 	let echo = body.echo == Some(true);
-	let response_format =
-		response_format(body.response_format.as_ref(), body.guided_json.as_ref())?;
+	let response_format = response_format(
+		body.response_format.as_ref(),
+		body.guided_json.as_ref(),
+		body.guided_choice.as_ref(),
+	)?;
 	// Tool calls are held to their own grammar.
-	let response_format = match (calling, response_format) {
-		(None, format) => format,
-		(Some(calling), ResponseFormat::Text) => ResponseFormat::Json(calling.grammar()),
-		(Some(_), ResponseFormat::Json(_)) => {
-			return Err(ApiError::bad_request(
-				"tool_choice and response_format (or guided_json): one or the other",
-			))
-		}
-	};
+	let response_format =
+		match (calling, response_format) {
+			(None, format) => format,
+			(Some(calling), ResponseFormat::Text) => ResponseFormat::Json(calling.grammar()),
+			(Some(_), ResponseFormat::Json(_)) => return Err(ApiError::bad_request(
+				"tool_choice and response_format (or guided_json, guided_choice): one or the other",
+			)),
+		};
 	let prompt_logprobs = prompt_logprobs_asked(body)?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices

@@ -9,7 +9,8 @@
 //! `const`; `anyOf`/`oneOf` and lists of types whose alternatives start with different bytes,
 //! or are objects told apart by a discriminator (a property each requires, whose value is a
 //! constant string of its own: written first, it says which object follows); local `$ref`s,
-//! recursive ones included). [`JsonGrammar::tool_calls`] is the grammar of OpenAI tool calls
+//! recursive ones included). [`JsonGrammar::choice`] is one of several texts exactly, not
+//! JSON (vLLM's `guided_choice`). [`JsonGrammar::tool_calls`] is the grammar of OpenAI tool calls
 //! (a list of `{"name": ..., "parameters": ...}`, each tool's parameters its own schema).
 //! Keywords that would constrain what it does not enforce (`pattern`, `minLength`, `minimum`,
 //! ...) are refused rather than ignored; annotations (`title`, `description`, `format`,
@@ -142,6 +143,8 @@ pub struct JsonGrammar {
 	root: NodeId,
 	/// For each node, the bytes a value of it may start with.
 	starts: Vec<[bool; 256]>,
+	/// Texts as they are, not JSON ([`JsonGrammar::choice`]): no whitespace around them.
+	raw: bool,
 }
 
 impl std::fmt::Debug for JsonGrammar {
@@ -171,10 +174,27 @@ impl JsonGrammar {
 	}
 
 	fn new(nodes: Vec<Node>, root: NodeId) -> Self {
-		let mut grammar = Self { nodes, root, starts: Vec::new() };
+		let mut grammar = Self { nodes, root, starts: Vec::new(), raw: false };
 		grammar.starts =
 			(0..grammar.nodes.len()).map(|id| grammar.first_bytes(id as NodeId)).collect();
 		grammar
+	}
+
+	/// One of `texts` exactly, as they are (vLLM's `guided_choice`): not JSON, so nothing
+	/// before or after the text, whitespace included. One text may begin another (`yes` and
+	/// `yes!`): the output may end after the shorter.
+	pub fn choice(texts: &[String]) -> Result<Self, String> {
+		if texts.is_empty() || texts.len() > MAX_CHOICES {
+			return Err(format!("1 to {MAX_CHOICES} choices, not {}", texts.len()));
+		}
+		if let Some(bad) = texts.iter().find(|t| t.is_empty() || t.len() > MAX_LITERAL) {
+			return Err(format!("each choice is 1 to {MAX_LITERAL} bytes, not {bad:?}"));
+		}
+		let mut nodes = base_nodes();
+		nodes.push(Node::Literals(texts.iter().map(|t| t.as_bytes().into()).collect()));
+		let mut grammar = Self::new(nodes, 3);
+		grammar.raw = true;
+		Ok(grammar)
 	}
 
 	/// What `schema` (a JSON schema) allows, or why it cannot be served.
@@ -1127,7 +1147,8 @@ impl JsonState {
 			_ => {}
 		}
 		if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-			if self.expect == Expect::Done || self.whitespace >= MAX_WHITESPACE_RUN {
+			let none = self.expect == Expect::Done || grammar.raw;
+			if none || self.whitespace >= MAX_WHITESPACE_RUN {
 				return None;
 			}
 			self.whitespace += 1;
@@ -1656,6 +1677,24 @@ mod tests {
 	}
 
 	#[test]
+	fn a_choice_is_one_of_its_texts_exactly() {
+		let texts = ["yes", "yes!", "no way", "{\"a\": 1}"].map(String::from);
+		let g = JsonGrammar::choice(&texts).unwrap();
+		for text in &texts {
+			assert!(complete(&g, text), "{text}");
+		}
+		for text in [" yes", "yes ", "ye", "yes!!", "no", "no  way", "{\"a\":1}", "maybe", ""] {
+			assert!(!complete(&g, text), "{text:?} was taken");
+		}
+		// Ends after "yes", or goes on to "yes!".
+		let state = run(&g, b"yes").unwrap();
+		assert!(state.can_end(&g) && state.accepts(&g, b"!").unwrap().can_end(&g));
+		assert!(JsonGrammar::choice(&[]).unwrap_err().contains("1 to 64 choices"));
+		let error = JsonGrammar::choice(&[String::new()]).unwrap_err();
+		assert!(error.contains("1 to 1024 bytes"), "{error}");
+	}
+
+	#[test]
 	fn the_trie_walk_allows_what_trying_each_token_allows() {
 		// Every string of up to three bytes from a JSON-ish alphabet, and some longer ones.
 		let alphabet: Vec<u8> = b"{}[]:, \"\\abnlrtuefs0123456789.-+eE\n".to_vec();
@@ -1680,6 +1719,7 @@ mod tests {
 			(JsonGrammar::any_object(), r#"{"a": [1, -2.5e3, "x\"y", {"b": null}], "c": true}"#),
 			(person(), r#"{"name": "Ada", "age": 36, "role": 10, "pets": [{"kind": "cat"}]}"#),
 			(pets(), r#"{"kind": "puppy", "barks": -2}"#),
+			(JsonGrammar::choice(&["a b".into(), "a b\"c".into(), "{}".into()]).unwrap(), "a b\"c"),
 		];
 		for (grammar, document) in &documents {
 			for cut in 0..=document.len() {

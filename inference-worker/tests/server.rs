@@ -1089,6 +1089,10 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	refused("/v1/chat/completions", both, "one or the other");
 	refused(completions, json!({"prompt": "x", "guided_json": "{not json"}), "not JSON");
 	refused(completions, json!({"prompt": "x", "guided_regex": "a+"}), "guided_regex: not served");
+	refused(completions, json!({"prompt": "x", "guided_choice": []}), "1 to 64 choices");
+	refused(completions, json!({"prompt": "x", "guided_choice": "a"}), "a list of strings");
+	let two = json!({"prompt": "x", "guided_choice": ["a"], "guided_json": {}});
+	refused(completions, two, "one at most");
 	refused(completions, json!({"prompt": "x", "logit_bias": {"+5": 1}}), "not a token id");
 	let json_min =
 		json!({"prompt": "x", "min_tokens": 3, "response_format": {"type": "json_object"}});
@@ -1104,6 +1108,35 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 		"response_format": {"type": "json_object"}}),
 		"ignore_eos",
 	);
+}
+
+/// vLLM's `guided_choice`: the answer is one of the choices exactly, as the library generates
+/// it under the same grammar, whole and streamed, greedy and sampled.
+#[test]
+fn guided_choice_answers_one_of_the_choices_exactly() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let choices = ["London", "Paris", "a city in Europe"].map(String::from);
+	let grammar = Arc::new(JsonGrammar::choice(&choices).unwrap());
+	let prompt = "Q: What is the capital of France?\nA:";
+	for (seed, temperature) in [(0, 0.0), (1, 1.0), (2, 1.0), (3, 1.5)] {
+		let request = GenerationRequest {
+			response_format: ResponseFormat::Json(grammar.clone()),
+			sampling: SamplingParams { temperature, seed, ..Default::default() },
+			..greedy(prompt, 16)
+		};
+		let want = generate(&model, &tokenizer, None, &request).unwrap();
+		assert!(choices.contains(&want.text), "{:?}", want.text);
+		assert_eq!(want.finish_reason, FinishReason::Eos);
+		let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": temperature,
+			"seed": seed, "guided_choice": choices});
+		let (status, answer) = post(address, "/v1/completions", &body);
+		assert_eq!(status, 200, "{answer}");
+		assert_answers(&answer, &want, "/text");
+		let (status, events) = stream(address, "/v1/completions", &body);
+		assert_eq!(status, 200, "{events:?}");
+		assert_eq!(gather(&events, "text_completion", "/text").texts[0].0, want.text);
+	}
 }
 
 /// OpenAI's tool calls: a named tool's call is its arguments, generated under the tool's
