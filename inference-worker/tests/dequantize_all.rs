@@ -5,14 +5,12 @@
 
 use candle_core::Device;
 use openledger_inference_worker::{
-	model::{KvCache, Llama, WeightFormat},
+	model::{Llama, WeightFormat},
 	models,
 };
 
-fn last_logits(model: &Llama, prompt: &[u32]) -> Vec<f32> {
-	let mut cache = KvCache::new(model, prompt.len()).unwrap();
-	model.forward(prompt, &mut cache, None, false).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
-}
+mod common;
+use common::last_logits;
 
 #[test]
 fn with_candle_dequantize_all_the_stored_blocks_serve_as_their_f32_values() {

@@ -13,10 +13,13 @@ use candle_core::{
 	Device,
 };
 use openledger_inference_worker::{
-	model::{KvCache, Llama, WeightFormat},
+	model::{Llama, WeightFormat},
 	models,
 	sampling::argmax,
 };
+
+mod common;
+use common::last_logits;
 
 /// Largest difference of the top logits between as-stored and dequantized, by format.
 fn tolerance(dtype: GgmlDType) -> f32 {
@@ -57,11 +60,6 @@ fn rewrite(source: &std::path::Path, dtype: GgmlDType, path: &std::path::Path) -
 	let mut out = std::fs::File::create(path).unwrap();
 	gguf_file::write(&mut out, &metadata, &tensors).unwrap();
 	converted
-}
-
-fn last_logits(model: &Llama, prompt: &[u32]) -> Vec<f32> {
-	let mut cache = KvCache::new(model, prompt.len()).unwrap();
-	model.forward(prompt, &mut cache, None, false).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
 }
 
 #[test]

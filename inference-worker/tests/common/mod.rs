@@ -24,7 +24,7 @@ use openledger_inference_worker::{
 		synthetic::{self, SyntheticAdapter},
 		AdapterFiles, LoraAdapter, Projection,
 	},
-	model::{Llama, SequenceInput, WeightFormat},
+	model::{KvCache, Llama, SequenceInput, WeightFormat},
 	models,
 	sampling::SamplingParams,
 	tokenizer::Tokenizer,
@@ -49,6 +49,12 @@ pub fn write_adapter(model: &Llama, dir: &Path, seed: u64, rank: usize, targets:
 		alpha_pattern: BTreeMap::new(),
 	};
 	synthetic::write(&spec, &model.config, dir).unwrap();
+}
+
+/// `model`'s logits at the last position of `prompt`, computed whole in a cache of its own.
+pub fn last_logits(model: &Llama, prompt: &[u32]) -> Vec<f32> {
+	let mut cache = KvCache::new(model, prompt.len()).unwrap();
+	model.forward(prompt, &mut cache, None, false).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
 }
 
 /// A greedy request for `max_tokens` tokens after `prompt`.
