@@ -220,10 +220,18 @@ pub fn decode(
 	let partition_i32 = as_i32("partition_size", partition_size)?;
 	let partitions_i32 = as_i32("max_partitions", max_partitions)?;
 	let scratch = num_seqs * params.num_heads * max_partitions;
-	let mut exp_sums = gpu.zeros::<f32>(scratch)?;
-	let mut max_logits = gpu.zeros::<f32>(scratch)?;
-	let mut partial = gpu.zeros::<f32>(scratch * hd)?;
-	let mut out = gpu.zeros::<f32>(num_seqs * params.num_heads * hd)?;
+	// SAFETY: the decode writes the scratch of every partition that holds keys, the only ones
+	// the reduce reads (both count them alike from the context length and the window), and
+	// the reduce writes all of out (zeros for a sequence without keys). Not zero-filled: that
+	// would be a pass over all of them each call for nothing.
+	let (mut exp_sums, mut max_logits, mut partial, mut out) = unsafe {
+		(
+			gpu.uninit::<f32>(scratch)?,
+			gpu.uninit::<f32>(scratch)?,
+			gpu.uninit::<f32>(scratch * hd)?,
+			gpu.uninit::<f32>(num_seqs * params.num_heads * hd)?,
+		)
+	};
 
 	let f = gpu.function(&ATTENTION, "paged_attention_decode")?;
 	let mut launch = gpu.stream().launch_builder(&f);
@@ -338,7 +346,9 @@ pub fn prefill(
 	let num_heads = as_i32("num_heads", params.num_heads)?;
 	let window = window_arg(params);
 	let bc = as_i32("key tile", tiles.key_cols)?;
-	let mut out = gpu.zeros::<f32>(q.len())?;
+	// SAFETY: the grid (query tiles, heads) writes every row of every head, zeros for a row
+	// without keys.
+	let mut out = unsafe { gpu.uninit::<f32>(q.len())? };
 
 	let f = gpu.function(&ATTENTION, "flash_prefill")?;
 	let mut launch = gpu.stream().launch_builder(&f);

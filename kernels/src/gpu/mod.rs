@@ -266,6 +266,19 @@ impl Gpu {
 		Ok(self.stream.alloc_zeros(len)?)
 	}
 
+	/// A device buffer of `len` values left as the allocator hands it over (no zero-filling
+	/// pass over memory): for a kernel's output that the kernel writes whole.
+	///
+	/// # Safety
+	/// Every value must be written on the device before anything reads it.
+	pub unsafe fn uninit<T: cudarc::driver::DeviceRepr>(
+		&self,
+		len: usize,
+	) -> Result<CudaSlice<T>, GpuError> {
+		// SAFETY: the caller writes every value before it is read.
+		Ok(unsafe { self.stream.alloc(len) }?)
+	}
+
 	/// A page-locked host buffer of `len` values (uninitialised), from which copies to the
 	/// device run at the bus's full rate.
 	pub fn pinned<T: cudarc::driver::DeviceRepr>(
