@@ -33,8 +33,8 @@
 //!   OpenAI's tool calls, held to the tools' parameter schemas ([`crate::tool_calls`]); the
 //!   message then has `content` `""` and `tool_calls`, and `"required"` calls the reason
 //!   `tool_calls` when they are whole (a named tool's keeps the output's, as OpenAI's).
-//!   Streamed, a named tool's call begins in the first chunk and its arguments follow as
-//!   they are generated; `"required"` calls come each whole as it closes.
+//!   Streamed, each call begins (index, id, type, name) once its name is known and its
+//!   arguments follow as they are generated.
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`

@@ -226,7 +226,7 @@ impl JsonGrammar {
 			];
 			calls.push(compiler.add(Node::Object { properties, required: 0b11 })?);
 		}
-		let calls = compiler.tag_objects(calls)?;
+		let calls = compiler.tag_objects(calls, 1)?;
 		let items = compiler.union(calls)?;
 		let root = compiler.add(Node::Array { items, min: 1, max: max.max(1) })?;
 		Self::checked(compiler.nodes, root)
@@ -434,7 +434,7 @@ impl<'a> Compiler<'a> {
 					.enumerate()
 					.map(|(i, s)| self.compile(s, &format!("{at}/{keyword}/{i}")))
 					.collect::<Result<Vec<_>, _>>()?;
-				let members = self.tag_objects(members)?;
+				let members = self.tag_objects(members, 2)?;
 				return self.union(members);
 			}
 		}
@@ -477,11 +477,11 @@ impl<'a> Compiler<'a> {
 		}
 	}
 
-	/// `members` of a union with the objects among them (two or more) joined into one
+	/// `members` of a union with the objects among them (`least` or more) joined into one
 	/// [`Node::Tagged`] where they have a discriminator: a property that each requires, whose
 	/// value is one or more constant strings no other has. The first such property (in the
 	/// first object's order) is taken. Without one, `members` are left as they are.
-	fn tag_objects(&mut self, members: Vec<NodeId>) -> Result<Vec<NodeId>, String> {
+	fn tag_objects(&mut self, members: Vec<NodeId>, least: usize) -> Result<Vec<NodeId>, String> {
 		let resolve = |nodes: &[Node], mut id: NodeId| {
 			for _ in 0..=nodes.len() {
 				match nodes[id as usize] {
@@ -497,7 +497,7 @@ impl<'a> Compiler<'a> {
 			.map(|(at, &m)| (at, resolve(&self.nodes, m)))
 			.filter(|&(_, m)| matches!(self.nodes[m as usize], Node::Object { .. }))
 			.collect();
-		let Some(&(first_at, first)) = objects.first().filter(|_| objects.len() >= 2) else {
+		let Some(&(first_at, first)) = objects.first().filter(|_| objects.len() >= least) else {
 			return Ok(members);
 		};
 		let (candidates, _) = object_of(&self.nodes, first);
@@ -1671,9 +1671,10 @@ mod tests {
 		] {
 			assert!(!complete(&g, text), "{text} was taken");
 		}
-		// One tool: no discriminator needed.
+		// One tool: its name first too (a stream of calls reads the name before the arguments).
 		let g = JsonGrammar::tool_calls(&[("now", None)], u32::MAX).unwrap();
-		assert!(complete(&g, r#"[{"parameters": {}, "name": "now"}]"#));
+		assert!(complete(&g, r#"[{"name": "now", "parameters": {}}]"#));
+		assert!(!complete(&g, r#"[{"parameters": {}, "name": "now"}]"#));
 	}
 
 	#[test]

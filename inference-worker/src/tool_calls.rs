@@ -203,62 +203,83 @@ impl ToolCalling {
 	}
 
 	/// The calls in a whole output `text`: a named tool's, its arguments the text; those of a
-	/// list (`"required"`), or `None` if the list is not whole (cut by `max_tokens`).
+	/// list (`"required"`), each call's arguments its `parameters` as generated, or `None` if
+	/// the list is not whole (cut by `max_tokens`). The same calls as [`CallStream`] sends.
 	pub fn calls(&self, text: &str) -> Option<Vec<ToolCall>> {
 		if let Some(name) = &self.named {
 			return Some(vec![ToolCall { name: name.clone(), arguments: text.to_string() }]);
 		}
-		let list: Vec<Value> = serde_json::from_str(text).ok()?;
-		list.iter().map(call_of).collect()
+		serde_json::from_str::<Vec<Value>>(text).ok()?;
+		let mut calls: Vec<ToolCall> = Vec::new();
+		for delta in self.stream().push(text) {
+			let arguments = delta.pointer("/function/arguments").and_then(Value::as_str);
+			match delta.pointer("/function/name").and_then(Value::as_str) {
+				Some(name) => calls.push(ToolCall {
+					name: name.to_string(),
+					arguments: arguments.unwrap_or_default().to_string(),
+				}),
+				None => calls.last_mut()?.arguments.push_str(arguments?),
+			}
+		}
+		Some(calls)
 	}
 
 	/// A stream of the calls in an output given piece by piece.
-	pub fn stream(self: &Arc<Self>) -> CallStream {
+	pub fn stream(&self) -> CallStream {
 		CallStream {
-			calling: self.clone(),
+			named: self.named.clone(),
 			id: None,
 			depth: 0,
 			in_string: false,
 			escaped: false,
-			item: String::new(),
+			at_key: false,
+			key: String::new(),
+			string: String::new(),
+			in_name: false,
+			in_arguments: false,
 			count: 0,
 		}
 	}
 }
 
-/// The call in one item of a `"required"` list.
-fn call_of(item: &Value) -> Option<ToolCall> {
-	let name = item.get("name")?.as_str()?.to_string();
-	let arguments = serde_json::to_string(item.get("parameters")?).ok()?;
-	Some(ToolCall { name, arguments })
-}
-
 /// The tool calls of a streamed output: each piece of text in, OpenAI's `tool_calls` deltas
-/// out. A named tool's call begins at once (its id, type and name) and its arguments follow as
-/// the text comes; a list's calls are sent each whole, as its item closes.
+/// out. A call begins with its index, id, type and name, and its arguments follow as they are
+/// generated (a named tool's at once, its arguments the whole text; a list's as each item's
+/// name is read, its arguments the text of its `parameters`, which the grammar puts after the
+/// name).
 pub struct CallStream {
-	calling: Arc<ToolCalling>,
-	/// The named tool's call id, once its first delta is sent.
+	/// The named tool, or `None` for a list of calls.
+	named: Option<String>,
+	/// The call id of the call being sent.
 	id: Option<String>,
-	/// How deep in the list's brackets the text is (1: in the list, 2: in an item).
+	/// How deep in brackets the text is (1: in the list, 2: in an item, 3 and on: in its
+	/// parameters).
 	depth: u32,
 	in_string: bool,
 	escaped: bool,
-	/// The text of the item being read.
-	item: String,
-	/// Calls sent.
+	/// Whether a string opened at the item's level is a key.
+	at_key: bool,
+	/// The item's last key.
+	key: String,
+	/// The text of a string being read at the item's level.
+	string: String,
+	/// Whether the string being read is the item's name.
+	in_name: bool,
+	/// Whether the text is the item's parameters.
+	in_arguments: bool,
+	/// Calls begun.
 	count: usize,
 }
 
 impl CallStream {
-	/// Whether any call was sent.
+	/// Whether any call was begun.
 	pub fn called(&self) -> bool {
-		self.id.is_some() || self.count > 0
+		self.id.is_some()
 	}
 
 	/// The `tool_calls` deltas that `text`, the output's next piece, brings.
 	pub fn push(&mut self, text: &str) -> Vec<Value> {
-		if let Some(name) = &self.calling.named {
+		if let Some(name) = &self.named {
 			return match &self.id {
 				None => {
 					let id = call_id();
@@ -272,9 +293,10 @@ impl CallStream {
 			};
 		}
 		let mut deltas = Vec::new();
+		let mut arguments = String::new();
 		for c in text.chars() {
-			if self.depth >= 2 {
-				self.item.push(c);
+			if self.in_arguments {
+				arguments.push(c);
 			}
 			if self.in_string {
 				match c {
@@ -283,34 +305,68 @@ impl CallStream {
 					'"' => self.in_string = false,
 					_ => {}
 				}
+				if self.depth == 2 {
+					if self.in_string {
+						self.string.push(c);
+						continue;
+					}
+					// A string of the item's closes: a key, or the name.
+					let string: String =
+						serde_json::from_str(&format!("\"{}\"", self.string)).unwrap_or_default();
+					if std::mem::take(&mut self.at_key) {
+						self.key = string;
+					} else if std::mem::take(&mut self.in_name) {
+						let id = call_id();
+						deltas.push(json!({"index": self.count, "id": id, "type": "function",
+							"function": {"name": string, "arguments": ""}}));
+						self.id = Some(id);
+					}
+				}
 				continue;
 			}
 			match c {
-				'"' => self.in_string = true,
+				'"' => {
+					self.in_string = true;
+					self.string.clear();
+					self.in_name = self.depth == 2 && !self.at_key && self.key == "name";
+				}
 				'{' | '[' => {
 					self.depth += 1;
 					if self.depth == 2 {
-						self.item.push(c);
+						self.at_key = true;
+						self.key.clear();
+					} else if self.depth == 3 && self.key == "parameters" && !self.in_arguments {
+						self.in_arguments = true;
+						arguments.push(c);
 					}
 				}
 				'}' | ']' => {
 					self.depth = self.depth.saturating_sub(1);
-					if self.depth == 1 {
-						let item = std::mem::take(&mut self.item);
-						let call =
-							serde_json::from_str::<Value>(&item).ok().as_ref().and_then(call_of);
-						if let Some(call) = call {
-							let mut delta = call.to_json();
-							delta["index"] = json!(self.count);
-							deltas.push(delta);
-							self.count += 1;
-						}
+					if self.depth == 2 && self.in_arguments {
+						self.in_arguments = false;
+						self.key.clear();
+					}
+					if self.depth == 1 && c == '}' {
+						self.count += 1;
 					}
 				}
+				',' if self.depth == 2 => self.at_key = true,
 				_ => {}
 			}
+			// The arguments end with the delta of the piece that carries them.
+			if !self.in_arguments && !arguments.is_empty() {
+				deltas.push(self.arguments(std::mem::take(&mut arguments)));
+			}
+		}
+		if !arguments.is_empty() {
+			deltas.push(self.arguments(arguments));
 		}
 		deltas
+	}
+
+	/// The delta of more of the current call's arguments.
+	fn arguments(&self, text: String) -> Value {
+		json!({"index": self.count, "function": {"arguments": text}})
 	}
 }
 
@@ -388,7 +444,8 @@ mod tests {
 		let calling = plan.calling.unwrap();
 		assert!(!calling.named());
 		let grammar = calling.grammar();
-		let two = r#"[{"name": "get_weather", "parameters": {"city": "Oslo"}}, {"name": "now", "parameters": {}}]"#;
+		let two = r#"[{"name": "get_weather", "parameters": {"city": "Oslo, \"}{\""}},
+			{"name":"now",  "parameters":{}}]"#;
 		assert!(takes(&grammar, two));
 		for wrong in [
 			"[]",
@@ -400,29 +457,37 @@ mod tests {
 		] {
 			assert!(!takes(&grammar, wrong), "{wrong}");
 		}
+		// Each call's arguments are its parameters as generated.
 		let calls = calling.calls(two).unwrap();
-		assert_eq!(
-			calls[0],
-			ToolCall { name: "get_weather".into(), arguments: r#"{"city":"Oslo"}"#.into() }
-		);
+		let oslo = r#"{"city": "Oslo, \"}{\""}"#;
+		assert_eq!(calls[0], ToolCall { name: "get_weather".into(), arguments: oslo.into() });
 		assert_eq!(calls[1], ToolCall { name: "now".into(), arguments: "{}".into() });
 		assert_eq!(calling.calls(&two[..30]), None, "a list cut short has no calls");
-		// Streamed: each call whole as its item closes, whatever the pieces.
+		// Streamed, whatever the pieces: each call's head (index, id, type, name) once, then its
+		// arguments as they come, adding up to the whole answer's.
 		for size in [1, 3, 7, two.len()] {
 			let mut stream = calling.stream();
-			let bytes: Vec<char> = two.chars().collect();
-			let deltas: Vec<Value> = bytes
-				.chunks(size)
-				.flat_map(|piece| stream.push(&piece.iter().collect::<String>()))
-				.collect();
-			assert_eq!(deltas.len(), 2, "pieces of {size}");
-			assert_eq!(deltas[0]["index"], 0);
-			assert_eq!(
-				deltas[0]["function"],
-				json!({"name": "get_weather", "arguments": r#"{"city":"Oslo"}"#})
-			);
-			assert_eq!(deltas[1]["index"], 1);
-			assert_eq!(deltas[1]["function"]["name"], "now");
+			let chars: Vec<char> = two.chars().collect();
+			let mut streamed: Vec<(String, String)> = Vec::new();
+			for piece in chars.chunks(size) {
+				for delta in stream.push(&piece.iter().collect::<String>()) {
+					let index = delta["index"].as_u64().unwrap() as usize;
+					let arguments = delta["function"]["arguments"].as_str().unwrap();
+					if let Some(name) = delta["function"]["name"].as_str() {
+						assert_eq!(index, streamed.len(), "{delta}");
+						assert!(delta["id"].as_str().unwrap().starts_with("chatcmpl-tool-"));
+						assert_eq!(delta["type"], "function");
+						streamed.push((name.to_string(), arguments.to_string()));
+					} else {
+						assert_eq!(index + 1, streamed.len(), "{delta}");
+						streamed[index].1.push_str(arguments);
+					}
+				}
+			}
+			let whole: Vec<(String, String)> =
+				calls.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
+			assert_eq!(streamed, whole, "pieces of {size}");
+			assert!(stream.called());
 		}
 		// One call at most without parallel calls.
 		let plan =

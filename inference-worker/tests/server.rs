@@ -1221,10 +1221,21 @@ fn tool_calls_are_held_to_their_tools_schemas_whole_and_streamed() {
 		.filter_map(|e| e.pointer("/choices/0/delta/tool_calls"))
 		.flat_map(|calls| calls.as_array().unwrap())
 		.collect();
-	assert_eq!(deltas.len(), calls.len(), "{events:?}");
-	for (i, (delta, call)) in deltas.iter().zip(calls).enumerate() {
-		assert_eq!((&delta["index"], &delta["function"]), (&json!(i), &call["function"]));
+	// Each call's head once (its name), then its arguments, adding up to the whole answer's.
+	let mut streamed: Vec<Value> = Vec::new();
+	for delta in deltas {
+		let index = delta["index"].as_u64().unwrap() as usize;
+		if delta["function"].get("name").is_some() {
+			assert_eq!(index, streamed.len(), "{delta}");
+			streamed.push(delta["function"].clone());
+		} else {
+			let arguments = delta["function"]["arguments"].as_str().unwrap();
+			let so_far = streamed[index]["arguments"].as_str().unwrap().to_string();
+			streamed[index]["arguments"] = json!(so_far + arguments);
+		}
 	}
+	let whole: Vec<&Value> = calls.iter().map(|call| &call["function"]).collect();
+	assert_eq!(streamed.iter().collect::<Vec<_>>(), whole, "{events:?}");
 	assert_eq!(
 		gather(&events, "chat.completion.chunk", "/delta/content").reasons[0].as_deref(),
 		Some("tool_calls")
