@@ -243,8 +243,8 @@ pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usi
 		&& (request.ignore_eos || request.min_tokens > 0)
 	{
 		return Err(Error::Request(
-			"ignore_eos or min_tokens with a JSON response format: the output ends when the \
-			 JSON is whole"
+			"ignore_eos or min_tokens with structured output (a JSON format, guided_choice or \
+			 tool calls): the output ends when it is whole"
 				.into(),
 		));
 	}

@@ -359,6 +359,9 @@ struct Body {
 	suffix: Option<Value>,
 	guided_regex: Option<Value>,
 	guided_grammar: Option<Value>,
+	/// OpenAI's deprecated function calling (`tools` and `tool_choice` serve it).
+	functions: Option<Value>,
+	function_call: Option<Value>,
 	/// vLLM's: the prompt's log-probabilities, with this many most likely tokens at each
 	/// position, by token id (OpenAI's `echo` with `logprobs` gives them too).
 	prompt_logprobs: Option<Value>,
@@ -380,6 +383,8 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("tool_choice", chat || none(&body.tool_choice, &[json!("none")])),
 		("guided_regex", none(&body.guided_regex, &[])),
 		("guided_grammar", none(&body.guided_grammar, &[])),
+		("functions (use tools)", none(&body.functions, &[json!([])])),
+		("function_call (use tool_choice)", none(&body.function_call, &[json!("none")])),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
 		Some((field, _)) => {
@@ -436,7 +441,8 @@ fn response_format(
 ) -> Result<ResponseFormat, ApiError> {
 	let guided_choice = guided_choice.filter(|c| !c.is_null());
 	if let Some(choices) = guided_choice {
-		if format.is_some_and(|f| !f.is_null()) || guided_json.is_some_and(|g| !g.is_null()) {
+		let text = |f: &Value| f.is_null() || f.get("type").and_then(Value::as_str) == Some("text");
+		if !format.is_none_or(text) || guided_json.is_some_and(|g| !g.is_null()) {
 			return Err(ApiError::bad_request(
 				"guided_choice, guided_json and response_format: one at most",
 			));
@@ -1107,8 +1113,9 @@ async fn serve(
 				let calls: Vec<Value> = calls.iter().map(ToolCall::to_json).collect();
 				choice["message"] =
 					json!({"role": "assistant", "content": "", "tool_calls": calls});
-				// A named tool's call was forced: the output's own reason (as OpenAI's).
-				if !calling.named() && g.finish_reason != FinishReason::Length {
+				// A named tool's call was forced: the output's own reason (as OpenAI's); a list
+				// of calls is whole here.
+				if !calling.named() {
 					choice["finish_reason"] = json!("tool_calls");
 				}
 			}
@@ -1319,9 +1326,10 @@ impl Streamer {
 			}
 			Some((index, Some(Ok(StreamEvent::Done(generation))))) => {
 				let mut choice = endpoint.delta(index, Piece::End(generation.finish_reason));
-				let called = self.calls.get(index).is_some_and(CallStream::called);
+				// As a whole answer's: "tool_calls" for a list of calls that closed.
+				let whole = self.calls.get(index).is_some_and(CallStream::whole);
 				let chosen = self.head.calling.as_ref().is_some_and(|c| !c.named());
-				if called && chosen && generation.finish_reason != FinishReason::Length {
+				if whole && chosen {
 					choice["finish_reason"] = json!("tool_calls");
 				}
 				let mut events = vec![self.head.chunk(vec![choice], usage)];

@@ -226,7 +226,7 @@ impl JsonGrammar {
 			];
 			calls.push(compiler.add(Node::Object { properties, required: 0b11 })?);
 		}
-		let calls = compiler.tag_objects(calls, 1)?;
+		let calls = compiler.tag_objects(calls, 1, Some("name"))?;
 		let items = compiler.union(calls)?;
 		let root = compiler.add(Node::Array { items, min: 1, max: max.max(1) })?;
 		Self::checked(compiler.nodes, root)
@@ -434,7 +434,9 @@ impl<'a> Compiler<'a> {
 					.enumerate()
 					.map(|(i, s)| self.compile(s, &format!("{at}/{keyword}/{i}")))
 					.collect::<Result<Vec<_>, _>>()?;
-				let members = self.tag_objects(members, 2)?;
+				// Pydantic names the discriminator beside the union.
+				let prefer = schema.pointer("/discriminator/propertyName").and_then(Value::as_str);
+				let members = self.tag_objects(members, 2, prefer)?;
 				return self.union(members);
 			}
 		}
@@ -479,9 +481,15 @@ impl<'a> Compiler<'a> {
 
 	/// `members` of a union with the objects among them (`least` or more) joined into one
 	/// [`Node::Tagged`] where they have a discriminator: a property that each requires, whose
-	/// value is one or more constant strings no other has. The first such property (in the
-	/// first object's order) is taken. Without one, `members` are left as they are.
-	fn tag_objects(&mut self, members: Vec<NodeId>, least: usize) -> Result<Vec<NodeId>, String> {
+	/// value is one or more constant strings no other has. The property named `prefer` is
+	/// taken if it is one, else the first such property (in the first object's order).
+	/// Without one, `members` are left as they are.
+	fn tag_objects(
+		&mut self,
+		members: Vec<NodeId>,
+		least: usize,
+		prefer: Option<&str>,
+	) -> Result<Vec<NodeId>, String> {
 		let resolve = |nodes: &[Node], mut id: NodeId| {
 			for _ in 0..=nodes.len() {
 				match nodes[id as usize] {
@@ -524,8 +532,14 @@ impl<'a> Compiler<'a> {
 			}
 			(seen.len() <= MAX_CHOICES).then_some(found)
 		};
-		let Some((key, found)) = candidates
-			.iter()
+		// The property named `prefer` first, if it is one.
+		let prefer = prefer.map(|name| {
+			let quoted = serde_json::to_vec(name).unwrap_or_default();
+			quoted[1..quoted.len().saturating_sub(1).max(1)].to_vec()
+		});
+		let preferred = candidates.iter().filter(|p| Some(&p.key[..]) == prefer.as_deref());
+		let Some((key, found)) = preferred
+			.chain(candidates)
 			.find_map(|p| tagged_by(&p.key[..]).map(|found| (p.key.clone(), found)))
 		else {
 			return Ok(members);
@@ -1610,6 +1624,17 @@ mod tests {
 		.unwrap();
 		assert!(complete(&pydantic, r#"{"pet": {"pet_type": "dog", "barks": 2.5}}"#));
 		assert!(!complete(&pydantic, r#"{"pet": {"pet_type": "dog", "meows": 2}}"#));
+		// The discriminator pydantic names comes first, of two that would do.
+		let two = JsonGrammar::from_schema(&json!({"oneOf": [
+			{"properties": {"kind": {"const": "a"}, "type": {"const": "x"}},
+				"required": ["kind", "type"]},
+			{"properties": {"kind": {"const": "b"}, "type": {"const": "y"}},
+				"required": ["kind", "type"]}],
+			"discriminator": {"propertyName": "type"}}))
+		.unwrap();
+		assert!(complete(&two, r#"{"type": "x", "kind": "a"}"#));
+		assert!(!complete(&two, r#"{"kind": "a", "type": "x"}"#));
+		assert!(!complete(&two, r#"{"type": "x", "kind": "b"}"#));
 		let g = pets();
 		for text in [
 			r#"{"kind": "cat", "meows": 3}"#,

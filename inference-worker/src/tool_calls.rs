@@ -238,6 +238,7 @@ impl ToolCalling {
 			in_name: false,
 			in_arguments: false,
 			count: 0,
+			closed: false,
 		}
 	}
 }
@@ -269,12 +270,18 @@ pub struct CallStream {
 	in_arguments: bool,
 	/// Calls begun.
 	count: usize,
+	/// Whether the list has closed.
+	closed: bool,
 }
 
 impl CallStream {
-	/// Whether any call was begun.
-	pub fn called(&self) -> bool {
-		self.id.is_some()
+	/// Whether the calls are whole: a named tool's once begun, a list once it has closed (the
+	/// text was not cut by `max_tokens` or a stop sequence).
+	pub fn whole(&self) -> bool {
+		match self.named {
+			Some(_) => self.id.is_some(),
+			None => self.closed,
+		}
 	}
 
 	/// The `tool_calls` deltas that `text`, the output's next piece, brings.
@@ -349,6 +356,7 @@ impl CallStream {
 					if self.depth == 1 && c == '}' {
 						self.count += 1;
 					}
+					self.closed |= self.depth == 0 && c == ']';
 				}
 				',' if self.depth == 2 => self.at_key = true,
 				_ => {}
@@ -463,6 +471,9 @@ mod tests {
 		assert_eq!(calls[0], ToolCall { name: "get_weather".into(), arguments: oslo.into() });
 		assert_eq!(calls[1], ToolCall { name: "now".into(), arguments: "{}".into() });
 		assert_eq!(calling.calls(&two[..30]), None, "a list cut short has no calls");
+		let mut cut = calling.stream();
+		cut.push(&two[..two.len() - 1]);
+		assert!(!cut.whole(), "a list without its closing bracket is not whole");
 		// Streamed, whatever the pieces: each call's head (index, id, type, name) once, then its
 		// arguments as they come, adding up to the whole answer's.
 		for size in [1, 3, 7, two.len()] {
@@ -487,7 +498,7 @@ mod tests {
 			let whole: Vec<(String, String)> =
 				calls.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
 			assert_eq!(streamed, whole, "pieces of {size}");
-			assert!(stream.called());
+			assert!(stream.whole());
 		}
 		// One call at most without parallel calls.
 		let plan =

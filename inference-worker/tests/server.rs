@@ -1133,6 +1133,9 @@ fn guided_choice_answers_one_of_the_choices_exactly() {
 		let (status, answer) = post(address, "/v1/completions", &body);
 		assert_eq!(status, 200, "{answer}");
 		assert_answers(&answer, &want, "/text");
+		// A text response_format beside it says nothing more.
+		let mut body = body;
+		body["response_format"] = json!({"type": "text"});
 		let (status, events) = stream(address, "/v1/completions", &body);
 		assert_eq!(status, 200, "{events:?}");
 		assert_eq!(gather(&events, "text_completion", "/text").texts[0].0, want.text);
@@ -1280,6 +1283,8 @@ fn tool_calls_are_held_to_their_tools_schemas_whole_and_streamed() {
 	refused(path, both, "one or the other");
 	refused(path, json!({"messages": messages, "tool_choice": "required"}), "no tools");
 	refused("/v1/completions", json!({"prompt": "x", "tools": tools}), "tools: not served");
+	let legacy = json!({"messages": messages, "functions": [{"name": "get_weather"}]});
+	refused(path, legacy, "functions (use tools): not served");
 	let image = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]);
 	refused(path, json!({"messages": image}), "only text parts");
 }
