@@ -757,14 +757,16 @@ fn generation_requests(
 		body.guided_choice.as_ref(),
 	)?;
 	// Tool calls are held to their own grammar.
-	let response_format =
-		match (calling, response_format) {
-			(None, format) => format,
-			(Some(calling), ResponseFormat::Text) => ResponseFormat::Json(calling.grammar()),
-			(Some(_), ResponseFormat::Json(_)) => return Err(ApiError::bad_request(
-				"tool_choice and response_format (or guided_json, guided_choice): one or the other",
-			)),
-		};
+	let response_format = match (calling, response_format) {
+		(None, format) => format,
+		(Some(calling), ResponseFormat::Text) => ResponseFormat::Json(calling.grammar()),
+		(Some(_), ResponseFormat::Json(_)) => {
+			return Err(ApiError::bad_request(
+				"tool_choice and response_format (or guided_json, guided_choice): one or the \
+				 other",
+			))
+		}
+	};
 	let prompt_logprobs = prompt_logprobs_asked(body)?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices
@@ -921,12 +923,14 @@ impl Endpoint {
 			(Endpoint::Completions, Piece::Start(text) | Piece::Text(text)) => {
 				json!({ "text": text })
 			}
-			(Endpoint::Completions, Piece::End(_)) => json!({ "text": "" }),
+			// (Tool calls are a chat's only.)
+			(Endpoint::Completions, Piece::End(_) | Piece::Calls(_)) => json!({ "text": "" }),
 			(Endpoint::Chat, Piece::Start(_)) => {
 				json!({ "delta": { "role": "assistant", "content": "" } })
 			}
 			(Endpoint::Chat, Piece::Text(text)) => json!({ "delta": { "content": text } }),
-			(Endpoint::Chat, Piece::End(_)) => json!({ "delta": {} }),
+			(Endpoint::Chat, Piece::Calls([]) | Piece::End(_)) => json!({ "delta": {} }),
+			(Endpoint::Chat, Piece::Calls(calls)) => json!({ "delta": { "tool_calls": calls } }),
 		};
 		choice["index"] = json!(index);
 		choice["logprobs"] = Value::Null;
@@ -946,6 +950,8 @@ enum Piece<'a> {
 	Start(&'a str),
 	/// More of its text.
 	Text(&'a str),
+	/// More of a chat's tool calls (`tool_calls` deltas), which its text is.
+	Calls(&'a [Value]),
 	/// Its end, and why.
 	End(FinishReason),
 }
@@ -1309,13 +1315,10 @@ impl Streamer {
 				if nothing && !scored {
 					return Some(Vec::new());
 				}
-				let mut choice = match calls {
-					Some(calls) if calls.is_empty() => json!({"index": index, "delta": {}}),
-					Some(calls) => json!({"index": index, "delta": {"tool_calls": calls}}),
+				let mut choice = match &calls {
+					Some(calls) => endpoint.delta(index, Piece::Calls(calls)),
 					None => endpoint.delta(index, Piece::Text(&text)),
 				};
-				choice["logprobs"] = Value::Null;
-				choice["finish_reason"] = Value::Null;
 				if scored {
 					match self.logprobs(index, &scores) {
 						Ok(logprobs) => choice["logprobs"] = logprobs,

@@ -209,7 +209,7 @@ impl JsonGrammar {
 	/// `max` objects `{"name": ..., "parameters": ...}`, the name first and the parameters
 	/// those of the tool named.
 	pub fn tool_calls(tools: &[(&str, Option<&Value>)], max: u32) -> Result<Self, String> {
-		let none = json!({"type": "object", "properties": {}, "additionalProperties": false});
+		let none = no_parameters();
 		let mut compiler = Compiler::new(&none);
 		let mut calls = Vec::with_capacity(tools.len());
 		for &(name, parameters) in tools {
@@ -270,14 +270,8 @@ impl JsonGrammar {
 	}
 
 	/// The node `id` stands for, through `$ref`s; `None` for a cycle of them.
-	fn resolve(&self, mut id: NodeId) -> Option<NodeId> {
-		for _ in 0..=self.nodes.len() {
-			match self.nodes[id as usize] {
-				Node::Ref(target) => id = target,
-				_ => return Some(id),
-			}
-		}
-		None
+	fn resolve(&self, id: NodeId) -> Option<NodeId> {
+		resolve(&self.nodes, id)
 	}
 
 	/// The bytes a value of `id` may start with.
@@ -490,15 +484,8 @@ impl<'a> Compiler<'a> {
 		least: usize,
 		prefer: Option<&str>,
 	) -> Result<Vec<NodeId>, String> {
-		let resolve = |nodes: &[Node], mut id: NodeId| {
-			for _ in 0..=nodes.len() {
-				match nodes[id as usize] {
-					Node::Ref(target) => id = target,
-					_ => return id,
-				}
-			}
-			ANY
-		};
+		// A cycle of `$ref`s is no object (it is refused once the grammar is whole).
+		let resolve = |nodes: &[Node], id: NodeId| resolve(nodes, id).unwrap_or(ANY);
 		let objects: Vec<(usize, NodeId)> = members
 			.iter()
 			.enumerate()
@@ -667,6 +654,22 @@ impl<'a> Compiler<'a> {
 		self.nodes[id as usize] = Node::Ref(compiled);
 		Ok(id)
 	}
+}
+
+/// The schema of a tool's arguments when it has no parameters: `{}` alone.
+pub fn no_parameters() -> Value {
+	json!({"type": "object", "properties": {}, "additionalProperties": false})
+}
+
+/// The node `id` of `nodes` stands for, through `$ref`s; `None` for a cycle of them.
+fn resolve(nodes: &[Node], mut id: NodeId) -> Option<NodeId> {
+	for _ in 0..=nodes.len() {
+		match nodes[id as usize] {
+			Node::Ref(target) => id = target,
+			_ => return Some(id),
+		}
+	}
+	None
 }
 
 /// The properties and required bits of the object node `node` of `nodes` (a tagged one's: its

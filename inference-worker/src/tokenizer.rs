@@ -285,7 +285,7 @@ impl Tokenizer {
 
 	/// The text of `ids`, special tokens included.
 	pub fn decode(&self, ids: &[u32]) -> Result<String> {
-		self.inner.decode(ids, false).map_err(tokenizer_error)
+		self.decode_output(ids, false)
 	}
 
 	/// The text of `ids` as an output's: special tokens (`<|im_end|>`, ...) left out if

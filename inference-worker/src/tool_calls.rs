@@ -17,7 +17,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use serde_json::{json, Value};
 
-use crate::json_mode::{JsonGrammar, MAX_CHOICES};
+use crate::json_mode::{no_parameters, JsonGrammar, MAX_CHOICES};
 
 /// The most tools one request may give (each a choice of the calls' discriminator).
 pub const MAX_TOOLS: usize = MAX_CHOICES;
@@ -129,11 +129,12 @@ impl Tools {
 			return Err(format!("tools: two functions named {name:?}"));
 		}
 		let choice = tool_choice.filter(|c| !c.is_null());
+		// OpenAI's default: "auto" with tools, "none" without.
+		let default = if tools.is_empty() { "none" } else { "auto" };
 		let named = match choice {
-			// OpenAI's default: "auto" with tools, "none" without.
-			None if tools.is_empty() => None,
-			None | Some(Value::String(_)) if choice.and_then(Value::as_str) != Some("none") => {
-				match choice.and_then(Value::as_str).unwrap_or("auto") {
+			None | Some(Value::String(_)) => {
+				match choice.and_then(Value::as_str).unwrap_or(default) {
+					"none" => None,
 					"required" => Some(None),
 					"auto" => {
 						return Err("tool_choice: \"auto\" is not served (the model's own call \
@@ -146,7 +147,6 @@ impl Tools {
 					}
 				}
 			}
-			None | Some(Value::String(_)) => None,
 			Some(named) => {
 				let name = match (
 					named.get("type").and_then(Value::as_str),
@@ -173,8 +173,7 @@ impl Tools {
 					.iter()
 					.find(|(n, _)| *n == name)
 					.ok_or(format!("tool_choice: {name:?} is not among the tools"))?;
-				let none =
-					json!({"type": "object", "properties": {}, "additionalProperties": false});
+				let none = no_parameters();
 				let grammar = JsonGrammar::from_schema(parameters.unwrap_or(&none))
 					.map_err(|e| format!("tools: {name}'s parameters: {e}"))?;
 				Some(ToolCalling { named: Some(name.to_string()), grammar: Arc::new(grammar) })
@@ -418,19 +417,17 @@ mod tests {
 		// A tool without parameters (none, or `{}`) takes `{}` alone.
 		let tools = json!([weather(), clock(), {"type": "function",
 			"function": {"name": "later", "parameters": {}}}]);
-		let later = json!({"type": "function", "function": {"name": "later"}});
-		let grammar = Tools::from_request(Some(&tools), Some(&later), None)
-			.unwrap()
-			.calling
-			.unwrap()
-			.grammar();
+		let named = |name: &str| {
+			let choice = json!({"type": "function", "function": {"name": name}});
+			Tools::from_request(Some(&tools), Some(&choice), None)
+				.unwrap()
+				.calling
+				.unwrap()
+				.grammar()
+		};
+		let grammar = named("later");
 		assert!(takes(&grammar, "{}") && !takes(&grammar, "1"));
-		let choice = json!({"type": "function", "function": {"name": "now"}});
-		let grammar = Tools::from_request(Some(&tools), Some(&choice), None)
-			.unwrap()
-			.calling
-			.unwrap()
-			.grammar();
+		let grammar = named("now");
 		assert!(takes(&grammar, "{}") && !takes(&grammar, r#"{"a": 1}"#));
 		// Streamed: the call's head first, then its arguments as they come.
 		let mut stream = calling.stream();
