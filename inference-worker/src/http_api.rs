@@ -47,8 +47,17 @@
 //! - `POST /tokenize` (`prompt`, or `messages`, `tools` and `add_generation_prompt`) and
 //!   `POST /detokenize` (`tokens`), vLLM's: the token ids serving would give (`tokens`, `count`,
 //!   `max_model_len`), and the text of token ids (`prompt`).
+//! - `POST /v1/embeddings`, with a sentence-embedding model served
+//!   ([`ApiState::with_embeddings`]), OpenAI's: `input` (a string, a list of strings, a list of
+//!   token ids or a list of lists of them, up to [`MAX_EMBEDDING_INPUTS`]), `encoding_format`
+//!   (`float`, or `base64` of the little-endian `f32`s) and `dimensions` (only the model's own);
+//!   vLLM's `truncate_prompt_tokens`: an input longer than the model takes is refused unless it
+//!   is given (each input cut to its first that many tokens; -1: the model's most). The answer's
+//!   `data` (`index`, `embedding`) is in the inputs' order, with `usage`. The requests waiting
+//!   are embedded together ([`crate::embedding_service`]); naming the embedding model at the
+//!   generation endpoints is a 400.
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base; `max_model_len`:
-//!   the most tokens a request may reach).
+//!   the most tokens a request may reach), and the embedding model.
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
 //!   model name not served yet that names an adapter folder there is served from then on (as
 //!   LoRAX does). With runtime adapters allowed ([`ApiState::with_runtime_adapters`]; 403
@@ -73,7 +82,7 @@ use std::{
 	collections::BTreeMap,
 	convert::Infallible,
 	path::{Component, Path, PathBuf},
-	sync::{Arc, RwLock},
+	sync::{atomic::Ordering, Arc, RwLock},
 	time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -87,12 +96,14 @@ use axum::{
 	routing::{get, post},
 	Json, Router,
 };
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{
 	chat::{ChatTemplate, Message},
+	embedding_service::EmbeddingService,
 	error::Error,
 	generate::{
 		check_token_ids, FinishReason, Generation, GenerationRequest, Prompt, ResponseFormat,
@@ -132,6 +143,8 @@ pub struct ApiState {
 	chat_template: Option<ChatTemplate>,
 	/// When the worker started (seconds since the epoch), the models' `created`.
 	started: u64,
+	/// The sentence-embedding model (`/v1/embeddings`), if one is served, and its name.
+	embeddings: Option<(String, Arc<EmbeddingService>)>,
 }
 
 impl ApiState {
@@ -159,7 +172,14 @@ impl ApiState {
 			tokenizer,
 			chat_template,
 			started: now(),
+			embeddings: None,
 		}
+	}
+
+	/// Serves `service`'s sentence-embedding model as `name` (`/v1/embeddings`).
+	pub fn with_embeddings(mut self, name: impl Into<String>, service: EmbeddingService) -> Self {
+		self.embeddings = Some((name.into(), Arc::new(service)));
+		self
 	}
 
 	/// Serves, on demand, each adapter folder of `dir` that a request names (the folder's
@@ -206,6 +226,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 		.route("/v1/chat/completions", post(chat_completions))
 		.route("/v1/load_lora_adapter", post(load_adapter))
 		.route("/v1/unload_lora_adapter", post(unload_adapter))
+		.route("/v1/embeddings", post(embeddings))
 		.route("/tokenize", post(tokenize))
 		.route("/detokenize", post(detokenize))
 		.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -558,6 +579,11 @@ impl ApiState {
 			Some(name) if self.read_adapters().contains_key(name) || self.discover(name) => {
 				Ok((name.to_string(), Some(name.to_string())))
 			}
+			Some(name) if self.embeddings.as_ref().is_some_and(|(served, _)| served == name) => {
+				Err(ApiError::bad_request(format!(
+					"{name:?} is an embedding model: it is served at /v1/embeddings"
+				)))
+			}
 			Some(name) => Err(ApiError::model_not_found(format!(
 				"the model {name:?} does not exist: this worker serves {:?} and its adapters \
 				 (GET /v1/models)",
@@ -572,14 +598,15 @@ pub const MAX_CHOICES: usize = 16;
 /// The most prompts one completions request may give (each `n` choices).
 pub const MAX_PROMPTS: usize = 256;
 
-/// The prompts of a completions request's `prompt`: a string, a list of strings, a list of
-/// token ids (one prompt), or a list of lists of token ids.
-fn prompts(prompt: Value) -> Result<Vec<Prompt>, ApiError> {
+/// The prompts of a completions request's `prompt` (or an embeddings request's `input`:
+/// `field`, at most `max`): a string, a list of strings, a list of token ids (one prompt), or a
+/// list of lists of token ids.
+fn prompts(field: &str, prompt: Value, max: usize) -> Result<Vec<Prompt>, ApiError> {
 	let token = |value: &Value| -> Result<u32, ApiError> {
 		value
 			.as_u64()
 			.and_then(|id| u32::try_from(id).ok())
-			.ok_or_else(|| ApiError::bad_request(format!("prompt: {value} is not a token id")))
+			.ok_or_else(|| ApiError::bad_request(format!("{field}: {value} is not a token id")))
 	};
 	let tokens = |values: &[Value]| -> Result<Prompt, ApiError> {
 		Ok(Prompt::Tokens(values.iter().map(token).collect::<Result<_, _>>()?))
@@ -595,22 +622,22 @@ fn prompts(prompt: Value) -> Result<Vec<Prompt>, ApiError> {
 				Value::String(text) => Ok(Prompt::Text(text)),
 				Value::Array(ids) => tokens(&ids),
 				other => Err(ApiError::bad_request(format!(
-					"prompt: {other} is neither a string nor a list of token ids"
+					"{field}: {other} is neither a string nor a list of token ids"
 				))),
 			})
 			.collect::<Result<_, _>>()?,
 		other => {
 			return Err(ApiError::bad_request(format!(
-				"prompt: {other} is neither a string nor a list of strings or token ids"
+				"{field}: {other} is neither a string nor a list of strings or token ids"
 			)))
 		}
 	};
 	if prompts.is_empty() {
-		return Err(ApiError::bad_request("prompt: an empty list"));
+		return Err(ApiError::bad_request(format!("{field}: an empty list")));
 	}
-	if prompts.len() > MAX_PROMPTS {
+	if prompts.len() > max {
 		return Err(ApiError::bad_request(format!(
-			"prompt: at most {MAX_PROMPTS} prompts per request, not {}",
+			"{field}: at most {max} per request, not {}",
 			prompts.len()
 		)));
 	}
@@ -1384,7 +1411,7 @@ async fn completions(
 	let model = state.resolve(body.model.as_deref())?;
 	let prompts = match body.prompt.take() {
 		None => return Err(ApiError::bad_request("prompt: missing field `prompt`")),
-		Some(prompt) => prompts(prompt)?,
+		Some(prompt) => prompts("prompt", prompt, MAX_PROMPTS)?,
 	};
 	// Every prompt is checked before any is served (the engine checks against the model's
 	// vocabulary too; an id the tokenizer does not know could not be echoed).
@@ -1465,6 +1492,136 @@ async fn tokenize(
 		"max_model_len": state.engine.max_sequence(),
 		"tokens": tokens,
 	})))
+}
+
+/// The most inputs one embeddings request may give (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// `/v1/embeddings`' body (OpenAI's, with vLLM's `truncate_prompt_tokens`).
+#[derive(Debug, Deserialize)]
+struct EmbeddingsBody {
+	model: Option<String>,
+	/// A string, a list of strings, a list of token ids, or a list of lists of token ids.
+	input: Option<Value>,
+	/// `float` (the default) or `base64` (each vector's little-endian `f32` bytes, what
+	/// OpenAI's Python client asks for).
+	encoding_format: Option<String>,
+	/// The vectors' length: only the model's own (it is not a Matryoshka model).
+	dimensions: Option<usize>,
+	/// Cut each input to its first this many tokens (-1: the model's most); absent, a longer
+	/// input is refused.
+	truncate_prompt_tokens: Option<i64>,
+}
+
+/// One vector of an embeddings answer.
+#[derive(Debug, Serialize)]
+struct EmbeddingData {
+	object: &'static str,
+	index: usize,
+	embedding: EmbeddingVector,
+}
+
+/// A vector as floats or as base64 of its little-endian bytes.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum EmbeddingVector {
+	Float(Vec<f32>),
+	Base64(String),
+}
+
+/// An embeddings answer (OpenAI's, with vLLM's `id` and `created`).
+#[derive(Debug, Serialize)]
+struct EmbeddingsAnswer {
+	id: String,
+	object: &'static str,
+	created: u64,
+	model: String,
+	data: Vec<EmbeddingData>,
+	usage: Value,
+}
+
+/// Sentence embeddings of the inputs (OpenAI's `/v1/embeddings`).
+async fn embeddings(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<EmbeddingsBody>, JsonRejection>,
+) -> Result<Json<EmbeddingsAnswer>, ApiError> {
+	let Json(body) = body?;
+	let Some((name, service)) = &state.embeddings else {
+		return Err(ApiError::model_not_found(
+			"this worker serves no embedding model (serve --embedding-model DIR)",
+		));
+	};
+	match body.model.as_deref() {
+		None | Some("") => {}
+		Some(asked) if asked == name => {}
+		Some(asked) => {
+			return Err(ApiError::model_not_found(format!(
+				"the embedding model {asked:?} does not exist: this worker serves {name:?}"
+			)))
+		}
+	}
+	let base64 = match body.encoding_format.as_deref() {
+		None | Some("float") => false,
+		Some("base64") => true,
+		Some(other) => {
+			return Err(ApiError::bad_request(format!(
+				"encoding_format: {other:?} is neither \"float\" nor \"base64\""
+			)))
+		}
+	};
+	let dimensions = service.dimensions();
+	if body.dimensions.is_some_and(|d| d != dimensions) {
+		return Err(ApiError::bad_request(format!(
+			"dimensions: {name:?} gives vectors of {dimensions} and cannot shorten them (it is \
+			 not a Matryoshka model)"
+		)));
+	}
+	let max = service.max_tokens();
+	let truncate = match body.truncate_prompt_tokens {
+		None => None,
+		Some(-1) => Some(max),
+		Some(k) if k >= 1 && k as u64 <= max as u64 => Some(k as usize),
+		Some(k) => {
+			return Err(ApiError::bad_request(format!(
+				"truncate_prompt_tokens: {k} is neither -1 nor 1 to the model's {max} tokens"
+			)))
+		}
+	};
+	let input = body.input.ok_or_else(|| ApiError::bad_request("input: missing field `input`"))?;
+	let inputs = prompts("input", input, MAX_EMBEDDING_INPUTS)?
+		.into_iter()
+		.map(|input| match input {
+			Prompt::Text(text) => service.model().tokenize(&text, truncate),
+			Prompt::Tokens(mut ids) => {
+				ids.truncate(truncate.unwrap_or(usize::MAX));
+				Ok(ids)
+			}
+		})
+		.collect::<Result<Vec<_>, _>>()?;
+	let tokens: usize = inputs.iter().map(Vec::len).sum();
+	let vectors = service.embed(inputs).await?;
+	let data = vectors
+		.into_iter()
+		.enumerate()
+		.map(|(index, vector)| EmbeddingData {
+			object: "embedding",
+			index,
+			embedding: match base64 {
+				false => EmbeddingVector::Float(vector),
+				true => EmbeddingVector::Base64(
+					BASE64.encode(vector.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+				),
+			},
+		})
+		.collect();
+	Ok(Json(EmbeddingsAnswer {
+		id: format!("embd-{:024x}", rand::random::<u128>() >> 32),
+		object: "list",
+		created: now(),
+		model: name.clone(),
+		data,
+		usage: json!({ "prompt_tokens": tokens, "total_tokens": tokens }),
+	}))
 }
 
 /// `/detokenize`'s body (vLLM's).
@@ -1584,6 +1741,17 @@ async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
 	};
 	let mut data = vec![model(&state.model_name, None)];
 	data.extend(state.adapter_names().iter().map(|a| model(a, Some(&state.model_name))));
+	if let Some((name, service)) = &state.embeddings {
+		data.push(json!({
+			"id": name,
+			"object": "model",
+			"created": state.started,
+			"owned_by": "openledger",
+			"root": name,
+			"parent": null,
+			"max_model_len": service.max_tokens(),
+		}));
+	}
 	Json(json!({ "object": "list", "data": data }))
 }
 
@@ -1611,8 +1779,30 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 		("tokens_reused_total", "counter", "Prompt tokens taken from cache.", e.tokens_reused),
 		("preemptions_total", "counter", "Sequences preempted for KV blocks.", e.preemptions),
 	];
+	let embedding_lines = state.embeddings.as_ref().map(|(_, service)| {
+		let s = service.stats();
+		let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+		[
+			(
+				"embedding_requests_total",
+				"counter",
+				"Embedding requests answered.",
+				read(&s.requests),
+			),
+			("embedding_inputs_total", "counter", "Inputs embedded.", read(&s.inputs)),
+			("embedding_tokens_total", "counter", "Tokens embedded.", read(&s.tokens)),
+			("embedding_batches_total", "counter", "Embedding turns run.", read(&s.turns)),
+			(
+				"embedding_requests_cancelled_total",
+				"counter",
+				"Embedding requests whose client went away.",
+				read(&s.cancelled),
+			),
+		]
+	});
 	let mut text = String::new();
-	for (name, kind, help, value) in lines {
+	for (name, kind, help, value) in lines.into_iter().chain(embedding_lines.into_iter().flatten())
+	{
 		text.push_str(&format!(
 			"# HELP openledger_worker_{name} {help}\n# TYPE openledger_worker_{name} {kind}\n\
 			 openledger_worker_{name} {value}\n"

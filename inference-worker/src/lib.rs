@@ -16,6 +16,9 @@
 //!   streamed); [`text_stream`]: a generation's text released as it grows.
 //! - [`json_mode`]: JSON mode and JSON schemas, the output held to a grammar token by token;
 //!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas.
+//! - [`embeddings`]: sentence embeddings (a BERT encoder in sentence-transformers' layout, such
+//!   as all-MiniLM-L6-v2) for retrieval; [`embedding_service`]: its serving thread, batching
+//!   the requests waiting together.
 //! - [`metrics`]: latency histograms for `/metrics`.
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, settled once per process.
@@ -24,6 +27,8 @@ pub mod adapter_cache;
 pub mod chat;
 pub mod config;
 pub mod decoder;
+pub mod embedding_service;
+pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod generate;

@@ -20,6 +20,8 @@ use clap::{Parser, Subcommand};
 use openledger_inference_worker::{
 	chat::Message,
 	decoder::Decoder,
+	embedding_service::EmbeddingService,
+	embeddings::EmbeddingModel,
 	engine::EngineConfig,
 	generate::{
 		check_token_ids, generate, generate_with_kernels, Generation, GenerationRequest,
@@ -55,6 +57,23 @@ enum Command {
 	/// Serve the model and its LoRA adapters over HTTP (OpenAI's completions and chat
 	/// completions API), many requests batched together.
 	Serve(ServeArgs),
+	/// Print the sentence embeddings of texts: one JSON object a line (`index`, `tokens`,
+	/// `embedding`).
+	Embed(EmbedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EmbedArgs {
+	/// A sentence-transformers folder (config.json, model.safetensors, tokenizer.json,
+	/// modules.json), such as all-MiniLM-L6-v2.
+	#[arg(long)]
+	model: PathBuf,
+	/// A text to embed (repeatable); without any, each line of standard input is one.
+	#[arg(long = "text")]
+	texts: Vec<String>,
+	/// Cut texts longer than the model takes to their first tokens (otherwise they are refused).
+	#[arg(long)]
+	truncate: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +115,12 @@ struct ServeArgs {
 	/// MiB of loaded adapters kept ready (and, with `--kernels`, of the adapter pool).
 	#[arg(long, default_value_t = 512)]
 	adapter_mib: usize,
+	/// A sentence-transformers folder (such as all-MiniLM-L6-v2) to serve at `/v1/embeddings`.
+	#[arg(long)]
+	embedding_model: Option<PathBuf>,
+	/// The embedding model's name in requests and in `/v1/models` (default: its folder's name).
+	#[arg(long, requires = "embedding_model")]
+	served_embedding_model_name: Option<String>,
 	#[command(flatten)]
 	weights: WeightArgs,
 }
@@ -241,6 +266,7 @@ fn main() -> Result<()> {
 	match Cli::parse().command {
 		Command::Generate(args) => run_generate(args),
 		Command::Serve(args) => run_serve(args),
+		Command::Embed(args) => run_embed(args),
 	}
 }
 
@@ -354,6 +380,35 @@ fn print(generation: &Generation, json: bool) -> Result<()> {
 	Ok(())
 }
 
+/// One line of `embed`'s output (a struct: its `f32`s are written as the shortest decimals that
+/// read back the same, and its fields in this order).
+#[derive(serde::Serialize)]
+struct EmbedLine {
+	index: usize,
+	tokens: usize,
+	embedding: Vec<f32>,
+}
+
+/// `embed`: prints each text's embedding as a JSON line.
+fn run_embed(args: EmbedArgs) -> Result<()> {
+	let model = EmbeddingModel::load(&args.model)
+		.with_context(|| format!("loading {}", args.model.display()))?;
+	let texts = match args.texts.is_empty() {
+		false => args.texts,
+		true => {
+			std::io::stdin().lines().collect::<Result<_, _>>().context("reading standard input")?
+		}
+	};
+	let truncate = args.truncate.then(|| model.max_tokens());
+	let inputs =
+		texts.iter().map(|text| model.tokenize(text, truncate)).collect::<Result<Vec<_>, _>>()?;
+	for (index, (tokens, embedding)) in inputs.iter().zip(model.embed(&inputs)?).enumerate() {
+		let line = EmbedLine { index, tokens: tokens.len(), embedding };
+		println!("{}", serde_json::to_string(&line)?);
+	}
+	Ok(())
+}
+
 /// `serve`: loads the model, starts the engine thread and serves the HTTP API until Ctrl-C.
 fn run_serve(args: ServeArgs) -> Result<()> {
 	let name = match &args.served_model_name {
@@ -378,6 +433,25 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 	if names.contains(&name.as_str()) {
 		bail!("an adapter has the base model's name {name:?}");
 	}
+	let embeddings = match &args.embedding_model {
+		Some(dir) => {
+			let embedding_name = match &args.served_embedding_model_name {
+				Some(name) => name.clone(),
+				None => dir
+					.file_name()
+					.and_then(|s| s.to_str())
+					.ok_or_else(|| anyhow!("--embedding-model: {} has no name", dir.display()))?
+					.to_string(),
+			};
+			if embedding_name == name || names.contains(&embedding_name.as_str()) {
+				bail!("the embedding model's name {embedding_name:?} is taken by another model");
+			}
+			let model =
+				EmbeddingModel::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+			Some((embedding_name, EmbeddingService::start(model)?))
+		}
+		None => None,
+	};
 	let config = EngineConfig {
 		kv_cache_bytes: args.kv_cache_mib << 20,
 		max_batch_tokens: args.max_batch_tokens,
@@ -406,11 +480,13 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 			Llama::load(&args.model, &Device::Cpu, args.weights.format()).with_context(loading)?;
 		start(model, tokenizer, config, adapters.clone())?
 	};
-	let state = Arc::new(
-		ApiState::new(engine, name, tokenizer, adapters)
-			.with_adapters_dir(args.adapters.clone())
-			.with_runtime_adapters(args.allow_runtime_adapters),
-	);
+	let mut state = ApiState::new(engine, name, tokenizer, adapters)
+		.with_adapters_dir(args.adapters.clone())
+		.with_runtime_adapters(args.allow_runtime_adapters);
+	if let Some((name, service)) = embeddings {
+		state = state.with_embeddings(name, service);
+	}
+	let state = Arc::new(state);
 	let runtime = tokio::runtime::Builder::new_multi_thread()
 		.worker_threads(2)
 		.enable_all()

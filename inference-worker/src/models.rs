@@ -19,3 +19,11 @@ pub fn models_dir() -> PathBuf {
 pub fn smollm2_gguf() -> PathBuf {
 	models_dir().join(SMOLLM2_GGUF)
 }
+
+/// The folder name of the sentence-embedding model the worker retrieves with.
+pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";
+
+/// The all-MiniLM-L6-v2 sentence-transformers folder.
+pub fn minilm_dir() -> PathBuf {
+	models_dir().join(MINILM_DIR)
+}

@@ -13,6 +13,8 @@ use std::{
 
 use openledger_inference_worker::{
 	decoder::Decoder,
+	embedding_service::EmbeddingService,
+	embeddings::EmbeddingModel,
 	engine::EngineConfig,
 	generate::{generate, FinishReason, Generation, GenerationRequest, ResponseFormat},
 	http_api::{self, ApiState},
@@ -1632,6 +1634,8 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 		.arg("--adapter")
 		.arg(format!("gamma={}", extra.display()))
 		.arg("--allow-runtime-adapters")
+		.arg("--embedding-model")
+		.arg(models::minilm_dir())
 		.stderr(Stdio::piped())
 		.spawn()
 		.unwrap();
@@ -1650,7 +1654,14 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 	let list: Value = serde_json::from_str(&list).unwrap();
 	let ids: Vec<&str> =
 		list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-	assert_eq!(ids, ["base", "alpha", "beta", "gamma"]);
+	assert_eq!(ids, ["base", "alpha", "beta", "gamma", models::MINILM_DIR]);
+	let (status, answer) = post(
+		address,
+		"/v1/embeddings",
+		&json!({"model": models::MINILM_DIR, "input": ["a record", "another"]}),
+	);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(vectors(&answer).iter().map(Vec::len).collect::<Vec<_>>(), [384, 384]);
 	let (status, answer) = post(
 		address,
 		"/v1/completions",
@@ -1706,4 +1717,174 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 	assert!(!output.status.success());
 	let stderr = String::from_utf8_lossy(&output.stderr);
 	assert!(stderr.contains(r#"two adapters are named "alpha""#), "{stderr}");
+}
+
+/// The embedding model's name in the embedding tests.
+const EMBEDDER: &str = "minilm";
+
+/// The API over the real model with all-MiniLM-L6-v2 served beside it, and the embedding model
+/// loaded again for the test's own vectors.
+fn start_with_embeddings() -> (SocketAddr, EmbeddingModel) {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let engine =
+		EngineService::start(model, tokenizer.clone(), EngineConfig::default(), Vec::new())
+			.unwrap();
+	let embedder = EmbeddingService::start(EmbeddingModel::load(&models::minilm_dir()).unwrap());
+	let state = ApiState::new(engine, MODEL, tokenizer, Vec::new())
+		.with_embeddings(EMBEDDER, embedder.unwrap());
+	(serve_state(state), EmbeddingModel::load(&models::minilm_dir()).unwrap())
+}
+
+/// The `embedding` of each `data` entry of an answer, as floats, checking `index` is its place.
+fn vectors(answer: &Value) -> Vec<Vec<f32>> {
+	let data = answer["data"].as_array().unwrap_or_else(|| panic!("{answer}"));
+	data.iter()
+		.enumerate()
+		.map(|(i, entry)| {
+			assert_eq!(entry["index"], i, "{entry}");
+			assert_eq!(entry["object"], "embedding");
+			serde_json::from_value(entry["embedding"].clone()).unwrap()
+		})
+		.collect()
+}
+
+#[test]
+fn embeddings_are_served_as_openai_serves_them() {
+	let (address, model) = start_with_embeddings();
+	let texts = ["The capital of France is Paris.", "Curators accept records.", ""];
+	let tokens: Vec<Vec<u32>> = texts.iter().map(|t| model.tokenize(t, None).unwrap()).collect();
+	let want = model.embed(&tokens).unwrap();
+	let (status, answer) =
+		post(address, "/v1/embeddings", &json!({"model": EMBEDDER, "input": texts}));
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["object"], "list");
+	assert_eq!(answer["model"], EMBEDDER);
+	assert!(answer["id"].as_str().unwrap().starts_with("embd-"));
+	let count: usize = tokens.iter().map(Vec::len).sum();
+	assert_eq!(answer["usage"], json!({"prompt_tokens": count, "total_tokens": count}));
+	assert_eq!(vectors(&answer), want);
+
+	// One string, token ids, no model named: the same vectors.
+	let (_, one) = post(address, "/v1/embeddings", &json!({"input": texts[0]}));
+	assert_eq!(vectors(&one), want[..1]);
+	let (_, ids) = post(address, "/v1/embeddings", &json!({"input": tokens[1]}));
+	assert_eq!(vectors(&ids), want[1..2]);
+	let (_, lists) = post(address, "/v1/embeddings", &json!({"input": [tokens[1], tokens[0]]}));
+	assert_eq!(vectors(&lists), [want[1].clone(), want[0].clone()]);
+
+	// base64: the little-endian bytes of the same floats (OpenAI's Python client asks for it).
+	let (status, encoded) = post(
+		address,
+		"/v1/embeddings",
+		&json!({"input": texts, "encoding_format": "base64", "dimensions": 384}),
+	);
+	assert_eq!(status, 200, "{encoded}");
+	for (entry, want) in encoded["data"].as_array().unwrap().iter().zip(&want) {
+		use base64::Engine;
+		let bytes = base64::engine::general_purpose::STANDARD
+			.decode(entry["embedding"].as_str().unwrap())
+			.unwrap();
+		let floats: Vec<f32> =
+			bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+		assert_eq!(&floats, want);
+	}
+
+	// Longer than the model's 256 tokens: refused, or cut to the first tokens when asked.
+	let long = "Accepted contributions earn a share of the DataNet's rewards. ".repeat(30);
+	refused_at(
+		address,
+		"/v1/embeddings",
+		json!({"input": ["short", long]}),
+		&format!(
+			"input 1: {} tokens, more than the embedding model's 256",
+			model.tokenize(&long, None).unwrap().len()
+		),
+	);
+	for (truncate, keep) in [(-1, 256), (16, 16)] {
+		let (status, cut) = post(
+			address,
+			"/v1/embeddings",
+			&json!({"input": long, "truncate_prompt_tokens": truncate}),
+		);
+		assert_eq!(status, 200, "{cut}");
+		let tokens = model.tokenize(&long, Some(keep)).unwrap();
+		assert_eq!(tokens.len(), keep);
+		assert_eq!(cut["usage"]["prompt_tokens"], keep);
+		assert_eq!(vectors(&cut), model.embed(&[tokens]).unwrap());
+	}
+
+	// /v1/models lists the embedding model with its most tokens.
+	let (_, list) = get(address, "/v1/models");
+	let list: Value = serde_json::from_str(&list).unwrap();
+	let entry = list["data"].as_array().unwrap().iter().find(|m| m["id"] == EMBEDDER).unwrap();
+	assert_eq!(entry["max_model_len"], 256);
+	// Seven answered (the refused one never reached the model).
+	assert_eq!(metric(address, "embedding_requests_total"), 7);
+	assert!(metric(address, "embedding_tokens_total") >= 256 + 16);
+}
+
+#[test]
+fn bad_embedding_requests_are_refused_with_a_reason() {
+	let (address, _) = start_with_embeddings();
+	let refused = |body: Value, says: &str| refused_at(address, "/v1/embeddings", body, says);
+	refused(json!({"model": EMBEDDER}), "input: missing field `input`");
+	refused(json!({"input": []}), "input: an empty list");
+	refused(json!({"input": [[]]}), "input 0: no tokens");
+	refused(json!({"input": [101, 40000, 102]}), "40000");
+	refused(json!({"input": [1.5]}), "input: 1.5 is not a token id");
+	refused(json!({"input": {"text": "hi"}}), "neither a string nor a list");
+	refused(json!({"input": vec!["a"; 2049]}), "input: at most 2048 per request, not 2049");
+	refused(json!({"input": "hi", "encoding_format": "int8"}), "encoding_format");
+	refused(json!({"input": "hi", "dimensions": 128}), "not a Matryoshka model");
+	for k in [0, -2, 257] {
+		refused(json!({"input": "hi", "truncate_prompt_tokens": k}), "truncate_prompt_tokens");
+	}
+	refused(json!({"input": "hi", "encoding_format": 1}), "encoding_format");
+	// The base model does not embed, and the embedding model does not generate.
+	let (status, answer) = post(address, "/v1/embeddings", &json!({"model": MODEL, "input": "hi"}));
+	assert_eq!(status, 404, "{answer}");
+	assert_eq!(answer["error"]["code"], "model_not_found");
+	refused_at(
+		address,
+		"/v1/completions",
+		json!({"model": EMBEDDER, "prompt": "hi"}),
+		"is an embedding model",
+	);
+	// Without an embedding model served, the endpoint says so.
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let plain = start(model, tokenizer, Vec::new(), EngineConfig::default());
+	let (status, answer) = post(plain, "/v1/embeddings", &json!({"input": "hi"}));
+	assert_eq!(status, 404, "{answer}");
+	assert!(answer["error"]["message"].as_str().unwrap().contains("no embedding model"));
+}
+
+#[test]
+fn concurrent_embedding_requests_get_their_own_vectors() {
+	let (address, model) = start_with_embeddings();
+	let clients: Vec<_> = (0..12)
+		.map(|i| {
+			std::thread::spawn(move || {
+				let texts: Vec<String> = (0..1 + i % 4)
+					.map(|j| {
+						format!("client {i} asks about record {j} {}", "of a datanet ".repeat(i))
+					})
+					.collect();
+				let (status, answer) = post(address, "/v1/embeddings", &json!({"input": texts}));
+				assert_eq!(status, 200, "{answer}");
+				(texts, vectors(&answer))
+			})
+		})
+		.collect();
+	for client in clients {
+		let (texts, got) = client.join().unwrap();
+		let tokens: Vec<Vec<u32>> =
+			texts.iter().map(|t| model.tokenize(t, None).unwrap()).collect();
+		// Batched with other clients' inputs (other padding), the same vectors to float32 noise.
+		for (got, want) in got.iter().zip(model.embed(&tokens).unwrap()) {
+			let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+			assert!(diff < 2e-6, "{texts:?}: {diff}");
+		}
+	}
+	assert_eq!(metric(address, "embedding_requests_total"), 12);
+	assert_eq!(metric(address, "embedding_inputs_total"), (0..12).map(|i| 1 + i % 4).sum::<u64>());
 }
