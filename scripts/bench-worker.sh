@@ -4,7 +4,8 @@
 # base model, and an adapter's cold load (inference-worker/benches/engine.rs); throughput with 1,
 # 100 and 1,000 adapters in the mix against the base model alone (benches/multi_adapter.rs);
 # structured output (a JSON schema, JSON mode) against unconstrained generation
-# (benches/structured_output.rs).
+# (benches/structured_output.rs); sentence embeddings against sentence-transformers
+# (benches/embeddings.rs; installs torch and sentence-transformers when missing).
 # Prints Markdown tables for docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +13,8 @@ scripts/setup.sh
 . scripts/env.sh
 scripts/fetch-models.sh
 
-cargo bench --locked --workspace --bench engine --bench multi_adapter --bench structured_output
+if ! python3 -c "import torch, sentence_transformers" 2>/dev/null; then
+	python3 -m pip install --quiet torch sentence-transformers
+fi
+cargo bench --locked --workspace --bench engine --bench multi_adapter --bench structured_output \
+	--bench embeddings

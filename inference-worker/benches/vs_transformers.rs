@@ -20,7 +20,7 @@
 //! the CUDA emulator, to show the whole bench runs before a lent GPU's minutes are spent on it;
 //! its numbers mean nothing.
 
-use std::{path::Path, process::Command, sync::Arc, time::Instant};
+use std::{path::Path, sync::Arc, time::Instant};
 
 use candle_core::Device;
 use openledger_inference_worker::{
@@ -133,24 +133,7 @@ fn transformers(
 	});
 	let input = root.join("requests.json");
 	std::fs::write(&input, spec.to_string()).map_err(|e| e.to_string())?;
-	// From the repository's root (a copy of the tree on a GPU machine), else where it was built.
-	let script = Some(Path::new("scripts/reference/hf_throughput.py").to_path_buf())
-		.filter(|p| p.exists())
-		.unwrap_or_else(|| {
-			Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/hf_throughput.py")
-		});
-	let output = Command::new("python3")
-		.arg(script)
-		.arg(&input)
-		.output()
-		.map_err(|e| format!("python3: {e}"))?;
-	if !output.status.success() {
-		let stderr = String::from_utf8_lossy(&output.stderr);
-		let last = stderr.lines().last().unwrap_or("no output").to_string();
-		return Err(last);
-	}
-	let out: serde_json::Value =
-		serde_json::from_slice(&output.stdout).map_err(|e| format!("its output: {e}"))?;
+	let out = common::run_reference("hf_throughput.py", &input)?;
 	let run = Run {
 		generated: out["generated"].as_u64().unwrap_or(0) as usize,
 		seconds: out["seconds"].as_f64().unwrap_or(f64::NAN),

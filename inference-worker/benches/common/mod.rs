@@ -1,6 +1,10 @@
-//! What the worker's benches share: their adapters, and whether this is a dry run.
+//! What the worker's benches share: their adapters, whether this is a dry run, and running a
+//! Python baseline.
 
-use std::{collections::BTreeMap, path::Path};
+// Each bench uses only some of these.
+#![allow(dead_code)]
+
+use std::{collections::BTreeMap, path::Path, process::Command};
 
 use openledger_inference_worker::{
 	config::LlamaConfig,
@@ -39,4 +43,24 @@ pub fn write_qv_adapters(
 			name
 		})
 		.collect()
+}
+
+/// Runs `scripts/reference/SCRIPT` with `input` (a JSON file) and reads the JSON object it
+/// prints; or the last line of its errors. The script is looked for from the repository's root
+/// (a copy of the tree on a GPU machine), else where the bench was built.
+pub fn run_reference(script: &str, input: &Path) -> Result<serde_json::Value, String> {
+	let relative = Path::new("scripts/reference").join(script);
+	let path = Some(relative.clone())
+		.filter(|p| p.exists())
+		.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&relative));
+	let output = Command::new("python3")
+		.arg(path)
+		.arg(input)
+		.output()
+		.map_err(|e| format!("python3: {e}"))?;
+	if !output.status.success() {
+		let stderr = String::from_utf8_lossy(&output.stderr);
+		return Err(stderr.lines().last().unwrap_or("no output").to_string());
+	}
+	serde_json::from_slice(&output.stdout).map_err(|e| format!("its output: {e}"))
 }
