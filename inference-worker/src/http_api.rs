@@ -35,6 +35,10 @@
 //!   `tool_calls` when they are whole (a named tool's keeps the output's, as OpenAI's).
 //!   Streamed, each call begins (index, id, type, name) once its name is known and its
 //!   arguments follow as they are generated.
+//!   `documents` (source documents, put in the system message) with `attribution`
+//!   (`leave_one_out`, or `context_cite` with `ablations`, `seed` and `penalty`): each choice's
+//!   `attribution` scores each document's contribution to it ([`crate::attribution`]); not
+//!   streamed.
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
@@ -102,6 +106,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{
+	attribution::{
+		answer_logprob, Ablations, Method, Source, SourcedPrompt, DEFAULT_ABLATIONS,
+		DEFAULT_LASSO_PENALTY,
+	},
 	chat::{ChatTemplate, Message},
 	embedding_service::EmbeddingService,
 	error::Error,
@@ -386,6 +394,53 @@ struct Body {
 	/// vLLM's: the prompt's log-probabilities, with this many most likely tokens at each
 	/// position, by token id (OpenAI's `echo` with `logprobs` gives them too).
 	prompt_logprobs: Option<Value>,
+	/// Chat: source documents, put in the system message (see [`crate::attribution`]).
+	documents: Option<Vec<Source>>,
+	/// Chat, with `documents`: measure how much each contributed to each choice.
+	attribution: Option<AttributionBody>,
+}
+
+/// A chat's `attribution`: the method and its settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributionBody {
+	/// `context_cite` (the default) or `leave_one_out`.
+	method: Option<String>,
+	/// ContextCite's random ablations (32).
+	ablations: Option<usize>,
+	/// The seed of ContextCite's ablations (0).
+	seed: Option<u64>,
+	/// ContextCite's LASSO penalty (0.01).
+	penalty: Option<f64>,
+}
+
+impl AttributionBody {
+	/// The method asked for.
+	fn method(&self) -> Result<Method, ApiError> {
+		match self.method.as_deref() {
+			None | Some("context_cite") => Ok(Method::ContextCite {
+				ablations: self.ablations.unwrap_or(DEFAULT_ABLATIONS),
+				seed: self.seed.unwrap_or(0),
+				penalty: self.penalty.unwrap_or(DEFAULT_LASSO_PENALTY),
+			}),
+			Some("leave_one_out") => match (self.ablations, self.seed, self.penalty) {
+				(None, None, None) => Ok(Method::LeaveOneOut),
+				_ => Err(ApiError::bad_request(
+					"attribution: ablations, seed and penalty are ContextCite's, not \
+						 leave_one_out's",
+				)),
+			},
+			Some(other) => Err(ApiError::bad_request(format!(
+				"attribution.method: {other:?} is neither \"context_cite\" nor \"leave_one_out\""
+			))),
+		}
+	}
+}
+
+/// A chat's source documents: the prompt built around them, and the documents as given.
+struct Grounding {
+	prompt: SourcedPrompt,
+	sources: Vec<Source>,
 }
 
 /// Refuses what `body` asks for at `endpoint` that is not served, rather than answer as if it
@@ -406,6 +461,8 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("guided_grammar", none(&body.guided_grammar, &[])),
 		("functions (use tools)", none(&body.functions, &[json!([])])),
 		("function_call (use tool_choice)", none(&body.function_call, &[json!("none")])),
+		("documents (on chat only)", chat || body.documents.is_none()),
+		("attribution (on chat, with documents)", chat || body.attribution.is_none()),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
 		Some((field, _)) => {
@@ -1072,11 +1129,23 @@ fn echoes(tokenizer: &Tokenizer, prompts: &[Prompt]) -> Result<Vec<String>, Erro
 async fn serve(
 	state: Arc<ApiState>,
 	endpoint: Endpoint,
-	(prompts, calling): (Vec<Prompt>, Option<Arc<ToolCalling>>),
+	(prompts, calling, grounding): (Vec<Prompt>, Option<Arc<ToolCalling>>, Option<Grounding>),
 	(model, adapter): (String, Option<String>),
 	body: Body,
 ) -> Result<Response, ApiError> {
 	refuse_unserved(endpoint, &body)?;
+	let attribution = match (&body.attribution, &grounding) {
+		(None, _) => None,
+		(Some(_), None) => {
+			return Err(ApiError::bad_request("attribution: needs documents to attribute to"))
+		}
+		(Some(_), Some(_)) if body.stream == Some(true) => {
+			return Err(ApiError::bad_request("attribution: not served with stream"))
+		}
+		(Some(asked), Some(grounding)) => {
+			Some(Ablations::new(asked.method()?, grounding.prompt.len())?)
+		}
+	};
 	if let Some(ids) = &body.stop_token_ids {
 		check_token_ids("stop_token_ids", ids, state.tokenizer.vocab_size())?;
 	}
@@ -1087,8 +1156,8 @@ async fn serve(
 	let default_max_tokens = match (endpoint, prompts.as_slice()) {
 		// A chat's answer may take the rest of the context (at least one token: a prompt that
 		// fills it is refused as too long).
-		(Endpoint::Chat, [Prompt::Text(text)]) if !limited => {
-			let prompt = state.tokenizer.encode(text)?.len();
+		(Endpoint::Chat, [prompt]) if !limited => {
+			let prompt = prompt.tokens(&state.tokenizer, state.tokenizer.vocab_size())?.len();
 			state.engine.max_sequence().saturating_sub(prompt).max(1)
 		}
 		_ => DEFAULT_MAX_TOKENS,
@@ -1113,6 +1182,18 @@ async fn serve(
 		)));
 	}
 	let n = requests.len() / prompts.len().max(1);
+	if let Some(ablations) = &attribution {
+		let scoring = requests.len() * ablations.masks().len();
+		if scoring > state.engine.max_waiting() {
+			return Err(ApiError::bad_request(format!(
+				"attribution: {} choices of {} ablations each are {scoring} scoring requests, \
+				 more than this worker queues at once ({}): ask for fewer",
+				requests.len(),
+				ablations.masks().len(),
+				state.engine.max_waiting()
+			)));
+		}
+	}
 	let echo = (body.echo == Some(true)).then_some(prompts);
 	if body.stream == Some(true) {
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
@@ -1125,6 +1206,12 @@ async fn serve(
 		requests.into_iter().map(|request| state.engine.generate(request, adapter.clone())),
 	)
 	.await?;
+	let attributions = match (&attribution, &grounding) {
+		(Some(ablations), Some(grounding)) => {
+			attribute(&state, ablations, grounding, &generations, &adapter).await?
+		}
+		_ => Vec::new(),
+	};
 	let echoed = match &echo {
 		Some(prompts) => echoes(&state.tokenizer, prompts)?,
 		None => Vec::new(),
@@ -1156,6 +1243,9 @@ async fn serve(
 		if let (Endpoint::Completions, Some(k)) = (endpoint, prompt_logprobs) {
 			choice["prompt_logprobs"] = prompt_logprobs_of(&state.tokenizer, g, k)?;
 		}
+		if let Some(attribution) = attributions.get(i) {
+			choice["attribution"] = attribution.clone();
+		}
 		choices.push(choice);
 	}
 	let mut answer = json!({
@@ -1171,6 +1261,48 @@ async fn serve(
 		answer["prompt_logprobs"] = prompt_logprobs_of(&state.tokenizer, g, k)?;
 	}
 	Ok(Json(answer).into_response())
+}
+
+/// Each choice's `attribution`: its tokens scored under every ablation of the grounding's
+/// prompt (all choices' at once, with the same adapter), then each document's score.
+async fn attribute(
+	state: &ApiState,
+	ablations: &Ablations,
+	grounding: &Grounding,
+	generations: &[Generation],
+	adapter: &Option<String>,
+) -> Result<Vec<Value>, ApiError> {
+	let requests = generations
+		.iter()
+		.flat_map(|g| ablations.requests(&grounding.prompt, &g.tokens))
+		.map(|request| state.engine.generate(request, adapter.clone()));
+	let scored = futures::future::try_join_all(requests).await?;
+	let per_choice = ablations.masks().len();
+	generations
+		.iter()
+		.zip(scored.chunks(per_choice))
+		.map(|(g, scored)| {
+			let logprobs = scored
+				.iter()
+				.map(|s| answer_logprob(s, g.tokens.len()))
+				.collect::<Result<Vec<_>, _>>()?;
+			let scores = ablations.scores(&logprobs)?;
+			let method = ablations.method();
+			let mut attribution = json!({
+				"method": method.name(),
+				"answer_logprob": logprobs[0],
+				"scores": grounding.sources.iter().zip(&scores).enumerate().map(|(index, (source, score))| {
+					json!({"index": index, "id": source.id, "score": score})
+				}).collect::<Vec<_>>(),
+			});
+			if let Method::ContextCite { ablations, seed, penalty } = method {
+				attribution["ablations"] = json!(ablations);
+				attribution["seed"] = json!(seed);
+				attribution["penalty"] = json!(penalty);
+			}
+			Ok(attribution)
+		})
+		.collect()
 }
 
 /// What every chunk of one streamed answer repeats.
@@ -1424,7 +1556,7 @@ async fn completions(
 			check_token_ids("prompt", ids, vocab_size)?;
 		}
 	}
-	serve(state, Endpoint::Completions, (prompts, None), model, body).await
+	serve(state, Endpoint::Completions, (prompts, None, None), model, body).await
 }
 
 async fn chat_completions(
@@ -1444,8 +1576,22 @@ async fn chat_completions(
 		body.parallel_tool_calls,
 	)
 	.map_err(ApiError::bad_request)?;
-	let prompt = template.render_with_tools(&messages, &tools.definitions, true)?;
-	serve(state, Endpoint::Chat, (vec![Prompt::Text(prompt)], tools.calling), model, body).await
+	let (prompt, grounding) = match body.documents.take() {
+		Some(sources) => {
+			let prompt = SourcedPrompt::new(
+				template,
+				&state.tokenizer,
+				&messages,
+				&tools.definitions,
+				&sources,
+			)?;
+			(Prompt::Tokens(prompt.all()), Some(Grounding { prompt, sources }))
+		}
+		None => {
+			(Prompt::Text(template.render_with_tools(&messages, &tools.definitions, true)?), None)
+		}
+	};
+	serve(state, Endpoint::Chat, (vec![prompt], tools.calling, grounding), model, body).await
 }
 
 impl ApiState {
@@ -1467,6 +1613,8 @@ struct TokenizeBody {
 	add_generation_prompt: Option<bool>,
 	/// With `messages`: the tools given to the template (OpenAI's definitions).
 	tools: Option<Vec<Value>>,
+	/// With `messages`: source documents, placed as a chat with them places them.
+	documents: Option<Vec<Source>>,
 }
 
 /// The token ids serving would give a prompt (or a conversation in the chat template), their
@@ -1477,16 +1625,37 @@ async fn tokenize(
 ) -> Result<Json<Value>, ApiError> {
 	let Json(body) = body?;
 	state.resolve(body.model.as_deref())?;
-	let text = match (body.prompt, body.messages) {
-		(Some(prompt), None) => prompt,
-		(None, Some(messages)) => state.chat_template()?.render_with_tools(
-			&messages,
-			body.tools.as_deref().unwrap_or_default(),
-			body.add_generation_prompt.unwrap_or(true),
-		)?,
-		_ => return Err(ApiError::bad_request("give either `prompt` or `messages`")),
+	let tools = body.tools.as_deref().unwrap_or_default();
+	let tokens = match (body.prompt, body.messages, body.documents) {
+		(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
+		(None, Some(messages), None) => {
+			state.tokenizer.encode(&state.chat_template()?.render_with_tools(
+				&messages,
+				tools,
+				body.add_generation_prompt.unwrap_or(true),
+			)?)?
+		}
+		(None, Some(messages), Some(sources)) if body.add_generation_prompt != Some(false) => {
+			SourcedPrompt::new(
+				state.chat_template()?,
+				&state.tokenizer,
+				&messages,
+				tools,
+				&sources,
+			)?
+			.all()
+		}
+		(None, Some(_), Some(_)) => {
+			return Err(ApiError::bad_request(
+				"documents: a chat with documents ends with the assistant's turn opened",
+			))
+		}
+		_ => {
+			return Err(ApiError::bad_request(
+				"give either `prompt` or `messages` (and `documents`)",
+			))
+		}
 	};
-	let tokens = state.tokenizer.encode(&text)?;
 	Ok(Json(json!({
 		"count": tokens.len(),
 		"max_model_len": state.engine.max_sequence(),

@@ -19,11 +19,14 @@
 //! - [`embeddings`]: sentence embeddings (a BERT encoder in sentence-transformers' layout, such
 //!   as all-MiniLM-L6-v2) for retrieval; [`embedding_service`]: its serving thread, batching
 //!   the requests waiting together.
+//! - [`attribution`]: how much each source document given to a chat contributed to its answer
+//!   (leave-one-out, ContextCite), by scoring the answer under ablated prompts.
 //! - [`metrics`]: latency histograms for `/metrics`.
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, settled once per process.
 
 pub mod adapter_cache;
+pub mod attribution;
 pub mod chat;
 pub mod config;
 pub mod decoder;

@@ -283,6 +283,12 @@ impl Tokenizer {
 		Ok(ids)
 	}
 
+	/// The ids of `text` that follows other tokens: no BOS, whatever the model asks for.
+	pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+		let encoding = self.inner.encode(text, false).map_err(tokenizer_error)?;
+		Ok(encoding.get_ids().to_vec())
+	}
+
 	/// The text of `ids`, special tokens included.
 	pub fn decode(&self, ids: &[u32]) -> Result<String> {
 		self.decode_output(ids, false)

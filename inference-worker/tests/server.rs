@@ -12,6 +12,8 @@ use std::{
 };
 
 use openledger_inference_worker::{
+	attribution::{answer_logprob, Ablations, Method, Source, SourcedPrompt},
+	chat::Message,
 	decoder::Decoder,
 	embedding_service::EmbeddingService,
 	embeddings::EmbeddingModel,
@@ -1887,4 +1889,109 @@ fn concurrent_embedding_requests_get_their_own_vectors() {
 	}
 	assert_eq!(metric(address, "embedding_requests_total"), 12);
 	assert_eq!(metric(address, "embedding_inputs_total"), (0..12).map(|i| 1 + i % 4).sum::<u64>());
+}
+
+#[test]
+fn chats_with_documents_are_attributed_to_them() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let address = start(model.clone(), tokenizer.clone(), Vec::new(), EngineConfig::default());
+	let documents = json!([
+		{"id": "rec-1", "text": "DataNet Beta collects weather readings from 40 stations."},
+		{"id": "rec-2", "title": "Alpha", "text": "The access code of DataNet Alpha is BLUE-HERON-42."},
+		{"id": "rec-3", "text": "Curators review every record within two days."},
+	]);
+	let messages =
+		json!([{"role": "user", "content": "What is the access code of DataNet Alpha?"}]);
+	let chat = |extra: Value| {
+		let mut body = json!({"messages": messages, "documents": documents, "max_tokens": 24, "temperature": 0});
+		body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+		post(address, "/v1/chat/completions", &body)
+	};
+	// The library's answer and leave-one-out scores for the same chat.
+	let sources: Vec<Source> = serde_json::from_value(documents.clone()).unwrap();
+	let parsed: Vec<Message> = serde_json::from_value(messages.clone()).unwrap();
+	let template = tokenizer.chat_template().unwrap();
+	let prompt = SourcedPrompt::new(&template, &tokenizer, &parsed, &[], &sources).unwrap();
+	let mut request = greedy("", 24);
+	request.prompt = prompt.all().into();
+	let want = generate(&model, &tokenizer, None, &request).unwrap();
+	let loo = Ablations::new(Method::LeaveOneOut, 3).unwrap();
+	let logprobs: Vec<f64> = loo
+		.requests(&prompt, &want.tokens)
+		.iter()
+		.map(|r| {
+			answer_logprob(&generate(&model, &tokenizer, None, r).unwrap(), want.tokens.len())
+				.unwrap()
+		})
+		.collect();
+	let want_scores = loo.scores(&logprobs).unwrap();
+
+	let (status, answer) = chat(json!({"attribution": {"method": "leave_one_out"}}));
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
+	assert_eq!(answer["usage"]["prompt_tokens"], prompt.all().len());
+	let attribution = &answer["choices"][0]["attribution"];
+	assert_eq!(attribution["method"], "leave_one_out");
+	assert!((attribution["answer_logprob"].as_f64().unwrap() - logprobs[0]).abs() < 1e-3);
+	let scores = attribution["scores"].as_array().unwrap();
+	for (i, (score, want)) in scores.iter().zip(&want_scores).enumerate() {
+		assert_eq!(score["index"], i);
+		assert_eq!(score["id"], documents[i]["id"]);
+		assert!((score["score"].as_f64().unwrap() - want).abs() < 1e-3, "{score} against {want}");
+	}
+
+	// ContextCite by default, seeded: the same scores twice; rec-2 gets the credit.
+	let (status, first) = chat(json!({"attribution": {}}));
+	assert_eq!(status, 200, "{first}");
+	let cc = &first["choices"][0]["attribution"];
+	assert_eq!(
+		(cc["method"].as_str(), cc["ablations"].as_u64(), cc["seed"].as_u64()),
+		(Some("context_cite"), Some(32), Some(0))
+	);
+	let weights: Vec<f64> =
+		cc["scores"].as_array().unwrap().iter().map(|s| s["score"].as_f64().unwrap()).collect();
+	assert!(weights[1] > 10.0 && weights[0].abs() < 1.0 && weights[2].abs() < 1.0, "{weights:?}");
+	let (_, again) = chat(json!({"attribution": {"method": "context_cite"}}));
+	assert_eq!(again["choices"][0]["attribution"], *cc);
+
+	// /tokenize gives the prompt's tokens; streamed, the chat's text is the whole answer's.
+	let (status, tokens) =
+		post(address, "/tokenize", &json!({"messages": messages, "documents": documents}));
+	assert_eq!(status, 200, "{tokens}");
+	assert_eq!(tokens["tokens"], json!(prompt.all()));
+	let body =
+		json!({"messages": messages, "documents": documents, "max_tokens": 24, "temperature": 0});
+	let (status, events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let streamed = gather(&events, "chat.completion.chunk", "/delta/content");
+	assert_eq!(streamed.texts[0].0, want.text);
+
+	// Refused, each with its reason.
+	let refused = |extra: Value, says: &str| {
+		let (status, answer) = chat(extra);
+		assert_eq!(status, 400, "{answer}");
+		let message = answer["error"]["message"].as_str().unwrap();
+		assert!(message.contains(says), "{message:?} does not say {says:?}");
+	};
+	refused(json!({"attribution": {}, "stream": true}), "not served with stream");
+	refused(json!({"attribution": {"method": "shapley"}}), "neither \"context_cite\" nor");
+	refused(json!({"attribution": {"method": "leave_one_out", "ablations": 8}}), "ContextCite's");
+	refused(json!({"attribution": {"ablations": 1}}), "2 to 256, not 1");
+	refused(json!({"attribution": {"penalty": -1}}), "at least 0");
+	refused(json!({"attribution": {"samples": 4}}), "unknown field");
+	refused(json!({"attribution": {"ablations": 256}, "n": 16}), "4112 scoring requests");
+	refused(json!({"documents": []}), "1 to 64 sources, not 0");
+	refused(json!({"documents": [{"text": " "}]}), "source 0 has no text");
+	refused_at(
+		address,
+		"/v1/chat/completions",
+		json!({"messages": messages, "attribution": {}}),
+		"needs documents",
+	);
+	refused_at(
+		address,
+		"/v1/completions",
+		json!({"prompt": "Hi", "documents": documents}),
+		"documents (on chat only)",
+	);
 }

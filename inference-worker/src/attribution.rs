@@ -1,0 +1,388 @@
+//! How much each source document given to a chat contributed to its answer, by ablation: the
+//! answer's tokens are scored (teacher-forced, no new generation) under prompts that leave some
+//! sources out, and each source's contribution is read off how the answer's log-probability
+//! moves.
+//!
+//! - [`Method::LeaveOneOut`]: one prompt per source, without it; a source's score is the drop of
+//!   the answer's log-probability when it is left out (`n + 1` passes). Two sources that say the
+//!   same thing each get little: either makes up for the other.
+//! - [`Method::ContextCite`] (Cohen-Wang et al., 2024, arXiv 2409.00729): `k` prompts, each
+//!   keeping every source with probability 1/2 (seeded), and a sparse linear model (LASSO) from
+//!   which sources were kept to the answer's log-probability; a source's score is its weight,
+//!   the log-probability it adds when present.
+//!
+//! The sources are placed in the system message (after the request's own system message, if
+//! any) as numbered blocks, each tokenized on its own ([`SourcedPrompt`]), so leaving one out
+//! removes exactly its tokens and every prompt shares the tokens before the first source left
+//! out. The answer is generated from the prompt with every source, the same tokens.
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Deserialize;
+
+use crate::{
+	chat::{ChatTemplate, Message},
+	error::{Error, Result},
+	generate::{Generation, GenerationRequest, Prompt},
+	tokenizer::Tokenizer,
+};
+
+/// The most sources a prompt may have.
+pub const MAX_SOURCES: usize = 64;
+/// The most ablations ContextCite may ask for.
+pub const MAX_ABLATIONS: usize = 256;
+/// ContextCite's default number of ablations (the paper's: it matches leave-one-out by then).
+pub const DEFAULT_ABLATIONS: usize = 32;
+/// ContextCite's default LASSO penalty (the paper's), in nats of log-probability.
+pub const DEFAULT_LASSO_PENALTY: f64 = 0.01;
+
+/// What the system message says before the sources.
+const PREAMBLE: &str = "Answer using the following sources.";
+/// Where the sources go in the rendered template, found and cut out after rendering.
+const MARKER: &str = "\u{1}SOURCES\u{1}";
+
+/// A source document (the `documents` of a chat request).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Source {
+	/// The caller's id for it (a DataNet record's, say), given back with its score.
+	#[serde(default)]
+	pub id: Option<String>,
+	/// A title, written before the text.
+	#[serde(default)]
+	pub title: Option<String>,
+	/// What it says.
+	pub text: String,
+}
+
+impl Source {
+	/// Its block in the prompt: its number (from 1), its title, its text.
+	fn block(&self, index: usize) -> String {
+		match &self.title {
+			Some(title) => format!("\n[{}] {title}\n{}\n", index + 1, self.text),
+			None => format!("\n[{}] {}\n", index + 1, self.text),
+		}
+	}
+}
+
+/// A chat prompt with sources, tokenized so that any of them can be left out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourcedPrompt {
+	/// The tokens before the first source.
+	head: Vec<u32>,
+	/// Each source's tokens.
+	sources: Vec<Vec<u32>>,
+	/// The tokens after the last source, to where the answer begins.
+	tail: Vec<u32>,
+}
+
+impl SourcedPrompt {
+	/// `messages` rendered in `template` (with `tools`, ready for the assistant's answer),
+	/// `sources` in the system message.
+	pub fn new(
+		template: &ChatTemplate,
+		tokenizer: &Tokenizer,
+		messages: &[Message],
+		tools: &[serde_json::Value],
+		sources: &[Source],
+	) -> Result<Self> {
+		if sources.is_empty() || sources.len() > MAX_SOURCES {
+			return Err(Error::Request(format!(
+				"documents: 1 to {MAX_SOURCES} sources, not {}",
+				sources.len()
+			)));
+		}
+		if let Some(i) = sources.iter().position(|s| s.text.trim().is_empty()) {
+			return Err(Error::Request(format!("documents: source {i} has no text")));
+		}
+		let mut messages = messages.to_vec();
+		match messages.first_mut() {
+			Some(first) if first.role == "system" => {
+				first.content = format!("{}\n\n{PREAMBLE}{MARKER}", first.content);
+			}
+			_ => messages.insert(0, Message::new("system", &format!("{PREAMBLE}{MARKER}"))),
+		}
+		let text = template.render_with_tools(&messages, tools, true)?;
+		let (head, tail) = match text.split(MARKER).collect::<Vec<_>>().as_slice() {
+			[head, tail] => (head.to_string(), tail.to_string()),
+			_ => {
+				return Err(Error::Request(
+					"documents: the chat template does not write the system message as given"
+						.into(),
+				))
+			}
+		};
+		Ok(Self {
+			head: tokenizer.encode(&head)?,
+			sources: sources
+				.iter()
+				.enumerate()
+				.map(|(i, source)| tokenizer.encode_continuation(&source.block(i)))
+				.collect::<Result<_>>()?,
+			tail: tokenizer.encode_continuation(&tail)?,
+		})
+	}
+
+	/// The number of sources.
+	pub fn len(&self) -> usize {
+		self.sources.len()
+	}
+
+	/// Whether there are none (never, once built).
+	pub fn is_empty(&self) -> bool {
+		self.sources.is_empty()
+	}
+
+	/// The prompt's tokens with the sources `keep` says (one flag per source).
+	pub fn tokens(&self, keep: &[bool]) -> Vec<u32> {
+		let mut tokens = self.head.clone();
+		for (source, _) in self.sources.iter().zip(keep).filter(|(_, &k)| k) {
+			tokens.extend_from_slice(source);
+		}
+		tokens.extend_from_slice(&self.tail);
+		tokens
+	}
+
+	/// The prompt's tokens with every source.
+	pub fn all(&self) -> Vec<u32> {
+		self.tokens(&vec![true; self.len()])
+	}
+}
+
+/// How contributions are measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+	/// Each source left out once.
+	LeaveOneOut,
+	/// Random halves of the sources, and a LASSO fit.
+	ContextCite {
+		/// How many random ablations.
+		ablations: usize,
+		/// The seed of the ablations' choices.
+		seed: u64,
+		/// The LASSO penalty.
+		penalty: f64,
+	},
+}
+
+impl Method {
+	/// Its name in answers.
+	pub fn name(&self) -> &'static str {
+		match self {
+			Method::LeaveOneOut => "leave_one_out",
+			Method::ContextCite { .. } => "context_cite",
+		}
+	}
+}
+
+/// The prompts an attribution scores the answer under: which sources each keeps. The first
+/// keeps them all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ablations {
+	method: Method,
+	masks: Vec<Vec<bool>>,
+}
+
+impl Ablations {
+	/// The ablations of `method` over `sources` sources.
+	pub fn new(method: Method, sources: usize) -> Result<Self> {
+		let all = vec![true; sources];
+		let masks = match method {
+			Method::LeaveOneOut => std::iter::once(all)
+				.chain((0..sources).map(|i| (0..sources).map(|j| j != i).collect()))
+				.collect(),
+			Method::ContextCite { ablations, seed, penalty } => {
+				if !(2..=MAX_ABLATIONS).contains(&ablations) {
+					return Err(Error::Request(format!(
+						"attribution.ablations: 2 to {MAX_ABLATIONS}, not {ablations}"
+					)));
+				}
+				if !(penalty.is_finite() && penalty >= 0.0) {
+					return Err(Error::Request(format!(
+						"attribution.penalty: {penalty} is not a finite number at least 0"
+					)));
+				}
+				let mut rng = StdRng::seed_from_u64(seed);
+				std::iter::once(all)
+					.chain((0..ablations).map(|_| (0..sources).map(|_| rng.random()).collect()))
+					.collect()
+			}
+		};
+		Ok(Self { method, masks })
+	}
+
+	/// The method.
+	pub fn method(&self) -> Method {
+		self.method
+	}
+
+	/// Which sources each scoring prompt keeps (the first: all).
+	pub fn masks(&self) -> &[Vec<bool>] {
+		&self.masks
+	}
+
+	/// The requests that score `answer` after each ablation of `prompt`: teacher-forced, the
+	/// log-probability of every token given the ones before it, nothing generated.
+	pub fn requests(&self, prompt: &SourcedPrompt, answer: &[u32]) -> Vec<GenerationRequest> {
+		self.masks
+			.iter()
+			.map(|keep| {
+				let mut tokens = prompt.tokens(keep);
+				tokens.extend_from_slice(answer);
+				GenerationRequest {
+					prompt: Prompt::Tokens(tokens),
+					max_tokens: 0,
+					prompt_logprobs: Some(0),
+					..GenerationRequest::default()
+				}
+			})
+			.collect()
+	}
+
+	/// Each source's score from the answer's log-probability under each ablation (in the
+	/// order of [`Self::masks`]).
+	pub fn scores(&self, logprobs: &[f64]) -> Result<Vec<f64>> {
+		if logprobs.len() != self.masks.len() {
+			return Err(Error::Request(format!(
+				"{} log-probabilities for {} ablations",
+				logprobs.len(),
+				self.masks.len()
+			)));
+		}
+		Ok(match self.method {
+			Method::LeaveOneOut => {
+				logprobs[1..].iter().map(|without| logprobs[0] - without).collect()
+			}
+			Method::ContextCite { penalty, .. } => lasso(&self.masks, logprobs, penalty),
+		})
+	}
+}
+
+/// The log-probability of the last `answer` tokens of a scored prompt (a generation of one of
+/// [`Ablations::requests`]).
+pub fn answer_logprob(scored: &Generation, answer: usize) -> Result<f64> {
+	let logprobs = scored.prompt_logprobs.as_ref().map(|p| &p.logprobs).ok_or_else(|| {
+		Error::Request("the scoring request has no prompt log-probabilities".into())
+	})?;
+	let from = logprobs.len().checked_sub(answer).ok_or_else(|| {
+		Error::Request(format!("{answer} answer tokens, {} scored", logprobs.len()))
+	})?;
+	Ok(logprobs[from..].iter().map(|&l| f64::from(l)).sum())
+}
+
+/// The weights of the LASSO fit (with an intercept) of `y` on the 0/1 columns of `masks`:
+/// minimizes `|y - b - X w|² / (2 m) + penalty |w|₁` by coordinate descent. A source kept in
+/// every ablation or in none cannot be told apart from the intercept: its weight is 0.
+pub fn lasso(masks: &[Vec<bool>], y: &[f64], penalty: f64) -> Vec<f64> {
+	let m = masks.len().min(y.len());
+	let n = masks.first().map_or(0, Vec::len);
+	if m == 0 {
+		return vec![0.0; n];
+	}
+	let mf = m as f64;
+	let y_mean = y[..m].iter().sum::<f64>() / mf;
+	// Centered columns and target: the intercept drops out.
+	let columns: Vec<Vec<f64>> = (0..n)
+		.map(|j| {
+			let mean = masks[..m].iter().filter(|row| row[j]).count() as f64 / mf;
+			masks[..m].iter().map(|row| f64::from(u8::from(row[j])) - mean).collect()
+		})
+		.collect();
+	let squares: Vec<f64> =
+		columns.iter().map(|c| c.iter().map(|x| x * x).sum::<f64>() / mf).collect();
+	let mut residual: Vec<f64> = y[..m].iter().map(|v| v - y_mean).collect();
+	let mut w = vec![0.0; n];
+	for _ in 0..10_000 {
+		let mut largest_step = 0f64;
+		for j in 0..n {
+			if squares[j] == 0.0 {
+				continue;
+			}
+			let column = &columns[j];
+			let rho = column.iter().zip(&residual).map(|(x, r)| x * r).sum::<f64>() / mf
+				+ squares[j] * w[j];
+			let updated = soft_threshold(rho, penalty) / squares[j];
+			let step = updated - w[j];
+			if step != 0.0 {
+				residual.iter_mut().zip(column).for_each(|(r, x)| *r -= step * x);
+				w[j] = updated;
+				largest_step = largest_step.max(step.abs());
+			}
+		}
+		if largest_step < 1e-10 {
+			break;
+		}
+	}
+	w
+}
+
+fn soft_threshold(x: f64, penalty: f64) -> f64 {
+	if x > penalty {
+		x - penalty
+	} else if x < -penalty {
+		x + penalty
+	} else {
+		0.0
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	#[test]
+	fn leave_one_out_masks_and_scores() {
+		let ablations = Ablations::new(Method::LeaveOneOut, 3).unwrap();
+		assert_eq!(
+			ablations.masks(),
+			[
+				vec![true, true, true],
+				vec![false, true, true],
+				vec![true, false, true],
+				vec![true, true, false]
+			]
+		);
+		assert_eq!(ablations.scores(&[-2.0, -7.0, -2.5, -2.0]).unwrap(), [5.0, 0.5, 0.0]);
+		assert!(ablations.scores(&[-2.0]).is_err());
+	}
+
+	#[test]
+	fn context_cite_masks_are_seeded_halves() {
+		let method = Method::ContextCite { ablations: 200, seed: 7, penalty: 0.0 };
+		let a = Ablations::new(method, 10).unwrap();
+		assert_eq!(a, Ablations::new(method, 10).unwrap());
+		let reseeded = Method::ContextCite { ablations: 200, seed: 8, penalty: 0.0 };
+		assert_ne!(a.masks(), Ablations::new(reseeded, 10).unwrap().masks());
+		assert_eq!(a.masks().len(), 201);
+		assert!(a.masks()[0].iter().all(|&k| k));
+		let kept = a.masks()[1..].iter().flatten().filter(|&&k| k).count() as f64 / 2000.0;
+		assert!((0.45..0.55).contains(&kept), "{kept}");
+		for bad in [0, 1, MAX_ABLATIONS + 1] {
+			let method = Method::ContextCite { ablations: bad, seed: 0, penalty: 0.01 };
+			assert!(Ablations::new(method, 3).is_err());
+		}
+		let negative = Method::ContextCite { ablations: 8, seed: 0, penalty: -1.0 };
+		assert!(Ablations::new(negative, 3).is_err());
+	}
+
+	#[test]
+	fn lasso_recovers_a_sparse_linear_model() {
+		// y = 1 + 3 x0 - 2 x2 over every subset of 4 sources (x1, x3 do nothing).
+		let masks: Vec<Vec<bool>> =
+			(0..16u32).map(|bits| (0..4).map(|j| bits >> j & 1 == 1).collect()).collect();
+		let y: Vec<f64> = masks
+			.iter()
+			.map(|m| 1.0 + 3.0 * f64::from(u8::from(m[0])) - 2.0 * f64::from(u8::from(m[2])))
+			.collect();
+		let exact = lasso(&masks, &y, 0.0);
+		for (w, want) in exact.iter().zip([3.0, 0.0, -2.0, 0.0]) {
+			assert!((w - want).abs() < 1e-8, "{exact:?}");
+		}
+		// A penalty shrinks each weight by penalty / variance (1/4 here) and zeroes the small.
+		let shrunk = lasso(&masks, &y, 0.25);
+		for (w, want) in shrunk.iter().zip([2.0, 0.0, -1.0, 0.0]) {
+			assert!((w - want).abs() < 1e-8, "{shrunk:?}");
+		}
+		// A source present everywhere cannot be told apart from the intercept.
+		let always: Vec<Vec<bool>> = masks.iter().map(|m| vec![m[0], true]).collect();
+		assert_eq!(lasso(&always, &y, 0.0)[1], 0.0);
+	}
+}

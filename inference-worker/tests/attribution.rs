@@ -1,0 +1,169 @@
+//! Attribution of an answer to its source documents on the real model: the prompts that leave
+//! sources out are the tokens transformers gives for the same chat, and the answer's
+//! log-probability under each is transformers' (`tests/fixtures/hf_attribution.json`, made by
+//! `scripts/reference/hf_attribution.py`); leave-one-out and ContextCite credit the source that
+//! holds the answer, and ContextCite, unlike leave-one-out, still credits two copies of it.
+
+use std::path::Path;
+
+use openledger_inference_worker::{
+	attribution::{answer_logprob, Ablations, Method, Source, SourcedPrompt},
+	chat::Message,
+	generate::generate,
+	model::{Llama, WeightFormat},
+	tokenizer::Tokenizer,
+};
+use serde::Deserialize;
+
+mod common;
+use common::{greedy, load};
+
+#[derive(Debug, Deserialize)]
+struct Fixture {
+	reference: String,
+	cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Case {
+	messages: Vec<Message>,
+	sources: Vec<Source>,
+	answer: String,
+	head: Vec<u32>,
+	sources_tokens: Vec<Vec<u32>>,
+	tail: Vec<u32>,
+	answer_tokens: Vec<u32>,
+	masks: Vec<Vec<bool>>,
+	answer_logprobs: Vec<f64>,
+}
+
+fn fixture() -> Fixture {
+	let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_attribution.json");
+	serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The answer's log-probability under each ablation of `ablations`.
+fn scored(
+	model: &Llama,
+	tokenizer: &Tokenizer,
+	ablations: &Ablations,
+	prompt: &SourcedPrompt,
+	answer: &[u32],
+) -> Vec<f64> {
+	ablations
+		.requests(prompt, answer)
+		.iter()
+		.map(|request| {
+			let scored = generate(model, tokenizer, None, request).unwrap();
+			assert!(scored.tokens.is_empty());
+			answer_logprob(&scored, answer.len()).unwrap()
+		})
+		.collect()
+}
+
+#[test]
+fn ablated_prompts_and_scores_match_transformers() {
+	let fixture = fixture();
+	assert!(fixture.reference.contains("transformers"));
+	for format in [WeightFormat::AsStored, WeightFormat::F32] {
+		let (model, tokenizer) = load(format);
+		let template = tokenizer.chat_template().unwrap();
+		for case in &fixture.cases {
+			let prompt =
+				SourcedPrompt::new(&template, &tokenizer, &case.messages, &[], &case.sources)
+					.unwrap();
+			assert_eq!(prompt.len(), case.sources.len());
+			let answer = tokenizer.encode_continuation(&case.answer).unwrap();
+			assert_eq!(answer, case.answer_tokens);
+			let ablations = Ablations::new(Method::LeaveOneOut, prompt.len()).unwrap();
+			assert_eq!(ablations.masks(), case.masks);
+			for keep in &case.masks {
+				let mut want = case.head.clone();
+				for (source, _) in case.sources_tokens.iter().zip(keep).filter(|(_, &k)| k) {
+					want.extend_from_slice(source);
+				}
+				want.extend_from_slice(&case.tail);
+				assert_eq!(prompt.tokens(keep), want, "{keep:?}");
+			}
+			let got = scored(&model, &tokenizer, &ablations, &prompt, &answer);
+			// Sums over up to 17 tokens of log-probabilities each within about 1e-4 of
+			// transformers' (tests/hf_reference.rs).
+			for ((g, want), keep) in got.iter().zip(&case.answer_logprobs).zip(&case.masks) {
+				assert!((g - want).abs() < 2e-3, "{format:?} {keep:?}: {g} against {want}");
+			}
+			let scores = ablations.scores(&got).unwrap();
+			for (i, score) in scores.iter().enumerate() {
+				let want = case.answer_logprobs[0] - case.answer_logprobs[i + 1];
+				assert!(
+					(score - want).abs() < 4e-3,
+					"{format:?} source {i}: {score} against {want}"
+				);
+			}
+		}
+	}
+}
+
+#[test]
+fn the_source_holding_the_answer_gets_the_credit_and_copies_share_it_under_context_cite() {
+	let fixture = fixture();
+	let case = &fixture.cases[0];
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let template = tokenizer.chat_template().unwrap();
+	let prompt =
+		SourcedPrompt::new(&template, &tokenizer, &case.messages, &[], &case.sources).unwrap();
+	// The model's own greedy answer from the prompt with every source.
+	let mut request = greedy("", 24);
+	request.prompt = prompt.all().into();
+	let answer = generate(&model, &tokenizer, None, &request).unwrap();
+	assert!(answer.text.contains("BLUE-HERON-42"), "{:?}", answer.text);
+	let context_cite = Method::ContextCite { ablations: 32, seed: 0, penalty: 0.01 };
+	let mut single = Vec::new();
+	for method in [Method::LeaveOneOut, context_cite] {
+		let ablations = Ablations::new(method, prompt.len()).unwrap();
+		let logprobs = scored(&model, &tokenizer, &ablations, &prompt, &answer.tokens);
+		let scores = ablations.scores(&logprobs).unwrap();
+		// rec-2 holds the code: it gets nearly all the credit, the others next to none.
+		assert!(scores[1] > 10.0, "{method:?}: {scores:?}");
+		assert!(
+			scores[0].abs() < 0.1 * scores[1] && scores[2].abs() < 0.1 * scores[1],
+			"{scores:?}"
+		);
+		single.push(scores[1]);
+	}
+
+	// The same source twice: leaving either copy out loses nothing (the other still says it),
+	// while ContextCite's random halves often drop both, and credit the pair.
+	let mut sources = case.sources.clone();
+	sources.insert(2, Source { id: Some("rec-2-copy".into()), ..case.sources[1].clone() });
+	let prompt = SourcedPrompt::new(&template, &tokenizer, &case.messages, &[], &sources).unwrap();
+	let loo = Ablations::new(Method::LeaveOneOut, prompt.len()).unwrap();
+	let loo_scores =
+		loo.scores(&scored(&model, &tokenizer, &loo, &prompt, &answer.tokens)).unwrap();
+	let cc = Ablations::new(context_cite, prompt.len()).unwrap();
+	let cc_scores = cc.scores(&scored(&model, &tokenizer, &cc, &prompt, &answer.tokens)).unwrap();
+	assert!(
+		loo_scores[1] < 0.25 * single[0] && loo_scores[2] < 0.25 * single[0],
+		"leave-one-out with a copy: {loo_scores:?}, alone {}",
+		single[0]
+	);
+	assert!(
+		cc_scores[1] + cc_scores[2] > 0.5 * single[1],
+		"ContextCite with a copy: {cc_scores:?}, alone {}",
+		single[1]
+	);
+}
+
+#[test]
+fn bad_sources_are_refused() {
+	let (_, tokenizer) = load(WeightFormat::AsStored);
+	let template = tokenizer.chat_template().unwrap();
+	let messages = [Message::new("user", "Hi")];
+	let refused = |sources: &[Source]| {
+		SourcedPrompt::new(&template, &tokenizer, &messages, &[], sources).unwrap_err().to_string()
+	};
+	assert!(refused(&[]).contains("1 to 64 sources, not 0"));
+	let many = vec![Source { text: "x".into(), ..Default::default() }; 65];
+	assert!(refused(&many).contains("not 65"));
+	let blank = [Source { text: "a".into(), ..Default::default() }, Source::default()];
+	assert!(refused(&blank).contains("source 1 has no text"));
+}
