@@ -4,7 +4,8 @@
 # directory) and an inference worker serving the real model (SmolLM2-135M-Instruct, fetched and
 # checked by scripts/fetch-models.sh) over HTTP on http://127.0.0.1:8080 (OpenAI's completions
 # and chat completions API; every PEFT adapter folder under $OPENLEDGER_ADAPTERS, if set, is
-# served as a model of its own name; all-MiniLM-L6-v2's sentence embeddings on /v1/embeddings). Ctrl-C stops both; if either stops, the other is stopped.
+# served as a model of its own name; all-MiniLM-L6-v2's sentence embeddings on /v1/embeddings,
+# and retrieval over the DataNet records added with /v1/records). Ctrl-C stops both; if either stops, the other is stopped.
 #
 # Extra arguments go to the node, e.g. `scripts/run-dev.sh --rpc-port 9955`;
 # OPENLEDGER_WORKER_LISTEN moves the worker (default 127.0.0.1:8080).
@@ -20,6 +21,7 @@ cargo build --release --locked --workspace --all-targets
 worker_args=(serve
 	--model "${OPENLEDGER_MODELS:-$HOME/.cache/openledger/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
 	--embedding-model "${OPENLEDGER_MODELS:-$HOME/.cache/openledger/models}/all-MiniLM-L6-v2"
+	--allow-runtime-records
 	--listen "${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}")
 if [ -n "${OPENLEDGER_ADAPTERS:-}" ]; then
 	worker_args+=(--adapters "$OPENLEDGER_ADAPTERS")
@@ -44,6 +46,11 @@ http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}, for example:
     -d '{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}'
   curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/embeddings -H 'content-type: application/json' \\
     -d '{"input": ["a DataNet record", "another one"]}'
+  curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/records -H 'content-type: application/json' \\
+    -d '{"records": [{"id": "r1", "datanet": "demo", "text": "The access code of DataNet Alpha is BLUE-HERON-42."}]}'
+  curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"messages": [{"role": "user", "content": "What is the access code of DataNet Alpha?"}],
+         "retrieval": {"top_k": 1}, "attribution": {"method": "leave_one_out"}, "temperature": 0}'
 EOF
 # Until either stops (then the trap stops the other).
 set +e

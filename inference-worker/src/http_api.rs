@@ -60,6 +60,10 @@
 //!   `data` (`index`, `embedding`) is in the inputs' order, with `usage`. The requests waiting
 //!   are embedded together ([`crate::embedding_service`]); naming the embedding model at the
 //!   generation endpoints is a 400.
+//! - `POST /v1/retrieve` (`query`, `top_k`, `datanets`): the DataNet records most similar to
+//!   the query ([`crate::retrieval`]), from `--records` and, when allowed
+//!   ([`ApiState::with_records`]), `POST /v1/records` and `POST /v1/records/delete`. A chat's
+//!   `retrieval` adds the records found as documents (`retrieved` in the answer).
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base; `max_model_len`:
 //!   the most tokens a request may reach), and the embedding model.
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
@@ -118,6 +122,7 @@ use crate::{
 		TokenScores,
 	},
 	json_mode::JsonGrammar,
+	retrieval::{Record, VectorIndex, MAX_TOP_K},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
@@ -153,6 +158,10 @@ pub struct ApiState {
 	started: u64,
 	/// The sentence-embedding model (`/v1/embeddings`), if one is served, and its name.
 	embeddings: Option<(String, Arc<EmbeddingService>)>,
+	/// The DataNet records retrieval searches (with an embedding model).
+	records: Option<RwLock<VectorIndex>>,
+	/// Whether clients may add and delete records (`/v1/records`).
+	runtime_records: bool,
 }
 
 impl ApiState {
@@ -181,7 +190,17 @@ impl ApiState {
 			chat_template,
 			started: now(),
 			embeddings: None,
+			records: None,
+			runtime_records: false,
 		}
+	}
+
+	/// Serves retrieval over `index` (its vectors the embedding model's), letting clients add
+	/// and delete records if `runtime` (`/v1/records`; 403 otherwise).
+	pub fn with_records(mut self, index: VectorIndex, runtime: bool) -> Self {
+		self.records = Some(RwLock::new(index));
+		self.runtime_records = runtime;
+		self
 	}
 
 	/// Serves `service`'s sentence-embedding model as `name` (`/v1/embeddings`).
@@ -235,6 +254,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
 		.route("/v1/load_lora_adapter", post(load_adapter))
 		.route("/v1/unload_lora_adapter", post(unload_adapter))
 		.route("/v1/embeddings", post(embeddings))
+		.route("/v1/records", post(add_records))
+		.route("/v1/records/delete", post(delete_records))
+		.route("/v1/retrieve", post(retrieve))
 		.route("/tokenize", post(tokenize))
 		.route("/detokenize", post(detokenize))
 		.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -262,6 +284,25 @@ impl ApiError {
 			kind: "invalid_request_error",
 			code: "invalid_request",
 			message: message.into(),
+		}
+	}
+
+	/// A 403 for `what`, a change the worker was not started to allow (with `serve FLAG`),
+	/// unless `allowed`.
+	fn unless_allowed(
+		allowed: bool,
+		code: &'static str,
+		what: &str,
+		flag: &str,
+	) -> Result<(), Self> {
+		match allowed {
+			true => Ok(()),
+			false => Err(Self {
+				status: StatusCode::FORBIDDEN,
+				kind: "invalid_request_error",
+				code,
+				message: format!("{what} is off: start the worker with serve {flag}"),
+			}),
 		}
 	}
 
@@ -398,6 +439,21 @@ struct Body {
 	documents: Option<Vec<Source>>,
 	/// Chat, with `documents`: measure how much each contributed to each choice.
 	attribution: Option<AttributionBody>,
+	/// Chat: DataNet records retrieved as more documents.
+	retrieval: Option<RetrievalBody>,
+}
+
+/// A search of the records (`/v1/retrieve`, or a chat's `retrieval`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrievalBody {
+	/// What to look for (a chat's: its last user message when absent).
+	query: Option<String>,
+	/// How many records (4, up to [`MAX_TOP_K`]).
+	top_k: Option<usize>,
+	/// Only records of these DataNets (all when absent or empty).
+	#[serde(default)]
+	datanets: Vec<String>,
 }
 
 /// A chat's `attribution`: the method and its settings.
@@ -437,10 +493,12 @@ impl AttributionBody {
 	}
 }
 
-/// A chat's source documents: the prompt built around them, and the documents as given.
+/// A chat's source documents: the prompt built around them, the documents (given, then
+/// retrieved), and what retrieval found (`retrieved` in the answer).
 struct Grounding {
 	prompt: SourcedPrompt,
 	sources: Vec<Source>,
+	retrieved: Vec<Value>,
 }
 
 /// Refuses what `body` asks for at `endpoint` that is not served, rather than answer as if it
@@ -463,6 +521,7 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("function_call (use tool_choice)", none(&body.function_call, &[json!("none")])),
 		("documents (on chat only)", chat || body.documents.is_none()),
 		("attribution (on chat, with documents)", chat || body.attribution.is_none()),
+		("retrieval (on chat only)", chat || body.retrieval.is_none()),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
 		Some((field, _)) => {
@@ -1137,7 +1196,9 @@ async fn serve(
 	let attribution = match (&body.attribution, &grounding) {
 		(None, _) => None,
 		(Some(_), None) => {
-			return Err(ApiError::bad_request("attribution: needs documents to attribute to"))
+			return Err(ApiError::bad_request(
+				"attribution: needs documents to attribute to (none given, none retrieved)",
+			))
 		}
 		(Some(_), Some(_)) if body.stream == Some(true) => {
 			return Err(ApiError::bad_request("attribution: not served with stream"))
@@ -1256,6 +1317,9 @@ async fn serve(
 		"choices": choices,
 		"usage": usage_of(generations.iter().enumerate(), n),
 	});
+	if let Some(grounding) = grounding.filter(|g| !g.retrieved.is_empty()) {
+		answer["retrieved"] = json!(grounding.retrieved);
+	}
 	// vLLM puts a chat's (one prompt's) at the top.
 	if let (Endpoint::Chat, Some(k), Some(g)) = (endpoint, prompt_logprobs, generations.first()) {
 		answer["prompt_logprobs"] = prompt_logprobs_of(&state.tokenizer, g, k)?;
@@ -1576,7 +1640,26 @@ async fn chat_completions(
 		body.parallel_tool_calls,
 	)
 	.map_err(ApiError::bad_request)?;
-	let (prompt, grounding) = match body.documents.take() {
+	let mut sources = body.documents.take();
+	let mut retrieved = Vec::new();
+	if let Some(retrieval) = body.retrieval.take() {
+		let query = match retrieval.query.clone() {
+			Some(query) => query,
+			None => messages
+				.iter()
+				.rev()
+				.find(|m| m.role == "user")
+				.map(|m| m.content.clone())
+				.ok_or_else(|| ApiError::bad_request("retrieval: no query and no user message"))?,
+		};
+		retrieved = state.retrieve(&query, &retrieval).await?.0;
+		if !retrieved.is_empty() {
+			sources.get_or_insert_with(Vec::new).extend(retrieved.iter().map(|(record, _)| {
+				Source { id: Some(record.id.clone()), title: None, text: record.text.clone() }
+			}));
+		}
+	}
+	let (prompt, grounding) = match sources {
 		Some(sources) => {
 			let prompt = SourcedPrompt::new(
 				template,
@@ -1585,7 +1668,16 @@ async fn chat_completions(
 				&tools.definitions,
 				&sources,
 			)?;
-			(Prompt::Tokens(prompt.all()), Some(Grounding { prompt, sources }))
+			// The records retrieved, as the documents after those given.
+			let given = sources.len() - retrieved.len();
+			let retrieved = retrieved
+				.iter()
+				.enumerate()
+				.map(|(i, (record, score))| {
+					json!({"index": given + i, "id": record.id, "datanet": record.datanet, "score": score})
+				})
+				.collect();
+			(Prompt::Tokens(prompt.all()), Some(Grounding { prompt, sources, retrieved }))
 		}
 		None => {
 			(Prompt::Text(template.render_with_tools(&messages, &tools.definitions, true)?), None)
@@ -1793,6 +1885,127 @@ async fn embeddings(
 	}))
 }
 
+impl ApiState {
+	/// The embedding service and the records, or why retrieval is not served.
+	fn retrieval(&self) -> Result<(&EmbeddingService, &RwLock<VectorIndex>), ApiError> {
+		match (&self.embeddings, &self.records) {
+			(Some((_, service)), Some(records)) => Ok((service, records)),
+			_ => Err(ApiError::bad_request(
+				"this worker serves no records to retrieve (serve --embedding-model DIR)",
+			)),
+		}
+	}
+
+	/// The records most similar to `query` that `search` asks for, and the query's tokens.
+	async fn retrieve(
+		&self,
+		query: &str,
+		search: &RetrievalBody,
+	) -> Result<(Vec<(Record, f32)>, usize), ApiError> {
+		let (service, records) = self.retrieval()?;
+		let top_k = search.top_k.unwrap_or(DEFAULT_TOP_K);
+		if !(1..=MAX_TOP_K).contains(&top_k) {
+			return Err(ApiError::bad_request(format!("top_k: 1 to {MAX_TOP_K}, not {top_k}")));
+		}
+		if query.trim().is_empty() {
+			return Err(ApiError::bad_request("query: empty"));
+		}
+		let tokens = service.model().tokenize(query, Some(service.max_tokens()))?;
+		let count = tokens.len();
+		let vector = service.embed(vec![tokens]).await?.pop().unwrap_or_default();
+		let index = records.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+		let hits = index.search(&vector, top_k, &search.datanets);
+		Ok((hits.into_iter().map(|(r, score)| (r.clone(), score)).collect(), count))
+	}
+}
+
+/// How many records a search returns when it does not say.
+const DEFAULT_TOP_K: usize = 4;
+
+/// The records most similar to a query (`{"query", "top_k", "datanets"}`), most similar first.
+async fn retrieve(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<RetrievalBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+	let Json(body) = body?;
+	let query =
+		body.query.clone().ok_or_else(|| ApiError::bad_request("query: missing field `query`"))?;
+	let (hits, tokens) = state.retrieve(&query, &body).await?;
+	let data: Vec<Value> = hits
+		.iter()
+		.map(|(r, score)| json!({"id": r.id, "datanet": r.datanet, "text": r.text, "score": score}))
+		.collect();
+	Ok(Json(json!({
+		"object": "list",
+		"data": data,
+		"usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+	})))
+}
+
+/// `/v1/records`' body.
+#[derive(Debug, Deserialize)]
+struct RecordsBody {
+	records: Vec<Record>,
+}
+
+/// `/v1/records/delete`'s body.
+#[derive(Debug, Deserialize)]
+struct DeleteRecordsBody {
+	ids: Vec<String>,
+}
+
+impl ApiState {
+	/// Refuses record changes unless they are allowed.
+	fn runtime_records_allowed(&self) -> Result<(), ApiError> {
+		ApiError::unless_allowed(
+			self.runtime_records,
+			"runtime_records_disabled",
+			"adding and deleting records",
+			"--allow-runtime-records",
+		)
+	}
+}
+
+/// Adds records (or replaces those of the same ids), each embedded on its first tokens: all or
+/// none.
+async fn add_records(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<RecordsBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+	let Json(body) = body?;
+	let (service, records) = state.retrieval()?;
+	state.runtime_records_allowed()?;
+	if body.records.is_empty() || body.records.len() > MAX_EMBEDDING_INPUTS {
+		return Err(ApiError::bad_request(format!(
+			"records: 1 to {MAX_EMBEDDING_INPUTS} a request, not {}",
+			body.records.len()
+		)));
+	}
+	let mut inputs = Vec::with_capacity(body.records.len());
+	for (i, record) in body.records.iter().enumerate() {
+		record.check(&format!("record {i}"))?;
+		inputs.push(service.model().tokenize(&record.text, Some(service.max_tokens()))?);
+	}
+	let vectors = service.embed(inputs).await?;
+	let count = body.records.len();
+	let mut index = records.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+	index.insert(body.records.into_iter().zip(vectors).collect())?;
+	Ok(Json(json!({ "added": count, "total": index.len() })))
+}
+
+/// Deletes the records of the ids given (those not held are counted out).
+async fn delete_records(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<DeleteRecordsBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+	let Json(body) = body?;
+	let (_, records) = state.retrieval()?;
+	state.runtime_records_allowed()?;
+	let mut index = records.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+	let deleted = body.ids.iter().filter(|id| index.remove(id)).count();
+	Ok(Json(json!({ "deleted": deleted, "total": index.len() })))
+}
+
 /// `/detokenize`'s body (vLLM's).
 #[derive(Debug, Deserialize)]
 struct DetokenizeBody {
@@ -1821,17 +2034,12 @@ struct LoadAdapter {
 impl ApiState {
 	/// Refuses runtime adapter changes unless they are allowed.
 	fn runtime_adapters_allowed(&self) -> Result<(), ApiError> {
-		match self.runtime_adapters {
-			true => Ok(()),
-			false => Err(ApiError {
-				status: StatusCode::FORBIDDEN,
-				kind: "invalid_request_error",
-				code: "runtime_adapters_disabled",
-				message: "loading and unloading adapters is off: start the worker with serve \
-				          --allow-runtime-adapters"
-					.into(),
-			}),
-		}
+		ApiError::unless_allowed(
+			self.runtime_adapters,
+			"runtime_adapters_disabled",
+			"loading and unloading adapters",
+			"--allow-runtime-adapters",
+		)
 	}
 }
 

@@ -18,7 +18,7 @@
 //!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas.
 //! - [`embeddings`]: sentence embeddings (a BERT encoder in sentence-transformers' layout, such
 //!   as all-MiniLM-L6-v2) for retrieval; [`embedding_service`]: its serving thread, batching
-//!   the requests waiting together.
+//!   the requests waiting together; [`retrieval`]: DataNet records searched by similarity.
 //! - [`attribution`]: how much each source document given to a chat contributed to its answer
 //!   (leave-one-out, ContextCite), by scoring the answer under ablated prompts.
 //! - [`metrics`]: latency histograms for `/metrics`.
@@ -43,6 +43,7 @@ pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod models;
+pub mod retrieval;
 pub mod sampling;
 pub mod service;
 pub mod text_stream;

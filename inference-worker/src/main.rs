@@ -32,6 +32,7 @@ use openledger_inference_worker::{
 	kernel_model::KernelLlama,
 	lora::LoraAdapter,
 	model::{Llama, WeightFormat},
+	retrieval::{embed_records, read_records, VectorIndex},
 	sampling::SamplingParams,
 	service::EngineService,
 	tokenizer::Tokenizer,
@@ -121,6 +122,16 @@ struct ServeArgs {
 	/// The embedding model's name in requests and in `/v1/models` (default: its folder's name).
 	#[arg(long, requires = "embedding_model")]
 	served_embedding_model_name: Option<String>,
+	/// DataNet records to retrieve from (`/v1/retrieve`, a chat's `retrieval`): a JSON-lines
+	/// file of `{"id", "datanet", "text"}`, embedded at start-up.
+	#[arg(long, requires = "embedding_model")]
+	records: Option<PathBuf>,
+	/// The most records held for retrieval.
+	#[arg(long, default_value_t = 100_000)]
+	max_records: usize,
+	/// Let clients add and delete records (`/v1/records`, `/v1/records/delete`).
+	#[arg(long, requires = "embedding_model")]
+	allow_runtime_records: bool,
 	#[command(flatten)]
 	weights: WeightArgs,
 }
@@ -448,7 +459,20 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 			}
 			let model =
 				EmbeddingModel::load(dir).with_context(|| format!("loading {}", dir.display()))?;
-			Some((embedding_name, EmbeddingService::start(model)?))
+			let mut index = VectorIndex::new(model.dimensions(), args.max_records);
+			if let Some(path) = &args.records {
+				let records = read_records(path)?;
+				let count = records.len();
+				let embedding = format!("embedding {count} records of {}", path.display());
+				let progress =
+					indicatif::ProgressBar::new_spinner().with_message(embedding.clone());
+				progress.enable_steady_tick(std::time::Duration::from_millis(200));
+				let entries = embed_records(&model, records).context(embedding)?;
+				index.insert(entries).with_context(|| format!("indexing {}", path.display()))?;
+				progress
+					.finish_with_message(format!("{count} records of {} indexed", path.display()));
+			}
+			Some((embedding_name, EmbeddingService::start(model)?, index))
 		}
 		None => None,
 	};
@@ -483,8 +507,9 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 	let mut state = ApiState::new(engine, name, tokenizer, adapters)
 		.with_adapters_dir(args.adapters.clone())
 		.with_runtime_adapters(args.allow_runtime_adapters);
-	if let Some((name, service)) = embeddings {
-		state = state.with_embeddings(name, service);
+	if let Some((name, service, index)) = embeddings {
+		state =
+			state.with_embeddings(name, service).with_records(index, args.allow_runtime_records);
 	}
 	let state = Arc::new(state);
 	let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -16,7 +16,7 @@ use openledger_inference_worker::{
 	chat::Message,
 	decoder::Decoder,
 	embedding_service::EmbeddingService,
-	embeddings::EmbeddingModel,
+	embeddings::{cosine, EmbeddingModel},
 	engine::EngineConfig,
 	generate::{generate, FinishReason, Generation, GenerationRequest, ResponseFormat},
 	http_api::{self, ApiState},
@@ -25,6 +25,7 @@ use openledger_inference_worker::{
 	lora::{LoraAdapter, Projection},
 	model::{Llama, WeightFormat},
 	models,
+	retrieval::VectorIndex,
 	sampling::SamplingParams,
 	service::EngineService,
 	tokenizer::Tokenizer,
@@ -1627,6 +1628,10 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 	let elsewhere = tempfile::tempdir().unwrap();
 	let extra = elsewhere.path().join("gamma");
 	write_adapter(&model, &extra, 3, 8, &TARGETS);
+	let records = elsewhere.path().join("records.jsonl");
+	let lines: Vec<String> =
+		records_json().as_array().unwrap().iter().map(Value::to_string).collect();
+	std::fs::write(&records, lines.join("\n")).unwrap();
 	let mut child = Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
 		.arg("serve")
 		.arg("--model")
@@ -1638,6 +1643,8 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 		.arg("--allow-runtime-adapters")
 		.arg("--embedding-model")
 		.arg(models::minilm_dir())
+		.arg("--records")
+		.arg(&records)
 		.stderr(Stdio::piped())
 		.spawn()
 		.unwrap();
@@ -1664,6 +1671,11 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 	);
 	assert_eq!(status, 200, "{answer}");
 	assert_eq!(vectors(&answer).iter().map(Vec::len).collect::<Vec<_>>(), [384, 384]);
+	let (status, found) =
+		post(address, "/v1/retrieve", &json!({"query": "the access code of DataNet Alpha"}));
+	assert_eq!(status, 200, "{found}");
+	assert_eq!(found["data"].as_array().unwrap().len(), 3);
+	assert_eq!(found["data"][0]["id"], "rec-2");
 	let (status, answer) = post(
 		address,
 		"/v1/completions",
@@ -1719,6 +1731,22 @@ fn the_serve_command_serves_a_folder_of_adapters() {
 	assert!(!output.status.success());
 	let stderr = String::from_utf8_lossy(&output.stderr);
 	assert!(stderr.contains(r#"two adapters are named "alpha""#), "{stderr}");
+
+	// A malformed records file is refused, naming its line, before anything is served.
+	std::fs::write(&records, format!("{}\n\n{{\"id\": \"x\"}}\n", lines[0])).unwrap();
+	let output = Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
+		.arg("serve")
+		.arg("--model")
+		.arg(models::smollm2_gguf())
+		.arg("--embedding-model")
+		.arg(models::minilm_dir())
+		.arg("--records")
+		.arg(&records)
+		.output()
+		.unwrap();
+	assert!(!output.status.success());
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(stderr.contains("records.jsonl line 3: missing field `datanet`"), "{stderr}");
 }
 
 /// The embedding model's name in the embedding tests.
@@ -1994,4 +2022,155 @@ fn chats_with_documents_are_attributed_to_them() {
 		json!({"prompt": "Hi", "documents": documents}),
 		"documents (on chat only)",
 	);
+}
+
+/// The records of the retrieval tests: (id, DataNet, text).
+const RECORDS: [(&str, &str, &str); 3] = [
+	("rec-1", "weather", "DataNet Beta collects weather readings from 40 stations."),
+	("rec-2", "alpha", "The access code of DataNet Alpha is BLUE-HERON-42."),
+	("rec-3", "ops", "Curators review every record within two days."),
+];
+
+fn records_json() -> Value {
+	json!(RECORDS
+		.iter()
+		.map(|(id, datanet, text)| json!({"id": id, "datanet": datanet, "text": text}))
+		.collect::<Vec<_>>())
+}
+
+#[test]
+fn records_are_retrieved_into_chats_and_attributed() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let serve_with = |index: VectorIndex, runtime: bool| {
+		let engine = EngineService::start(
+			model.clone(),
+			tokenizer.clone(),
+			EngineConfig::default(),
+			Vec::new(),
+		)
+		.unwrap();
+		let embedder =
+			EmbeddingService::start(EmbeddingModel::load(&models::minilm_dir()).unwrap());
+		serve_state(
+			ApiState::new(engine, MODEL, tokenizer.clone(), Vec::new())
+				.with_embeddings(EMBEDDER, embedder.unwrap())
+				.with_records(index, runtime),
+		)
+	};
+	let address = serve_with(VectorIndex::new(384, 4), true);
+	let (status, added) = post(address, "/v1/records", &json!({"records": records_json()}));
+	assert_eq!(status, 200, "{added}");
+	assert_eq!(added, json!({"added": 3, "total": 3}));
+
+	// The most similar first, with the library's cosine similarities.
+	let embedder = EmbeddingModel::load(&models::minilm_dir()).unwrap();
+	let vector =
+		|text: &str| embedder.embed(&[embedder.tokenize(text, None).unwrap()]).unwrap().remove(0);
+	let question = "What is the access code of DataNet Alpha?";
+	let (status, found) = post(address, "/v1/retrieve", &json!({"query": question, "top_k": 2}));
+	assert_eq!(status, 200, "{found}");
+	let data = found["data"].as_array().unwrap();
+	assert_eq!(data.len(), 2);
+	assert_eq!(data[0]["id"], "rec-2");
+	assert_eq!(data[0]["text"], RECORDS[1].2);
+	let q = vector(question);
+	for hit in data {
+		let text = hit["text"].as_str().unwrap();
+		let want = cosine(&q, &vector(text));
+		assert!((hit["score"].as_f64().unwrap() as f32 - want).abs() < 1e-5, "{hit}");
+	}
+	assert!(data[0]["score"].as_f64() > data[1]["score"].as_f64());
+	let (_, filtered) = post(
+		address,
+		"/v1/retrieve",
+		&json!({"query": question, "datanets": ["weather", "ops"], "top_k": 5}),
+	);
+	let ids: Vec<&str> =
+		filtered["data"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+	assert_eq!(ids.len(), 2);
+	assert!(!ids.contains(&"rec-2"), "{filtered}");
+
+	// A chat that retrieves its documents, attributed to the records by id.
+	let chat = |extra: Value| {
+		let mut body = json!({"messages": [{"role": "user", "content": question}], "max_tokens": 24, "temperature": 0});
+		body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+		post(address, "/v1/chat/completions", &body)
+	};
+	let (status, answer) =
+		chat(json!({"retrieval": {"top_k": 1}, "attribution": {"method": "leave_one_out"}}));
+	assert_eq!(status, 200, "{answer}");
+	assert!(
+		answer["choices"][0]["message"]["content"].as_str().unwrap().contains("BLUE-HERON-42"),
+		"{answer}"
+	);
+	assert_eq!(answer["retrieved"][0]["id"], "rec-2");
+	assert_eq!(answer["retrieved"][0]["datanet"], "alpha");
+	let scores = &answer["choices"][0]["attribution"]["scores"];
+	assert_eq!(scores[0]["id"], "rec-2");
+	assert!(scores[0]["score"].as_f64().unwrap() > 10.0, "{scores}");
+	// Given documents first, the records retrieved after them.
+	let (status, answer) = chat(json!({
+		"documents": [{"id": "given", "text": "Rewards are paid in OPEN."}],
+		"retrieval": {"top_k": 2, "datanets": ["alpha", "ops"]},
+	}));
+	assert_eq!(status, 200, "{answer}");
+	let retrieved: Vec<(u64, &str)> = answer["retrieved"]
+		.as_array()
+		.unwrap()
+		.iter()
+		.map(|r| (r["index"].as_u64().unwrap(), r["id"].as_str().unwrap()))
+		.collect();
+	assert_eq!(retrieved, [(1, "rec-2"), (2, "rec-3")]);
+	// A search that finds nothing leaves the chat without documents.
+	let (status, answer) = chat(json!({"retrieval": {"datanets": ["none"]}}));
+	assert_eq!(status, 200, "{answer}");
+	assert!(answer.get("retrieved").is_none(), "{answer}");
+	let (status, _) = chat(json!({"retrieval": {"datanets": ["none"]}, "attribution": {}}));
+	assert_eq!(status, 400);
+
+	// Full at 4: two new records are refused (nothing added), a replacement is taken.
+	let more = json!({"records": [
+		{"id": "rec-4", "datanet": "ops", "text": "Four."},
+		{"id": "rec-5", "datanet": "ops", "text": "Five."},
+	]});
+	refused_at(address, "/v1/records", more, "would make 5, more than the index holds (4)");
+	let replace = json!({"records": [{"id": "rec-3", "datanet": "ops", "text": "Curators answer within a day."}]});
+	let (status, replaced) = post(address, "/v1/records", &replace);
+	assert_eq!((status, replaced), (200, json!({"added": 1, "total": 3})));
+	let (status, deleted) = post(address, "/v1/records/delete", &json!({"ids": ["rec-1", "nope"]}));
+	assert_eq!((status, deleted), (200, json!({"deleted": 1, "total": 2})));
+
+	// Refused, each with its reason.
+	refused_at(
+		address,
+		"/v1/retrieve",
+		json!({"query": question, "top_k": 0}),
+		"top_k: 1 to 64, not 0",
+	);
+	refused_at(address, "/v1/retrieve", json!({"query": question, "top_k": 65}), "not 65");
+	refused_at(address, "/v1/retrieve", json!({"query": " "}), "query: empty");
+	refused_at(address, "/v1/retrieve", json!({}), "missing field `query`");
+	refused_at(address, "/v1/retrieve", json!({"query": "x", "k": 2}), "unknown field");
+	refused_at(address, "/v1/records", json!({"records": []}), "records: 1 to 2048");
+	refused_at(
+		address,
+		"/v1/records",
+		json!({"records": [{"id": "a", "datanet": "d", "text": ""}]}),
+		"record 0: its text has 0 bytes",
+	);
+	refused_at(
+		address,
+		"/v1/completions",
+		json!({"prompt": "Hi", "retrieval": {}}),
+		"retrieval (on chat only)",
+	);
+	// Without --allow-runtime-records, records cannot be changed; without an embedding
+	// model, nothing is retrieved.
+	let locked = serve_with(VectorIndex::new(384, 4), false);
+	let (status, answer) = post(locked, "/v1/records", &json!({"records": records_json()}));
+	assert_eq!(status, 403, "{answer}");
+	let (status, answer) = post(locked, "/v1/records/delete", &json!({"ids": ["rec-1"]}));
+	assert_eq!(status, 403, "{answer}");
+	let plain = start(model.clone(), tokenizer.clone(), Vec::new(), EngineConfig::default());
+	refused_at(plain, "/v1/retrieve", json!({"query": question}), "serves no records");
 }
