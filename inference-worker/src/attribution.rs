@@ -14,7 +14,9 @@
 //! The sources are placed in the system message (after the request's own system message, if
 //! any) as numbered blocks, each tokenized on its own ([`SourcedPrompt`]), so leaving one out
 //! removes exactly its tokens and every prompt shares the tokens before the first source left
-//! out. The answer is generated from the prompt with every source, the same tokens.
+//! out; special tokens written in a source are tokenized as text (a record cannot open or close
+//! a chat's turns). The answer is generated from the prompt with every source, the same tokens,
+//! and scored as generated (a stop token, or the token that completed a stop sequence, included).
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Deserialize;
@@ -115,7 +117,7 @@ impl SourcedPrompt {
 			sources: sources
 				.iter()
 				.enumerate()
-				.map(|(i, source)| tokenizer.encode_continuation(&source.block(i)))
+				.map(|(i, source)| tokenizer.encode_literal(&source.block(i)))
 				.collect::<Result<_>>()?,
 			tail: tokenizer.encode_continuation(&tail)?,
 		})
@@ -241,7 +243,7 @@ impl Ablations {
 	/// order of [`Self::masks`]).
 	pub fn scores(&self, logprobs: &[f64]) -> Result<Vec<f64>> {
 		if logprobs.len() != self.masks.len() {
-			return Err(Error::Request(format!(
+			return Err(Error::Batch(format!(
 				"{} log-probabilities for {} ablations",
 				logprobs.len(),
 				self.masks.len()
@@ -260,10 +262,10 @@ impl Ablations {
 /// [`Ablations::requests`]).
 pub fn answer_logprob(scored: &Generation, answer: usize) -> Result<f64> {
 	let logprobs = scored.prompt_logprobs.as_ref().map(|p| &p.logprobs).ok_or_else(|| {
-		Error::Request("the scoring request has no prompt log-probabilities".into())
+		Error::Batch("the scoring request has no prompt log-probabilities".into())
 	})?;
 	let from = logprobs.len().checked_sub(answer).ok_or_else(|| {
-		Error::Request(format!("{answer} answer tokens, {} scored", logprobs.len()))
+		Error::Batch(format!("{answer} answer tokens, {} scored", logprobs.len()))
 	})?;
 	Ok(logprobs[from..].iter().map(|&l| f64::from(l)).sum())
 }

@@ -113,46 +113,65 @@ impl EmbeddingService {
 
 /// The thread's loop: until every handle is gone, take the requests waiting and embed them.
 fn serve(model: &EmbeddingModel, queue: &mpsc::Receiver<Job>, stats: &EmbeddingStats) {
-	while let Ok(first) = queue.recv() {
+	// A request taken from the queue that did not fit the last turn: the next one's first.
+	let mut pending = None;
+	loop {
+		let first = match pending.take() {
+			Some(job) => job,
+			None => match queue.recv() {
+				Ok(job) => job,
+				Err(_) => return,
+			},
+		};
+		let mut inputs = first.inputs.len();
 		let mut turn = vec![first];
-		let mut inputs = turn[0].inputs.len();
+		// Whole requests while they fit.
 		while inputs < MAX_TURN_INPUTS {
 			match queue.try_recv() {
-				Ok(job) => {
+				Ok(job) if inputs + job.inputs.len() <= MAX_TURN_INPUTS => {
 					inputs += job.inputs.len();
 					turn.push(job);
+				}
+				Ok(job) => {
+					pending = Some(job);
+					break;
 				}
 				Err(_) => break,
 			}
 		}
-		let (live, gone): (Vec<Job>, Vec<Job>) =
-			turn.into_iter().partition(|job| !job.reply.is_closed());
-		stats.cancelled.fetch_add(gone.len() as u64, Ordering::Relaxed);
-		if live.is_empty() {
-			continue;
-		}
-		let all: Vec<Vec<u32>> = live.iter().flat_map(|job| job.inputs.iter().cloned()).collect();
-		let tokens: usize = all.iter().map(Vec::len).sum();
-		stats.turns.fetch_add(1, Ordering::Relaxed);
-		match model.embed(&all) {
-			Ok(vectors) => {
-				stats.inputs.fetch_add(all.len() as u64, Ordering::Relaxed);
-				stats.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
-				let mut vectors = vectors.into_iter();
-				for job in live {
-					let mine = vectors.by_ref().take(job.inputs.len()).collect();
-					stats.requests.fetch_add(1, Ordering::Relaxed);
-					// A client that left in the meantime no longer wants them.
-					let _ = job.reply.send(Ok(mine));
-				}
+		run_turn(model, turn, stats);
+	}
+}
+
+/// Embeds the inputs of `turn`'s requests together and answers each.
+fn run_turn(model: &EmbeddingModel, turn: Vec<Job>, stats: &EmbeddingStats) {
+	let (live, gone): (Vec<Job>, Vec<Job>) =
+		turn.into_iter().partition(|job| !job.reply.is_closed());
+	stats.cancelled.fetch_add(gone.len() as u64, Ordering::Relaxed);
+	if live.is_empty() {
+		return;
+	}
+	let all: Vec<Vec<u32>> = live.iter().flat_map(|job| job.inputs.iter().cloned()).collect();
+	let tokens: usize = all.iter().map(Vec::len).sum();
+	stats.turns.fetch_add(1, Ordering::Relaxed);
+	match model.embed(&all) {
+		Ok(vectors) => {
+			stats.inputs.fetch_add(all.len() as u64, Ordering::Relaxed);
+			stats.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+			let mut vectors = vectors.into_iter();
+			for job in live {
+				let mine = vectors.by_ref().take(job.inputs.len()).collect();
+				stats.requests.fetch_add(1, Ordering::Relaxed);
+				// A client that left in the meantime no longer wants them.
+				let _ = job.reply.send(Ok(mine));
 			}
-			Err(e) => {
-				tracing::warn!(error = %e, inputs = all.len(), "embedding batch failed");
-				let message = e.to_string();
-				for job in live {
-					stats.requests.fetch_add(1, Ordering::Relaxed);
-					let _ = job.reply.send(Err(Error::Batch(message.clone())));
-				}
+		}
+		Err(e) => {
+			tracing::warn!(error = %e, inputs = all.len(), "embedding batch failed");
+			let message = e.to_string();
+			for job in live {
+				stats.requests.fetch_add(1, Ordering::Relaxed);
+				let _ = job.reply.send(Err(Error::Batch(message.clone())));
 			}
 		}
 	}

@@ -254,11 +254,20 @@ impl EmbeddingModel {
 	}
 
 	/// The token ids of `text` with the model's special tokens (`[CLS] … [SEP]`), cut to the
-	/// first `truncate` tokens (special tokens kept, as sentence-transformers cuts) when given.
+	/// first `truncate` tokens (special tokens kept, as sentence-transformers cuts) when given;
+	/// `truncate` must leave room for at least one token of text.
 	pub fn tokenize(&self, text: &str, truncate: Option<usize>) -> Result<Vec<u32>> {
 		let encode = |special| {
 			self.tokenizer.encode(text, special).map_err(|e| Error::Tokenizer(e.to_string()))
 		};
+		if truncate.is_some_and(|max| max <= self.added_tokens) {
+			return Err(Error::Request(format!(
+				"truncation to {} tokens leaves none for the text beside the model's {} special \
+				 tokens",
+				truncate.unwrap_or_default(),
+				self.added_tokens
+			)));
+		}
 		let encoding = encode(true)?;
 		match truncate {
 			Some(max) if encoding.len() > max => {

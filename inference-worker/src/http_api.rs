@@ -112,7 +112,7 @@ use serde_json::{json, Value};
 use crate::{
 	attribution::{
 		answer_logprob, Ablations, Method, Source, SourcedPrompt, DEFAULT_ABLATIONS,
-		DEFAULT_LASSO_PENALTY,
+		DEFAULT_LASSO_PENALTY, MAX_SOURCES,
 	},
 	chat::{ChatTemplate, Message},
 	embedding_service::EmbeddingService,
@@ -1640,9 +1640,22 @@ async fn chat_completions(
 		body.parallel_tool_calls,
 	)
 	.map_err(ApiError::bad_request)?;
+	// What would be refused later is refused before the query is embedded.
+	refuse_unserved(Endpoint::Chat, &body)?;
+	if body.attribution.is_some() && body.stream == Some(true) {
+		return Err(ApiError::bad_request("attribution: not served with stream"));
+	}
 	let mut sources = body.documents.take();
 	let mut retrieved = Vec::new();
 	if let Some(retrieval) = body.retrieval.take() {
+		let given = sources.as_ref().map_or(0, Vec::len);
+		let top_k = retrieval.top_k.unwrap_or(DEFAULT_TOP_K);
+		if given + top_k > MAX_SOURCES {
+			return Err(ApiError::bad_request(format!(
+				"retrieval.top_k: {given} documents given and {top_k} retrieved would be more \
+				 than {MAX_SOURCES}"
+			)));
+		}
 		let query = match retrieval.query.clone() {
 			Some(query) => query,
 			None => messages
@@ -1967,7 +1980,7 @@ impl ApiState {
 }
 
 /// Adds records (or replaces those of the same ids), each embedded on its first tokens: all or
-/// none.
+/// none. Answers how many were new (`added`) and how many are held (`total`).
 async fn add_records(
 	State(state): State<Arc<ApiState>>,
 	body: Result<Json<RecordsBody>, JsonRejection>,
@@ -1987,10 +2000,9 @@ async fn add_records(
 		inputs.push(service.model().tokenize(&record.text, Some(service.max_tokens()))?);
 	}
 	let vectors = service.embed(inputs).await?;
-	let count = body.records.len();
 	let mut index = records.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-	index.insert(body.records.into_iter().zip(vectors).collect())?;
-	Ok(Json(json!({ "added": count, "total": index.len() })))
+	let added = index.insert(body.records.into_iter().zip(vectors).collect())?;
+	Ok(Json(json!({ "added": added, "total": index.len() })))
 }
 
 /// Deletes the records of the ids given (those not held are counted out).

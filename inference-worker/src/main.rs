@@ -462,15 +462,19 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 			let mut index = VectorIndex::new(model.dimensions(), args.max_records);
 			if let Some(path) = &args.records {
 				let records = read_records(path)?;
-				let count = records.len();
-				let embedding = format!("embedding {count} records of {}", path.display());
+				let embedding =
+					format!("embedding {} records of {}", records.len(), path.display());
 				let progress =
 					indicatif::ProgressBar::new_spinner().with_message(embedding.clone());
 				progress.enable_steady_tick(std::time::Duration::from_millis(200));
 				let entries = embed_records(&model, records).context(embedding)?;
-				index.insert(entries).with_context(|| format!("indexing {}", path.display()))?;
-				progress
-					.finish_with_message(format!("{count} records of {} indexed", path.display()));
+				let added = index
+					.insert(entries)
+					.with_context(|| format!("indexing {}", path.display()))?;
+				progress.finish_with_message(format!(
+					"{added} records of {} indexed (a later line of an id replaces the earlier)",
+					path.display()
+				));
 			}
 			Some((embedding_name, EmbeddingService::start(model)?, index))
 		}

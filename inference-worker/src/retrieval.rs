@@ -1,6 +1,6 @@
 //! Retrieval over DataNet records: each record's embedding ([`crate::embeddings`]) kept in
-//! memory, searched exactly (a dot product with every record of the DataNets asked for: the
-//! vectors are normalized, so it is their cosine similarity). A record is embedded on its first
+//! memory, normalized, and searched exactly (the cosine similarity of the query with every
+//! record of the DataNets asked for). A record is embedded on its first
 //! [`crate::embeddings::EmbeddingModel::max_tokens`] tokens and served whole as a source
 //! document ([`crate::attribution`]).
 
@@ -9,7 +9,7 @@ use std::{collections::HashMap, path::Path};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-	embeddings::EmbeddingModel,
+	embeddings::{normalize, EmbeddingModel},
 	error::{Error, Result},
 };
 
@@ -95,9 +95,9 @@ impl VectorIndex {
 		self.positions.get(id).map(|&i| &self.records[i])
 	}
 
-	/// Adds each record with its vector, or replaces the record of the same id: all or none
-	/// (an error leaves the index as it was).
-	pub fn insert(&mut self, entries: Vec<(Record, Vec<f32>)>) -> Result<()> {
+	/// Adds each record with its vector (kept normalized), or replaces the record of the same
+	/// id: all or none (an error leaves the index as it was). Returns how many were new.
+	pub fn insert(&mut self, entries: Vec<(Record, Vec<f32>)>) -> Result<usize> {
 		let mut new_ids = std::collections::HashSet::new();
 		for (i, (record, vector)) in entries.iter().enumerate() {
 			if vector.len() != self.dimensions {
@@ -119,7 +119,9 @@ impl VectorIndex {
 				self.capacity
 			)));
 		}
-		for (record, vector) in entries {
+		let added = new_ids.len();
+		for (record, mut vector) in entries {
+			normalize(&mut vector);
 			match self.positions.get(&record.id) {
 				Some(&i) => {
 					self.vectors[i * self.dimensions..][..self.dimensions].copy_from_slice(&vector);
@@ -132,7 +134,7 @@ impl VectorIndex {
 				}
 			}
 		}
-		Ok(())
+		Ok(added)
 	}
 
 	/// Removes the record of `id`; whether there was one.
@@ -149,10 +151,12 @@ impl VectorIndex {
 		true
 	}
 
-	/// The `k` records most similar to `query` (highest dot product first; ties by id), among
-	/// those of `datanets` (all when empty).
+	/// The `k` records most similar to `query` (highest cosine similarity first; ties by id),
+	/// among those of `datanets` (all when empty).
 	pub fn search(&self, query: &[f32], k: usize, datanets: &[String]) -> Vec<(&Record, f32)> {
 		let d = self.dimensions;
+		let mut query = query.to_vec();
+		normalize(&mut query);
 		let mut scored: Vec<(&Record, f32)> = self
 			.records
 			.iter()
@@ -160,7 +164,7 @@ impl VectorIndex {
 			.filter(|(_, r)| datanets.is_empty() || datanets.contains(&r.datanet))
 			.map(|(i, r)| {
 				let v = &self.vectors[i * d..][..d];
-				(r, v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>())
+				(r, v.iter().zip(&query).map(|(a, b)| a * b).sum::<f32>())
 			})
 			.collect();
 		let by_score =
@@ -232,7 +236,7 @@ mod tests {
 		assert!(index.insert(vec![(record("d", "x"), vec![1.0, 0.0])]).is_err());
 		assert!(index.insert(vec![(record("a", "y"), vec![1.0])]).is_err());
 		assert_eq!(index.len(), 3);
-		index.insert(vec![(record("a", "y"), vec![0.0, -1.0])]).unwrap();
+		assert_eq!(index.insert(vec![(record("a", "y"), vec![0.0, -2.0])]).unwrap(), 0);
 		assert_eq!(index.get("a").unwrap().datanet, "y");
 		assert_eq!(ids(index.search(&[0.0, 1.0], 5, &["y".into()])), ["c", "a"]);
 		// Removing the first moves the last into its place.
@@ -240,7 +244,8 @@ mod tests {
 		assert!(!index.remove("a"));
 		assert_eq!(index.len(), 2);
 		assert_eq!(ids(index.search(&[0.0, 1.0], 5, &[])), ["c", "b"]);
-		let hits = index.search(&[0.6, 0.8], 1, &[]);
+		// Vectors and queries are normalized: scores are cosine similarities.
+		let hits = index.search(&[3.0, 4.0], 1, &[]);
 		assert_eq!(hits[0].0.id, "b");
 		assert!((hits[0].1 - 1.0).abs() < 1e-6);
 		index.insert(vec![(record("e", "x"), vec![0.0, 1.0])]).unwrap();

@@ -38,6 +38,9 @@ pub struct Tokenizer {
 	pub chat_template: Option<String>,
 	/// Each token's bytes, worked out when first asked for (see [`Tokenizer::token_bytes`]).
 	token_bytes: Arc<OnceLock<TokenBytes>>,
+	/// The same tokenizer with special tokens' text not recognised, made when first asked for
+	/// (see [`Tokenizer::encode_literal`]).
+	literal: Arc<OnceLock<tokenizers::Tokenizer>>,
 }
 
 /// Each token's bytes, by id, in one buffer, and a byte trie over them (structured output
@@ -172,6 +175,7 @@ impl Tokenizer {
 			add_bos: false,
 			chat_template: None,
 			token_bytes: Default::default(),
+			literal: Default::default(),
 		};
 		let config_path = path.with_file_name("tokenizer_config.json");
 		if config_path.exists() {
@@ -267,6 +271,7 @@ impl Tokenizer {
 				.unwrap_or(false),
 			chat_template: get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned(),
 			token_bytes: Default::default(),
+			literal: Default::default(),
 		})
 	}
 
@@ -286,6 +291,19 @@ impl Tokenizer {
 	/// The ids of `text` that follows other tokens: no BOS, whatever the model asks for.
 	pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
 		let encoding = self.inner.encode(text, false).map_err(tokenizer_error)?;
+		Ok(encoding.get_ids().to_vec())
+	}
+
+	/// The ids of `text` as [`Tokenizer::encode_continuation`] gives them, except that special
+	/// tokens written in it (`<|im_end|>`, ...) are text like any other: what a third party
+	/// wrote cannot open or close a chat's turns.
+	pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>> {
+		let literal = self.literal.get_or_init(|| {
+			let mut literal = self.inner.clone();
+			literal.set_encode_special_tokens(true);
+			literal
+		});
+		let encoding = literal.encode(text, false).map_err(tokenizer_error)?;
 		Ok(encoding.get_ids().to_vec())
 	}
 

@@ -1869,6 +1869,7 @@ fn bad_embedding_requests_are_refused_with_a_reason() {
 	for k in [0, -2, 257] {
 		refused(json!({"input": "hi", "truncate_prompt_tokens": k}), "truncate_prompt_tokens");
 	}
+	refused(json!({"input": "hi", "truncate_prompt_tokens": 2}), "leaves none for the text");
 	refused(json!({"input": "hi", "encoding_format": 1}), "encoding_format");
 	// The base model does not embed, and the embedding model does not generate.
 	let (status, answer) = post(address, "/v1/embeddings", &json!({"model": MODEL, "input": "hi"}));
@@ -2136,7 +2137,7 @@ fn records_are_retrieved_into_chats_and_attributed() {
 	refused_at(address, "/v1/records", more, "would make 5, more than the index holds (4)");
 	let replace = json!({"records": [{"id": "rec-3", "datanet": "ops", "text": "Curators answer within a day."}]});
 	let (status, replaced) = post(address, "/v1/records", &replace);
-	assert_eq!((status, replaced), (200, json!({"added": 1, "total": 3})));
+	assert_eq!((status, replaced), (200, json!({"added": 0, "total": 3})));
 	let (status, deleted) = post(address, "/v1/records/delete", &json!({"ids": ["rec-1", "nope"]}));
 	assert_eq!((status, deleted), (200, json!({"deleted": 1, "total": 2})));
 
@@ -2148,6 +2149,13 @@ fn records_are_retrieved_into_chats_and_attributed() {
 		"top_k: 1 to 64, not 0",
 	);
 	refused_at(address, "/v1/retrieve", json!({"query": question, "top_k": 65}), "not 65");
+	let (status, answer) = chat(json!({
+		"documents": vec![json!({"text": "x"}); 62],
+		"retrieval": {"top_k": 3},
+	}));
+	assert_eq!(status, 400, "{answer}");
+	let message = answer["error"]["message"].as_str().unwrap();
+	assert!(message.contains("62 documents given and 3 retrieved"), "{message}");
 	refused_at(address, "/v1/retrieve", json!({"query": " "}), "query: empty");
 	refused_at(address, "/v1/retrieve", json!({}), "missing field `query`");
 	refused_at(address, "/v1/retrieve", json!({"query": "x", "k": 2}), "unknown field");
