@@ -46,7 +46,7 @@ fn texts() -> Vec<String> {
 	];
 	(0..TEXTS)
 		.map(|i| {
-			let words = 6 + (i * 37) % 150;
+			let words = 6 + (i * 37) % 120;
 			let body: Vec<&str> = (0..words).map(|w| WORDS[(i * 7 + w * 3 + w / 5) % 16]).collect();
 			format!("Record {i} of DataNet {}: {}.", i % 9, body.join(" "))
 		})
@@ -94,10 +94,11 @@ fn main() {
 	assert!(dir.exists(), "{} is missing: run scripts/fetch-models.sh", dir.display());
 	let model = EmbeddingModel::load(&dir).unwrap();
 	let texts = texts();
-	let tokens: usize = texts.iter().map(|t| model.tokenize(t, None).unwrap().len()).sum();
+	let tokens: usize =
+		texts.iter().map(|t| model.tokenize(t, Some(model.max_tokens())).unwrap().len()).sum();
 	let embed = |texts: &[String]| {
 		let inputs: Vec<Vec<u32>> =
-			texts.iter().map(|t| model.tokenize(t, None).unwrap()).collect();
+			texts.iter().map(|t| model.tokenize(t, Some(model.max_tokens())).unwrap()).collect();
 		model.embed(&inputs).unwrap()
 	};
 	let ours = best_of(|| {
