@@ -6,7 +6,8 @@
 //!   its own batching (inputs sorted by length, 32 a batch, its default), torch's threads set to
 //!   the worker's;
 //! - ours: `EmbeddingModel::tokenize` and `embed` (inputs sorted by length, batches of at most
-//!   8,192 padded tokens), tokenization included as in `encode`.
+//!   16 MiB of temporaries), tokenization included as in `encode`, with malloc keeping freed
+//!   blocks as the worker's `main` has it (`allocator`).
 //!
 //! Each side embeds all the texts once to warm up, then three times; the fastest pass counts.
 //! Then the first 64 texts one call each (a request at a time). Needs python3 with torch and
@@ -90,6 +91,8 @@ fn sentence_transformers(texts: &[String], threads: usize) -> Result<(f64, f64, 
 fn main() {
 	// SAFETY: first thing in `main`, before any other thread exists.
 	let threads = unsafe { openledger_inference_worker::threads::settle_cpu_threads() };
+	// As the worker's `main` does.
+	openledger_inference_worker::allocator::keep_freed_memory();
 	let dir = models::minilm_dir();
 	assert!(dir.exists(), "{} is missing: run scripts/fetch-models.sh", dir.display());
 	let model = EmbeddingModel::load(&dir).unwrap();

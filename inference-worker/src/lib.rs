@@ -23,9 +23,11 @@
 //!   (leave-one-out, ContextCite), by scoring the answer under ablated prompts.
 //! - [`metrics`]: latency histograms for `/metrics`.
 //! - [`models`]: where the real models live on this machine.
-//! - [`threads`]: the CPU thread count, settled once per process.
+//! - [`threads`]: the CPU thread count, and [`allocator`]: how malloc keeps large blocks,
+//!   settled once per process.
 
 pub mod adapter_cache;
+pub mod allocator;
 pub mod attribution;
 pub mod chat;
 pub mod config;

@@ -270,6 +270,7 @@ enum Quantize {
 fn main() -> Result<()> {
 	// SAFETY: first thing in `main`, before any other thread exists.
 	unsafe { openledger_inference_worker::threads::settle_cpu_threads() };
+	openledger_inference_worker::allocator::keep_freed_memory();
 	tracing_subscriber::fmt()
 		.with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
 		.with_writer(std::io::stderr)

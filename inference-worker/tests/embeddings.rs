@@ -100,7 +100,7 @@ fn matches_sentence_transformers() {
 #[test]
 fn many_inputs_split_into_batches_keep_their_order() {
 	let model = load();
-	// Past MAX_BATCH_TOKENS in all (8192 padded tokens): several batches, longest first.
+	// Far past MAX_TEMPORARY_BYTES in all: several batches, longest first.
 	let texts: Vec<String> = (0..120)
 		.map(|i| format!("record {i}: {}", "a curated datanet record ".repeat(1 + i % 17)))
 		.collect();
