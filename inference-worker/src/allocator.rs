@@ -5,8 +5,9 @@
 //! memory at the top of the heap back to the kernel past its trim threshold. The CPU paths
 //! allocate large temporaries at every step (a batch of embeddings' attention scores and
 //! activations, megabytes each), which were then page-faulted in, every page zeroed by the
-//! kernel, batch after batch: a fifth of the embedding time (perf: `clear_page_erms` and page
-//! faults; 19.9 s against 16.1 s for the same texts, docs/BENCHMARKS.md).
+//! kernel, batch after batch (perf: `clear_page_erms` and page faults, about 20% of the
+//! samples). With this and embedding batches bounded to 16 MiB temporaries, `embed` on 256
+//! texts took 6.9 s instead of 12.2 s (docs/BENCHMARKS.md).
 
 /// Keeps blocks of up to 32 MiB (the most glibc allows) in the heap and freed memory in the
 /// process for the next allocation, as a caching allocator does (the process's footprint stays
