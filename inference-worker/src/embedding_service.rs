@@ -49,8 +49,6 @@ pub struct EmbeddingStats {
 pub struct EmbeddingService {
 	jobs: mpsc::SyncSender<Job>,
 	stats: Arc<EmbeddingStats>,
-	dimensions: usize,
-	max_tokens: usize,
 	model: Arc<EmbeddingModel>,
 }
 
@@ -64,13 +62,7 @@ impl EmbeddingService {
 		thread::Builder::new()
 			.name("embeddings".into())
 			.spawn(move || serve(&served, &queue, &counters))?;
-		Ok(Self {
-			jobs,
-			stats,
-			dimensions: model.dimensions(),
-			max_tokens: model.max_tokens(),
-			model,
-		})
+		Ok(Self { jobs, stats, model })
 	}
 
 	/// The model (to tokenize and check inputs before queuing them).
@@ -80,12 +72,12 @@ impl EmbeddingService {
 
 	/// The length of the vectors.
 	pub fn dimensions(&self) -> usize {
-		self.dimensions
+		self.model.dimensions()
 	}
 
 	/// The most tokens an input may have.
 	pub fn max_tokens(&self) -> usize {
-		self.max_tokens
+		self.model.max_tokens()
 	}
 
 	/// What the service has done so far.
