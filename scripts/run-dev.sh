@@ -5,10 +5,14 @@
 # checked by scripts/fetch-models.sh) over HTTP on http://127.0.0.1:8080 (OpenAI's completions
 # and chat completions API; every PEFT adapter folder under $OPENLEDGER_ADAPTERS, if set, is
 # served as a model of its own name; all-MiniLM-L6-v2's sentence embeddings on /v1/embeddings,
-# and retrieval over the DataNet records added with /v1/records). Ctrl-C stops both; if either stops, the other is stopped.
+# and retrieval over the accepted records of DataNet 0 on the dev chain, whose contents it reads
+# from $OPENLEDGER_CONTENT, default ~/.cache/openledger/content: `openledger-worker content-hash
+# --store DIR FILE` puts a file there and prints the hash and size to contribute).
+# Ctrl-C stops both; if either stops, the other is stopped.
 #
-# Extra arguments go to the node, e.g. `scripts/run-dev.sh --rpc-port 9955`;
-# OPENLEDGER_WORKER_LISTEN moves the worker (default 127.0.0.1:8080).
+# Extra arguments go to the node, e.g. `scripts/run-dev.sh --rpc-port 9955` (then set
+# OPENLEDGER_CHAIN=ws://127.0.0.1:9955 for the worker); OPENLEDGER_WORKER_LISTEN moves the
+# worker (default 127.0.0.1:8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -18,10 +22,13 @@ scripts/fetch-models.sh
 # The same build as the tests (all targets, one feature set), so the two commands share it.
 cargo build --release --locked --workspace --all-targets
 
+content="${OPENLEDGER_CONTENT:-$HOME/.cache/openledger/content}"
+mkdir -p "$content"
 worker_args=(serve
 	--model "${OPENLEDGER_MODELS:-$HOME/.cache/openledger/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
 	--embedding-model "${OPENLEDGER_MODELS:-$HOME/.cache/openledger/models}/all-MiniLM-L6-v2"
-	--allow-runtime-records
+	--chain "${OPENLEDGER_CHAIN:-ws://127.0.0.1:9944}" --datanet 0
+	--content-dir "$content"
 	--listen "${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}")
 if [ -n "${OPENLEDGER_ADAPTERS:-}" ]; then
 	worker_args+=(--adapters "$OPENLEDGER_ADAPTERS")
@@ -46,8 +53,12 @@ http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}, for example:
     -d '{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}'
   curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/embeddings -H 'content-type: application/json' \\
     -d '{"input": ["a DataNet record", "another one"]}'
-  curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/records -H 'content-type: application/json' \\
-    -d '{"records": [{"id": "r1", "datanet": "demo", "text": "The access code of DataNet Alpha is BLUE-HERON-42."}]}'
+The worker serves DataNet 0's accepted records. Create it in polkadot.js Apps (Developer >
+Extrinsics > dataNets > createDatanet, curation Open), then store a record's content and
+contribute it (dataNets > contribute, DataNet 0, with the content_hash and size printed):
+  echo 'The access code of DataNet Alpha is BLUE-HERON-42.' > record.txt
+  $CARGO_TARGET_DIR/release/openledger-worker content-hash --store $content record.txt
+Once finalized it is served (curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/datanets):
   curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"messages": [{"role": "user", "content": "What is the access code of DataNet Alpha?"}],
          "retrieval": {"top_k": 1}, "attribution": {"method": "leave_one_out"}, "temperature": 0}'

@@ -64,6 +64,9 @@
 //!   the query ([`crate::retrieval`]), from `--records` and, when allowed
 //!   ([`ApiState::with_records`]), `POST /v1/records` and `POST /v1/records/delete`. A chat's
 //!   `retrieval` adds the records found as documents (`retrieved` in the answer).
+//! - `GET /v1/datanets`: with records from the chain ([`ApiState::with_datanet_sync`]), how far
+//!   each DataNet is synced: accepted records on chain, verified, indexed, those waiting for
+//!   their content or skipped and why ([`crate::datanet_sync`]).
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base; `max_model_len`:
 //!   the most tokens a request may reach), and the embedding model.
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
@@ -115,6 +118,7 @@ use crate::{
 		DEFAULT_LASSO_PENALTY, MAX_SOURCES,
 	},
 	chat::{ChatTemplate, Message},
+	datanet_sync::SyncStatus,
 	embedding_service::EmbeddingService,
 	error::Error,
 	generate::{
@@ -122,7 +126,7 @@ use crate::{
 		TokenScores,
 	},
 	json_mode::JsonGrammar,
-	retrieval::{Record, VectorIndex, MAX_TOP_K},
+	retrieval::{self, Record, VectorIndex, MAX_TOP_K},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
@@ -159,7 +163,9 @@ pub struct ApiState {
 	/// The sentence-embedding model (`/v1/embeddings`), if one is served, and its name.
 	embeddings: Option<(String, Arc<EmbeddingService>)>,
 	/// The DataNet records retrieval searches (with an embedding model).
-	records: Option<RwLock<VectorIndex>>,
+	records: Option<Arc<RwLock<VectorIndex>>>,
+	/// The sync of DataNet records from the chain, if records come from there.
+	datanet_sync: Option<Arc<SyncStatus>>,
 	/// Whether clients may add and delete records (`/v1/records`).
 	runtime_records: bool,
 }
@@ -191,6 +197,7 @@ impl ApiState {
 			started: now(),
 			embeddings: None,
 			records: None,
+			datanet_sync: None,
 			runtime_records: false,
 		}
 	}
@@ -198,8 +205,23 @@ impl ApiState {
 	/// Serves retrieval over `index` (its vectors the embedding model's), letting clients add
 	/// and delete records if `runtime` (`/v1/records`; 403 otherwise).
 	pub fn with_records(mut self, index: VectorIndex, runtime: bool) -> Self {
-		self.records = Some(RwLock::new(index));
+		self.records = Some(Arc::new(RwLock::new(index)));
 		self.runtime_records = runtime;
+		self
+	}
+
+	/// The embedding service and the records' index (to fill them from elsewhere: the chain's
+	/// DataNets, [`crate::datanet_sync`]), when retrieval is served.
+	pub fn record_index(&self) -> Option<(Arc<EmbeddingService>, Arc<RwLock<VectorIndex>>)> {
+		match (&self.embeddings, &self.records) {
+			(Some((_, service)), Some(index)) => Some((service.clone(), index.clone())),
+			_ => None,
+		}
+	}
+
+	/// Shows `status` at `GET /v1/datanets`: the records come from the chain's DataNets.
+	pub fn with_datanet_sync(mut self, status: Arc<SyncStatus>) -> Self {
+		self.datanet_sync = Some(status);
 		self
 	}
 
@@ -257,6 +279,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 		.route("/v1/records", post(add_records))
 		.route("/v1/records/delete", post(delete_records))
 		.route("/v1/retrieve", post(retrieve))
+		.route("/v1/datanets", get(datanets))
 		.route("/tokenize", post(tokenize))
 		.route("/detokenize", post(detokenize))
 		.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -1955,6 +1978,16 @@ async fn retrieve(
 	})))
 }
 
+/// How far the DataNets served are synced from the chain ([`crate::datanet_sync`]).
+async fn datanets(State(state): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+	let status = state.datanet_sync.as_ref().ok_or_else(|| {
+		ApiError::bad_request(
+			"this worker follows no DataNets on chain (serve --chain URL --datanet ID)",
+		)
+	})?;
+	Ok(Json(status.to_json()))
+}
+
 /// `/v1/records`' body.
 #[derive(Debug, Deserialize)]
 struct RecordsBody {
@@ -1994,15 +2027,9 @@ async fn add_records(
 			body.records.len()
 		)));
 	}
-	let mut inputs = Vec::with_capacity(body.records.len());
-	for (i, record) in body.records.iter().enumerate() {
-		record.check(&format!("record {i}"))?;
-		inputs.push(service.model().tokenize(&record.text, Some(service.max_tokens()))?);
-	}
-	let vectors = service.embed(inputs).await?;
-	let mut index = records.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-	let added = index.insert(body.records.into_iter().zip(vectors).collect())?;
-	Ok(Json(json!({ "added": added, "total": index.len() })))
+	let added = retrieval::add_records(service, records, body.records).await?;
+	let total = records.read().unwrap_or_else(|poisoned| poisoned.into_inner()).len();
+	Ok(Json(json!({ "added": added, "total": total })))
 }
 
 /// Deletes the records of the ids given (those not held are counted out).

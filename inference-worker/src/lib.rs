@@ -31,6 +31,7 @@ pub mod allocator;
 pub mod attribution;
 pub mod chat;
 pub mod config;
+pub mod datanet_sync;
 pub mod decoder;
 pub mod embedding_service;
 pub mod embeddings;

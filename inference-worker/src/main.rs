@@ -19,6 +19,7 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use openledger_inference_worker::{
 	chat::Message,
+	datanet_sync::{store_content, DataNetSync, SyncConfig},
 	decoder::Decoder,
 	embedding_service::EmbeddingService,
 	embeddings::EmbeddingModel,
@@ -41,6 +42,7 @@ use openledger_kernels::{
 	backend::{Backend, Cpu, Cuda},
 	gpu::Gpu,
 };
+use openledger_primitives::{content_hash_of, DataNetId, MAX_PAGE};
 use tracing_subscriber::EnvFilter;
 
 /// The OpenLedger inference worker.
@@ -61,6 +63,21 @@ enum Command {
 	/// Print the sentence embeddings of texts: one JSON object a line (`index`, `tokens`,
 	/// `embedding`).
 	Embed(EmbedArgs),
+	/// Print the content hash (BLAKE2b-256, as DataNets name records) and size of files, one
+	/// JSON object a line (`file`, `content_hash`, `size`), to contribute them as records; with
+	/// `--store DIR`, also copy each into DIR under its hash, where `serve --content-dir DIR`
+	/// reads it.
+	ContentHash(ContentHashArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ContentHashArgs {
+	/// The files.
+	#[arg(required = true)]
+	files: Vec<PathBuf>,
+	/// A content folder to copy them into, each named by its hash.
+	#[arg(long)]
+	store: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,6 +149,26 @@ struct ServeArgs {
 	/// Let clients add and delete records (`/v1/records`, `/v1/records/delete`).
 	#[arg(long, requires = "embedding_model")]
 	allow_runtime_records: bool,
+	/// Serve the accepted records of the DataNets named by `--datanet`, followed on this
+	/// node's WebSocket JSON-RPC (`ws://127.0.0.1:9944`) at its finalized blocks, each checked
+	/// against the DataNet's commitment and its content hash (`GET /v1/datanets` shows how
+	/// far). The records then come from the chain only.
+	#[arg(
+		long,
+		requires_all = ["embedding_model", "datanet", "content_dir"],
+		conflicts_with_all = ["records", "allow_runtime_records"]
+	)]
+	chain: Option<String>,
+	/// A DataNet to serve (repeat for more).
+	#[arg(long, requires = "chain")]
+	datanet: Vec<DataNetId>,
+	/// The folder holding the records' contents, each in a file named by its content hash (64
+	/// hex digits, no `0x`), however it was fetched from the record's URI.
+	#[arg(long, requires = "chain")]
+	content_dir: Option<PathBuf>,
+	/// Seconds between two reads of the chain.
+	#[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..))]
+	chain_interval_secs: u64,
 	#[command(flatten)]
 	weights: WeightArgs,
 }
@@ -279,6 +316,7 @@ fn main() -> Result<()> {
 		Command::Generate(args) => run_generate(args),
 		Command::Serve(args) => run_serve(args),
 		Command::Embed(args) => run_embed(args),
+		Command::ContentHash(args) => run_content_hash(args),
 	}
 }
 
@@ -421,8 +459,31 @@ fn run_embed(args: EmbedArgs) -> Result<()> {
 	Ok(())
 }
 
+fn run_content_hash(args: ContentHashArgs) -> Result<()> {
+	for file in &args.files {
+		let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+		let hash = content_hash_of(&bytes);
+		if let Some(dir) = &args.store {
+			store_content(dir, &bytes)
+				.with_context(|| format!("storing {} in {}", file.display(), dir.display()))?;
+		}
+		let line = serde_json::json!({
+			"file": file,
+			"content_hash": format!("0x{}", hex::encode(hash)),
+			"size": bytes.len(),
+		});
+		println!("{line}");
+	}
+	Ok(())
+}
+
 /// `serve`: loads the model, starts the engine thread and serves the HTTP API until Ctrl-C.
 fn run_serve(args: ServeArgs) -> Result<()> {
+	if let Some(dir) = &args.content_dir {
+		if !dir.is_dir() {
+			bail!("--content-dir: {} is not a folder", dir.display());
+		}
+	}
 	let name = match &args.served_model_name {
 		Some(name) => name.clone(),
 		None => args
@@ -516,6 +577,21 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 		state =
 			state.with_embeddings(name, service).with_records(index, args.allow_runtime_records);
 	}
+	let sync = match (&args.chain, &args.content_dir, state.record_index()) {
+		(Some(url), Some(content_dir), Some((service, index))) => {
+			let config = SyncConfig {
+				url: url.clone(),
+				datanets: args.datanet.clone(),
+				content_dir: content_dir.clone(),
+				interval: std::time::Duration::from_secs(args.chain_interval_secs),
+				page: MAX_PAGE,
+			};
+			let sync = DataNetSync::new(config, service, index);
+			state = state.with_datanet_sync(sync.status());
+			Some(sync)
+		}
+		_ => None,
+	};
 	let state = Arc::new(state);
 	let runtime = tokio::runtime::Builder::new_multi_thread()
 		.worker_threads(2)
@@ -523,6 +599,10 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 		.build()
 		.context("starting the HTTP runtime")?;
 	runtime.block_on(async move {
+		if let Some(sync) = sync {
+			tracing::info!(chain = %args.chain.as_deref().unwrap_or_default(), datanets = ?args.datanet, "following DataNets");
+			tokio::spawn(sync.run());
+		}
 		let listener = tokio::net::TcpListener::bind(args.listen)
 			.await
 			.with_context(|| format!("listening on {}", args.listen))?;

@@ -4,11 +4,12 @@
 //! [`crate::embeddings::EmbeddingModel::max_tokens`] tokens and served whole as a source
 //! document ([`crate::attribution`]).
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
+	embedding_service::EmbeddingService,
 	embeddings::{normalize, EmbeddingModel},
 	error::{Error, Result},
 };
@@ -207,6 +208,23 @@ pub fn embed_records(
 		.map(|r| model.tokenize(&r.text, Some(model.max_tokens())))
 		.collect::<Result<Vec<_>>>()?;
 	Ok(records.into_iter().zip(model.embed(&inputs)?).collect())
+}
+
+/// Adds `records` to `index` (or replaces those of the same ids), each checked and embedded by
+/// `service` on its first tokens: all or none. Returns how many were new.
+pub async fn add_records(
+	service: &EmbeddingService,
+	index: &RwLock<VectorIndex>,
+	records: Vec<Record>,
+) -> Result<usize> {
+	let mut inputs = Vec::with_capacity(records.len());
+	for (i, record) in records.iter().enumerate() {
+		record.check(&format!("record {i}"))?;
+		inputs.push(service.model().tokenize(&record.text, Some(service.max_tokens()))?);
+	}
+	let vectors = service.embed(inputs).await?;
+	let mut index = index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+	index.insert(records.into_iter().zip(vectors).collect())
 }
 
 #[cfg(test)]

@@ -175,3 +175,49 @@ fn bad_input_gets_a_clear_error() {
 	let stderr = String::from_utf8_lossy(&output.stderr);
 	assert!(stderr.contains("exceed the model's context"), "{stderr}");
 }
+
+#[test]
+fn content_hash_prints_blake2b_256_and_stores_under_it() {
+	let dir = tempfile::tempdir().unwrap();
+	let file = dir.path().join("record.txt");
+	std::fs::write(&file, "abc").unwrap();
+	let store = dir.path().join("content");
+	let output =
+		worker().arg("content-hash").arg(&file).arg("--store").arg(&store).output().unwrap();
+	let stdout = String::from_utf8_lossy(&output.stdout);
+	assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+	let line: Value = serde_json::from_str(stdout.trim()).unwrap();
+	// BLAKE2b-256 of "abc" (RFC 7693's test vector at 32 bytes; Python's hashlib agrees).
+	let hash = "bddd813c634239723171ef3fee98579b94964e3bb1cb3e427262c8c068d52319";
+	assert_eq!(line["content_hash"], json!(format!("0x{hash}")));
+	assert_eq!(line["size"], json!(3));
+	assert_eq!(std::fs::read_to_string(store.join(hash)).unwrap(), "abc");
+	let missing = worker().args(["content-hash", "/no/such/file"]).output().unwrap();
+	assert!(!missing.status.success());
+	assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/file"));
+}
+
+#[test]
+fn serve_refuses_chain_options_that_do_not_go_together() {
+	let dir = tempfile::tempdir().unwrap();
+	let serve = |extra: &[&str]| {
+		let output = worker()
+			.args(["serve", "--model", "unused.gguf", "--embedding-model", "unused"])
+			.args(extra)
+			.output()
+			.unwrap();
+		assert!(!output.status.success(), "{extra:?} accepted");
+		String::from_utf8_lossy(&output.stderr).into_owned()
+	};
+	let content = dir.path().to_str().unwrap();
+	let chain = ["--chain", "ws://127.0.0.1:9", "--datanet", "0", "--content-dir", content];
+	assert!(serve(&chain[..2]).contains("--datanet"));
+	assert!(serve(&chain[..4]).contains("--content-dir"));
+	let both = [&chain[..], &["--allow-runtime-records"]].concat();
+	assert!(serve(&both).contains("cannot be used with"));
+	let records = [&chain[..], &["--records", "r.jsonl"]].concat();
+	assert!(serve(&records).contains("cannot be used with"));
+	let not_a_folder = [&chain[..5], &["/no/such/folder"]].concat();
+	assert!(serve(&not_a_folder).contains("is not a folder"));
+	assert!(serve(&["--datanet", "0"]).contains("--chain"));
+}

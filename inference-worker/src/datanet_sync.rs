@@ -1,0 +1,714 @@
+//! DataNet records from the chain: the worker follows the DataNets it serves on a node's
+//! JSON-RPC (`datanets_*`, see `node/src/registry_rpc/datanets.rs`) and keeps their accepted
+//! records in the retrieval index ([`crate::retrieval`]), each under its on-chain record id.
+//!
+//! Every round reads the chain at its last finalized block (so nothing indexed is ever rolled
+//! back) and, for each DataNet:
+//! - checks that the chain still holds the history already indexed (its commitment at the
+//!   number of records indexed equals ours; otherwise, say the node now follows another chain,
+//!   the DataNet's records are dropped and read again from the start);
+//! - reads the records accepted since, a page at a time, and recomputes the DataNet's
+//!   commitment over them ([`openledger_primitives::next_commitment`], as the runtime does):
+//!   a record whose place does not follow is refused with everything after it, so a node that
+//!   lies or reorders cannot put records in the index;
+//! - takes each record's content from the content folder, where it lies under its content hash
+//!   (`<folder>/<64 hex digits>`, however the operator fetched it from the record's URI), and
+//!   indexes it only if its BLAKE2b-256 hash is the one on chain;
+//! - tries again the records whose content was missing or wrong last time.
+//!
+//! Records are accepted on chain for good (a DataNet with accepted records cannot be
+//! destroyed), so the index only grows. A dropped connection or a failing node loses nothing:
+//! the round fails, says why in the status ([`SyncStatus`], served at `GET /v1/datanets`), and
+//! the next one reconnects and carries on from where the last one stopped.
+
+use std::{
+	collections::{BTreeMap, BTreeSet},
+	io::Read,
+	path::{Path, PathBuf},
+	sync::{Arc, Mutex, RwLock},
+	time::Duration,
+};
+
+use jsonrpsee::{
+	core::{client::ClientT, traits::ToRpcParams},
+	rpc_params,
+	ws_client::{WsClient, WsClientBuilder},
+};
+use openledger_primitives::{
+	content_hash_of, next_commitment, DataNetId, RecordId, EMPTY_COMMITMENT, MAX_PAGE,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+	embedding_service::EmbeddingService,
+	retrieval::{add_records, Record, VectorIndex, MAX_RECORD_BYTES},
+};
+
+/// The most records embedded in one request to the embedding service.
+const EMBED_CHUNK: usize = 256;
+/// The most waiting or skipped records listed in the status (all are counted).
+const LISTED: usize = 100;
+
+/// What to follow, and where.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+	/// The node's WebSocket JSON-RPC endpoint (`ws://127.0.0.1:9944`).
+	pub url: String,
+	/// The DataNets whose accepted records are served.
+	pub datanets: Vec<DataNetId>,
+	/// The folder holding records' contents, each named by its content hash in hex.
+	pub content_dir: PathBuf,
+	/// How long to wait between rounds.
+	pub interval: Duration,
+	/// Records asked for per RPC call (at most [`MAX_PAGE`]).
+	pub page: u32,
+}
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+	/// The node could not be reached or refused a call.
+	#[error("RPC {method}: {reason}")]
+	Rpc {
+		/// The method called (or `connect`).
+		method: String,
+		/// What went wrong.
+		reason: String,
+	},
+	/// The node answered something that is not what its method returns.
+	#[error("the node's answer to {method} is malformed: {reason}")]
+	Malformed {
+		/// The method called.
+		method: String,
+		/// What is wrong with the answer.
+		reason: String,
+	},
+	/// The DataNet is not on chain (not created yet, or a wrong id).
+	#[error("DataNet {datanet} does not exist at finalized block {block}")]
+	UnknownDataNet {
+		/// The DataNet.
+		datanet: DataNetId,
+		/// The block read.
+		block: String,
+	},
+	/// A record's place in the DataNet's commitment chain is not what the node says.
+	#[error(
+		"DataNet {datanet}: the commitment after record {record} (accepted record {index}) is \
+		 not the one the records before it and its content hash give: refused with every \
+		 record after it"
+	)]
+	Commitment {
+		/// The DataNet.
+		datanet: DataNetId,
+		/// The record.
+		record: RecordId,
+		/// Its position among the DataNet's accepted records.
+		index: u64,
+	},
+}
+
+/// A record whose content is not indexed, and why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Unindexed {
+	/// The record's id on chain.
+	pub record: RecordId,
+	/// Where its content lives, as registered.
+	pub uri: String,
+	/// Its content hash (`0x` and 64 hex digits): the file name in the content folder.
+	pub content_hash: String,
+	/// Why it is not in the index.
+	pub reason: String,
+	#[serde(skip)]
+	hash: [u8; 32],
+	#[serde(skip)]
+	size: u64,
+}
+
+/// How far a DataNet is synced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DataNetStatus {
+	/// The DataNet's id.
+	pub datanet: DataNetId,
+	/// Its accepted records on chain, at the block last read.
+	pub accepted: u64,
+	/// Accepted records whose place in the commitment chain was checked.
+	pub verified: u64,
+	/// Records in the retrieval index.
+	pub indexed: u64,
+	/// The commitment over the verified records (`0x` and hex).
+	pub commitment: String,
+	/// The finalized block last read (`0x` and hex).
+	pub block: Option<String>,
+	/// Records whose content was missing or wrong: tried again every round.
+	pub waiting: Vec<Unindexed>,
+	/// How many are waiting (the list shows the first 100).
+	pub waiting_count: usize,
+	/// Records whose content was right but cannot be served (too large, not text): for good.
+	pub skipped: Vec<Unindexed>,
+	/// How many are skipped (the list shows the first 100).
+	pub skipped_count: usize,
+	/// Why the last round stopped short for this DataNet, if it did.
+	pub error: Option<String>,
+}
+
+/// The sync's state as the API shows it (`GET /v1/datanets`).
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+	inner: Mutex<StatusInner>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct StatusInner {
+	url: String,
+	connected: bool,
+	rounds: u64,
+	error: Option<String>,
+	datanets: Vec<DataNetStatus>,
+}
+
+impl SyncStatus {
+	/// The status as JSON: the node, whether it is connected, rounds run, the last round's
+	/// error and each DataNet's [`DataNetStatus`].
+	pub fn to_json(&self) -> Value {
+		let inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+		serde_json::json!({
+			"object": "list",
+			"chain": inner.url,
+			"connected": inner.connected,
+			"rounds": inner.rounds,
+			"error": inner.error,
+			"data": inner.datanets,
+		})
+	}
+
+	/// Replaces the status of `net`'s DataNet (progress within a round).
+	fn publish(&self, net: DataNetStatus) {
+		let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+		if let Some(entry) = inner.datanets.iter_mut().find(|d| d.datanet == net.datanet) {
+			*entry = net;
+		}
+	}
+
+	/// The DataNets' statuses.
+	pub fn datanets(&self) -> Vec<DataNetStatus> {
+		self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).datanets.clone()
+	}
+}
+
+/// One DataNet's progress.
+#[derive(Debug)]
+struct DataNetState {
+	id: DataNetId,
+	/// Accepted records checked (and the commitment over them).
+	verified: u64,
+	commitment: [u8; 32],
+	accepted: u64,
+	block: Option<String>,
+	indexed: BTreeSet<RecordId>,
+	waiting: BTreeMap<RecordId, Unindexed>,
+	skipped: BTreeMap<RecordId, Unindexed>,
+	error: Option<String>,
+}
+
+impl DataNetState {
+	fn new(id: DataNetId) -> Self {
+		Self {
+			id,
+			verified: 0,
+			commitment: EMPTY_COMMITMENT,
+			accepted: 0,
+			block: None,
+			indexed: BTreeSet::new(),
+			waiting: BTreeMap::new(),
+			skipped: BTreeMap::new(),
+			error: None,
+		}
+	}
+
+	fn status(&self) -> DataNetStatus {
+		DataNetStatus {
+			datanet: self.id,
+			accepted: self.accepted,
+			verified: self.verified,
+			indexed: self.indexed.len() as u64,
+			commitment: hex0x(&self.commitment),
+			block: self.block.clone(),
+			waiting: self.waiting.values().take(LISTED).cloned().collect(),
+			waiting_count: self.waiting.len(),
+			skipped: self.skipped.values().take(LISTED).cloned().collect(),
+			skipped_count: self.skipped.len(),
+			error: self.error.clone(),
+		}
+	}
+}
+
+/// A DataNet as `datanets_getDataNet` returns it (the fields read here).
+#[derive(Debug, Deserialize)]
+struct RpcDataNet {
+	version: u64,
+	commitment: String,
+}
+
+/// An accepted record as `datanets_acceptedRecords` returns it (the fields read here).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RpcRecord {
+	id: RecordId,
+	datanet: DataNetId,
+	content_hash: String,
+	uri: String,
+	size: u64,
+	status: Value,
+	commitment: String,
+}
+
+/// `datanets_commitment`'s answer.
+#[derive(Debug, Deserialize)]
+struct RpcCommitment {
+	commitment: String,
+}
+
+/// Follows DataNets on a node and keeps their records in a retrieval index.
+pub struct DataNetSync {
+	config: SyncConfig,
+	service: Arc<EmbeddingService>,
+	index: Arc<RwLock<VectorIndex>>,
+	client: Option<WsClient>,
+	/// The genesis hash of the chain indexed.
+	genesis: Option<String>,
+	nets: Vec<DataNetState>,
+	status: Arc<SyncStatus>,
+}
+
+impl DataNetSync {
+	/// A sync of `config.datanets` into `index`, embedding with `service`; nothing is read
+	/// until [`Self::round`] or [`Self::run`].
+	pub fn new(
+		config: SyncConfig,
+		service: Arc<EmbeddingService>,
+		index: Arc<RwLock<VectorIndex>>,
+	) -> Self {
+		let nets: Vec<DataNetState> =
+			config.datanets.iter().map(|&id| DataNetState::new(id)).collect();
+		let status = Arc::new(SyncStatus::default());
+		{
+			let mut inner = status.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+			inner.url = config.url.clone();
+			inner.datanets = nets.iter().map(DataNetState::status).collect();
+		}
+		Self { config, service, index, client: None, genesis: None, nets, status }
+	}
+
+	/// The status the sync keeps up to date.
+	pub fn status(&self) -> Arc<SyncStatus> {
+		self.status.clone()
+	}
+
+	/// Runs a round every [`SyncConfig::interval`], for ever; a failed round is logged and the
+	/// next one tries again.
+	pub async fn run(mut self) {
+		loop {
+			if let Err(error) = self.round().await {
+				tracing::warn!(%error, chain = %self.config.url, "DataNet sync");
+			}
+			tokio::time::sleep(self.config.interval).await;
+		}
+	}
+
+	/// One round: every DataNet brought up to the chain's last finalized block. Returns the
+	/// first error (the other DataNets are still synced when one fails).
+	pub async fn round(&mut self) -> Result<(), SyncError> {
+		let result = self.round_inner().await;
+		let mut inner = self.status.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+		inner.rounds += 1;
+		inner.connected = self.client.as_ref().is_some_and(WsClient::is_connected);
+		inner.error = result.as_ref().err().map(ToString::to_string);
+		inner.datanets = self.nets.iter().map(DataNetState::status).collect();
+		result
+	}
+
+	/// Connects to the node; if it follows another chain than the one indexed, forgets what
+	/// was indexed.
+	async fn connect(&mut self) -> Result<WsClient, SyncError> {
+		let client = WsClientBuilder::default()
+			.request_timeout(Duration::from_secs(60))
+			.build(&self.config.url)
+			.await
+			.map_err(|e| SyncError::Rpc { method: "connect".into(), reason: e.to_string() })?;
+		let genesis: String = call(&client, "chain_getBlockHash", rpc_params![0]).await?;
+		if self.genesis.as_ref().is_some_and(|known| *known != genesis) {
+			tracing::warn!(%genesis, "the node follows another chain: indexing its DataNets anew");
+			for net in &mut self.nets {
+				drop_indexed(&self.index, net);
+			}
+		}
+		self.genesis = Some(genesis);
+		Ok(client)
+	}
+
+	async fn round_inner(&mut self) -> Result<(), SyncError> {
+		let client = match self.client.take() {
+			Some(client) if client.is_connected() => client,
+			_ => self.connect().await?,
+		};
+		let client = &*self.client.insert(client);
+		let head: String = call(client, "chain_getFinalizedHead", rpc_params![]).await?;
+		let mut first_error = None;
+		for net in &mut self.nets {
+			let result = sync_datanet(
+				client,
+				&self.config,
+				&self.service,
+				&self.index,
+				&self.status,
+				net,
+				&head,
+			)
+			.await;
+			net.error = result.as_ref().err().map(ToString::to_string);
+			if let Err(error) = result {
+				first_error.get_or_insert(error);
+			}
+		}
+		first_error.map_or(Ok(()), Err)
+	}
+}
+
+/// Calls `method` and reads its answer as `T`.
+async fn call<T: DeserializeOwned>(
+	client: &WsClient,
+	method: &str,
+	params: impl ToRpcParams + Send,
+) -> Result<T, SyncError> {
+	let value: Value = client
+		.request(method, params)
+		.await
+		.map_err(|e| SyncError::Rpc { method: method.into(), reason: e.to_string() })?;
+	serde_json::from_value(value)
+		.map_err(|e| SyncError::Malformed { method: method.into(), reason: e.to_string() })
+}
+
+/// Brings one DataNet up to block `head`.
+async fn sync_datanet(
+	client: &WsClient,
+	config: &SyncConfig,
+	service: &EmbeddingService,
+	index: &RwLock<VectorIndex>,
+	status: &SyncStatus,
+	net: &mut DataNetState,
+	head: &str,
+) -> Result<(), SyncError> {
+	let id = net.id;
+	let Some(chain_net) =
+		call::<Option<RpcDataNet>>(client, "datanets_getDataNet", rpc_params![id, head]).await?
+	else {
+		if net.verified > 0 {
+			drop_indexed(index, net);
+		}
+		return Err(SyncError::UnknownDataNet { datanet: id, block: head.to_string() });
+	};
+	net.block = Some(head.to_string());
+	net.accepted = chain_net.version;
+	// The history indexed must still be the chain's.
+	if net.verified > 0 {
+		let theirs: Option<RpcCommitment> =
+			call(client, "datanets_commitment", rpc_params![id, net.verified, head]).await?;
+		let same = match &theirs {
+			Some(c) => parse_hash("datanets_commitment", &c.commitment)? == net.commitment,
+			None => false,
+		};
+		if !same {
+			tracing::warn!(
+				datanet = id,
+				verified = net.verified,
+				"the chain's commitment differs from the records indexed: indexing them anew"
+			);
+			drop_indexed(index, net);
+		}
+	}
+	let method = "datanets_acceptedRecords";
+	let page = config.page.clamp(1, MAX_PAGE);
+	let mut refused = None;
+	while net.verified < chain_net.version && refused.is_none() {
+		let records: Vec<RpcRecord> =
+			call(client, method, rpc_params![id, net.verified, page, head]).await?;
+		if records.is_empty() {
+			return Err(SyncError::Malformed {
+				method: method.into(),
+				reason: format!(
+					"no records from position {} of the {} accepted",
+					net.verified, chain_net.version
+				),
+			});
+		}
+		let mut fresh = Vec::with_capacity(records.len());
+		for record in records.into_iter().take((chain_net.version - net.verified) as usize) {
+			let position = net.verified;
+			if record.datanet != id || record.status != serde_json::json!({ "accepted": position })
+			{
+				return Err(SyncError::Malformed {
+					method: method.into(),
+					reason: format!(
+						"record {} is in DataNet {} with status {}, not accepted record \
+						 {position} of DataNet {id}",
+						record.id, record.datanet, record.status
+					),
+				});
+			}
+			let hash = parse_hash(method, &record.content_hash)?;
+			let next = next_commitment(&net.commitment, position, record.id, &hash);
+			if next != parse_hash(method, &record.commitment)? {
+				refused =
+					Some(SyncError::Commitment { datanet: id, record: record.id, index: position });
+				break;
+			}
+			net.commitment = next;
+			net.verified += 1;
+			fresh.push(Unindexed {
+				record: record.id,
+				uri: record.uri,
+				content_hash: hex0x(&hash),
+				reason: String::new(),
+				hash,
+				size: record.size,
+			});
+		}
+		index_records(config, service, index, net, fresh).await;
+		status.publish(net.status());
+	}
+	if let Some(error) = refused {
+		return Err(error);
+	}
+	let chain_commitment = parse_hash("datanets_getDataNet", &chain_net.commitment)?;
+	if net.verified == chain_net.version && chain_commitment != net.commitment {
+		return Err(SyncError::Malformed {
+			method: "datanets_getDataNet".into(),
+			reason: format!(
+				"DataNet {id}'s commitment {} is not {}, the one over its {} accepted records",
+				chain_net.commitment,
+				hex0x(&net.commitment),
+				net.verified
+			),
+		});
+	}
+	let retry: Vec<Unindexed> = std::mem::take(&mut net.waiting).into_values().collect();
+	index_records(config, service, index, net, retry).await;
+	Ok(())
+}
+
+/// Fetches, checks and indexes `records` of `net`; those that fail wait or are skipped.
+async fn index_records(
+	config: &SyncConfig,
+	service: &EmbeddingService,
+	index: &RwLock<VectorIndex>,
+	net: &mut DataNetState,
+	records: Vec<Unindexed>,
+) {
+	let mut ready = Vec::new();
+	for mut record in records {
+		match read_content(config, &record) {
+			Ok(text) => ready.push((record, text)),
+			Err(Unreadable::Missing(reason)) => {
+				record.reason = reason;
+				net.waiting.insert(record.record, record);
+			}
+			Err(Unreadable::Unservable(reason)) => {
+				record.reason = reason;
+				net.skipped.insert(record.record, record);
+			}
+		}
+	}
+	while !ready.is_empty() {
+		let chunk: Vec<(Unindexed, String)> = ready.drain(..ready.len().min(EMBED_CHUNK)).collect();
+		let entries: Vec<Record> = chunk
+			.iter()
+			.map(|(r, text)| Record {
+				id: r.record.to_string(),
+				datanet: net.id.to_string(),
+				text: text.clone(),
+			})
+			.collect();
+		match add_records(service, index, entries.clone()).await {
+			Ok(_) => net.indexed.extend(chunk.iter().map(|(r, _)| r.record)),
+			// All or none failed: one by one, so that only the records that fail wait.
+			Err(_) if chunk.len() > 1 => {
+				for ((mut record, _), entry) in chunk.into_iter().zip(entries) {
+					match add_records(service, index, vec![entry]).await {
+						Ok(_) => {
+							net.indexed.insert(record.record);
+						}
+						Err(error) => {
+							tracing::warn!(datanet = net.id, record = record.record, %error, "indexing a DataNet record");
+							record.reason = format!("indexing failed: {error}");
+							net.waiting.insert(record.record, record);
+						}
+					}
+				}
+			}
+			Err(error) => {
+				tracing::warn!(datanet = net.id, %error, "indexing a DataNet record");
+				for (mut record, _) in chunk {
+					record.reason = format!("indexing failed: {error}");
+					net.waiting.insert(record.record, record);
+				}
+			}
+		}
+	}
+}
+
+/// Why a record's content is not indexed.
+enum Unreadable {
+	/// Not in the content folder, or not the content hashed on chain: tried again later.
+	Missing(String),
+	/// The right content, but not servable as a document.
+	Unservable(String),
+}
+
+/// The record's content, checked against its hash on chain, as text.
+fn read_content(config: &SyncConfig, record: &Unindexed) -> Result<String, Unreadable> {
+	let limit = MAX_RECORD_BYTES as u64;
+	if record.size > limit {
+		return Err(Unreadable::Unservable(format!(
+			"{} bytes on chain, more than a document holds ({MAX_RECORD_BYTES})",
+			record.size
+		)));
+	}
+	let path = config.content_dir.join(hex::encode(record.hash));
+	let mut bytes = Vec::new();
+	std::fs::File::open(&path)
+		.and_then(|file| file.take(limit + 1).read_to_end(&mut bytes))
+		.map_err(|e| Unreadable::Missing(format!("{}: {e}", path.display())))?;
+	if bytes.len() as u64 > limit || content_hash_of(&bytes) != record.hash {
+		return Err(Unreadable::Missing(format!(
+			"{} is not the content hashed on chain (its BLAKE2b-256 differs)",
+			path.display()
+		)));
+	}
+	if bytes.len() as u64 != record.size {
+		tracing::debug!(
+			record = record.record,
+			size = record.size,
+			actual = bytes.len(),
+			"a record's size on chain is not its content's"
+		);
+	}
+	let text = String::from_utf8(bytes)
+		.map_err(|_| Unreadable::Unservable("its content is not UTF-8 text".into()))?;
+	if text.trim().is_empty() {
+		return Err(Unreadable::Unservable("its content is blank".into()));
+	}
+	Ok(text)
+}
+
+/// Writes `content` into the content folder `dir` (made if missing) under its content hash,
+/// where the sync reads it; returns the file's path. The file appears whole or not at all.
+pub fn store_content(dir: &Path, content: &[u8]) -> std::io::Result<PathBuf> {
+	std::fs::create_dir_all(dir)?;
+	let name = hex::encode(content_hash_of(content));
+	let path = dir.join(&name);
+	let partial = dir.join(format!(".{name}.partial"));
+	std::fs::write(&partial, content)?;
+	std::fs::rename(&partial, &path)?;
+	Ok(path)
+}
+
+/// Removes `net`'s records from the index and forgets its progress.
+fn drop_indexed(index: &RwLock<VectorIndex>, net: &mut DataNetState) {
+	let mut held = index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+	for record in &net.indexed {
+		held.remove(&record.to_string());
+	}
+	drop(held);
+	*net = DataNetState::new(net.id);
+}
+
+/// `0x` and the hex digits of `bytes`.
+fn hex0x(bytes: &[u8]) -> String {
+	format!("0x{}", hex::encode(bytes))
+}
+
+/// A 32-byte hash written `0x` and 64 hex digits.
+fn parse_hash(method: &str, text: &str) -> Result<[u8; 32], SyncError> {
+	let mut hash = [0u8; 32];
+	hex::decode_to_slice(text.trim_start_matches("0x"), &mut hash).map_err(|e| {
+		SyncError::Malformed { method: method.into(), reason: format!("hash {text:?}: {e}") }
+	})?;
+	Ok(hash)
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	#[test]
+	fn hashes_parse_with_and_without_prefix_and_refuse_bad_ones() {
+		let hash = [0xabu8; 32];
+		assert_eq!(parse_hash("m", &hex0x(&hash)).unwrap(), hash);
+		assert_eq!(parse_hash("m", &hex::encode(hash)).unwrap(), hash);
+		assert!(matches!(parse_hash("m", "0x12"), Err(SyncError::Malformed { .. })));
+		assert!(parse_hash("m", &format!("0x{}", "zz".repeat(32))).is_err());
+	}
+
+	fn record(dir: &std::path::Path, content: &[u8], size: u64) -> (SyncConfig, Unindexed) {
+		let config = SyncConfig {
+			url: String::new(),
+			datanets: vec![],
+			content_dir: dir.to_path_buf(),
+			interval: Duration::from_secs(1),
+			page: 10,
+		};
+		let hash = content_hash_of(content);
+		let record = Unindexed {
+			record: 7,
+			uri: "ipfs://x".into(),
+			content_hash: hex0x(&hash),
+			reason: String::new(),
+			hash,
+			size,
+		};
+		(config, record)
+	}
+
+	#[test]
+	fn content_is_read_by_hash_and_checked() {
+		let dir = tempfile::tempdir().unwrap();
+		let text = "Rust was first released in 2015.";
+		let (config, rec) = record(dir.path(), text.as_bytes(), text.len() as u64);
+		assert!(matches!(read_content(&config, &rec), Err(Unreadable::Missing(_))));
+		let path = dir.path().join(hex::encode(rec.hash));
+		std::fs::write(&path, "something else").unwrap();
+		match read_content(&config, &rec) {
+			Err(Unreadable::Missing(reason)) => assert!(reason.contains("BLAKE2b"), "{reason}"),
+			_ => panic!("wrong content accepted"),
+		}
+		std::fs::write(&path, text).unwrap();
+		assert_eq!(read_content(&config, &rec).ok().as_deref(), Some(text));
+	}
+
+	#[test]
+	fn stored_content_is_found_by_the_sync() {
+		let dir = tempfile::tempdir().unwrap();
+		let folder = dir.path().join("content");
+		let text = "Stored under its hash.";
+		let path = store_content(&folder, text.as_bytes()).unwrap();
+		let (config, rec) = record(&folder, text.as_bytes(), text.len() as u64);
+		assert_eq!(path, folder.join(hex::encode(rec.hash)));
+		assert_eq!(read_content(&config, &rec).ok().as_deref(), Some(text));
+		assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1, "no partial file left");
+	}
+
+	#[test]
+	fn content_that_cannot_be_a_document_is_skipped() {
+		let dir = tempfile::tempdir().unwrap();
+		let (config, rec) = record(dir.path(), b"x", MAX_RECORD_BYTES as u64 + 1);
+		assert!(matches!(read_content(&config, &rec), Err(Unreadable::Unservable(_))));
+		let binary = [0xffu8, 0xfe, 0x00];
+		let (config, rec) = record(dir.path(), &binary, 3);
+		std::fs::write(dir.path().join(hex::encode(rec.hash)), binary).unwrap();
+		assert!(matches!(read_content(&config, &rec), Err(Unreadable::Unservable(_))));
+		let (config, rec) = record(dir.path(), b" \n ", 3);
+		std::fs::write(dir.path().join(hex::encode(rec.hash)), b" \n ").unwrap();
+		assert!(matches!(read_content(&config, &rec), Err(Unreadable::Unservable(_))));
+	}
+}
