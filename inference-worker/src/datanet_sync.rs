@@ -2,19 +2,25 @@
 //! JSON-RPC (`datanets_*`, see `node/src/registry_rpc/datanets.rs`) and keeps their accepted
 //! records in the retrieval index ([`crate::retrieval`]), each under its on-chain record id.
 //!
-//! Every round reads the chain at its last finalized block (so nothing indexed is ever rolled
-//! back) and, for each DataNet:
-//! - checks that the chain still holds the history already indexed (its commitment at the
-//!   number of records indexed equals ours; otherwise, say the node now follows another chain,
-//!   the DataNet's records are dropped and read again from the start);
+//! The node is the worker's view of the chain (run your own, or one you trust): what it
+//! answers is not checked against finality proofs. What the sync does check is that its answers
+//! agree with each other and with the runtime's rules, and that every content is the one the
+//! chain names. Every round reads the chain at its last finalized block (so nothing indexed is
+//! rolled back) and, for each DataNet:
+//! - checks that the chain still holds the history already indexed: its commitment at the
+//!   number of records indexed must equal ours. A node that is only behind (its DataNet has
+//!   fewer records, with the commitment we had at that many) is waited for; a different
+//!   history (say, the node now follows another chain) drops the DataNet's records, which are
+//!   read again from the start;
 //! - reads the records accepted since, a page at a time, and recomputes the DataNet's
-//!   commitment over them ([`openledger_primitives::next_commitment`], as the runtime does):
-//!   a record whose place does not follow is refused with everything after it, so a node that
-//!   lies or reorders cannot put records in the index;
+//!   commitment over them ([`openledger_primitives::next_commitment`], as the runtime does): a
+//!   record whose commitment does not follow from the ones before it and its content hash, or
+//!   that is malformed, is refused with every record after it (those before it are kept);
 //! - takes each record's content from the content folder, where it lies under its content hash
 //!   (`<folder>/<64 hex digits>`, however the operator fetched it from the record's URI), and
 //!   indexes it only if its BLAKE2b-256 hash is the one on chain;
-//! - tries again the records whose content was missing or wrong last time.
+//! - tries again, once a round, the records whose content was missing or wrong, or that found
+//!   the index full.
 //!
 //! Records are accepted on chain for good (a DataNet with accepted records cannot be
 //! destroyed), so the index only grows. A dropped connection or a failing node loses nothing:
@@ -91,6 +97,19 @@ pub enum SyncError {
 		datanet: DataNetId,
 		/// The block read.
 		block: String,
+	},
+	/// The node's finalized chain holds fewer of the DataNet's records than were indexed, with
+	/// the commitment the worker had at that many: the node is behind (syncing, restarted).
+	#[error(
+		"DataNet {datanet}: the node has {node} accepted records at its finalized block, {indexed} 		 were checked already: waiting for it to catch up"
+	)]
+	Behind {
+		/// The DataNet.
+		datanet: DataNetId,
+		/// Its accepted records on the node.
+		node: u64,
+		/// Those checked already.
+		indexed: u64,
 	},
 	/// A record's place in the DataNet's commitment chain is not what the node says.
 	#[error(
@@ -200,9 +219,8 @@ impl SyncStatus {
 #[derive(Debug)]
 struct DataNetState {
 	id: DataNetId,
-	/// Accepted records checked (and the commitment over them).
-	verified: u64,
-	commitment: [u8; 32],
+	/// The commitment after each accepted record checked, in acceptance order.
+	commitments: Vec<[u8; 32]>,
 	accepted: u64,
 	block: Option<String>,
 	indexed: BTreeSet<RecordId>,
@@ -215,8 +233,7 @@ impl DataNetState {
 	fn new(id: DataNetId) -> Self {
 		Self {
 			id,
-			verified: 0,
-			commitment: EMPTY_COMMITMENT,
+			commitments: Vec::new(),
 			accepted: 0,
 			block: None,
 			indexed: BTreeSet::new(),
@@ -226,13 +243,31 @@ impl DataNetState {
 		}
 	}
 
+	/// Accepted records checked.
+	fn verified(&self) -> u64 {
+		self.commitments.len() as u64
+	}
+
+	/// The commitment after the first `records` checked.
+	fn commitment_at(&self, records: u64) -> Option<[u8; 32]> {
+		match records {
+			0 => Some(EMPTY_COMMITMENT),
+			n => self.commitments.get(usize::try_from(n - 1).ok()?).copied(),
+		}
+	}
+
+	/// The commitment over every record checked.
+	fn commitment(&self) -> [u8; 32] {
+		self.commitments.last().copied().unwrap_or(EMPTY_COMMITMENT)
+	}
+
 	fn status(&self) -> DataNetStatus {
 		DataNetStatus {
 			datanet: self.id,
 			accepted: self.accepted,
-			verified: self.verified,
+			verified: self.verified(),
 			indexed: self.indexed.len() as u64,
-			commitment: hex0x(&self.commitment),
+			commitment: hex0x(&self.commitment()),
 			block: self.block.clone(),
 			waiting: self.waiting.values().take(LISTED).cloned().collect(),
 			waiting_count: self.waiting.len(),
@@ -289,8 +324,10 @@ impl DataNetSync {
 		service: Arc<EmbeddingService>,
 		index: Arc<RwLock<VectorIndex>>,
 	) -> Self {
-		let nets: Vec<DataNetState> =
-			config.datanets.iter().map(|&id| DataNetState::new(id)).collect();
+		let mut ids = config.datanets.clone();
+		ids.sort_unstable();
+		ids.dedup();
+		let nets: Vec<DataNetState> = ids.into_iter().map(DataNetState::new).collect();
 		let status = Arc::new(SyncStatus::default());
 		{
 			let mut inner = status.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -403,98 +440,114 @@ async fn sync_datanet(
 	let Some(chain_net) =
 		call::<Option<RpcDataNet>>(client, "datanets_getDataNet", rpc_params![id, head]).await?
 	else {
-		if net.verified > 0 {
-			drop_indexed(index, net);
-		}
 		return Err(SyncError::UnknownDataNet { datanet: id, block: head.to_string() });
 	};
-	net.block = Some(head.to_string());
-	net.accepted = chain_net.version;
+	let chain_commitment = parse_hash("datanets_getDataNet", &chain_net.commitment)?;
 	// The history indexed must still be the chain's.
-	if net.verified > 0 {
+	if chain_net.version < net.verified() {
+		if net.commitment_at(chain_net.version) == Some(chain_commitment) {
+			return Err(SyncError::Behind {
+				datanet: id,
+				node: chain_net.version,
+				indexed: net.verified(),
+			});
+		}
+		tracing::warn!(datanet = id, "the chain holds other records than those indexed: anew");
+		drop_indexed(index, net);
+	} else if net.verified() > 0 {
 		let theirs: Option<RpcCommitment> =
-			call(client, "datanets_commitment", rpc_params![id, net.verified, head]).await?;
-		let same = match &theirs {
-			Some(c) => parse_hash("datanets_commitment", &c.commitment)? == net.commitment,
-			None => false,
+			call(client, "datanets_commitment", rpc_params![id, net.verified(), head]).await?;
+		let theirs = match theirs {
+			Some(c) => Some(parse_hash("datanets_commitment", &c.commitment)?),
+			None => None,
 		};
-		if !same {
-			tracing::warn!(
-				datanet = id,
-				verified = net.verified,
-				"the chain's commitment differs from the records indexed: indexing them anew"
-			);
+		if theirs != Some(net.commitment()) {
+			tracing::warn!(datanet = id, "the chain holds other records than those indexed: anew");
 			drop_indexed(index, net);
 		}
 	}
+	net.block = Some(head.to_string());
+	net.accepted = chain_net.version;
+	// Only the records that waited before this round are tried again in it.
+	let retry: Vec<Unindexed> = std::mem::take(&mut net.waiting).into_values().collect();
 	let method = "datanets_acceptedRecords";
 	let page = config.page.clamp(1, MAX_PAGE);
 	let mut refused = None;
-	while net.verified < chain_net.version && refused.is_none() {
+	while net.verified() < chain_net.version && refused.is_none() {
 		let records: Vec<RpcRecord> =
-			call(client, method, rpc_params![id, net.verified, page, head]).await?;
+			call(client, method, rpc_params![id, net.verified(), page, head]).await?;
 		if records.is_empty() {
-			return Err(SyncError::Malformed {
+			refused = Some(SyncError::Malformed {
 				method: method.into(),
 				reason: format!(
 					"no records from position {} of the {} accepted",
-					net.verified, chain_net.version
+					net.verified(),
+					chain_net.version
 				),
 			});
+			break;
 		}
 		let mut fresh = Vec::with_capacity(records.len());
-		for record in records.into_iter().take((chain_net.version - net.verified) as usize) {
-			let position = net.verified;
-			if record.datanet != id || record.status != serde_json::json!({ "accepted": position })
-			{
-				return Err(SyncError::Malformed {
-					method: method.into(),
-					reason: format!(
-						"record {} is in DataNet {} with status {}, not accepted record \
-						 {position} of DataNet {id}",
-						record.id, record.datanet, record.status
-					),
-				});
+		let left = usize::try_from(chain_net.version - net.verified()).unwrap_or(usize::MAX);
+		for record in records.into_iter().take(left) {
+			match check_record(net, record) {
+				Ok(checked) => fresh.push(checked),
+				Err(error) => {
+					refused = Some(error);
+					break;
+				}
 			}
-			let hash = parse_hash(method, &record.content_hash)?;
-			let next = next_commitment(&net.commitment, position, record.id, &hash);
-			if next != parse_hash(method, &record.commitment)? {
-				refused =
-					Some(SyncError::Commitment { datanet: id, record: record.id, index: position });
-				break;
-			}
-			net.commitment = next;
-			net.verified += 1;
-			fresh.push(Unindexed {
-				record: record.id,
-				uri: record.uri,
-				content_hash: hex0x(&hash),
-				reason: String::new(),
-				hash,
-				size: record.size,
-			});
 		}
 		index_records(config, service, index, net, fresh).await;
 		status.publish(net.status());
 	}
+	index_records(config, service, index, net, retry).await;
 	if let Some(error) = refused {
 		return Err(error);
 	}
-	let chain_commitment = parse_hash("datanets_getDataNet", &chain_net.commitment)?;
-	if net.verified == chain_net.version && chain_commitment != net.commitment {
+	if net.commitment() != chain_commitment {
 		return Err(SyncError::Malformed {
 			method: "datanets_getDataNet".into(),
 			reason: format!(
 				"DataNet {id}'s commitment {} is not {}, the one over its {} accepted records",
 				chain_net.commitment,
-				hex0x(&net.commitment),
-				net.verified
+				hex0x(&net.commitment()),
+				net.verified()
 			),
 		});
 	}
-	let retry: Vec<Unindexed> = std::mem::take(&mut net.waiting).into_values().collect();
-	index_records(config, service, index, net, retry).await;
 	Ok(())
+}
+
+/// Checks that `record` is `net`'s next accepted record and that its commitment follows; if so
+/// takes it as checked.
+fn check_record(net: &mut DataNetState, record: RpcRecord) -> Result<Unindexed, SyncError> {
+	let method = "datanets_acceptedRecords";
+	let position = net.verified();
+	if record.datanet != net.id || record.status != serde_json::json!({ "accepted": position }) {
+		return Err(SyncError::Malformed {
+			method: method.into(),
+			reason: format!(
+				"record {} is in DataNet {} with status {}, not accepted record {position} of \
+				 DataNet {}",
+				record.id, record.datanet, record.status, net.id
+			),
+		});
+	}
+	let hash = parse_hash(method, &record.content_hash)?;
+	let next = next_commitment(&net.commitment(), position, record.id, &hash);
+	if next != parse_hash(method, &record.commitment)? {
+		return Err(SyncError::Commitment { datanet: net.id, record: record.id, index: position });
+	}
+	net.commitments.push(next);
+	Ok(Unindexed {
+		record: record.id,
+		uri: record.uri,
+		content_hash: hex0x(&hash),
+		reason: String::new(),
+		hash,
+		size: record.size,
+	})
 }
 
 /// Fetches, checks and indexes `records` of `net`; those that fail wait or are skipped.
@@ -505,9 +558,28 @@ async fn index_records(
 	net: &mut DataNetState,
 	records: Vec<Unindexed>,
 ) {
+	if records.is_empty() {
+		return;
+	}
+	// Files read off the async runtime's threads.
+	let dir = config.content_dir.clone();
+	let batch = records.clone();
+	let read = tokio::task::spawn_blocking(move || {
+		let contents: Vec<_> = batch.iter().map(|record| read_content(&dir, record)).collect();
+		contents
+	})
+	.await;
+	let read: Vec<(Unindexed, Result<String, Unreadable>)> = match read {
+		Ok(contents) => records.into_iter().zip(contents).collect(),
+		Err(error) => {
+			tracing::error!(%error, "reading DataNet contents");
+			let reason = format!("reading its content failed: {error}");
+			records.into_iter().map(|r| (r, Err(Unreadable::Missing(reason.clone())))).collect()
+		}
+	};
 	let mut ready = Vec::new();
-	for mut record in records {
-		match read_content(config, &record) {
+	for (mut record, content) in read {
+		match content {
 			Ok(text) => ready.push((record, text)),
 			Err(Unreadable::Missing(reason)) => {
 				record.reason = reason;
@@ -517,6 +589,20 @@ async fn index_records(
 				record.reason = reason;
 				net.skipped.insert(record.record, record);
 			}
+		}
+	}
+	// No embedding for what the index has no room for.
+	let room = {
+		let held = index.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+		held.capacity().saturating_sub(held.len())
+	};
+	if ready.len() > room {
+		for (mut record, _) in ready.drain(room..) {
+			record.reason = format!(
+				"the retrieval index is full (--max-records {})",
+				index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).capacity()
+			);
+			net.waiting.insert(record.record, record);
 		}
 	}
 	while !ready.is_empty() {
@@ -565,8 +651,13 @@ enum Unreadable {
 	Unservable(String),
 }
 
-/// The record's content, checked against its hash on chain, as text.
-fn read_content(config: &SyncConfig, record: &Unindexed) -> Result<String, Unreadable> {
+/// The most bytes read of a content file: a file larger than this is not the content of any
+/// record that can be served, and is not hashed.
+const MAX_CONTENT_FILE: u64 = 1 << 20;
+
+/// The record's content from the content folder `dir`, checked against its hash on chain, as
+/// text.
+fn read_content(dir: &Path, record: &Unindexed) -> Result<String, Unreadable> {
 	let limit = MAX_RECORD_BYTES as u64;
 	if record.size > limit {
 		return Err(Unreadable::Unservable(format!(
@@ -574,15 +665,23 @@ fn read_content(config: &SyncConfig, record: &Unindexed) -> Result<String, Unrea
 			record.size
 		)));
 	}
-	let path = config.content_dir.join(hex::encode(record.hash));
+	let path = dir.join(hex::encode(record.hash));
 	let mut bytes = Vec::new();
 	std::fs::File::open(&path)
-		.and_then(|file| file.take(limit + 1).read_to_end(&mut bytes))
+		.and_then(|file| file.take(MAX_CONTENT_FILE + 1).read_to_end(&mut bytes))
 		.map_err(|e| Unreadable::Missing(format!("{}: {e}", path.display())))?;
-	if bytes.len() as u64 > limit || content_hash_of(&bytes) != record.hash {
+	if bytes.len() as u64 > MAX_CONTENT_FILE || content_hash_of(&bytes) != record.hash {
 		return Err(Unreadable::Missing(format!(
 			"{} is not the content hashed on chain (its BLAKE2b-256 differs)",
 			path.display()
+		)));
+	}
+	if bytes.len() as u64 > limit {
+		return Err(Unreadable::Unservable(format!(
+			"its content has {} bytes (the chain says {}), more than a document holds \
+			 ({MAX_RECORD_BYTES})",
+			bytes.len(),
+			record.size
 		)));
 	}
 	if bytes.len() as u64 != record.size {
@@ -675,15 +774,15 @@ mod tests {
 		let dir = tempfile::tempdir().unwrap();
 		let text = "Rust was first released in 2015.";
 		let (config, rec) = record(dir.path(), text.as_bytes(), text.len() as u64);
-		assert!(matches!(read_content(&config, &rec), Err(Unreadable::Missing(_))));
+		assert!(matches!(read_content(&config.content_dir, &rec), Err(Unreadable::Missing(_))));
 		let path = dir.path().join(hex::encode(rec.hash));
 		std::fs::write(&path, "something else").unwrap();
-		match read_content(&config, &rec) {
+		match read_content(&config.content_dir, &rec) {
 			Err(Unreadable::Missing(reason)) => assert!(reason.contains("BLAKE2b"), "{reason}"),
 			_ => panic!("wrong content accepted"),
 		}
 		std::fs::write(&path, text).unwrap();
-		assert_eq!(read_content(&config, &rec).ok().as_deref(), Some(text));
+		assert_eq!(read_content(&config.content_dir, &rec).ok().as_deref(), Some(text));
 	}
 
 	#[test]
@@ -694,7 +793,7 @@ mod tests {
 		let path = store_content(&folder, text.as_bytes()).unwrap();
 		let (config, rec) = record(&folder, text.as_bytes(), text.len() as u64);
 		assert_eq!(path, folder.join(hex::encode(rec.hash)));
-		assert_eq!(read_content(&config, &rec).ok().as_deref(), Some(text));
+		assert_eq!(read_content(&config.content_dir, &rec).ok().as_deref(), Some(text));
 		assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1, "no partial file left");
 	}
 
@@ -702,13 +801,23 @@ mod tests {
 	fn content_that_cannot_be_a_document_is_skipped() {
 		let dir = tempfile::tempdir().unwrap();
 		let (config, rec) = record(dir.path(), b"x", MAX_RECORD_BYTES as u64 + 1);
-		assert!(matches!(read_content(&config, &rec), Err(Unreadable::Unservable(_))));
+		assert!(matches!(read_content(&config.content_dir, &rec), Err(Unreadable::Unservable(_))));
 		let binary = [0xffu8, 0xfe, 0x00];
 		let (config, rec) = record(dir.path(), &binary, 3);
 		std::fs::write(dir.path().join(hex::encode(rec.hash)), binary).unwrap();
-		assert!(matches!(read_content(&config, &rec), Err(Unreadable::Unservable(_))));
+		assert!(matches!(read_content(&config.content_dir, &rec), Err(Unreadable::Unservable(_))));
+		// Declared small on chain, but the content with that hash is too large.
+		let large = "a".repeat(MAX_RECORD_BYTES + 1);
+		let (config, rec) = record(dir.path(), large.as_bytes(), 100);
+		std::fs::write(dir.path().join(hex::encode(rec.hash)), &large).unwrap();
+		match read_content(&config.content_dir, &rec) {
+			Err(Unreadable::Unservable(reason)) => {
+				assert!(reason.contains("8193 bytes"), "{reason}")
+			}
+			_ => panic!("a content too large was not skipped"),
+		}
 		let (config, rec) = record(dir.path(), b" \n ", 3);
 		std::fs::write(dir.path().join(hex::encode(rec.hash)), b" \n ").unwrap();
-		assert!(matches!(read_content(&config, &rec), Err(Unreadable::Unservable(_))));
+		assert!(matches!(read_content(&config.content_dir, &rec), Err(Unreadable::Unservable(_))));
 	}
 }

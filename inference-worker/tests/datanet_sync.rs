@@ -8,7 +8,7 @@ use std::{
 	collections::BTreeMap,
 	net::SocketAddr,
 	path::Path,
-	sync::{Arc, Mutex, RwLock},
+	sync::{atomic::Ordering, Arc, Mutex, RwLock},
 	time::Duration,
 };
 
@@ -43,6 +43,10 @@ struct Chain {
 	nets: BTreeMap<u32, Vec<ChainRecord>>,
 	/// A DataNet and position whose commitment the node falsifies.
 	lie_at: Option<(u32, u64)>,
+	/// A DataNet and position whose content hash the node garbles.
+	garble_at: Option<(u32, u64)>,
+	/// The node is behind: it serves only the first this many records of each DataNet.
+	behind: Option<usize>,
 	next_id: u64,
 }
 
@@ -60,10 +64,17 @@ impl Chain {
 		id
 	}
 
+	/// The records of `datanet` the node serves.
+	fn records(&self, datanet: u32) -> Option<&[ChainRecord]> {
+		let all = self.nets.get(&datanet)?;
+		Some(&all[..self.behind.unwrap_or(usize::MAX).min(all.len())])
+	}
+
 	/// The commitments after each accepted record of `datanet`, as the runtime keeps them.
 	fn commitments(&self, datanet: u32) -> Vec<[u8; 32]> {
 		let mut acc = EMPTY_COMMITMENT;
-		self.nets[&datanet]
+		self.records(datanet)
+			.unwrap_or_default()
 			.iter()
 			.enumerate()
 			.map(|(i, r)| {
@@ -100,7 +111,7 @@ fn module(chain: Shared) -> RpcModule<Shared> {
 		.register_method("datanets_getDataNet", |params: Params, chain, _| -> Answer {
 			let id: u32 = params.sequence().next()?;
 			let chain = chain.lock().unwrap();
-			Ok(match chain.nets.get(&id) {
+			Ok(match chain.records(id) {
 				None => Value::Null,
 				Some(records) => json!({
 					"name": format!("net {id}"),
@@ -117,7 +128,7 @@ fn module(chain: Shared) -> RpcModule<Shared> {
 			let id: u32 = seq.next()?;
 			let version: u64 = seq.next()?;
 			let chain = chain.lock().unwrap();
-			let Some(records) = chain.nets.get(&id) else { return Ok(Value::Null) };
+			let Some(records) = chain.records(id) else { return Ok(Value::Null) };
 			if version as usize > records.len() {
 				return Ok(Value::Null);
 			}
@@ -135,7 +146,7 @@ fn module(chain: Shared) -> RpcModule<Shared> {
 			let start: u64 = seq.next()?;
 			let limit: u32 = seq.next()?;
 			let chain = chain.lock().unwrap();
-			let Some(records) = chain.nets.get(&id) else { return Ok(json!([])) };
+			let Some(records) = chain.records(id) else { return Ok(json!([])) };
 			let commitments = chain.commitments(id);
 			let page: Vec<Value> = (start..records.len() as u64)
 				.take(limit as usize)
@@ -145,11 +156,15 @@ fn module(chain: Shared) -> RpcModule<Shared> {
 					if chain.lie_at == Some((id, i)) {
 						commitment[0] ^= 1;
 					}
+					let content_hash = match chain.garble_at == Some((id, i)) {
+						true => "0xnot-a-hash".to_string(),
+						false => hex0x(&r.hash),
+					};
 					json!({
 						"id": r.id,
 						"datanet": id,
 						"contributor": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY",
-						"contentHash": hex0x(&r.hash),
+						"contentHash": content_hash,
 						"uri": format!("ipfs://record-{}", r.id),
 						"size": r.size,
 						"metadata": null,
@@ -267,7 +282,9 @@ async fn follows_datanets_checking_contents_and_commitments() {
 	store(dir.path(), &[0xff, 0xfe, 0x00, 0x01]);
 	let (node, addr) = start_node(&chain, "127.0.0.1:0".parse().unwrap()).await;
 	// Pages of two records: the sync reads three pages for DataNet 0.
-	let mut s = setup(addr, &[0, 1, 9], dir.path(), 2);
+	// DataNet 1 named twice is followed once.
+	let mut s = setup(addr, &[0, 1, 9, 1], dir.path(), 2);
+	assert_eq!(s.sync.status().datanets().len(), 3);
 
 	let error = s.sync.round().await.unwrap_err();
 	assert!(matches!(error, SyncError::UnknownDataNet { datanet: 9, .. }), "{error}");
@@ -340,6 +357,22 @@ async fn a_record_whose_commitment_does_not_follow_is_refused_with_those_after_i
 	s.sync.round().await.unwrap();
 	let net = s.status(0);
 	assert_eq!((net.verified, net.indexed, net.error), (4, 4, None));
+
+	// Two more records, the second malformed (a content hash that is not one): the first is
+	// kept, the second refused until the node answers properly.
+	let more: Vec<u64> = {
+		let mut c = chain.lock().unwrap();
+		c.garble_at = Some((0, 5));
+		TEXTS[4..].iter().map(|t| c.accept(0, t.as_bytes())).collect()
+	};
+	let error = s.sync.round().await.unwrap_err();
+	assert!(matches!(error, SyncError::Malformed { .. }), "{error}");
+	assert!(error.to_string().contains("not-a-hash"), "{error}");
+	assert_eq!((s.status(0).verified, s.status(0).indexed), (5, 5));
+	assert!(s.index.read().unwrap().get(&more[0].to_string()).is_some());
+	chain.lock().unwrap().garble_at = None;
+	s.sync.round().await.unwrap();
+	assert_eq!((s.status(0).verified, s.status(0).indexed), (6, 6));
 	stop_node(node).await;
 }
 
@@ -373,6 +406,15 @@ async fn a_dropped_connection_loses_nothing_and_another_chain_is_indexed_anew() 
 	expected.push(third);
 	assert_eq!(s.ids(), expected.iter().map(u64::to_string).collect::<Vec<_>>());
 	assert_eq!(s.sync.status().to_json()["connected"], json!(true));
+
+	// A node that is behind (restarted, syncing): waited for, nothing dropped.
+	chain.lock().unwrap().behind = Some(1);
+	let error = s.sync.round().await.unwrap_err();
+	assert!(matches!(error, SyncError::Behind { datanet: 0, node: 1, indexed: 3 }), "{error}");
+	assert_eq!(s.ids(), expected.iter().map(u64::to_string).collect::<Vec<_>>());
+	chain.lock().unwrap().behind = None;
+	s.sync.round().await.unwrap();
+	assert_eq!(s.status(0).indexed, 3);
 
 	// The same chain with its history rewritten (a node that resynced another fork, say):
 	// the DataNet is indexed anew.
@@ -418,15 +460,12 @@ async fn a_full_index_takes_what_fits_and_the_rest_waits() {
 	let net = s.status(0);
 	assert_eq!((net.verified, net.indexed, net.waiting_count), (5, 3, 2));
 	assert_eq!(s.ids(), ids[..3].iter().map(u64::to_string).collect::<Vec<_>>());
-	assert!(
-		net.waiting[0].reason.contains("more than the index holds"),
-		"{}",
-		net.waiting[0].reason
-	);
-	// Room made (a record taken out by hand): the next round indexes one of those waiting.
-	assert!(s.index.write().unwrap().remove(&ids[0].to_string()));
+	assert!(net.waiting[0].reason.contains("index is full"), "{}", net.waiting[0].reason);
+	// The next round embeds nothing: the index still has no room.
+	let embedded = s.service.stats().inputs.load(Ordering::Relaxed);
 	s.sync.round().await.unwrap();
-	assert_eq!(s.status(0).waiting_count, 1);
-	assert_eq!(s.index.read().unwrap().len(), 3);
+	assert_eq!(s.service.stats().inputs.load(Ordering::Relaxed), embedded);
+	let net = s.status(0);
+	assert_eq!((net.indexed, net.waiting_count), (3, 2));
 	stop_node(node).await;
 }
