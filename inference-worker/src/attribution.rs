@@ -222,17 +222,22 @@ impl Ablations {
 	}
 
 	/// The requests that score `answer` after each ablation of `prompt`: teacher-forced, the
-	/// log-probability of every token given the ones before it, nothing generated.
+	/// log-probability of each answer token given the ones before it, nothing generated. Only
+	/// the answer is scored, so each request takes the part of its prompt that it shares with
+	/// one computed before (the answer's own prompt, the ablations before it) from the
+	/// engine's prefix cache.
 	pub fn requests(&self, prompt: &SourcedPrompt, answer: &[u32]) -> Vec<GenerationRequest> {
 		self.masks
 			.iter()
 			.map(|keep| {
 				let mut tokens = prompt.tokens(keep);
+				let from = tokens.len().saturating_sub(1);
 				tokens.extend_from_slice(answer);
 				GenerationRequest {
 					prompt: Prompt::Tokens(tokens),
 					max_tokens: 0,
 					prompt_logprobs: Some(0),
+					prompt_logprobs_from: from,
 					..GenerationRequest::default()
 				}
 			})

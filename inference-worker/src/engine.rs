@@ -147,12 +147,20 @@ impl Sequence {
 	}
 
 	/// The most tokens it may run in one step of `budget` tokens with `rows` rows of prompt
-	/// logits left to bring back (at least one).
-	fn chunk_limit(&self, budget: usize, rows: usize) -> usize {
-		match self.progress.wants_prompt_logits() {
-			true => budget.min(rows.max(1)),
-			false => budget,
+	/// logits left to bring back (at least one), its chunk starting at position `start`: the
+	/// positions before the first whose logits are wanted take no rows.
+	fn chunk_limit(&self, budget: usize, rows: usize, start: usize) -> usize {
+		match self.progress.prompt_logits_from() {
+			Some(from) => budget.min(from.saturating_sub(start).saturating_add(rows.max(1))),
+			None => budget,
 		}
+	}
+
+	/// The rows of prompt logits a chunk of `chunk` tokens from position `start` brings back.
+	fn rows_in(&self, start: usize, chunk: usize) -> usize {
+		self.progress
+			.prompt_logits_from()
+			.map_or(0, |from| chunk.saturating_sub(from.saturating_sub(start)))
 	}
 
 	/// Everything the sequence must have cached: its prompt and output so far.
@@ -433,14 +441,14 @@ impl<D: Decoder> Engine<D> {
 		let mut i = 0;
 		while i < self.running.len() {
 			let seq = &self.running[i];
-			let want = seq.pending.len().min(seq.chunk_limit((*budget).max(1), *rows));
+			let start = seq.table.len();
+			let want = seq.pending.len().min(seq.chunk_limit((*budget).max(1), *rows, start));
+			let wanted_rows = seq.rows_in(start, want);
 			let needed = self.cache.blocks_needed(&self.running[i].table, want);
 			if needed <= self.cache.available_blocks() {
 				match self.cache.reserve(&mut self.running[i].table, want) {
 					Ok(()) => {
-						if self.running[i].progress.wants_prompt_logits() {
-							*rows = rows.saturating_sub(want);
-						}
+						*rows = rows.saturating_sub(wanted_rows);
 						self.running[i].scheduled = want;
 						*budget = budget.saturating_sub(want);
 						i += 1;
@@ -507,12 +515,15 @@ impl<D: Decoder> Engine<D> {
 			}
 			let seq = &mut self.waiting[i];
 			seq.table = BlockTable::new(seq.salt());
-			// A prompt whose log-probabilities are asked for is computed whole.
-			let reused = match seq.progress.wants_prompt_logits() {
-				true => 0,
-				false => self.cache.reuse_prefix(&mut seq.table, &seq.pending),
+			// A prompt whose log-probabilities are asked for is computed from the first position
+			// whose logits are wanted (what is before it may come from the cache).
+			let reusable = match seq.progress.prompt_logits_from() {
+				Some(from) => &seq.pending[..seq.pending.len().min(from + 1)],
+				None => &seq.pending[..],
 			};
-			let chunk = (seq.pending.len() - reused).min(seq.chunk_limit(*budget, *rows));
+			let reused = self.cache.reuse_prefix(&mut seq.table, reusable);
+			let chunk = (seq.pending.len() - reused).min(seq.chunk_limit(*budget, *rows, reused));
+			let wanted_rows = seq.rows_in(reused, chunk);
 			// Room for the chunk now, and for the whole remaining input before long.
 			let needed = self.cache.blocks_for(seq.pending.len() + 1) - seq.table.blocks().len();
 			if needed > self.cache.available_blocks()
@@ -524,9 +535,7 @@ impl<D: Decoder> Engine<D> {
 			let Some(mut seq) = self.waiting.remove(i) else { break };
 			seq.pending.drain(..reused);
 			seq.scheduled = chunk;
-			if scored {
-				*rows = rows.saturating_sub(chunk);
-			}
+			*rows = rows.saturating_sub(wanted_rows);
 			self.stats.tokens_reused += reused as u64;
 			*budget -= chunk;
 			self.running.push(seq);
@@ -556,7 +565,11 @@ impl<D: Decoder> Engine<D> {
 				.running
 				.iter_mut()
 				.map(|s| {
-					if s.progress.wants_prompt_logits() {
+					// Rows once the chunk reaches the first position whose logits are wanted.
+					if s.progress
+						.prompt_logits_from()
+						.is_some_and(|f| s.table.len() + s.scheduled > f)
+					{
 						return Want::Rows;
 					}
 					if s.pending.len() > s.scheduled {

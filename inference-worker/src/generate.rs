@@ -90,9 +90,16 @@ pub struct GenerationRequest {
 	pub ignore_eos: bool,
 	/// The log-probability of each prompt token after the first, given the ones before it,
 	/// with this many most likely tokens at each position (vLLM's `prompt_logprobs`; OpenAI's
-	/// `echo` with `logprobs`); `None` for none. At most [`MAX_TOP_LOGPROBS`]. The whole
-	/// prompt is computed for it (no cached prefix is reused).
+	/// `echo` with `logprobs`); `None` for none. At most [`MAX_TOP_LOGPROBS`]. The prompt
+	/// from [`Self::prompt_logprobs_from`] on is computed for it (no cached block of it is
+	/// reused).
 	pub prompt_logprobs: Option<usize>,
+	/// With `prompt_logprobs`, the first position whose log-probability is recorded (that of
+	/// the token after it; 0, the default: every position). The prompt before it is not
+	/// scored, so the engine takes what it can of it from the prefix cache and runs the rest
+	/// without logits: scoring an answer after a long prompt (attribution's ablations) costs
+	/// the answer, not the prompt. Past the prompt's last position it records nothing.
+	pub prompt_logprobs_from: usize,
 	/// The fewest tokens to generate before the end-of-sequence token, a stop token or a stop
 	/// sequence may end the output (vLLM's `min_tokens`; at most `max_tokens`): until then
 	/// those tokens are not picked and stop sequences are not looked for.
@@ -135,6 +142,7 @@ impl Default for GenerationRequest {
 			stop_token_ids: Vec::new(),
 			ignore_eos: false,
 			prompt_logprobs: None,
+			prompt_logprobs_from: 0,
 			min_tokens: 0,
 			response_format: ResponseFormat::Text,
 			skip_special_tokens: true,
@@ -145,7 +153,11 @@ impl Default for GenerationRequest {
 /// The log-probabilities of a prompt's tokens after the first, each given the ones before it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PromptLogprobs {
-	/// `log p(prompt[i + 1] | prompt[..=i])` at `i`.
+	/// The position of the first entry (the request's
+	/// [`GenerationRequest::prompt_logprobs_from`]): entry `i` is position `first + i`'s.
+	#[serde(skip)]
+	pub first: usize,
+	/// `log p(prompt[p + 1] | prompt[..=p])` at `i`, for position `p = first + i`.
 	pub logprobs: Vec<f32>,
 	/// At `i`, the most likely tokens at that position with their log-probabilities, most
 	/// likely first (as many as the request asked for).
@@ -295,13 +307,23 @@ impl Progress {
 				"{k} top log-probabilities asked for the prompt, at most {MAX_TOP_LOGPROBS}"
 			)));
 		}
+		// The last position: past it there is nothing to score.
+		let last = prompt_tokens.len().saturating_sub(1);
 		Ok(Self {
 			sampler: Sampler::new(request.sampling.clone())?,
 			prompt_tokens,
 			tokens: Vec::with_capacity(request.max_tokens),
 			logprobs: Vec::with_capacity(request.max_tokens),
 			top_logprobs: Vec::new(),
-			prompt_logprobs: request.prompt_logprobs.map(|k| (k, PromptLogprobs::default())),
+			prompt_logprobs: request.prompt_logprobs.map(|k| {
+				(
+					k,
+					PromptLogprobs {
+						first: request.prompt_logprobs_from.min(last),
+						..Default::default()
+					},
+				)
+			}),
 			max_tokens: request.max_tokens,
 			stop: request.stop.clone(),
 			stop_token_ids: request.stop_token_ids.clone(),
@@ -332,19 +354,26 @@ impl Progress {
 	/// Whether the logits of prompt positions are still needed (for the prompt's
 	/// log-probabilities).
 	pub fn wants_prompt_logits(&self) -> bool {
-		self.prompt_logprobs
-			.as_ref()
-			.is_some_and(|(_, p)| p.logprobs.len() + 1 < self.prompt_tokens.len())
+		self.prompt_logits_from().is_some()
+	}
+
+	/// The first prompt position whose logits are still needed (for the prompt's
+	/// log-probabilities), if any is.
+	pub fn prompt_logits_from(&self) -> Option<usize> {
+		let (_, p) = self.prompt_logprobs.as_ref()?;
+		let next = p.first + p.logprobs.len();
+		(next + 1 < self.prompt_tokens.len()).then_some(next)
 	}
 
 	/// Records the prompt's log-probabilities from `rows`, the logits of positions `start..` of
-	/// the sequence (each predicting the token after it). Positions recorded already (a
-	/// prompt computed again after a preemption) and past the prompt are skipped.
+	/// the sequence (each predicting the token after it). Positions before the first wanted,
+	/// recorded already (a prompt computed again after a preemption) and past the prompt are
+	/// skipped.
 	pub fn record_prompt(&mut self, start: usize, rows: &[Vec<f32>]) {
 		let Some((k, recorded)) = self.prompt_logprobs.as_mut() else { return };
 		for (position, row) in (start..).zip(rows) {
 			let Some(&next) = self.prompt_tokens.get(position + 1) else { break };
-			if position != recorded.logprobs.len() {
+			if position != recorded.first + recorded.logprobs.len() {
 				continue;
 			}
 			let (logprob, rank) = match row.get(next as usize) {

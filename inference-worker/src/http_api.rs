@@ -959,6 +959,7 @@ fn generation_requests(
 			skip_special_tokens: body.skip_special_tokens.unwrap_or(true),
 			// OpenAI's echo with logprobs, or vLLM's prompt_logprobs: the prompt's tokens' too.
 			prompt_logprobs: logprobs.filter(|_| echo).max(prompt_logprobs),
+			prompt_logprobs_from: 0,
 			min_tokens: body.min_tokens.unwrap_or(0),
 			response_format: response_format.clone(),
 		})

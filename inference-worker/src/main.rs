@@ -394,6 +394,7 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 		stop_token_ids: Vec::new(),
 		ignore_eos: args.ignore_eos,
 		prompt_logprobs: args.prompt_logprobs,
+		prompt_logprobs_from: 0,
 		min_tokens: args.min_tokens,
 		skip_special_tokens: !args.keep_special_tokens,
 		response_format: match (&args.json_schema, args.json_object) {

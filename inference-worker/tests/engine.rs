@@ -753,3 +753,61 @@ fn long_prompts_are_scored_a_bounded_number_of_rows_a_step_and_may_be_scored_onl
 fn prompt_len(tokenizer: &Tokenizer, request: &GenerationRequest) -> usize {
 	request.prompt.tokens(tokenizer, usize::MAX).unwrap().len()
 }
+
+#[test]
+fn an_answer_scored_after_its_prompt_reuses_the_cached_prompt_and_scores_the_same() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let config = EngineConfig::default();
+	let block = config.block_size;
+	let mut engine = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
+	let context = format!(
+		"<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\nWhere is the tower?<|im_end|>\n\
+		 <|im_start|>assistant\n",
+		"Record 1: the Eiffel Tower stands in Paris and was finished in 1889. ".repeat(20)
+	);
+	let prompt = tokenizer.encode(&context).unwrap();
+	let answer = tokenizer.encode_literal("It stands in Paris, France.").unwrap();
+	let mut tokens = prompt.clone();
+	tokens.extend_from_slice(&answer);
+	let from = prompt.len() - 1;
+	assert!(tokens.len() > 2 * PROMPT_LOGITS_CHUNK, "{} tokens", tokens.len());
+	let scoring = |from: usize| GenerationRequest {
+		prompt: openledger_inference_worker::generate::Prompt::Tokens(tokens.clone()),
+		max_tokens: 0,
+		prompt_logprobs: Some(1),
+		prompt_logprobs_from: from,
+		..GenerationRequest::default()
+	};
+
+	// The answer's prompt generated first (as a chat does), then the answer scored.
+	engine.submit(&greedy(&context, 1), None).unwrap();
+	engine.run_to_completion();
+	let before = engine.stats();
+	let id = engine.submit(&scoring(from), None).unwrap();
+	let answer_only = by_id(engine.run_to_completion()).remove(&id).unwrap();
+	let after = engine.stats();
+	let reusable = (from / block * block) as u64;
+	assert_eq!(after.tokens_reused - before.tokens_reused, reusable, "{after:?}");
+	assert_eq!(after.tokens_computed - before.tokens_computed, tokens.len() as u64 - reusable);
+	assert_eq!(after.steps - before.steps, 1, "one step: rows only for the answer");
+
+	// Scored whole, on an engine with nothing cached: every position, in chunks of rows.
+	let mut fresh = Engine::new(model.clone(), tokenizer.clone(), EngineConfig::default()).unwrap();
+	let id = fresh.submit(&scoring(0), None).unwrap();
+	let whole = by_id(fresh.run_to_completion()).remove(&id).unwrap();
+	assert!(fresh.stats().steps as usize >= tokens.len().div_ceil(PROMPT_LOGITS_CHUNK));
+	let whole = whole.prompt_logprobs.unwrap();
+	let got = answer_only.prompt_logprobs.unwrap();
+	assert_eq!((whole.first, got.first), (0, from));
+	assert_eq!(got.logprobs.len(), answer.len());
+	assert_eq!(got.logprobs[..], whole.logprobs[from..], "the answer's log-probabilities");
+	assert_eq!(got.ranks[..], whole.ranks[from..]);
+	assert_same_top(&got.top_logprobs, &whole.top_logprobs[from..], "top", QUANTIZED_TOL);
+	// Served alone (no engine), the same.
+	let dirs = BTreeMap::new();
+	let alone = solo(&model, &tokenizer, None, &scoring(from), &dirs).prompt_logprobs.unwrap();
+	assert_eq!(alone, got);
+	// Past the prompt: nothing recorded, not an error.
+	let past = solo(&model, &tokenizer, None, &scoring(tokens.len() + 5), &dirs);
+	assert!(past.prompt_logprobs.unwrap().logprobs.is_empty());
+}
