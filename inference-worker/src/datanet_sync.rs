@@ -182,6 +182,7 @@ struct StatusInner {
 	url: String,
 	connected: bool,
 	rounds: u64,
+	failed_rounds: u64,
 	error: Option<String>,
 	datanets: Vec<DataNetStatus>,
 }
@@ -199,6 +200,57 @@ impl SyncStatus {
 			"error": inner.error,
 			"data": inner.datanets,
 		})
+	}
+
+	/// Appends the sync's Prometheus metrics to `text`: rounds run and failed, whether the node
+	/// is connected, and each DataNet's records accepted, verified, indexed, waiting and
+	/// skipped (labelled `datanet`).
+	pub fn render_metrics(&self, text: &mut String) {
+		let inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+		let name = |metric: &str| format!("openledger_worker_datanet_{metric}");
+		for (metric, kind, help, value) in [
+			("sync_rounds_total", "counter", "DataNet sync rounds run.", inner.rounds),
+			(
+				"sync_failed_rounds_total",
+				"counter",
+				"DataNet sync rounds that failed.",
+				inner.failed_rounds,
+			),
+			(
+				"sync_connected",
+				"gauge",
+				"Whether the node is connected (1) or not (0).",
+				u64::from(inner.connected),
+			),
+		] {
+			let metric = name(metric);
+			text.push_str(&format!(
+				"# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}\n"
+			));
+		}
+		type Field = fn(&DataNetStatus) -> u64;
+		let per_datanet: [(&str, &str, Field); 5] = [
+			("records_accepted", "Accepted records on chain at the block last read.", |d| {
+				d.accepted
+			}),
+			("records_verified", "Accepted records checked against the commitment.", |d| {
+				d.verified
+			}),
+			("records_indexed", "Records in the retrieval index.", |d| d.indexed),
+			("records_waiting", "Records waiting for their content or room.", |d| {
+				d.waiting_count as u64
+			}),
+			("records_skipped", "Records that cannot be served as documents.", |d| {
+				d.skipped_count as u64
+			}),
+		];
+		for (metric, help, field) in per_datanet {
+			let metric = name(metric);
+			text.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+			for net in &inner.datanets {
+				text.push_str(&format!("{metric}{{datanet=\"{}\"}} {}\n", net.datanet, field(net)));
+			}
+		}
 	}
 
 	/// Replaces the status of `net`'s DataNet (progress within a round).
@@ -359,6 +411,7 @@ impl DataNetSync {
 		let result = self.round_inner().await;
 		let mut inner = self.status.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 		inner.rounds += 1;
+		inner.failed_rounds += u64::from(result.is_err());
 		inner.connected = self.client.as_ref().is_some_and(WsClient::is_connected);
 		inner.error = result.as_ref().err().map(ToString::to_string);
 		inner.datanets = self.nets.iter().map(DataNetState::status).collect();

@@ -47,9 +47,11 @@ use crate::{
 /// Identifies a request submitted to an [`Engine`].
 pub type RequestId = u64;
 
-/// The most prompt tokens one step runs of the sequences whose prompt's log-probabilities are
-/// asked for, together: every row's logits come back (`[tokens, vocab]` floats), so the rows
-/// one step brings back stay few (a running one gets at least one token a step).
+/// The most prompt tokens one step runs, together, of the sequences whose prompt's
+/// log-probabilities are asked for, from the first position whose log-probability is wanted:
+/// every row's logits come back (`[tokens, vocab]` floats), so the rows one step brings back
+/// stay few (a running one gets at least one token a step). The prompt before that position
+/// runs in chunks of its own, with no rows.
 pub const PROMPT_LOGITS_CHUNK: usize = 128;
 
 /// The engine's limits.
@@ -147,20 +149,24 @@ impl Sequence {
 	}
 
 	/// The most tokens it may run in one step of `budget` tokens with `rows` rows of prompt
-	/// logits left to bring back (at least one), its chunk starting at position `start`: the
-	/// positions before the first whose logits are wanted take no rows.
+	/// logits left to bring back (at least one), its chunk starting at position `start`. A
+	/// chunk before the first position whose logits are wanted ends there and brings back no
+	/// rows (the decoder returns a row for every position of a chunk that returns rows);
+	/// from there on each position is a row.
 	fn chunk_limit(&self, budget: usize, rows: usize, start: usize) -> usize {
 		match self.progress.prompt_logits_from() {
-			Some(from) => budget.min(from.saturating_sub(start).saturating_add(rows.max(1))),
+			Some(from) if start < from => budget.min(from - start),
+			Some(_) => budget.min(rows.max(1)),
 			None => budget,
 		}
 	}
 
 	/// The rows of prompt logits a chunk of `chunk` tokens from position `start` brings back.
 	fn rows_in(&self, start: usize, chunk: usize) -> usize {
-		self.progress
-			.prompt_logits_from()
-			.map_or(0, |from| chunk.saturating_sub(from.saturating_sub(start)))
+		match self.progress.prompt_logits_from() {
+			Some(from) if start >= from => chunk,
+			_ => 0,
+		}
 	}
 
 	/// Everything the sequence must have cached: its prompt and output so far.
@@ -565,11 +571,9 @@ impl<D: Decoder> Engine<D> {
 				.running
 				.iter_mut()
 				.map(|s| {
-					// Rows once the chunk reaches the first position whose logits are wanted.
-					if s.progress
-						.prompt_logits_from()
-						.is_some_and(|f| s.table.len() + s.scheduled > f)
-					{
+					// Rows from the first position whose logits are wanted (a chunk before it
+					// ends there: `chunk_limit`).
+					if s.progress.prompt_logits_from().is_some_and(|f| s.table.len() >= f) {
 						return Want::Rows;
 					}
 					if s.pending.len() > s.scheduled {

@@ -98,7 +98,8 @@ pub struct GenerationRequest {
 	/// the token after it; 0, the default: every position). The prompt before it is not
 	/// scored, so the engine takes what it can of it from the prefix cache and runs the rest
 	/// without logits: scoring an answer after a long prompt (attribution's ablations) costs
-	/// the answer, not the prompt. Past the prompt's last position it records nothing.
+	/// the answer, not the prompt. From the prompt's last position on (which predicts
+	/// nothing) it records nothing.
 	pub prompt_logprobs_from: usize,
 	/// The fewest tokens to generate before the end-of-sequence token, a stop token or a stop
 	/// sequence may end the output (vLLM's `min_tokens`; at most `max_tokens`): until then
@@ -154,7 +155,8 @@ impl Default for GenerationRequest {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PromptLogprobs {
 	/// The position of the first entry (the request's
-	/// [`GenerationRequest::prompt_logprobs_from`]): entry `i` is position `first + i`'s.
+	/// [`GenerationRequest::prompt_logprobs_from`], at most the prompt's last position): entry
+	/// `i` is position `first + i`'s.
 	#[serde(skip)]
 	pub first: usize,
 	/// `log p(prompt[p + 1] | prompt[..=p])` at `i`, for position `p = first + i`.

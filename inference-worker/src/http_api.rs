@@ -2237,5 +2237,8 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 	] {
 		histogram.render(&format!("openledger_worker_{name}"), help, &mut text);
 	}
+	if let Some(sync) = &state.datanet_sync {
+		sync.render_metrics(&mut text);
+	}
 	([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -307,6 +307,20 @@ async fn follows_datanets_checking_contents_and_commitments() {
 	let indexed = s.index.read().unwrap().get(&ids[2].to_string()).cloned().unwrap();
 	assert_eq!((indexed.datanet.as_str(), indexed.text.as_str()), ("0", TEXTS[2]));
 	assert_eq!(s.nearest("Which tower was built in Paris in 1889?").await, ids[0].to_string());
+	let mut metrics = String::new();
+	s.sync.status().render_metrics(&mut metrics);
+	for line in [
+		"openledger_worker_datanet_sync_rounds_total 1",
+		"openledger_worker_datanet_sync_failed_rounds_total 1",
+		"openledger_worker_datanet_sync_connected 1",
+		"openledger_worker_datanet_records_accepted{datanet=\"0\"} 5",
+		"openledger_worker_datanet_records_indexed{datanet=\"0\"} 3",
+		"openledger_worker_datanet_records_waiting{datanet=\"0\"} 2",
+		"openledger_worker_datanet_records_skipped{datanet=\"1\"} 1",
+		"openledger_worker_datanet_records_verified{datanet=\"9\"} 0",
+	] {
+		assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+	}
 	let json = s.sync.status().to_json();
 	assert_eq!(json["rounds"], json!(1));
 	assert_eq!(json["connected"], json!(true));

@@ -789,13 +789,31 @@ fn an_answer_scored_after_its_prompt_reuses_the_cached_prompt_and_scores_the_sam
 	let reusable = (from / block * block) as u64;
 	assert_eq!(after.tokens_reused - before.tokens_reused, reusable, "{after:?}");
 	assert_eq!(after.tokens_computed - before.tokens_computed, tokens.len() as u64 - reusable);
-	assert_eq!(after.steps - before.steps, 1, "one step: rows only for the answer");
+	// What is left of the prompt before the answer, then the answer's rows.
+	assert_eq!(after.steps - before.steps, 1 + u64::from(from % block != 0));
 
 	// Scored whole, on an engine with nothing cached: every position, in chunks of rows.
-	let mut fresh = Engine::new(model.clone(), tokenizer.clone(), EngineConfig::default()).unwrap();
+	let counting = Arc::new(common::Flaky::new(model.clone()));
+	let mut fresh =
+		Engine::new(counting.clone(), tokenizer.clone(), EngineConfig::default()).unwrap();
 	let id = fresh.submit(&scoring(0), None).unwrap();
 	let whole = by_id(fresh.run_to_completion()).remove(&id).unwrap();
 	assert!(fresh.stats().steps as usize >= tokens.len().div_ceil(PROMPT_LOGITS_CHUNK));
+	assert_eq!(counting.max_rows(), PROMPT_LOGITS_CHUNK as u64);
+	// Scored from the answer with nothing cached: the prompt without rows (in chunks of the
+	// step's budget), then only the answer's rows.
+	let counting = Arc::new(common::Flaky::new(model.clone()));
+	let mut cold =
+		Engine::new(counting.clone(), tokenizer.clone(), EngineConfig::default()).unwrap();
+	let id = cold.submit(&scoring(from), None).unwrap();
+	let cold_answer = by_id(cold.run_to_completion()).remove(&id).unwrap();
+	// The positions from the prompt's last to the answer's last (which predicts nothing).
+	assert_eq!(counting.max_rows(), answer.len() as u64 + 1);
+	assert_eq!(
+		cold.stats().steps as usize,
+		from.div_ceil(EngineConfig::default().max_batch_tokens) + 1
+	);
+	assert_eq!(cold_answer.prompt_logprobs, answer_only.prompt_logprobs);
 	let whole = whole.prompt_logprobs.unwrap();
 	let got = answer_only.prompt_logprobs.unwrap();
 	assert_eq!((whole.first, got.first), (0, from));
@@ -810,4 +828,36 @@ fn an_answer_scored_after_its_prompt_reuses_the_cached_prompt_and_scores_the_sam
 	// Past the prompt: nothing recorded, not an error.
 	let past = solo(&model, &tokenizer, None, &scoring(tokens.len() + 5), &dirs);
 	assert!(past.prompt_logprobs.unwrap().logprobs.is_empty());
+
+	// Three answers to different prompts scored, then continued, at once in a KV cache too
+	// small for them: preempted and computed again, each still records exactly its answer's
+	// log-probabilities and generates what it generates alone.
+	let requests: Vec<GenerationRequest> = ["Record 2", "Record 3", "Record 4"]
+		.iter()
+		.map(|name| {
+			let mut tokens = tokenizer.encode(&context.replace("Record 1", name)).unwrap();
+			let from = tokens.len() - 1;
+			tokens.extend_from_slice(&answer);
+			GenerationRequest {
+				prompt: openledger_inference_worker::generate::Prompt::Tokens(tokens),
+				prompt_logprobs_from: from,
+				max_tokens: 24,
+				ignore_eos: true,
+				..scoring(0)
+			}
+		})
+		.collect();
+	let blocks = tokens.len() / 4 * 2 + 4;
+	let config = EngineConfig { max_batch_tokens: 512, ..small_config(&model.config, blocks, 0) };
+	let mut small = Engine::new(model.clone(), tokenizer.clone(), config).unwrap();
+	let ids: Vec<u64> = requests.iter().map(|r| small.submit(r, None).unwrap()).collect();
+	let mut results = by_id(small.run_to_completion());
+	assert!(small.stats().preemptions > 0, "{:?}", small.stats());
+	for (request, id) in requests.iter().zip(ids) {
+		let got = results.remove(&id).unwrap();
+		let alone = solo(&model, &tokenizer, None, request, &dirs);
+		assert_eq!(got.prompt_logprobs.as_ref().unwrap().logprobs.len(), answer.len());
+		assert_same(&got, &alone, "a preempted answer", QUANTIZED_TOL);
+		assert_eq!(got.prompt_logprobs, alone.prompt_logprobs);
+	}
 }

@@ -2,7 +2,8 @@
 //! `--dev` node. Alice creates an open DataNet and contributes records from a Rust client
 //! (subxt); the worker reads the accepted records at finalized blocks, checks them against the
 //! DataNet's commitment and their contents against their hashes, and retrieves them by their
-//! on-chain ids; a record contributed later is served too.
+//! on-chain ids; a record contributed later is served too; a chat retrieves them and its answer
+//! is attributed to them by those ids; the sync's metrics are in `/metrics`.
 //!
 //! The worker binary is the one cargo builds beside the node (`cargo test --workspace`, as
 //! `scripts/test.sh` runs it); the real models come from `scripts/fetch-models.sh`.
@@ -249,6 +250,41 @@ async fn run(node: &mut Node, dir: &Path, models: &Path) -> Result<()> {
 	let ids = accepted_ids(&rpc).await?;
 	let (_, found) = retrieve("the biggest planet")?;
 	ensure!(found["data"][0]["id"] == json!(ids[2].to_string()), "Jupiter's record: {found}");
+
+	// A chat grounded on the records retrieved, its answer attributed to them by their
+	// on-chain ids.
+	let chat = json!({
+		"messages": [{"role": "user", "content": "When was the Eiffel Tower finished?"}],
+		"retrieval": {"top_k": 2},
+		"attribution": {"method": "leave_one_out"},
+		"max_tokens": 12,
+		"temperature": 0,
+	});
+	let (code, answer) = http(&address, "POST", "/v1/chat/completions", Some(&chat))?;
+	ensure!(code == 200, "/v1/chat/completions: {code} {answer}");
+	let retrieved: Vec<&Json> =
+		answer["retrieved"].as_array().context("retrieved")?.iter().collect();
+	ensure!(
+		retrieved.len() == 2 && retrieved[0]["id"] == json!(ids[0].to_string()),
+		"the Eiffel Tower record retrieved first: {answer}"
+	);
+	let scores = answer["choices"][0]["attribution"]["scores"].as_array().context("scores")?;
+	let scored: Vec<&Json> = scores.iter().map(|s| &s["id"]).collect();
+	let listed: Vec<&Json> = retrieved.iter().map(|r| &r["id"]).collect();
+	ensure!(scored == listed, "each retrieved record scored under its id: {answer}");
+	ensure!(scores.iter().all(|s| s["score"].as_f64().is_some_and(f64::is_finite)), "{answer}");
+
+	// The sync's metrics.
+	let mut stream = TcpStream::connect(&address)?;
+	write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+	let mut metrics = String::new();
+	stream.read_to_string(&mut metrics)?;
+	for line in [
+		"openledger_worker_datanet_records_indexed{datanet=\"0\"} 3",
+		"openledger_worker_datanet_sync_connected 1",
+	] {
+		ensure!(metrics.lines().any(|l| l == line), "{line} not in /metrics:\n{metrics}");
+	}
 	Ok(())
 }
 

@@ -69,11 +69,13 @@ pub fn greedy(prompt: &str, max_tokens: usize) -> GenerationRequest {
 }
 
 /// A decoder that is `D` except that the step numbered [`Flaky::fail_step`] fails, as a device
-/// fault would.
+/// fault would; it also counts the rows of prompt logits each step brings back.
 pub struct Flaky<D> {
 	inner: Arc<D>,
 	/// Steps run (failed ones included).
 	steps: AtomicU64,
+	/// The most rows of prompt logits one step brought back.
+	max_rows: AtomicU64,
 	/// The step (counting from 1) that fails; 0 for none.
 	fail_at: AtomicU64,
 }
@@ -81,7 +83,17 @@ pub struct Flaky<D> {
 impl<D: Decoder> Flaky<D> {
 	/// `inner`, not failing until told to.
 	pub fn new(inner: Arc<D>) -> Self {
-		Self { inner, steps: AtomicU64::new(0), fail_at: AtomicU64::new(0) }
+		Self {
+			inner,
+			steps: AtomicU64::new(0),
+			max_rows: AtomicU64::new(0),
+			fail_at: AtomicU64::new(0),
+		}
+	}
+
+	/// The most rows of prompt logits one step has brought back.
+	pub fn max_rows(&self) -> u64 {
+		self.max_rows.load(Ordering::SeqCst)
 	}
 
 	/// Steps run so far.
@@ -138,6 +150,10 @@ impl<D: Decoder> Decoder for Flaky<D> {
 		if step == self.fail_at.load(Ordering::SeqCst) {
 			return Err(Error::Unsupported(format!("step {step} failed on purpose")));
 		}
-		self.inner.step(cache, residency, batch, wants)
+		let next = self.inner.step(cache, residency, batch, wants)?;
+		let rows: usize =
+			next.iter().map(|n| if let Next::Rows(rows) = n { rows.len() } else { 0 }).sum();
+		self.max_rows.fetch_max(rows as u64, Ordering::SeqCst);
+		Ok(next)
 	}
 }
