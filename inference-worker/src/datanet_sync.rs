@@ -134,14 +134,19 @@ pub struct Unindexed {
 	pub record: RecordId,
 	/// Where its content lives, as registered.
 	pub uri: String,
-	/// Its content hash (`0x` and 64 hex digits): the file name in the content folder.
-	pub content_hash: String,
+	/// Its content hash (`0x` and 64 hex digits in the status): the file name in the content
+	/// folder.
+	#[serde(serialize_with = "serialize_hash")]
+	pub content_hash: [u8; 32],
 	/// Why it is not in the index.
 	pub reason: String,
 	#[serde(skip)]
-	hash: [u8; 32],
-	#[serde(skip)]
 	size: u64,
+}
+
+/// A hash as `0x` and hex digits.
+fn serialize_hash<S: serde::Serializer>(hash: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+	serializer.serialize_str(&hex0x(hash))
 }
 
 /// How far a DataNet is synced.
@@ -596,9 +601,8 @@ fn check_record(net: &mut DataNetState, record: RpcRecord) -> Result<Unindexed, 
 	Ok(Unindexed {
 		record: record.id,
 		uri: record.uri,
-		content_hash: hex0x(&hash),
+		content_hash: hash,
 		reason: String::new(),
-		hash,
 		size: record.size,
 	})
 }
@@ -645,16 +649,14 @@ async fn index_records(
 		}
 	}
 	// No embedding for what the index has no room for.
-	let room = {
+	let (capacity, held) = {
 		let held = index.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-		held.capacity().saturating_sub(held.len())
+		(held.capacity(), held.len())
 	};
+	let room = capacity.saturating_sub(held);
 	if ready.len() > room {
 		for (mut record, _) in ready.drain(room..) {
-			record.reason = format!(
-				"the retrieval index is full (--max-records {})",
-				index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).capacity()
-			);
+			record.reason = format!("the retrieval index is full (--max-records {capacity})");
 			net.waiting.insert(record.record, record);
 		}
 	}
@@ -718,12 +720,12 @@ fn read_content(dir: &Path, record: &Unindexed) -> Result<String, Unreadable> {
 			record.size
 		)));
 	}
-	let path = dir.join(hex::encode(record.hash));
+	let path = dir.join(hex::encode(record.content_hash));
 	let mut bytes = Vec::new();
 	std::fs::File::open(&path)
 		.and_then(|file| file.take(MAX_CONTENT_FILE + 1).read_to_end(&mut bytes))
 		.map_err(|e| Unreadable::Missing(format!("{}: {e}", path.display())))?;
-	if bytes.len() as u64 > MAX_CONTENT_FILE || content_hash_of(&bytes) != record.hash {
+	if bytes.len() as u64 > MAX_CONTENT_FILE || content_hash_of(&bytes) != record.content_hash {
 		return Err(Unreadable::Missing(format!(
 			"{} is not the content hashed on chain (its BLAKE2b-256 differs)",
 			path.display()
@@ -814,9 +816,8 @@ mod tests {
 		let record = Unindexed {
 			record: 7,
 			uri: "ipfs://x".into(),
-			content_hash: hex0x(&hash),
+			content_hash: hash,
 			reason: String::new(),
-			hash,
 			size,
 		};
 		(config, record)
@@ -828,7 +829,7 @@ mod tests {
 		let text = "Rust was first released in 2015.";
 		let (config, rec) = record(dir.path(), text.as_bytes(), text.len() as u64);
 		assert!(matches!(read_content(&config.content_dir, &rec), Err(Unreadable::Missing(_))));
-		let path = dir.path().join(hex::encode(rec.hash));
+		let path = dir.path().join(hex::encode(rec.content_hash));
 		std::fs::write(&path, "something else").unwrap();
 		match read_content(&config.content_dir, &rec) {
 			Err(Unreadable::Missing(reason)) => assert!(reason.contains("BLAKE2b"), "{reason}"),
@@ -845,7 +846,7 @@ mod tests {
 		let text = "Stored under its hash.";
 		let path = store_content(&folder, text.as_bytes()).unwrap();
 		let (config, rec) = record(&folder, text.as_bytes(), text.len() as u64);
-		assert_eq!(path, folder.join(hex::encode(rec.hash)));
+		assert_eq!(path, folder.join(hex::encode(rec.content_hash)));
 		assert_eq!(read_content(&config.content_dir, &rec).ok().as_deref(), Some(text));
 		assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1, "no partial file left");
 	}
@@ -857,12 +858,12 @@ mod tests {
 		assert!(matches!(read_content(&config.content_dir, &rec), Err(Unreadable::Unservable(_))));
 		let binary = [0xffu8, 0xfe, 0x00];
 		let (config, rec) = record(dir.path(), &binary, 3);
-		std::fs::write(dir.path().join(hex::encode(rec.hash)), binary).unwrap();
+		std::fs::write(dir.path().join(hex::encode(rec.content_hash)), binary).unwrap();
 		assert!(matches!(read_content(&config.content_dir, &rec), Err(Unreadable::Unservable(_))));
 		// Declared small on chain, but the content with that hash is too large.
 		let large = "a".repeat(MAX_RECORD_BYTES + 1);
 		let (config, rec) = record(dir.path(), large.as_bytes(), 100);
-		std::fs::write(dir.path().join(hex::encode(rec.hash)), &large).unwrap();
+		std::fs::write(dir.path().join(hex::encode(rec.content_hash)), &large).unwrap();
 		match read_content(&config.content_dir, &rec) {
 			Err(Unreadable::Unservable(reason)) => {
 				assert!(reason.contains("8193 bytes"), "{reason}")
@@ -870,7 +871,7 @@ mod tests {
 			_ => panic!("a content too large was not skipped"),
 		}
 		let (config, rec) = record(dir.path(), b" \n ", 3);
-		std::fs::write(dir.path().join(hex::encode(rec.hash)), b" \n ").unwrap();
+		std::fs::write(dir.path().join(hex::encode(rec.content_hash)), b" \n ").unwrap();
 		assert!(matches!(read_content(&config.content_dir, &rec), Err(Unreadable::Unservable(_))));
 	}
 }

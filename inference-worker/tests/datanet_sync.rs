@@ -325,6 +325,8 @@ async fn follows_datanets_checking_contents_and_commitments() {
 	assert_eq!(json["rounds"], json!(1));
 	assert_eq!(json["connected"], json!(true));
 	assert!(json["error"].as_str().unwrap().contains("DataNet 9"));
+	let missing = &json["data"][0]["waiting"][0];
+	assert_eq!(missing["content_hash"], json!(hex0x(&content_hash_of(TEXTS[3].as_bytes()))));
 
 	// The missing contents arrive, the forged one is replaced, and the chain accepts another
 	// record: the next round indexes all three.
