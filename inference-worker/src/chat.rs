@@ -230,6 +230,11 @@ impl ChatTemplate {
 		Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
 	}
 
+	/// Whether the template's source holds `text` (a syntax it writes).
+	pub fn writes(&self, text: &str) -> bool {
+		self.env.get_template("chat").is_ok_and(|t| t.source().contains(text))
+	}
+
 	/// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
 	/// answer begins.
 	pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {

@@ -11,6 +11,7 @@ use crate::{
 	json_mode::{JsonGrammar, JsonState},
 	kernel_model::{DecodeInput, KernelLlama},
 	kv_cache::KvCacheConfig,
+	lazy_grammar::{LazyGrammar, LazyState},
 	lora::LoraAdapter,
 	model::{KvCache, Llama},
 	sampling::{
@@ -123,6 +124,45 @@ pub enum ResponseFormat {
 	/// token by token ([`crate::json_mode`]); it ends at the end-of-sequence token once the
 	/// document is whole (or at `max_tokens`).
 	Json(Arc<JsonGrammar>),
+	/// Text that `grammar` holds from a trigger on ([`crate::lazy_grammar`]: the model's own
+	/// tool calls, `tool_choice: "auto"`).
+	Lazy(Arc<LazyGrammar>),
+}
+
+/// What the output is held to, and how far into it the output is.
+#[derive(Clone, Debug)]
+enum Constraint {
+	Json(Arc<JsonGrammar>, JsonState),
+	Lazy(Arc<LazyGrammar>, LazyState),
+}
+
+impl Constraint {
+	/// Whether the output may end here.
+	fn can_end(&self) -> bool {
+		match self {
+			Self::Json(grammar, state) => state.can_end(grammar),
+			Self::Lazy(lazy, state) => state.can_end(lazy),
+		}
+	}
+
+	/// For each token, whether it may come next (`eos` when the output may end).
+	fn allowed_tokens(&self, tokenizer: &Tokenizer, eos: Option<u32>) -> Vec<bool> {
+		match self {
+			Self::Json(grammar, state) => {
+				state.allowed_tokens(grammar, tokenizer.token_bytes(), eos)
+			}
+			Self::Lazy(lazy, state) => state.allowed_tokens(lazy, tokenizer.token_bytes(), eos),
+		}
+	}
+
+	/// Goes on with a token of `bytes`; whether the constraint takes them.
+	fn advance(&mut self, bytes: &[u8]) -> bool {
+		match self {
+			Self::Json(grammar, state) => state.accepts(grammar, bytes).map(|next| *state = next),
+			Self::Lazy(lazy, state) => state.accepts(lazy, bytes).map(|next| *state = next),
+		}
+		.is_some()
+	}
 }
 
 impl ResponseFormat {
@@ -293,8 +333,9 @@ pub struct Progress {
 	/// The length of the text of the first `min_tokens - 1` tokens, in which stop sequences are
 	/// not looked for (when there are stop sequences).
 	held_text: usize,
-	/// The JSON the output must be, and how far into it the output is.
-	json: Option<(Arc<JsonGrammar>, JsonState)>,
+	/// What the output is held to (JSON, or text with a lazy grammar), and how far into it
+	/// the output is.
+	constraint: Option<Constraint>,
 	/// Whether special tokens are left out of the text.
 	skip_special_tokens: bool,
 	text: String,
@@ -332,9 +373,14 @@ impl Progress {
 			ignore_eos: request.ignore_eos,
 			min_tokens: request.min_tokens,
 			held_text: 0,
-			json: match &request.response_format {
+			constraint: match &request.response_format {
 				ResponseFormat::Text => None,
-				ResponseFormat::Json(grammar) => Some((grammar.clone(), JsonState::new(grammar))),
+				ResponseFormat::Json(grammar) => {
+					Some(Constraint::Json(grammar.clone(), JsonState::new(grammar)))
+				}
+				ResponseFormat::Lazy(lazy) => {
+					Some(Constraint::Lazy(lazy.clone(), LazyState::new()))
+				}
 			},
 			skip_special_tokens: request.skip_special_tokens,
 			text: String::new(),
@@ -399,13 +445,10 @@ impl Progress {
 		// that keep it on the grammar, and the end once the document is whole.
 		let held = self.tokens.len() < self.min_tokens;
 		let (eos, stop_token_ids) = (tokenizer.eos, &self.stop_token_ids);
-		let fits = self
-			.json
-			.as_ref()
-			.map(|(grammar, state)| state.allowed_tokens(grammar, tokenizer.token_bytes(), eos));
+		let fits = self.constraint.as_ref().map(|c| c.allowed_tokens(tokenizer, eos));
 		// A whole document may also end at a stop token (a model without an end-of-sequence
 		// token, say).
-		let whole = self.json.as_ref().is_some_and(|(grammar, state)| state.can_end(grammar));
+		let whole = self.constraint.as_ref().is_some_and(Constraint::can_end);
 		let stops_may_end = whole && !stop_token_ids.is_empty();
 		if !stops_may_end && fits.as_ref().is_some_and(|fits| !fits.contains(&true)) {
 			return Err(Error::Request(format!(
@@ -445,7 +488,7 @@ impl Progress {
 			return None;
 		}
 		// The kernels' sampler takes no mask.
-		if self.json.is_some() || self.tokens.len() < self.min_tokens {
+		if self.constraint.is_some() || self.tokens.len() < self.min_tokens {
 			return None;
 		}
 		self.sampler.kernel_draw()
@@ -462,11 +505,14 @@ impl Progress {
 		self.logprobs.push(sampled.logprob);
 		let ends =
 			Some(sampled.token) == tokenizer.eos || self.stop_token_ids.contains(&sampled.token);
-		if let Some((grammar, state)) = self.json.as_mut().filter(|_| !ends) {
+		if let Some(constraint) = self.constraint.as_mut().filter(|_| !ends) {
 			let bytes = tokenizer.token_bytes().get(sampled.token as usize);
-			*state = bytes.and_then(|b| state.accepts(grammar, b)).ok_or_else(|| {
-				Error::Batch(format!("token {} does not continue the JSON output", sampled.token))
-			})?;
+			if !bytes.is_some_and(|b| constraint.advance(b)) {
+				return Err(Error::Batch(format!(
+					"token {} does not continue the JSON output",
+					sampled.token
+				)));
+			}
 		}
 		if self.tokens.len() < self.min_tokens {
 			// Nothing ends the output yet; stop sequences in this text will not count.

@@ -29,12 +29,13 @@
 //!   carries the log-probabilities of the tokens generated since the last (a chunk may bring
 //!   them with no text yet); they add up to the whole answer's. The prompt's are not streamed
 //!   (`echo` with `logprobs` and `stream` is refused). `tools` with `tool_choice` (a named
-//!   function, `"required"` or `"none"`; `"auto"` is refused) and `parallel_tool_calls`:
-//!   OpenAI's tool calls, held to the tools' parameter schemas ([`crate::tool_calls`]); the
-//!   message then has `content` `""` and `tool_calls`, and `"required"` calls the reason
-//!   `tool_calls` when they are whole (a named tool's keeps the output's, as OpenAI's).
-//!   Streamed, each call begins (index, id, type, name) once its name is known and its
-//!   arguments follow as they are generated.
+//!   function, `"required"`, `"none"` or `"auto"`) and `parallel_tool_calls`: OpenAI's tool
+//!   calls, held to the tools' parameter schemas ([`crate::tool_calls`]); the message then has
+//!   `content` (`""`; `"auto"`'s text before its first call, or `null`) and `tool_calls`, and
+//!   `"required"` and `"auto"` calls the reason `tool_calls` when they are whole (a named
+//!   tool's keeps the output's, as OpenAI's). Streamed, `"auto"`'s text before its first call
+//!   comes as `content`; each call begins (index, id, type, name) once its name is known and
+//!   its arguments follow as they are generated.
 //!   `documents` (source documents, put in the system message) with `attribution`
 //!   (`leave_one_out`, or `context_cite` with `ablations`, `seed` and `penalty`): each choice's
 //!   `attribution` scores each document's contribution to it ([`crate::attribution`]); not
@@ -925,8 +926,8 @@ fn generation_requests(
 	// Tool calls are held to their own grammar.
 	let response_format = match (calling, response_format) {
 		(None, format) => format,
-		(Some(calling), ResponseFormat::Text) => ResponseFormat::Json(calling.grammar()),
-		(Some(_), ResponseFormat::Json(_)) => {
+		(Some(calling), ResponseFormat::Text) => calling.response_format(),
+		(Some(_), ResponseFormat::Json(_) | ResponseFormat::Lazy(_)) => {
 			return Err(ApiError::bad_request(
 				"tool_choice and response_format (or guided_json, guided_choice): one or the \
 				 other",
@@ -1091,13 +1092,22 @@ impl Endpoint {
 				json!({ "text": text })
 			}
 			// (Tool calls are a chat's only.)
-			(Endpoint::Completions, Piece::End(_) | Piece::Calls(_)) => json!({ "text": "" }),
+			(Endpoint::Completions, Piece::End(_) | Piece::Calls(..)) => json!({ "text": "" }),
 			(Endpoint::Chat, Piece::Start(_)) => {
 				json!({ "delta": { "role": "assistant", "content": "" } })
 			}
 			(Endpoint::Chat, Piece::Text(text)) => json!({ "delta": { "content": text } }),
-			(Endpoint::Chat, Piece::Calls([]) | Piece::End(_)) => json!({ "delta": {} }),
-			(Endpoint::Chat, Piece::Calls(calls)) => json!({ "delta": { "tool_calls": calls } }),
+			(Endpoint::Chat, Piece::End(_)) => json!({ "delta": {} }),
+			(Endpoint::Chat, Piece::Calls(text, calls)) => {
+				let mut delta = json!({});
+				if !text.is_empty() {
+					delta["content"] = json!(text);
+				}
+				if !calls.is_empty() {
+					delta["tool_calls"] = json!(calls);
+				}
+				json!({ "delta": delta })
+			}
 		};
 		choice["index"] = json!(index);
 		choice["logprobs"] = Value::Null;
@@ -1117,8 +1127,9 @@ enum Piece<'a> {
 	Start(&'a str),
 	/// More of its text.
 	Text(&'a str),
-	/// More of a chat's tool calls (`tool_calls` deltas), which its text is.
-	Calls(&'a [Value]),
+	/// More of a chat's answer when it may call tools: its text (`content`: `"auto"`'s before
+	/// its first call) and its tool calls (`tool_calls` deltas).
+	Calls(&'a str, &'a [Value]),
 	/// Its end, and why.
 	End(FinishReason),
 }
@@ -1316,8 +1327,9 @@ async fn serve(
 		if let Some(calling) = &calling {
 			if let Some(calls) = calling.calls(&g.text) {
 				let calls: Vec<Value> = calls.iter().map(ToolCall::to_json).collect();
+				let content = calling.content(&g.text);
 				choice["message"] =
-					json!({"role": "assistant", "content": "", "tool_calls": calls});
+					json!({"role": "assistant", "content": content, "tool_calls": calls});
 				// A named tool's call was forced: the output's own reason (as OpenAI's); a list
 				// of calls is whole here.
 				if !calling.named() {
@@ -1554,16 +1566,16 @@ impl Streamer {
 			Some((_, Some(Ok(StreamEvent::Queued)))) => return Some(Vec::new()),
 			Some((index, Some(Ok(StreamEvent::Text(text, scores))))) => {
 				let scored = self.head.logprobs && !scores.tokens.is_empty();
-				let calls = self.calls.get_mut(index).map(|calls| calls.push(&text));
+				let calls = self.calls.get_mut(index).map(|calls| calls.push_text(&text));
 				let nothing = match &calls {
-					Some(calls) => calls.is_empty(),
+					Some((content, calls)) => content.is_empty() && calls.is_empty(),
 					None => text.is_empty(),
 				};
 				if nothing && !scored {
 					return Some(Vec::new());
 				}
 				let mut choice = match &calls {
-					Some(calls) => endpoint.delta(index, Piece::Calls(calls)),
+					Some((content, calls)) => endpoint.delta(index, Piece::Calls(content, calls)),
 					None => endpoint.delta(index, Piece::Text(&text)),
 				};
 				if scored {
@@ -1575,6 +1587,13 @@ impl Streamer {
 				return Some(vec![self.head.chunk(vec![choice], usage)]);
 			}
 			Some((index, Some(Ok(StreamEvent::Done(generation))))) => {
+				let mut events = Vec::new();
+				// "auto"'s text held back in case it began a call.
+				let held = self.calls.get_mut(index).map(CallStream::finish).unwrap_or_default();
+				if !held.is_empty() {
+					let choice = endpoint.delta(index, Piece::Calls(&held, &[]));
+					events.push(self.head.chunk(vec![choice], usage.clone()));
+				}
 				let mut choice = endpoint.delta(index, Piece::End(generation.finish_reason));
 				// As a whole answer's: "tool_calls" for a list of calls that closed.
 				let whole = self.calls.get(index).is_some_and(CallStream::whole);
@@ -1582,7 +1601,7 @@ impl Streamer {
 				if whole && chosen {
 					choice["finish_reason"] = json!("tool_calls");
 				}
-				let mut events = vec![self.head.chunk(vec![choice], usage)];
+				events.push(self.head.chunk(vec![choice], usage));
 				self.finished.push((index, generation));
 				self.open -= 1;
 				if self.open == 0 {
@@ -1666,6 +1685,9 @@ async fn chat_completions(
 	.map_err(ApiError::bad_request)?;
 	// What would be refused later is refused before the query is embedded.
 	refuse_unserved(Endpoint::Chat, &body)?;
+	// The conversation as the template is given it (with "auto" tools it may not show, the
+	// tools in Hermes' instructions).
+	let (shown, definitions) = tools.messages(template, &messages)?;
 	if body.attribution.is_some() && body.stream == Some(true) {
 		return Err(ApiError::bad_request("attribution: not served with stream"));
 	}
@@ -1698,13 +1720,8 @@ async fn chat_completions(
 	}
 	let (prompt, grounding) = match sources {
 		Some(sources) => {
-			let prompt = SourcedPrompt::new(
-				template,
-				&state.tokenizer,
-				&messages,
-				&tools.definitions,
-				&sources,
-			)?;
+			let prompt =
+				SourcedPrompt::new(template, &state.tokenizer, &shown, &definitions, &sources)?;
 			// The records retrieved, as the documents after those given.
 			let given = sources.len() - retrieved.len();
 			let retrieved = retrieved
@@ -1716,9 +1733,7 @@ async fn chat_completions(
 				.collect();
 			(Prompt::Tokens(prompt.all()), Some(Grounding { prompt, sources, retrieved }))
 		}
-		None => {
-			(Prompt::Text(template.render_with_tools(&messages, &tools.definitions, true)?), None)
-		}
+		None => (Prompt::Text(template.render_with_tools(&shown, &definitions, true)?), None),
 	};
 	serve(state, Endpoint::Chat, (vec![prompt], tools.calling, grounding), model, body).await
 }

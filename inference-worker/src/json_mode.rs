@@ -211,24 +211,18 @@ impl JsonGrammar {
 	pub fn tool_calls(tools: &[(&str, Option<&Value>)], max: u32) -> Result<Self, String> {
 		let none = no_parameters();
 		let mut compiler = Compiler::new(&none);
-		let mut calls = Vec::with_capacity(tools.len());
-		for &(name, parameters) in tools {
-			// Each tool's schema is a document of its own (its `$ref`s point into it).
-			let parameters = parameters.unwrap_or(&none);
-			compiler.document = parameters;
-			compiler.refs.clear();
-			let at = format!("tool {name:?}: parameters");
-			let parameters = compiler.compile(parameters, &at)?;
-			let name = compiler.add(Node::Literals(vec![compact(&Value::from(name))]))?;
-			let properties = vec![
-				Property { key: b"name".as_slice().into(), value: name },
-				Property { key: b"parameters".as_slice().into(), value: parameters },
-			];
-			calls.push(compiler.add(Node::Object { properties, required: 0b11 })?);
-		}
-		let calls = compiler.tag_objects(calls, 1, Some("name"))?;
-		let items = compiler.union(calls)?;
+		let items = compiler.calls(tools, &none, b"parameters")?;
 		let root = compiler.add(Node::Array { items, min: 1, max: max.max(1) })?;
+		Self::checked(compiler.nodes, root)
+	}
+
+	/// One call of one of `tools` as Hermes-style models write it after `<tool_call>`
+	/// (`tool_choice: "auto"`, [`crate::tool_calls`]): an object `{"name": ..., "arguments":
+	/// ...}`, the name first and the arguments those of the tool named.
+	pub fn tool_call(tools: &[(&str, Option<&Value>)]) -> Result<Self, String> {
+		let none = no_parameters();
+		let mut compiler = Compiler::new(&none);
+		let root = compiler.calls(tools, &none, b"arguments")?;
 		Self::checked(compiler.nodes, root)
 	}
 
@@ -464,6 +458,34 @@ impl<'a> Compiler<'a> {
 			[one] => Ok(one),
 			_ => self.union(members),
 		}
+	}
+
+	/// The calls of `tools` (each a name and its parameters' schema, `None` for none):
+	/// objects `{"name": ..., <arguments>: ...}`, the name first, the arguments (under the key
+	/// `arguments`) those of the tool named; one node for any of them.
+	fn calls(
+		&mut self,
+		tools: &[(&str, Option<&'a Value>)],
+		none: &'a Value,
+		arguments: &[u8],
+	) -> Result<NodeId, String> {
+		let mut calls = Vec::with_capacity(tools.len());
+		for &(name, parameters) in tools {
+			// Each tool's schema is a document of its own (its `$ref`s point into it).
+			let parameters = parameters.unwrap_or(none);
+			self.document = parameters;
+			self.refs.clear();
+			let at = format!("tool {name:?}: parameters");
+			let parameters = self.compile(parameters, &at)?;
+			let name = self.add(Node::Literals(vec![compact(&Value::from(name))]))?;
+			let properties = vec![
+				Property { key: b"name".as_slice().into(), value: name },
+				Property { key: arguments.into(), value: parameters },
+			];
+			calls.push(self.add(Node::Object { properties, required: 0b11 })?);
+		}
+		let calls = self.tag_objects(calls, 1, Some("name"))?;
+		self.union(calls)
 	}
 
 	fn union(&mut self, members: Vec<NodeId>) -> Result<NodeId, String> {
@@ -877,6 +899,12 @@ impl JsonState {
 			expect: Expect::Value(grammar.root),
 			whitespace: 0,
 		}
+	}
+
+	/// Whether the document is whole and nothing may follow (a number or a literal at the top
+	/// may go on: see [`JsonState::can_end`]).
+	pub fn is_done(&self) -> bool {
+		self.expect == Expect::Done
 	}
 
 	/// Whether the output may end here: the document is whole (a number or a literal at the

@@ -15,7 +15,9 @@
 //!   [`http_api`]: the HTTP API over it (OpenAI's completions and chat completions, whole or
 //!   streamed); [`text_stream`]: a generation's text released as it grows.
 //! - [`json_mode`]: JSON mode and JSON schemas, the output held to a grammar token by token;
-//!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas.
+//!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas;
+//!   [`lazy_grammar`]: a grammar that holds the output once it writes a trigger (the model's
+//!   own tool calls, `tool_choice: "auto"`).
 //! - [`embeddings`]: sentence embeddings (a BERT encoder in sentence-transformers' layout, such
 //!   as all-MiniLM-L6-v2) for retrieval; [`embedding_service`]: its serving thread, batching
 //!   the requests waiting together; [`retrieval`]: DataNet records searched by similarity.
@@ -42,6 +44,7 @@ pub mod http_api;
 pub mod json_mode;
 pub mod kernel_model;
 pub mod kv_cache;
+pub mod lazy_grammar;
 pub mod lora;
 pub mod metrics;
 pub mod model;

@@ -6,23 +6,44 @@
 //! - `"required"`: the output is a JSON list of calls, `[{"name": ..., "parameters": ...}]`
 //!   ([`JsonGrammar::tool_calls`]: each call's parameters held to its tool's schema), one call
 //!   at least, one at most when `parallel_tool_calls` is false;
-//! - `"none"`: text, as without tools.
+//! - `"none"`: text, as without tools;
+//! - `"auto"` (OpenAI's default when tools are given): the model chooses between text and
+//!   calls, which it writes in Hermes' syntax (Qwen 2.5, Hermes 2 and 3, SmolLM3: vLLM's
+//!   `--tool-call-parser hermes`): `<tool_call>`, the call `{"name": ..., "arguments": ...}`,
+//!   `</tool_call>`. The text is free until the model writes `<tool_call>`; the call after
+//!   it is held to the tools' schemas ([`crate::lazy_grammar`]), then the text is free again
+//!   for another call (one at most without `parallel_tool_calls`). The answer's `content` is
+//!   the text before the first call (`null` if blank), its `tool_calls` the calls, its reason
+//!   `tool_calls`; a call cut short (by `max_tokens`) leaves the whole text as the content,
+//!   as vLLM's parser does.
 //!
 //! The tools are given to the chat template either way (a template that knows them shows them
-//! to the model). `"auto"` (OpenAI's default when tools are given), where the model chooses
-//! between text and calls in its own syntax, would need that syntax parsed out of free text:
-//! it is refused, as vLLM refuses it without `--tool-call-parser`.
+//! to the model). For `"auto"`, a template that does not show them (SmolLM2's) gets them in
+//! the system message with Hermes' instructions, as Qwen 2.5's template writes them, and the
+//! conversation's earlier calls and tools' answers as Hermes' text ([`Tools::messages`]); a
+//! template that shows them in another syntax (its source never writes `<tool_call>`) is
+//! refused `"auto"`: its calls could not be read.
 
 use std::{collections::HashSet, sync::Arc};
 
 use serde_json::{json, Value};
 
-use crate::json_mode::{no_parameters, JsonGrammar, MAX_CHOICES};
+use crate::{
+	chat::{ChatTemplate, Message},
+	error::Result,
+	generate::ResponseFormat,
+	json_mode::{no_parameters, JsonGrammar, MAX_CHOICES},
+	lazy_grammar::LazyGrammar,
+};
 
 /// The most tools one request may give (each a choice of the calls' discriminator).
 pub const MAX_TOOLS: usize = MAX_CHOICES;
 /// The longest tool name (OpenAI's limit).
 const MAX_NAME: usize = 64;
+/// What begins a call in Hermes' syntax (`tool_choice: "auto"`).
+pub const CALL_START: &str = "<tool_call>";
+/// What ends it.
+pub const CALL_END: &str = "</tool_call>";
 
 /// How the tools of a request are to be used.
 #[derive(Clone, Debug)]
@@ -34,13 +55,16 @@ pub struct Tools {
 	pub calling: Option<Arc<ToolCalling>>,
 }
 
-/// Calls the output must make.
+/// Calls the output must (or, `"auto"`, may) make.
 #[derive(Debug)]
 pub struct ToolCalling {
-	/// The one tool named, or `None` for `"required"` (any of them, as a list).
+	/// The one tool named, or `None` for `"required"` (any of them, as a list) or `"auto"`.
 	named: Option<String>,
-	/// What the output must be.
+	/// What the output must be: the named tool's arguments, the list of calls, or (`"auto"`)
+	/// each call after [`CALL_START`].
 	grammar: Arc<JsonGrammar>,
+	/// `"auto"`: the text, held to `grammar` after each [`CALL_START`].
+	auto: Option<Arc<LazyGrammar>>,
 }
 
 /// One call of a tool in an answer.
@@ -108,8 +132,8 @@ fn definition(tool: &Value) -> Result<(&str, Option<&Value>), String> {
 
 impl Tools {
 	/// The tools of a chat request: `tools` (a list of function definitions), `tool_choice`
-	/// (`"none"`, `"required"`, or a named function; `"auto"` is refused) and
-	/// `parallel_tool_calls` (true when absent); why not, for a request that cannot be served.
+	/// (`"none"`, `"auto"`, `"required"`, or a named function) and `parallel_tool_calls` (true
+	/// when absent); why not, for a request that cannot be served.
 	pub fn from_request(
 		tools: Option<&Value>,
 		tool_choice: Option<&Value>,
@@ -136,11 +160,19 @@ impl Tools {
 				match choice.and_then(Value::as_str).unwrap_or(default) {
 					"none" => None,
 					"required" => Some(None),
+					"auto" if tools.is_empty() => None,
 					"auto" => {
-						return Err("tool_choice: \"auto\" is not served (the model's own call \
-						            syntax is not parsed): name a function, or give \
-						            \"required\" or \"none\""
-							.into())
+						let grammar =
+							JsonGrammar::tool_call(&defined).map_err(|e| format!("tools: {e}"))?;
+						let grammar = Arc::new(grammar);
+						let repeat = parallel.unwrap_or(true);
+						let lazy = LazyGrammar::new(CALL_START, grammar.clone(), repeat);
+						let calling =
+							ToolCalling { named: None, grammar, auto: Some(Arc::new(lazy)) };
+						return Ok(Self {
+							definitions: tools.to_vec(),
+							calling: Some(Arc::new(calling)),
+						});
 					}
 					other => {
 						return Err(format!("tool_choice: {other:?} is not none, auto or required"))
@@ -176,23 +208,136 @@ impl Tools {
 				let none = no_parameters();
 				let grammar = JsonGrammar::from_schema(parameters.unwrap_or(&none))
 					.map_err(|e| format!("tools: {name}'s parameters: {e}"))?;
-				Some(ToolCalling { named: Some(name.to_string()), grammar: Arc::new(grammar) })
+				Some(ToolCalling {
+					named: Some(name.to_string()),
+					grammar: Arc::new(grammar),
+					auto: None,
+				})
 			}
 			Some(None) => {
 				let most = if parallel.unwrap_or(true) { u32::MAX } else { 1 };
 				let grammar =
 					JsonGrammar::tool_calls(&defined, most).map_err(|e| format!("tools: {e}"))?;
-				Some(ToolCalling { named: None, grammar: Arc::new(grammar) })
+				Some(ToolCalling { named: None, grammar: Arc::new(grammar), auto: None })
 			}
 		};
 		Ok(Self { definitions: tools.to_vec(), calling: calling.map(Arc::new) })
 	}
+
+	/// The conversation and tools to render with `template`: as given, but for `"auto"` with
+	/// a template that does not show the tools, the tools in the system message with Hermes'
+	/// instructions and the earlier calls and answers as Hermes' text (no tools given to the
+	/// template then); an error for `"auto"` with a template that shows the tools in another
+	/// syntax than Hermes'.
+	pub fn messages(
+		&self,
+		template: &ChatTemplate,
+		messages: &[Message],
+	) -> Result<(Vec<Message>, Vec<Value>)> {
+		let auto = self.calling.as_ref().is_some_and(|c| c.auto.is_some());
+		if !auto {
+			return Ok((messages.to_vec(), self.definitions.clone()));
+		}
+		let shown = template.render_with_tools(messages, &self.definitions, true)?
+			!= template.render(messages, true)?;
+		if shown && !template.writes(CALL_START) {
+			return Err(crate::Error::Request(format!(
+				"tool_choice: \"auto\" is not served with this model's chat template: it shows \
+				 the tools but never writes {CALL_START} (Hermes' syntax, the one read): name a \
+				 function, or give \"required\" or \"none\""
+			)));
+		}
+		if shown {
+			return Ok((messages.to_vec(), self.definitions.clone()));
+		}
+		Ok((hermes_messages(messages, &self.definitions), Vec::new()))
+	}
+}
+
+/// `messages` as Qwen 2.5's template shows a conversation with tools to a model: the tools and
+/// Hermes' instructions at the end of the system message (one made if there is none), each
+/// assistant's calls after its text between [`CALL_START`] and [`CALL_END`], and each tool's
+/// answer a user's turn between `<tool_response>` and `</tool_response>`.
+pub fn hermes_messages(messages: &[Message], tools: &[Value]) -> Vec<Message> {
+	let listed: Vec<String> = tools.iter().map(Value::to_string).collect();
+	let instructions = format!(
+		"# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou \
+		 are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{}\n\
+		 </tools>\n\nFor each function call, return a json object with function name and \
+		 arguments within {CALL_START}{CALL_END} XML tags:\n{CALL_START}\n{{\"name\": \
+		 <function-name>, \"arguments\": <args-json-object>}}\n{CALL_END}",
+		listed.join("\n")
+	);
+	let mut out = Vec::with_capacity(messages.len() + 1);
+	match messages.first() {
+		Some(first) if first.role == "system" => {}
+		_ => out.push(Message::new("system", &instructions)),
+	}
+	for (i, message) in messages.iter().enumerate() {
+		let mut message = message.clone();
+		if i == 0 && message.role == "system" {
+			message.content = format!("{}\n\n{instructions}", message.content);
+		}
+		if let Some(calls) = message.tool_calls.take() {
+			for call in calls {
+				let name = call.pointer("/function/name").cloned().unwrap_or(Value::Null);
+				// OpenAI's arguments are a string of JSON: the object it holds.
+				let arguments = match call.pointer("/function/arguments") {
+					Some(Value::String(text)) => {
+						serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
+					}
+					Some(other) => other.clone(),
+					None => json!({}),
+				};
+				// As Qwen 2.5's template writes it: the name first.
+				let call = format!("{{\"name\": {name}, \"arguments\": {arguments}}}");
+				if !message.content.is_empty() {
+					message.content.push('\n');
+				}
+				message.content.push_str(&format!("{CALL_START}\n{call}\n{CALL_END}"));
+			}
+		}
+		if message.role == "tool" {
+			message = Message::new(
+				"user",
+				&format!("<tool_response>\n{}\n</tool_response>", message.content),
+			);
+		}
+		out.push(message);
+	}
+	out
 }
 
 impl ToolCalling {
-	/// What the output must be.
+	/// What the output must be (`"auto"`: each call after [`CALL_START`]).
 	pub fn grammar(&self) -> Arc<JsonGrammar> {
 		self.grammar.clone()
+	}
+
+	/// What the output is held to.
+	pub fn response_format(&self) -> ResponseFormat {
+		match &self.auto {
+			Some(lazy) => ResponseFormat::Lazy(lazy.clone()),
+			None => ResponseFormat::Json(self.grammar.clone()),
+		}
+	}
+
+	/// Whether the model chooses between text and calls (`"auto"`).
+	pub fn auto(&self) -> bool {
+		self.auto.is_some()
+	}
+
+	/// The `content` of an answer whose whole output `text` made calls: `""` (the output is
+	/// the calls), or for `"auto"` the text before the first call (`null` if blank).
+	pub fn content(&self, text: &str) -> Value {
+		if self.auto.is_none() {
+			return json!("");
+		}
+		let before = text.split(CALL_START).next().unwrap_or_default();
+		match before.trim() {
+			"" => Value::Null,
+			_ => json!(before),
+		}
 	}
 
 	/// Whether the calls were forced by naming one tool (OpenAI then reports the output's own
@@ -203,14 +348,23 @@ impl ToolCalling {
 
 	/// The calls in a whole output `text`: a named tool's, its arguments the text; those of a
 	/// list (`"required"`), each call's arguments its `parameters` as generated, or `None` if
-	/// the list is not whole (cut by `max_tokens`). The same calls as [`CallStream`] sends.
+	/// the list is not whole (cut by `max_tokens`); `"auto"`'s, each call's arguments its
+	/// `arguments` as generated, or `None` if there are none or the last is cut short. The
+	/// same calls as [`CallStream`] sends.
 	pub fn calls(&self, text: &str) -> Option<Vec<ToolCall>> {
 		if let Some(name) = &self.named {
 			return Some(vec![ToolCall { name: name.clone(), arguments: text.to_string() }]);
 		}
-		serde_json::from_str::<Vec<Value>>(text).ok()?;
+		if self.auto.is_none() {
+			serde_json::from_str::<Vec<Value>>(text).ok()?;
+		}
+		let mut stream = self.stream();
+		let (_, deltas) = stream.push_text(text);
+		if !stream.whole() {
+			return None;
+		}
 		let mut calls: Vec<ToolCall> = Vec::new();
-		for delta in self.stream().push(text) {
+		for delta in deltas {
 			let arguments = delta.pointer("/function/arguments").and_then(Value::as_str);
 			match delta.pointer("/function/name").and_then(Value::as_str) {
 				Some(name) => calls.push(ToolCall {
@@ -227,6 +381,8 @@ impl ToolCalling {
 	pub fn stream(&self) -> CallStream {
 		CallStream {
 			named: self.named.clone(),
+			auto: self.auto.is_some().then(|| Hermes { held: String::new(), in_call: false }),
+			arguments_key: if self.auto.is_some() { "arguments" } else { "parameters" },
 			id: None,
 			depth: 0,
 			in_string: false,
@@ -248,8 +404,12 @@ impl ToolCalling {
 /// name is read, its arguments the text of its `parameters`, which the grammar puts after the
 /// name).
 pub struct CallStream {
-	/// The named tool, or `None` for a list of calls.
+	/// The named tool, or `None` for a list of calls or `"auto"`.
 	named: Option<String>,
+	/// `"auto"`: where the text is among the calls.
+	auto: Option<Hermes>,
+	/// The key of a call's arguments: `parameters` in a list, `arguments` in Hermes' calls.
+	arguments_key: &'static str,
 	/// The call id of the call being sent.
 	id: Option<String>,
 	/// How deep in brackets the text is (1: in the list, 2: in an item, 3 and on: in its
@@ -273,17 +433,91 @@ pub struct CallStream {
 	closed: bool,
 }
 
+/// Where a streamed `"auto"` output is: text, or a call after [`CALL_START`].
+struct Hermes {
+	/// Text not yet sent: the end of the text that may begin [`CALL_START`].
+	held: String,
+	/// Whether the text is a call's (from [`CALL_START`] to its object's end).
+	in_call: bool,
+}
+
+/// How many bytes at the end of `text` begin `word` (fewer than all of it).
+fn partial_suffix(text: &str, word: &str) -> usize {
+	(1..word.len().min(text.len() + 1))
+		.rev()
+		.find(|&k| {
+			text.is_char_boundary(text.len() - k) && word.starts_with(&text[text.len() - k..])
+		})
+		.unwrap_or(0)
+}
+
 impl CallStream {
 	/// Whether the calls are whole: a named tool's once begun, a list once it has closed (the
-	/// text was not cut by `max_tokens` or a stop sequence).
+	/// text was not cut by `max_tokens` or a stop sequence), `"auto"`'s once one is and none is
+	/// cut short.
 	pub fn whole(&self) -> bool {
-		match self.named {
-			Some(_) => self.id.is_some(),
-			None => self.closed,
+		match (&self.named, &self.auto) {
+			(Some(_), _) => self.id.is_some(),
+			(None, Some(hermes)) => self.count > 0 && !hermes.in_call,
+			(None, None) => self.closed,
 		}
 	}
 
-	/// The `tool_calls` deltas that `text`, the output's next piece, brings.
+	/// The text (`content`) and the `tool_calls` deltas that `text`, the output's next piece,
+	/// brings: the calls' alone but for `"auto"`, whose text before its first call is sent
+	/// (but for an end that may begin [`CALL_START`], held until it does not), and whose text
+	/// between calls is not.
+	pub fn push_text(&mut self, text: &str) -> (String, Vec<Value>) {
+		let Some(mut hermes) = self.auto.take() else { return (String::new(), self.push(text)) };
+		let (mut content, mut deltas) = (String::new(), Vec::new());
+		let mut rest = text.to_string();
+		loop {
+			if hermes.in_call {
+				let (more, used, closed) = self.scan(&rest, true);
+				deltas.extend(more);
+				rest.drain(..used);
+				if !closed {
+					break;
+				}
+				hermes.in_call = false;
+				continue;
+			}
+			hermes.held.push_str(&rest);
+			rest.clear();
+			if let Some(at) = hermes.held.find(CALL_START) {
+				if self.count == 0 {
+					content.push_str(&hermes.held[..at]);
+				}
+				rest = hermes.held.split_off(at + CALL_START.len());
+				hermes.held.clear();
+				// The call's object, as an item of a list.
+				hermes.in_call = true;
+				self.depth = 1;
+				continue;
+			}
+			let keep = partial_suffix(&hermes.held, CALL_START);
+			let sent = hermes.held.len() - keep;
+			if self.count == 0 {
+				content.push_str(&hermes.held[..sent]);
+			}
+			hermes.held.drain(..sent);
+			break;
+		}
+		self.auto = Some(hermes);
+		(content, deltas)
+	}
+
+	/// The text held back at the end of an `"auto"` output (an end that might have begun
+	/// [`CALL_START`]): its content if no call came before.
+	pub fn finish(&mut self) -> String {
+		match &mut self.auto {
+			Some(hermes) if !hermes.in_call && self.count == 0 => std::mem::take(&mut hermes.held),
+			_ => String::new(),
+		}
+	}
+
+	/// The `tool_calls` deltas that `text`, the output's next piece, brings (a named tool's or
+	/// a list's).
 	pub fn push(&mut self, text: &str) -> Vec<Value> {
 		if let Some(name) = &self.named {
 			return match &self.id {
@@ -298,9 +532,15 @@ impl CallStream {
 				Some(_) => vec![json!({"index": 0, "function": {"arguments": text}})],
 			};
 		}
+		self.scan(text, false).0
+	}
+
+	/// The `tool_calls` deltas that `text` brings in a list of calls, how many of its bytes
+	/// were read, and whether an item closed: with `one_call`, the reading stops there.
+	fn scan(&mut self, text: &str, one_call: bool) -> (Vec<Value>, usize, bool) {
 		let mut deltas = Vec::new();
 		let mut arguments = String::new();
-		for c in text.chars() {
+		for (at, c) in text.char_indices() {
 			if self.in_arguments {
 				arguments.push(c);
 			}
@@ -341,7 +581,10 @@ impl CallStream {
 					if self.depth == 2 {
 						self.at_key = true;
 						self.key.clear();
-					} else if self.depth == 3 && self.key == "parameters" && !self.in_arguments {
+					} else if self.depth == 3
+						&& self.key == self.arguments_key
+						&& !self.in_arguments
+					{
 						self.in_arguments = true;
 						arguments.push(c);
 					}
@@ -354,6 +597,9 @@ impl CallStream {
 					}
 					if self.depth == 1 && c == '}' {
 						self.count += 1;
+						if one_call {
+							return (deltas, at + 1, true);
+						}
 					}
 					self.closed |= self.depth == 0 && c == ']';
 				}
@@ -368,7 +614,7 @@ impl CallStream {
 		if !arguments.is_empty() {
 			deltas.push(self.arguments(arguments));
 		}
-		deltas
+		(deltas, text.len(), false)
 	}
 
 	/// The delta of more of the current call's arguments.
@@ -505,6 +751,155 @@ mod tests {
 		assert!(takes(&grammar, r#"[{"name": "now", "parameters": {}}]"#));
 	}
 
+	/// An `"auto"` answer of `text` streamed in pieces of `size` characters: its content, and
+	/// its calls (name and arguments) as the deltas add up.
+	fn streamed(calling: &ToolCalling, text: &str, size: usize) -> (String, Vec<(String, String)>) {
+		let mut stream = calling.stream();
+		let chars: Vec<char> = text.chars().collect();
+		let (mut content, mut calls) = (String::new(), Vec::<(String, String)>::new());
+		for piece in chars.chunks(size) {
+			let (text, deltas) = stream.push_text(&piece.iter().collect::<String>());
+			content.push_str(&text);
+			for delta in deltas {
+				let index = delta["index"].as_u64().unwrap() as usize;
+				let arguments = delta["function"]["arguments"].as_str().unwrap();
+				if let Some(name) = delta["function"]["name"].as_str() {
+					assert_eq!(index, calls.len(), "{delta}");
+					calls.push((name.to_string(), arguments.to_string()));
+				} else {
+					calls[index].1.push_str(arguments);
+				}
+			}
+		}
+		content.push_str(&stream.finish());
+		(content, calls)
+	}
+
+	#[test]
+	fn auto_reads_hermes_calls_out_of_the_text_and_holds_each_to_its_schema() {
+		let tools = json!([weather(), clock()]);
+		for choice in [Value::Null, json!("auto")] {
+			let plan = Tools::from_request(Some(&tools), Some(&choice), None).unwrap();
+			let calling = plan.calling.unwrap();
+			assert!(calling.auto() && !calling.named());
+			assert!(matches!(calling.response_format(), ResponseFormat::Lazy(_)));
+		}
+		// No tools: text.
+		assert!(Tools::from_request(Some(&json!([])), None, None).unwrap().calling.is_none());
+		let plan = Tools::from_request(Some(&tools), Some(&json!("auto")), None).unwrap();
+		let calling = plan.calling.unwrap();
+		// Each call: the name first, the arguments of the tool named.
+		let grammar = calling.grammar();
+		assert!(takes(&grammar, r#"{"name": "get_weather", "arguments": {"city": "Oslo"}}"#));
+		assert!(takes(&grammar, r#"{"name": "now", "arguments": {}}"#));
+		for wrong in [
+			r#"{"name": "get_weather", "parameters": {"city": "Oslo"}}"#,
+			r#"{"name": "get_weather", "arguments": {}}"#,
+			r#"{"arguments": {}, "name": "now"}"#,
+			r#"[{"name": "now", "arguments": {}}]"#,
+		] {
+			assert!(!takes(&grammar, wrong), "{wrong}");
+		}
+		let oslo = r#"{"city": "Oslo, \"}{\" <tool_call>"}"#;
+		let two = format!(
+			"Let me look <that> up.\n<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": \
+			 {oslo}}}\n</tool_call>\nthen <tool_call>{{\"name\":\"now\",\"arguments\":{{}}}}"
+		);
+		let expected = vec![
+			ToolCall { name: "get_weather".into(), arguments: oslo.into() },
+			ToolCall { name: "now".into(), arguments: "{}".into() },
+		];
+		assert_eq!(calling.calls(&two).unwrap(), expected);
+		assert_eq!(calling.content(&two), json!("Let me look <that> up.\n"));
+		let bare = "\n<tool_call>{\"name\":\"now\",\"arguments\":{}}";
+		assert_eq!(calling.calls(bare).unwrap(), expected[1..]);
+		assert_eq!(calling.content(bare), Value::Null, "blank text before the call");
+		// No call, or one cut short: text.
+		let text = "No calls, only <tool_ and <tool_cal";
+		assert_eq!(calling.calls(text), None);
+		assert_eq!(calling.calls(&two[..two.len() - 3]), None);
+		// Streamed, whatever the pieces: the text before the first call and the same calls.
+		let whole: Vec<(String, String)> =
+			expected.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
+		for size in [1, 2, 5, 11, two.len()] {
+			let (content, calls) = streamed(&calling, &two, size);
+			assert_eq!(content, "Let me look <that> up.\n", "pieces of {size}");
+			assert_eq!(calls, whole, "pieces of {size}");
+			// Text that only looks like the start of a call is sent at the end.
+			let (content, calls) = streamed(&calling, text, size);
+			assert_eq!((content.as_str(), calls.len()), (text, 0), "pieces of {size}");
+		}
+		let mut stream = calling.stream();
+		stream.push_text(&two[..two.len() - 3]);
+		assert!(!stream.whole(), "a call cut short is not whole");
+		stream.push_text(&two[two.len() - 3..]);
+		assert!(stream.whole());
+	}
+
+	#[test]
+	fn auto_shows_the_tools_in_hermes_instructions_to_a_template_that_does_not() {
+		let tools = json!([weather()]);
+		let plan = Tools::from_request(Some(&tools), None, None).unwrap();
+		let call = json!({"id": "c1", "type": "function",
+			"function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}});
+		let mut asked = Message::new("assistant", "");
+		asked.tool_calls = Some(vec![call]);
+		let mut answer = Message::new("tool", "12 C");
+		answer.tool_call_id = Some("c1".into());
+		let messages = vec![Message::new("user", "Weather in Oslo?"), asked, answer];
+		// ChatML that never shows tools.
+		let chatml = ChatTemplate::new(
+			"{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor \
+			 %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+			"",
+			"",
+		)
+		.unwrap();
+		let (shown, definitions) = plan.messages(&chatml, &messages).unwrap();
+		assert!(definitions.is_empty(), "the tools are in the system message");
+		let roles: Vec<&str> = shown.iter().map(|m| m.role.as_str()).collect();
+		assert_eq!(roles, ["system", "user", "assistant", "user"]);
+		assert!(shown[0].content.starts_with("# Tools\n"));
+		assert!(shown[0].content.contains(&format!("<tools>\n{}\n</tools>", tools[0])));
+		assert!(shown[0].content.ends_with("<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"));
+		assert_eq!(
+			shown[2].content,
+			"<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Oslo\"}}\n</tool_call>"
+		);
+		assert!(shown[2].tool_calls.is_none());
+		assert_eq!(shown[3].content, "<tool_response>\n12 C\n</tool_response>");
+		// A system message of the conversation's own keeps its text first.
+		let mut with_system = vec![Message::new("system", "Be brief.")];
+		with_system.extend(messages.iter().cloned());
+		let (shown, _) = plan.messages(&chatml, &with_system).unwrap();
+		assert_eq!(shown.len(), 4);
+		assert!(shown[0].content.starts_with("Be brief.\n\n# Tools\n"));
+		// A template that shows the tools in Hermes' syntax gets them as given.
+		let hermes = ChatTemplate::new(
+			"{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools> \
+			 (<tool_call>){% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
+			"",
+			"",
+		)
+		.unwrap();
+		let (shown, definitions) = plan.messages(&hermes, &messages).unwrap();
+		assert_eq!((shown, definitions.len()), (messages.clone(), 1));
+		// One that shows them in another syntax is refused "auto".
+		let other = ChatTemplate::new(
+			"{% if tools %}[TOOLS]{{ tools | tojson }}{% endif %}{% for m in messages %}{{ \
+			 m.content }}{% endfor %}",
+			"",
+			"",
+		)
+		.unwrap();
+		let error = plan.messages(&other, &messages).unwrap_err().to_string();
+		assert!(error.contains("never writes <tool_call>"), "{error}");
+		// "required" and named calls render as given, whatever the template.
+		let required = Tools::from_request(Some(&tools), Some(&json!("required")), None).unwrap();
+		let (shown, definitions) = required.messages(&chatml, &messages).unwrap();
+		assert_eq!((shown, definitions.len()), (messages, 1));
+	}
+
 	#[test]
 	fn none_and_no_tools_generate_text_and_the_rest_is_refused_with_the_reason() {
 		let tools = json!([weather()]);
@@ -519,8 +914,6 @@ mod tests {
 			.map(|i| json!({"type": "function", "function": {"name": format!("f{i}")}}))
 			.collect();
 		for (tools, choice, says) in [
-			(json!([weather()]), Value::Null, "\"auto\" is not served"),
-			(json!([weather()]), json!("auto"), "\"auto\" is not served"),
 			(json!([weather()]), json!("sometimes"), "not none, auto or required"),
 			(json!([weather()]), named("get_time"), "not among the tools"),
 			(json!([]), json!("required"), "no tools are given"),

@@ -22,6 +22,7 @@ use openledger_inference_worker::{
 	http_api::{self, ApiState},
 	json_mode::{JsonGrammar, JsonState},
 	kv_cache::KvCacheConfig,
+	lazy_grammar::LazyGrammar,
 	lora::{LoraAdapter, Projection},
 	model::{Llama, WeightFormat},
 	models,
@@ -29,11 +30,12 @@ use openledger_inference_worker::{
 	sampling::SamplingParams,
 	service::EngineService,
 	tokenizer::Tokenizer,
+	tool_calls,
 };
 use serde_json::{json, Value};
 
 mod common;
-use common::{greedy, load, write_adapter};
+use common::{greedy, load, write_adapter, Flaky};
 
 const MODEL: &str = "smollm2";
 
@@ -1151,18 +1153,24 @@ fn guided_choice_answers_one_of_the_choices_exactly() {
 /// parameters schema as the library generates them; `"required"` a list of calls, each with
 /// its tool's parameters; streamed, the calls add up to the whole answer's; `"none"` answers
 /// text; earlier turns with calls and a tool's answer are taken; what is not served is refused.
-#[test]
-fn tool_calls_are_held_to_their_tools_schemas_whole_and_streamed() {
-	let root = tempfile::tempdir().unwrap();
-	let (model, tokenizer, _, address) = serve_tuned(root.path());
-	let alone = |request: &GenerationRequest| generate(&model, &tokenizer, None, request).unwrap();
+/// The tools of the tool-calling tests: `get_weather` (a city and a unit) and `get_time` (no
+/// parameters); `get_weather`'s parameters, the tools, and a question for them.
+fn weather_tools() -> (Value, Value, Value) {
 	let parameters = json!({"type": "object", "properties": {"city": {"type": "string"},
 		"unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]});
 	let weather = json!({"type": "function", "function": {"name": "get_weather",
 		"description": "The weather in a city.", "parameters": parameters}});
 	let clock = json!({"type": "function", "function": {"name": "get_time"}});
-	let tools = json!([weather, clock]);
 	let messages = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+	(parameters, json!([weather, clock]), messages)
+}
+
+#[test]
+fn tool_calls_are_held_to_their_tools_schemas_whole_and_streamed() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let alone = |request: &GenerationRequest| generate(&model, &tokenizer, None, request).unwrap();
+	let (parameters, tools, messages) = weather_tools();
 	// SmolLM2's template does not show tools: the prompt is the conversation's alone.
 	let chat = render(&tokenizer, &messages);
 	let under = |grammar: JsonGrammar, max_tokens: usize| GenerationRequest {
@@ -1276,7 +1284,6 @@ fn tool_calls_are_held_to_their_tools_schemas_whole_and_streamed() {
 	assert_answers(&answer, &alone(&greedy(&render(&tokenizer, &turns), 8)), "/message/content");
 
 	let refused = |path: &str, body: Value, says: &str| refused_at(address, path, body, says);
-	refused(path, json!({"messages": messages, "tools": tools}), "\"auto\" is not served");
 	let unknown = json!({"type": "function", "function": {"name": "get_mood"}});
 	refused(
 		path,
@@ -1292,6 +1299,142 @@ fn tool_calls_are_held_to_their_tools_schemas_whole_and_streamed() {
 	refused(path, legacy, "functions (use tools): not served");
 	let image = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]);
 	refused(path, json!({"messages": image}), "only text parts");
+}
+
+/// The calls of a chat answer (`message.tool_calls`) as name and arguments.
+fn calls_of(answer: &Value) -> Vec<(String, String)> {
+	let calls = answer.pointer("/choices/0/message/tool_calls").and_then(Value::as_array);
+	let call = |c: &Value| {
+		let function = &c["function"];
+		(function["name"].as_str().unwrap().into(), function["arguments"].as_str().unwrap().into())
+	};
+	calls.map(|calls| calls.iter().map(call).collect()).unwrap_or_default()
+}
+
+/// The content and calls (name and arguments) of a streamed chat answer, and its reason.
+fn streamed_calls(events: &[Value]) -> (String, Vec<(String, String)>, Option<String>) {
+	let gathered = gather(events, "chat.completion.chunk", "/delta/content");
+	let mut calls: Vec<(String, String)> = Vec::new();
+	let deltas = events.iter().filter_map(|e| e.pointer("/choices/0/delta/tool_calls"));
+	for delta in deltas.flat_map(|calls| calls.as_array().unwrap()) {
+		let index = delta["index"].as_u64().unwrap() as usize;
+		let arguments = delta["function"]["arguments"].as_str().unwrap();
+		match delta["function"]["name"].as_str() {
+			Some(name) => {
+				assert_eq!(index, calls.len(), "{delta}");
+				assert!(delta["id"].as_str().unwrap().starts_with("chatcmpl-tool-"), "{delta}");
+				calls.push((name.into(), arguments.into()));
+			}
+			None => calls[index].1.push_str(arguments),
+		}
+	}
+	let (content, _) = gathered.texts.into_iter().next().unwrap_or_default();
+	(content, calls, gathered.reasons.into_iter().next().flatten())
+}
+
+#[test]
+fn auto_tool_calls_are_read_out_of_the_text_and_held_to_their_schemas() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let (parameters, tools, messages) = weather_tools();
+	let path = "/v1/chat/completions";
+
+	// The model alone: SmolLM2's template does not show tools, so the system message gives them
+	// with Hermes' instructions; the text is free until a call, as the library generates it.
+	let address = start(model.clone(), tokenizer.clone(), Vec::new(), EngineConfig::default());
+	let turns: Vec<Message> = serde_json::from_value(messages.clone()).unwrap();
+	let definitions = tools.as_array().unwrap().clone();
+	let shown = tool_calls::hermes_messages(&turns, &definitions);
+	assert!(shown[0].content.contains("<tool_call>"), "{shown:?}");
+	let prompt = tokenizer.chat_template().unwrap().render(&shown, true).unwrap();
+	let grammar =
+		JsonGrammar::tool_call(&[("get_weather", Some(&parameters)), ("get_time", None)]).unwrap();
+	let lazy = LazyGrammar::new("<tool_call>", Arc::new(grammar), true);
+	let request = GenerationRequest {
+		response_format: ResponseFormat::Lazy(Arc::new(lazy)),
+		..greedy(&prompt, 24)
+	};
+	let want = generate(&model, &tokenizer, None, &request).unwrap();
+	let body = json!({"messages": messages, "tools": tools, "max_tokens": 24, "temperature": 0});
+	let (status, answer) = post(address, path, &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["usage"]["prompt_tokens"], tokenizer.encode(&prompt).unwrap().len());
+	if want.text.contains("<tool_call>") {
+		assert!(!calls_of(&answer).is_empty() || want.finish_reason == FinishReason::Length);
+	} else {
+		assert_answers(&answer, &want, "/message/content");
+		assert!(answer["choices"][0]["message"].get("tool_calls").is_none(), "{answer}");
+	}
+
+	// Steered toward a text and two calls, the first with arguments its schema refuses.
+	let script = |text: &str| {
+		let mut script = tokenizer.encode(&format!("<|im_start|>assistant\n{text}")).unwrap();
+		script.push(tokenizer.eos.unwrap());
+		script
+	};
+	let refused_arguments =
+		"I will check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": \
+	                         {\"city\": 42, \"unit\": \"kelvin\"}}\n</tool_call>";
+	let steered = Arc::new(Flaky::new(model.clone()).steered(script(refused_arguments)));
+	let address = start(steered, tokenizer.clone(), Vec::new(), EngineConfig::default());
+	let body = json!({"messages": messages, "tools": tools, "max_tokens": 64, "temperature": 0,
+		"parallel_tool_calls": false});
+	let (status, answer) = post(address, path, &body);
+	assert_eq!(status, 200, "{answer}");
+	let choice = &answer["choices"][0];
+	assert_eq!(choice["message"]["content"], "I will check.\n", "{answer}");
+	assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
+	let calls = calls_of(&answer);
+	assert_eq!(calls.len(), 1, "{answer}");
+	assert_eq!(calls[0].0, "get_weather");
+	let arguments: Value = serde_json::from_str(&calls[0].1).unwrap();
+	assert!(arguments["city"].is_string(), "held to the schema: {arguments}");
+	assert!(["celsius", "fahrenheit"].contains(&arguments["unit"].as_str().unwrap()));
+	// Streamed: the same text and call.
+	let (status, events) = stream(address, path, &body);
+	assert_eq!(status, 200, "{events:?}");
+	let (content, streamed, reason) = streamed_calls(&events);
+	assert_eq!(
+		(content.as_str(), &streamed, reason.as_deref()),
+		("I will check.\n", &calls, Some("tool_calls"))
+	);
+
+	// Two calls the schemas take, after one another; one at most without parallel calls.
+	let two = "Checking.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \
+	           \"Oslo\", \"unit\": \"celsius\"}}\n</tool_call>\n<tool_call>\n{\"name\": \
+	           \"get_time\", \"arguments\": {}}\n</tool_call>";
+	let steered = Arc::new(Flaky::new(model.clone()).steered(script(two)));
+	let address = start(steered, tokenizer.clone(), Vec::new(), EngineConfig::default());
+	let oslo = ("get_weather".to_string(), r#"{"city": "Oslo", "unit": "celsius"}"#.to_string());
+	let time = ("get_time".to_string(), "{}".to_string());
+	for (parallel, want) in [(true, vec![oslo.clone(), time]), (false, vec![oslo])] {
+		let body = json!({"messages": messages, "tools": tools, "max_tokens": 96,
+			"temperature": 0, "parallel_tool_calls": parallel});
+		let (status, answer) = post(address, path, &body);
+		assert_eq!(status, 200, "{answer}");
+		assert_eq!(answer["choices"][0]["message"]["content"], "Checking.", "{answer}");
+		assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls", "{answer}");
+		assert_eq!(calls_of(&answer), want, "parallel {parallel}: {answer}");
+		let (status, events) = stream(address, path, &body);
+		assert_eq!(status, 200, "{events:?}");
+		let (content, streamed, reason) = streamed_calls(&events);
+		assert_eq!(
+			(content.as_str(), streamed, reason.as_deref()),
+			("Checking.", want, Some("tool_calls"))
+		);
+	}
+	// Cut short mid-call: the whole text, with the reason.
+	let body = json!({"messages": messages, "tools": tools, "max_tokens": 12, "temperature": 0});
+	let (status, answer) = post(address, path, &body);
+	assert_eq!(status, 200, "{answer}");
+	let choice = &answer["choices"][0];
+	assert_eq!(choice["finish_reason"], "length", "{answer}");
+	assert!(choice["message"].get("tool_calls").is_none(), "{answer}");
+	let content = choice["message"]["content"].as_str().unwrap();
+	assert!(content.starts_with("Checking.<tool_call>"), "{answer}");
+	// Auto with JSON asked for too: one or the other.
+	let both =
+		json!({"messages": messages, "tools": tools, "response_format": {"type": "json_object"}});
+	refused_at(address, path, both, "one or the other");
 }
 
 /// What lm-evaluation-harness's `local-completions` model sends to score a continuation

@@ -1,5 +1,5 @@
 //! What the worker's integration tests share: the real model, synthetic adapters, greedy
-//! requests, and a decoder whose steps can be made to fail.
+//! requests, and a decoder whose steps can be made to fail and whose answers can be steered.
 
 // Each test crate uses only some of these.
 #![allow(dead_code)]
@@ -9,7 +9,7 @@ use std::{
 	path::Path,
 	sync::{
 		atomic::{AtomicU64, Ordering},
-		Arc,
+		Arc, Mutex,
 	},
 };
 
@@ -69,9 +69,13 @@ pub fn greedy(prompt: &str, max_tokens: usize) -> GenerationRequest {
 }
 
 /// A decoder that is `D` except that the step numbered [`Flaky::fail_step`] fails, as a device
-/// fault would; it also counts the rows of prompt logits each step brings back.
+/// fault would; it also counts the rows of prompt logits each step brings back, and may be
+/// steered toward a scripted answer ([`Flaky::steered`]).
 pub struct Flaky<D> {
 	inner: Arc<D>,
+	/// The script steered toward (none: not steered), and the last tokens run (as many).
+	script: Vec<u32>,
+	seen: Mutex<Vec<u32>>,
 	/// Steps run (failed ones included).
 	steps: AtomicU64,
 	/// The most rows of prompt logits one step brought back.
@@ -85,9 +89,49 @@ impl<D: Decoder> Flaky<D> {
 	pub fn new(inner: Arc<D>) -> Self {
 		Self {
 			inner,
+			script: Vec::new(),
+			seen: Mutex::new(Vec::new()),
 			steps: AtomicU64::new(0),
 			max_rows: AtomicU64::new(0),
 			fail_at: AtomicU64::new(0),
+		}
+	}
+
+	/// How much a scripted token's logit is raised.
+	pub const PUSH: f32 = 60.0;
+
+	/// Steered toward `script`: at each step the logit of the script's next token is raised by
+	/// [`Flaky::PUSH`], the next token being the one after the longest end of the tokens run
+	/// that begins the script. The answer follows the script for as long as its tokens may be
+	/// picked (a grammar may refuse them), then is the model's own. The script's first token
+	/// should only begin the answers to steer (`<|im_start|>`, say); one sequence at a time.
+	pub fn steered(mut self, script: Vec<u32>) -> Self {
+		self.script = script;
+		self
+	}
+
+	/// Raises the logit of the script's next token in `next`, after the tokens of `batch`.
+	fn steer(&self, batch: &[SequenceInput<'_>], next: &mut [Next]) {
+		if self.script.is_empty() {
+			return;
+		}
+		let mut seen = self.seen.lock().unwrap();
+		for input in batch {
+			seen.extend_from_slice(input.tokens);
+		}
+		let keep = seen.len().saturating_sub(self.script.len());
+		seen.drain(..keep);
+		let matched = (1..self.script.len()).rev().find(|&k| seen.ends_with(&self.script[..k]));
+		let Some(token) = matched.map(|k| self.script[k] as usize) else { return };
+		for next in next {
+			let row = match next {
+				Next::Logits(row) => Some(row),
+				Next::Rows(rows) => rows.last_mut(),
+				_ => None,
+			};
+			if let Some(logit) = row.and_then(|row| row.get_mut(token)) {
+				*logit += Self::PUSH;
+			}
 		}
 	}
 
@@ -150,7 +194,8 @@ impl<D: Decoder> Decoder for Flaky<D> {
 		if step == self.fail_at.load(Ordering::SeqCst) {
 			return Err(Error::Unsupported(format!("step {step} failed on purpose")));
 		}
-		let next = self.inner.step(cache, residency, batch, wants)?;
+		let mut next = self.inner.step(cache, residency, batch, wants)?;
+		self.steer(batch, &mut next);
 		let rows: usize =
 			next.iter().map(|n| if let Next::Rows(rows) = n { rows.len() } else { 0 }).sum();
 		self.max_rows.fetch_max(rows as u64, Ordering::SeqCst);
