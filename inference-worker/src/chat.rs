@@ -142,6 +142,14 @@ fn tojson(
 	Ok(minijinja::Value::from_safe_string(out))
 }
 
+/// `value` as Python's `json.dumps` writes it (`", "` and `": "`), as a template's `tojson`
+/// writes it.
+pub fn python_json(value: &Value) -> String {
+	let mut out = String::new();
+	dumps(value, None, 0, false, &mut out);
+	out
+}
+
 /// `value` as Python's `json.dumps` writes it, `depth` levels in (see [`tojson`]).
 fn dumps(value: &Value, indent: Option<usize>, depth: usize, ascii: bool, out: &mut String) {
 	let newline = |out: &mut String, depth: usize| {
@@ -264,7 +272,7 @@ impl ChatTemplate {
 				bos_token => &self.bos_token,
 				eos_token => &self.eos_token,
 			})
-			.map_err(template_error)
+			.map_err(|e| Error::Request(format!("chat template: {e}")))
 	}
 }
 

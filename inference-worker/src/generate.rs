@@ -151,14 +151,23 @@ impl Constraint {
 			Self::Json(grammar, state) => {
 				state.allowed_tokens(grammar, tokenizer.token_bytes(), eos)
 			}
-			Self::Lazy(lazy, state) => state.allowed_tokens(lazy, tokenizer.token_bytes(), eos),
+			Self::Lazy(lazy, state) => {
+				let trigger = lazy.special_trigger(tokenizer);
+				state.allowed_tokens(lazy, tokenizer.token_bytes(), eos, trigger)
+			}
 		}
 	}
 
-	/// Goes on with a token of `bytes`; whether the constraint takes them.
-	fn advance(&mut self, bytes: &[u8]) -> bool {
+	/// Goes on with `token`; whether the constraint takes it.
+	fn advance(&mut self, token: u32, tokenizer: &Tokenizer) -> bool {
+		let bytes = tokenizer.token_bytes().get(token as usize).unwrap_or_default();
 		match self {
 			Self::Json(grammar, state) => state.accepts(grammar, bytes).map(|next| *state = next),
+			// A special token has no bytes: it may be the trigger.
+			Self::Lazy(lazy, state) if bytes.is_empty() => {
+				let trigger = lazy.special_trigger(tokenizer);
+				state.accepts_special(lazy, token, trigger).map(|next| *state = next)
+			}
 			Self::Lazy(lazy, state) => state.accepts(lazy, bytes).map(|next| *state = next),
 		}
 		.is_some()
@@ -299,6 +308,15 @@ pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usi
 		return Err(Error::Request(
 			"ignore_eos or min_tokens with structured output (a JSON format, guided_choice or \
 			 tool calls): the output ends when it is whole"
+				.into(),
+		));
+	}
+	if matches!(&request.response_format, ResponseFormat::Lazy(lazy) if !lazy.repeats())
+		&& (request.ignore_eos || request.min_tokens > 0)
+	{
+		return Err(Error::Request(
+			"ignore_eos or min_tokens with tool_choice \"auto\" and parallel_tool_calls false: \
+			 the output ends after its call"
 				.into(),
 		));
 	}
@@ -506,8 +524,7 @@ impl Progress {
 		let ends =
 			Some(sampled.token) == tokenizer.eos || self.stop_token_ids.contains(&sampled.token);
 		if let Some(constraint) = self.constraint.as_mut().filter(|_| !ends) {
-			let bytes = tokenizer.token_bytes().get(sampled.token as usize);
-			if !bytes.is_some_and(|b| constraint.advance(b)) {
+			if !constraint.advance(sampled.token, tokenizer) {
 				return Err(Error::Batch(format!(
 					"token {} does not continue the JSON output",
 					sampled.token

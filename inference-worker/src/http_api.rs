@@ -38,8 +38,8 @@
 //!   its arguments follow as they are generated.
 //!   `documents` (source documents, put in the system message) with `attribution`
 //!   (`leave_one_out`, or `context_cite` with `ablations`, `seed` and `penalty`): each choice's
-//!   `attribution` scores each document's contribution to it ([`crate::attribution`]); not
-//!   streamed.
+//!   `attribution` scores each document's contribution to it ([`crate::attribution`]);
+//!   streamed, with the choice's last chunk, once it is whole.
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
@@ -49,7 +49,8 @@
 //!   gets its error status before any event; the events begin once the engine has taken it,
 //!   and a later error (an adapter that cannot be loaded, a failed step) is sent as an
 //!   `{"error": …}` event before `[DONE]`.
-//! - `POST /tokenize` (`prompt`, or `messages`, `tools` and `add_generation_prompt`) and
+//! - `POST /tokenize` (`prompt`, or `messages`, `tools`, `tool_choice` and
+//!   `add_generation_prompt`, the tools shown as a chat with them shows them) and
 //!   `POST /detokenize` (`tokens`), vLLM's: the token ids serving would give (`tokens`, `count`,
 //!   `max_model_len`), and the text of token ids (`prompt`).
 //! - `POST /v1/embeddings`, with a sentence-embedding model served
@@ -64,7 +65,7 @@
 //! - `POST /v1/retrieve` (`query`, `top_k`, `datanets`): the DataNet records most similar to
 //!   the query ([`crate::retrieval`]), from `--records` and, when allowed
 //!   ([`ApiState::with_records`]), `POST /v1/records` and `POST /v1/records/delete`. A chat's
-//!   `retrieval` adds the records found as documents (`retrieved` in the answer).
+//!   `retrieval` adds the records found as documents (`retrieved` in the answer, or in a stream's first chunk).
 //! - `GET /v1/datanets`: with records from the chain ([`ApiState::with_datanet_sync`]), how far
 //!   each DataNet is synced: accepted records on chain, verified, indexed, those waiting for
 //!   their content or skipped and why ([`crate::datanet_sync`]).
@@ -131,7 +132,7 @@ use crate::{
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
-	tool_calls::{CallStream, ToolCall, ToolCalling, Tools},
+	tool_calls::{CallStream, ToolCall, ToolCalling, Tools, CALL_START},
 };
 
 /// The largest request body taken, in bytes (a prompt beyond the model's context is refused
@@ -1235,9 +1236,6 @@ async fn serve(
 				"attribution: needs documents to attribute to (none given, none retrieved)",
 			))
 		}
-		(Some(_), Some(_)) if body.stream == Some(true) => {
-			return Err(ApiError::bad_request("attribution: not served with stream"))
-		}
 		(Some(asked), Some(grounding)) => {
 			Some(Ablations::new(asked.method()?, grounding.prompt.len())?)
 		}
@@ -1295,8 +1293,13 @@ async fn serve(
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
 		let (id, created, logprobs) = (endpoint.answer_id(), now(), logprobs.is_some());
 		let head = ChunkHead { id, created, model, endpoint, n, include_usage, logprobs, calling };
-		let tokenizer = state.tokenizer.clone();
-		return stream(&state.engine, tokenizer, requests, adapter, head, echo).await;
+		let grounding = grounding.map(|grounding| Attributing {
+			state: state.clone(),
+			ablations: attribution,
+			grounding,
+			adapter: adapter.clone(),
+		});
+		return stream(&state, requests, adapter, head, echo, grounding).await;
 	}
 	let generations = futures::future::try_join_all(
 		requests.into_iter().map(|request| state.engine.generate(request, adapter.clone())),
@@ -1405,6 +1408,15 @@ async fn attribute(
 		.collect()
 }
 
+/// A streamed chat's documents, and how each choice is to be attributed to them when it ends.
+struct Attributing {
+	state: Arc<ApiState>,
+	/// The ablations to score each choice under (`None`: no attribution asked for).
+	ablations: Option<Ablations>,
+	grounding: Grounding,
+	adapter: Option<String>,
+}
+
 /// What every chunk of one streamed answer repeats.
 struct ChunkHead {
 	id: String,
@@ -1425,6 +1437,11 @@ impl ChunkHead {
 	/// A chunk with `choices` (and `usage`: `null` on every chunk but the last when the client
 	/// asked for it, absent otherwise).
 	fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Event {
+		Event::default().data(self.chunk_json(choices, usage).to_string())
+	}
+
+	/// [`ChunkHead::chunk`]'s JSON.
+	fn chunk_json(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
 		let mut chunk = json!({
 			"id": self.id,
 			"object": self.endpoint.object(true),
@@ -1435,7 +1452,7 @@ impl ChunkHead {
 		if let Some(usage) = usage {
 			chunk["usage"] = usage;
 		}
-		Event::default().data(chunk.to_string())
+		chunk
 	}
 }
 
@@ -1467,17 +1484,18 @@ fn choice_events(index: usize, first: Option<StreamEvent>, stream: EventStream) 
 /// begin; the events begin before the first token (a queued request is not held up by a
 /// proxy's read timeout: keep-alive comments flow meanwhile).
 async fn stream(
-	engine: &EngineService,
-	tokenizer: Arc<Tokenizer>,
+	state: &ApiState,
 	requests: Vec<GenerationRequest>,
 	adapter: Option<String>,
 	head: ChunkHead,
 	echo: Option<Vec<Prompt>>,
+	attributing: Option<Attributing>,
 ) -> Result<Response, ApiError> {
+	let tokenizer = state.tokenizer.clone();
 	let mut choices = Vec::with_capacity(requests.len());
 	let mut started = Vec::with_capacity(requests.len());
 	for request in requests {
-		started.push(engine.generate_stream(request, adapter.clone())?);
+		started.push(state.engine.generate_stream(request, adapter.clone())?);
 	}
 	for (index, mut events) in started.into_iter().enumerate() {
 		match events.next().await {
@@ -1504,7 +1522,14 @@ async fn stream(
 		};
 		if let Some(text) = text {
 			let usage = head.include_usage.then_some(Value::Null);
-			start.push(head.chunk(vec![head.endpoint.delta(index, Piece::Start(text))], usage));
+			let mut chunk =
+				head.chunk_json(vec![head.endpoint.delta(index, Piece::Start(text))], usage);
+			// The records retrieved, with the first chunk.
+			let retrieved = attributing.as_ref().map(|a| &a.grounding.retrieved);
+			if let Some(retrieved) = retrieved.filter(|r| !r.is_empty() && start.is_empty()) {
+				chunk["retrieved"] = json!(retrieved);
+			}
+			start.push(Event::default().data(chunk.to_string()));
 			*offset = text.chars().count();
 		}
 	}
@@ -1517,6 +1542,7 @@ async fn stream(
 		calls,
 		head,
 		tokenizer,
+		attributing,
 		start,
 		offsets,
 		finished: Vec::new(),
@@ -1539,6 +1565,8 @@ struct Streamer {
 	head: ChunkHead,
 	/// The tokens' text in log-probabilities.
 	tokenizer: Arc<Tokenizer>,
+	/// The documents, and how to attribute each choice to them once it ends.
+	attributing: Option<Attributing>,
 	/// Events to send before any choice's (a chat's role chunks).
 	start: Vec<Event>,
 	/// Where each choice's next token begins in its text (in characters).
@@ -1595,6 +1623,21 @@ impl Streamer {
 					events.push(self.head.chunk(vec![choice], usage.clone()));
 				}
 				let mut choice = endpoint.delta(index, Piece::End(generation.finish_reason));
+				// Its attribution, scored now that it is whole.
+				let scored = match &self.attributing {
+					Some(Attributing { state, ablations: Some(ablations), grounding, adapter }) => {
+						let generations = std::slice::from_ref(&generation);
+						Some(attribute(state, ablations, grounding, generations, adapter).await)
+					}
+					_ => None,
+				};
+				match scored {
+					Some(Ok(mut scored)) if !scored.is_empty() => {
+						choice["attribution"] = scored.swap_remove(0)
+					}
+					Some(Err(e)) => return Some(self.fail(e)),
+					_ => {}
+				}
 				// As a whole answer's: "tool_calls" for a list of calls that closed.
 				let whole = self.calls.get(index).is_some_and(CallStream::whole);
 				let chosen = self.head.calling.as_ref().is_some_and(|c| !c.named());
@@ -1688,8 +1731,11 @@ async fn chat_completions(
 	// The conversation as the template is given it (with "auto" tools it may not show, the
 	// tools in Hermes' instructions).
 	let (shown, definitions) = tools.messages(template, &messages)?;
-	if body.attribution.is_some() && body.stream == Some(true) {
-		return Err(ApiError::bad_request("attribution: not served with stream"));
+	// A model whose <tool_call> is a special token writes its calls with it: it stays in the
+	// text, to be read (as vLLM's parser asks).
+	let auto = tools.calling.as_ref().is_some_and(|c| c.auto());
+	if auto && state.tokenizer.special_token(CALL_START).is_some() {
+		body.skip_special_tokens = Some(false);
 	}
 	let mut sources = body.documents.take();
 	let mut retrieved = Vec::new();
@@ -1757,6 +1803,9 @@ struct TokenizeBody {
 	add_generation_prompt: Option<bool>,
 	/// With `messages`: the tools given to the template (OpenAI's definitions).
 	tools: Option<Vec<Value>>,
+	/// With `tools`: how they are to be called, as a chat's (`"auto"` when absent): the tools
+	/// are shown as the chat shows them ([`Tools::messages`]).
+	tool_choice: Option<Value>,
 	/// With `messages`: source documents, placed as a chat with them places them.
 	documents: Option<Vec<Source>>,
 }
@@ -1769,22 +1818,30 @@ async fn tokenize(
 ) -> Result<Json<Value>, ApiError> {
 	let Json(body) = body?;
 	state.resolve(body.model.as_deref())?;
-	let tools = body.tools.as_deref().unwrap_or_default();
+	let tools = body.tools.map(Value::Array);
+	let tools = Tools::from_request(tools.as_ref(), body.tool_choice.as_ref(), None)
+		.map_err(ApiError::bad_request)?;
+	// The conversation as a chat with these tools shows it to the template.
+	let shown = |messages: &[Message]| -> Result<_, ApiError> {
+		Ok(tools.messages(state.chat_template()?, messages)?)
+	};
 	let tokens = match (body.prompt, body.messages, body.documents) {
 		(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
 		(None, Some(messages), None) => {
+			let (messages, definitions) = shown(&messages)?;
 			state.tokenizer.encode(&state.chat_template()?.render_with_tools(
 				&messages,
-				tools,
+				&definitions,
 				body.add_generation_prompt.unwrap_or(true),
 			)?)?
 		}
 		(None, Some(messages), Some(sources)) if body.add_generation_prompt != Some(false) => {
+			let (messages, definitions) = shown(&messages)?;
 			SourcedPrompt::new(
 				state.chat_template()?,
 				&state.tokenizer,
 				&messages,
-				tools,
+				&definitions,
 				&sources,
 			)?
 			.all()

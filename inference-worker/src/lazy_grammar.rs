@@ -6,13 +6,15 @@
 //! Until the trigger the output is free, except that a token which would complete the trigger
 //! and go on with bytes the grammar refuses is not picked. From the trigger on, the output is
 //! held to the grammar until its document is whole; then it is free again (a call after
-//! another), or may only end.
+//! another), or may only end. The trigger is written in text, split over tokens or not, or as
+//! a special token whose text it is (Hermes 2 Pro's `<tool_call>`): special tokens have no
+//! bytes, so that one is named ([`LazyState::accepts_special`]).
 
 use std::sync::{Arc, OnceLock};
 
 use crate::{
 	json_mode::{JsonGrammar, JsonState},
-	tokenizer::TokenBytes,
+	tokenizer::{TokenBytes, Tokenizer},
 };
 
 /// A grammar that holds the output from a trigger on.
@@ -26,6 +28,8 @@ pub struct LazyGrammar {
 	repeat: bool,
 	/// The tokens that may complete the trigger (by id), found once.
 	risky: OnceLock<Vec<u32>>,
+	/// The special token whose text is the trigger, if the vocabulary has one, found once.
+	special: OnceLock<Option<u32>>,
 }
 
 impl PartialEq for LazyGrammar {
@@ -41,7 +45,25 @@ impl LazyGrammar {
 	/// whole, free again if `repeat`, or only to end.
 	pub fn new(trigger: &str, grammar: Arc<JsonGrammar>, repeat: bool) -> Self {
 		assert!(!trigger.is_empty(), "a lazy grammar's trigger is not empty");
-		Self { trigger: trigger.as_bytes().into(), grammar, repeat, risky: OnceLock::new() }
+		Self {
+			trigger: trigger.as_bytes().into(),
+			grammar,
+			repeat,
+			risky: OnceLock::new(),
+			special: OnceLock::new(),
+		}
+	}
+
+	/// Whether the output is free again once a document is whole (otherwise it may only end).
+	pub fn repeats(&self) -> bool {
+		self.repeat
+	}
+
+	/// The special token of `tokenizer` whose text is the trigger, if there is one.
+	pub fn special_trigger(&self, tokenizer: &Tokenizer) -> Option<u32> {
+		*self.special.get_or_init(|| {
+			tokenizer.special_token(std::str::from_utf8(&self.trigger).unwrap_or_default())
+		})
 	}
 
 	/// The tokens whose bytes may complete the trigger: those that hold it, or begin with an
@@ -137,6 +159,26 @@ impl LazyState {
 		Some(next)
 	}
 
+	/// The state after `special` (a special token, whose text may be the trigger): held to the
+	/// grammar if it is the trigger and the output is free; `None` if the output is held (a
+	/// special token has no text to go on with).
+	pub fn accepts_special(
+		&self,
+		lazy: &LazyGrammar,
+		special: u32,
+		trigger: Option<u32>,
+	) -> Option<Self> {
+		if self.held.is_some() {
+			return None;
+		}
+		let mut next = self.clone();
+		next.tail.clear();
+		if Some(special) == trigger {
+			next.held = Some(JsonState::new(&lazy.grammar));
+		}
+		Some(next)
+	}
+
 	/// Frees the output once its document is whole, if the grammar repeats.
 	fn document_may_end(&mut self, lazy: &LazyGrammar) {
 		let whole = self.held.is_some_and(|state| state.is_done());
@@ -155,15 +197,20 @@ impl LazyState {
 
 	/// For each token, whether it may come next; the end of the output (`eos`) when it may
 	/// end. Free, every token but those that would complete the trigger and go on with bytes
-	/// the grammar refuses.
+	/// the grammar refuses (the special token that is the trigger, `trigger`, included).
 	pub fn allowed_tokens(
 		&self,
 		lazy: &LazyGrammar,
 		token_bytes: &TokenBytes,
 		eos: Option<u32>,
+		trigger: Option<u32>,
 	) -> Vec<bool> {
 		if let Some(state) = &self.held {
-			return state.allowed_tokens(&lazy.grammar, token_bytes, eos);
+			let mut allowed = state.allowed_tokens(&lazy.grammar, token_bytes, eos);
+			if let Some(slot) = trigger.and_then(|t| allowed.get_mut(t as usize)) {
+				*slot = false;
+			}
+			return allowed;
 		}
 		let mut allowed = vec![true; token_bytes.len()];
 		for &id in lazy.risky(token_bytes) {
@@ -223,6 +270,14 @@ mod tests {
 		// A special token between the trigger's pieces breaks it.
 		let broken = feed(&lazy, &["<ca", "", "ll>{\"b\""]).unwrap();
 		assert!(!broken.is_held());
+		// The special token that is the trigger holds the output; others leave it free; none
+		// is taken while it is held.
+		let free = LazyState::new();
+		assert!(!free.accepts_special(&lazy, 7, Some(3)).unwrap().is_held());
+		let held = free.accepts_special(&lazy, 3, Some(3)).unwrap();
+		assert!(held.is_held());
+		assert!(held.accepts(&lazy, b"{\"a\": 1}").unwrap().can_end(&lazy));
+		assert!(held.accepts_special(&lazy, 3, Some(3)).is_none());
 	}
 
 	#[test]
@@ -242,7 +297,7 @@ mod tests {
 		let texts = ["<", "call", ">", ">{", "><", "ll>", "ll> [", "x", "<call>{\"a\"", "{"];
 		let token_bytes = TokenBytes::new(texts.iter().map(|t| t.as_bytes().to_vec()));
 		let allowed = |state: &LazyState| {
-			let allowed = state.allowed_tokens(&lazy, &token_bytes, None);
+			let allowed = state.allowed_tokens(&lazy, &token_bytes, None, None);
 			texts.iter().zip(allowed).filter(|(_, a)| *a).map(|(t, _)| *t).collect::<Vec<_>>()
 		};
 		// Free with no part of the trigger before: every token (">{" completes nothing).

@@ -338,6 +338,14 @@ impl Tokenizer {
 		self.inner.get_vocab_size(true)
 	}
 
+	/// The special token whose text is `text`, if the vocabulary has one (Hermes 2 Pro's
+	/// `<tool_call>`, say).
+	pub fn special_token(&self, text: &str) -> Option<u32> {
+		let added = self.inner.get_added_tokens_decoder();
+		let mut ids = added.iter().filter(|(_, t)| t.special && t.content == text);
+		ids.next().map(|(&id, _)| id)
+	}
+
 	/// The bytes each token adds to the text, by id ([`Tokenizer::vocab_size`] of them): empty
 	/// for special tokens (which add nothing unless asked to). A byte-level BPE token's are its
 	/// raw bytes, part of a character included; a SentencePiece token's are its piece with `▁`

@@ -15,7 +15,8 @@
 //!   for another call (one at most without `parallel_tool_calls`). The answer's `content` is
 //!   the text before the first call (`null` if blank), its `tool_calls` the calls, its reason
 //!   `tool_calls`; a call cut short (by `max_tokens`) leaves the whole text as the content,
-//!   as vLLM's parser does.
+//!   as vLLM's parser does (streamed, what was sent stays sent). A model whose `<tool_call>`
+//!   is a special token is held from that token on.
 //!
 //! The tools are given to the chat template either way (a template that knows them shows them
 //! to the model). For `"auto"`, a template that does not show them (SmolLM2's) gets them in
@@ -29,7 +30,7 @@ use std::{collections::HashSet, sync::Arc};
 use serde_json::{json, Value};
 
 use crate::{
-	chat::{ChatTemplate, Message},
+	chat::{python_json, ChatTemplate, Message},
 	error::Result,
 	generate::ResponseFormat,
 	json_mode::{no_parameters, JsonGrammar, MAX_CHOICES},
@@ -256,10 +257,11 @@ impl Tools {
 
 /// `messages` as Qwen 2.5's template shows a conversation with tools to a model: the tools and
 /// Hermes' instructions at the end of the system message (one made if there is none), each
-/// assistant's calls after its text between [`CALL_START`] and [`CALL_END`], and each tool's
-/// answer a user's turn between `<tool_response>` and `</tool_response>`.
+/// assistant's calls after its text between [`CALL_START`] and [`CALL_END`], and the answers
+/// of tools between `<tool_response>` and `</tool_response>`, in a user's turn (one for the
+/// answers that follow one another). JSON as the template's `tojson` writes it.
 pub fn hermes_messages(messages: &[Message], tools: &[Value]) -> Vec<Message> {
-	let listed: Vec<String> = tools.iter().map(Value::to_string).collect();
+	let listed: Vec<String> = tools.iter().map(python_json).collect();
 	let instructions = format!(
 		"# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou \
 		 are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{}\n\
@@ -290,6 +292,7 @@ pub fn hermes_messages(messages: &[Message], tools: &[Value]) -> Vec<Message> {
 					None => json!({}),
 				};
 				// As Qwen 2.5's template writes it: the name first.
+				let (name, arguments) = (python_json(&name), python_json(&arguments));
 				let call = format!("{{\"name\": {name}, \"arguments\": {arguments}}}");
 				if !message.content.is_empty() {
 					message.content.push('\n');
@@ -298,10 +301,16 @@ pub fn hermes_messages(messages: &[Message], tools: &[Value]) -> Vec<Message> {
 			}
 		}
 		if message.role == "tool" {
-			message = Message::new(
-				"user",
-				&format!("<tool_response>\n{}\n</tool_response>", message.content),
-			);
+			let response = format!("<tool_response>\n{}\n</tool_response>", message.content);
+			// The answers of calls made together are one user's turn.
+			match out.last_mut() {
+				Some(last) if i > 0 && messages[i - 1].role == "tool" => {
+					last.content.push('\n');
+					last.content.push_str(&response);
+				}
+				_ => out.push(Message::new("user", &response)),
+			}
+			continue;
 		}
 		out.push(message);
 	}
@@ -381,7 +390,7 @@ impl ToolCalling {
 	pub fn stream(&self) -> CallStream {
 		CallStream {
 			named: self.named.clone(),
-			auto: self.auto.is_some().then(|| Hermes { held: String::new(), in_call: false }),
+			auto: self.auto.is_some().then(Hermes::default),
 			arguments_key: if self.auto.is_some() { "arguments" } else { "parameters" },
 			id: None,
 			depth: 0,
@@ -434,11 +443,17 @@ pub struct CallStream {
 }
 
 /// Where a streamed `"auto"` output is: text, or a call after [`CALL_START`].
+#[derive(Default)]
 struct Hermes {
 	/// Text not yet sent: the end of the text that may begin [`CALL_START`].
 	held: String,
 	/// Whether the text is a call's (from [`CALL_START`] to its object's end).
 	in_call: bool,
+	/// Blank text before anything else, held until text that is not follows (blank text
+	/// before a call is no content).
+	blank: String,
+	/// Whether any content was sent.
+	sent: bool,
 }
 
 /// How many bytes at the end of `text` begin `word` (fewer than all of it).
@@ -503,15 +518,26 @@ impl CallStream {
 			hermes.held.drain(..sent);
 			break;
 		}
+		if !hermes.sent {
+			if content.trim().is_empty() {
+				hermes.blank.push_str(&content);
+				content.clear();
+			} else {
+				content.insert_str(0, &std::mem::take(&mut hermes.blank));
+				hermes.sent = true;
+			}
+		}
 		self.auto = Some(hermes);
 		(content, deltas)
 	}
 
-	/// The text held back at the end of an `"auto"` output (an end that might have begun
-	/// [`CALL_START`]): its content if no call came before.
+	/// The text held back at the end of an `"auto"` output (blank text, an end that might
+	/// have begun [`CALL_START`]): its content if no call came before.
 	pub fn finish(&mut self) -> String {
 		match &mut self.auto {
-			Some(hermes) if !hermes.in_call && self.count == 0 => std::mem::take(&mut hermes.held),
+			Some(hermes) if !hermes.in_call && self.count == 0 => {
+				std::mem::take(&mut hermes.blank) + &std::mem::take(&mut hermes.held)
+			}
 			_ => String::new(),
 		}
 	}
@@ -828,6 +854,12 @@ mod tests {
 			// Text that only looks like the start of a call is sent at the end.
 			let (content, calls) = streamed(&calling, text, size);
 			assert_eq!((content.as_str(), calls.len()), (text, 0), "pieces of {size}");
+			// Blank text before a call is no content (as in the whole answer); blank text
+			// alone is.
+			let (content, calls) = streamed(&calling, bare, size);
+			assert_eq!((content.as_str(), calls.len()), ("", 1), "pieces of {size}");
+			let (content, calls) = streamed(&calling, " \n ", size);
+			assert_eq!((content.as_str(), calls.len()), (" \n ", 0), "pieces of {size}");
 		}
 		let mut stream = calling.stream();
 		stream.push_text(&two[..two.len() - 3]);
@@ -860,14 +892,27 @@ mod tests {
 		let roles: Vec<&str> = shown.iter().map(|m| m.role.as_str()).collect();
 		assert_eq!(roles, ["system", "user", "assistant", "user"]);
 		assert!(shown[0].content.starts_with("# Tools\n"));
-		assert!(shown[0].content.contains(&format!("<tools>\n{}\n</tools>", tools[0])));
+		let listed = python_json(&tools[0]);
+		assert!(shown[0].content.contains(&format!("<tools>\n{listed}\n</tools>")), "{listed}");
+		assert!(listed.starts_with(r#"{"function": {"description": "Now.", "name""#), "{listed}");
 		assert!(shown[0].content.ends_with("<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"));
 		assert_eq!(
 			shown[2].content,
-			"<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Oslo\"}}\n</tool_call>"
+			"<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"
 		);
 		assert!(shown[2].tool_calls.is_none());
 		assert_eq!(shown[3].content, "<tool_response>\n12 C\n</tool_response>");
+		// The answers of calls made together are one user's turn.
+		let mut both = messages.clone();
+		let mut second = Message::new("tool", "Clear.");
+		second.tool_call_id = Some("c2".into());
+		both.push(second);
+		let (shown, _) = plan.messages(&chatml, &both).unwrap();
+		assert_eq!(shown.len(), 4);
+		assert_eq!(
+			shown[3].content,
+			"<tool_response>\n12 C\n</tool_response>\n<tool_response>\nClear.\n</tool_response>"
+		);
 		// A system message of the conversation's own keeps its text first.
 		let mut with_system = vec![Message::new("system", "Be brief.")];
 		with_system.extend(messages.iter().cloned());

@@ -18,7 +18,7 @@ use openledger_inference_worker::{
 	embedding_service::EmbeddingService,
 	embeddings::{cosine, EmbeddingModel},
 	engine::EngineConfig,
-	generate::{generate, FinishReason, Generation, GenerationRequest, ResponseFormat},
+	generate::{generate, FinishReason, Generation, GenerationRequest, Progress, ResponseFormat},
 	http_api::{self, ApiState},
 	json_mode::{JsonGrammar, JsonState},
 	kv_cache::KvCacheConfig,
@@ -1357,12 +1357,26 @@ fn auto_tool_calls_are_read_out_of_the_text_and_held_to_their_schemas() {
 	let body = json!({"messages": messages, "tools": tools, "max_tokens": 24, "temperature": 0});
 	let (status, answer) = post(address, path, &body);
 	assert_eq!(status, 200, "{answer}");
-	assert_eq!(answer["usage"]["prompt_tokens"], tokenizer.encode(&prompt).unwrap().len());
-	if want.text.contains("<tool_call>") {
-		assert!(!calls_of(&answer).is_empty() || want.finish_reason == FinishReason::Length);
-	} else {
-		assert_answers(&answer, &want, "/message/content");
-		assert!(answer["choices"][0]["message"].get("tool_calls").is_none(), "{answer}");
+	let tokens = tokenizer.encode(&prompt).unwrap();
+	assert_eq!(answer["usage"]["prompt_tokens"], tokens.len());
+	// /tokenize shows the tools as the chat does: "auto" when no choice is given.
+	let asked = json!({"messages": messages, "tools": tools});
+	assert_eq!(post(address, "/tokenize", &asked).1["tokens"], json!(tokens));
+	let none = json!({"messages": messages, "tools": tools, "tool_choice": "none"});
+	let plain = tokenizer.encode(&render(&tokenizer, &messages)).unwrap();
+	assert_eq!(post(address, "/tokenize", &none).1["tokens"], json!(plain));
+	// The answer is read out of the library's text: its calls, or the text itself.
+	let plan = tool_calls::Tools::from_request(Some(&tools), None, None).unwrap();
+	match plan.calling.unwrap().calls(&want.text) {
+		Some(calls) => {
+			let calls: Vec<(String, String)> =
+				calls.into_iter().map(|c| (c.name, c.arguments)).collect();
+			assert_eq!(calls_of(&answer), calls, "{answer}");
+		}
+		None => {
+			assert_answers(&answer, &want, "/message/content");
+			assert!(answer["choices"][0]["message"].get("tool_calls").is_none(), "{answer}");
+		}
 	}
 
 	// Steered toward a text and two calls, the first with arguments its schema refuses.
@@ -1431,10 +1445,61 @@ fn auto_tool_calls_are_read_out_of_the_text_and_held_to_their_schemas() {
 	assert!(choice["message"].get("tool_calls").is_none(), "{answer}");
 	let content = choice["message"]["content"].as_str().unwrap();
 	assert!(content.starts_with("Checking.<tool_call>"), "{answer}");
+	// The answer would end after its one call: nothing may hold it open.
+	for held in [json!({"min_tokens": 4}), json!({"ignore_eos": true})] {
+		let mut body = json!({"messages": messages, "tools": tools, "parallel_tool_calls": false});
+		body.as_object_mut().unwrap().extend(held.as_object().unwrap().clone());
+		refused_at(address, path, body, "the output ends after its call");
+	}
 	// Auto with JSON asked for too: one or the other.
 	let both =
 		json!({"messages": messages, "tools": tools, "response_format": {"type": "json_object"}});
 	refused_at(address, path, both, "one or the other");
+}
+
+/// A lazy grammar's trigger may be a special token (Hermes 2 Pro's `<tool_call>`; here
+/// SmolLM2's `<file_sep>`), which has no bytes: the output is held to the grammar from it on.
+#[test]
+fn a_special_token_may_be_the_trigger_of_a_lazy_grammar() {
+	let (_, tokenizer) = load(WeightFormat::AsStored);
+	let special = tokenizer.special_token("<file_sep>").expect("SmolLM2's <file_sep> is special");
+	assert_eq!(tokenizer.special_token("file_sep"), None);
+	let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}},
+		"required": ["a"], "additionalProperties": false});
+	let grammar = Arc::new(JsonGrammar::from_schema(&schema).unwrap());
+	let lazy = LazyGrammar::new("<file_sep>", grammar, false);
+	assert_eq!(lazy.special_trigger(&tokenizer), Some(special));
+	let request = GenerationRequest {
+		response_format: ResponseFormat::Lazy(Arc::new(lazy)),
+		skip_special_tokens: false,
+		..greedy("", 32)
+	};
+	let mut progress = Progress::new(&request, vec![1]).unwrap();
+	// Logits that want "Hi", the special token, then `{"a": "x"}`, whose string the grammar
+	// refuses: "7" and "}" are what it may take instead ("}" first when it may).
+	let script = [
+		tokenizer.encode("Hi").unwrap(),
+		vec![special],
+		tokenizer.encode(r#"{"a": "x"}"#).unwrap(),
+	]
+	.concat();
+	let seven = tokenizer.encode("7").unwrap()[0] as usize;
+	let close = tokenizer.encode("}").unwrap()[0] as usize;
+	let eos = tokenizer.eos.unwrap();
+	for &want in script.iter().chain(std::iter::repeat(&eos)) {
+		if progress.is_finished() {
+			break;
+		}
+		let mut logits = vec![0.0f32; tokenizer.vocab_size()];
+		(logits[seven], logits[close]) = (2.0, 3.0);
+		logits[want as usize] = 10.0;
+		progress.advance(&logits, &tokenizer).unwrap();
+	}
+	let generation = progress.finish(&tokenizer).unwrap();
+	assert_eq!(generation.finish_reason, FinishReason::Eos, "{:?}", generation.text);
+	let call = generation.text.strip_prefix("Hi<file_sep>").expect(&generation.text);
+	let call: Value = serde_json::from_str(call).expect(&generation.text);
+	assert!(call["a"].is_i64(), "{call}");
 }
 
 /// What lm-evaluation-harness's `local-completions` model sends to score a continuation
@@ -2125,6 +2190,27 @@ fn chats_with_documents_are_attributed_to_them() {
 	assert!(weights[1] > 10.0 && weights[0].abs() < 1.0 && weights[2].abs() < 1.0, "{weights:?}");
 	let (_, again) = chat(json!({"attribution": {"method": "context_cite"}}));
 	assert_eq!(again["choices"][0]["attribution"], *cc);
+	// Streamed: each choice's attribution with its last chunk, the whole answer's.
+	for (method, whole) in [("leave_one_out", attribution), ("context_cite", cc)] {
+		let body = json!({"messages": messages, "documents": documents, "max_tokens": 24,
+			"temperature": 0, "stream": true, "n": 2, "attribution": {"method": method}});
+		let (status, events) = stream(address, "/v1/chat/completions", &body);
+		assert_eq!(status, 200, "{events:?}");
+		let streamed = gather(&events, "chat.completion.chunk", "/delta/content");
+		let texts: Vec<&str> = streamed.texts.iter().map(|(text, _)| text.as_str()).collect();
+		assert_eq!(texts, [want.text.as_str(); 2]);
+		let last: Vec<&Value> = events
+			.iter()
+			.flat_map(|e| e["choices"].as_array().into_iter().flatten())
+			.filter(|choice| !choice["finish_reason"].is_null())
+			.collect();
+		assert_eq!(last.len(), 2, "{events:?}");
+		for choice in last {
+			assert_eq!(choice["attribution"], *whole, "{method}: {choice}");
+		}
+		let scored = events.iter().filter(|e| e.pointer("/choices/0/attribution").is_some());
+		assert_eq!(scored.count(), 2, "only the last chunks carry it");
+	}
 
 	// /tokenize gives the prompt's tokens; streamed, the chat's text is the whole answer's.
 	let (status, tokens) =
@@ -2145,7 +2231,6 @@ fn chats_with_documents_are_attributed_to_them() {
 		let message = answer["error"]["message"].as_str().unwrap();
 		assert!(message.contains(says), "{message:?} does not say {says:?}");
 	};
-	refused(json!({"attribution": {}, "stream": true}), "not served with stream");
 	refused(json!({"attribution": {"method": "shapley"}}), "neither \"context_cite\" nor");
 	refused(json!({"attribution": {"method": "leave_one_out", "ablations": 8}}), "ContextCite's");
 	refused(json!({"attribution": {"ablations": 1}}), "2 to 256, not 1");
@@ -2265,6 +2350,14 @@ fn records_are_retrieved_into_chats_and_attributed() {
 		.map(|r| (r["index"].as_u64().unwrap(), r["id"].as_str().unwrap()))
 		.collect();
 	assert_eq!(retrieved, [(1, "rec-2"), (2, "rec-3")]);
+	// Streamed, the records retrieved come with the first chunk.
+	let body = json!({"messages": [{"role": "user", "content": question}], "max_tokens": 4,
+		"stream": true, "documents": [{"id": "given", "text": "Rewards are paid in OPEN."}],
+		"retrieval": {"top_k": 2, "datanets": ["alpha", "ops"]}});
+	let (status, events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	assert_eq!(events[0]["retrieved"], answer["retrieved"], "{events:?}");
+	assert!(events[1..].iter().all(|e| e.get("retrieved").is_none()), "{events:?}");
 	// A search that finds nothing leaves the chat without documents.
 	let (status, answer) = chat(json!({"retrieval": {"datanets": ["none"]}}));
 	assert_eq!(status, 200, "{answer}");
