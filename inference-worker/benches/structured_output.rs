@@ -1,6 +1,7 @@
 //! What structured output costs on the real model (SmolLM2-135M-Instruct Q4_1 GGUF), side by
-//! side in one run: a greedy answer held to a JSON schema, and one held to any JSON object,
-//! against the same number of tokens generated unconstrained from the same prompt; and the
+//! side in one run: a greedy answer held to a JSON schema, one held to any JSON object, and one
+//! free until a tool call (`tool_choice: "auto"`'s lazy grammar, answered in text), against
+//! the same number of tokens generated unconstrained from the same prompt; and the
 //! vocabulary mask alone ([`JsonState::allowed_tokens`]: a walk of the tokens' byte trie, or
 //! inside a string each token on rayon's threads) against trying each token's bytes whole
 //! ([`JsonState::allowed_tokens_each`]), at three points of a document.
@@ -16,8 +17,10 @@ use openledger_inference_worker::{
 	chat::Message,
 	generate::{generate, GenerationRequest, ResponseFormat},
 	json_mode::{JsonGrammar, JsonState},
+	lazy_grammar::{LazyGrammar, LazyState},
 	model::{Llama, WeightFormat},
 	models,
+	tool_calls::CALL_START,
 };
 
 const RUNS: usize = 5;
@@ -26,6 +29,19 @@ const MAX_TOKENS: usize = 96;
 fn median(mut values: Vec<f64>) -> f64 {
 	values.sort_by(f64::total_cmp);
 	values[values.len() / 2]
+}
+
+/// The median of 20 computations of `mask`, in µs.
+fn time_mask(mask: &dyn Fn() -> Vec<bool>) -> f64 {
+	median(
+		(0..20)
+			.map(|_| {
+				let clock = Instant::now();
+				std::hint::black_box(mask());
+				clock.elapsed().as_secs_f64() * 1e6
+			})
+			.collect(),
+	)
 }
 
 fn main() {
@@ -43,6 +59,9 @@ fn main() {
 				"items": {"enum": ["black", "white", "orange", "grey"]}}},
 		"required": ["name", "age"], "additionalProperties": false});
 	let grammar = Arc::new(JsonGrammar::from_schema(&schema).unwrap());
+	// "auto" with one tool: free text until <tool_call>, then a call held to the tool's schema.
+	let call = JsonGrammar::tool_call(&[("save_cat", Some(&schema))]).unwrap();
+	let auto = Arc::new(LazyGrammar::new(CALL_START, Arc::new(call), true));
 	let request = |format: ResponseFormat, max_tokens: usize, ignore_eos: bool| GenerationRequest {
 		prompt: chat.clone().into(),
 		max_tokens,
@@ -74,6 +93,7 @@ fn main() {
 	for (name, format) in [
 		("a JSON schema (3 properties, enum items)", ResponseFormat::Json(grammar.clone())),
 		("any JSON object (JSON mode)", ResponseFormat::json_object()),
+		("text, free until a tool call (tool_choice \"auto\")", ResponseFormat::Lazy(auto.clone())),
 	] {
 		let (constrained, tokens) = time(&request(format, MAX_TOKENS, false));
 		let (free, _) = time(&request(ResponseFormat::Text, tokens, true));
@@ -101,23 +121,30 @@ fn main() {
 			"" => start,
 			text => start.accepts(&grammar, text.as_bytes()).unwrap(),
 		};
-		let time = |mask: &dyn Fn() -> Vec<bool>| {
-			median(
-				(0..20)
-					.map(|_| {
-						let clock = Instant::now();
-						std::hint::black_box(mask());
-						clock.elapsed().as_secs_f64() * 1e6
-					})
-					.collect(),
-			)
-		};
-		let ours = time(&|| state.allowed_tokens(&grammar, bytes, tokenizer.eos));
-		let each = time(&|| state.allowed_tokens_each(&grammar, bytes, tokenizer.eos));
+		let ours = time_mask(&|| state.allowed_tokens(&grammar, bytes, tokenizer.eos));
+		let each = time_mask(&|| state.allowed_tokens_each(&grammar, bytes, tokenizer.eos));
 		assert_eq!(
 			state.allowed_tokens(&grammar, bytes, tokenizer.eos),
 			state.allowed_tokens_each(&grammar, bytes, tokenizer.eos)
 		);
 		println!("| {at} | {ours:.0} | {each:.0} | {:.3}x |", ours / each);
 	}
+	// "auto"'s mask in free text, after "<tool": only the tokens that may complete the trigger
+	// are tried, against trying each.
+	let free = LazyState::new().accepts(&auto, b"Let me see <tool").unwrap();
+	let ours = || free.allowed_tokens(&auto, bytes, tokenizer.eos, None);
+	let each = || -> Vec<bool> {
+		(0..bytes.len())
+			.map(|id| {
+				let token = bytes.get(id).unwrap_or_default();
+				token.is_empty() || free.accepts(&auto, token).is_some()
+			})
+			.collect()
+	};
+	assert_eq!(ours(), each());
+	let (ours, each) = (time_mask(&ours), time_mask(&each));
+	println!(
+		"| free text after \"<tool\" (tool_choice \"auto\") | {ours:.0} | {each:.0} | {:.3}x |",
+		ours / each
+	);
 }

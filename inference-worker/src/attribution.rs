@@ -17,6 +17,8 @@
 //! out; special tokens written in a source are tokenized as text (a record cannot open or close
 //! a chat's turns). The answer is generated from the prompt with every source, the same tokens,
 //! and scored as generated (a stop token, or the token that completed a stop sequence, included).
+//! An adapter that served the answer is scored alike (by the HTTP API): the answer's
+//! log-probability with it, less that under the whole prompt without it.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Deserialize;

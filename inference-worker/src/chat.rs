@@ -272,7 +272,11 @@ impl ChatTemplate {
 				bos_token => &self.bos_token,
 				eos_token => &self.eos_token,
 			})
-			.map_err(|e| Error::Request(format!("chat template: {e}")))
+			.map_err(|e| match e.kind() {
+				// The template refuses the conversation (`raise_exception`): the request's fault.
+				ErrorKind::InvalidOperation => Error::Request(format!("chat template: {e}")),
+				_ => template_error(e),
+			})
 	}
 }
 
@@ -317,6 +321,11 @@ mod tests {
 		assert_eq!(text, "<s>[USER] hello</s>");
 		let err = t.render(&[Message::new("system", "x")], false).unwrap_err();
 		assert!(err.to_string().contains("roles must be user/assistant"), "{err}");
+		// The template refused the conversation: the request's fault (a 400), not the server's.
+		assert!(matches!(err, Error::Request(_)), "{err:?}");
+		let broken = ChatTemplate::new("{{ messages | no_such_filter }}", "", "").unwrap();
+		let err = broken.render(&[Message::new("user", "x")], false).unwrap_err();
+		assert!(matches!(err, Error::Tokenizer(_)), "a broken template is the server's: {err:?}");
 		assert!(t.render(&[], true).is_err());
 		assert!(ChatTemplate::new("{% for %}", "", "").is_err(), "a broken template is refused");
 	}

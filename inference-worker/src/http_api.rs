@@ -1277,13 +1277,14 @@ async fn serve(
 	}
 	let n = requests.len() / prompts.len().max(1);
 	if let Some(ablations) = &attribution {
-		let scoring = requests.len() * ablations.masks().len();
+		// (With an adapter, one more each: the answer scored without it.)
+		let each = ablations.masks().len() + usize::from(adapter.is_some());
+		let scoring = requests.len() * each;
 		if scoring > state.engine.max_waiting() {
 			return Err(ApiError::bad_request(format!(
-				"attribution: {} choices of {} ablations each are {scoring} scoring requests, \
-				 more than this worker queues at once ({}): ask for fewer",
+				"attribution: {} choices of {each} scoring requests each are {scoring} scoring \
+				 requests, more than this worker queues at once ({}): ask for fewer",
 				requests.len(),
-				ablations.masks().len(),
 				state.engine.max_waiting()
 			)));
 		}
@@ -1367,7 +1368,9 @@ async fn serve(
 }
 
 /// Each choice's `attribution`: its tokens scored under every ablation of the grounding's
-/// prompt (all choices' at once, with the same adapter), then each document's score.
+/// prompt (all choices' at once, with the same adapter), then each document's score; with an
+/// adapter, also under the whole prompt without it: the adapter's score is how much more
+/// likely the answer is with it.
 async fn attribute(
 	state: &ApiState,
 	ablations: &Ablations,
@@ -1375,20 +1378,25 @@ async fn attribute(
 	generations: &[Generation],
 	adapter: &Option<String>,
 ) -> Result<Vec<Value>, ApiError> {
-	let requests = generations
-		.iter()
-		.flat_map(|g| ablations.requests(&grounding.prompt, &g.tokens))
-		.map(|request| state.engine.generate(request, adapter.clone()));
+	// Each choice's ablations, served with the adapter; with one, the whole prompt again
+	// without it (the adapter's own contribution).
+	let requests = generations.iter().flat_map(|g| {
+		let requests = ablations.requests(&grounding.prompt, &g.tokens);
+		let without = adapter.as_ref().and_then(|_| requests.first().cloned());
+		requests.into_iter().map(|r| (r, adapter.clone())).chain(without.map(|r| (r, None)))
+	});
+	let requests = requests.map(|(request, adapter)| state.engine.generate(request, adapter));
 	let scored = futures::future::try_join_all(requests).await?;
-	let per_choice = ablations.masks().len();
+	let per_choice = ablations.masks().len() + usize::from(adapter.is_some());
 	generations
 		.iter()
 		.zip(scored.chunks(per_choice))
 		.map(|(g, scored)| {
-			let logprobs = scored
+			let mut logprobs = scored
 				.iter()
 				.map(|s| answer_logprob(s, g.tokens.len()))
 				.collect::<Result<Vec<_>, _>>()?;
+			let without = adapter.as_ref().and_then(|_| logprobs.pop());
 			let scores = ablations.scores(&logprobs)?;
 			let method = ablations.method();
 			let mut attribution = json!({
@@ -1402,6 +1410,13 @@ async fn attribute(
 				attribution["ablations"] = json!(ablations);
 				attribution["seed"] = json!(seed);
 				attribution["penalty"] = json!(penalty);
+			}
+			if let (Some(name), Some(without)) = (adapter, without) {
+				attribution["adapter"] = json!({
+					"name": name,
+					"score": logprobs[0] - without,
+					"answer_logprob_without": without,
+				});
 			}
 			Ok(attribution)
 		})
@@ -1635,7 +1650,11 @@ impl Streamer {
 					Some(Ok(mut scored)) if !scored.is_empty() => {
 						choice["attribution"] = scored.swap_remove(0)
 					}
-					Some(Err(e)) => return Some(self.fail(e)),
+					Some(Err(e)) => {
+						// (After any text held back, which was the answer's.)
+						events.extend(self.fail(e));
+						return Some(events);
+					}
 					_ => {}
 				}
 				// As a whole answer's: "tool_calls" for a list of calls that closed.

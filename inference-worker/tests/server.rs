@@ -2169,6 +2169,7 @@ fn chats_with_documents_are_attributed_to_them() {
 	assert_eq!(answer["usage"]["prompt_tokens"], prompt.all().len());
 	let attribution = &answer["choices"][0]["attribution"];
 	assert_eq!(attribution["method"], "leave_one_out");
+	assert!(attribution.get("adapter").is_none(), "no adapter served it: {attribution}");
 	assert!((attribution["answer_logprob"].as_f64().unwrap() - logprobs[0]).abs() < 1e-3);
 	let scores = attribution["scores"].as_array().unwrap();
 	for (i, (score, want)) in scores.iter().zip(&want_scores).enumerate() {
@@ -2259,6 +2260,57 @@ const RECORDS: [(&str, &str, &str); 3] = [
 	("rec-2", "alpha", "The access code of DataNet Alpha is BLUE-HERON-42."),
 	("rec-3", "ops", "Curators review every record within two days."),
 ];
+
+#[test]
+fn an_adapter_served_is_attributed_its_part_of_the_answer() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, adapter, address) = serve_tuned(root.path());
+	let documents = json!([
+		{"id": "rec-1", "text": "The access code of DataNet Alpha is BLUE-HERON-42."},
+		{"id": "rec-2", "text": "Curators review every record within two days."},
+	]);
+	let messages =
+		json!([{"role": "user", "content": "What is the access code of DataNet Alpha?"}]);
+	// The library's answer with the adapter, and its log-probability with and without it.
+	let sources: Vec<Source> = serde_json::from_value(documents.clone()).unwrap();
+	let parsed: Vec<Message> = serde_json::from_value(messages.clone()).unwrap();
+	let template = tokenizer.chat_template().unwrap();
+	let prompt = SourcedPrompt::new(&template, &tokenizer, &parsed, &[], &sources).unwrap();
+	let mut request = greedy("", 16);
+	request.prompt = prompt.all().into();
+	let want = generate(&model, &tokenizer, Some(&adapter), &request).unwrap();
+	let loo = Ablations::new(Method::LeaveOneOut, 2).unwrap();
+	let whole = &loo.requests(&prompt, &want.tokens)[0];
+	let logprob = |lora: Option<&LoraAdapter>| {
+		let scored = generate(&model, &tokenizer, lora, whole).unwrap();
+		answer_logprob(&scored, want.tokens.len()).unwrap()
+	};
+	let (with, without) = (logprob(Some(&adapter)), logprob(None));
+	assert!((with - without).abs() > 1e-2, "the adapter changes the answer's likelihood");
+
+	let body = json!({"model": "tuned", "messages": messages, "documents": documents,
+		"max_tokens": 16, "temperature": 0, "attribution": {"method": "leave_one_out"}});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
+	let attribution = &answer["choices"][0]["attribution"];
+	let close = |at: &str, want: f64| {
+		let got = attribution.pointer(at).and_then(Value::as_f64).expect(at);
+		assert!((got - want).abs() < 1e-3, "{at}: {got} against {want}: {attribution}");
+	};
+	close("/answer_logprob", with);
+	close("/adapter/answer_logprob_without", without);
+	close("/adapter/score", with - without);
+	assert_eq!(attribution["adapter"]["name"], "tuned");
+	assert_eq!(attribution["scores"].as_array().unwrap().len(), 2);
+	// Streamed, the same.
+	let mut body = body;
+	body["stream"] = json!(true);
+	let (status, events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let last = events.iter().find_map(|e| e.pointer("/choices/0/attribution"));
+	assert_eq!(last, Some(attribution), "{events:?}");
+}
 
 fn records_json() -> Value {
 	json!(RECORDS
