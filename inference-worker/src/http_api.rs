@@ -110,7 +110,10 @@ use axum::{
 	Json, Router,
 };
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
-use futures::stream::{BoxStream, SelectAll, StreamExt};
+use futures::{
+	future::{BoxFuture, Either, FutureExt},
+	stream::{BoxStream, FuturesUnordered, SelectAll, StreamExt},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -1557,11 +1560,13 @@ async fn stream(
 		calls,
 		head,
 		tokenizer,
-		attributing,
+		attributing: attributing.map(Arc::new),
+		scoring: FuturesUnordered::new(),
 		start,
 		offsets,
 		finished: Vec::new(),
 		open,
+		running: open,
 		ended: false,
 	};
 	let events = futures::stream::unfold(answer, |mut answer| async move {
@@ -1581,17 +1586,25 @@ struct Streamer {
 	/// The tokens' text in log-probabilities.
 	tokenizer: Arc<Tokenizer>,
 	/// The documents, and how to attribute each choice to them once it ends.
-	attributing: Option<Attributing>,
+	attributing: Option<Arc<Attributing>>,
+	/// The attributions being scored, of choices whose text has ended (each choice's
+	/// generation, ready to finish with its attribution).
+	scoring: FuturesUnordered<Scoring>,
 	/// Events to send before any choice's (a chat's role chunks).
 	start: Vec<Event>,
 	/// Where each choice's next token begins in its text (in characters).
 	offsets: Vec<usize>,
 	/// The choices finished, by index.
 	finished: Vec<(usize, Generation)>,
-	/// Choices not finished.
+	/// Choices not finished (their last chunk not sent).
 	open: usize,
+	/// Choices still generating.
+	running: usize,
 	ended: bool,
 }
+
+/// A streamed choice's attribution being scored: its index, its generation, the attribution.
+type Scoring = BoxFuture<'static, (usize, Generation, Result<Vec<Value>, ApiError>)>;
 
 impl Streamer {
 	/// The events that the next thing to happen brings; `None` once the answer has ended
@@ -1605,7 +1618,27 @@ impl Streamer {
 		}
 		let usage = self.head.include_usage.then_some(Value::Null);
 		let endpoint = self.head.endpoint;
-		let error = match self.events.next().await {
+		// The choices' events, and the attributions of those that have ended as they are
+		// scored (in the meantime the others go on).
+		let next = if self.scoring.is_empty() {
+			self.events.next().await
+		} else if self.running == 0 {
+			match self.scoring.next().await {
+				Some((index, generation, scored)) => {
+					return Some(self.scored(index, generation, scored))
+				}
+				None => None,
+			}
+		} else {
+			match futures::future::select(self.events.next(), self.scoring.next()).await {
+				Either::Left((next, _)) => next,
+				Either::Right((Some((index, generation, scored)), _)) => {
+					return Some(self.scored(index, generation, scored))
+				}
+				Either::Right((None, _)) => return Some(Vec::new()),
+			}
+		};
+		let error = match next {
 			Some((_, Some(Ok(StreamEvent::Queued)))) => return Some(Vec::new()),
 			Some((index, Some(Ok(StreamEvent::Text(text, scores))))) => {
 				let scored = self.head.logprobs && !scores.tokens.is_empty();
@@ -1630,50 +1663,32 @@ impl Streamer {
 				return Some(vec![self.head.chunk(vec![choice], usage)]);
 			}
 			Some((index, Some(Ok(StreamEvent::Done(generation))))) => {
+				self.running -= 1;
 				let mut events = Vec::new();
 				// "auto"'s text held back in case it began a call.
 				let held = self.calls.get_mut(index).map(CallStream::finish).unwrap_or_default();
 				if !held.is_empty() {
 					let choice = endpoint.delta(index, Piece::Calls(&held, &[]));
-					events.push(self.head.chunk(vec![choice], usage.clone()));
+					events.push(self.head.chunk(vec![choice], usage));
 				}
-				let mut choice = endpoint.delta(index, Piece::End(generation.finish_reason));
-				// Its attribution, scored now that it is whole.
-				let scored = match &self.attributing {
-					Some(Attributing { state, ablations: Some(ablations), grounding, adapter }) => {
-						let generations = std::slice::from_ref(&generation);
-						Some(attribute(state, ablations, grounding, generations, adapter).await)
-					}
-					_ => None,
-				};
-				match scored {
-					Some(Ok(mut scored)) if !scored.is_empty() => {
-						choice["attribution"] = scored.swap_remove(0)
-					}
-					Some(Err(e)) => {
-						// (After any text held back, which was the answer's.)
-						events.extend(self.fail(e));
-						return Some(events);
-					}
-					_ => {}
-				}
-				// As a whole answer's: "tool_calls" for a list of calls that closed.
-				let whole = self.calls.get(index).is_some_and(CallStream::whole);
-				let chosen = self.head.calling.as_ref().is_some_and(|c| !c.named());
-				if whole && chosen {
-					choice["finish_reason"] = json!("tool_calls");
-				}
-				events.push(self.head.chunk(vec![choice], usage));
-				self.finished.push((index, generation));
-				self.open -= 1;
-				if self.open == 0 {
-					if self.head.include_usage {
-						let finished = self.finished.iter().map(|(i, g)| (*i, g));
-						let usage = json!(usage_of(finished, self.head.n));
-						events.push(self.head.chunk(Vec::new(), Some(usage)));
-					}
-					events.push(Event::default().data("[DONE]"));
-					self.ended = true;
+				// Its attribution, scored now that it is whole, while the others go on.
+				let attributing = self.attributing.clone().filter(|a| a.ablations.is_some());
+				match attributing {
+					Some(attributing) => self.scoring.push(
+						async move {
+							let Attributing { state, ablations, grounding, adapter } =
+								&*attributing;
+							let Some(ablations) = ablations else {
+								return (index, generation, Ok(Vec::new()));
+							};
+							let generations = std::slice::from_ref(&generation);
+							let scored =
+								attribute(state, ablations, grounding, generations, adapter).await;
+							(index, generation, scored)
+						}
+						.boxed(),
+					),
+					None => events.extend(self.finish_choice(index, generation, None)),
 				}
 				return Some(events);
 			}
@@ -1681,6 +1696,56 @@ impl Streamer {
 			Some((_, None)) | None => ApiError::from(Error::Stopped("mid-answer".into())),
 		};
 		Some(self.fail(error))
+	}
+
+	/// The events of choice `index`'s end once its attribution is `scored`.
+	fn scored(
+		&mut self,
+		index: usize,
+		generation: Generation,
+		scored: Result<Vec<Value>, ApiError>,
+	) -> Vec<Event> {
+		match scored {
+			Ok(mut scored) => {
+				let attribution = (!scored.is_empty()).then(|| scored.swap_remove(0));
+				self.finish_choice(index, generation, attribution)
+			}
+			Err(e) => self.fail(e),
+		}
+	}
+
+	/// The last chunk of choice `index` (with its `attribution`, if any), and the answer's
+	/// end (usage, `[DONE]`) after the last choice's.
+	fn finish_choice(
+		&mut self,
+		index: usize,
+		generation: Generation,
+		attribution: Option<Value>,
+	) -> Vec<Event> {
+		let usage = self.head.include_usage.then_some(Value::Null);
+		let mut choice = self.head.endpoint.delta(index, Piece::End(generation.finish_reason));
+		if let Some(attribution) = attribution {
+			choice["attribution"] = attribution;
+		}
+		// As a whole answer's: "tool_calls" for a list of calls that closed.
+		let whole = self.calls.get(index).is_some_and(CallStream::whole);
+		let chosen = self.head.calling.as_ref().is_some_and(|c| !c.named());
+		if whole && chosen {
+			choice["finish_reason"] = json!("tool_calls");
+		}
+		let mut events = vec![self.head.chunk(vec![choice], usage)];
+		self.finished.push((index, generation));
+		self.open -= 1;
+		if self.open == 0 {
+			if self.head.include_usage {
+				let finished = self.finished.iter().map(|(i, g)| (*i, g));
+				let usage = json!(usage_of(finished, self.head.n));
+				events.push(self.head.chunk(Vec::new(), Some(usage)));
+			}
+			events.push(Event::default().data("[DONE]"));
+			self.ended = true;
+		}
+		events
 	}
 
 	/// Choice `index`'s `logprobs` for its new tokens `scores`.

@@ -2212,6 +2212,35 @@ fn chats_with_documents_are_attributed_to_them() {
 		let scored = events.iter().filter(|e| e.pointer("/choices/0/attribution").is_some());
 		assert_eq!(scored.count(), 2, "only the last chunks carry it");
 	}
+	// Sampled choices that differ: each streamed choice gets its own answer's attribution.
+	let sampled = json!({"messages": messages, "documents": documents, "max_tokens": 12,
+		"temperature": 1.0, "seed": 7, "n": 3, "attribution": {"method": "leave_one_out"}});
+	let (status, whole) = post(address, "/v1/chat/completions", &sampled);
+	assert_eq!(status, 200, "{whole}");
+	let texts: Vec<&Value> = (0..3).map(|i| &whole["choices"][i]["message"]["content"]).collect();
+	assert!(texts[0] != texts[1] || texts[1] != texts[2], "the choices differ: {texts:?}");
+	let mut body = sampled.clone();
+	body["stream"] = json!(true);
+	body["stream_options"] = json!({"include_usage": true});
+	let (status, events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	// Whole: each choice's text and reason, nothing after a choice's end, the usage last.
+	let streamed = gather(&events, "chat.completion.chunk", "/delta/content");
+	for (i, (text, _)) in streamed.texts.iter().enumerate() {
+		assert_eq!(json!(text), whole["choices"][i]["message"]["content"], "choice {i}");
+	}
+	assert_eq!(streamed.usage.as_ref(), Some(&whole["usage"]), "{events:?}");
+	let mut by_index = [Value::Null, Value::Null, Value::Null];
+	for choice in events.iter().flat_map(|e| e["choices"].as_array().into_iter().flatten()) {
+		if let Some(attribution) = choice.get("attribution") {
+			let slot = &mut by_index[choice["index"].as_u64().unwrap() as usize];
+			assert!(slot.is_null(), "one attribution a choice: {choice}");
+			*slot = attribution.clone();
+		}
+	}
+	for (i, streamed) in by_index.iter().enumerate() {
+		assert_eq!(*streamed, whole["choices"][i]["attribution"], "choice {i}");
+	}
 
 	// /tokenize gives the prompt's tokens; streamed, the chat's text is the whole answer's.
 	let (status, tokens) =
