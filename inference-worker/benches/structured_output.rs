@@ -23,7 +23,7 @@ use openledger_inference_worker::{
 	tool_calls::CALL_START,
 };
 
-const RUNS: usize = 5;
+const RUNS: usize = 7;
 const MAX_TOKENS: usize = 96;
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -69,20 +69,16 @@ fn main() {
 		response_format: format,
 		..Default::default()
 	};
-	let time = |request: &GenerationRequest| {
-		let runs: Vec<(f64, usize)> = (0..RUNS)
-			.map(|_| {
-				let start = Instant::now();
-				let g = generate(&model, &tokenizer, None, request).unwrap();
-				(start.elapsed().as_secs_f64(), g.tokens.len())
-			})
-			.collect();
-		(median(runs.iter().map(|r| r.0).collect()), runs[0].1)
+	let seconds = |request: &GenerationRequest| {
+		let start = Instant::now();
+		generate(&model, &tokenizer, None, request).unwrap();
+		start.elapsed().as_secs_f64()
 	};
 
 	println!(
 		"SmolLM2-135M-Instruct Q4_1, CPU, {} threads, greedy, one request, median of {RUNS} \
-		 (each constrained answer against as many tokens unconstrained, same prompt)",
+		 (each constrained answer against as many tokens unconstrained, same prompt, the runs \
+		 taking turns)",
 		candle_core::utils::get_num_threads()
 	);
 	println!();
@@ -95,8 +91,15 @@ fn main() {
 		("any JSON object (JSON mode)", ResponseFormat::json_object()),
 		("text, free until a tool call (tool_choice \"auto\")", ResponseFormat::Lazy(auto.clone())),
 	] {
-		let (constrained, tokens) = time(&request(format, MAX_TOKENS, false));
-		let (free, _) = time(&request(ResponseFormat::Text, tokens, true));
+		let constrained = request(format, MAX_TOKENS, false);
+		let tokens = generate(&model, &tokenizer, None, &constrained).unwrap().tokens.len();
+		let free = request(ResponseFormat::Text, tokens, true);
+		let (mut held, mut unheld) = (Vec::new(), Vec::new());
+		for _ in 0..RUNS {
+			held.push(seconds(&constrained));
+			unheld.push(seconds(&free));
+		}
+		let (constrained, free) = (median(held), median(unheld));
 		println!(
 			"| {name} | {tokens} | {:.1} | {:.1} | {:.2}x |",
 			constrained * 1e3,
@@ -147,4 +150,18 @@ fn main() {
 		"| free text after \"<tool\" (tool_choice \"auto\") | {ours:.0} | {each:.0} | {:.3}x |",
 		ours / each
 	);
+	// A request's first step: its grammar finds the tokens that may complete the trigger.
+	let first = median(
+		(0..20)
+			.map(|_| {
+				let call = JsonGrammar::tool_call(&[("save_cat", Some(&schema))]).unwrap();
+				let fresh = LazyGrammar::new(CALL_START, Arc::new(call), true);
+				let clock = Instant::now();
+				std::hint::black_box(LazyState::new().allowed_tokens(&fresh, bytes, None, None));
+				clock.elapsed().as_secs_f64() * 1e6
+			})
+			.collect(),
+	);
+	println!();
+	println!("A request's first free step (the tokens that may complete the trigger found): {first:.0} µs");
 }

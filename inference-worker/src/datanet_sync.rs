@@ -41,7 +41,7 @@ use jsonrpsee::{
 	ws_client::{WsClient, WsClientBuilder},
 };
 use openledger_primitives::{
-	content_hash_of, next_commitment, DataNetId, RecordId, EMPTY_COMMITMENT, MAX_PAGE,
+	content_hash_of, next_commitment, ContentHash, DataNetId, RecordId, EMPTY_COMMITMENT, MAX_PAGE,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
@@ -756,15 +756,17 @@ fn read_content(dir: &Path, record: &Unindexed) -> Result<String, Unreadable> {
 }
 
 /// Writes `content` into the content folder `dir` (made if missing) under its content hash,
-/// where the sync reads it; returns the file's path. The file appears whole or not at all.
-pub fn store_content(dir: &Path, content: &[u8]) -> std::io::Result<PathBuf> {
+/// where the sync reads it; returns the hash and the file's path. The file appears whole or
+/// not at all.
+pub fn store_content(dir: &Path, content: &[u8]) -> std::io::Result<(ContentHash, PathBuf)> {
 	std::fs::create_dir_all(dir)?;
-	let name = hex::encode(content_hash_of(content));
+	let hash = content_hash_of(content);
+	let name = hex::encode(hash);
 	let path = dir.join(&name);
 	let partial = dir.join(format!(".{name}.partial"));
 	std::fs::write(&partial, content)?;
 	std::fs::rename(&partial, &path)?;
-	Ok(path)
+	Ok((hash, path))
 }
 
 /// Removes `net`'s records from the index and forgets its progress.
@@ -844,9 +846,9 @@ mod tests {
 		let dir = tempfile::tempdir().unwrap();
 		let folder = dir.path().join("content");
 		let text = "Stored under its hash.";
-		let path = store_content(&folder, text.as_bytes()).unwrap();
+		let (hash, path) = store_content(&folder, text.as_bytes()).unwrap();
 		let (config, rec) = record(&folder, text.as_bytes(), text.len() as u64);
-		assert_eq!(path, folder.join(hex::encode(rec.content_hash)));
+		assert_eq!((hash, path), (rec.content_hash, folder.join(hex::encode(rec.content_hash))));
 		assert_eq!(read_content(&config.content_dir, &rec).ok().as_deref(), Some(text));
 		assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1, "no partial file left");
 	}

@@ -477,19 +477,32 @@ impl Progress {
 				if eos.is_none() { "; the model has no end-of-sequence token" } else { "" }
 			)));
 		}
-		let allowed = |t: u32| {
-			let ends = Some(t) == eos || stop_token_ids.contains(&t);
-			// In JSON, a stop token (text or not) only once the document is whole.
-			let fits = match &fits {
-				None => true,
-				Some(_) if stop_token_ids.contains(&t) => whole,
-				Some(fits) => fits.get(t as usize) == Some(&true),
+		// The tokens that may come next, as one mask: the grammar's, a stop token (text or
+		// not) only once the document is whole, and nothing that ends the output until
+		// `min_tokens`.
+		let allowed = (held || fits.is_some()).then(|| {
+			let mut allowed = match fits {
+				Some(mut fits) => {
+					fits.resize(logits.len(), false);
+					for &t in stop_token_ids {
+						if let Some(slot) = fits.get_mut(t as usize) {
+							*slot = whole;
+						}
+					}
+					fits
+				}
+				None => vec![true; logits.len()],
 			};
-			fits && !(held && ends)
-		};
-		let constrained = held || fits.is_some();
-		let allowed: Option<&dyn Fn(u32) -> bool> = constrained.then_some(&allowed);
-		let sampled = self.sampler.sample(logits, history, allowed)?;
+			if held {
+				for &t in eos.iter().chain(stop_token_ids) {
+					if let Some(slot) = allowed.get_mut(t as usize) {
+						*slot = false;
+					}
+				}
+			}
+			allowed
+		});
+		let sampled = self.sampler.sample(logits, history, allowed.as_deref())?;
 		if self.sampler.wants_top_logprobs() {
 			self.top_logprobs.push(self.sampler.top_logprobs(logits));
 		}

@@ -2080,13 +2080,12 @@ async fn embeddings(
 
 impl ApiState {
 	/// The embedding service and the records, or why retrieval is not served.
-	fn retrieval(&self) -> Result<(&EmbeddingService, &RwLock<VectorIndex>), ApiError> {
-		match (&self.embeddings, &self.records) {
-			(Some((_, service)), Some(records)) => Ok((service, records)),
-			_ => Err(ApiError::bad_request(
+	fn retrieval(&self) -> Result<(Arc<EmbeddingService>, Arc<RwLock<VectorIndex>>), ApiError> {
+		self.record_index().ok_or_else(|| {
+			ApiError::bad_request(
 				"this worker serves no records to retrieve (serve --embedding-model DIR)",
-			)),
-		}
+			)
+		})
 	}
 
 	/// The records most similar to `query` that `search` asks for, and the query's tokens.
@@ -2184,7 +2183,7 @@ async fn add_records(
 			body.records.len()
 		)));
 	}
-	let added = retrieval::add_records(service, records, body.records).await?;
+	let added = retrieval::add_records(&service, &records, body.records).await?;
 	let total = records.read().unwrap_or_else(|poisoned| poisoned.into_inner()).len();
 	Ok(Json(json!({ "added": added, "total": total })))
 }

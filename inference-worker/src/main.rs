@@ -463,11 +463,14 @@ fn run_embed(args: EmbedArgs) -> Result<()> {
 fn run_content_hash(args: ContentHashArgs) -> Result<()> {
 	for file in &args.files {
 		let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-		let hash = content_hash_of(&bytes);
-		if let Some(dir) = &args.store {
-			store_content(dir, &bytes)
-				.with_context(|| format!("storing {} in {}", file.display(), dir.display()))?;
-		}
+		let hash = match &args.store {
+			Some(dir) => {
+				store_content(dir, &bytes)
+					.with_context(|| format!("storing {} in {}", file.display(), dir.display()))?
+					.0
+			}
+			None => content_hash_of(&bytes),
+		};
 		let line = serde_json::json!({
 			"file": file,
 			"content_hash": format!("0x{}", hex::encode(hash)),

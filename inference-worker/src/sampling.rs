@@ -214,13 +214,14 @@ impl Sampler {
 	/// Picks the next token from `logits` (one row over the vocabulary), given the tokens so far
 	/// for the penalties (the repetition penalty over the prompt and the output, then OpenAI's
 	/// presence and frequency penalties over the output, as vLLM applies them), then the bias,
-	/// among the tokens `allowed` says yes to (all when `None`; an error if it allows none).
-	/// The reported log-probability is the model's, before any of them.
+	/// among the tokens `allowed` says yes to (by id; all when `None`, none past its end; an
+	/// error if it allows none). The reported log-probability is the model's, before any of
+	/// them.
 	pub fn sample(
 		&mut self,
 		logits: &[f32],
 		history: History<'_>,
-		allowed: Option<&dyn Fn(u32) -> bool>,
+		allowed: Option<&[bool]>,
 	) -> Result<Sampled> {
 		if logits.is_empty() || logits.iter().any(|l| l.is_nan()) {
 			return Err(Error::Batch("the model produced no usable logits".into()));
@@ -258,8 +259,9 @@ impl Sampler {
 		}
 		if let Some(allowed) = allowed {
 			let mut any = false;
-			for (t, l) in adjusted.iter_mut().enumerate() {
-				if allowed(t as u32) {
+			let allowed = allowed.iter().chain(std::iter::repeat(&false));
+			for (l, &ok) in adjusted.iter_mut().zip(allowed) {
+				if ok {
 					any |= *l > f32::NEG_INFINITY;
 				} else {
 					*l = f32::NEG_INFINITY;
@@ -521,24 +523,26 @@ mod tests {
 	#[test]
 	fn only_allowed_tokens_are_picked_and_none_allowed_is_an_error() {
 		let logits = [0.0, 3.0, 2.0, -1.0];
-		let odd = |t: u32| t % 2 == 1;
-		let even = |t: u32| t.is_multiple_of(2);
+		let odd = [false, true, false, true];
+		let even = [true, false, true, false];
 		let mut s = sampler(SamplingParams::default());
 		assert_eq!(s.sample(&logits, History::default(), Some(&even)).unwrap().token, 2);
 		let mut s = sampler(SamplingParams { temperature: 2.0, seed: 9, ..Default::default() });
 		for _ in 0..500 {
 			let token = s.sample(&logits, History::default(), Some(&odd)).unwrap().token;
-			assert!(odd(token), "{token}");
+			assert!(odd[token as usize], "{token}");
 		}
 		// The reported log-probability is the model's, over every token.
 		let out = s.sample(&logits, History::default(), Some(&even)).unwrap();
 		assert!((out.logprob - logprob_of(&logits, out.token as usize)).abs() < 1e-6);
 		assert!(matches!(
-			s.sample(&logits, History::default(), Some(&|_| false)),
+			s.sample(&logits, History::default(), Some(&[false; 4])),
 			Err(Error::Request(_))
 		));
+		// A mask shorter than the logits allows none past its end.
+		assert_eq!(s.sample(&logits, History::default(), Some(&[false, true])).unwrap().token, 1);
 		// A token allowed but impossible under the model does not count as a choice.
 		let impossible = [f32::NEG_INFINITY, 1.0];
-		assert!(s.sample(&impossible, History::default(), Some(&even)).is_err());
+		assert!(s.sample(&impossible, History::default(), Some(&even[..2])).is_err());
 	}
 }
