@@ -1809,6 +1809,28 @@ fn a_failed_step_is_a_server_error_whole_or_streamed() {
 	let want = generate(&model, &tokenizer, None, &greedy(PARIS, 16)).unwrap();
 	assert!(!got.texts[0].0.is_empty() && want.text.starts_with(&got.texts[0].0), "{got:?}");
 
+	// A scoring step that fails ends a streamed, attributed chat with an error event after the
+	// answer's text (and no last chunk).
+	let path = "/v1/chat/completions";
+	let chat = json!({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
+		"documents": [{"text": "Hello is a greeting."}, {"text": "Bees dance."}],
+		"temperature": 0, "stream": true});
+	// The answer alone, twice (the second from the prefix cache), counts its steps.
+	let (_, first) = stream(address, path, &chat);
+	let answer = gather(&first, "chat.completion.chunk", "/delta/content").texts[0].0.clone();
+	let before = flaky.steps();
+	stream(address, path, &chat);
+	let generating = flaky.steps() - before;
+	let mut attributed = chat.clone();
+	attributed["attribution"] = json!({"method": "leave_one_out"});
+	flaky.fail_step(generating + 1);
+	let (status, events) = stream(address, path, &attributed);
+	assert_eq!(status, 200, "{events:?}");
+	let got = gather(&events, "chat.completion.chunk", "/delta/content");
+	let error = got.error.clone().expect("no error event");
+	assert_eq!(error["code"], "internal_error", "{error}");
+	assert_eq!((got.texts[0].0.as_str(), &got.reasons), (answer.as_str(), &vec![None]));
+
 	let (status, health) = get(address, "/health");
 	assert_eq!(status, 200, "{health}");
 	let (status, answer) = post(address, "/v1/completions", &body);
