@@ -17,6 +17,10 @@
 //! out; special tokens written in a source are tokenized as text (a record cannot open or close
 //! a chat's turns). The answer is generated from the prompt with every source, the same tokens,
 //! and scored as generated (a stop token, or the token that completed a stop sequence, included).
+//! The answers of tools in the conversation (its `tool` messages) may be sources too, after
+//! the documents ([`SourcedPrompt::with_tool_answers`]): each is tokenized on its own where
+//! the template writes it, and left out as an empty answer (the call still made and answered,
+//! with nothing), so what each tool contributed is measured as a document's is.
 //! An adapter that served the answer is scored alike (by the HTTP API): the answer's
 //! log-probability with it, less that under the whole prompt without it.
 
@@ -67,15 +71,109 @@ impl Source {
 	}
 }
 
-/// A chat prompt with sources, tokenized so that any of them can be left out.
+/// The answer of a tool in a conversation, a source of a [`SourcedPrompt`] after its documents.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ToolAnswer {
+	/// Its message's index in the conversation.
+	pub message: usize,
+	/// The id of the call it answers (its message's `tool_call_id`).
+	pub tool_call_id: Option<String>,
+	/// The tool's name: its message's `name`, or that of the call it answers.
+	pub name: Option<String>,
+}
+
+impl ToolAnswer {
+	/// The answers of tools in `messages`, in order, each named by its message or by the
+	/// assistant's call that it answers.
+	pub fn of(messages: &[Message]) -> Vec<Self> {
+		messages
+			.iter()
+			.enumerate()
+			.filter(|(_, m)| m.role == "tool")
+			.map(|(i, m)| {
+				let call =
+					|id: &str| {
+						messages[..i].iter().rev().flat_map(|m| m.tool_calls.iter().flatten()).find(
+							|call| call.get("id").and_then(serde_json::Value::as_str) == Some(id),
+						)
+					};
+				let name = m.name.clone().or_else(|| {
+					let call = call(m.tool_call_id.as_deref()?)?;
+					Some(call.pointer("/function/name")?.as_str()?.to_string())
+				});
+				Self { message: i, tool_call_id: m.tool_call_id.clone(), name }
+			})
+			.collect()
+	}
+}
+
+/// Where the answer of the `k`-th tool goes in the rendered template, found and cut out after
+/// rendering.
+fn tool_marker(k: usize) -> String {
+	format!("\u{1}TOOL{k}\u{1}")
+}
+
+/// Refuses a document with no text.
+fn check_documents(sources: &[Source]) -> Result<()> {
+	match sources.iter().position(|s| s.text.trim().is_empty()) {
+		Some(i) => Err(Error::Request(format!("documents: source {i} has no text"))),
+		None => Ok(()),
+	}
+}
+
+/// `messages` with the documents' marker (if there are `sources`) at the end of the system
+/// message (one made if there is none), and the markers to cut the rendered text at.
+fn place_documents(mut messages: Vec<Message>, sources: &[Source]) -> (Vec<Message>, Vec<String>) {
+	if sources.is_empty() {
+		return (messages, Vec::new());
+	}
+	match messages.first_mut() {
+		Some(first) if first.role == "system" => {
+			first.content = format!("{}\n\n{PREAMBLE}{MARKER}", first.content);
+		}
+		_ => messages.insert(0, Message::new("system", &format!("{PREAMBLE}{MARKER}"))),
+	}
+	(messages, vec![MARKER.to_string()])
+}
+
+/// The text of `messages` rendered in `template` (with `tools`, ready for the answer), cut at
+/// each of `markers` (one piece more than markers); `None` if the template does not write each
+/// marker once, in order.
+fn render(
+	template: &ChatTemplate,
+	messages: &[Message],
+	tools: &[serde_json::Value],
+	markers: &[String],
+) -> Result<Option<Vec<String>>> {
+	let text = template.render_with_tools(messages, tools, true)?;
+	if markers.iter().any(|m| text.matches(m.as_str()).count() != 1) {
+		return Ok(None);
+	}
+	let mut pieces = Vec::with_capacity(markers.len() + 1);
+	let mut rest = text.as_str();
+	for marker in markers {
+		let Some((before, after)) = rest.split_once(marker.as_str()) else {
+			return Ok(None);
+		};
+		pieces.push(before.to_string());
+		rest = after;
+	}
+	pieces.push(rest.to_string());
+	Ok(Some(pieces))
+}
+
+/// A chat prompt with sources, tokenized so that any of them can be left out: the documents in
+/// the system message, then (when asked for) the answers of tools in the conversation, each
+/// left out as an empty answer (the call still made and answered, with nothing).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourcedPrompt {
-	/// The tokens before the first source.
-	head: Vec<u32>,
-	/// Each source's tokens.
+	/// The tokens before each source, and (last) those after the last one, to where the
+	/// answer begins.
+	fixed: Vec<Vec<u32>>,
+	/// Each source's tokens: the documents', then the tools' answers'.
 	sources: Vec<Vec<u32>>,
-	/// The tokens after the last source, to where the answer begins.
-	tail: Vec<u32>,
+	/// The tools' answers among the sources (after the documents).
+	tool_answers: Vec<ToolAnswer>,
 }
 
 impl SourcedPrompt {
@@ -94,35 +192,106 @@ impl SourcedPrompt {
 				sources.len()
 			)));
 		}
-		if let Some(i) = sources.iter().position(|s| s.text.trim().is_empty()) {
-			return Err(Error::Request(format!("documents: source {i} has no text")));
+		check_documents(sources)?;
+		let (messages, markers) = place_documents(messages.to_vec(), sources);
+		let pieces = render(template, &messages, tools, &markers)?.ok_or_else(|| {
+			Error::Request(
+				"documents: the chat template does not write the system message as given".into(),
+			)
+		})?;
+		Self::tokenize(tokenizer, pieces, sources, Vec::new(), Vec::new())
+	}
+
+	/// As [`Self::new`] (with no documents too), with the answers of the tools in `messages`
+	/// as sources after the documents: `show` gives the conversation and the tools as the
+	/// template is to be given them (see [`crate::tool_calls::Tools::messages`]). A template
+	/// that does not write the tools' answers as given (it escapes them, say) cannot have them
+	/// left out: then only the documents are sources, and with none that is an error.
+	pub fn with_tool_answers(
+		template: &ChatTemplate,
+		tokenizer: &Tokenizer,
+		messages: &[Message],
+		show: impl Fn(&[Message]) -> Result<(Vec<Message>, Vec<serde_json::Value>)>,
+		sources: &[Source],
+	) -> Result<Self> {
+		let answers = ToolAnswer::of(messages);
+		let count = sources.len().saturating_add(answers.len());
+		if count == 0 || count > MAX_SOURCES {
+			return Err(Error::Request(format!(
+				"attribution: 1 to {MAX_SOURCES} documents and answers of tools, not {count}"
+			)));
 		}
-		let mut messages = messages.to_vec();
-		match messages.first_mut() {
-			Some(first) if first.role == "system" => {
-				first.content = format!("{}\n\n{PREAMBLE}{MARKER}", first.content);
-			}
-			_ => messages.insert(0, Message::new("system", &format!("{PREAMBLE}{MARKER}"))),
+		check_documents(sources)?;
+		let mut marked = messages.to_vec();
+		for (k, answer) in answers.iter().enumerate() {
+			marked[answer.message].content = tool_marker(k);
 		}
-		let text = template.render_with_tools(&messages, tools, true)?;
-		let (head, tail) = match text.split(MARKER).collect::<Vec<_>>().as_slice() {
-			[head, tail] => (head.to_string(), tail.to_string()),
-			_ => {
-				return Err(Error::Request(
-					"documents: the chat template does not write the system message as given"
-						.into(),
-				))
-			}
-		};
-		Ok(Self {
-			head: tokenizer.encode(&head)?,
-			sources: sources
-				.iter()
-				.enumerate()
-				.map(|(i, source)| tokenizer.encode_literal(&source.block(i)))
-				.collect::<Result<_>>()?,
-			tail: tokenizer.encode_continuation(&tail)?,
-		})
+		let (shown, tools) = show(&marked)?;
+		let (shown, mut markers) = place_documents(shown, sources);
+		markers.extend((0..answers.len()).map(tool_marker));
+		if let Some(pieces) = render(template, &shown, &tools, &markers)? {
+			let texts = answers.iter().map(|a| messages[a.message].content.clone()).collect();
+			return Self::tokenize(tokenizer, pieces, sources, texts, answers);
+		}
+		if sources.is_empty() {
+			return Err(Error::Request(
+				"attribution: the chat template does not write the answers of tools as given \
+				 (it changes them), so they cannot be left out; and there are no documents"
+					.into(),
+			));
+		}
+		let (shown, tools) = show(messages)?;
+		Self::new(template, tokenizer, &shown, &tools, sources)
+	}
+
+	/// The prompt of the template's text `pieces` (cut at the documents' marker, if there are
+	/// `documents`, then at each tool's answer's), with the documents and the tools' answers
+	/// (`texts`) between them.
+	fn tokenize(
+		tokenizer: &Tokenizer,
+		pieces: Vec<String>,
+		documents: &[Source],
+		texts: Vec<String>,
+		tool_answers: Vec<ToolAnswer>,
+	) -> Result<Self> {
+		// The text before each source (the documents follow one another), then the rest.
+		let mut pieces = pieces.into_iter();
+		let mut before = Vec::with_capacity(documents.len() + texts.len() + 1);
+		before.extend(pieces.next());
+		before.extend((1..documents.len()).map(|_| String::new()));
+		before.extend(pieces);
+		let fixed = before
+			.iter()
+			.enumerate()
+			.map(|(i, text)| match i {
+				0 => tokenizer.encode(text),
+				_ if text.is_empty() => Ok(Vec::new()),
+				_ => tokenizer.encode_continuation(text),
+			})
+			.collect::<Result<Vec<_>>>()?;
+		let blocks = documents.iter().enumerate().map(|(i, source)| source.block(i));
+		let sources = blocks
+			.chain(texts)
+			.map(|text| tokenizer.encode_literal(&text))
+			.collect::<Result<Vec<_>>>()?;
+		if fixed.len() != sources.len() + 1 {
+			return Err(Error::Batch(format!(
+				"a prompt of {} sources cut into {} pieces",
+				sources.len(),
+				fixed.len()
+			)));
+		}
+		Ok(Self { fixed, sources, tool_answers })
+	}
+
+	/// How many of the sources are documents (the first ones).
+	pub fn documents(&self) -> usize {
+		self.sources.len() - self.tool_answers.len()
+	}
+
+	/// The answers of tools among the sources (after the documents).
+	pub fn tool_answers(&self) -> &[ToolAnswer] {
+		&self.tool_answers
 	}
 
 	/// The number of sources.
@@ -137,11 +306,13 @@ impl SourcedPrompt {
 
 	/// The prompt's tokens with the sources `keep` says (one flag per source).
 	pub fn tokens(&self, keep: &[bool]) -> Vec<u32> {
-		let mut tokens = self.head.clone();
-		for (source, _) in self.sources.iter().zip(keep).filter(|(_, &k)| k) {
-			tokens.extend_from_slice(source);
+		let mut tokens = Vec::new();
+		for (i, fixed) in self.fixed.iter().enumerate() {
+			tokens.extend_from_slice(fixed);
+			if let (Some(source), Some(true)) = (self.sources.get(i), keep.get(i)) {
+				tokens.extend_from_slice(source);
+			}
 		}
-		tokens.extend_from_slice(&self.tail);
 		tokens
 	}
 

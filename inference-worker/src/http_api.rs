@@ -465,7 +465,8 @@ struct Body {
 	prompt_logprobs: Option<Value>,
 	/// Chat: source documents, put in the system message (see [`crate::attribution`]).
 	documents: Option<Vec<Source>>,
-	/// Chat, with `documents`: measure how much each contributed to each choice.
+	/// Chat, with `documents` or tool messages: measure how much each document and each
+	/// tool's answer contributed to each choice.
 	attribution: Option<AttributionBody>,
 	/// Chat: DataNet records retrieved as more documents.
 	retrieval: Option<RetrievalBody>,
@@ -521,8 +522,9 @@ impl AttributionBody {
 	}
 }
 
-/// A chat's source documents: the prompt built around them, the documents (given, then
-/// retrieved), and what retrieval found (`retrieved` in the answer).
+/// A chat's sources: the prompt built around them (the documents, and with attribution the
+/// answers of tools), the documents (given, then retrieved), and what retrieval found
+/// (`retrieved` in the answer).
 struct Grounding {
 	prompt: SourcedPrompt,
 	sources: Vec<Source>,
@@ -548,7 +550,7 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("functions (use tools)", none(&body.functions, &[json!([])])),
 		("function_call (use tool_choice)", none(&body.function_call, &[json!("none")])),
 		("documents (on chat only)", chat || body.documents.is_none()),
-		("attribution (on chat, with documents)", chat || body.attribution.is_none()),
+		("attribution (on chat only)", chat || body.attribution.is_none()),
 		("retrieval (on chat only)", chat || body.retrieval.is_none()),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
@@ -1234,11 +1236,7 @@ async fn serve(
 	refuse_unserved(endpoint, &body)?;
 	let attribution = match (&body.attribution, &grounding) {
 		(None, _) => None,
-		(Some(_), None) => {
-			return Err(ApiError::bad_request(
-				"attribution: needs documents to attribute to (none given, none retrieved)",
-			))
-		}
+		(Some(_), None) => return Err(ApiError::bad_request(NOTHING_TO_ATTRIBUTE)),
 		(Some(asked), Some(grounding)) => {
 			Some(Ablations::new(asked.method()?, grounding.prompt.len())?)
 		}
@@ -1297,13 +1295,18 @@ async fn serve(
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
 		let (id, created, logprobs) = (endpoint.answer_id(), now(), logprobs.is_some());
 		let head = ChunkHead { id, created, model, endpoint, n, include_usage, logprobs, calling };
-		let grounding = grounding.map(|grounding| Attributing {
-			state: state.clone(),
-			ablations: attribution,
-			grounding,
-			adapter: adapter.clone(),
-		});
-		return stream(&state, requests, adapter, head, echo, grounding).await;
+		let retrieved = grounding.as_ref().map(|g| g.retrieved.clone()).unwrap_or_default();
+		let attributing = match (attribution, grounding) {
+			(Some(ablations), Some(grounding)) => Some(Attributing {
+				state: state.clone(),
+				ablations,
+				grounding,
+				adapter: adapter.clone(),
+			}),
+			_ => None,
+		};
+		let streamed = (head, echo, retrieved, attributing);
+		return stream(&state, requests, adapter, streamed).await;
 	}
 	let generations = futures::future::try_join_all(
 		requests.into_iter().map(|request| state.engine.generate(request, adapter.clone())),
@@ -1370,10 +1373,14 @@ async fn serve(
 	Ok(Json(answer).into_response())
 }
 
+/// Why a chat cannot be attributed.
+const NOTHING_TO_ATTRIBUTE: &str = "attribution: needs documents or answers of tools to \
+	attribute to (none given, none retrieved, no tool messages)";
+
 /// Each choice's `attribution`: its tokens scored under every ablation of the grounding's
-/// prompt (all choices' at once, with the same adapter), then each document's score; with an
-/// adapter, also under the whole prompt without it: the adapter's score is how much more
-/// likely the answer is with it.
+/// prompt (all choices' at once, with the same adapter), then each document's and each tool's
+/// answer's score; with an adapter, also under the whole prompt without it: the adapter's
+/// score is how much more likely the answer is with it.
 async fn attribute(
 	state: &ApiState,
 	ablations: &Ablations,
@@ -1408,6 +1415,14 @@ async fn attribute(
 				"scores": grounding.sources.iter().zip(&scores).enumerate().map(|(index, (source, score))| {
 					json!({"index": index, "id": source.id, "score": score})
 				}).collect::<Vec<_>>(),
+				"tools": grounding.prompt.tool_answers().iter().zip(scores.iter().skip(grounding.sources.len())).map(|(answer, score)| {
+					json!({
+						"message": answer.message,
+						"tool_call_id": answer.tool_call_id,
+						"name": answer.name,
+						"score": score,
+					})
+				}).collect::<Vec<_>>(),
 			});
 			if let Method::ContextCite { ablations, seed, penalty } = method {
 				attribution["ablations"] = json!(ablations);
@@ -1426,11 +1441,11 @@ async fn attribute(
 		.collect()
 }
 
-/// A streamed chat's documents, and how each choice is to be attributed to them when it ends.
+/// How each choice of a streamed chat is to be attributed to its sources when it ends.
 struct Attributing {
 	state: Arc<ApiState>,
-	/// The ablations to score each choice under (`None`: no attribution asked for).
-	ablations: Option<Ablations>,
+	/// The ablations to score each choice under.
+	ablations: Ablations,
 	grounding: Grounding,
 	adapter: Option<String>,
 }
@@ -1505,9 +1520,12 @@ async fn stream(
 	state: &ApiState,
 	requests: Vec<GenerationRequest>,
 	adapter: Option<String>,
-	head: ChunkHead,
-	echo: Option<Vec<Prompt>>,
-	attributing: Option<Attributing>,
+	(head, echo, retrieved, attributing): (
+		ChunkHead,
+		Option<Vec<Prompt>>,
+		Vec<Value>,
+		Option<Attributing>,
+	),
 ) -> Result<Response, ApiError> {
 	let tokenizer = state.tokenizer.clone();
 	let mut choices = Vec::with_capacity(requests.len());
@@ -1543,8 +1561,7 @@ async fn stream(
 			let mut chunk =
 				head.chunk_json(vec![head.endpoint.delta(index, Piece::Start(text))], usage);
 			// The records retrieved, with the first chunk.
-			let retrieved = attributing.as_ref().map(|a| &a.grounding.retrieved);
-			if let Some(retrieved) = retrieved.filter(|r| !r.is_empty() && start.is_empty()) {
+			if !retrieved.is_empty() && start.is_empty() {
 				chunk["retrieved"] = json!(retrieved);
 			}
 			start.push(Event::default().data(chunk.to_string()));
@@ -1585,7 +1602,7 @@ struct Streamer {
 	head: ChunkHead,
 	/// The tokens' text in log-probabilities.
 	tokenizer: Arc<Tokenizer>,
-	/// The documents, and how to attribute each choice to them once it ends.
+	/// How to attribute each choice to its sources once it ends (when asked for).
 	attributing: Option<Arc<Attributing>>,
 	/// The attributions being scored, of choices whose text has ended (each choice's
 	/// generation, ready to finish with its attribution).
@@ -1672,15 +1689,11 @@ impl Streamer {
 					events.push(self.head.chunk(vec![choice], usage));
 				}
 				// Its attribution, scored now that it is whole, while the others go on.
-				let attributing = self.attributing.clone().filter(|a| a.ablations.is_some());
-				match attributing {
+				match self.attributing.clone() {
 					Some(attributing) => self.scoring.push(
 						async move {
 							let Attributing { state, ablations, grounding, adapter } =
 								&*attributing;
-							let Some(ablations) = ablations else {
-								return (index, generation, Ok(Vec::new()));
-							};
 							let generations = std::slice::from_ref(&generation);
 							let scored =
 								attribute(state, ablations, grounding, generations, adapter).await;
@@ -1848,12 +1861,28 @@ async fn chat_completions(
 			}));
 		}
 	}
+	// With attribution, the answers of tools in the conversation are sources too.
+	let tool_answers = body.attribution.is_some() && messages.iter().any(|m| m.role == "tool");
+	let sources = match sources {
+		None if tool_answers => Some(Vec::new()),
+		sources => sources,
+	};
 	let (prompt, grounding) = match sources {
 		Some(sources) => {
-			let prompt =
-				SourcedPrompt::new(template, &state.tokenizer, &shown, &definitions, &sources)?;
+			let prompt = if tool_answers {
+				let show = |messages: &[Message]| tools.messages(template, messages);
+				SourcedPrompt::with_tool_answers(
+					template,
+					&state.tokenizer,
+					&messages,
+					show,
+					&sources,
+				)?
+			} else {
+				SourcedPrompt::new(template, &state.tokenizer, &shown, &definitions, &sources)?
+			};
 			// The records retrieved, as the documents after those given.
-			let given = sources.len() - retrieved.len();
+			let given = sources.len().saturating_sub(retrieved.len());
 			let retrieved = retrieved
 				.iter()
 				.enumerate()

@@ -3,15 +3,18 @@
 //! log-probability under each is transformers' (`tests/fixtures/hf_attribution.json`, made by
 //! `scripts/reference/hf_attribution.py`); leave-one-out and ContextCite credit the source that
 //! holds the answer, and ContextCite, unlike leave-one-out, still credits two copies of it.
+//! The answers of tools are sources too: left out, the prompt is the conversation in which
+//! that tool answered nothing.
 
 use std::path::Path;
 
 use openledger_inference_worker::{
 	attribution::{answer_logprob, Ablations, Method, Source, SourcedPrompt},
-	chat::Message,
+	chat::{ChatTemplate, Message},
 	generate::generate,
 	model::{Llama, WeightFormat},
 	tokenizer::Tokenizer,
+	tool_calls::Tools,
 };
 use serde::Deserialize;
 
@@ -177,4 +180,121 @@ fn bad_sources_are_refused_and_special_tokens_in_them_are_text() {
 	// The prompt's own turns (system, user, the assistant's opening) and nothing more.
 	assert_eq!(specials(&prompt.all()), specials(&alone.all()));
 	assert!(tokenizer.decode(&prompt.all()).unwrap().contains(forged));
+}
+
+/// [`common::called_tools`], parsed.
+fn called_tools() -> Vec<Message> {
+	serde_json::from_value(common::called_tools()).unwrap()
+}
+
+#[test]
+fn the_answers_of_tools_are_sources_left_out_as_empty_answers() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let template = tokenizer.chat_template().unwrap();
+	let messages = called_tools();
+	let weather = serde_json::json!({"type": "function", "function": {"name": "get_weather",
+		"parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+	let auto = serde_json::json!("auto");
+	let documents =
+		[Source { id: Some("rec-1".into()), text: "Paris is in France.".into(), title: None }];
+	// As the template is given them: the conversation itself (no tools), and with "auto" the
+	// Hermes text SmolLM2's template is given (tool answers in <tool_response>, a user's turn).
+	let plain = Tools::from_request(None, None, None).unwrap();
+	let hermes =
+		Tools::from_request(Some(&serde_json::json!([weather])), Some(&auto), None).unwrap();
+	for (tools, sources) in [(&plain, &[][..]), (&hermes, &[][..]), (&plain, &documents[..])] {
+		let show = |m: &[Message]| tools.messages(&template, m);
+		let prompt =
+			SourcedPrompt::with_tool_answers(&template, &tokenizer, &messages, show, sources)
+				.unwrap();
+		let answers = prompt.tool_answers();
+		assert_eq!(prompt.len(), sources.len() + 2);
+		assert_eq!(prompt.documents(), sources.len());
+		// Each named by its message, or by the call it answers.
+		assert_eq!(
+			answers
+				.iter()
+				.map(|a| (a.message, a.tool_call_id.as_deref(), a.name.as_deref()))
+				.collect::<Vec<_>>(),
+			[(2, Some("call_t"), Some("clock")), (3, Some("call_w"), Some("get_weather"))]
+		);
+		// With every source: the tokens a chat without attribution is served.
+		let (shown, definitions) = show(&messages).unwrap();
+		let served = match sources {
+			[] => tokenizer
+				.encode(&template.render_with_tools(&shown, &definitions, true).unwrap())
+				.unwrap(),
+			_ => SourcedPrompt::new(&template, &tokenizer, &shown, &definitions, sources)
+				.unwrap()
+				.all(),
+		};
+		assert_eq!(prompt.all(), served);
+		// Without an answer: the conversation in which that tool answered nothing.
+		for (k, answer) in answers.iter().enumerate() {
+			let mut keep = vec![true; prompt.len()];
+			keep[sources.len() + k] = false;
+			let mut emptied = messages.clone();
+			emptied[answer.message].content = String::new();
+			let (shown, definitions) = show(&emptied).unwrap();
+			let want = match sources {
+				[] => template.render_with_tools(&shown, &definitions, true).unwrap(),
+				_ => {
+					let prompt =
+						SourcedPrompt::new(&template, &tokenizer, &shown, &definitions, sources)
+							.unwrap();
+					tokenizer.decode(&prompt.all()).unwrap()
+				}
+			};
+			assert_eq!(tokenizer.decode(&prompt.tokens(&keep)).unwrap(), want);
+		}
+	}
+
+	// The weather's answer makes the model's answer; the clock's hardly matters.
+	let prompt = SourcedPrompt::with_tool_answers(
+		&template,
+		&tokenizer,
+		&messages,
+		|m| plain.messages(&template, m),
+		&[],
+	)
+	.unwrap();
+	let mut request = greedy("", 16);
+	request.prompt = prompt.all().into();
+	let answer = generate(&model, &tokenizer, None, &request).unwrap();
+	assert!(answer.text.contains("31"), "{:?}", answer.text);
+	let loo = Ablations::new(Method::LeaveOneOut, prompt.len()).unwrap();
+	let scores = loo.scores(&scored(&model, &tokenizer, &loo, &prompt, &answer.tokens)).unwrap();
+	assert!(scores[1] > 5.0 && scores[0].abs() < scores[1] / 4.0, "{scores:?}: {:?}", answer.text);
+}
+
+#[test]
+fn a_template_that_changes_the_answers_of_tools_cannot_have_them_left_out() {
+	let (_, tokenizer) = load(WeightFormat::AsStored);
+	// As Llama 3.1's writes a tool's answer: as JSON.
+	let template = ChatTemplate::new(
+		"{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'tool' %}{{ m.content | tojson }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+		"",
+		"<|im_end|>",
+	)
+	.unwrap();
+	let messages = called_tools();
+	let show = |m: &[Message]| Ok((m.to_vec(), Vec::new()));
+	let error = SourcedPrompt::with_tool_answers(&template, &tokenizer, &messages, show, &[])
+		.unwrap_err()
+		.to_string();
+	assert!(error.contains("does not write the answers of tools as given"), "{error}");
+	// With documents, the documents alone.
+	let documents = [Source { text: "Paris is in France.".into(), ..Default::default() }];
+	let prompt =
+		SourcedPrompt::with_tool_answers(&template, &tokenizer, &messages, show, &documents)
+			.unwrap();
+	assert_eq!((prompt.len(), prompt.tool_answers().len()), (1, 0));
+	let alone = SourcedPrompt::new(&template, &tokenizer, &messages, &[], &documents).unwrap();
+	assert_eq!(prompt, alone);
+	// At most 64 sources, documents and answers together.
+	let many = vec![Source { text: "x".into(), ..Default::default() }; 63];
+	let error = SourcedPrompt::with_tool_answers(&template, &tokenizer, &messages, show, &many)
+		.unwrap_err()
+		.to_string();
+	assert!(error.contains("1 to 64 documents and answers of tools, not 65"), "{error}");
 }

@@ -35,7 +35,7 @@ use openledger_inference_worker::{
 use serde_json::{json, Value};
 
 mod common;
-use common::{greedy, load, write_adapter, Flaky};
+use common::{called_tools, greedy, leave_one_out, load, write_adapter, Flaky};
 
 const MODEL: &str = "smollm2";
 
@@ -2151,6 +2151,85 @@ fn concurrent_embedding_requests_get_their_own_vectors() {
 }
 
 #[test]
+fn the_answers_of_tools_are_attributed_their_part_of_the_answer() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let address = start(model.clone(), tokenizer.clone(), Vec::new(), EngineConfig::default());
+	let template = tokenizer.chat_template().unwrap();
+	let messages = called_tools();
+	let documents = json!([{"id": "rec-1", "text": "Paris is the capital of France."}]);
+	let weather = json!({"type": "function", "function": {"name": "get_weather",
+		"parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+	let parsed: Vec<Message> = serde_json::from_value(messages.clone()).unwrap();
+	let sources: Vec<Source> = serde_json::from_value(documents.clone()).unwrap();
+	// Without tools given, and with "auto" (the answers in Hermes' <tool_response> text).
+	for tools in [None, Some(json!([weather]))] {
+		let auto = tools.as_ref().map(|_| json!("auto"));
+		let shown = tool_calls::Tools::from_request(tools.as_ref(), auto.as_ref(), None).unwrap();
+		let mut body = json!({"messages": messages, "documents": documents, "max_tokens": 16,
+			"temperature": 0});
+		if let Some(tools) = &tools {
+			body["tools"] = tools.clone();
+		}
+		// The library's answer and leave-one-out scores: the document, then each answer.
+		let show = |m: &[Message]| shown.messages(&template, m);
+		let prompt =
+			SourcedPrompt::with_tool_answers(&template, &tokenizer, &parsed, show, &sources)
+				.unwrap();
+		let (want, _, want_scores) = leave_one_out(&model, &tokenizer, &prompt, 16);
+
+		// Attribution serves the answer it would without it.
+		let (status, plain) = post(address, "/v1/chat/completions", &body);
+		assert_eq!(status, 200, "{plain}");
+		assert!(plain["choices"][0].get("attribution").is_none());
+		body["attribution"] = json!({"method": "leave_one_out"});
+		let (status, answer) = post(address, "/v1/chat/completions", &body);
+		assert_eq!(status, 200, "{answer}");
+		assert_eq!(answer["choices"][0]["message"], plain["choices"][0]["message"]);
+		assert_eq!(answer["usage"]["prompt_tokens"], prompt.all().len());
+		let attribution = &answer["choices"][0]["attribution"];
+		assert_eq!(attribution["scores"].as_array().unwrap().len(), 1, "{attribution}");
+		let close = |got: &Value, want: f64| (got.as_f64().unwrap() - want).abs() < 1e-3;
+		assert!(close(&attribution["scores"][0]["score"], want_scores[0]), "{attribution}");
+		let named = [(2, "call_t", "clock"), (3, "call_w", "get_weather")];
+		let scored = attribution["tools"].as_array().unwrap();
+		assert_eq!(scored.len(), 2, "{attribution}");
+		for ((answer, (message, id, name)), want) in scored.iter().zip(named).zip(&want_scores[1..])
+		{
+			assert_eq!(
+				(&answer["message"], &answer["tool_call_id"], &answer["name"]),
+				(&json!(message), &json!(id), &json!(name))
+			);
+			assert!(close(&answer["score"], *want), "{answer} against {want}");
+		}
+		if tools.is_none() {
+			// The weather's answer made this one.
+			assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
+			assert!(want_scores[2] > 5.0 && want_scores[1].abs() < 1.0, "{want_scores:?}");
+		}
+		// Streamed: the whole answer's attribution with the last chunk.
+		body["stream"] = json!(true);
+		let (status, events) = stream(address, "/v1/chat/completions", &body);
+		assert_eq!(status, 200, "{events:?}");
+		let last = events.iter().find_map(|e| e.pointer("/choices/0/attribution"));
+		assert_eq!(last, Some(attribution), "{events:?}");
+	}
+	// Without documents: the answers alone; with neither, nothing to attribute to.
+	let body = json!({"messages": messages, "max_tokens": 4, "temperature": 0,
+		"attribution": {"method": "leave_one_out"}});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let attribution = &answer["choices"][0]["attribution"];
+	assert_eq!(attribution["scores"], json!([]));
+	assert_eq!(attribution["tools"].as_array().unwrap().len(), 2, "{attribution}");
+	refused_at(
+		address,
+		"/v1/chat/completions",
+		json!({"messages": [messages[0]], "attribution": {}}),
+		"needs documents or answers of tools",
+	);
+}
+
+#[test]
 fn chats_with_documents_are_attributed_to_them() {
 	let (model, tokenizer) = load(WeightFormat::AsStored);
 	let address = start(model.clone(), tokenizer.clone(), Vec::new(), EngineConfig::default());
@@ -2171,19 +2250,7 @@ fn chats_with_documents_are_attributed_to_them() {
 	let parsed: Vec<Message> = serde_json::from_value(messages.clone()).unwrap();
 	let template = tokenizer.chat_template().unwrap();
 	let prompt = SourcedPrompt::new(&template, &tokenizer, &parsed, &[], &sources).unwrap();
-	let mut request = greedy("", 24);
-	request.prompt = prompt.all().into();
-	let want = generate(&model, &tokenizer, None, &request).unwrap();
-	let loo = Ablations::new(Method::LeaveOneOut, 3).unwrap();
-	let logprobs: Vec<f64> = loo
-		.requests(&prompt, &want.tokens)
-		.iter()
-		.map(|r| {
-			answer_logprob(&generate(&model, &tokenizer, None, r).unwrap(), want.tokens.len())
-				.unwrap()
-		})
-		.collect();
-	let want_scores = loo.scores(&logprobs).unwrap();
+	let (want, logprobs, want_scores) = leave_one_out(&model, &tokenizer, &prompt, 24);
 
 	let (status, answer) = chat(json!({"attribution": {"method": "leave_one_out"}}));
 	assert_eq!(status, 200, "{answer}");

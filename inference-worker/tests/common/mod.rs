@@ -15,10 +15,12 @@ use std::{
 
 use candle_core::Device;
 use openledger_inference_worker::{
+	attribution::{answer_logprob, Ablations, Method, SourcedPrompt},
 	config::LlamaConfig,
 	decoder::{Decoder, Next, Want},
 	error::{Error, Result},
 	generate::GenerationRequest,
+	generate::{generate, Generation},
 	kv_cache::{KvCacheConfig, PagedKvCache},
 	lora::{
 		synthetic::{self, SyntheticAdapter},
@@ -36,6 +38,46 @@ pub fn load(format: WeightFormat) -> (Arc<Llama>, Arc<Tokenizer>) {
 	assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
 	let (model, tokenizer) = Llama::from_gguf(&path, &Device::Cpu, format).unwrap();
 	(Arc::new(model), Arc::new(tokenizer))
+}
+
+/// A conversation that called two tools (OpenAI's messages): the weather's answer (the
+/// second) holds what the user asks, the clock's nothing.
+pub fn called_tools() -> serde_json::Value {
+	serde_json::json!([
+		{"role": "user", "content": "What is the temperature in Paris right now?"},
+		{"role": "assistant", "content": null, "tool_calls": [
+			{"id": "call_t", "type": "function",
+				"function": {"name": "get_time", "arguments": "{\"city\": \"Paris\"}"}},
+			{"id": "call_w", "type": "function",
+				"function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}
+		]},
+		{"role": "tool", "tool_call_id": "call_t", "name": "clock", "content": "It is 14:05."},
+		{"role": "tool", "tool_call_id": "call_w", "content": "Paris: 31 degrees Celsius, sunny."}
+	])
+}
+
+/// The library's greedy answer (`max_tokens`) to `prompt` with every source, the answer's
+/// log-probability under each leave-one-out ablation, and each source's score.
+pub fn leave_one_out(
+	model: &Llama,
+	tokenizer: &Tokenizer,
+	prompt: &SourcedPrompt,
+	max_tokens: usize,
+) -> (Generation, Vec<f64>, Vec<f64>) {
+	let mut request = greedy("", max_tokens);
+	request.prompt = prompt.all().into();
+	let answer = generate(model, tokenizer, None, &request).unwrap();
+	let loo = Ablations::new(Method::LeaveOneOut, prompt.len()).unwrap();
+	let logprobs: Vec<f64> = loo
+		.requests(prompt, &answer.tokens)
+		.iter()
+		.map(|r| {
+			let scored = generate(model, tokenizer, None, r).unwrap();
+			answer_logprob(&scored, answer.tokens.len()).unwrap()
+		})
+		.collect();
+	let scores = loo.scores(&logprobs).unwrap();
+	(answer, logprobs, scores)
 }
 
 /// Writes a synthetic PEFT adapter of `rank` (alpha twice the rank) on `targets` into `dir`.
