@@ -18,9 +18,10 @@
 //! a chat's turns). The answer is generated from the prompt with every source, the same tokens,
 //! and scored as generated (a stop token, or the token that completed a stop sequence, included).
 //! The answers of tools in the conversation (its `tool` messages) may be sources too, after
-//! the documents ([`SourcedPrompt::with_tool_answers`]): each is tokenized on its own where
-//! the template writes it, and left out as an empty answer (the call still made and answered,
-//! with nothing), so what each tool contributed is measured as a document's is.
+//! the documents ([`SourcedPrompt::build`]): each is tokenized on its own where the template
+//! writes it, and left out as an empty answer (the call still made and answered, with
+//! nothing), so what each tool contributed is measured as a document's is. So may a registered
+//! prompt's text (instructions at the start of the system message): its owner's part.
 //! An adapter that served the answer is scored alike (by the HTTP API): the answer's
 //! log-probability with it, less that under the whole prompt without it.
 
@@ -45,8 +46,6 @@ pub const DEFAULT_LASSO_PENALTY: f64 = 0.01;
 
 /// What the system message says before the sources.
 const PREAMBLE: &str = "Answer using the following sources.";
-/// Where the sources go in the rendered template, found and cut out after rendering.
-const MARKER: &str = "\u{1}SOURCES\u{1}";
 
 /// A source document (the `documents` of a chat request).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -107,10 +106,11 @@ impl ToolAnswer {
 	}
 }
 
-/// Where the answer of the `k`-th tool goes in the rendered template, found and cut out after
-/// rendering.
-fn tool_marker(k: usize) -> String {
-	format!("\u{1}TOOL{k}\u{1}")
+/// Where a source goes in the rendered template, found and cut out after rendering: `what`
+/// (lower case, which a filter such as `upper` changes) with a number of this prompt's own
+/// (`nonce`), so that no text given can pass for one.
+fn marker(what: &str, nonce: u64) -> String {
+	format!("\u{1}{what}.{nonce:016x}\u{1}")
 }
 
 /// Refuses a document with no text.
@@ -121,19 +121,26 @@ fn check_documents(sources: &[Source]) -> Result<()> {
 	}
 }
 
-/// `messages` with the documents' marker (if there are `sources`) at the end of the system
-/// message (one made if there is none), and the markers to cut the rendered text at.
-fn place_documents(mut messages: Vec<Message>, sources: &[Source]) -> (Vec<Message>, Vec<String>) {
-	if sources.is_empty() {
-		return (messages, Vec::new());
-	}
+/// `messages` with `text` at the start of the system message (one made if there is none).
+fn with_instructions(mut messages: Vec<Message>, text: &str) -> Vec<Message> {
 	match messages.first_mut() {
 		Some(first) if first.role == "system" => {
-			first.content = format!("{}\n\n{PREAMBLE}{MARKER}", first.content);
+			first.content = format!("{text}\n\n{}", first.content);
 		}
-		_ => messages.insert(0, Message::new("system", &format!("{PREAMBLE}{MARKER}"))),
+		_ => messages.insert(0, Message::new("system", text)),
 	}
-	(messages, vec![MARKER.to_string()])
+	messages
+}
+
+/// `messages` with `text` at the end of the system message (one made if there is none).
+fn with_documents(mut messages: Vec<Message>, text: &str) -> Vec<Message> {
+	match messages.first_mut() {
+		Some(first) if first.role == "system" => {
+			first.content = format!("{}\n\n{PREAMBLE}{text}", first.content);
+		}
+		_ => messages.insert(0, Message::new("system", &format!("{PREAMBLE}{text}"))),
+	}
+	messages
 }
 
 /// The text of `messages` rendered in `template` (with `tools`, ready for the answer), cut at
@@ -162,18 +169,38 @@ fn render(
 	Ok(Some(pieces))
 }
 
-/// A chat prompt with sources, tokenized so that any of them can be left out: the documents in
-/// the system message, then (when asked for) the answers of tools in the conversation, each
-/// left out as an empty answer (the call still made and answered, with nothing).
+/// What a [`SourcedPrompt`]'s sources are, in the order the prompt writes them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sources<'a> {
+	/// Instructions at the start of the system message (a registered prompt's text).
+	pub instructions: Option<&'a str>,
+	/// Documents at the end of the system message.
+	pub documents: &'a [Source],
+	/// Whether the answers of tools in the conversation are sources too (after the documents).
+	pub tool_answers: bool,
+}
+
+/// How the template is given a conversation: the messages and tools to render (see
+/// [`crate::tool_calls::Tools::messages`]).
+pub type Show<'a> = &'a dyn Fn(&[Message]) -> Result<(Vec<Message>, Vec<serde_json::Value>)>;
+
+/// A chat prompt with sources, tokenized so that any of them can be left out: instructions at
+/// the start of the system message (a registered prompt), documents at its end, then (when
+/// asked for) the answers of tools in the conversation, each left out as an empty answer (the
+/// call still made and answered, with nothing).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourcedPrompt {
 	/// The tokens before each source, and (last) those after the last one, to where the
 	/// answer begins.
 	fixed: Vec<Vec<u32>>,
-	/// Each source's tokens: the documents', then the tools' answers'.
+	/// Each source's tokens: the instructions', the documents', then the tools' answers'.
 	sources: Vec<Vec<u32>>,
-	/// The tools' answers among the sources (after the documents).
+	/// Whether the first source is the instructions.
+	instructions: bool,
+	/// The tools' answers among the sources (the last ones).
 	tool_answers: Vec<ToolAnswer>,
+	/// Why the answers of tools asked for are not sources, if they are not.
+	tool_answers_refused: Option<String>,
 }
 
 impl SourcedPrompt {
@@ -192,74 +219,119 @@ impl SourcedPrompt {
 				sources.len()
 			)));
 		}
-		check_documents(sources)?;
-		let (messages, markers) = place_documents(messages.to_vec(), sources);
-		let pieces = render(template, &messages, tools, &markers)?.ok_or_else(|| {
-			Error::Request(
-				"documents: the chat template does not write the system message as given".into(),
-			)
-		})?;
-		Self::tokenize(tokenizer, pieces, sources, Vec::new(), Vec::new())
+		let show = |m: &[Message]| Ok((m.to_vec(), tools.to_vec()));
+		let sources = Sources { documents: sources, ..Sources::default() };
+		Self::build(template, tokenizer, messages, &show, sources)
 	}
 
-	/// As [`Self::new`] (with no documents too), with the answers of the tools in `messages`
-	/// as sources after the documents: `show` gives the conversation and the tools as the
-	/// template is to be given them (see [`crate::tool_calls::Tools::messages`]). A template
-	/// that does not write the tools' answers as given (it escapes them, say) cannot have them
-	/// left out: then only the documents are sources, and with none that is an error.
-	pub fn with_tool_answers(
+	/// `messages` as `show` gives them to `template`, ready for the assistant's answer, with
+	/// `sources`. The answers of tools are sources only if the template writes each as given
+	/// and cutting them out of the prompt leaves its tokens as they are (a tokenizer may merge
+	/// an answer's edges with the text around it: then they are not, and
+	/// [`Self::tool_answers_refused`] says why). At least one source, at most [`MAX_SOURCES`].
+	pub fn build(
 		template: &ChatTemplate,
 		tokenizer: &Tokenizer,
 		messages: &[Message],
-		show: impl Fn(&[Message]) -> Result<(Vec<Message>, Vec<serde_json::Value>)>,
-		sources: &[Source],
+		show: Show<'_>,
+		sources: Sources<'_>,
 	) -> Result<Self> {
-		let answers = ToolAnswer::of(messages);
-		let count = sources.len().saturating_add(answers.len());
+		check_documents(sources.documents)?;
+		let nonce = rand::random();
+		let assemble =
+			|answers| Self::assemble(template, tokenizer, messages, show, sources, answers, nonce);
+		let unwritten = || {
+			Error::Request(
+				"documents: the chat template does not write the system message as given".into(),
+			)
+		};
+		let mut prompt = assemble(Vec::new())?.ok_or_else(unwritten)?;
+		let answers = if sources.tool_answers { ToolAnswer::of(messages) } else { Vec::new() };
+		if !answers.is_empty() {
+			prompt.tool_answers_refused = Some(match assemble(answers)? {
+				Some(with) if with.all() == prompt.all() => {
+					prompt = with;
+					None
+				}
+				Some(_) => Some(
+					"cutting them out of the prompt changes its tokens (this model's tokenizer \
+					 merges an answer's edges with the text around it)"
+						.to_string(),
+				),
+				None => Some(
+					"the chat template does not write each tool's answer once, as given".into(),
+				),
+			})
+			.flatten();
+		}
+		let count = prompt.sources.len();
 		if count == 0 || count > MAX_SOURCES {
+			let refused = match &prompt.tool_answers_refused {
+				Some(why) => format!(" (the answers of tools cannot be left out: {why})"),
+				None => String::new(),
+			};
 			return Err(Error::Request(format!(
-				"attribution: 1 to {MAX_SOURCES} documents and answers of tools, not {count}"
+				"sources: 1 to {MAX_SOURCES} sources, not {count} (documents, a registered \
+				 prompt and, with attribution, the answers of tools together){refused}"
 			)));
 		}
-		check_documents(sources)?;
-		let mut marked = messages.to_vec();
-		for (k, answer) in answers.iter().enumerate() {
-			marked[answer.message].content = tool_marker(k);
-		}
-		let (shown, tools) = show(&marked)?;
-		let (shown, mut markers) = place_documents(shown, sources);
-		markers.extend((0..answers.len()).map(tool_marker));
-		if let Some(pieces) = render(template, &shown, &tools, &markers)? {
-			let texts = answers.iter().map(|a| messages[a.message].content.clone()).collect();
-			return Self::tokenize(tokenizer, pieces, sources, texts, answers);
-		}
-		if sources.is_empty() {
-			return Err(Error::Request(
-				"attribution: the chat template does not write the answers of tools as given \
-				 (it changes them), so they cannot be left out; and there are no documents"
-					.into(),
-			));
-		}
-		let (shown, tools) = show(messages)?;
-		Self::new(template, tokenizer, &shown, &tools, sources)
+		Ok(prompt)
 	}
 
-	/// The prompt of the template's text `pieces` (cut at the documents' marker, if there are
-	/// `documents`, then at each tool's answer's), with the documents and the tools' answers
-	/// (`texts`) between them.
-	fn tokenize(
+	/// The prompt with `answers` (of tools, in `messages`) as sources after the others, or
+	/// `None` if the template does not write each source's marker once, in order.
+	fn assemble(
+		template: &ChatTemplate,
 		tokenizer: &Tokenizer,
-		pieces: Vec<String>,
-		documents: &[Source],
-		texts: Vec<String>,
-		tool_answers: Vec<ToolAnswer>,
-	) -> Result<Self> {
-		// The text before each source (the documents follow one another), then the rest.
+		messages: &[Message],
+		show: Show<'_>,
+		sources: Sources<'_>,
+		answers: Vec<ToolAnswer>,
+		nonce: u64,
+	) -> Result<Option<Self>> {
+		let mut markers = Vec::new();
+		let mut marked = messages.to_vec();
+		// The answers first (their messages are the request's), then the instructions.
+		for (k, answer) in answers.iter().enumerate() {
+			marked[answer.message].content = marker(&format!("tool{k}"), nonce);
+		}
+		if sources.instructions.is_some() {
+			markers.push(marker("instructions", nonce));
+			marked = with_instructions(marked, &markers[0]);
+		}
+		let (mut shown, tools) = show(&marked)?;
+		if !sources.documents.is_empty() {
+			markers.push(marker("documents", nonce));
+			shown = with_documents(shown, markers.last().map_or("", String::as_str));
+		}
+		markers.extend((0..answers.len()).map(|k| marker(&format!("tool{k}"), nonce)));
+		let Some(pieces) = render(template, &shown, &tools, &markers)? else {
+			return Ok(None);
+		};
+		// Each source's text, and whether a piece of the template's text comes before it (the
+		// documents follow one another).
+		let mut texts: Vec<(String, bool)> = Vec::new();
+		texts.extend(sources.instructions.map(|text| (text.to_string(), true)));
+		let blocks = sources.documents.iter().enumerate();
+		texts.extend(blocks.map(|(i, source)| (source.block(i), i == 0)));
+		let answered = answers.iter().map(|a| (messages[a.message].content.clone(), true));
+		texts.extend(answered);
 		let mut pieces = pieces.into_iter();
-		let mut before = Vec::with_capacity(documents.len() + texts.len() + 1);
-		before.extend(pieces.next());
-		before.extend((1..documents.len()).map(|_| String::new()));
+		let mut before: Vec<String> = texts
+			.iter()
+			.map(|(_, after_text)| match after_text {
+				true => pieces.next().unwrap_or_default(),
+				false => String::new(),
+			})
+			.collect();
 		before.extend(pieces);
+		if before.len() != texts.len() + 1 {
+			return Err(Error::Batch(format!(
+				"a prompt of {} sources cut into {} pieces",
+				texts.len(),
+				before.len()
+			)));
+		}
 		let fixed = before
 			.iter()
 			.enumerate()
@@ -269,29 +341,37 @@ impl SourcedPrompt {
 				_ => tokenizer.encode_continuation(text),
 			})
 			.collect::<Result<Vec<_>>>()?;
-		let blocks = documents.iter().enumerate().map(|(i, source)| source.block(i));
-		let sources = blocks
-			.chain(texts)
-			.map(|text| tokenizer.encode_literal(&text))
+		let sources_tokens = texts
+			.iter()
+			.map(|(text, _)| tokenizer.encode_literal(text))
 			.collect::<Result<Vec<_>>>()?;
-		if fixed.len() != sources.len() + 1 {
-			return Err(Error::Batch(format!(
-				"a prompt of {} sources cut into {} pieces",
-				sources.len(),
-				fixed.len()
-			)));
-		}
-		Ok(Self { fixed, sources, tool_answers })
+		Ok(Some(Self {
+			fixed,
+			sources: sources_tokens,
+			instructions: sources.instructions.is_some(),
+			tool_answers: answers,
+			tool_answers_refused: None,
+		}))
 	}
 
-	/// How many of the sources are documents (the first ones).
+	/// Whether the first source is the instructions (a registered prompt's text).
+	pub fn instructions(&self) -> bool {
+		self.instructions
+	}
+
+	/// How many of the sources are documents (after the instructions, if any).
 	pub fn documents(&self) -> usize {
-		self.sources.len() - self.tool_answers.len()
+		self.sources.len() - self.tool_answers.len() - usize::from(self.instructions)
 	}
 
-	/// The answers of tools among the sources (after the documents).
+	/// The answers of tools among the sources (the last ones).
 	pub fn tool_answers(&self) -> &[ToolAnswer] {
 		&self.tool_answers
+	}
+
+	/// Why the answers of tools asked for are not sources, if they are not.
+	pub fn tool_answers_refused(&self) -> Option<&str> {
+		self.tool_answers_refused.as_deref()
 	}
 
 	/// The number of sources.

@@ -36,17 +36,17 @@ use std::{
 };
 
 use jsonrpsee::{
-	core::{client::ClientT, traits::ToRpcParams},
 	rpc_params,
 	ws_client::{WsClient, WsClientBuilder},
 };
 use openledger_primitives::{
 	content_hash_of, next_commitment, ContentHash, DataNetId, RecordId, EMPTY_COMMITMENT, MAX_PAGE,
 };
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
+	chain_rpc::{call, CallError},
 	embedding_service::EmbeddingService,
 	retrieval::{add_records, Record, VectorIndex, MAX_RECORD_BYTES},
 };
@@ -125,6 +125,15 @@ pub enum SyncError {
 		/// Its position among the DataNet's accepted records.
 		index: u64,
 	},
+}
+
+impl From<CallError> for SyncError {
+	fn from(e: CallError) -> Self {
+		match e {
+			CallError::Rpc { method, reason } => Self::Rpc { method, reason },
+			CallError::Malformed { method, reason } => Self::Malformed { method, reason },
+		}
+	}
 }
 
 /// A record whose content is not indexed, and why.
@@ -468,20 +477,6 @@ impl DataNetSync {
 		}
 		first_error.map_or(Ok(()), Err)
 	}
-}
-
-/// Calls `method` and reads its answer as `T`.
-async fn call<T: DeserializeOwned>(
-	client: &WsClient,
-	method: &str,
-	params: impl ToRpcParams + Send,
-) -> Result<T, SyncError> {
-	let value: Value = client
-		.request(method, params)
-		.await
-		.map_err(|e| SyncError::Rpc { method: method.into(), reason: e.to_string() })?;
-	serde_json::from_value(value)
-		.map_err(|e| SyncError::Malformed { method: method.into(), reason: e.to_string() })
 }
 
 /// Brings one DataNet up to block `head`.

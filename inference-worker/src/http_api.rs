@@ -119,8 +119,8 @@ use serde_json::{json, Value};
 
 use crate::{
 	attribution::{
-		answer_logprob, Ablations, Method, Source, SourcedPrompt, DEFAULT_ABLATIONS,
-		DEFAULT_LASSO_PENALTY, MAX_SOURCES,
+		answer_logprob, Ablations, Method, Source, SourcedPrompt, Sources, ToolAnswer,
+		DEFAULT_ABLATIONS, DEFAULT_LASSO_PENALTY, MAX_SOURCES,
 	},
 	chat::{ChatTemplate, Message},
 	datanet_sync::SyncStatus,
@@ -131,6 +131,7 @@ use crate::{
 		TokenScores,
 	},
 	json_mode::JsonGrammar,
+	prompt_registry::{fill, PromptError, PromptRef, PromptRegistry, RegisteredPrompt},
 	retrieval::{self, Record, VectorIndex, MAX_TOP_K},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
@@ -173,6 +174,8 @@ pub struct ApiState {
 	datanet_sync: Option<Arc<SyncStatus>>,
 	/// Whether clients may add and delete records (`/v1/records`).
 	runtime_records: bool,
+	/// The prompts registered on chain that chats may name, if the worker follows a chain.
+	prompts: Option<Arc<PromptRegistry>>,
 }
 
 impl ApiState {
@@ -204,6 +207,7 @@ impl ApiState {
 			records: None,
 			datanet_sync: None,
 			runtime_records: false,
+			prompts: None,
 		}
 	}
 
@@ -227,6 +231,13 @@ impl ApiState {
 	/// Shows `status` at `GET /v1/datanets`: the records come from the chain's DataNets.
 	pub fn with_datanet_sync(mut self, status: Arc<SyncStatus>) -> Self {
 		self.datanet_sync = Some(status);
+		self
+	}
+
+	/// Lets chats name the prompts registered on the chain `registry` reads
+	/// (`"prompt": {"id", "version", "variables"}`).
+	pub fn with_prompts(mut self, registry: Arc<PromptRegistry>) -> Self {
+		self.prompts = Some(registry);
 		self
 	}
 
@@ -358,6 +369,22 @@ impl From<Error> for ApiError {
 				(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", "adapter_unavailable")
 			}
 			_ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
+		};
+		Self { status, kind, code, message: e.to_string() }
+	}
+}
+
+impl From<PromptError> for ApiError {
+	fn from(e: PromptError) -> Self {
+		let (status, kind, code) = match &e {
+			PromptError::NotFound(_) => {
+				(StatusCode::NOT_FOUND, "invalid_request_error", "prompt_not_found")
+			}
+			_ if e.is_request_error() => {
+				(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request")
+			}
+			// The chain or the content folder failed the worker: another may serve it.
+			_ => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "prompt_unavailable"),
 		};
 		Self { status, kind, code, message: e.to_string() }
 	}
@@ -529,6 +556,33 @@ struct Grounding {
 	prompt: SourcedPrompt,
 	sources: Vec<Source>,
 	retrieved: Vec<Value>,
+	/// The registered prompt whose text opens the system message, if the chat named one.
+	registered: Option<RegisteredPrompt>,
+}
+
+impl Grounding {
+	/// What the answer says of its sources (streamed, the first chunk): the records retrieved
+	/// (`retrieved`, if any) and the registered prompt used (`prompt`, if one was named).
+	fn fields(&self) -> serde_json::Map<String, Value> {
+		let mut fields = serde_json::Map::new();
+		if !self.retrieved.is_empty() {
+			fields.insert("retrieved".into(), json!(self.retrieved));
+		}
+		if let Some(prompt) = &self.registered {
+			fields.insert(
+				"prompt".into(),
+				json!({
+					"id": prompt.id,
+					"version": prompt.version,
+					"owner": prompt.owner,
+					"content_hash": format!("0x{}", hex::encode(prompt.content_hash)),
+					"price_per_use": prompt.price_per_use,
+					"block": prompt.block,
+				}),
+			);
+		}
+		fields
+	}
 }
 
 /// Refuses what `body` asks for at `endpoint` that is not served, rather than answer as if it
@@ -1295,7 +1349,7 @@ async fn serve(
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
 		let (id, created, logprobs) = (endpoint.answer_id(), now(), logprobs.is_some());
 		let head = ChunkHead { id, created, model, endpoint, n, include_usage, logprobs, calling };
-		let retrieved = grounding.as_ref().map(|g| g.retrieved.clone()).unwrap_or_default();
+		let grounded = grounding.as_ref().map(Grounding::fields).unwrap_or_default();
 		let attributing = match (attribution, grounding) {
 			(Some(ablations), Some(grounding)) => Some(Attributing {
 				state: state.clone(),
@@ -1305,7 +1359,7 @@ async fn serve(
 			}),
 			_ => None,
 		};
-		let streamed = (head, echo, retrieved, attributing);
+		let streamed = (head, echo, grounded, attributing);
 		return stream(&state, requests, adapter, streamed).await;
 	}
 	let generations = futures::future::try_join_all(
@@ -1363,8 +1417,8 @@ async fn serve(
 		"choices": choices,
 		"usage": usage_of(generations.iter().enumerate(), n),
 	});
-	if let Some(grounding) = grounding.filter(|g| !g.retrieved.is_empty()) {
-		answer["retrieved"] = json!(grounding.retrieved);
+	if let (Some(grounding), Some(answer)) = (grounding, answer.as_object_mut()) {
+		answer.extend(grounding.fields());
 	}
 	// vLLM puts a chat's (one prompt's) at the top.
 	if let (Endpoint::Chat, Some(k), Some(g)) = (endpoint, prompt_logprobs, generations.first()) {
@@ -1409,21 +1463,50 @@ async fn attribute(
 			let without = adapter.as_ref().and_then(|_| logprobs.pop());
 			let scores = ablations.scores(&logprobs)?;
 			let method = ablations.method();
-			let mut attribution = json!({
-				"method": method.name(),
-				"answer_logprob": logprobs[0],
-				"scores": grounding.sources.iter().zip(&scores).enumerate().map(|(index, (source, score))| {
-					json!({"index": index, "id": source.id, "score": score})
-				}).collect::<Vec<_>>(),
-				"tools": grounding.prompt.tool_answers().iter().zip(scores.iter().skip(grounding.sources.len())).map(|(answer, score)| {
+			// The sources' scores in the prompt's order: the registered prompt's, the
+			// documents', the tools' answers'.
+			let mut scores = scores.iter();
+			let instructions = grounding.prompt.instructions().then(|| scores.next()).flatten();
+			let documents: Vec<Value> = grounding
+				.sources
+				.iter()
+				.zip(scores.by_ref())
+				.enumerate()
+				.map(
+					|(index, (source, score))| json!({"index": index, "id": source.id, "score": score}),
+				)
+				.collect();
+			let tools: Vec<Value> = grounding
+				.prompt
+				.tool_answers()
+				.iter()
+				.zip(scores)
+				.map(|(answer, score)| {
 					json!({
 						"message": answer.message,
 						"tool_call_id": answer.tool_call_id,
 						"name": answer.name,
 						"score": score,
 					})
-				}).collect::<Vec<_>>(),
+				})
+				.collect();
+			let mut attribution = json!({
+				"method": method.name(),
+				"answer_logprob": logprobs[0],
+				"scores": documents,
+				"tools": tools,
 			});
+			if let Some(why) = grounding.prompt.tool_answers_refused() {
+				attribution["tools_not_attributed"] = json!(why);
+			}
+			if let (Some(registered), Some(score)) = (&grounding.registered, instructions) {
+				attribution["prompt"] = json!({
+					"id": registered.id,
+					"version": registered.version,
+					"owner": registered.owner,
+					"score": score,
+				});
+			}
 			if let Method::ContextCite { ablations, seed, penalty } = method {
 				attribution["ablations"] = json!(ablations);
 				attribution["seed"] = json!(seed);
@@ -1520,10 +1603,10 @@ async fn stream(
 	state: &ApiState,
 	requests: Vec<GenerationRequest>,
 	adapter: Option<String>,
-	(head, echo, retrieved, attributing): (
+	(head, echo, grounded, attributing): (
 		ChunkHead,
 		Option<Vec<Prompt>>,
-		Vec<Value>,
+		serde_json::Map<String, Value>,
 		Option<Attributing>,
 	),
 ) -> Result<Response, ApiError> {
@@ -1560,9 +1643,9 @@ async fn stream(
 			let usage = head.include_usage.then_some(Value::Null);
 			let mut chunk =
 				head.chunk_json(vec![head.endpoint.delta(index, Piece::Start(text))], usage);
-			// The records retrieved, with the first chunk.
-			if !retrieved.is_empty() && start.is_empty() {
-				chunk["retrieved"] = json!(retrieved);
+			// The records retrieved and the registered prompt, with the first chunk.
+			if let (true, Some(chunk)) = (start.is_empty(), chunk.as_object_mut()) {
+				chunk.extend(grounded.clone());
 			}
 			start.push(Event::default().data(chunk.to_string()));
 			*offset = text.chars().count();
@@ -1834,15 +1917,35 @@ async fn chat_completions(
 	if auto && state.tokenizer.special_token(CALL_START).is_some() {
 		body.skip_special_tokens = Some(false);
 	}
+	// A prompt registered on chain, its variables filled in: the system message's start.
+	let registered = match body.prompt.take() {
+		None | Some(Value::Null) => None,
+		Some(named) => {
+			let named: PromptRef = serde_json::from_value(named).map_err(|e| {
+				ApiError::bad_request(format!(
+					"prompt: {e} (a chat's prompt is a registered one: {{\"id\", \"version\", \
+					 \"variables\"}})"
+				))
+			})?;
+			let registry = state.prompts.as_ref().ok_or(PromptError::NoChain)?;
+			let version = registry.version(named.id, named.version).await?;
+			let text = fill(&version.text, &named.variables)?;
+			Some((version, text))
+		}
+	};
 	let mut sources = body.documents.take();
 	let mut retrieved = Vec::new();
+	// With attribution, the answers of tools in the conversation are sources too.
+	let tool_answers = body.attribution.is_some() && messages.iter().any(|m| m.role == "tool");
 	if let Some(retrieval) = body.retrieval.take() {
-		let given = sources.as_ref().map_or(0, Vec::len);
+		let answers = if tool_answers { ToolAnswer::of(&messages).len() } else { 0 };
+		let given =
+			sources.as_ref().map_or(0, Vec::len) + answers + usize::from(registered.is_some());
 		let top_k = retrieval.top_k.unwrap_or(DEFAULT_TOP_K);
 		if given + top_k > MAX_SOURCES {
 			return Err(ApiError::bad_request(format!(
-				"retrieval.top_k: {given} documents given and {top_k} retrieved would be more \
-				 than {MAX_SOURCES}"
+				"retrieval.top_k: {given} sources given (documents, and with attribution the \
+				 answers of tools) and {top_k} retrieved would be more than {MAX_SOURCES}"
 			)));
 		}
 		let query = match retrieval.query.clone() {
@@ -1861,26 +1964,16 @@ async fn chat_completions(
 			}));
 		}
 	}
-	// With attribution, the answers of tools in the conversation are sources too.
-	let tool_answers = body.attribution.is_some() && messages.iter().any(|m| m.role == "tool");
 	let sources = match sources {
-		None if tool_answers => Some(Vec::new()),
+		None if tool_answers || registered.is_some() => Some(Vec::new()),
 		sources => sources,
 	};
 	let (prompt, grounding) = match sources {
 		Some(sources) => {
-			let prompt = if tool_answers {
-				let show = |messages: &[Message]| tools.messages(template, messages);
-				SourcedPrompt::with_tool_answers(
-					template,
-					&state.tokenizer,
-					&messages,
-					show,
-					&sources,
-				)?
-			} else {
-				SourcedPrompt::new(template, &state.tokenizer, &shown, &definitions, &sources)?
-			};
+			let show = |messages: &[Message]| tools.messages(template, messages);
+			let instructions = registered.as_ref().map(|(_, text)| text.as_str());
+			let spec = Sources { instructions, documents: &sources, tool_answers };
+			let prompt = SourcedPrompt::build(template, &state.tokenizer, &messages, &show, spec)?;
 			// The records retrieved, as the documents after those given.
 			let given = sources.len().saturating_sub(retrieved.len());
 			let retrieved = retrieved
@@ -1890,7 +1983,10 @@ async fn chat_completions(
 					json!({"index": given + i, "id": record.id, "datanet": record.datanet, "score": score})
 				})
 				.collect();
-			(Prompt::Tokens(prompt.all()), Some(Grounding { prompt, sources, retrieved }))
+			let registered = registered.map(|(version, _)| version);
+			let tokens = prompt.all();
+			let grounding = Grounding { prompt, sources, retrieved, registered };
+			(Prompt::Tokens(tokens), Some(grounding))
 		}
 		None => (Prompt::Text(template.render_with_tools(&shown, &definitions, true)?), None),
 	};

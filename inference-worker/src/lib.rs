@@ -31,6 +31,7 @@
 pub mod adapter_cache;
 pub mod allocator;
 pub mod attribution;
+pub mod chain_rpc;
 pub mod chat;
 pub mod config;
 pub mod datanet_sync;
@@ -49,6 +50,7 @@ pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod models;
+pub mod prompt_registry;
 pub mod retrieval;
 pub mod sampling;
 pub mod service;

@@ -33,6 +33,7 @@ use openledger_inference_worker::{
 	kernel_model::KernelLlama,
 	lora::LoraAdapter,
 	model::{Llama, WeightFormat},
+	prompt_registry::PromptRegistry,
 	retrieval::{embed_records, read_records, VectorIndex},
 	sampling::SamplingParams,
 	service::EngineService,
@@ -149,21 +150,23 @@ struct ServeArgs {
 	/// Let clients add and delete records (`/v1/records`, `/v1/records/delete`).
 	#[arg(long, requires = "embedding_model")]
 	allow_runtime_records: bool,
-	/// Serve the accepted records of the DataNets named by `--datanet`, followed on this
-	/// node's WebSocket JSON-RPC (`ws://127.0.0.1:9944`) at its finalized blocks, each checked
-	/// against the DataNet's commitment and its content hash (`GET /v1/datanets` shows how
-	/// far). The records then come from the chain only.
+	/// Follow the chain of this node's WebSocket JSON-RPC (`ws://127.0.0.1:9944`), read at its
+	/// finalized blocks: chats may name the prompts registered on it (`"prompt": {"id",
+	/// "version", "variables"}`), and the DataNets named by `--datanet` are served.
+	#[arg(long, requires = "content_dir")]
+	chain: Option<String>,
+	/// A DataNet whose accepted records are served, each checked against the DataNet's
+	/// commitment and its content hash (`GET /v1/datanets` shows how far); repeat for more.
+	/// The records then come from the chain only.
 	#[arg(
 		long,
-		requires_all = ["embedding_model", "datanet", "content_dir"],
+		requires_all = ["chain", "embedding_model"],
 		conflicts_with_all = ["records", "allow_runtime_records"]
 	)]
-	chain: Option<String>,
-	/// A DataNet to serve (repeat for more).
-	#[arg(long, requires = "chain")]
 	datanet: Vec<DataNetId>,
-	/// The folder holding the records' contents, each in a file named by its content hash (64
-	/// hex digits, no `0x`), however it was fetched from the record's URI.
+	/// The folder holding the contents the chain names by hash (DataNet records, external
+	/// prompt templates), each in a file named by its content hash (64 hex digits, no `0x`),
+	/// however it was fetched from its URI.
 	#[arg(long, requires = "chain")]
 	content_dir: Option<PathBuf>,
 	/// Seconds between two reads of the chain.
@@ -581,8 +584,11 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 		state =
 			state.with_embeddings(name, service).with_records(index, args.allow_runtime_records);
 	}
+	if let (Some(url), Some(content_dir)) = (&args.chain, &args.content_dir) {
+		state = state.with_prompts(Arc::new(PromptRegistry::new(url, content_dir)));
+	}
 	let sync = match (&args.chain, &args.content_dir, state.record_index()) {
-		(Some(url), Some(content_dir), Some((service, index))) => {
+		(Some(url), Some(content_dir), Some((service, index))) if !args.datanet.is_empty() => {
 			let config = SyncConfig {
 				url: url.clone(),
 				datanets: args.datanet.clone(),

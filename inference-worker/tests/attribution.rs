@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use openledger_inference_worker::{
-	attribution::{answer_logprob, Ablations, Method, Source, SourcedPrompt},
+	attribution::{answer_logprob, Ablations, Method, Show, Source, SourcedPrompt, Sources},
 	chat::{ChatTemplate, Message},
 	generate::generate,
 	model::{Llama, WeightFormat},
@@ -187,6 +187,19 @@ fn called_tools() -> Vec<Message> {
 	serde_json::from_value(common::called_tools()).unwrap()
 }
 
+/// The prompt of `messages` as `show` gives them to `template`, the tools' answers asked for
+/// as sources after `documents`.
+fn with_answers(
+	template: &ChatTemplate,
+	tokenizer: &Tokenizer,
+	messages: &[Message],
+	show: Show<'_>,
+	documents: &[Source],
+) -> openledger_inference_worker::error::Result<SourcedPrompt> {
+	let sources = Sources { instructions: None, documents, tool_answers: true };
+	SourcedPrompt::build(template, tokenizer, messages, show, sources)
+}
+
 #[test]
 fn the_answers_of_tools_are_sources_left_out_as_empty_answers() {
 	let (model, tokenizer) = load(WeightFormat::AsStored);
@@ -204,12 +217,11 @@ fn the_answers_of_tools_are_sources_left_out_as_empty_answers() {
 		Tools::from_request(Some(&serde_json::json!([weather])), Some(&auto), None).unwrap();
 	for (tools, sources) in [(&plain, &[][..]), (&hermes, &[][..]), (&plain, &documents[..])] {
 		let show = |m: &[Message]| tools.messages(&template, m);
-		let prompt =
-			SourcedPrompt::with_tool_answers(&template, &tokenizer, &messages, show, sources)
-				.unwrap();
+		let prompt = with_answers(&template, &tokenizer, &messages, &show, sources).unwrap();
 		let answers = prompt.tool_answers();
 		assert_eq!(prompt.len(), sources.len() + 2);
 		assert_eq!(prompt.documents(), sources.len());
+		assert_eq!(prompt.tool_answers_refused(), None);
 		// Each named by its message, or by the call it answers.
 		assert_eq!(
 			answers
@@ -218,46 +230,34 @@ fn the_answers_of_tools_are_sources_left_out_as_empty_answers() {
 				.collect::<Vec<_>>(),
 			[(2, Some("call_t"), Some("clock")), (3, Some("call_w"), Some("get_weather"))]
 		);
-		// With every source: the tokens a chat without attribution is served.
-		let (shown, definitions) = show(&messages).unwrap();
-		let served = match sources {
-			[] => tokenizer
-				.encode(&template.render_with_tools(&shown, &definitions, true).unwrap())
-				.unwrap(),
-			_ => SourcedPrompt::new(&template, &tokenizer, &shown, &definitions, sources)
-				.unwrap()
-				.all(),
+		// The tokens of a conversation rendered whole (with the documents: as a chat with them
+		// places them, the answers not cut out).
+		let whole = |messages: &[Message]| {
+			let (shown, definitions) = show(messages).unwrap();
+			match sources {
+				[] => tokenizer
+					.encode(&template.render_with_tools(&shown, &definitions, true).unwrap())
+					.unwrap(),
+				_ => SourcedPrompt::new(&template, &tokenizer, &shown, &definitions, sources)
+					.unwrap()
+					.all(),
+			}
 		};
-		assert_eq!(prompt.all(), served);
+		// With every source: the tokens a chat without attribution is served.
+		assert_eq!(prompt.all(), whole(&messages));
 		// Without an answer: the conversation in which that tool answered nothing.
 		for (k, answer) in answers.iter().enumerate() {
 			let mut keep = vec![true; prompt.len()];
 			keep[sources.len() + k] = false;
 			let mut emptied = messages.clone();
 			emptied[answer.message].content = String::new();
-			let (shown, definitions) = show(&emptied).unwrap();
-			let want = match sources {
-				[] => template.render_with_tools(&shown, &definitions, true).unwrap(),
-				_ => {
-					let prompt =
-						SourcedPrompt::new(&template, &tokenizer, &shown, &definitions, sources)
-							.unwrap();
-					tokenizer.decode(&prompt.all()).unwrap()
-				}
-			};
-			assert_eq!(tokenizer.decode(&prompt.tokens(&keep)).unwrap(), want);
+			assert_eq!(prompt.tokens(&keep), whole(&emptied), "without answer {k}");
 		}
 	}
 
 	// The weather's answer makes the model's answer; the clock's hardly matters.
-	let prompt = SourcedPrompt::with_tool_answers(
-		&template,
-		&tokenizer,
-		&messages,
-		|m| plain.messages(&template, m),
-		&[],
-	)
-	.unwrap();
+	let show = |m: &[Message]| plain.messages(&template, m);
+	let prompt = with_answers(&template, &tokenizer, &messages, &show, &[]).unwrap();
 	let mut request = greedy("", 16);
 	request.prompt = prompt.all().into();
 	let answer = generate(&model, &tokenizer, None, &request).unwrap();
@@ -268,33 +268,50 @@ fn the_answers_of_tools_are_sources_left_out_as_empty_answers() {
 }
 
 #[test]
-fn a_template_that_changes_the_answers_of_tools_cannot_have_them_left_out() {
+fn answers_of_tools_that_cannot_be_cut_out_as_given_are_not_sources() {
 	let (_, tokenizer) = load(WeightFormat::AsStored);
-	// As Llama 3.1's writes a tool's answer: as JSON.
-	let template = ChatTemplate::new(
-		"{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'tool' %}{{ m.content | tojson }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
-		"",
-		"<|im_end|>",
-	)
-	.unwrap();
-	let messages = called_tools();
 	let show = |m: &[Message]| Ok((m.to_vec(), Vec::new()));
-	let error = SourcedPrompt::with_tool_answers(&template, &tokenizer, &messages, show, &[])
-		.unwrap_err()
-		.to_string();
-	assert!(error.contains("does not write the answers of tools as given"), "{error}");
-	// With documents, the documents alone.
+	let messages = called_tools();
 	let documents = [Source { text: "Paris is in France.".into(), ..Default::default() }];
-	let prompt =
-		SourcedPrompt::with_tool_answers(&template, &tokenizer, &messages, show, &documents)
-			.unwrap();
-	assert_eq!((prompt.len(), prompt.tool_answers().len()), (1, 0));
-	let alone = SourcedPrompt::new(&template, &tokenizer, &messages, &[], &documents).unwrap();
-	assert_eq!(prompt, alone);
-	// At most 64 sources, documents and answers together.
+	let chatml = |tool: &str| {
+		let source = format!(
+			"{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}\n{{% if m.role == 'tool' %}}{tool}{{% else %}}{{{{ m.content }}}}{{% endif %}}<|im_end|>\n{{% endfor %}}<|im_start|>assistant\n"
+		);
+		ChatTemplate::new(&source, "", "<|im_end|>").unwrap()
+	};
+	// As Llama 3.1's writes a tool's answer: as JSON; a template that trims it; one that glues
+	// it to the word after it (which the tokenizer merges with the answer's last word).
+	let cases = [
+		(chatml("{{ m.content | tojson }}"), messages.clone(), "once, as given"),
+		(chatml("{{ m.content | upper }}"), messages.clone(), "once, as given"),
+		(
+			chatml("{{ m.content }}ny"),
+			{
+				let mut glued = messages.clone();
+				glued[3].content = "Paris: 31 degrees, sun".into();
+				glued
+			},
+			"changes its tokens",
+		),
+	];
+	for (template, messages, why) in cases {
+		let error =
+			with_answers(&template, &tokenizer, &messages, &show, &[]).unwrap_err().to_string();
+		assert!(error.contains(why) && error.contains("not 0"), "{error}");
+		// With documents, the documents alone, and why.
+		let prompt = with_answers(&template, &tokenizer, &messages, &show, &documents).unwrap();
+		assert_eq!((prompt.len(), prompt.tool_answers().len()), (1, 0));
+		assert!(prompt.tool_answers_refused().unwrap().contains(why));
+		let alone = SourcedPrompt::new(&template, &tokenizer, &messages, &[], &documents).unwrap();
+		assert_eq!(prompt.all(), alone.all());
+	}
+	// At most 64 sources, documents and answers together (those that are sources).
+	let template = tokenizer.chat_template().unwrap();
 	let many = vec![Source { text: "x".into(), ..Default::default() }; 63];
-	let error = SourcedPrompt::with_tool_answers(&template, &tokenizer, &messages, show, &many)
-		.unwrap_err()
-		.to_string();
-	assert!(error.contains("1 to 64 documents and answers of tools, not 65"), "{error}");
+	let error =
+		with_answers(&template, &tokenizer, &messages, &show, &many).unwrap_err().to_string();
+	assert!(error.contains("1 to 64 sources, not 65"), "{error}");
+	let tojson = chatml("{{ m.content | tojson }}");
+	let prompt = with_answers(&tojson, &tokenizer, &messages, &show, &many).unwrap();
+	assert_eq!(prompt.len(), 63);
 }

@@ -211,7 +211,7 @@ fn serve_refuses_chain_options_that_do_not_go_together() {
 	};
 	let content = dir.path().to_str().unwrap();
 	let chain = ["--chain", "ws://127.0.0.1:9", "--datanet", "0", "--content-dir", content];
-	assert!(serve(&chain[..2]).contains("--datanet"));
+	assert!(serve(&chain[..2]).contains("--content-dir"));
 	assert!(serve(&chain[..4]).contains("--content-dir"));
 	let both = [&chain[..], &["--allow-runtime-records"]].concat();
 	assert!(serve(&both).contains("cannot be used with"));

@@ -12,7 +12,7 @@ use std::{
 };
 
 use openledger_inference_worker::{
-	attribution::{answer_logprob, Ablations, Method, Source, SourcedPrompt},
+	attribution::{answer_logprob, Ablations, Method, Source, SourcedPrompt, Sources},
 	chat::Message,
 	decoder::Decoder,
 	embedding_service::EmbeddingService,
@@ -26,6 +26,7 @@ use openledger_inference_worker::{
 	lora::{LoraAdapter, Projection},
 	model::{Llama, WeightFormat},
 	models,
+	prompt_registry::PromptRegistry,
 	retrieval::VectorIndex,
 	sampling::SamplingParams,
 	service::EngineService,
@@ -2172,9 +2173,9 @@ fn the_answers_of_tools_are_attributed_their_part_of_the_answer() {
 		}
 		// The library's answer and leave-one-out scores: the document, then each answer.
 		let show = |m: &[Message]| shown.messages(&template, m);
-		let prompt =
-			SourcedPrompt::with_tool_answers(&template, &tokenizer, &parsed, show, &sources)
-				.unwrap();
+		let spec = Sources { instructions: None, documents: &sources, tool_answers: true };
+		let prompt = SourcedPrompt::build(&template, &tokenizer, &parsed, &show, spec).unwrap();
+		assert_eq!(prompt.tool_answers().len(), 2);
 		let (want, _, want_scores) = leave_one_out(&model, &tokenizer, &prompt, 16);
 
 		// Attribution serves the answer it would without it.
@@ -2185,6 +2186,7 @@ fn the_answers_of_tools_are_attributed_their_part_of_the_answer() {
 		let (status, answer) = post(address, "/v1/chat/completions", &body);
 		assert_eq!(status, 200, "{answer}");
 		assert_eq!(answer["choices"][0]["message"], plain["choices"][0]["message"]);
+		assert_eq!(answer["usage"], plain["usage"]);
 		assert_eq!(answer["usage"]["prompt_tokens"], prompt.all().len());
 		let attribution = &answer["choices"][0]["attribution"];
 		assert_eq!(attribution["scores"].as_array().unwrap().len(), 1, "{attribution}");
@@ -2226,6 +2228,259 @@ fn the_answers_of_tools_are_attributed_their_part_of_the_answer() {
 		"/v1/chat/completions",
 		json!({"messages": [messages[0]], "attribution": {}}),
 		"needs documents or answers of tools",
+	);
+}
+
+/// The registered prompts of a mock node (`prompts_*` answered as
+/// `node/src/registry_rpc/prompts.rs` answers them): prompt 0 has version 1 on chain and
+/// version 2 off chain (its text in `content_dir`); prompt 1's only version is deprecated;
+/// prompt 2's text is not the one its hash names; prompt 3's external text is nowhere.
+/// Returns the node's address and the version 2 text; the node runs as long as the process.
+fn mock_prompts_node(content_dir: &Path) -> (SocketAddr, String) {
+	use jsonrpsee::{server::Server, types::ErrorObjectOwned, RpcModule};
+	use openledger_primitives::content_hash_of;
+	fn hex(bytes: &[u8]) -> String {
+		format!("0x{}", hex::encode(bytes))
+	}
+	let inline = "You are {{persona}}. Answer in one short sentence.";
+	let external = "You are a terse assistant for {{city}}.".to_string();
+	let (_, path) =
+		openledger_inference_worker::datanet_sync::store_content(content_dir, external.as_bytes())
+			.unwrap();
+	assert!(path.exists());
+	let version = |template: Value, hash: [u8; 32], deprecated: bool| {
+		json!({"template": template, "contentHash": hex(&hash), "pricePerUse": "10000",
+			"deprecated": deprecated, "deposit": "1000"})
+	};
+	let external_hash = content_hash_of(external.as_bytes());
+	let nowhere = content_hash_of(b"lost");
+	let versions: Vec<((u64, u32), Value)> = vec![
+		((0, 1), version(json!({"inline": inline}), content_hash_of(inline.as_bytes()), false)),
+		(
+			(0, 2),
+			version(
+				json!({"external": {"uri": "ipfs://v2", "hash": hex(&external_hash)}}),
+				external_hash,
+				false,
+			),
+		),
+		((1, 1), version(json!({"inline": inline}), content_hash_of(inline.as_bytes()), true)),
+		((2, 1), version(json!({"inline": "Forged."}), content_hash_of(b"Real."), false)),
+		(
+			(3, 1),
+			version(
+				json!({"external": {"uri": "ipfs://lost", "hash": hex(&nowhere)}}),
+				nowhere,
+				false,
+			),
+		),
+	];
+	let latest =
+		|id: u64| versions.iter().filter(|((p, _), _)| *p == id).map(|((_, v), _)| *v).max();
+	let prompts: Vec<(u64, Value)> = (0..4)
+		.map(|id| {
+			(
+				id,
+				json!({"id": id, "owner": "5Alice", "name": "p", "latest": latest(id),
+			"pendingOwner": null, "deposit": "1000"}),
+			)
+		})
+		.collect();
+	let mut module = RpcModule::new((prompts, versions));
+	type Answer = Result<Value, ErrorObjectOwned>;
+	module
+		.register_method("chain_getFinalizedHead", |_, _, _| -> Answer {
+			Ok(json!(hex(&[0x11; 32])))
+		})
+		.unwrap();
+	module
+		.register_method("prompts_getPrompt", |params, state, _| -> Answer {
+			let mut seq = params.sequence();
+			let (id, at): (u64, String) = (seq.next()?, seq.next()?);
+			assert_eq!(at, hex(&[0x11; 32]), "read at the finalized block");
+			Ok(state.0.iter().find(|(p, _)| *p == id).map_or(Value::Null, |(_, v)| v.clone()))
+		})
+		.unwrap();
+	module
+		.register_method("prompts_getVersion", |params, state, _| -> Answer {
+			let mut seq = params.sequence();
+			let (id, version, at): (u64, u32, String) = (seq.next()?, seq.next()?, seq.next()?);
+			assert_eq!(at, hex(&[0x11; 32]), "read at the finalized block");
+			let found = state.1.iter().find(|(key, _)| *key == (id, version));
+			Ok(found.map_or(Value::Null, |(_, v)| v.clone()))
+		})
+		.unwrap();
+	let runtime =
+		tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+	let (tx, rx) = std::sync::mpsc::channel();
+	std::thread::spawn(move || {
+		runtime.block_on(async move {
+			let server = Server::builder().build("127.0.0.1:0").await.unwrap();
+			tx.send(server.local_addr().unwrap()).unwrap();
+			let handle = server.start(module);
+			handle.stopped().await;
+		})
+	});
+	(rx.recv().unwrap(), external)
+}
+
+#[test]
+fn chats_may_name_a_registered_prompt_and_it_is_attributed_its_part() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let content = tempfile::tempdir().unwrap();
+	let (node, external) = mock_prompts_node(content.path());
+	let engine =
+		EngineService::start(model.clone(), tokenizer.clone(), EngineConfig::default(), Vec::new())
+			.unwrap();
+	let registry = PromptRegistry::new(format!("ws://{node}"), content.path());
+	let state = ApiState::new(engine, MODEL, tokenizer.clone(), Vec::new())
+		.with_prompts(Arc::new(registry));
+	let address = serve_state(state);
+	let template = tokenizer.chat_template().unwrap();
+	let question = json!({"role": "user", "content": "What is the weather like in Paris?"});
+	let named = json!({"id": 0, "version": 1, "variables": {"persona": "a weather assistant"}});
+	let filled = "You are a weather assistant. Answer in one short sentence.";
+
+	// The template's text, filled in, opens the system message: the tokens and the answer of
+	// that conversation rendered as a whole.
+	let conversation = vec![
+		Message::new("system", filled),
+		Message::new("user", question["content"].as_str().unwrap()),
+	];
+	let tokens = tokenizer.encode(&template.render(&conversation, true).unwrap()).unwrap();
+	let mut request = greedy("", 16);
+	request.prompt = tokens.clone().into();
+	let want = generate(&model, &tokenizer, None, &request).unwrap();
+	let body = json!({"messages": [question], "prompt": named, "max_tokens": 16, "temperature": 0});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
+	assert_eq!(answer["usage"]["prompt_tokens"], tokens.len());
+	let content_hash = format!(
+		"0x{}",
+		hex::encode(openledger_primitives::content_hash_of(
+			b"You are {{persona}}. Answer in one short sentence."
+		))
+	);
+	assert_eq!(
+		answer["prompt"],
+		json!({"id": 0, "version": 1, "owner": "5Alice", "content_hash": content_hash,
+			"price_per_use": "10000", "block": format!("0x{}", "11".repeat(32))})
+	);
+	// The request's own system message follows the prompt's text.
+	let own = json!([{"role": "system", "content": "Use Celsius."}, question]);
+	let body = json!({"messages": own, "prompt": named, "max_tokens": 4, "temperature": 0});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let both =
+		vec![Message::new("system", &format!("{filled}\n\nUse Celsius.")), conversation[1].clone()];
+	let tokens = tokenizer.encode(&template.render(&both, true).unwrap()).unwrap();
+	assert_eq!(answer["usage"]["prompt_tokens"], tokens.len());
+
+	// Attributed: the prompt's part beside a document's, as the library scores them.
+	let documents = json!([{"id": "rec-1", "text": "Paris is the capital of France."}]);
+	let sources: Vec<Source> = serde_json::from_value(documents.clone()).unwrap();
+	let show = |m: &[Message]| Ok((m.to_vec(), Vec::new()));
+	let spec = Sources { instructions: Some(filled), documents: &sources, tool_answers: false };
+	let prompt =
+		SourcedPrompt::build(&template, &tokenizer, &conversation[1..], &show, spec).unwrap();
+	let alone = SourcedPrompt::new(&template, &tokenizer, &conversation, &[], &sources).unwrap();
+	assert_eq!(prompt.all(), alone.all(), "the prompt's text cut out where it is written");
+	let (want, _, scores) = leave_one_out(&model, &tokenizer, &prompt, 16);
+	let body = json!({"messages": [question], "prompt": named, "documents": documents, "max_tokens": 16,
+		"temperature": 0, "attribution": {"method": "leave_one_out"}});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
+	let attribution = &answer["choices"][0]["attribution"];
+	assert_eq!(
+		(&attribution["prompt"]["id"], &attribution["prompt"]["version"]),
+		(&json!(0), &json!(1))
+	);
+	assert_eq!(attribution["prompt"]["owner"], "5Alice");
+	let close = |got: &Value, want: f64| (got.as_f64().unwrap() - want).abs() < 1e-3;
+	assert!(close(&attribution["prompt"]["score"], scores[0]), "{attribution} against {scores:?}");
+	assert!(
+		close(&attribution["scores"][0]["score"], scores[1]),
+		"{attribution} against {scores:?}"
+	);
+	// Streamed: the prompt with the first chunk, the attribution with the last.
+	let mut streamed = body.clone();
+	streamed["stream"] = json!(true);
+	let (status, events) = stream(address, "/v1/chat/completions", &streamed);
+	assert_eq!(status, 200, "{events:?}");
+	assert_eq!(events[0]["prompt"], answer["prompt"], "{events:?}");
+	let last = events.iter().find_map(|e| e.pointer("/choices/0/attribution"));
+	assert_eq!(last, Some(attribution), "{events:?}");
+	// Alone, with nothing else to attribute to.
+	let body = json!({"messages": [question], "prompt": named, "max_tokens": 4, "temperature": 0,
+		"attribution": {"method": "leave_one_out"}});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert!(answer["choices"][0]["attribution"]["prompt"]["score"].is_number(), "{answer}");
+
+	// The latest version (off chain, from the content folder) when none is named.
+	let body = json!({"messages": [question], "prompt": {"id": 0, "variables": {"city": "Paris"}},
+		"max_tokens": 2});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["prompt"]["version"], 2);
+	let system = external.replace("{{city}}", "Paris");
+	let latest = vec![Message::new("system", &system), conversation[1].clone()];
+	let tokens = tokenizer.encode(&template.render(&latest, true).unwrap()).unwrap();
+	assert_eq!(answer["usage"]["prompt_tokens"], tokens.len());
+
+	// Refused, each with its status and reason.
+	let refused = |prompt: Value, status: u16, says: &str| {
+		let body = json!({"messages": [question], "prompt": prompt, "max_tokens": 2});
+		let (got, answer) = post(address, "/v1/chat/completions", &body);
+		assert_eq!(got, status, "{answer}");
+		let message = answer["error"]["message"].as_str().unwrap();
+		assert!(message.contains(says), "{message:?} does not say {says:?}");
+	};
+	refused(json!({"id": 9}), 404, "prompt 9 is not registered");
+	refused(
+		json!({"id": 0, "version": 7, "variables": {}}),
+		404,
+		"prompt 0 version 7 is not registered",
+	);
+	refused(
+		json!({"id": 1, "variables": {"persona": "x"}}),
+		400,
+		"prompt 1 version 1 is deprecated",
+	);
+	refused(json!({"id": 0, "version": 1}), 400, "\"persona\", not given");
+	refused(
+		json!({"id": 0, "version": 1, "variables": {"persona": "x", "tone": "y"}}),
+		400,
+		"\"tone\" is not used",
+	);
+	refused(json!({"id": 2}), 503, "not the text hashed on chain");
+	refused(json!({"id": 3}), 503, "not in the content folder");
+	refused(json!("You are a pirate."), 400, "a registered one");
+	refused(json!({"id": 0, "template": "x"}), 400, "unknown field");
+	// A worker that follows no chain has no registered prompts.
+	let plain = start(model.clone(), tokenizer.clone(), Vec::new(), EngineConfig::default());
+	refused_at(
+		plain,
+		"/v1/chat/completions",
+		json!({"messages": [question], "prompt": named}),
+		"does not follow a chain",
+	);
+	// A node that cannot be reached.
+	let engine =
+		EngineService::start(model, tokenizer.clone(), EngineConfig::default(), Vec::new())
+			.unwrap();
+	let registry = PromptRegistry::new("ws://127.0.0.1:9", content.path());
+	let down = serve_state(
+		ApiState::new(engine, MODEL, tokenizer, Vec::new()).with_prompts(Arc::new(registry)),
+	);
+	let (status, answer) =
+		post(down, "/v1/chat/completions", &json!({"messages": [question], "prompt": named}));
+	assert_eq!(status, 503, "{answer}");
+	assert!(
+		answer["error"]["message"].as_str().unwrap().contains("could not be read (connect)"),
+		"{answer}"
 	);
 }
 
@@ -2561,7 +2816,7 @@ fn records_are_retrieved_into_chats_and_attributed() {
 	}));
 	assert_eq!(status, 400, "{answer}");
 	let message = answer["error"]["message"].as_str().unwrap();
-	assert!(message.contains("62 documents given and 3 retrieved"), "{message}");
+	assert!(message.contains("62 sources given (documents, and with attribution the answers of tools) and 3 retrieved"), "{message}");
 	refused_at(address, "/v1/retrieve", json!({"query": " "}), "query: empty");
 	refused_at(address, "/v1/retrieve", json!({}), "missing field `query`");
 	refused_at(address, "/v1/retrieve", json!({"query": "x", "k": 2}), "unknown field");
