@@ -125,7 +125,7 @@ fn check_documents(sources: &[Source]) -> Result<()> {
 fn with_instructions(mut messages: Vec<Message>, text: &str) -> Vec<Message> {
 	match messages.first_mut() {
 		Some(first) if first.role == "system" => {
-			first.content = format!("{text}\n\n{}", first.content);
+			first.content = format!("{text}{}", first.content);
 		}
 		_ => messages.insert(0, Message::new("system", text)),
 	}
@@ -199,8 +199,27 @@ pub struct SourcedPrompt {
 	instructions: bool,
 	/// The tools' answers among the sources (the last ones).
 	tool_answers: Vec<ToolAnswer>,
+	/// Why the instructions are not a source, if they are not.
+	instructions_refused: Option<String>,
 	/// Why the answers of tools asked for are not sources, if they are not.
 	tool_answers_refused: Option<String>,
+}
+
+/// How a prompt's instructions (a registered prompt's text) are written.
+#[derive(Clone, Copy, Debug)]
+enum Instructions<'a> {
+	/// There are none.
+	None,
+	/// Written in with the rest of the system message.
+	Inline(&'a str),
+	/// A source, tokenized on its own (with the blank line that sets it apart from the rest
+	/// of the system message, if `apart`).
+	Source {
+		/// The text.
+		text: &'a str,
+		/// Whether the blank line after it is part of the source.
+		apart: bool,
+	},
 }
 
 impl SourcedPrompt {
@@ -225,10 +244,13 @@ impl SourcedPrompt {
 	}
 
 	/// `messages` as `show` gives them to `template`, ready for the assistant's answer, with
-	/// `sources`. The answers of tools are sources only if the template writes each as given
-	/// and cutting them out of the prompt leaves its tokens as they are (a tokenizer may merge
-	/// an answer's edges with the text around it: then they are not, and
-	/// [`Self::tool_answers_refused`] says why). At least one source, at most [`MAX_SOURCES`].
+	/// `sources`. The prompt is always the conversation as the template writes it, the
+	/// documents placed in the system message: the instructions (a registered prompt's text)
+	/// and the answers of tools are sources only if cutting them out of it leaves its tokens as
+	/// they are (a template may change them, a tokenizer merge their edges with the text
+	/// around them, the instructions may write special tokens); otherwise they are written in
+	/// with the rest and [`Self::instructions_refused`] or [`Self::tool_answers_refused`] says
+	/// why. At least one source, at most [`MAX_SOURCES`].
 	pub fn build(
 		template: &ChatTemplate,
 		tokenizer: &Tokenizer,
@@ -238,38 +260,74 @@ impl SourcedPrompt {
 	) -> Result<Self> {
 		check_documents(sources.documents)?;
 		let nonce = rand::random();
-		let assemble =
-			|answers| Self::assemble(template, tokenizer, messages, show, sources, answers, nonce);
+		let assemble = |instructions, answers| {
+			let parts = (sources.documents, instructions, answers, nonce);
+			Self::assemble(template, tokenizer, messages, show, parts)
+		};
 		let unwritten = || {
 			Error::Request(
-				"documents: the chat template does not write the system message as given".into(),
+				"the chat template does not write the system message as given (documents and \
+				 registered prompts go there)"
+					.into(),
 			)
 		};
-		let mut prompt = assemble(Vec::new())?.ok_or_else(unwritten)?;
+		// What is served: the documents the only sources.
+		let inline = sources.instructions.map(Instructions::Inline).unwrap_or(Instructions::None);
+		let mut prompt = assemble(inline, Vec::new())?.ok_or_else(unwritten)?;
+		let mut instructions = inline;
+		if let Some(text) = sources.instructions {
+			// Cut out with the blank line after it, or without (tokenizers split whitespace
+			// at a text's end differently).
+			let mut refused = Some(
+				"cutting it out of the prompt changes its tokens (it writes special tokens, or \
+				 this model's tokenizer merges its edges with the text around it)"
+					.to_string(),
+			);
+			for apart in [false, true] {
+				let cut = Instructions::Source { text, apart };
+				match assemble(cut, Vec::new())? {
+					Some(with) if with.all() == prompt.all() => {
+						prompt = with;
+						instructions = cut;
+						refused = None;
+						break;
+					}
+					Some(_) => {}
+					None => return Err(unwritten()),
+				}
+			}
+			prompt.instructions_refused = refused;
+		}
 		let answers = if sources.tool_answers { ToolAnswer::of(messages) } else { Vec::new() };
 		if !answers.is_empty() {
-			prompt.tool_answers_refused = Some(match assemble(answers)? {
+			let refused = match assemble(instructions, answers)? {
 				Some(with) if with.all() == prompt.all() => {
+					let refused = prompt.instructions_refused.take();
 					prompt = with;
+					prompt.instructions_refused = refused;
 					None
 				}
 				Some(_) => Some(
-					"cutting them out of the prompt changes its tokens (this model's tokenizer \
-					 merges an answer's edges with the text around it)"
-						.to_string(),
+					"cutting them out of the prompt changes its tokens (the template changes an \
+					 answer, or this model's tokenizer merges an answer's edges with the text \
+					 around it)",
 				),
-				None => Some(
-					"the chat template does not write each tool's answer once, as given".into(),
-				),
-			})
-			.flatten();
+				None => Some("the chat template does not write each tool's answer once, as given"),
+			};
+			prompt.tool_answers_refused = refused.map(String::from);
 		}
 		let count = prompt.sources.len();
 		if count == 0 || count > MAX_SOURCES {
-			let refused = match &prompt.tool_answers_refused {
-				Some(why) => format!(" (the answers of tools cannot be left out: {why})"),
-				None => String::new(),
-			};
+			let refused = [
+				("the registered prompt", &prompt.instructions_refused),
+				("the answers of tools", &prompt.tool_answers_refused),
+			];
+			let refused: String = refused
+				.iter()
+				.filter_map(|(what, why)| {
+					Some(format!("; {what} cannot be left out: {}", why.as_deref()?))
+				})
+				.collect();
 			return Err(Error::Request(format!(
 				"sources: 1 to {MAX_SOURCES} sources, not {count} (documents, a registered \
 				 prompt and, with attribution, the answers of tools together){refused}"
@@ -278,29 +336,51 @@ impl SourcedPrompt {
 		Ok(prompt)
 	}
 
-	/// The prompt with `answers` (of tools, in `messages`) as sources after the others, or
-	/// `None` if the template does not write each source's marker once, in order.
+	/// The prompt with the documents, the `instructions` and `answers` (of tools, in
+	/// `messages`) as sources, or `None` if the template does not write each source's marker
+	/// once, in order.
 	fn assemble(
 		template: &ChatTemplate,
 		tokenizer: &Tokenizer,
 		messages: &[Message],
 		show: Show<'_>,
-		sources: Sources<'_>,
-		answers: Vec<ToolAnswer>,
-		nonce: u64,
+		(documents, instructions, answers, nonce): (
+			&[Source],
+			Instructions<'_>,
+			Vec<ToolAnswer>,
+			u64,
+		),
 	) -> Result<Option<Self>> {
 		let mut markers = Vec::new();
 		let mut marked = messages.to_vec();
-		// The answers first (their messages are the request's), then the instructions.
+		// The answers first (their indices are the request's messages'), then the instructions.
 		for (k, answer) in answers.iter().enumerate() {
 			marked[answer.message].content = marker(&format!("tool{k}"), nonce);
 		}
-		if sources.instructions.is_some() {
-			markers.push(marker("instructions", nonce));
-			marked = with_instructions(marked, &markers[0]);
-		}
+		// The instructions open the system message, apart from what it says already.
+		let apart = match marked.first() {
+			Some(first) if first.role == "system" => "\n\n",
+			_ => "",
+		};
+		let instructions = match instructions {
+			Instructions::None => None,
+			Instructions::Inline(text) => {
+				marked = with_instructions(marked, &format!("{text}{apart}"));
+				None
+			}
+			Instructions::Source { text, apart: true } => {
+				markers.push(marker("instructions", nonce));
+				marked = with_instructions(marked, &markers[0]);
+				Some(format!("{text}{apart}"))
+			}
+			Instructions::Source { text, apart: false } => {
+				markers.push(marker("instructions", nonce));
+				marked = with_instructions(marked, &format!("{}{apart}", markers[0]));
+				Some(text.to_string())
+			}
+		};
 		let (mut shown, tools) = show(&marked)?;
-		if !sources.documents.is_empty() {
+		if !documents.is_empty() {
 			markers.push(marker("documents", nonce));
 			shown = with_documents(shown, markers.last().map_or("", String::as_str));
 		}
@@ -311,8 +391,9 @@ impl SourcedPrompt {
 		// Each source's text, and whether a piece of the template's text comes before it (the
 		// documents follow one another).
 		let mut texts: Vec<(String, bool)> = Vec::new();
-		texts.extend(sources.instructions.map(|text| (text.to_string(), true)));
-		let blocks = sources.documents.iter().enumerate();
+		let with_instructions = instructions.is_some();
+		texts.extend(instructions.map(|text| (text, true)));
+		let blocks = documents.iter().enumerate();
 		texts.extend(blocks.map(|(i, source)| (source.block(i), i == 0)));
 		let answered = answers.iter().map(|a| (messages[a.message].content.clone(), true));
 		texts.extend(answered);
@@ -348,8 +429,9 @@ impl SourcedPrompt {
 		Ok(Some(Self {
 			fixed,
 			sources: sources_tokens,
-			instructions: sources.instructions.is_some(),
+			instructions: with_instructions,
 			tool_answers: answers,
+			instructions_refused: None,
 			tool_answers_refused: None,
 		}))
 	}
@@ -372,6 +454,12 @@ impl SourcedPrompt {
 	/// Why the answers of tools asked for are not sources, if they are not.
 	pub fn tool_answers_refused(&self) -> Option<&str> {
 		self.tool_answers_refused.as_deref()
+	}
+
+	/// Why the instructions are not a source (they are written in with the rest of the system
+	/// message), if they are not.
+	pub fn instructions_refused(&self) -> Option<&str> {
+		self.instructions_refused.as_deref()
 	}
 
 	/// The number of sources.

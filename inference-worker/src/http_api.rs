@@ -380,6 +380,9 @@ impl From<PromptError> for ApiError {
 			PromptError::NotFound(_) => {
 				(StatusCode::NOT_FOUND, "invalid_request_error", "prompt_not_found")
 			}
+			PromptError::Unservable(_) => {
+				(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", "prompt_unservable")
+			}
 			_ if e.is_request_error() => {
 				(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request")
 			}
@@ -1499,6 +1502,11 @@ async fn attribute(
 			if let Some(why) = grounding.prompt.tool_answers_refused() {
 				attribution["tools_not_attributed"] = json!(why);
 			}
+			if let (Some(_), Some(why)) =
+				(&grounding.registered, grounding.prompt.instructions_refused())
+			{
+				attribution["prompt_not_attributed"] = json!(why);
+			}
 			if let (Some(registered), Some(score)) = (&grounding.registered, instructions) {
 				attribution["prompt"] = json!({
 					"id": registered.id,
@@ -1944,8 +1952,9 @@ async fn chat_completions(
 		let top_k = retrieval.top_k.unwrap_or(DEFAULT_TOP_K);
 		if given + top_k > MAX_SOURCES {
 			return Err(ApiError::bad_request(format!(
-				"retrieval.top_k: {given} sources given (documents, and with attribution the \
-				 answers of tools) and {top_k} retrieved would be more than {MAX_SOURCES}"
+				"retrieval.top_k: {given} sources given (documents, a registered prompt, and \
+				 with attribution the answers of tools) and {top_k} retrieved would be more \
+				 than {MAX_SOURCES}"
 			)));
 		}
 		let query = match retrieval.query.clone() {

@@ -10,7 +10,7 @@
 //! Each chat reads the version again (one or two RPC calls), so a version deprecated on chain
 //! is refused from the next chat on; a dropped connection is made again on the next chat.
 
-use std::{collections::BTreeMap, io::Read, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, io::Read, path::PathBuf, sync::Arc, time::Duration};
 
 use jsonrpsee::{
 	rpc_params,
@@ -21,6 +21,9 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::chain_rpc::{call, CallError};
+
+/// The longest a chat waits for a registered prompt to be read (connecting included).
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The most bytes of a prompt template read from the content folder.
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
@@ -81,6 +84,10 @@ pub enum PromptError {
 	/// The template's text is not in the content folder, or is not the text hashed on chain.
 	#[error("prompt: the template of {0}")]
 	Content(String),
+	/// The template stored on chain cannot be served (it is not UTF-8 text, or not the text
+	/// hashed): no worker can serve it.
+	#[error("prompt: the template of {0}")]
+	Unservable(String),
 	/// The variables do not fit the template.
 	#[error("prompt.variables: {0}")]
 	Variables(String),
@@ -143,7 +150,7 @@ pub struct PromptRegistry {
 	/// The folder holding external templates, each named by its content hash in hex.
 	content_dir: PathBuf,
 	/// The connection, made on first use and again once dropped.
-	client: Mutex<Option<WsClient>>,
+	client: Mutex<Option<Arc<WsClient>>>,
 }
 
 impl PromptRegistry {
@@ -160,19 +167,22 @@ impl PromptRegistry {
 		id: PromptId,
 		version: Option<PromptVersion>,
 	) -> Result<RegisteredPrompt, PromptError> {
-		let mut guard = self.client.lock().await;
-		let client = match guard.take() {
-			Some(client) if client.is_connected() => client,
-			_ => WsClientBuilder::default()
-				.request_timeout(Duration::from_secs(30))
-				.build(&self.url)
-				.await
-				.map_err(|e| PromptError::Chain {
-					method: "connect".into(),
-					reason: e.to_string(),
-				})?,
-		};
-		let client = &*guard.insert(client);
+		tokio::time::timeout(LOOKUP_TIMEOUT, self.look_up(id, version)).await.map_err(|_| {
+			PromptError::Chain {
+				method: "prompts_getVersion".into(),
+				reason: format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs()),
+			}
+		})?
+	}
+
+	/// [`Self::version`], however long the node takes.
+	async fn look_up(
+		&self,
+		id: PromptId,
+		version: Option<PromptVersion>,
+	) -> Result<RegisteredPrompt, PromptError> {
+		let client = self.client().await?;
+		let client = &*client;
 		let block: String = call(client, "chain_getFinalizedHead", rpc_params![]).await?;
 		let prompt: Option<PromptInfo> =
 			call(client, "prompts_getPrompt", rpc_params![id, &block]).await?;
@@ -189,6 +199,7 @@ impl PromptRegistry {
 			method: "prompts_getVersion".into(),
 			reason: format!("contentHash {:?} is not 32 bytes of hex", info.content_hash),
 		})?;
+		let inline = matches!(info.template, Template::Inline(_));
 		let text = match info.template {
 			Template::Inline(text) => text,
 			Template::External { hash, .. } => {
@@ -202,9 +213,15 @@ impl PromptRegistry {
 			}
 		};
 		if content_hash_of(text.as_bytes()) != content_hash {
-			return Err(PromptError::Content(format!(
-				"{name} is not the text hashed on chain (its BLAKE2b-256 differs)"
-			)));
+			let why = format!("{name} is not the text hashed on chain (its BLAKE2b-256 differs)");
+			return Err(match inline {
+				// The node gives stored bytes that are not UTF-8 as text with U+FFFD.
+				true => PromptError::Unservable(format!(
+					"{why}: the bytes stored are not UTF-8 text, or the node does not give what \
+					 the chain holds"
+				)),
+				false => PromptError::Content(why),
+			});
 		}
 		Ok(RegisteredPrompt {
 			id,
@@ -215,6 +232,22 @@ impl PromptRegistry {
 			price_per_use: info.price_per_use,
 			block,
 		})
+	}
+
+	/// The connection to the node (shared by the chats being served: it carries their calls
+	/// at once), made again if it was dropped.
+	async fn client(&self) -> Result<Arc<WsClient>, PromptError> {
+		let mut client = self.client.lock().await;
+		if let Some(connected) = client.as_ref().filter(|c| c.is_connected()) {
+			return Ok(connected.clone());
+		}
+		let connected = WsClientBuilder::default()
+			.connection_timeout(LOOKUP_TIMEOUT)
+			.request_timeout(LOOKUP_TIMEOUT)
+			.build(&self.url)
+			.await
+			.map_err(|e| PromptError::Chain { method: "connect".into(), reason: e.to_string() })?;
+		Ok(client.insert(Arc::new(connected)).clone())
 	}
 
 	/// An external template's text from the content folder.
@@ -260,8 +293,9 @@ pub fn fill(template: &str, variables: &BTreeMap<String, String>) -> Result<Stri
 		let is_name = !name.is_empty()
 			&& name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
 		if !is_name {
-			out.push_str(&rest[..start + 2]);
-			rest = after;
+			// One brace is text: `{{{x}}}` is a brace, then `{{x}}`.
+			out.push_str(&rest[..start + 1]);
+			rest = &rest[start + 1..];
 			continue;
 		}
 		let (i, value) = variables
@@ -301,6 +335,8 @@ mod tests {
 		assert_eq!(filled, "Hi {{name}}");
 		// Braces around what is not a name, or not closed, are text.
 		assert_eq!(fill("{{ a b }} {{", &vars(&[])).unwrap(), "{{ a b }} {{");
+		assert_eq!(fill("{{{x}}}, {{{{x}}}}", &vars(&[("x", "1")])).unwrap(), "{1}, {{1}}");
+		assert_eq!(fill("héllo {{ x }} ✓", &vars(&[("x", "wörld")])).unwrap(), "héllo wörld ✓");
 		let missing = fill(template, &vars(&[("customer", "Jane")])).unwrap_err().to_string();
 		assert!(missing.contains("\"topic\", not given"), "{missing}");
 		let unused = fill("Hi", &vars(&[("name", "Jane")])).unwrap_err().to_string();

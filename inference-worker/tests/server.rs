@@ -2244,10 +2244,8 @@ fn mock_prompts_node(content_dir: &Path) -> (SocketAddr, String) {
 	}
 	let inline = "You are {{persona}}. Answer in one short sentence.";
 	let external = "You are a terse assistant for {{city}}.".to_string();
-	let (_, path) =
-		openledger_inference_worker::datanet_sync::store_content(content_dir, external.as_bytes())
-			.unwrap();
-	assert!(path.exists());
+	openledger_inference_worker::datanet_sync::store_content(content_dir, external.as_bytes())
+		.unwrap();
 	let version = |template: Value, hash: [u8; 32], deprecated: bool| {
 		json!({"template": template, "contentHash": hex(&hash), "pricePerUse": "10000",
 			"deprecated": deprecated, "deposit": "1000"})
@@ -2404,6 +2402,27 @@ fn chats_may_name_a_registered_prompt_and_it_is_attributed_its_part() {
 		close(&attribution["scores"][0]["score"], scores[1]),
 		"{attribution} against {scores:?}"
 	);
+	// With the answers of tools too: the prompt's text, the document, then each answer, in
+	// the order the prompt writes them; the prompt is the conversation rendered whole.
+	let mut called: Vec<Message> = serde_json::from_value(called_tools()).unwrap();
+	let combined = json!({"messages": called_tools(), "prompt": named, "documents": documents,
+		"max_tokens": 16, "temperature": 0, "attribution": {"method": "leave_one_out"}});
+	let (status, together) = post(address, "/v1/chat/completions", &combined);
+	assert_eq!(status, 200, "{together}");
+	let spec = Sources { instructions: Some(filled), documents: &sources, tool_answers: true };
+	let everything = SourcedPrompt::build(&template, &tokenizer, &called, &show, spec).unwrap();
+	called.insert(0, Message::new("system", filled));
+	let whole = SourcedPrompt::new(&template, &tokenizer, &called, &[], &sources).unwrap();
+	assert_eq!(everything.all(), whole.all());
+	assert_eq!(together["usage"]["prompt_tokens"], whole.all().len());
+	let (_, _, all_scores) = leave_one_out(&model, &tokenizer, &everything, 16);
+	let attributed = &together["choices"][0]["attribution"];
+	assert!(close(&attributed["prompt"]["score"], all_scores[0]), "{attributed} {all_scores:?}");
+	assert!(close(&attributed["scores"][0]["score"], all_scores[1]), "{attributed}");
+	for (k, tool) in attributed["tools"].as_array().unwrap().iter().enumerate() {
+		assert!(close(&tool["score"], all_scores[2 + k]), "{attributed} {all_scores:?}");
+	}
+	assert_eq!(attributed["tools"].as_array().unwrap().len(), 2, "{attributed}");
 	// Streamed: the prompt with the first chunk, the attribution with the last.
 	let mut streamed = body.clone();
 	streamed["stream"] = json!(true);
@@ -2455,7 +2474,7 @@ fn chats_may_name_a_registered_prompt_and_it_is_attributed_its_part() {
 		400,
 		"\"tone\" is not used",
 	);
-	refused(json!({"id": 2}), 503, "not the text hashed on chain");
+	refused(json!({"id": 2}), 422, "not the text hashed on chain");
 	refused(json!({"id": 3}), 503, "not in the content folder");
 	refused(json!("You are a pirate."), 400, "a registered one");
 	refused(json!({"id": 0, "template": "x"}), 400, "unknown field");
@@ -2816,7 +2835,7 @@ fn records_are_retrieved_into_chats_and_attributed() {
 	}));
 	assert_eq!(status, 400, "{answer}");
 	let message = answer["error"]["message"].as_str().unwrap();
-	assert!(message.contains("62 sources given (documents, and with attribution the answers of tools) and 3 retrieved"), "{message}");
+	assert!(message.contains("62 sources given (documents, a registered prompt, and with attribution the answers of tools) and 3 retrieved"), "{message}");
 	refused_at(address, "/v1/retrieve", json!({"query": " "}), "query: empty");
 	refused_at(address, "/v1/retrieve", json!({}), "missing field `query`");
 	refused_at(address, "/v1/retrieve", json!({"query": "x", "k": 2}), "unknown field");

@@ -58,6 +58,7 @@ where
 	C::Api: BlockBuilder<Block>,
 	C::Api: crate::registry_rpc::datanets::RuntimeDataNetsApi,
 	C::Api: crate::registry_rpc::adapters::RuntimeAdaptersApi,
+	C::Api: crate::registry_rpc::prompts::RuntimePromptsApi,
 	C::Api: crate::registry_rpc::tools::RuntimeToolsApi,
 	P: TransactionPool + 'static,
 	B: sc_client_api::Backend<Block> + Send + Sync + 'static,
@@ -78,6 +79,7 @@ where
 
 	module.merge(crate::registry_rpc::datanets::module(client.clone())?)?;
 	module.merge(crate::registry_rpc::adapters::module(client.clone())?)?;
+	module.merge(crate::registry_rpc::prompts::module(client.clone())?)?;
 	module.merge(crate::registry_rpc::tools::module(client.clone())?)?;
 	module.merge(System::new(client.clone(), pool).into_rpc())?;
 	module.merge(TransactionPayment::new(client).into_rpc())?;

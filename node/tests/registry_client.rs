@@ -2,7 +2,7 @@
 //! `scripts/registry-client/register-assets.mjs`) registers a DataNet with records, curation and
 //! rewards, a prompt, a base model, an adapter and a tool on a `--dev` node, then reads them back
 //! through storage and the runtime APIs; this test reads them again through the node's
-//! `datanets_*`, `adapters_*` and `tools_*` RPC methods.
+//! `datanets_*`, `adapters_*`, `prompts_*` and `tools_*` RPC methods.
 //!
 //! Needs Node.js and the client's npm packages (`npm ci` in `scripts/registry-client`, which
 //! `scripts/test.sh` runs).
@@ -103,9 +103,32 @@ async fn run(node: &mut Node) -> Result<()> {
 	ensure!(tool["endpoint"] == "https://tools.example/mcp", "tool endpoint: {tool}");
 	ensure!(tool["pricePerCall"] == (OPEN / 200).to_string(), "tool price: {tool}");
 	ensure!(tool["paused"] == false, "tool running: {tool}");
-	for (method, id) in
-		[("adapters_getAdapter", 99), ("adapters_getBaseModel", 99), ("tools_getTool", 99)]
-	{
+	// The prompts registry: version 1 on chain, version 2 off chain.
+	let id: u64 = summary["prompt"].as_str().context("prompt id")?.parse()?;
+	let prompt = rpc.call("prompts_getPrompt", vec![json!(id)]).await?;
+	ensure!(prompt["name"] == "medical-assistant" && prompt["latest"] == 2, "prompt: {prompt}");
+	let v1 = rpc.call("prompts_getVersion", vec![json!(id), json!(1)]).await?;
+	let text = v1["template"]["inline"].as_str().context("an inline template")?;
+	ensure!(
+		v1["contentHash"]
+			== format!(
+				"0x{}",
+				hex::encode(openledger_primitives::content_hash_of(text.as_bytes()))
+			),
+		"version 1's hash is its text's: {v1}"
+	);
+	ensure!(v1["pricePerUse"] == (OPEN / 100).to_string() && v1["deprecated"] == false, "{v1}");
+	let v2 = rpc.call("prompts_getVersion", vec![json!(id), json!(2)]).await?;
+	ensure!(v2["template"]["external"]["uri"] == "ipfs://bafy-prompt-v2", "version 2: {v2}");
+	ensure!(v2["template"]["external"]["hash"] == v2["contentHash"], "version 2: {v2}");
+	let missing = rpc.call("prompts_getVersion", vec![json!(id), json!(3)]).await?;
+	ensure!(missing.is_null(), "no version 3: {missing}");
+	for (method, id) in [
+		("adapters_getAdapter", 99),
+		("adapters_getBaseModel", 99),
+		("tools_getTool", 99),
+		("prompts_getPrompt", 99),
+	] {
 		let missing = rpc.call(method, vec![json!(id)]).await?;
 		ensure!(missing.is_null(), "{method} of an unknown id is null: {missing}");
 	}

@@ -3,7 +3,9 @@
 //! (subxt); the worker reads the accepted records at finalized blocks, checks them against the
 //! DataNet's commitment and their contents against their hashes, and retrieves them by their
 //! on-chain ids; a record contributed later is served too; a chat retrieves them and its answer
-//! is attributed to them by those ids; the sync's metrics are in `/metrics`.
+//! is attributed to them by those ids; a chat names a prompt Alice registered (its latest
+//! version off chain, in the content folder), which the answer names and attributes; the
+//! sync's metrics are in `/metrics`.
 //!
 //! The worker binary is the one cargo builds beside the node (`cargo test --workspace`, as
 //! `scripts/test.sh` runs it); the real models come from `scripts/fetch-models.sh`.
@@ -199,6 +201,25 @@ async fn run(node: &mut Node, dir: &Path, models: &Path) -> Result<()> {
 	for record in &RECORDS[..2] {
 		contribute(&api, &content_dir, record).await?;
 	}
+	// A prompt: version 1 on chain, version 2 off chain (its text in the content folder).
+	let register = dynamic::transaction(
+		"Prompts",
+		"register_prompt",
+		(
+			b"landmarks".to_vec(),
+			Value::unnamed_variant("Inline", [Value::from_bytes(PROMPT_V1)]),
+			1_000u128,
+		),
+	);
+	submit(&api, &dev::alice(), register).await?;
+	let v2_hash = openledger_primitives::content_hash_of(PROMPT_V2.as_bytes());
+	std::fs::write(content_dir.join(hex::encode(v2_hash)), PROMPT_V2)?;
+	let external = Value::named_variant(
+		"External",
+		[("uri", Value::from_bytes("ipfs://landmarks-v2")), ("hash", Value::from_bytes(v2_hash))],
+	);
+	let publish = dynamic::transaction("Prompts", "publish_version", (0u64, external, 2_000u128));
+	submit(&api, &dev::alice(), publish).await?;
 
 	let log = dir.join("worker.log");
 	let mut worker = Worker {
@@ -274,6 +295,58 @@ async fn run(node: &mut Node, dir: &Path, models: &Path) -> Result<()> {
 	ensure!(scored == listed, "each retrieved record scored under its id: {answer}");
 	ensure!(scores.iter().all(|s| s["score"].as_f64().is_some_and(f64::is_finite)), "{answer}");
 
+	// A chat that names the registered prompt: its latest version, read from the content
+	// folder, opens the system message; the answer names it and attributes its part.
+	let version = rpc.call("prompts_getVersion", vec![json!(0), json!(2)]).await?;
+	ensure!(
+		version["template"]["external"]["uri"] == "ipfs://landmarks-v2"
+			&& version["contentHash"] == json!(format!("0x{}", hex::encode(v2_hash)))
+			&& version["pricePerUse"] == "2000"
+			&& version["deprecated"] == json!(false),
+		"prompts_getVersion: {version}"
+	);
+	let prompt = rpc.call("prompts_getPrompt", vec![json!(0)]).await?;
+	ensure!(prompt["latest"] == 2 && prompt["name"] == "landmarks", "prompts_getPrompt: {prompt}");
+	for (method, params) in
+		[("prompts_getPrompt", json!([9])), ("prompts_getVersion", json!([0, 9]))]
+	{
+		let missing = rpc.call(method, params.as_array().context("params")?.clone()).await?;
+		ensure!(missing.is_null(), "{method} of an unknown id is null: {missing}");
+	}
+	let chat = json!({
+		"messages": [{"role": "user", "content": "When was the Eiffel Tower finished?"}],
+		"prompt": {"id": 0, "variables": {"city": "Paris"}},
+		"documents": [{"id": "note", "text": RECORDS[0]}],
+		"attribution": {"method": "leave_one_out"},
+		"max_tokens": 8,
+		"temperature": 0,
+	});
+	let (code, answer) = http(&address, "POST", "/v1/chat/completions", Some(&chat))?;
+	ensure!(code == 200, "/v1/chat/completions with a prompt: {code} {answer}");
+	ensure!(
+		answer["prompt"]["id"] == 0
+			&& answer["prompt"]["version"] == 2
+			&& answer["prompt"]["owner"] == prompt["owner"]
+			&& answer["prompt"]["content_hash"] == version["contentHash"]
+			&& answer["prompt"]["price_per_use"] == "2000",
+		"the prompt used: {answer}"
+	);
+	let scored = &answer["choices"][0]["attribution"]["prompt"];
+	ensure!(
+		scored["version"] == 2 && scored["score"].as_f64().is_some_and(f64::is_finite),
+		"{answer}"
+	);
+	let chat = json!({
+		"messages": [{"role": "user", "content": "Hi"}],
+		"prompt": {"id": 0, "version": 1, "variables": {"city": "Paris"}},
+		"max_tokens": 2,
+	});
+	let (code, answer) = http(&address, "POST", "/v1/chat/completions", Some(&chat))?;
+	ensure!(
+		code == 200 && answer["prompt"]["version"] == 1,
+		"version 1, on chain: {code} {answer}"
+	);
+
 	// The sync's metrics.
 	let mut stream = TcpStream::connect(&address)?;
 	write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
@@ -287,6 +360,10 @@ async fn run(node: &mut Node, dir: &Path, models: &Path) -> Result<()> {
 	}
 	Ok(())
 }
+
+/// The registered prompt's versions: on chain, and off chain.
+const PROMPT_V1: &str = "You answer questions about the landmarks of {{city}}.";
+const PROMPT_V2: &str = "You answer questions about the landmarks of {{city}} in one sentence.";
 
 /// The ids of DataNet 0's accepted records, in acceptance order.
 async fn accepted_ids(rpc: &Rpc) -> Result<Vec<u64>> {

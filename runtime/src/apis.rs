@@ -321,6 +321,23 @@ impl_runtime_apis! {
 		}
 	}
 
+	impl openledger_primitives::PromptsApi<
+		Block,
+		pallet_prompts::Prompt<Runtime>,
+		pallet_prompts::PromptVersionInfo<Runtime>,
+	> for Runtime {
+		fn prompt(prompt: openledger_primitives::PromptId) -> Option<pallet_prompts::Prompt<Runtime>> {
+			pallet_prompts::Prompts::<Runtime>::get(prompt)
+		}
+
+		fn prompt_version(
+			prompt: openledger_primitives::PromptId,
+			version: openledger_primitives::PromptVersion,
+		) -> Option<pallet_prompts::PromptVersionInfo<Runtime>> {
+			pallet_prompts::Versions::<Runtime>::get(prompt, version)
+		}
+	}
+
 	impl openledger_primitives::ToolsApi<Block, pallet_tools::Tool<Runtime>> for Runtime {
 		fn tool(tool: openledger_primitives::ToolId) -> Option<pallet_tools::Tool<Runtime>> {
 			pallet_tools::Tools::<Runtime>::get(tool)

@@ -114,7 +114,7 @@ async function main() {
   check(eventData(claimed, 'dataNets', 'RewardsClaimed').amount.toBigInt() === OPEN, 'claimed');
 
   // ---- A prompt with two versions ----
-  const text = '<|im_start|>system\nAnswer medical questions from the DataNet.<|im_end|>';
+  const text = 'Answer {{topic}} questions from the medical DataNet, in plain words.';
   const registered = await send(
     api,
     api.tx.prompts.registerPrompt('medical-assistant', { Inline: text }, OPEN / 100n),
@@ -214,6 +214,10 @@ async function main() {
   const v1 = (await api.query.prompts.versions(prompt, 1)).unwrap();
   check(v1.template.isInline && v1.template.asInline.toUtf8() === text, 'prompt v1 text');
   check(v1.contentHash.toHex() === blake2AsHex(text), 'prompt v1 content hash');
+  const viaApi = (await api.call.promptsApi.promptVersion(prompt, 1)).unwrap();
+  check(viaApi.contentHash.toHex() === blake2AsHex(text), 'promptsApi.promptVersion');
+  const promptViaApi = (await api.call.promptsApi.prompt(prompt)).unwrap();
+  check(promptViaApi.latest.toNumber() === 2, 'promptsApi.prompt');
   const v2 = (await api.query.prompts.versions(prompt, 2)).unwrap();
   check(v2.template.isExternal && v2.pricePerUse.toBigInt() === OPEN / 50n, 'prompt v2');
 

@@ -1,10 +1,11 @@
-//! The registries' RPC methods: what clients read from the DataNets, adapters and tools
-//! registries, through the runtime APIs, as JSON. Each method takes an optional block hash as
+//! The registries' RPC methods: what clients read from the DataNets, adapters, prompts and
+//! tools registries, through the runtime APIs, as JSON. Each method takes an optional block hash as
 //! its last parameter (the best block when it is left out). Accounts are SS58 strings, balances
 //! decimal strings in the smallest unit, hashes `0x`-prefixed hex.
 
 pub mod adapters;
 pub mod datanets;
+pub mod prompts;
 pub mod tools;
 
 use jsonrpsee::types::ErrorObjectOwned;

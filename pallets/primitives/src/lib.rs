@@ -145,6 +145,21 @@ sp_api::decl_runtime_apis! {
 		fn base_model(base_model: BaseModelId) -> Option<BaseModel>;
 	}
 
+	/// Reads of the prompts registry: what a worker needs to serve a registered prompt and
+	/// attribute its use.
+	pub trait PromptsApi<Prompt, Version>
+	where
+		Prompt: Codec,
+		Version: Codec,
+	{
+		/// A prompt (its owner, name and latest version), if it is registered.
+		fn prompt(prompt: PromptId) -> Option<Prompt>;
+
+		/// One version of a prompt (its template, content hash, price, whether deprecated), if
+		/// it exists.
+		fn prompt_version(prompt: PromptId, version: PromptVersion) -> Option<Version>;
+	}
+
 	/// Reads of the tools registry: what a worker needs to call a tool and attribute the call.
 	pub trait ToolsApi<Tool>
 	where
