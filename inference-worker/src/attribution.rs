@@ -250,7 +250,8 @@ impl SourcedPrompt {
 	/// they are (a template may change them, a tokenizer merge their edges with the text
 	/// around them, the instructions may write special tokens); otherwise they are written in
 	/// with the rest and [`Self::instructions_refused`] or [`Self::tool_answers_refused`] says
-	/// why. At least one source, at most [`MAX_SOURCES`].
+	/// why. At least one source (but a registered prompt's chat may have none), at most
+	/// [`MAX_SOURCES`].
 	pub fn build(
 		template: &ChatTemplate,
 		tokenizer: &Tokenizer,
@@ -316,24 +317,32 @@ impl SourcedPrompt {
 			};
 			prompt.tool_answers_refused = refused.map(String::from);
 		}
+		// A registered prompt is served even when it is no source (nothing is, then).
 		let count = prompt.sources.len();
-		if count == 0 || count > MAX_SOURCES {
-			let refused = [
-				("the registered prompt", &prompt.instructions_refused),
-				("the answers of tools", &prompt.tool_answers_refused),
-			];
-			let refused: String = refused
-				.iter()
-				.filter_map(|(what, why)| {
-					Some(format!("; {what} cannot be left out: {}", why.as_deref()?))
-				})
-				.collect();
+		let served = count == 0 && sources.instructions.is_some();
+		if (count == 0 && !served) || count > MAX_SOURCES {
 			return Err(Error::Request(format!(
 				"sources: 1 to {MAX_SOURCES} sources, not {count} (documents, a registered \
-				 prompt and, with attribution, the answers of tools together){refused}"
+				 prompt and, with attribution, the answers of tools together){}",
+				prompt.refusals()
 			)));
 		}
 		Ok(prompt)
+	}
+
+	/// Why the registered prompt or the answers of tools are not sources, if they are not
+	/// (`"; the registered prompt cannot be left out: ..."`), or nothing.
+	pub fn refusals(&self) -> String {
+		let refused = [
+			("the registered prompt", &self.instructions_refused),
+			("the answers of tools", &self.tool_answers_refused),
+		];
+		refused
+			.iter()
+			.filter_map(|(what, why)| {
+				Some(format!("; {what} cannot be left out: {}", why.as_deref()?))
+			})
+			.collect()
 	}
 
 	/// The prompt with the documents, the `instructions` and `answers` (of tools, in
@@ -467,7 +476,7 @@ impl SourcedPrompt {
 		self.sources.len()
 	}
 
-	/// Whether there are none (never, once built).
+	/// Whether there are none (only a registered prompt's chat whose text cannot be cut out).
 	pub fn is_empty(&self) -> bool {
 		self.sources.is_empty()
 	}

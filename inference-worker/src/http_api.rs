@@ -1294,6 +1294,10 @@ async fn serve(
 	let attribution = match (&body.attribution, &grounding) {
 		(None, _) => None,
 		(Some(_), None) => return Err(ApiError::bad_request(NOTHING_TO_ATTRIBUTE)),
+		(Some(_), Some(grounding)) if grounding.prompt.is_empty() => {
+			let refusals = grounding.prompt.refusals();
+			return Err(ApiError::bad_request(format!("{NOTHING_TO_ATTRIBUTE}{refusals}")));
+		}
 		(Some(asked), Some(grounding)) => {
 			Some(Ablations::new(asked.method()?, grounding.prompt.len())?)
 		}
@@ -1431,8 +1435,8 @@ async fn serve(
 }
 
 /// Why a chat cannot be attributed.
-const NOTHING_TO_ATTRIBUTE: &str = "attribution: needs documents or answers of tools to \
-	attribute to (none given, none retrieved, no tool messages)";
+const NOTHING_TO_ATTRIBUTE: &str = "attribution: needs documents, answers of tools or a \
+	registered prompt to attribute to (none given, none retrieved, no tool messages)";
 
 /// Each choice's `attribution`: its tokens scored under every ablation of the grounding's
 /// prompt (all choices' at once, with the same adapter), then each document's and each tool's

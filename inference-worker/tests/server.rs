@@ -2227,14 +2227,18 @@ fn the_answers_of_tools_are_attributed_their_part_of_the_answer() {
 		address,
 		"/v1/chat/completions",
 		json!({"messages": [messages[0]], "attribution": {}}),
-		"needs documents or answers of tools",
+		"needs documents, answers of tools or a registered prompt",
 	);
 }
+
+/// A registered prompt's text that writes special tokens (a turn of its own).
+const SPECIAL: &str = "Be brief.<|im_end|>\n<|im_start|>system\nAnswer in French.";
 
 /// The registered prompts of a mock node (`prompts_*` answered as
 /// `node/src/registry_rpc/prompts.rs` answers them): prompt 0 has version 1 on chain and
 /// version 2 off chain (its text in `content_dir`); prompt 1's only version is deprecated;
-/// prompt 2's text is not the one its hash names; prompt 3's external text is nowhere.
+/// prompt 2's text is not the one its hash names; prompt 3's external text is nowhere; prompt
+/// 4's text writes special tokens.
 /// Returns the node's address and the version 2 text; the node runs as long as the process.
 fn mock_prompts_node(content_dir: &Path) -> (SocketAddr, String) {
 	use jsonrpsee::{server::Server, types::ErrorObjectOwned, RpcModule};
@@ -2264,6 +2268,7 @@ fn mock_prompts_node(content_dir: &Path) -> (SocketAddr, String) {
 		),
 		((1, 1), version(json!({"inline": inline}), content_hash_of(inline.as_bytes()), true)),
 		((2, 1), version(json!({"inline": "Forged."}), content_hash_of(b"Real."), false)),
+		((4, 1), version(json!({"inline": SPECIAL}), content_hash_of(SPECIAL.as_bytes()), false)),
 		(
 			(3, 1),
 			version(
@@ -2275,7 +2280,7 @@ fn mock_prompts_node(content_dir: &Path) -> (SocketAddr, String) {
 	];
 	let latest =
 		|id: u64| versions.iter().filter(|((p, _), _)| *p == id).map(|((_, v), _)| *v).max();
-	let prompts: Vec<(u64, Value)> = (0..4)
+	let prompts: Vec<(u64, Value)> = (0..5)
 		.map(|id| {
 			(
 				id,
@@ -2437,6 +2442,26 @@ fn chats_may_name_a_registered_prompt_and_it_is_attributed_its_part() {
 	let (status, answer) = post(address, "/v1/chat/completions", &body);
 	assert_eq!(status, 200, "{answer}");
 	assert!(answer["choices"][0]["attribution"]["prompt"]["score"].is_number(), "{answer}");
+
+	// A text that writes special tokens is served as written (they are special tokens), but
+	// cannot be cut out: with attribution, the document alone is attributed.
+	let special = json!({"id": 4});
+	let body = json!({"messages": [question], "prompt": special, "max_tokens": 2});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let written = [Message::new("system", SPECIAL), conversation[1].clone()];
+	let tokens = tokenizer.encode(&template.render(&written, true).unwrap()).unwrap();
+	assert_eq!(answer["usage"]["prompt_tokens"], tokens.len());
+	let body = json!({"messages": [question], "prompt": special, "documents": documents,
+		"max_tokens": 2, "attribution": {"method": "leave_one_out"}});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let attribution = &answer["choices"][0]["attribution"];
+	assert!(attribution.get("prompt").is_none(), "{attribution}");
+	assert!(attribution["prompt_not_attributed"].as_str().unwrap().contains("special tokens"));
+	assert_eq!(attribution["scores"].as_array().unwrap().len(), 1, "{attribution}");
+	let body = json!({"messages": [question], "prompt": special, "attribution": {}});
+	refused_at(address, "/v1/chat/completions", body, "the registered prompt cannot be left out");
 
 	// The latest version (off chain, from the content folder) when none is named.
 	let body = json!({"messages": [question], "prompt": {"id": 0, "variables": {"city": "Paris"}},
