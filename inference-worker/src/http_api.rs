@@ -1930,21 +1930,7 @@ async fn chat_completions(
 		body.skip_special_tokens = Some(false);
 	}
 	// A prompt registered on chain, its variables filled in: the system message's start.
-	let registered = match body.prompt.take() {
-		None | Some(Value::Null) => None,
-		Some(named) => {
-			let named: PromptRef = serde_json::from_value(named).map_err(|e| {
-				ApiError::bad_request(format!(
-					"prompt: {e} (a chat's prompt is a registered one: {{\"id\", \"version\", \
-					 \"variables\"}})"
-				))
-			})?;
-			let registry = state.prompts.as_ref().ok_or(PromptError::NoChain)?;
-			let version = registry.version(named.id, named.version).await?;
-			let text = fill(&version.text, &named.variables)?;
-			Some((version, text))
-		}
-	};
+	let registered = state.registered_prompt(body.prompt.take()).await?;
 	let mut sources = body.documents.take();
 	let mut retrieved = Vec::new();
 	// With attribution, the answers of tools in the conversation are sources too.
@@ -2007,6 +1993,28 @@ async fn chat_completions(
 }
 
 impl ApiState {
+	/// The registered prompt a chat names (`prompt`: `{"id", "version", "variables"}`) and its
+	/// text with the variables filled in, or `None` if it names none.
+	async fn registered_prompt(
+		&self,
+		named: Option<Value>,
+	) -> Result<Option<(RegisteredPrompt, String)>, ApiError> {
+		let named = match named {
+			None | Some(Value::Null) => return Ok(None),
+			Some(named) => named,
+		};
+		let named: PromptRef = serde_json::from_value(named).map_err(|e| {
+			ApiError::bad_request(format!(
+				"prompt: {e} (a chat's prompt is a registered one: {{\"id\", \"version\", \
+				 \"variables\"}})"
+			))
+		})?;
+		let registry = self.prompts.as_ref().ok_or(PromptError::NoChain)?;
+		let version = registry.version(named.id, named.version).await?;
+		let text = fill(&version.text, &named.variables)?;
+		Ok(Some((version, text)))
+	}
+
 	/// The model's chat template, or why a chat cannot be served.
 	fn chat_template(&self) -> Result<&ChatTemplate, ApiError> {
 		self.chat_template.as_ref().ok_or_else(|| {
@@ -2019,7 +2027,9 @@ impl ApiState {
 #[derive(Debug, Deserialize)]
 struct TokenizeBody {
 	model: Option<String>,
-	prompt: Option<String>,
+	/// A text; or, with `messages`, a registered prompt as a chat names it (`{"id", "version",
+	/// "variables"}`).
+	prompt: Option<Value>,
 	messages: Option<Vec<Message>>,
 	/// With `messages`: end with the assistant's turn opened (true by default).
 	add_generation_prompt: Option<bool>,
@@ -2047,7 +2057,22 @@ async fn tokenize(
 	let shown = |messages: &[Message]| -> Result<_, ApiError> {
 		Ok(tools.messages(state.chat_template()?, messages)?)
 	};
-	let tokens = match (body.prompt, body.messages, body.documents) {
+	let (text, registered) = match (body.prompt, &body.messages) {
+		(Some(Value::String(text)), None) => (Some(text), None),
+		(named, Some(_)) => (None, state.registered_prompt(named).await?),
+		(Some(_), None) => {
+			return Err(ApiError::bad_request(
+				"prompt: a text, or with `messages` a registered prompt",
+			))
+		}
+		(None, None) => (None, None),
+	};
+	// A registered prompt is placed as a chat places it.
+	let documents = match body.documents {
+		None if registered.is_some() => Some(Vec::new()),
+		documents => documents,
+	};
+	let tokens = match (text, body.messages, documents) {
 		(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
 		(None, Some(messages), None) => {
 			let (messages, definitions) = shown(&messages)?;
@@ -2057,20 +2082,17 @@ async fn tokenize(
 				body.add_generation_prompt.unwrap_or(true),
 			)?)?
 		}
-		(None, Some(messages), Some(sources)) if body.add_generation_prompt != Some(false) => {
-			let (messages, definitions) = shown(&messages)?;
-			SourcedPrompt::new(
-				state.chat_template()?,
-				&state.tokenizer,
-				&messages,
-				&definitions,
-				&sources,
-			)?
-			.all()
+		(None, Some(messages), Some(documents)) if body.add_generation_prompt != Some(false) => {
+			let template = state.chat_template()?;
+			let show = |messages: &[Message]| tools.messages(template, messages);
+			let instructions = registered.as_ref().map(|(_, text)| text.as_str());
+			let sources = Sources { instructions, documents: &documents, tool_answers: false };
+			SourcedPrompt::build(template, &state.tokenizer, &messages, &show, sources)?.all()
 		}
 		(None, Some(_), Some(_)) => {
 			return Err(ApiError::bad_request(
-				"documents: a chat with documents ends with the assistant's turn opened",
+				"documents, prompt: a chat with documents or a registered prompt ends with the \
+				 assistant's turn opened",
 			))
 		}
 		_ => {

@@ -2370,6 +2370,12 @@ fn chats_may_name_a_registered_prompt_and_it_is_attributed_its_part() {
 		json!({"id": 0, "version": 1, "owner": "5Alice", "content_hash": content_hash,
 			"price_per_use": "10000", "block": format!("0x{}", "11".repeat(32))})
 	);
+	// /tokenize gives the same tokens.
+	let (status, tokenized) =
+		post(address, "/tokenize", &json!({"messages": [question], "prompt": named}));
+	assert_eq!(status, 200, "{tokenized}");
+	assert_eq!(tokenized["tokens"], json!(tokens));
+	refused_at(address, "/tokenize", json!({"prompt": named}), "a text, or with `messages`");
 	// The request's own system message follows the prompt's text.
 	let own = json!([{"role": "system", "content": "Use Celsius."}, question]);
 	let body = json!({"messages": own, "prompt": named, "max_tokens": 4, "temperature": 0});
