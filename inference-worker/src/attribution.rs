@@ -1,4 +1,5 @@
-//! How much each source document given to a chat contributed to its answer, by ablation: the
+//! How much each source given to a chat (its documents, the prompt registered on chain it
+//! names, the answers of tools in its conversation) contributed to its answer, by ablation: the
 //! answer's tokens are scored (teacher-forced, no new generation) under prompts that leave some
 //! sources out, and each source's contribution is read off how the answer's log-probability
 //! moves.
@@ -259,6 +260,12 @@ impl SourcedPrompt {
 		show: Show<'_>,
 		sources: Sources<'_>,
 	) -> Result<Self> {
+		if sources.documents.len() > MAX_SOURCES {
+			return Err(Error::Request(format!(
+				"documents: 1 to {MAX_SOURCES} sources, not {}",
+				sources.documents.len()
+			)));
+		}
 		check_documents(sources.documents)?;
 		let nonce = rand::random();
 		let assemble = |instructions, answers| {
@@ -284,7 +291,12 @@ impl SourcedPrompt {
 				 this model's tokenizer merges its edges with the text around it)"
 					.to_string(),
 			);
-			for apart in [false, true] {
+			let room = sources.documents.len() < MAX_SOURCES;
+			if !room {
+				refused =
+					Some(format!("with the documents it would be more than {MAX_SOURCES} sources"));
+			}
+			for apart in [false, true].into_iter().filter(|_| room) {
 				let cut = Instructions::Source { text, apart };
 				match assemble(cut, Vec::new())? {
 					Some(with) if with.all() == prompt.all() => {
@@ -300,7 +312,10 @@ impl SourcedPrompt {
 			prompt.instructions_refused = refused;
 		}
 		let answers = if sources.tool_answers { ToolAnswer::of(messages) } else { Vec::new() };
-		if !answers.is_empty() {
+		if !answers.is_empty() && prompt.sources.len() + answers.len() > MAX_SOURCES {
+			prompt.tool_answers_refused =
+				Some(format!("with the other sources they would be more than {MAX_SOURCES}"));
+		} else if !answers.is_empty() {
 			let refused = match assemble(instructions, answers)? {
 				Some(with) if with.all() == prompt.all() => {
 					let refused = prompt.instructions_refused.take();

@@ -36,10 +36,14 @@
 //!   tool's keeps the output's, as OpenAI's). Streamed, `"auto"`'s text before its first call
 //!   comes as `content`; each call begins (index, id, type, name) once its name is known and
 //!   its arguments follow as they are generated.
-//!   `documents` (source documents, put in the system message) with `attribution`
-//!   (`leave_one_out`, or `context_cite` with `ablations`, `seed` and `penalty`): each choice's
-//!   `attribution` scores each document's contribution to it ([`crate::attribution`]);
-//!   streamed, with the choice's last chunk, once it is whole.
+//!   `documents` (source documents, put in the system message), `retrieval` (DataNet records
+//!   as more documents) and `prompt` (a prompt registered on chain, `{"id", "version",
+//!   "variables"}`, [`crate::prompt_registry`]: its text opens the system message, and the
+//!   answer names it in `prompt`) with `attribution` (`leave_one_out`, or `context_cite` with
+//!   `ablations`, `seed` and `penalty`): each choice's `attribution` scores the contribution
+//!   of each document, of the registered prompt, of each tool's answer in the conversation and
+//!   of the adapter ([`crate::attribution`]); streamed, with the choice's last chunk, once it
+//!   is whole.
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
@@ -49,8 +53,8 @@
 //!   gets its error status before any event; the events begin once the engine has taken it,
 //!   and a later error (an adapter that cannot be loaded, a failed step) is sent as an
 //!   `{"error": …}` event before `[DONE]`.
-//! - `POST /tokenize` (`prompt`, or `messages`, `tools`, `tool_choice` and
-//!   `add_generation_prompt`, the tools shown as a chat with them shows them) and
+//! - `POST /tokenize` (`prompt`, or `messages`, `tools`, `tool_choice`, `documents`, a
+//!   registered `prompt` and `add_generation_prompt`, placed as a chat places them) and
 //!   `POST /detokenize` (`tokens`), vLLM's: the token ids serving would give (`tokens`, `count`,
 //!   `max_model_len`), and the text of token ids (`prompt`).
 //! - `POST /v1/embeddings`, with a sentence-embedding model served
@@ -85,9 +89,11 @@
 //!
 //! Every error is a JSON object `{"error": {"message", "type", "code"}}` with a status that
 //! says whose fault it is: 400 for a malformed or impossible request (bad JSON, an empty or too
-//! long prompt, a bad sampling value), 404 for an unknown model, 413 for a body over the limit,
-//! 422 for an adapter that cannot be loaded (its files are corrupt or do not fit the base), 503
-//! when the queue is full (try again), 500 otherwise (a failed batch step, a stopped engine). A
+//! long prompt, a bad sampling value), 404 for an unknown model or registered prompt, 413 for a
+//! body over the limit, 422 for an adapter that cannot be loaded (its files are corrupt or do
+//! not fit the base) or a registered prompt no worker can serve, 503 when the queue is full
+//! (try again) or a registered prompt cannot be read now (the node, the content folder), 500
+//! otherwise (a failed batch step, a stopped engine). A
 //! client that disconnects cancels its request (every choice of it, streamed or not): its KV
 //! blocks go back to the others before the next step.
 
@@ -119,8 +125,8 @@ use serde_json::{json, Value};
 
 use crate::{
 	attribution::{
-		answer_logprob, Ablations, Method, Source, SourcedPrompt, Sources, ToolAnswer,
-		DEFAULT_ABLATIONS, DEFAULT_LASSO_PENALTY, MAX_SOURCES,
+		answer_logprob, Ablations, Method, Source, SourcedPrompt, Sources, DEFAULT_ABLATIONS,
+		DEFAULT_LASSO_PENALTY, MAX_SOURCES,
 	},
 	chat::{ChatTemplate, Message},
 	datanet_sync::SyncStatus,
@@ -495,8 +501,8 @@ struct Body {
 	prompt_logprobs: Option<Value>,
 	/// Chat: source documents, put in the system message (see [`crate::attribution`]).
 	documents: Option<Vec<Source>>,
-	/// Chat, with `documents` or tool messages: measure how much each document and each
-	/// tool's answer contributed to each choice.
+	/// Chat, with `documents`, a registered `prompt` or tool messages: measure how much each
+	/// document, the registered prompt and each tool's answer contributed to each choice.
 	attribution: Option<AttributionBody>,
 	/// Chat: DataNet records retrieved as more documents.
 	retrieval: Option<RetrievalBody>,
@@ -1439,8 +1445,9 @@ const NOTHING_TO_ATTRIBUTE: &str = "attribution: needs documents, answers of too
 	registered prompt to attribute to (none given, none retrieved, no tool messages)";
 
 /// Each choice's `attribution`: its tokens scored under every ablation of the grounding's
-/// prompt (all choices' at once, with the same adapter), then each document's and each tool's
-/// answer's score; with an adapter, also under the whole prompt without it: the adapter's
+/// prompt (all choices' at once, with the same adapter), then the registered prompt's, each
+/// document's and each tool's answer's score; with an adapter, also under the whole prompt
+/// without it: the adapter's
 /// score is how much more likely the answer is with it.
 async fn attribute(
 	state: &ApiState,
@@ -1936,14 +1943,12 @@ async fn chat_completions(
 	// With attribution, the answers of tools in the conversation are sources too.
 	let tool_answers = body.attribution.is_some() && messages.iter().any(|m| m.role == "tool");
 	if let Some(retrieval) = body.retrieval.take() {
-		let answers = if tool_answers { ToolAnswer::of(&messages).len() } else { 0 };
-		let given =
-			sources.as_ref().map_or(0, Vec::len) + answers + usize::from(registered.is_some());
+		// (The answers of tools and a registered prompt are sources only if there is room.)
+		let given = sources.as_ref().map_or(0, Vec::len);
 		let top_k = retrieval.top_k.unwrap_or(DEFAULT_TOP_K);
 		if given + top_k > MAX_SOURCES {
 			return Err(ApiError::bad_request(format!(
-				"retrieval.top_k: {given} sources given (documents, a registered prompt, and \
-				 with attribution the answers of tools) and {top_k} retrieved would be more \
+				"retrieval.top_k: {given} documents given and {top_k} retrieved would be more \
 				 than {MAX_SOURCES}"
 			)));
 		}

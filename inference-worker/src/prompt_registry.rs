@@ -169,7 +169,8 @@ impl PromptRegistry {
 	) -> Result<RegisteredPrompt, PromptError> {
 		tokio::time::timeout(LOOKUP_TIMEOUT, self.look_up(id, version)).await.map_err(|_| {
 			PromptError::Chain {
-				method: "prompts_getVersion".into(),
+				method: "connect, chain_getFinalizedHead, prompts_getPrompt, prompts_getVersion"
+					.into(),
 				reason: format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs()),
 			}
 		})?

@@ -305,15 +305,19 @@ fn answers_of_tools_that_cannot_be_cut_out_as_given_are_not_sources() {
 		let alone = SourcedPrompt::new(&template, &tokenizer, &messages, &[], &documents).unwrap();
 		assert_eq!(prompt.all(), alone.all());
 	}
-	// At most 64 sources, documents and answers together (those that are sources).
+	// At most 64 sources: answers that would make more are not sources; 65 documents are
+	// refused.
 	let template = tokenizer.chat_template().unwrap();
 	let many = vec![Source { text: "x".into(), ..Default::default() }; 63];
+	let prompt = with_answers(&template, &tokenizer, &messages, &show, &many).unwrap();
+	assert_eq!((prompt.len(), prompt.tool_answers().len()), (63, 0));
+	assert!(prompt.tool_answers_refused().unwrap().contains("more than 64"));
+	let fewer = with_answers(&template, &tokenizer, &messages, &show, &many[..62]).unwrap();
+	assert_eq!((fewer.len(), fewer.tool_answers().len()), (64, 2));
+	let too_many = [&many[..], &many[..2]].concat();
 	let error =
-		with_answers(&template, &tokenizer, &messages, &show, &many).unwrap_err().to_string();
+		with_answers(&template, &tokenizer, &messages, &show, &too_many).unwrap_err().to_string();
 	assert!(error.contains("1 to 64 sources, not 65"), "{error}");
-	let tojson = chatml("{{ m.content | tojson }}");
-	let prompt = with_answers(&tojson, &tokenizer, &messages, &show, &many).unwrap();
-	assert_eq!(prompt.len(), 63);
 }
 
 #[test]

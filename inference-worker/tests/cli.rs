@@ -220,4 +220,16 @@ fn serve_refuses_chain_options_that_do_not_go_together() {
 	let not_a_folder = [&chain[..5], &["/no/such/folder"]].concat();
 	assert!(serve(&not_a_folder).contains("is not a folder"));
 	assert!(serve(&["--datanet", "0"]).contains("--chain"));
+	// DataNets are served with an embedding model; a chain alone (registered prompts) is not.
+	let output = worker().args(["serve", "--model", "unused.gguf"]).args(chain).output().unwrap();
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(!output.status.success() && stderr.contains("--embedding-model"), "{stderr}");
+	let output = worker()
+		.args(["serve", "--model", "/no/such/model.gguf", "--chain", "ws://127.0.0.1:9"])
+		.args(["--content-dir", content])
+		.output()
+		.unwrap();
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(!output.status.success(), "{stderr}");
+	assert!(!stderr.contains("required") && stderr.contains("/no/such/model.gguf"), "{stderr}");
 }
