@@ -306,7 +306,13 @@ impl SourcedPrompt {
 						break;
 					}
 					Some(_) => {}
-					None => return Err(unwritten()),
+					// (A template that leaves the system message out, say.)
+					None => {
+						refused = Some(
+							"the chat template does not write the system message as given".into(),
+						);
+						break;
+					}
 				}
 			}
 			prompt.instructions_refused = refused;

@@ -370,6 +370,26 @@ fn a_registered_prompts_text_is_a_source_unless_it_cannot_be_cut_out() {
 	assert!(alone.refusals().contains("the registered prompt cannot be left out: cutting it out"));
 	let written = [Message::new("system", forged), question.clone()];
 	assert_eq!(alone.all(), whole(&written));
+	// A template that leaves the system message out serves the chat as it writes it.
+	let no_system = ChatTemplate::new(
+		"{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}<|im_start|>assistant\n",
+		"",
+		"<|im_end|>",
+	)
+	.unwrap();
+	let sources = Sources { instructions: Some(text), ..Sources::default() };
+	let dropped = SourcedPrompt::build(
+		&no_system,
+		&tokenizer,
+		std::slice::from_ref(&question),
+		&show,
+		sources,
+	)
+	.unwrap();
+	assert!(dropped.is_empty());
+	assert!(dropped.instructions_refused().unwrap().contains("does not write the system message"));
+	let rendered = no_system.render(std::slice::from_ref(&question), true).unwrap();
+	assert_eq!(dropped.all(), tokenizer.encode(&rendered).unwrap());
 	let documents = [Source { text: "It rains in Paris.".into(), ..Default::default() }];
 	let sources =
 		Sources { instructions: Some(forged), documents: &documents, tool_answers: false };
