@@ -177,8 +177,10 @@ pub struct Sources<'a> {
 	pub instructions: Option<&'a str>,
 	/// Documents at the end of the system message.
 	pub documents: &'a [Source],
-	/// Whether the answers of tools in the conversation are sources too (after the documents).
-	pub tool_answers: bool,
+	/// Whether the answer is to be attributed: only then are the instructions and the
+	/// answers of tools in the conversation (after the documents) cut out as sources. Without,
+	/// they are written in with the rest: the tokens are the same either way.
+	pub attributed: bool,
 }
 
 /// How the template is given a conversation: the messages and tools to render (see
@@ -233,11 +235,8 @@ impl SourcedPrompt {
 		tools: &[serde_json::Value],
 		sources: &[Source],
 	) -> Result<Self> {
-		if sources.is_empty() || sources.len() > MAX_SOURCES {
-			return Err(Error::Request(format!(
-				"documents: 1 to {MAX_SOURCES} sources, not {}",
-				sources.len()
-			)));
+		if sources.is_empty() {
+			return Err(Error::Request(format!("documents: 1 to {MAX_SOURCES} sources, not 0")));
 		}
 		let show = |m: &[Message]| Ok((m.to_vec(), tools.to_vec()));
 		let sources = Sources { documents: sources, ..Sources::default() };
@@ -247,8 +246,8 @@ impl SourcedPrompt {
 	/// `messages` as `show` gives them to `template`, ready for the assistant's answer, with
 	/// `sources`. The prompt is always the conversation as the template writes it, the
 	/// documents placed in the system message: the instructions (a registered prompt's text)
-	/// and the answers of tools are sources only if cutting them out of it leaves its tokens as
-	/// they are (a template may change them, a tokenizer merge their edges with the text
+	/// and the answers of tools are sources only if the answer is attributed and cutting them
+	/// out of it leaves its tokens as they are (a template may change them, a tokenizer merge their edges with the text
 	/// around them, the instructions may write special tokens); otherwise they are written in
 	/// with the rest and [`Self::instructions_refused`] or [`Self::tool_answers_refused`] says
 	/// why. At least one source (but a registered prompt's chat may have none), at most
@@ -283,7 +282,7 @@ impl SourcedPrompt {
 		let inline = sources.instructions.map(Instructions::Inline).unwrap_or(Instructions::None);
 		let mut prompt = assemble(inline, Vec::new())?.ok_or_else(unwritten)?;
 		let mut instructions = inline;
-		if let Some(text) = sources.instructions {
+		if let Some(text) = sources.instructions.filter(|_| sources.attributed) {
 			// Cut out with the blank line after it, or without (tokenizers split whitespace
 			// at a text's end differently).
 			let mut refused = Some(
@@ -317,7 +316,7 @@ impl SourcedPrompt {
 			}
 			prompt.instructions_refused = refused;
 		}
-		let answers = if sources.tool_answers { ToolAnswer::of(messages) } else { Vec::new() };
+		let answers = if sources.attributed { ToolAnswer::of(messages) } else { Vec::new() };
 		if !answers.is_empty() && prompt.sources.len() + answers.len() > MAX_SOURCES {
 			prompt.tool_answers_refused =
 				Some(format!("with the other sources they would be more than {MAX_SOURCES}"));

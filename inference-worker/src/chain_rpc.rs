@@ -1,19 +1,28 @@
-//! JSON-RPC calls to the node the worker follows (DataNet records, registered prompts).
+//! JSON-RPC calls to the node the worker follows (DataNet records, registered prompts and
+//! adapters).
+
+use std::{sync::Arc, time::Duration};
 
 use jsonrpsee::{
 	core::{client::ClientT, traits::ToRpcParams},
-	ws_client::WsClient,
+	rpc_params,
+	ws_client::{WsClient, WsClientBuilder},
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::sync::Mutex;
 
-/// Why a call to the node failed.
+/// The longest a request waits for what it names on chain to be read (a registered prompt or
+/// adapter; connecting included).
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why reading the node failed.
 #[derive(Debug, thiserror::Error)]
-pub enum CallError {
+pub enum RpcError {
 	/// The node could not be reached or refused the call.
 	#[error("RPC {method}: {reason}")]
-	Rpc {
-		/// The method called.
+	Call {
+		/// The method called (or `connect`).
 		method: String,
 		/// What went wrong.
 		reason: String,
@@ -28,16 +37,93 @@ pub enum CallError {
 	},
 }
 
+impl RpcError {
+	/// The node's answer to `method` is malformed: `reason`.
+	pub fn malformed(method: &str, reason: impl Into<String>) -> Self {
+		Self::Malformed { method: method.into(), reason: reason.into() }
+	}
+}
+
+/// A connection to the node at `url` (`ws://...`): each call given up after `timeout`, and
+/// connecting too.
+pub async fn connect(url: &str, timeout: Duration) -> Result<WsClient, RpcError> {
+	WsClientBuilder::default()
+		.connection_timeout(timeout)
+		.request_timeout(timeout)
+		// The requests being served share the connection.
+		.max_concurrent_requests(4096)
+		.build(url)
+		.await
+		.map_err(|e| RpcError::Call { method: "connect".into(), reason: e.to_string() })
+}
+
 /// `method`'s answer to `params`, parsed as a `T`.
 pub async fn call<T: DeserializeOwned>(
 	client: &WsClient,
 	method: &str,
 	params: impl ToRpcParams + Send,
-) -> Result<T, CallError> {
+) -> Result<T, RpcError> {
 	let value: Value = client
 		.request(method, params)
 		.await
-		.map_err(|e| CallError::Rpc { method: method.into(), reason: e.to_string() })?;
-	serde_json::from_value(value)
-		.map_err(|e| CallError::Malformed { method: method.into(), reason: e.to_string() })
+		.map_err(|e| RpcError::Call { method: method.into(), reason: e.to_string() })?;
+	serde_json::from_value(value).map_err(|e| RpcError::malformed(method, e.to_string()))
+}
+
+/// A 32-byte hash written `0x` and 64 hex digits, as the node's RPC writes them.
+pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
+	let bytes = hex::decode(text.strip_prefix("0x")?).ok()?;
+	bytes.try_into().ok()
+}
+
+/// The node the registries are read from (registered prompts and adapters), over one
+/// connection that the requests being served share: made on first use, again once dropped.
+pub struct Node {
+	/// The node's WebSocket JSON-RPC endpoint.
+	url: String,
+	/// How long connecting, and each call, may take.
+	timeout: Duration,
+	/// The connection.
+	client: Mutex<Option<Arc<WsClient>>>,
+}
+
+impl Node {
+	/// The node at `url` (`ws://...`), connecting and each call given up after `timeout`.
+	pub fn new(url: impl Into<String>, timeout: Duration) -> Self {
+		Self { url: url.into(), timeout, client: Mutex::new(None) }
+	}
+
+	/// How long connecting, and each call, may take.
+	pub fn timeout(&self) -> Duration {
+		self.timeout
+	}
+
+	/// The connection (no lock is held while it is used), made again if it was dropped.
+	pub async fn client(&self) -> Result<Arc<WsClient>, RpcError> {
+		let mut client = self.client.lock().await;
+		if let Some(connected) = client.as_ref().filter(|c| c.is_connected()) {
+			return Ok(connected.clone());
+		}
+		let connected = connect(&self.url, self.timeout).await?;
+		Ok(client.insert(Arc::new(connected)).clone())
+	}
+}
+
+/// The hash of the node's last finalized block (what the registries are read at, so nothing
+/// read is rolled back).
+pub async fn finalized_head(client: &WsClient) -> Result<String, RpcError> {
+	call(client, "chain_getFinalizedHead", rpc_params![]).await
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	#[test]
+	fn hashes_are_parsed() {
+		let hash = [7u8; 32];
+		assert_eq!(parse_hash(&format!("0x{}", hex::encode(hash))), Some(hash));
+		assert_eq!(parse_hash(&hex::encode(hash)), None);
+		assert_eq!(parse_hash("0x1234"), None);
+	}
 }

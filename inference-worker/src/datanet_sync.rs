@@ -35,10 +35,7 @@ use std::{
 	time::Duration,
 };
 
-use jsonrpsee::{
-	rpc_params,
-	ws_client::{WsClient, WsClientBuilder},
-};
+use jsonrpsee::{rpc_params, ws_client::WsClient};
 use openledger_primitives::{
 	content_hash_of, next_commitment, ContentHash, DataNetId, RecordId, EMPTY_COMMITMENT, MAX_PAGE,
 };
@@ -46,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-	chain_rpc::{call, CallError},
+	chain_rpc::{call, connect, RpcError},
 	embedding_service::EmbeddingService,
 	retrieval::{add_records, Record, VectorIndex, MAX_RECORD_BYTES},
 };
@@ -74,22 +71,10 @@ pub struct SyncConfig {
 /// Why a round failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-	/// The node could not be reached or refused a call.
-	#[error("RPC {method}: {reason}")]
-	Rpc {
-		/// The method called (or `connect`).
-		method: String,
-		/// What went wrong.
-		reason: String,
-	},
-	/// The node answered something that is not what its method returns.
-	#[error("the node's answer to {method} is malformed: {reason}")]
-	Malformed {
-		/// The method called.
-		method: String,
-		/// What is wrong with the answer.
-		reason: String,
-	},
+	/// The node could not be reached, refused a call or answered something malformed (a
+	/// record out of place, a hash that is not one, a commitment that is not the records').
+	#[error(transparent)]
+	Rpc(#[from] RpcError),
 	/// The DataNet is not on chain (not created yet, or a wrong id).
 	#[error("DataNet {datanet} does not exist at finalized block {block}")]
 	UnknownDataNet {
@@ -125,15 +110,6 @@ pub enum SyncError {
 		/// Its position among the DataNet's accepted records.
 		index: u64,
 	},
-}
-
-impl From<CallError> for SyncError {
-	fn from(e: CallError) -> Self {
-		match e {
-			CallError::Rpc { method, reason } => Self::Rpc { method, reason },
-			CallError::Malformed { method, reason } => Self::Malformed { method, reason },
-		}
-	}
 }
 
 /// A record whose content is not indexed, and why.
@@ -435,11 +411,7 @@ impl DataNetSync {
 	/// Connects to the node; if it follows another chain than the one indexed, forgets what
 	/// was indexed.
 	async fn connect(&mut self) -> Result<WsClient, SyncError> {
-		let client = WsClientBuilder::default()
-			.request_timeout(Duration::from_secs(60))
-			.build(&self.config.url)
-			.await
-			.map_err(|e| SyncError::Rpc { method: "connect".into(), reason: e.to_string() })?;
+		let client = connect(&self.config.url, Duration::from_secs(60)).await?;
 		let genesis: String = call(&client, "chain_getBlockHash", rpc_params![0]).await?;
 		if self.genesis.as_ref().is_some_and(|known| *known != genesis) {
 			tracing::warn!(%genesis, "the node follows another chain: indexing its DataNets anew");
@@ -530,14 +502,17 @@ async fn sync_datanet(
 		let records: Vec<RpcRecord> =
 			call(client, method, rpc_params![id, net.verified(), page, head]).await?;
 		if records.is_empty() {
-			refused = Some(SyncError::Malformed {
-				method: method.into(),
-				reason: format!(
-					"no records from position {} of the {} accepted",
-					net.verified(),
-					chain_net.version
-				),
-			});
+			refused = Some(
+				RpcError::malformed(
+					method,
+					format!(
+						"no records from position {} of the {} accepted",
+						net.verified(),
+						chain_net.version
+					),
+				)
+				.into(),
+			);
 			break;
 		}
 		let mut fresh = Vec::with_capacity(records.len());
@@ -559,15 +534,16 @@ async fn sync_datanet(
 		return Err(error);
 	}
 	if net.commitment() != chain_commitment {
-		return Err(SyncError::Malformed {
-			method: "datanets_getDataNet".into(),
-			reason: format!(
+		return Err(RpcError::malformed(
+			"datanets_getDataNet",
+			format!(
 				"DataNet {id}'s commitment {} is not {}, the one over its {} accepted records",
 				chain_net.commitment,
 				hex0x(&net.commitment()),
 				net.verified()
 			),
-		});
+		)
+		.into());
 	}
 	Ok(())
 }
@@ -578,14 +554,15 @@ fn check_record(net: &mut DataNetState, record: RpcRecord) -> Result<Unindexed, 
 	let method = "datanets_acceptedRecords";
 	let position = net.verified();
 	if record.datanet != net.id || record.status != serde_json::json!({ "accepted": position }) {
-		return Err(SyncError::Malformed {
-			method: method.into(),
-			reason: format!(
+		return Err(RpcError::malformed(
+			method,
+			format!(
 				"record {} is in DataNet {} with status {}, not accepted record {position} of \
 				 DataNet {}",
 				record.id, record.datanet, record.status, net.id
 			),
-		});
+		)
+		.into());
 	}
 	let hash = parse_hash(method, &record.content_hash)?;
 	let next = next_commitment(&net.commitment(), position, record.id, &hash);
@@ -780,11 +757,10 @@ fn hex0x(bytes: &[u8]) -> String {
 }
 
 /// A 32-byte hash written `0x` and 64 hex digits.
-fn parse_hash(method: &str, text: &str) -> Result<[u8; 32], SyncError> {
+fn parse_hash(method: &str, text: &str) -> Result<[u8; 32], RpcError> {
 	let mut hash = [0u8; 32];
-	hex::decode_to_slice(text.trim_start_matches("0x"), &mut hash).map_err(|e| {
-		SyncError::Malformed { method: method.into(), reason: format!("hash {text:?}: {e}") }
-	})?;
+	hex::decode_to_slice(text.trim_start_matches("0x"), &mut hash)
+		.map_err(|e| RpcError::malformed(method, format!("hash {text:?}: {e}")))?;
 	Ok(hash)
 }
 
@@ -797,7 +773,7 @@ mod tests {
 		let hash = [0xabu8; 32];
 		assert_eq!(parse_hash("m", &hex0x(&hash)).unwrap(), hash);
 		assert_eq!(parse_hash("m", &hex::encode(hash)).unwrap(), hash);
-		assert!(matches!(parse_hash("m", "0x12"), Err(SyncError::Malformed { .. })));
+		assert!(matches!(parse_hash("m", "0x12"), Err(RpcError::Malformed { .. })));
 		assert!(parse_hash("m", &format!("0x{}", "zz".repeat(32))).is_err());
 	}
 

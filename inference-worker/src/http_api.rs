@@ -75,6 +75,13 @@
 //!   their content or skipped and why ([`crate::datanet_sync`]).
 //! - `GET /v1/models`: the base model and the adapters (`parent`: the base; `max_model_len`:
 //!   the most tokens a request may reach), and the embedding model.
+//! - Adapters registered on chain ([`ApiState::with_chain_adapters`],
+//!   [`crate::adapter_registry`]): `"model": "chain:<id>"` names adapter `<id>` of the chain's
+//!   model registry, served once checked (not retired, this base model, its files in the
+//!   content folder hashed as on chain and as declared); the answer (streamed: its first
+//!   chunk, for a completion one of no choices) names it in `adapter` (`id`, `owner`, `name`,
+//!   `content_hash`, `price_per_1k_tokens`, `datanets`, `block`), and an attributed chat's
+//!   `attribution.adapter` has its `id` and `owner`.
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
 //!   model name not served yet that names an adapter folder there is served from then on (as
 //!   LoRAX does). With runtime adapters allowed ([`ApiState::with_runtime_adapters`]; 403
@@ -89,10 +96,12 @@
 //!
 //! Every error is a JSON object `{"error": {"message", "type", "code"}}` with a status that
 //! says whose fault it is: 400 for a malformed or impossible request (bad JSON, an empty or too
-//! long prompt, a bad sampling value), 404 for an unknown model or registered prompt, 413 for a
-//! body over the limit, 422 for an adapter that cannot be loaded (its files are corrupt or do
-//! not fit the base) or a registered prompt no worker can serve, 503 when the queue is full
-//! (try again) or a registered prompt cannot be read now (the node, the content folder), 500
+//! long prompt, a bad sampling value, a retired adapter or one for another base model), 404 for
+//! an unknown model (an adapter on chain included) or registered prompt, 413 for a body over
+//! the limit, 422 for an adapter that cannot be loaded (its files are corrupt or do not fit the
+//! base; on chain: not as declared) or a registered prompt no worker can serve, 503 when the
+//! queue is full (try again) or a registered prompt or adapter cannot be read now (the node,
+//! the content folder), 500
 //! otherwise (a failed batch step, a stopped engine). A
 //! client that disconnects cancels its request (every choice of it, streamed or not): its KV
 //! blocks go back to the others before the next step.
@@ -124,6 +133,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{
+	adapter_registry::{self, AdapterError, AdapterRegistry, RegisteredAdapter},
 	attribution::{
 		answer_logprob, Ablations, Method, Source, SourcedPrompt, Sources, DEFAULT_ABLATIONS,
 		DEFAULT_LASSO_PENALTY, MAX_SOURCES,
@@ -182,6 +192,49 @@ pub struct ApiState {
 	runtime_records: bool,
 	/// The prompts registered on chain that chats may name, if the worker follows a chain.
 	prompts: Option<Arc<PromptRegistry>>,
+	/// The adapters registered on chain that requests may name (`chain:<id>`), if the worker
+	/// follows a chain.
+	chain_adapters: Option<Arc<AdapterRegistry>>,
+	/// Held while an adapter registered on chain is built for the first time.
+	building: tokio::sync::Mutex<()>,
+}
+
+/// The model a request is served with: the name answers report, the adapter's name in the
+/// engine (`None` for the base model), and the adapter's record on chain if it is registered
+/// there.
+#[derive(Clone, Debug)]
+struct Served {
+	name: String,
+	adapter: Option<String>,
+	registered: Option<RegisteredAdapter>,
+}
+
+impl Served {
+	/// What the answer says of the adapter registered on chain it was served with (streamed,
+	/// the first chunk): `adapter`, what a proof of use names.
+	fn fields(&self) -> serde_json::Map<String, Value> {
+		let mut fields = serde_json::Map::new();
+		if let Some(adapter) = &self.registered {
+			let datanets: Vec<Value> = adapter
+				.datanets
+				.iter()
+				.map(|(datanet, weight)| json!({"datanet": datanet, "weight": weight}))
+				.collect();
+			fields.insert(
+				"adapter".into(),
+				json!({
+					"id": adapter.id,
+					"owner": adapter.owner,
+					"name": adapter.name,
+					"content_hash": format!("0x{}", hex::encode(adapter.content_hash)),
+					"price_per_1k_tokens": adapter.price_per_1k_tokens,
+					"datanets": datanets,
+					"block": adapter.block,
+				}),
+			);
+		}
+		fields
+	}
 }
 
 impl ApiState {
@@ -214,6 +267,8 @@ impl ApiState {
 			datanet_sync: None,
 			runtime_records: false,
 			prompts: None,
+			chain_adapters: None,
+			building: tokio::sync::Mutex::new(()),
 		}
 	}
 
@@ -244,6 +299,13 @@ impl ApiState {
 	/// (`"prompt": {"id", "version", "variables"}`).
 	pub fn with_prompts(mut self, registry: Arc<PromptRegistry>) -> Self {
 		self.prompts = Some(registry);
+		self
+	}
+
+	/// Lets requests name the adapters registered on the chain `registry` reads, as their
+	/// model (`"model": "chain:<id>"`).
+	pub fn with_chain_adapters(mut self, registry: Arc<AdapterRegistry>) -> Self {
+		self.chain_adapters = Some(registry);
 		self
 	}
 
@@ -394,6 +456,25 @@ impl From<PromptError> for ApiError {
 			}
 			// The chain or the content folder failed the worker: another may serve it.
 			_ => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "prompt_unavailable"),
+		};
+		Self { status, kind, code, message: e.to_string() }
+	}
+}
+
+impl From<AdapterError> for ApiError {
+	fn from(e: AdapterError) -> Self {
+		let (status, kind, code) = match &e {
+			AdapterError::NotFound(_) | AdapterError::Retired(_) => {
+				(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found")
+			}
+			AdapterError::Unservable { .. } => {
+				(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", "adapter_unservable")
+			}
+			_ if e.is_request_error() => {
+				(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request")
+			}
+			// The chain or the content folder failed the worker: another may serve it.
+			_ => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "adapter_unavailable"),
 		};
 		Self { status, kind, code, message: e.to_string() }
 	}
@@ -774,6 +855,51 @@ impl ApiState {
 		tracing::info!(adapter = %name, "found in the adapters folder");
 		adapters.insert(name.to_string(), dir);
 		true
+	}
+
+	/// The model a request's `model` names: [`Self::resolve`]'s, or an adapter registered on
+	/// chain (`chain:<id>`), checked ([`AdapterRegistry::adapter`]) and served from then on
+	/// (built for the model first, once: one that cannot be is a 422).
+	async fn served(&self, model: Option<&str>) -> Result<Served, ApiError> {
+		let Some(id) = model.and_then(adapter_registry::chain_id) else {
+			let (name, adapter) = self.resolve(model)?;
+			return Ok(Served { name, adapter, registered: None });
+		};
+		let registry = self.chain_adapters.as_ref().ok_or(AdapterError::NoChain)?;
+		let id = id?;
+		let name = format!("{}{id}", adapter_registry::PREFIX);
+		let registered = match registry.adapter(id).await {
+			Ok(registered) => registered,
+			Err(e) => {
+				// No longer to be served (retired, say): no longer listed either.
+				if e.is_gone() {
+					let mut adapters = self.write_adapters();
+					if adapters.remove(&name).is_some() {
+						let _ = self.engine.unregister_adapter(name.as_str());
+						tracing::info!(adapter = %name, reason = %e, "no longer served");
+					}
+				}
+				return Err(e.into());
+			}
+		};
+		if self.read_adapters().get(&name) != Some(&registered.dir) {
+			// One adapter built at a time: requests that name one not built yet wait for it.
+			let _building = self.building.lock().await;
+			if self.read_adapters().get(&name) != Some(&registered.dir) {
+				let (engine, check_name, dir) =
+					(self.engine.clone(), name.clone(), registered.dir.clone());
+				tokio::task::spawn_blocking(move || engine.check_adapter(&check_name, &dir))
+					.await
+					.map_err(|e| Error::Stopped(format!("checking the adapter: {e}")))?
+					.map_err(|e| AdapterError::Unservable { id, reason: e.to_string() })?;
+				// Under the lock, in the order the engine sees.
+				let mut adapters = self.write_adapters();
+				self.engine.register_adapter(name.clone(), registered.dir.clone())?;
+				tracing::info!(adapter = %name, owner = %registered.owner, "registered on chain");
+				adapters.insert(name.clone(), registered.dir.clone());
+			}
+		}
+		Ok(Served { name: name.clone(), adapter: Some(name), registered: Some(registered) })
 	}
 
 	/// The model a request's `model` names: the name answers report, and the adapter (`None`
@@ -1293,9 +1419,10 @@ async fn serve(
 	state: Arc<ApiState>,
 	endpoint: Endpoint,
 	(prompts, calling, grounding): (Vec<Prompt>, Option<Arc<ToolCalling>>, Option<Grounding>),
-	(model, adapter): (String, Option<String>),
+	served: Served,
 	body: Body,
 ) -> Result<Response, ApiError> {
+	let (model, adapter) = (served.name.clone(), served.adapter.clone());
 	refuse_unserved(endpoint, &body)?;
 	let attribution = match (&body.attribution, &grounding) {
 		(None, _) => None,
@@ -1362,14 +1489,12 @@ async fn serve(
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
 		let (id, created, logprobs) = (endpoint.answer_id(), now(), logprobs.is_some());
 		let head = ChunkHead { id, created, model, endpoint, n, include_usage, logprobs, calling };
-		let grounded = grounding.as_ref().map(Grounding::fields).unwrap_or_default();
+		let mut grounded = served.fields();
+		grounded.extend(grounding.as_ref().map(Grounding::fields).unwrap_or_default());
 		let attributing = match (attribution, grounding) {
-			(Some(ablations), Some(grounding)) => Some(Attributing {
-				state: state.clone(),
-				ablations,
-				grounding,
-				adapter: adapter.clone(),
-			}),
+			(Some(ablations), Some(grounding)) => {
+				Some(Attributing { state: state.clone(), ablations, grounding, served })
+			}
 			_ => None,
 		};
 		let streamed = (head, echo, grounded, attributing);
@@ -1381,7 +1506,7 @@ async fn serve(
 	.await?;
 	let attributions = match (&attribution, &grounding) {
 		(Some(ablations), Some(grounding)) => {
-			attribute(&state, ablations, grounding, &generations, &adapter).await?
+			attribute(&state, ablations, grounding, &generations, &served).await?
 		}
 		_ => Vec::new(),
 	};
@@ -1430,8 +1555,9 @@ async fn serve(
 		"choices": choices,
 		"usage": usage_of(generations.iter().enumerate(), n),
 	});
-	if let (Some(grounding), Some(answer)) = (grounding, answer.as_object_mut()) {
-		answer.extend(grounding.fields());
+	if let Some(answer) = answer.as_object_mut() {
+		answer.extend(served.fields());
+		answer.extend(grounding.as_ref().map(Grounding::fields).unwrap_or_default());
 	}
 	// vLLM puts a chat's (one prompt's) at the top.
 	if let (Endpoint::Chat, Some(k), Some(g)) = (endpoint, prompt_logprobs, generations.first()) {
@@ -1447,15 +1573,15 @@ const NOTHING_TO_ATTRIBUTE: &str = "attribution: needs documents, answers of too
 /// Each choice's `attribution`: its tokens scored under every ablation of the grounding's
 /// prompt (all choices' at once, with the same adapter), then the registered prompt's, each
 /// document's and each tool's answer's score; with an adapter, also under the whole prompt
-/// without it: the adapter's
-/// score is how much more likely the answer is with it.
+/// without it: the adapter's score is how much more likely the answer is with it.
 async fn attribute(
 	state: &ApiState,
 	ablations: &Ablations,
 	grounding: &Grounding,
 	generations: &[Generation],
-	adapter: &Option<String>,
+	served: &Served,
 ) -> Result<Vec<Value>, ApiError> {
+	let adapter = &served.adapter;
 	// Each choice's ablations, served with the adapter; with one, the whole prompt again
 	// without it (the adapter's own contribution).
 	let requests = generations.iter().flat_map(|g| {
@@ -1537,6 +1663,10 @@ async fn attribute(
 					"score": logprobs[0] - without,
 					"answer_logprob_without": without,
 				});
+				if let Some(registered) = &served.registered {
+					attribution["adapter"]["id"] = json!(registered.id);
+					attribution["adapter"]["owner"] = json!(registered.owner);
+				}
 			}
 			Ok(attribution)
 		})
@@ -1549,7 +1679,8 @@ struct Attributing {
 	/// The ablations to score each choice under.
 	ablations: Ablations,
 	grounding: Grounding,
-	adapter: Option<String>,
+	/// The model served (the adapter's name, and its record on chain if it is registered there).
+	served: Served,
 }
 
 /// What every chunk of one streamed answer repeats.
@@ -1650,6 +1781,8 @@ async fn stream(
 	let firsts: Vec<String> = match (head.endpoint, echo) {
 		(Endpoint::Chat, _) => vec![String::new()],
 		(Endpoint::Completions, Some(prompts)) => echoes(&tokenizer, &prompts)?,
+		// What the answer says of its adapter comes with a first chunk of no text.
+		(Endpoint::Completions, None) if !grounded.is_empty() => vec![String::new()],
 		(Endpoint::Completions, None) => Vec::new(),
 	};
 	let mut offsets = vec![0; open];
@@ -1662,7 +1795,8 @@ async fn stream(
 			let usage = head.include_usage.then_some(Value::Null);
 			let mut chunk =
 				head.chunk_json(vec![head.endpoint.delta(index, Piece::Start(text))], usage);
-			// The records retrieved and the registered prompt, with the first chunk.
+			// The adapter and prompt registered on chain and the records retrieved, with the
+			// first chunk.
 			if let (true, Some(chunk)) = (start.is_empty(), chunk.as_object_mut()) {
 				chunk.extend(grounded.clone());
 			}
@@ -1670,6 +1804,7 @@ async fn stream(
 			*offset = text.chars().count();
 		}
 	}
+
 	let calls = match &head.calling {
 		Some(calling) => (0..open).map(|_| calling.stream()).collect(),
 		None => Vec::new(),
@@ -1794,11 +1929,10 @@ impl Streamer {
 				match self.attributing.clone() {
 					Some(attributing) => self.scoring.push(
 						async move {
-							let Attributing { state, ablations, grounding, adapter } =
-								&*attributing;
+							let Attributing { state, ablations, grounding, served } = &*attributing;
 							let generations = std::slice::from_ref(&generation);
 							let scored =
-								attribute(state, ablations, grounding, generations, adapter).await;
+								attribute(state, ablations, grounding, generations, served).await;
 							(index, generation, scored)
 						}
 						.boxed(),
@@ -1889,7 +2023,7 @@ async fn completions(
 	body: Result<Json<Body>, JsonRejection>,
 ) -> Result<Response, ApiError> {
 	let Json(mut body) = body?;
-	let model = state.resolve(body.model.as_deref())?;
+	let model = state.served(body.model.as_deref()).await?;
 	let prompts = match body.prompt.take() {
 		None => return Err(ApiError::bad_request("prompt: missing field `prompt`")),
 		Some(prompt) => prompts("prompt", prompt, MAX_PROMPTS)?,
@@ -1913,7 +2047,7 @@ async fn chat_completions(
 	body: Result<Json<Body>, JsonRejection>,
 ) -> Result<Response, ApiError> {
 	let Json(mut body) = body?;
-	let model = state.resolve(body.model.as_deref())?;
+	let model = state.served(body.model.as_deref()).await?;
 	let template = state.chat_template()?;
 	let messages = body
 		.messages
@@ -1927,9 +2061,9 @@ async fn chat_completions(
 	.map_err(ApiError::bad_request)?;
 	// What would be refused later is refused before the query is embedded.
 	refuse_unserved(Endpoint::Chat, &body)?;
-	// The conversation as the template is given it (with "auto" tools it may not show, the
-	// tools in Hermes' instructions).
-	let (shown, definitions) = tools.messages(template, &messages)?;
+	// How the conversation is given to the template (with "auto" tools it may not show, the
+	// tools in Hermes' instructions), decided once.
+	let showing = tools.showing(template, &messages)?;
 	// A model whose <tool_call> is a special token writes its calls with it: it stays in the
 	// text, to be read (as vLLM's parser asks).
 	let auto = tools.calling.as_ref().is_some_and(|c| c.auto());
@@ -1974,9 +2108,10 @@ async fn chat_completions(
 	};
 	let (prompt, grounding) = match sources {
 		Some(sources) => {
-			let show = |messages: &[Message]| tools.messages(template, messages);
+			let show = |messages: &[Message]| Ok(tools.show(showing, messages));
 			let instructions = registered.as_ref().map(|(_, text)| text.as_str());
-			let spec = Sources { instructions, documents: &sources, tool_answers };
+			let attributed = body.attribution.is_some();
+			let spec = Sources { instructions, documents: &sources, attributed };
 			let prompt = SourcedPrompt::build(template, &state.tokenizer, &messages, &show, spec)?;
 			// The records retrieved, as the documents after those given.
 			let given = sources.len().saturating_sub(retrieved.len());
@@ -1992,7 +2127,10 @@ async fn chat_completions(
 			let grounding = Grounding { prompt, sources, retrieved, registered };
 			(Prompt::Tokens(tokens), Some(grounding))
 		}
-		None => (Prompt::Text(template.render_with_tools(&shown, &definitions, true)?), None),
+		None => {
+			let (shown, definitions) = tools.show(showing, &messages);
+			(Prompt::Text(template.render_with_tools(&shown, &definitions, true)?), None)
+		}
 	};
 	serve(state, Endpoint::Chat, (vec![prompt], tools.calling, grounding), model, body).await
 }
@@ -2054,7 +2192,7 @@ async fn tokenize(
 	body: Result<Json<TokenizeBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
 	let Json(body) = body?;
-	state.resolve(body.model.as_deref())?;
+	state.served(body.model.as_deref()).await?;
 	let tools = body.tools.map(Value::Array);
 	let tools = Tools::from_request(tools.as_ref(), body.tool_choice.as_ref(), None)
 		.map_err(ApiError::bad_request)?;
@@ -2091,7 +2229,7 @@ async fn tokenize(
 			let template = state.chat_template()?;
 			let show = |messages: &[Message]| tools.messages(template, messages);
 			let instructions = registered.as_ref().map(|(_, text)| text.as_str());
-			let sources = Sources { instructions, documents: &documents, tool_answers: false };
+			let sources = Sources { instructions, documents: &documents, attributed: false };
 			SourcedPrompt::build(template, &state.tokenizer, &messages, &show, sources)?.all()
 		}
 		(None, Some(_), Some(_)) => {
@@ -2379,7 +2517,7 @@ async fn detokenize(
 	body: Result<Json<DetokenizeBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
 	let Json(body) = body?;
-	state.resolve(body.model.as_deref())?;
+	state.served(body.model.as_deref()).await?;
 	check_token_ids("tokens", &body.tokens, state.tokenizer.vocab_size())?;
 	Ok(Json(json!({ "prompt": state.tokenizer.decode(&body.tokens)? })))
 }
@@ -2415,6 +2553,12 @@ async fn load_adapter(
 	let dir = lora_path.ok_or_else(|| ApiError::bad_request("lora_path: missing"))?;
 	if name.is_empty() || name == state.model_name {
 		return Err(ApiError::bad_request(format!("lora_name: {name:?} cannot name an adapter")));
+	}
+	if name.starts_with(adapter_registry::PREFIX) {
+		return Err(ApiError::bad_request(format!(
+			"lora_name: {name:?}: names that begin {:?} are the adapters registered on chain",
+			adapter_registry::PREFIX
+		)));
 	}
 	if state.read_adapters().contains_key(&name) {
 		return Err(ApiError::bad_request(format!(

@@ -23,12 +23,16 @@
 //!   the requests waiting together; [`retrieval`]: DataNet records searched by similarity.
 //! - [`attribution`]: how much each source document given to a chat contributed to its answer
 //!   (leave-one-out, ContextCite), by scoring the answer under ablated prompts.
+//! - The chain the worker follows ([`chain_rpc`]): [`datanet_sync`], the accepted records of
+//!   DataNets; [`prompt_registry`], registered prompts a chat may name; [`adapter_registry`],
+//!   registered adapters a request may name as its model.
 //! - [`metrics`]: latency histograms for `/metrics`.
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, and [`allocator`]: how malloc keeps large blocks,
 //!   settled once per process.
 
 pub mod adapter_cache;
+pub mod adapter_registry;
 pub mod allocator;
 pub mod attribution;
 pub mod chain_rpc;

@@ -2,7 +2,10 @@
 //! base weights: a projection's output becomes `W x + s · B (A x)` with `s = alpha / r` (or
 //! `alpha / sqrt(r)` with rsLoRA), per module as `rank_pattern` and `alpha_pattern` say.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+	collections::{BTreeSet, HashMap},
+	path::Path,
+};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -183,6 +186,24 @@ impl AdapterFiles {
 	/// Bytes they take.
 	pub fn size_bytes(&self) -> usize {
 		self.config.len() + self.weights.len()
+	}
+
+	/// What the weights say of the adapter `name` before it is built: the ranks of its modules
+	/// (the rows of each `lora_A`) and the projections they adapt (in some layer), each in
+	/// order.
+	pub fn outline(&self, name: &str) -> Result<(Vec<usize>, Vec<Projection>)> {
+		let tensors = safetensors::SafeTensors::deserialize(&self.weights)
+			.map_err(|e| adapter_error(name, format!("bad adapter_model.safetensors: {e}")))?;
+		let (mut ranks, mut adapted) = (BTreeSet::new(), BTreeSet::new());
+		for (key, view) in tensors.tensors() {
+			let (_, projection, is_a) = parse_key(&key)
+				.ok_or_else(|| adapter_error(name, format!("unexpected tensor {key}")))?;
+			adapted.insert(projection);
+			if is_a {
+				ranks.insert(view.shape().first().copied().unwrap_or(0));
+			}
+		}
+		Ok((ranks.into_iter().collect(), adapted.into_iter().collect()))
 	}
 }
 

@@ -18,6 +18,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use openledger_inference_worker::{
+	adapter_registry::{self, AdapterRegistry},
+	chain_rpc::{Node, LOOKUP_TIMEOUT},
 	chat::Message,
 	datanet_sync::{store_content, DataNetSync, SyncConfig},
 	decoder::Decoder,
@@ -43,7 +45,9 @@ use openledger_kernels::{
 	backend::{Backend, Cpu, Cuda},
 	gpu::Gpu,
 };
-use openledger_primitives::{content_hash_of, DataNetId, MAX_PAGE};
+use openledger_primitives::{
+	adapter_content_hash, content_hash_of, DataNetId, ADAPTER_FILES, MAX_PAGE,
+};
 use tracing_subscriber::EnvFilter;
 
 /// The OpenLedger inference worker.
@@ -65,17 +69,23 @@ enum Command {
 	/// `embedding`).
 	Embed(EmbedArgs),
 	/// Print the content hash (BLAKE2b-256, as DataNets name records) and size of files, one
-	/// JSON object a line (`file`, `content_hash`, `size`), to contribute them as records; with
-	/// `--store DIR`, also copy each into DIR under its hash, where `serve --content-dir DIR`
-	/// reads it.
+	/// JSON object a line (`file`, `content_hash`, `size`), to contribute them as records, and
+	/// of adapter folders (`--adapter`), to register them; with `--store DIR`, also copy each
+	/// into DIR under its hash, where `serve --content-dir DIR` reads it.
 	ContentHash(ContentHashArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct ContentHashArgs {
 	/// The files.
-	#[arg(required = true)]
+	#[arg(required_unless_present = "adapter")]
 	files: Vec<PathBuf>,
+	/// A PEFT adapter folder (`adapter_config.json`, `adapter_model.safetensors`) whose
+	/// content hash to print, as the model registry names adapters (`adapter`, `content_hash`,
+	/// `size`); repeat for more. With `--store`, its two files are copied into a folder of the
+	/// content folder named by that hash.
+	#[arg(long)]
+	adapter: Vec<PathBuf>,
 	/// A content folder to copy them into, each named by its hash.
 	#[arg(long)]
 	store: Option<PathBuf>,
@@ -152,7 +162,8 @@ struct ServeArgs {
 	allow_runtime_records: bool,
 	/// Follow the chain of this node's WebSocket JSON-RPC (`ws://127.0.0.1:9944`), read at its
 	/// finalized blocks: chats may name the prompts registered on it (`"prompt": {"id",
-	/// "version", "variables"}`), and the DataNets named by `--datanet` are served.
+	/// "version", "variables"}`), requests the adapters registered on it for this base model
+	/// (`"model": "chain:<id>"`), and the DataNets named by `--datanet` are served.
 	#[arg(long, requires = "content_dir")]
 	chain: Option<String>,
 	/// A DataNet whose accepted records are served, each checked against the DataNet's
@@ -166,7 +177,8 @@ struct ServeArgs {
 	datanet: Vec<DataNetId>,
 	/// The folder holding the contents the chain names by hash (DataNet records, external
 	/// prompt templates), each in a file named by its content hash (64 hex digits, no `0x`),
-	/// however it was fetched from its URI.
+	/// and adapters' files, in a folder named so (`content-hash --adapter DIR --store` puts
+	/// them there), however they were fetched from their URI.
 	#[arg(long, requires = "chain")]
 	content_dir: Option<PathBuf>,
 	/// Seconds between two reads of the chain.
@@ -179,6 +191,10 @@ struct ServeArgs {
 /// `NAME=FOLDER`.
 fn named_folder(value: &str) -> Result<(String, PathBuf), String> {
 	match value.split_once('=') {
+		Some((name, _)) if name.starts_with(adapter_registry::PREFIX) => Err(format!(
+			"{name:?}: names that begin {:?} are the adapters registered on chain",
+			adapter_registry::PREFIX
+		)),
 		Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
 			Ok((name.to_string(), PathBuf::from(dir)))
 		}
@@ -481,6 +497,59 @@ fn run_content_hash(args: ContentHashArgs) -> Result<()> {
 		});
 		println!("{line}");
 	}
+	for dir in &args.adapter {
+		let files: Vec<Vec<u8>> = ADAPTER_FILES
+			.iter()
+			.map(|file| {
+				let path = dir.join(file);
+				std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+			})
+			.collect::<Result<_>>()?;
+		let hash = adapter_content_hash(&files[0], &files[1]);
+		if let Some(store) = &args.store {
+			store_adapter(store, &hash, &files)
+				.with_context(|| format!("storing {} in {}", dir.display(), store.display()))?;
+		}
+		let line = serde_json::json!({
+			"adapter": dir,
+			"content_hash": format!("0x{}", hex::encode(hash)),
+			"size": files.iter().map(Vec::len).sum::<usize>(),
+		});
+		println!("{line}");
+	}
+	Ok(())
+}
+
+/// Puts an adapter's `files` ([`ADAPTER_FILES`]) in `store`, in a folder named by their content
+/// `hash`: written aside, then moved in whole, so a worker reading the folder never sees part
+/// of it (one that holds them already is left as it is).
+fn store_adapter(store: &std::path::Path, hash: &[u8; 32], files: &[Vec<u8>]) -> Result<()> {
+	let name = hex::encode(hash);
+	let folder = store.join(&name);
+	let holds =
+		|file: &str, bytes: &Vec<u8>| std::fs::read(folder.join(file)).ok().as_ref() == Some(bytes);
+	if ADAPTER_FILES.iter().zip(files).all(|(file, bytes)| holds(file, bytes)) {
+		return Ok(());
+	}
+	let (partial, old) =
+		(store.join(format!(".{name}.partial")), store.join(format!(".{name}.old")));
+	for leftover in [&partial, &old] {
+		if leftover.exists() {
+			std::fs::remove_dir_all(leftover)?;
+		}
+	}
+	std::fs::create_dir_all(&partial)?;
+	for (file, bytes) in ADAPTER_FILES.iter().zip(files) {
+		std::fs::write(partial.join(file), bytes)?;
+	}
+	// (A folder there with other files is moved aside first: rename cannot replace it.)
+	if folder.exists() {
+		std::fs::rename(&folder, &old)?;
+	}
+	std::fs::rename(&partial, &folder)?;
+	if old.exists() {
+		std::fs::remove_dir_all(&old)?;
+	}
 	Ok(())
 }
 
@@ -584,8 +653,14 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 		state =
 			state.with_embeddings(name, service).with_records(index, args.allow_runtime_records);
 	}
+	let mut chain_adapters = None;
 	if let (Some(url), Some(content_dir)) = (&args.chain, &args.content_dir) {
-		state = state.with_prompts(Arc::new(PromptRegistry::new(url, content_dir)));
+		let node = Arc::new(Node::new(url, LOOKUP_TIMEOUT));
+		state = state.with_prompts(Arc::new(PromptRegistry::new(node.clone(), content_dir)));
+		let weights = AdapterRegistry::weights_file(&args.model);
+		let adapters = Arc::new(AdapterRegistry::new(node, content_dir, weights));
+		state = state.with_chain_adapters(adapters.clone());
+		chain_adapters = Some(adapters);
 	}
 	let sync = match (&args.chain, &args.content_dir, state.record_index()) {
 		(Some(url), Some(content_dir), Some((service, index))) if !args.datanet.is_empty() => {
@@ -609,6 +684,10 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 		.build()
 		.context("starting the HTTP runtime")?;
 	runtime.block_on(async move {
+		if let Some(adapters) = chain_adapters {
+			// The base model's hashes, ready for the first request naming an adapter on chain.
+			tokio::spawn(async move { adapters.hash_weights().await });
+		}
 		if let Some(sync) = sync {
 			tracing::info!(chain = %args.chain.as_deref().unwrap_or_default(), datanets = ?args.datanet, "following DataNets");
 			tokio::spawn(sync.run());

@@ -10,20 +10,13 @@
 //! Each chat reads the version again (one or two RPC calls), so a version deprecated on chain
 //! is refused from the next chat on; a dropped connection is made again on the next chat.
 
-use std::{collections::BTreeMap, io::Read, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, io::Read, path::PathBuf, sync::Arc};
 
-use jsonrpsee::{
-	rpc_params,
-	ws_client::{WsClient, WsClientBuilder},
-};
+use jsonrpsee::rpc_params;
 use openledger_primitives::{content_hash_of, ContentHash, PromptId, PromptVersion};
 use serde::Deserialize;
-use tokio::sync::Mutex;
 
-use crate::chain_rpc::{call, CallError};
-
-/// The longest a chat waits for a registered prompt to be read (connecting included).
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::chain_rpc::{call, finalized_head, parse_hash, Node, RpcError};
 
 /// The most bytes of a prompt template read from the content folder.
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
@@ -68,13 +61,8 @@ pub enum PromptError {
 	#[error("prompt: this worker does not follow a chain (serve --chain), so it has no registered prompts")]
 	NoChain,
 	/// The node could not be reached, refused a call or answered something malformed.
-	#[error("prompt: the chain could not be read ({method}): {reason}")]
-	Chain {
-		/// The method called (or `connect`).
-		method: String,
-		/// What went wrong.
-		reason: String,
-	},
+	#[error("prompt: the chain could not be read: {0}")]
+	Chain(#[from] RpcError),
 	/// No such prompt or version at the finalized block.
 	#[error("prompt: {0} is not registered (at the chain's last finalized block)")]
 	NotFound(String),
@@ -91,17 +79,6 @@ pub enum PromptError {
 	/// The variables do not fit the template.
 	#[error("prompt.variables: {0}")]
 	Variables(String),
-}
-
-impl From<CallError> for PromptError {
-	fn from(e: CallError) -> Self {
-		match e {
-			CallError::Rpc { method, reason } => Self::Chain { method, reason },
-			CallError::Malformed { method, reason } => {
-				Self::Chain { method, reason: format!("a malformed answer: {reason}") }
-			}
-		}
-	}
 }
 
 impl PromptError {
@@ -145,19 +122,17 @@ enum Template {
 
 /// The registered prompts of the chain a node follows.
 pub struct PromptRegistry {
-	/// The node's WebSocket JSON-RPC endpoint.
-	url: String,
+	/// The node.
+	node: Arc<Node>,
 	/// The folder holding external templates, each named by its content hash in hex.
 	content_dir: PathBuf,
-	/// The connection, made on first use and again once dropped.
-	client: Mutex<Option<Arc<WsClient>>>,
 }
 
 impl PromptRegistry {
-	/// The prompts registered on the chain the node at `url` follows, external templates read
-	/// from `content_dir`.
-	pub fn new(url: impl Into<String>, content_dir: impl Into<PathBuf>) -> Self {
-		Self { url: url.into(), content_dir: content_dir.into(), client: Mutex::new(None) }
+	/// The prompts registered on the chain `node` follows, external templates read from
+	/// `content_dir`.
+	pub fn new(node: Arc<Node>, content_dir: impl Into<PathBuf>) -> Self {
+		Self { node, content_dir: content_dir.into() }
 	}
 
 	/// The version `version` of prompt `id` (its latest when `None`), at the chain's last
@@ -167,12 +142,13 @@ impl PromptRegistry {
 		id: PromptId,
 		version: Option<PromptVersion>,
 	) -> Result<RegisteredPrompt, PromptError> {
-		tokio::time::timeout(LOOKUP_TIMEOUT, self.look_up(id, version)).await.map_err(|_| {
-			PromptError::Chain {
+		let timeout = self.node.timeout();
+		tokio::time::timeout(timeout, self.look_up(id, version)).await.map_err(|_| {
+			PromptError::Chain(RpcError::Call {
 				method: "connect, chain_getFinalizedHead, prompts_getPrompt, prompts_getVersion"
 					.into(),
-				reason: format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs()),
-			}
+				reason: format!("no answer within {} s", timeout.as_secs()),
+			})
 		})?
 	}
 
@@ -182,9 +158,9 @@ impl PromptRegistry {
 		id: PromptId,
 		version: Option<PromptVersion>,
 	) -> Result<RegisteredPrompt, PromptError> {
-		let client = self.client().await?;
+		let client = self.node.client().await?;
 		let client = &*client;
-		let block: String = call(client, "chain_getFinalizedHead", rpc_params![]).await?;
+		let block = finalized_head(client).await?;
 		let prompt: Option<PromptInfo> =
 			call(client, "prompts_getPrompt", rpc_params![id, &block]).await?;
 		let prompt = prompt.ok_or_else(|| PromptError::NotFound(format!("prompt {id}")))?;
@@ -196,19 +172,22 @@ impl PromptRegistry {
 		if info.deprecated {
 			return Err(PromptError::Deprecated(name));
 		}
-		let content_hash = parse_hash(&info.content_hash).ok_or_else(|| PromptError::Chain {
-			method: "prompts_getVersion".into(),
-			reason: format!("contentHash {:?} is not 32 bytes of hex", info.content_hash),
+		let content_hash = parse_hash(&info.content_hash).ok_or_else(|| {
+			RpcError::malformed(
+				"prompts_getVersion",
+				format!("contentHash {:?} is not 32 bytes of hex", info.content_hash),
+			)
 		})?;
 		let inline = matches!(info.template, Template::Inline(_));
 		let text = match info.template {
 			Template::Inline(text) => text,
 			Template::External { hash, .. } => {
 				if parse_hash(&hash) != Some(content_hash) {
-					return Err(PromptError::Chain {
-						method: "prompts_getVersion".into(),
-						reason: format!("the template's hash {hash} is not its contentHash"),
-					});
+					return Err(RpcError::malformed(
+						"prompts_getVersion",
+						format!("the template's hash {hash} is not its contentHash"),
+					)
+					.into());
 				}
 				self.read_content(&name, &content_hash)?
 			}
@@ -235,22 +214,6 @@ impl PromptRegistry {
 		})
 	}
 
-	/// The connection to the node (shared by the chats being served: it carries their calls
-	/// at once), made again if it was dropped.
-	async fn client(&self) -> Result<Arc<WsClient>, PromptError> {
-		let mut client = self.client.lock().await;
-		if let Some(connected) = client.as_ref().filter(|c| c.is_connected()) {
-			return Ok(connected.clone());
-		}
-		let connected = WsClientBuilder::default()
-			.connection_timeout(LOOKUP_TIMEOUT)
-			.request_timeout(LOOKUP_TIMEOUT)
-			.build(&self.url)
-			.await
-			.map_err(|e| PromptError::Chain { method: "connect".into(), reason: e.to_string() })?;
-		Ok(client.insert(Arc::new(connected)).clone())
-	}
-
 	/// An external template's text from the content folder.
 	fn read_content(&self, name: &str, hash: &ContentHash) -> Result<String, PromptError> {
 		let path = self.content_dir.join(hex::encode(hash));
@@ -272,12 +235,6 @@ impl PromptRegistry {
 		String::from_utf8(bytes)
 			.map_err(|_| PromptError::Content(format!("{name} ({}) is not UTF-8", path.display())))
 	}
-}
-
-/// A `0x`-prefixed hex hash.
-fn parse_hash(text: &str) -> Option<ContentHash> {
-	let bytes = hex::decode(text.strip_prefix("0x")?).ok()?;
-	bytes.try_into().ok()
 }
 
 /// `template` with each `{{name}}` (spaces inside the braces allowed) replaced by the value of
@@ -342,13 +299,5 @@ mod tests {
 		assert!(missing.contains("\"topic\", not given"), "{missing}");
 		let unused = fill("Hi", &vars(&[("name", "Jane")])).unwrap_err().to_string();
 		assert!(unused.contains("\"name\" is not used"), "{unused}");
-	}
-
-	#[test]
-	fn hashes_are_parsed() {
-		let hash = [7u8; 32];
-		assert_eq!(parse_hash(&format!("0x{}", hex::encode(hash))), Some(hash));
-		assert_eq!(parse_hash(&hex::encode(hash)), None);
-		assert_eq!(parse_hash("0x1234"), None);
 	}
 }

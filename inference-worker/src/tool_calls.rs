@@ -235,9 +235,16 @@ impl Tools {
 		template: &ChatTemplate,
 		messages: &[Message],
 	) -> Result<(Vec<Message>, Vec<Value>)> {
+		Ok(self.show(self.showing(template, messages)?, messages))
+	}
+
+	/// How [`Self::messages`] shows a conversation like `messages` to `template`: decided once
+	/// for a chat (under `"auto"` it renders the template twice), then applied by
+	/// [`Self::show`] to the conversation and to each of its variants (its sources left out).
+	pub fn showing(&self, template: &ChatTemplate, messages: &[Message]) -> Result<Showing> {
 		let auto = self.calling.as_ref().is_some_and(|c| c.auto.is_some());
 		if !auto {
-			return Ok((messages.to_vec(), self.definitions.clone()));
+			return Ok(Showing::AsGiven);
 		}
 		let shown = template.render_with_tools(messages, &self.definitions, true)?
 			!= template.render(messages, true)?;
@@ -248,11 +255,27 @@ impl Tools {
 				 function, or give \"required\" or \"none\""
 			)));
 		}
-		if shown {
-			return Ok((messages.to_vec(), self.definitions.clone()));
-		}
-		Ok((hermes_messages(messages, &self.definitions), Vec::new()))
+		Ok(if shown { Showing::AsGiven } else { Showing::Hermes })
 	}
+
+	/// The conversation and tools to render, shown as `showing` says.
+	pub fn show(&self, showing: Showing, messages: &[Message]) -> (Vec<Message>, Vec<Value>) {
+		match showing {
+			Showing::AsGiven => (messages.to_vec(), self.definitions.clone()),
+			Showing::Hermes => (hermes_messages(messages, &self.definitions), Vec::new()),
+		}
+	}
+}
+
+/// How a chat's conversation and tools are given to the template ([`Tools::showing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Showing {
+	/// As given: the messages, and the tools for the template to show.
+	AsGiven,
+	/// The tools (`"auto"`, with a template that does not show them) in the system message
+	/// with Hermes' instructions, and the earlier calls and answers as Hermes' text
+	/// ([`hermes_messages`]); no tools given to the template.
+	Hermes,
 }
 
 /// `messages` as Qwen 2.5's template shows a conversation with tools to a model: the tools and

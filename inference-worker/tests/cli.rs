@@ -198,6 +198,38 @@ fn content_hash_prints_blake2b_256_and_stores_under_it() {
 }
 
 #[test]
+fn content_hash_of_an_adapter_names_its_two_files_and_stores_them_in_a_folder() {
+	let dir = tempfile::tempdir().unwrap();
+	let adapter = dir.path().join("my-lora");
+	std::fs::create_dir(&adapter).unwrap();
+	std::fs::write(adapter.join("adapter_config.json"), r#"{"r": 8}"#).unwrap();
+	std::fs::write(adapter.join("adapter_model.safetensors"), [1u8; 40]).unwrap();
+	let store = dir.path().join("content");
+	let stored_with_hash = || {
+		let mut command = worker();
+		command.arg("content-hash").arg("--adapter").arg(&adapter).arg("--store").arg(&store);
+		command.output().unwrap()
+	};
+	let output = stored_with_hash();
+	let stdout = String::from_utf8_lossy(&output.stdout);
+	assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+	let line: Value = serde_json::from_str(stdout.trim()).unwrap();
+	let hash = hex::encode(openledger_primitives::adapter_content_hash(br#"{"r": 8}"#, &[1u8; 40]));
+	assert_eq!(line["content_hash"], json!(format!("0x{hash}")));
+	assert_eq!(line["size"], json!(48));
+	let stored = store.join(&hash);
+	assert_eq!(std::fs::read(stored.join("adapter_model.safetensors")).unwrap(), [1u8; 40]);
+	assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1, "no partial folder left");
+	// Stored again: the same folder, whole.
+	assert!(stored_with_hash().status.success());
+	assert_eq!(std::fs::read_dir(&stored).unwrap().count(), 2);
+	std::fs::remove_file(adapter.join("adapter_model.safetensors")).unwrap();
+	let missing = worker().arg("content-hash").arg("--adapter").arg(&adapter).output().unwrap();
+	assert!(!missing.status.success());
+	assert!(String::from_utf8_lossy(&missing.stderr).contains("adapter_model.safetensors"));
+}
+
+#[test]
 fn serve_refuses_chain_options_that_do_not_go_together() {
 	let dir = tempfile::tempdir().unwrap();
 	let serve = |extra: &[&str]| {
@@ -220,6 +252,7 @@ fn serve_refuses_chain_options_that_do_not_go_together() {
 	let not_a_folder = [&chain[..5], &["/no/such/folder"]].concat();
 	assert!(serve(&not_a_folder).contains("is not a folder"));
 	assert!(serve(&["--datanet", "0"]).contains("--chain"));
+	assert!(serve(&["--adapter", "chain:3=/tmp"]).contains("registered on chain"));
 	// DataNets are served with an embedding model; a chain alone (registered prompts) is not.
 	let output = worker().args(["serve", "--model", "unused.gguf"]).args(chain).output().unwrap();
 	let stderr = String::from_utf8_lossy(&output.stderr);

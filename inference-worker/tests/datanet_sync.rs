@@ -18,6 +18,7 @@ use jsonrpsee::{
 	RpcModule,
 };
 use openledger_inference_worker::{
+	chain_rpc::RpcError,
 	datanet_sync::{store_content, DataNetStatus, DataNetSync, SyncConfig, SyncError},
 	embedding_service::EmbeddingService,
 	embeddings::EmbeddingModel,
@@ -382,7 +383,7 @@ async fn a_record_whose_commitment_does_not_follow_is_refused_with_those_after_i
 		TEXTS[4..].iter().map(|t| c.accept(0, t.as_bytes())).collect()
 	};
 	let error = s.sync.round().await.unwrap_err();
-	assert!(matches!(error, SyncError::Malformed { .. }), "{error}");
+	assert!(matches!(error, SyncError::Rpc(RpcError::Malformed { .. })), "{error}");
 	assert!(error.to_string().contains("not-a-hash"), "{error}");
 	assert_eq!((s.status(0).verified, s.status(0).indexed), (5, 5));
 	assert!(s.index.read().unwrap().get(&more[0].to_string()).is_some());
@@ -409,7 +410,7 @@ async fn a_dropped_connection_loses_nothing_and_another_chain_is_indexed_anew() 
 	// The node goes away: the round fails, the index keeps what it had.
 	stop_node(node).await;
 	let error = s.sync.round().await.unwrap_err();
-	assert!(matches!(error, SyncError::Rpc { .. }), "{error}");
+	assert!(matches!(error, SyncError::Rpc(RpcError::Call { .. })), "{error}");
 	assert_eq!(s.ids(), first.iter().map(u64::to_string).collect::<Vec<_>>());
 	assert_eq!(s.sync.status().to_json()["connected"], json!(false));
 	assert!(s.sync.round().await.is_err());

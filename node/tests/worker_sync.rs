@@ -4,8 +4,10 @@
 //! DataNet's commitment and their contents against their hashes, and retrieves them by their
 //! on-chain ids; a record contributed later is served too; a chat retrieves them and its answer
 //! is attributed to them by those ids; a chat names a prompt Alice registered (its latest
-//! version off chain, in the content folder), which the answer names and attributes; the
-//! sync's metrics are in `/metrics`.
+//! version off chain, in the content folder), which the answer names and attributes; a
+//! request names an adapter Bob registered for the real model (trained on the DataNet, its
+//! files stored with `openledger-worker content-hash --adapter --store`), served and named in
+//! the answer until Bob retires it; the sync's metrics are in `/metrics`.
 //!
 //! The worker binary is the one cargo builds beside the node (`cargo test --workspace`, as
 //! `scripts/test.sh` runs it); the real models come from `scripts/fetch-models.sh`.
@@ -23,6 +25,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{node_binary, Node, Rpc};
+use safetensors::{tensor::TensorView, Dtype};
 use serde_json::{json, Value as Json};
 use subxt::{
 	dynamic::{self, Value},
@@ -220,6 +223,45 @@ async fn run(node: &mut Node, dir: &Path, models: &Path) -> Result<()> {
 	);
 	let publish = dynamic::transaction("Prompts", "publish_version", (0u64, external, 2_000u128));
 	submit(&api, &dev::alice(), publish).await?;
+	// The real model as base model 0 (governance: sudo), and an adapter of it Bob registers,
+	// trained on DataNet 0, its files stored where the worker reads them.
+	let base = Value::unnamed_variant(
+		"Adapters",
+		[Value::named_variant(
+			"register_base_model",
+			[
+				("name", Value::from_bytes("SmolLM2-135M-Instruct")),
+				("architecture", Value::from_bytes("llama")),
+				("weights_hash", Value::from_bytes(hex::decode(SMOLLM2_SHA256)?)),
+				("quantization", Value::from_bytes("Q4_1")),
+				("context_length", Value::u128(8192)),
+				("license", Value::from_bytes("Apache-2.0")),
+			],
+		)],
+	);
+	submit(&api, &dev::alice(), dynamic::transaction("Sudo", "sudo", (base,))).await?;
+	// (A failed call under sudo is a successful extrinsic: read the model back.)
+	let model = rpc.call("adapters_getBaseModel", vec![json!(0)]).await?;
+	ensure!(
+		model["weightsHash"] == json!(format!("0x{SMOLLM2_SHA256}")),
+		"base model 0 registered: {model}"
+	);
+	let adapter_hash = store_adapter(dir, &content_dir)?;
+	let register = dynamic::transaction(
+		"Adapters",
+		"register_adapter",
+		(
+			b"landmarks-lora".to_vec(),
+			0u32,
+			adapter_hash,
+			2u32,
+			vec![Value::unnamed_variant("Q", [])],
+			b"ipfs://landmarks-lora".to_vec(),
+			Value::u128(5_000),
+			vec![(0u32, 1_000_000_000u32)],
+		),
+	);
+	submit(&api, &dev::bob(), register).await?;
 
 	let log = dir.join("worker.log");
 	let mut worker = Worker {
@@ -347,6 +389,46 @@ async fn run(node: &mut Node, dir: &Path, models: &Path) -> Result<()> {
 		"version 1, on chain: {code} {answer}"
 	);
 
+	// A chat served with Bob's adapter, named by its id on chain: the answer names it, with the
+	// DataNet it was trained on, and attributes its part to Bob.
+	let registered = rpc.call("adapters_getAdapter", vec![json!(0)]).await?;
+	ensure!(
+		registered["contentHash"] == json!(format!("0x{}", hex::encode(adapter_hash))),
+		"adapters_getAdapter: {registered}"
+	);
+	let chat = json!({
+		"model": "chain:0",
+		"messages": [{"role": "user", "content": "When was the Eiffel Tower finished?"}],
+		"documents": [{"id": "note", "text": RECORDS[0]}],
+		"attribution": {"method": "leave_one_out"},
+		"max_tokens": 8,
+		"temperature": 0,
+	});
+	let (code, answer) = http(&address, "POST", "/v1/chat/completions", Some(&chat))?;
+	ensure!(code == 200, "/v1/chat/completions with chain:0: {code} {answer}");
+	ensure!(
+		answer["model"] == "chain:0"
+			&& answer["adapter"]["id"] == 0
+			&& answer["adapter"]["owner"] == registered["owner"]
+			&& answer["adapter"]["content_hash"] == registered["contentHash"]
+			&& answer["adapter"]["price_per_1k_tokens"] == "5000"
+			&& answer["adapter"]["datanets"] == json!([{"datanet": 0, "weight": 1_000_000_000}]),
+		"the adapter used: {answer}"
+	);
+	let part = &answer["choices"][0]["attribution"]["adapter"];
+	ensure!(
+		part["owner"] == registered["owner"] && part["score"].as_f64().is_some_and(f64::is_finite),
+		"the adapter's part: {answer}"
+	);
+	// Retired, it is no longer served.
+	let retire = dynamic::transaction("Adapters", "retire_adapter", (0u64,));
+	submit(&api, &dev::bob(), retire).await?;
+	let (code, answer) = http(&address, "POST", "/v1/chat/completions", Some(&chat))?;
+	ensure!(
+		code == 404 && answer["error"]["message"].as_str().is_some_and(|m| m.contains("retired")),
+		"a retired adapter: {code} {answer}"
+	);
+
 	// The sync's metrics.
 	let mut stream = TcpStream::connect(&address)?;
 	write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
@@ -359,6 +441,61 @@ async fn run(node: &mut Node, dir: &Path, models: &Path) -> Result<()> {
 		ensure!(metrics.lines().any(|l| l == line), "{line} not in /metrics:\n{metrics}");
 	}
 	Ok(())
+}
+
+/// The SHA-256 of SmolLM2-135M-Instruct.Q4_1.gguf, as published (what `fetch-models.sh`
+/// checks).
+const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// Writes a LoRA adapter of the real model (PEFT's format: rank 2 on the query projections of
+/// its first two layers, small deterministic weights) under `dir` and stores it in
+/// `content_dir` with `openledger-worker content-hash --adapter --store`; its content hash.
+fn store_adapter(dir: &Path, content_dir: &Path) -> Result<[u8; 32]> {
+	let adapter = dir.join("landmarks-lora");
+	std::fs::create_dir_all(&adapter)?;
+	let (rank, width) = (2usize, 576usize);
+	let values = |n: usize, seed: usize| -> Vec<u8> {
+		(0..n)
+			.flat_map(|i| ((((i * 7919 + seed) % 1000) as f32 - 500.0) * 1e-5).to_le_bytes())
+			.collect()
+	};
+	let mut tensors = Vec::new();
+	for layer in 0..2 {
+		let prefix = format!("base_model.model.model.layers.{layer}.self_attn.q_proj");
+		tensors.push((
+			format!("{prefix}.lora_A.weight"),
+			vec![rank, width],
+			values(rank * width, layer),
+		));
+		tensors.push((
+			format!("{prefix}.lora_B.weight"),
+			vec![width, rank],
+			values(width * rank, layer + 7),
+		));
+	}
+	let views = tensors
+		.iter()
+		.map(|(name, shape, bytes)| {
+			Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?))
+		})
+		.collect::<Result<Vec<_>>>()?;
+	safetensors::serialize_to_file(views, None, &adapter.join("adapter_model.safetensors"))?;
+	let config = json!({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 4,
+		"target_modules": ["q_proj"], "bias": "none", "fan_in_fan_out": false});
+	std::fs::write(adapter.join("adapter_config.json"), config.to_string())?;
+	let output = Command::new(worker_binary())
+		.arg("content-hash")
+		.arg("--adapter")
+		.arg(&adapter)
+		.arg("--store")
+		.arg(content_dir)
+		.output()?;
+	ensure!(output.status.success(), "content-hash: {}", String::from_utf8_lossy(&output.stderr));
+	let line: Json = serde_json::from_slice(&output.stdout)?;
+	let hash = line["content_hash"].as_str().context("content_hash")?;
+	let mut bytes = [0u8; 32];
+	hex::decode_to_slice(hash.trim_start_matches("0x"), &mut bytes)?;
+	Ok(bytes)
 }
 
 /// The registered prompt's versions: on chain, and off chain.

@@ -57,6 +57,21 @@ pub fn content_hash_of(bytes: &[u8]) -> ContentHash {
 	sp_crypto_hashing::blake2_256(bytes)
 }
 
+/// The files of a LoRA adapter (PEFT's format), in the order [`adapter_content_hash`] hashes
+/// them.
+pub const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
+
+/// The content hash of a LoRA adapter, as the model registry names it: BLAKE2b-256 of the
+/// SCALE encoding of each of [`ADAPTER_FILES`] in order, its name then the BLAKE2b-256 of its
+/// bytes (`compact(19) "adapter_config.json" hash(config) compact(25)
+/// "adapter_model.safetensors" hash(weights)`), so each file is hashed on its own and their
+/// boundary is part of what is hashed.
+pub fn adapter_content_hash(config: &[u8], weights: &[u8]) -> ContentHash {
+	let files =
+		[(ADAPTER_FILES[0], content_hash_of(config)), (ADAPTER_FILES[1], content_hash_of(weights))];
+	sp_crypto_hashing::blake2_256(&files.encode())
+}
+
 /// The commitment of a DataNet with no accepted records.
 pub const EMPTY_COMMITMENT: [u8; 32] = [0u8; 32];
 
@@ -184,6 +199,25 @@ mod tests {
 		assert_eq!(commitment_of(core::iter::empty()), EMPTY_COMMITMENT);
 		let step = next_commitment(&next_commitment(&EMPTY_COMMITMENT, 0, 1, &a), 1, 2, &b);
 		assert_eq!(ab, step);
+	}
+
+	#[test]
+	fn an_adapters_hash_is_its_files_names_and_hashes() {
+		let (config, weights) = (b"{\"r\": 8}".as_slice(), [7u8; 100].as_slice());
+		// The preimage written out byte by byte: compact lengths (a byte each, 4n), names,
+		// hashes.
+		let mut preimage = Vec::new();
+		preimage.push(19 * 4);
+		preimage.extend_from_slice(b"adapter_config.json");
+		preimage.extend_from_slice(&sp_crypto_hashing::blake2_256(config));
+		preimage.push(25 * 4);
+		preimage.extend_from_slice(b"adapter_model.safetensors");
+		preimage.extend_from_slice(&sp_crypto_hashing::blake2_256(weights));
+		let hash = adapter_content_hash(config, weights);
+		assert_eq!(hash, sp_crypto_hashing::blake2_256(&preimage));
+		// Moving bytes from one file to the other changes it.
+		assert_ne!(hash, adapter_content_hash(&[config, &weights[..1]].concat(), &weights[1..]));
+		assert_ne!(hash, adapter_content_hash(weights, config));
 	}
 
 	#[test]

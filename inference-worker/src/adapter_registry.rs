@@ -1,0 +1,500 @@
+//! Adapters from the chain's model registry (`pallet-adapters`): a request may name a LoRA
+//! adapter registered on chain as its model, `"model": "chain:7"` (adapter 7). The worker reads
+//! the adapter and its base model through the node's `adapters_*` RPC at the node's last
+//! finalized block and serves it only if:
+//! - it is registered and not retired;
+//! - its base model is the one this worker serves: the base model's weights hash on chain is
+//!   the SHA-256 (as Hugging Face and PyPI publish it) or the BLAKE2b-256 of the served weights
+//!   file (the GGUF file, or a folder's `model.safetensors`);
+//! - its files are in the content folder, `DIR/<content hash in hex>/adapter_config.json` and
+//!   `adapter_model.safetensors`, and hash to its content hash on chain
+//!   ([`openledger_primitives::adapter_content_hash`]);
+//! - they are what the owner declared: the config's rank `r` is the rank on chain, and the
+//!   projections the weights adapt are the target modules on chain.
+//!
+//! It is then served as any adapter: loaded when a request needs it, evicted when others need
+//! the room. Each request reads the chain again (two or three RPC calls), so a retirement or a
+//! new price applies from the next request on; the files are hashed once, and again only when
+//! their size or modification time changes.
+
+use std::{
+	collections::HashMap,
+	io::Read,
+	path::{Path, PathBuf},
+	sync::{Arc, Mutex},
+	time::SystemTime,
+};
+
+use blake2::{digest::consts::U32, Blake2b};
+use jsonrpsee::rpc_params;
+use openledger_primitives::{
+	adapter_content_hash, AdapterId, BaseModelId, ContentHash, DataNetId, ADAPTER_FILES,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use crate::{
+	chain_rpc::{call, finalized_head, parse_hash, Node, RpcError},
+	lora::{AdapterFiles, Projection},
+};
+
+/// How a request names an adapter registered on chain: `chain:` and its id.
+pub const PREFIX: &str = "chain:";
+
+/// The adapter id a model name names on chain (`chain:7`), if it is such a name; an error if it
+/// starts so but is no id.
+pub fn chain_id(model: &str) -> Option<Result<AdapterId, AdapterError>> {
+	let id = model.strip_prefix(PREFIX)?;
+	// Written as the answer writes it back: no sign, no leading zero.
+	let parsed = id.parse::<AdapterId>().ok().filter(|parsed| parsed.to_string() == id);
+	Some(parsed.ok_or_else(|| {
+		AdapterError::Name(format!(
+			"{model:?}: {PREFIX} is followed by an adapter's id on chain, in decimal"
+		))
+	}))
+}
+
+/// An adapter registered on chain, checked and ready to serve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegisteredAdapter {
+	/// Its id on chain.
+	pub id: AdapterId,
+	/// Its owner (SS58), paid for its use.
+	pub owner: String,
+	/// Its name on chain.
+	pub name: String,
+	/// The content hash of its files.
+	pub content_hash: ContentHash,
+	/// What 1,000 generated tokens cost, in the smallest unit of OPEN (a decimal string).
+	pub price_per_1k_tokens: String,
+	/// The DataNets it was trained on, each with its share of the training in parts per
+	/// billion.
+	pub datanets: Vec<(DataNetId, u32)>,
+	/// The finalized block it was read at.
+	pub block: String,
+	/// The folder holding its files.
+	pub dir: PathBuf,
+}
+
+/// Why an adapter registered on chain cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+	/// The worker does not follow a chain (`serve --chain`).
+	#[error(
+		"model: this worker does not follow a chain (serve --chain --content-dir), so it serves \
+		 no adapters registered on chain"
+	)]
+	NoChain,
+	/// The name is not `chain:` and an id.
+	#[error("model: {0}")]
+	Name(String),
+	/// The node could not be reached, refused a call or answered something malformed.
+	#[error("model: the chain could not be read: {0}")]
+	Chain(#[from] RpcError),
+	/// No such adapter at the finalized block.
+	#[error("the model \"{PREFIX}{0}\" does not exist: no adapter {0} is registered on chain (at its last finalized block)")]
+	NotFound(AdapterId),
+	/// Its owner retired it.
+	#[error("the model \"{PREFIX}{0}\" is no longer served: adapter {0} is retired by its owner")]
+	Retired(AdapterId),
+	/// It adapts another base model than the one served.
+	#[error("model: adapter {id} adapts base model {base_model} ({base}), not the model this worker serves ({ours})")]
+	OtherBase {
+		/// The adapter.
+		id: AdapterId,
+		/// Its base model.
+		base_model: BaseModelId,
+		/// The base model as the chain names it (name and weights hash).
+		base: String,
+		/// The model served (its file's hashes).
+		ours: String,
+	},
+	/// The served model's weights cannot be hashed (to be compared with a base model's): this
+	/// worker serves no adapter registered on chain now.
+	#[error("model: this worker serves no adapters registered on chain: {0}")]
+	Weights(String),
+	/// Its files are not in the content folder, or are not the files hashed on chain.
+	#[error("model: the files of adapter {id}: {reason}")]
+	Content {
+		/// The adapter.
+		id: AdapterId,
+		/// What is wrong.
+		reason: String,
+	},
+	/// Its files are the ones hashed on chain but not what its owner declared (rank, target
+	/// modules), or not an adapter this worker can build: no worker can serve it as registered.
+	#[error("model: adapter {id} cannot be served as registered: {reason}")]
+	Unservable {
+		/// The adapter.
+		id: AdapterId,
+		/// What is wrong.
+		reason: String,
+	},
+}
+
+impl AdapterError {
+	/// Whether the request is at fault (a client error) rather than the chain or the worker.
+	pub fn is_request_error(&self) -> bool {
+		matches!(
+			self,
+			Self::NoChain
+				| Self::Name(_)
+				| Self::NotFound(_)
+				| Self::Retired(_)
+				| Self::OtherBase { .. }
+		)
+	}
+
+	/// Whether the adapter is not to be served by this worker any more (if it was).
+	pub fn is_gone(&self) -> bool {
+		matches!(self, Self::NotFound(_) | Self::Retired(_) | Self::OtherBase { .. })
+	}
+}
+
+/// An adapter as `adapters_getAdapter` answers it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdapterInfo {
+	owner: String,
+	base_model: BaseModelId,
+	name: String,
+	content_hash: String,
+	rank: u32,
+	target_modules: Vec<String>,
+	price_per_1k_tokens: String,
+	datanets: Vec<TrainedOn>,
+	retired: bool,
+}
+
+/// A DataNet an adapter was trained on, as `adapters_getAdapter` answers it.
+#[derive(Debug, Deserialize)]
+struct TrainedOn {
+	datanet: DataNetId,
+	weight: u32,
+}
+
+/// A base model as `adapters_getBaseModel` answers it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BaseModelInfo {
+	name: String,
+	weights_hash: String,
+}
+
+/// The served weights file's hashes.
+#[derive(Clone, Copy, Debug)]
+struct WeightsHashes {
+	sha256: [u8; 32],
+	blake2: [u8; 32],
+}
+
+/// What an adapter's file was when it was checked: its size, modification time, inode and
+/// change time (which no user sets).
+type FileStamp = (u64, Option<SystemTime>, u64, i64);
+
+/// Each of an adapter's files as it was when checked.
+type Stamp = [FileStamp; 2];
+
+/// What an adapter's weights say of it: the ranks of its modules and the projections it adapts
+/// ([`AdapterFiles::outline`]).
+type Outline = (Vec<usize>, Vec<Projection>);
+
+/// The folders whose files were found to hash to their name: as what they were, and what they
+/// say.
+type Checked = Mutex<HashMap<ContentHash, (Stamp, Outline)>>;
+
+/// The adapters registered on the chain a node follows.
+pub struct AdapterRegistry {
+	/// The node.
+	node: Arc<Node>,
+	/// The folder holding adapters' files, a folder each named by its content hash in hex.
+	content_dir: PathBuf,
+	/// The served model's weights file, if it has one.
+	weights: Option<PathBuf>,
+	/// Its hashes, once computed.
+	hashes: OnceCell<WeightsHashes>,
+	/// The adapters' files checked.
+	checked: Arc<Checked>,
+	/// Held while files are checked (one adapter's at a time: requests naming the same one
+	/// wait for its check rather than repeat it).
+	checking: tokio::sync::Mutex<()>,
+}
+
+impl AdapterRegistry {
+	/// The adapters registered on the chain `node` follows, their files read from
+	/// `content_dir`; `weights` is the served model's weights file (its hashes name the base
+	/// model on chain), `None` where it has none (a model in shards).
+	pub fn new(node: Arc<Node>, content_dir: impl Into<PathBuf>, weights: Option<PathBuf>) -> Self {
+		Self {
+			node,
+			content_dir: content_dir.into(),
+			weights,
+			hashes: OnceCell::new(),
+			checked: Arc::new(Mutex::new(HashMap::new())),
+			checking: tokio::sync::Mutex::new(()),
+		}
+	}
+
+	/// The served weights file of the model at `model` (a GGUF file, or a Hugging Face folder's
+	/// `model.safetensors`), if it has one.
+	pub fn weights_file(model: &Path) -> Option<PathBuf> {
+		match model.is_dir() {
+			true => Some(model.join("model.safetensors")).filter(|f| f.is_file()),
+			false => Some(model.to_path_buf()),
+		}
+	}
+
+	/// Hashes the served weights file (once; later calls wait for it): call it at start so
+	/// that the first request naming an adapter on chain does not wait for it.
+	pub async fn hash_weights(&self) {
+		let _ = self.weights_hashes().await;
+	}
+
+	/// The served weights file's hashes (computed once; a failure is tried again next time).
+	async fn weights_hashes(&self) -> Result<WeightsHashes, AdapterError> {
+		let hashes = self.hashes.get_or_try_init(|| async {
+			let Some(file) = self.weights.clone() else {
+				return Err("the model served has no single weights file to compare with a base \
+				            model's weights hash (a model in shards)"
+					.to_string());
+			};
+			let hashed = tokio::task::spawn_blocking(move || hash_file(&file)).await;
+			hashed.map_err(|e| e.to_string()).and_then(|hashed| hashed)
+		});
+		hashes.await.copied().map_err(AdapterError::Weights)
+	}
+
+	/// Adapter `id` at the chain's last finalized block, checked as the module says.
+	pub async fn adapter(&self, id: AdapterId) -> Result<RegisteredAdapter, AdapterError> {
+		let timeout = self.node.timeout();
+		let (info, base, block) =
+			tokio::time::timeout(timeout, self.look_up(id)).await.map_err(|_| {
+				AdapterError::Chain(RpcError::Call {
+					method: "connect, chain_getFinalizedHead, adapters_getAdapter, \
+					         adapters_getBaseModel"
+						.into(),
+					reason: format!("no answer within {} s", timeout.as_secs()),
+				})
+			})??;
+		let ours = self.weights_hashes().await?;
+		let weights_hash = parse_hash(&base.weights_hash).ok_or_else(|| {
+			RpcError::malformed(
+				"adapters_getBaseModel",
+				format!("weightsHash {:?} is not 32 bytes of hex", base.weights_hash),
+			)
+		})?;
+		if weights_hash != ours.sha256 && weights_hash != ours.blake2 {
+			return Err(AdapterError::OtherBase {
+				id,
+				base_model: info.base_model,
+				base: format!("{}, weights hash {}", base.name, base.weights_hash),
+				ours: format!(
+					"SHA-256 0x{}, BLAKE2b-256 0x{}",
+					hex::encode(ours.sha256),
+					hex::encode(ours.blake2)
+				),
+			});
+		}
+		let content_hash = parse_hash(&info.content_hash).ok_or_else(|| {
+			RpcError::malformed(
+				"adapters_getAdapter",
+				format!("contentHash {:?} is not 32 bytes of hex", info.content_hash),
+			)
+		})?;
+		let dir = self.content_dir.join(hex::encode(content_hash));
+		{
+			let _checking = self.checking.lock().await;
+			let checked = self.checked.clone();
+			let (dir, declared) = (dir.clone(), (info.rank, info.target_modules.clone()));
+			let check = move || check_files(&checked, id, &dir, &content_hash, declared);
+			tokio::task::spawn_blocking(check).await.map_err(|e| AdapterError::Content {
+				id,
+				reason: format!("checking them stopped: {e}"),
+			})??;
+		}
+		Ok(RegisteredAdapter {
+			id,
+			owner: info.owner,
+			name: info.name,
+			content_hash,
+			price_per_1k_tokens: info.price_per_1k_tokens,
+			datanets: info.datanets.iter().map(|t| (t.datanet, t.weight)).collect(),
+			block,
+			dir,
+		})
+	}
+
+	/// The adapter and its base model at the last finalized block (and that block), however
+	/// long the node takes; not found and retired adapters refused.
+	async fn look_up(
+		&self,
+		id: AdapterId,
+	) -> Result<(AdapterInfo, BaseModelInfo, String), AdapterError> {
+		let client = self.node.client().await?;
+		let client = &*client;
+		let block = finalized_head(client).await?;
+		let method = "adapters_getAdapter";
+		let info: Option<AdapterInfo> = call(client, method, rpc_params![id, &block]).await?;
+		let info = info.ok_or(AdapterError::NotFound(id))?;
+		if info.retired {
+			return Err(AdapterError::Retired(id));
+		}
+		let method = "adapters_getBaseModel";
+		let base: Option<BaseModelInfo> =
+			call(client, method, rpc_params![info.base_model, &block]).await?;
+		let base = base.ok_or_else(|| {
+			RpcError::malformed(method, format!("base model {} does not exist", info.base_model))
+		})?;
+		Ok((info, base, block))
+	}
+}
+
+/// Checks that the files of adapter `id` in `dir` hash to `content_hash` (unless `checked` says
+/// they did already, as they are now) and are what the chain declares: `(rank, target
+/// modules)`.
+fn check_files(
+	checked: &Checked,
+	id: AdapterId,
+	dir: &Path,
+	content_hash: &ContentHash,
+	(rank, modules): (u32, Vec<String>),
+) -> Result<(), AdapterError> {
+	let content = |reason: String| AdapterError::Content { id, reason };
+	let stamp = stamp(dir).map_err(|e| {
+		content(format!("{e} (they go in {}, named by the content hash)", dir.display()))
+	})?;
+	let unservable = |reason: String| AdapterError::Unservable { id, reason };
+	let known = checked.lock().unwrap_or_else(|p| p.into_inner()).get(content_hash).cloned();
+	let (ranks, adapted) = match known {
+		Some((was, outline)) if was == stamp => outline,
+		_ => {
+			let name = format!("{PREFIX}{id}");
+			let files = AdapterFiles::read(dir, &name).map_err(|e| content(e.to_string()))?;
+			let hash = adapter_content_hash(files.config.as_bytes(), &files.weights);
+			if hash != *content_hash {
+				return Err(content(format!(
+					"those in {} hash to 0x{}, not to the content hash on chain",
+					dir.display(),
+					hex::encode(hash)
+				)));
+			}
+			let outline = files.outline(&name).map_err(|e| unservable(e.to_string()))?;
+			let mut checked = checked.lock().unwrap_or_else(|p| p.into_inner());
+			checked.insert(*content_hash, (stamp, outline.clone()));
+			outline
+		}
+	};
+	if ranks.iter().any(|r| u32::try_from(*r).ok() != Some(rank)) {
+		return Err(unservable(format!(
+			"its weights have rank {ranks:?}, the chain declares {rank}"
+		)));
+	}
+	let adapted: Vec<String> = adapted.iter().map(|p| module_name(*p).to_string()).collect();
+	let mut declared = modules.clone();
+	declared.sort_by_key(|m| module_order(m));
+	if adapted != declared {
+		return Err(unservable(format!(
+			"its weights adapt {adapted:?}, the chain declares {modules:?}"
+		)));
+	}
+	Ok(())
+}
+
+/// The name the chain gives `projection` (`pallet_adapters::TargetModule`'s).
+fn module_name(projection: Projection) -> &'static str {
+	match projection {
+		Projection::Q => "Q",
+		Projection::K => "K",
+		Projection::V => "V",
+		Projection::O => "O",
+		Projection::Gate => "Gate",
+		Projection::Up => "Up",
+		Projection::Down => "Down",
+	}
+}
+
+/// Where a module the chain names comes in block order (unknown names last).
+fn module_order(name: &str) -> usize {
+	Projection::ALL.iter().position(|p| module_name(*p) == name).unwrap_or(Projection::ALL.len())
+}
+
+/// Each of an adapter's files in `dir` as it is now ([`FileStamp`]).
+fn stamp(dir: &Path) -> std::io::Result<Stamp> {
+	let one = |file: &str| -> std::io::Result<FileStamp> {
+		let meta = std::fs::metadata(dir.join(file))
+			.map_err(|e| std::io::Error::new(e.kind(), format!("{file}: {e}")))?;
+		#[cfg(unix)]
+		let (inode, changed) = {
+			use std::os::unix::fs::MetadataExt;
+			(
+				meta.ino(),
+				meta.ctime_nsec().saturating_add(meta.ctime().saturating_mul(1_000_000_000)),
+			)
+		};
+		#[cfg(not(unix))]
+		let (inode, changed) = (0, 0);
+		Ok((meta.len(), meta.modified().ok(), inode, changed))
+	};
+	Ok([one(ADAPTER_FILES[0])?, one(ADAPTER_FILES[1])?])
+}
+
+/// The SHA-256 and BLAKE2b-256 of the file at `path`, read once.
+fn hash_file(path: &Path) -> Result<WeightsHashes, String> {
+	let read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+	let mut file = std::fs::File::open(path).map_err(read)?;
+	let (mut sha256, mut blake2) = (Sha256::new(), Blake2b::<U32>::new());
+	let mut buffer = vec![0u8; 1 << 20];
+	loop {
+		let n = file.read(&mut buffer).map_err(read)?;
+		if n == 0 {
+			break;
+		}
+		sha256.update(&buffer[..n]);
+		blake2.update(&buffer[..n]);
+	}
+	Ok(WeightsHashes { sha256: sha256.finalize().into(), blake2: blake2.finalize().into() })
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	#[test]
+	fn names_on_chain_are_parsed() {
+		assert!(chain_id("my-adapter").is_none());
+		assert_eq!(chain_id("chain:7").unwrap().unwrap(), 7);
+		assert!(matches!(chain_id("chain:x"), Some(Err(AdapterError::Name(_)))));
+		assert!(matches!(chain_id("chain:"), Some(Err(AdapterError::Name(_)))));
+		assert!(matches!(chain_id("chain:-1"), Some(Err(AdapterError::Name(_)))));
+	}
+
+	#[test]
+	fn a_files_hashes_are_sha256_and_blake2b_256() {
+		let dir = tempfile::tempdir().unwrap();
+		let path = dir.path().join("weights");
+		// More than one read's worth.
+		let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+		std::fs::write(&path, &bytes).unwrap();
+		let hashes = hash_file(&path).unwrap();
+		assert_eq!(hashes.blake2, openledger_primitives::content_hash_of(&bytes));
+		let sha: [u8; 32] = Sha256::digest(&bytes).into();
+		assert_eq!(hashes.sha256, sha);
+		// SHA-256 of "abc" (FIPS 180-2's example).
+		std::fs::write(&path, b"abc").unwrap();
+		assert_eq!(
+			hex::encode(hash_file(&path).unwrap().sha256),
+			"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+		);
+		assert!(hash_file(&dir.path().join("missing")).unwrap_err().contains("cannot read"));
+	}
+
+	#[test]
+	fn modules_are_named_and_ordered_as_the_chain_names_them() {
+		let names: Vec<&str> = Projection::ALL.iter().map(|p| module_name(*p)).collect();
+		assert_eq!(names, ["Q", "K", "V", "O", "Gate", "Up", "Down"]);
+		let mut declared = vec!["V".to_string(), "Q".to_string(), "X".to_string()];
+		declared.sort_by_key(|m| module_order(m));
+		assert_eq!(declared, ["Q", "V", "X"]);
+	}
+}
