@@ -9,13 +9,15 @@
 //! - its files are in the content folder, `DIR/<content hash in hex>/adapter_config.json` and
 //!   `adapter_model.safetensors`, and hash to its content hash on chain
 //!   ([`openledger_primitives::adapter_content_hash`]);
-//! - they are what the owner declared: the config's rank `r` is the rank on chain, and the
-//!   projections the weights adapt are the target modules on chain.
+//! - they are what the owner declared: the weights' ranks (the rows of each `lora_A`) are the
+//!   rank on chain, and the projections they adapt are the target modules on chain;
+//! - they build for the served model.
 //!
 //! It is then served as any adapter: loaded when a request needs it, evicted when others need
 //! the room. Each request reads the chain again (two or three RPC calls), so a retirement or a
-//! new price applies from the next request on; the files are hashed once, and again only when
-//! their size or modification time changes.
+//! new price applies from the next finalized block on; the files are examined once (what was
+//! wrong with them too), and again only when one of them changes (its size, modification time,
+//! inode or change time).
 
 use std::{
 	collections::HashMap,
@@ -146,9 +148,17 @@ impl AdapterError {
 		)
 	}
 
-	/// Whether the adapter is not to be served by this worker any more (if it was).
+	/// Whether the adapter is not to be served (nor listed) now, if it was: it is gone from the
+	/// chain, is for another model, or its files are no longer what the chain names.
 	pub fn is_gone(&self) -> bool {
-		matches!(self, Self::NotFound(_) | Self::Retired(_) | Self::OtherBase { .. })
+		matches!(
+			self,
+			Self::NotFound(_)
+				| Self::Retired(_)
+				| Self::OtherBase { .. }
+				| Self::Content { .. }
+				| Self::Unservable { .. }
+		)
 	}
 }
 
@@ -200,9 +210,23 @@ type Stamp = [FileStamp; 2];
 /// ([`AdapterFiles::outline`]).
 type Outline = (Vec<usize>, Vec<Projection>);
 
-/// The folders whose files were found to hash to their name: as what they were, and what they
-/// say.
-type Checked = Mutex<HashMap<ContentHash, (Stamp, Outline)>>;
+/// Builds an adapter's files (its name, its folder) for the served model, as serving them would,
+/// or says why they cannot be.
+pub type Build = Arc<dyn Fn(&str, &Path) -> Result<(), String> + Send + Sync>;
+
+/// What the files of an adapter were found to be.
+#[derive(Clone, Debug)]
+enum Found {
+	/// The files hashed, built for the served model; what their weights say.
+	Files(Outline),
+	/// Not the files hashed: why.
+	Wrong(String),
+	/// The files hashed, which no worker can serve: why.
+	Unservable(String),
+}
+
+/// What the folders of adapters' files were found to be, and as what they were then.
+type Checked = Mutex<HashMap<ContentHash, (Stamp, Found)>>;
 
 /// The adapters registered on the chain a node follows.
 pub struct AdapterRegistry {
@@ -214,10 +238,10 @@ pub struct AdapterRegistry {
 	weights: Option<PathBuf>,
 	/// Its hashes, once computed.
 	hashes: OnceCell<WeightsHashes>,
-	/// The adapters' files checked.
-	checked: Arc<Checked>,
-	/// Held while files are checked (one adapter's at a time: requests naming the same one
-	/// wait for its check rather than repeat it).
+	/// The adapters' files examined.
+	checked: Checked,
+	/// Held while files are examined (one adapter's at a time: requests naming the same one
+	/// wait for the result rather than repeat the work).
 	checking: tokio::sync::Mutex<()>,
 }
 
@@ -231,7 +255,7 @@ impl AdapterRegistry {
 			content_dir: content_dir.into(),
 			weights,
 			hashes: OnceCell::new(),
-			checked: Arc::new(Mutex::new(HashMap::new())),
+			checked: Mutex::new(HashMap::new()),
 			checking: tokio::sync::Mutex::new(()),
 		}
 	}
@@ -265,8 +289,13 @@ impl AdapterRegistry {
 		hashes.await.copied().map_err(AdapterError::Weights)
 	}
 
-	/// Adapter `id` at the chain's last finalized block, checked as the module says.
-	pub async fn adapter(&self, id: AdapterId) -> Result<RegisteredAdapter, AdapterError> {
+	/// Adapter `id` at the chain's last finalized block, checked as the module says (`build`
+	/// builds its files for the served model, as serving them would).
+	pub async fn adapter(
+		&self,
+		id: AdapterId,
+		build: Build,
+	) -> Result<RegisteredAdapter, AdapterError> {
 		let timeout = self.node.timeout();
 		let (info, base, block) =
 			tokio::time::timeout(timeout, self.look_up(id)).await.map_err(|_| {
@@ -303,15 +332,12 @@ impl AdapterRegistry {
 			)
 		})?;
 		let dir = self.content_dir.join(hex::encode(content_hash));
-		{
-			let _checking = self.checking.lock().await;
-			let checked = self.checked.clone();
-			let (dir, declared) = (dir.clone(), (info.rank, info.target_modules.clone()));
-			let check = move || check_files(&checked, id, &dir, &content_hash, declared);
-			tokio::task::spawn_blocking(check).await.map_err(|e| AdapterError::Content {
-				id,
-				reason: format!("checking them stopped: {e}"),
-			})??;
+		match self.files(id, &dir, content_hash, build).await? {
+			Found::Files(outline) => {
+				check_declared(id, &outline, (info.rank, &info.target_modules))?
+			}
+			Found::Wrong(reason) => return Err(AdapterError::Content { id, reason }),
+			Found::Unservable(reason) => return Err(AdapterError::Unservable { id, reason }),
 		}
 		Ok(RegisteredAdapter {
 			id,
@@ -323,6 +349,45 @@ impl AdapterRegistry {
 			block,
 			dir,
 		})
+	}
+
+	/// What the files of adapter `id` in `dir` are ([`examine`]): as found before if they have
+	/// not changed since (what was wrong with them too), otherwise examined now, one adapter's at
+	/// a time, off the async threads.
+	async fn files(
+		&self,
+		id: AdapterId,
+		dir: &Path,
+		content_hash: ContentHash,
+		build: Build,
+	) -> Result<Found, AdapterError> {
+		let content = |reason: String| AdapterError::Content { id, reason };
+		let stamp = stamp(dir).map_err(|e| {
+			content(format!("{e} (they go in {}, named by the content hash)", dir.display()))
+		})?;
+		let known = || {
+			let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+			checked
+				.get(&content_hash)
+				.filter(|(was, _)| *was == stamp)
+				.map(|(_, found)| found.clone())
+		};
+		if let Some(found) = known() {
+			return Ok(found);
+		}
+		let _checking = self.checking.lock().await;
+		if let Some(found) = known() {
+			return Ok(found);
+		}
+		let (name, folder) = (format!("{PREFIX}{id}"), dir.to_path_buf());
+		let examined = move || examine(&folder, &content_hash, &name, &build);
+		let found = tokio::task::spawn_blocking(examined)
+			.await
+			.map_err(|e| content(format!("checking them stopped: {e}")))?
+			.map_err(content)?;
+		let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+		checked.insert(content_hash, (stamp, found.clone()));
+		Ok(found)
 	}
 
 	/// The adapter and its base model at the last finalized block (and that block), however
@@ -350,48 +415,57 @@ impl AdapterRegistry {
 	}
 }
 
-/// Checks that the files of adapter `id` in `dir` hash to `content_hash` (unless `checked` says
-/// they did already, as they are now) and are what the chain declares: `(rank, target
-/// modules)`.
-fn check_files(
-	checked: &Checked,
-	id: AdapterId,
+/// Examines the files of adapter `name` in `dir`: whether they hash to `content_hash`, what
+/// their weights say, and whether `build` can build them for the served model. An error only
+/// where they cannot be read.
+fn examine(
 	dir: &Path,
 	content_hash: &ContentHash,
-	(rank, modules): (u32, Vec<String>),
-) -> Result<(), AdapterError> {
-	let content = |reason: String| AdapterError::Content { id, reason };
-	let stamp = stamp(dir).map_err(|e| {
-		content(format!("{e} (they go in {}, named by the content hash)", dir.display()))
-	})?;
-	let unservable = |reason: String| AdapterError::Unservable { id, reason };
-	let known = checked.lock().unwrap_or_else(|p| p.into_inner()).get(content_hash).cloned();
-	let (ranks, adapted) = match known {
-		Some((was, outline)) if was == stamp => outline,
-		_ => {
-			let name = format!("{PREFIX}{id}");
-			let files = AdapterFiles::read(dir, &name).map_err(|e| content(e.to_string()))?;
-			let hash = adapter_content_hash(files.config.as_bytes(), &files.weights);
-			if hash != *content_hash {
-				return Err(content(format!(
-					"those in {} hash to 0x{}, not to the content hash on chain",
-					dir.display(),
-					hex::encode(hash)
-				)));
-			}
-			let outline = files.outline(&name).map_err(|e| unservable(e.to_string()))?;
-			let mut checked = checked.lock().unwrap_or_else(|p| p.into_inner());
-			checked.insert(*content_hash, (stamp, outline.clone()));
-			outline
-		}
+	name: &str,
+	build: &Build,
+) -> Result<Found, String> {
+	let read = |file: &str| {
+		let path = dir.join(file);
+		std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 	};
+	let (config, weights) = (read(ADAPTER_FILES[0])?, read(ADAPTER_FILES[1])?);
+	let hash = adapter_content_hash(&config, &weights);
+	if hash != *content_hash {
+		return Ok(Found::Wrong(format!(
+			"those in {} hash to 0x{}, not to the content hash on chain",
+			dir.display(),
+			hex::encode(hash)
+		)));
+	}
+	let Ok(config) = String::from_utf8(config) else {
+		return Ok(Found::Unservable("its adapter_config.json is not UTF-8".into()));
+	};
+	let files = AdapterFiles { config, weights };
+	let outline = match files.outline(name) {
+		Ok(outline) => outline,
+		Err(e) => return Ok(Found::Unservable(e.to_string())),
+	};
+	Ok(match build(name, dir) {
+		Ok(()) => Found::Files(outline),
+		Err(e) => Found::Unservable(e),
+	})
+}
+
+/// Whether what adapter `id`'s weights say (`outline`) is what the chain declares: `(rank,
+/// target modules)`.
+fn check_declared(
+	id: AdapterId,
+	(ranks, adapted): &Outline,
+	(rank, modules): (u32, &[String]),
+) -> Result<(), AdapterError> {
+	let unservable = |reason: String| AdapterError::Unservable { id, reason };
 	if ranks.iter().any(|r| u32::try_from(*r).ok() != Some(rank)) {
 		return Err(unservable(format!(
 			"its weights have rank {ranks:?}, the chain declares {rank}"
 		)));
 	}
 	let adapted: Vec<String> = adapted.iter().map(|p| module_name(*p).to_string()).collect();
-	let mut declared = modules.clone();
+	let mut declared = modules.to_vec();
 	declared.sort_by_key(|m| module_order(m));
 	if adapted != declared {
 		return Err(unservable(format!(
@@ -467,6 +541,9 @@ mod tests {
 		assert!(matches!(chain_id("chain:x"), Some(Err(AdapterError::Name(_)))));
 		assert!(matches!(chain_id("chain:"), Some(Err(AdapterError::Name(_)))));
 		assert!(matches!(chain_id("chain:-1"), Some(Err(AdapterError::Name(_)))));
+		assert!(matches!(chain_id("chain:+7"), Some(Err(AdapterError::Name(_)))));
+		assert!(matches!(chain_id("chain:007"), Some(Err(AdapterError::Name(_)))));
+		assert_eq!(chain_id("chain:0").unwrap().unwrap(), 0);
 	}
 
 	#[test]

@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-/// The longest a request waits for what it names on chain to be read (a registered prompt or
-/// adapter; connecting included).
+/// The longest a request waits for the node to answer what it names on chain (a registered
+/// prompt or adapter; connecting included). The worker's own work on the answer (reading and
+/// hashing files) is not counted.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why reading the node failed.

@@ -79,7 +79,7 @@
 //!   [`crate::adapter_registry`]): `"model": "chain:<id>"` names adapter `<id>` of the chain's
 //!   model registry, served once checked (not retired, this base model, its files in the
 //!   content folder hashed as on chain and as declared); the answer (streamed: its first
-//!   chunk, for a completion one of no choices) names it in `adapter` (`id`, `owner`, `name`,
+//!   chunk, for a completion one of empty text) names it in `adapter` (`id`, `owner`, `name`,
 //!   `content_hash`, `price_per_1k_tokens`, `datanets`, `block`), and an attributed chat's
 //!   `attribution.adapter` has its `id` and `owner`.
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
@@ -96,8 +96,8 @@
 //!
 //! Every error is a JSON object `{"error": {"message", "type", "code"}}` with a status that
 //! says whose fault it is: 400 for a malformed or impossible request (bad JSON, an empty or too
-//! long prompt, a bad sampling value, a retired adapter or one for another base model), 404 for
-//! an unknown model (an adapter on chain included) or registered prompt, 413 for a body over
+//! long prompt, a bad sampling value, an adapter on chain for another base model), 404 for an
+//! unknown model (an adapter on chain unknown or retired included) or registered prompt, 413 for a body over
 //! the limit, 422 for an adapter that cannot be loaded (its files are corrupt or do not fit the
 //! base; on chain: not as declared) or a registered prompt no worker can serve, 503 when the
 //! queue is full (try again) or a registered prompt or adapter cannot be read now (the node,
@@ -152,7 +152,7 @@ use crate::{
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
 	tokenizer::Tokenizer,
-	tool_calls::{CallStream, ToolCall, ToolCalling, Tools, CALL_START},
+	tool_calls::{CallStream, Showing, ToolCall, ToolCalling, Tools, CALL_START},
 };
 
 /// The largest request body taken, in bytes (a prompt beyond the model's context is refused
@@ -195,8 +195,6 @@ pub struct ApiState {
 	/// The adapters registered on chain that requests may name (`chain:<id>`), if the worker
 	/// follows a chain.
 	chain_adapters: Option<Arc<AdapterRegistry>>,
-	/// Held while an adapter registered on chain is built for the first time.
-	building: tokio::sync::Mutex<()>,
 }
 
 /// The model a request is served with: the name answers report, the adapter's name in the
@@ -268,7 +266,6 @@ impl ApiState {
 			runtime_records: false,
 			prompts: None,
 			chain_adapters: None,
-			building: tokio::sync::Mutex::new(()),
 		}
 	}
 
@@ -868,10 +865,13 @@ impl ApiState {
 		let registry = self.chain_adapters.as_ref().ok_or(AdapterError::NoChain)?;
 		let id = id?;
 		let name = format!("{}{id}", adapter_registry::PREFIX);
-		let registered = match registry.adapter(id).await {
+		let engine = self.engine.clone();
+		let build: adapter_registry::Build =
+			Arc::new(move |name, dir| engine.check_adapter(name, dir).map_err(|e| e.to_string()));
+		let registered = match registry.adapter(id, build).await {
 			Ok(registered) => registered,
 			Err(e) => {
-				// No longer to be served (retired, say): no longer listed either.
+				// Not to be served now (retired, say): not listed either.
 				if e.is_gone() {
 					let mut adapters = self.write_adapters();
 					if adapters.remove(&name).is_some() {
@@ -882,23 +882,14 @@ impl ApiState {
 				return Err(e.into());
 			}
 		};
-		if self.read_adapters().get(&name) != Some(&registered.dir) {
-			// One adapter built at a time: requests that name one not built yet wait for it.
-			let _building = self.building.lock().await;
-			if self.read_adapters().get(&name) != Some(&registered.dir) {
-				let (engine, check_name, dir) =
-					(self.engine.clone(), name.clone(), registered.dir.clone());
-				tokio::task::spawn_blocking(move || engine.check_adapter(&check_name, &dir))
-					.await
-					.map_err(|e| Error::Stopped(format!("checking the adapter: {e}")))?
-					.map_err(|e| AdapterError::Unservable { id, reason: e.to_string() })?;
-				// Under the lock, in the order the engine sees.
-				let mut adapters = self.write_adapters();
-				self.engine.register_adapter(name.clone(), registered.dir.clone())?;
-				tracing::info!(adapter = %name, owner = %registered.owner, "registered on chain");
-				adapters.insert(name.clone(), registered.dir.clone());
-			}
+		// Under the lock, in the order the engine sees.
+		let mut adapters = self.write_adapters();
+		if adapters.get(&name) != Some(&registered.dir) {
+			self.engine.register_adapter(name.clone(), registered.dir.clone())?;
+			tracing::info!(adapter = %name, owner = %registered.owner, "registered on chain");
+			adapters.insert(name.clone(), registered.dir.clone());
 		}
+		drop(adapters);
 		Ok(Served { name: name.clone(), adapter: Some(name), registered: Some(registered) })
 	}
 
@@ -2023,7 +2014,6 @@ async fn completions(
 	body: Result<Json<Body>, JsonRejection>,
 ) -> Result<Response, ApiError> {
 	let Json(mut body) = body?;
-	let model = state.served(body.model.as_deref()).await?;
 	let prompts = match body.prompt.take() {
 		None => return Err(ApiError::bad_request("prompt: missing field `prompt`")),
 		Some(prompt) => prompts("prompt", prompt, MAX_PROMPTS)?,
@@ -2039,6 +2029,9 @@ async fn completions(
 			check_token_ids("prompt", ids, vocab_size)?;
 		}
 	}
+	// (What is refused anyway is refused before the model is looked up: on chain, say.)
+	refuse_unserved(Endpoint::Completions, &body)?;
+	let model = state.served(body.model.as_deref()).await?;
 	serve(state, Endpoint::Completions, (prompts, None, None), model, body).await
 }
 
@@ -2047,7 +2040,6 @@ async fn chat_completions(
 	body: Result<Json<Body>, JsonRejection>,
 ) -> Result<Response, ApiError> {
 	let Json(mut body) = body?;
-	let model = state.served(body.model.as_deref()).await?;
 	let template = state.chat_template()?;
 	let messages = body
 		.messages
@@ -2059,11 +2051,13 @@ async fn chat_completions(
 		body.parallel_tool_calls,
 	)
 	.map_err(ApiError::bad_request)?;
-	// What would be refused later is refused before the query is embedded.
+	// What would be refused later is refused before the model is looked up (on chain, say) and
+	// the query embedded.
 	refuse_unserved(Endpoint::Chat, &body)?;
 	// How the conversation is given to the template (with "auto" tools it may not show, the
 	// tools in Hermes' instructions), decided once.
 	let showing = tools.showing(template, &messages)?;
+	let model = state.served(body.model.as_deref()).await?;
 	// A model whose <tool_call> is a special token writes its calls with it: it stays in the
 	// text, to be read (as vLLM's parser asks).
 	let auto = tools.calling.as_ref().is_some_and(|c| c.auto());
@@ -2196,10 +2190,13 @@ async fn tokenize(
 	let tools = body.tools.map(Value::Array);
 	let tools = Tools::from_request(tools.as_ref(), body.tool_choice.as_ref(), None)
 		.map_err(ApiError::bad_request)?;
-	// The conversation as a chat with these tools shows it to the template.
-	let shown = |messages: &[Message]| -> Result<_, ApiError> {
-		Ok(tools.messages(state.chat_template()?, messages)?)
+	// The conversation as a chat with these tools shows it to the template (decided once, on
+	// the request's messages, as a chat decides).
+	let showing = match &body.messages {
+		Some(messages) => Some(tools.showing(state.chat_template()?, messages)?),
+		None => None,
 	};
+	let shown = |messages: &[Message]| tools.show(showing.unwrap_or(Showing::AsGiven), messages);
 	let (text, registered) = match (body.prompt, &body.messages) {
 		(Some(Value::String(text)), None) => (Some(text), None),
 		(named, Some(_)) => (None, state.registered_prompt(named).await?),
@@ -2218,7 +2215,7 @@ async fn tokenize(
 	let tokens = match (text, body.messages, documents) {
 		(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
 		(None, Some(messages), None) => {
-			let (messages, definitions) = shown(&messages)?;
+			let (messages, definitions) = shown(&messages);
 			state.tokenizer.encode(&state.chat_template()?.render_with_tools(
 				&messages,
 				&definitions,
@@ -2227,7 +2224,7 @@ async fn tokenize(
 		}
 		(None, Some(messages), Some(documents)) if body.add_generation_prompt != Some(false) => {
 			let template = state.chat_template()?;
-			let show = |messages: &[Message]| tools.messages(template, messages);
+			let show = |messages: &[Message]| Ok(shown(messages));
 			let instructions = registered.as_ref().map(|(_, text)| text.as_str());
 			let sources = Sources { instructions, documents: &documents, attributed: false };
 			SourcedPrompt::build(template, &state.tokenizer, &messages, &show, sources)?.all()
@@ -2599,6 +2596,12 @@ async fn unload_adapter(
 ) -> Result<String, ApiError> {
 	state.runtime_adapters_allowed()?;
 	let Json(UnloadAdapter { lora_name: name }) = body?;
+	if name.starts_with(adapter_registry::PREFIX) {
+		return Err(ApiError::bad_request(format!(
+			"lora_name: {name:?} is an adapter registered on chain: it is served while the chain \
+			 names it (its owner retires it there)"
+		)));
+	}
 	// The engine is told under the lock, so that its registry changes in the map's order.
 	let mut adapters = state.write_adapters();
 	if adapters.remove(&name).is_none() {

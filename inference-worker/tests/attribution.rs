@@ -245,6 +245,16 @@ fn the_answers_of_tools_are_sources_left_out_as_empty_answers() {
 		};
 		// With every source: the tokens a chat without attribution is served.
 		assert_eq!(prompt.all(), whole(&messages));
+		// Not attributed, the answers are not cut out: the same tokens, the documents the only
+		// sources.
+		let unattributed = Sources { instructions: None, documents: sources, attributed: false };
+		if !sources.is_empty() {
+			let served =
+				SourcedPrompt::build(&template, &tokenizer, &messages, &show, unattributed)
+					.unwrap();
+			assert!(served.tool_answers().is_empty() && served.len() == sources.len());
+			assert_eq!(served.all(), prompt.all());
+		}
 		// Without an answer: the conversation in which that tool answered nothing.
 		for (k, answer) in answers.iter().enumerate() {
 			let mut keep = vec![true; prompt.len()];

@@ -1754,6 +1754,8 @@ fn adapters_are_found_loaded_and_unloaded_at_run_time() {
 	refused(load("extra", &extra), 400, "already loaded");
 	refused(load(MODEL, &extra), 400, "cannot name an adapter");
 	refused(load("chain:3", &extra), 400, "are the adapters registered on chain");
+	let unload = admin("/v1/unload_lora_adapter", json!({"lora_name": "chain:3"}));
+	refused(unload, 400, "is an adapter registered on chain");
 	refused(load("missing", &root.path().join("missing")), 400, "no adapter_config.json");
 	refused(admin("/v1/load_lora_adapter", json!({"lora_name": "x"})), 400, "lora_path");
 	let corrupt = root.path().join("corrupt");
@@ -2922,6 +2924,16 @@ fn requests_may_name_an_adapter_registered_on_chain_and_it_is_checked_first() {
 	let (status, answer) = post(alone, "/v1/completions", &body);
 	assert_eq!(status, 400, "{answer}");
 	assert!(answer["error"]["message"].as_str().unwrap().contains("does not follow a chain"));
+	// A model with no single weights file (shards) serves none: the worker's fault, a 503.
+	let node_url = format!("ws://{node}");
+	let sharded = Arc::new(AdapterRegistry::new(
+		Arc::new(Node::new(node_url, LOOKUP_TIMEOUT)),
+		&content,
+		None,
+	));
+	let (status, answer) = post(serve_with(Some(sharded)), "/v1/completions", &body);
+	assert_eq!(status, 503, "{answer}");
+	assert!(answer["error"]["message"].as_str().unwrap().contains("shards"), "{answer}");
 	let down = serve_with(Some(registry("ws://127.0.0.1:9".into())));
 	let (status, answer) = post(down, "/v1/completions", &body);
 	assert_eq!(status, 503, "{answer}");

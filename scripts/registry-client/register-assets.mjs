@@ -147,6 +147,9 @@ async function main() {
     alice,
   );
   const baseModel = eventData(modelEvents, 'adapters', 'BaseModelRegistered').baseModel.toNumber();
+  // A stand-in content hash (this client has no adapter files): a real adapter is registered
+  // with the hash `openledger-worker content-hash --adapter FOLDER` prints, which workers check
+  // its files against (README, adapters registered on chain).
   const adapterHash = blake2AsHex('adapter_config.json + adapter_model.safetensors');
   const adapterEvents = await send(
     api,
