@@ -2931,7 +2931,8 @@ fn requests_may_name_an_adapter_registered_on_chain_and_it_is_checked_first() {
 		&content,
 		None,
 	));
-	let (status, answer) = post(serve_with(Some(sharded)), "/v1/completions", &body);
+	let served = json!({"model": "chain:4", "prompt": "Hi"});
+	let (status, answer) = post(serve_with(Some(sharded)), "/v1/completions", &served);
 	assert_eq!(status, 503, "{answer}");
 	assert!(answer["error"]["message"].as_str().unwrap().contains("shards"), "{answer}");
 	let down = serve_with(Some(registry("ws://127.0.0.1:9".into())));
