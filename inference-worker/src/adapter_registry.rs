@@ -95,13 +95,19 @@ pub enum AdapterError {
 	#[error("model: the chain could not be read: {0}")]
 	Chain(#[from] RpcError),
 	/// No such adapter at the finalized block.
-	#[error("the model \"{PREFIX}{0}\" does not exist: no adapter {0} is registered on chain (at its last finalized block)")]
+	#[error(
+		"the model \"{PREFIX}{0}\" does not exist: no adapter {0} is registered on chain (at its \
+		 last finalized block)"
+	)]
 	NotFound(AdapterId),
 	/// Its owner retired it.
 	#[error("the model \"{PREFIX}{0}\" is no longer served: adapter {0} is retired by its owner")]
 	Retired(AdapterId),
 	/// It adapts another base model than the one served.
-	#[error("model: adapter {id} adapts base model {base_model} ({base}), not the model this worker serves ({ours})")]
+	#[error(
+		"model: adapter {id} adapts base model {base_model} ({base}), not the model this worker \
+		 serves ({ours})"
+	)]
 	OtherBase {
 		/// The adapter.
 		id: AdapterId,
@@ -218,7 +224,7 @@ pub type Build = Arc<dyn Fn(&str, &Path) -> Result<(), String> + Send + Sync>;
 #[derive(Clone, Debug)]
 enum Found {
 	/// The files hashed, built for the served model; what their weights say.
-	Files(Outline),
+	Good(Outline),
 	/// Not the files hashed: why.
 	Wrong(String),
 	/// The files hashed, which no worker can serve: why.
@@ -269,8 +275,9 @@ impl AdapterRegistry {
 		}
 	}
 
-	/// Hashes the served weights file (once; later calls wait for it): call it at start so
-	/// that the first request naming an adapter on chain does not wait for it.
+	/// Hashes the served weights file now (once; later calls wait for it, and one that failed
+	/// is tried again): call it at start so that the first request naming an adapter on chain
+	/// does not wait for it.
 	pub async fn hash_weights(&self) {
 		let _ = self.weights_hashes().await;
 	}
@@ -333,7 +340,7 @@ impl AdapterRegistry {
 		})?;
 		let dir = self.content_dir.join(hex::encode(content_hash));
 		match self.files(id, &dir, content_hash, build).await? {
-			Found::Files(outline) => {
+			Found::Good(outline) => {
 				check_declared(id, &outline, (info.rank, &info.target_modules))?
 			}
 			Found::Wrong(reason) => return Err(AdapterError::Content { id, reason }),
@@ -379,7 +386,8 @@ impl AdapterRegistry {
 		if let Some(found) = known() {
 			return Ok(found);
 		}
-		let (name, folder) = (format!("{PREFIX}{id}"), dir.to_path_buf());
+		// (Named by their hash: what is remembered holds for any adapter of these files.)
+		let (name, folder) = (format!("0x{}", hex::encode(content_hash)), dir.to_path_buf());
 		let examined = move || examine(&folder, &content_hash, &name, &build);
 		let found = tokio::task::spawn_blocking(examined)
 			.await
@@ -415,9 +423,9 @@ impl AdapterRegistry {
 	}
 }
 
-/// Examines the files of adapter `name` in `dir`: whether they hash to `content_hash`, what
-/// their weights say, and whether `build` can build them for the served model. An error only
-/// where they cannot be read.
+/// Examines the adapter files in `dir` (`name` in what it says of them): whether they hash to
+/// `content_hash`, what their weights say, and whether `build` can build them for the served
+/// model. An error only where they cannot be read.
 fn examine(
 	dir: &Path,
 	content_hash: &ContentHash,
@@ -446,7 +454,7 @@ fn examine(
 		Err(e) => return Ok(Found::Unservable(e.to_string())),
 	};
 	Ok(match build(name, dir) {
-		Ok(()) => Found::Files(outline),
+		Ok(()) => Found::Good(outline),
 		Err(e) => Found::Unservable(e),
 	})
 }

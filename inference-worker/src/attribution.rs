@@ -247,7 +247,8 @@ impl SourcedPrompt {
 	/// `sources`. The prompt is always the conversation as the template writes it, the
 	/// documents placed in the system message: the instructions (a registered prompt's text)
 	/// and the answers of tools are sources only if the answer is attributed and cutting them
-	/// out of it leaves its tokens as they are (a template may change them, a tokenizer merge their edges with the text
+	/// out of it leaves its tokens as they are (a template may change them, a tokenizer merge
+	/// their edges with the text
 	/// around them, the instructions may write special tokens); otherwise they are written in
 	/// with the rest and [`Self::instructions_refused`] or [`Self::tool_answers_refused`] says
 	/// why. At least one source (but a registered prompt's chat may have none), at most

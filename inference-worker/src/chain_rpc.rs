@@ -51,7 +51,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<WsClient, RpcError>
 	WsClientBuilder::default()
 		.connection_timeout(timeout)
 		.request_timeout(timeout)
-		// The requests being served share the connection.
+		// (A [`Node`]'s connection carries the calls of every request being served.)
 		.max_concurrent_requests(4096)
 		.build(url)
 		.await

@@ -79,9 +79,9 @@
 //!   [`crate::adapter_registry`]): `"model": "chain:<id>"` names adapter `<id>` of the chain's
 //!   model registry, served once checked (not retired, this base model, its files in the
 //!   content folder hashed as on chain and as declared); the answer (streamed: its first
-//!   chunk, for a completion one of empty text) names it in `adapter` (`id`, `owner`, `name`,
-//!   `content_hash`, `price_per_1k_tokens`, `datanets`, `block`), and an attributed chat's
-//!   `attribution.adapter` has its `id` and `owner`.
+//!   chunk, for a completion not echoed one of empty text) names it in `adapter` (`id`,
+//!   `owner`, `name`, `content_hash`, `price_per_1k_tokens`, `datanets`, `block`), and an
+//!   attributed chat's `attribution.adapter` has its `id` and `owner`.
 //! - Adapters without a restart: with an adapters folder ([`ApiState::with_adapters_dir`]), a
 //!   model name not served yet that names an adapter folder there is served from then on (as
 //!   LoRAX does). With runtime adapters allowed ([`ApiState::with_runtime_adapters`]; 403
@@ -97,7 +97,8 @@
 //! Every error is a JSON object `{"error": {"message", "type", "code"}}` with a status that
 //! says whose fault it is: 400 for a malformed or impossible request (bad JSON, an empty or too
 //! long prompt, a bad sampling value, an adapter on chain for another base model), 404 for an
-//! unknown model (an adapter on chain unknown or retired included) or registered prompt, 413 for a body over
+//! unknown model (an adapter on chain unknown or retired included) or registered prompt, 413
+//! for a body over
 //! the limit, 422 for an adapter that cannot be loaded (its files are corrupt or do not fit the
 //! base; on chain: not as declared) or a registered prompt no worker can serve, 503 when the
 //! queue is full (try again) or a registered prompt or adapter cannot be read now (the node,
@@ -855,8 +856,9 @@ impl ApiState {
 	}
 
 	/// The model a request's `model` names: [`Self::resolve`]'s, or an adapter registered on
-	/// chain (`chain:<id>`), checked ([`AdapterRegistry::adapter`]) and served from then on
-	/// (built for the model first, once: one that cannot be is a 422).
+	/// chain (`chain:<id>`), checked ([`AdapterRegistry::adapter`], on every request: built
+	/// for the model once its files are, one that cannot be is a 422) and registered with the
+	/// engine.
 	async fn served(&self, model: Option<&str>) -> Result<Served, ApiError> {
 		let Some(id) = model.and_then(adapter_registry::chain_id) else {
 			let (name, adapter) = self.resolve(model)?;
@@ -1480,15 +1482,17 @@ async fn serve(
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
 		let (id, created, logprobs) = (endpoint.answer_id(), now(), logprobs.is_some());
 		let head = ChunkHead { id, created, model, endpoint, n, include_usage, logprobs, calling };
-		let mut grounded = served.fields();
-		grounded.extend(grounding.as_ref().map(Grounding::fields).unwrap_or_default());
+		// What the first chunk says: the adapter and prompt registered on chain, the records
+		// retrieved.
+		let mut first_fields = served.fields();
+		first_fields.extend(grounding.as_ref().map(Grounding::fields).unwrap_or_default());
 		let attributing = match (attribution, grounding) {
 			(Some(ablations), Some(grounding)) => {
 				Some(Attributing { state: state.clone(), ablations, grounding, served })
 			}
 			_ => None,
 		};
-		let streamed = (head, echo, grounded, attributing);
+		let streamed = (head, echo, first_fields, attributing);
 		return stream(&state, requests, adapter, streamed).await;
 	}
 	let generations = futures::future::try_join_all(
@@ -1744,7 +1748,7 @@ async fn stream(
 	state: &ApiState,
 	requests: Vec<GenerationRequest>,
 	adapter: Option<String>,
-	(head, echo, grounded, attributing): (
+	(head, echo, first_fields, attributing): (
 		ChunkHead,
 		Option<Vec<Prompt>>,
 		serde_json::Map<String, Value>,
@@ -1772,8 +1776,6 @@ async fn stream(
 	let firsts: Vec<String> = match (head.endpoint, echo) {
 		(Endpoint::Chat, _) => vec![String::new()],
 		(Endpoint::Completions, Some(prompts)) => echoes(&tokenizer, &prompts)?,
-		// What the answer says of its adapter comes with a first chunk of no text.
-		(Endpoint::Completions, None) if !grounded.is_empty() => vec![String::new()],
 		(Endpoint::Completions, None) => Vec::new(),
 	};
 	let mut offsets = vec![0; open];
@@ -1789,11 +1791,21 @@ async fn stream(
 			// The adapter and prompt registered on chain and the records retrieved, with the
 			// first chunk.
 			if let (true, Some(chunk)) = (start.is_empty(), chunk.as_object_mut()) {
-				chunk.extend(grounded.clone());
+				chunk.extend(first_fields.clone());
 			}
 			start.push(Event::default().data(chunk.to_string()));
 			*offset = text.chars().count();
 		}
+	}
+	// A completion not echoed has no first chunk of its own: what it says comes with one of
+	// empty text (choice 0's).
+	if start.is_empty() && !first_fields.is_empty() {
+		let usage = head.include_usage.then_some(Value::Null);
+		let mut chunk = head.chunk_json(vec![head.endpoint.delta(0, Piece::Start(""))], usage);
+		if let Some(chunk) = chunk.as_object_mut() {
+			chunk.extend(first_fields.clone());
+		}
+		start.push(Event::default().data(chunk.to_string()));
 	}
 
 	let calls = match &head.calling {

@@ -561,6 +561,12 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 		}
 	}
 	let name = match &args.served_model_name {
+		Some(name) if name.starts_with(adapter_registry::PREFIX) => {
+			let prefix = adapter_registry::PREFIX;
+			bail!(
+				"--served-model-name {name:?}: names that begin {prefix:?} name adapters on chain"
+			)
+		}
 		Some(name) => name.clone(),
 		None => args
 			.model
@@ -766,6 +772,14 @@ fn adapter_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 			.file_name()
 			.and_then(|n| n.to_str())
 			.ok_or_else(|| anyhow!("the adapter folder {} has no UTF-8 name", path.display()))?;
+		if name.starts_with(adapter_registry::PREFIX) {
+			bail!(
+				"the adapter folder {}: names that begin {:?} are the adapters registered on \
+				 chain (rename it)",
+				path.display(),
+				adapter_registry::PREFIX
+			);
+		}
 		found.push((name.to_string(), path.clone()));
 	}
 	found.sort();

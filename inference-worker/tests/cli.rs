@@ -220,9 +220,13 @@ fn content_hash_of_an_adapter_names_its_two_files_and_stores_them_in_a_folder() 
 	let stored = store.join(&hash);
 	assert_eq!(std::fs::read(stored.join("adapter_model.safetensors")).unwrap(), [1u8; 40]);
 	assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1, "no partial folder left");
-	// Stored again: the same folder, whole.
+	// Stored again over a folder that holds other bytes: the folder replaced whole, nothing
+	// left aside.
+	std::fs::write(stored.join("adapter_model.safetensors"), b"stale").unwrap();
 	assert!(stored_with_hash().status.success());
+	assert_eq!(std::fs::read(stored.join("adapter_model.safetensors")).unwrap(), [1u8; 40]);
 	assert_eq!(std::fs::read_dir(&stored).unwrap().count(), 2);
+	assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1, "nothing left aside");
 	std::fs::remove_file(adapter.join("adapter_model.safetensors")).unwrap();
 	let missing = worker().arg("content-hash").arg("--adapter").arg(&adapter).output().unwrap();
 	assert!(!missing.status.success());
@@ -253,6 +257,12 @@ fn serve_refuses_chain_options_that_do_not_go_together() {
 	assert!(serve(&not_a_folder).contains("is not a folder"));
 	assert!(serve(&["--datanet", "0"]).contains("--chain"));
 	assert!(serve(&["--adapter", "chain:3=/tmp"]).contains("registered on chain"));
+	assert!(serve(&["--served-model-name", "chain:0"]).contains("name adapters on chain"));
+	let adapters = dir.path().join("adapters");
+	std::fs::create_dir_all(adapters.join("chain:3")).unwrap();
+	std::fs::write(adapters.join("chain:3/adapter_config.json"), "{}").unwrap();
+	let folder = serve(&["--adapters", adapters.to_str().unwrap()]);
+	assert!(folder.contains("chain:3") && folder.contains("registered on chain"), "{folder}");
 	// DataNets are served with an embedding model; a chain alone (registered prompts) is not.
 	let output = worker().args(["serve", "--model", "unused.gguf"]).args(chain).output().unwrap();
 	let stderr = String::from_utf8_lossy(&output.stderr);

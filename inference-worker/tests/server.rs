@@ -2907,13 +2907,25 @@ fn requests_may_name_an_adapter_registered_on_chain_and_it_is_checked_first() {
 	let (status, answer) =
 		post(address, "/v1/completions", &json!({"model": "chain:9", "prompt": "Hi"}));
 	assert_eq!((status, &answer["error"]["code"]), (404, &json!("model_not_found")));
-	// Its files stored, the adapter missing them is served (what was refused was not
-	// remembered).
+	// Its files stored, the adapter missing them is served (files that are not there are
+	// looked for again).
 	store(&later_hash, &later);
 	let (status, answer) =
 		post(address, "/v1/completions", &json!({"model": "chain:4", "prompt": "Hi"}));
 	assert_eq!(status, 200, "{answer}");
 	assert_eq!(answer["adapter"]["id"], 4);
+	// Its weights changed once served: examined again, refused and no longer listed; put back,
+	// served again. A byte flipped where the last tensor's values end: the file still parses.
+	let weights = content.join(hex::encode(hash)).join(ADAPTER_FILES[1]);
+	let mut changed = files[1].clone();
+	*changed.last_mut().unwrap() ^= 1;
+	std::fs::write(&weights, &changed).unwrap();
+	refused("chain:0", 503, "not to the content hash on chain");
+	let (_, models) = get(address, "/v1/models");
+	assert!(!models.contains("\"chain:0\""), "{models}");
+	std::fs::write(&weights, &files[1]).unwrap();
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
 	// Retired once served: no longer served, nor listed.
 	on_chain.lock().unwrap()[0]["retired"] = json!(true);
 	refused("chain:0", 404, "adapter 0 is retired");
