@@ -303,16 +303,8 @@ impl AdapterRegistry {
 		id: AdapterId,
 		build: Build,
 	) -> Result<RegisteredAdapter, AdapterError> {
-		let timeout = self.node.timeout();
-		let (info, base, block) =
-			tokio::time::timeout(timeout, self.look_up(id)).await.map_err(|_| {
-				AdapterError::Chain(RpcError::Call {
-					method: "connect, chain_getFinalizedHead, adapters_getAdapter, \
-					         adapters_getBaseModel"
-						.into(),
-					reason: format!("no answer within {} s", timeout.as_secs()),
-				})
-			})??;
+		let methods = "connect, chain_getFinalizedHead, adapters_getAdapter, adapters_getBaseModel";
+		let (info, base, block) = self.node.within(methods, self.look_up(id)).await?;
 		let ours = self.weights_hashes().await?;
 		let weights_hash = parse_hash(&base.weights_hash).ok_or_else(|| {
 			RpcError::malformed(

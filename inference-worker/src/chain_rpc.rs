@@ -94,9 +94,19 @@ impl Node {
 		Self { url: url.into(), timeout, client: Mutex::new(None) }
 	}
 
-	/// How long connecting, and each call, may take.
-	pub fn timeout(&self) -> Duration {
-		self.timeout
+	/// What `calls` (to `methods`, connecting included) give, or an error naming `methods`
+	/// if the node has not answered them all within the timeout.
+	pub async fn within<T, E: From<RpcError>>(
+		&self,
+		methods: &str,
+		calls: impl std::future::Future<Output = Result<T, E>>,
+	) -> Result<T, E> {
+		tokio::time::timeout(self.timeout, calls).await.map_err(|_| {
+			E::from(RpcError::Call {
+				method: methods.into(),
+				reason: format!("no answer within {} s", self.timeout.as_secs()),
+			})
+		})?
 	}
 
 	/// The connection (no lock is held while it is used), made again if it was dropped.

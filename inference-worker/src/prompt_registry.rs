@@ -142,14 +142,8 @@ impl PromptRegistry {
 		id: PromptId,
 		version: Option<PromptVersion>,
 	) -> Result<RegisteredPrompt, PromptError> {
-		let timeout = self.node.timeout();
-		tokio::time::timeout(timeout, self.look_up(id, version)).await.map_err(|_| {
-			PromptError::Chain(RpcError::Call {
-				method: "connect, chain_getFinalizedHead, prompts_getPrompt, prompts_getVersion"
-					.into(),
-				reason: format!("no answer within {} s", timeout.as_secs()),
-			})
-		})?
+		let methods = "connect, chain_getFinalizedHead, prompts_getPrompt, prompts_getVersion";
+		self.node.within(methods, self.look_up(id, version)).await
 	}
 
 	/// [`Self::version`], however long the node takes.
