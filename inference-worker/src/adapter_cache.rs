@@ -18,6 +18,8 @@ use std::{
 	time::SystemTime,
 };
 
+use openledger_primitives::ADAPTER_FILES;
+
 use crate::{
 	error::{Error, Result},
 	lora::{AdapterFiles, LoraAdapter},
@@ -32,7 +34,7 @@ struct Fingerprint(PathBuf, Vec<(u64, Option<SystemTime>)>);
 impl Fingerprint {
 	fn of(dir: &Path) -> Result<Self> {
 		let mut parts = Vec::with_capacity(2);
-		for file in ["adapter_config.json", "adapter_model.safetensors"] {
+		for file in ADAPTER_FILES {
 			let meta = std::fs::metadata(dir.join(file)).map_err(|e| Error::Adapter {
 				name: dir.display().to_string(),
 				reason: format!("cannot read {file}: {e}"),

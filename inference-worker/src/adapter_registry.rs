@@ -17,10 +17,13 @@
 //! the room. Each request reads the chain again (two or three RPC calls), so a retirement or a
 //! new price applies from the next finalized block on; the files are examined once (what was
 //! wrong with them too), and again only when one of them changes (its size, modification time,
-//! inode or change time).
+//! inode or change time). The engine is given the content hash with the folder
+//! ([`crate::lora::AdapterSource`]) and hashes the files again whenever it reads them, so
+//! nothing but the files hashed on chain is served under the adapter's id. Requests looking an
+//! adapter up at once settle what they found in the order their lookups began ([`Verdicts`]).
 
 use std::{
-	collections::HashMap,
+	collections::{BTreeSet, HashMap},
 	io::Read,
 	path::{Path, PathBuf},
 	sync::{Arc, Mutex},
@@ -37,8 +40,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::{
-	chain_rpc::{call, finalized_head, parse_hash, Node, RpcError},
-	lora::{AdapterFiles, Projection},
+	chain_rpc::{call, finalized_head, hash_field, Node, RpcError},
+	lora::{read_adapter_files, AdapterFiles, Projection},
 };
 
 /// How a request names an adapter registered on chain: `chain:` and its id.
@@ -55,6 +58,17 @@ pub fn chain_id(model: &str) -> Option<Result<AdapterId, AdapterError>> {
 			"{model:?}: {PREFIX} is followed by an adapter's id on chain, in decimal"
 		))
 	}))
+}
+
+/// Refuses `name` where the operator or a client names an adapter, or the served model:
+/// names that begin [`PREFIX`] are the adapters registered on chain.
+pub fn unreserved(name: &str) -> Result<(), String> {
+	match name.starts_with(PREFIX) {
+		true => Err(format!(
+			"{name:?}: names that begin {PREFIX:?} are the adapters registered on chain"
+		)),
+		false => Ok(()),
+	}
 }
 
 /// An adapter registered on chain, checked and ready to serve.
@@ -80,7 +94,7 @@ pub struct RegisteredAdapter {
 }
 
 /// Why an adapter registered on chain cannot be served.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AdapterError {
 	/// The worker does not follow a chain (`serve --chain`).
 	#[error(
@@ -216,9 +230,9 @@ type Stamp = [FileStamp; 2];
 /// ([`AdapterFiles::outline`]).
 type Outline = (Vec<usize>, Vec<Projection>);
 
-/// Builds an adapter's files (its name, its folder) for the served model, as serving them would,
+/// Builds an adapter's files (its name, the files) for the served model, as serving them would,
 /// or says why they cannot be.
-pub type Build = Arc<dyn Fn(&str, &Path) -> Result<(), String> + Send + Sync>;
+pub type Build = Arc<dyn Fn(&str, &AdapterFiles) -> Result<(), String> + Send + Sync>;
 
 /// What the files of an adapter were found to be.
 #[derive(Clone, Debug)]
@@ -249,6 +263,98 @@ pub struct AdapterRegistry {
 	/// Held while files are examined (one adapter's at a time: requests naming the same one
 	/// wait for the result rather than repeat the work).
 	checking: tokio::sync::Mutex<()>,
+	/// The lookups in flight and the verdicts they came to.
+	verdicts: Verdicts,
+}
+
+/// What a request does with what its lookup found ([`Lookup::settle`]).
+#[derive(Debug)]
+pub enum Settled {
+	/// No later lookup has settled: list the adapter, or unlist it, as this one found.
+	Latest,
+	/// A later lookup has settled and found the adapter servable: leave the listing alone.
+	Overtaken,
+	/// A later lookup has settled and found the adapter not to be served, for this reason:
+	/// the request is answered with it, though its own lookup found the adapter servable.
+	Gone(AdapterError),
+}
+
+/// The order in which lookups of adapters on chain began, and what the latest settled of each
+/// adapter found. Requests look adapters up concurrently and finish in any order; what an
+/// older lookup found must not undo what a newer one found (an adapter found servable at one
+/// block listed again after a later request found it retired and unlisted it).
+#[derive(Default)]
+pub struct Verdicts {
+	inner: Mutex<VerdictsInner>,
+}
+
+#[derive(Default)]
+struct VerdictsInner {
+	/// The next lookup's ticket.
+	next: u64,
+	/// The tickets of the lookups begun and not yet settled (or dropped).
+	in_flight: BTreeSet<u64>,
+	/// Per adapter, the ticket of the latest lookup settled and why the adapter is not to be
+	/// served if it found so. Only lookups still in flight can be older than an entry, so
+	/// entries older than all of them are dropped: the map holds no more entries than lookups
+	/// have been in flight together.
+	latest: HashMap<AdapterId, (u64, Option<AdapterError>)>,
+}
+
+impl Verdicts {
+	fn lock(&self) -> std::sync::MutexGuard<'_, VerdictsInner> {
+		self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
+
+	/// A lookup beginning now.
+	pub fn begin(&self) -> Lookup<'_> {
+		let mut inner = self.lock();
+		let ticket = inner.next;
+		inner.next = inner.next.saturating_add(1);
+		inner.in_flight.insert(ticket);
+		Lookup { verdicts: self, ticket }
+	}
+
+	/// How many adapters have a verdict remembered.
+	pub fn remembered(&self) -> usize {
+		self.lock().latest.len()
+	}
+}
+
+/// A lookup of an adapter on chain, in the order lookups began ([`Verdicts`]).
+pub struct Lookup<'a> {
+	verdicts: &'a Verdicts,
+	ticket: u64,
+}
+
+impl Lookup<'_> {
+	/// Settles what this lookup found of adapter `id`: servable (`gone` is `None`), or not to be
+	/// served for the reason `gone` ([`AdapterError::is_gone`]). Call it, and apply what it
+	/// says, under the lock of the listing it orders.
+	pub fn settle(self, id: AdapterId, gone: Option<&AdapterError>) -> Settled {
+		let mut inner = self.verdicts.lock();
+		match inner.latest.get(&id) {
+			Some((later, verdict)) if *later > self.ticket => match verdict {
+				Some(reason) if gone.is_none() => Settled::Gone(reason.clone()),
+				_ => Settled::Overtaken,
+			},
+			_ => {
+				inner.latest.insert(id, (self.ticket, gone.cloned()));
+				Settled::Latest
+			}
+		}
+	}
+}
+
+impl Drop for Lookup<'_> {
+	fn drop(&mut self) {
+		let mut inner = self.verdicts.lock();
+		inner.in_flight.remove(&self.ticket);
+		// A verdict older than every lookup in flight can be overtaken by any lookup settled
+		// from now on, so it orders nothing.
+		let oldest = inner.in_flight.first().copied().unwrap_or(u64::MAX);
+		inner.latest.retain(|_, (ticket, _)| *ticket >= oldest);
+	}
 }
 
 impl AdapterRegistry {
@@ -263,6 +369,7 @@ impl AdapterRegistry {
 			hashes: OnceCell::new(),
 			checked: Mutex::new(HashMap::new()),
 			checking: tokio::sync::Mutex::new(()),
+			verdicts: Verdicts::default(),
 		}
 	}
 
@@ -296,6 +403,12 @@ impl AdapterRegistry {
 		hashes.await.copied().map_err(AdapterError::Weights)
 	}
 
+	/// The order of this registry's lookups: take a [`Lookup`] before [`Self::adapter`] and
+	/// settle what it found.
+	pub fn verdicts(&self) -> &Verdicts {
+		&self.verdicts
+	}
+
 	/// Adapter `id` at the chain's last finalized block, checked as the module says (`build`
 	/// builds its files for the served model, as serving them would).
 	pub async fn adapter(
@@ -306,12 +419,7 @@ impl AdapterRegistry {
 		let methods = "connect, chain_getFinalizedHead, adapters_getAdapter, adapters_getBaseModel";
 		let (info, base, block) = self.node.within(methods, self.look_up(id)).await?;
 		let ours = self.weights_hashes().await?;
-		let weights_hash = parse_hash(&base.weights_hash).ok_or_else(|| {
-			RpcError::malformed(
-				"adapters_getBaseModel",
-				format!("weightsHash {:?} is not 32 bytes of hex", base.weights_hash),
-			)
-		})?;
+		let weights_hash = hash_field("adapters_getBaseModel", "weightsHash", &base.weights_hash)?;
 		if weights_hash != ours.sha256 && weights_hash != ours.blake2 {
 			return Err(AdapterError::OtherBase {
 				id,
@@ -324,12 +432,7 @@ impl AdapterRegistry {
 				),
 			});
 		}
-		let content_hash = parse_hash(&info.content_hash).ok_or_else(|| {
-			RpcError::malformed(
-				"adapters_getAdapter",
-				format!("contentHash {:?} is not 32 bytes of hex", info.content_hash),
-			)
-		})?;
+		let content_hash = hash_field("adapters_getAdapter", "contentHash", &info.content_hash)?;
 		let dir = self.content_dir.join(hex::encode(content_hash));
 		match self.files(id, &dir, content_hash, build).await? {
 			Found::Good(outline) => {
@@ -424,12 +527,8 @@ fn examine(
 	name: &str,
 	build: &Build,
 ) -> Result<Found, String> {
-	let read = |file: &str| {
-		let path = dir.join(file);
-		std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-	};
-	let (config, weights) = (read(ADAPTER_FILES[0])?, read(ADAPTER_FILES[1])?);
-	let hash = adapter_content_hash(&config, &weights);
+	let bytes = read_adapter_files(dir)?;
+	let hash = adapter_content_hash(&bytes[0], &bytes[1]);
 	if hash != *content_hash {
 		return Ok(Found::Wrong(format!(
 			"those in {} hash to 0x{}, not to the content hash on chain",
@@ -437,15 +536,16 @@ fn examine(
 			hex::encode(hash)
 		)));
 	}
-	let Ok(config) = String::from_utf8(config) else {
-		return Ok(Found::Unservable("its adapter_config.json is not UTF-8".into()));
+	// (What is built is what was hashed.)
+	let files = match AdapterFiles::from_bytes(bytes, name) {
+		Ok(files) => files,
+		Err(e) => return Ok(Found::Unservable(e.to_string())),
 	};
-	let files = AdapterFiles { config, weights };
 	let outline = match files.outline(name) {
 		Ok(outline) => outline,
 		Err(e) => return Ok(Found::Unservable(e.to_string())),
 	};
-	Ok(match build(name, dir) {
+	Ok(match build(name, &files) {
 		Ok(()) => Found::Good(outline),
 		Err(e) => Found::Unservable(e),
 	})
@@ -533,6 +633,53 @@ fn hash_file(path: &Path) -> Result<WeightsHashes, String> {
 #[cfg(test)]
 mod tests {
 	use super::*;
+
+	#[test]
+	fn names_beginning_chain_are_kept_for_adapters_on_chain() {
+		let refused = unreserved("chain:3").unwrap_err();
+		assert_eq!(
+			refused,
+			"\"chain:3\": names that begin \"chain:\" are the adapters registered on chain"
+		);
+		assert!(unreserved("chain").is_ok() && unreserved("my-chain:3").is_ok());
+	}
+
+	#[test]
+	fn what_a_lookup_found_stands_until_a_later_lookup_settles() {
+		let verdicts = Verdicts::default();
+		let retired = AdapterError::Retired(7);
+		// Found servable, then retired by a later lookup that settles first: the earlier one
+		// is answered as the later found, and lists nothing.
+		let (early, late) = (verdicts.begin(), verdicts.begin());
+		assert!(matches!(late.settle(7, Some(&retired)), Settled::Latest));
+		assert!(matches!(early.settle(7, None), Settled::Gone(AdapterError::Retired(7))));
+		// Found retired, then servable by a later lookup that settles first: the earlier one
+		// unlists nothing.
+		let (early, late) = (verdicts.begin(), verdicts.begin());
+		assert!(matches!(late.settle(7, None), Settled::Latest));
+		assert!(matches!(early.settle(7, Some(&retired)), Settled::Overtaken));
+		// Two lookups finding it servable: the earlier one serves it as listed.
+		let (early, late) = (verdicts.begin(), verdicts.begin());
+		assert!(matches!(late.settle(7, None), Settled::Latest));
+		assert!(matches!(early.settle(7, None), Settled::Overtaken));
+		// In the order they began, each is the latest; other adapters are apart.
+		let (first, other, second) = (verdicts.begin(), verdicts.begin(), verdicts.begin());
+		assert!(matches!(first.settle(7, None), Settled::Latest));
+		assert!(matches!(other.settle(8, Some(&AdapterError::NotFound(8))), Settled::Latest));
+		assert!(matches!(second.settle(7, Some(&retired)), Settled::Latest));
+		// With no lookup in flight nothing is remembered; one in flight keeps what is later.
+		assert_eq!(verdicts.remembered(), 0);
+		let (pending, later) = (verdicts.begin(), verdicts.begin());
+		assert!(matches!(later.settle(7, Some(&retired)), Settled::Latest));
+		assert_eq!(verdicts.remembered(), 1);
+		drop(pending);
+		assert_eq!(verdicts.remembered(), 0);
+		// A lookup dropped unsettled (a client gone) orders nothing.
+		let (dropped, after) = (verdicts.begin(), verdicts.begin());
+		drop(dropped);
+		assert!(matches!(after.settle(7, None), Settled::Latest));
+		assert_eq!(verdicts.remembered(), 0);
+	}
 
 	#[test]
 	fn names_on_chain_are_parsed() {

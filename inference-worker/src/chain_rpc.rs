@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why reading the node failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RpcError {
 	/// The node could not be reached or refused the call.
 	#[error("RPC {method}: {reason}")]
@@ -75,6 +75,14 @@ pub async fn call<T: DeserializeOwned>(
 pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
 	let bytes = hex::decode(text.strip_prefix("0x")?).ok()?;
 	bytes.try_into().ok()
+}
+
+/// The hash in `field` of the node's answer to `method` ([`parse_hash`]), or why the answer is
+/// malformed.
+pub fn hash_field(method: &str, field: &str, text: &str) -> Result<[u8; 32], RpcError> {
+	parse_hash(text).ok_or_else(|| {
+		RpcError::malformed(method, format!("{field} {text:?} is not 0x and 32 bytes of hex"))
+	})
 }
 
 /// The node the registries are read from (registered prompts and adapters), over one
@@ -136,5 +144,10 @@ mod tests {
 		assert_eq!(parse_hash(&format!("0x{}", hex::encode(hash))), Some(hash));
 		assert_eq!(parse_hash(&hex::encode(hash)), None);
 		assert_eq!(parse_hash("0x1234"), None);
+		assert_eq!(parse_hash(&format!("0x{}", "zz".repeat(32))), None);
+		assert_eq!(hash_field("m", "f", &format!("0x{}", hex::encode(hash))).unwrap(), hash);
+		let malformed = hash_field("m", "contentHash", "0x12").unwrap_err();
+		assert!(matches!(&malformed, RpcError::Malformed { method, .. } if method == "m"));
+		assert!(malformed.to_string().contains("contentHash \"0x12\" is not"), "{malformed}");
 	}
 }

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-	chain_rpc::{call, connect, RpcError},
+	chain_rpc::{call, connect, hash_field, RpcError},
 	embedding_service::EmbeddingService,
 	retrieval::{add_records, Record, VectorIndex, MAX_RECORD_BYTES},
 };
@@ -467,7 +467,7 @@ async fn sync_datanet(
 	else {
 		return Err(SyncError::UnknownDataNet { datanet: id, block: head.to_string() });
 	};
-	let chain_commitment = parse_hash("datanets_getDataNet", &chain_net.commitment)?;
+	let chain_commitment = hash_field("datanets_getDataNet", "commitment", &chain_net.commitment)?;
 	// The history indexed must still be the chain's.
 	if chain_net.version < net.verified() {
 		if net.commitment_at(chain_net.version) == Some(chain_commitment) {
@@ -483,7 +483,7 @@ async fn sync_datanet(
 		let theirs: Option<RpcCommitment> =
 			call(client, "datanets_commitment", rpc_params![id, net.verified(), head]).await?;
 		let theirs = match theirs {
-			Some(c) => Some(parse_hash("datanets_commitment", &c.commitment)?),
+			Some(c) => Some(hash_field("datanets_commitment", "commitment", &c.commitment)?),
 			None => None,
 		};
 		if theirs != Some(net.commitment()) {
@@ -564,9 +564,9 @@ fn check_record(net: &mut DataNetState, record: RpcRecord) -> Result<Unindexed, 
 		)
 		.into());
 	}
-	let hash = parse_hash(method, &record.content_hash)?;
+	let hash = hash_field(method, "contentHash", &record.content_hash)?;
 	let next = next_commitment(&net.commitment(), position, record.id, &hash);
-	if next != parse_hash(method, &record.commitment)? {
+	if next != hash_field(method, "commitment", &record.commitment)? {
 		return Err(SyncError::Commitment { datanet: net.id, record: record.id, index: position });
 	}
 	net.commitments.push(next);
@@ -756,26 +756,9 @@ fn hex0x(bytes: &[u8]) -> String {
 	format!("0x{}", hex::encode(bytes))
 }
 
-/// A 32-byte hash written `0x` and 64 hex digits.
-fn parse_hash(method: &str, text: &str) -> Result<[u8; 32], RpcError> {
-	let mut hash = [0u8; 32];
-	hex::decode_to_slice(text.trim_start_matches("0x"), &mut hash)
-		.map_err(|e| RpcError::malformed(method, format!("hash {text:?}: {e}")))?;
-	Ok(hash)
-}
-
 #[cfg(test)]
 mod tests {
 	use super::*;
-
-	#[test]
-	fn hashes_parse_with_and_without_prefix_and_refuse_bad_ones() {
-		let hash = [0xabu8; 32];
-		assert_eq!(parse_hash("m", &hex0x(&hash)).unwrap(), hash);
-		assert_eq!(parse_hash("m", &hex::encode(hash)).unwrap(), hash);
-		assert!(matches!(parse_hash("m", "0x12"), Err(RpcError::Malformed { .. })));
-		assert!(parse_hash("m", &format!("0x{}", "zz".repeat(32))).is_err());
-	}
 
 	fn record(dir: &std::path::Path, content: &[u8], size: u64) -> (SyncConfig, Unindexed) {
 		let config = SyncConfig {

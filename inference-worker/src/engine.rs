@@ -29,7 +29,6 @@
 
 use std::{
 	collections::{HashMap, VecDeque},
-	path::PathBuf,
 	sync::{mpsc, Arc},
 };
 
@@ -39,10 +38,22 @@ use crate::{
 	error::{Error, Result},
 	generate::{validate, Generation, GenerationRequest, Progress},
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
-	lora::LoraAdapter,
+	lora::{AdapterFiles, AdapterSource, LoraAdapter},
 	model::{Llama, SequenceInput},
 	tokenizer::Tokenizer,
 };
+
+/// Builds the adapter `name` for `model` from `files`, read for it from `source` (refused if
+/// they are not the files `source` names by hash).
+fn build_adapter<D: Decoder>(
+	model: &D,
+	name: &str,
+	source: &AdapterSource,
+	files: &AdapterFiles,
+) -> Result<LoraAdapter> {
+	source.verify(name, files)?;
+	model.adapter_from_files(name, files)
+}
 
 /// Identifies a request submitted to an [`Engine`].
 pub type RequestId = u64;
@@ -117,9 +128,9 @@ pub struct EngineStats {
 /// Where a request's adapter stands.
 enum AdapterState {
 	Base,
-	/// Loading from this folder (a load from another folder, registered earlier under the same
-	/// name, is not this one's).
-	Loading(String, PathBuf),
+	/// Loading from this source (a load from another, registered earlier under the same name,
+	/// is not this one's).
+	Loading(String, AdapterSource),
 	Ready(Arc<LoraAdapter>),
 }
 
@@ -195,7 +206,7 @@ pub struct Completion {
 }
 
 /// A finished load: the adapter's name and folder, and the adapter or why it failed.
-type LoadResult = (String, PathBuf, Result<Arc<LoraAdapter>>);
+type LoadResult = (String, AdapterSource, Result<Arc<LoraAdapter>>);
 
 /// Serves requests with continuous batching (see the module documentation).
 pub struct Engine<D: Decoder = Llama> {
@@ -205,10 +216,10 @@ pub struct Engine<D: Decoder = Llama> {
 	cache: PagedKvCache<D::Store>,
 	residency: D::Residency,
 	adapters: Arc<AdapterCache>,
-	registry: HashMap<String, PathBuf>,
+	registry: HashMap<String, AdapterSource>,
 	waiting: VecDeque<Sequence>,
 	running: Vec<Sequence>,
-	loads: mpsc::Sender<(String, PathBuf)>,
+	loads: mpsc::Sender<(String, AdapterSource)>,
 	loaded: mpsc::Receiver<LoadResult>,
 	next_id: RequestId,
 	stats: EngineStats,
@@ -230,18 +241,18 @@ impl<D: Decoder> Engine<D> {
 		let residency = model.residency(config.adapter_pool_bytes)?;
 		let adapters =
 			Arc::new(AdapterCache::with_host_tier(config.adapter_bytes, config.adapter_host_bytes));
-		let (loads, load_rx) = mpsc::channel::<(String, PathBuf)>();
+		let (loads, load_rx) = mpsc::channel::<(String, AdapterSource)>();
 		let (loaded_tx, loaded) = mpsc::channel();
 		let loader_model = model.clone();
 		let loader_cache = adapters.clone();
 		std::thread::Builder::new()
 			.name("adapter-loader".into())
 			.spawn(move || {
-				for (name, dir) in load_rx {
-					let result = loader_cache.get_or_load(&name, &dir, |files| {
-						loader_model.adapter_from_files(&name, files)
+				for (name, source) in load_rx {
+					let result = loader_cache.get_or_load(&name, &source.dir, |files| {
+						build_adapter(&*loader_model, &name, &source, files)
 					});
-					if loaded_tx.send((name, dir, result)).is_err() {
+					if loaded_tx.send((name, source, result)).is_err() {
 						break;
 					}
 				}
@@ -265,10 +276,10 @@ impl<D: Decoder> Engine<D> {
 		})
 	}
 
-	/// Makes the adapter in the PEFT folder `dir` servable under `name` (it is loaded when a
-	/// request first names it).
-	pub fn register_adapter(&mut self, name: impl Into<String>, dir: impl Into<PathBuf>) {
-		self.registry.insert(name.into(), dir.into());
+	/// Makes the adapter in `source` (its PEFT folder, and the hash its files must have if any)
+	/// servable under `name` (it is loaded when a request first names it).
+	pub fn register_adapter(&mut self, name: impl Into<String>, source: impl Into<AdapterSource>) {
+		self.registry.insert(name.into(), source.into());
 	}
 
 	/// Stops serving the adapter `name` to new requests; requests already submitted with it
@@ -354,22 +365,21 @@ impl<D: Decoder> Engine<D> {
 		let adapter = match adapter {
 			None => AdapterState::Base,
 			Some(name) => {
-				let dir = self.registry.get(name).ok_or_else(|| Error::Adapter {
+				let source = self.registry.get(name).ok_or_else(|| Error::Adapter {
 					name: name.to_string(),
 					reason: "no adapter is registered under this name".into(),
 				})?;
-				if self.adapters.contains_from(name, dir) {
+				if self.adapters.contains_from(name, &source.dir) {
 					// In memory: a hit costs a look at the files' metadata, nothing more.
 					let model = self.model.clone();
-					AdapterState::Ready(
-						self.adapters
-							.get_or_load(name, dir, |f| model.adapter_from_files(name, f))?,
-					)
+					AdapterState::Ready(self.adapters.get_or_load(name, &source.dir, |f| {
+						build_adapter(&*model, name, source, f)
+					})?)
 				} else {
-					self.loads.send((name.to_string(), dir.clone())).map_err(|_| {
+					self.loads.send((name.to_string(), source.clone())).map_err(|_| {
 						Error::Adapter { name: name.into(), reason: "the loader stopped".into() }
 					})?;
-					AdapterState::Loading(name.to_string(), dir.clone())
+					AdapterState::Loading(name.to_string(), source.clone())
 				}
 			}
 		};
@@ -413,10 +423,10 @@ impl<D: Decoder> Engine<D> {
 	}
 
 	/// Hands a loaded adapter to the requests waiting for it; a failed load fails them.
-	fn apply_load(&mut self, (name, dir, result): LoadResult, done: &mut Vec<Completion>) {
+	fn apply_load(&mut self, (name, source, result): LoadResult, done: &mut Vec<Completion>) {
 		let mut kept = VecDeque::with_capacity(self.waiting.len());
 		for mut seq in self.waiting.drain(..) {
-			if matches!(&seq.adapter, AdapterState::Loading(n, d) if *n == name && *d == dir) {
+			if matches!(&seq.adapter, AdapterState::Loading(n, s) if *n == name && *s == source) {
 				match &result {
 					Ok(adapter) => seq.adapter = AdapterState::Ready(adapter.clone()),
 					Err(e) => {

@@ -134,7 +134,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{
-	adapter_registry::{self, AdapterError, AdapterRegistry, RegisteredAdapter},
+	adapter_registry::{self, AdapterError, AdapterRegistry, RegisteredAdapter, Settled},
 	attribution::{
 		answer_logprob, Ablations, Method, Source, SourcedPrompt, Sources, DEFAULT_ABLATIONS,
 		DEFAULT_LASSO_PENALTY, MAX_SOURCES,
@@ -148,6 +148,7 @@ use crate::{
 		TokenScores,
 	},
 	json_mode::JsonGrammar,
+	lora::AdapterSource,
 	prompt_registry::{fill, PromptError, PromptRef, PromptRegistry, RegisteredPrompt},
 	retrieval::{self, Record, VectorIndex, MAX_TOP_K},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
@@ -869,13 +870,17 @@ impl ApiState {
 		let name = format!("{}{id}", adapter_registry::PREFIX);
 		let engine = self.engine.clone();
 		let build: adapter_registry::Build =
-			Arc::new(move |name, dir| engine.check_adapter(name, dir).map_err(|e| e.to_string()));
-		let registered = match registry.adapter(id, build).await {
-			Ok(registered) => registered,
+			Arc::new(move |name, files| engine.check_files(name, files).map_err(|e| e.to_string()));
+		let lookup = registry.verdicts().begin();
+		let found = registry.adapter(id, build).await;
+		// Listed or unlisted under the lock, in the order the engine sees, as the latest lookup
+		// settled found.
+		let mut adapters = self.write_adapters();
+		let registered = match found {
+			Err(e) if !e.is_gone() => return Err(e.into()),
 			Err(e) => {
 				// Not to be served now (retired, say): not listed either.
-				if e.is_gone() {
-					let mut adapters = self.write_adapters();
+				if let Settled::Latest = lookup.settle(id, Some(&e)) {
 					if adapters.remove(&name).is_some() {
 						let _ = self.engine.unregister_adapter(name.as_str());
 						tracing::info!(adapter = %name, reason = %e, "no longer served");
@@ -883,13 +888,19 @@ impl ApiState {
 				}
 				return Err(e.into());
 			}
+			Ok(registered) => registered,
 		};
-		// Under the lock, in the order the engine sees.
-		let mut adapters = self.write_adapters();
-		if adapters.get(&name) != Some(&registered.dir) {
-			self.engine.register_adapter(name.clone(), registered.dir.clone())?;
-			tracing::info!(adapter = %name, owner = %registered.owner, "registered on chain");
-			adapters.insert(name.clone(), registered.dir.clone());
+		match lookup.settle(id, None) {
+			Settled::Gone(e) => return Err(e.into()),
+			Settled::Overtaken => {}
+			Settled::Latest => {
+				if adapters.get(&name) != Some(&registered.dir) {
+					let source = AdapterSource::hashed(&registered.dir, registered.content_hash);
+					self.engine.register_adapter(name.clone(), source)?;
+					tracing::info!(adapter = %name, owner = %registered.owner, "registered on chain");
+					adapters.insert(name.clone(), registered.dir.clone());
+				}
+			}
 		}
 		drop(adapters);
 		Ok(Served { name: name.clone(), adapter: Some(name), registered: Some(registered) })
@@ -2563,12 +2574,8 @@ async fn load_adapter(
 	if name.is_empty() || name == state.model_name {
 		return Err(ApiError::bad_request(format!("lora_name: {name:?} cannot name an adapter")));
 	}
-	if name.starts_with(adapter_registry::PREFIX) {
-		return Err(ApiError::bad_request(format!(
-			"lora_name: {name:?}: names that begin {:?} are the adapters registered on chain",
-			adapter_registry::PREFIX
-		)));
-	}
+	adapter_registry::unreserved(&name)
+		.map_err(|e| ApiError::bad_request(format!("lora_name: {e}")))?;
 	if state.read_adapters().contains_key(&name) {
 		return Err(ApiError::bad_request(format!(
 			"the adapter {name:?} is already loaded (unload it first)"
@@ -2608,12 +2615,11 @@ async fn unload_adapter(
 ) -> Result<String, ApiError> {
 	state.runtime_adapters_allowed()?;
 	let Json(UnloadAdapter { lora_name: name }) = body?;
-	if name.starts_with(adapter_registry::PREFIX) {
-		return Err(ApiError::bad_request(format!(
-			"lora_name: {name:?} is an adapter registered on chain: it is served while the chain \
-			 names it (its owner retires it there)"
-		)));
-	}
+	adapter_registry::unreserved(&name).map_err(|e| {
+		ApiError::bad_request(format!(
+			"lora_name: {e}, served while the chain names them (their owners retire them there)"
+		))
+	})?;
 	// The engine is told under the lock, so that its registry changes in the map's order.
 	let mut adapters = state.write_adapters();
 	if adapters.remove(&name).is_none() {

@@ -4,10 +4,11 @@
 
 use std::{
 	collections::{BTreeSet, HashMap},
-	path::Path,
+	path::{Path, PathBuf},
 };
 
 use candle_core::{DType, Device, Tensor};
+use openledger_primitives::{adapter_content_hash, ContentHash, ADAPTER_FILES};
 use serde::Deserialize;
 
 use crate::{
@@ -173,14 +174,19 @@ pub struct AdapterFiles {
 impl AdapterFiles {
 	/// Reads the PEFT folder `dir` of the adapter `name`.
 	pub fn read(dir: &Path, name: &str) -> Result<Self> {
-		let read = |file: &str| {
-			let path = dir.join(file);
-			std::fs::read(&path)
-				.map_err(|e| adapter_error(name, format!("cannot read {}: {e}", path.display())))
-		};
-		let config = String::from_utf8(read("adapter_config.json")?)
+		Self::from_bytes(read_adapter_files(dir).map_err(|e| adapter_error(name, e))?, name)
+	}
+
+	/// The files of the adapter `name` from their bytes ([`read_adapter_files`]'s).
+	pub fn from_bytes([config, weights]: [Vec<u8>; 2], name: &str) -> Result<Self> {
+		let config = String::from_utf8(config)
 			.map_err(|_| adapter_error(name, "adapter_config.json is not UTF-8"))?;
-		Ok(Self { config, weights: read("adapter_model.safetensors")? })
+		Ok(Self { config, weights })
+	}
+
+	/// Their content hash ([`adapter_content_hash`]), as the chain names an adapter's files.
+	pub fn content_hash(&self) -> ContentHash {
+		adapter_content_hash(self.config.as_bytes(), &self.weights)
 	}
 
 	/// Bytes they take.
@@ -222,6 +228,69 @@ pub struct LoraAdapter {
 
 /// The next [`LoraAdapter::uid`]; 0 stands for the base model.
 static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Reads an adapter's files in the PEFT folder `dir` ([`ADAPTER_FILES`], in that order), or
+/// says which cannot be read.
+pub fn read_adapter_files(dir: &Path) -> std::result::Result<[Vec<u8>; 2], String> {
+	let read = |file: &str| {
+		let path = dir.join(file);
+		std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+	};
+	Ok([read(ADAPTER_FILES[0])?, read(ADAPTER_FILES[1])?])
+}
+
+/// Where the engine reads an adapter's files: its PEFT folder and, for an adapter registered
+/// on chain, the content hash its files must have. Files are read again whenever the adapter
+/// is loaded, so an adapter with a hash is built only from bytes that hash to it, whatever
+/// changes in the folder after it was checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSource {
+	/// The PEFT folder.
+	pub dir: PathBuf,
+	/// The content hash the files must have ([`AdapterFiles::content_hash`]), if any.
+	pub content_hash: Option<ContentHash>,
+}
+
+impl AdapterSource {
+	/// The adapter in `dir` whose files must hash to `content_hash`.
+	pub fn hashed(dir: impl Into<PathBuf>, content_hash: ContentHash) -> Self {
+		Self { dir: dir.into(), content_hash: Some(content_hash) }
+	}
+
+	/// Whether `files`, read for the adapter `name`, are the ones this source names.
+	pub fn verify(&self, name: &str, files: &AdapterFiles) -> Result<()> {
+		match self.content_hash {
+			Some(expected) if files.content_hash() != expected => Err(adapter_error(
+				name,
+				format!(
+					"the files in {} no longer hash to 0x{}, the content hash it is served \
+					 under (changed since they were checked)",
+					self.dir.display(),
+					hex::encode(expected)
+				),
+			)),
+			_ => Ok(()),
+		}
+	}
+}
+
+impl From<PathBuf> for AdapterSource {
+	fn from(dir: PathBuf) -> Self {
+		Self { dir, content_hash: None }
+	}
+}
+
+impl From<&Path> for AdapterSource {
+	fn from(dir: &Path) -> Self {
+		dir.to_path_buf().into()
+	}
+}
+
+impl From<&PathBuf> for AdapterSource {
+	fn from(dir: &PathBuf) -> Self {
+		dir.clone().into()
+	}
+}
 
 fn adapter_error(name: &str, reason: impl ToString) -> Error {
 	Error::Adapter { name: name.to_string(), reason: reason.to_string() }

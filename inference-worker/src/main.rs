@@ -33,7 +33,7 @@ use openledger_inference_worker::{
 	http_api::{self, ApiState},
 	json_mode::JsonGrammar,
 	kernel_model::KernelLlama,
-	lora::LoraAdapter,
+	lora::{read_adapter_files, LoraAdapter},
 	model::{Llama, WeightFormat},
 	prompt_registry::PromptRegistry,
 	retrieval::{embed_records, read_records, VectorIndex},
@@ -191,11 +191,8 @@ struct ServeArgs {
 /// `NAME=FOLDER`.
 fn named_folder(value: &str) -> Result<(String, PathBuf), String> {
 	match value.split_once('=') {
-		Some((name, _)) if name.starts_with(adapter_registry::PREFIX) => Err(format!(
-			"{name:?}: names that begin {:?} are the adapters registered on chain",
-			adapter_registry::PREFIX
-		)),
 		Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+			adapter_registry::unreserved(name)?;
 			Ok((name.to_string(), PathBuf::from(dir)))
 		}
 		_ => Err(format!("{value:?} is not NAME=FOLDER")),
@@ -498,13 +495,7 @@ fn run_content_hash(args: ContentHashArgs) -> Result<()> {
 		println!("{line}");
 	}
 	for dir in &args.adapter {
-		let files: Vec<Vec<u8>> = ADAPTER_FILES
-			.iter()
-			.map(|file| {
-				let path = dir.join(file);
-				std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-			})
-			.collect::<Result<_>>()?;
+		let files = read_adapter_files(dir).map_err(|e| anyhow!("--adapter: {e}"))?;
 		let hash = adapter_content_hash(&files[0], &files[1]);
 		if let Some(store) = &args.store {
 			store_adapter(store, &hash, &files)
@@ -561,13 +552,10 @@ fn run_serve(args: ServeArgs) -> Result<()> {
 		}
 	}
 	let name = match &args.served_model_name {
-		Some(name) if name.starts_with(adapter_registry::PREFIX) => {
-			let prefix = adapter_registry::PREFIX;
-			bail!(
-				"--served-model-name {name:?}: names that begin {prefix:?} name adapters on chain"
-			)
+		Some(name) => {
+			adapter_registry::unreserved(name).map_err(|e| anyhow!("--served-model-name {e}"))?;
+			name.clone()
 		}
-		Some(name) => name.clone(),
 		None => args
 			.model
 			.file_stem()
@@ -772,14 +760,8 @@ fn adapter_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 			.file_name()
 			.and_then(|n| n.to_str())
 			.ok_or_else(|| anyhow!("the adapter folder {} has no UTF-8 name", path.display()))?;
-		if name.starts_with(adapter_registry::PREFIX) {
-			bail!(
-				"the adapter folder {}: names that begin {:?} are the adapters registered on \
-				 chain (rename it)",
-				path.display(),
-				adapter_registry::PREFIX
-			);
-		}
+		adapter_registry::unreserved(name)
+			.map_err(|e| anyhow!("the adapter folder {}: {e} (rename it)", path.display()))?;
 		found.push((name.to_string(), path.clone()));
 	}
 	found.sort();

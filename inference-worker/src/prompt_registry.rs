@@ -16,7 +16,7 @@ use jsonrpsee::rpc_params;
 use openledger_primitives::{content_hash_of, ContentHash, PromptId, PromptVersion};
 use serde::Deserialize;
 
-use crate::chain_rpc::{call, finalized_head, parse_hash, Node, RpcError};
+use crate::chain_rpc::{call, finalized_head, hash_field, parse_hash, Node, RpcError};
 
 /// The most bytes of a prompt template read from the content folder.
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
@@ -166,12 +166,7 @@ impl PromptRegistry {
 		if info.deprecated {
 			return Err(PromptError::Deprecated(name));
 		}
-		let content_hash = parse_hash(&info.content_hash).ok_or_else(|| {
-			RpcError::malformed(
-				"prompts_getVersion",
-				format!("contentHash {:?} is not 32 bytes of hex", info.content_hash),
-			)
-		})?;
+		let content_hash = hash_field("prompts_getVersion", "contentHash", &info.content_hash)?;
 		let inline = matches!(info.template, Template::Inline(_));
 		let text = match info.template {
 			Template::Inline(text) => text,

@@ -31,7 +31,7 @@ use crate::{
 	engine::{Engine, EngineConfig, EngineStats, RequestId},
 	error::{Error, Result},
 	generate::{Generation, GenerationRequest, TokenScores},
-	lora::AdapterFiles,
+	lora::{AdapterFiles, AdapterSource},
 	metrics::{Histogram, INTER_TOKEN_BOUNDS, REQUEST_BOUNDS, TTFT_BOUNDS},
 	text_stream::TextStream,
 	tokenizer::Tokenizer,
@@ -122,15 +122,15 @@ struct Job {
 enum Message {
 	/// Serve a request.
 	Generate(Box<Job>),
-	/// Serve the adapter in a folder under a name from now on.
-	Register(String, PathBuf),
+	/// Serve the adapter in a folder (its files of a hash, if given) under a name from now on.
+	Register(String, AdapterSource),
 	/// Stop serving the adapter of a name to new requests.
 	Unregister(String),
 }
 
-/// Builds an adapter from its folder for the served model, to check it (see
-/// [`EngineService::check_adapter`]).
-type AdapterCheck = dyn Fn(&str, &Path) -> Result<()> + Send + Sync;
+/// Builds an adapter from its files for the served model, to check it (see
+/// [`EngineService::check_files`]).
+type AdapterCheck = dyn Fn(&str, &AdapterFiles) -> Result<()> + Send + Sync;
 
 /// How long requests took, as vLLM measures it (for `/metrics`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -239,8 +239,8 @@ impl EngineService {
 		let eos = tokenizer.eos;
 		let max_waiting = config.max_waiting;
 		let checked = model.clone();
-		let check: Arc<AdapterCheck> = Arc::new(move |name: &str, dir: &Path| {
-			checked.adapter_from_files(name, &AdapterFiles::read(dir, name)?).map(drop)
+		let check: Arc<AdapterCheck> = Arc::new(move |name: &str, files: &AdapterFiles| {
+			checked.adapter_from_files(name, files).map(drop)
 		});
 		std::thread::Builder::new()
 			.name("engine".into())
@@ -312,10 +312,15 @@ impl EngineService {
 		self.jobs.send(message).map_err(|_| Error::Stopped("the request was not taken".into()))
 	}
 
-	/// Serves the adapter in the PEFT folder `dir` under `name` from the next request on
-	/// (replacing one of that name for new requests).
-	pub fn register_adapter(&self, name: impl Into<String>, dir: impl Into<PathBuf>) -> Result<()> {
-		self.send(Message::Register(name.into(), dir.into()))
+	/// Serves the adapter in `source` (a PEFT folder, with the hash its files must have if
+	/// given: [`AdapterSource`]) under `name` from the next request on (replacing one of that
+	/// name for new requests).
+	pub fn register_adapter(
+		&self,
+		name: impl Into<String>,
+		source: impl Into<AdapterSource>,
+	) -> Result<()> {
+		self.send(Message::Register(name.into(), source.into()))
 	}
 
 	/// Stops serving the adapter `name` to new requests (those already taken finish with it).
@@ -326,7 +331,13 @@ impl EngineService {
 	/// Builds the adapter in `dir` for the served model, as serving it would, and drops it:
 	/// whether its files can be served (this blocks while it reads and builds them).
 	pub fn check_adapter(&self, name: &str, dir: &Path) -> Result<()> {
-		(self.check)(name, dir)
+		self.check_files(name, &AdapterFiles::read(dir, name)?)
+	}
+
+	/// Builds the adapter `name` from `files` (already read) for the served model, as serving
+	/// it would, and drops it.
+	pub fn check_files(&self, name: &str, files: &AdapterFiles) -> Result<()> {
+		(self.check)(name, files)
 	}
 
 	/// Whether the engine thread is still serving.
@@ -465,9 +476,10 @@ fn accept<D: Decoder>(
 			}
 			Err(e) => job.reply.send(Err(e)),
 		},
-		Message::Register(name, dir) => {
-			tracing::info!(adapter = %name, dir = %dir.display(), "adapter registered");
-			engine.register_adapter(name, dir);
+		Message::Register(name, source) => {
+			let dir = source.dir.display();
+			tracing::info!(adapter = %name, dir = %dir, hashed = source.content_hash.is_some(), "adapter registered");
+			engine.register_adapter(name, source);
 		}
 		Message::Unregister(name) => {
 			if engine.unregister_adapter(&name) {

@@ -257,7 +257,8 @@ fn serve_refuses_chain_options_that_do_not_go_together() {
 	assert!(serve(&not_a_folder).contains("is not a folder"));
 	assert!(serve(&["--datanet", "0"]).contains("--chain"));
 	assert!(serve(&["--adapter", "chain:3=/tmp"]).contains("registered on chain"));
-	assert!(serve(&["--served-model-name", "chain:0"]).contains("name adapters on chain"));
+	let named = serve(&["--served-model-name", "chain:0"]);
+	assert!(named.contains("--served-model-name \"chain:0\": names that begin"), "{named}");
 	let adapters = dir.path().join("adapters");
 	std::fs::create_dir_all(adapters.join("chain:3")).unwrap();
 	std::fs::write(adapters.join("chain:3/adapter_config.json"), "{}").unwrap();

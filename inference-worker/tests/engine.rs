@@ -14,13 +14,14 @@ use openledger_inference_worker::{
 	generate::{generate, generate_with_kernels, Generation, GenerationRequest},
 	kernel_model::KernelLlama,
 	kv_cache::{BlockTable, KvCacheConfig},
-	lora::Projection,
+	lora::{AdapterFiles, AdapterSource, Projection},
 	model::{Llama, WeightFormat},
 	models,
 	sampling::SamplingParams,
 	tokenizer::Tokenizer,
 };
 use openledger_kernels::backend::Cpu;
+use openledger_primitives::adapter_content_hash;
 
 mod common;
 use common::{greedy, load, write_adapter};
@@ -431,6 +432,61 @@ fn an_unregistered_adapter_finishes_what_it_took_and_takes_no_more() {
 	assert_ne!(want.logprobs, done[&again].logprobs, "the two adapters differ");
 	let done = by_id(engine.run_to_completion());
 	assert_same(&done[&moved], &want, "moved", 0.0);
+}
+
+/// An adapter registered with the content hash of its files (as one registered on chain is) is
+/// built only from files of that hash, whenever they are read: other files put in its folder
+/// fail the requests that would load them, and put back, the adapter serves again.
+#[test]
+fn an_adapter_registered_by_hash_is_built_only_from_files_of_that_hash() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let dirs = write_adapters(&model, root.path(), &ADAPTERS[..1]);
+	let other = root.path().join("other");
+	write_adapter(&model, &other, 77, 8, ADAPTERS[0].3);
+	let [config, weights] = ["adapter_config.json", "adapter_model.safetensors"]
+		.map(|file| std::fs::read(dirs["a"].join(file)).unwrap());
+	let hash = adapter_content_hash(&config, &weights);
+	assert_eq!(AdapterFiles::read(&dirs["a"], "a").unwrap().content_hash(), hash);
+	let mut engine =
+		Engine::new(model.clone(), tokenizer.clone(), EngineConfig::default()).unwrap();
+	engine.register_adapter("a", AdapterSource::hashed(&dirs["a"], hash));
+	let request = greedy(PROMPTS[0], 4);
+	let want = solo(&model, &tokenizer, Some("a"), &request, &dirs);
+	let first = engine.submit(&request, Some("a")).unwrap();
+	assert_same(&by_id(engine.run_to_completion())[&first], &want, "hashed", 0.0);
+
+	// Files of another hash in a folder registered under this one: refused when loaded.
+	engine.register_adapter("b", AdapterSource::hashed(&other, hash));
+	let refused = engine.submit(&request, Some("b")).unwrap();
+	let mut done: BTreeMap<_, _> =
+		engine.run_to_completion().into_iter().map(|c| (c.id, c.result)).collect();
+	assert_adapter_failed(done.remove(&refused), "b", "no longer hash to 0x");
+
+	// The weights in the folder of "a" replaced (same size, another time): the next load reads
+	// them and refuses them, though the adapter built from the right ones was in memory.
+	let in_folder = dirs["a"].join("adapter_model.safetensors");
+	let replace = |bytes: &[u8], seconds: u64| {
+		std::fs::write(&in_folder, bytes).unwrap();
+		let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+		std::fs::File::options().write(true).open(&in_folder).unwrap().set_modified(time).unwrap();
+	};
+	let forged = std::fs::read(other.join("adapter_model.safetensors")).unwrap();
+	assert_eq!(forged.len(), weights.len());
+	replace(&forged, 1_000_000_000);
+	let err = engine.submit(&request, Some("a")).unwrap_err();
+	assert!(err.to_string().contains("no longer hash to"), "{err}");
+	// Put back, they serve again.
+	replace(&weights, 1_000_000_100);
+	let again = engine.submit(&request, Some("a")).unwrap();
+	assert_same(&by_id(engine.run_to_completion())[&again], &want, "put back", 0.0);
+	// An adapter registered by its folder alone serves whatever files are there.
+	replace(&forged, 1_000_000_200);
+	engine.register_adapter("a", dirs["a"].clone());
+	let unhashed = engine.submit(&request, Some("a")).unwrap();
+	let done = by_id(engine.run_to_completion());
+	let moved = BTreeMap::from([("a".to_string(), other.clone())]);
+	assert_same(&done[&unhashed], &solo(&model, &tokenizer, Some("a"), &request, &moved), "", 0.0);
 }
 
 /// A thousand distinct adapters, more than the adapter cache holds at once, in one run on the

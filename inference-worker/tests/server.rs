@@ -1755,7 +1755,7 @@ fn adapters_are_found_loaded_and_unloaded_at_run_time() {
 	refused(load(MODEL, &extra), 400, "cannot name an adapter");
 	refused(load("chain:3", &extra), 400, "are the adapters registered on chain");
 	let unload = admin("/v1/unload_lora_adapter", json!({"lora_name": "chain:3"}));
-	refused(unload, 400, "is an adapter registered on chain");
+	refused(unload, 400, "are the adapters registered on chain, served while the chain names");
 	refused(load("missing", &root.path().join("missing")), 400, "no adapter_config.json");
 	refused(admin("/v1/load_lora_adapter", json!({"lora_name": "x"})), 400, "lora_path");
 	let corrupt = root.path().join("corrupt");

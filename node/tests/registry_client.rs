@@ -12,7 +12,8 @@ mod common;
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
-use common::Node;
+use common::{write_adapter, Node};
+use openledger_primitives::{adapter_content_hash, ADAPTER_FILES};
 use serde_json::json;
 
 /// One OPEN in the smallest unit.
@@ -40,9 +41,18 @@ async fn run(node: &mut Node) -> Result<()> {
 	let rpc = node.rpc(Duration::from_secs(60)).await?;
 	rpc.wait_for("the first block", Duration::from_secs(60), |best, _| best >= 1).await?;
 
+	// The adapter Bob registers, whose content hash the client computes as the README says.
+	let files = tempfile::tempdir()?;
+	let adapter_dir = files.path().join("medical-qa-lora");
+	write_adapter(&adapter_dir, 8, &[("q_proj", 576, 576), ("v_proj", 576, 192)], 2)?;
+	let [config, weights] = ADAPTER_FILES.map(|file| std::fs::read(adapter_dir.join(file)));
+	let adapter_hash = format!("0x{}", hex::encode(adapter_content_hash(&config?, &weights?)));
+
 	let url = node.ws_url();
 	let output = tokio::task::spawn_blocking(move || {
-		Command::new("node").arg("register-assets.mjs").arg(url).current_dir(client).output()
+		let mut command = Command::new("node");
+		command.arg("register-assets.mjs").arg(url).arg(&adapter_dir).current_dir(client);
+		command.output()
 	})
 	.await?
 	.context("running Node.js (is `node` installed?)")?;
@@ -86,6 +96,8 @@ async fn run(node: &mut Node) -> Result<()> {
 	// The model registry and the tools registry.
 	let adapter = rpc.call("adapters_getAdapter", vec![json!(0)]).await?;
 	ensure!(adapter["owner"] == page[0]["contributor"], "adapter owner: {adapter}");
+	// @polkadot/util-crypto's hash of the files, as the README writes it, is the worker's.
+	ensure!(adapter["contentHash"] == adapter_hash, "{adapter} is not {adapter_hash}");
 	ensure!(adapter["rank"] == 8 && adapter["targetModules"] == json!(["Q", "V"]), "{adapter}");
 	ensure!(
 		adapter["datanets"] == json!([{ "datanet": datanet, "weight": 1_000_000_000 }]),

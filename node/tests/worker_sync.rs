@@ -24,8 +24,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{node_binary, Node, Rpc};
-use safetensors::{tensor::TensorView, Dtype};
+use common::{node_binary, write_adapter, Node, Rpc};
 use serde_json::{json, Value as Json};
 use subxt::{
 	dynamic::{self, Value},
@@ -452,37 +451,7 @@ const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70e
 /// `content_dir` with `openledger-worker content-hash --adapter --store`; its content hash.
 fn store_adapter(dir: &Path, content_dir: &Path) -> Result<[u8; 32]> {
 	let adapter = dir.join("landmarks-lora");
-	std::fs::create_dir_all(&adapter)?;
-	let (rank, width) = (2usize, 576usize);
-	let values = |n: usize, seed: usize| -> Vec<u8> {
-		(0..n)
-			.flat_map(|i| ((((i * 7919 + seed) % 1000) as f32 - 500.0) * 1e-5).to_le_bytes())
-			.collect()
-	};
-	let mut tensors = Vec::new();
-	for layer in 0..2 {
-		let prefix = format!("base_model.model.model.layers.{layer}.self_attn.q_proj");
-		tensors.push((
-			format!("{prefix}.lora_A.weight"),
-			vec![rank, width],
-			values(rank * width, layer),
-		));
-		tensors.push((
-			format!("{prefix}.lora_B.weight"),
-			vec![width, rank],
-			values(width * rank, layer + 7),
-		));
-	}
-	let views = tensors
-		.iter()
-		.map(|(name, shape, bytes)| {
-			Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?))
-		})
-		.collect::<Result<Vec<_>>>()?;
-	safetensors::serialize_to_file(views, None, &adapter.join("adapter_model.safetensors"))?;
-	let config = json!({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 4,
-		"target_modules": ["q_proj"], "bias": "none", "fan_in_fan_out": false});
-	std::fs::write(adapter.join("adapter_config.json"), config.to_string())?;
+	write_adapter(&adapter, 2, &[("q_proj", 576, 576)], 2)?;
 	let output = Command::new(worker_binary())
 		.arg("content-hash")
 		.arg("--adapter")

@@ -2,7 +2,11 @@
 // tooling would, then reads them back through storage queries and the runtime API, and checks
 // that the client can recompute the DataNet's commitment itself.
 //
-//   node register-assets.mjs [ws://127.0.0.1:9944]
+//   node register-assets.mjs [ws://127.0.0.1:9944] ADAPTER_FOLDER
+//
+// ADAPTER_FOLDER holds the adapter Bob registers, in PEFT's format (adapter_config.json,
+// adapter_model.safetensors: rank 8 on the query and value projections); its content hash is
+// computed here as workers check it (README, adapters registered on chain).
 //
 // Uses the dev accounts: Alice owns a curated DataNet with Charlie as curator, Bob contributes
 // two records (Charlie accepts one and rejects the other), Dave pays the DataNet a reward that
@@ -11,11 +15,27 @@
 // registers an MCP tool. Prints a JSON summary; exits non-zero, with the reason, if anything is
 // not as expected.
 
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ApiPromise, Keyring, WsProvider } from '@polkadot/api';
+import { compactAddLength, stringToU8a, u8aConcat } from '@polkadot/util';
 import { blake2AsHex, blake2AsU8a, cryptoWaitReady } from '@polkadot/util-crypto';
 
 const url = process.argv[2] ?? 'ws://127.0.0.1:9944';
+const adapterFolder = process.argv[3];
+if (!adapterFolder) {
+  console.error('usage: node register-assets.mjs [ws://127.0.0.1:9944] ADAPTER_FOLDER');
+  process.exit(2);
+}
 const OPEN = 10n ** 18n;
+
+/** The content hash of the PEFT adapter in `folder`, as the chain names an adapter's files. */
+function adapterContentHash(folder) {
+  const parts = ['adapter_config.json', 'adapter_model.safetensors'].map((file) =>
+    u8aConcat(compactAddLength(stringToU8a(file)), blake2AsU8a(readFileSync(join(folder, file)))),
+  );
+  return blake2AsHex(u8aConcat(...parts));
+}
 
 function check(condition, what) {
   if (!condition) throw new Error(`check failed: ${what}`);
@@ -147,10 +167,9 @@ async function main() {
     alice,
   );
   const baseModel = eventData(modelEvents, 'adapters', 'BaseModelRegistered').baseModel.toNumber();
-  // A stand-in content hash (this client has no adapter files): a real adapter is registered
-  // with the hash `openledger-worker content-hash --adapter FOLDER` prints, which workers check
-  // its files against (README, adapters registered on chain).
-  const adapterHash = blake2AsHex('adapter_config.json + adapter_model.safetensors');
+  // The adapter's content hash: BLAKE2b-256 of the SCALE encoding of each file's name and
+  // BLAKE2b-256 (what `openledger-worker content-hash --adapter FOLDER` prints).
+  const adapterHash = adapterContentHash(adapterFolder);
   const adapterEvents = await send(
     api,
     api.tx.adapters.registerAdapter(

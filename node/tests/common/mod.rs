@@ -17,11 +17,56 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use safetensors::{tensor::TensorView, Dtype};
+use serde_json::{json, Value};
 use subxt::{
 	rpcs::{rpc_params, RpcClient},
 	OnlineClient, PolkadotConfig,
 };
+
+/// Writes a LoRA adapter in PEFT's format (`adapter_config.json`, `adapter_model.safetensors`)
+/// in the folder `dir`: rank `rank` on each of `projections` (the module's name, its input and
+/// output widths, as `q_proj` of SmolLM2-135M is `("q_proj", 576, 576)`) of the first `layers`
+/// layers, with small deterministic weights.
+pub fn write_adapter(
+	dir: &Path,
+	rank: usize,
+	projections: &[(&str, usize, usize)],
+	layers: usize,
+) -> Result<()> {
+	std::fs::create_dir_all(dir)?;
+	let values = |n: usize, seed: usize| -> Vec<u8> {
+		(0..n)
+			.flat_map(|i| ((((i * 7919 + seed) % 1000) as f32 - 500.0) * 1e-5).to_le_bytes())
+			.collect()
+	};
+	let mut tensors = Vec::new();
+	for layer in 0..layers {
+		for (seed, &(module, width_in, width_out)) in projections.iter().enumerate() {
+			let mlp = ["gate_proj", "up_proj", "down_proj"].contains(&module);
+			let group = if mlp { "mlp" } else { "self_attn" };
+			let prefix = format!("base_model.model.model.layers.{layer}.{group}.{module}");
+			let seed = layer + 10 * seed;
+			let a = values(rank * width_in, seed);
+			tensors.push((format!("{prefix}.lora_A.weight"), vec![rank, width_in], a));
+			let b = values(width_out * rank, seed + 7);
+			tensors.push((format!("{prefix}.lora_B.weight"), vec![width_out, rank], b));
+		}
+	}
+	let views = tensors
+		.iter()
+		.map(|(name, shape, bytes)| {
+			Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?))
+		})
+		.collect::<Result<Vec<_>>>()?;
+	safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors"))?;
+	let modules: Vec<&str> = projections.iter().map(|(module, ..)| *module).collect();
+	let config = json!({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank,
+		"lora_alpha": 2 * rank, "target_modules": modules, "bias": "none",
+		"fan_in_fan_out": false});
+	std::fs::write(dir.join("adapter_config.json"), config.to_string())?;
+	Ok(())
+}
 
 /// The node binary cargo built for these tests.
 pub fn node_binary() -> PathBuf {
