@@ -22,7 +22,7 @@ use openledger_primitives::ADAPTER_FILES;
 
 use crate::{
 	error::{Error, Result},
-	lora::{AdapterFiles, LoraAdapter},
+	lora::{AdapterFiles, AdapterSource, LoraAdapter},
 };
 
 /// What identifies the version of an adapter's files on disk: their folder, sizes and
@@ -47,7 +47,8 @@ impl Fingerprint {
 
 struct Entry {
 	adapter: Arc<LoraAdapter>,
-	dir: PathBuf,
+	/// Where its files were read from (and the hash they had, if one was required).
+	source: AdapterSource,
 	fingerprint: Fingerprint,
 	last_used: u64,
 	pinned: bool,
@@ -180,16 +181,19 @@ impl AdapterCache {
 		self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 	}
 
-	/// The adapter `name` whose files are in `dir`: from the device tier if its files have not
-	/// changed, else built with `load` (outside the lock) from its files — from the host tier
-	/// when they are there, else read from disk — and inserted, evicting the least recently used
-	/// unpinned adapters as the budget requires.
+	/// The adapter `name` whose files are in `source`: from the device tier if it was loaded
+	/// from the same source and its files have not changed, else built with `load` (outside the
+	/// lock) from its files — from the host tier when they are there, else read from disk —
+	/// once they are found to be the files `source` names by hash, if it does
+	/// ([`AdapterSource::verify`]), and inserted, evicting the least recently used unpinned
+	/// adapters as the budget requires.
 	pub fn get_or_load(
 		&self,
 		name: &str,
-		dir: &Path,
+		source: &AdapterSource,
 		load: impl FnOnce(&AdapterFiles) -> Result<LoraAdapter>,
 	) -> Result<Arc<LoraAdapter>> {
+		let dir = source.dir.as_path();
 		let fingerprint = Fingerprint::of(dir)?;
 		let mut reload = false;
 		{
@@ -197,7 +201,7 @@ impl AdapterCache {
 			inner.clock += 1;
 			let now = inner.clock;
 			if let Some(entry) = inner.entries.get_mut(name) {
-				if entry.fingerprint == fingerprint && entry.dir == dir {
+				if entry.fingerprint == fingerprint && entry.source == *source {
 					entry.last_used = now;
 					let adapter = entry.adapter.clone();
 					inner.stats.hits += 1;
@@ -207,6 +211,7 @@ impl AdapterCache {
 			}
 		}
 		let files = self.files(name, dir, &fingerprint)?;
+		source.verify(name, &files)?;
 		let adapter = Arc::new(load(&files)?);
 		if adapter.size_bytes > self.budget_bytes {
 			return Err(Error::Adapter {
@@ -255,7 +260,7 @@ impl AdapterCache {
 			name.to_string(),
 			Entry {
 				adapter: adapter.clone(),
-				dir: dir.to_path_buf(),
+				source: source.clone(),
 				fingerprint,
 				last_used,
 				pinned,
@@ -327,9 +332,9 @@ impl AdapterCache {
 		}
 	}
 
-	/// Whether `name`, loaded from `dir`, is in the device tier.
-	pub fn contains_from(&self, name: &str, dir: &Path) -> bool {
-		self.lock().entries.get(name).is_some_and(|entry| entry.dir == dir)
+	/// Whether `name`, loaded from `source`, is in the device tier.
+	pub fn contains_from(&self, name: &str, source: &AdapterSource) -> bool {
+		self.lock().entries.get(name).is_some_and(|entry| entry.source == *source)
 	}
 
 	/// Whether `name` is in the device tier (from whichever folder).
@@ -418,18 +423,19 @@ mod tests {
 			.collect();
 		let cache = AdapterCache::new(3 * size(2));
 		for (i, dir) in dirs.iter().take(3).enumerate() {
-			let adapter = cache.get_or_load(&format!("a{i}"), dir, load).unwrap();
+			let adapter =
+				cache.get_or_load(&format!("a{i}"), &AdapterSource::from(dir), load).unwrap();
 			assert_eq!(adapter.size_bytes, size(2));
 		}
 		assert_eq!((cache.len(), cache.used_bytes()), (3, 3 * size(2)));
 		// Use a0 again, pin a1: a2 is the one to go.
-		let held = cache.get_or_load("a0", &dirs[0], load).unwrap();
+		let held = cache.get_or_load("a0", &AdapterSource::from(&dirs[0]), load).unwrap();
 		assert!(cache.set_pinned("a1", true));
-		cache.get_or_load("a3", &dirs[3], load).unwrap();
+		cache.get_or_load("a3", &AdapterSource::from(&dirs[3]), load).unwrap();
 		assert!(cache.contains("a0") && cache.contains("a1") && cache.contains("a3"));
 		assert!(!cache.contains("a2"));
 		// Next a0 goes (a1 is pinned), though a request still holds it.
-		cache.get_or_load("a2", &dirs[2], load).unwrap();
+		cache.get_or_load("a2", &AdapterSource::from(&dirs[2]), load).unwrap();
 		assert!(!cache.contains("a0") && cache.contains("a1"));
 		assert!(held.weights(0, Projection::Q).is_some(), "the evicted adapter stays usable");
 		let stats = cache.stats();
@@ -445,25 +451,25 @@ mod tests {
 		write(&b, 2, 2);
 		// Room for one adapter on the device, both in host memory.
 		let cache = AdapterCache::with_host_tier(size(2), 1 << 20);
-		cache.get_or_load("a", &a, load).unwrap();
-		let b1 = cache.get_or_load("b", &b, load).unwrap();
+		cache.get_or_load("a", &AdapterSource::from(&a), load).unwrap();
+		let b1 = cache.get_or_load("b", &AdapterSource::from(&b), load).unwrap();
 		assert!(!cache.contains("a"), "a was evicted from the device");
 		let files_a = AdapterFiles::read(&a, "a").unwrap().size_bytes();
 		let files_b = AdapterFiles::read(&b, "b").unwrap().size_bytes();
 		assert_eq!(cache.host_bytes(), files_a + files_b);
-		let again = cache.get_or_load("a", &a, load).unwrap();
+		let again = cache.get_or_load("a", &AdapterSource::from(&a), load).unwrap();
 		assert_eq!(cache.stats().host_hits, 1, "rebuilt from host memory");
 		assert_eq!(again.weights(0, Projection::Q).unwrap().rank, 2);
 		// New weights on disk: the host copy is stale and is not used.
 		write(&b, 3, 2);
-		let b2 = cache.get_or_load("b", &b, load).unwrap();
+		let b2 = cache.get_or_load("b", &AdapterSource::from(&b), load).unwrap();
 		let values =
 			|x: &LoraAdapter| x.weights(0, Projection::Q).unwrap().a.to_vec2::<f32>().unwrap();
 		assert_ne!(values(&b1), values(&b2));
 		assert_eq!(cache.stats().host_hits, 1);
 		// A host tier too small for an adapter's files just does not keep them.
 		let tiny = AdapterCache::with_host_tier(size(2), 10);
-		tiny.get_or_load("a", &a, load).unwrap();
+		tiny.get_or_load("a", &AdapterSource::from(&a), load).unwrap();
 		assert_eq!(tiny.host_bytes(), 0);
 	}
 
@@ -473,15 +479,40 @@ mod tests {
 		let dir = root.path().join("a");
 		write(&dir, 1, 2);
 		let cache = AdapterCache::new(10 * size(4));
-		let first = cache.get_or_load("a", &dir, load).unwrap();
+		let first = cache.get_or_load("a", &AdapterSource::from(&dir), load).unwrap();
 		assert_eq!(first.weights(0, Projection::Q).unwrap().rank, 2);
 		// The owner publishes a new version at a higher rank.
 		write(&dir, 2, 4);
-		let second = cache.get_or_load("a", &dir, load).unwrap();
+		let second = cache.get_or_load("a", &AdapterSource::from(&dir), load).unwrap();
 		assert_eq!(second.weights(0, Projection::Q).unwrap().rank, 4);
 		assert_eq!(first.weights(0, Projection::Q).unwrap().rank, 2, "old holders keep theirs");
 		assert_eq!(cache.used_bytes(), size(4));
 		assert_eq!(cache.stats().reloads, 1);
+	}
+
+	#[test]
+	fn an_adapter_named_by_hash_is_never_one_loaded_otherwise() {
+		let root = tempfile::tempdir().unwrap();
+		let dir = root.path().join("a");
+		write(&dir, 1, 2);
+		let hash = AdapterFiles::read(&dir, "a").unwrap().content_hash();
+		let cache = AdapterCache::with_host_tier(10 * size(4), 1 << 20);
+		let plain = AdapterSource::from(&dir);
+		cache.get_or_load("a", &plain, load).unwrap();
+		assert!(cache.contains_from("a", &plain));
+		// In both tiers, loaded from the folder alone: named by another hash, it is not served
+		// from either, and its files are refused.
+		let other = AdapterSource::hashed(&dir, [9; 32]);
+		assert!(!cache.contains_from("a", &other));
+		let err = cache.get_or_load("a", &other, load).unwrap_err().to_string();
+		assert!(err.contains("no longer hash to 0x0909"), "{err}");
+		// Named by its own hash, it is read (from the host tier), checked and built again.
+		let hashed = AdapterSource::hashed(&dir, hash);
+		let loads = cache.stats().loads + cache.stats().reloads;
+		cache.get_or_load("a", &hashed, load).unwrap();
+		assert!(cache.contains_from("a", &hashed) && !cache.contains_from("a", &plain));
+		assert_eq!(cache.stats().loads + cache.stats().reloads, loads + 1);
+		assert!(cache.stats().host_hits >= 1);
 	}
 
 	#[test]
@@ -491,18 +522,20 @@ mod tests {
 		write(&small, 1, 2);
 		write(&big, 2, 8);
 		let cache = AdapterCache::new(2 * size(2));
-		cache.get_or_load("small", &small, load).unwrap();
-		let err = cache.get_or_load("big", &big, load).unwrap_err().to_string();
+		cache.get_or_load("small", &AdapterSource::from(&small), load).unwrap();
+		let err =
+			cache.get_or_load("big", &AdapterSource::from(&big), load).unwrap_err().to_string();
 		assert!(err.contains("more than the cache's whole budget"), "{err}");
 		assert!(cache.set_pinned("small", true));
 		let other = root.path().join("other");
 		write(&other, 3, 3);
-		let err = cache.get_or_load("other", &other, load).unwrap_err().to_string();
+		let err =
+			cache.get_or_load("other", &AdapterSource::from(&other), load).unwrap_err().to_string();
 		assert!(err.contains("pinned"), "{err}");
 		assert!(cache.contains("small") && cache.used_bytes() == size(2));
 		// A corrupt adapter is an error, and nothing changes.
 		std::fs::write(other.join("adapter_config.json"), "{").unwrap();
-		assert!(cache.get_or_load("other", &other, load).is_err());
+		assert!(cache.get_or_load("other", &AdapterSource::from(&other), load).is_err());
 		assert_eq!(cache.len(), 1);
 	}
 }

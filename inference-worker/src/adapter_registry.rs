@@ -20,10 +20,11 @@
 //! inode or change time). The engine is given the content hash with the folder
 //! ([`crate::lora::AdapterSource`]) and hashes the files again whenever it reads them, so
 //! nothing but the files hashed on chain is served under the adapter's id. Requests looking an
-//! adapter up at once settle what they found in the order their lookups began ([`Verdicts`]).
+//! adapter up at once settle what they found in the order of the blocks they read
+//! ([`Verdicts`]).
 
 use std::{
-	collections::{BTreeSet, HashMap},
+	collections::HashMap,
 	io::Read,
 	path::{Path, PathBuf},
 	sync::{Arc, Mutex},
@@ -40,7 +41,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::{
-	chain_rpc::{call, finalized_head, hash_field, Node, RpcError},
+	chain_rpc::{block_number, call, finalized_head, hash_field, Node, RpcError},
 	lora::{read_adapter_files, AdapterFiles, Projection},
 };
 
@@ -270,19 +271,24 @@ pub struct AdapterRegistry {
 /// What a request does with what its lookup found ([`Lookup::settle`]).
 #[derive(Debug)]
 pub enum Settled {
-	/// No later lookup has settled: list the adapter, or unlist it, as this one found.
+	/// No lookup of a later block has settled: list the adapter, or unlist it, as this one
+	/// found.
 	Latest,
-	/// A later lookup has settled and found the adapter servable: leave the listing alone.
+	/// A lookup of a later block has settled and found the adapter servable: leave the listing
+	/// alone.
 	Overtaken,
-	/// A later lookup has settled and found the adapter not to be served, for this reason:
-	/// the request is answered with it, though its own lookup found the adapter servable.
+	/// A lookup of a later block has settled and found the adapter not to be served, for this
+	/// reason: the request is answered with it, though its own lookup found the adapter
+	/// servable.
 	Gone(AdapterError),
 }
 
-/// The order in which lookups of adapters on chain began, and what the latest settled of each
-/// adapter found. Requests look adapters up concurrently and finish in any order; what an
-/// older lookup found must not undo what a newer one found (an adapter found servable at one
-/// block listed again after a later request found it retired and unlisted it).
+/// What the lookups of adapters on chain found, so that what a lookup of an older block found
+/// never undoes what one of a newer block found: requests look adapters up concurrently, read
+/// the finalized head when they get to it and finish in any order (an adapter found servable
+/// at one block must not be listed again after a request that read a later block found it
+/// retired and unlisted it). Lookups are ordered by the number of the block they read, then by
+/// when they began.
 #[derive(Default)]
 pub struct Verdicts {
 	inner: Mutex<VerdictsInner>,
@@ -290,15 +296,19 @@ pub struct Verdicts {
 
 #[derive(Default)]
 struct VerdictsInner {
-	/// The next lookup's ticket.
+	/// The next lookup's ticket (the order lookups began in).
 	next: u64,
-	/// The tickets of the lookups begun and not yet settled (or dropped).
-	in_flight: BTreeSet<u64>,
-	/// Per adapter, the ticket of the latest lookup settled and why the adapter is not to be
-	/// served if it found so. Only lookups still in flight can be older than an entry, so
-	/// entries older than all of them are dropped: the map holds no more entries than lookups
-	/// have been in flight together.
-	latest: HashMap<AdapterId, (u64, Option<AdapterError>)>,
+	/// Per adapter with lookups in flight: how many, and the latest verdict settled while they
+	/// are (its block number and ticket, and why the adapter is not to be served if it found
+	/// so). A lookup beginning once none is in flight reads a finalized block no older than any
+	/// verdict settled before, so an adapter's entry goes with its last lookup: there are no
+	/// more entries than lookups in flight.
+	adapters: HashMap<AdapterId, InFlight>,
+}
+
+struct InFlight {
+	lookups: usize,
+	latest: Option<((u64, u64), Option<AdapterError>)>,
 }
 
 impl Verdicts {
@@ -306,40 +316,58 @@ impl Verdicts {
 		self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 	}
 
-	/// A lookup beginning now.
-	pub fn begin(&self) -> Lookup<'_> {
+	/// A lookup of adapter `id` beginning now.
+	pub fn begin(&self, id: AdapterId) -> Lookup<'_> {
 		let mut inner = self.lock();
 		let ticket = inner.next;
 		inner.next = inner.next.saturating_add(1);
-		inner.in_flight.insert(ticket);
-		Lookup { verdicts: self, ticket }
+		inner.adapters.entry(id).or_insert(InFlight { lookups: 0, latest: None }).lookups += 1;
+		Lookup { verdicts: self, id, ticket, block: None }
 	}
 
-	/// How many adapters have a verdict remembered.
-	pub fn remembered(&self) -> usize {
-		self.lock().latest.len()
+	/// How many adapters have lookups in flight (each with what the latest settled found).
+	pub fn in_flight(&self) -> usize {
+		self.lock().adapters.len()
 	}
 }
 
-/// A lookup of an adapter on chain, in the order lookups began ([`Verdicts`]).
+/// A lookup of an adapter on chain ([`Verdicts`]).
 pub struct Lookup<'a> {
 	verdicts: &'a Verdicts,
+	/// The adapter.
+	id: AdapterId,
+	/// When it began, among all lookups.
 	ticket: u64,
+	/// The number of the finalized block read, once read.
+	block: Option<u64>,
 }
 
 impl Lookup<'_> {
-	/// Settles what this lookup found of adapter `id`: servable (`gone` is `None`), or not to be
+	/// The adapter looked up.
+	pub fn id(&self) -> AdapterId {
+		self.id
+	}
+
+	/// Notes that the chain is read at block number `block`.
+	pub fn read_at(&mut self, block: u64) {
+		self.block = Some(block);
+	}
+
+	/// Settles what this lookup found: the adapter servable (`gone` is `None`), or not to be
 	/// served for the reason `gone` ([`AdapterError::is_gone`]). Call it, and apply what it
 	/// says, under the lock of the listing it orders.
-	pub fn settle(self, id: AdapterId, gone: Option<&AdapterError>) -> Settled {
+	pub fn settle(self, gone: Option<&AdapterError>) -> Settled {
+		// (A lookup that read no block found nothing of the chain: it orders before any.)
+		let key = (self.block.unwrap_or(0), self.ticket);
 		let mut inner = self.verdicts.lock();
-		match inner.latest.get(&id) {
-			Some((later, verdict)) if *later > self.ticket => match verdict {
+		let Some(adapter) = inner.adapters.get_mut(&self.id) else { return Settled::Overtaken };
+		match &adapter.latest {
+			Some((later, verdict)) if *later > key => match verdict {
 				Some(reason) if gone.is_none() => Settled::Gone(reason.clone()),
 				_ => Settled::Overtaken,
 			},
 			_ => {
-				inner.latest.insert(id, (self.ticket, gone.cloned()));
+				adapter.latest = Some((key, gone.cloned()));
 				Settled::Latest
 			}
 		}
@@ -349,11 +377,12 @@ impl Lookup<'_> {
 impl Drop for Lookup<'_> {
 	fn drop(&mut self) {
 		let mut inner = self.verdicts.lock();
-		inner.in_flight.remove(&self.ticket);
-		// A verdict older than every lookup in flight can be overtaken by any lookup settled
-		// from now on, so it orders nothing.
-		let oldest = inner.in_flight.first().copied().unwrap_or(u64::MAX);
-		inner.latest.retain(|_, (ticket, _)| *ticket >= oldest);
+		if let Some(adapter) = inner.adapters.get_mut(&self.id) {
+			adapter.lookups = adapter.lookups.saturating_sub(1);
+			if adapter.lookups == 0 {
+				inner.adapters.remove(&self.id);
+			}
+		}
 	}
 }
 
@@ -403,21 +432,24 @@ impl AdapterRegistry {
 		hashes.await.copied().map_err(AdapterError::Weights)
 	}
 
-	/// The order of this registry's lookups: take a [`Lookup`] before [`Self::adapter`] and
-	/// settle what it found.
+	/// What this registry's lookups found: begin a [`Lookup`] for [`Self::adapter`] and settle
+	/// what it found.
 	pub fn verdicts(&self) -> &Verdicts {
 		&self.verdicts
 	}
 
-	/// Adapter `id` at the chain's last finalized block, checked as the module says (`build`
-	/// builds its files for the served model, as serving them would).
+	/// The adapter `lookup` names at the chain's last finalized block (the block's number
+	/// noted in `lookup`), checked as the module says (`build` builds its files for the served
+	/// model, as serving them would).
 	pub async fn adapter(
 		&self,
-		id: AdapterId,
+		lookup: &mut Lookup<'_>,
 		build: Build,
 	) -> Result<RegisteredAdapter, AdapterError> {
-		let methods = "connect, chain_getFinalizedHead, adapters_getAdapter, adapters_getBaseModel";
-		let (info, base, block) = self.node.within(methods, self.look_up(id)).await?;
+		let id = lookup.id();
+		let methods = "connect, chain_getFinalizedHead, chain_getHeader, adapters_getAdapter, \
+		               adapters_getBaseModel";
+		let (info, base, block) = self.node.within(methods, self.look_up(lookup)).await?;
 		let ours = self.weights_hashes().await?;
 		let weights_hash = hash_field("adapters_getBaseModel", "weightsHash", &base.weights_hash)?;
 		if weights_hash != ours.sha256 && weights_hash != ours.blake2 {
@@ -493,15 +525,18 @@ impl AdapterRegistry {
 		Ok(found)
 	}
 
-	/// The adapter and its base model at the last finalized block (and that block), however
-	/// long the node takes; not found and retired adapters refused.
+	/// The adapter `lookup` names and its base model at the last finalized block (and that
+	/// block, its number noted in `lookup`), however long the node takes; not found and retired
+	/// adapters refused.
 	async fn look_up(
 		&self,
-		id: AdapterId,
+		lookup: &mut Lookup<'_>,
 	) -> Result<(AdapterInfo, BaseModelInfo, String), AdapterError> {
+		let id = lookup.id();
 		let client = self.node.client().await?;
 		let client = &*client;
 		let block = finalized_head(client).await?;
+		lookup.read_at(block_number(client, &block).await?);
 		let method = "adapters_getAdapter";
 		let info: Option<AdapterInfo> = call(client, method, rpc_params![id, &block]).await?;
 		let info = info.ok_or(AdapterError::NotFound(id))?;
@@ -645,40 +680,74 @@ mod tests {
 	}
 
 	#[test]
-	fn what_a_lookup_found_stands_until_a_later_lookup_settles() {
+	fn what_a_lookup_of_a_later_block_found_stands() {
 		let verdicts = Verdicts::default();
 		let retired = AdapterError::Retired(7);
-		// Found servable, then retired by a later lookup that settles first: the earlier one
-		// is answered as the later found, and lists nothing.
-		let (early, late) = (verdicts.begin(), verdicts.begin());
-		assert!(matches!(late.settle(7, Some(&retired)), Settled::Latest));
-		assert!(matches!(early.settle(7, None), Settled::Gone(AdapterError::Retired(7))));
-		// Found retired, then servable by a later lookup that settles first: the earlier one
+		let begin = |block: u64| {
+			let mut lookup = verdicts.begin(7);
+			lookup.read_at(block);
+			lookup
+		};
+		// Found servable at block 10, then retired at block 11 by a lookup that settles first:
+		// the first is answered as the second found, and lists nothing.
+		let (early, late) = (begin(10), begin(11));
+		assert!(matches!(late.settle(Some(&retired)), Settled::Latest));
+		assert!(matches!(early.settle(None), Settled::Gone(AdapterError::Retired(7))));
+		// A lookup that began first but read the later block (its head came later) is the
+		// later one, whichever settles first.
+		let (read_later, read_earlier) = (begin(12), begin(11));
+		assert!(matches!(read_later.settle(Some(&retired)), Settled::Latest));
+		assert!(matches!(read_earlier.settle(None), Settled::Gone(_)));
+		let (read_later, read_earlier) = (begin(12), begin(11));
+		assert!(matches!(read_earlier.settle(None), Settled::Latest));
+		assert!(matches!(read_later.settle(Some(&retired)), Settled::Latest));
+		// Found gone at block 10, servable at block 11 by one that settles first: the first
 		// unlists nothing.
-		let (early, late) = (verdicts.begin(), verdicts.begin());
-		assert!(matches!(late.settle(7, None), Settled::Latest));
-		assert!(matches!(early.settle(7, Some(&retired)), Settled::Overtaken));
-		// Two lookups finding it servable: the earlier one serves it as listed.
-		let (early, late) = (verdicts.begin(), verdicts.begin());
-		assert!(matches!(late.settle(7, None), Settled::Latest));
-		assert!(matches!(early.settle(7, None), Settled::Overtaken));
-		// In the order they began, each is the latest; other adapters are apart.
-		let (first, other, second) = (verdicts.begin(), verdicts.begin(), verdicts.begin());
-		assert!(matches!(first.settle(7, None), Settled::Latest));
-		assert!(matches!(other.settle(8, Some(&AdapterError::NotFound(8))), Settled::Latest));
-		assert!(matches!(second.settle(7, Some(&retired)), Settled::Latest));
-		// With no lookup in flight nothing is remembered; one in flight keeps what is later.
-		assert_eq!(verdicts.remembered(), 0);
-		let (pending, later) = (verdicts.begin(), verdicts.begin());
-		assert!(matches!(later.settle(7, Some(&retired)), Settled::Latest));
-		assert_eq!(verdicts.remembered(), 1);
+		let (early, late) = (begin(10), begin(11));
+		assert!(matches!(late.settle(None), Settled::Latest));
+		assert!(matches!(early.settle(Some(&AdapterError::NotFound(7))), Settled::Overtaken));
+		// Two finding it servable: the older serves it as listed.
+		let (early, late) = (begin(10), begin(11));
+		assert!(matches!(late.settle(None), Settled::Latest));
+		assert!(matches!(early.settle(None), Settled::Overtaken));
+		// At the same block, the one that began later is the later one (files changed between).
+		let (first, second) = (begin(11), begin(11));
+		let files = AdapterError::Content { id: 7, reason: "changed".into() };
+		assert!(matches!(second.settle(Some(&files)), Settled::Latest));
+		assert!(matches!(first.settle(None), Settled::Gone(AdapterError::Content { .. })));
+		// Settled in the order of their blocks, each is the latest; other adapters are apart.
+		let (first, second) = (begin(11), begin(12));
+		let mut other = verdicts.begin(8);
+		other.read_at(13);
+		assert!(matches!(first.settle(None), Settled::Latest));
+		assert!(matches!(other.settle(Some(&AdapterError::NotFound(8))), Settled::Latest));
+		assert!(matches!(second.settle(Some(&retired)), Settled::Latest));
+	}
+
+	#[test]
+	fn verdicts_are_kept_only_while_lookups_of_their_adapter_are_in_flight() {
+		let verdicts = Verdicts::default();
+		assert_eq!(verdicts.in_flight(), 0);
+		let (mut pending, mut later) = (verdicts.begin(7), verdicts.begin(7));
+		pending.read_at(10);
+		later.read_at(11);
+		assert!(matches!(later.settle(Some(&AdapterError::Retired(7))), Settled::Latest));
+		assert_eq!(verdicts.in_flight(), 1, "kept for the lookup still in flight");
 		drop(pending);
-		assert_eq!(verdicts.remembered(), 0);
-		// A lookup dropped unsettled (a client gone) orders nothing.
-		let (dropped, after) = (verdicts.begin(), verdicts.begin());
+		assert_eq!(verdicts.in_flight(), 0);
+		// Many adapters looked up, none remembered once settled; one dropped unsettled (its
+		// client gone) orders nothing.
+		for id in 0..100 {
+			let mut lookup = verdicts.begin(id);
+			lookup.read_at(20);
+			assert!(matches!(lookup.settle(Some(&AdapterError::NotFound(id))), Settled::Latest));
+		}
+		assert_eq!(verdicts.in_flight(), 0);
+		let (dropped, mut after) = (verdicts.begin(7), verdicts.begin(7));
 		drop(dropped);
-		assert!(matches!(after.settle(7, None), Settled::Latest));
-		assert_eq!(verdicts.remembered(), 0);
+		after.read_at(21);
+		assert!(matches!(after.settle(None), Settled::Latest));
+		assert_eq!(verdicts.in_flight(), 0);
 	}
 
 	#[test]

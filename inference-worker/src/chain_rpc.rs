@@ -134,9 +134,35 @@ pub async fn finalized_head(client: &WsClient) -> Result<String, RpcError> {
 	call(client, "chain_getFinalizedHead", rpc_params![]).await
 }
 
+/// The number of the block `hash` (`chain_getHeader`'s, which writes it in hex).
+pub async fn block_number(client: &WsClient, hash: &str) -> Result<u64, RpcError> {
+	let method = "chain_getHeader";
+	let header: Value = call(client, method, rpc_params![hash]).await?;
+	let number = header.get("number").and_then(Value::as_str).unwrap_or_default();
+	parse_number(number).ok_or_else(|| {
+		RpcError::malformed(method, format!("block {hash} has no number in hex: {header}"))
+	})
+}
+
+/// A block number as the node writes it: `0x` and hex digits.
+fn parse_number(text: &str) -> Option<u64> {
+	let digits = text.strip_prefix("0x")?;
+	let hex = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_hexdigit());
+	hex.then(|| u64::from_str_radix(digits, 16).ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
 	use super::*;
+
+	#[test]
+	fn block_numbers_are_parsed() {
+		assert_eq!(parse_number("0x0"), Some(0));
+		assert_eq!(parse_number("0x1a2b"), Some(0x1a2b));
+		assert_eq!(parse_number("0x"), None);
+		assert_eq!(parse_number("26"), None);
+		assert_eq!(parse_number("0x+1"), None);
+	}
 
 	#[test]
 	fn hashes_are_parsed() {

@@ -38,22 +38,10 @@ use crate::{
 	error::{Error, Result},
 	generate::{validate, Generation, GenerationRequest, Progress},
 	kv_cache::{BlockTable, KvCacheConfig, PagedKvCache},
-	lora::{AdapterFiles, AdapterSource, LoraAdapter},
+	lora::{AdapterSource, LoraAdapter},
 	model::{Llama, SequenceInput},
 	tokenizer::Tokenizer,
 };
-
-/// Builds the adapter `name` for `model` from `files`, read for it from `source` (refused if
-/// they are not the files `source` names by hash).
-fn build_adapter<D: Decoder>(
-	model: &D,
-	name: &str,
-	source: &AdapterSource,
-	files: &AdapterFiles,
-) -> Result<LoraAdapter> {
-	source.verify(name, files)?;
-	model.adapter_from_files(name, files)
-}
 
 /// Identifies a request submitted to an [`Engine`].
 pub type RequestId = u64;
@@ -205,7 +193,7 @@ pub struct Completion {
 	pub result: Result<Generation>,
 }
 
-/// A finished load: the adapter's name and folder, and the adapter or why it failed.
+/// A finished load: the adapter's name and source, and the adapter or why it failed.
 type LoadResult = (String, AdapterSource, Result<Arc<LoraAdapter>>);
 
 /// Serves requests with continuous batching (see the module documentation).
@@ -249,8 +237,8 @@ impl<D: Decoder> Engine<D> {
 			.name("adapter-loader".into())
 			.spawn(move || {
 				for (name, source) in load_rx {
-					let result = loader_cache.get_or_load(&name, &source.dir, |files| {
-						build_adapter(&*loader_model, &name, &source, files)
+					let result = loader_cache.get_or_load(&name, &source, |files| {
+						loader_model.adapter_from_files(&name, files)
 					});
 					if loaded_tx.send((name, source, result)).is_err() {
 						break;
@@ -369,12 +357,14 @@ impl<D: Decoder> Engine<D> {
 					name: name.to_string(),
 					reason: "no adapter is registered under this name".into(),
 				})?;
-				if self.adapters.contains_from(name, &source.dir) {
-					// In memory: a hit costs a look at the files' metadata, nothing more.
+				if self.adapters.contains_from(name, source) {
+					// In memory: a hit costs a look at the files' metadata (files changed since
+					// are read, checked and built here).
 					let model = self.model.clone();
-					AdapterState::Ready(self.adapters.get_or_load(name, &source.dir, |f| {
-						build_adapter(&*model, name, source, f)
-					})?)
+					AdapterState::Ready(
+						self.adapters
+							.get_or_load(name, source, |f| model.adapter_from_files(name, f))?,
+					)
 				} else {
 					self.loads.send((name.to_string(), source.clone())).map_err(|_| {
 						Error::Adapter { name: name.into(), reason: "the loader stopped".into() }

@@ -871,16 +871,16 @@ impl ApiState {
 		let engine = self.engine.clone();
 		let build: adapter_registry::Build =
 			Arc::new(move |name, files| engine.check_files(name, files).map_err(|e| e.to_string()));
-		let lookup = registry.verdicts().begin();
-		let found = registry.adapter(id, build).await;
-		// Listed or unlisted under the lock, in the order the engine sees, as the latest lookup
-		// settled found.
+		let mut lookup = registry.verdicts().begin(id);
+		let found = registry.adapter(&mut lookup, build).await;
+		// Listed or unlisted under the lock, in the order the engine sees, as the lookup of the
+		// latest block found.
 		let mut adapters = self.write_adapters();
 		let registered = match found {
 			Err(e) if !e.is_gone() => return Err(e.into()),
 			Err(e) => {
 				// Not to be served now (retired, say): not listed either.
-				if let Settled::Latest = lookup.settle(id, Some(&e)) {
+				if let Settled::Latest = lookup.settle(Some(&e)) {
 					if adapters.remove(&name).is_some() {
 						let _ = self.engine.unregister_adapter(name.as_str());
 						tracing::info!(adapter = %name, reason = %e, "no longer served");
@@ -890,7 +890,7 @@ impl ApiState {
 			}
 			Ok(registered) => registered,
 		};
-		match lookup.settle(id, None) {
+		match lookup.settle(None) {
 			Settled::Gone(e) => return Err(e.into()),
 			Settled::Overtaken => {}
 			Settled::Latest => {

@@ -2749,6 +2749,13 @@ fn mock_adapters_node(adapters: Arc<std::sync::Mutex<Vec<Value>>>) -> SocketAddr
 	module
 		.register_method("chain_getFinalizedHead", |_, state, _| -> Answer { Ok(json!(state.2)) })
 		.unwrap();
+	module
+		.register_method("chain_getHeader", |params, state, _| -> Answer {
+			let block: String = params.one()?;
+			assert_eq!(block, state.2, "the finalized block's header");
+			Ok(json!({"number": "0x2a", "parentHash": format!("0x{}", "21".repeat(32))}))
+		})
+		.unwrap();
 	for (method, at) in [("adapters_getAdapter", 0), ("adapters_getBaseModel", 1)] {
 		module
 			.register_method(method, move |params, state, _| -> Answer {

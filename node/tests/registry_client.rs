@@ -51,7 +51,7 @@ async fn run(node: &mut Node) -> Result<()> {
 	let url = node.ws_url();
 	let output = tokio::task::spawn_blocking(move || {
 		let mut command = Command::new("node");
-		command.arg("register-assets.mjs").arg(url).arg(&adapter_dir).current_dir(client);
+		command.arg("register-assets.mjs").arg(&adapter_dir).arg(url).current_dir(client);
 		command.output()
 	})
 	.await?

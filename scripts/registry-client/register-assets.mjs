@@ -2,7 +2,8 @@
 // tooling would, then reads them back through storage queries and the runtime API, and checks
 // that the client can recompute the DataNet's commitment itself.
 //
-//   node register-assets.mjs [ws://127.0.0.1:9944] ADAPTER_FOLDER
+//   node register-assets.mjs ADAPTER_FOLDER [ws://127.0.0.1:9944]
+//   (or: npm run register -- ADAPTER_FOLDER [ws://127.0.0.1:9944])
 //
 // ADAPTER_FOLDER holds the adapter Bob registers, in PEFT's format (adapter_config.json,
 // adapter_model.safetensors: rank 8 on the query and value projections); its content hash is
@@ -21,10 +22,10 @@ import { ApiPromise, Keyring, WsProvider } from '@polkadot/api';
 import { compactAddLength, stringToU8a, u8aConcat } from '@polkadot/util';
 import { blake2AsHex, blake2AsU8a, cryptoWaitReady } from '@polkadot/util-crypto';
 
-const url = process.argv[2] ?? 'ws://127.0.0.1:9944';
-const adapterFolder = process.argv[3];
-if (!adapterFolder) {
-  console.error('usage: node register-assets.mjs [ws://127.0.0.1:9944] ADAPTER_FOLDER');
+const adapterFolder = process.argv[2];
+const url = process.argv[3] ?? 'ws://127.0.0.1:9944';
+if (!adapterFolder || adapterFolder.includes('://')) {
+  console.error('usage: node register-assets.mjs ADAPTER_FOLDER [ws://127.0.0.1:9944]');
   process.exit(2);
 }
 const OPEN = 10n ** 18n;
