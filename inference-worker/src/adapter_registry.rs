@@ -14,7 +14,7 @@
 //! - they build for the served model.
 //!
 //! It is then served as any adapter: loaded when a request needs it, evicted when others need
-//! the room. Each request reads the chain again (two or three RPC calls), so a retirement or a
+//! the room. Each request reads the chain again (three or four RPC calls), so a retirement or a
 //! new price applies from the next finalized block on; the files are examined once (what was
 //! wrong with them too), and again only when one of them changes (its size, modification time,
 //! inode or change time). The engine is given the content hash with the folder
@@ -288,7 +288,9 @@ pub enum Settled {
 /// the finalized head when they get to it and finish in any order (an adapter found servable
 /// at one block must not be listed again after a request that read a later block found it
 /// retired and unlisted it). Lookups are ordered by the number of the block they read, then by
-/// when they began.
+/// when they came to what they found (of the same block, the one that examined the files
+/// last). This holds of one node, whose finalized head only moves forward: a `--chain` URL
+/// behind which several nodes answer in turn may order them otherwise.
 #[derive(Default)]
 pub struct Verdicts {
 	inner: Mutex<VerdictsInner>,
@@ -296,7 +298,7 @@ pub struct Verdicts {
 
 #[derive(Default)]
 struct VerdictsInner {
-	/// The next lookup's ticket (the order lookups began in).
+	/// The next ticket (the order lookups came to what they found in).
 	next: u64,
 	/// Per adapter with lookups in flight: how many, and the latest verdict settled while they
 	/// are (its block number and ticket, and why the adapter is not to be served if it found
@@ -319,10 +321,8 @@ impl Verdicts {
 	/// A lookup of adapter `id` beginning now.
 	pub fn begin(&self, id: AdapterId) -> Lookup<'_> {
 		let mut inner = self.lock();
-		let ticket = inner.next;
-		inner.next = inner.next.saturating_add(1);
 		inner.adapters.entry(id).or_insert(InFlight { lookups: 0, latest: None }).lookups += 1;
-		Lookup { verdicts: self, id, ticket, block: None }
+		Lookup { verdicts: self, id, ticket: 0, block: None }
 	}
 
 	/// How many adapters have lookups in flight (each with what the latest settled found).
@@ -336,7 +336,7 @@ pub struct Lookup<'a> {
 	verdicts: &'a Verdicts,
 	/// The adapter.
 	id: AdapterId,
-	/// When it began, among all lookups.
+	/// When it came to what it found, among all lookups (0 until then).
 	ticket: u64,
 	/// The number of the finalized block read, once read.
 	block: Option<u64>,
@@ -351,6 +351,13 @@ impl Lookup<'_> {
 	/// Notes that the chain is read at block number `block`.
 	pub fn read_at(&mut self, block: u64) {
 		self.block = Some(block);
+	}
+
+	/// Notes that what the lookup finds is known now.
+	pub fn found(&mut self) {
+		let mut inner = self.verdicts.lock();
+		inner.next = inner.next.saturating_add(1);
+		self.ticket = inner.next;
 	}
 
 	/// Settles what this lookup found: the adapter servable (`gone` is `None`), or not to be
@@ -442,6 +449,17 @@ impl AdapterRegistry {
 	/// noted in `lookup`), checked as the module says (`build` builds its files for the served
 	/// model, as serving them would).
 	pub async fn adapter(
+		&self,
+		lookup: &mut Lookup<'_>,
+		build: Build,
+	) -> Result<RegisteredAdapter, AdapterError> {
+		let found = self.check(lookup, build).await;
+		lookup.found();
+		found
+	}
+
+	/// [`Self::adapter`], but for noting when it was found.
+	async fn check(
 		&self,
 		lookup: &mut Lookup<'_>,
 		build: Build,
@@ -683,9 +701,11 @@ mod tests {
 	fn what_a_lookup_of_a_later_block_found_stands() {
 		let verdicts = Verdicts::default();
 		let retired = AdapterError::Retired(7);
+		// (Each comes to what it finds as it begins.)
 		let begin = |block: u64| {
 			let mut lookup = verdicts.begin(7);
 			lookup.read_at(block);
+			lookup.found();
 			lookup
 		};
 		// Found servable at block 10, then retired at block 11 by a lookup that settles first:
@@ -710,7 +730,8 @@ mod tests {
 		let (early, late) = (begin(10), begin(11));
 		assert!(matches!(late.settle(None), Settled::Latest));
 		assert!(matches!(early.settle(None), Settled::Overtaken));
-		// At the same block, the one that began later is the later one (files changed between).
+		// At the same block, the one that came to what it found later is the later one (the
+		// files examined again, changed).
 		let (first, second) = (begin(11), begin(11));
 		let files = AdapterError::Content { id: 7, reason: "changed".into() };
 		assert!(matches!(second.settle(Some(&files)), Settled::Latest));
@@ -719,6 +740,7 @@ mod tests {
 		let (first, second) = (begin(11), begin(12));
 		let mut other = verdicts.begin(8);
 		other.read_at(13);
+		other.found();
 		assert!(matches!(first.settle(None), Settled::Latest));
 		assert!(matches!(other.settle(Some(&AdapterError::NotFound(8))), Settled::Latest));
 		assert!(matches!(second.settle(Some(&retired)), Settled::Latest));
@@ -731,6 +753,7 @@ mod tests {
 		let (mut pending, mut later) = (verdicts.begin(7), verdicts.begin(7));
 		pending.read_at(10);
 		later.read_at(11);
+		later.found();
 		assert!(matches!(later.settle(Some(&AdapterError::Retired(7))), Settled::Latest));
 		assert_eq!(verdicts.in_flight(), 1, "kept for the lookup still in flight");
 		drop(pending);
@@ -740,14 +763,38 @@ mod tests {
 		for id in 0..100 {
 			let mut lookup = verdicts.begin(id);
 			lookup.read_at(20);
+			lookup.found();
 			assert!(matches!(lookup.settle(Some(&AdapterError::NotFound(id))), Settled::Latest));
 		}
 		assert_eq!(verdicts.in_flight(), 0);
 		let (dropped, mut after) = (verdicts.begin(7), verdicts.begin(7));
 		drop(dropped);
 		after.read_at(21);
+		after.found();
 		assert!(matches!(after.settle(None), Settled::Latest));
 		assert_eq!(verdicts.in_flight(), 0);
+	}
+
+	#[test]
+	fn of_the_same_block_what_was_found_last_stands_whenever_its_lookup_began() {
+		let verdicts = Verdicts::default();
+		let (mut began_first, mut began_last) = (verdicts.begin(7), verdicts.begin(7));
+		began_first.read_at(11);
+		began_last.read_at(11);
+		// The one that began last found the files as they were, the first then found them
+		// changed: its verdict stands, whichever settles first.
+		began_last.found();
+		began_first.found();
+		let changed = AdapterError::Content { id: 7, reason: "changed".into() };
+		assert!(matches!(began_last.settle(None), Settled::Latest));
+		assert!(matches!(began_first.settle(Some(&changed)), Settled::Latest));
+		let (mut began_first, mut began_last) = (verdicts.begin(7), verdicts.begin(7));
+		began_first.read_at(12);
+		began_last.read_at(12);
+		began_last.found();
+		began_first.found();
+		assert!(matches!(began_first.settle(Some(&changed)), Settled::Latest));
+		assert!(matches!(began_last.settle(None), Settled::Gone(AdapterError::Content { .. })));
 	}
 
 	#[test]

@@ -77,6 +77,8 @@ function eventData(events, section, method) {
 
 async function main() {
   await cryptoWaitReady();
+  // (Read first: a folder that cannot be read stops the script before anything is on chain.)
+  const adapterHash = adapterContentHash(adapterFolder);
   const api = await ApiPromise.create({ provider: new WsProvider(url), noInitWarn: true });
   const keyring = new Keyring({ type: 'sr25519', ss58Format: 42 });
   const [alice, bob, charlie, dave] = ['//Alice', '//Bob', '//Charlie', '//Dave'].map((uri) =>
@@ -168,9 +170,8 @@ async function main() {
     alice,
   );
   const baseModel = eventData(modelEvents, 'adapters', 'BaseModelRegistered').baseModel.toNumber();
-  // The adapter's content hash: BLAKE2b-256 of the SCALE encoding of each file's name and
-  // BLAKE2b-256 (what `openledger-worker content-hash --adapter FOLDER` prints).
-  const adapterHash = adapterContentHash(adapterFolder);
+  // adapterHash: BLAKE2b-256 of the SCALE encoding of each file's name and BLAKE2b-256 (what
+  // `openledger-worker content-hash --adapter FOLDER` prints), computed above.
   const adapterEvents = await send(
     api,
     api.tx.adapters.registerAdapter(
