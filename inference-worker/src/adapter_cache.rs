@@ -361,6 +361,30 @@ impl AdapterCache {
 	pub fn stats(&self) -> CacheStats {
 		self.lock().stats
 	}
+
+	/// What the cache has done and holds, at one moment.
+	pub fn figures(&self) -> CacheFigures {
+		let inner = self.lock();
+		CacheFigures {
+			stats: inner.stats,
+			resident: inner.entries.len(),
+			used_bytes: inner.used_bytes,
+			host_bytes: inner.host_bytes,
+		}
+	}
+}
+
+/// What an [`AdapterCache`] has done and holds, at one moment (for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheFigures {
+	/// Hits, loads, reloads and evictions so far.
+	pub stats: CacheStats,
+	/// Adapters in memory.
+	pub resident: usize,
+	/// Bytes of adapter weights in memory.
+	pub used_bytes: usize,
+	/// Bytes of adapter files in the host tier.
+	pub host_bytes: usize,
 }
 
 #[cfg(test)]

@@ -2681,6 +2681,24 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 		("tokens_reused_total", "counter", "Prompt tokens taken from cache.", e.tokens_reused),
 		("preemptions_total", "counter", "Sequences preempted for KV blocks.", e.preemptions),
 	];
+	let a = s.adapters;
+	let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+	let adapter_lines = [
+		("adapters_served", "gauge", "Adapters served now.", as_u64(state.read_adapters().len())),
+		("adapters_resident", "gauge", "Adapters in memory.", as_u64(a.resident)),
+		("adapter_bytes", "gauge", "Bytes of adapter weights in memory.", as_u64(a.used_bytes)),
+		("adapter_host_bytes", "gauge", "Bytes of adapter files held.", as_u64(a.host_bytes)),
+		("adapter_hits_total", "counter", "Adapters found in memory.", a.stats.hits),
+		("adapter_loads_total", "counter", "Adapters loaded, first or again.", a.stats.loads),
+		("adapter_reloads_total", "counter", "Adapters whose files changed.", a.stats.reloads),
+		("adapter_evictions_total", "counter", "Adapters evicted for room.", a.stats.evictions),
+		(
+			"adapter_host_hits_total",
+			"counter",
+			"Adapters built from held files.",
+			a.stats.host_hits,
+		),
+	];
 	let embedding_lines = state.embeddings.as_ref().map(|(_, service)| {
 		let s = service.stats();
 		let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
@@ -2703,8 +2721,8 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 		]
 	});
 	let mut text = String::new();
-	for (name, kind, help, value) in lines.into_iter().chain(embedding_lines.into_iter().flatten())
-	{
+	let all = lines.into_iter().chain(adapter_lines).chain(embedding_lines.into_iter().flatten());
+	for (name, kind, help, value) in all {
 		text.push_str(&format!(
 			"# HELP openledger_worker_{name} {help}\n# TYPE openledger_worker_{name} {kind}\n\
 			 openledger_worker_{name} {value}\n"

@@ -27,6 +27,7 @@ use std::{
 use tokio::sync::{mpsc as channel, oneshot};
 
 use crate::{
+	adapter_cache::CacheFigures,
 	decoder::Decoder,
 	engine::{Engine, EngineConfig, EngineStats, RequestId},
 	error::{Error, Result},
@@ -168,6 +169,8 @@ pub struct ServiceStats {
 	pub prompt_tokens: u64,
 	/// How long requests took.
 	pub latencies: Latencies,
+	/// What the adapter cache has done and holds.
+	pub adapters: CacheFigures,
 }
 
 /// A request the engine thread holds: where its answer goes, and when it was taken and last
@@ -403,6 +406,7 @@ fn run<D: Decoder>(
 			prompt_tokens: finished.0,
 			generated_tokens: finished.1,
 			latencies,
+			adapters: engine.adapters().figures(),
 		};
 		for completion in done {
 			if let Some(pending) = replies.remove(&completion.id) {

@@ -1729,6 +1729,16 @@ fn adapters_are_found_loaded_and_unloaded_at_run_time() {
 	write_adapter(&model, &folder.join("late"), 5, 8, &TARGETS);
 	served("late", &folder.join("late"));
 	assert_eq!(listed(), [MODEL, "late"]);
+	// Loaded once, in memory after; served again from there.
+	assert_eq!(metric(address, "adapters_served"), 1);
+	assert_eq!(metric(address, "adapter_loads_total"), 1);
+	assert_eq!(metric(address, "adapters_resident"), 1);
+	assert_eq!(metric(address, "adapter_hits_total"), 0);
+	let bytes = metric(address, "adapter_bytes");
+	assert!(bytes > 0);
+	served("late", &folder.join("late"));
+	assert_eq!(metric(address, "adapter_hits_total"), 1);
+	assert_eq!(metric(address, "adapter_loads_total"), 1);
 	// A name is one folder of it, never a path out of it.
 	write_adapter(&model, &root.path().join("outside"), 6, 8, &TARGETS);
 	unknown("../outside");
@@ -1747,6 +1757,11 @@ fn adapters_are_found_loaded_and_unloaded_at_run_time() {
 	let (status, text) = load("extra", &extra);
 	assert_eq!((status, text.as_str()), (200, "Success: LoRA adapter 'extra' added successfully."));
 	served("extra", &extra);
+	assert_eq!(metric(address, "adapters_served"), 2);
+	assert_eq!(metric(address, "adapter_loads_total"), 2);
+	assert_eq!(metric(address, "adapters_resident"), 2);
+	assert!(metric(address, "adapter_bytes") > bytes);
+	assert_eq!(metric(address, "adapter_evictions_total"), 0);
 	let refused = |(status, text): (u16, String), want: u16, says: &str| {
 		assert_eq!(status, want, "{text}");
 		assert!(text.contains(says), "{text:?} does not say {says:?}");
@@ -1773,6 +1788,9 @@ fn adapters_are_found_loaded_and_unloaded_at_run_time() {
 	unknown("extra");
 	refused(unload("extra"), 404, "no adapter");
 	assert_eq!(listed(), [MODEL, "late"]);
+	// No longer served, its weights stay in memory until the room is needed.
+	assert_eq!(metric(address, "adapters_served"), 1);
+	assert_eq!(metric(address, "adapters_resident"), 2);
 
 	// Without runtime adapters allowed, both are refused.
 	let engine =
@@ -1787,6 +1805,38 @@ fn adapters_are_found_loaded_and_unloaded_at_run_time() {
 		assert_eq!(status, 403, "{text}");
 		assert!(text.contains("--allow-runtime-adapters"), "{text}");
 	}
+}
+
+/// With room for one adapter, two served in turn evict each other; the one evicted comes back
+/// from the files held in host memory. `/metrics` counts it all, and each answer is the
+/// library's.
+#[test]
+fn adapters_evicted_for_room_come_back_and_the_metrics_count_it() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let root = tempfile::tempdir().unwrap();
+	let mut adapters = Vec::new();
+	for (name, seed) in [("a", 21), ("b", 22)] {
+		write_adapter(&model, &root.path().join(name), seed, 8, &TARGETS);
+		adapters.push((name.to_string(), root.path().join(name)));
+	}
+	let size = model.load_adapter(&adapters[0].1, Some("a")).unwrap().size_bytes;
+	let config = EngineConfig { adapter_bytes: size + size / 2, ..EngineConfig::default() };
+	let address = start(model.clone(), tokenizer.clone(), adapters.clone(), config);
+	for (name, dir) in [&adapters[0], &adapters[1], &adapters[0]] {
+		let body = json!({"model": name, "prompt": PARIS, "max_tokens": 4, "temperature": 0});
+		let (status, answer) = post(address, "/v1/completions", &body);
+		assert_eq!(status, 200, "{answer}");
+		let adapter = model.load_adapter(dir, Some(name)).unwrap();
+		let want = generate(&model, &tokenizer, Some(&adapter), &greedy(PARIS, 4)).unwrap();
+		assert_answers(&answer, &want, "/text");
+	}
+	assert_eq!(metric(address, "adapters_served"), 2);
+	assert_eq!(metric(address, "adapter_loads_total"), 3);
+	assert_eq!(metric(address, "adapter_evictions_total"), 2);
+	assert_eq!(metric(address, "adapter_host_hits_total"), 1);
+	assert_eq!(metric(address, "adapters_resident"), 1);
+	assert_eq!(metric(address, "adapter_bytes"), size as u64);
+	assert!(metric(address, "adapter_host_bytes") > 0);
 }
 
 /// A batch step that fails is the server's fault: a whole answer is a 500; a stream that has
