@@ -66,7 +66,8 @@ It serves adapters registered on chain too. Register the served model as base mo
 adapters > registerBaseModel: SmolLM2-135M-Instruct, llama,
 0xb179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53, Q4_1, 8192, Apache-2.0),
 store a PEFT LoRA adapter of it and register it with the content_hash printed (adapters >
-registerAdapter: its rank and target modules as in its adapter_config.json):
+registerAdapter: a name, base model 0, the hash, its rank and target modules as in its
+adapter_config.json, the modules in the order Q K V O Gate Up Down, a URI, a price):
   $CARGO_TARGET_DIR/release/openledger-worker content-hash --adapter MY_ADAPTER_FOLDER --store $content
 Once finalized, a request names it by its id:
   curl -s http://${OPENLEDGER_WORKER_LISTEN:-127.0.0.1:8080}/v1/chat/completions -H 'content-type: application/json' \\

@@ -193,8 +193,7 @@ impl AdapterCache {
 		source: &AdapterSource,
 		load: impl FnOnce(&AdapterFiles) -> Result<LoraAdapter>,
 	) -> Result<Arc<LoraAdapter>> {
-		let dir = source.dir.as_path();
-		let fingerprint = Fingerprint::of(dir)?;
+		let fingerprint = Fingerprint::of(&source.dir)?;
 		let mut reload = false;
 		{
 			let mut inner = self.lock();
@@ -210,8 +209,7 @@ impl AdapterCache {
 				reload = true;
 			}
 		}
-		let files = self.files(name, dir, &fingerprint)?;
-		source.verify(name, &files)?;
+		let files = self.files(name, source, &fingerprint)?;
 		let adapter = Arc::new(load(&files)?);
 		if adapter.size_bytes > self.budget_bytes {
 			return Err(Error::Adapter {
@@ -269,28 +267,35 @@ impl AdapterCache {
 		Ok(adapter)
 	}
 
-	/// The files of `name` from the host tier if they are there and current, else from disk
-	/// (then kept in the host tier, evicting its least recently used entries as needed).
+	/// The files of `name` in `source`, found to be the files it names by hash if it does
+	/// ([`AdapterSource::verify`]): from the host tier if they are there and current, else from
+	/// disk (then kept in the host tier, evicting its least recently used entries as needed;
+	/// files refused are not kept).
 	fn files(
 		&self,
 		name: &str,
-		dir: &Path,
+		source: &AdapterSource,
 		fingerprint: &Fingerprint,
 	) -> Result<Arc<AdapterFiles>> {
-		{
+		let held = {
+			let inner = self.lock();
+			let entry = inner.host.get(name).filter(|entry| entry.fingerprint == *fingerprint);
+			entry.map(|entry| entry.files.clone())
+		};
+		// (Checked outside the lock: hashing takes a while. Files held for another source are
+		// read again.)
+		if let Some(files) = held.filter(|files| source.verify(name, files).is_ok()) {
 			let mut inner = self.lock();
 			inner.clock += 1;
 			let now = inner.clock;
 			if let Some(entry) = inner.host.get_mut(name) {
-				if entry.fingerprint == *fingerprint {
-					entry.last_used = now;
-					let files = entry.files.clone();
-					inner.stats.host_hits += 1;
-					return Ok(files);
-				}
+				entry.last_used = now;
 			}
+			inner.stats.host_hits += 1;
+			return Ok(files);
 		}
-		let files = Arc::new(AdapterFiles::read(dir, name)?);
+		let files = Arc::new(AdapterFiles::read(&source.dir, name)?);
+		source.verify(name, &files)?;
 		let size = files.size_bytes();
 		if size <= self.host_budget_bytes {
 			let mut inner = self.lock();
@@ -528,8 +533,10 @@ mod tests {
 		// from either, and its files are refused.
 		let other = AdapterSource::hashed(&dir, [9; 32]);
 		assert!(!cache.contains_from("a", &other));
+		let (before, held) = (cache.stats(), cache.host_bytes());
 		let err = cache.get_or_load("a", &other, load).unwrap_err().to_string();
 		assert!(err.contains("no longer hash to 0x0909"), "{err}");
+		assert_eq!((cache.stats(), cache.host_bytes()), (before, held), "nothing counted or kept");
 		// Named by its own hash, it is read (from the host tier), checked and built again.
 		let hashed = AdapterSource::hashed(&dir, hash);
 		let before = cache.stats();

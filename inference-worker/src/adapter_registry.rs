@@ -290,7 +290,10 @@ pub enum Settled {
 /// retired and unlisted it). Lookups are ordered by the number of the block they read, then by
 /// when they came to what they found (of the same block, the one that examined the files
 /// last). This holds of one node, whose finalized head only moves forward: a `--chain` URL
-/// behind which several nodes answer in turn may order them otherwise.
+/// behind which several nodes answer in turn may order them otherwise. What is found of the
+/// files (missing, changed) is ordered by block too, though the files are not on chain: a
+/// lookup of an older block that finds files put in place since is answered as a newer one
+/// found them, until a lookup of a newer block finds them.
 #[derive(Default)]
 pub struct Verdicts {
 	inner: Mutex<VerdictsInner>,

@@ -2690,7 +2690,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 		("adapter_host_bytes", "gauge", "Bytes of adapter files held.", as_u64(a.host_bytes)),
 		("adapter_hits_total", "counter", "Adapters found in memory.", a.stats.hits),
 		("adapter_loads_total", "counter", "Adapters loaded, first or again.", a.stats.loads),
-		("adapter_reloads_total", "counter", "Adapters whose files changed.", a.stats.reloads),
+		("adapter_reloads_total", "counter", "Adapters loaded anew.", a.stats.reloads),
 		("adapter_evictions_total", "counter", "Adapters evicted for room.", a.stats.evictions),
 		(
 			"adapter_host_hits_total",

@@ -398,7 +398,8 @@ fn run<D: Decoder>(
 			}
 		}
 		follow_running(&mut engine, tokenizer, &mut replies, now, &mut latencies);
-		// The figures first, so that a client that has its answer sees them.
+		// The figures first, so that a client answered by this step sees them (one refused as
+		// its request is taken may not, until the next step).
 		*stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = ServiceStats {
 			engine: engine.stats(),
 			waiting: engine.waiting(),

@@ -6,8 +6,9 @@
 //   (or: npm run register -- ADAPTER_FOLDER [ws://127.0.0.1:9944])
 //
 // ADAPTER_FOLDER holds the adapter Bob registers, in PEFT's format (adapter_config.json,
-// adapter_model.safetensors: rank 8 on the query and value projections); its content hash is
-// computed here as workers check it (README, adapters registered on chain).
+// adapter_model.safetensors); its content hash is computed here as workers check it, and its
+// rank and target modules are read from its adapter_config.json (README, adapters registered on
+// chain).
 //
 // Uses the dev accounts: Alice owns a curated DataNet with Charlie as curator, Bob contributes
 // two records (Charlie accepts one and rejects the other), Dave pays the DataNet a reward that
@@ -29,6 +30,30 @@ if (!adapterFolder || adapterFolder.includes('://')) {
   process.exit(2);
 }
 const OPEN = 10n ** 18n;
+
+/** The chain's names of the projections a PEFT adapter may target, in the order it wants. */
+const MODULES = [
+  ['q_proj', 'Q'], ['k_proj', 'K'], ['v_proj', 'V'], ['o_proj', 'O'],
+  ['gate_proj', 'Gate'], ['up_proj', 'Up'], ['down_proj', 'Down'],
+];
+
+/** What the PEFT adapter in `folder` declares: its rank and the chain's names of its target
+ * modules (in the chain's order), from its adapter_config.json. */
+function adapterDeclaration(folder) {
+  const config = JSON.parse(readFileSync(join(folder, 'adapter_config.json'), 'utf8'));
+  check(Number.isInteger(config.r) && config.r > 0, 'adapter_config.json: r');
+  check(
+    Object.keys(config.rank_pattern ?? {}).length === 0,
+    'adapter_config.json: rank_pattern (the chain declares one rank)',
+  );
+  const targets = [config.target_modules ?? []].flat().map((t) => String(t).split('.').pop());
+  check(targets.length > 0, 'adapter_config.json: target_modules');
+  for (const target of targets) {
+    check(MODULES.some(([peft]) => peft === target), `adapter_config.json: target ${target}`);
+  }
+  const modules = MODULES.filter(([peft]) => targets.includes(peft)).map(([, chain]) => chain);
+  return { rank: config.r, modules };
+}
 
 /** The content hash of the PEFT adapter in `folder`, as the chain names an adapter's files. */
 function adapterContentHash(folder) {
@@ -79,6 +104,7 @@ async function main() {
   await cryptoWaitReady();
   // (Read first: a folder that cannot be read stops the script before anything is on chain.)
   const adapterHash = adapterContentHash(adapterFolder);
+  const declared = adapterDeclaration(adapterFolder);
   const api = await ApiPromise.create({ provider: new WsProvider(url), noInitWarn: true });
   const keyring = new Keyring({ type: 'sr25519', ss58Format: 42 });
   const [alice, bob, charlie, dave] = ['//Alice', '//Bob', '//Charlie', '//Dave'].map((uri) =>
@@ -178,8 +204,8 @@ async function main() {
       'medical-qa-lora',
       baseModel,
       adapterHash,
-      8,
-      ['Q', 'V'],
+      declared.rank,
+      declared.modules,
       'ipfs://bafy-adapter',
       OPEN / 1000n,
       [[datanet, 1_000_000_000]], // trained on the DataNet alone: 100%
@@ -249,8 +275,11 @@ async function main() {
   check(adapterInfo.owner.toString() === bob.address, 'adapter owner');
   check(adapterInfo.baseModel.toNumber() === baseModel, 'adapter base model');
   check(adapterInfo.contentHash.toHex() === adapterHash, 'adapter content hash');
-  check(adapterInfo.rank.toNumber() === 8, 'adapter rank');
-  check(adapterInfo.targetModules.map((m) => m.type).join(',') === 'Q,V', 'target modules');
+  check(adapterInfo.rank.toNumber() === declared.rank, 'adapter rank');
+  check(
+    adapterInfo.targetModules.map((m) => m.type).join(',') === declared.modules.join(','),
+    'target modules',
+  );
   check(adapterInfo.datanets[0][0].toNumber() === datanet, 'trained on the DataNet');
   check(adapterInfo.datanets[0][1].toNumber() === 1_000_000_000, 'with weight 100%');
   const model = (await api.call.adaptersApi.baseModel(baseModel)).unwrap();
