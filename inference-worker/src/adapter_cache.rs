@@ -282,8 +282,9 @@ impl AdapterCache {
 			let entry = inner.host.get(name).filter(|entry| entry.fingerprint == *fingerprint);
 			entry.map(|entry| entry.files.clone())
 		};
-		// (Checked outside the lock: hashing takes a while. Files held for another source are
-		// read again.)
+		// (Checked outside the lock: the first check of files held hashes them, which takes a
+		// while; later ones read the hash worked out then. Files of another hash are read
+		// again.)
 		if let Some(files) = held.filter(|files| source.verify(name, files).is_ok()) {
 			let mut inner = self.lock();
 			inner.clock += 1;
@@ -529,6 +530,7 @@ mod tests {
 		let plain = AdapterSource::from(&dir);
 		cache.get_or_load("a", &plain, load).unwrap();
 		assert!(cache.contains_from("a", &plain));
+		assert!(!cache.lock().host["a"].files.hashed_yet(), "not hashed when not named by hash");
 		// In both tiers, loaded from the folder alone: named by another hash, it is not served
 		// from either, and its files are refused.
 		let other = AdapterSource::hashed(&dir, [9; 32]);
@@ -537,7 +539,9 @@ mod tests {
 		let err = cache.get_or_load("a", &other, load).unwrap_err().to_string();
 		assert!(err.contains("no longer hash to 0x0909"), "{err}");
 		assert_eq!((cache.stats(), cache.host_bytes()), (before, held), "nothing counted or kept");
-		// Named by its own hash, it is read (from the host tier), checked and built again.
+		// Named by its own hash, it is read (from the host tier), checked and built again. The
+		// files held were hashed once, by the first check, and are not hashed again.
+		assert!(cache.lock().host["a"].files.hashed_yet());
 		let hashed = AdapterSource::hashed(&dir, hash);
 		let before = cache.stats();
 		cache.get_or_load("a", &hashed, load).unwrap();

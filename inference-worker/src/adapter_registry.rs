@@ -14,12 +14,15 @@
 //! - they build for the served model.
 //!
 //! It is then served as any adapter: loaded when a request needs it, evicted when others need
-//! the room. Each request reads the chain again (three or four RPC calls), so a retirement or a
-//! new price applies from the next finalized block on; the files are examined once (what was
-//! wrong with them too), and again only when one of them changes (its size, modification time,
-//! inode or change time). The engine is given the content hash with the folder
-//! ([`crate::lora::AdapterSource`]) and hashes the files again whenever it reads them, so
-//! nothing but the files hashed on chain is served under the adapter's id. Requests looking an
+//! the room. Each request reads the chain again (the finalized head, the adapter and its base
+//! model; the head's number too when the head has moved since it was last asked), so a
+//! retirement or a new price applies from the next finalized block on; the files are examined
+//! once (what was wrong with them too), and again only when one of them changes (its size,
+//! modification time, inode or change time). The engine is given the content hash with the
+//! folder ([`crate::lora::AdapterSource`]) and checks the files against it whenever it reads
+//! them from disk (files it holds in memory were hashed once, when read), so nothing but the
+//! files hashed on chain is served under the adapter's id: files changed since they were
+//! checked fail the request with [`crate::Error::AdapterChanged`]. Requests looking an
 //! adapter up at once settle what they found in the order of the blocks they read
 //! ([`Verdicts`]).
 
@@ -41,7 +44,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::{
-	chain_rpc::{block_number, call, finalized_head, hash_field, Node, RpcError},
+	chain_rpc::{call, finalized_head, hash_field, Node, RpcError},
 	lora::{read_adapter_files, AdapterFiles, Projection},
 };
 
@@ -557,7 +560,7 @@ impl AdapterRegistry {
 		let client = self.node.client().await?;
 		let client = &*client;
 		let block = finalized_head(client).await?;
-		lookup.read_at(block_number(client, &block).await?);
+		lookup.read_at(self.node.block_number(client, &block).await?);
 		let method = "adapters_getAdapter";
 		let info: Option<AdapterInfo> = call(client, method, rpc_params![id, &block]).await?;
 		let info = info.ok_or(AdapterError::NotFound(id))?;

@@ -94,12 +94,27 @@ pub struct Node {
 	timeout: Duration,
 	/// The connection.
 	client: Mutex<Option<Arc<WsClient>>>,
+	/// The last block whose number was asked for, and its number (a block's number never
+	/// changes, and the finalized head changes only every few seconds).
+	numbered: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl Node {
 	/// The node at `url` (`ws://...`), connecting and each call given up after `timeout`.
 	pub fn new(url: impl Into<String>, timeout: Duration) -> Self {
-		Self { url: url.into(), timeout, client: Mutex::new(None) }
+		Self { url: url.into(), timeout, client: Mutex::new(None), numbered: Default::default() }
+	}
+
+	/// The number of the block `hash` ([`block_number`]), asked of the node over `client` only
+	/// when it is not the block last asked about.
+	pub async fn block_number(&self, client: &WsClient, hash: &str) -> Result<u64, RpcError> {
+		let last = || self.numbered.lock().unwrap_or_else(|p| p.into_inner());
+		if let Some((_, number)) = last().as_ref().filter(|(known, _)| known == hash) {
+			return Ok(*number);
+		}
+		let number = block_number(client, hash).await?;
+		*last() = Some((hash.to_string(), number));
+		Ok(number)
 	}
 
 	/// What `calls` (to `methods`, connecting included) give, or an error naming `methods`
@@ -162,6 +177,34 @@ mod tests {
 		assert_eq!(parse_number("0x"), None);
 		assert_eq!(parse_number("26"), None);
 		assert_eq!(parse_number("0x+1"), None);
+	}
+
+	/// A block's number is asked of the node once for as long as that block is the one asked
+	/// about, and asked again when another is.
+	#[tokio::test]
+	async fn a_blocks_number_is_asked_for_once_while_the_head_stays() {
+		use std::sync::atomic::{AtomicUsize, Ordering};
+		let asked = Arc::new(AtomicUsize::new(0));
+		let mut module = jsonrpsee::RpcModule::new(asked.clone());
+		module
+			.register_method("chain_getHeader", |params, asked, _| {
+				asked.fetch_add(1, Ordering::Relaxed);
+				let hash: String = params.one()?;
+				let number = if hash == "0xaa" { "0x2a" } else { "0x2b" };
+				Ok::<_, jsonrpsee::types::ErrorObjectOwned>(serde_json::json!({ "number": number }))
+			})
+			.unwrap();
+		let server = jsonrpsee::server::Server::builder().build("127.0.0.1:0").await.unwrap();
+		let url = format!("ws://{}", server.local_addr().unwrap());
+		let _running = server.start(module);
+		let node = Node::new(url, Duration::from_secs(5));
+		let client = node.client().await.unwrap();
+		let mut numbers = Vec::new();
+		for hash in ["0xaa", "0xaa", "0xbb", "0xbb", "0xaa"] {
+			numbers.push(node.block_number(&client, hash).await.unwrap());
+		}
+		assert_eq!(numbers, [0x2a, 0x2a, 0x2b, 0x2b, 0x2a]);
+		assert_eq!(asked.load(Ordering::Relaxed), 3);
 	}
 
 	#[test]

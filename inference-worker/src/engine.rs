@@ -426,6 +426,9 @@ impl<D: Decoder> Engine<D> {
 							Error::Adapter { name, reason } => {
 								Error::Adapter { name: name.clone(), reason: reason.clone() }
 							}
+							Error::AdapterChanged { name, reason } => {
+								Error::AdapterChanged { name: name.clone(), reason: reason.clone() }
+							}
 							other => {
 								Error::Adapter { name: name.clone(), reason: other.to_string() }
 							}

@@ -435,6 +435,10 @@ impl From<Error> for ApiError {
 			Error::Adapter { .. } => {
 				(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", "adapter_unavailable")
 			}
+			// Files changed under the worker since it checked them: another may serve it.
+			Error::AdapterChanged { .. } => {
+				(StatusCode::SERVICE_UNAVAILABLE, "server_error", "adapter_unavailable")
+			}
 			_ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
 		};
 		Self { status, kind, code, message: e.to_string() }
@@ -2744,4 +2748,34 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 		sync.render_metrics(&mut text);
 	}
 	([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	/// An adapter that cannot be built is the request's to mend (422); files changed under the
+	/// worker since they were checked, and a full queue, are the worker's (503: try again, or
+	/// another worker).
+	#[test]
+	fn engine_errors_are_answered_with_whose_fault_they_are() {
+		let answer = |e: Error| {
+			let e = ApiError::from(e);
+			(e.status.as_u16(), e.kind, e.code)
+		};
+		let (name, reason) = ("chain:0".to_string(), "why".to_string());
+		assert_eq!(
+			answer(Error::Adapter { name: name.clone(), reason: reason.clone() }),
+			(422, "invalid_request_error", "adapter_unavailable")
+		);
+		assert_eq!(
+			answer(Error::AdapterChanged { name, reason }),
+			(503, "server_error", "adapter_unavailable")
+		);
+		assert_eq!(answer(Error::Overloaded { queued: 3 }), (503, "server_error", "overloaded"));
+		assert_eq!(
+			answer(Error::Request("x".into())),
+			(400, "invalid_request_error", "invalid_request")
+		);
+	}
 }

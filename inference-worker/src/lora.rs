@@ -5,6 +5,7 @@
 use std::{
 	collections::{BTreeSet, HashMap},
 	path::{Path, PathBuf},
+	sync::OnceLock,
 };
 
 use candle_core::{DType, Device, Tensor};
@@ -163,12 +164,16 @@ impl LoraWeights {
 
 /// An adapter's files as read from its PEFT folder: what the host tier of the adapter cache
 /// keeps, so that an adapter evicted from the device comes back without touching the disk.
+/// They cannot be changed once read, so their content hash is worked out once, when first
+/// asked for.
 #[derive(Debug, Clone)]
 pub struct AdapterFiles {
 	/// `adapter_config.json`.
-	pub config: String,
+	config: String,
 	/// `adapter_model.safetensors`.
-	pub weights: Vec<u8>,
+	weights: Vec<u8>,
+	/// Their content hash, once worked out.
+	hash: OnceLock<ContentHash>,
 }
 
 impl AdapterFiles {
@@ -181,12 +186,29 @@ impl AdapterFiles {
 	pub fn from_bytes([config, weights]: [Vec<u8>; 2], name: &str) -> Result<Self> {
 		let config = String::from_utf8(config)
 			.map_err(|_| adapter_error(name, "adapter_config.json is not UTF-8"))?;
-		Ok(Self { config, weights })
+		Ok(Self { config, weights, hash: OnceLock::new() })
 	}
 
-	/// Their content hash ([`adapter_content_hash`]), as the chain names an adapter's files.
+	/// `adapter_config.json`.
+	pub fn config(&self) -> &str {
+		&self.config
+	}
+
+	/// `adapter_model.safetensors`.
+	pub fn weights(&self) -> &[u8] {
+		&self.weights
+	}
+
+	/// Their content hash ([`adapter_content_hash`]), as the chain names an adapter's files
+	/// (hashed on the first call only).
 	pub fn content_hash(&self) -> ContentHash {
-		adapter_content_hash(self.config.as_bytes(), &self.weights)
+		*self.hash.get_or_init(|| adapter_content_hash(self.config.as_bytes(), &self.weights))
+	}
+
+	/// Whether their content hash has been worked out already.
+	#[cfg(test)]
+	pub(crate) fn hashed_yet(&self) -> bool {
+		self.hash.get().is_some()
 	}
 
 	/// Bytes they take.
@@ -257,18 +279,19 @@ impl AdapterSource {
 		Self { dir: dir.into(), content_hash: Some(content_hash) }
 	}
 
-	/// Whether `files`, read for the adapter `name`, are the ones this source names.
+	/// Whether `files`, read for the adapter `name`, are the ones this source names
+	/// ([`Error::AdapterChanged`] if not).
 	pub fn verify(&self, name: &str, files: &AdapterFiles) -> Result<()> {
 		match self.content_hash {
-			Some(expected) if files.content_hash() != expected => Err(adapter_error(
-				name,
-				format!(
+			Some(expected) if files.content_hash() != expected => Err(Error::AdapterChanged {
+				name: name.to_string(),
+				reason: format!(
 					"the files in {} no longer hash to 0x{}, the content hash it is served \
 					 under (changed since they were checked)",
 					self.dir.display(),
 					hex::encode(expected)
 				),
-			)),
+			}),
 			_ => Ok(()),
 		}
 	}

@@ -2783,7 +2783,10 @@ fn an_adapter_served_is_attributed_its_part_of_the_answer() {
 
 /// A node whose model registry holds `adapters` (as `adapters_getAdapter` answers them, by id)
 /// and two base models: 0, the real model (its weights' SHA-256, as published), and 1, another.
-fn mock_adapters_node(adapters: Arc<std::sync::Mutex<Vec<Value>>>) -> SocketAddr {
+fn mock_adapters_node(
+	adapters: Arc<std::sync::Mutex<Vec<Value>>>,
+	headers_read: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
 	use jsonrpsee::{types::ErrorObjectOwned, RpcModule};
 	let block = format!("0x{}", "22".repeat(32));
 	let models = vec![
@@ -2794,7 +2797,7 @@ fn mock_adapters_node(adapters: Arc<std::sync::Mutex<Vec<Value>>>) -> SocketAddr
 			"weightsHash": format!("0x{}", "33".repeat(32)), "quantization": "F16",
 			"contextLength": 4096, "license": "MIT", "enabled": true}),
 	];
-	let mut module = RpcModule::new((adapters, models, block));
+	let mut module = RpcModule::new((adapters, models, block, headers_read));
 	type Answer = Result<Value, ErrorObjectOwned>;
 	module
 		.register_method("chain_getFinalizedHead", |_, state, _| -> Answer { Ok(json!(state.2)) })
@@ -2803,6 +2806,7 @@ fn mock_adapters_node(adapters: Arc<std::sync::Mutex<Vec<Value>>>) -> SocketAddr
 		.register_method("chain_getHeader", |params, state, _| -> Answer {
 			let block: String = params.one()?;
 			assert_eq!(block, state.2, "the finalized block's header");
+			state.3.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 			Ok(json!({"number": "0x2a", "parentHash": format!("0x{}", "21".repeat(32))}))
 		})
 		.unwrap();
@@ -2881,7 +2885,8 @@ fn requests_may_name_an_adapter_registered_on_chain_and_it_is_checked_first() {
 		adapter(4, 0, &later_hash, 8, false),
 		adapter(5, 0, &forged, 8, false),
 	]));
-	let node = mock_adapters_node(on_chain.clone());
+	let headers_read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+	let node = mock_adapters_node(on_chain.clone(), headers_read.clone());
 	let gguf = models::smollm2_gguf();
 	let registry = |url: String| {
 		let node = Arc::new(Node::new(url, LOOKUP_TIMEOUT));
@@ -2988,6 +2993,8 @@ fn requests_may_name_an_adapter_registered_on_chain_and_it_is_checked_first() {
 	refused("chain:0", 404, "adapter 0 is retired");
 	let (_, models) = get(address, "/v1/models");
 	assert!(!models.contains("\"chain:0\"") && models.contains("\"chain:4\""), "{models}");
+	// The finalized head never moved: its number was asked for once, not once a request.
+	assert_eq!(headers_read.load(std::sync::atomic::Ordering::Relaxed), 1);
 	// A worker that follows no chain, and one whose node is down.
 	let alone = serve_with(None);
 	let (status, answer) = post(alone, "/v1/completions", &body);
