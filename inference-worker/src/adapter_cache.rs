@@ -13,35 +13,29 @@
 
 use std::{
 	collections::HashMap,
-	path::{Path, PathBuf},
+	path::PathBuf,
 	sync::{Arc, Mutex},
-	time::SystemTime,
 };
-
-use openledger_primitives::ADAPTER_FILES;
 
 use crate::{
 	error::{Error, Result},
-	lora::{AdapterFiles, AdapterSource, LoraAdapter},
+	lora::{AdapterFiles, AdapterSource, FilesStamp, LoraAdapter},
 };
 
-/// What identifies the version of an adapter's files on disk: their folder, sizes and
-/// modification times. A changed fingerprint means the adapter must be reloaded (the folder
-/// counts: files copied elsewhere keep their sizes and often their times).
+/// What identifies the version of an adapter's files on disk: their folder and their
+/// [`FilesStamp`]. A changed fingerprint means the adapter must be reloaded (the folder counts:
+/// files copied elsewhere keep their sizes and often their times).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Fingerprint(PathBuf, Vec<(u64, Option<SystemTime>)>);
+struct Fingerprint(PathBuf, FilesStamp);
 
 impl Fingerprint {
-	fn of(dir: &Path) -> Result<Self> {
-		let mut parts = Vec::with_capacity(2);
-		for file in ADAPTER_FILES {
-			let meta = std::fs::metadata(dir.join(file)).map_err(|e| Error::Adapter {
-				name: dir.display().to_string(),
-				reason: format!("cannot read {file}: {e}"),
-			})?;
-			parts.push((meta.len(), meta.modified().ok()));
-		}
-		Ok(Self(dir.to_path_buf(), parts))
+	/// The fingerprint of the files of adapter `name` in `source`.
+	fn of(name: &str, source: &AdapterSource) -> Result<Self> {
+		let dir = &source.dir;
+		let stamp = FilesStamp::of(dir).map_err(|e| {
+			source.unreadable(name, format!("cannot read {e} in {}", dir.display()))
+		})?;
+		Ok(Self(dir.to_path_buf(), stamp))
 	}
 }
 
@@ -193,7 +187,7 @@ impl AdapterCache {
 		source: &AdapterSource,
 		load: impl FnOnce(&AdapterFiles) -> Result<LoraAdapter>,
 	) -> Result<Arc<LoraAdapter>> {
-		let fingerprint = Fingerprint::of(&source.dir)?;
+		let fingerprint = Fingerprint::of(name, source)?;
 		let mut reload = false;
 		{
 			let mut inner = self.lock();
@@ -267,10 +261,10 @@ impl AdapterCache {
 		Ok(adapter)
 	}
 
-	/// The files of `name` in `source`, found to be the files it names by hash if it does
-	/// ([`AdapterSource::verify`]): from the host tier if they are there and current, else from
-	/// disk (then kept in the host tier, evicting its least recently used entries as needed;
-	/// files refused are not kept).
+	/// The files of `name` in `source`, found to be the files it names by hash if it does: from
+	/// the host tier if they are there and current ([`AdapterSource::verify`]), else from disk
+	/// ([`AdapterSource::read`]; then kept in the host tier, evicting its least recently used
+	/// entries as needed; files refused are not kept).
 	fn files(
 		&self,
 		name: &str,
@@ -295,8 +289,7 @@ impl AdapterCache {
 			inner.stats.host_hits += 1;
 			return Ok(files);
 		}
-		let files = Arc::new(AdapterFiles::read(&source.dir, name)?);
-		source.verify(name, &files)?;
+		let files = Arc::new(source.read(name)?);
 		let size = files.size_bytes();
 		if size <= self.host_budget_bytes {
 			let mut inner = self.lock();
@@ -395,7 +388,7 @@ pub struct CacheFigures {
 
 #[cfg(test)]
 mod tests {
-	use std::collections::BTreeMap;
+	use std::{collections::BTreeMap, path::Path};
 
 	use candle_core::Device;
 
@@ -521,6 +514,34 @@ mod tests {
 	}
 
 	#[test]
+	fn reloads_an_adapter_replaced_by_one_of_the_same_size_and_modification_time() {
+		let root = tempfile::tempdir().unwrap();
+		let (dir, retrained) = (root.path().join("a"), root.path().join("retrained"));
+		write(&dir, 1, 2);
+		write(&retrained, 2, 2);
+		let cache = AdapterCache::new(10 * size(2));
+		let first = cache.get_or_load("a", &AdapterSource::from(&dir), load).unwrap();
+		// Retrained at the same rank, copied in place as `rsync -a` does: same sizes, the old
+		// modification times, put in place by renaming.
+		for file in openledger_primitives::ADAPTER_FILES {
+			let (old, new) = (dir.join(file), retrained.join(file));
+			let old_meta = std::fs::metadata(&old).unwrap();
+			assert_eq!(old_meta.len(), std::fs::metadata(&new).unwrap().len());
+			let times = std::fs::File::options().write(true).open(&new).unwrap();
+			times.set_modified(old_meta.modified().unwrap()).unwrap();
+			std::fs::rename(&new, &old).unwrap();
+		}
+		let second = cache.get_or_load("a", &AdapterSource::from(&dir), load).unwrap();
+		let values =
+			|x: &LoraAdapter| x.weights(0, Projection::Q).unwrap().a.to_vec2::<f32>().unwrap();
+		assert_ne!(values(&first), values(&second), "the retrained weights are served");
+		assert_eq!((cache.stats().reloads, cache.stats().hits), (1, 0));
+		// Unchanged since, it is a hit.
+		cache.get_or_load("a", &AdapterSource::from(&dir), load).unwrap();
+		assert_eq!(cache.stats().hits, 1);
+	}
+
+	#[test]
 	fn an_adapter_named_by_hash_is_never_one_loaded_otherwise() {
 		let root = tempfile::tempdir().unwrap();
 		let dir = root.path().join("a");
@@ -549,6 +570,14 @@ mod tests {
 		let after = cache.stats();
 		assert_eq!(after.loads + after.reloads, before.loads + before.reloads + 1);
 		assert_eq!((after.hits, after.host_hits), (before.hits, before.host_hits + 1));
+		// Its files gone once it was checked: they changed under the worker (for the adapter
+		// named by hash), or cannot be loaded (for one named by its folder).
+		std::fs::remove_file(dir.join(openledger_primitives::ADAPTER_FILES[1])).unwrap();
+		let gone = cache.get_or_load("a", &hashed, load).unwrap_err();
+		assert!(matches!(&gone, Error::AdapterChanged { .. }), "{gone:?}");
+		assert!(gone.to_string().contains("cannot read adapter_model.safetensors"), "{gone}");
+		let gone = cache.get_or_load("a", &plain, load).unwrap_err();
+		assert!(matches!(gone, Error::Adapter { .. }), "{gone:?}");
 	}
 
 	#[test]

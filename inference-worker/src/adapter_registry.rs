@@ -31,21 +31,18 @@ use std::{
 	io::Read,
 	path::{Path, PathBuf},
 	sync::{Arc, Mutex},
-	time::SystemTime,
 };
 
 use blake2::{digest::consts::U32, Blake2b};
 use jsonrpsee::rpc_params;
-use openledger_primitives::{
-	adapter_content_hash, AdapterId, BaseModelId, ContentHash, DataNetId, ADAPTER_FILES,
-};
+use openledger_primitives::{adapter_content_hash, AdapterId, BaseModelId, ContentHash, DataNetId};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::{
 	chain_rpc::{call, finalized_head, hash_field, Node, RpcError},
-	lora::{read_adapter_files, AdapterFiles, Projection},
+	lora::{read_adapter_files, AdapterFiles, FilesStamp, Projection},
 };
 
 /// How a request names an adapter registered on chain: `chain:` and its id.
@@ -223,13 +220,6 @@ struct WeightsHashes {
 	blake2: [u8; 32],
 }
 
-/// What an adapter's file was when it was checked: its size, modification time, inode and
-/// change time (which no user sets).
-type FileStamp = (u64, Option<SystemTime>, u64, i64);
-
-/// Each of an adapter's files as it was when checked.
-type Stamp = [FileStamp; 2];
-
 /// What an adapter's weights say of it: the ranks of its modules and the projections it adapts
 /// ([`AdapterFiles::outline`]).
 type Outline = (Vec<usize>, Vec<Projection>);
@@ -250,7 +240,7 @@ enum Found {
 }
 
 /// What the folders of adapters' files were found to be, and as what they were then.
-type Checked = Mutex<HashMap<ContentHash, (Stamp, Found)>>;
+type Checked = Mutex<HashMap<ContentHash, (FilesStamp, Found)>>;
 
 /// The adapters registered on the chain a node follows.
 pub struct AdapterRegistry {
@@ -520,7 +510,7 @@ impl AdapterRegistry {
 		build: Build,
 	) -> Result<Found, AdapterError> {
 		let content = |reason: String| AdapterError::Content { id, reason };
-		let stamp = stamp(dir).map_err(|e| {
+		let stamp = FilesStamp::of(dir).map_err(|e| {
 			content(format!("{e} (they go in {}, named by the content hash)", dir.display()))
 		})?;
 		let known = || {
@@ -650,26 +640,6 @@ fn module_name(projection: Projection) -> &'static str {
 /// Where a module the chain names comes in block order (unknown names last).
 fn module_order(name: &str) -> usize {
 	Projection::ALL.iter().position(|p| module_name(*p) == name).unwrap_or(Projection::ALL.len())
-}
-
-/// Each of an adapter's files in `dir` as it is now ([`FileStamp`]).
-fn stamp(dir: &Path) -> std::io::Result<Stamp> {
-	let one = |file: &str| -> std::io::Result<FileStamp> {
-		let meta = std::fs::metadata(dir.join(file))
-			.map_err(|e| std::io::Error::new(e.kind(), format!("{file}: {e}")))?;
-		#[cfg(unix)]
-		let (inode, changed) = {
-			use std::os::unix::fs::MetadataExt;
-			(
-				meta.ino(),
-				meta.ctime_nsec().saturating_add(meta.ctime().saturating_mul(1_000_000_000)),
-			)
-		};
-		#[cfg(not(unix))]
-		let (inode, changed) = (0, 0);
-		Ok((meta.len(), meta.modified().ok(), inode, changed))
-	};
-	Ok([one(ADAPTER_FILES[0])?, one(ADAPTER_FILES[1])?])
 }
 
 /// The SHA-256 and BLAKE2b-256 of the file at `path`, read once.

@@ -94,7 +94,7 @@ pub struct Node {
 	timeout: Duration,
 	/// The connection.
 	client: Mutex<Option<Arc<WsClient>>>,
-	/// The last block whose number was asked for, and its number (a block's number never
+	/// The newest block whose number was asked for, and its number (a block's number never
 	/// changes, and the finalized head changes only every few seconds).
 	numbered: std::sync::Mutex<Option<(String, u64)>>,
 }
@@ -106,14 +106,18 @@ impl Node {
 	}
 
 	/// The number of the block `hash` ([`block_number`]), asked of the node over `client` only
-	/// when it is not the block last asked about.
+	/// when it is not the newest block asked about.
 	pub async fn block_number(&self, client: &WsClient, hash: &str) -> Result<u64, RpcError> {
 		let last = || self.numbered.lock().unwrap_or_else(|p| p.into_inner());
 		if let Some((_, number)) = last().as_ref().filter(|(known, _)| known == hash) {
 			return Ok(*number);
 		}
 		let number = block_number(client, hash).await?;
-		*last() = Some((hash.to_string(), number));
+		// (A lookup that read an older head and was slower keeps the newer head's number.)
+		let mut last = last();
+		if last.as_ref().is_none_or(|(_, known)| *known <= number) {
+			*last = Some((hash.to_string(), number));
+		}
 		Ok(number)
 	}
 
@@ -200,10 +204,11 @@ mod tests {
 		let node = Node::new(url, Duration::from_secs(5));
 		let client = node.client().await.unwrap();
 		let mut numbers = Vec::new();
-		for hash in ["0xaa", "0xaa", "0xbb", "0xbb", "0xaa"] {
+		for hash in ["0xaa", "0xaa", "0xbb", "0xbb", "0xaa", "0xbb"] {
 			numbers.push(node.block_number(&client, hash).await.unwrap());
 		}
-		assert_eq!(numbers, [0x2a, 0x2a, 0x2b, 0x2b, 0x2a]);
+		// (An older block asked about late does not displace the newer one.)
+		assert_eq!(numbers, [0x2a, 0x2a, 0x2b, 0x2b, 0x2a, 0x2b]);
 		assert_eq!(asked.load(Ordering::Relaxed), 3);
 	}
 

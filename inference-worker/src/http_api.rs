@@ -102,7 +102,7 @@
 //! the limit, 422 for an adapter that cannot be loaded (its files are corrupt or do not fit the
 //! base; on chain: not as declared) or a registered prompt no worker can serve, 503 when the
 //! queue is full (try again) or a registered prompt or adapter cannot be read now (the node,
-//! the content folder), 500
+//! the content folder; an adapter's files changed since they were checked), 500
 //! otherwise (a failed batch step, a stopped engine). A
 //! client that disconnects cancels its request (every choice of it, streamed or not): its KV
 //! blocks go back to the others before the next step.

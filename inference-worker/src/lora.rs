@@ -6,6 +6,7 @@ use std::{
 	collections::{BTreeSet, HashMap},
 	path::{Path, PathBuf},
 	sync::OnceLock,
+	time::SystemTime,
 };
 
 use candle_core::{DType, Device, Tensor};
@@ -189,6 +190,11 @@ impl AdapterFiles {
 		Ok(Self { config, weights, hash: OnceLock::new() })
 	}
 
+	/// These files, whose content hash is already known to be `hash`.
+	fn with_hash(self, hash: ContentHash) -> Self {
+		Self { hash: OnceLock::from(hash), ..self }
+	}
+
 	/// `adapter_config.json`.
 	pub fn config(&self) -> &str {
 		&self.config
@@ -261,10 +267,40 @@ pub fn read_adapter_files(dir: &Path) -> std::result::Result<[Vec<u8>; 2], Strin
 	Ok([read(ADAPTER_FILES[0])?, read(ADAPTER_FILES[1])?])
 }
 
+/// An adapter's files in a folder as their metadata says they are now: for each of
+/// [`ADAPTER_FILES`], its size, modification time, inode and change time. The change time is
+/// set by the system on any write (no user sets it) and a file put in place by renaming has
+/// another inode, so files whose stamp is unchanged are taken to be unchanged, even where a copy
+/// kept the size and the modification time (a retrained adapter of the same shapes, copied with
+/// `cp -p` or `rsync -a`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilesStamp([(u64, Option<SystemTime>, u64, i64); 2]);
+
+impl FilesStamp {
+	/// The stamp of the adapter's files in `dir`; an error names the file that cannot be read.
+	pub fn of(dir: &Path) -> std::io::Result<Self> {
+		let one = |file: &str| {
+			let meta = std::fs::metadata(dir.join(file))
+				.map_err(|e| std::io::Error::new(e.kind(), format!("{file}: {e}")))?;
+			#[cfg(unix)]
+			let (inode, changed) = {
+				use std::os::unix::fs::MetadataExt;
+				let nanos = meta.ctime().saturating_mul(1_000_000_000);
+				(meta.ino(), nanos.saturating_add(meta.ctime_nsec()))
+			};
+			#[cfg(not(unix))]
+			let (inode, changed) = (0, 0);
+			Ok::<_, std::io::Error>((meta.len(), meta.modified().ok(), inode, changed))
+		};
+		Ok(Self([one(ADAPTER_FILES[0])?, one(ADAPTER_FILES[1])?]))
+	}
+}
+
 /// Where the engine reads an adapter's files: its PEFT folder and, for an adapter registered
-/// on chain, the content hash its files must have. Files are read again whenever the adapter
-/// is loaded, so an adapter with a hash is built only from bytes that hash to it, whatever
-/// changes in the folder after it was checked.
+/// on chain, the content hash its files must have. Whenever the adapter is loaded its files are
+/// read from disk and checked again ([`Self::read`]), or taken from host memory where they were
+/// checked when read, so an adapter with a hash is built only from bytes that hash to it,
+/// whatever changes in the folder after it was checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdapterSource {
 	/// The PEFT folder.
@@ -282,18 +318,50 @@ impl AdapterSource {
 	/// Whether `files`, read for the adapter `name`, are the ones this source names
 	/// ([`Error::AdapterChanged`] if not).
 	pub fn verify(&self, name: &str, files: &AdapterFiles) -> Result<()> {
+		self.check_hash(name, files.content_hash())
+	}
+
+	/// The files of the adapter `name` read from disk, if they are the ones this source names:
+	/// for a source with a hash, the bytes read are hashed before anything else is made of
+	/// them, and files that are gone, cannot be read or hash to something else are
+	/// [`Error::AdapterChanged`] (they were there, and right, when they were checked).
+	pub fn read(&self, name: &str) -> Result<AdapterFiles> {
+		let Some(expected) = self.content_hash else {
+			return AdapterFiles::read(&self.dir, name);
+		};
+		let bytes = read_adapter_files(&self.dir).map_err(|e| self.changed(name, e))?;
+		self.check_hash(name, adapter_content_hash(&bytes[0], &bytes[1]))?;
+		Ok(AdapterFiles::from_bytes(bytes, name)?.with_hash(expected))
+	}
+
+	/// The error for files of the adapter `name` that cannot be read (`reason`): for a source
+	/// with a hash, whose files were there when checked, [`Error::AdapterChanged`].
+	pub fn unreadable(&self, name: &str, reason: impl ToString) -> Error {
 		match self.content_hash {
-			Some(expected) if files.content_hash() != expected => Err(Error::AdapterChanged {
-				name: name.to_string(),
-				reason: format!(
-					"the files in {} no longer hash to 0x{}, the content hash it is served \
-					 under (changed since they were checked)",
+			Some(_) => self.changed(name, reason.to_string()),
+			None => adapter_error(name, reason),
+		}
+	}
+
+	/// Whether files of the adapter `name` that hash to `hash` are the ones this source names.
+	fn check_hash(&self, name: &str, hash: ContentHash) -> Result<()> {
+		match self.content_hash {
+			Some(expected) if hash != expected => Err(self.changed(
+				name,
+				format!(
+					"the files in {} no longer hash to 0x{}, the content hash it is served under",
 					self.dir.display(),
 					hex::encode(expected)
 				),
-			}),
+			)),
 			_ => Ok(()),
 		}
+	}
+
+	/// [`Error::AdapterChanged`]: the files of `name` are not as checked (`what`).
+	fn changed(&self, name: &str, what: impl std::fmt::Display) -> Error {
+		let reason = format!("{what} (changed since they were checked)");
+		Error::AdapterChanged { name: name.to_string(), reason }
 	}
 }
 
@@ -634,6 +702,49 @@ mod tests {
 			|l, p| (l < config.num_layers).then(|| synthetic::widths(&config, p)),
 			&Device::Cpu,
 		)
+	}
+
+	/// A source with a hash reads only files of that hash, and whatever is wrong with them is
+	/// their having changed; files' hash is worked out once and then taken as known.
+	#[test]
+	fn a_source_with_a_hash_reads_only_files_of_that_hash() {
+		let dir = tempfile::tempdir().unwrap();
+		let dir = dir.path();
+		synthetic::write(&spec(), &config(), dir).unwrap();
+		let plain = AdapterSource::from(dir);
+		let files = plain.read("a").unwrap();
+		let hash = adapter_content_hash(files.config().as_bytes(), files.weights());
+		assert!(files.hash.get().is_none(), "a folder alone is not hashed");
+		assert_eq!(files.content_hash(), hash);
+		// Known, it is what is checked (a stand-in shows it is not worked out again).
+		let seeded = files.clone().with_hash([9; 32]);
+		assert!(AdapterSource::hashed(dir, [9; 32]).verify("a", &seeded).is_ok());
+		let hashed = AdapterSource::hashed(dir, hash);
+		assert!(hashed.verify("a", &seeded).is_err());
+		let read = hashed.read("a").unwrap();
+		assert_eq!((read.config(), read.weights()), (files.config(), files.weights()));
+		assert_eq!(read.hash.get(), Some(&hash), "read by hash, the hash is known");
+		let changed = |e: Error, says: &str| match e {
+			Error::AdapterChanged { name, reason } => {
+				assert_eq!(name, "a");
+				assert!(reason.contains(says), "{reason}");
+			}
+			other => panic!("{other:?}"),
+		};
+		// Another hash; a config that is no longer UTF-8; a file gone.
+		changed(
+			AdapterSource::hashed(dir, [9; 32]).read("a").unwrap_err(),
+			"no longer hash to 0x09",
+		);
+		let config = dir.join(ADAPTER_FILES[0]);
+		std::fs::write(&config, [0xff, 0xfe]).unwrap();
+		changed(hashed.read("a").unwrap_err(), "no longer hash to");
+		assert!(matches!(plain.read("a"), Err(Error::Adapter { .. })));
+		std::fs::remove_file(&config).unwrap();
+		changed(hashed.read("a").unwrap_err(), "cannot read");
+		assert!(matches!(plain.read("a"), Err(Error::Adapter { .. })));
+		changed(hashed.unreadable("a", "gone"), "gone");
+		assert!(matches!(plain.unreadable("a", "gone"), Error::Adapter { .. }));
 	}
 
 	#[test]
