@@ -7,7 +7,9 @@
 //!   `max_tokens` (16), `presence_penalty` and `frequency_penalty` (OpenAI's, over the output),
 //!   vLLM's `stop_token_ids`, `ignore_eos` and `skip_special_tokens` (true: special tokens
 //!   such as `<|im_end|>` are left out of the text), `temperature` (1),
-//!   `top_p` (1), `top_k` (a vLLM extension; 0 or -1: all), `repetition_penalty` (1), `seed`
+//!   `top_p` (1), `top_k` (a vLLM extension; 0 or -1: all), `min_p` (a vLLM extension: only
+//!   tokens at least this many times as likely as the most likely, before top-k and top-p; 0:
+//!   all), `repetition_penalty` (1), `seed`
 //!   (random when absent; choice `i` of `n` is seeded with `seed + i`), `stop` (a string or up
 //!   to 4), `n` (choices, 1 to 16), `stream` and `stream_options.include_usage`, `logprobs`
 //!   (the sampled tokens' log-probabilities and this many most likely tokens' at each step, up
@@ -536,6 +538,7 @@ struct Body {
 	temperature: Option<f32>,
 	top_p: Option<f32>,
 	top_k: Option<i64>,
+	min_p: Option<f32>,
 	repetition_penalty: Option<f32>,
 	presence_penalty: Option<f32>,
 	frequency_penalty: Option<f32>,
@@ -1150,6 +1153,7 @@ fn generation_requests(
 				temperature: body.temperature.unwrap_or(1.0),
 				top_k,
 				top_p: body.top_p.unwrap_or(1.0),
+				min_p: body.min_p.unwrap_or(0.0),
 				repetition_penalty: body.repetition_penalty.unwrap_or(1.0),
 				presence_penalty: body.presence_penalty.unwrap_or(0.0),
 				frequency_penalty: body.frequency_penalty.unwrap_or(0.0),

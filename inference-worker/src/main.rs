@@ -230,6 +230,10 @@ struct GenerateArgs {
 	/// Sample among the most likely tokens that together reach this probability.
 	#[arg(long, default_value_t = 1.0)]
 	top_p: f32,
+	/// Sample among the tokens at least this many times as likely as the most likely one
+	/// (0: all).
+	#[arg(long, default_value_t = 0.0)]
+	min_p: f32,
 	/// Penalty for tokens already seen (1: none).
 	#[arg(long, default_value_t = 1.0)]
 	repetition_penalty: f32,
@@ -399,6 +403,7 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 			temperature: args.temperature,
 			top_k: args.top_k,
 			top_p: args.top_p,
+			min_p: args.min_p,
 			repetition_penalty: args.repetition_penalty,
 			presence_penalty: args.presence_penalty,
 			frequency_penalty: args.frequency_penalty,

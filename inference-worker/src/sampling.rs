@@ -1,4 +1,4 @@
-//! Choosing the next token: greedy, or sampled with temperature, top-k and top-p, after the
+//! Choosing the next token: greedy, or sampled with temperature, min-p, top-k and top-p, after the
 //! penalties, a bias on chosen tokens and a mask of the tokens allowed, from a seeded generator
 //! so that a request with a seed is reproducible.
 
@@ -18,6 +18,9 @@ pub struct SamplingParams {
 	pub top_k: usize,
 	/// Keep the smallest set of most likely tokens whose probability reaches `p` (1 for all).
 	pub top_p: f32,
+	/// Keep only tokens at least this many times as likely as the most likely one (vLLM's
+	/// `min_p`, applied before top-k and top-p; 0 for all).
+	pub min_p: f32,
 	/// CTRL-style penalty on tokens already in the prompt or the output (1 for none).
 	pub repetition_penalty: f32,
 	/// OpenAI's presence penalty: subtracted once from the logit of every token already in
@@ -49,6 +52,7 @@ impl Default for SamplingParams {
 			temperature: 0.0,
 			top_k: 0,
 			top_p: 1.0,
+			min_p: 0.0,
 			repetition_penalty: 1.0,
 			presence_penalty: 0.0,
 			frequency_penalty: 0.0,
@@ -67,6 +71,9 @@ impl SamplingParams {
 		}
 		if !(self.top_p > 0.0 && self.top_p <= 1.0) {
 			return Err(Error::Request(format!("top_p {} is not in (0, 1]", self.top_p)));
+		}
+		if !(0.0..=1.0).contains(&self.min_p) {
+			return Err(Error::Request(format!("min_p {} is not in [0, 1]", self.min_p)));
 		}
 		if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
 			return Err(Error::Request(format!(
@@ -195,6 +202,7 @@ impl Sampler {
 			temperature: p.temperature,
 			top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
 			top_p: p.top_p,
+			min_p: p.min_p,
 		};
 		let uniform = if p.temperature == 0.0 { 0.0 } else { self.rng.random::<f32>() };
 		Some((params, uniform))
@@ -287,10 +295,17 @@ impl Sampler {
 		let mut order: Vec<usize> =
 			(0..logits.len()).filter(|&i| logits[i] > f32::NEG_INFINITY).collect();
 		order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+		let max = logits[order[0]];
+		let min_p = self.params.min_p;
+		if min_p > 0.0 {
+			// (The first is kept: its weight is 1.)
+			let kept = order.iter().take_while(|&&i| ((logits[i] - max) / t).exp() >= min_p);
+			let kept = kept.count().max(1);
+			order.truncate(kept);
+		}
 		if self.params.top_k > 0 {
 			order.truncate(self.params.top_k);
 		}
-		let max = logits[order[0]];
 		let mut probs: Vec<f64> =
 			order.iter().map(|&i| (((logits[i] - max) / t) as f64).exp()).collect();
 		let total: f64 = probs.iter().sum();
@@ -458,6 +473,43 @@ mod tests {
 				1,
 				"p(1) alone exceeds 0.5"
 			);
+		}
+	}
+
+	/// min_p keeps the tokens at least `min_p` times as likely as the most likely, on the host's
+	/// path (penalties on) and on the kernels' (which the sampler hands the same parameters),
+	/// and is applied before top-p.
+	#[test]
+	fn min_p_keeps_only_tokens_near_enough_the_most_likely() {
+		let logits = [0.5f32, 0.3, 0.15, 0.05].map(f32::ln);
+		let params = SamplingParams { temperature: 1.0, min_p: 0.35, ..Default::default() };
+		// 0.3 / 0.5 = 0.6 is kept, 0.15 / 0.5 = 0.3 is not: 0.625 and 0.375 of the draws.
+		let penalised = SamplingParams { repetition_penalty: 1.0001, ..params.clone() };
+		let mut host = sampler(penalised);
+		assert!(host.kernel_draw().is_none(), "the penalty keeps it on the host");
+		let n = 8000;
+		let mut counts = [0usize; 4];
+		for _ in 0..n {
+			counts[host.sample(&logits, History::default(), None).unwrap().token as usize] += 1;
+		}
+		assert_eq!(counts[2] + counts[3], 0, "{counts:?}");
+		assert!((counts[0] as f64 / n as f64 - 0.625).abs() < 0.02, "{counts:?}");
+		let mut on_kernels = sampler(params.clone());
+		let mut counts = [0usize; 4];
+		for _ in 0..n {
+			let (p, u) = on_kernels.kernel_draw().unwrap();
+			assert_eq!(p.min_p, 0.35);
+			counts[kernel::sample(&logits, 4, &[p], &[u]).unwrap()[0].token as usize] += 1;
+		}
+		assert_eq!(counts[2] + counts[3], 0, "{counts:?}");
+		assert!((counts[0] as f64 / n as f64 - 0.625).abs() < 0.02, "{counts:?}");
+		// Before top-p: 0.6 of {0.5, 0.3} is reached by the first alone.
+		let mut s = sampler(SamplingParams { top_p: 0.6, repetition_penalty: 1.0001, ..params });
+		for _ in 0..200 {
+			assert_eq!(s.sample(&logits, History::default(), None).unwrap().token, 0);
+		}
+		for bad in [-0.1, 1.5, f32::NAN] {
+			assert!(Sampler::new(SamplingParams { min_p: bad, ..Default::default() }).is_err());
 		}
 	}
 

@@ -322,6 +322,7 @@ fn completions_answer_what_the_model_generates_alone_for_many_clients_at_once() 
 		temperature: 0.8,
 		top_k: 40,
 		top_p: 0.9,
+		min_p: 0.05,
 		seed: 11,
 		..SamplingParams::default()
 	};
@@ -331,18 +332,29 @@ fn completions_answer_what_the_model_generates_alone_for_many_clients_at_once() 
 		"/v1/completions",
 		&json!({"prompt": ["The capital of France is"], "max_tokens": 16, "stop": "\n",
 			"logprobs": null, "echo": false, "n": 1, "stream": false,
-			"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 11}),
+			"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "seed": 11}),
 	);
 	assert_eq!(status, 200, "{answer}");
 	assert_eq!(answer["choices"][0]["text"], want.text.as_str());
+	// min_p 1 keeps only the most likely token: sampled hot, the answer is the greedy one.
+	let greedy_text = generate(&model, &tokenizer, None, &greedy("The capital of France is", 16));
+	let body = json!({"prompt": "The capital of France is", "max_tokens": 16, "temperature": 5.0,
+		"min_p": 1.0, "seed": 3});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["text"], greedy_text.unwrap().text.as_str());
+	let body = json!({"prompt": "Hi", "max_tokens": 1, "temperature": 1.0, "min_p": 1.5});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 400, "{answer}");
+	assert!(answer["error"]["message"].as_str().unwrap().contains("min_p 1.5"), "{answer}");
 
-	assert_eq!(metric(address, "requests_finished_total"), 8);
+	assert_eq!(metric(address, "requests_finished_total"), 9);
 	assert_eq!(metric(address, "requests_running"), 0);
 	// Latencies: every request's first token and answer timed, and each later token.
-	assert_eq!(metric(address, "time_to_first_token_seconds_count"), 8);
-	assert_eq!(metric(address, "e2e_request_latency_seconds_count"), 8);
+	assert_eq!(metric(address, "time_to_first_token_seconds_count"), 9);
+	assert_eq!(metric(address, "e2e_request_latency_seconds_count"), 9);
 	let tokens = metric(address, "generation_tokens_total");
-	assert_eq!(metric(address, "inter_token_latency_seconds_count"), tokens - 8);
+	assert_eq!(metric(address, "inter_token_latency_seconds_count"), tokens - 9);
 	let (_, text) = get(address, "/metrics");
 	let buckets: Vec<u64> = text
 		.lines()
@@ -350,7 +362,7 @@ fn completions_answer_what_the_model_generates_alone_for_many_clients_at_once() 
 		.map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
 		.collect();
 	assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "not cumulative: {buckets:?}");
-	assert_eq!(buckets.last(), Some(&8), "{text}");
+	assert_eq!(buckets.last(), Some(&9), "{text}");
 	assert!(text.contains("le=\"+Inf\""), "{text}");
 	let generated: usize =
 		answers.iter().map(|a| a["usage"]["completion_tokens"].as_u64().unwrap() as usize).sum();

@@ -1,5 +1,6 @@
 // On-device sampling: one block of LANES threads per row of logits picks a token (greedy, or
-// temperature + top-k + top-p with a caller-given uniform draw) and its raw log-probability.
+// temperature + min-p + top-k + top-p with a caller-given uniform draw) and its raw
+// log-probability.
 //
 // kernels/src/sampling.rs is the reference and documents the algorithm; this follows it step
 // by step: thread t owns the indices t, t + LANES, ..., sums its share sequentially, and the
@@ -35,14 +36,15 @@ __device__ float mass_at(const float* row, int vocab, float t, float z_max, unsi
 	return block_sum_butterfly(acc, red);
 }
 
-// The block is LANES threads; one block per row (gridDim.x = rows). temperature, top_k, top_p
-// and uniform hold one value per row, already checked by the launcher (T finite >= 0,
-// 0 <= top_p <= 1, 0 <= u < 1).
+// The block is LANES threads; one block per row (gridDim.x = rows). temperature, top_k, top_p,
+// min_p and uniform hold one value per row, already checked by the launcher (T finite >= 0,
+// 0 <= top_p <= 1, 0 <= min_p <= 1, 0 <= u < 1).
 extern "C" __global__ void __launch_bounds__(LANES)
 	sample_rows(const float* __restrict__ logits, int vocab,
 		    const float* __restrict__ temperature, const unsigned* __restrict__ top_k,
-		    const float* __restrict__ top_p, const float* __restrict__ uniform,
-		    unsigned* __restrict__ tokens, float* __restrict__ logprobs)
+		    const float* __restrict__ top_p, const float* __restrict__ min_p,
+		    const float* __restrict__ uniform, unsigned* __restrict__ tokens,
+		    float* __restrict__ logprobs)
 {
 	__shared__ float red_f[33];
 	__shared__ unsigned red_u[33];
@@ -113,11 +115,23 @@ extern "C" __global__ void __launch_bounds__(LANES)
 	const float t = temperature[row_index];
 	if (t > 0.0f) {
 		const float z_max = __fdiv_rn(max, t);
-		const unsigned k = top_k[row_index];
+		unsigned k = top_k[row_index];
 		const float p = top_p[row_index];
+		const float m = min_p[row_index];
 		const unsigned long long hi_end = (unsigned long long)max_key + 1ull;
 
-		// 3. Top-k threshold: the largest tau with count(key >= tau) >= k.
+		// 3. Min-p: at most the n_m tokens whose weight reaches m (the greedy token's is 1).
+		if (m > 0.0f) {
+			unsigned count = 0;
+			for (int i = tid; i < vocab; i += LANES) {
+				count += expf(__fsub_rn(__fdiv_rn(row[i], t), z_max)) >= m ? 1u : 0u;
+			}
+			unsigned n_m = block_sum_butterfly(count, red_u);
+			n_m = n_m > 0u ? n_m : 1u;
+			k = (k == 0u || n_m < k) ? n_m : k;
+		}
+
+		// 4. Top-k threshold: the largest tau with count(key >= tau) >= k.
 		unsigned tau_k = 0;
 		if (k > 0u && k < (unsigned)vocab) {
 			unsigned long long lo = 0ull, hi = hi_end;
@@ -137,7 +151,7 @@ extern "C" __global__ void __launch_bounds__(LANES)
 			tau_k = (unsigned)lo;
 		}
 
-		// 4. Top-p threshold: the largest tau >= tau_k whose mass reaches p of tau_k's.
+		// 5. Top-p threshold: the largest tau >= tau_k whose mass reaches p of tau_k's.
 		unsigned tau = tau_k;
 		if (p < 1.0f) {
 			const float target = __fmul_rn(p, mass_at(row, vocab, t, z_max, tau_k, red_f));
@@ -153,7 +167,7 @@ extern "C" __global__ void __launch_bounds__(LANES)
 			tau = (unsigned)lo;
 		}
 
-		// 5. Inverse CDF over the kept tokens in lane order.
+		// 6. Inverse CDF over the kept tokens in lane order.
 		float share = 0.0f;
 		for (int i = tid; i < vocab; i += LANES) {
 			const float l = row[i];

@@ -15,7 +15,7 @@
 //! - [`adapter_pool`]: the same over a paged pool that holds thousands of resident adapters
 //!   without one allocation each (S-LoRA's unified paging), cut into the GPU's row tiles.
 //! - [`fused`]: RMSNorm, rotary embeddings, SiLU-and-multiply and residual add.
-//! - [`sampling`]: top-k / top-p sampling from logits with a caller-given uniform draw.
+//! - [`sampling`]: min-p / top-k / top-p sampling from logits with a caller-given uniform draw.
 //! - [`sparse`]: the activation-sparse FFN down projection.
 //! - [`cpu_matmul`]: the quantized matrix product of the CPU serving path (not a reference:
 //!   each weight row dequantized once per batch, batch-invariant to the bit).

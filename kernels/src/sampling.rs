@@ -1,5 +1,6 @@
-//! Sampling one token per row of logits, with temperature, top-k and top-p, from a uniform draw
-//! the caller gives, so that the GPU and the CPU pick the same token for the same draw.
+//! Sampling one token per row of logits, with temperature, min-p, top-k and top-p, from a
+//! uniform draw the caller gives, so that the GPU and the CPU pick the same token for the same
+//! draw.
 //!
 //! For each row (the GPU runs one block of [`LANES`] threads per row, and this reference
 //! follows it step by step):
@@ -7,23 +8,29 @@
 //!    greedy token is the largest key, the lowest index on ties;
 //! 2. with temperature `T == 0` the greedy token is taken. Otherwise each token gets the
 //!    weight `w_i = exp(l_i / T − max / T)` (its unnormalised softmax probability);
-//! 3. top-k: the threshold `τ_k` is the largest key such that at least `k` tokens have a key
+//! 3. min-p: with `min_p > 0` only the `n_m` tokens whose weight is at least `min_p` (whose
+//!    probability is at least `min_p` times the greedy token's) may be kept, and since weights
+//!    grow with keys they are the `n_m` of the largest keys: `k` becomes `n_m` (or stays `k`
+//!    if that is fewer), as vLLM applies min-p before top-k and top-p;
+//! 4. top-k: the threshold `τ_k` is the largest key such that at least `k` tokens have a key
 //!    `≥ τ_k` (found by bisection over the 32-bit keys, counting in each step);
-//! 4. top-p: the threshold `τ ≥ τ_k` is the largest key such that the tokens with a key `≥ τ`
-//!    hold at least `top_p` of the mass of those kept by top-k (masses summed as the GPU's
-//!    block reduction does, which is monotone in the set, so the bisection is exact);
-//! 5. the kept tokens (key `≥ τ`) are visited in lane order — lane `t` owns the indices `t`,
+//! 5. top-p: the threshold `τ ≥ τ_k` is the largest key such that the tokens with a key `≥ τ`
+//!    hold at least `top_p` of the mass of those kept by min-p and top-k (masses summed as the
+//!    GPU's block reduction does, which is monotone in the set, so the bisection is exact);
+//! 6. the kept tokens (key `≥ τ`) are visited in lane order — lane `t` owns the indices `t`,
 //!    `t + LANES`, … — and the first whose cumulative weight exceeds `u · total` is taken.
 //!
-//! On logits without ties the kept set is exactly the `k` most probable tokens, cut to the
-//! smallest prefix (in decreasing probability) whose mass reaches `top_p` of theirs, as
-//! Hugging Face's and vLLM's top-k-then-top-p define it. With ties at a threshold every tied
+//! On logits without ties the kept set is exactly the `k` most probable tokens of those at least
+//! `min_p` times as probable as the most probable, cut to the smallest prefix (in decreasing
+//! probability) whose mass reaches `top_p` of theirs, as vLLM's min-p, then top-k, then top-p
+//! define it. With ties at a threshold every tied
 //! token is kept. The order of the inverse CDF (lanes, not indices) changes which token a given
 //! `u` maps to, not the distribution.
 //!
 //! The GPU computes `expf` and `logf` with CUDA's libm (within 2 ulp), so its weights can
-//! differ from these in the last bits: when `u · total`, or `top_p` times a mass, falls within
-//! rounding of a boundary the two sides may pick neighbouring tokens; anywhere else they agree.
+//! differ from these in the last bits: when `u · total`, `top_p` times a mass, or a weight and
+//! `min_p`, fall within rounding of a boundary the two sides may pick neighbouring tokens;
+//! anywhere else they agree.
 //! Logits must not be NaN, and at least one must be finite (−∞ masks a token).
 
 use crate::fused::block_sum;
@@ -40,19 +47,24 @@ pub struct SamplingParams {
 	/// Keep only the `top_k` most probable tokens; `0` keeps all.
 	pub top_k: u32,
 	/// Keep the smallest set of most probable tokens holding at least this share of the mass
-	/// (after top-k); `1` keeps all.
+	/// (after min-p and top-k); `1` keeps all.
 	pub top_p: f32,
+	/// Keep only tokens at least this many times as probable as the most probable one (vLLM's
+	/// `min_p`); `0` keeps all.
+	pub min_p: f32,
 }
 
 impl SamplingParams {
 	/// Greedy decoding.
-	pub const GREEDY: Self = Self { temperature: 0.0, top_k: 0, top_p: 1.0 };
+	pub const GREEDY: Self = Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
 
-	/// Whether the parameters are in range: a finite temperature `≥ 0`, `0 ≤ top_p ≤ 1`.
+	/// Whether the parameters are in range: a finite temperature `≥ 0`, `0 ≤ top_p ≤ 1`,
+	/// `0 ≤ min_p ≤ 1`.
 	pub fn check(&self) -> Result<(), ShapeError> {
 		let ok = self.temperature.is_finite()
 			&& self.temperature >= 0.0
-			&& (0.0..=1.0).contains(&self.top_p);
+			&& (0.0..=1.0).contains(&self.top_p)
+			&& (0.0..=1.0).contains(&self.min_p);
 		if ok {
 			Ok(())
 		} else {
@@ -179,10 +191,15 @@ fn argmax(row: &[f32]) -> usize {
 fn threshold(row: &[f32], p: SamplingParams, w: &impl Fn(usize) -> f32, max_key: u32) -> u32 {
 	let vocab = row.len();
 	let hi = u64::from(max_key) + 1;
-	let tau_k = if p.top_k > 0 && (p.top_k as usize) < vocab {
-		bisect(0, hi, |tau| {
-			row.iter().filter(|&&l| key(l) >= tau).count() as u64 >= u64::from(p.top_k)
-		})
+	let mut k = u64::from(p.top_k);
+	if p.min_p > 0.0 {
+		// (The greedy token's weight is 1, so it is counted: unless `max / T` overflows, and
+		// then the draw falls back on it anyway.)
+		let n_m = (0..vocab).filter(|&i| w(i) >= p.min_p).count().max(1) as u64;
+		k = if k == 0 { n_m } else { k.min(n_m) };
+	}
+	let tau_k = if k > 0 && k < vocab as u64 {
+		bisect(0, hi, |tau| row.iter().filter(|&&l| key(l) >= tau).count() as u64 >= k)
 	} else {
 		0
 	};
@@ -253,7 +270,7 @@ mod tests {
 	}
 
 	fn params(temperature: f32, top_k: u32, top_p: f32) -> SamplingParams {
-		SamplingParams { temperature, top_k, top_p }
+		SamplingParams { temperature, top_k, top_p, min_p: 0.0 }
 	}
 
 	/// Softmax of `row / t` in f64.
@@ -264,13 +281,22 @@ mod tests {
 		e.iter().map(|v| v / s).collect()
 	}
 
-	/// The textbook kept set: sort by probability (descending, ties by index), keep `k`, then
-	/// the shortest prefix whose mass reaches `top_p` of theirs. `None` when a cumulative mass
-	/// is within 1e-5 (relative) of the cut, where f32 rounding may decide either way.
+	/// The textbook kept set: sort by probability (descending, ties by index), keep those at
+	/// least `min_p` times the first's, keep `k`, then the shortest prefix whose mass reaches
+	/// `top_p` of theirs. `None` when a probability ratio is within 1e-5 of `min_p` or a
+	/// cumulative mass within 1e-5 (relative) of the cut, where f32 rounding may decide either
+	/// way.
 	fn textbook_kept(row: &[f32], p: SamplingParams) -> Option<Vec<usize>> {
 		let probs = softmax(row, p.temperature as f64);
 		let mut order: Vec<usize> = (0..row.len()).collect();
 		order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+		let top = probs[order[0]];
+		if p.min_p > 0.0 {
+			if order[1..].iter().any(|&i| (probs[i] / top - p.min_p as f64).abs() < 1e-5) {
+				return None;
+			}
+			order.retain(|&i| probs[i] / top >= p.min_p as f64);
+		}
 		if p.top_k > 0 {
 			order.truncate(p.top_k as usize);
 		}
@@ -359,6 +385,36 @@ mod tests {
 	}
 
 	#[test]
+	fn the_kept_set_is_min_p_then_top_k_then_top_p() {
+		let mut rng = StdRng::seed_from_u64(7);
+		let mut checked = 0;
+		let mut cut_by_min_p = 0;
+		for case in 0..300 {
+			let vocab = [5, 64, 1001, 2050][case % 4];
+			let row = random_logits(&mut rng, vocab, 6.0);
+			let top_k = [0, 1, 3, 40, 5000][rng.random_range(0..5)];
+			let top_p = [1.0, 0.9, 0.5][rng.random_range(0..3)];
+			let min_p = [0.0, 0.01, 0.05, 0.2, 0.9, 1.0][rng.random_range(0..6)];
+			let p = SamplingParams { min_p, ..params(rng.random_range(0.3..2.0), top_k, top_p) };
+			if let Some(want) = textbook_kept(&row, p) {
+				let got = kept_by_reference(&row, p);
+				assert_eq!(got, want, "case {case}: {p:?}");
+				let without = kept_by_reference(&row, SamplingParams { min_p: 0.0, ..p });
+				cut_by_min_p += usize::from(got.len() < without.len());
+				checked += 1;
+			}
+		}
+		assert!(checked > 200, "only {checked} cases were away from a boundary");
+		assert!(cut_by_min_p > 50, "min_p cut only {cut_by_min_p} kept sets");
+		// min_p 1 keeps the most probable token (and any tied with it); the draw is then greedy.
+		let row = [0.5, 2.0, 1.0, 2.0];
+		let p = SamplingParams { min_p: 1.0, ..params(1.0, 0, 1.0) };
+		assert_eq!(kept_by_reference(&row, p), [1, 3]);
+		assert!(sample(&row, 4, &[SamplingParams { min_p: 1.5, ..p }], &[0.1]).is_err());
+		assert!(sample(&row, 4, &[SamplingParams { min_p: -0.1, ..p }], &[0.1]).is_err());
+	}
+
+	#[test]
 	fn ties_at_the_top_k_threshold_are_all_kept() {
 		let row = [1.0, 2.0, 2.0, 0.5, 2.0];
 		assert_eq!(kept_by_reference(&row, params(1.0, 2, 1.0)), [1, 2, 4]);
@@ -377,6 +433,8 @@ mod tests {
 			(12, params(1.0, 0, 0.8)),
 			(12, params(0.8, 6, 0.7)),
 			(300, params(1.0, 3, 1.0)),
+			(12, SamplingParams { min_p: 0.3, ..params(1.0, 0, 1.0) }),
+			(40, SamplingParams { min_p: 0.1, ..params(1.2, 8, 0.9) }),
 		] {
 			let row = random_logits(&mut rng, vocab, 2.0);
 			let Some(kept) = textbook_kept(&row, p) else { continue };

@@ -77,7 +77,7 @@ pub const FUSED: Source = Source { name: "fused", code: include_str!("../../cuda
 pub const LORA: Source = Source { name: "lora", code: include_str!("../../cuda/lora.cu") };
 /// Quantized matrix-vector and matrix-matrix products.
 pub const QUANT: Source = Source { name: "quant", code: include_str!("../../cuda/quant.cu") };
-/// On-device top-k / top-p sampling.
+/// On-device min-p / top-k / top-p sampling.
 pub const SAMPLING: Source =
 	Source { name: "sampling", code: include_str!("../../cuda/sampling.cu") };
 /// The activation-sparse FFN path.

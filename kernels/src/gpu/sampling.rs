@@ -3,8 +3,9 @@
 //! bytes per row) to the device and the tokens back.
 //!
 //! One block of [`LANES`] threads per row. A row costs a few passes over its logits for the
-//! greedy token and the log-probability, plus one pass per bisection step when top-k (at most
-//! 32 steps) or top-p (at most 32) is on; the passes read the row from L2 after the first.
+//! greedy token and the log-probability, one more when min-p is on, plus one pass per bisection
+//! step when top-k or min-p (at most 32 steps) or top-p (at most 32) is on; the passes read the
+//! row from L2 after the first.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -36,8 +37,10 @@ pub fn sample(
 	let temperature: Vec<f32> = params.iter().map(|p| p.temperature).collect();
 	let top_k: Vec<u32> = params.iter().map(|p| p.top_k).collect();
 	let top_p: Vec<f32> = params.iter().map(|p| p.top_p).collect();
+	let min_p: Vec<f32> = params.iter().map(|p| p.min_p).collect();
 	let (temperature, top_k) = (gpu.upload(&temperature)?, gpu.upload(&top_k)?);
-	let (top_p, uniform) = (gpu.upload(&top_p)?, gpu.upload(uniform)?);
+	let (top_p, min_p) = (gpu.upload(&top_p)?, gpu.upload(&min_p)?);
+	let uniform = gpu.upload(uniform)?;
 	let f = gpu.function(&SAMPLING, "sample_rows")?;
 	let mut launch = gpu.stream().launch_builder(&f);
 	launch
@@ -46,12 +49,13 @@ pub fn sample(
 		.arg(&temperature)
 		.arg(&top_k)
 		.arg(&top_p)
+		.arg(&min_p)
 		.arg(&uniform)
 		.arg(&mut *tokens)
 		.arg(&mut *logprobs);
 	// SAFETY: sample_rows(const float*, int, const float*, const unsigned*, const float*,
-	// const float*, unsigned*, float*); logits holds rows × vocab values, the four parameter
-	// buffers and both outputs rows; one block of LANES (= the kernel's LANES and its
+	// const float*, const float*, unsigned*, float*); logits holds rows × vocab values, the
+	// five parameter buffers and both outputs rows; one block of LANES (= the kernel's LANES and its
 	// __launch_bounds__) per row, static shared memory only.
 	unsafe {
 		launch.launch(LaunchConfig {

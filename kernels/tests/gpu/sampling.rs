@@ -20,12 +20,16 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 pub const CHECKS: &[crate::Check] = &[
 	("greedy", greedy),
-	("top_k_top_p", top_k_top_p),
+	("min_p_top_k_top_p", min_p_top_k_top_p),
 	("repeated_row_over_a_grid_of_draws", repeated_row),
 ];
 
 fn params(temperature: f32, top_k: u32, top_p: f32) -> SamplingParams {
-	SamplingParams { temperature, top_k, top_p }
+	SamplingParams { temperature, top_k, top_p, min_p: 0.0 }
+}
+
+fn with_min_p(min_p: f32, p: SamplingParams) -> SamplingParams {
+	SamplingParams { min_p, ..p }
 }
 
 /// Runs both sides; returns how many rows picked different (but accepted) tokens.
@@ -61,10 +65,13 @@ fn run(
 		};
 		let p = ps[r];
 		let moved_p = |d: f32| SamplingParams { top_p: (p.top_p + d).clamp(0.0, 1.0), ..p };
+		let moved_min_p = |d: f32| SamplingParams { min_p: (p.min_p + d).clamp(0.0, 1.0), ..p };
 		let accepted = near(p, uniform[r] - 1e-5)?
 			|| near(p, uniform[r] + 1e-5)?
 			|| near(moved_p(-1e-5), uniform[r])?
-			|| near(moved_p(1e-5), uniform[r])?;
+			|| near(moved_p(1e-5), uniform[r])?
+			|| (p.min_p > 0.0 && near(moved_min_p(-1e-5), uniform[r])?)
+			|| (p.min_p > 0.0 && near(moved_min_p(1e-5), uniform[r])?);
 		ensure!(accepted, "{what}: the GPU picked {got}, the CPU {token}, not a boundary case");
 		// The log-probability of the GPU's token, in f64.
 		let max = row.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
@@ -103,7 +110,7 @@ fn greedy(gpu: &Gpu) -> Result<()> {
 	Ok(())
 }
 
-fn top_k_top_p(gpu: &Gpu) -> Result<()> {
+fn min_p_top_k_top_p(gpu: &Gpu) -> Result<()> {
 	let mut rng = StdRng::seed_from_u64(22);
 	let settings = [
 		params(1.0, 0, 1.0),
@@ -114,6 +121,9 @@ fn top_k_top_p(gpu: &Gpu) -> Result<()> {
 		params(0.8, 0, 0.5),
 		params(2.0, 2000, 0.99),
 		params(1.0, 5, 0.0),
+		with_min_p(0.05, params(1.0, 0, 1.0)),
+		with_min_p(0.1, params(0.7, 50, 0.9)),
+		with_min_p(1.0, params(1.5, 0, 1.0)),
 	];
 	for vocab in VOCABS {
 		for rows in 1..=9 {
@@ -134,7 +144,11 @@ fn top_k_top_p(gpu: &Gpu) -> Result<()> {
 fn repeated_row(gpu: &Gpu) -> Result<()> {
 	let mut rng = StdRng::seed_from_u64(23);
 	let rows = 2048;
-	for (vocab, p) in [(16, params(1.0, 0, 0.9)), (3000, params(0.9, 20, 1.0))] {
+	for (vocab, p) in [
+		(16, params(1.0, 0, 0.9)),
+		(3000, params(0.9, 20, 1.0)),
+		(3000, with_min_p(0.2, params(1.0, 0, 1.0))),
+	] {
 		let row = logits(&mut rng, vocab, 2.0);
 		let l: Vec<f32> = (0..rows).flat_map(|_| row.iter().copied()).collect();
 		let uniform: Vec<f32> = (0..rows).map(|j| (j as f32 + 0.5) / rows as f32).collect();
