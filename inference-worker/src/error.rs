@@ -26,13 +26,14 @@ pub enum Error {
 		/// What is wrong with it.
 		reason: String,
 	},
-	/// An adapter named by content hash (registered on chain) has files that no longer hash to
-	/// it: they changed after they were checked. The worker's fault, not the request's.
+	/// An adapter named by content hash (registered on chain) has files that changed after
+	/// they were checked: they no longer hash to it, are gone or cannot be read. The worker's
+	/// fault, not the request's.
 	#[error("adapter {name}: {reason}")]
 	AdapterChanged {
 		/// The adapter's name.
 		name: String,
-		/// Which files, and the hash they should have.
+		/// Which files, and what is wrong with them now.
 		reason: String,
 	},
 	/// The KV cache has too few free blocks for a step (the scheduler preempts a sequence).

@@ -195,16 +195,6 @@ impl AdapterFiles {
 		Self { hash: OnceLock::from(hash), ..self }
 	}
 
-	/// `adapter_config.json`.
-	pub fn config(&self) -> &str {
-		&self.config
-	}
-
-	/// `adapter_model.safetensors`.
-	pub fn weights(&self) -> &[u8] {
-		&self.weights
-	}
-
 	/// Their content hash ([`adapter_content_hash`]), as the chain names an adapter's files
 	/// (hashed on the first call only).
 	pub fn content_hash(&self) -> ContentHash {
@@ -268,11 +258,12 @@ pub fn read_adapter_files(dir: &Path) -> std::result::Result<[Vec<u8>; 2], Strin
 }
 
 /// An adapter's files in a folder as their metadata says they are now: for each of
-/// [`ADAPTER_FILES`], its size, modification time, inode and change time. The change time is
-/// set by the system on any write (no user sets it) and a file put in place by renaming has
-/// another inode, so files whose stamp is unchanged are taken to be unchanged, even where a copy
-/// kept the size and the modification time (a retrained adapter of the same shapes, copied with
-/// `cp -p` or `rsync -a`).
+/// [`ADAPTER_FILES`], its size, modification time and, on unix, inode and change time. Files
+/// whose stamp is unchanged are taken to be unchanged. On unix a copy that keeps the size and
+/// the modification time (a retrained adapter of the same shapes, copied with `cp -p` or
+/// `rsync -a`) still changes the stamp: the system sets the change time on any write (no user
+/// sets it), and a file put in place by renaming has another inode. So does a `chmod`, `chown`
+/// or a new hard link (a reload, harmless); elsewhere the stamp is size and modification time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilesStamp([(u64, Option<SystemTime>, u64, i64); 2]);
 
@@ -298,9 +289,10 @@ impl FilesStamp {
 
 /// Where the engine reads an adapter's files: its PEFT folder and, for an adapter registered
 /// on chain, the content hash its files must have. Whenever the adapter is loaded its files are
-/// read from disk and checked again ([`Self::read`]), or taken from host memory where they were
-/// checked when read, so an adapter with a hash is built only from bytes that hash to it,
-/// whatever changes in the folder after it was checked.
+/// read from disk and checked again ([`Self::read`]), or taken from host memory and checked
+/// ([`Self::verify`]: files read under this hash were hashed when read, others are hashed once),
+/// so an adapter with a hash is built only from bytes that hash to it, whatever changes in the
+/// folder after it was checked. A source without a hash never hashes anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdapterSource {
 	/// The PEFT folder.
@@ -318,7 +310,10 @@ impl AdapterSource {
 	/// Whether `files`, read for the adapter `name`, are the ones this source names
 	/// ([`Error::AdapterChanged`] if not).
 	pub fn verify(&self, name: &str, files: &AdapterFiles) -> Result<()> {
-		self.check_hash(name, files.content_hash())
+		match self.content_hash {
+			Some(_) => self.check_hash(name, files.content_hash()),
+			None => Ok(()),
+		}
 	}
 
 	/// The files of the adapter `name` read from disk, if they are the ones this source names:
@@ -336,7 +331,7 @@ impl AdapterSource {
 
 	/// The error for files of the adapter `name` that cannot be read (`reason`): for a source
 	/// with a hash, whose files were there when checked, [`Error::AdapterChanged`].
-	pub fn unreadable(&self, name: &str, reason: impl ToString) -> Error {
+	pub(crate) fn unreadable(&self, name: &str, reason: impl ToString) -> Error {
 		match self.content_hash {
 			Some(_) => self.changed(name, reason.to_string()),
 			None => adapter_error(name, reason),
@@ -713,8 +708,8 @@ mod tests {
 		synthetic::write(&spec(), &config(), dir).unwrap();
 		let plain = AdapterSource::from(dir);
 		let files = plain.read("a").unwrap();
-		let hash = adapter_content_hash(files.config().as_bytes(), files.weights());
-		assert!(files.hash.get().is_none(), "a folder alone is not hashed");
+		let hash = adapter_content_hash(files.config.as_bytes(), &files.weights);
+		assert!(!files.hashed_yet(), "a folder alone is not hashed");
 		assert_eq!(files.content_hash(), hash);
 		// Known, it is what is checked (a stand-in shows it is not worked out again).
 		let seeded = files.clone().with_hash([9; 32]);
@@ -722,7 +717,7 @@ mod tests {
 		let hashed = AdapterSource::hashed(dir, hash);
 		assert!(hashed.verify("a", &seeded).is_err());
 		let read = hashed.read("a").unwrap();
-		assert_eq!((read.config(), read.weights()), (files.config(), files.weights()));
+		assert_eq!((&read.config, &read.weights), (&files.config, &files.weights));
 		assert_eq!(read.hash.get(), Some(&hash), "read by hash, the hash is known");
 		let changed = |e: Error, says: &str| match e {
 			Error::AdapterChanged { name, reason } => {

@@ -55,8 +55,8 @@ pub fn sample(
 		.arg(&mut *logprobs);
 	// SAFETY: sample_rows(const float*, int, const float*, const unsigned*, const float*,
 	// const float*, const float*, unsigned*, float*); logits holds rows × vocab values, the
-	// five parameter buffers and both outputs rows; one block of LANES (= the kernel's LANES and its
-	// __launch_bounds__) per row, static shared memory only.
+	// five parameter buffers and both outputs rows; one block of LANES (= the kernel's LANES and
+	// its __launch_bounds__) per row, static shared memory only.
 	unsafe {
 		launch.launch(LaunchConfig {
 			grid_dim: (rows as u32, 1, 1),

@@ -2,11 +2,12 @@
 //!
 //! The kernel and the reference run the same algorithm with the same summation order, so they
 //! pick the same token for the same draw, except that CUDA's `expf` may differ from glibc's in
-//! the last bit or two: when the draw `u` (or `top_p`) lands within that rounding of a boundary
-//! of the inverse CDF (or of a top-p cut) the two may pick neighbours. A differing token is
-//! accepted only when the reference itself picks the GPU's token with `u` or `top_p` moved by
-//! 1e-5 (weights sum to ~1 relative to the largest, f32 rounding of the sums is ~1e-6 of the
-//! total), and at most 1% of the rows may differ at all.
+//! the last bit or two: when the draw `u` (or `top_p`, or a weight and `min_p`) lands within that
+//! rounding of a boundary of the inverse CDF (or of a top-p or min-p cut) the two may pick
+//! neighbours. A differing token is accepted only when the reference itself picks the GPU's
+//! token with `u`, `top_p` or `min_p` moved by 1e-5 (weights sum to ~1 relative to the
+//! largest, f32 rounding of the sums is ~1e-6 of the total), and at most 1% of the rows may
+//! differ at all.
 //!
 //! Log-probabilities: `(l − max) − log Σ exp(l − max)` with the same order of additions; the
 //! `expf`/`logf` ulps give ~1e-6 absolute, compared at 2e-5 absolute and 1e-5 relative.
