@@ -417,6 +417,11 @@ mod tests {
 		synthetic::write(&spec, &config(), dir).unwrap();
 	}
 
+	/// The `A` of layer 0's Q projection: what tells two of these adapters apart.
+	fn q_a(adapter: &LoraAdapter) -> Vec<Vec<f32>> {
+		adapter.weights(0, Projection::Q).unwrap().a.to_vec2::<f32>().unwrap()
+	}
+
 	fn load(files: &AdapterFiles) -> Result<LoraAdapter> {
 		let config = config();
 		LoraAdapter::from_files(
@@ -487,9 +492,7 @@ mod tests {
 		// New weights on disk: the host copy is stale and is not used.
 		write(&b, 3, 2);
 		let b2 = cache.get_or_load("b", &AdapterSource::from(&b), load).unwrap();
-		let values =
-			|x: &LoraAdapter| x.weights(0, Projection::Q).unwrap().a.to_vec2::<f32>().unwrap();
-		assert_ne!(values(&b1), values(&b2));
+		assert_ne!(q_a(&b1), q_a(&b2));
 		assert_eq!(cache.stats().host_hits, 1);
 		// A host tier too small for an adapter's files just does not keep them.
 		let tiny = AdapterCache::with_host_tier(size(2), 10);
@@ -535,9 +538,7 @@ mod tests {
 			std::fs::rename(&new, &old).unwrap();
 		}
 		let second = cache.get_or_load("a", &AdapterSource::from(&dir), load).unwrap();
-		let values =
-			|x: &LoraAdapter| x.weights(0, Projection::Q).unwrap().a.to_vec2::<f32>().unwrap();
-		assert_ne!(values(&first), values(&second), "the retrained weights are served");
+		assert_ne!(q_a(&first), q_a(&second), "the retrained weights are served");
 		assert_eq!((cache.stats().reloads, cache.stats().hits), (1, 0));
 		// Unchanged since, it is a hit.
 		cache.get_or_load("a", &AdapterSource::from(&dir), load).unwrap();

@@ -295,19 +295,20 @@ impl Sampler {
 		let mut order: Vec<usize> =
 			(0..logits.len()).filter(|&i| logits[i] > f32::NEG_INFINITY).collect();
 		order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-		let max = logits[order[0]];
-		let min_p = self.params.min_p;
-		if min_p > 0.0 {
-			// (The first is kept: its weight is 1.)
-			let kept = order.iter().take_while(|&&i| ((logits[i] - max) / t).exp() >= min_p);
-			let kept = kept.count().max(1);
-			order.truncate(kept);
-		}
+		// min-p and top-k each keep a prefix of this order, so either may cut first.
 		if self.params.top_k > 0 {
 			order.truncate(self.params.top_k);
 		}
+		let max = logits[order[0]];
 		let mut probs: Vec<f64> =
 			order.iter().map(|&i| (((logits[i] - max) / t) as f64).exp()).collect();
+		if self.params.min_p > 0.0 {
+			// The weights relative to the most likely token's (1, so it is kept).
+			let min_p = f64::from(self.params.min_p);
+			let kept = probs.iter().take_while(|&&w| w >= min_p).count().max(1);
+			probs.truncate(kept);
+			order.truncate(kept);
+		}
 		let total: f64 = probs.iter().sum();
 		probs.iter_mut().for_each(|p| *p /= total);
 		if self.params.top_p < 1.0 {

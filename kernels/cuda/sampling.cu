@@ -23,6 +23,13 @@ __device__ __forceinline__ bool better(unsigned ka, int ia, unsigned kb, int ib)
 	return ka > kb || (ka == kb && ia < ib);
 }
 
+// A token's weight exp(l / t - z_max) (its unnormalised probability), as the reference computes
+// it.
+__device__ __forceinline__ float weight_of(float l, float t, float z_max)
+{
+	return expf(__fsub_rn(__fdiv_rn(l, t), z_max));
+}
+
 // Mass of the tokens with key >= tau, as the reference sums it.
 __device__ float mass_at(const float* row, int vocab, float t, float z_max, unsigned tau, float* red)
 {
@@ -30,7 +37,7 @@ __device__ float mass_at(const float* row, int vocab, float t, float z_max, unsi
 	for (int i = threadIdx.x; i < vocab; i += LANES) {
 		const float l = row[i];
 		if (key_of(l) >= tau) {
-			acc += expf(__fsub_rn(__fdiv_rn(l, t), z_max));
+			acc += weight_of(l, t, z_max);
 		}
 	}
 	return block_sum_butterfly(acc, red);
@@ -124,7 +131,7 @@ extern "C" __global__ void __launch_bounds__(LANES)
 		if (m > 0.0f) {
 			unsigned count = 0;
 			for (int i = tid; i < vocab; i += LANES) {
-				count += expf(__fsub_rn(__fdiv_rn(row[i], t), z_max)) >= m ? 1u : 0u;
+				count += weight_of(row[i], t, z_max) >= m ? 1u : 0u;
 			}
 			unsigned n_m = block_sum_butterfly(count, red_u);
 			n_m = n_m > 0u ? n_m : 1u;
@@ -172,7 +179,7 @@ extern "C" __global__ void __launch_bounds__(LANES)
 		for (int i = tid; i < vocab; i += LANES) {
 			const float l = row[i];
 			if (key_of(l) >= tau) {
-				share += expf(__fsub_rn(__fdiv_rn(l, t), z_max));
+				share += weight_of(l, t, z_max);
 			}
 		}
 		part[tid] = share;
@@ -195,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(LANES)
 			for (int i = tid; i < vocab; i += LANES) {
 				const float l = row[i];
 				if (key_of(l) >= tau) {
-					local += expf(__fsub_rn(__fdiv_rn(l, t), z_max));
+					local += weight_of(l, t, z_max);
 					if (__fadd_rn(start, local) > target) {
 						chosen = i;
 						break;
