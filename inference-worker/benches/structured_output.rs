@@ -1,10 +1,14 @@
 //! What structured output costs on the real model (SmolLM2-135M-Instruct Q4_1 GGUF), side by
-//! side in one run: a greedy answer held to a JSON schema, one held to any JSON object, and one
-//! free until a tool call (`tool_choice: "auto"`'s lazy grammar, answered in text), against
-//! the same number of tokens generated unconstrained from the same prompt; and the
-//! vocabulary mask alone ([`JsonState::allowed_tokens`]: a walk of the tokens' byte trie, or
-//! inside a string each token on rayon's threads) against trying each token's bytes whole
-//! ([`JsonState::allowed_tokens_each`]), at three points of a document.
+//! side in one run: a greedy answer held to a JSON schema, one held to any JSON object, one
+//! held to a regular expression (`guided_regex`), and one free until a tool call
+//! (`tool_choice: "auto"`'s lazy grammar, answered in text), against the same number of tokens
+//! generated unconstrained from the same prompt; and the vocabulary mask alone
+//! ([`JsonState::allowed_tokens`]: a walk of the tokens' byte trie, or inside a string each
+//! token on rayon's threads) against trying each token's bytes whole
+//! ([`JsonState::allowed_tokens_each`]), at three points of a document; and for regular
+//! expressions, the compile, the mask's first finding from a state and the mask kept
+//! ([`RegexGrammar::allowed_tokens`]) against trying each token
+//! ([`RegexGrammar::allowed_tokens_each`]).
 //!
 //!     cargo bench --release -p openledger-inference-worker --bench structured_output
 //!
@@ -20,6 +24,7 @@ use openledger_inference_worker::{
 	lazy_grammar::{LazyGrammar, LazyState},
 	model::{Llama, WeightFormat},
 	models,
+	regex_grammar::RegexGrammar,
 	tool_calls::CALL_START,
 };
 
@@ -62,6 +67,8 @@ fn main() {
 	// "auto" with one tool: free text until <tool_call>, then a call held to the tool's schema.
 	let call = JsonGrammar::tool_call(&[("save_cat", Some(&schema))]).unwrap();
 	let auto = Arc::new(LazyGrammar::new(CALL_START, Arc::new(call), true));
+	let cat = r#"\{"name": "[A-Z][a-z]{1,15}", "age": [0-9]{1,2}, "indoor": (true|false)\}"#;
+	let regex = Arc::new(RegexGrammar::new(cat).unwrap());
 	let request = |format: ResponseFormat, max_tokens: usize, ignore_eos: bool| GenerationRequest {
 		prompt: chat.clone().into(),
 		max_tokens,
@@ -89,6 +96,10 @@ fn main() {
 	for (name, format) in [
 		("a JSON schema (3 properties, enum items)", ResponseFormat::Json(grammar.clone())),
 		("any JSON object (JSON mode)", ResponseFormat::json_object()),
+		(
+			"a regular expression (guided_regex, a cat as JSON)",
+			ResponseFormat::Regex(regex.clone()),
+		),
 		("text, free until a tool call (tool_choice \"auto\")", ResponseFormat::Lazy(auto.clone())),
 	] {
 		let constrained = request(format, MAX_TOKENS, false);
@@ -164,4 +175,46 @@ fn main() {
 	);
 	println!();
 	println!("A request's first free step (the tokens that may complete the trigger found): {first:.0} µs");
+
+	// Regular expressions: compiling one, the mask found the first time from a state (a walk
+	// of the trie, or token by token from a wide state), and the mask kept, against trying
+	// each token whole.
+	println!();
+	println!(
+		"| guided_regex, the mask over {} tokens, at | compile µs | first ask µs | kept µs | \
+		 each token tried whole µs | first ask / each |",
+		bytes.len()
+	);
+	println!("|---|---|---|---|---|---|");
+	for (at, pattern, text) in [
+		("the cat's start", cat, ""),
+		("the cat's name", cat, r#"{"name": "To"#),
+		("an e-mail address's start", r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}", ""),
+		("words (Unicode \\w) and a full stop", r"\w+( \w+)*\.", "Hello wor"),
+		("any text of at most 200 characters", r"(?s:.){0,200}", "Once upon a time"),
+	] {
+		let (mut compile, mut walk) = (Vec::new(), Vec::new());
+		for _ in 0..20 {
+			let clock = Instant::now();
+			let fresh = RegexGrammar::new(pattern).unwrap();
+			compile.push(clock.elapsed().as_secs_f64() * 1e6);
+			let state = fresh.accepts(fresh.start(), text.as_bytes()).unwrap();
+			let clock = Instant::now();
+			std::hint::black_box(fresh.allowed_tokens(state, bytes, tokenizer.eos));
+			walk.push(clock.elapsed().as_secs_f64() * 1e6);
+		}
+		let grammar = RegexGrammar::new(pattern).unwrap();
+		let state = grammar.accepts(grammar.start(), text.as_bytes()).unwrap();
+		let kept = time_mask(&|| grammar.allowed_tokens(state, bytes, tokenizer.eos));
+		let each = time_mask(&|| grammar.allowed_tokens_each(state, bytes, tokenizer.eos));
+		assert_eq!(
+			grammar.allowed_tokens(state, bytes, tokenizer.eos),
+			grammar.allowed_tokens_each(state, bytes, tokenizer.eos)
+		);
+		let (compile, walk) = (median(compile), median(walk));
+		println!(
+			"| {at} | {compile:.0} | {walk:.0} | {kept:.0} | {each:.0} | {:.3}x |",
+			walk / each
+		);
+	}
 }

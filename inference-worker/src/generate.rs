@@ -14,6 +14,7 @@ use crate::{
 	lazy_grammar::{LazyGrammar, LazyState},
 	lora::LoraAdapter,
 	model::{KvCache, Llama},
+	regex_grammar::{RegexGrammar, RegexState},
 	sampling::{
 		logprob_of, top_logprobs, History, Sampled, Sampler, SamplingParams, MAX_TOP_LOGPROBS,
 	},
@@ -127,6 +128,10 @@ pub enum ResponseFormat {
 	/// Text that `grammar` holds from a trigger on ([`crate::lazy_grammar`]: the model's own
 	/// tool calls, `tool_choice: "auto"`).
 	Lazy(Arc<LazyGrammar>),
+	/// Text that matches a regular expression whole ([`crate::regex_grammar`], vLLM's
+	/// `guided_regex`), the output held to it token by token; it ends at the end-of-sequence
+	/// token once it matches (or at `max_tokens`).
+	Regex(Arc<RegexGrammar>),
 }
 
 /// What the output is held to, and how far into it the output is.
@@ -134,6 +139,7 @@ pub enum ResponseFormat {
 enum Constraint {
 	Json(Arc<JsonGrammar>, JsonState),
 	Lazy(Arc<LazyGrammar>, LazyState),
+	Regex(Arc<RegexGrammar>, RegexState),
 }
 
 impl Constraint {
@@ -142,6 +148,21 @@ impl Constraint {
 		match self {
 			Self::Json(grammar, state) => state.can_end(grammar),
 			Self::Lazy(lazy, state) => state.can_end(lazy),
+			Self::Regex(grammar, state) => grammar.can_end(*state),
+		}
+	}
+
+	/// What the output is held to, for an error.
+	fn describe(&self) -> String {
+		match self {
+			Self::Json(..) => format!(
+				"the JSON output (the automaton nests at most {} levels)",
+				crate::json_mode::MAX_DEPTH
+			),
+			Self::Lazy(..) => "the tool call".into(),
+			Self::Regex(grammar, _) => {
+				format!("the output of guided_regex {:?}", grammar.pattern())
+			}
 		}
 	}
 
@@ -154,6 +175,9 @@ impl Constraint {
 			Self::Lazy(lazy, state) => {
 				let trigger = lazy.special_trigger(tokenizer);
 				state.allowed_tokens(lazy, tokenizer.token_bytes(), eos, trigger)
+			}
+			Self::Regex(grammar, state) => {
+				grammar.allowed_tokens(*state, tokenizer.token_bytes(), eos)
 			}
 		}
 	}
@@ -169,6 +193,9 @@ impl Constraint {
 				state.accepts_special(lazy, token, trigger).map(|next| *state = next)
 			}
 			Self::Lazy(lazy, state) => state.accepts(lazy, bytes).map(|next| *state = next),
+			// A special token has no bytes, and no place in a regular expression's output.
+			Self::Regex(_, _) if bytes.is_empty() => None,
+			Self::Regex(grammar, state) => grammar.accepts(*state, bytes).map(|next| *state = next),
 		}
 		.is_some()
 	}
@@ -302,12 +329,12 @@ pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usi
 			request.min_tokens
 		)));
 	}
-	if matches!(request.response_format, ResponseFormat::Json(_))
+	if matches!(request.response_format, ResponseFormat::Json(_) | ResponseFormat::Regex(_))
 		&& (request.ignore_eos || request.min_tokens > 0)
 	{
 		return Err(Error::Request(
-			"ignore_eos or min_tokens with structured output (a JSON format, guided_choice or \
-			 tool calls): the output ends when it is whole"
+			"ignore_eos or min_tokens with structured output (a JSON format, guided_choice, \
+			 guided_regex or tool calls): the output ends when it is whole"
 				.into(),
 		));
 	}
@@ -399,6 +426,9 @@ impl Progress {
 				ResponseFormat::Lazy(lazy) => {
 					Some(Constraint::Lazy(lazy.clone(), LazyState::new()))
 				}
+				ResponseFormat::Regex(grammar) => {
+					Some(Constraint::Regex(grammar.clone(), grammar.start()))
+				}
 			},
 			skip_special_tokens: request.skip_special_tokens,
 			text: String::new(),
@@ -469,11 +499,10 @@ impl Progress {
 		let whole = self.constraint.as_ref().is_some_and(Constraint::can_end);
 		let stops_may_end = whole && !stop_token_ids.is_empty();
 		if !stops_may_end && fits.as_ref().is_some_and(|fits| !fits.contains(&true)) {
+			let held_to = self.constraint.as_ref().map(Constraint::describe).unwrap_or_default();
 			return Err(Error::Request(format!(
-				"no token continues the JSON output {:?} (the automaton nests at most {} \
-				 levels{})",
+				"no token continues {held_to} after {:?}{}",
 				tokenizer.decode(&self.tokens)?,
-				crate::json_mode::MAX_DEPTH,
 				if eos.is_none() { "; the model has no end-of-sequence token" } else { "" }
 			)));
 		}
@@ -539,8 +568,9 @@ impl Progress {
 		if let Some(constraint) = self.constraint.as_mut().filter(|_| !ends) {
 			if !constraint.advance(sampled.token, tokenizer) {
 				return Err(Error::Batch(format!(
-					"token {} does not continue the JSON output",
-					sampled.token
+					"token {} does not continue {}",
+					sampled.token,
+					constraint.describe()
 				)));
 			}
 		}

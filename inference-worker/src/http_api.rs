@@ -18,9 +18,9 @@
 //!   scored given the ones before it and the first `null`: how lm-evaluation-harness scores
 //!   continuations; `max_tokens` 0 then scores the prompt only). Prompts times `n` may not
 //!   exceed what the engine queues at once (a 400, not a 503 to retry forever). `logit_bias`,
-//!   `min_tokens`, `response_format` (JSON mode and JSON schemas) and vLLM's `guided_json`
-//!   and `guided_choice` are served; what is not is refused, not ignored: `best_of` above 1,
-//!   `suffix`, `tools` (on completions), vLLM's `guided_regex` and `guided_grammar`.
+//!   `min_tokens`, `response_format` (JSON mode and JSON schemas) and vLLM's `guided_json`,
+//!   `guided_choice` and `guided_regex` are served; what is not is refused, not ignored:
+//!   `best_of` above 1, `suffix`, `tools` (on completions), vLLM's `guided_grammar`.
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt` and `max_tokens` (or
 //!   `max_completion_tokens`) the rest of the context when absent (the model's, or the KV
@@ -152,6 +152,7 @@ use crate::{
 	json_mode::JsonGrammar,
 	lora::AdapterSource,
 	prompt_registry::{fill, PromptError, PromptRef, PromptRegistry, RegisteredPrompt},
+	regex_grammar::RegexGrammar,
 	retrieval::{self, Record, VectorIndex, MAX_TOP_K},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
@@ -570,6 +571,8 @@ struct Body {
 	guided_json: Option<Value>,
 	/// vLLM's: the output is one of these strings exactly.
 	guided_choice: Option<Value>,
+	/// vLLM's: a regular expression the whole output matches.
+	guided_regex: Option<Value>,
 	/// Chat: OpenAI's tool definitions, how they are to be called, and whether calls may be
 	/// several (see [`crate::tool_calls`]); refused on completions.
 	tools: Option<Value>,
@@ -578,7 +581,6 @@ struct Body {
 	/// Asked for but not served: refused rather than ignored (see [`refuse_unserved`]).
 	best_of: Option<Value>,
 	suffix: Option<Value>,
-	guided_regex: Option<Value>,
 	guided_grammar: Option<Value>,
 	/// OpenAI's deprecated function calling (`tools` and `tool_choice` serve it).
 	functions: Option<Value>,
@@ -682,8 +684,8 @@ impl Grounding {
 }
 
 /// Refuses what `body` asks for at `endpoint` that is not served, rather than answer as if it
-/// had not asked: best-of sampling, a suffix, tools on completions, vLLM's guided decoding
-/// other than `guided_json`. (Fields left at what means "none" pass.)
+/// had not asked: best-of sampling, a suffix, tools on completions, vLLM's `guided_grammar`.
+/// (Fields left at what means "none" pass.)
 fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 	let chat = matches!(endpoint, Endpoint::Chat);
 	let none = |value: &Option<Value>, means_none: &[Value]| match value {
@@ -695,7 +697,6 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("suffix", none(&body.suffix, &[json!("")])),
 		("tools", chat || none(&body.tools, &[json!([])])),
 		("tool_choice", chat || none(&body.tool_choice, &[json!("none")])),
-		("guided_regex", none(&body.guided_regex, &[])),
 		("guided_grammar", none(&body.guided_grammar, &[])),
 		("functions (use tools)", none(&body.functions, &[json!([])])),
 		("function_call (use tool_choice)", none(&body.function_call, &[json!("none")])),
@@ -749,21 +750,37 @@ fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)
 /// What the output must be: `response_format` is text (also when absent), any JSON object
 /// (`json_object`), or what a JSON schema allows (OpenAI's `json_schema` with
 /// `json_schema.schema`, LoRAX's `json_object` with `schema`); vLLM's `guided_json` is a
-/// schema too (an object, or its text), and its `guided_choice` a list of texts, one of which
-/// the output is exactly.
+/// schema too (an object, or its text), its `guided_choice` a list of texts, one of which the
+/// output is exactly, and its `guided_regex` a regular expression the whole output matches.
 fn response_format(
 	format: Option<&Value>,
 	guided_json: Option<&Value>,
 	guided_choice: Option<&Value>,
+	guided_regex: Option<&Value>,
 ) -> Result<ResponseFormat, ApiError> {
 	let guided_choice = guided_choice.filter(|c| !c.is_null());
+	let guided_regex = guided_regex.filter(|r| !r.is_null());
+	let text = |f: &Value| f.is_null() || f.get("type").and_then(Value::as_str) == Some("text");
+	let asked = [
+		!format.is_none_or(text),
+		guided_json.is_some_and(|g| !g.is_null()),
+		guided_choice.is_some(),
+		guided_regex.is_some(),
+	];
+	if asked.iter().filter(|&&a| a).count() > 1 {
+		return Err(ApiError::bad_request(
+			"guided_choice, guided_json, guided_regex and response_format: one at most",
+		));
+	}
+	if let Some(pattern) = guided_regex {
+		let pattern = pattern.as_str().ok_or_else(|| {
+			ApiError::bad_request("guided_regex: a regular expression (a string)")
+		})?;
+		return RegexGrammar::new(pattern)
+			.map(|grammar| ResponseFormat::Regex(Arc::new(grammar)))
+			.map_err(|e| ApiError::bad_request(format!("guided_regex: {e}")));
+	}
 	if let Some(choices) = guided_choice {
-		let text = |f: &Value| f.is_null() || f.get("type").and_then(Value::as_str) == Some("text");
-		if !format.is_none_or(text) || guided_json.is_some_and(|g| !g.is_null()) {
-			return Err(ApiError::bad_request(
-				"guided_choice, guided_json and response_format: one at most",
-			));
-		}
 		let texts = choices
 			.as_array()
 			.and_then(|list| {
@@ -791,10 +808,7 @@ fn response_format(
 	};
 	let format = format.filter(|f| !f.is_null());
 	match (format, guided_json.filter(|g| !g.is_null())) {
-		(Some(_), Some(_)) => {
-			return Err(ApiError::bad_request("response_format and guided_json: one or the other"));
-		}
-		(None, Some(guided)) => return schema(guided, "guided_json"),
+		(_, Some(guided)) => return schema(guided, "guided_json"),
 		(None, None) => return Ok(ResponseFormat::Text),
 		(Some(_), None) => {}
 	}
@@ -1128,15 +1142,16 @@ fn generation_requests(
 		body.response_format.as_ref(),
 		body.guided_json.as_ref(),
 		body.guided_choice.as_ref(),
+		body.guided_regex.as_ref(),
 	)?;
 	// Tool calls are held to their own grammar.
 	let response_format = match (calling, response_format) {
 		(None, format) => format,
 		(Some(calling), ResponseFormat::Text) => calling.response_format(),
-		(Some(_), ResponseFormat::Json(_) | ResponseFormat::Lazy(_)) => {
+		(Some(_), ResponseFormat::Json(_) | ResponseFormat::Lazy(_) | ResponseFormat::Regex(_)) => {
 			return Err(ApiError::bad_request(
-				"tool_choice and response_format (or guided_json, guided_choice): one or the \
-				 other",
+				"tool_choice and response_format (or guided_json, guided_choice, guided_regex): \
+				 one or the other",
 			))
 		}
 	};

@@ -15,6 +15,7 @@
 //!   [`http_api`]: the HTTP API over it (OpenAI's completions and chat completions, whole or
 //!   streamed); [`text_stream`]: a generation's text released as it grows.
 //! - [`json_mode`]: JSON mode and JSON schemas, the output held to a grammar token by token;
+//!   [`regex_grammar`]: the output held to a regular expression (vLLM's `guided_regex`);
 //!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas;
 //!   [`lazy_grammar`]: a grammar that holds the output once it writes a trigger (the model's
 //!   own tool calls, `tool_choice: "auto"`).
@@ -55,6 +56,7 @@ pub mod metrics;
 pub mod model;
 pub mod models;
 pub mod prompt_registry;
+pub mod regex_grammar;
 pub mod retrieval;
 pub mod sampling;
 pub mod service;

@@ -36,6 +36,7 @@ use openledger_inference_worker::{
 	lora::{read_adapter_files, LoraAdapter},
 	model::{Llama, WeightFormat},
 	prompt_registry::PromptRegistry,
+	regex_grammar::RegexGrammar,
 	retrieval::{embed_records, read_records, VectorIndex},
 	sampling::SamplingParams,
 	service::EngineService,
@@ -257,11 +258,15 @@ struct GenerateArgs {
 	#[arg(long, value_parser = parse_logit_bias, allow_negative_numbers = true)]
 	logit_bias: Vec<(u32, f32)>,
 	/// JSON mode: hold the output to one JSON object, token by token.
-	#[arg(long, conflicts_with = "json_schema")]
+	#[arg(long, conflicts_with_all = ["json_schema", "regex"])]
 	json_object: bool,
 	/// Hold the output to what the JSON schema in this file allows, token by token.
-	#[arg(long)]
+	#[arg(long, conflicts_with = "regex")]
 	json_schema: Option<PathBuf>,
+	/// Hold the output to a regular expression, token by token: the whole output matches it
+	/// (vLLM's guided_regex).
+	#[arg(long)]
+	regex: Option<String>,
 	/// Seed of the sampler.
 	#[arg(long, default_value_t = 0)]
 	seed: u64,
@@ -418,8 +423,13 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 		prompt_logprobs_from: 0,
 		min_tokens: args.min_tokens,
 		skip_special_tokens: !args.keep_special_tokens,
-		response_format: match (&args.json_schema, args.json_object) {
-			(Some(path), _) => {
+		response_format: match (&args.regex, &args.json_schema, args.json_object) {
+			(Some(pattern), ..) => {
+				let grammar =
+					RegexGrammar::new(pattern).map_err(|e| anyhow!("--regex {pattern:?}: {e}"))?;
+				ResponseFormat::Regex(Arc::new(grammar))
+			}
+			(None, Some(path), _) => {
 				let text = std::fs::read_to_string(path)
 					.with_context(|| format!("reading the JSON schema {}", path.display()))?;
 				let schema = serde_json::from_str(&text)
@@ -428,8 +438,8 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 					.map_err(|e| anyhow!("{}: {e}", path.display()))?;
 				ResponseFormat::Json(Arc::new(grammar))
 			}
-			(None, true) => ResponseFormat::json_object(),
-			(None, false) => ResponseFormat::Text,
+			(None, None, true) => ResponseFormat::json_object(),
+			(None, None, false) => ResponseFormat::Text,
 		},
 	})
 }

@@ -136,6 +136,41 @@ fn chat_wraps_the_prompt_in_the_models_template() {
 	);
 }
 
+/// `--regex`: the printed text matches the expression whole (as the regex crate finds), sampled
+/// hot; an expression that cannot be served is a clear error.
+#[test]
+fn generate_holds_the_output_to_a_regular_expression() {
+	let model = models::smollm2_gguf();
+	let pattern = r"[A-Z][a-z]{1,12} is [0-9]{1,3} years old\.";
+	let full = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+	for seed in ["1", "2"] {
+		let output = worker()
+			.args(["generate", "--model"])
+			.arg(&model)
+			.args(["--prompt", "Tell me about someone.", "--max-tokens", "40"])
+			.args(["--temperature", "2", "--seed", seed, "--regex", pattern, "--json"])
+			.output()
+			.expect("the worker runs");
+		assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+		let out: Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+		let text = out["text"].as_str().unwrap();
+		assert_eq!(out["finish_reason"], "eos", "{text:?}");
+		assert!(full.is_match(text), "{text:?}");
+	}
+	let output = worker()
+		.args(["generate", "--model"])
+		.arg(&model)
+		.args(["--prompt", "x", "--regex", "(unclosed"])
+		.output()
+		.unwrap();
+	assert!(!output.status.success());
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(
+		stderr.contains("--regex \"(unclosed\"") && stderr.contains("unclosed group"),
+		"{stderr}"
+	);
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
 	let dir = tempfile::tempdir().unwrap();

@@ -29,6 +29,7 @@ use openledger_inference_worker::{
 	model::{Llama, WeightFormat},
 	models,
 	prompt_registry::PromptRegistry,
+	regex_grammar::RegexGrammar,
 	retrieval::VectorIndex,
 	sampling::SamplingParams,
 	service::EngineService,
@@ -1108,9 +1109,23 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	);
 	let both = json!({"messages": messages, "guided_json": {},
 		"response_format": {"type": "json_object"}});
-	refused("/v1/chat/completions", both, "one or the other");
+	refused("/v1/chat/completions", both, "one at most");
 	refused(completions, json!({"prompt": "x", "guided_json": "{not json"}), "not JSON");
-	refused(completions, json!({"prompt": "x", "guided_regex": "a+"}), "guided_regex: not served");
+	refused(
+		completions,
+		json!({"prompt": "x", "guided_regex": "(a"}),
+		"guided_regex: regex parse error",
+	);
+	refused(completions, json!({"prompt": "x", "guided_regex": ["a"]}), "a regular expression");
+	refused(completions, json!({"prompt": "x", "guided_regex": "a(?=b)"}), "look-around");
+	let two = json!({"prompt": "x", "guided_regex": "a", "guided_choice": ["a"]});
+	refused(completions, two, "one at most");
+	let regex_min = json!({"prompt": "x", "min_tokens": 2, "guided_regex": "a+"});
+	refused(completions, regex_min, "min_tokens");
+	let regex_tools = json!({"messages": messages, "guided_regex": "a+",
+		"tools": weather_tools().1, "tool_choice": "required"});
+	refused("/v1/chat/completions", regex_tools, "one or the other");
+	refused(completions, json!({"prompt": "x", "guided_grammar": "root ::= \"a\""}), "not served");
 	refused(completions, json!({"prompt": "x", "guided_choice": []}), "1 to 64 choices");
 	refused(completions, json!({"prompt": "x", "guided_choice": "a"}), "a list of strings");
 	let two = json!({"prompt": "x", "guided_choice": ["a"], "guided_json": {}});
@@ -1162,6 +1177,59 @@ fn guided_choice_answers_one_of_the_choices_exactly() {
 		assert_eq!(status, 200, "{events:?}");
 		assert_eq!(gather(&events, "text_completion", "/text").texts[0].0, want.text);
 	}
+}
+
+/// vLLM's `guided_regex`: the whole answer matches the expression (as the regex crate finds),
+/// as the library generates it under the same grammar, whole and streamed, greedy and sampled
+/// hot; on chat too.
+#[test]
+fn guided_regex_answers_match_the_expression_whole() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let pattern = r"(Paris|London), [0-9]{4}(-[0-9]{2}){2}";
+	let full = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+	let grammar = Arc::new(RegexGrammar::new(pattern).unwrap());
+	let prompt = "Q: Which city, and on which date?\nA:";
+	for (seed, temperature) in [(0, 0.0), (1, 1.0), (2, 1.5), (3, 3.0)] {
+		let request = GenerationRequest {
+			response_format: ResponseFormat::Regex(grammar.clone()),
+			sampling: SamplingParams { temperature, seed, ..Default::default() },
+			..greedy(prompt, 32)
+		};
+		let want = generate(&model, &tokenizer, None, &request).unwrap();
+		assert!(full.is_match(&want.text), "{:?}", want.text);
+		assert_eq!(want.finish_reason, FinishReason::Eos, "{:?}", want.text);
+		let body = json!({"prompt": prompt, "max_tokens": 32, "temperature": temperature,
+			"seed": seed, "guided_regex": pattern});
+		let (status, answer) = post(address, "/v1/completions", &body);
+		assert_eq!(status, 200, "{answer}");
+		assert_answers(&answer, &want, "/text");
+		let (status, events) = stream(address, "/v1/completions", &body);
+		assert_eq!(status, 200, "{events:?}");
+		assert_eq!(gather(&events, "text_completion", "/text").texts[0].0, want.text);
+	}
+	// Cut by max_tokens: a start of a match, reason length.
+	let body = json!({"prompt": prompt, "max_tokens": 3, "guided_regex": pattern});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["finish_reason"], "length");
+	let text = answer["choices"][0]["text"].as_str().unwrap();
+	assert!(grammar.accepts(grammar.start(), text.as_bytes()).is_some(), "{text:?}");
+	assert!(!full.is_match(text), "{text:?}");
+	// Chat: the rendered conversation's answer, held the same way.
+	let messages = json!([{"role": "user", "content": "Name a city and a date."}]);
+	let request = GenerationRequest {
+		response_format: ResponseFormat::Regex(grammar.clone()),
+		..greedy(&render(&tokenizer, &messages), 32)
+	};
+	let want = generate(&model, &tokenizer, None, &request).unwrap();
+	assert!(full.is_match(&want.text), "{:?}", want.text);
+	let body = json!({"messages": messages, "max_tokens": 32, "temperature": 0,
+		"guided_regex": pattern});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
+	assert_eq!(answer["choices"][0]["finish_reason"], "stop");
 }
 
 /// OpenAI's tool calls: a named tool's call is its arguments, generated under the tool's

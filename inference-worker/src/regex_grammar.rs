@@ -1,0 +1,469 @@
+//! Regular expressions as output grammars (vLLM's `guided_regex`): the whole output is held to
+//! a regular expression, token by token, as [`crate::json_mode`] holds it to a JSON schema.
+//!
+//! The expression (Rust's `regex` syntax, which Python's `re` and vLLM's shares for the usual
+//! cases: classes, repetitions with bounds, alternations, groups, `\d`, `\w`, Unicode classes)
+//! is compiled into a deterministic automaton over bytes ([`regex_automata`]'s dense DFA),
+//! anchored at the start of the output and matching all it can (so `a|ab` takes both). The
+//! output is a match of the whole expression, as vLLM's (a full match, not a search): it may
+//! end only where the automaton accepts, and a token whose bytes would take it where nothing
+//! can match any more is masked. Multi-byte characters split over tokens are followed byte by
+//! byte. What the automaton cannot do is refused when the expression is compiled, not
+//! ignored: look-around, backreferences, Unicode word boundaries (`(?-u:\b)` is served), and
+//! expressions whose automaton would be larger than [`MAX_DFA_BYTES`].
+//!
+//! The tokens allowed from a state are found by walking the vocabulary's byte trie
+//! ([`crate::tokenizer::TokenTrie`]) with the automaton, or token by token from a state that
+//! many bytes may follow, and kept per state ([`MAX_CACHED_MASKS`] of them per grammar): the
+//! choices of one request, and the steps that come back to a state (`[0-9]+`), reuse them.
+
+use std::{
+	collections::HashMap,
+	sync::{Arc, Mutex},
+};
+
+use regex_automata::{
+	dfa::{dense, Automaton, StartKind},
+	nfa::thompson,
+	util::{primitives::StateID, start},
+	Anchored, MatchKind,
+};
+
+use crate::tokenizer::TokenBytes;
+
+/// The longest expression taken, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 16 * 1024;
+/// The most memory an expression's automaton (and its making) may take.
+pub const MAX_DFA_BYTES: usize = 16 * 1024 * 1024;
+/// How many of the 256 bytes may follow a state before its mask is found token by token
+/// rather than by walking the vocabulary's trie.
+const WIDE_STATE_BYTES: usize = 64;
+/// The most states whose allowed tokens one grammar keeps.
+pub const MAX_CACHED_MASKS: usize = 256;
+
+/// A regular expression the whole output must match, compiled.
+pub struct RegexGrammar {
+	/// The expression as given.
+	pattern: String,
+	dfa: dense::DFA<Vec<u32>>,
+	/// The state before any byte.
+	start: StateID,
+	/// By state (its id's index, see [`RegexGrammar::live`]), whether some continuation of the
+	/// output, maybe none, matches the whole expression.
+	live: Vec<bool>,
+	/// Per state, the tokens that may come next (a bit per token id); one vocabulary per
+	/// grammar (the first one it is asked about).
+	masks: Mutex<HashMap<StateID, Arc<[u64]>>>,
+}
+
+impl std::fmt::Debug for RegexGrammar {
+	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+		f.debug_struct("RegexGrammar").field("pattern", &self.pattern).finish_non_exhaustive()
+	}
+}
+
+impl PartialEq for RegexGrammar {
+	fn eq(&self, other: &Self) -> bool {
+		self.pattern == other.pattern
+	}
+}
+
+/// How far into a [`RegexGrammar`] the output is: the automaton's state after its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegexState(StateID);
+
+impl RegexGrammar {
+	/// Compiles `pattern`; an error says why it cannot be served (its syntax, what the
+	/// automaton cannot do, or its size).
+	pub fn new(pattern: &str) -> Result<Self, String> {
+		if pattern.len() > MAX_PATTERN_BYTES {
+			return Err(format!(
+				"the expression is {} bytes; at most {MAX_PATTERN_BYTES} are taken",
+				pattern.len()
+			));
+		}
+		let dfa = dense::Builder::new()
+			.configure(
+				dense::Config::new()
+					.match_kind(MatchKind::All)
+					.start_kind(StartKind::Anchored)
+					.dfa_size_limit(Some(MAX_DFA_BYTES))
+					.determinize_size_limit(Some(MAX_DFA_BYTES)),
+			)
+			.thompson(thompson::Config::new().nfa_size_limit(Some(MAX_DFA_BYTES)))
+			.build(pattern)
+			.map_err(|e| describe(&e))?;
+		let start = dfa
+			.start_state(&start::Config::new().anchored(Anchored::Yes))
+			.map_err(|e| e.to_string())?;
+		let live = live_states(&dfa, start);
+		Ok(Self { pattern: pattern.into(), dfa, start, live, masks: Mutex::new(HashMap::new()) })
+	}
+
+	/// Whether some continuation of the output at `state`, maybe none, matches.
+	fn live(&self, state: StateID) -> bool {
+		self.live.get(state.as_usize() >> self.dfa.stride2()).copied().unwrap_or(false)
+	}
+
+	/// The expression as given.
+	pub fn pattern(&self) -> &str {
+		&self.pattern
+	}
+
+	/// The state before any output.
+	pub fn start(&self) -> RegexState {
+		RegexState(self.start)
+	}
+
+	/// The state after `byte` from `state`, unless no match can follow. (The automaton's own
+	/// dead state comes a byte late: a match is reported one byte after it ends, so the byte
+	/// after a match that nothing may follow is not dead yet.)
+	fn step(&self, state: StateID, byte: u8) -> Option<StateID> {
+		let next = self.dfa.next_state(state, byte);
+		self.live(next).then_some(next)
+	}
+
+	/// The state after `bytes` from `state`, unless they take the output off the expression.
+	pub fn accepts(&self, state: RegexState, bytes: &[u8]) -> Option<RegexState> {
+		bytes.iter().try_fold(state.0, |s, &b| self.step(s, b)).map(RegexState)
+	}
+
+	/// Whether the output so far matches the whole expression (so it may end here).
+	pub fn can_end(&self, state: RegexState) -> bool {
+		self.dfa.is_match_state(self.dfa.next_eoi_state(state.0))
+	}
+
+	/// For each token (by id, its bytes in `token_bytes`), whether it may come next from
+	/// `state`; the end of the output (`eos`) when the output matches. Tokens without bytes
+	/// (special tokens) never may.
+	pub fn allowed_tokens(
+		&self,
+		state: RegexState,
+		token_bytes: &TokenBytes,
+		eos: Option<u32>,
+	) -> Vec<bool> {
+		let mask = self.mask(state.0, token_bytes);
+		let mut allowed: Vec<bool> =
+			(0..token_bytes.len()).map(|id| mask[id / 64] >> (id % 64) & 1 == 1).collect();
+		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
+			*slot = self.can_end(state);
+		}
+		allowed
+	}
+
+	/// The tokens that may come next from `state`, a bit each: kept, or found by walking the
+	/// vocabulary's byte trie with the automaton (a prefix many tokens share is stepped once, a
+	/// byte off the expression prunes every token below it) when few bytes may follow the
+	/// state, or by running the automaton over each token's bytes when many may (most tokens
+	/// then go on, and the trie's scattered nodes cost more than the tokens' bytes read in
+	/// order: `benches/structured_output.rs`).
+	fn mask(&self, state: StateID, token_bytes: &TokenBytes) -> Arc<[u64]> {
+		let masks = || self.masks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+		if let Some(mask) = masks().get(&state) {
+			return mask.clone();
+		}
+		let len = token_bytes.len();
+		let mut mask = vec![0u64; len.div_ceil(64)];
+		let set = |mask: &mut [u64], id: usize| {
+			if let Some(word) = mask.get_mut(id / 64) {
+				*word |= 1 << (id % 64);
+			}
+		};
+		let following = (0..=255u8).filter(|&b| self.step(state, b).is_some()).count();
+		if following > WIDE_STATE_BYTES {
+			for id in 0..len {
+				let bytes = token_bytes.get(id).unwrap_or_default();
+				if !bytes.is_empty() && self.accepts(RegexState(state), bytes).is_some() {
+					set(&mut mask, id);
+				}
+			}
+		} else {
+			let trie = token_bytes.trie();
+			let mut stack = vec![(0u32, state)];
+			while let Some((node, at)) = stack.pop() {
+				for &(b, child) in trie.children(node) {
+					let Some(next) = self.step(at, b) else { continue };
+					for &id in trie.tokens(child) {
+						set(&mut mask, id as usize);
+					}
+					if !trie.children(child).is_empty() {
+						stack.push((child, next));
+					}
+				}
+			}
+		}
+		let mask: Arc<[u64]> = mask.into();
+		let mut masks = masks();
+		if masks.len() < MAX_CACHED_MASKS {
+			masks.insert(state, mask.clone());
+		}
+		mask
+	}
+
+	/// [`RegexGrammar::allowed_tokens`] computed token by token on this thread, nothing kept:
+	/// the reference the kept masks are tested and measured against.
+	pub fn allowed_tokens_each(
+		&self,
+		state: RegexState,
+		token_bytes: &TokenBytes,
+		eos: Option<u32>,
+	) -> Vec<bool> {
+		let mut allowed: Vec<bool> = (0..token_bytes.len())
+			.map(|id| {
+				let bytes = token_bytes.get(id).unwrap_or_default();
+				!bytes.is_empty() && self.accepts(state, bytes).is_some()
+			})
+			.collect();
+		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
+			*slot = self.can_end(state);
+		}
+		allowed
+	}
+}
+
+/// By state (its id shifted right by the automaton's `stride2`), whether some continuation of
+/// the output from it, maybe none, matches the whole expression: the states reached from
+/// `start`, walked once with a byte of each class, then marked back from those where the
+/// output may end.
+fn live_states(dfa: &dense::DFA<Vec<u32>>, start: StateID) -> Vec<bool> {
+	let bytes: Vec<u8> =
+		dfa.byte_classes().representatives(0..=255).filter_map(|unit| unit.as_u8()).collect();
+	let mut index: HashMap<StateID, u32> = HashMap::from([(start, 0)]);
+	let mut states = vec![start];
+	// Per state (in `states`), the states with an edge to it.
+	let mut before: Vec<Vec<u32>> = vec![Vec::new()];
+	let mut at = 0;
+	while let Some(&state) = states.get(at) {
+		for &b in &bytes {
+			let next = dfa.next_state(state, b);
+			if dfa.is_dead_state(next) || dfa.is_quit_state(next) {
+				continue;
+			}
+			let known = *index.entry(next).or_insert_with(|| {
+				states.push(next);
+				before.push(Vec::new());
+				(states.len() - 1) as u32
+			});
+			before[known as usize].push(at as u32);
+		}
+		at += 1;
+	}
+	let mut live = vec![false; states.len()];
+	let mut queue: Vec<u32> = (0..states.len() as u32)
+		.filter(|&i| dfa.is_match_state(dfa.next_eoi_state(states[i as usize])))
+		.collect();
+	for &i in &queue {
+		live[i as usize] = true;
+	}
+	while let Some(i) = queue.pop() {
+		for &from in &before[i as usize] {
+			if !std::mem::replace(&mut live[from as usize], true) {
+				queue.push(from);
+			}
+		}
+	}
+	let stride2 = dfa.stride2();
+	let len = states.iter().map(|s| (s.as_usize() >> stride2) + 1).max().unwrap_or(0);
+	let mut by_id = vec![false; len];
+	for (state, live) in states.iter().zip(live) {
+		by_id[state.as_usize() >> stride2] = live;
+	}
+	by_id
+}
+
+/// A build error as its deepest cause says it: the syntax error's own (with the expression
+/// and a caret), or what the automaton cannot do (the causes above it only say which step of
+/// the building failed); an automaton too large, with what makes it smaller.
+fn describe(error: &dense::BuildError) -> String {
+	if error.is_size_limit_exceeded() {
+		return format!(
+			"its automaton would take more than {} MiB (narrower classes, such as [a-z] for \\w, \
+			 or fewer repetitions make it smaller)",
+			MAX_DFA_BYTES >> 20
+		);
+	}
+	let mut deepest: &dyn std::error::Error = error;
+	while let Some(cause) = deepest.source() {
+		deepest = cause;
+	}
+	deepest.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	/// A vocabulary of single bytes, some words and pieces of multi-byte characters, and a
+	/// special token (no bytes).
+	fn vocabulary() -> TokenBytes {
+		let mut tokens: Vec<Vec<u8>> = (0u8..=255).map(|b| vec![b]).collect();
+		for word in ["12", "123", "-", "-4", "ab", "abc", "a", "b", "é", "éa", "日本", "\u{e9}1"]
+		{
+			tokens.push(word.as_bytes().to_vec());
+		}
+		tokens.push("日".as_bytes()[..2].to_vec());
+		tokens.push(Vec::new());
+		TokenBytes::new(tokens)
+	}
+
+	/// The state after `text`, which must be on the expression.
+	fn after(grammar: &RegexGrammar, text: &str) -> RegexState {
+		grammar.accepts(grammar.start(), text.as_bytes()).unwrap()
+	}
+
+	#[test]
+	fn the_whole_output_must_match_and_every_alternative_is_taken() {
+		let phone = RegexGrammar::new(r"[0-9]{3}-[0-9]{4}").unwrap();
+		assert!(!phone.can_end(after(&phone, "123")));
+		assert!(!phone.can_end(after(&phone, "123-456")));
+		assert!(phone.can_end(after(&phone, "123-4567")));
+		assert_eq!(phone.accepts(phone.start(), b"12a"), None);
+		// Not one byte past the end either (the automaton reports a match a byte late).
+		assert_eq!(phone.accepts(phone.start(), b"123-45678"), None);
+		assert_eq!(phone.accepts(after(&phone, "123-4567"), b"8"), None);
+		// A branch that can never match is not taken.
+		let never = RegexGrammar::new(r"a[^\s\S]|b").unwrap();
+		assert_eq!(never.accepts(never.start(), b"a"), None);
+		assert!(never.can_end(after(&never, "b")));
+		// All matches, not the leftmost-first one: `a` then `ab` both match.
+		let either = RegexGrammar::new("a|ab|abc(d|e)").unwrap();
+		assert!(either.can_end(after(&either, "a")));
+		assert!(either.can_end(after(&either, "ab")));
+		assert!(!either.can_end(after(&either, "abc")));
+		assert!(either.can_end(after(&either, "abce")));
+		// Anchored at the start: no match later in the text counts.
+		assert_eq!(either.accepts(either.start(), b"xa"), None);
+		// `^` and `$` mean the output's start and end.
+		let anchored = RegexGrammar::new("^(yes|no)$").unwrap();
+		assert!(anchored.can_end(after(&anchored, "no")));
+		assert_eq!(anchored.accepts(anchored.start(), b"no "), None);
+		// The empty expression: only the empty output.
+		let empty = RegexGrammar::new("").unwrap();
+		assert!(empty.can_end(empty.start()));
+		assert_eq!(empty.accepts(empty.start(), b"a"), None);
+	}
+
+	/// Outputs near matches of each expression (matches with a character inserted, removed or
+	/// replaced, cut anywhere): each is on the expression, and may end, as the regex crate's
+	/// full match says.
+	#[test]
+	fn outputs_may_end_where_the_regex_crate_finds_a_full_match() {
+		use rand::{rngs::StdRng, Rng, SeedableRng};
+		let cases: [(&str, &[&str]); 7] = [
+			(r"[0-9]{3}-[0-9]{4}", &["555-1234", "000-0000"]),
+			(r"(a|ab)(c|bcd)(d*)", &["abcd", "acd", "abcdddd", "ac"]),
+			(r"\d+(\.\d{1,2})?", &["3.14", "42", "0.5"]),
+			(r"(é|日本)+[0-9]?", &["éé日本1", "日本"]),
+			(r"[a-z]+@[a-z]+\.(com|org)", &["ab@cd.com", "x@y.org"]),
+			(r"(?i)yes|no", &["YES", "No", "yEs"]),
+			(r"(?s:.){0,3}z", &["z", "é日z", "\nz"]),
+		];
+		let alphabet: Vec<char> = "0123456789-.@abcdzéxy日本 YESno\n".chars().collect();
+		let mut rng = StdRng::seed_from_u64(7);
+		for (pattern, samples) in cases {
+			let grammar = RegexGrammar::new(pattern).unwrap();
+			let full = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+			let (mut matched, mut refused) = (0, 0);
+			for sample in samples.iter().cycle().take(400) {
+				let mut text: Vec<char> = sample.chars().collect();
+				let at = rng.random_range(0..=text.len());
+				match rng.random_range(0..4) {
+					0 => text.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+					1 if at < text.len() => drop(text.remove(at)),
+					2 if at < text.len() => {
+						text[at] = alphabet[rng.random_range(0..alphabet.len())]
+					}
+					_ => {}
+				}
+				text.truncate(rng.random_range(text.len() / 2..=text.len()));
+				let text: String = text.into_iter().collect();
+				let whole = full.is_match(&text);
+				match grammar.accepts(grammar.start(), text.as_bytes()) {
+					Some(state) => {
+						assert_eq!(grammar.can_end(state), whole, "{pattern:?} {text:?}")
+					}
+					None => assert!(!whole, "{pattern:?} refused {text:?}, a match"),
+				}
+				matched += usize::from(whole);
+				refused += usize::from(grammar.accepts(grammar.start(), text.as_bytes()).is_none());
+			}
+			// The cases meet both sides of each question.
+			assert!(
+				matched > 20 && refused > 0,
+				"{pattern:?}: {matched} matches, {refused} refused"
+			);
+		}
+	}
+
+	#[test]
+	fn characters_split_over_tokens_are_followed_byte_by_byte() {
+		let grammar = RegexGrammar::new("[é日]+").unwrap();
+		let first = &"日".as_bytes()[..2];
+		let halfway = grammar.accepts(grammar.start(), first).unwrap();
+		assert!(!grammar.can_end(halfway), "half a character is not a match");
+		let whole = grammar.accepts(halfway, &"日".as_bytes()[2..]).unwrap();
+		assert!(grammar.can_end(whole));
+		// Bytes that are not UTF-8, and characters outside the class, are refused.
+		assert_eq!(grammar.accepts(grammar.start(), &[0xff]), None);
+		assert_eq!(grammar.accepts(grammar.start(), "本".as_bytes()), None);
+		// `.` is a whole character too.
+		let any = RegexGrammar::new(".{2}").unwrap();
+		assert!(any.can_end(after(&any, "日é")));
+		assert!(!any.can_end(after(&any, "日")));
+	}
+
+	#[test]
+	fn the_mask_allows_what_trying_each_token_allows() {
+		let vocabulary = vocabulary();
+		let end = vocabulary.len() as u32 - 1;
+		let eos = Some(end);
+		for pattern in [
+			r"[0-9]{3}-[0-9]{4}",
+			"a|ab|abc(d|e)",
+			"(é|日本)+[0-9]?",
+			r"\w+",
+			r"(?s:.){0,3}",
+			"",
+			"[a-c]*-?[0-9]+",
+		] {
+			let grammar = RegexGrammar::new(pattern).unwrap();
+			// Each state reached by a few outputs, some twice (kept masks). `\w+` and `.` make
+			// states that many bytes may follow (found token by token), the others trie walks.
+			for text in ["", "1", "12", "123", "123-", "a", "ab", "abc", "é", "日本", "aa", "-4"]
+				.iter()
+				.chain(["", "123", "a"].iter())
+			{
+				let Some(state) = grammar.accepts(grammar.start(), text.as_bytes()) else {
+					continue;
+				};
+				let walked = grammar.allowed_tokens(state, &vocabulary, eos);
+				let each = grammar.allowed_tokens_each(state, &vocabulary, eos);
+				assert_eq!(walked, each, "{pattern:?} after {text:?}");
+				assert_eq!(walked[end as usize], grammar.can_end(state));
+			}
+		}
+		// The phone number after "123": only "-" and "-4" of the words, the end not yet.
+		let phone = RegexGrammar::new(r"[0-9]{3}-[0-9]{4}").unwrap();
+		let allowed = phone.allowed_tokens(after(&phone, "123"), &vocabulary, eos);
+		let ids: Vec<usize> = (0..allowed.len()).filter(|&id| allowed[id]).collect();
+		assert_eq!(ids, [b'-' as usize, 258, 259]);
+	}
+
+	#[test]
+	fn what_the_automaton_cannot_serve_is_refused_with_why() {
+		let error = RegexGrammar::new("(a").unwrap_err();
+		assert!(error.contains("unclosed group"), "{error}");
+		let error = RegexGrammar::new(r"a(?=b)").unwrap_err();
+		assert!(error.contains("look-around"), "{error}");
+		let error = RegexGrammar::new(r"(a)\1").unwrap_err();
+		assert!(error.contains("backreferences"), "{error}");
+		let error = RegexGrammar::new(r"\bword\b").unwrap_err();
+		assert!(error.contains("Unicode word boundaries"), "{error}");
+		assert!(RegexGrammar::new(r"(?-u:\b)word(?-u:\b)").is_ok());
+		let error = RegexGrammar::new(&"a".repeat(MAX_PATTERN_BYTES + 1)).unwrap_err();
+		assert!(error.contains("at most"), "{error}");
+		// An automaton past the size limit: a class of all characters, many times over.
+		let error = RegexGrammar::new(r"(\w|\W){20}[0-9]{1000}(\w|a){500}").unwrap_err();
+		assert!(error.contains("more than 16 MiB"), "{error}");
+	}
+}
