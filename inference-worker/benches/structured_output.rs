@@ -1,5 +1,6 @@
 //! What structured output costs on the real model (SmolLM2-135M-Instruct Q4_1 GGUF), side by
 //! side in one run: a greedy answer held to a JSON schema, one held to any JSON object, one
+//! held to a schema with a string length, a string pattern and integer bounds, one
 //! held to a regular expression (`guided_regex`), and one free until a tool call
 //! (`tool_choice: "auto"`'s lazy grammar, answered in text), against the same number of tokens
 //! generated unconstrained from the same prompt; and the vocabulary mask alone
@@ -67,6 +68,15 @@ fn main() {
 	// "auto" with one tool: free text until <tool_call>, then a call held to the tool's schema.
 	let call = JsonGrammar::tool_call(&[("save_cat", Some(&schema))]).unwrap();
 	let auto = Arc::new(LazyGrammar::new(CALL_START, Arc::new(call), true));
+	// A schema whose strings have a length and a pattern, and whose integer has bounds.
+	let bounded = Arc::new(
+		JsonGrammar::from_schema(&serde_json::json!({"type": "object", "properties": {
+			"name": {"type": "string", "maxLength": 20},
+			"code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+			"age": {"type": "integer", "minimum": 0, "maximum": 30}},
+			"required": ["name", "code", "age"]}))
+		.unwrap(),
+	);
 	let cat = r#"\{"name": "[A-Z][a-z]{1,15}", "age": [0-9]{1,2}, "indoor": (true|false)\}"#;
 	let regex = Arc::new(RegexGrammar::new(cat).unwrap());
 	let request = |format: ResponseFormat, max_tokens: usize, ignore_eos: bool| GenerationRequest {
@@ -97,6 +107,10 @@ fn main() {
 		("a JSON schema (3 properties, enum items)", ResponseFormat::Json(grammar.clone())),
 		("any JSON object (JSON mode)", ResponseFormat::json_object()),
 		(
+			"a JSON schema (a maxLength, a pattern, an integer's bounds)",
+			ResponseFormat::Json(bounded.clone()),
+		),
+		(
 			"a regular expression (guided_regex, a cat as JSON)",
 			ResponseFormat::Regex(regex.clone()),
 		),
@@ -121,25 +135,29 @@ fn main() {
 
 	// The mask alone, over the whole vocabulary.
 	let bytes = tokenizer.token_bytes();
-	let start = JsonState::new(&grammar);
 	println!();
 	println!(
 		"| the mask over {} tokens, at | ours µs per step | each token tried whole µs | ours / each |",
 		bytes.len()
 	);
 	println!("|---|---|---|---|");
-	for (at, text) in
-		[("the start", ""), ("a key", r#"{"name": "Tom", "#), ("a string value", r#"{"name": "To"#)]
-	{
+	for (at, grammar, text) in [
+		("the start", &grammar, ""),
+		("a key", &grammar, r#"{"name": "Tom", "#),
+		("a string value", &grammar, r#"{"name": "To"#),
+		("a string value of maxLength 20", &bounded, r#"{"name": "To"#),
+		("a string value of a pattern", &bounded, r#"{"code": "AB-1"#),
+		("an integer of 0 to 30", &bounded, r#"{"age": 2"#),
+	] {
 		let state = match text {
-			"" => start,
-			text => start.accepts(&grammar, text.as_bytes()).unwrap(),
+			"" => JsonState::new(grammar),
+			text => JsonState::new(grammar).accepts(grammar, text.as_bytes()).unwrap(),
 		};
-		let ours = time_mask(&|| state.allowed_tokens(&grammar, bytes, tokenizer.eos));
-		let each = time_mask(&|| state.allowed_tokens_each(&grammar, bytes, tokenizer.eos));
+		let ours = time_mask(&|| state.allowed_tokens(grammar, bytes, tokenizer.eos));
+		let each = time_mask(&|| state.allowed_tokens_each(grammar, bytes, tokenizer.eos));
 		assert_eq!(
-			state.allowed_tokens(&grammar, bytes, tokenizer.eos),
-			state.allowed_tokens_each(&grammar, bytes, tokenizer.eos)
+			state.allowed_tokens(grammar, bytes, tokenizer.eos),
+			state.allowed_tokens_each(grammar, bytes, tokenizer.eos)
 		);
 		println!("| {at} | {ours:.0} | {each:.0} | {:.3}x |", ours / each);
 	}

@@ -829,6 +829,17 @@ fn response_format(
 	}
 }
 
+/// Runs `work`, which may take milliseconds of CPU, as a blocking section where the runtime
+/// allows one (a multi-threaded runtime hands this thread's other tasks to its other threads
+/// meanwhile), or as it is.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+	use tokio::runtime::{Handle, RuntimeFlavor};
+	match Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+		Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+		_ => work(),
+	}
+}
+
 /// What a streamed answer also sends.
 #[derive(Debug, Deserialize)]
 struct StreamOptions {
@@ -1478,15 +1489,19 @@ async fn serve(
 		}
 		_ => DEFAULT_MAX_TOKENS,
 	};
-	let requests = generation_requests(
-		endpoint,
-		&prompts,
-		&body,
-		logprobs,
-		bias,
-		default_max_tokens,
-		calling.as_deref(),
-	)?;
+	// The request's grammar is compiled here (a regular expression's automaton can take
+	// milliseconds): as a blocking section.
+	let requests = blocking(|| {
+		generation_requests(
+			endpoint,
+			&prompts,
+			&body,
+			logprobs,
+			bias,
+			default_max_tokens,
+			calling.as_deref(),
+		)
+	})?;
 	if requests.len() > state.engine.max_waiting() {
 		return Err(ApiError::bad_request(format!(
 			"{} prompts of {} choices are {} requests, more than this worker queues at once \

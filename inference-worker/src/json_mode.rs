@@ -6,14 +6,16 @@
 //! small graph of nodes ([`JsonGrammar::from_schema`]: objects with their declared properties,
 //! keys in any order, the required ones before the object may close; arrays with their items
 //! and `minItems`/`maxItems`; strings; numbers and integers; booleans; null; `enum` and
-//! `const`; `anyOf`/`oneOf` and lists of types whose alternatives start with different bytes,
+//! `const`; strings with `minLength`, `maxLength` or a `pattern` (matched by the whole value),
+//! held to a regular expression over their JSON text ([`crate::json_text`]);
+//! `anyOf`/`oneOf` and lists of types whose alternatives start with different bytes,
 //! or are objects told apart by a discriminator (a property each requires, whose value is a
 //! constant string of its own: written first, it says which object follows); local `$ref`s,
 //! recursive ones included). [`JsonGrammar::choice`] is one of several texts exactly, not
 //! JSON (vLLM's `guided_choice`). [`JsonGrammar::tool_calls`] is the grammar of OpenAI tool calls
 //! (a list of `{"name": ..., "parameters": ...}`, each tool's parameters its own schema).
-//! Keywords that would constrain what it does not enforce (`pattern`, `minLength`, `minimum`,
-//! ...) are refused rather than ignored; annotations (`title`, `description`, `format`,
+//! Keywords that would constrain what it does not enforce (`minimum`, `multipleOf`, ...) are
+//! refused rather than ignored; annotations (`title`, `description`, `format`,
 //! `default`, ...) are ignored. An object with declared properties is generated with those
 //! keys only.
 //!
@@ -32,12 +34,16 @@
 //! of the grammar (a model kept off everything else can otherwise pad forever). An output cut
 //! by `max_tokens` is a prefix of a document, not a document, as with OpenAI.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::tokenizer::TokenBytes;
+use crate::{
+	json_text,
+	regex_grammar::{RegexGrammar, RegexState},
+	tokenizer::TokenBytes,
+};
 
 /// The deepest nesting of objects and arrays.
 pub const MAX_DEPTH: usize = 16;
@@ -49,8 +55,15 @@ pub const MAX_CHOICES: usize = 64;
 const MAX_NODES: usize = 4096;
 
 /// The keywords a schema may use that the grammar enforces.
-const ENFORCED: [&str; 15] = [
+const ENFORCED: [&str; 22] = [
 	"type",
+	"minLength",
+	"maxLength",
+	"pattern",
+	"minimum",
+	"maximum",
+	"exclusiveMinimum",
+	"exclusiveMaximum",
 	"properties",
 	"required",
 	"additionalProperties",
@@ -66,6 +79,45 @@ const ENFORCED: [&str; 15] = [
 	"$defs",
 	"definitions",
 ];
+/// The keywords that bound a number.
+const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+/// The largest bound of an integer taken (either sign).
+const MAX_BOUND: f64 = 1e38;
+
+/// The least and the most an integer of `map` may be (none: no bound that side), from
+/// `minimum`, `maximum` and the exclusive ones (numbers, or draft 4's booleans beside
+/// `minimum` and `maximum`); bounds that are not integers are rounded inwards.
+fn integer_bounds(
+	map: &serde_json::Map<String, Value>,
+	at: &str,
+) -> Result<(Option<i128>, Option<i128>), String> {
+	let number = |key: &str| match map.get(key) {
+		None | Some(Value::Bool(_)) => Ok(None),
+		Some(value) => match value.as_f64() {
+			Some(x) if x.abs() <= MAX_BOUND => Ok(Some(x)),
+			Some(_) => Err(format!("{at}: {key} beyond ±{MAX_BOUND:e} is not served")),
+			None => Err(format!("{at}: {key} is a number")),
+		},
+	};
+	let exclusive = |key: &str| map.get(key) == Some(&Value::Bool(true));
+	let mut lo = number("minimum")?.map(|x| match exclusive("exclusiveMinimum") {
+		true => x.floor() as i128 + 1,
+		false => x.ceil() as i128,
+	});
+	let mut hi = number("maximum")?.map(|x| match exclusive("exclusiveMaximum") {
+		true => x.ceil() as i128 - 1,
+		false => x.floor() as i128,
+	});
+	if let Some(x) = number("exclusiveMinimum")? {
+		lo = lo.max(Some(x.floor() as i128 + 1));
+	}
+	if let Some(x) = number("exclusiveMaximum")? {
+		let below = x.ceil() as i128 - 1;
+		hi = Some(hi.map_or(below, |hi| hi.min(below)));
+	}
+	Ok((lo, hi))
+}
+
 /// Annotations: taken and ignored (they do not constrain the value, or, as `format`, are not
 /// checked).
 const ANNOTATIONS: [&str; 14] = [
@@ -113,6 +165,9 @@ enum Node {
 	Array { items: NodeId, min: u32, max: u32 },
 	/// A string.
 	String,
+	/// A value whose JSON text the expression matches whole (a string with a length or a
+	/// pattern: [`crate::json_text`]).
+	Text(Arc<RegexGrammar>),
 	/// A number; an integer (no fraction, no exponent) if `integer`.
 	Number { integer: bool },
 	/// One of these texts (`enum`, `const`, `true`/`false`, `null`), compact JSON.
@@ -283,6 +338,9 @@ impl JsonGrammar {
 				Node::Object { .. } | Node::AnyObject { .. } | Node::Tagged { .. } => set(b"{"),
 				Node::Array { .. } => set(b"["),
 				Node::String => set(b"\""),
+				Node::Text(regex) => (0..=255u8)
+					.filter(|&b| regex.accepts(regex.start(), &[b]).is_some())
+					.for_each(|b| bytes[b as usize] = true),
 				Node::Number { .. } => set(b"-0123456789"),
 				Node::Literals(texts) => texts.iter().for_each(|t| set(&t[..t.len().min(1)])),
 				Node::Union(members) => todo.extend(members),
@@ -444,6 +502,10 @@ impl<'a> Compiler<'a> {
 			None if ["items", "minItems", "maxItems"].iter().any(|k| map.contains_key(*k)) => {
 				vec!["array"]
 			}
+			None if ["minLength", "maxLength", "pattern"].iter().any(|k| map.contains_key(*k)) => {
+				vec!["string"]
+			}
+			None if BOUNDS.iter().any(|k| map.contains_key(*k)) => vec!["number"],
 			None => return Ok(ANY),
 			Some(Value::String(t)) => vec![t.as_str()],
 			Some(Value::Array(list)) if !list.is_empty() => list
@@ -600,9 +662,21 @@ impl<'a> Compiler<'a> {
 				}
 				self.add(Node::Array { items, min, max })
 			}
-			"string" => self.add(Node::String),
-			"number" => self.add(Node::Number { integer: false }),
-			"integer" => self.add(Node::Number { integer: true }),
+			"string" => self.string(map, at),
+			"number" => match BOUNDS.iter().find(|k| map.contains_key(**k)) {
+				None => self.add(Node::Number { integer: false }),
+				Some(bound) => Err(format!(
+					"{at}: {bound} on a number is not served (on an integer, it is: type integer)"
+				)),
+			},
+			"integer" => match integer_bounds(map, at)? {
+				(None, None) => self.add(Node::Number { integer: true }),
+				(lo, hi) => {
+					let text =
+						json_text::integer_between(lo, hi).map_err(|e| format!("{at}: {e}"))?;
+					self.add(Node::Text(Arc::new(text)))
+				}
+			},
 			"boolean" => Ok(BOOLEAN),
 			"null" => Ok(NULL),
 			other => Err(format!("{at}: unknown type {other:?}")),
@@ -651,6 +725,37 @@ impl<'a> Compiler<'a> {
 			properties.push(Property { key, value });
 		}
 		self.add(Node::Object { properties, required })
+	}
+
+	/// A string node: any string, or one with a length or a pattern.
+	fn string(&mut self, map: &serde_json::Map<String, Value>, at: &str) -> Result<NodeId, String> {
+		let length = |key: &str| match map.get(key) {
+			None => Ok(None),
+			Some(v) => v
+				.as_u64()
+				.and_then(|n| u32::try_from(n).ok())
+				.map(Some)
+				.ok_or(format!("{at}: {key} is a count")),
+		};
+		let (min, max) = (length("minLength")?, length("maxLength")?);
+		let text = match (map.get("pattern"), min, max) {
+			(None, None, None) => return self.add(Node::String),
+			(Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+				return Err(format!("{at}: pattern beside minLength or maxLength is not served"))
+			}
+			(Some(pattern), None, None) => {
+				let pattern = pattern.as_str().ok_or(format!("{at}: pattern is a string"))?;
+				json_text::matching(pattern).map_err(|e| format!("{at}: pattern: {e}"))?
+			}
+			(None, min, max) => {
+				let min = min.unwrap_or(0);
+				if max.is_some_and(|max| min > max) {
+					return Err(format!("{at}: minLength {min} is more than maxLength {max:?}"));
+				}
+				json_text::with_length(min, max).map_err(|e| format!("{at}: {e}"))?
+			}
+		};
+		self.add(Node::Text(Arc::new(text)))
 	}
 
 	/// The node a `$ref` points to: `#` or `#/$defs/NAME` (or `#/definitions/NAME`).
@@ -858,6 +963,8 @@ enum Expect {
 	Colon,
 	/// In a number.
 	Number { at: Number, integer: bool },
+	/// In a value of the [`Node::Text`] node `node`, its expression at `at`.
+	Text { node: NodeId, at: RegexState },
 	/// In one of a node's literals: those that still match, `at` bytes in.
 	Literal { node: NodeId, candidates: u64, at: u16 },
 	/// After a value: `,` or the innermost container's closing bracket.
@@ -913,6 +1020,9 @@ impl JsonState {
 		match self.expect {
 			Expect::Done => true,
 			Expect::Number { at, .. } => self.depth == 0 && at.complete(),
+			Expect::Text { node, at } => {
+				self.depth == 0 && grammar.text(node).is_some_and(|text| text.can_end(at))
+			}
 			Expect::Literal { node, candidates, at } => {
 				let texts = grammar.literals(node);
 				self.depth == 0
@@ -962,6 +1072,9 @@ impl JsonState {
 		}
 		if let Expect::String { at, .. } = self.expect {
 			return self.allowed_in_string(grammar, token_bytes, eos, at);
+		}
+		if let Expect::Text { node, at } = self.expect {
+			return self.allowed_in_text(grammar, token_bytes, eos, node, at);
 		}
 		let trie = token_bytes.trie();
 		let mut allowed = vec![false; token_bytes.len()];
@@ -1038,6 +1151,56 @@ impl JsonState {
 					Some(true) => true,
 					None => false,
 					Some(false) => self.accepts(grammar, bytes).is_some(),
+				}
+			})
+			.collect();
+		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
+			*slot = self.can_end(grammar);
+		}
+		allowed
+	}
+
+	/// [`JsonState::allowed_tokens`] in a value of a [`Node::Text`] node (`node`, its
+	/// expression at `at`), where a token's bytes mostly stay in the value: token by token on
+	/// rayon's threads, a token followed by the value's automaton alone while it stays in the
+	/// value, and the whole state tried only past the value's end, when the byte there may
+	/// follow the value; a token wholly after the value (the value whole already) is looked up
+	/// in the mask of the state after it.
+	fn allowed_in_text(
+		&self,
+		grammar: &JsonGrammar,
+		token_bytes: &TokenBytes,
+		eos: Option<u32>,
+		node: NodeId,
+		at: RegexState,
+	) -> Vec<bool> {
+		let Some(text) = grammar.text(node) else { return vec![false; token_bytes.len()] };
+		// After the value: the bytes that may follow it once it is whole, and if it is whole
+		// now, the tokens that may come next (the trie walk of the state after it).
+		let mut ended = *self;
+		ended.expect = ended.value_end();
+		let follows: Vec<bool> = (0..=255u8).map(|b| ended.step(grammar, b).is_some()).collect();
+		let next = text.can_end(at).then(|| ended.allowed_tokens(grammar, token_bytes, None));
+		let mut allowed: Vec<bool> = (0..token_bytes.len())
+			.into_par_iter()
+			.map(|id| {
+				let bytes = token_bytes.get(id).unwrap_or_default();
+				let mut state = at;
+				let mut taken = 0;
+				while let Some(next) = bytes.get(taken).and_then(|&b| text.accepts(state, &[b])) {
+					state = next;
+					taken += 1;
+				}
+				match taken {
+					_ if bytes.is_empty() => false,
+					_ if taken == bytes.len() => true,
+					// The value is whole already: the token is what comes after it.
+					0 => next.as_ref().is_some_and(|next| next[id]),
+					_ => {
+						text.can_end(state)
+							&& follows[bytes[taken] as usize]
+							&& self.accepts(grammar, bytes).is_some()
+					}
 				}
 			})
 			.collect();
@@ -1157,6 +1320,18 @@ impl JsonState {
 					self.expect = Expect::DeclaredKey { candidates: goes_on, at: at + 1 };
 				}
 				return Some(self);
+			}
+			Expect::Text { node, at } => {
+				let text = grammar.text(node)?;
+				match text.accepts(at, &[b]) {
+					Some(next) => {
+						self.expect = Expect::Text { node, at: next };
+						return Some(self);
+					}
+					// The byte after the value belongs to what follows it.
+					None if text.can_end(at) => self.expect = self.value_end(),
+					None => return None,
+				}
 			}
 			Expect::Number { at, integer } => match at.step(b, integer) {
 				Some(next) => {
@@ -1324,6 +1499,10 @@ impl JsonState {
 				self.expect = Expect::Number { at: Number::start(b)?, integer: *integer };
 				Some(self)
 			}
+			Node::Text(text) => {
+				self.expect = Expect::Text { node, at: text.accepts(text.start(), &[b])? };
+				Some(self)
+			}
 			Node::Literals(texts) => {
 				let all = all_of(texts.len());
 				let next = filter(all, texts.len(), |i| texts[i].first() == Some(&b));
@@ -1357,6 +1536,14 @@ impl JsonGrammar {
 		match &self.nodes[node as usize] {
 			Node::Array { items, min, max } => (*items, *min, *max),
 			_ => (ANY, 0, u32::MAX),
+		}
+	}
+
+	/// A text node's expression (none for another node).
+	fn text(&self, node: NodeId) -> Option<&RegexGrammar> {
+		match &self.nodes[node as usize] {
+			Node::Text(text) => Some(text),
+			_ => None,
 		}
 	}
 
@@ -1541,11 +1728,149 @@ mod tests {
 		assert!(complete(&anything, "[1, {\"a\": null}]") && complete(&anything, "\"s\""));
 	}
 
+	/// Strings with a length or a pattern, in an object (the value followed by what comes
+	/// after it), alone at the top, and beside other types.
+	#[test]
+	fn strings_keep_their_length_and_pattern() {
+		let schema = json!({"type": "object", "properties": {
+				"code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
+				"name": {"type": "string", "minLength": 2, "maxLength": 4},
+				"note": {"type": ["string", "null"], "maxLength": 1}},
+			"required": ["code", "name", "note"]});
+		let g = JsonGrammar::from_schema(&schema).unwrap();
+		let doc = |code: &str, name: &str, note: &str| {
+			format!(r#"{{"code": {code}, "name": {name} , "note":{note}}}"#)
+		};
+		for (code, name, note) in [
+			(r#""ABC-12""#, r#""Tom""#, "null"),
+			(r#""XYZ-00""#, r#""é\"日😀""#, r#""x""#),
+			(r#""ABC-12""#, r#""ab""#, r#""\n""#),
+		] {
+			let text = doc(code, name, note);
+			assert!(complete(&g, &text), "{text}");
+			assert!(serde_json::from_str::<Value>(&text).is_ok());
+		}
+		for (code, name, note) in [
+			(r#""AB-12""#, r#""Tom""#, "null"),
+			(r#""ABC-12 ""#, r#""Tom""#, "null"),
+			(r#""ABC-12""#, r#""T""#, "null"),
+			(r#""ABC-12""#, r#""Tommy""#, "null"),
+			(r#""ABC-12""#, r#""Tom""#, r#""xy""#),
+			(r#""ABC-12""#, r#""Tom""#, "1"),
+		] {
+			let text = doc(code, name, note);
+			assert!(run(&g, text.as_bytes()).is_none(), "{text}");
+		}
+		// At the top: the document may end once the value is whole.
+		let top = JsonGrammar::from_schema(&json!({"maxLength": 2})).unwrap();
+		assert!(run(&top, br#""ab"#).is_some_and(|s| !s.can_end(&top)));
+		assert!(complete(&top, r#""ab""#) && complete(&top, r#" "ab""#));
+		assert!(run(&top, br#""abc"#).is_none());
+		// The mask, walked or not, allows what trying each token allows, inside the value
+		// and across its end.
+		let bytes = TokenBytes::new(
+			[
+				r#"""#,
+				r#""A"#,
+				"AB",
+				"C-",
+				"-1",
+				"12",
+				r#"2""#,
+				r#"2","#,
+				r#"", "name"#,
+				"a",
+				"é",
+				" ",
+			]
+			.iter()
+			.map(|t| t.as_bytes()),
+		);
+		for text in [
+			r#"{"code": "#,
+			r#"{"code": "AB"#,
+			r#"{"code": "ABC-1"#,
+			r#"{"code": "ABC-12"#,
+			r#"{"code": "ABC-12""#,
+		] {
+			let state = run(&g, text.as_bytes()).unwrap();
+			assert_eq!(
+				state.allowed_tokens(&g, &bytes, None),
+				state.allowed_tokens_each(&g, &bytes, None),
+				"{text}"
+			);
+		}
+		let state = run(&g, br#"{"code": "ABC-1"#).unwrap();
+		let allowed = state.allowed_tokens(&g, &bytes, None);
+		let ids: Vec<usize> = (0..allowed.len()).filter(|&i| allowed[i]).collect();
+		assert_eq!(ids, [6, 7], "12 is a digit too many; 2\" and 2\", close the value");
+	}
+
+	/// Integers between bounds (inclusive, exclusive, draft 4's booleans, bounds that are not
+	/// integers), in an object and alone.
+	#[test]
+	fn integers_keep_their_bounds() {
+		let schema = json!({"type": "object", "properties": {
+				"age": {"type": "integer", "minimum": 0, "maximum": 120},
+				"above": {"type": "integer", "exclusiveMinimum": 0.5},
+				"below": {"type": ["integer", "null"], "maximum": -10, "exclusiveMaximum": true}},
+			"required": ["age", "above", "below"]});
+		let g = JsonGrammar::from_schema(&schema).unwrap();
+		let doc = |age: &str, above: &str, below: &str| {
+			format!(r#"{{"age": {age}, "above": {above}, "below":{below} }}"#)
+		};
+		for (age, above, below) in
+			[("0", "1", "-11"), ("120", "99999999999", "null"), ("7", "2", "-100")]
+		{
+			assert!(complete(&g, &doc(age, above, below)), "{age} {above} {below}");
+		}
+		for (age, above, below) in [
+			("121", "1", "-11"),
+			("-1", "1", "-11"),
+			("007", "1", "-11"),
+			("1.5", "1", "-11"),
+			("1", "0", "-11"),
+			("1", "1", "-10"),
+			("1", "1", "-9"),
+		] {
+			let text = doc(age, above, below);
+			assert!(run(&g, text.as_bytes()).is_none(), "{text}");
+		}
+		// The mask, from inside a value and from a whole one, against trying each token.
+		let bytes = TokenBytes::new(
+			["0", "00", "1", "12", ",", ", ", " ", "}", "0,", "5}", r#""above""#, "0 ", "x"]
+				.iter()
+				.map(|t| t.as_bytes()),
+		);
+		for text in [r#"{"age": "#, r#"{"age": 1"#, r#"{"age": 12"#, r#"{"age": 120"#] {
+			let state = run(&g, text.as_bytes()).unwrap();
+			let allowed = state.allowed_tokens(&g, &bytes, None);
+			assert_eq!(allowed, state.allowed_tokens_each(&g, &bytes, None), "{text}");
+			assert!(allowed.contains(&true), "{text}");
+		}
+		let top = JsonGrammar::from_schema(&json!({"type": "integer", "minimum": 10})).unwrap();
+		assert!(run(&top, b"1").is_some_and(|s| !s.can_end(&top)), "10 or more may follow");
+		assert!(complete(&top, "10") && complete(&top, " 12345") && !complete(&top, "9"));
+	}
+
 	#[test]
 	fn schemas_it_cannot_hold_to_are_refused_with_the_reason() {
 		for (schema, says) in [
-			(json!({"type": "string", "pattern": "^a$"}), "pattern is not served"),
-			(json!({"type": "integer", "minimum": 0}), "minimum is not served"),
+			(
+				json!({"type": "string", "pattern": "a", "maxLength": 3}),
+				"pattern beside minLength or maxLength",
+			),
+			(json!({"type": "string", "pattern": "a^b"}), "#: pattern: ^ is served only"),
+			(json!({"type": "string", "pattern": 3}), "pattern is a string"),
+			(json!({"type": "string", "minLength": 3, "maxLength": 2}), "minLength 3 is more"),
+			(json!({"type": "string", "minLength": -1}), "minLength is a count"),
+			(json!({"type": "number", "minimum": 0}), "minimum on a number is not served"),
+			(json!({"exclusiveMaximum": 1}), "exclusiveMaximum on a number is not served"),
+			(json!({"type": "integer", "minimum": "0"}), "minimum is a number"),
+			(json!({"type": "integer", "maximum": 1e40}), "beyond"),
+			(json!({"type": "integer", "minimum": 3, "maximum": 2}), "no integer"),
+			(json!({"type": "integer", "exclusiveMinimum": 2, "maximum": 2}), "no integer"),
+			(json!({"type": "integer", "multipleOf": 2}), "multipleOf is not served"),
 			(json!({"anyOf": [{"type": "object"}, {"type": "object"}]}), "'{'"),
 			(json!({"type": ["integer", "number"]}), "start with"),
 			(json!({"type": "date"}), "unknown type"),

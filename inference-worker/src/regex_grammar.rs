@@ -9,8 +9,9 @@
 //! end only where the automaton accepts, and a token whose bytes would take it where nothing
 //! can match any more is masked. Multi-byte characters split over tokens are followed byte by
 //! byte. What the automaton cannot do is refused when the expression is compiled, not
-//! ignored: look-around, backreferences, Unicode word boundaries (`(?-u:\b)` is served), and
-//! expressions whose automaton would be larger than [`MAX_DFA_BYTES`].
+//! ignored: look-around, backreferences, Unicode word boundaries (`(?-u:\b)` is served),
+//! expressions that match no text, and expressions whose automaton would be larger than
+//! [`MAX_DFA_BYTES`].
 //!
 //! The tokens allowed from a state are found by walking the vocabulary's byte trie
 //! ([`crate::tokenizer::TokenTrie`]) with the automaton, or token by token from a state that
@@ -28,12 +29,15 @@ use regex_automata::{
 	util::{primitives::StateID, start},
 	Anchored, MatchKind,
 };
+use regex_syntax::hir::Hir;
 
 use crate::tokenizer::TokenBytes;
 
-/// The longest expression taken, in bytes.
-pub const MAX_PATTERN_BYTES: usize = 16 * 1024;
-/// The most memory an expression's automaton (and its making) may take.
+/// The longest expression taken, in bytes (a parsed expression's classes take memory before
+/// any limit of the automaton applies: `\pL` is some 700 ranges).
+pub const MAX_PATTERN_BYTES: usize = 4 * 1024;
+/// The most memory each stage of an expression's compiling may take: its NFA, the making of
+/// its DFA, and the DFA.
 pub const MAX_DFA_BYTES: usize = 16 * 1024 * 1024;
 /// How many of the 256 bytes may follow a state before its mask is found token by token
 /// rather than by walking the vocabulary's trie.
@@ -69,7 +73,7 @@ impl PartialEq for RegexGrammar {
 }
 
 /// How far into a [`RegexGrammar`] the output is: the automaton's state after its bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RegexState(StateID);
 
 impl RegexGrammar {
@@ -82,6 +86,20 @@ impl RegexGrammar {
 				pattern.len()
 			));
 		}
+		let hir = regex_syntax::parse(pattern).map_err(|e| e.to_string())?;
+		Self::from_hir(pattern, &hir)
+	}
+
+	/// Compiles `hir` (an expression parsed, or built: [`crate::json_mode`]'s strings), known
+	/// as `pattern`; an error says why it cannot be served.
+	pub fn from_hir(pattern: &str, hir: &Hir) -> Result<Self, String> {
+		let nfa = thompson::Compiler::new()
+			.configure(thompson::Config::new().nfa_size_limit(Some(MAX_DFA_BYTES)))
+			.build_from_hir(hir)
+			.map_err(|e| match e.size_limit() {
+				Some(_) => too_large(),
+				None => deepest_cause(&e),
+			})?;
 		let dfa = dense::Builder::new()
 			.configure(
 				dense::Config::new()
@@ -90,14 +108,21 @@ impl RegexGrammar {
 					.dfa_size_limit(Some(MAX_DFA_BYTES))
 					.determinize_size_limit(Some(MAX_DFA_BYTES)),
 			)
-			.thompson(thompson::Config::new().nfa_size_limit(Some(MAX_DFA_BYTES)))
-			.build(pattern)
-			.map_err(|e| describe(&e))?;
+			.build_from_nfa(&nfa)
+			.map_err(|e| match e.is_size_limit_exceeded() {
+				true => too_large(),
+				false => deepest_cause(&e),
+			})?;
 		let start = dfa
 			.start_state(&start::Config::new().anchored(Anchored::Yes))
 			.map_err(|e| e.to_string())?;
 		let live = live_states(&dfa, start);
-		Ok(Self { pattern: pattern.into(), dfa, start, live, masks: Mutex::new(HashMap::new()) })
+		let grammar =
+			Self { pattern: pattern.into(), dfa, start, live, masks: Mutex::new(HashMap::new()) };
+		if !grammar.live(start) {
+			return Err("the expression matches no text".into());
+		}
+		Ok(grammar)
 	}
 
 	/// Whether some continuation of the output at `state`, maybe none, matches.
@@ -143,8 +168,9 @@ impl RegexGrammar {
 		eos: Option<u32>,
 	) -> Vec<bool> {
 		let mask = self.mask(state.0, token_bytes);
-		let mut allowed: Vec<bool> =
-			(0..token_bytes.len()).map(|id| mask[id / 64] >> (id % 64) & 1 == 1).collect();
+		let mut allowed: Vec<bool> = (0..token_bytes.len())
+			.map(|id| mask.get(id / 64).is_some_and(|word| word >> (id % 64) & 1 == 1))
+			.collect();
 		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
 			*slot = self.can_end(state);
 		}
@@ -162,6 +188,19 @@ impl RegexGrammar {
 		if let Some(mask) = masks().get(&state) {
 			return mask.clone();
 		}
+		let following = (0..=255u8).filter(|&b| self.step(state, b).is_some()).count();
+		let mask: Arc<[u64]> =
+			self.find_mask(state, token_bytes, following <= WIDE_STATE_BYTES).into();
+		let mut masks = masks();
+		if masks.len() < MAX_CACHED_MASKS {
+			masks.insert(state, mask.clone());
+		}
+		mask
+	}
+
+	/// The tokens that may come next from `state`, a bit each: found by a walk of the
+	/// vocabulary's trie if `by_trie`, or token by token.
+	fn find_mask(&self, state: StateID, token_bytes: &TokenBytes, by_trie: bool) -> Vec<u64> {
 		let len = token_bytes.len();
 		let mut mask = vec![0u64; len.div_ceil(64)];
 		let set = |mask: &mut [u64], id: usize| {
@@ -169,8 +208,7 @@ impl RegexGrammar {
 				*word |= 1 << (id % 64);
 			}
 		};
-		let following = (0..=255u8).filter(|&b| self.step(state, b).is_some()).count();
-		if following > WIDE_STATE_BYTES {
+		if !by_trie {
 			for id in 0..len {
 				let bytes = token_bytes.get(id).unwrap_or_default();
 				if !bytes.is_empty() && self.accepts(RegexState(state), bytes).is_some() {
@@ -191,11 +229,6 @@ impl RegexGrammar {
 					}
 				}
 			}
-		}
-		let mask: Arc<[u64]> = mask.into();
-		let mut masks = masks();
-		if masks.len() < MAX_CACHED_MASKS {
-			masks.insert(state, mask.clone());
 		}
 		mask
 	}
@@ -224,14 +257,19 @@ impl RegexGrammar {
 /// By state (its id shifted right by the automaton's `stride2`), whether some continuation of
 /// the output from it, maybe none, matches the whole expression: the states reached from
 /// `start`, walked once with a byte of each class, then marked back from those where the
-/// output may end.
+/// output may end. Flat arrays only (the edges back in one list, by state), so that the marks
+/// take memory of the order of the automaton's own.
 fn live_states(dfa: &dense::DFA<Vec<u32>>, start: StateID) -> Vec<bool> {
+	let stride2 = dfa.stride2();
+	let index = |state: StateID| state.as_usize() >> stride2;
 	let bytes: Vec<u8> =
 		dfa.byte_classes().representatives(0..=255).filter_map(|unit| unit.as_u8()).collect();
-	let mut index: HashMap<StateID, u32> = HashMap::from([(start, 0)]);
+	// The states reached, in order, and each one's place in that order (by index).
 	let mut states = vec![start];
-	// Per state (in `states`), the states with an edge to it.
-	let mut before: Vec<Vec<u32>> = vec![Vec::new()];
+	let mut order = vec![u32::MAX; index(start) + 1];
+	order[index(start)] = 0;
+	// Each edge between states reached, as (from, to) places.
+	let mut edges: Vec<(u32, u32)> = Vec::new();
 	let mut at = 0;
 	while let Some(&state) = states.get(at) {
 		for &b in &bytes {
@@ -239,54 +277,69 @@ fn live_states(dfa: &dense::DFA<Vec<u32>>, start: StateID) -> Vec<bool> {
 			if dfa.is_dead_state(next) || dfa.is_quit_state(next) {
 				continue;
 			}
-			let known = *index.entry(next).or_insert_with(|| {
+			let i = index(next);
+			if i >= order.len() {
+				order.resize(i + 1, u32::MAX);
+			}
+			if order[i] == u32::MAX {
+				order[i] = states.len() as u32;
 				states.push(next);
-				before.push(Vec::new());
-				(states.len() - 1) as u32
-			});
-			before[known as usize].push(at as u32);
+			}
+			edges.push((at as u32, order[i]));
 		}
 		at += 1;
 	}
+	// The edges into each state, by its place: `into[starts[p]..starts[p + 1]]`.
+	let mut starts = vec![0u32; states.len() + 1];
+	for &(_, to) in &edges {
+		starts[to as usize + 1] += 1;
+	}
+	for p in 0..states.len() {
+		starts[p + 1] += starts[p];
+	}
+	let mut filled = starts.clone();
+	let mut into = vec![0u32; edges.len()];
+	for &(from, to) in &edges {
+		into[filled[to as usize] as usize] = from;
+		filled[to as usize] += 1;
+	}
+	drop(edges);
 	let mut live = vec![false; states.len()];
 	let mut queue: Vec<u32> = (0..states.len() as u32)
-		.filter(|&i| dfa.is_match_state(dfa.next_eoi_state(states[i as usize])))
+		.filter(|&p| dfa.is_match_state(dfa.next_eoi_state(states[p as usize])))
 		.collect();
-	for &i in &queue {
-		live[i as usize] = true;
+	for &p in &queue {
+		live[p as usize] = true;
 	}
-	while let Some(i) = queue.pop() {
-		for &from in &before[i as usize] {
-			if !std::mem::replace(&mut live[from as usize], true) {
-				queue.push(from);
+	while let Some(p) = queue.pop() {
+		let (from, to) = (starts[p as usize] as usize, starts[p as usize + 1] as usize);
+		for &before in &into[from..to] {
+			if !std::mem::replace(&mut live[before as usize], true) {
+				queue.push(before);
 			}
 		}
 	}
-	let stride2 = dfa.stride2();
-	let len = states.iter().map(|s| (s.as_usize() >> stride2) + 1).max().unwrap_or(0);
-	let mut by_id = vec![false; len];
-	for (state, live) in states.iter().zip(live) {
-		by_id[state.as_usize() >> stride2] = live;
-	}
-	by_id
+	order.iter().map(|&p| p != u32::MAX && live[p as usize]).collect()
 }
 
-/// A build error as its deepest cause says it: the syntax error's own (with the expression
-/// and a caret), or what the automaton cannot do (the causes above it only say which step of
-/// the building failed); an automaton too large, with what makes it smaller.
-fn describe(error: &dense::BuildError) -> String {
-	if error.is_size_limit_exceeded() {
-		return format!(
-			"its automaton would take more than {} MiB (narrower classes, such as [a-z] for \\w, \
-			 or fewer repetitions make it smaller)",
-			MAX_DFA_BYTES >> 20
-		);
-	}
-	let mut deepest: &dyn std::error::Error = error;
+/// An error as its deepest cause says it: the syntax error's own (with the expression and a
+/// caret), or what the automaton cannot do (the causes above it only say which step of the
+/// building failed).
+fn deepest_cause(error: &(dyn std::error::Error + 'static)) -> String {
+	let mut deepest = error;
 	while let Some(cause) = deepest.source() {
 		deepest = cause;
 	}
 	deepest.to_string()
+}
+
+/// An automaton past [`MAX_DFA_BYTES`], with what makes it smaller.
+fn too_large() -> String {
+	format!(
+		"its automaton would take more than {} MiB (narrower classes, such as [a-z] for \\w, or \
+		 fewer repetitions make it smaller)",
+		MAX_DFA_BYTES >> 20
+	)
 }
 
 #[cfg(test)]
@@ -304,6 +357,33 @@ mod tests {
 		tokens.push("日".as_bytes()[..2].to_vec());
 		tokens.push(Vec::new());
 		TokenBytes::new(tokens)
+	}
+
+	/// The shortest text (of characters of a small alphabet) that takes `state` to a match,
+	/// found breadth first; panics if there is none within 40 characters.
+	fn shortest_way_to_a_match(grammar: &RegexGrammar, state: RegexState) -> String {
+		let alphabet: Vec<char> = "0123456789-.@abcdegimoqrsyzéYESNon日本\n ".chars().collect();
+		let mut seen = std::collections::HashSet::from([state]);
+		let mut layer = vec![(state, String::new())];
+		for _ in 0..40 {
+			let mut next = Vec::new();
+			for (state, text) in layer {
+				if grammar.can_end(state) {
+					return text;
+				}
+				for &c in &alphabet {
+					let mut buffer = [0; 4];
+					let bytes = c.encode_utf8(&mut buffer).as_bytes();
+					if let Some(after) = grammar.accepts(state, bytes) {
+						if seen.insert(after) {
+							next.push((after, format!("{text}{c}")));
+						}
+					}
+				}
+			}
+			layer = next;
+		}
+		panic!("no match within 40 characters of {:?}", grammar.pattern());
 	}
 
 	/// The state after `text`, which must be on the expression.
@@ -380,7 +460,12 @@ mod tests {
 				let whole = full.is_match(&text);
 				match grammar.accepts(grammar.start(), text.as_bytes()) {
 					Some(state) => {
-						assert_eq!(grammar.can_end(state), whole, "{pattern:?} {text:?}")
+						assert_eq!(grammar.can_end(state), whole, "{pattern:?} {text:?}");
+						// A match can still be reached from there: the shortest way on that
+						// the automaton finds is one by the regex crate too.
+						let rest = shortest_way_to_a_match(&grammar, state);
+						let completed = format!("{text}{rest}");
+						assert!(full.is_match(&completed), "{pattern:?}: {completed:?}");
 					}
 					None => assert!(!whole, "{pattern:?} refused {text:?}, a match"),
 				}
@@ -439,6 +524,12 @@ mod tests {
 				let walked = grammar.allowed_tokens(state, &vocabulary, eos);
 				let each = grammar.allowed_tokens_each(state, &vocabulary, eos);
 				assert_eq!(walked, each, "{pattern:?} after {text:?}");
+				// Both ways of finding a mask, whichever the state would take.
+				assert_eq!(
+					grammar.find_mask(state.0, &vocabulary, true),
+					grammar.find_mask(state.0, &vocabulary, false),
+					"{pattern:?} after {text:?}"
+				);
 				assert_eq!(walked[end as usize], grammar.can_end(state));
 			}
 		}
@@ -460,6 +551,10 @@ mod tests {
 		let error = RegexGrammar::new(r"\bword\b").unwrap_err();
 		assert!(error.contains("Unicode word boundaries"), "{error}");
 		assert!(RegexGrammar::new(r"(?-u:\b)word(?-u:\b)").is_ok());
+		for never in [r"[^\s\S]", r"a$b", r"x(?-u:\b)y"] {
+			let error = RegexGrammar::new(never).unwrap_err();
+			assert!(error.contains("matches no text"), "{never:?}: {error}");
+		}
 		let error = RegexGrammar::new(&"a".repeat(MAX_PATTERN_BYTES + 1)).unwrap_err();
 		assert!(error.contains("at most"), "{error}");
 		// An automaton past the size limit: a class of all characters, many times over.

@@ -1,0 +1,433 @@
+//! JSON schema strings with `minLength`, `maxLength` or `pattern`, and integers with bounds
+//! (`minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`), as regular expressions over
+//! the value's JSON text, a string's quotes included ([`RegexGrammar`]s that
+//! [`crate::json_mode`] holds such a value to).
+//!
+//! - A length counts the value's characters (code points), each written as it is or as one
+//!   JSON escape; a `\u` escape is one character, so a character past U+FFFF written as a pair
+//!   of them counts two.
+//! - A `pattern` is matched by the whole value, as vLLM's structured output matches it: `^` and
+//!   `$` at its ends are the value's ends. JSON Schema's `pattern` searches the value, so each
+//!   value made matches it there too (one that only contains a match is not made). Characters
+//!   are written as they are, but those JSON must escape (`"`, `\`, control characters), which
+//!   are written as JSON escapes them (`\"`, `\n`, `\u0001`). Anchors elsewhere than at the
+//!   ends, word boundaries and byte classes beyond ASCII are refused, as is `pattern` beside a
+//!   length (the automaton cannot hold both).
+//! - An integer between bounds is written as JSON writes integers (no leading zeros, no `-0`),
+//!   digit by digit within them: the expression is the classic one of a range of numbers, a
+//!   branch per count of digits and per leading digit.
+
+use regex_syntax::hir::{Class, ClassUnicode, ClassUnicodeRange, Hir, HirKind, Look, Repetition};
+
+use crate::regex_grammar::RegexGrammar;
+
+/// The characters JSON writes only escaped: `"`, `\` and the control characters.
+fn escaped_only() -> ClassUnicode {
+	ClassUnicode::new([
+		ClassUnicodeRange::new('\0', '\u{1f}'),
+		ClassUnicodeRange::new('"', '"'),
+		ClassUnicodeRange::new('\\', '\\'),
+	])
+}
+
+/// `c` as JSON writes it in a string.
+fn escape(c: char) -> String {
+	match c {
+		'"' => "\\\"".into(),
+		'\\' => "\\\\".into(),
+		'\n' => "\\n".into(),
+		'\r' => "\\r".into(),
+		'\t' => "\\t".into(),
+		'\u{8}' => "\\b".into(),
+		'\u{c}' => "\\f".into(),
+		c if c < ' ' => format!("\\u{:04x}", c as u32),
+		c => c.into(),
+	}
+}
+
+/// One character of a JSON string's text: written as it is, or as any JSON escape.
+fn any_character() -> Hir {
+	let mut plain = ClassUnicode::new([ClassUnicodeRange::new('\0', char::MAX)]);
+	plain.difference(&escaped_only());
+	let hex = ClassUnicode::new([
+		ClassUnicodeRange::new('0', '9'),
+		ClassUnicodeRange::new('a', 'f'),
+		ClassUnicodeRange::new('A', 'F'),
+	]);
+	let short = "\"\\/bfnrt".chars().map(|c| ClassUnicodeRange::new(c, c));
+	Hir::alternation(vec![
+		Hir::class(Class::Unicode(plain)),
+		Hir::concat(vec![
+			Hir::literal(*b"\\"),
+			Hir::class(Class::Unicode(ClassUnicode::new(short))),
+		]),
+		Hir::concat(vec![
+			Hir::literal(*b"\\u"),
+			Hir::repetition(Repetition {
+				min: 4,
+				max: Some(4),
+				greedy: true,
+				sub: Box::new(Hir::class(Class::Unicode(hex))),
+			}),
+		]),
+	])
+}
+
+/// `inner` between quotes.
+fn quoted(inner: Hir) -> Hir {
+	Hir::concat(vec![Hir::literal(*b"\""), inner, Hir::literal(*b"\"")])
+}
+
+/// A JSON string of `min` to `max` characters (any number from `min` without `max`).
+pub fn with_length(min: u32, max: Option<u32>) -> Result<RegexGrammar, String> {
+	let characters =
+		Hir::repetition(Repetition { min, max, greedy: true, sub: Box::new(any_character()) });
+	let hir = quoted(characters);
+	RegexGrammar::from_hir(&hir.to_string(), &hir)
+}
+
+/// A JSON string whose value matches `pattern` whole (see the module documentation).
+pub fn matching(pattern: &str) -> Result<RegexGrammar, String> {
+	if pattern.len() > crate::regex_grammar::MAX_PATTERN_BYTES {
+		return Err(format!(
+			"the pattern is {} bytes; at most {} are taken",
+			pattern.len(),
+			crate::regex_grammar::MAX_PATTERN_BYTES
+		));
+	}
+	let hir = regex_syntax::parse(pattern).map_err(|e| e.to_string())?;
+	let hir = quoted(as_json_text(&strip_anchors(hir))?);
+	RegexGrammar::from_hir(&hir.to_string(), &hir)
+}
+
+/// A digit from `lo` to `hi` (ASCII digits).
+fn digits(lo: u8, hi: u8) -> Hir {
+	Hir::class(Class::Unicode(ClassUnicode::new([ClassUnicodeRange::new(
+		char::from(lo),
+		char::from(hi),
+	)])))
+}
+
+/// `n` digits, each any.
+fn any_digits(n: usize) -> Hir {
+	let n = u32::try_from(n).unwrap_or(u32::MAX);
+	Hir::repetition(Repetition {
+		min: n,
+		max: Some(n),
+		greedy: true,
+		sub: Box::new(digits(b'0', b'9')),
+	})
+}
+
+/// The numbers from `lo` to `hi`, both written with the same count of digits (ASCII, leading
+/// zeros kept: the caller's count says where they go), `lo <= hi`.
+fn same_length(lo: &[u8], hi: &[u8]) -> Hir {
+	if lo.iter().all(|&d| d == b'0') && hi.iter().all(|&d| d == b'9') {
+		return any_digits(lo.len());
+	}
+	match (lo.split_first(), hi.split_first()) {
+		(Some((&l, lo_rest)), Some((&h, hi_rest))) if l == h => {
+			Hir::concat(vec![Hir::literal([l]), same_length(lo_rest, hi_rest)])
+		}
+		(Some((&l, lo_rest)), Some((&h, hi_rest))) => {
+			let nines = vec![b'9'; lo_rest.len()];
+			let zeros = vec![b'0'; hi_rest.len()];
+			let mut branches =
+				vec![Hir::concat(vec![Hir::literal([l]), same_length(lo_rest, &nines)])];
+			if l + 1 < h {
+				branches.push(Hir::concat(vec![digits(l + 1, h - 1), any_digits(lo_rest.len())]));
+			}
+			branches.push(Hir::concat(vec![Hir::literal([h]), same_length(&zeros, hi_rest)]));
+			Hir::alternation(branches)
+		}
+		_ => Hir::empty(),
+	}
+}
+
+/// The integers from `lo` (at least 0) to `hi` (none: no end), as JSON writes them.
+fn naturals(lo: u128, hi: Option<u128>) -> Hir {
+	let lo_text = lo.to_string();
+	let mut branches = Vec::new();
+	// A branch for each count of digits, from `lo`'s to `hi`'s.
+	let mut length = lo_text.len();
+	loop {
+		let first = if length == 1 { 0 } else { 10u128.pow(length as u32 - 1) };
+		let last = 10u128.saturating_pow(length as u32).saturating_sub(1);
+		let from = lo.max(first);
+		match hi {
+			Some(hi) if hi < from => break,
+			Some(hi) => {
+				let to = hi.min(last);
+				branches.push(same_length(from.to_string().as_bytes(), to.to_string().as_bytes()));
+				if to == hi {
+					break;
+				}
+			}
+			None => {
+				branches
+					.push(same_length(from.to_string().as_bytes(), last.to_string().as_bytes()));
+				// Every longer number: a leading digit other than 0, then as many as any.
+				branches.push(Hir::concat(vec![
+					digits(b'1', b'9'),
+					Hir::repetition(Repetition {
+						min: length as u32,
+						max: None,
+						greedy: true,
+						sub: Box::new(digits(b'0', b'9')),
+					}),
+				]));
+				break;
+			}
+		}
+		length += 1;
+	}
+	Hir::alternation(branches)
+}
+
+/// The integers from `lo` to `hi` (none: no bound that side), as JSON writes them.
+pub fn integer_between(lo: Option<i128>, hi: Option<i128>) -> Result<RegexGrammar, String> {
+	if let (Some(lo), Some(hi)) = (lo, hi) {
+		if lo > hi {
+			return Err(format!("no integer is at least {lo} and at most {hi}"));
+		}
+	}
+	let mut branches = Vec::new();
+	// Zero and above.
+	if hi.is_none_or(|hi| hi >= 0) {
+		let from = lo.map_or(0, |lo| lo.max(0).unsigned_abs());
+		branches.push(naturals(from, hi.map(i128::unsigned_abs)));
+	}
+	// Below zero: a minus, then the magnitudes from the bound nearer zero.
+	if lo.is_none_or(|lo| lo < 0) {
+		let nearest = hi.map_or(1, |hi| hi.min(-1).unsigned_abs());
+		let farthest = lo.map(i128::unsigned_abs);
+		branches.push(Hir::concat(vec![Hir::literal(*b"-"), naturals(nearest, farthest)]));
+	}
+	let hir = Hir::alternation(branches);
+	RegexGrammar::from_hir(&hir.to_string(), &hir)
+}
+
+/// Whether `hir` is `^` (at the start of a line or of the text: at the start of the value,
+/// they are the same).
+fn is_start(hir: &Hir) -> bool {
+	matches!(hir.kind(), HirKind::Look(Look::Start | Look::StartLF | Look::StartCRLF))
+}
+
+/// Whether `hir` is `$` (at the end of a line or of the text).
+fn is_end(hir: &Hir) -> bool {
+	matches!(hir.kind(), HirKind::Look(Look::End | Look::EndLF | Look::EndCRLF))
+}
+
+/// `hir` without the anchors at its ends: the leading `^` and trailing `$` of it, of each of
+/// its alternatives, and of a group that is the whole of either.
+fn strip_anchors(hir: Hir) -> Hir {
+	if is_start(&hir) || is_end(&hir) {
+		return Hir::empty();
+	}
+	match hir.into_kind() {
+		HirKind::Concat(mut parts) => {
+			while parts.first().is_some_and(is_start) {
+				parts.remove(0);
+			}
+			while parts.last().is_some_and(is_end) {
+				parts.pop();
+			}
+			match parts.len() {
+				1 => strip_anchors(parts.remove(0)),
+				_ => Hir::concat(parts),
+			}
+		}
+		HirKind::Alternation(branches) => {
+			Hir::alternation(branches.into_iter().map(strip_anchors).collect())
+		}
+		HirKind::Capture(capture) => strip_anchors(*capture.sub),
+		kind => rebuild(kind),
+	}
+}
+
+/// The expression of `kind`, whole again.
+fn rebuild(kind: HirKind) -> Hir {
+	match kind {
+		HirKind::Empty => Hir::empty(),
+		HirKind::Literal(literal) => Hir::literal(literal.0),
+		HirKind::Class(class) => Hir::class(class),
+		HirKind::Look(look) => Hir::look(look),
+		HirKind::Repetition(repetition) => Hir::repetition(repetition),
+		HirKind::Capture(capture) => Hir::capture(capture),
+		HirKind::Concat(parts) => Hir::concat(parts),
+		HirKind::Alternation(branches) => Hir::alternation(branches),
+	}
+}
+
+/// `hir`, which matches values, as the expression that matches their JSON text (between the
+/// quotes): the characters JSON must escape are matched escaped.
+fn as_json_text(hir: &Hir) -> Result<Hir, String> {
+	Ok(match hir.kind() {
+		HirKind::Empty => Hir::empty(),
+		HirKind::Literal(literal) => {
+			let text = std::str::from_utf8(&literal.0)
+				.map_err(|_| "a pattern that matches bytes that are not UTF-8 is not served")?;
+			Hir::literal(text.chars().map(escape).collect::<String>().into_bytes())
+		}
+		HirKind::Class(Class::Unicode(class)) => escaped_class(class),
+		HirKind::Class(Class::Bytes(class)) => escaped_class(
+			&class
+				.to_unicode_class()
+				.ok_or("a pattern's byte class beyond ASCII ((?-u:...)) is not served")?,
+		),
+		HirKind::Look(_) if is_start(hir) || is_end(hir) => {
+			return Err(format!(
+				"{} is served only at the pattern's ends (the value's ends)",
+				if is_start(hir) { "^" } else { "$" }
+			));
+		}
+		HirKind::Look(_) => return Err("word boundaries in a pattern are not served".into()),
+		HirKind::Repetition(repetition) => Hir::repetition(Repetition {
+			sub: Box::new(as_json_text(&repetition.sub)?),
+			..repetition.clone()
+		}),
+		HirKind::Capture(capture) => as_json_text(&capture.sub)?,
+		HirKind::Concat(parts) => {
+			Hir::concat(parts.iter().map(as_json_text).collect::<Result<_, _>>()?)
+		}
+		HirKind::Alternation(branches) => {
+			Hir::alternation(branches.iter().map(as_json_text).collect::<Result<_, _>>()?)
+		}
+	})
+}
+
+/// The characters of `class` as JSON writes them: the plain ones as a class, each of those it
+/// escapes as its escape.
+fn escaped_class(class: &ClassUnicode) -> Hir {
+	let mut plain = class.clone();
+	plain.difference(&escaped_only());
+	let mut special = class.clone();
+	special.intersect(&escaped_only());
+	let mut branches = vec![Hir::class(Class::Unicode(plain))];
+	for range in special.ranges() {
+		for c in range.start()..=range.end() {
+			branches.push(Hir::literal(escape(c).into_bytes()));
+		}
+	}
+	Hir::alternation(branches)
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	/// Whether `grammar` takes `text` whole.
+	fn takes(grammar: &RegexGrammar, text: &str) -> bool {
+		grammar.accepts(grammar.start(), text.as_bytes()).is_some_and(|s| grammar.can_end(s))
+	}
+
+	/// The JSON text of the string `value`, as serde_json writes it.
+	fn json(value: &str) -> String {
+		serde_json::to_string(value).unwrap()
+	}
+
+	#[test]
+	fn lengths_count_characters_written_plain_or_escaped() {
+		let two_to_four = with_length(2, Some(4)).unwrap();
+		for value in ["ab", "abcd", "é日", "a\"", "\n\t", "😀😀"] {
+			assert!(takes(&two_to_four, &json(value)), "{value:?}");
+		}
+		for value in ["", "a", "abcde", "日日日日日"] {
+			assert!(!takes(&two_to_four, &json(value)), "{value:?}");
+		}
+		// Any escape JSON has is one character, written however it may be.
+		assert!(takes(&two_to_four, r#""\u00e9\/""#));
+		assert!(!takes(&two_to_four, r#""\u00e""#), "four hex digits");
+		assert!(!takes(&two_to_four, r#""\x41b""#), "no such escape");
+		// Control characters and a lone quote or backslash are not JSON.
+		assert!(!takes(&two_to_four, "\"a\nb\""));
+		assert!(!takes(&two_to_four, r#""a\""#));
+		// Nothing after the closing quote.
+		assert_eq!(two_to_four.accepts(two_to_four.start(), br#""ab"x"#), None);
+		let at_least_one = with_length(1, None).unwrap();
+		assert!(takes(&at_least_one, &json(&"x".repeat(300))));
+		assert!(!takes(&at_least_one, "\"\""));
+	}
+
+	#[test]
+	fn a_pattern_is_matched_by_the_whole_value_written_as_json() {
+		let date = matching(r"^\d{4}-\d{2}-\d{2}$").unwrap();
+		assert!(takes(&date, r#""2026-12-07""#));
+		assert!(!takes(&date, r#""2026-12-7""#));
+		assert!(!takes(&date, r#""on 2026-12-07""#), "the whole value, not a search");
+		// Without anchors it is matched whole too.
+		let word = matching("[a-z]+").unwrap();
+		assert!(takes(&word, r#""abc""#));
+		assert!(!takes(&word, r#""abc1""#));
+		// Characters JSON escapes are matched escaped, and only so.
+		let quote = matching(r#"say "(hi|yo)"\n"#).unwrap();
+		assert!(takes(&quote, &json("say \"hi\"\n")));
+		assert!(!takes(&quote, "\"say \"hi\"\n\""));
+		let any = matching(r"(?s).{1,2}").unwrap();
+		for value in ["\"", "\\", "\u{1}", "é", "a\n", "\t\t"] {
+			assert!(takes(&any, &json(value)), "{value:?}");
+		}
+		assert!(!takes(&any, "\"\"\"\""), "an unescaped quote is not a character of the value");
+		// Alternatives and groups keep their anchors at their ends.
+		let either = matching(r"^(yes)$|^no$").unwrap();
+		assert!(takes(&either, r#""yes""#) && takes(&either, r#""no""#));
+		assert!(!takes(&either, r#""yesno""#));
+	}
+
+	/// Every integer near the bounds (and near each power of ten between), written as JSON
+	/// writes it and otherwise, is taken exactly when it lies within them.
+	#[test]
+	fn integers_are_taken_within_their_bounds_only() {
+		let bounds: [(Option<i128>, Option<i128>); 12] = [
+			(Some(0), Some(0)),
+			(Some(1), Some(5)),
+			(Some(-5), Some(5)),
+			(Some(7), Some(1234)),
+			(Some(-1234), Some(-7)),
+			(Some(99), Some(100)),
+			(Some(0), None),
+			(Some(15), None),
+			(None, Some(-3)),
+			(None, Some(250)),
+			(None, None),
+			(Some(-9_223_372_036_854_775_808), Some(9_223_372_036_854_775_807)),
+		];
+		for (lo, hi) in bounds {
+			let grammar = integer_between(lo, hi).unwrap();
+			let mut near: Vec<i128> = (-12..=12).collect();
+			for edge in [lo, hi].into_iter().flatten() {
+				near.extend(edge - 12..=edge + 12);
+			}
+			for power in 0..19 {
+				let p = 10i128.pow(power);
+				near.extend([p - 1, p, p + 1, -p - 1, -p, -p + 1]);
+			}
+			for n in near {
+				let within = lo.is_none_or(|lo| n >= lo) && hi.is_none_or(|hi| n <= hi);
+				assert_eq!(takes(&grammar, &n.to_string()), within, "{n} in {lo:?}..={hi:?}");
+			}
+			for text in ["-0", "01", "+1", "1.0", "1e2", "", "-"] {
+				assert!(!takes(&grammar, text), "{text:?} in {lo:?}..={hi:?}");
+			}
+		}
+		let error = integer_between(Some(3), Some(2)).unwrap_err();
+		assert!(error.contains("no integer"), "{error}");
+	}
+
+	#[test]
+	fn patterns_the_automaton_cannot_follow_are_refused() {
+		for (pattern, says) in [
+			(r"a^b", "^ is served only at the pattern's ends"),
+			(r"a$b", "$ is served only"),
+			(r"\bword", "word boundaries"),
+			(r"(?-u:[\x80-\xff])", "invalid UTF-8"),
+			(r"(a", "unclosed group"),
+			(r"(?=a)", "look-around"),
+		] {
+			let error = matching(pattern).unwrap_err();
+			assert!(error.contains(says), "{pattern:?}: {error}");
+		}
+		let error = with_length(0, Some(1_000_000)).unwrap_err();
+		assert!(error.contains("more than 16 MiB"), "{error}");
+	}
+}
