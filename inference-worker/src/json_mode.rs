@@ -7,15 +7,16 @@
 //! keys in any order, the required ones before the object may close; arrays with their items
 //! and `minItems`/`maxItems`; strings; numbers and integers; booleans; null; `enum` and
 //! `const`; strings with `minLength`, `maxLength` or a `pattern` (matched by the whole value),
-//! held to a regular expression over their JSON text ([`crate::json_text`]);
+//! integers between bounds and numbers between bounds that are integers, each held to a
+//! regular expression over its JSON text ([`crate::json_text`]);
 //! `anyOf`/`oneOf` and lists of types whose alternatives start with different bytes,
 //! or are objects told apart by a discriminator (a property each requires, whose value is a
 //! constant string of its own: written first, it says which object follows); local `$ref`s,
 //! recursive ones included). [`JsonGrammar::choice`] is one of several texts exactly, not
 //! JSON (vLLM's `guided_choice`). [`JsonGrammar::tool_calls`] is the grammar of OpenAI tool calls
 //! (a list of `{"name": ..., "parameters": ...}`, each tool's parameters its own schema).
-//! Keywords that would constrain what it does not enforce (`minimum`, `multipleOf`, ...) are
-//! refused rather than ignored; annotations (`title`, `description`, `format`,
+//! Keywords that would constrain what it does not enforce (`multipleOf`, `uniqueItems`, a
+//! bound that is not an integer on a number, ...) are refused rather than ignored; annotations (`title`, `description`, `format`,
 //! `default`, ...) are ignored. An object with declared properties is generated with those
 //! keys only.
 //!
@@ -81,41 +82,124 @@ const ENFORCED: [&str; 22] = [
 ];
 /// The keywords that bound a number.
 const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+/// The most memory the automata of one schema's lengths, patterns and bounds may take.
+const MAX_AUTOMATA_BYTES: usize = 64 * 1024 * 1024;
 /// The largest bound of an integer taken (either sign).
 const MAX_BOUND: f64 = 1e38;
 
-/// The least and the most an integer of `map` may be (none: no bound that side), from
-/// `minimum`, `maximum` and the exclusive ones (numbers, or draft 4's booleans beside
-/// `minimum` and `maximum`); bounds that are not integers are rounded inwards.
+/// A bound's value as a schema gives it: an integer, exactly, or another number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BoundValue {
+	Integer(i128),
+	Number(f64),
+}
+
+impl BoundValue {
+	/// The value, as near as an f64 holds it (to compare two bounds of one side).
+	fn approx(self) -> f64 {
+		match self {
+			Self::Integer(n) => n as f64,
+			Self::Number(x) => x,
+		}
+	}
+
+	/// The greatest integer at most the value.
+	fn floor(self) -> i128 {
+		match self {
+			Self::Integer(n) => n,
+			Self::Number(x) => x.floor() as i128,
+		}
+	}
+
+	/// The least integer at least the value.
+	fn ceil(self) -> i128 {
+		match self {
+			Self::Integer(n) => n,
+			Self::Number(x) => x.ceil() as i128,
+		}
+	}
+
+	/// The value, if it is an integer.
+	fn integer(self) -> Option<i128> {
+		match self {
+			Self::Integer(n) => Some(n),
+			Self::Number(x) => (x.fract() == 0.0).then_some(x as i128),
+		}
+	}
+}
+
+/// A number's bound as a schema gives it: its value, and whether the value itself is within.
+type GivenBound = (BoundValue, bool);
+
+/// The lower and upper bounds of `map`'s numbers (none: no bound that side), from `minimum`,
+/// `maximum` and the exclusive ones (numbers, or draft 4's booleans beside `minimum` and
+/// `maximum`); of two on one side, the tighter. Integers are read exactly (not through an
+/// f64, which holds them only to 2^53).
+fn bounds(
+	map: &serde_json::Map<String, Value>,
+	at: &str,
+) -> Result<(Option<GivenBound>, Option<GivenBound>), String> {
+	let number = |key: &str| match map.get(key) {
+		None | Some(Value::Bool(_)) => Ok(None),
+		Some(value) => {
+			let integer = value.as_i64().map(i128::from).or(value.as_u64().map(i128::from));
+			match (integer, value.as_f64()) {
+				(Some(n), _) => Ok(Some(BoundValue::Integer(n))),
+				(None, Some(x)) if x.abs() <= MAX_BOUND => Ok(Some(BoundValue::Number(x))),
+				(None, Some(_)) => Err(format!("{at}: {key} beyond ±{MAX_BOUND:e} is not served")),
+				(None, None) => Err(format!("{at}: {key} is a number")),
+			}
+		}
+	};
+	let within = |key: &str| map.get(key) != Some(&Value::Bool(true));
+	let minimum = number("minimum")?.map(|x| (x, within("exclusiveMinimum")));
+	let maximum = number("maximum")?.map(|x| (x, within("exclusiveMaximum")));
+	let lo = match (minimum, number("exclusiveMinimum")?) {
+		(Some((m, within)), Some(e)) => {
+			Some(if e.approx() >= m.approx() { (e, false) } else { (m, within) })
+		}
+		(Some(m), None) => Some(m),
+		(None, e) => e.map(|e| (e, false)),
+	};
+	let hi = match (maximum, number("exclusiveMaximum")?) {
+		(Some((m, within)), Some(e)) => {
+			Some(if e.approx() <= m.approx() { (e, false) } else { (m, within) })
+		}
+		(Some(m), None) => Some(m),
+		(None, e) => e.map(|e| (e, false)),
+	};
+	Ok((lo, hi))
+}
+
+/// The least and the most an integer of `map` may be (none: no bound that side): its
+/// [`bounds`], rounded inwards.
 fn integer_bounds(
 	map: &serde_json::Map<String, Value>,
 	at: &str,
 ) -> Result<(Option<i128>, Option<i128>), String> {
-	let number = |key: &str| match map.get(key) {
-		None | Some(Value::Bool(_)) => Ok(None),
-		Some(value) => match value.as_f64() {
-			Some(x) if x.abs() <= MAX_BOUND => Ok(Some(x)),
-			Some(_) => Err(format!("{at}: {key} beyond ±{MAX_BOUND:e} is not served")),
-			None => Err(format!("{at}: {key} is a number")),
+	let (lo, hi) = bounds(map, at)?;
+	let lo = lo.map(|(x, within)| if within { x.ceil() } else { x.floor() + 1 });
+	let hi = hi.map(|(x, within)| if within { x.floor() } else { x.ceil() - 1 });
+	Ok((lo, hi))
+}
+
+/// The bounds of a number of `map` (none: no bound that side), which must be integers.
+fn number_bounds(
+	map: &serde_json::Map<String, Value>,
+	at: &str,
+) -> Result<(Option<json_text::Bound>, Option<json_text::Bound>), String> {
+	let (lo, hi) = bounds(map, at)?;
+	let whole = |bound: Option<GivenBound>| match bound {
+		None => Ok(None),
+		Some((x, within)) => match x.integer() {
+			Some(n) => Ok(Some((n, within))),
+			None => Err(format!(
+				"{at}: a bound of {} on a number is not served (bounds that are integers are)",
+				x.approx()
+			)),
 		},
 	};
-	let exclusive = |key: &str| map.get(key) == Some(&Value::Bool(true));
-	let mut lo = number("minimum")?.map(|x| match exclusive("exclusiveMinimum") {
-		true => x.floor() as i128 + 1,
-		false => x.ceil() as i128,
-	});
-	let mut hi = number("maximum")?.map(|x| match exclusive("exclusiveMaximum") {
-		true => x.ceil() as i128 - 1,
-		false => x.floor() as i128,
-	});
-	if let Some(x) = number("exclusiveMinimum")? {
-		lo = lo.max(Some(x.floor() as i128 + 1));
-	}
-	if let Some(x) = number("exclusiveMaximum")? {
-		let below = x.ceil() as i128 - 1;
-		hi = Some(hi.map_or(below, |hi| hi.min(below)));
-	}
-	Ok((lo, hi))
+	Ok((whole(lo)?, whole(hi)?))
 }
 
 /// Annotations: taken and ignored (they do not constrain the value, or, as `format`, are not
@@ -364,6 +448,10 @@ struct Compiler<'a> {
 	refs: HashMap<String, NodeId>,
 	/// How deep in the schema (through `$ref`s) the compiler is.
 	depth: usize,
+	/// The [`Node::Text`] node of each expression compiled, by what it holds the value to.
+	texts: HashMap<String, NodeId>,
+	/// The memory the automata of those nodes take together.
+	automata: usize,
 }
 
 /// Whether `value` is of the JSON schema type (or one of the types) `kind`.
@@ -392,7 +480,14 @@ fn compact(value: &Value) -> Box<[u8]> {
 
 impl<'a> Compiler<'a> {
 	fn new(document: &'a Value) -> Self {
-		Self { document, nodes: base_nodes(), refs: HashMap::new(), depth: 0 }
+		Self {
+			document,
+			nodes: base_nodes(),
+			refs: HashMap::new(),
+			depth: 0,
+			texts: HashMap::new(),
+			automata: 0,
+		}
 	}
 
 	fn add(&mut self, node: Node) -> Result<NodeId, String> {
@@ -663,19 +758,17 @@ impl<'a> Compiler<'a> {
 				self.add(Node::Array { items, min, max })
 			}
 			"string" => self.string(map, at),
-			"number" => match BOUNDS.iter().find(|k| map.contains_key(**k)) {
-				None => self.add(Node::Number { integer: false }),
-				Some(bound) => Err(format!(
-					"{at}: {bound} on a number is not served (on an integer, it is: type integer)"
-				)),
+			"number" => match number_bounds(map, at)? {
+				(None, None) => self.add(Node::Number { integer: false }),
+				(lo, hi) => self.text(format!("number {lo:?} {hi:?}"), at, || {
+					json_text::number_between(lo, hi)
+				}),
 			},
 			"integer" => match integer_bounds(map, at)? {
 				(None, None) => self.add(Node::Number { integer: true }),
-				(lo, hi) => {
-					let text =
-						json_text::integer_between(lo, hi).map_err(|e| format!("{at}: {e}"))?;
-					self.add(Node::Text(Arc::new(text)))
-				}
+				(lo, hi) => self.text(format!("integer {lo:?} {hi:?}"), at, || {
+					json_text::integer_between(lo, hi)
+				}),
 			},
 			"boolean" => Ok(BOOLEAN),
 			"null" => Ok(NULL),
@@ -737,25 +830,52 @@ impl<'a> Compiler<'a> {
 				.map(Some)
 				.ok_or(format!("{at}: {key} is a count")),
 		};
-		let (min, max) = (length("minLength")?, length("maxLength")?);
-		let text = match (map.get("pattern"), min, max) {
-			(None, None, None) => return self.add(Node::String),
-			(Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-				return Err(format!("{at}: pattern beside minLength or maxLength is not served"))
-			}
+		// A least length of 0 says nothing (and so may stand beside a pattern).
+		let (min, max) = (length("minLength")?.filter(|&n| n > 0), length("maxLength")?);
+		match (map.get("pattern"), min, max) {
+			(None, None, None) => self.add(Node::String),
+			(Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(format!(
+				"{at}: pattern beside a minLength above 0 or a maxLength is not served"
+			)),
 			(Some(pattern), None, None) => {
 				let pattern = pattern.as_str().ok_or(format!("{at}: pattern is a string"))?;
-				json_text::matching(pattern).map_err(|e| format!("{at}: pattern: {e}"))?
+				self.text(format!("pattern {pattern}"), at, || {
+					json_text::matching(pattern).map_err(|e| format!("pattern: {e}"))
+				})
 			}
 			(None, min, max) => {
 				let min = min.unwrap_or(0);
 				if max.is_some_and(|max| min > max) {
 					return Err(format!("{at}: minLength {min} is more than maxLength {max:?}"));
 				}
-				json_text::with_length(min, max).map_err(|e| format!("{at}: {e}"))?
+				self.text(format!("length {min} {max:?}"), at, || json_text::with_length(min, max))
 			}
-		};
-		self.add(Node::Text(Arc::new(text)))
+		}
+	}
+
+	/// The [`Node::Text`] node of the expression `make` compiles, known by `key`: one node per
+	/// key, and at most [`MAX_AUTOMATA_BYTES`] of automata for the whole schema.
+	fn text(
+		&mut self,
+		key: String,
+		at: &str,
+		make: impl FnOnce() -> Result<RegexGrammar, String>,
+	) -> Result<NodeId, String> {
+		if let Some(&id) = self.texts.get(&key) {
+			return Ok(id);
+		}
+		let text = make().map_err(|e| format!("{at}: {e}"))?;
+		self.automata = self.automata.saturating_add(text.memory_usage());
+		if self.automata > MAX_AUTOMATA_BYTES {
+			return Err(format!(
+				"{at}: the schema's lengths, patterns and bounds take more than {} MiB of \
+				 automata",
+				MAX_AUTOMATA_BYTES >> 20
+			));
+		}
+		let id = self.add(Node::Text(Arc::new(text)))?;
+		self.texts.insert(key, id);
+		Ok(id)
 	}
 
 	/// The node a `$ref` points to: `#` or `#/$defs/NAME` (or `#/definitions/NAME`).
@@ -1848,9 +1968,72 @@ mod tests {
 			assert_eq!(allowed, state.allowed_tokens_each(&g, &bytes, None), "{text}");
 			assert!(allowed.contains(&true), "{text}");
 		}
+		// Numbers between bounds that are integers, and a bound given twice (the tighter wins).
+		let numbers = JsonGrammar::from_schema(&json!({"type": "array", "items": {
+			"type": "number", "minimum": 0, "maximum": 1, "exclusiveMaximum": 1}}))
+		.unwrap();
+		assert!(complete(&numbers, "[0, 0.5, 0.999, 0.0]"));
+		for text in ["[1]", "[1.0]", "[-0.5]", "[1.5]", "[-0]", "[0.5e1]"] {
+			assert!(run(&numbers, text.as_bytes()).is_none_or(|s| !s.can_end(&numbers)), "{text}");
+		}
+		// Integers past 2^53 are bounds exactly (an f64 would round them).
+		for (schema, within, past) in [
+			(json!({"maximum": 9_007_199_254_740_995_i64}), "9007199254740995", "9007199254740996"),
+			(json!({"minimum": u64::MAX}), "18446744073709551615", "18446744073709551614"),
+			(
+				json!({"exclusiveMaximum": i64::MIN + 1}),
+				"-9223372036854775808",
+				"-9223372036854775807",
+			),
+		] {
+			let mut schema = schema;
+			schema["type"] = json!("integer");
+			let g = JsonGrammar::from_schema(&schema).unwrap();
+			assert!(complete(&g, within) && !complete(&g, past), "{schema}");
+		}
 		let top = JsonGrammar::from_schema(&json!({"type": "integer", "minimum": 10})).unwrap();
 		assert!(run(&top, b"1").is_some_and(|s| !s.can_end(&top)), "10 or more may follow");
 		assert!(complete(&top, "10") && complete(&top, " 12345") && !complete(&top, "9"));
+		// At the top the end of the output (a token of no bytes here) comes once it is whole.
+		let bytes = TokenBytes::new(["0", "1", "12", " ", "5,", ""].iter().map(|t| t.as_bytes()));
+		let eos = Some(5);
+		for (text, whole) in [("1", false), ("12", true), (" 100", true)] {
+			let state = run(&top, text.as_bytes()).unwrap();
+			let allowed = state.allowed_tokens(&top, &bytes, eos);
+			assert_eq!(allowed, state.allowed_tokens_each(&top, &bytes, eos), "{text}");
+			assert_eq!(allowed[5], whole, "{text}");
+		}
+	}
+
+	/// Values held to the same expression share one automaton; a schema's automata together
+	/// may take at most [`MAX_AUTOMATA_BYTES`].
+	#[test]
+	fn automata_are_shared_and_bounded_per_schema() {
+		let same = json!({"type": "object", "properties": {
+			"a": {"type": "string", "maxLength": 40}, "b": {"type": "string", "maxLength": 40},
+			"c": {"type": "integer", "minimum": 1}, "d": {"type": "integer", "minimum": 1},
+			"e": {"type": "string", "pattern": "x", "minLength": 0}}});
+		let g = JsonGrammar::from_schema(&same).unwrap();
+		let texts = g.nodes.iter().filter(|n| matches!(n, Node::Text(_))).count();
+		assert_eq!(texts, 3, "one automaton per expression");
+		assert!(complete(&g, r#"{"e": "x", "a": "y"}"#));
+		// Many long strings of different lengths: past the budget, refused whole.
+		let each = json_text::with_length(0, Some(3000)).unwrap().memory_usage();
+		let needed = MAX_AUTOMATA_BYTES / each + 2;
+		let objects: Vec<Value> = (0..needed.div_ceil(MAX_CHOICES))
+			.map(|o| {
+				let properties: serde_json::Map<String, Value> = (0..MAX_CHOICES)
+					.map(|p| {
+						let n = 3000 + o * MAX_CHOICES + p;
+						(format!("p{p}"), json!({"type": "string", "maxLength": n}))
+					})
+					.collect();
+				json!({"type": "object", "properties": properties})
+			})
+			.collect();
+		let many = json!({"type": "array", "items": {"anyOf": objects}});
+		let error = JsonGrammar::from_schema(&many).unwrap_err();
+		assert!(error.contains("more than 64 MiB of automata"), "{error}");
 	}
 
 	#[test]
@@ -1858,14 +2041,18 @@ mod tests {
 		for (schema, says) in [
 			(
 				json!({"type": "string", "pattern": "a", "maxLength": 3}),
-				"pattern beside minLength or maxLength",
+				"pattern beside a minLength above 0 or a maxLength",
 			),
 			(json!({"type": "string", "pattern": "a^b"}), "#: pattern: ^ is served only"),
 			(json!({"type": "string", "pattern": 3}), "pattern is a string"),
 			(json!({"type": "string", "minLength": 3, "maxLength": 2}), "minLength 3 is more"),
 			(json!({"type": "string", "minLength": -1}), "minLength is a count"),
-			(json!({"type": "number", "minimum": 0}), "minimum on a number is not served"),
-			(json!({"exclusiveMaximum": 1}), "exclusiveMaximum on a number is not served"),
+			(json!({"type": "number", "minimum": 0.5}), "a bound of 0.5 on a number is not served"),
+			(json!({"exclusiveMaximum": 1.5}), "a bound of 1.5 on a number"),
+			(
+				json!({"type": "number", "minimum": 2, "exclusiveMaximum": 2}),
+				"no number is at least 2",
+			),
 			(json!({"type": "integer", "minimum": "0"}), "minimum is a number"),
 			(json!({"type": "integer", "maximum": 1e40}), "beyond"),
 			(json!({"type": "integer", "minimum": 3, "maximum": 2}), "no integer"),

@@ -1,13 +1,15 @@
-//! JSON schema strings with `minLength`, `maxLength` or `pattern`, and integers with bounds
-//! (`minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`), as regular expressions over
-//! the value's JSON text, a string's quotes included ([`RegexGrammar`]s that
-//! [`crate::json_mode`] holds such a value to).
+//! JSON schema strings with `minLength`, `maxLength` or `pattern`, and integers and numbers
+//! with bounds (`minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`; a number's bounds
+//! integers), as regular expressions over the value's JSON text, a string's quotes included
+//! ([`RegexGrammar`]s that [`crate::json_mode`] holds such a value to).
 //!
-//! - A length counts the value's characters (code points), each written as it is or as one
-//!   JSON escape; a `\u` escape is one character, so a character past U+FFFF written as a pair
-//!   of them counts two.
+//! - A length counts the value's characters (code points), each written as it is or as a
+//!   short JSON escape (`\n`, `\"`, ...); `\u` escapes are not written (a length of n makes an
+//!   automaton of some 1.2 KB per character: 1,000 characters take about 1.2 MB and 20 ms to
+//!   compile, and past about 14,000 the automaton's 16 MiB limit refuses it).
 //! - A `pattern` is matched by the whole value, as vLLM's structured output matches it: `^` and
-//!   `$` at its ends are the value's ends. JSON Schema's `pattern` searches the value, so each
+//!   `$` at its ends are the value's ends; `\d` and `\w` are ASCII's, as JSON Schema's
+//!   (ECMA-262's) are. JSON Schema's `pattern` searches the value, so each
 //!   value made matches it there too (one that only contains a match is not made). Characters
 //!   are written as they are, but those JSON must escape (`"`, `\`, control characters), which
 //!   are written as JSON escapes them (`\"`, `\n`, `\u0001`). Anchors elsewhere than at the
@@ -16,6 +18,9 @@
 //! - An integer between bounds is written as JSON writes integers (no leading zeros, no `-0`),
 //!   digit by digit within them: the expression is the classic one of a range of numbers, a
 //!   branch per count of digits and per leading digit.
+//! - A number between bounds that are integers is written without an exponent: its integer
+//!   part within them, and at a bound, a fraction that keeps it within (none or zeros at an
+//!   upper bound, one that is not zero past an exclusive lower bound).
 
 use regex_syntax::hir::{Class, ClassUnicode, ClassUnicodeRange, Hir, HirKind, Look, Repetition};
 
@@ -45,30 +50,19 @@ fn escape(c: char) -> String {
 	}
 }
 
-/// One character of a JSON string's text: written as it is, or as any JSON escape.
+/// One character of a JSON string's text: written as it is, or as a short escape (`\"`, `\\`,
+/// `\/`, `\b`, `\f`, `\n`, `\r`, `\t`). A `\u` escape is not written: its six bytes would make
+/// the automaton of a string of `maxLength` n several times larger (it grows with n), and
+/// every character but the control ones without a short escape can be written as it is.
 fn any_character() -> Hir {
 	let mut plain = ClassUnicode::new([ClassUnicodeRange::new('\0', char::MAX)]);
 	plain.difference(&escaped_only());
-	let hex = ClassUnicode::new([
-		ClassUnicodeRange::new('0', '9'),
-		ClassUnicodeRange::new('a', 'f'),
-		ClassUnicodeRange::new('A', 'F'),
-	]);
 	let short = "\"\\/bfnrt".chars().map(|c| ClassUnicodeRange::new(c, c));
 	Hir::alternation(vec![
 		Hir::class(Class::Unicode(plain)),
 		Hir::concat(vec![
 			Hir::literal(*b"\\"),
 			Hir::class(Class::Unicode(ClassUnicode::new(short))),
-		]),
-		Hir::concat(vec![
-			Hir::literal(*b"\\u"),
-			Hir::repetition(Repetition {
-				min: 4,
-				max: Some(4),
-				greedy: true,
-				sub: Box::new(Hir::class(Class::Unicode(hex))),
-			}),
 		]),
 	])
 }
@@ -80,9 +74,7 @@ fn quoted(inner: Hir) -> Hir {
 
 /// A JSON string of `min` to `max` characters (any number from `min` without `max`).
 pub fn with_length(min: u32, max: Option<u32>) -> Result<RegexGrammar, String> {
-	let characters =
-		Hir::repetition(Repetition { min, max, greedy: true, sub: Box::new(any_character()) });
-	let hir = quoted(characters);
+	let hir = quoted(repeat(any_character(), min, max));
 	RegexGrammar::from_hir(&hir.to_string(), &hir)
 }
 
@@ -95,9 +87,35 @@ pub fn matching(pattern: &str) -> Result<RegexGrammar, String> {
 			crate::regex_grammar::MAX_PATTERN_BYTES
 		));
 	}
-	let hir = regex_syntax::parse(pattern).map_err(|e| e.to_string())?;
+	let hir = regex_syntax::parse(&ascii_classes(pattern)).map_err(|e| e.to_string())?;
 	let hir = quoted(as_json_text(&strip_anchors(hir))?);
 	RegexGrammar::from_hir(&hir.to_string(), &hir)
+}
+
+/// `pattern` with `\d`, `\D`, `\w` and `\W` spelled as ASCII classes, as JSON Schema's regular
+/// expressions (ECMA-262's) read them (Rust's and Python's are Unicode's: `\d` takes `٢`).
+/// Rust's syntax nests classes, so the same spelling serves inside a class too.
+fn ascii_classes(pattern: &str) -> String {
+	let mut out = String::with_capacity(pattern.len());
+	let mut chars = pattern.chars();
+	while let Some(c) = chars.next() {
+		if c != '\\' {
+			out.push(c);
+			continue;
+		}
+		match chars.next() {
+			Some('d') => out.push_str("[0-9]"),
+			Some('D') => out.push_str("[^0-9]"),
+			Some('w') => out.push_str("[0-9A-Za-z_]"),
+			Some('W') => out.push_str("[^0-9A-Za-z_]"),
+			Some(next) => {
+				out.push('\\');
+				out.push(next);
+			}
+			None => out.push('\\'),
+		}
+	}
+	out
 }
 
 /// A digit from `lo` to `hi` (ASCII digits).
@@ -111,12 +129,7 @@ fn digits(lo: u8, hi: u8) -> Hir {
 /// `n` digits, each any.
 fn any_digits(n: usize) -> Hir {
 	let n = u32::try_from(n).unwrap_or(u32::MAX);
-	Hir::repetition(Repetition {
-		min: n,
-		max: Some(n),
-		greedy: true,
-		sub: Box::new(digits(b'0', b'9')),
-	})
+	repeat(digits(b'0', b'9'), n, Some(n))
 }
 
 /// The numbers from `lo` to `hi`, both written with the same count of digits (ASCII, leading
@@ -169,12 +182,7 @@ fn naturals(lo: u128, hi: Option<u128>) -> Hir {
 				// Every longer number: a leading digit other than 0, then as many as any.
 				branches.push(Hir::concat(vec![
 					digits(b'1', b'9'),
-					Hir::repetition(Repetition {
-						min: length as u32,
-						max: None,
-						greedy: true,
-						sub: Box::new(digits(b'0', b'9')),
-					}),
+					repeat(digits(b'0', b'9'), length as u32, None),
 				]));
 				break;
 			}
@@ -205,6 +213,102 @@ pub fn integer_between(lo: Option<i128>, hi: Option<i128>) -> Result<RegexGramma
 	}
 	let hir = Hir::alternation(branches);
 	RegexGrammar::from_hir(&hir.to_string(), &hir)
+}
+
+/// A bound of a number: its value, and whether the value itself is within.
+pub type Bound = (i128, bool);
+
+/// `sub` from `min` to `max` times (none: no end).
+fn repeat(sub: Hir, min: u32, max: Option<u32>) -> Hir {
+	Hir::repetition(Repetition { min, max, greedy: true, sub: Box::new(sub) })
+}
+
+/// A fraction, `.` and digits, or none.
+fn any_fraction() -> Hir {
+	repeat(Hir::concat(vec![Hir::literal(*b"."), repeat(digits(b'0', b'9'), 1, None)]), 0, Some(1))
+}
+
+/// A fraction that is not zero: `.`, digits, one of them not `0`.
+fn nonzero_fraction() -> Hir {
+	let any = || repeat(digits(b'0', b'9'), 0, None);
+	Hir::concat(vec![Hir::literal(*b"."), any(), digits(b'1', b'9'), any()])
+}
+
+/// A fraction that is zero (`.0`, `.00`, ...), or none.
+fn zero_fraction() -> Hir {
+	repeat(Hir::concat(vec![Hir::literal(*b"."), repeat(Hir::literal(*b"0"), 1, None)]), 0, Some(1))
+}
+
+/// The decimals `m` (digits, maybe a fraction; no sign, no exponent) with `least <= m` (or
+/// `<`, by the bound's flag) and `m <= most` (or `<`; none: no end), both at least 0.
+fn magnitudes((least, from_in): (u128, bool), most: Option<(u128, bool)>) -> Hir {
+	// `least` itself: with any fraction if it is within, else with one that is not zero.
+	let at_least = |fraction: Hir| Hir::concat(vec![naturals(least, Some(least)), fraction]);
+	let first = || at_least(if from_in { any_fraction() } else { nonzero_fraction() });
+	match most {
+		Some((most, to_in)) if most == least => match from_in && to_in {
+			true => at_least(zero_fraction()),
+			false => Hir::fail(),
+		},
+		Some((most, _)) if most < least => Hir::fail(),
+		Some((most, to_in)) => {
+			let mut branches = vec![first()];
+			if most > least + 1 {
+				branches
+					.push(Hir::concat(vec![naturals(least + 1, Some(most - 1)), any_fraction()]));
+			}
+			if to_in {
+				branches.push(Hir::concat(vec![naturals(most, Some(most)), zero_fraction()]));
+			}
+			Hir::alternation(branches)
+		}
+		None => Hir::alternation(vec![
+			first(),
+			Hir::concat(vec![naturals(least + 1, None), any_fraction()]),
+		]),
+	}
+}
+
+/// The numbers from `lo` to `hi` (none: no bound that side; integers, each within or not by
+/// its flag), as JSON writes them without an exponent.
+pub fn number_between(lo: Option<Bound>, hi: Option<Bound>) -> Result<RegexGrammar, String> {
+	let mut branches = Vec::new();
+	// Zero and above, unless the upper bound is below zero.
+	if hi.is_none_or(|(hi, _)| hi >= 0) {
+		let least = match lo {
+			Some((lo, within)) if lo >= 0 => (lo.unsigned_abs(), within),
+			_ => (0, true),
+		};
+		branches.push(magnitudes(least, hi.map(|(hi, within)| (hi.unsigned_abs(), within))));
+	}
+	// Below zero, unless the lower bound is zero or more: a minus, then a magnitude that is
+	// more than zero, at least the upper bound's and at most the lower bound's.
+	if lo.is_none_or(|(lo, _)| lo < 0) {
+		let least = match hi {
+			Some((hi, within)) if hi < 0 => (hi.unsigned_abs(), within),
+			_ => (0, false),
+		};
+		let most = lo.map(|(lo, within)| (lo.unsigned_abs(), within));
+		branches.push(Hir::concat(vec![Hir::literal(*b"-"), magnitudes(least, most)]));
+	}
+	let hir = Hir::alternation(branches);
+	RegexGrammar::from_hir(&hir.to_string(), &hir).map_err(|e| {
+		match e.contains("matches no text") {
+			true => {
+				let side = |bound: Option<Bound>, within: &str, past: &str| match bound {
+					Some((value, true)) => format!("{within} {value}"),
+					Some((value, false)) => format!("{past} {value}"),
+					None => "any".into(),
+				};
+				format!(
+					"no number is {} and {}",
+					side(lo, "at least", "more than"),
+					side(hi, "at most", "less than")
+				)
+			}
+			false => e,
+		}
+	})
 }
 
 /// Whether `hir` is `^` (at the start of a line or of the text: at the start of the value,
@@ -326,6 +430,44 @@ mod tests {
 		serde_json::to_string(value).unwrap()
 	}
 
+	/// Values near samples of each pattern (a character inserted, removed or replaced) are
+	/// taken written as JSON exactly when the regex crate finds the whole value a match.
+	#[test]
+	fn patterns_take_what_the_regex_crate_matches_whole() {
+		use rand::{rngs::StdRng, Rng, SeedableRng};
+		let cases: [(&str, &[&str]); 5] = [
+			(r"^[A-Z]{2}-[0-9]{3}$", &["AB-123", "ZZ-000"]),
+			(r#"say "(hi|yo)"\n?"#, &["say \"hi\"", "say \"yo\"\n"]),
+			(r"(?s)[^x]{1,3}", &["\"\\", "\n", "é日a"]),
+			(r"(?i)[a-c]+(\\|/)\d", &["aBc\\1", "C/9"]),
+			(r"[\w.]+@[\w.]+", &["a.b@c.d", "x@y"]),
+		];
+		let alphabet: Vec<char> = "aABCxyz09-\"\\/\n\té日@.".chars().collect();
+		let mut rng = StdRng::seed_from_u64(11);
+		for (pattern, samples) in cases {
+			let grammar = matching(pattern).unwrap();
+			let full = regex::Regex::new(&format!("^(?:{})$", ascii_classes(pattern))).unwrap();
+			let (mut matched, mut missed) = (0, 0);
+			for sample in samples.iter().cycle().take(300) {
+				let mut value: Vec<char> = sample.chars().collect();
+				let at = rng.random_range(0..=value.len());
+				let c = alphabet[rng.random_range(0..alphabet.len())];
+				match rng.random_range(0..4) {
+					0 => value.insert(at, c),
+					1 if at < value.len() => drop(value.remove(at)),
+					2 if at < value.len() => value[at] = c,
+					_ => {}
+				}
+				let value: String = value.into_iter().collect();
+				let whole = full.is_match(&value);
+				assert_eq!(takes(&grammar, &json(&value)), whole, "{pattern:?} {value:?}");
+				matched += usize::from(whole);
+				missed += usize::from(!whole);
+			}
+			assert!(matched > 20 && missed > 20, "{pattern:?}: {matched} and {missed}");
+		}
+	}
+
 	#[test]
 	fn lengths_count_characters_written_plain_or_escaped() {
 		let two_to_four = with_length(2, Some(4)).unwrap();
@@ -335,8 +477,9 @@ mod tests {
 		for value in ["", "a", "abcde", "日日日日日"] {
 			assert!(!takes(&two_to_four, &json(value)), "{value:?}");
 		}
-		// Any escape JSON has is one character, written however it may be.
-		assert!(takes(&two_to_four, r#""\u00e9\/""#));
+		// A short escape is one character; `\u` escapes are not written.
+		assert!(takes(&two_to_four, r#""\/\b\f\r""#));
+		assert!(!takes(&two_to_four, r#""\u00e9a""#));
 		assert!(!takes(&two_to_four, r#""\u00e""#), "four hex digits");
 		assert!(!takes(&two_to_four, r#""\x41b""#), "no such escape");
 		// Control characters and a lone quote or backslash are not JSON.
@@ -372,6 +515,18 @@ mod tests {
 		let either = matching(r"^(yes)$|^no$").unwrap();
 		assert!(takes(&either, r#""yes""#) && takes(&either, r#""no""#));
 		assert!(!takes(&either, r#""yesno""#));
+		// Negated classes and case-insensitive letters; a quote or backslash a negated class
+		// takes is written escaped.
+		let not_a = matching(r"(?i)x[^a]").unwrap();
+		for value in ["xb", "X\"", "x\\", "Xé"] {
+			assert!(takes(&not_a, &json(value)), "{value:?}");
+		}
+		assert!(!takes(&not_a, &json("xa")) && !takes(&not_a, &json("xA")));
+		// `\d` and `\w` are ASCII's, inside classes too; `\\d` is a backslash and a d.
+		let date = matching(r"\d{2}[\w.]").unwrap();
+		assert!(takes(&date, &json("12a")) && takes(&date, &json("12.")));
+		assert!(!takes(&date, &json("١٢a")) && !takes(&date, &json("12é")));
+		assert!(takes(&matching(r"\\d").unwrap(), &json("\\d")));
 	}
 
 	/// Every integer near the bounds (and near each power of ten between), written as JSON
@@ -412,6 +567,61 @@ mod tests {
 		}
 		let error = integer_between(Some(3), Some(2)).unwrap_err();
 		assert!(error.contains("no integer"), "{error}");
+	}
+
+	/// Numbers near the bounds (integers, halves, tenths, zero fractions, long fractions,
+	/// negative zero) are taken exactly when they lie within them, as f64 compares them.
+	#[test]
+	fn numbers_are_taken_within_their_bounds_only() {
+		let cases: [(Option<Bound>, Option<Bound>); 12] = [
+			(Some((0, true)), None),
+			(Some((0, false)), None),
+			(Some((0, true)), Some((1, true))),
+			(Some((0, false)), Some((1, false))),
+			(Some((-2, true)), Some((3, false))),
+			(Some((-10, false)), Some((-3, true))),
+			(None, Some((0, true))),
+			(None, Some((0, false))),
+			(None, Some((-1, true))),
+			(Some((5, true)), Some((5, true))),
+			(Some((7, true)), Some((120, true))),
+			(Some((-1, true)), Some((0, true))),
+		];
+		for (lo, hi) in cases {
+			let grammar = number_between(lo, hi).unwrap();
+			let mut near = Vec::new();
+			for edge in [lo, hi].into_iter().flatten().map(|(v, _)| v).chain([0, 1, -1, 10]) {
+				for n in edge - 3..=edge + 3 {
+					for fraction in ["", ".0", ".00", ".5", ".05", ".999", ".0001"] {
+						near.push(format!("{n}{fraction}"));
+						if n == 0 {
+							near.push(format!("-0{fraction}"));
+						}
+					}
+				}
+			}
+			for text in near {
+				let x: f64 = text.parse().unwrap();
+				let above =
+					lo.is_none_or(|(lo, within)| x > lo as f64 || (within && x == lo as f64));
+				let below =
+					hi.is_none_or(|(hi, within)| x < hi as f64 || (within && x == hi as f64));
+				// "-0" and "-0.0" are zero, but not written that way.
+				let written = !(x == 0.0 && text.starts_with('-'));
+				assert_eq!(
+					takes(&grammar, &text),
+					above && below && written,
+					"{text} in {lo:?}..{hi:?}"
+				);
+			}
+			for text in ["01", "+1", "1.", ".5", "1e2", "", "-", "1.5.2"] {
+				assert!(!takes(&grammar, text), "{text:?} in {lo:?}..{hi:?}");
+			}
+		}
+		for (lo, hi) in [(Some((3, true)), Some((2, true))), (Some((2, false)), Some((2, true)))] {
+			let error = number_between(lo, hi).unwrap_err();
+			assert!(error.contains("no number"), "{error}");
+		}
 	}
 
 	#[test]

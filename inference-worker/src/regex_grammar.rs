@@ -130,6 +130,12 @@ impl RegexGrammar {
 		self.live.get(state.as_usize() >> self.dfa.stride2()).copied().unwrap_or(false)
 	}
 
+	/// The memory the automaton and its marks of live states take (not the masks kept, which
+	/// grow as it is used, to at most [`MAX_CACHED_MASKS`]).
+	pub fn memory_usage(&self) -> usize {
+		self.dfa.memory_usage() + self.live.len()
+	}
+
 	/// The expression as given.
 	pub fn pattern(&self) -> &str {
 		&self.pattern

@@ -1101,11 +1101,11 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	refused(completions, too_far, "vocabulary");
 	refused(completions, json!({"prompt": "x", "max_tokens": 4, "min_tokens": 5}), "min_tokens");
 	let minimum = json!({"type": "json_schema",
-		"json_schema": {"name": "x", "schema": {"type": "number", "minimum": 1}}});
+		"json_schema": {"name": "x", "schema": {"type": "number", "minimum": 0.5}}});
 	refused(
 		"/v1/chat/completions",
 		json!({"messages": messages, "response_format": minimum}),
-		"minimum on a number is not served",
+		"a bound of 0.5 on a number is not served",
 	);
 	let both = json!({"messages": messages, "guided_json": {},
 		"response_format": {"type": "json_object"}});
