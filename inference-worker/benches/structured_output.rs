@@ -6,9 +6,9 @@
 //! generated unconstrained from the same prompt; and the vocabulary mask alone
 //! ([`JsonState::allowed_tokens`]: a walk of the tokens' byte trie, or inside a string each
 //! token on rayon's threads) against trying each token's bytes whole
-//! ([`JsonState::allowed_tokens_each`]), at three points of a document; and for regular
-//! expressions, the compile, the mask's first finding from a state and the mask kept
-//! ([`RegexGrammar::allowed_tokens`]) against trying each token
+//! ([`JsonState::allowed_tokens_each`]), at points of two documents (one with a length, a
+//! pattern and bounds); and for regular expressions, the compile, the mask's first finding
+//! from a state and the mask kept ([`RegexGrammar::allowed_tokens`]) against trying each token
 //! ([`RegexGrammar::allowed_tokens_each`]).
 //!
 //!     cargo bench --release -p openledger-inference-worker --bench structured_output

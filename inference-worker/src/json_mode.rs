@@ -16,8 +16,8 @@
 //! JSON (vLLM's `guided_choice`). [`JsonGrammar::tool_calls`] is the grammar of OpenAI tool calls
 //! (a list of `{"name": ..., "parameters": ...}`, each tool's parameters its own schema).
 //! Keywords that would constrain what it does not enforce (`multipleOf`, `uniqueItems`, a
-//! bound that is not an integer on a number, ...) are refused rather than ignored; annotations (`title`, `description`, `format`,
-//! `default`, ...) are ignored. An object with declared properties is generated with those
+//! bound that is not an integer on a number, ...) are refused rather than ignored; annotations
+//! (`title`, `description`, `format`, `default`, ...) are ignored. An object with declared properties is generated with those
 //! keys only.
 //!
 //! [`JsonState`] is a pushdown automaton over the output's bytes. Before each token is picked,
@@ -26,8 +26,9 @@
 //! document the grammar takes; once the document is whole only the end-of-sequence token is
 //! left. The mask walks a byte trie over the vocabulary ([`TokenBytes::trie`]): a prefix that
 //! many tokens share is stepped once, a refused byte prunes every token below it, and inside a
-//! string only the string's own state is carried. From inside a string, where nearly every
-//! token goes on, the tokens are checked one by one on rayon's threads instead. The state is
+//! string only the string's own state is carried. From inside a string, or a value held to a
+//! regular expression, where nearly every token goes on, the tokens are checked one by one on
+//! rayon's threads instead. The state is
 //! `Copy` (at most [`MAX_DEPTH`] open containers), so trying a byte costs no allocation.
 //!
 //! Two limits keep a model that the mask steers from running away: nesting deeper than
@@ -95,7 +96,7 @@ enum BoundValue {
 }
 
 impl BoundValue {
-	/// The value, as near as an f64 holds it (to compare two bounds of one side).
+	/// The value, as near as an f64 holds it (for messages).
 	fn approx(self) -> f64 {
 		match self {
 			Self::Integer(n) => n as f64,
@@ -131,16 +132,18 @@ impl BoundValue {
 /// A number's bound as a schema gives it: its value, and whether the value itself is within.
 type GivenBound = (BoundValue, bool);
 
-/// The lower and upper bounds of `map`'s numbers (none: no bound that side), from `minimum`,
-/// `maximum` and the exclusive ones (numbers, or draft 4's booleans beside `minimum` and
-/// `maximum`); of two on one side, the tighter. Integers are read exactly (not through an
-/// f64, which holds them only to 2^53).
+/// The lower and upper bounds of `map`'s numbers, as given (none to two a side), from
+/// `minimum`, `maximum` and the exclusive ones (numbers, or draft 4's booleans beside
+/// `minimum` and `maximum`). Integers are read exactly (not through an f64, which holds them
+/// only to 2^53).
 fn bounds(
 	map: &serde_json::Map<String, Value>,
 	at: &str,
-) -> Result<(Option<GivenBound>, Option<GivenBound>), String> {
+) -> Result<(Vec<GivenBound>, Vec<GivenBound>), String> {
 	let number = |key: &str| match map.get(key) {
-		None | Some(Value::Bool(_)) => Ok(None),
+		None => Ok(None),
+		// Draft 4's: whether `minimum` or `maximum` beside it is exclusive.
+		Some(Value::Bool(_)) if key.starts_with("exclusive") => Ok(None),
 		Some(value) => {
 			let integer = value.as_i64().map(i128::from).or(value.as_u64().map(i128::from));
 			match (integer, value.as_f64()) {
@@ -152,54 +155,48 @@ fn bounds(
 		}
 	};
 	let within = |key: &str| map.get(key) != Some(&Value::Bool(true));
-	let minimum = number("minimum")?.map(|x| (x, within("exclusiveMinimum")));
-	let maximum = number("maximum")?.map(|x| (x, within("exclusiveMaximum")));
-	let lo = match (minimum, number("exclusiveMinimum")?) {
-		(Some((m, within)), Some(e)) => {
-			Some(if e.approx() >= m.approx() { (e, false) } else { (m, within) })
-		}
-		(Some(m), None) => Some(m),
-		(None, e) => e.map(|e| (e, false)),
+	let side = |inclusive: &str, exclusive: &str| -> Result<Vec<GivenBound>, String> {
+		let given = number(inclusive)?.map(|x| (x, within(exclusive)));
+		Ok(given.into_iter().chain(number(exclusive)?.map(|x| (x, false))).collect())
 	};
-	let hi = match (maximum, number("exclusiveMaximum")?) {
-		(Some((m, within)), Some(e)) => {
-			Some(if e.approx() <= m.approx() { (e, false) } else { (m, within) })
-		}
-		(Some(m), None) => Some(m),
-		(None, e) => e.map(|e| (e, false)),
-	};
-	Ok((lo, hi))
+	Ok((side("minimum", "exclusiveMinimum")?, side("maximum", "exclusiveMaximum")?))
 }
 
 /// The least and the most an integer of `map` may be (none: no bound that side): its
-/// [`bounds`], rounded inwards.
+/// [`bounds`], each rounded inwards, the tighter of two on a side.
 fn integer_bounds(
 	map: &serde_json::Map<String, Value>,
 	at: &str,
 ) -> Result<(Option<i128>, Option<i128>), String> {
 	let (lo, hi) = bounds(map, at)?;
-	let lo = lo.map(|(x, within)| if within { x.ceil() } else { x.floor() + 1 });
-	let hi = hi.map(|(x, within)| if within { x.floor() } else { x.ceil() - 1 });
-	Ok((lo, hi))
+	let lo = lo.into_iter().map(|(x, within)| if within { x.ceil() } else { x.floor() + 1 });
+	let hi = hi.into_iter().map(|(x, within)| if within { x.floor() } else { x.ceil() - 1 });
+	Ok((lo.max(), hi.min()))
 }
 
-/// The bounds of a number of `map` (none: no bound that side), which must be integers.
+/// The bounds of a number of `map` (none: no bound that side), which must be integers; of two
+/// on a side, the tighter (the nearer the other side, and exclusive at the same value).
 fn number_bounds(
 	map: &serde_json::Map<String, Value>,
 	at: &str,
 ) -> Result<(Option<json_text::Bound>, Option<json_text::Bound>), String> {
 	let (lo, hi) = bounds(map, at)?;
-	let whole = |bound: Option<GivenBound>| match bound {
-		None => Ok(None),
-		Some((x, within)) => match x.integer() {
-			Some(n) => Ok(Some((n, within))),
-			None => Err(format!(
-				"{at}: a bound of {} on a number is not served (bounds that are integers are)",
-				x.approx()
-			)),
-		},
+	let whole = |given: Vec<GivenBound>| {
+		given
+			.into_iter()
+			.map(|(x, within)| match x.integer() {
+				Some(n) => Ok((n, within)),
+				None => Err(format!(
+					"{at}: a bound of {} on a number is not served (bounds that are integers are)",
+					x.approx()
+				)),
+			})
+			.collect::<Result<Vec<json_text::Bound>, String>>()
 	};
-	Ok((whole(lo)?, whole(hi)?))
+	// Exclusive is tighter than inclusive at the same value: `false` orders first.
+	let lo = whole(lo)?.into_iter().max_by_key(|&(n, within)| (n, !within));
+	let hi = whole(hi)?.into_iter().min_by_key(|&(n, within)| (n, within));
+	Ok((lo, hi))
 }
 
 /// Annotations: taken and ignored (they do not constrain the value, or, as `format`, are not
@@ -1973,6 +1970,10 @@ mod tests {
 			"type": "number", "minimum": 0, "maximum": 1, "exclusiveMaximum": 1}}))
 		.unwrap();
 		assert!(complete(&numbers, "[0, 0.5, 0.999, 0.0]"));
+		let above_two = JsonGrammar::from_schema(&json!({"type": "number", "minimum": 2,
+			"exclusiveMinimum": 2}))
+		.unwrap();
+		assert!(complete(&above_two, "2.5") && !complete(&above_two, "2"));
 		for text in ["[1]", "[1.0]", "[-0.5]", "[1.5]", "[-0]", "[0.5e1]"] {
 			assert!(run(&numbers, text.as_bytes()).is_none_or(|s| !s.can_end(&numbers)), "{text}");
 		}
@@ -1984,6 +1985,17 @@ mod tests {
 				json!({"exclusiveMaximum": i64::MIN + 1}),
 				"-9223372036854775808",
 				"-9223372036854775807",
+			),
+			// Of two bounds on a side, the tighter, compared exactly.
+			(
+				json!({"maximum": 1_i64 << 60, "exclusiveMaximum": (1_i64 << 60) + 10}),
+				"1152921504606846976",
+				"1152921504606846977",
+			),
+			(
+				json!({"minimum": (1_i64 << 60) + 100, "exclusiveMinimum": 1_i64 << 60}),
+				"1152921504606847076",
+				"1152921504606847075",
 			),
 		] {
 			let mut schema = schema;
@@ -2054,6 +2066,7 @@ mod tests {
 				"no number is at least 2",
 			),
 			(json!({"type": "integer", "minimum": "0"}), "minimum is a number"),
+			(json!({"type": "integer", "maximum": true}), "maximum is a number"),
 			(json!({"type": "integer", "maximum": 1e40}), "beyond"),
 			(json!({"type": "integer", "minimum": 3, "maximum": 2}), "no integer"),
 			(json!({"type": "integer", "exclusiveMinimum": 2, "maximum": 2}), "no integer"),

@@ -9,12 +9,13 @@
 //!   compile, and past about 14,000 the automaton's 16 MiB limit refuses it).
 //! - A `pattern` is matched by the whole value, as vLLM's structured output matches it: `^` and
 //!   `$` at its ends are the value's ends; `\d` and `\w` are ASCII's, as JSON Schema's
-//!   (ECMA-262's) are. JSON Schema's `pattern` searches the value, so each
-//!   value made matches it there too (one that only contains a match is not made). Characters
-//!   are written as they are, but those JSON must escape (`"`, `\`, control characters), which
-//!   are written as JSON escapes them (`\"`, `\n`, `\u0001`). Anchors elsewhere than at the
-//!   ends, word boundaries and byte classes beyond ASCII are refused, as is `pattern` beside a
-//!   length (the automaton cannot hold both).
+//!   (ECMA-262's) are, but `.` and `\s` are Rust's (`.` takes `\r`, U+2028 and U+2029, and
+//!   `\s` U+0085, which ECMA-262's do not). JSON Schema's `pattern` searches the value, so a
+//!   value made matches it there too, but for those (one that only contains a match is not
+//!   made). Characters are written as they are, but those JSON must escape (`"`, `\`, control
+//!   characters), which are written as JSON escapes them (`\"`, `\n`, `\u0001`). Anchors
+//!   elsewhere than at the ends and word boundaries are refused, as is `pattern` beside a
+//!   `maxLength` or a `minLength` above 0 (the automaton cannot hold both).
 //! - An integer between bounds is written as JSON writes integers (no leading zeros, no `-0`),
 //!   digit by digit within them: the expression is the classic one of a range of numbers, a
 //!   branch per count of digits and per leading digit.
@@ -369,11 +370,13 @@ fn as_json_text(hir: &Hir) -> Result<Hir, String> {
 	Ok(match hir.kind() {
 		HirKind::Empty => Hir::empty(),
 		HirKind::Literal(literal) => {
+			// The parser refuses such patterns already (its UTF-8 mode); kept for any Hir.
 			let text = std::str::from_utf8(&literal.0)
 				.map_err(|_| "a pattern that matches bytes that are not UTF-8 is not served")?;
 			Hir::literal(text.chars().map(escape).collect::<String>().into_bytes())
 		}
 		HirKind::Class(Class::Unicode(class)) => escaped_class(class),
+		// An ASCII byte class (`(?-u:[a-z])`); the parser refuses those beyond ASCII already.
 		HirKind::Class(Class::Bytes(class)) => escaped_class(
 			&class
 				.to_unicode_class()
@@ -435,18 +438,19 @@ mod tests {
 	#[test]
 	fn patterns_take_what_the_regex_crate_matches_whole() {
 		use rand::{rngs::StdRng, Rng, SeedableRng};
-		let cases: [(&str, &[&str]); 5] = [
-			(r"^[A-Z]{2}-[0-9]{3}$", &["AB-123", "ZZ-000"]),
-			(r#"say "(hi|yo)"\n?"#, &["say \"hi\"", "say \"yo\"\n"]),
-			(r"(?s)[^x]{1,3}", &["\"\\", "\n", "é日a"]),
-			(r"(?i)[a-c]+(\\|/)\d", &["aBc\\1", "C/9"]),
-			(r"[\w.]+@[\w.]+", &["a.b@c.d", "x@y"]),
+		// Each pattern, the same written with ASCII classes for the regex crate, and samples.
+		let cases: [(&str, &str, &[&str]); 5] = [
+			(r"^[A-Z]{2}-[0-9]{3}$", r"[A-Z]{2}-[0-9]{3}", &["AB-123", "ZZ-000"]),
+			(r#"say "(hi|yo)"\n?"#, r#"say "(hi|yo)"\n?"#, &["say \"hi\"", "say \"yo\"\n"]),
+			(r"(?s)[^x]{1,3}", r"(?s)[^x]{1,3}", &["\"\\", "\n", "é日a"]),
+			(r"(?i)[a-c]+(\\|/)\d", r"(?i)[a-c]+(\\|/)[0-9]", &["aBc\\1", "C/9"]),
+			(r"[\w.]+@[\w.]+", r"[0-9A-Za-z_.]+@[0-9A-Za-z_.]+", &["a.b@c.d", "x@y", "é@日"]),
 		];
 		let alphabet: Vec<char> = "aABCxyz09-\"\\/\n\té日@.".chars().collect();
 		let mut rng = StdRng::seed_from_u64(11);
-		for (pattern, samples) in cases {
+		for (pattern, reference, samples) in cases {
 			let grammar = matching(pattern).unwrap();
-			let full = regex::Regex::new(&format!("^(?:{})$", ascii_classes(pattern))).unwrap();
+			let full = regex::Regex::new(&format!("^(?:{reference})$")).unwrap();
 			let (mut matched, mut missed) = (0, 0);
 			for sample in samples.iter().cycle().take(300) {
 				let mut value: Vec<char> = sample.chars().collect();

@@ -16,8 +16,8 @@
 //!   streamed); [`text_stream`]: a generation's text released as it grows.
 //! - [`json_mode`]: JSON mode and JSON schemas, the output held to a grammar token by token;
 //!   [`regex_grammar`]: the output held to a regular expression (vLLM's `guided_regex`);
-//!   [`json_text`]: schema strings with a length or a pattern, and integers and numbers with bounds, as
-//!   regular expressions over their JSON text;
+//!   [`json_text`]: schema strings with a length or a pattern, and integers and numbers with
+//!   bounds, as regular expressions over their JSON text;
 //!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas;
 //!   [`lazy_grammar`]: a grammar that holds the output once it writes a trigger (the model's
 //!   own tool calls, `tool_choice: "auto"`).
