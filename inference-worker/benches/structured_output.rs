@@ -1,7 +1,8 @@
 //! What structured output costs on the real model (SmolLM2-135M-Instruct Q4_1 GGUF), side by
 //! side in one run: a greedy answer held to a JSON schema, one held to any JSON object, one
 //! held to a schema with a string length, a string pattern and integer bounds, one
-//! held to a regular expression (`guided_regex`), and one free until a tool call
+//! held to a regular expression (`guided_regex`), one held to llama.cpp's JSON grammar in GBNF
+//! (`guided_grammar`), and one free until a tool call
 //! (`tool_choice: "auto"`'s lazy grammar, answered in text), against the same number of tokens
 //! generated unconstrained from the same prompt; and the vocabulary mask alone
 //! ([`JsonState::allowed_tokens`]: a walk of the tokens' byte trie, or inside a string each
@@ -9,7 +10,8 @@
 //! ([`JsonState::allowed_tokens_each`]), at points of two documents (one with a length, a
 //! pattern and bounds); and for regular expressions, the compile, the mask's first finding
 //! from a state and the mask kept ([`RegexGrammar::allowed_tokens`]) against trying each token
-//! ([`RegexGrammar::allowed_tokens_each`]).
+//! ([`RegexGrammar::allowed_tokens_each`]); and the same for context-free grammars
+//! ([`EbnfGrammar::allowed_tokens`] against [`EbnfGrammar::allowed_tokens_each`]).
 //!
 //!     cargo bench --release -p openledger-inference-worker --bench structured_output
 //!
@@ -20,6 +22,7 @@ use std::{sync::Arc, time::Instant};
 use candle_core::Device;
 use openledger_inference_worker::{
 	chat::Message,
+	ebnf_grammar::EbnfGrammar,
 	generate::{generate, GenerationRequest, ResponseFormat},
 	json_mode::{JsonGrammar, JsonState},
 	lazy_grammar::{LazyGrammar, LazyState},
@@ -28,6 +31,21 @@ use openledger_inference_worker::{
 	regex_grammar::RegexGrammar,
 	tool_calls::CALL_START,
 };
+
+/// JSON in GBNF, as llama.cpp's `grammars/json.gbnf` writes it: a recursive grammar.
+const JSON_GBNF: &str = r#"root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array  ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+ws     ::= | " " | "\n" [ \t]{0,20}"#;
+
+/// Arithmetic in GBNF: sums of products of numbers or parenthesised sums.
+const SUMS_GBNF: &str = r#"root ::= expr
+expr ::= term ("+" term)*
+term ::= factor ("*" factor)*
+factor ::= [0-9]{1,3} | "(" expr ")""#;
 
 const RUNS: usize = 7;
 const MAX_TOKENS: usize = 96;
@@ -79,6 +97,7 @@ fn main() {
 	);
 	let cat = r#"\{"name": "[A-Z][a-z]{1,15}", "age": [0-9]{1,2}, "indoor": (true|false)\}"#;
 	let regex = Arc::new(RegexGrammar::new(cat).unwrap());
+	let gbnf_json = Arc::new(EbnfGrammar::new(JSON_GBNF).unwrap());
 	let request = |format: ResponseFormat, max_tokens: usize, ignore_eos: bool| GenerationRequest {
 		prompt: chat.clone().into(),
 		max_tokens,
@@ -113,6 +132,10 @@ fn main() {
 		(
 			"a regular expression (guided_regex, a cat as JSON)",
 			ResponseFormat::Regex(regex.clone()),
+		),
+		(
+			"a context-free grammar (guided_grammar, llama.cpp's JSON in GBNF)",
+			ResponseFormat::Grammar(gbnf_json.clone()),
 		),
 		("text, free until a tool call (tool_choice \"auto\")", ResponseFormat::Lazy(auto.clone())),
 	] {
@@ -228,6 +251,48 @@ fn main() {
 		assert_eq!(
 			grammar.allowed_tokens(state, bytes, tokenizer.eos),
 			grammar.allowed_tokens_each(state, bytes, tokenizer.eos)
+		);
+		let (compile, walk) = (median(compile), median(walk));
+		println!(
+			"| {at} | {compile:.0} | {walk:.0} | {kept:.0} | {each:.0} | {:.3}x |",
+			walk / each
+		);
+	}
+
+	// Context-free grammars: compiling one, the mask found the first time from a state (a
+	// walk of the trie through the lazy automaton, each transition found as it is met) and
+	// the mask kept, against trying each token on the parser's stacks.
+	println!();
+	println!(
+		"| guided_grammar, the mask over {} tokens, at | compile µs | first ask µs | kept µs | \
+		 each token tried whole µs | first ask / each |",
+		bytes.len()
+	);
+	println!("|---|---|---|---|---|---|");
+	for (at, text, prefix) in [
+		("JSON's start", JSON_GBNF, ""),
+		("a JSON key", JSON_GBNF, r#"{"name": "Tom", "#),
+		("a JSON string value", JSON_GBNF, r#"{"name": "To"#),
+		("a JSON number, in a list in an object", JSON_GBNF, r#"{"a": [{"b": [1, 2"#),
+		("a sum, two parentheses deep", SUMS_GBNF, "(1+2*(3"),
+	] {
+		let (mut compile, mut walk) = (Vec::new(), Vec::new());
+		for _ in 0..20 {
+			let clock = Instant::now();
+			let fresh = EbnfGrammar::new(text).unwrap();
+			compile.push(clock.elapsed().as_secs_f64() * 1e6);
+			let state = fresh.accepts(&fresh.start(), prefix.as_bytes()).unwrap();
+			let clock = Instant::now();
+			std::hint::black_box(fresh.allowed_tokens(&state, bytes, tokenizer.eos).unwrap());
+			walk.push(clock.elapsed().as_secs_f64() * 1e6);
+		}
+		let grammar = EbnfGrammar::new(text).unwrap();
+		let state = grammar.accepts(&grammar.start(), prefix.as_bytes()).unwrap();
+		let kept = time_mask(&|| grammar.allowed_tokens(&state, bytes, tokenizer.eos).unwrap());
+		let each = time_mask(&|| grammar.allowed_tokens_each(&state, bytes, tokenizer.eos));
+		assert_eq!(
+			grammar.allowed_tokens(&state, bytes, tokenizer.eos).unwrap(),
+			grammar.allowed_tokens_each(&state, bytes, tokenizer.eos)
 		);
 		let (compile, walk) = (median(compile), median(walk));
 		println!(

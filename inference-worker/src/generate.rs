@@ -7,6 +7,7 @@ use openledger_kernels::{backend::Backend, sampling::SamplingParams as KernelSam
 use serde::Serialize;
 
 use crate::{
+	ebnf_grammar::{EbnfGrammar, EbnfState},
 	error::{Error, Result},
 	json_mode::{JsonGrammar, JsonState},
 	kernel_model::{DecodeInput, KernelLlama},
@@ -132,6 +133,10 @@ pub enum ResponseFormat {
 	/// `guided_regex`), the output held to it token by token; it ends at the end-of-sequence
 	/// token once it matches (or at `max_tokens`).
 	Regex(Arc<RegexGrammar>),
+	/// Text that a context-free grammar takes whole ([`crate::ebnf_grammar`], vLLM's
+	/// `guided_grammar` in GBNF), the output held to it token by token; it ends at the
+	/// end-of-sequence token once it is a whole sentence of the grammar (or at `max_tokens`).
+	Grammar(Arc<EbnfGrammar>),
 }
 
 /// What the output is held to, and how far into it the output is.
@@ -140,6 +145,7 @@ enum Constraint {
 	Json(Arc<JsonGrammar>, JsonState),
 	Lazy(Arc<LazyGrammar>, LazyState),
 	Regex(Arc<RegexGrammar>, RegexState),
+	Grammar(Arc<EbnfGrammar>, EbnfState),
 }
 
 impl Constraint {
@@ -149,6 +155,7 @@ impl Constraint {
 			Self::Json(grammar, state) => state.can_end(grammar),
 			Self::Lazy(lazy, state) => state.can_end(lazy),
 			Self::Regex(grammar, state) => grammar.can_end(*state),
+			Self::Grammar(grammar, state) => grammar.can_end(state),
 		}
 	}
 
@@ -163,12 +170,14 @@ impl Constraint {
 			Self::Regex(grammar, _) => {
 				format!("the output of guided_regex {:?}", grammar.pattern())
 			}
+			Self::Grammar(..) => "the output of guided_grammar".into(),
 		}
 	}
 
-	/// For each token, whether it may come next (`eos` when the output may end).
-	fn allowed_tokens(&self, tokenizer: &Tokenizer, eos: Option<u32>) -> Vec<bool> {
-		match self {
+	/// For each token, whether it may come next (`eos` when the output may end); an error
+	/// when a grammar cannot find them within its limits.
+	fn allowed_tokens(&self, tokenizer: &Tokenizer, eos: Option<u32>) -> Result<Vec<bool>> {
+		Ok(match self {
 			Self::Json(grammar, state) => {
 				state.allowed_tokens(grammar, tokenizer.token_bytes(), eos)
 			}
@@ -179,7 +188,10 @@ impl Constraint {
 			Self::Regex(grammar, state) => {
 				grammar.allowed_tokens(*state, tokenizer.token_bytes(), eos)
 			}
-		}
+			Self::Grammar(grammar, state) => grammar
+				.allowed_tokens(state, tokenizer.token_bytes(), eos)
+				.map_err(|e| Error::Request(format!("guided_grammar: {e}")))?,
+		})
 	}
 
 	/// Goes on with `token`; whether the constraint takes it.
@@ -196,6 +208,11 @@ impl Constraint {
 			// A special token has no bytes, and no place in a regular expression's output.
 			Self::Regex(_, _) if bytes.is_empty() => None,
 			Self::Regex(grammar, state) => grammar.accepts(*state, bytes).map(|next| *state = next),
+			// Nor in a grammar's.
+			Self::Grammar(_, _) if bytes.is_empty() => None,
+			Self::Grammar(grammar, state) => {
+				grammar.accepts(state, bytes).map(|next| *state = next)
+			}
 		}
 		.is_some()
 	}
@@ -329,12 +346,14 @@ pub fn validate(prompt_tokens: &[u32], request: &GenerationRequest, context: usi
 			request.min_tokens
 		)));
 	}
-	if matches!(request.response_format, ResponseFormat::Json(_) | ResponseFormat::Regex(_))
-		&& (request.ignore_eos || request.min_tokens > 0)
+	if matches!(
+		request.response_format,
+		ResponseFormat::Json(_) | ResponseFormat::Regex(_) | ResponseFormat::Grammar(_)
+	) && (request.ignore_eos || request.min_tokens > 0)
 	{
 		return Err(Error::Request(
 			"ignore_eos or min_tokens with structured output (a JSON format, guided_choice, \
-			 guided_regex or tool calls): the output ends when it is whole"
+			 guided_regex, guided_grammar or tool calls): the output ends when it is whole"
 				.into(),
 		));
 	}
@@ -429,6 +448,9 @@ impl Progress {
 				ResponseFormat::Regex(grammar) => {
 					Some(Constraint::Regex(grammar.clone(), grammar.start()))
 				}
+				ResponseFormat::Grammar(grammar) => {
+					Some(Constraint::Grammar(grammar.clone(), grammar.start()))
+				}
 			},
 			skip_special_tokens: request.skip_special_tokens,
 			text: String::new(),
@@ -493,7 +515,8 @@ impl Progress {
 		// that keep it on the grammar, and the end once the document is whole.
 		let held = self.tokens.len() < self.min_tokens;
 		let (eos, stop_token_ids) = (tokenizer.eos, &self.stop_token_ids);
-		let fits = self.constraint.as_ref().map(|c| c.allowed_tokens(tokenizer, eos));
+		let fits =
+			self.constraint.as_ref().map(|c| c.allowed_tokens(tokenizer, eos)).transpose()?;
 		// A whole document may also end at a stop token (a model without an end-of-sequence
 		// token, say).
 		let whole = self.constraint.as_ref().is_some_and(Constraint::can_end);

@@ -19,8 +19,10 @@
 //!   continuations; `max_tokens` 0 then scores the prompt only). Prompts times `n` may not
 //!   exceed what the engine queues at once (a 400, not a 503 to retry forever). `logit_bias`,
 //!   `min_tokens`, `response_format` (JSON mode and JSON schemas) and vLLM's `guided_json`,
-//!   `guided_choice` and `guided_regex` are served; what is not is refused, not ignored:
-//!   `best_of` above 1, `suffix`, `tools` (on completions), vLLM's `guided_grammar`.
+//!   `guided_choice`, `guided_regex` and `guided_grammar` (GBNF, [`crate::ebnf_grammar`]), or
+//!   the same as vLLM names them from 0.12 on, in `structured_outputs` (`json`, `choice`,
+//!   `regex`, `grammar`, `json_object`), are served; what is not is refused, not ignored:
+//!   `best_of` above 1, `suffix`, `tools` (on completions).
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt` and `max_tokens` (or
 //!   `max_completion_tokens`) the rest of the context when absent (the model's, or the KV
@@ -143,6 +145,7 @@ use crate::{
 	},
 	chat::{ChatTemplate, Message},
 	datanet_sync::SyncStatus,
+	ebnf_grammar::EbnfGrammar,
 	embedding_service::EmbeddingService,
 	error::Error,
 	generate::{
@@ -573,6 +576,11 @@ struct Body {
 	guided_choice: Option<Value>,
 	/// vLLM's: a regular expression the whole output matches.
 	guided_regex: Option<Value>,
+	/// vLLM's: a context-free grammar in GBNF that takes the whole output.
+	guided_grammar: Option<Value>,
+	/// vLLM's (0.12 on) for the four above: `json`, `choice`, `regex`, `grammar` (and
+	/// `json_object`), see [`Guided::of`].
+	structured_outputs: Option<Value>,
 	/// Chat: OpenAI's tool definitions, how they are to be called, and whether calls may be
 	/// several (see [`crate::tool_calls`]); refused on completions.
 	tools: Option<Value>,
@@ -581,7 +589,6 @@ struct Body {
 	/// Asked for but not served: refused rather than ignored (see [`refuse_unserved`]).
 	best_of: Option<Value>,
 	suffix: Option<Value>,
-	guided_grammar: Option<Value>,
 	/// OpenAI's deprecated function calling (`tools` and `tool_choice` serve it).
 	functions: Option<Value>,
 	function_call: Option<Value>,
@@ -684,7 +691,7 @@ impl Grounding {
 }
 
 /// Refuses what `body` asks for at `endpoint` that is not served, rather than answer as if it
-/// had not asked: best-of sampling, a suffix, tools on completions, vLLM's `guided_grammar`.
+/// had not asked: best-of sampling, a suffix, tools on completions.
 /// (Fields left at what means "none" pass.)
 fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 	let chat = matches!(endpoint, Endpoint::Chat);
@@ -697,7 +704,6 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("suffix", none(&body.suffix, &[json!("")])),
 		("tools", chat || none(&body.tools, &[json!([])])),
 		("tool_choice", chat || none(&body.tool_choice, &[json!("none")])),
-		("guided_grammar", none(&body.guided_grammar, &[])),
 		("functions (use tools)", none(&body.functions, &[json!([])])),
 		("function_call (use tool_choice)", none(&body.function_call, &[json!("none")])),
 		("documents (on chat only)", chat || body.documents.is_none()),
@@ -747,49 +753,163 @@ fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)
 	Ok(bias)
 }
 
+/// vLLM's structured output: its `guided_*` fields, or (as vLLM names them from 0.12 on) the
+/// same in `structured_outputs`.
+#[derive(Default)]
+struct Guided<'a> {
+	/// Whether they came in `structured_outputs` (for the names in errors).
+	structured: bool,
+	json: Option<&'a Value>,
+	choice: Option<&'a Value>,
+	regex: Option<&'a Value>,
+	grammar: Option<&'a Value>,
+	/// `structured_outputs.json_object`: any JSON object.
+	json_object: bool,
+}
+
+impl<'a> Guided<'a> {
+	/// The fields of `body`: `structured_outputs`'s keys `json`, `choice`, `regex`,
+	/// `grammar` and `json_object` (true), exactly one of them, as vLLM's; and
+	/// `disable_fallback` (no request falls back to another way: each is held to what it asks
+	/// for, or refused). What is not served is refused (`whitespace_pattern`,
+	/// `structural_tag`, `disable_any_whitespace` or `disable_additional_properties` true), as
+	/// are keys vLLM does not know.
+	fn of(body: &'a Body) -> Result<Self, ApiError> {
+		let given = |v: &'a Option<Value>| v.as_ref().filter(|v| !v.is_null());
+		let guided = Self {
+			structured: false,
+			json: given(&body.guided_json),
+			choice: given(&body.guided_choice),
+			regex: given(&body.guided_regex),
+			grammar: given(&body.guided_grammar),
+			json_object: false,
+		};
+		let Some(outputs) = given(&body.structured_outputs) else { return Ok(guided) };
+		if [guided.json, guided.choice, guided.regex, guided.grammar].iter().any(Option::is_some) {
+			return Err(ApiError::bad_request(
+				"structured_outputs and guided_json, guided_choice, guided_regex or \
+				 guided_grammar: one or the other",
+			));
+		}
+		let fields = outputs
+			.as_object()
+			.ok_or_else(|| ApiError::bad_request("structured_outputs: an object"))?;
+		let mut guided = Self { structured: true, ..Self::default() };
+		for (key, value) in fields {
+			let value = Some(value).filter(|v| !v.is_null());
+			let unserved =
+				|why: &str| Err(ApiError::bad_request(format!("structured_outputs.{key}: {why}")));
+			match key.as_str() {
+				"json" => guided.json = value,
+				"choice" => guided.choice = value,
+				"regex" => guided.regex = value,
+				"grammar" => guided.grammar = value,
+				"json_object" => match value {
+					None => {}
+					Some(Value::Bool(true)) => guided.json_object = true,
+					Some(_) => return unserved("true, or left out"),
+				},
+				"disable_fallback" => {
+					if !matches!(value, None | Some(Value::Bool(_))) {
+						return unserved("true or false");
+					}
+				}
+				"disable_any_whitespace" | "disable_additional_properties" => {
+					if value.is_some_and(|v| v != &Value::Bool(false)) {
+						return unserved("not served by this worker (false only)");
+					}
+				}
+				"whitespace_pattern" | "structural_tag" if value.is_some() => {
+					return unserved("not served by this worker")
+				}
+				"whitespace_pattern" | "structural_tag" => {}
+				_ => {
+					return unserved(
+						"not a field of structured_outputs (json, choice, regex, grammar, \
+						 json_object)",
+					)
+				}
+			}
+		}
+		let given = [guided.json, guided.choice, guided.regex, guided.grammar]
+			.iter()
+			.filter(|v| v.is_some())
+			.count() + usize::from(guided.json_object);
+		if given != 1 {
+			return Err(ApiError::bad_request(
+				"structured_outputs: exactly one of json, choice, regex, grammar and json_object",
+			));
+		}
+		Ok(guided)
+	}
+
+	/// The name of field `what` (`guided_regex`, or `structured_outputs.regex`).
+	fn name(&self, what: &str) -> String {
+		match self.structured {
+			true => format!("structured_outputs.{what}"),
+			false => format!("guided_{what}"),
+		}
+	}
+}
+
 /// What the output must be: `response_format` is text (also when absent), any JSON object
 /// (`json_object`), or what a JSON schema allows (OpenAI's `json_schema` with
 /// `json_schema.schema`, LoRAX's `json_object` with `schema`); vLLM's `guided_json` is a
 /// schema too (an object, or its text), its `guided_choice` a list of texts, one of which the
-/// output is exactly, and its `guided_regex` a regular expression the whole output matches.
-fn response_format(
-	format: Option<&Value>,
-	guided_json: Option<&Value>,
-	guided_choice: Option<&Value>,
-	guided_regex: Option<&Value>,
-) -> Result<ResponseFormat, ApiError> {
-	let guided_choice = guided_choice.filter(|c| !c.is_null());
-	let guided_regex = guided_regex.filter(|r| !r.is_null());
+/// output is exactly, its `guided_regex` a regular expression the whole output matches, and
+/// its `guided_grammar` a context-free grammar in GBNF that takes the whole output
+/// ([`Guided`]: or the same in `structured_outputs`).
+fn response_format(format: Option<&Value>, guided: &Guided) -> Result<ResponseFormat, ApiError> {
 	let text = |f: &Value| f.is_null() || f.get("type").and_then(Value::as_str) == Some("text");
 	let asked = [
 		!format.is_none_or(text),
-		guided_json.is_some_and(|g| !g.is_null()),
-		guided_choice.is_some(),
-		guided_regex.is_some(),
+		guided.json.is_some(),
+		guided.choice.is_some(),
+		guided.regex.is_some(),
+		guided.grammar.is_some(),
+		guided.json_object,
 	];
 	if asked.iter().filter(|&&a| a).count() > 1 {
-		return Err(ApiError::bad_request(
-			"guided_choice, guided_json, guided_regex and response_format: one at most",
-		));
+		return Err(ApiError::bad_request(if guided.structured {
+			"structured_outputs' json, choice, regex, grammar and json_object, and \
+			 response_format: one at most"
+		} else {
+			"guided_choice, guided_json, guided_regex, guided_grammar and response_format: one \
+			 at most"
+		}));
 	}
-	if let Some(pattern) = guided_regex {
+	if let Some(grammar) = guided.grammar {
+		let field = guided.name("grammar");
+		let grammar = grammar.as_str().ok_or_else(|| {
+			ApiError::bad_request(format!("{field}: a grammar in GBNF (a string)"))
+		})?;
+		return EbnfGrammar::new(grammar)
+			.map(|grammar| ResponseFormat::Grammar(Arc::new(grammar)))
+			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")));
+	}
+	if let Some(pattern) = guided.regex {
+		let field = guided.name("regex");
 		let pattern = pattern.as_str().ok_or_else(|| {
-			ApiError::bad_request("guided_regex: a regular expression (a string)")
+			ApiError::bad_request(format!("{field}: a regular expression (a string)"))
 		})?;
 		return RegexGrammar::new(pattern)
 			.map(|grammar| ResponseFormat::Regex(Arc::new(grammar)))
-			.map_err(|e| ApiError::bad_request(format!("guided_regex: {e}")));
+			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")));
 	}
-	if let Some(choices) = guided_choice {
+	if let Some(choices) = guided.choice {
+		let field = guided.name("choice");
 		let texts = choices
 			.as_array()
 			.and_then(|list| {
 				list.iter().map(|c| c.as_str().map(String::from)).collect::<Option<Vec<_>>>()
 			})
-			.ok_or_else(|| ApiError::bad_request("guided_choice: a list of strings"))?;
+			.ok_or_else(|| ApiError::bad_request(format!("{field}: a list of strings")))?;
 		return JsonGrammar::choice(&texts)
 			.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
-			.map_err(|e| ApiError::bad_request(format!("guided_choice: {e}")));
+			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")));
+	}
+	if guided.json_object {
+		return Ok(ResponseFormat::json_object());
 	}
 	let schema = |schema: &Value, field: &str| {
 		let parsed;
@@ -807,8 +927,8 @@ fn response_format(
 			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
 	};
 	let format = format.filter(|f| !f.is_null());
-	match (format, guided_json.filter(|g| !g.is_null())) {
-		(_, Some(guided)) => return schema(guided, "guided_json"),
+	match (format, guided.json) {
+		(_, Some(given)) => return schema(given, &guided.name("json")),
 		(None, None) => return Ok(ResponseFormat::Text),
 		(Some(_), None) => {}
 	}
@@ -1149,23 +1269,23 @@ fn generation_requests(
 	};
 	let seed = body.seed;
 	let echo = body.echo == Some(true);
-	let response_format = response_format(
-		body.response_format.as_ref(),
-		body.guided_json.as_ref(),
-		body.guided_choice.as_ref(),
-		body.guided_regex.as_ref(),
-	)?;
+	let response_format = response_format(body.response_format.as_ref(), &Guided::of(body)?)?;
 	// Tool calls are held to their own grammar.
-	let response_format = match (calling, response_format) {
-		(None, format) => format,
-		(Some(calling), ResponseFormat::Text) => calling.response_format(),
-		(Some(_), ResponseFormat::Json(_) | ResponseFormat::Lazy(_) | ResponseFormat::Regex(_)) => {
-			return Err(ApiError::bad_request(
-				"tool_choice and response_format (or guided_json, guided_choice, guided_regex): \
-				 one or the other",
-			))
-		}
-	};
+	let response_format =
+		match (calling, response_format) {
+			(None, format) => format,
+			(Some(calling), ResponseFormat::Text) => calling.response_format(),
+			(
+				Some(_),
+				ResponseFormat::Json(_)
+				| ResponseFormat::Lazy(_)
+				| ResponseFormat::Regex(_)
+				| ResponseFormat::Grammar(_),
+			) => return Err(ApiError::bad_request(
+				"tool_choice and response_format (or guided_json, guided_choice, guided_regex, \
+				 guided_grammar, structured_outputs): one or the other",
+			)),
+		};
 	let prompt_logprobs = prompt_logprobs_asked(body)?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices

@@ -16,6 +16,8 @@
 //!   streamed); [`text_stream`]: a generation's text released as it grows.
 //! - [`json_mode`]: JSON mode and JSON schemas, the output held to a grammar token by token;
 //!   [`regex_grammar`]: the output held to a regular expression (vLLM's `guided_regex`);
+//!   [`ebnf_grammar`]: the output held to a context-free grammar in GBNF (vLLM's
+//!   `guided_grammar`);
 //!   [`json_text`]: schema strings with a length or a pattern, and integers and numbers with
 //!   bounds, as regular expressions over their JSON text;
 //!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas;
@@ -43,6 +45,7 @@ pub mod chat;
 pub mod config;
 pub mod datanet_sync;
 pub mod decoder;
+pub mod ebnf_grammar;
 pub mod embedding_service;
 pub mod embeddings;
 pub mod engine;

@@ -23,6 +23,7 @@ use openledger_inference_worker::{
 	chat::Message,
 	datanet_sync::{store_content, DataNetSync, SyncConfig},
 	decoder::Decoder,
+	ebnf_grammar::EbnfGrammar,
 	embedding_service::EmbeddingService,
 	embeddings::EmbeddingModel,
 	engine::EngineConfig,
@@ -258,15 +259,22 @@ struct GenerateArgs {
 	#[arg(long, value_parser = parse_logit_bias, allow_negative_numbers = true)]
 	logit_bias: Vec<(u32, f32)>,
 	/// JSON mode: hold the output to one JSON object, token by token.
-	#[arg(long, conflicts_with_all = ["json_schema", "regex"])]
+	#[arg(long, conflicts_with_all = ["json_schema", "regex", "grammar", "grammar_file"])]
 	json_object: bool,
 	/// Hold the output to what the JSON schema in this file allows, token by token.
-	#[arg(long, conflicts_with = "regex")]
+	#[arg(long, conflicts_with_all = ["regex", "grammar", "grammar_file"])]
 	json_schema: Option<PathBuf>,
 	/// Hold the output to a regular expression, token by token: the whole output matches it
 	/// (vLLM's guided_regex).
-	#[arg(long)]
+	#[arg(long, conflicts_with_all = ["grammar", "grammar_file"])]
 	regex: Option<String>,
+	/// Hold the output to a context-free grammar in GBNF (llama.cpp's, vLLM's
+	/// guided_grammar), token by token: the whole output is a sentence of its `root` rule.
+	#[arg(long, conflicts_with = "grammar_file")]
+	grammar: Option<String>,
+	/// --grammar, read from this file.
+	#[arg(long)]
+	grammar_file: Option<PathBuf>,
 	/// Seed of the sampler.
 	#[arg(long, default_value_t = 0)]
 	seed: u64,
@@ -401,6 +409,16 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 	};
 	let biased: Vec<u32> = args.logit_bias.iter().map(|(t, _)| *t).collect();
 	check_token_ids("--logit-bias", &biased, tokenizer.vocab_size())?;
+	// The grammar's text, and where it came from (for an error).
+	let grammar = match (&args.grammar, &args.grammar_file) {
+		(Some(text), _) => Some((text.clone(), "--grammar".to_string())),
+		(None, Some(path)) => Some((
+			std::fs::read_to_string(path)
+				.with_context(|| format!("reading the grammar {}", path.display()))?,
+			path.display().to_string(),
+		)),
+		(None, None) => None,
+	};
 	Ok(GenerationRequest {
 		prompt: prompt.into(),
 		max_tokens: args.max_tokens,
@@ -423,13 +441,17 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 		prompt_logprobs_from: 0,
 		min_tokens: args.min_tokens,
 		skip_special_tokens: !args.keep_special_tokens,
-		response_format: match (&args.regex, &args.json_schema, args.json_object) {
-			(Some(pattern), ..) => {
+		response_format: match (grammar, &args.regex, &args.json_schema, args.json_object) {
+			(Some((text, source)), ..) => {
+				let grammar = EbnfGrammar::new(&text).map_err(|e| anyhow!("{source}: {e}"))?;
+				ResponseFormat::Grammar(Arc::new(grammar))
+			}
+			(None, Some(pattern), ..) => {
 				let grammar =
 					RegexGrammar::new(pattern).map_err(|e| anyhow!("--regex {pattern:?}: {e}"))?;
 				ResponseFormat::Regex(Arc::new(grammar))
 			}
-			(None, Some(path), _) => {
+			(None, None, Some(path), _) => {
 				let text = std::fs::read_to_string(path)
 					.with_context(|| format!("reading the JSON schema {}", path.display()))?;
 				let schema = serde_json::from_str(&text)
@@ -438,8 +460,8 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 					.map_err(|e| anyhow!("{}: {e}", path.display()))?;
 				ResponseFormat::Json(Arc::new(grammar))
 			}
-			(None, None, true) => ResponseFormat::json_object(),
-			(None, None, false) => ResponseFormat::Text,
+			(None, None, None, true) => ResponseFormat::json_object(),
+			(None, None, None, false) => ResponseFormat::Text,
 		},
 	})
 }

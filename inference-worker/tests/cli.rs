@@ -171,6 +171,52 @@ fn generate_holds_the_output_to_a_regular_expression() {
 	);
 }
 
+/// `generate --grammar` and `--grammar-file`: the whole output is a sentence of the GBNF
+/// grammar (checked by the regex crate against an expression of the same language written
+/// by hand), and a grammar that cannot be served is refused with where and why.
+#[test]
+fn generate_holds_the_output_to_a_grammar() {
+	let model = models::smollm2_gguf();
+	let grammar = "root ::= name \" is \" age \" years old.\"\n\
+	               name ::= [A-Z] [a-z]{1,12}\n\
+	               age ::= [1-9] [0-9]? | \"100\"";
+	let full = regex::Regex::new(r"^[A-Z][a-z]{1,12} is ([1-9][0-9]?|100) years old\.$").unwrap();
+	let dir = tempfile::tempdir().unwrap();
+	let file = dir.path().join("age.gbnf");
+	std::fs::write(&file, grammar).unwrap();
+	for (seed, from_file) in [("1", true), ("2", false)] {
+		let mut command = worker();
+		command.args(["generate", "--model"]).arg(&model);
+		command.args(["--prompt", "Tell me about someone.", "--max-tokens", "40"]);
+		command.args(["--temperature", "2", "--seed", seed, "--json"]);
+		match from_file {
+			true => command.arg("--grammar-file").arg(&file),
+			false => command.args(["--grammar", grammar]),
+		};
+		let output = command.output().expect("the worker runs");
+		assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+		let out: Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+		let text = out["text"].as_str().unwrap();
+		assert_eq!(out["finish_reason"], "eos", "{text:?}");
+		assert!(full.is_match(text), "{text:?}");
+	}
+	std::fs::write(&file, "root ::= name\n").unwrap();
+	let output = worker()
+		.args(["generate", "--model"])
+		.arg(&model)
+		.args(["--prompt", "x", "--grammar-file"])
+		.arg(&file)
+		.output()
+		.unwrap();
+	assert!(!output.status.success());
+	let stderr = String::from_utf8_lossy(&output.stderr);
+	assert!(
+		stderr.contains("age.gbnf")
+			&& stderr.contains("the rule \"name\" (at line 1, column 10) is not defined"),
+		"{stderr}"
+	);
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
 	let dir = tempfile::tempdir().unwrap();

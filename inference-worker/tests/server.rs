@@ -17,6 +17,7 @@ use openledger_inference_worker::{
 	chain_rpc::{Node, LOOKUP_TIMEOUT},
 	chat::Message,
 	decoder::Decoder,
+	ebnf_grammar::EbnfGrammar,
 	embedding_service::EmbeddingService,
 	embeddings::{cosine, EmbeddingModel},
 	engine::EngineConfig,
@@ -1125,7 +1126,35 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	let regex_tools = json!({"messages": messages, "guided_regex": "a+",
 		"tools": weather_tools().1, "tool_choice": "required"});
 	refused("/v1/chat/completions", regex_tools, "one or the other");
-	refused(completions, json!({"prompt": "x", "guided_grammar": "root ::= \"a\""}), "not served");
+	refused(
+		completions,
+		json!({"prompt": "x", "guided_grammar": "root ::= \"a\" |\n  (\"b\""}),
+		"guided_grammar: a group not closed at line 2, column 3",
+	);
+	let left = json!({"prompt": "x", "guided_grammar": "root ::= root \"a\" | \"b\""});
+	refused(completions, left, "left-recursive");
+	refused(completions, json!({"prompt": "x", "guided_grammar": "?start: \"a\""}), "Lark");
+	refused(completions, json!({"prompt": "x", "guided_grammar": 3}), "a grammar in GBNF");
+	let grammar_min = json!({"prompt": "x", "min_tokens": 2, "guided_grammar": "root ::= \"a\""});
+	refused(completions, grammar_min, "min_tokens");
+	let outputs = |outputs: Value| json!({"prompt": "x", "structured_outputs": outputs});
+	refused(
+		completions,
+		outputs(json!({"grammar": "root ::= x"})),
+		"structured_outputs.grammar: the rule \"x\" (at line 1, column 10) is not defined",
+	);
+	refused(completions, outputs(json!({"regex": "(a"})), "structured_outputs.regex: regex");
+	refused(completions, outputs(json!({"regex": "a", "choice": ["a"]})), "exactly one of");
+	refused(completions, outputs(json!({})), "exactly one of");
+	refused(completions, outputs(json!({"json_object": false})), "true, or left out");
+	let fallback = json!({"regex": "a", "disable_fallback": "x"});
+	refused(completions, outputs(fallback), "true or false");
+	refused(completions, outputs(json!({"whitespace_pattern": " *"})), "not served");
+	refused(completions, outputs(json!({"disable_any_whitespace": true})), "false only");
+	refused(completions, outputs(json!({"jsn": {}})), "not a field of structured_outputs");
+	refused(completions, outputs(json!(["a"])), "structured_outputs: an object");
+	let both = json!({"prompt": "x", "structured_outputs": {"regex": "a"}, "guided_regex": "a"});
+	refused(completions, both, "one or the other");
 	refused(completions, json!({"prompt": "x", "guided_choice": []}), "1 to 64 choices");
 	refused(completions, json!({"prompt": "x", "guided_choice": "a"}), "a list of strings");
 	let two = json!({"prompt": "x", "guided_choice": ["a"], "guided_json": {}});
@@ -1273,6 +1302,147 @@ fn guided_regex_answers_match_the_expression_whole() {
 	assert_eq!(status, 200, "{answer}");
 	assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
 	assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+}
+
+/// Arithmetic over numbers of 1 to 3 digits, sums of up to 4 terms and products of up to 3
+/// factors, parenthesised: a recursive-descent recognizer written by hand, the reference for
+/// `guided_grammar`'s answers.
+fn arithmetic(text: &str) -> bool {
+	/// Up to `most` `item`s separated by `separator`.
+	fn separated(s: &[u8], i: &mut usize, separator: u8, most: usize, item: Item) -> bool {
+		for read in 1.. {
+			if !item(s, i) {
+				return false;
+			}
+			if s.get(*i) != Some(&separator) || read == most {
+				break;
+			}
+			*i += 1;
+		}
+		true
+	}
+	type Item = fn(&[u8], &mut usize) -> bool;
+	fn expr(s: &[u8], i: &mut usize) -> bool {
+		separated(s, i, b'+', 4, term)
+	}
+	fn term(s: &[u8], i: &mut usize) -> bool {
+		separated(s, i, b'*', 3, factor)
+	}
+	fn factor(s: &[u8], i: &mut usize) -> bool {
+		if s.get(*i) == Some(&b'(') {
+			*i += 1;
+			let inner = expr(s, i);
+			let closed = s.get(*i) == Some(&b')');
+			*i += 1;
+			return inner && closed;
+		}
+		let digits = s[(*i).min(s.len())..].iter().take_while(|b| b.is_ascii_digit()).count();
+		*i += digits;
+		(1..=3).contains(&digits)
+	}
+	let mut i = 0;
+	expr(text.as_bytes(), &mut i) && i == text.len()
+}
+
+/// vLLM's `guided_grammar` (and `structured_outputs.grammar`, as vLLM names it from 0.12 on):
+/// on the real model, each whole answer is a sentence of the grammar (as a recognizer written
+/// by hand finds), and is what the library generates under the same grammar, whole and
+/// streamed, greedy and sampled hot; an answer cut by `max_tokens` is a start of one. The other
+/// `structured_outputs` fields answer as their `guided_` twins.
+#[test]
+fn guided_grammar_answers_are_sentences_of_the_grammar() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let text = "root ::= expr\n\
+	            expr ::= term (\"+\" term){0,3}   # a sum of up to 4 terms\n\
+	            term ::= factor (\"*\" factor){0,2}\n\
+	            factor ::= [0-9]{1,3} | \"(\" expr \")\"";
+	let grammar = Arc::new(EbnfGrammar::new(text).unwrap());
+	let prompt = "Q: Write a sum of products, such as (2+3)*4+1.\nA:";
+	let mut ended = 0;
+	let mut greedy_text = String::new();
+	for (seed, temperature) in [(0, 0.0), (1, 1.0), (2, 1.5), (3, 3.0)] {
+		let request = GenerationRequest {
+			response_format: ResponseFormat::Grammar(grammar.clone()),
+			sampling: SamplingParams { temperature, seed, ..Default::default() },
+			..greedy(prompt, 40)
+		};
+		let want = generate(&model, &tokenizer, None, &request).unwrap();
+		if want.finish_reason == FinishReason::Eos {
+			assert!(arithmetic(&want.text), "{:?}", want.text);
+			ended += 1;
+			if temperature == 0.0 {
+				greedy_text = want.text.clone();
+			}
+		} else {
+			assert_eq!(want.finish_reason, FinishReason::Length);
+			assert!(grammar.accepts(&grammar.start(), want.text.as_bytes()).is_some());
+		}
+		for field in ["guided_grammar", "structured_outputs"] {
+			let mut body = json!({"prompt": prompt, "max_tokens": 40,
+				"temperature": temperature, "seed": seed});
+			body[field] = match field {
+				"guided_grammar" => json!(text),
+				_ => json!({"grammar": text, "disable_fallback": true}),
+			};
+			let (status, answer) = post(address, "/v1/completions", &body);
+			assert_eq!(status, 200, "{answer}");
+			assert_answers(&answer, &want, "/text");
+			let (status, events) = stream(address, "/v1/completions", &body);
+			assert_eq!(status, 200, "{events:?}");
+			assert_eq!(gather(&events, "text_completion", "/text").texts[0].0, want.text);
+		}
+	}
+	assert!(ended >= 2, "too few answers ended to check them whole");
+	// Cut by max_tokens, greedy: a start of the whole greedy answer (a sentence, checked
+	// above), reason length.
+	assert!(greedy_text.len() > 4, "the greedy answer did not end: {greedy_text:?}");
+	let body = json!({"prompt": prompt, "max_tokens": 2, "temperature": 0, "guided_grammar": text});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["finish_reason"], "length");
+	let cut = answer["choices"][0]["text"].as_str().unwrap();
+	assert!(greedy_text.starts_with(cut) && cut.len() < greedy_text.len(), "{cut:?}");
+	// Chat, through structured_outputs: the rendered conversation's answer, held the same way.
+	let messages = json!([{"role": "user", "content": "Write 2 times 3 plus 4."}]);
+	let request = GenerationRequest {
+		response_format: ResponseFormat::Grammar(grammar.clone()),
+		..greedy(&render(&tokenizer, &messages), 40)
+	};
+	let want = generate(&model, &tokenizer, None, &request).unwrap();
+	assert!(arithmetic(&want.text), "{:?}", want.text);
+	let body = json!({"messages": messages, "max_tokens": 40, "temperature": 0,
+		"structured_outputs": {"grammar": text}});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
+	assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+	// structured_outputs' regex, choice, json and json_object answer as their guided_ twins.
+	for (outputs, guided) in [
+		(json!({"regex": "[A-Z][a-z]+"}), json!({"guided_regex": "[A-Z][a-z]+"})),
+		(json!({"choice": ["yes", "no"]}), json!({"guided_choice": ["yes", "no"]})),
+		(
+			json!({"json": {"type": "object", "properties": {"a": {"type": "integer"}}}}),
+			json!({"guided_json": {"type": "object", "properties": {"a": {"type": "integer"}}}}),
+		),
+		(json!({"json_object": true}), json!({"response_format": {"type": "json_object"}})),
+	] {
+		let mut body = json!({"messages": messages, "max_tokens": 24, "temperature": 0});
+		body["structured_outputs"] = outputs.clone();
+		let (status, answer) = post(address, "/v1/chat/completions", &body);
+		assert_eq!(status, 200, "{answer}");
+		let mut twin = json!({"messages": messages, "max_tokens": 24, "temperature": 0});
+		for (key, value) in guided.as_object().unwrap() {
+			twin[key] = value.clone();
+		}
+		let (status, expected) = post(address, "/v1/chat/completions", &twin);
+		assert_eq!(status, 200, "{expected}");
+		assert_eq!(
+			answer["choices"][0]["message"]["content"],
+			expected["choices"][0]["message"]["content"],
+			"{outputs}"
+		);
+	}
 }
 
 /// OpenAI's tool calls: a named tool's call is its arguments, generated under the tool's
