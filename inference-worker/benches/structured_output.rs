@@ -11,7 +11,9 @@
 //! pattern and bounds); and for regular expressions, the compile, the mask's first finding
 //! from a state and the mask kept ([`RegexGrammar::allowed_tokens`]) against trying each token
 //! ([`RegexGrammar::allowed_tokens_each`]); and the same for context-free grammars
-//! ([`EbnfGrammar::allowed_tokens`] against [`EbnfGrammar::allowed_tokens_each`]).
+//! ([`EbnfGrammar::allowed_tokens`] against [`EbnfGrammar::allowed_tokens_each`]); and what
+//! keeping a request's compiled grammar for the next saves (a greedy answer with its grammar
+//! compiled for it, against one with the grammar an earlier request compiled and used).
 //!
 //!     cargo bench --release -p openledger-inference-worker --bench structured_output
 //!
@@ -49,6 +51,11 @@ factor ::= [0-9]{1,3} | "(" expr ")""#;
 
 const RUNS: usize = 7;
 const MAX_TOKENS: usize = 96;
+
+/// A request budget that never runs out.
+fn no_limit() -> usize {
+	usize::MAX
+}
 
 fn median(mut values: Vec<f64>) -> f64 {
 	values.sort_by(f64::total_cmp);
@@ -153,6 +160,54 @@ fn main() {
 			constrained * 1e3,
 			free * 1e3,
 			constrained / free
+		);
+	}
+
+	// What keeping a compiled grammar between requests saves (the worker's grammar cache,
+	// grammar_cache.rs): a greedy answer whose grammar is compiled for it, its masks found
+	// anew, against one whose grammar was compiled and used by an earlier request.
+	println!();
+	println!(
+		"| output, a request's grammar | tokens | compiled for it ms | kept from before ms | \
+		 kept / compiled |"
+	);
+	println!("|---|---|---|---|---|");
+	let long_name = serde_json::json!({"type": "object", "properties": {
+		"name": {"type": "string", "maxLength": 1000}, "age": {"type": "integer"}},
+		"required": ["name", "age"]});
+	type Compile<'a> = Box<dyn Fn() -> ResponseFormat + 'a>;
+	let compilers: [(&str, Compile); 3] = [
+		(
+			"llama.cpp's JSON in GBNF (guided_grammar)",
+			Box::new(|| ResponseFormat::Grammar(Arc::new(EbnfGrammar::new(JSON_GBNF).unwrap()))),
+		),
+		(
+			"a JSON schema with a maxLength of 1,000",
+			Box::new(|| {
+				ResponseFormat::Json(Arc::new(JsonGrammar::from_schema(&long_name).unwrap()))
+			}),
+		),
+		(
+			"a regular expression (guided_regex, a cat as JSON)",
+			Box::new(|| ResponseFormat::Regex(Arc::new(RegexGrammar::new(cat).unwrap()))),
+		),
+	];
+	for (name, compile) in &compilers {
+		let kept = request(compile(), MAX_TOKENS, false);
+		let tokens = generate(&model, &tokenizer, None, &kept).unwrap().tokens.len();
+		let (mut fresh, mut again) = (Vec::new(), Vec::new());
+		for _ in 0..RUNS {
+			let start = Instant::now();
+			generate(&model, &tokenizer, None, &request(compile(), MAX_TOKENS, false)).unwrap();
+			fresh.push(start.elapsed().as_secs_f64());
+			again.push(seconds(&kept));
+		}
+		let (fresh, again) = (median(fresh), median(again));
+		println!(
+			"| {name} | {tokens} | {:.1} | {:.1} | {:.3}x |",
+			fresh * 1e3,
+			again * 1e3,
+			again / fresh
 		);
 	}
 
@@ -283,15 +338,19 @@ fn main() {
 			compile.push(clock.elapsed().as_secs_f64() * 1e6);
 			let state = fresh.accepts(&fresh.start(), prefix.as_bytes()).unwrap();
 			let clock = Instant::now();
-			std::hint::black_box(fresh.allowed_tokens(&state, bytes, tokenizer.eos).unwrap());
+			std::hint::black_box(
+				fresh.allowed_tokens(&state, bytes, tokenizer.eos, &mut no_limit()).unwrap(),
+			);
 			walk.push(clock.elapsed().as_secs_f64() * 1e6);
 		}
 		let grammar = EbnfGrammar::new(text).unwrap();
 		let state = grammar.accepts(&grammar.start(), prefix.as_bytes()).unwrap();
-		let kept = time_mask(&|| grammar.allowed_tokens(&state, bytes, tokenizer.eos).unwrap());
+		let kept = time_mask(&|| {
+			grammar.allowed_tokens(&state, bytes, tokenizer.eos, &mut no_limit()).unwrap()
+		});
 		let each = time_mask(&|| grammar.allowed_tokens_each(&state, bytes, tokenizer.eos));
 		assert_eq!(
-			grammar.allowed_tokens(&state, bytes, tokenizer.eos).unwrap(),
+			grammar.allowed_tokens(&state, bytes, tokenizer.eos, &mut no_limit()).unwrap(),
 			grammar.allowed_tokens_each(&state, bytes, tokenizer.eos)
 		);
 		let (compile, walk) = (median(compile), median(walk));

@@ -20,21 +20,25 @@
 //! grammar is read: syntax errors, groups nested deeper than [`MAX_NESTING`], rules used but
 //! not defined or defined twice, no `root`, a `root` that matches no text, left recursion (a
 //! rule that may come back to itself before any byte: `expr ::= expr "+" term`, to be written
-//! `expr ::= term ("+" term)*`; a repetition of what may be empty, `("a"?)*`, is one too), a
-//! start that takes more than the limits below, and grammars larger than
+//! `expr ::= term ("+" term)*`), a repetition of what may match no text (`("a"?)*`,
+//! `("a"?){0,9}`), a start that takes more than the limits below, and grammars larger than
 //! [`MAX_GRAMMAR_BYTES`] or [`MAX_ELEMENTS`] once repetitions are written out. Lark grammars
 //! (vLLM's other syntax) are refused with that reason. Alternatives that can never end (they
 //! call a rule that never does) are dropped, so every output the grammar holds can still be
-//! finished; calls of rules that match only the empty text are dropped too.
+//! finished (within the depth followed, below); calls of rules that match only the empty text
+//! are dropped too.
 //!
 //! The output is followed as llama.cpp follows it: the state is the set of the parser's
 //! stacks (each the rule positions it is in, the innermost a byte range to read next), the
 //! empty stack meaning the output may end. A call in the last place of an alternative returns
 //! nowhere (a tail call), so a repetition (`x*`, `list ::= item ("," list)?`) keeps its stack
 //! as it goes. A stack deeper than [`MAX_DEPTH`] is not followed (as JSON mode's nesting: the
-//! output stays within the grammar, without that way on); a state of more than
-//! [`MAX_STACKS`] stacks or [`MAX_STATE_WORDS`] positions, or more than [`MAX_WORK`] steps to
-//! find a mask, is an error for the request, never a smaller grammar followed quietly.
+//! output stays within the grammar, without that way on; if no way is left, the request ends
+//! with an error); a state of more than [`MAX_STACKS`] stacks or [`MAX_STATE_WORDS`]
+//! positions, or more than [`MAX_WORK`] steps to find a token's mask (stacks looked at,
+//! positions copied, sorted and hashed) or [`MAX_REQUEST_WORK`] for a request's, is an error
+//! for the request, never a smaller grammar followed quietly. (A grammar nested some 300
+//! rules deep, llama.cpp's JSON at that depth, reaches the work limit before the depth one.)
 //!
 //! States are kept as they are met, with the state each byte leads to from them, as a lazy
 //! automaton (at most [`MAX_STATES`] states and [`MAX_KEPT_WORDS`] positions, then they are
@@ -68,17 +72,20 @@ pub const MAX_ELEMENTS: usize = 256 * 1024;
 pub const MAX_REPETITION: u32 = 1024;
 /// The deepest stack followed: rules within rules that have not ended.
 pub const MAX_DEPTH: usize = 1024;
-/// The most stacks in one state: ways the output so far can be read at once.
-pub const MAX_STACKS: usize = 4096;
+/// The most stacks in one state: ways the output so far can be read at once (an enumeration
+/// of many names is as many).
+pub const MAX_STACKS: usize = 1 << 16;
 /// The most positions (over all its stacks) in one state.
 pub const MAX_STATE_WORDS: usize = 1 << 18;
-/// The most work (stacks looked at and positions copied) to find one mask, or the state after
-/// one byte.
+/// The most work (stacks looked at, positions copied, sorted and hashed) to find one mask, or
+/// the state after one byte.
 pub const MAX_WORK: usize = 1 << 24;
+/// The most work to find the masks of one request, over all its tokens.
+pub const MAX_REQUEST_WORK: usize = 1 << 26;
 /// The most states a grammar keeps, with the states each byte leads to.
 pub const MAX_STATES: usize = 4096;
 /// The most positions, over all the states a grammar keeps.
-pub const MAX_KEPT_WORDS: usize = 1 << 23;
+pub const MAX_KEPT_WORDS: usize = 1 << 21;
 /// The most states whose allowed tokens one grammar keeps.
 pub const MAX_CACHED_MASKS: usize = 256;
 
@@ -107,9 +114,10 @@ impl Stacks {
 		self.0.first().is_some_and(|s| s.is_empty())
 	}
 
-	/// Its positions, over all its stacks.
+	/// Its positions, over all its stacks, with 8 more a stack for its pointer and its
+	/// allocation (so that four bytes a position bound the memory it takes).
 	fn words(&self) -> usize {
-		self.0.iter().map(|s| s.len() + 1).sum()
+		self.0.iter().map(|s| s.len() + 8).sum()
 	}
 }
 
@@ -262,6 +270,17 @@ impl EbnfGrammar {
 		Ok(grammar)
 	}
 
+	/// About the most memory the grammar may come to hold, but for its masks (a bit a token,
+	/// at most [`MAX_CACHED_MASKS`]): what it is compiled to, and the states its automaton
+	/// may keep ([`MAX_KEPT_WORDS`] positions of four bytes) with their transitions
+	/// ([`MAX_STATES`] tables of 256).
+	pub fn memory_usage(&self) -> usize {
+		let compiled = self.text.len()
+			+ self.elements.len() * std::mem::size_of::<Element>()
+			+ self.alternatives.iter().map(|a| a.len() * 4 + 24).sum::<usize>();
+		compiled + MAX_KEPT_WORDS * 4 + MAX_STATES * (256 * 4 + 64)
+	}
+
 	/// The grammar as given.
 	pub fn text(&self) -> &str {
 		&self.text
@@ -297,14 +316,21 @@ impl EbnfGrammar {
 
 	/// For each token (by id, its bytes in `token_bytes`), whether it may come next from
 	/// `state`; the end of the output (`eos`) when the output is whole. Tokens without bytes
-	/// (special tokens) never may. An error if finding them takes more than the limits.
+	/// (special tokens) never may. The work it takes (none for a mask kept) is taken from
+	/// `budget`, the request's ([`MAX_REQUEST_WORK`] to begin with); an error if it takes
+	/// more than that, or than [`MAX_WORK`], or a state more than it may hold.
 	pub fn allowed_tokens(
 		&self,
 		state: &EbnfState,
 		token_bytes: &TokenBytes,
 		eos: Option<u32>,
+		budget: &mut usize,
 	) -> Result<Vec<bool>, String> {
-		let mask = self.mask(state, token_bytes)?;
+		let mut work = (*budget).min(MAX_WORK);
+		let before = work;
+		let mask = self.mask(state, token_bytes, &mut work);
+		*budget -= before - work;
+		let mask = mask?;
 		let mut allowed: Vec<bool> = (0..token_bytes.len())
 			.map(|id| mask.get(id / 64).is_some_and(|word| word >> (id % 64) & 1 == 1))
 			.collect();
@@ -348,7 +374,12 @@ impl EbnfGrammar {
 
 	/// The tokens that may come next from `state`, a bit each: kept, or found by walking the
 	/// vocabulary's byte trie through the automaton.
-	fn mask(&self, state: &EbnfState, token_bytes: &TokenBytes) -> Result<Arc<[u64]>, String> {
+	fn mask(
+		&self,
+		state: &EbnfState,
+		token_bytes: &TokenBytes,
+		work: &mut usize,
+	) -> Result<Arc<[u64]>, String> {
 		let mut automaton = self.automaton();
 		automaton.make_room();
 		let at = automaton.intern(state.0.clone());
@@ -361,11 +392,10 @@ impl EbnfGrammar {
 		}
 		let mut mask = vec![0u64; token_bytes.len().div_ceil(64)];
 		let trie = token_bytes.trie();
-		let mut work = MAX_WORK;
 		let mut stack = vec![(0u32, at)];
 		while let Some((node, at)) = stack.pop() {
 			for &(b, child) in trie.children(node) {
-				let Some(next) = automaton.step(self, &at, b, &mut work)? else { continue };
+				let Some(next) = automaton.step(self, &at, b, work)? else { continue };
 				for &id in trie.tokens(child) {
 					if let Some(word) = mask.get_mut(id as usize / 64) {
 						*word |= 1 << (id % 64);
@@ -389,11 +419,13 @@ impl EbnfGrammar {
 	/// The state after `byte` from `stacks`, unless no stack may read it; an error if finding
 	/// it takes more than `work` has left, or more than a state may hold.
 	fn step(&self, stacks: &Stacks, byte: u8, work: &mut usize) -> Result<Option<Stacks>, String> {
+		spend(stacks.0.len(), work)?;
 		let mut read = Vec::new();
 		for stack in stacks.0.iter() {
 			let Some(&top) = stack.last() else { continue };
 			let Some(Element::Bytes(lo, hi)) = self.elements.get(top as usize) else { continue };
 			if (*lo..=*hi).contains(&byte) {
+				spend(stack.len() + 1, work)?;
 				let mut next = stack.to_vec();
 				if let Some(last) = next.last_mut() {
 					*last = top + 1;
@@ -403,6 +435,8 @@ impl EbnfGrammar {
 		}
 		let mut after = Vec::new();
 		self.close(read, &mut after, work)?;
+		// Sorting the stacks, and hashing the state to keep it, read its positions again.
+		spend(2 * after.iter().map(|s| s.len() + 1).sum::<usize>(), work)?;
 		Self::sorted(after)
 	}
 
@@ -439,12 +473,6 @@ impl EbnfGrammar {
 		work: &mut usize,
 	) -> Result<(), String> {
 		let mut seen: HashSet<Vec<u32>> = HashSet::new();
-		let spend = |n: usize, work: &mut usize| {
-			*work = work.checked_sub(n).ok_or_else(|| {
-				format!("following the grammar here takes more than {MAX_WORK} steps")
-			})?;
-			Ok::<(), String>(())
-		};
 		'stacks: while let Some(mut stack) = work_list.pop() {
 			loop {
 				spend(1, work)?;
@@ -487,6 +515,17 @@ impl EbnfGrammar {
 		}
 		Ok(())
 	}
+}
+
+/// Takes `n` from the work left, or says the grammar takes too long to follow here.
+fn spend(n: usize, work: &mut usize) -> Result<(), String> {
+	*work = work.checked_sub(n).ok_or_else(|| {
+		format!(
+			"following the grammar takes more than {MAX_WORK} steps for one token, or \
+			 {MAX_REQUEST_WORK} for the request"
+		)
+	})?;
+	Ok(())
 }
 
 /// What a grammar's text says, before it is compiled.
@@ -870,6 +909,9 @@ struct Compiler<'a> {
 	owner: Vec<u32>,
 	/// The elements so far, to keep them within [`MAX_ELEMENTS`].
 	count: usize,
+	/// What is repeated any number of times, or up to a number more than its least, with the
+	/// rule written that it is in: none may match the empty text.
+	repeated: Vec<(Element, u32)>,
 }
 
 impl<'a> Compiler<'a> {
@@ -892,6 +934,7 @@ impl<'a> Compiler<'a> {
 			bodies: vec![Vec::new(); rules.len()],
 			owner: (0..rules.len() as u32).collect(),
 			count: 0,
+			repeated: Vec::new(),
 		};
 		for (i, rule) in rules.iter().enumerate() {
 			let body = rule
@@ -994,8 +1037,14 @@ impl<'a> Compiler<'a> {
 				self.item(inner, owner, &mut once)?;
 				let once = match once.as_slice() {
 					[one] => *one,
-					_ => Element::Rule(self.made_rule(vec![once], owner)?),
+					_ => {
+						self.count(once.len() + 1)?;
+						Element::Rule(self.made_rule(vec![once], owner)?)
+					}
 				};
+				if max.is_none_or(|max| max > *min) {
+					self.repeated.push((once, owner));
+				}
 				self.count(*min as usize)?;
 				out.extend(std::iter::repeat_n(once, *min as usize));
 				match max {
@@ -1058,10 +1107,21 @@ impl<'a> Compiler<'a> {
 		Ok(())
 	}
 
-	/// Refuses left recursion: a rule that may call itself again before any byte.
+	/// Refuses a repetition of what may match no text (`("a"?)*`, `("a"?){0,9}`: it could
+	/// be read in as many ways as it may be repeated), and left recursion: a rule that may
+	/// call itself again before any byte.
 	fn refuse_left_recursion(&self) -> Result<(), String> {
 		let n = self.bodies.len();
 		let empty = every_element_of_an_alternative(&self.bodies, false);
+		for (once, owner) in &self.repeated {
+			if matches!(once, Element::Rule(r) if empty[*r as usize]) {
+				return Err(format!(
+					"the rule {:?} repeats what may match no text (as (\"a\"?)* or \
+					 (\"a\"?){{0,9}}): repeat what matches at least a character",
+					self.name(*owner)
+				));
+			}
+		}
 		// The rules each rule may call before any byte.
 		let first: Vec<Vec<u32>> = self
 			.bodies
@@ -1102,8 +1162,7 @@ impl<'a> Compiler<'a> {
 						if mark[callee] == open {
 							return Err(format!(
 								"the rule {:?} is left-recursive (it may come back to {:?} \
-								 before any text; so is a repetition of what may be empty, \
-								 such as (\"a\"?)*): write `a ::= a \"+\" b | b` as \
+								 before any text): write `a ::= a \"+\" b | b` as \
 								 `a ::= b (\"+\" b)*`",
 								self.name(rule as u32),
 								self.name(callee as u32),
@@ -1204,6 +1263,11 @@ fn reads_a_byte(bodies: &[Vec<Vec<Element>>]) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
 	use super::*;
+
+	/// A request budget that never runs out.
+	fn no_limit() -> usize {
+		usize::MAX
+	}
 
 	fn grammar(text: &str) -> EbnfGrammar {
 		EbnfGrammar::new(text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
@@ -1436,7 +1500,9 @@ mod tests {
 				"root ::= a\na ::= b? a \"x\" | \"y\"\nb ::= \"z\"",
 				"the rule \"a\" is left-recursive",
 			),
-			("root ::= (\"a\"?)*", "left-recursive"),
+			("root ::= (\"a\"?)*", "the rule \"root\" repeats what may match no text"),
+			("root ::= x{0,9}\nx ::= \"a\" | \"\"", "repeats what may match no text"),
+			("root ::= (\"\")+", "repeats what may match no text"),
 			("root ::= \"a\"{2000}", "bounds are numbers up to 1024"),
 			("root ::= \"a\"{3,2}", "backwards"),
 			("root ::= \"a\"{1", "braces not closed"),
@@ -1464,22 +1530,68 @@ mod tests {
 		assert!(grammar(&deep).matches("a"));
 		let stacked = format!("root ::= \"a\"{}", "?".repeat(30_000));
 		assert!(refused(&stacked).contains("nest deeper than 64"));
-		// A start read in more ways than a state holds is refused up front.
-		let ways: Vec<String> = (0..MAX_STACKS + 10).map(|i| format!("\"a\" \"{i}\"")).collect();
-		let wide = format!("root ::= {}", ways.join(" | "));
-		assert!(refused(&wide).contains("more than 4096 ways at once"));
+		// A start larger than a state holds is refused up front.
+		assert!(refused(&deep_and_wide("", 300)).contains("more than 262144 positions"));
+	}
+
+	/// A grammar whose states are 1,000 rules deep (each call returning to a "!"), then
+	/// `ways` alternatives of 200 printable characters and a number, after `prefix`.
+	fn deep_and_wide(prefix: &str, ways: usize) -> String {
+		let mut text = format!("root ::= {prefix} d0\n");
+		for i in 0..999 {
+			text.push_str(&format!("d{i} ::= d{} \"!\"\n", i + 1));
+		}
+		let ways: Vec<String> = (0..ways).map(|i| format!("[ -~]{{200}} \"{i}\"")).collect();
+		text.push_str(&format!("d999 ::= {}\n", ways.join(" | ")));
+		text
 	}
 
 	/// What exceeds the limits while the output is followed is an error for the request (the
 	/// mask), never a smaller grammar followed quietly.
 	#[test]
 	fn limits_passed_while_following_are_errors() {
-		let ways: Vec<String> = (0..MAX_STACKS + 10).map(|i| format!("\"a\" \"{i}\"")).collect();
-		let g = grammar(&format!("root ::= \"s\" wide\nwide ::= {}", ways.join(" | ")));
 		let vocab = vocabulary();
-		let error = g.allowed_tokens(&g.start(), &vocab, None).unwrap_err();
-		assert!(error.contains("more than 4096 ways at once"), "{error}");
+		// States too large to hold, after the start.
+		let g = grammar(&deep_and_wide("\"s\"", 300));
+		let error = g.allowed_tokens(&g.start(), &vocab, None, &mut no_limit()).unwrap_err();
+		assert!(error.contains("more than 262144 positions"), "{error}");
 		assert!(g.accepts(&g.start(), b"s").is_none());
+		// States that fit (250 stacks 1,001 deep) but cost too much to step through: each
+		// byte copies, sorts and hashes them, and the work is counted so.
+		let g = grammar(&deep_and_wide("", 250));
+		let error = g.allowed_tokens(&g.start(), &vocab, None, &mut no_limit()).unwrap_err();
+		assert!(error.contains("more than 16777216 steps for one token"), "{error}");
+		// A request's masks share one budget: a mask kept costs nothing from it.
+		let g = grammar("root ::= [a-z]+ (\",\" [a-z]+)*");
+		let mut budget = MAX_REQUEST_WORK;
+		g.allowed_tokens(&g.start(), &vocab, None, &mut budget).unwrap();
+		let spent = MAX_REQUEST_WORK - budget;
+		assert!(spent > 0);
+		g.allowed_tokens(&g.start(), &vocab, None, &mut budget).unwrap();
+		assert_eq!(MAX_REQUEST_WORK - budget, spent);
+		let fresh = grammar("root ::= [a-z]+ (\",\" [a-z]+)*");
+		let error = fresh.allowed_tokens(&fresh.start(), &vocab, None, &mut (spent - 1));
+		assert!(error.unwrap_err().contains("for the request"));
+	}
+
+	/// A walk that fills the automaton goes on with states it does not keep: the mask is the
+	/// same.
+	#[test]
+	fn a_walk_past_a_full_automaton_goes_on_without_keeping_states() {
+		// Each letter a state of its own.
+		let g = grammar(&format!("root ::= {}", "[a-z]{1024} ".repeat(5)));
+		let vocab = vocabulary();
+		let mut state = g.start();
+		for _ in 0..MAX_STATES - 3 {
+			state = g.accepts(&state, b"x").unwrap();
+		}
+		assert_eq!(g.automaton().states.len(), MAX_STATES - 2);
+		// The walk meets three new states ("a", "ab", "abc"): the last is not kept.
+		let kept = g.allowed_tokens(&state, &vocab, None, &mut no_limit()).unwrap();
+		assert_eq!(g.automaton().states.len(), MAX_STATES);
+		assert_eq!(kept, g.allowed_tokens_each(&state, &vocab, None));
+		let abc = (0..vocab.len()).find(|&id| vocab.get(id) == Some(b"abc".as_slice())).unwrap();
+		assert!(kept[abc]);
 	}
 
 	/// Alternatives that can never end are dropped (an output held to the grammar can always
@@ -1490,14 +1602,15 @@ mod tests {
 		assert!(g.matches("a"));
 		assert!(g.accepts(&g.start(), b"b").is_none());
 		let vocab = vocabulary();
-		let allowed = g.allowed_tokens(&g.start(), &vocab, None).unwrap();
+		let allowed = g.allowed_tokens(&g.start(), &vocab, None, &mut no_limit()).unwrap();
 		let ids: Vec<usize> = (0..allowed.len()).filter(|&id| allowed[id]).collect();
 		assert_eq!(ids, vec![b'a' as usize]);
-		let started = std::time::Instant::now();
 		let g = grammar("root ::= \"a\" ((\"\"|\"\"){256}){256} \"x\"");
 		assert!(g.matches("ax"));
 		assert!(!g.matches("a"));
-		assert!(started.elapsed() < std::time::Duration::from_secs(5));
+		// The 512 calls of rules that match only the empty text are gone.
+		let calls = g.elements.iter().filter(|e| matches!(e, Element::Rule(_))).count();
+		assert!(calls <= 2, "{calls} calls left");
 	}
 
 	#[test]
@@ -1579,7 +1692,7 @@ mod tests {
 				let mut state = g.start();
 				for (i, &b) in sample.as_bytes().iter().enumerate() {
 					for _ in 0..2 {
-						let kept = g.allowed_tokens(&state, &vocab, eos).unwrap();
+						let kept = g.allowed_tokens(&state, &vocab, eos, &mut no_limit()).unwrap();
 						assert_eq!(
 							kept,
 							g.allowed_tokens_each(&state, &vocab, eos),
@@ -1611,7 +1724,7 @@ mod tests {
 		for (i, &b) in text.as_bytes().iter().enumerate() {
 			if i % 397 == 0 || i + 2 >= text.len() {
 				assert_eq!(
-					g.allowed_tokens(&state, &vocab, Some(0)).unwrap(),
+					g.allowed_tokens(&state, &vocab, Some(0), &mut no_limit()).unwrap(),
 					g.allowed_tokens_each(&state, &vocab, Some(0)),
 					"after {i} letters"
 				);
@@ -1631,10 +1744,8 @@ mod tests {
 	#[test]
 	fn nullable_alternatives_side_by_side_are_followed_once() {
 		let g = grammar("root ::= (\"\" | \"\" | \"x\"?){1024} \"a\"");
-		let started = std::time::Instant::now();
 		assert!(g.matches("a"));
 		assert!(g.matches(&format!("{}a", "x".repeat(1024))));
 		assert!(!g.matches(&format!("{}a", "x".repeat(1025))));
-		assert!(started.elapsed() < std::time::Duration::from_secs(20));
 	}
 }

@@ -7,7 +7,7 @@ use openledger_kernels::{backend::Backend, sampling::SamplingParams as KernelSam
 use serde::Serialize;
 
 use crate::{
-	ebnf_grammar::{EbnfGrammar, EbnfState},
+	ebnf_grammar::{EbnfGrammar, EbnfState, MAX_REQUEST_WORK},
 	error::{Error, Result},
 	json_mode::{JsonGrammar, JsonState},
 	kernel_model::{DecodeInput, KernelLlama},
@@ -145,7 +145,9 @@ enum Constraint {
 	Json(Arc<JsonGrammar>, JsonState),
 	Lazy(Arc<LazyGrammar>, LazyState),
 	Regex(Arc<RegexGrammar>, RegexState),
-	Grammar(Arc<EbnfGrammar>, EbnfState),
+	/// With the work its masks may still take ([`crate::ebnf_grammar::MAX_REQUEST_WORK`] to
+	/// begin with).
+	Grammar(Arc<EbnfGrammar>, EbnfState, usize),
 }
 
 impl Constraint {
@@ -155,7 +157,7 @@ impl Constraint {
 			Self::Json(grammar, state) => state.can_end(grammar),
 			Self::Lazy(lazy, state) => state.can_end(lazy),
 			Self::Regex(grammar, state) => grammar.can_end(*state),
-			Self::Grammar(grammar, state) => grammar.can_end(state),
+			Self::Grammar(grammar, state, _) => grammar.can_end(state),
 		}
 	}
 
@@ -170,13 +172,13 @@ impl Constraint {
 			Self::Regex(grammar, _) => {
 				format!("the output of guided_regex {:?}", grammar.pattern())
 			}
-			Self::Grammar(..) => "the output of guided_grammar".into(),
+			Self::Grammar(..) => "the output's grammar".into(),
 		}
 	}
 
 	/// For each token, whether it may come next (`eos` when the output may end); an error
 	/// when a grammar cannot find them within its limits.
-	fn allowed_tokens(&self, tokenizer: &Tokenizer, eos: Option<u32>) -> Result<Vec<bool>> {
+	fn allowed_tokens(&mut self, tokenizer: &Tokenizer, eos: Option<u32>) -> Result<Vec<bool>> {
 		Ok(match self {
 			Self::Json(grammar, state) => {
 				state.allowed_tokens(grammar, tokenizer.token_bytes(), eos)
@@ -188,9 +190,9 @@ impl Constraint {
 			Self::Regex(grammar, state) => {
 				grammar.allowed_tokens(*state, tokenizer.token_bytes(), eos)
 			}
-			Self::Grammar(grammar, state) => grammar
-				.allowed_tokens(state, tokenizer.token_bytes(), eos)
-				.map_err(|e| Error::Request(format!("guided_grammar: {e}")))?,
+			Self::Grammar(grammar, state, budget) => grammar
+				.allowed_tokens(state, tokenizer.token_bytes(), eos, budget)
+				.map_err(|e| Error::Request(format!("the output's grammar: {e}")))?,
 		})
 	}
 
@@ -209,8 +211,8 @@ impl Constraint {
 			Self::Regex(_, _) if bytes.is_empty() => None,
 			Self::Regex(grammar, state) => grammar.accepts(*state, bytes).map(|next| *state = next),
 			// Nor in a grammar's.
-			Self::Grammar(_, _) if bytes.is_empty() => None,
-			Self::Grammar(grammar, state) => {
+			Self::Grammar(..) if bytes.is_empty() => None,
+			Self::Grammar(grammar, state, _) => {
 				grammar.accepts(state, bytes).map(|next| *state = next)
 			}
 		}
@@ -449,7 +451,7 @@ impl Progress {
 					Some(Constraint::Regex(grammar.clone(), grammar.start()))
 				}
 				ResponseFormat::Grammar(grammar) => {
-					Some(Constraint::Grammar(grammar.clone(), grammar.start()))
+					Some(Constraint::Grammar(grammar.clone(), grammar.start(), MAX_REQUEST_WORK))
 				}
 			},
 			skip_special_tokens: request.skip_special_tokens,
@@ -516,7 +518,7 @@ impl Progress {
 		let held = self.tokens.len() < self.min_tokens;
 		let (eos, stop_token_ids) = (tokenizer.eos, &self.stop_token_ids);
 		let fits =
-			self.constraint.as_ref().map(|c| c.allowed_tokens(tokenizer, eos)).transpose()?;
+			self.constraint.as_mut().map(|c| c.allowed_tokens(tokenizer, eos)).transpose()?;
 		// A whole document may also end at a stop token (a model without an end-of-sequence
 		// token, say).
 		let whole = self.constraint.as_ref().is_some_and(Constraint::can_end);

@@ -152,6 +152,7 @@ use crate::{
 		check_token_ids, FinishReason, Generation, GenerationRequest, Prompt, ResponseFormat,
 		TokenScores,
 	},
+	grammar_cache::{GrammarCache, GrammarKind},
 	json_mode::JsonGrammar,
 	lora::AdapterSource,
 	prompt_registry::{fill, PromptError, PromptRef, PromptRegistry, RegisteredPrompt},
@@ -203,6 +204,9 @@ pub struct ApiState {
 	/// The adapters registered on chain that requests may name (`chain:<id>`), if the worker
 	/// follows a chain.
 	chain_adapters: Option<Arc<AdapterRegistry>>,
+	/// The output grammars compiled for earlier requests (schemas, choices, expressions,
+	/// GBNF grammars).
+	grammars: GrammarCache,
 }
 
 /// The model a request is served with: the name answers report, the adapter's name in the
@@ -265,7 +269,6 @@ impl ApiState {
 			adapters: RwLock::new(adapters.into_iter().collect()),
 			adapters_dir: None,
 			runtime_adapters: false,
-			tokenizer,
 			chat_template,
 			started: now(),
 			embeddings: None,
@@ -274,6 +277,8 @@ impl ApiState {
 			runtime_records: false,
 			prompts: None,
 			chain_adapters: None,
+			grammars: GrammarCache::new(tokenizer.vocab_size()),
+			tokenizer,
 		}
 	}
 
@@ -859,7 +864,13 @@ impl<'a> Guided<'a> {
 /// output is exactly, its `guided_regex` a regular expression the whole output matches, and
 /// its `guided_grammar` a context-free grammar in GBNF that takes the whole output
 /// ([`Guided`]: or the same in `structured_outputs`).
-fn response_format(format: Option<&Value>, guided: &Guided) -> Result<ResponseFormat, ApiError> {
+///
+/// Grammars are compiled once per text and kept ([`GrammarCache`]).
+fn response_format(
+	format: Option<&Value>,
+	guided: &Guided,
+	cache: &GrammarCache,
+) -> Result<ResponseFormat, ApiError> {
 	let text = |f: &Value| f.is_null() || f.get("type").and_then(Value::as_str) == Some("text");
 	let asked = [
 		!format.is_none_or(text),
@@ -883,18 +894,22 @@ fn response_format(format: Option<&Value>, guided: &Guided) -> Result<ResponseFo
 		let grammar = grammar.as_str().ok_or_else(|| {
 			ApiError::bad_request(format!("{field}: a grammar in GBNF (a string)"))
 		})?;
-		return EbnfGrammar::new(grammar)
-			.map(|grammar| ResponseFormat::Grammar(Arc::new(grammar)))
-			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")));
+		return cache.get_or_compile(GrammarKind::Ebnf, grammar, || {
+			EbnfGrammar::new(grammar)
+				.map(|grammar| ResponseFormat::Grammar(Arc::new(grammar)))
+				.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+		});
 	}
 	if let Some(pattern) = guided.regex {
 		let field = guided.name("regex");
 		let pattern = pattern.as_str().ok_or_else(|| {
 			ApiError::bad_request(format!("{field}: a regular expression (a string)"))
 		})?;
-		return RegexGrammar::new(pattern)
-			.map(|grammar| ResponseFormat::Regex(Arc::new(grammar)))
-			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")));
+		return cache.get_or_compile(GrammarKind::Regex, pattern, || {
+			RegexGrammar::new(pattern)
+				.map(|grammar| ResponseFormat::Regex(Arc::new(grammar)))
+				.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+		});
 	}
 	if let Some(choices) = guided.choice {
 		let field = guided.name("choice");
@@ -904,9 +919,15 @@ fn response_format(format: Option<&Value>, guided: &Guided) -> Result<ResponseFo
 				list.iter().map(|c| c.as_str().map(String::from)).collect::<Option<Vec<_>>>()
 			})
 			.ok_or_else(|| ApiError::bad_request(format!("{field}: a list of strings")))?;
-		return JsonGrammar::choice(&texts)
-			.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
-			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")));
+		return cache.get_or_compile(
+			GrammarKind::Choice,
+			&Value::from(texts.clone()).to_string(),
+			|| {
+				JsonGrammar::choice(&texts)
+					.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
+					.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+			},
+		);
 	}
 	if guided.json_object {
 		return Ok(ResponseFormat::json_object());
@@ -922,9 +943,11 @@ fn response_format(format: Option<&Value>, guided: &Guided) -> Result<ResponseFo
 			}
 			schema => schema,
 		};
-		JsonGrammar::from_schema(schema)
-			.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
-			.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+		cache.get_or_compile(GrammarKind::Schema, &schema.to_string(), || {
+			JsonGrammar::from_schema(schema)
+				.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
+				.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+		})
 	};
 	let format = format.filter(|f| !f.is_null());
 	match (format, guided.json) {
@@ -1228,6 +1251,25 @@ fn prompt_logprobs_of(
 	Ok(Value::Array(positions))
 }
 
+/// What `body`'s output must be ([`response_format`], its grammar kept in `grammars`), or the
+/// tool calls' grammar of `calling` (one or the other).
+fn output_format(
+	body: &Body,
+	calling: Option<&ToolCalling>,
+	grammars: &GrammarCache,
+) -> Result<ResponseFormat, ApiError> {
+	let format = response_format(body.response_format.as_ref(), &Guided::of(body)?, grammars)?;
+	// Tool calls are held to their own grammar.
+	match (calling, format) {
+		(None, format) => Ok(format),
+		(Some(calling), ResponseFormat::Text) => Ok(calling.response_format()),
+		(Some(_), _) => Err(ApiError::bad_request(
+			"tool_choice and response_format (or guided_json, guided_choice, guided_regex, \
+			 guided_grammar, structured_outputs): one or the other",
+		)),
+	}
+}
+
 /// The engine's requests for `prompts` with `body`'s sampling at `endpoint`, each reporting
 /// `logprobs` most likely tokens (and the prompt's, when echoed): `n` per prompt, choice
 /// `p * n + i` for choice `i` of prompt `p`, seeded with `seed + i` (so a seeded request is
@@ -1239,7 +1281,7 @@ fn generation_requests(
 	logprobs: Option<usize>,
 	logit_bias: Vec<(u32, f32)>,
 	default_max_tokens: usize,
-	calling: Option<&ToolCalling>,
+	response_format: ResponseFormat,
 ) -> Result<Vec<GenerationRequest>, ApiError> {
 	if body.echo == Some(true) && matches!(endpoint, Endpoint::Chat) {
 		return Err(ApiError::bad_request("echo: only on /v1/completions"));
@@ -1269,23 +1311,6 @@ fn generation_requests(
 	};
 	let seed = body.seed;
 	let echo = body.echo == Some(true);
-	let response_format = response_format(body.response_format.as_ref(), &Guided::of(body)?)?;
-	// Tool calls are held to their own grammar.
-	let response_format =
-		match (calling, response_format) {
-			(None, format) => format,
-			(Some(calling), ResponseFormat::Text) => calling.response_format(),
-			(
-				Some(_),
-				ResponseFormat::Json(_)
-				| ResponseFormat::Lazy(_)
-				| ResponseFormat::Regex(_)
-				| ResponseFormat::Grammar(_),
-			) => return Err(ApiError::bad_request(
-				"tool_choice and response_format (or guided_json, guided_choice, guided_regex, \
-				 guided_grammar, structured_outputs): one or the other",
-			)),
-		};
 	let prompt_logprobs = prompt_logprobs_asked(body)?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices
@@ -1610,17 +1635,10 @@ async fn serve(
 		_ => DEFAULT_MAX_TOKENS,
 	};
 	// The request's grammar is compiled here (a regular expression's automaton can take
-	// milliseconds): as a blocking section.
+	// milliseconds), unless an earlier request's is kept: as a blocking section.
 	let requests = blocking(|| {
-		generation_requests(
-			endpoint,
-			&prompts,
-			&body,
-			logprobs,
-			bias,
-			default_max_tokens,
-			calling.as_deref(),
-		)
+		let format = output_format(&body, calling.as_deref(), &state.grammars)?;
+		generation_requests(endpoint, &prompts, &body, logprobs, bias, default_max_tokens, format)
 	})?;
 	if requests.len() > state.engine.max_waiting() {
 		return Err(ApiError::bad_request(format!(
@@ -2826,6 +2844,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>)
 async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 	let s = state.engine.stats();
 	let e = s.engine;
+	let g = state.grammars.stats();
 	let lines = [
 		("requests_running", "gauge", "Requests being served.", s.running as u64),
 		("requests_waiting", "gauge", "Requests waiting to start.", s.waiting as u64),
@@ -2838,6 +2857,9 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 		("tokens_computed_total", "counter", "Tokens run through the model.", e.tokens_computed),
 		("tokens_reused_total", "counter", "Prompt tokens taken from cache.", e.tokens_reused),
 		("preemptions_total", "counter", "Sequences preempted for KV blocks.", e.preemptions),
+		("grammar_cache_hits_total", "counter", "Output grammars found compiled.", g.hits),
+		("grammar_cache_misses_total", "counter", "Output grammars compiled.", g.misses),
+		("grammar_cache_grammars", "gauge", "Output grammars kept compiled.", g.grammars as u64),
 	];
 	let a = s.adapters;
 	let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);

@@ -283,6 +283,28 @@ pub struct JsonGrammar {
 	raw: bool,
 }
 
+impl JsonGrammar {
+	/// About the most memory the grammar may come to hold: its nodes, and the automata of its
+	/// strings with a length or a pattern and of its bounded numbers, each with the masks it
+	/// may keep (`regex_masks` bytes each).
+	pub fn memory_usage(&self, regex_masks: usize) -> usize {
+		let node = std::mem::size_of::<Node>() + std::mem::size_of::<[bool; 256]>();
+		self.nodes.iter().fold(self.nodes.len().saturating_mul(node), |bytes, n| {
+			let held = match n {
+				Node::Text(grammar) => grammar.memory_usage().saturating_add(regex_masks),
+				Node::Literals(texts) => texts.iter().map(|t| t.len() + 16).sum(),
+				Node::Object { properties, .. } => {
+					properties.iter().map(|p| p.key.len() + 24).sum()
+				}
+				Node::Union(ids) => ids.len() * 8,
+				Node::Tagged { variants, .. } => variants.len() * 16,
+				_ => 0,
+			};
+			bytes.saturating_add(held)
+		})
+	}
+}
+
 impl std::fmt::Debug for JsonGrammar {
 	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
 		f.debug_struct("JsonGrammar")

@@ -17,7 +17,7 @@
 //! - [`json_mode`]: JSON mode and JSON schemas, the output held to a grammar token by token;
 //!   [`regex_grammar`]: the output held to a regular expression (vLLM's `guided_regex`);
 //!   [`ebnf_grammar`]: the output held to a context-free grammar in GBNF (vLLM's
-//!   `guided_grammar`);
+//!   `guided_grammar`); [`grammar_cache`]: the grammars compiled for earlier requests, kept;
 //!   [`json_text`]: schema strings with a length or a pattern, and integers and numbers with
 //!   bounds, as regular expressions over their JSON text;
 //!   [`tool_calls`]: OpenAI's tool calls, held to the tools' parameter schemas;
@@ -51,6 +51,7 @@ pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod grammar_cache;
 pub mod http_api;
 pub mod json_mode;
 pub mod json_text;

@@ -1135,6 +1135,16 @@ fn logit_bias_min_tokens_and_json_mode_do_what_they_promise() {
 	refused(completions, left, "left-recursive");
 	refused(completions, json!({"prompt": "x", "guided_grammar": "?start: \"a\""}), "Lark");
 	refused(completions, json!({"prompt": "x", "guided_grammar": 3}), "a grammar in GBNF");
+	// A grammar that takes too long to follow at its first token: that request is answered
+	// with the reason (the engine goes on serving).
+	let mut deep = String::from("root ::= d0\n");
+	for i in 0..999 {
+		deep.push_str(&format!("d{i} ::= d{} \"!\"\n", i + 1));
+	}
+	let ways: Vec<String> = (0..250).map(|i| format!("[ -~]{{200}} \"{i}\"")).collect();
+	deep.push_str(&format!("d999 ::= {}\n", ways.join(" | ")));
+	let slow = json!({"prompt": "x", "max_tokens": 4, "guided_grammar": deep});
+	refused(completions, slow, "steps for one token");
 	let grammar_min = json!({"prompt": "x", "min_tokens": 2, "guided_grammar": "root ::= \"a\""});
 	refused(completions, grammar_min, "min_tokens");
 	let outputs = |outputs: Value| json!({"prompt": "x", "structured_outputs": outputs});
@@ -1417,6 +1427,21 @@ fn guided_grammar_answers_are_sentences_of_the_grammar() {
 	assert_eq!(status, 200, "{answer}");
 	assert_eq!(answer["choices"][0]["message"]["content"], want.text.as_str());
 	assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+	// The grammar was compiled once, for the first request, and kept for the others (the
+	// same text through guided_grammar or structured_outputs); another text is compiled.
+	let (hits, misses) = (
+		metric(address, "grammar_cache_hits_total"),
+		metric(address, "grammar_cache_misses_total"),
+	);
+	assert_eq!(misses, 1);
+	assert_eq!(hits, 17, "16 requests in the loop, the cut one and the chat, after the first");
+	let body = json!({"prompt": prompt, "max_tokens": 4, "guided_grammar": text});
+	assert_eq!(post(address, "/v1/completions", &body).0, 200);
+	assert_eq!(metric(address, "grammar_cache_hits_total"), hits + 1);
+	let body = json!({"prompt": prompt, "max_tokens": 4, "guided_grammar": "root ::= [0-9]+"});
+	assert_eq!(post(address, "/v1/completions", &body).0, 200);
+	assert_eq!(metric(address, "grammar_cache_misses_total"), misses + 1);
+	assert_eq!(metric(address, "grammar_cache_grammars"), 2);
 	// structured_outputs' regex, choice, json and json_object answer as their guided_ twins.
 	for (outputs, guided) in [
 		(json!({"regex": "[A-Z][a-z]+"}), json!({"guided_regex": "[A-Z][a-z]+"})),
