@@ -20,8 +20,8 @@
 //! grammar is read: syntax errors, groups nested deeper than [`MAX_NESTING`], rules used but
 //! not defined or defined twice, no `root`, a `root` that matches no text, left recursion (a
 //! rule that may come back to itself before any byte: `expr ::= expr "+" term`, to be written
-//! `expr ::= term ("+" term)*`), a repetition of what may match no text (`("a"?)*`,
-//! `("a"?){0,9}`), a start that takes more than the limits below, and grammars larger than
+//! `expr ::= term ("+" term)*`), a repetition without bound of what may match no text
+//! (`("a"?)*`), a start that takes more than the limits below, and grammars larger than
 //! [`MAX_GRAMMAR_BYTES`] or [`MAX_ELEMENTS`] once repetitions are written out. Lark grammars
 //! (vLLM's other syntax) are refused with that reason. Alternatives that can never end (they
 //! call a rule that never does) are dropped, so every output the grammar holds can still be
@@ -34,11 +34,13 @@
 //! nowhere (a tail call), so a repetition (`x*`, `list ::= item ("," list)?`) keeps its stack
 //! as it goes. A stack deeper than [`MAX_DEPTH`] is not followed (as JSON mode's nesting: the
 //! output stays within the grammar, without that way on; if no way is left, the request ends
-//! with an error); a state of more than [`MAX_STACKS`] stacks or [`MAX_STATE_WORDS`]
-//! positions, or more than [`MAX_WORK`] steps to find a token's mask (stacks looked at,
-//! positions copied, sorted and hashed) or [`MAX_REQUEST_WORK`] for a request's, is an error
-//! for the request, never a smaller grammar followed quietly. (A grammar nested some 300
-//! rules deep, llama.cpp's JSON at that depth, reaches the work limit before the depth one.)
+//! with an error); a state of more than [`MAX_STATE_WORDS`] positions (its ways times their
+//! depth), or more than [`MAX_WORK`] steps to find a token's mask (stacks looked at,
+//! positions copied, sorted and hashed) or [`MAX_REQUEST_WORK`] for all of one choice's, is
+//! an error for the request, never a smaller grammar followed quietly. The work counted is
+//! what the automaton had not kept: a grammar near the limits may pass when another request
+//! has just followed it and fail when it has not. (A grammar nested some 300 rules deep,
+//! llama.cpp's JSON at that depth, reaches the work limit before the depth one.)
 //!
 //! States are kept as they are met, with the state each byte leads to from them, as a lazy
 //! automaton (at most [`MAX_STATES`] states and [`MAX_KEPT_WORDS`] positions, then they are
@@ -72,15 +74,14 @@ pub const MAX_ELEMENTS: usize = 256 * 1024;
 pub const MAX_REPETITION: u32 = 1024;
 /// The deepest stack followed: rules within rules that have not ended.
 pub const MAX_DEPTH: usize = 1024;
-/// The most stacks in one state: ways the output so far can be read at once (an enumeration
-/// of many names is as many).
-pub const MAX_STACKS: usize = 1 << 16;
-/// The most positions (over all its stacks) in one state.
+/// The most positions in one state, over all its stacks (8 more each, for its pointer and
+/// its allocation): the ways the output so far can be read at once (an enumeration of many
+/// names is as many), times how deep they are.
 pub const MAX_STATE_WORDS: usize = 1 << 18;
 /// The most work (stacks looked at, positions copied, sorted and hashed) to find one mask, or
 /// the state after one byte.
 pub const MAX_WORK: usize = 1 << 24;
-/// The most work to find the masks of one request, over all its tokens.
+/// The most work to find the masks of one request's choice, over all its tokens.
 pub const MAX_REQUEST_WORK: usize = 1 << 26;
 /// The most states a grammar keeps, with the states each byte leads to.
 pub const MAX_STATES: usize = 4096;
@@ -277,7 +278,8 @@ impl EbnfGrammar {
 	pub fn memory_usage(&self) -> usize {
 		let compiled = self.text.len()
 			+ self.elements.len() * std::mem::size_of::<Element>()
-			+ self.alternatives.iter().map(|a| a.len() * 4 + 24).sum::<usize>();
+			+ self.alternatives.iter().map(|a| a.len() * 4 + 24).sum::<usize>()
+			+ self.start.0.words() * 4;
 		compiled + MAX_KEPT_WORDS * 4 + MAX_STATES * (256 * 4 + 64)
 	}
 
@@ -330,7 +332,13 @@ impl EbnfGrammar {
 		let before = work;
 		let mask = self.mask(state, token_bytes, &mut work);
 		*budget -= before - work;
-		let mask = mask?;
+		let mask = mask.map_err(|e| match e == WORK_SPENT {
+			true if before < MAX_WORK => format!(
+				"following the grammar took more than {MAX_REQUEST_WORK} steps for this output"
+			),
+			true => format!("following the grammar takes more than {MAX_WORK} steps for a token"),
+			false => e,
+		})?;
 		let mut allowed: Vec<bool> = (0..token_bytes.len())
 			.map(|id| mask.get(id / 64).is_some_and(|word| word >> (id % 64) & 1 == 1))
 			.collect();
@@ -445,11 +453,6 @@ impl EbnfGrammar {
 	fn sorted(mut stacks: Vec<Stack>) -> Result<Option<Stacks>, String> {
 		stacks.sort_unstable();
 		stacks.dedup();
-		if stacks.len() > MAX_STACKS {
-			return Err(format!(
-				"the grammar reads the output in more than {MAX_STACKS} ways at once"
-			));
-		}
 		let stacks = Stacks(stacks.into_boxed_slice());
 		if stacks.words() > MAX_STATE_WORDS {
 			return Err(format!(
@@ -519,14 +522,13 @@ impl EbnfGrammar {
 
 /// Takes `n` from the work left, or says the grammar takes too long to follow here.
 fn spend(n: usize, work: &mut usize) -> Result<(), String> {
-	*work = work.checked_sub(n).ok_or_else(|| {
-		format!(
-			"following the grammar takes more than {MAX_WORK} steps for one token, or \
-			 {MAX_REQUEST_WORK} for the request"
-		)
-	})?;
+	*work = work.checked_sub(n).ok_or_else(|| WORK_SPENT.to_string())?;
 	Ok(())
 }
+
+/// The error of [`spend`] (told apart by [`EbnfGrammar::allowed_tokens`]: a token's limit,
+/// or the output's).
+const WORK_SPENT: &str = "following the grammar takes more steps than it may";
 
 /// What a grammar's text says, before it is compiled.
 #[derive(Clone, Debug, PartialEq)]
@@ -909,8 +911,8 @@ struct Compiler<'a> {
 	owner: Vec<u32>,
 	/// The elements so far, to keep them within [`MAX_ELEMENTS`].
 	count: usize,
-	/// What is repeated any number of times, or up to a number more than its least, with the
-	/// rule written that it is in: none may match the empty text.
+	/// What is repeated any number of times, with the rule written that it is in: none may
+	/// match the empty text.
 	repeated: Vec<(Element, u32)>,
 }
 
@@ -1042,7 +1044,7 @@ impl<'a> Compiler<'a> {
 						Element::Rule(self.made_rule(vec![once], owner)?)
 					}
 				};
-				if max.is_none_or(|max| max > *min) {
+				if max.is_none() {
 					self.repeated.push((once, owner));
 				}
 				self.count(*min as usize)?;
@@ -1107,17 +1109,17 @@ impl<'a> Compiler<'a> {
 		Ok(())
 	}
 
-	/// Refuses a repetition of what may match no text (`("a"?)*`, `("a"?){0,9}`: it could
-	/// be read in as many ways as it may be repeated), and left recursion: a rule that may
-	/// call itself again before any byte.
+	/// Refuses a repetition without bound of what may match no text (`("a"?)*`: it could be
+	/// read in any number of ways), and left recursion: a rule that may call itself again
+	/// before any byte.
 	fn refuse_left_recursion(&self) -> Result<(), String> {
 		let n = self.bodies.len();
 		let empty = every_element_of_an_alternative(&self.bodies, false);
 		for (once, owner) in &self.repeated {
 			if matches!(once, Element::Rule(r) if empty[*r as usize]) {
 				return Err(format!(
-					"the rule {:?} repeats what may match no text (as (\"a\"?)* or \
-					 (\"a\"?){{0,9}}): repeat what matches at least a character",
+					"the rule {:?} repeats without bound what may match no text (as \
+					 (\"a\"?)*): repeat what matches at least a character",
 					self.name(*owner)
 				));
 			}
@@ -1500,9 +1502,9 @@ mod tests {
 				"root ::= a\na ::= b? a \"x\" | \"y\"\nb ::= \"z\"",
 				"the rule \"a\" is left-recursive",
 			),
-			("root ::= (\"a\"?)*", "the rule \"root\" repeats what may match no text"),
-			("root ::= x{0,9}\nx ::= \"a\" | \"\"", "repeats what may match no text"),
-			("root ::= (\"\")+", "repeats what may match no text"),
+			("root ::= (\"a\"?)*", "the rule \"root\" repeats without bound what may match no"),
+			("root ::= x{2,}\nx ::= \"a\" | \"\"", "repeats without bound what may match no text"),
+			("root ::= (\"\")+", "repeats without bound what may match no text"),
 			("root ::= \"a\"{2000}", "bounds are numbers up to 1024"),
 			("root ::= \"a\"{3,2}", "backwards"),
 			("root ::= \"a\"{1", "braces not closed"),
@@ -1560,7 +1562,7 @@ mod tests {
 		// byte copies, sorts and hashes them, and the work is counted so.
 		let g = grammar(&deep_and_wide("", 250));
 		let error = g.allowed_tokens(&g.start(), &vocab, None, &mut no_limit()).unwrap_err();
-		assert!(error.contains("more than 16777216 steps for one token"), "{error}");
+		assert_eq!(error, "following the grammar takes more than 16777216 steps for a token");
 		// A request's masks share one budget: a mask kept costs nothing from it.
 		let g = grammar("root ::= [a-z]+ (\",\" [a-z]+)*");
 		let mut budget = MAX_REQUEST_WORK;
@@ -1571,7 +1573,11 @@ mod tests {
 		assert_eq!(MAX_REQUEST_WORK - budget, spent);
 		let fresh = grammar("root ::= [a-z]+ (\",\" [a-z]+)*");
 		let error = fresh.allowed_tokens(&fresh.start(), &vocab, None, &mut (spent - 1));
-		assert!(error.unwrap_err().contains("for the request"));
+		let error = error.unwrap_err();
+		assert_eq!(error, "following the grammar took more than 67108864 steps for this output");
+		// A bounded repetition of what may match no text is served: its ways are bounded.
+		let g = grammar("root ::= ws? \"x\" (\"a\"?){0,9}\nws ::= [ \\t]*");
+		assert!(g.matches(" \tx") && g.matches("xaaa") && !g.matches("xaaaaaaaaaa"));
 	}
 
 	/// A walk that fills the automaton goes on with states it does not keep: the mask is the

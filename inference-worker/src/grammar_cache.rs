@@ -6,8 +6,10 @@
 //!
 //! The most recently used are kept, at most [`MAX_CACHED_GRAMMARS`] of them and
 //! [`MAX_CACHED_BYTES`] counted as the most each may come to hold ([`worst_case_bytes`]: its
-//! automaton, and the states and masks it may keep as it is used). A grammar that failed to
-//! compile is not kept: the same request is refused the same way again.
+//! automaton, and the states and masks it may keep as it is used; a grammar dropped while
+//! requests still use it lives on with them, uncounted). A grammar that failed to compile is
+//! not kept: the same request is refused the same way again. Requests that miss the same
+//! grammar at once each compile it (the last is kept).
 
 use std::sync::{
 	atomic::{AtomicU64, Ordering},
@@ -219,8 +221,8 @@ mod tests {
 	}
 
 	/// The grammars kept are counted as the most they may come to hold, within
-	/// [`MAX_CACHED_BYTES`]: GBNF grammars (whose lazy automata may grow to some 10 MiB)
-	/// fill it before the count does.
+	/// [`MAX_CACHED_BYTES`]: GBNF grammars (whose lazy automata may grow to some 12 MiB, and
+	/// their masks to 1.5 MiB) fill it before the count does.
 	#[test]
 	fn the_memory_kept_is_bounded() {
 		let cache = GrammarCache::new(49_152);

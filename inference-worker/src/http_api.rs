@@ -1281,7 +1281,7 @@ fn generation_requests(
 	logprobs: Option<usize>,
 	logit_bias: Vec<(u32, f32)>,
 	default_max_tokens: usize,
-	response_format: ResponseFormat,
+	response_format: impl FnOnce() -> Result<ResponseFormat, ApiError>,
 ) -> Result<Vec<GenerationRequest>, ApiError> {
 	if body.echo == Some(true) && matches!(endpoint, Endpoint::Chat) {
 		return Err(ApiError::bad_request("echo: only on /v1/completions"));
@@ -1312,6 +1312,8 @@ fn generation_requests(
 	let seed = body.seed;
 	let echo = body.echo == Some(true);
 	let prompt_logprobs = prompt_logprobs_asked(body)?;
+	// The grammar last: what is refused anyway is refused before it is compiled (or kept).
+	let response_format = response_format()?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices
 		.map(|(prompt, i)| GenerationRequest {
@@ -1637,7 +1639,7 @@ async fn serve(
 	// The request's grammar is compiled here (a regular expression's automaton can take
 	// milliseconds), unless an earlier request's is kept: as a blocking section.
 	let requests = blocking(|| {
-		let format = output_format(&body, calling.as_deref(), &state.grammars)?;
+		let format = || output_format(&body, calling.as_deref(), &state.grammars);
 		generation_requests(endpoint, &prompts, &body, logprobs, bias, default_max_tokens, format)
 	})?;
 	if requests.len() > state.engine.max_waiting() {

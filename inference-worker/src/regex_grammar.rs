@@ -15,7 +15,8 @@
 //!
 //! The tokens allowed from a state are found by walking the vocabulary's byte trie
 //! ([`crate::tokenizer::TokenTrie`]) with the automaton, or token by token from a state that
-//! many bytes may follow, and kept per state ([`MAX_CACHED_MASKS`] of them per grammar): the
+//! many bytes may follow, and kept per state ([`MAX_CACHED_MASKS`] of them per grammar, then
+//! dropped for those met next): the
 //! choices of one request, and the steps that come back to a state (`[0-9]+`), reuse them.
 
 use std::{
@@ -198,9 +199,12 @@ impl RegexGrammar {
 		let mask: Arc<[u64]> =
 			self.find_mask(state, token_bytes, following <= WIDE_STATE_BYTES).into();
 		let mut masks = masks();
-		if masks.len() < MAX_CACHED_MASKS {
-			masks.insert(state, mask.clone());
+		// A grammar kept for later requests (crate::grammar_cache) meets other states: the
+		// masks of earlier ones are dropped for them.
+		if masks.len() >= MAX_CACHED_MASKS {
+			masks.clear();
 		}
+		masks.insert(state, mask.clone());
 		mask
 	}
 
