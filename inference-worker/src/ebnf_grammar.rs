@@ -17,16 +17,16 @@
 //! `\/`, `\xHH`, `\uHHHH` and `\UHHHHHHHH`. The grammar is over characters and is followed
 //! over bytes (a class is its characters' UTF-8 sequences), so a character split over tokens
 //! is followed byte by byte. What cannot be served is refused with where and why when the
-//! grammar is read: syntax errors, groups nested deeper than [`MAX_NESTING`], rules used but
-//! not defined or defined twice, no `root`, a `root` that matches no text, left recursion (a
-//! rule that may come back to itself before any byte: `expr ::= expr "+" term`, to be written
-//! `expr ::= term ("+" term)*`), a repetition without bound of what may match no text
-//! (`("a"?)*`), a start that takes more than the limits below, and grammars larger than
-//! [`MAX_GRAMMAR_BYTES`] or [`MAX_ELEMENTS`] once repetitions are written out. Lark grammars
-//! (vLLM's other syntax) are refused with that reason. Alternatives that can never end (they
-//! call a rule that never does) are dropped, so every output the grammar holds can still be
-//! finished (within the depth followed, below); calls of rules that match only the empty text
-//! are dropped too.
+//! grammar is read: syntax errors, groups and repetitions nested deeper than
+//! [`MAX_NESTING`], rules used but not defined or defined twice, no `root`, a `root` that
+//! matches no text, left recursion (a rule that may come back to itself before any byte:
+//! `expr ::= expr "+" term`, to be written `expr ::= term ("+" term)*`), a repetition without
+//! bound of what may match no text (`("a"?)*`), a start that takes more than the limits
+//! below, and grammars larger than [`MAX_GRAMMAR_BYTES`] or [`MAX_ELEMENTS`] once repetitions
+//! are written out. Lark grammars (vLLM's other syntax) are refused with that reason.
+//! Alternatives that can never end (they call a rule that never does) are dropped, so every
+//! output the grammar holds can still be finished (within the depth followed, below); calls
+//! of rules that match only the empty text are dropped too.
 //!
 //! The output is followed as llama.cpp follows it: the state is the set of the parser's
 //! stacks (each the rule positions it is in, the innermost a byte range to read next), the
@@ -283,11 +283,6 @@ impl EbnfGrammar {
 		compiled + MAX_KEPT_WORDS * 4 + MAX_STATES * (256 * 4 + 64)
 	}
 
-	/// The grammar as given.
-	pub fn text(&self) -> &str {
-		&self.text
-	}
-
 	/// The state before any output.
 	pub fn start(&self) -> EbnfState {
 		self.start.clone()
@@ -319,8 +314,8 @@ impl EbnfGrammar {
 	/// For each token (by id, its bytes in `token_bytes`), whether it may come next from
 	/// `state`; the end of the output (`eos`) when the output is whole. Tokens without bytes
 	/// (special tokens) never may. The work it takes (none for a mask kept) is taken from
-	/// `budget`, the request's ([`MAX_REQUEST_WORK`] to begin with); an error if it takes
-	/// more than that, or than [`MAX_WORK`], or a state more than it may hold.
+	/// `budget`, the output's (each choice's; [`MAX_REQUEST_WORK`] to begin with); an error if
+	/// it takes more than that, or than [`MAX_WORK`], or a state more than it may hold.
 	pub fn allowed_tokens(
 		&self,
 		state: &EbnfState,

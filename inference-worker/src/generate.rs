@@ -170,7 +170,7 @@ impl Constraint {
 			),
 			Self::Lazy(..) => "the tool call".into(),
 			Self::Regex(grammar, _) => {
-				format!("the output of guided_regex {:?}", grammar.pattern())
+				format!("the output's regular expression {:?}", grammar.pattern())
 			}
 			Self::Grammar(..) => "the output's grammar".into(),
 		}

@@ -1,8 +1,8 @@
 //! Output grammars compiled for earlier requests, kept by what they were compiled from (as
 //! vLLM's xgrammar backend keeps its compiled grammars): a request that gives the same JSON
 //! schema, choices, regular expression or GBNF grammar as one before reuses the compiled
-//! automaton, and the masks that grammar has kept since, rather than compiling it again and
-//! finding its first masks anew.
+//! automaton, and the masks that grammar keeps (an expression's, a GBNF grammar's, those of a
+//! schema's strings and bounds), rather than compiling it again and finding them anew.
 //!
 //! The most recently used are kept, at most [`MAX_CACHED_GRAMMARS`] of them and
 //! [`MAX_CACHED_BYTES`] counted as the most each may come to hold ([`worst_case_bytes`]: its
@@ -62,7 +62,7 @@ pub struct GrammarCacheStats {
 	pub bytes: usize,
 	/// Requests whose grammar was kept.
 	pub hits: u64,
-	/// Requests whose grammar was compiled (and kept, if it fit).
+	/// Requests whose grammar was not kept: compiled (and kept, if it fit), or refused.
 	pub misses: u64,
 }
 

@@ -1312,7 +1312,8 @@ fn generation_requests(
 	let seed = body.seed;
 	let echo = body.echo == Some(true);
 	let prompt_logprobs = prompt_logprobs_asked(body)?;
-	// The grammar last: what is refused anyway is refused before it is compiled (or kept).
+	// The grammar last: what this function refuses is refused before it is compiled (or
+	// kept; the engine's own checks, such as min_tokens beside a grammar, come after).
 	let response_format = response_format()?;
 	let choices = prompts.iter().flat_map(|prompt| (0..n as u64).map(move |i| (prompt, i)));
 	Ok(choices
@@ -2860,7 +2861,8 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 		("tokens_reused_total", "counter", "Prompt tokens taken from cache.", e.tokens_reused),
 		("preemptions_total", "counter", "Sequences preempted for KV blocks.", e.preemptions),
 		("grammar_cache_hits_total", "counter", "Output grammars found compiled.", g.hits),
-		("grammar_cache_misses_total", "counter", "Output grammars compiled.", g.misses),
+		("grammar_cache_misses_total", "counter", "Output grammars not kept.", g.misses),
+		("grammar_cache_bytes", "gauge", "Most memory kept grammars may hold.", g.bytes as u64),
 		("grammar_cache_grammars", "gauge", "Output grammars kept compiled.", g.grammars as u64),
 	];
 	let a = s.adapters;

@@ -1442,6 +1442,9 @@ fn guided_grammar_answers_are_sentences_of_the_grammar() {
 	assert_eq!(post(address, "/v1/completions", &body).0, 200);
 	assert_eq!(metric(address, "grammar_cache_misses_total"), misses + 1);
 	assert_eq!(metric(address, "grammar_cache_grammars"), 2);
+	// Counted as the most two GBNF grammars may come to hold: some 13 MiB each.
+	let bytes = metric(address, "grammar_cache_bytes");
+	assert!((20 << 20..40 << 20).contains(&bytes), "{bytes}");
 	// structured_outputs' regex, choice, json and json_object answer as their guided_ twins.
 	for (outputs, guided) in [
 		(json!({"regex": "[A-Z][a-z]+"}), json!({"guided_regex": "[A-Z][a-z]+"})),
