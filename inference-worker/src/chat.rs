@@ -211,11 +211,18 @@ fn quoted(text: &str, ascii: bool, out: &mut String) {
 }
 
 /// A compiled chat template.
+#[derive(Clone)]
 pub struct ChatTemplate {
 	env: Environment<'static>,
 	bos_token: String,
 	eos_token: String,
+	/// More variables for the template (vLLM's `chat_template_kwargs`; none by default).
+	kwargs: minijinja::Value,
 }
+
+/// The template's own variables, which `chat_template_kwargs` may not set.
+pub const TEMPLATE_VARIABLES: [&str; 5] =
+	["messages", "tools", "add_generation_prompt", "bos_token", "eos_token"];
 
 fn template_error(e: impl std::fmt::Display) -> Error {
 	Error::Tokenizer(format!("chat template: {e}"))
@@ -235,7 +242,25 @@ impl ChatTemplate {
 		);
 		env.add_filter("tojson", tojson);
 		env.add_template_owned("chat", source.to_string()).map_err(template_error)?;
-		Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+		Ok(Self {
+			env,
+			bos_token: bos_token.into(),
+			eos_token: eos_token.into(),
+			kwargs: minijinja::Value::from(std::collections::BTreeMap::<String, ()>::new()),
+		})
+	}
+
+	/// The template with `kwargs` as more variables (vLLM's `chat_template_kwargs`, such as
+	/// Qwen3's `enable_thinking`) in every rendering; an error naming one of the template's
+	/// own variables ([`TEMPLATE_VARIABLES`]), which the request sets otherwise.
+	pub fn with_kwargs(&self, kwargs: &serde_json::Map<String, Value>) -> Result<Self> {
+		if let Some(name) = kwargs.keys().find(|k| TEMPLATE_VARIABLES.contains(&k.as_str())) {
+			return Err(Error::Request(format!(
+				"chat_template_kwargs: {name:?} is set by the request itself, not by a keyword"
+			)));
+		}
+		let kwargs = template_value(&Value::Object(kwargs.clone()));
+		Ok(Self { kwargs, ..self.clone() })
 	}
 
 	/// Whether the template's source holds `text` (a syntax it writes).
@@ -247,6 +272,34 @@ impl ChatTemplate {
 	/// answer begins.
 	pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
 		self.render_with_tools(messages, &[], add_generation_prompt)
+	}
+
+	/// Renders `messages` with the last one left open, for the answer to go on with it (vLLM's
+	/// `continue_final_message`, a "prefill" of the answer): rendered without the generation
+	/// prompt and cut where transformers' `apply_chat_template` cuts it, after the last
+	/// occurrence of the last message's text stripped of spaces, and after its spaces at the
+	/// end too where the rendering keeps them. An error if the last message has no text, or
+	/// the rendering does not hold it.
+	pub fn render_continuing(&self, messages: &[Message], tools: &[Value]) -> Result<String> {
+		let last = messages.last().map(|m| m.content.as_str()).unwrap_or_default();
+		let stripped = last.trim();
+		if stripped.is_empty() {
+			return Err(Error::Request(
+				"continue_final_message: the last message has no text to go on with".into(),
+			));
+		}
+		let mut text = self.render_with_tools(messages, tools, false)?;
+		let at = text.rfind(stripped).ok_or_else(|| {
+			Error::Request(
+				"continue_final_message: the chat template does not write the last message's \
+				 text"
+					.into(),
+			)
+		})?;
+		// The template kept the text as it is (or it has no spaces at its end).
+		let kept = text[at..].starts_with(last);
+		text.truncate(at + if kept { last.trim_start().len() } else { stripped.len() });
+		Ok(text)
 	}
 
 	/// Renders `messages` with `tools` (OpenAI's tool definitions, as given: the template's
@@ -271,10 +324,15 @@ impl ChatTemplate {
 				add_generation_prompt => add_generation_prompt,
 				bos_token => &self.bos_token,
 				eos_token => &self.eos_token,
+				..self.kwargs.clone()
 			})
 			.map_err(|e| match e.kind() {
 				// The template refuses the conversation (`raise_exception`): the request's fault.
 				ErrorKind::InvalidOperation => Error::Request(format!("chat template: {e}")),
+				// The request's keywords may break it too.
+				_ if self.kwargs.len().is_some_and(|n| n > 0) => Error::Request(format!(
+					"chat template (with the request's chat_template_kwargs): {e}"
+				)),
 				_ => template_error(e),
 			})
 	}
@@ -308,6 +366,71 @@ mod tests {
 			text,
 			"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
 		);
+	}
+
+	/// vLLM's `continue_final_message`: the last message left open, cut after its text (or
+	/// its text stripped, for a template that strips it); `chat_template_kwargs` reach the
+	/// template, but not over its own variables.
+	#[test]
+	fn the_last_message_may_be_left_open_and_keywords_reach_the_template() {
+		let t = ChatTemplate::new(SMOLLM2, "<|im_start|>", "<|im_end|>").unwrap();
+		let chat = [Message::new("user", "Hi"), Message::new("assistant", "Hello, I am")];
+		assert_eq!(
+			t.render_continuing(&chat, &[]).unwrap(),
+			"<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+			 Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello, I am"
+		);
+		let strips = ChatTemplate::new(
+			"{% for m in messages %}[{{ m.role }}] {{ m.content.strip() }}</s>{% endfor %}",
+			"",
+			"",
+		)
+		.unwrap();
+		let chat = [Message::new("user", "Hi"), Message::new("assistant", " Well,  ")];
+		assert_eq!(strips.render_continuing(&chat, &[]).unwrap(), "[user] Hi</s>[assistant] Well,");
+		// The last occurrence of the text stripped: not an earlier message's, which holds it
+		// with its spaces.
+		let chat = [Message::new("user", "Hello there"), Message::new("assistant", "Hello ")];
+		assert_eq!(
+			strips.render_continuing(&chat, &[]).unwrap(),
+			"[user] Hello there</s>[assistant] Hello"
+		);
+		// A template that keeps the spaces: the cut is after them.
+		let keeps = ChatTemplate::new(
+			"{% for m in messages %}[{{ m.role }}] {{ m.content }}</s>{% endfor %}",
+			"",
+			"",
+		)
+		.unwrap();
+		assert_eq!(
+			keeps.render_continuing(&chat, &[]).unwrap(),
+			"[user] Hello there</s>[assistant] Hello "
+		);
+		let empty = [Message::new("user", "Hi"), Message::new("assistant", " ")];
+		let err = strips.render_continuing(&empty, &[]).unwrap_err();
+		assert!(matches!(err, Error::Request(_)), "{err:?}");
+		let hides =
+			ChatTemplate::new("{% for m in messages %}[{{ m.role }}]{% endfor %}", "", "").unwrap();
+		assert!(hides.render_continuing(&chat, &[]).is_err());
+
+		let thinks = ChatTemplate::new(
+			"{{ messages[0].content }}{% if enable_thinking is defined and not enable_thinking \
+			 %}/no_think{% endif %}{{ bos_token }}",
+			"<s>",
+			"",
+		)
+		.unwrap();
+		let chat = [Message::new("user", "Hi")];
+		assert_eq!(thinks.render(&chat, true).unwrap(), "Hi<s>");
+		let kwargs = serde_json::json!({"enable_thinking": false});
+		let kwargs = kwargs.as_object().unwrap();
+		assert_eq!(
+			thinks.with_kwargs(kwargs).unwrap().render(&chat, true).unwrap(),
+			"Hi/no_think<s>"
+		);
+		let kwargs = serde_json::json!({"bos_token": "x"});
+		let err = thinks.with_kwargs(kwargs.as_object().unwrap()).err().unwrap();
+		assert!(err.to_string().contains("bos_token"), "{err}");
 	}
 
 	#[test]

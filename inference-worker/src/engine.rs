@@ -9,7 +9,8 @@
 //!
 //! - **Admission**: waiting requests are taken in arrival order, skipping those whose adapter
 //!   is still loading (a load runs on the loader thread and never holds up a step). A prompt
-//!   whose first blocks are cached (the same prompt template, the same adapter) reuses them.
+//!   whose first blocks are cached (the same prompt template, the same adapter, the same
+//!   `cache_salt` or none) reuses them.
 //!   Long prompts are prefilled in chunks of the step's token budget.
 //! - **Preemption**: when a running sequence needs a block and none is free, the most recently
 //!   admitted sequence gives its blocks back and waits again; when readmitted it recomputes its
@@ -29,6 +30,7 @@
 
 use std::{
 	collections::{HashMap, VecDeque},
+	hash::{Hash, Hasher},
 	sync::{mpsc, Arc},
 };
 
@@ -133,6 +135,8 @@ struct Sequence {
 	pending: Vec<u32>,
 	/// How many of `pending` this step runs (blocks reserved for them).
 	scheduled: usize,
+	/// The hash of the request's `cache_salt` (0: none).
+	cache_salt: u64,
 }
 
 impl Sequence {
@@ -145,6 +149,19 @@ impl Sequence {
 
 	fn salt(&self) -> u64 {
 		self.adapter().map_or(0, |a| a.uid)
+	}
+
+	/// What besides its tokens its cached blocks are keyed by: the adapter, and the request's
+	/// cache salt if it has one.
+	fn cache_key(&self) -> u64 {
+		match self.cache_salt {
+			0 => self.salt(),
+			salt => {
+				let mut hasher = std::collections::hash_map::DefaultHasher::new();
+				(self.salt(), salt).hash(&mut hasher);
+				hasher.finish()
+			}
+		}
 	}
 
 	/// The most tokens it may run in one step of `budget` tokens with `rows` rows of prompt
@@ -383,6 +400,12 @@ impl<D: Decoder> Engine<D> {
 			table: BlockTable::default(),
 			pending: prompt_tokens,
 			scheduled: 0,
+			cache_salt: request.cache_salt.as_deref().map_or(0, |salt| {
+				let mut hasher = std::collections::hash_map::DefaultHasher::new();
+				salt.hash(&mut hasher);
+				// (0 stands for none.)
+				hasher.finish().max(1)
+			}),
 		});
 		Ok(id)
 	}
@@ -523,7 +546,7 @@ impl<D: Decoder> Engine<D> {
 				}
 			}
 			let seq = &mut self.waiting[i];
-			seq.table = BlockTable::new(seq.salt());
+			seq.table = BlockTable::new(seq.cache_key());
 			// A prompt whose log-probabilities are asked for is computed from the first position
 			// whose logits are wanted (what is before it may come from the cache).
 			let reusable = match seq.progress.prompt_logits_from() {

@@ -83,7 +83,8 @@ pub struct GenerationRequest {
 	pub max_tokens: usize,
 	/// How to pick tokens.
 	pub sampling: SamplingParams,
-	/// Generation stops when the output contains one of these (it is cut before it).
+	/// Generation stops when the output contains one of these (it is cut before it, or after
+	/// it with [`Self::include_stop_str_in_output`]).
 	pub stop: Vec<String>,
 	/// Generation stops at any of these tokens (vLLM's `stop_token_ids`; the text ends before
 	/// it, the reason is [`FinishReason::Stop`]).
@@ -114,6 +115,14 @@ pub struct GenerationRequest {
 	/// `skip_special_tokens`, true by default); they stay among the tokens. Stop sequences
 	/// are looked for in the text.
 	pub skip_special_tokens: bool,
+	/// Whether the text keeps what ended it (vLLM's `include_stop_str_in_output`): a stop
+	/// sequence (the text then ends right after it), a stop token's or the end-of-sequence
+	/// token's text (none for a special token left out).
+	pub include_stop_str_in_output: bool,
+	/// vLLM's `cache_salt`: the prompt's cached blocks are shared only with requests of the
+	/// same salt (so that one user cannot learn from the cache's timing what another's prompt
+	/// began with); `None` shares them with every request without one.
+	pub cache_salt: Option<String>,
 }
 
 /// What a request's output must be (OpenAI's `response_format`).
@@ -242,6 +251,8 @@ impl Default for GenerationRequest {
 			min_tokens: 0,
 			response_format: ResponseFormat::Text,
 			skip_special_tokens: true,
+			include_stop_str_in_output: false,
+			cache_salt: None,
 		}
 	}
 }
@@ -404,6 +415,8 @@ pub struct Progress {
 	constraint: Option<Constraint>,
 	/// Whether special tokens are left out of the text.
 	skip_special_tokens: bool,
+	/// Whether the text keeps the stop sequence or token that ended it.
+	include_stop: bool,
 	text: String,
 	finish_reason: Option<FinishReason>,
 }
@@ -455,6 +468,7 @@ impl Progress {
 				}
 			},
 			skip_special_tokens: request.skip_special_tokens,
+			include_stop: request.include_stop_str_in_output,
 			text: String::new(),
 			// A prompt scored only is finished once its log-probabilities are in.
 			finish_reason: (request.max_tokens == 0).then_some(FinishReason::Length),
@@ -608,31 +622,57 @@ impl Progress {
 			}
 		} else if Some(sampled.token) == tokenizer.eos && !self.ignore_eos {
 			self.finish_reason = Some(FinishReason::Eos);
+			if self.include_stop {
+				// Its text kept (none when special tokens are left out), stop sequences are
+				// looked for in it too.
+				self.text = self.decode(tokenizer, &self.tokens)?;
+				self.cut_at_stop_sequence();
+			}
 		} else if self.stop_token_ids.contains(&sampled.token) {
-			self.text = self.decode(tokenizer, &self.tokens[..self.tokens.len() - 1])?;
+			self.text = self.decode(tokenizer, self.text_tokens())?;
 			self.finish_reason = Some(FinishReason::Stop);
+			// (The stop token's text, when kept, may hold a stop sequence.)
+			self.cut_at_stop_sequence();
 		} else if !self.stop.is_empty() {
 			// The output is decoded at each step only when stop sequences must be looked for:
 			// those that end past the text held by `min_tokens`.
 			self.text = self.decode(tokenizer, &self.tokens)?;
-			let (text, held) = (&self.text, self.held_text);
-			let found = |stop: &String| {
-				// (Never past the text, whatever the held text decoded to.)
-				let mut from = (held + 1).saturating_sub(stop.len()).min(text.len());
-				while !text.is_char_boundary(from) {
-					from += 1;
-				}
-				Some(from + text.get(from..)?.find(stop.as_str())?)
-			};
-			if let Some(cut) = self.stop.iter().filter_map(found).min() {
-				self.text.truncate(cut);
-				self.finish_reason = Some(FinishReason::Stop);
-			}
+			self.cut_at_stop_sequence();
 		}
 		if self.finish_reason.is_none() && self.tokens.len() >= self.max_tokens {
 			self.finish_reason = Some(FinishReason::Length);
 		}
 		Ok(sampled.token)
+	}
+
+	/// Ends the output at the first stop sequence to be whole in its text, if any (past the
+	/// text held by `min_tokens`): the text is cut before it, or after it with
+	/// `include_stop_str_in_output`. The first to be whole is the one that ends first (of two
+	/// ending together, the one that begins first), whatever the tokens the text came in.
+	fn cut_at_stop_sequence(&mut self) {
+		let (text, held) = (&self.text, self.held_text);
+		let found = |stop: &String| {
+			// (Never past the text, whatever the held text decoded to.)
+			let mut from = (held + 1).saturating_sub(stop.len()).min(text.len());
+			while !text.is_char_boundary(from) {
+				from += 1;
+			}
+			let at = from + text.get(from..)?.find(stop.as_str())?;
+			Some((at + stop.len(), at))
+		};
+		if let Some((end, at)) = self.stop.iter().filter_map(found).min() {
+			self.text.truncate(if self.include_stop { end } else { at });
+			self.finish_reason = Some(FinishReason::Stop);
+		}
+	}
+
+	/// The tokens whose text is the output's once a token has ended it: all of them with
+	/// `include_stop_str_in_output`, else all but that last one.
+	fn text_tokens(&self) -> &[u32] {
+		match self.include_stop {
+			true => &self.tokens,
+			false => &self.tokens[..self.tokens.len().saturating_sub(1)],
+		}
 	}
 
 	/// The text of `tokens` as the output's (special tokens left out if the request says so).
@@ -645,7 +685,8 @@ impl Progress {
 		let finish_reason = self.finish_reason.unwrap_or(FinishReason::Length);
 		let text = match finish_reason {
 			FinishReason::Stop => std::mem::take(&mut self.text),
-			FinishReason::Eos => self.decode(tokenizer, &self.tokens[..self.tokens.len() - 1])?,
+			FinishReason::Eos if self.include_stop => std::mem::take(&mut self.text),
+			FinishReason::Eos => self.decode(tokenizer, self.text_tokens())?,
 			FinishReason::Length => self.decode(tokenizer, &self.tokens)?,
 		};
 		Ok(Generation {

@@ -21,12 +21,29 @@
 //!   `min_tokens`, `response_format` (JSON mode and JSON schemas) and vLLM's `guided_json`,
 //!   `guided_choice`, `guided_regex` and `guided_grammar` (GBNF, [`crate::ebnf_grammar`]), or
 //!   the same as vLLM names them from 0.12 on, in `structured_outputs` (`json`, `choice`,
-//!   `regex`, `grammar`, `json_object`), are served; what is not is refused, not ignored:
-//!   `best_of` above 1, `suffix`, `tools` (on completions).
+//!   `regex`, `grammar`, `json_object`), are served, and so are vLLM's
+//!   `include_stop_str_in_output` (the text keeps the stop sequence, and ends right after it,
+//!   or the stop token's text), `allowed_token_ids` (only these tokens are generated),
+//!   `bad_words` (up to 300 words, each as vLLM spells it: its tokens alone and, when that is
+//!   a word-start token as long, after a space; the last token of a spelling is never
+//!   generated right after the rest of it), `truncate_prompt_tokens` (only the prompt's last
+//!   this many tokens; -1: as many as the model takes; not on a chat with sources, which it
+//!   would cut) and `cache_salt` (the prompt's cached blocks are shared only with requests of
+//!   the same salt: vLLM's guard against learning another user's prompt from the cache's
+//!   timing). What is not served is refused, not ignored: `best_of` above 1, `suffix`, `tools`
+//!   (on completions), vLLM's `use_beam_search` and `length_penalty`, `priority` other than 0,
+//!   `return_tokens_as_token_ids`, `guided_whitespace_pattern`, `logits_processors`,
+//!   `prompt_embeds`, a request's own `chat_template` and
+//!   `stream_options.continuous_usage_stats`.
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt` and `max_tokens` (or
 //!   `max_completion_tokens`) the rest of the context when absent (the model's, or the KV
-//!   cache's if smaller: vLLM's); `logprobs` (true or false) and
+//!   cache's if smaller: vLLM's); vLLM's `add_generation_prompt` (false: the conversation
+//!   ends where its last message ends), `continue_final_message` (with `add_generation_prompt`
+//!   false: the last message is left open and the answer goes on with it, a "prefill", cut
+//!   after its text as transformers cuts it) and `chat_template_kwargs` (more variables for
+//!   the template, such as Qwen3's `enable_thinking`; not the template's own, which the
+//!   request sets), on `/tokenize` too; `logprobs` (true or false) and
 //!   `top_logprobs` (0 to 20) give OpenAI's `logprobs.content` (each token's text, bytes,
 //!   log-probability and most likely alternatives). Log-probabilities are the model's own
 //!   (before temperature, penalty or truncation), as vLLM reports them. Streamed, each chunk
@@ -591,9 +608,38 @@ struct Body {
 	tools: Option<Value>,
 	tool_choice: Option<Value>,
 	parallel_tool_calls: Option<bool>,
+	/// vLLM's: the text keeps what ended it (a stop sequence, a stop token's text).
+	include_stop_str_in_output: Option<bool>,
+	/// vLLM's: only these tokens may be generated.
+	allowed_token_ids: Option<Vec<u32>>,
+	/// vLLM's: words whose tokens are never generated one after the other (each as the
+	/// tokenizer spells it alone and after a space).
+	bad_words: Option<Vec<String>>,
+	/// vLLM's: only the prompt's last this many tokens are served (-1: as many as the model
+	/// takes).
+	truncate_prompt_tokens: Option<i64>,
+	/// Chat (vLLM's): end with the assistant's turn opened (true when absent).
+	add_generation_prompt: Option<bool>,
+	/// Chat (vLLM's): leave the last message open for the answer to go on with it.
+	continue_final_message: Option<bool>,
+	/// Chat (vLLM's): more variables for the chat template.
+	chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+	/// vLLM's: the prompt's cached blocks are shared only with requests of this salt.
+	cache_salt: Option<String>,
 	/// Asked for but not served: refused rather than ignored (see [`refuse_unserved`]).
 	best_of: Option<Value>,
 	suffix: Option<Value>,
+	/// vLLM's, not served: beam search, priority scheduling, token ids as the logprobs'
+	/// tokens, a whitespace pattern for JSON, logits processors, prompt embeddings, a chat
+	/// template of the request's own.
+	use_beam_search: Option<bool>,
+	length_penalty: Option<f64>,
+	priority: Option<i64>,
+	return_tokens_as_token_ids: Option<bool>,
+	guided_whitespace_pattern: Option<Value>,
+	logits_processors: Option<Value>,
+	prompt_embeds: Option<Value>,
+	chat_template: Option<Value>,
 	/// OpenAI's deprecated function calling (`tools` and `tool_choice` serve it).
 	functions: Option<Value>,
 	function_call: Option<Value>,
@@ -668,6 +714,9 @@ struct Grounding {
 	retrieved: Vec<Value>,
 	/// The registered prompt whose text opens the system message, if the chat named one.
 	registered: Option<RegisteredPrompt>,
+	/// The chat's `cache_salt`, which its attribution's scoring requests share (so that they
+	/// take its prompt from the cache).
+	cache_salt: Option<String>,
 }
 
 impl Grounding {
@@ -696,8 +745,8 @@ impl Grounding {
 }
 
 /// Refuses what `body` asks for at `endpoint` that is not served, rather than answer as if it
-/// had not asked: best-of sampling, a suffix, tools on completions.
-/// (Fields left at what means "none" pass.)
+/// had not asked: best-of sampling, a suffix, tools on completions, vLLM's beam search and
+/// priorities, a chat's options on completions. (Fields left at what means "none" pass.)
 fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 	let chat = matches!(endpoint, Endpoint::Chat);
 	let none = |value: &Option<Value>, means_none: &[Value]| match value {
@@ -714,6 +763,17 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("documents (on chat only)", chat || body.documents.is_none()),
 		("attribution (on chat only)", chat || body.attribution.is_none()),
 		("retrieval (on chat only)", chat || body.retrieval.is_none()),
+		("add_generation_prompt (on chat only)", chat || body.add_generation_prompt.is_none()),
+		("continue_final_message (on chat only)", chat || body.continue_final_message.is_none()),
+		("chat_template_kwargs (on chat only)", chat || body.chat_template_kwargs.is_none()),
+		("use_beam_search", body.use_beam_search != Some(true)),
+		("length_penalty (beam search's)", body.length_penalty.is_none_or(|p| p == 1.0)),
+		("priority (requests are served in arrival order)", body.priority.is_none_or(|p| p == 0)),
+		("return_tokens_as_token_ids", body.return_tokens_as_token_ids != Some(true)),
+		("guided_whitespace_pattern", none(&body.guided_whitespace_pattern, &[])),
+		("logits_processors", none(&body.logits_processors, &[json!([])])),
+		("prompt_embeds", none(&body.prompt_embeds, &[])),
+		("chat_template (the model's own is used)", none(&body.chat_template, &[])),
 	];
 	match unserved.iter().find(|(_, fine)| !fine) {
 		Some((field, _)) => {
@@ -988,6 +1048,8 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 struct StreamOptions {
 	/// A last chunk with the token counts.
 	include_usage: Option<bool>,
+	/// vLLM's: the counts so far in every chunk (not served: refused when true).
+	continuous_usage_stats: Option<bool>,
 }
 
 /// Token counts of an answer.
@@ -1279,7 +1341,7 @@ fn generation_requests(
 	prompts: &[Prompt],
 	body: &Body,
 	logprobs: Option<usize>,
-	logit_bias: Vec<(u32, f32)>,
+	(logit_bias, bad_words): (Vec<(u32, f32)>, Vec<Vec<u32>>),
 	default_max_tokens: usize,
 	response_format: impl FnOnce() -> Result<ResponseFormat, ApiError>,
 ) -> Result<Vec<GenerationRequest>, ApiError> {
@@ -1288,6 +1350,12 @@ fn generation_requests(
 	}
 	if body.stream_options.is_some() && body.stream != Some(true) {
 		return Err(ApiError::bad_request("stream_options: only allowed when stream is true"));
+	}
+	if body.stream_options.as_ref().and_then(|o| o.continuous_usage_stats) == Some(true) {
+		return Err(ApiError::bad_request(
+			"stream_options.continuous_usage_stats: not served by this worker (include_usage \
+			 sends the counts in a last chunk)",
+		));
 	}
 	let n = body.n.unwrap_or(1);
 	if !(1..=MAX_CHOICES).contains(&n) {
@@ -1332,6 +1400,8 @@ fn generation_requests(
 				presence_penalty: body.presence_penalty.unwrap_or(0.0),
 				frequency_penalty: body.frequency_penalty.unwrap_or(0.0),
 				logit_bias: logit_bias.clone(),
+				allowed_token_ids: body.allowed_token_ids.clone().unwrap_or_default(),
+				bad_words: bad_words.clone(),
 				seed: seed.map_or_else(rand::random, |s| s.wrapping_add(i)),
 				top_logprobs: logprobs.unwrap_or(0),
 			},
@@ -1339,6 +1409,8 @@ fn generation_requests(
 			stop_token_ids: body.stop_token_ids.clone().unwrap_or_default(),
 			ignore_eos: body.ignore_eos.unwrap_or(false),
 			skip_special_tokens: body.skip_special_tokens.unwrap_or(true),
+			include_stop_str_in_output: body.include_stop_str_in_output.unwrap_or(false),
+			cache_salt: body.cache_salt.clone(),
 			// OpenAI's echo with logprobs, or vLLM's prompt_logprobs: the prompt's tokens' too.
 			prompt_logprobs: logprobs.filter(|_| echo).max(prompt_logprobs),
 			prompt_logprobs_from: 0,
@@ -1598,6 +1670,71 @@ fn echoes(tokenizer: &Tokenizer, prompts: &[Prompt]) -> Result<Vec<String>, Erro
 		.collect()
 }
 
+/// `prompts` with only their last `k` tokens each (vLLM's `truncate_prompt_tokens`: -1 for
+/// `max`, the most the model takes), as token ids; those no longer are left as they are. A
+/// text's beginning-of-sequence token, which the tokenizer adds, stays first (as Hugging
+/// Face's tokenizers cut from the left: the special tokens are added to what is kept).
+fn truncated(
+	tokenizer: &Tokenizer,
+	prompts: Vec<Prompt>,
+	k: i64,
+	max: usize,
+) -> Result<Vec<Prompt>, ApiError> {
+	let keep = match k {
+		-1 => max,
+		k if k >= 1 && k as u64 <= max as u64 => k as usize,
+		k => {
+			return Err(ApiError::bad_request(format!(
+				"truncate_prompt_tokens: {k} is neither -1 nor 1 to the model's {max} tokens"
+			)))
+		}
+	};
+	prompts
+		.into_iter()
+		.map(|prompt| {
+			let tokens = prompt.tokens(tokenizer, tokenizer.vocab_size())?;
+			if tokens.len() <= keep {
+				return Ok(prompt);
+			}
+			let bos = match (&prompt, tokens.first()) {
+				(Prompt::Text(_), Some(&first)) if tokenizer.add_bos => {
+					tokenizer.bos.filter(|&bos| bos == first)
+				}
+				_ => None,
+			};
+			let rest = keep - usize::from(bos.is_some());
+			let last = &tokens[tokens.len() - rest..];
+			Ok(Prompt::Tokens(bos.into_iter().chain(last.iter().copied()).collect()))
+		})
+		.collect()
+}
+
+/// The most words `bad_words` may give.
+const MAX_BAD_WORDS: usize = 300;
+
+/// vLLM's `bad_words` as token sequences: each word as the tokenizer spells it alone (without
+/// its leading spaces), and after a space when that spells it in as many tokens, the first
+/// another (a word-start token), as vLLM's `SamplingParams` spells them.
+fn bad_words(tokenizer: &Tokenizer, words: &[String]) -> Result<Vec<Vec<u32>>, ApiError> {
+	if words.len() > MAX_BAD_WORDS {
+		return Err(ApiError::bad_request(format!("bad_words: at most {MAX_BAD_WORDS} words")));
+	}
+	let mut sequences = Vec::with_capacity(2 * words.len());
+	for word in words {
+		let alone = tokenizer.encode_continuation(word.trim_start())?;
+		if alone.is_empty() {
+			return Err(ApiError::bad_request(format!("bad_words: {word:?} has no tokens")));
+		}
+		let spaced = tokenizer.encode_continuation(&format!(" {}", word.trim_start()))?;
+		let word_start = spaced.len() == alone.len() && spaced.first() != alone.first();
+		sequences.push(alone);
+		if word_start {
+			sequences.push(spaced);
+		}
+	}
+	Ok(sequences)
+}
+
 /// Serves `prompts` (one, rendered, for chat) with `body`'s options on `adapter`: the whole
 /// answer, or a stream of server-sent events when `stream` is asked for.
 /// A chat's tool calls, when asked for, are held to their grammar and answered as calls.
@@ -1621,12 +1758,33 @@ async fn serve(
 			Some(Ablations::new(asked.method()?, grounding.prompt.len())?)
 		}
 	};
+	let vocab_size = state.tokenizer.vocab_size();
 	if let Some(ids) = &body.stop_token_ids {
-		check_token_ids("stop_token_ids", ids, state.tokenizer.vocab_size())?;
+		check_token_ids("stop_token_ids", ids, vocab_size)?;
 	}
+	if body.cache_salt.as_deref() == Some("") {
+		return Err(ApiError::bad_request("cache_salt: an empty salt (give one, or none)"));
+	}
+	match &body.allowed_token_ids {
+		Some(ids) if ids.is_empty() => {
+			return Err(ApiError::bad_request("allowed_token_ids: an empty list allows nothing"))
+		}
+		Some(ids) => check_token_ids("allowed_token_ids", ids, vocab_size)?,
+		None => {}
+	}
+	let prompts =
+		match body.truncate_prompt_tokens {
+			None => prompts,
+			Some(_) if grounding.is_some() => return Err(ApiError::bad_request(
+				"truncate_prompt_tokens: not with documents, retrieval, a registered prompt or \
+				 attribution (the prompt's sources would be cut)",
+			)),
+			Some(k) => truncated(&state.tokenizer, prompts, k, state.engine.max_sequence())?,
+		};
 	let logprobs = logprobs_asked(endpoint, &body)?;
 	let prompt_logprobs = prompt_logprobs_asked(&body)?;
-	let bias = logit_bias(body.logit_bias.as_ref(), state.tokenizer.vocab_size())?;
+	let bias = logit_bias(body.logit_bias.as_ref(), vocab_size)?;
+	let bad = bad_words(&state.tokenizer, body.bad_words.as_deref().unwrap_or_default())?;
 	let limited = body.max_tokens.or(body.max_completion_tokens).is_some();
 	let default_max_tokens = match (endpoint, prompts.as_slice()) {
 		// A chat's answer may take the rest of the context (at least one token: a prompt that
@@ -1641,7 +1799,8 @@ async fn serve(
 	// milliseconds), unless an earlier request's is kept: as a blocking section.
 	let requests = blocking(|| {
 		let format = || output_format(&body, calling.as_deref(), &state.grammars);
-		generation_requests(endpoint, &prompts, &body, logprobs, bias, default_max_tokens, format)
+		let lists = (bias, bad);
+		generation_requests(endpoint, &prompts, &body, logprobs, lists, default_max_tokens, format)
 	})?;
 	if requests.len() > state.engine.max_waiting() {
 		return Err(ApiError::bad_request(format!(
@@ -1770,7 +1929,10 @@ async fn attribute(
 	// Each choice's ablations, served with the adapter; with one, the whole prompt again
 	// without it (the adapter's own contribution).
 	let requests = generations.iter().flat_map(|g| {
-		let requests = ablations.requests(&grounding.prompt, &g.tokens);
+		let mut requests = ablations.requests(&grounding.prompt, &g.tokens);
+		for request in &mut requests {
+			request.cache_salt = grounding.cache_salt.clone();
+		}
 		let without = adapter.as_ref().and_then(|_| requests.first().cloned());
 		requests.into_iter().map(|r| (r, adapter.clone())).chain(without.map(|r| (r, None)))
 	});
@@ -2247,6 +2409,15 @@ async fn chat_completions(
 		.messages
 		.take()
 		.ok_or_else(|| ApiError::bad_request("messages: missing field `messages`"))?;
+	let kept;
+	let template = match &body.chat_template_kwargs {
+		Some(kwargs) => {
+			kept = template.with_kwargs(kwargs)?;
+			&kept
+		}
+		None => template,
+	};
+	let opening = Opening::of(body.add_generation_prompt, body.continue_final_message)?;
 	let tools = Tools::from_request(
 		body.tools.as_ref(),
 		body.tool_choice.as_ref(),
@@ -2303,6 +2474,13 @@ async fn chat_completions(
 		sources => sources,
 	};
 	let (prompt, grounding) = match sources {
+		Some(_) if opening != Opening::Answer => {
+			return Err(ApiError::bad_request(
+				"add_generation_prompt, continue_final_message: a chat with documents, retrieval, \
+				 a registered prompt or attributed tool answers ends with the assistant's turn \
+				 opened",
+			))
+		}
 		Some(sources) => {
 			let show = |messages: &[Message]| Ok(tools.show(showing, messages));
 			let instructions = registered.as_ref().map(|(_, text)| text.as_str());
@@ -2320,15 +2498,61 @@ async fn chat_completions(
 				.collect();
 			let registered = registered.map(|(version, _)| version);
 			let tokens = prompt.all();
-			let grounding = Grounding { prompt, sources, retrieved, registered };
+			let cache_salt = body.cache_salt.clone();
+			let grounding = Grounding { prompt, sources, retrieved, registered, cache_salt };
 			(Prompt::Tokens(tokens), Some(grounding))
 		}
 		None => {
 			let (shown, definitions) = tools.show(showing, &messages);
-			(Prompt::Text(template.render_with_tools(&shown, &definitions, true)?), None)
+			(Prompt::Text(opening.render(template, &shown, &definitions)?), None)
 		}
 	};
 	serve(state, Endpoint::Chat, (vec![prompt], tools.calling, grounding), model, body).await
+}
+
+/// How a chat's rendering ends (vLLM's `add_generation_prompt` and `continue_final_message`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+	/// With the assistant's turn opened (the default).
+	Answer,
+	/// Where the last message ends (its turn closed).
+	Closed,
+	/// Inside the last message, for the answer to go on with it.
+	Continue,
+}
+
+impl Opening {
+	/// The ending asked for (`add_generation_prompt` true and `continue_final_message` false
+	/// when absent); an error for both, as vLLM's.
+	fn of(
+		add_generation_prompt: Option<bool>,
+		continue_final_message: Option<bool>,
+	) -> Result<Self, ApiError> {
+		match (add_generation_prompt.unwrap_or(true), continue_final_message.unwrap_or(false)) {
+			(true, true) => Err(ApiError::bad_request(
+				"continue_final_message and add_generation_prompt: not both (continue_final_message \
+				 goes on with the last message, add_generation_prompt starts a new one: set \
+				 add_generation_prompt to false)",
+			)),
+			(true, false) => Ok(Self::Answer),
+			(false, false) => Ok(Self::Closed),
+			(false, true) => Ok(Self::Continue),
+		}
+	}
+
+	/// `messages` with `tools` rendered in `template`, ending so.
+	fn render(
+		self,
+		template: &ChatTemplate,
+		messages: &[Message],
+		tools: &[Value],
+	) -> Result<String, Error> {
+		match self {
+			Self::Answer => template.render_with_tools(messages, tools, true),
+			Self::Closed => template.render_with_tools(messages, tools, false),
+			Self::Continue => template.render_continuing(messages, tools),
+		}
+	}
 }
 
 impl ApiState {
@@ -2372,6 +2596,10 @@ struct TokenizeBody {
 	messages: Option<Vec<Message>>,
 	/// With `messages`: end with the assistant's turn opened (true by default).
 	add_generation_prompt: Option<bool>,
+	/// With `messages`: leave the last message open, as a chat with it leaves it.
+	continue_final_message: Option<bool>,
+	/// With `messages`: more variables for the chat template, as a chat's.
+	chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 	/// With `messages`: the tools given to the template (OpenAI's definitions).
 	tools: Option<Vec<Value>>,
 	/// With `tools`: how they are to be called, as a chat's (`"auto"` when absent): the tools
@@ -2389,13 +2617,30 @@ async fn tokenize(
 ) -> Result<Json<Value>, ApiError> {
 	let Json(body) = body?;
 	state.served(body.model.as_deref()).await?;
+	let opening = Opening::of(body.add_generation_prompt, body.continue_final_message)?;
+	let chat_only = [
+		("add_generation_prompt", body.add_generation_prompt.is_some()),
+		("continue_final_message", body.continue_final_message.is_some()),
+		("chat_template_kwargs", body.chat_template_kwargs.is_some()),
+	];
+	if let (None, Some((field, _))) = (&body.messages, chat_only.iter().find(|(_, given)| *given)) {
+		return Err(ApiError::bad_request(format!("{field}: only with messages")));
+	}
+	let with_kwargs = match &body.chat_template_kwargs {
+		Some(kwargs) => Some(state.chat_template()?.with_kwargs(kwargs)?),
+		None => None,
+	};
+	let template = || match &with_kwargs {
+		Some(template) => Ok(template),
+		None => state.chat_template(),
+	};
 	let tools = body.tools.map(Value::Array);
 	let tools = Tools::from_request(tools.as_ref(), body.tool_choice.as_ref(), None)
 		.map_err(ApiError::bad_request)?;
 	// The conversation as a chat with these tools shows it to the template (decided once, on
 	// the request's messages, as a chat decides).
 	let showing = match &body.messages {
-		Some(messages) => Some(tools.showing(state.chat_template()?, messages)?),
+		Some(messages) => Some(tools.showing(template()?, messages)?),
 		None => None,
 	};
 	let shown = |messages: &[Message]| tools.show(showing.unwrap_or(Showing::AsGiven), messages);
@@ -2414,35 +2659,30 @@ async fn tokenize(
 		None if registered.is_some() => Some(Vec::new()),
 		documents => documents,
 	};
-	let tokens = match (text, body.messages, documents) {
-		(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
-		(None, Some(messages), None) => {
-			let (messages, definitions) = shown(&messages);
-			state.tokenizer.encode(&state.chat_template()?.render_with_tools(
-				&messages,
-				&definitions,
-				body.add_generation_prompt.unwrap_or(true),
-			)?)?
-		}
-		(None, Some(messages), Some(documents)) if body.add_generation_prompt != Some(false) => {
-			let template = state.chat_template()?;
-			let show = |messages: &[Message]| Ok(shown(messages));
-			let instructions = registered.as_ref().map(|(_, text)| text.as_str());
-			let sources = Sources { instructions, documents: &documents, attributed: false };
-			SourcedPrompt::build(template, &state.tokenizer, &messages, &show, sources)?.all()
-		}
-		(None, Some(_), Some(_)) => {
-			return Err(ApiError::bad_request(
+	let tokens =
+		match (text, body.messages, documents) {
+			(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
+			(None, Some(messages), None) => {
+				let (messages, definitions) = shown(&messages);
+				state.tokenizer.encode(&opening.render(template()?, &messages, &definitions)?)?
+			}
+			(None, Some(messages), Some(documents)) if opening == Opening::Answer => {
+				let template = template()?;
+				let show = |messages: &[Message]| Ok(shown(messages));
+				let instructions = registered.as_ref().map(|(_, text)| text.as_str());
+				let sources = Sources { instructions, documents: &documents, attributed: false };
+				SourcedPrompt::build(template, &state.tokenizer, &messages, &show, sources)?.all()
+			}
+			(None, Some(_), Some(_)) => return Err(ApiError::bad_request(
 				"documents, prompt: a chat with documents or a registered prompt ends with the \
 				 assistant's turn opened",
-			))
-		}
-		_ => {
-			return Err(ApiError::bad_request(
-				"give either `prompt` or `messages` (and `documents`)",
-			))
-		}
-	};
+			)),
+			_ => {
+				return Err(ApiError::bad_request(
+					"give either `prompt` or `messages` (and `documents`)",
+				))
+			}
+		};
 	Ok(Json(json!({
 		"count": tokens.len(),
 		"max_model_len": state.engine.max_sequence(),
@@ -2933,6 +3173,39 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
 	use super::*;
+
+	/// vLLM's `truncate_prompt_tokens`: a prompt's last `k` tokens, a text's beginning of
+	/// sequence (added by the tokenizer) first; prompts no longer are left as they are; `k` is
+	/// -1 (the model's most) or 1 to the most.
+	#[test]
+	fn truncated_prompts_keep_their_last_tokens_and_a_texts_bos() {
+		let dir = tempfile::tempdir().unwrap();
+		let vocab: serde_json::Map<String, Value> = ["<s>", "a", "b", "c", "d", "e"]
+			.iter()
+			.zip(0..)
+			.map(|(w, i)| (w.to_string(), json!(i)))
+			.collect();
+		let tokenizer = json!({
+			"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+			"normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+			"decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "a"},
+		});
+		std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+		let config = json!({"bos_token": "<s>", "add_bos_token": true});
+		std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+		let tokenizer = Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+		assert_eq!(tokenizer.encode("a b c d e").unwrap(), [0, 1, 2, 3, 4, 5]);
+		let cut =
+			|prompt: Prompt, k| truncated(&tokenizer, vec![prompt], k, 8).map(|mut p| p.remove(0));
+		assert_eq!(cut("a b c d e".into(), 3).unwrap(), Prompt::Tokens(vec![0, 4, 5]));
+		assert_eq!(cut("a b c d e".into(), 1).unwrap(), Prompt::Tokens(vec![0]));
+		assert_eq!(cut(vec![0, 1, 2, 3].into(), 2).unwrap(), Prompt::Tokens(vec![2, 3]));
+		assert_eq!(cut("a b".into(), 3).unwrap(), Prompt::Text("a b".into()));
+		assert_eq!(cut("a b c d e".into(), -1).unwrap(), Prompt::Text("a b c d e".into()));
+		for k in [0, -2, 9] {
+			assert!(cut("a".into(), k).is_err(), "{k}");
+		}
+	}
 
 	/// An adapter that cannot be built is the request's to mend (422); files changed under the
 	/// worker since they were checked, and a full queue, are the worker's (503: try again, or

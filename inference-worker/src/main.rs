@@ -289,6 +289,13 @@ struct GenerateArgs {
 	/// Stop when the output contains this text (repeatable).
 	#[arg(long)]
 	stop: Vec<String>,
+	/// Keep the stop text that ended the output in it (vLLM's include_stop_str_in_output; the
+	/// end-of-sequence token's text too, with --keep-special-tokens).
+	#[arg(long)]
+	include_stop_str_in_output: bool,
+	/// Generate only these tokens (vLLM's allowed_token_ids), as ids separated by commas.
+	#[arg(long, value_delimiter = ',')]
+	allowed_token_ids: Vec<u32>,
 	#[command(flatten)]
 	weights: WeightArgs,
 	/// Print one JSON object: prompt_tokens, tokens, logprobs, top_logprobs, prompt_logprobs,
@@ -409,6 +416,7 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 	};
 	let biased: Vec<u32> = args.logit_bias.iter().map(|(t, _)| *t).collect();
 	check_token_ids("--logit-bias", &biased, tokenizer.vocab_size())?;
+	check_token_ids("--allowed-token-ids", &args.allowed_token_ids, tokenizer.vocab_size())?;
 	// The grammar's text, and where it came from (for an error).
 	let grammar = match (&args.grammar, &args.grammar_file) {
 		(Some(text), _) => Some((text.clone(), "--grammar".to_string())),
@@ -431,6 +439,8 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 			presence_penalty: args.presence_penalty,
 			frequency_penalty: args.frequency_penalty,
 			logit_bias: args.logit_bias.clone(),
+			allowed_token_ids: args.allowed_token_ids.clone(),
+			bad_words: Vec::new(),
 			seed: args.seed,
 			top_logprobs: args.top_logprobs,
 		},
@@ -441,6 +451,8 @@ fn request(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<GenerationReque
 		prompt_logprobs_from: 0,
 		min_tokens: args.min_tokens,
 		skip_special_tokens: !args.keep_special_tokens,
+		include_stop_str_in_output: args.include_stop_str_in_output,
+		cache_salt: None,
 		response_format: match (grammar, &args.regex, &args.json_schema, args.json_object) {
 			(Some((text, source)), ..) => {
 				let grammar = EbnfGrammar::new(&text).map_err(|e| anyhow!("{source}: {e}"))?;

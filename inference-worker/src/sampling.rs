@@ -32,6 +32,12 @@ pub struct SamplingParams {
 	/// OpenAI's `logit_bias`: added to these tokens' logits (-100 to 100: -100 all but bans a
 	/// token, 100 all but forces it).
 	pub logit_bias: Vec<(u32, f32)>,
+	/// vLLM's `allowed_token_ids`: only these tokens may be picked (all when empty).
+	pub allowed_token_ids: Vec<u32>,
+	/// vLLM's `bad_words`, as token sequences: the last token of each is never picked right
+	/// after the rest of it (a sequence of one token: never picked), looked for at the end of
+	/// the output.
+	pub bad_words: Vec<Vec<u32>>,
 	/// Seed of the sampler's generator.
 	pub seed: u64,
 	/// How many of the most likely tokens to report with their log-probabilities at each step
@@ -57,6 +63,8 @@ impl Default for SamplingParams {
 			presence_penalty: 0.0,
 			frequency_penalty: 0.0,
 			logit_bias: Vec::new(),
+			allowed_token_ids: Vec::new(),
+			bad_words: Vec::new(),
 			seed: 0,
 			top_logprobs: 0,
 		}
@@ -95,6 +103,9 @@ impl SamplingParams {
 			return Err(Error::Request(format!(
 				"logit_bias {bias} for token {token} is not in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]"
 			)));
+		}
+		if self.bad_words.iter().any(Vec::is_empty) {
+			return Err(Error::Request("bad_words: a word of no tokens".into()));
 		}
 		if self.top_logprobs > MAX_TOP_LOGPROBS {
 			return Err(Error::Request(format!(
@@ -176,19 +187,22 @@ impl Sampler {
 		Ok(Self { params, rng })
 	}
 
-	/// Whether [`Sampler::sample`] changes the model's logits before it picks (a penalty, which
-	/// needs the tokens so far, or a bias).
+	/// Whether [`Sampler::sample`] changes the model's logits before it picks (a penalty or bad
+	/// words, which need the tokens so far, a bias, or a list of allowed tokens).
 	pub fn adjusts_logits(&self) -> bool {
 		let p = &self.params;
 		p.repetition_penalty != 1.0
 			|| p.presence_penalty != 0.0
 			|| p.frequency_penalty != 0.0
 			|| !p.logit_bias.is_empty()
+			|| !p.allowed_token_ids.is_empty()
+			|| !p.bad_words.is_empty()
 	}
 
 	/// The kernels' sampling parameters and uniform draw for the next token, when the kernels'
 	/// sampler (`openledger_kernels::sampling`, which runs where the logits are) can pick it:
-	/// without penalties, which need the tokens so far, without a bias, and without top
+	/// without penalties or bad words, which need the tokens so far, without a bias or a list
+	/// of allowed tokens, and without top
 	/// log-probabilities, which need the logits (see [`Sampler::top_logprobs`]). Draws from the request's
 	/// seeded generator (one draw per sampled token, none for greedy), so a seeded request is
 	/// reproducible on this path as on the host's; the two paths do not pick the same tokens
@@ -222,9 +236,9 @@ impl Sampler {
 	/// Picks the next token from `logits` (one row over the vocabulary), given the tokens so far
 	/// for the penalties (the repetition penalty over the prompt and the output, then OpenAI's
 	/// presence and frequency penalties over the output, as vLLM applies them), then the bias,
-	/// among the tokens `allowed` says yes to (by id; all when `None`, none past its end; an
-	/// error if it allows none). The reported log-probability is the model's, before any of
-	/// them.
+	/// among the request's allowed tokens less its bad words' and those that `allowed` says
+	/// yes to (by id; all when `None`, none past its end); an error if none is left. The
+	/// reported log-probability is the model's, before any of them.
 	pub fn sample(
 		&mut self,
 		logits: &[f32],
@@ -265,21 +279,41 @@ impl Sampler {
 				*l += bias;
 			}
 		}
-		if let Some(allowed) = allowed {
-			let mut any = false;
-			let allowed = allowed.iter().chain(std::iter::repeat(&false));
-			for (l, &ok) in adjusted.iter_mut().zip(allowed) {
-				if ok {
-					any |= *l > f32::NEG_INFINITY;
-				} else {
+		if !p.allowed_token_ids.is_empty() {
+			let mut only = vec![false; adjusted.len()];
+			for &t in &p.allowed_token_ids {
+				if let Some(slot) = only.get_mut(t as usize) {
+					*slot = true;
+				}
+			}
+			for (l, ok) in adjusted.iter_mut().zip(only) {
+				if !ok {
 					*l = f32::NEG_INFINITY;
 				}
 			}
-			if !any {
-				return Err(Error::Request(
-					"no token may come next (the response format and min_tokens leave none)".into(),
-				));
+		}
+		for word in &p.bad_words {
+			let Some((&last, before)) = word.split_last() else { continue };
+			if history.output.ends_with(before) {
+				if let Some(l) = adjusted.get_mut(last as usize) {
+					*l = f32::NEG_INFINITY;
+				}
 			}
+		}
+		if let Some(allowed) = allowed {
+			let allowed = allowed.iter().chain(std::iter::repeat(&false));
+			for (l, &ok) in adjusted.iter_mut().zip(allowed) {
+				if !ok {
+					*l = f32::NEG_INFINITY;
+				}
+			}
+		}
+		if !adjusted.iter().any(|&l| l > f32::NEG_INFINITY) {
+			return Err(Error::Request(
+				"no token may come next (the response format, min_tokens, allowed_token_ids and \
+				 bad_words leave none)"
+					.into(),
+			));
 		}
 		let token = if self.params.temperature == 0.0 {
 			argmax(&adjusted)
@@ -597,5 +631,69 @@ mod tests {
 		// A token allowed but impossible under the model does not count as a choice.
 		let impossible = [f32::NEG_INFINITY, 1.0];
 		assert!(s.sample(&impossible, History::default(), Some(&even[..2])).is_err());
+	}
+
+	/// vLLM's `allowed_token_ids`: only those are picked, greedy or sampled, beside a mask
+	/// too; ids past the vocabulary allow nothing.
+	#[test]
+	fn allowed_token_ids_are_the_only_picks() {
+		let logits = [0.0, 3.0, 2.0, -1.0, 1.0];
+		let only = |ids: Vec<u32>, temperature| SamplingParams {
+			allowed_token_ids: ids,
+			temperature,
+			seed: 5,
+			..Default::default()
+		};
+		let mut s = sampler(only(vec![0, 3, 4], 0.0));
+		assert!(s.kernel_draw().is_none(), "the kernels' sampler takes no list");
+		assert_eq!(s.sample(&logits, History::default(), None).unwrap().token, 4);
+		let mut s = sampler(only(vec![0, 3], 3.0));
+		let mut seen = [0; 5];
+		for _ in 0..400 {
+			seen[s.sample(&logits, History::default(), None).unwrap().token as usize] += 1;
+		}
+		assert_eq!((seen[1], seen[2], seen[4]), (0, 0, 0), "{seen:?}");
+		assert!(seen[0] > 0 && seen[3] > 0, "{seen:?}");
+		// The reported log-probability is the model's, over every token.
+		let out = s.sample(&logits, History::default(), None).unwrap();
+		assert!((out.logprob - logprob_of(&logits, out.token as usize)).abs() < 1e-6);
+		// With a mask, what both allow; nothing left is an error.
+		let mask = [true, true, true, false, false];
+		assert_eq!(s.sample(&logits, History::default(), Some(&mask)).unwrap().token, 0);
+		let mask = [false, true, true, true, false];
+		let mut s = sampler(only(vec![0, 4], 0.0));
+		let err = s.sample(&logits, History::default(), Some(&mask)).unwrap_err();
+		assert!(err.to_string().contains("allowed_token_ids"), "{err}");
+		let mut s = sampler(only(vec![9], 0.0));
+		assert!(s.sample(&logits, History::default(), None).is_err());
+	}
+
+	/// vLLM's `bad_words`: a word's last token is kept out right after the rest of it, at the
+	/// end of the output (not the prompt's); a word of one token always.
+	#[test]
+	fn bad_words_keep_their_last_token_out_after_the_rest() {
+		let logits = [0.0, 1.0, 5.0, 4.0, 3.0];
+		let mut s =
+			sampler(SamplingParams { bad_words: vec![vec![1, 2], vec![3]], ..Default::default() });
+		assert!(s.kernel_draw().is_none(), "the kernels' sampler does not know the output");
+		let pick = |s: &mut Sampler, output: &[u32]| {
+			s.sample(&logits, History { prompt: &[1], output }, None).unwrap().token
+		};
+		// Token 2 is bad only right after token 1; token 3 never.
+		assert_eq!(pick(&mut s, &[]), 2, "the prompt's last token does not count");
+		assert_eq!(pick(&mut s, &[1, 0]), 2);
+		assert_eq!(pick(&mut s, &[0, 1]), 4);
+		let mut s = sampler(SamplingParams {
+			bad_words: vec![vec![0, 1, 2]],
+			temperature: 1.5,
+			seed: 1,
+			..Default::default()
+		});
+		for _ in 0..300 {
+			assert_ne!(pick(&mut s, &[4, 0, 1]), 2);
+		}
+		assert!((0..300).any(|_| pick(&mut s, &[4, 1]) == 2));
+		let empty = SamplingParams { bad_words: vec![vec![]], ..Default::default() };
+		assert!(Sampler::new(empty).is_err());
 	}
 }

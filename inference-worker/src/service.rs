@@ -300,8 +300,7 @@ impl EngineService {
 		adapter: Option<String>,
 	) -> Result<EventStream> {
 		let (events, receiver) = channel::unbounded_channel();
-		let text = TextStream::new(&request.stop, self.eos)
-			.skip_special_tokens(request.skip_special_tokens);
+		let text = TextStream::new(&request, self.eos);
 		let reply = Reply::Stream(events, text, 0);
 		self.submit(Job { request, adapter, reply, sent: Instant::now() })?;
 		Ok(EventStream(receiver))

@@ -11,9 +11,16 @@
 //!   begun in text that would otherwise be released. The last `longest stop - 1` bytes are
 //!   held back: a stop sequence that is not yet whole in the text starts within them.
 //!
+//! With `include_stop_str_in_output` (vLLM's) the final text keeps the stop sequence and ends
+//! right after it, so nothing released can be cut and nothing is held back.
+//!
 //! [`TextStream::finish`] gives what is left of the final text once the generation is over.
 
-use crate::{error::Result, generate::Generation, tokenizer::Tokenizer};
+use crate::{
+	error::Result,
+	generate::{Generation, GenerationRequest},
+	tokenizer::Tokenizer,
+};
 
 /// Releases a generation's text as it grows (see the module documentation).
 #[derive(Debug)]
@@ -35,10 +42,13 @@ pub struct TextStream {
 }
 
 impl TextStream {
-	/// A stream for a request with `stop` sequences, whose model ends with `eos`, special
-	/// tokens left out of the text (see [`TextStream::skip_special_tokens`]).
-	pub fn new(stop: &[String], eos: Option<u32>) -> Self {
-		let hold = stop.iter().map(String::len).max().unwrap_or(0).saturating_sub(1);
+	/// A stream for `request`'s text (its stop sequences, whether the text keeps them and
+	/// whether special tokens are left out), on a model whose end-of-sequence token is `eos`.
+	pub fn new(request: &GenerationRequest, eos: Option<u32>) -> Self {
+		let hold = match request.include_stop_str_in_output {
+			true => 0,
+			false => request.stop.iter().map(String::len).max().unwrap_or(0).saturating_sub(1),
+		};
 		Self {
 			hold,
 			eos,
@@ -46,15 +56,8 @@ impl TextStream {
 			read_offset: 0,
 			text: String::new(),
 			sent: 0,
-			skip_special_tokens: true,
+			skip_special_tokens: request.skip_special_tokens,
 		}
-	}
-
-	/// The stream with special tokens left out of the text or not (as the request's
-	/// [`crate::generate::GenerationRequest::skip_special_tokens`]).
-	pub fn skip_special_tokens(mut self, skip: bool) -> Self {
-		self.skip_special_tokens = skip;
-		self
 	}
 
 	/// The text released so far.

@@ -217,6 +217,39 @@ fn generate_holds_the_output_to_a_grammar() {
 	);
 }
 
+/// `--allowed-token-ids` keeps the output to those tokens; `--include-stop-str-in-output`
+/// keeps the stop text that ended it.
+#[test]
+fn generate_keeps_to_allowed_tokens_and_may_keep_its_stop() {
+	let model = models::smollm2_gguf();
+	let run = |extra: &[&str]| {
+		let mut command = worker();
+		command.args(["generate", "--model"]).arg(&model);
+		command.args(["--prompt", "The capital of France is", "--max-tokens", "12", "--json"]);
+		command.args(["--temperature", "1.5", "--seed", "3"]).args(extra);
+		let output = command.output().expect("the worker runs");
+		assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+		serde_json::from_slice::<Value>(&output.stdout).expect("valid JSON")
+	};
+	let plain = run(&[]);
+	let tokens: Vec<u64> =
+		plain["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+	let allowed: Vec<u64> = tokens[..tokens.len() / 2].to_vec();
+	let list = allowed.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+	let kept = run(&["--allowed-token-ids", &list]);
+	let generated = kept["tokens"].as_array().unwrap();
+	assert_eq!(generated.len(), 12, "{kept}");
+	assert!(generated.iter().all(|t| allowed.contains(&t.as_u64().unwrap())), "{kept}");
+	// A stop sequence from the plain answer: cut, or kept with what is before it.
+	let text = plain["text"].as_str().unwrap();
+	let stop: String = text.chars().skip(4).take(3).collect();
+	let cut = run(&["--stop", &stop]);
+	let with = run(&["--stop", &stop, "--include-stop-str-in-output"]);
+	let before = &text[..text.find(&stop).unwrap()];
+	assert_eq!(cut["text"], before);
+	assert_eq!(with["text"], format!("{before}{stop}"));
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
 	let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,9 @@ use openledger_inference_worker::{
 	embedding_service::EmbeddingService,
 	embeddings::{cosine, EmbeddingModel},
 	engine::EngineConfig,
-	generate::{generate, FinishReason, Generation, GenerationRequest, Progress, ResponseFormat},
+	generate::{
+		generate, FinishReason, Generation, GenerationRequest, Progress, Prompt, ResponseFormat,
+	},
 	http_api::{self, ApiState},
 	json_mode::{JsonGrammar, JsonState},
 	kv_cache::KvCacheConfig,
@@ -842,6 +844,259 @@ fn penalties_ignore_eos_and_stop_tokens_are_the_librarys_and_the_rest_is_refused
 	// What means "none" passes.
 	let body = json!({"prompt": "x", "max_tokens": 1, "logit_bias": {}, "best_of": 1,
 		"min_tokens": 0, "suffix": null, "tools": []});
+	let (status, answer) = post(address, "/v1/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+}
+
+/// Asserts that `body` at `path` answers `want`, whole (its text at `whole_at`) and streamed
+/// (at `streamed_at`).
+fn assert_whole_and_streamed(
+	address: SocketAddr,
+	path: &str,
+	body: &Value,
+	want: &Generation,
+	(whole_at, streamed_at): (&str, &str),
+) {
+	let (status, answer) = post(address, path, body);
+	assert_eq!(status, 200, "{answer}");
+	assert_answers(&answer, want, whole_at);
+	let (status, events) = stream(address, path, body);
+	assert_eq!(status, 200, "{events:?}");
+	let object = match path {
+		"/v1/completions" => "text_completion",
+		_ => "chat.completion.chunk",
+	};
+	let streamed = gather(&events, object, streamed_at);
+	assert_eq!(streamed.error, None);
+	assert_eq!(streamed.texts[0].0, want.text, "{body}");
+	assert_eq!(streamed.reasons[0].as_deref(), Some(reason(want)));
+}
+
+/// vLLM's request extras are the library's, whole and streamed: `include_stop_str_in_output`
+/// (a stop sequence or token kept in the text), `allowed_token_ids`, `bad_words` (spelled as
+/// vLLM spells them), `truncate_prompt_tokens` (the prompt's last tokens), and a chat's
+/// `add_generation_prompt`, `continue_final_message` (the prompt is the conversation in
+/// ChatML, written here by hand, cut after the last message's text) and
+/// `chat_template_kwargs`; a stream that ends at a stop token is the whole answer's text;
+/// `cache_salt` keeps a prompt's cached blocks to requests of the same salt. What vLLM has and
+/// this worker does not serve is refused, not ignored.
+#[test]
+fn vllm_request_extras_are_the_librarys_or_refused() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let alone = |request: &GenerationRequest| generate(&model, &tokenizer, None, request).unwrap();
+	let completion = ("/text", "/text");
+	let plain = alone(&greedy(PARIS, 24));
+
+	// A stop sequence (a word of the answer) cut from the text, or kept in it.
+	let stop = tokenizer.decode(&plain.tokens[3..4]).unwrap();
+	let cut = alone(&GenerationRequest { stop: vec![stop.clone()], ..greedy(PARIS, 24) });
+	let kept = alone(&GenerationRequest {
+		stop: vec![stop.clone()],
+		include_stop_str_in_output: true,
+		..greedy(PARIS, 24)
+	});
+	assert_eq!((cut.finish_reason, kept.finish_reason), (FinishReason::Stop, FinishReason::Stop));
+	assert_eq!(format!("{}{stop}", cut.text), kept.text);
+	let body = json!({"prompt": PARIS, "max_tokens": 24, "temperature": 0, "stop": [stop]});
+	assert_whole_and_streamed(address, "/v1/completions", &body, &cut, completion);
+	let mut body = body;
+	body["include_stop_str_in_output"] = json!(true);
+	assert_whole_and_streamed(address, "/v1/completions", &body, &kept, completion);
+
+	// A stop token that is not special: its text is left out, streamed too, or kept.
+	let token = plain.tokens[3];
+	let at = plain.tokens.iter().position(|&t| t == token).unwrap();
+	let request = GenerationRequest { stop_token_ids: vec![token], ..greedy(PARIS, 24) };
+	let cut = alone(&request);
+	assert_eq!(cut.text, tokenizer.decode(&plain.tokens[..at]).unwrap());
+	let kept = alone(&GenerationRequest { include_stop_str_in_output: true, ..request });
+	assert_eq!(kept.text, tokenizer.decode(&plain.tokens[..=at]).unwrap());
+	let body = json!({"prompt": PARIS, "max_tokens": 24, "temperature": 0,
+		"stop_token_ids": [token]});
+	assert_whole_and_streamed(address, "/v1/completions", &body, &cut, completion);
+	let mut body = body;
+	body["include_stop_str_in_output"] = json!(true);
+	assert_whole_and_streamed(address, "/v1/completions", &body, &kept, completion);
+
+	// allowed_token_ids: the greedy answer without its third token, greedy and sampled.
+	let eos = tokenizer.eos.unwrap();
+	let allowed: Vec<u32> = plain
+		.tokens
+		.iter()
+		.copied()
+		.filter(|&t| t != plain.tokens[2])
+		.chain([eos, tokenizer.encode_continuation(" Lyon").unwrap()[0]])
+		.collect();
+	let mut request = greedy(PARIS, 24);
+	request.sampling.allowed_token_ids = allowed.clone();
+	let want = alone(&request);
+	assert!(want.tokens.iter().all(|t| allowed.contains(t)), "{:?}", want.tokens);
+	assert_ne!(want.tokens, plain.tokens);
+	let body = json!({"prompt": PARIS, "max_tokens": 24, "temperature": 0,
+		"allowed_token_ids": allowed});
+	assert_whole_and_streamed(address, "/v1/completions", &body, &want, completion);
+	let sampled = json!({"prompt": PARIS, "max_tokens": 24, "temperature": 1.5, "seed": 4,
+		"n": 3, "allowed_token_ids": allowed, "logprobs": 0});
+	let (status, answer) = post(address, "/v1/completions", &sampled);
+	assert_eq!(status, 200, "{answer}");
+	for choice in answer["choices"].as_array().unwrap() {
+		let texts = choice["logprobs"]["tokens"].as_array().unwrap();
+		let spelled: Vec<String> =
+			allowed.iter().map(|&t| tokenizer.decode(&[t]).unwrap()).collect();
+		assert!(texts.iter().all(|t| spelled.iter().any(|s| s == t.as_str().unwrap())), "{choice}");
+	}
+
+	// bad_words: a word of the answer, alone and after a space, as vLLM spells it.
+	let word = tokenizer.decode(&plain.tokens[..1]).unwrap().trim().to_string();
+	let (alone_word, spaced) = (
+		tokenizer.encode_continuation(&word).unwrap(),
+		tokenizer.encode_continuation(&format!(" {word}")).unwrap(),
+	);
+	// One token each, two tokens: vLLM bans both spellings.
+	assert_eq!(spaced, plain.tokens[..1], "the answer's first token is a word after a space");
+	assert_eq!(alone_word.len(), 1, "{word:?} alone is one token");
+	assert_ne!(alone_word, spaced);
+	let mut request = greedy(PARIS, 24);
+	request.sampling.bad_words = vec![alone_word, spaced.clone()];
+	let want = alone(&request);
+	assert_ne!(want.tokens[0], plain.tokens[0]);
+	assert!(!want.tokens.windows(spaced.len()).any(|w| w == spaced), "{:?}", want.tokens);
+	let body = json!({"prompt": PARIS, "max_tokens": 24, "temperature": 0, "bad_words": [word]});
+	assert_whole_and_streamed(address, "/v1/completions", &body, &want, completion);
+
+	// truncate_prompt_tokens: the prompt's last tokens.
+	let prompt = tokenizer.encode(PARIS).unwrap();
+	let last = prompt[prompt.len() - 3..].to_vec();
+	let want = alone(&GenerationRequest { prompt: Prompt::Tokens(last), ..greedy("", 8) });
+	let body = json!({"prompt": PARIS, "max_tokens": 8, "temperature": 0,
+		"truncate_prompt_tokens": 3});
+	assert_whole_and_streamed(address, "/v1/completions", &body, &want, completion);
+	let body = json!({"prompt": PARIS, "max_tokens": 8, "temperature": 0,
+		"truncate_prompt_tokens": 100});
+	assert_whole_and_streamed(
+		address,
+		"/v1/completions",
+		&body,
+		&alone(&greedy(PARIS, 8)),
+		completion,
+	);
+
+	// A chat that goes on with its last message, or ends where it ends.
+	let chat = ("/message/content", "/delta/content");
+	let messages = json!([{"role": "user", "content": "What is the capital of France?"},
+		{"role": "assistant", "content": "The capital of France is"}]);
+	let head = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by \
+	            Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of \
+	            France?<|im_end|>\n<|im_start|>assistant\nThe capital of France is";
+	let want = alone(&greedy(head, 12));
+	let body = json!({"messages": messages, "max_tokens": 12, "temperature": 0,
+		"add_generation_prompt": false, "continue_final_message": true});
+	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &want, chat);
+	let tokens = |body: Value| {
+		let (status, answer) = post(address, "/tokenize", &body);
+		assert_eq!(status, 200, "{answer}");
+		serde_json::from_value::<Vec<u32>>(answer["tokens"].clone()).unwrap()
+	};
+	let tokenize = json!({"messages": messages, "add_generation_prompt": false,
+		"continue_final_message": true});
+	assert_eq!(tokens(tokenize), tokenizer.encode(head).unwrap());
+	let closed = format!("{head}<|im_end|>\n");
+	let want = alone(&greedy(&closed, 12));
+	let body = json!({"messages": messages, "max_tokens": 12, "temperature": 0,
+		"add_generation_prompt": false});
+	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &want, chat);
+	assert_eq!(
+		tokens(json!({"messages": messages, "add_generation_prompt": false})),
+		tokenizer.encode(&closed).unwrap()
+	);
+	// Keywords reach the template (`chat::tests`); SmolLM2's reads none, so they change
+	// nothing here.
+	let want = alone(&greedy(&format!("{closed}<|im_start|>assistant\n"), 12));
+	let body = json!({"messages": messages, "max_tokens": 12, "temperature": 0,
+		"chat_template_kwargs": {"enable_thinking": false}});
+	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &want, chat);
+
+	// cache_salt: a prompt's cached blocks are shared only with requests of the same salt, or
+	// of none.
+	let long = "Salted prompts: ".repeat(12);
+	assert!(tokenizer.encode(&long).unwrap().len() >= 48);
+	let reused_by = |salt: Value| {
+		let before = metric(address, "tokens_reused_total");
+		let body = json!({"prompt": long, "max_tokens": 1, "cache_salt": salt});
+		let (status, answer) = post(address, "/v1/completions", &body);
+		assert_eq!(status, 200, "{answer}");
+		metric(address, "tokens_reused_total") - before
+	};
+	assert_eq!(reused_by(json!("a")), 0);
+	assert_eq!(reused_by(json!("b")), 0, "another salt shares nothing");
+	assert_eq!(reused_by(Value::Null), 0, "nor does none");
+	assert!(reused_by(json!("a")) >= 32, "the same salt shares the prompt's blocks");
+	assert!(reused_by(Value::Null) >= 32);
+
+	let refused = |body: Value, says: &str| refused_at(address, "/v1/completions", body, says);
+	let refused_chat =
+		|body: Value, says: &str| refused_at(address, "/v1/chat/completions", body, says);
+	refused(json!({"prompt": "x", "allowed_token_ids": []}), "allows nothing");
+	let outside = model.config.vocab_size;
+	refused(json!({"prompt": "x", "allowed_token_ids": [outside]}), "vocabulary");
+	refused(json!({"prompt": "x", "bad_words": [""]}), "no tokens");
+	for k in [0, -2, 1_000_000] {
+		refused(json!({"prompt": "x", "truncate_prompt_tokens": k}), "truncate_prompt_tokens");
+	}
+	refused(json!({"prompt": "x", "continue_final_message": true}), "on chat only");
+	refused(json!({"prompt": "x", "add_generation_prompt": false}), "on chat only");
+	refused(json!({"prompt": "x", "chat_template_kwargs": {}}), "on chat only");
+	refused_chat(json!({"messages": messages, "continue_final_message": true}), "not both");
+	refused(json!({"prompt": "x", "cache_salt": ""}), "empty salt");
+	for field in ["add_generation_prompt", "continue_final_message", "chat_template_kwargs"] {
+		let mut body = json!({"prompt": "x"});
+		body[field] = if field == "chat_template_kwargs" { json!({}) } else { json!(false) };
+		refused_at(address, "/tokenize", body, "only with messages");
+	}
+	let empty = json!([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]);
+	refused_chat(
+		json!({"messages": empty, "add_generation_prompt": false, "continue_final_message": true}),
+		"no text",
+	);
+	refused_chat(
+		json!({"messages": messages, "chat_template_kwargs": {"messages": []}}),
+		"set by the request",
+	);
+	let documents = json!([{"text": "Paris is the capital of France."}]);
+	refused_chat(
+		json!({"messages": messages, "documents": documents, "truncate_prompt_tokens": 8}),
+		"sources would be cut",
+	);
+	refused_chat(
+		json!({"messages": messages, "documents": documents, "add_generation_prompt": false}),
+		"assistant's turn opened",
+	);
+	for (field, value) in [
+		("use_beam_search", json!(true)),
+		("length_penalty", json!(2.0)),
+		("priority", json!(1)),
+		("return_tokens_as_token_ids", json!(true)),
+		("guided_whitespace_pattern", json!(" ?")),
+		("logits_processors", json!(["a.b"])),
+		("prompt_embeds", json!("AAAA")),
+		("chat_template", json!("{{ messages }}")),
+	] {
+		let mut body = json!({"prompt": "x"});
+		body[field] = value;
+		refused(body, field);
+	}
+	let (status, answer) = stream(
+		address,
+		"/v1/completions",
+		&json!({"prompt": "x", "stream_options": {"continuous_usage_stats": true}}),
+	);
+	assert_eq!(status, 400, "{answer:?}");
+	assert!(answer[0]["error"]["message"].as_str().unwrap().contains("continuous_usage_stats"));
+	// What means "none" passes.
+	let body = json!({"prompt": "x", "max_tokens": 1, "use_beam_search": false,
+		"length_penalty": 1.0, "priority": 0, "return_tokens_as_token_ids": false,
+		"logits_processors": [], "include_stop_str_in_output": false});
 	let (status, answer) = post(address, "/v1/completions", &body);
 	assert_eq!(status, 200, "{answer}");
 }

@@ -19,15 +19,24 @@ fn stream(
 	tokens: &[u32],
 	stop: &[String],
 ) -> (Vec<String>, String, String, FinishReason) {
+	let request = GenerationRequest { stop: stop.to_vec(), ..Default::default() };
+	stream_request(tokenizer, tokens, request)
+}
+
+/// [`stream`] for `request` (its prompt and length set here).
+fn stream_request(
+	tokenizer: &Tokenizer,
+	tokens: &[u32],
+	request: GenerationRequest,
+) -> (Vec<String>, String, String, FinishReason) {
 	let request = GenerationRequest {
 		prompt: "".into(),
 		max_tokens: tokens.len() + 1,
 		sampling: SamplingParams::default(),
-		stop: stop.to_vec(),
-		..Default::default()
+		..request
 	};
 	let mut progress = Progress::new(&request, vec![1]).unwrap();
-	let mut text = TextStream::new(stop, tokenizer.eos);
+	let mut text = TextStream::new(&request, tokenizer.eos);
 	let mut pieces = Vec::new();
 	for &token in tokens {
 		progress.record(Sampled { token, logprob: 0.0 }, tokenizer).unwrap();
@@ -44,6 +53,8 @@ fn stream(
 	(pieces, rest.to_string(), generation.text.clone(), generation.finish_reason)
 }
 
+/// Whatever the tokens, stop sequences and stop tokens, kept in the text or not
+/// (`include_stop_str_in_output`), with special tokens left out or not.
 #[test]
 fn pieces_add_up_to_the_final_text_for_any_tokens_and_stops() {
 	let (_, tokenizer) = common::load(openledger_inference_worker::model::WeightFormat::AsStored);
@@ -73,11 +84,73 @@ fn pieces_add_up_to_the_final_text_for_any_tokens_and_stops() {
 			1 => vec!["zzzzzzzzq".into()],
 			_ => vec![],
 		};
-		let (pieces, rest, text, reason) = stream(&tokenizer, &tokens, &stop);
-		assert_eq!(pieces.concat() + &rest, text, "case {case}: {tokens:?} {stop:?}");
+		// A stop token among the tokens (any of them: special, or the end-of-sequence token),
+		// now and then.
+		let stop_token_ids = match case % 5 {
+			0 | 1 => vec![tokens[rng.random_range(0..tokens.len())]],
+			_ => vec![],
+		};
+		let request = GenerationRequest {
+			stop: stop.clone(),
+			stop_token_ids,
+			include_stop_str_in_output: case % 4 < 2,
+			skip_special_tokens: case % 7 != 0,
+			..Default::default()
+		};
+		let (pieces, rest, text, reason) = stream_request(&tokenizer, &tokens, request.clone());
+		assert_eq!(pieces.concat() + &rest, text, "case {case}: {tokens:?} {request:?}");
 		stopped += usize::from(reason == FinishReason::Stop);
 	}
-	assert!(stopped > 50, "only {stopped} cases stopped at a stop sequence");
+	assert!(stopped > 100, "only {stopped} cases stopped at a stop sequence or token");
+}
+
+/// A stop sequence or token is cut from the text, or kept with `include_stop_str_in_output`
+/// (the text then ends right after the stop sequence), streamed and whole.
+#[test]
+fn what_ends_the_text_is_cut_or_kept() {
+	let (_, tokenizer) = common::load(openledger_inference_worker::model::WeightFormat::AsStored);
+	let tokens = tokenizer.encode("Hello world, and END then more").unwrap();
+	let ask = |stop: &[&str], stop_token_ids: Vec<u32>, keep: bool| {
+		let request = GenerationRequest {
+			stop: stop.iter().map(|s| s.to_string()).collect(),
+			stop_token_ids,
+			include_stop_str_in_output: keep,
+			..Default::default()
+		};
+		let (pieces, rest, text, reason) = stream_request(&tokenizer, &tokens, request);
+		assert_eq!(pieces.concat() + &rest, text);
+		(text, reason)
+	};
+	let stopped = |text: &str| (text.to_string(), FinishReason::Stop);
+	assert_eq!(ask(&["EN"], vec![], false), stopped("Hello world, and "));
+	assert_eq!(ask(&["EN"], vec![], true), stopped("Hello world, and EN"));
+	// The first stop sequence to be whole counts (the first to end, of two ending together the
+	// first to begin), however the text came in tokens: " world" is one token, and "or" ends
+	// inside it before "world" does.
+	assert_eq!(tokenizer.encode_continuation(" world").unwrap().len(), 1);
+	assert_eq!(ask(&["world", "or"], vec![], true), stopped("Hello wor"));
+	assert_eq!(ask(&["world", "or"], vec![], false), stopped("Hello w"));
+	assert_eq!(ask(&["ld", "world"], vec![], false), stopped("Hello "));
+	assert_eq!(ask(&["and END", "ld"], vec![], true), stopped("Hello world"));
+	assert_eq!(ask(&["and END", "and E"], vec![], true), stopped("Hello world, and E"));
+	assert_eq!(ask(&["D then", "END"], vec![], true), stopped("Hello world, and END"));
+	// A kept stop token's text may hold a stop sequence: the text ends after that.
+	let world = tokenizer.encode_continuation(" world").unwrap()[0];
+	assert_eq!(ask(&["wo"], vec![world], true), stopped("Hello wo"));
+	assert_eq!(ask(&[], vec![world], true), stopped("Hello world"));
+	// Kept in the text, a stop sequence cannot cut what was released: nothing is held back.
+	let unstopped = tokenizer.encode("Hello world, and EN").unwrap();
+	let request = GenerationRequest {
+		stop: vec!["END".into()],
+		include_stop_str_in_output: true,
+		..Default::default()
+	};
+	let (pieces, rest, text, _) = stream_request(&tokenizer, &unstopped, request);
+	assert_eq!((pieces.concat(), rest.as_str()), (text, ""));
+	// A stop token: the text of the tokens before it, or with it.
+	let at = tokens.iter().position(|&t| tokenizer.decode(&[t]).unwrap() == ",").unwrap();
+	assert_eq!(ask(&[], vec![tokens[at]], false), stopped("Hello world"));
+	assert_eq!(ask(&[], vec![tokens[at]], true), stopped("Hello world,"));
 }
 
 #[test]
