@@ -30,7 +30,9 @@
 //!   this many tokens; -1: as many as the model takes; not on a chat with sources, which it
 //!   would cut) and `cache_salt` (the prompt's cached blocks are shared only with requests of
 //!   the same salt: vLLM's guard against learning another user's prompt from the cache's
-//!   timing). What is not served is refused, not ignored: `best_of` above 1, `suffix`, `tools`
+//!   timing), `add_special_tokens` (false on completions: a text prompt without the beginning
+//!   of sequence the tokenizer adds; on chat, where the template writes the special tokens,
+//!   true is refused). What is not served is refused, not ignored: `best_of` above 1, `suffix`, `tools`
 //!   (on completions), vLLM's `use_beam_search` and `length_penalty`, `priority` other than 0,
 //!   `return_tokens_as_token_ids`, `guided_whitespace_pattern`, `logits_processors`,
 //!   `prompt_embeds`, a request's own `chat_template` and
@@ -87,6 +89,14 @@
 //!   `data` (`index`, `embedding`) is in the inputs' order, with `usage`. The requests waiting
 //!   are embedded together ([`crate::embedding_service`]); naming the embedding model at the
 //!   generation endpoints is a 400.
+//! - `POST /score` (and `/v1/score`) and `POST /rerank` (and `/v1/rerank`, `/v2/rerank`),
+//!   vLLM's for an embedding model, whose scores are the cosine of the embeddings' angle:
+//!   `/score`'s `text_1` and `text_2` (each a text or a list of texts: one against each of the
+//!   other's, or pair by pair; up to half of [`MAX_EMBEDDING_INPUTS`] each) give `data` (`index`,
+//!   `score`) in order; `/rerank`'s `query` and `documents` (texts, or Cohere's objects with a
+//!   `text`) give `results` (`index`, `document` unless `return_documents` is false,
+//!   `relevance_score`), most alike first, the `top_n` first (all when absent or 0). Both take
+//!   `truncate_prompt_tokens` as `/v1/embeddings` does.
 //! - `POST /v1/retrieve` (`query`, `top_k`, `datanets`): the DataNet records most similar to
 //!   the query ([`crate::retrieval`]), from `--records` and, when allowed
 //!   ([`ApiState::with_records`]), `POST /v1/records` and `POST /v1/records/delete`. A chat's
@@ -387,6 +397,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
 		.route("/v1/load_lora_adapter", post(load_adapter))
 		.route("/v1/unload_lora_adapter", post(unload_adapter))
 		.route("/v1/embeddings", post(embeddings))
+		.route("/score", post(score))
+		.route("/v1/score", post(score))
+		.route("/rerank", post(rerank))
+		.route("/v1/rerank", post(rerank))
+		.route("/v2/rerank", post(rerank))
 		.route("/v1/records", post(add_records))
 		.route("/v1/records/delete", post(delete_records))
 		.route("/v1/retrieve", post(retrieve))
@@ -618,6 +633,10 @@ struct Body {
 	/// vLLM's: only the prompt's last this many tokens are served (-1: as many as the model
 	/// takes).
 	truncate_prompt_tokens: Option<i64>,
+	/// vLLM's: whether a text prompt gets the special tokens the tokenizer adds (its
+	/// beginning of sequence, when the model asks for one): true on completions when absent; on
+	/// chat, the template writes them (only false, the default, is taken).
+	add_special_tokens: Option<bool>,
 	/// Chat (vLLM's): end with the assistant's turn opened (true when absent).
 	add_generation_prompt: Option<bool>,
 	/// Chat (vLLM's): leave the last message open for the answer to go on with it.
@@ -766,6 +785,10 @@ fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 		("add_generation_prompt (on chat only)", chat || body.add_generation_prompt.is_none()),
 		("continue_final_message (on chat only)", chat || body.continue_final_message.is_none()),
 		("chat_template_kwargs (on chat only)", chat || body.chat_template_kwargs.is_none()),
+		(
+			"add_special_tokens (true on chat: the chat template writes them)",
+			!chat || body.add_special_tokens != Some(true),
+		),
 		("use_beam_search", body.use_beam_search != Some(true)),
 		("length_penalty (beam search's)", body.length_penalty.is_none_or(|p| p == 1.0)),
 		("priority (requests are served in arrival order)", body.priority.is_none_or(|p| p == 0)),
@@ -1709,6 +1732,21 @@ fn truncated(
 		.collect()
 }
 
+/// `prompts` with no special token added to a text's (vLLM's `add_special_tokens: false`): a
+/// text as the tokenizer spells it without its beginning of sequence.
+fn without_special_tokens(
+	tokenizer: &Tokenizer,
+	prompts: Vec<Prompt>,
+) -> Result<Vec<Prompt>, ApiError> {
+	prompts
+		.into_iter()
+		.map(|prompt| match prompt {
+			Prompt::Text(text) => Ok(Prompt::Tokens(tokenizer.encode_continuation(&text)?)),
+			tokens => Ok(tokens),
+		})
+		.collect()
+}
+
 /// The most words `bad_words` may give.
 const MAX_BAD_WORDS: usize = 300;
 
@@ -1772,6 +1810,12 @@ async fn serve(
 		Some(ids) => check_token_ids("allowed_token_ids", ids, vocab_size)?,
 		None => {}
 	}
+	let prompts = match body.add_special_tokens {
+		Some(false) if matches!(endpoint, Endpoint::Completions) => {
+			without_special_tokens(&state.tokenizer, prompts)?
+		}
+		_ => prompts,
+	};
 	let prompts =
 		match body.truncate_prompt_tokens {
 			None => prompts,
@@ -2742,20 +2786,7 @@ async fn embeddings(
 	body: Result<Json<EmbeddingsBody>, JsonRejection>,
 ) -> Result<Json<EmbeddingsAnswer>, ApiError> {
 	let Json(body) = body?;
-	let Some((name, service)) = &state.embeddings else {
-		return Err(ApiError::model_not_found(
-			"this worker serves no embedding model (serve --embedding-model DIR)",
-		));
-	};
-	match body.model.as_deref() {
-		None | Some("") => {}
-		Some(asked) if asked == name => {}
-		Some(asked) => {
-			return Err(ApiError::model_not_found(format!(
-				"the embedding model {asked:?} does not exist: this worker serves {name:?}"
-			)))
-		}
-	}
+	let (name, service) = state.embedding_model(body.model.as_deref())?;
 	let base64 = match body.encoding_format.as_deref() {
 		None | Some("float") => false,
 		Some("base64") => true,
@@ -2772,28 +2803,10 @@ async fn embeddings(
 			 not a Matryoshka model)"
 		)));
 	}
-	let max = service.max_tokens();
-	let truncate = match body.truncate_prompt_tokens {
-		None => None,
-		Some(-1) => Some(max),
-		Some(k) if k >= 1 && k as u64 <= max as u64 => Some(k as usize),
-		Some(k) => {
-			return Err(ApiError::bad_request(format!(
-				"truncate_prompt_tokens: {k} is neither -1 nor 1 to the model's {max} tokens"
-			)))
-		}
-	};
+	let truncate = embedding_truncation(service, body.truncate_prompt_tokens)?;
 	let input = body.input.ok_or_else(|| ApiError::bad_request("input: missing field `input`"))?;
-	let inputs = prompts("input", input, MAX_EMBEDDING_INPUTS)?
-		.into_iter()
-		.map(|input| match input {
-			Prompt::Text(text) => service.model().tokenize(&text, truncate),
-			Prompt::Tokens(mut ids) => {
-				ids.truncate(truncate.unwrap_or(usize::MAX));
-				Ok(ids)
-			}
-		})
-		.collect::<Result<Vec<_>, _>>()?;
+	let inputs =
+		embedding_inputs(service, prompts("input", input, MAX_EMBEDDING_INPUTS)?, truncate)?;
 	let tokens: usize = inputs.iter().map(Vec::len).sum();
 	let vectors = service.embed(inputs).await?;
 	let data = vectors
@@ -2814,13 +2827,240 @@ async fn embeddings(
 		id: format!("embd-{:024x}", rand::random::<u128>() >> 32),
 		object: "list",
 		created: now(),
-		model: name.clone(),
+		model: name.to_string(),
 		data,
 		usage: json!({ "prompt_tokens": tokens, "total_tokens": tokens }),
 	}))
 }
 
+/// How many tokens of each input an embedding request keeps (vLLM's `truncate_prompt_tokens`:
+/// -1 for the model's most; absent, a longer input is refused).
+fn embedding_truncation(
+	service: &EmbeddingService,
+	truncate_prompt_tokens: Option<i64>,
+) -> Result<Option<usize>, ApiError> {
+	let max = service.max_tokens();
+	match truncate_prompt_tokens {
+		None => Ok(None),
+		Some(-1) => Ok(Some(max)),
+		Some(k) if k >= 1 && k as u64 <= max as u64 => Ok(Some(k as usize)),
+		Some(k) => Err(ApiError::bad_request(format!(
+			"truncate_prompt_tokens: {k} is neither -1 nor 1 to the model's {max} tokens"
+		))),
+	}
+}
+
+/// The token ids of the embedding model's `inputs`, each cut to `truncate` tokens if given.
+fn embedding_inputs(
+	service: &EmbeddingService,
+	inputs: Vec<Prompt>,
+	truncate: Option<usize>,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+	inputs
+		.into_iter()
+		.map(|input| match input {
+			Prompt::Text(text) => Ok(service.model().tokenize(&text, truncate)?),
+			Prompt::Tokens(mut ids) => {
+				ids.truncate(truncate.unwrap_or(usize::MAX));
+				Ok(ids)
+			}
+		})
+		.collect()
+}
+
+/// The embeddings of `texts`, each cut to `truncate` tokens if given, and their tokens in all.
+async fn embed_texts(
+	service: &EmbeddingService,
+	texts: impl Iterator<Item = &String>,
+	truncate: Option<usize>,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+	let inputs = texts.map(|t| Prompt::Text(t.clone())).collect();
+	let inputs = embedding_inputs(service, inputs, truncate)?;
+	let tokens = inputs.iter().map(Vec::len).sum();
+	Ok((service.embed(inputs).await?, tokens))
+}
+
+/// The cosine of the angle between `a` and `b` (0 if either is zero).
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+	let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+	let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+	match norm(a) * norm(b) {
+		0.0 => 0.0,
+		norms => dot / norms,
+	}
+}
+
+/// A text, or a list of texts (`/score`'s `text_1` and `text_2`), at most `max`.
+fn texts(field: &str, value: Option<Value>, max: usize) -> Result<Vec<String>, ApiError> {
+	let texts = match value {
+		None | Some(Value::Null) => {
+			return Err(ApiError::bad_request(format!("{field}: missing field `{field}`")))
+		}
+		Some(Value::String(text)) => vec![text],
+		Some(Value::Array(items)) => items
+			.into_iter()
+			.map(|item| match item {
+				Value::String(text) => Ok(text),
+				other => Err(ApiError::bad_request(format!("{field}: {other} is not a text"))),
+			})
+			.collect::<Result<_, _>>()?,
+		Some(other) => {
+			return Err(ApiError::bad_request(format!(
+				"{field}: {other} is neither a text nor a list of texts"
+			)))
+		}
+	};
+	match texts.len() {
+		0 => Err(ApiError::bad_request(format!("{field}: no texts"))),
+		n if n > max => Err(ApiError::bad_request(format!("{field}: at most {max} texts"))),
+		_ => Ok(texts),
+	}
+}
+
+/// `/score`'s body (vLLM's): `text_1` and `text_2`, each a text or a list of texts, scored
+/// one against one, one against each of a list, or a list against a list as long, pair by
+/// pair.
+#[derive(Debug, Deserialize)]
+struct ScoreBody {
+	model: Option<String>,
+	text_1: Option<Value>,
+	text_2: Option<Value>,
+	/// Each text cut to its first this many tokens (-1: the model's most); absent, a longer
+	/// text is refused.
+	truncate_prompt_tokens: Option<i64>,
+}
+
+/// How alike the texts of each pair are (vLLM's `/score` for an embedding model): the cosine
+/// of their embeddings' angle, by pair in order.
+async fn score(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<ScoreBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+	let Json(body) = body?;
+	let (name, service) = state.embedding_model(body.model.as_deref())?;
+	let truncate = embedding_truncation(service, body.truncate_prompt_tokens)?;
+	let half = MAX_EMBEDDING_INPUTS / 2;
+	let (first, second) =
+		(texts("text_1", body.text_1, half)?, texts("text_2", body.text_2, half)?);
+	if first.len() != 1 && first.len() != second.len() {
+		return Err(ApiError::bad_request(format!(
+			"text_1 and text_2: {} texts against {}: one against any number, or as many as \
+			 each other",
+			first.len(),
+			second.len()
+		)));
+	}
+	let (vectors, tokens) = embed_texts(service, first.iter().chain(&second), truncate).await?;
+	let (left, right) = vectors.split_at(first.len());
+	let data: Vec<Value> = right
+		.iter()
+		.enumerate()
+		.map(|(index, b)| {
+			let a = &left[if left.len() == 1 { 0 } else { index }];
+			json!({"index": index, "object": "score", "score": cosine(a, b)})
+		})
+		.collect();
+	Ok(Json(json!({
+		"id": format!("score-{:024x}", rand::random::<u128>() >> 32),
+		"object": "list",
+		"created": now(),
+		"model": name,
+		"data": data,
+		"usage": { "prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0 },
+	})))
+}
+
+/// `/rerank`'s body (vLLM's, as Jina's and Cohere's): a `query` and the `documents` (texts,
+/// or objects with a `text`) to order by how alike each is to it; the `top_n` most alike (all
+/// when absent or 0).
+#[derive(Debug, Deserialize)]
+struct RerankBody {
+	model: Option<String>,
+	query: Option<String>,
+	documents: Option<Vec<Value>>,
+	top_n: Option<usize>,
+	/// Cohere's: whether each result carries its document (true when absent, as vLLM's).
+	return_documents: Option<bool>,
+	truncate_prompt_tokens: Option<i64>,
+}
+
+/// The documents ordered by how alike each is to the query, most alike first (vLLM's
+/// `/rerank` for an embedding model: the cosine of the embeddings' angle as the relevance
+/// score; ties keep the documents' order).
+async fn rerank(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Json<RerankBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+	let Json(body) = body?;
+	let (name, service) = state.embedding_model(body.model.as_deref())?;
+	let truncate = embedding_truncation(service, body.truncate_prompt_tokens)?;
+	let query = body.query.ok_or_else(|| ApiError::bad_request("query: missing field `query`"))?;
+	let documents = body
+		.documents
+		.ok_or_else(|| ApiError::bad_request("documents: missing field `documents`"))?
+		.into_iter()
+		.map(|document| match document {
+			Value::String(text) => Ok(text),
+			Value::Object(mut fields) => match fields.remove("text") {
+				Some(Value::String(text)) => Ok(text),
+				_ => Err(ApiError::bad_request("documents: an object without a text")),
+			},
+			other => Err(ApiError::bad_request(format!("documents: {other} is not a text"))),
+		})
+		.collect::<Result<Vec<_>, _>>()?;
+	if documents.is_empty() || documents.len() >= MAX_EMBEDDING_INPUTS {
+		return Err(ApiError::bad_request(format!(
+			"documents: 1 to {} documents",
+			MAX_EMBEDDING_INPUTS - 1
+		)));
+	}
+	let texts = std::iter::once(&query).chain(&documents);
+	let (vectors, tokens) = embed_texts(service, texts, truncate).await?;
+	let (query_vector, document_vectors) = vectors.split_at(1);
+	let mut scored: Vec<(usize, f64)> =
+		document_vectors.iter().map(|v| cosine(&query_vector[0], v)).enumerate().collect();
+	scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+	let top_n = match body.top_n {
+		None | Some(0) => documents.len(),
+		Some(n) => n.min(documents.len()),
+	};
+	let with_documents = body.return_documents != Some(false);
+	let results: Vec<Value> = scored[..top_n]
+		.iter()
+		.map(|&(index, score)| {
+			let mut result = json!({"index": index, "relevance_score": score});
+			if with_documents {
+				result["document"] = json!({"text": documents[index]});
+			}
+			result
+		})
+		.collect();
+	Ok(Json(json!({
+		"id": format!("rerank-{:024x}", rand::random::<u128>() >> 32),
+		"model": name,
+		"usage": { "total_tokens": tokens },
+		"results": results,
+	})))
+}
+
 impl ApiState {
+	/// The embedding model that `asked` names (absent or empty: the one served) and its
+	/// service, or why there is none (a 404).
+	fn embedding_model(&self, asked: Option<&str>) -> Result<(&str, &EmbeddingService), ApiError> {
+		let Some((name, service)) = &self.embeddings else {
+			return Err(ApiError::model_not_found(
+				"this worker serves no embedding model (serve --embedding-model DIR)",
+			));
+		};
+		match asked {
+			None | Some("") => Ok((name, service)),
+			Some(asked) if asked == name => Ok((name, service)),
+			Some(asked) => Err(ApiError::model_not_found(format!(
+				"the embedding model {asked:?} does not exist: this worker serves {name:?}"
+			))),
+		}
+	}
+
 	/// The embedding service and the records, or why retrieval is not served.
 	fn retrieval(&self) -> Result<(Arc<EmbeddingService>, Arc<RwLock<VectorIndex>>), ApiError> {
 		self.record_index().ok_or_else(|| {
@@ -3176,7 +3416,8 @@ mod tests {
 
 	/// vLLM's `truncate_prompt_tokens`: a prompt's last `k` tokens, a text's beginning of
 	/// sequence (added by the tokenizer) first; prompts no longer are left as they are; `k` is
-	/// -1 (the model's most) or 1 to the most.
+	/// -1 (the model's most) or 1 to the most. vLLM's `add_special_tokens` false: a text
+	/// without the beginning of sequence.
 	#[test]
 	fn truncated_prompts_keep_their_last_tokens_and_a_texts_bos() {
 		let dir = tempfile::tempdir().unwrap();
@@ -3205,6 +3446,9 @@ mod tests {
 		for k in [0, -2, 9] {
 			assert!(cut("a".into(), k).is_err(), "{k}");
 		}
+		// add_special_tokens false: no beginning of sequence added to a text.
+		let bare = without_special_tokens(&tokenizer, vec!["b c".into(), vec![0, 2].into()]);
+		assert_eq!(bare.unwrap(), [Prompt::Tokens(vec![2, 3]), Prompt::Tokens(vec![0, 2])]);
 	}
 
 	/// An adapter that cannot be built is the request's to mend (422); files changed under the

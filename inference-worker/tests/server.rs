@@ -1049,6 +1049,7 @@ fn vllm_request_extras_are_the_librarys_or_refused() {
 	refused(json!({"prompt": "x", "chat_template_kwargs": {}}), "on chat only");
 	refused_chat(json!({"messages": messages, "continue_final_message": true}), "not both");
 	refused(json!({"prompt": "x", "cache_salt": ""}), "empty salt");
+	refused_chat(json!({"messages": messages, "add_special_tokens": true}), "add_special_tokens");
 	for field in ["add_generation_prompt", "continue_final_message", "chat_template_kwargs"] {
 		let mut body = json!({"prompt": "x"});
 		body[field] = if field == "chat_template_kwargs" { json!({}) } else { json!(false) };
@@ -1096,7 +1097,7 @@ fn vllm_request_extras_are_the_librarys_or_refused() {
 	// What means "none" passes.
 	let body = json!({"prompt": "x", "max_tokens": 1, "use_beam_search": false,
 		"length_penalty": 1.0, "priority": 0, "return_tokens_as_token_ids": false,
-		"logits_processors": [], "include_stop_str_in_output": false});
+		"logits_processors": [], "include_stop_str_in_output": false, "add_special_tokens": false});
 	let (status, answer) = post(address, "/v1/completions", &body);
 	assert_eq!(status, 200, "{answer}");
 }
@@ -2713,6 +2714,111 @@ fn embeddings_are_served_as_openai_serves_them() {
 	// Seven answered (the refused one never reached the model).
 	assert_eq!(metric(address, "embedding_requests_total"), 7);
 	assert!(metric(address, "embedding_tokens_total") >= 256 + 16);
+}
+
+/// vLLM's `/score` and `/rerank` over the embedding model: the cosine of the texts' vectors
+/// (the library's, which match sentence-transformers'), one against many or pair by pair, and
+/// the documents ordered by it, most alike first, `top_n` of them; bad requests refused.
+#[test]
+fn score_and_rerank_order_texts_by_their_embeddings() {
+	let (address, model) = start_with_embeddings();
+	let query = "Where is the Eiffel Tower?";
+	let documents = [
+		"Curators accept records.",
+		"The Eiffel Tower stands in Paris.",
+		"Bees dance to show where flowers are.",
+		"Paris is the capital of France.",
+	];
+	let tokens = |texts: &[&str]| -> Vec<Vec<u32>> {
+		texts.iter().map(|t| model.tokenize(t, None).unwrap()).collect()
+	};
+	let embed = |texts: &[&str]| model.embed(&tokens(texts)).unwrap();
+	let cosine = |a: &[f32], b: &[f32]| {
+		let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+		let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+		dot / (norm(a) * norm(b))
+	};
+	let (q, d) = (embed(&[query]).remove(0), embed(&documents));
+	let want: Vec<f64> = d.iter().map(|v| cosine(&q, v)).collect();
+	let count = |texts: &[&str]| tokens(texts).iter().map(Vec::len).sum::<usize>();
+	let close = |got: &Value, want: f64| {
+		assert!((got.as_f64().unwrap() - want).abs() < 1e-5, "{got} against {want}");
+	};
+
+	// One against many.
+	let body = json!({"model": EMBEDDER, "text_1": query, "text_2": documents});
+	let (status, answer) = post(address, "/score", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(
+		(answer["object"].as_str(), answer["model"].as_str()),
+		(Some("list"), Some(EMBEDDER))
+	);
+	assert!(answer["id"].as_str().unwrap().starts_with("score-"));
+	let all: Vec<&str> = std::iter::once(query).chain(documents).collect();
+	assert_eq!(answer["usage"]["prompt_tokens"], count(&all));
+	let data = answer["data"].as_array().unwrap();
+	assert_eq!(data.len(), documents.len());
+	for (i, (entry, want)) in data.iter().zip(&want).enumerate() {
+		assert_eq!((&entry["index"], entry["object"].as_str()), (&json!(i), Some("score")));
+		close(&entry["score"], *want);
+	}
+	// Pair by pair.
+	let body = json!({"text_1": [query, documents[0]], "text_2": [documents[1], documents[2]]});
+	let (status, answer) = post(address, "/v1/score", &body);
+	assert_eq!(status, 200, "{answer}");
+	close(&answer["data"][0]["score"], want[1]);
+	close(&answer["data"][1]["score"], cosine(&d[0], &d[2]));
+
+	// Reranked: most alike first, the Eiffel Tower's sentence at the top.
+	let mut order: Vec<usize> = (0..documents.len()).collect();
+	order.sort_by(|&a, &b| want[b].total_cmp(&want[a]));
+	assert_eq!(order[0], 1, "{want:?}");
+	let body = json!({"model": EMBEDDER, "query": query, "documents": documents, "top_n": 2});
+	let (status, answer) = post(address, "/rerank", &body);
+	assert_eq!(status, 200, "{answer}");
+	assert!(answer["id"].as_str().unwrap().starts_with("rerank-"));
+	assert_eq!(answer["usage"]["total_tokens"], count(&all));
+	let results = answer["results"].as_array().unwrap();
+	assert_eq!(results.len(), 2);
+	for (result, &index) in results.iter().zip(&order) {
+		assert_eq!(result["index"], index);
+		assert_eq!(result["document"]["text"], documents[index]);
+		close(&result["relevance_score"], want[index]);
+	}
+	// Cohere's documents as objects, all of them, without their texts; the other routes.
+	let objects: Vec<Value> = documents.iter().map(|t| json!({"text": t})).collect();
+	for path in ["/v1/rerank", "/v2/rerank"] {
+		let body = json!({"query": query, "documents": objects, "return_documents": false});
+		let (status, answer) = post(address, path, &body);
+		assert_eq!(status, 200, "{answer}");
+		let indices: Vec<usize> = answer["results"]
+			.as_array()
+			.unwrap()
+			.iter()
+			.map(|r| {
+				assert!(r.get("document").is_none(), "{r}");
+				r["index"].as_u64().unwrap() as usize
+			})
+			.collect();
+		assert_eq!(indices, order);
+	}
+
+	let refused = |path: &str, body: Value, says: &str| refused_at(address, path, body, says);
+	refused("/rerank", json!({"documents": documents}), "query");
+	refused("/rerank", json!({"query": query, "documents": []}), "documents: 1 to");
+	refused("/rerank", json!({"query": query, "documents": [{"title": "x"}]}), "without a text");
+	refused("/score", json!({"text_1": query}), "text_2");
+	refused("/score", json!({"text_1": [query, query], "text_2": documents}), "2 texts against 4");
+	refused("/score", json!({"text_1": [], "text_2": documents}), "no texts");
+	refused("/score", json!({"text_1": query, "text_2": [1]}), "not a text");
+	refused(
+		"/score",
+		json!({"text_1": query, "text_2": "x", "truncate_prompt_tokens": 0}),
+		"truncate",
+	);
+	let (status, answer) =
+		post(address, "/rerank", &json!({"model": MODEL, "query": query, "documents": documents}));
+	assert_eq!(status, 404, "{answer}");
 }
 
 #[test]
