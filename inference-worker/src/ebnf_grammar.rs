@@ -61,7 +61,7 @@ use regex_syntax::{
 	utf8::Utf8Sequences,
 };
 
-use crate::tokenizer::TokenBytes;
+use crate::tokenizer::{allow_end, TokenBytes, TokenMask};
 
 /// The longest grammar taken, in bytes of text.
 pub const MAX_GRAMMAR_BYTES: usize = 64 * 1024;
@@ -170,7 +170,7 @@ struct Automaton {
 	words: usize,
 	/// By state, the tokens that may come next (a bit per token id); one vocabulary per
 	/// grammar (the first one it is asked about).
-	masks: HashMap<u32, Arc<[u64]>>,
+	masks: HashMap<u32, Arc<TokenMask>>,
 }
 
 /// A state met during a walk: kept, or (once the automaton is full) not.
@@ -334,13 +334,8 @@ impl EbnfGrammar {
 			true => format!("following the grammar takes more than {MAX_WORK} steps for a token"),
 			false => e,
 		})?;
-		let mut allowed: Vec<bool> = (0..token_bytes.len())
-			.map(|id| mask.get(id / 64).is_some_and(|word| word >> (id % 64) & 1 == 1))
-			.collect();
-		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
-			*slot = self.can_end(state);
-		}
-		Ok(allowed)
+		debug_assert_eq!(mask.len(), token_bytes.len(), "one vocabulary per grammar");
+		Ok(mask.allowed(eos, self.can_end(state)))
 	}
 
 	/// [`EbnfGrammar::allowed_tokens`] computed token by token, stepping the parser's stacks
@@ -352,22 +347,16 @@ impl EbnfGrammar {
 		token_bytes: &TokenBytes,
 		eos: Option<u32>,
 	) -> Vec<bool> {
-		let mut allowed: Vec<bool> = (0..token_bytes.len())
-			.map(|id| {
-				let bytes = token_bytes.get(id).unwrap_or_default();
-				!bytes.is_empty()
-					&& bytes
-						.iter()
-						.try_fold((*state.0).clone(), |stacks, &b| {
-							let mut work = MAX_WORK;
-							self.step(&stacks, b, &mut work).ok().flatten()
-						})
-						.is_some()
-			})
-			.collect();
-		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
-			*slot = self.can_end(state);
-		}
+		let mut allowed = token_bytes.each_fitting(|bytes| {
+			bytes
+				.iter()
+				.try_fold((*state.0).clone(), |stacks, &b| {
+					let mut work = MAX_WORK;
+					self.step(&stacks, b, &mut work).ok().flatten()
+				})
+				.is_some()
+		});
+		allow_end(&mut allowed, eos, self.can_end(state));
 		allowed
 	}
 
@@ -382,7 +371,7 @@ impl EbnfGrammar {
 		state: &EbnfState,
 		token_bytes: &TokenBytes,
 		work: &mut usize,
-	) -> Result<Arc<[u64]>, String> {
+	) -> Result<Arc<TokenMask>, String> {
 		let mut automaton = self.automaton();
 		automaton.make_room();
 		let at = automaton.intern(state.0.clone());
@@ -393,23 +382,21 @@ impl EbnfGrammar {
 		if let Some(mask) = kept.and_then(|id| automaton.masks.get(&id)) {
 			return Ok(mask.clone());
 		}
-		let mut mask = vec![0u64; token_bytes.len().div_ceil(64)];
+		let mut mask = TokenMask::new(token_bytes.len());
 		let trie = token_bytes.trie();
 		let mut stack = vec![(0u32, at)];
 		while let Some((node, at)) = stack.pop() {
 			for &(b, child) in trie.children(node) {
 				let Some(next) = automaton.step(self, &at, b, work)? else { continue };
 				for &id in trie.tokens(child) {
-					if let Some(word) = mask.get_mut(id as usize / 64) {
-						*word |= 1 << (id % 64);
-					}
+					mask.insert(id as usize);
 				}
 				if !trie.children(child).is_empty() {
 					stack.push((child, next));
 				}
 			}
 		}
-		let mask: Arc<[u64]> = mask.into();
+		let mask = Arc::new(mask);
 		if let Some(id) = kept {
 			if automaton.masks.len() >= MAX_CACHED_MASKS {
 				automaton.masks.clear();

@@ -30,9 +30,9 @@
 //!   this many tokens; -1: as many as the model takes; not on a chat with sources, which it
 //!   would cut) and `cache_salt` (the prompt's cached blocks are shared only with requests of
 //!   the same salt: vLLM's guard against learning another user's prompt from the cache's
-//!   timing), `add_special_tokens` (false on completions: a text prompt without the beginning
-//!   of sequence the tokenizer adds; on chat, where the template writes the special tokens,
-//!   true is refused). What is not served is refused, not ignored: `best_of` above 1, `suffix`, `tools`
+//!   timing), `add_special_tokens` (false on completions, and on `/tokenize` with a prompt: a
+//!   text prompt without the beginning of sequence the tokenizer adds; on chat, where the
+//!   template writes the special tokens, true is refused). What is not served is refused, not ignored: `best_of` above 1, `suffix`, `tools`
 //!   (on completions), vLLM's `use_beam_search` and `length_penalty`, `priority` other than 0,
 //!   `return_tokens_as_token_ids`, `guided_whitespace_pattern`, `logits_processors`,
 //!   `prompt_embeds`, a request's own `chat_template` and
@@ -45,13 +45,16 @@
 //!   false: the last message is left open and the answer goes on with it, a "prefill", cut
 //!   after its text as transformers cuts it) and `chat_template_kwargs` (more variables for
 //!   the template, such as Qwen3's `enable_thinking`; not the template's own, which the
-//!   request sets), on `/tokenize` too; `logprobs` (true or false) and
+//!   request sets), on `/tokenize` too; vLLM's `echo` (the answer's content begins with the
+//!   last message's when the answer is in its role: the assistant's, or any with
+//!   `add_generation_prompt` false; a continued message comes back whole; streamed, in the
+//!   first chunk with the role); `logprobs` (true or false) and
 //!   `top_logprobs` (0 to 20) give OpenAI's `logprobs.content` (each token's text, bytes,
 //!   log-probability and most likely alternatives). Log-probabilities are the model's own
 //!   (before temperature, penalty or truncation), as vLLM reports them. Streamed, each chunk
 //!   carries the log-probabilities of the tokens generated since the last (a chunk may bring
-//!   them with no text yet); they add up to the whole answer's. The prompt's are not streamed
-//!   (`echo` with `logprobs` and `stream` is refused). `tools` with `tool_choice` (a named
+//!   them with no text yet); they add up to the whole answer's. A completion's prompt's are
+//!   not streamed (its `echo` with `logprobs` and `stream` is refused). `tools` with `tool_choice` (a named
 //!   function, `"required"`, `"none"` or `"auto"`) and `parallel_tool_calls`: OpenAI's tool
 //!   calls, held to the tools' parameter schemas ([`crate::tool_calls`]); the message then has
 //!   `content` (`""`; `"auto"`'s text before its first call, or `null`) and `tool_calls`, and
@@ -90,13 +93,18 @@
 //!   are embedded together ([`crate::embedding_service`]); naming the embedding model at the
 //!   generation endpoints is a 400.
 //! - `POST /score` (and `/v1/score`) and `POST /rerank` (and `/v1/rerank`, `/v2/rerank`),
-//!   vLLM's for an embedding model, whose scores are the cosine of the embeddings' angle:
-//!   `/score`'s `text_1` and `text_2` (each a text or a list of texts: one against each of the
-//!   other's, or pair by pair; up to half of [`MAX_EMBEDDING_INPUTS`] each) give `data` (`index`,
-//!   `score`) in order; `/rerank`'s `query` and `documents` (texts, or Cohere's objects with a
-//!   `text`) give `results` (`index`, `document` unless `return_documents` is false,
-//!   `relevance_score`), most alike first, the `top_n` first (all when absent or 0). Both take
-//!   `truncate_prompt_tokens` as `/v1/embeddings` does.
+//!   vLLM's for an embedding model, whose scores are the cosine of the embeddings' angle (-1
+//!   to 1, not a cross-encoder's 0 to 1): `/score`'s `text_1` and `text_2` (each a text or a
+//!   list of texts: one `text_1` against each `text_2`, or lists as long, pair by pair;
+//!   [`MAX_EMBEDDING_INPUTS`] texts in all) give `data` (`index`, `score`) in order;
+//!   `/rerank`'s `query` and `documents` (texts, or Cohere's objects with a `text`; up to
+//!   [`MAX_EMBEDDING_INPUTS`] - 1) give `results` (`index`, `document` unless
+//!   `return_documents` is false, `relevance_score`), most alike first, the `top_n` first (all
+//!   when absent or 0). Both take `truncate_prompt_tokens` as `/v1/embeddings` does: without
+//!   it, a text longer than the model takes is refused, named (`documents[3]`); `usage`
+//!   counts each text's tokens once. `priority` other than 0, an activation (`activation`,
+//!   `use_activation`, `softmax`) and Cohere's `rank_fields` and `max_tokens_per_doc` are
+//!   refused (when not null).
 //! - `POST /v1/retrieve` (`query`, `top_k`, `datanets`): the DataNet records most similar to
 //!   the query ([`crate::retrieval`]), from `--records` and, when allowed
 //!   ([`ApiState::with_records`]), `POST /v1/records` and `POST /v1/records/delete`. A chat's
@@ -949,9 +957,9 @@ impl<'a> Guided<'a> {
 /// ([`Guided`]: or the same in `structured_outputs`).
 ///
 /// Grammars are compiled once per text and kept ([`GrammarCache`]).
-fn response_format(
+fn response_format<'a>(
 	format: Option<&Value>,
-	guided: &Guided,
+	guided: &Guided<'a>,
 	cache: &GrammarCache,
 ) -> Result<ResponseFormat, ApiError> {
 	let text = |f: &Value| f.is_null() || f.get("type").and_then(Value::as_str) == Some("text");
@@ -972,26 +980,30 @@ fn response_format(
 			 at most"
 		}));
 	}
+	// The grammar of `kind` compiled from `key` by `compile`, kept or compiled now; its
+	// errors are the request's, named by `field`.
+	let kept =
+		|kind, key: &str, field: &str, compile: &dyn Fn() -> Result<ResponseFormat, String>| {
+			cache.get_or_compile(kind, key, || {
+				compile().map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+			})
+		};
+	// A guided field's text, or why it is not one.
+	let text_of = |value: &'a Value, field: &str, what: &str| {
+		value.as_str().ok_or_else(|| ApiError::bad_request(format!("{field}: {what} (a string)")))
+	};
 	if let Some(grammar) = guided.grammar {
 		let field = guided.name("grammar");
-		let grammar = grammar.as_str().ok_or_else(|| {
-			ApiError::bad_request(format!("{field}: a grammar in GBNF (a string)"))
-		})?;
-		return cache.get_or_compile(GrammarKind::Ebnf, grammar, || {
-			EbnfGrammar::new(grammar)
-				.map(|grammar| ResponseFormat::Grammar(Arc::new(grammar)))
-				.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+		let grammar = text_of(grammar, &field, "a grammar in GBNF")?;
+		return kept(GrammarKind::Ebnf, grammar, &field, &|| {
+			EbnfGrammar::new(grammar).map(|grammar| ResponseFormat::Grammar(Arc::new(grammar)))
 		});
 	}
 	if let Some(pattern) = guided.regex {
 		let field = guided.name("regex");
-		let pattern = pattern.as_str().ok_or_else(|| {
-			ApiError::bad_request(format!("{field}: a regular expression (a string)"))
-		})?;
-		return cache.get_or_compile(GrammarKind::Regex, pattern, || {
-			RegexGrammar::new(pattern)
-				.map(|grammar| ResponseFormat::Regex(Arc::new(grammar)))
-				.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+		let pattern = text_of(pattern, &field, "a regular expression")?;
+		return kept(GrammarKind::Regex, pattern, &field, &|| {
+			RegexGrammar::new(pattern).map(|grammar| ResponseFormat::Regex(Arc::new(grammar)))
 		});
 	}
 	if let Some(choices) = guided.choice {
@@ -1002,15 +1014,10 @@ fn response_format(
 				list.iter().map(|c| c.as_str().map(String::from)).collect::<Option<Vec<_>>>()
 			})
 			.ok_or_else(|| ApiError::bad_request(format!("{field}: a list of strings")))?;
-		return cache.get_or_compile(
-			GrammarKind::Choice,
-			&Value::from(texts.clone()).to_string(),
-			|| {
-				JsonGrammar::choice(&texts)
-					.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
-					.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
-			},
-		);
+		let key = Value::from(texts.clone()).to_string();
+		return kept(GrammarKind::Choice, &key, &field, &|| {
+			JsonGrammar::choice(&texts).map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
+		});
 	}
 	if guided.json_object {
 		return Ok(ResponseFormat::json_object());
@@ -1026,10 +1033,8 @@ fn response_format(
 			}
 			schema => schema,
 		};
-		cache.get_or_compile(GrammarKind::Schema, &schema.to_string(), || {
-			JsonGrammar::from_schema(schema)
-				.map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
-				.map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+		kept(GrammarKind::Schema, &schema.to_string(), field, &|| {
+			JsonGrammar::from_schema(schema).map(|grammar| ResponseFormat::Json(Arc::new(grammar)))
 		})
 	};
 	let format = format.filter(|f| !f.is_null());
@@ -1267,7 +1272,8 @@ fn logprobs_asked(endpoint: Endpoint, body: &Body) -> Result<Option<usize>, ApiE
 	}
 	let Some(k) = asked else { return Ok(None) };
 	check_top_count("logprobs", k)?;
-	if body.stream == Some(true) && body.echo == Some(true) {
+	let completions = matches!(endpoint, Endpoint::Completions);
+	if completions && body.stream == Some(true) && body.echo == Some(true) {
 		return Err(ApiError::bad_request(
 			"logprobs with echo: the prompt's log-probabilities are not streamed",
 		));
@@ -1368,9 +1374,6 @@ fn generation_requests(
 	default_max_tokens: usize,
 	response_format: impl FnOnce() -> Result<ResponseFormat, ApiError>,
 ) -> Result<Vec<GenerationRequest>, ApiError> {
-	if body.echo == Some(true) && matches!(endpoint, Endpoint::Chat) {
-		return Err(ApiError::bad_request("echo: only on /v1/completions"));
-	}
 	if body.stream_options.is_some() && body.stream != Some(true) {
 		return Err(ApiError::bad_request("stream_options: only allowed when stream is true"));
 	}
@@ -1401,7 +1404,8 @@ fn generation_requests(
 			.map_err(|_| ApiError::bad_request(format!("top_k {k} is not -1, 0 or positive")))?,
 	};
 	let seed = body.seed;
-	let echo = body.echo == Some(true);
+	// A completion's echo with logprobs scores its prompt.
+	let echo = body.echo == Some(true) && matches!(endpoint, Endpoint::Completions);
 	let prompt_logprobs = prompt_logprobs_asked(body)?;
 	// The grammar last: what this function refuses is refused before it is compiled (or
 	// kept; the engine's own checks, such as min_tokens beside a grammar, come after).
@@ -1569,8 +1573,8 @@ impl Endpoint {
 			}
 			// (Tool calls are a chat's only.)
 			(Endpoint::Completions, Piece::End(_) | Piece::Calls(..)) => json!({ "text": "" }),
-			(Endpoint::Chat, Piece::Start(_)) => {
-				json!({ "delta": { "role": "assistant", "content": "" } })
+			(Endpoint::Chat, Piece::Start(text)) => {
+				json!({ "delta": { "role": "assistant", "content": text } })
 			}
 			(Endpoint::Chat, Piece::Text(text)) => json!({ "delta": { "content": text } }),
 			(Endpoint::Chat, Piece::End(_)) => json!({ "delta": {} }),
@@ -1599,7 +1603,7 @@ impl Endpoint {
 /// What a streamed chunk brings of one choice.
 #[derive(Clone, Copy, Debug)]
 enum Piece<'a> {
-	/// Its beginning: a chat's role; a completion's echoed prompt.
+	/// Its beginning: a chat's role (with what it echoes); a completion's echoed prompt.
 	Start(&'a str),
 	/// More of its text.
 	Text(&'a str),
@@ -1732,6 +1736,25 @@ fn truncated(
 		.collect()
 }
 
+/// `prompts` at `endpoint` as the request asks for them: a completion's texts without the
+/// special tokens the tokenizer adds (vLLM's `add_special_tokens: false`), then each cut to
+/// its last tokens (`truncate_prompt_tokens`, `k` of the model's `max`; see [`truncated`]).
+fn prompts_as_asked(
+	tokenizer: &Tokenizer,
+	(endpoint, prompts): (Endpoint, Vec<Prompt>),
+	(add_special_tokens, truncate): (Option<bool>, Option<i64>),
+	max: usize,
+) -> Result<Vec<Prompt>, ApiError> {
+	let prompts = match (endpoint, add_special_tokens) {
+		(Endpoint::Completions, Some(false)) => without_special_tokens(tokenizer, prompts)?,
+		_ => prompts,
+	};
+	match truncate {
+		None => Ok(prompts),
+		Some(k) => truncated(tokenizer, prompts, k, max),
+	}
+}
+
 /// `prompts` with no special token added to a text's (vLLM's `add_special_tokens: false`): a
 /// text as the tokenizer spells it without its beginning of sequence.
 fn without_special_tokens(
@@ -1779,7 +1802,12 @@ fn bad_words(tokenizer: &Tokenizer, words: &[String]) -> Result<Vec<Vec<u32>>, A
 async fn serve(
 	state: Arc<ApiState>,
 	endpoint: Endpoint,
-	(prompts, calling, grounding): (Vec<Prompt>, Option<Arc<ToolCalling>>, Option<Grounding>),
+	(prompts, calling, grounding, last): (
+		Vec<Prompt>,
+		Option<Arc<ToolCalling>>,
+		Option<Grounding>,
+		Option<String>,
+	),
 	served: Served,
 	body: Body,
 ) -> Result<Response, ApiError> {
@@ -1810,21 +1838,18 @@ async fn serve(
 		Some(ids) => check_token_ids("allowed_token_ids", ids, vocab_size)?,
 		None => {}
 	}
-	let prompts = match body.add_special_tokens {
-		Some(false) if matches!(endpoint, Endpoint::Completions) => {
-			without_special_tokens(&state.tokenizer, prompts)?
-		}
-		_ => prompts,
-	};
-	let prompts =
-		match body.truncate_prompt_tokens {
-			None => prompts,
-			Some(_) if grounding.is_some() => return Err(ApiError::bad_request(
-				"truncate_prompt_tokens: not with documents, retrieval, a registered prompt or \
-				 attribution (the prompt's sources would be cut)",
-			)),
-			Some(k) => truncated(&state.tokenizer, prompts, k, state.engine.max_sequence())?,
-		};
+	if body.truncate_prompt_tokens.is_some() && grounding.is_some() {
+		return Err(ApiError::bad_request(
+			"truncate_prompt_tokens: not with documents, retrieval, a registered prompt or \
+			 attribution (the prompt's sources would be cut)",
+		));
+	}
+	let prompts = prompts_as_asked(
+		&state.tokenizer,
+		(endpoint, prompts),
+		(body.add_special_tokens, body.truncate_prompt_tokens),
+		state.engine.max_sequence(),
+	)?;
 	let logprobs = logprobs_asked(endpoint, &body)?;
 	let prompt_logprobs = prompt_logprobs_asked(&body)?;
 	let bias = logit_bias(body.logit_bias.as_ref(), vocab_size)?;
@@ -1870,7 +1895,13 @@ async fn serve(
 			)));
 		}
 	}
-	let echo = (body.echo == Some(true)).then_some(prompts);
+	// What `echo` puts first: a completion's prompt; a chat's last message, if it is the
+	// assistant's (vLLM's: a message continued is answered whole).
+	let echo = match (body.echo == Some(true), endpoint) {
+		(false, _) => None,
+		(true, Endpoint::Completions) => Some(echoes(&state.tokenizer, &prompts)?),
+		(true, Endpoint::Chat) => Some(vec![last.unwrap_or_default()]),
+	};
 	if body.stream == Some(true) {
 		let include_usage = body.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
 		let (id, created, logprobs) = (endpoint.answer_id(), now(), logprobs.is_some());
@@ -1898,16 +1929,13 @@ async fn serve(
 		}
 		_ => Vec::new(),
 	};
-	let echoed = match &echo {
-		Some(prompts) => echoes(&state.tokenizer, prompts)?,
-		None => Vec::new(),
-	};
+	let echoed = echo.unwrap_or_default();
 	let mut choices = Vec::with_capacity(generations.len());
 	for (i, g) in generations.iter().enumerate() {
 		let echoed = echoed.get(i / n).map_or("", String::as_str);
 		let logprobs = match logprobs {
 			Some(k) => {
-				let at = (echoed.chars().count(), echo.is_some());
+				let at = (echoed.chars().count(), body.echo == Some(true));
 				endpoint.logprobs(&state.tokenizer, g, at, k)?
 			}
 			None => Value::Null,
@@ -1917,7 +1945,11 @@ async fn serve(
 		if let Some(calling) = &calling {
 			if let Some(calls) = calling.calls(&g.text) {
 				let calls: Vec<Value> = calls.iter().map(ToolCall::to_json).collect();
-				let content = calling.content(&g.text);
+				let content = match (calling.content(&g.text), echoed) {
+					(content, "") => content,
+					(Value::String(text), echoed) => json!(format!("{echoed}{text}")),
+					(_, echoed) => json!(echoed),
+				};
 				choice["message"] =
 					json!({"role": "assistant", "content": content, "tool_calls": calls});
 				// A named tool's call was forced: the output's own reason (as OpenAI's); a list
@@ -2146,7 +2178,7 @@ async fn stream(
 	adapter: Option<String>,
 	(head, echo, first_fields, attributing): (
 		ChunkHead,
-		Option<Vec<Prompt>>,
+		Option<Vec<String>>,
 		serde_json::Map<String, Value>,
 		Option<Attributing>,
 	),
@@ -2167,11 +2199,11 @@ async fn stream(
 	}
 	let open = choices.len();
 	let mut start = Vec::new();
-	// A chat's choices begin with the role; echoed completions with their prompt (and their
-	// tokens' offsets after it).
+	// A chat's choices begin with the role (and what it echoes); echoed completions with
+	// their prompt (and their tokens' offsets after it).
 	let firsts: Vec<String> = match (head.endpoint, echo) {
-		(Endpoint::Chat, _) => vec![String::new()],
-		(Endpoint::Completions, Some(prompts)) => echoes(&tokenizer, &prompts)?,
+		(Endpoint::Chat, echo) => echo.unwrap_or_else(|| vec![String::new()]),
+		(Endpoint::Completions, Some(echoed)) => echoed,
 		(Endpoint::Completions, None) => Vec::new(),
 	};
 	let mut offsets = vec![0; open];
@@ -2440,7 +2472,7 @@ async fn completions(
 	// (What is refused anyway is refused before the model is looked up: on chain, say.)
 	refuse_unserved(Endpoint::Completions, &body)?;
 	let model = state.served(body.model.as_deref()).await?;
-	serve(state, Endpoint::Completions, (prompts, None, None), model, body).await
+	serve(state, Endpoint::Completions, (prompts, None, None, None), model, body).await
 }
 
 async fn chat_completions(
@@ -2551,7 +2583,14 @@ async fn chat_completions(
 			(Prompt::Text(opening.render(template, &shown, &definitions)?), None)
 		}
 	};
-	serve(state, Endpoint::Chat, (vec![prompt], tools.calling, grounding), model, body).await
+	// What `echo` repeats: the last message, if the answer is in its role (vLLM's: the
+	// assistant's, or the last message's own when no assistant's turn is opened).
+	let last = messages
+		.last()
+		.filter(|m| m.role == "assistant" || opening != Opening::Answer)
+		.map(|m| m.content.clone());
+	let prepared = (vec![prompt], tools.calling, grounding, last);
+	serve(state, Endpoint::Chat, prepared, model, body).await
 }
 
 /// How a chat's rendering ends (vLLM's `add_generation_prompt` and `continue_final_message`).
@@ -2644,6 +2683,9 @@ struct TokenizeBody {
 	continue_final_message: Option<bool>,
 	/// With `messages`: more variables for the chat template, as a chat's.
 	chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+	/// A text prompt's special tokens, as a completion's `add_special_tokens` (true when
+	/// absent); with `messages`, only false (the template writes them).
+	add_special_tokens: Option<bool>,
 	/// With `messages`: the tools given to the template (OpenAI's definitions).
 	tools: Option<Vec<Value>>,
 	/// With `tools`: how they are to be called, as a chat's (`"auto"` when absent): the tools
@@ -2669,6 +2711,11 @@ async fn tokenize(
 	];
 	if let (None, Some((field, _))) = (&body.messages, chat_only.iter().find(|(_, given)| *given)) {
 		return Err(ApiError::bad_request(format!("{field}: only with messages")));
+	}
+	if body.messages.is_some() && body.add_special_tokens == Some(true) {
+		return Err(ApiError::bad_request(
+			"add_special_tokens: true only with a prompt (the chat template writes them)",
+		));
 	}
 	let with_kwargs = match &body.chat_template_kwargs {
 		Some(kwargs) => Some(state.chat_template()?.with_kwargs(kwargs)?),
@@ -2705,6 +2752,9 @@ async fn tokenize(
 	};
 	let tokens =
 		match (text, body.messages, documents) {
+			(Some(prompt), None, None) if body.add_special_tokens == Some(false) => {
+				state.tokenizer.encode_continuation(&prompt)?
+			}
 			(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
 			(None, Some(messages), None) => {
 				let (messages, definitions) = shown(&messages);
@@ -2869,15 +2919,27 @@ fn embedding_inputs(
 }
 
 /// The embeddings of `texts`, each cut to `truncate` tokens if given, and their tokens in all.
+/// Each is checked under its own name (`documents[3]`, say), as the request names it.
 async fn embed_texts(
 	service: &EmbeddingService,
-	texts: impl Iterator<Item = &String>,
+	texts: Vec<(String, &String)>,
 	truncate: Option<usize>,
 ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
-	let inputs = texts.map(|t| Prompt::Text(t.clone())).collect();
+	let inputs = texts.iter().map(|(_, t)| Prompt::Text(t.to_string())).collect();
 	let inputs = embedding_inputs(service, inputs, truncate)?;
+	for ((name, _), tokens) in texts.iter().zip(&inputs) {
+		service.model().check(name, tokens)?;
+	}
 	let tokens = inputs.iter().map(Vec::len).sum();
 	Ok((service.embed(inputs).await?, tokens))
+}
+
+/// `texts` named `field[i]` (or `field` alone, for one given as a text).
+fn named<'t>(field: &str, texts: &'t [String], one: bool) -> Vec<(String, &'t String)> {
+	match one {
+		true => texts.iter().map(|t| (field.to_string(), t)).collect(),
+		false => texts.iter().enumerate().map(|(i, t)| (format!("{field}[{i}]"), t)).collect(),
+	}
 }
 
 /// The cosine of the angle between `a` and `b` (0 if either is zero).
@@ -2890,8 +2952,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 	}
 }
 
-/// A text, or a list of texts (`/score`'s `text_1` and `text_2`), at most `max`.
-fn texts(field: &str, value: Option<Value>, max: usize) -> Result<Vec<String>, ApiError> {
+/// A text, or a list of texts (`/score`'s `text_1` and `text_2`), at most `max`; and whether
+/// it was a text alone.
+fn texts(field: &str, value: Option<Value>, max: usize) -> Result<(Vec<String>, bool), ApiError> {
+	let one = matches!(value, Some(Value::String(_)));
 	let texts = match value {
 		None | Some(Value::Null) => {
 			return Err(ApiError::bad_request(format!("{field}: missing field `{field}`")))
@@ -2913,13 +2977,12 @@ fn texts(field: &str, value: Option<Value>, max: usize) -> Result<Vec<String>, A
 	match texts.len() {
 		0 => Err(ApiError::bad_request(format!("{field}: no texts"))),
 		n if n > max => Err(ApiError::bad_request(format!("{field}: at most {max} texts"))),
-		_ => Ok(texts),
+		_ => Ok((texts, one)),
 	}
 }
 
-/// `/score`'s body (vLLM's): `text_1` and `text_2`, each a text or a list of texts, scored
-/// one against one, one against each of a list, or a list against a list as long, pair by
-/// pair.
+/// `/score`'s body (vLLM's): `text_1` and `text_2`, each a text or a list of texts: one
+/// `text_1` against each of `text_2`, or lists as long, pair by pair.
 #[derive(Debug, Deserialize)]
 struct ScoreBody {
 	model: Option<String>,
@@ -2928,6 +2991,31 @@ struct ScoreBody {
 	/// Each text cut to its first this many tokens (-1: the model's most); absent, a longer
 	/// text is refused.
 	truncate_prompt_tokens: Option<i64>,
+	/// Not served (refused unless they mean none): see [`refuse_pooling_options`].
+	priority: Option<i64>,
+	activation: Option<Value>,
+	use_activation: Option<Value>,
+	softmax: Option<Value>,
+}
+
+/// Refuses what a `/score` or `/rerank` request asks for that is not served: a priority
+/// other than 0 (requests are served in arrival order), an activation over the scores
+/// (cross-encoders'; these are cosines), Cohere's `rank_fields` and `max_tokens_per_doc`.
+fn refuse_pooling_options(
+	priority: Option<i64>,
+	options: [(&str, &Option<Value>); 5],
+) -> Result<(), ApiError> {
+	if priority.is_some_and(|p| p != 0) {
+		return Err(ApiError::bad_request(
+			"priority: not served by this worker (requests are served in arrival order)",
+		));
+	}
+	match options.iter().find(|(_, value)| value.as_ref().is_some_and(|v| !v.is_null())) {
+		Some((field, _)) => Err(ApiError::bad_request(format!(
+			"{field}: not served by this worker (scores are the cosines of embeddings)"
+		))),
+		None => Ok(()),
+	}
 }
 
 /// How alike the texts of each pair are (vLLM's `/score` for an embedding model): the cosine
@@ -2937,11 +3025,25 @@ async fn score(
 	body: Result<Json<ScoreBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
 	let Json(body) = body?;
+	let none = &None;
+	let options = [
+		("activation", &body.activation),
+		("use_activation", &body.use_activation),
+		("softmax", &body.softmax),
+		("rank_fields", none),
+		("max_tokens_per_doc", none),
+	];
+	refuse_pooling_options(body.priority, options)?;
 	let (name, service) = state.embedding_model(body.model.as_deref())?;
 	let truncate = embedding_truncation(service, body.truncate_prompt_tokens)?;
-	let half = MAX_EMBEDDING_INPUTS / 2;
-	let (first, second) =
-		(texts("text_1", body.text_1, half)?, texts("text_2", body.text_2, half)?);
+	let most = MAX_EMBEDDING_INPUTS;
+	let ((first, one_1), (second, one_2)) =
+		(texts("text_1", body.text_1, most)?, texts("text_2", body.text_2, most)?);
+	if first.len() + second.len() > most {
+		return Err(ApiError::bad_request(format!(
+			"text_1 and text_2: at most {most} texts together"
+		)));
+	}
 	if first.len() != 1 && first.len() != second.len() {
 		return Err(ApiError::bad_request(format!(
 			"text_1 and text_2: {} texts against {}: one against any number, or as many as \
@@ -2950,7 +3052,9 @@ async fn score(
 			second.len()
 		)));
 	}
-	let (vectors, tokens) = embed_texts(service, first.iter().chain(&second), truncate).await?;
+	let mut all = named("text_1", &first, one_1);
+	all.extend(named("text_2", &second, one_2));
+	let (vectors, tokens) = embed_texts(service, all, truncate).await?;
 	let (left, right) = vectors.split_at(first.len());
 	let data: Vec<Value> = right
 		.iter()
@@ -2982,6 +3086,13 @@ struct RerankBody {
 	/// Cohere's: whether each result carries its document (true when absent, as vLLM's).
 	return_documents: Option<bool>,
 	truncate_prompt_tokens: Option<i64>,
+	/// Not served (refused unless they mean none): see [`refuse_pooling_options`].
+	priority: Option<i64>,
+	activation: Option<Value>,
+	use_activation: Option<Value>,
+	softmax: Option<Value>,
+	rank_fields: Option<Value>,
+	max_tokens_per_doc: Option<Value>,
 }
 
 /// The documents ordered by how alike each is to the query, most alike first (vLLM's
@@ -2992,6 +3103,14 @@ async fn rerank(
 	body: Result<Json<RerankBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
 	let Json(body) = body?;
+	let options = [
+		("activation", &body.activation),
+		("use_activation", &body.use_activation),
+		("softmax", &body.softmax),
+		("rank_fields", &body.rank_fields),
+		("max_tokens_per_doc", &body.max_tokens_per_doc),
+	];
+	refuse_pooling_options(body.priority, options)?;
 	let (name, service) = state.embedding_model(body.model.as_deref())?;
 	let truncate = embedding_truncation(service, body.truncate_prompt_tokens)?;
 	let query = body.query.ok_or_else(|| ApiError::bad_request("query: missing field `query`"))?;
@@ -3014,7 +3133,8 @@ async fn rerank(
 			MAX_EMBEDDING_INPUTS - 1
 		)));
 	}
-	let texts = std::iter::once(&query).chain(&documents);
+	let mut texts = vec![("query".to_string(), &query)];
+	texts.extend(named("documents", &documents, false));
 	let (vectors, tokens) = embed_texts(service, texts, truncate).await?;
 	let (query_vector, document_vectors) = vectors.split_at(1);
 	let mut scored: Vec<(usize, f64)> =
@@ -3038,7 +3158,7 @@ async fn rerank(
 	Ok(Json(json!({
 		"id": format!("rerank-{:024x}", rand::random::<u128>() >> 32),
 		"model": name,
-		"usage": { "total_tokens": tokens },
+		"usage": { "prompt_tokens": tokens, "total_tokens": tokens },
 		"results": results,
 	})))
 }
@@ -3446,9 +3566,31 @@ mod tests {
 		for k in [0, -2, 9] {
 			assert!(cut("a".into(), k).is_err(), "{k}");
 		}
-		// add_special_tokens false: no beginning of sequence added to a text.
-		let bare = without_special_tokens(&tokenizer, vec!["b c".into(), vec![0, 2].into()]);
-		assert_eq!(bare.unwrap(), [Prompt::Tokens(vec![2, 3]), Prompt::Tokens(vec![0, 2])]);
+		// add_special_tokens false: no beginning of sequence added to a completion's text,
+		// before it is cut; a chat's is left as it is.
+		let asked = |endpoint, prompt: Prompt, special, k| {
+			prompts_as_asked(&tokenizer, (endpoint, vec![prompt]), (special, k), 8).unwrap()
+		};
+		let (completions, chat, text) = (Endpoint::Completions, Endpoint::Chat, "a b c d e");
+		assert_eq!(
+			asked(completions, text.into(), Some(false), None),
+			[Prompt::Tokens(vec![1, 2, 3, 4, 5])]
+		);
+		assert_eq!(
+			asked(completions, text.into(), Some(false), Some(2)),
+			[Prompt::Tokens(vec![4, 5])]
+		);
+		assert_eq!(
+			asked(completions, text.into(), Some(true), Some(2)),
+			[Prompt::Tokens(vec![0, 5])]
+		);
+		assert_eq!(asked(completions, text.into(), None, None), [Prompt::Text(text.into())]);
+		assert_eq!(
+			asked(completions, vec![0, 2].into(), Some(false), None),
+			[Prompt::Tokens(vec![0, 2])]
+		);
+		assert_eq!(asked(chat, text.into(), Some(false), None), [Prompt::Text(text.into())]);
+		assert_eq!(asked(chat, text.into(), None, Some(2)), [Prompt::Tokens(vec![0, 5])]);
 	}
 
 	/// An adapter that cannot be built is the request's to mend (422); files changed under the

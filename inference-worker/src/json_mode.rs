@@ -44,7 +44,7 @@ use serde_json::{json, Value};
 use crate::{
 	json_text,
 	regex_grammar::{RegexGrammar, RegexState},
-	tokenizer::TokenBytes,
+	tokenizer::{allow_end, TokenBytes},
 };
 
 /// The deepest nesting of objects and arrays.
@@ -1265,9 +1265,7 @@ impl JsonState {
 				});
 			}
 		}
-		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
-			*slot = self.can_end(grammar);
-		}
+		allow_end(&mut allowed, eos, self.can_end(grammar));
 		allowed
 	}
 
@@ -1293,9 +1291,7 @@ impl JsonState {
 				}
 			})
 			.collect();
-		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
-			*slot = self.can_end(grammar);
-		}
+		allow_end(&mut allowed, eos, self.can_end(grammar));
 		allowed
 	}
 
@@ -1343,9 +1339,7 @@ impl JsonState {
 				}
 			})
 			.collect();
-		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
-			*slot = self.can_end(grammar);
-		}
+		allow_end(&mut allowed, eos, self.can_end(grammar));
 		allowed
 	}
 
@@ -1360,9 +1354,7 @@ impl JsonState {
 		let mut allowed: Vec<bool> = (0..token_bytes.len())
 			.map(|id| self.accepts(grammar, token_bytes.get(id).unwrap_or_default()).is_some())
 			.collect();
-		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
-			*slot = self.can_end(grammar);
-		}
+		allow_end(&mut allowed, eos, self.can_end(grammar));
 		allowed
 	}
 

@@ -146,7 +146,8 @@ struct ServeArgs {
 	/// MiB of loaded adapters kept ready (and, with `--kernels`, of the adapter pool).
 	#[arg(long, default_value_t = 512)]
 	adapter_mib: usize,
-	/// A sentence-transformers folder (such as all-MiniLM-L6-v2) to serve at `/v1/embeddings`.
+	/// A sentence-transformers folder (such as all-MiniLM-L6-v2) to serve at `/v1/embeddings`,
+	/// `/score` and `/rerank`.
 	#[arg(long)]
 	embedding_model: Option<PathBuf>,
 	/// The embedding model's name in requests and in `/v1/models` (default: its folder's name).

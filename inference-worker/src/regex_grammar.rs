@@ -32,7 +32,7 @@ use regex_automata::{
 };
 use regex_syntax::hir::Hir;
 
-use crate::tokenizer::TokenBytes;
+use crate::tokenizer::{allow_end, TokenBytes, TokenMask};
 
 /// The longest expression taken, in bytes (a parsed expression's classes take memory before
 /// any limit of the automaton applies: `\pL` is some 700 ranges).
@@ -58,7 +58,7 @@ pub struct RegexGrammar {
 	live: Vec<bool>,
 	/// Per state, the tokens that may come next (a bit per token id); one vocabulary per
 	/// grammar (the first one it is asked about).
-	masks: Mutex<HashMap<StateID, Arc<[u64]>>>,
+	masks: Mutex<HashMap<StateID, Arc<TokenMask>>>,
 }
 
 impl std::fmt::Debug for RegexGrammar {
@@ -175,13 +175,8 @@ impl RegexGrammar {
 		eos: Option<u32>,
 	) -> Vec<bool> {
 		let mask = self.mask(state.0, token_bytes);
-		let mut allowed: Vec<bool> = (0..token_bytes.len())
-			.map(|id| mask.get(id / 64).is_some_and(|word| word >> (id % 64) & 1 == 1))
-			.collect();
-		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
-			*slot = self.can_end(state);
-		}
-		allowed
+		debug_assert_eq!(mask.len(), token_bytes.len(), "one vocabulary per grammar");
+		mask.allowed(eos, self.can_end(state))
 	}
 
 	/// The tokens that may come next from `state`, a bit each: kept, or found by walking the
@@ -190,14 +185,13 @@ impl RegexGrammar {
 	/// state, or by running the automaton over each token's bytes when many may (most tokens
 	/// then go on, and the trie's scattered nodes cost more than the tokens' bytes read in
 	/// order: `benches/structured_output.rs`).
-	fn mask(&self, state: StateID, token_bytes: &TokenBytes) -> Arc<[u64]> {
+	fn mask(&self, state: StateID, token_bytes: &TokenBytes) -> Arc<TokenMask> {
 		let masks = || self.masks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 		if let Some(mask) = masks().get(&state) {
 			return mask.clone();
 		}
 		let following = (0..=255u8).filter(|&b| self.step(state, b).is_some()).count();
-		let mask: Arc<[u64]> =
-			self.find_mask(state, token_bytes, following <= WIDE_STATE_BYTES).into();
+		let mask = Arc::new(self.find_mask(state, token_bytes, following <= WIDE_STATE_BYTES));
 		let mut masks = masks();
 		// A grammar kept for later requests (crate::grammar_cache) meets other states: the
 		// masks of earlier ones are dropped for them.
@@ -210,19 +204,14 @@ impl RegexGrammar {
 
 	/// The tokens that may come next from `state`, a bit each: found by a walk of the
 	/// vocabulary's trie if `by_trie`, or token by token.
-	fn find_mask(&self, state: StateID, token_bytes: &TokenBytes, by_trie: bool) -> Vec<u64> {
+	fn find_mask(&self, state: StateID, token_bytes: &TokenBytes, by_trie: bool) -> TokenMask {
 		let len = token_bytes.len();
-		let mut mask = vec![0u64; len.div_ceil(64)];
-		let set = |mask: &mut [u64], id: usize| {
-			if let Some(word) = mask.get_mut(id / 64) {
-				*word |= 1 << (id % 64);
-			}
-		};
+		let mut mask = TokenMask::new(len);
 		if !by_trie {
 			for id in 0..len {
 				let bytes = token_bytes.get(id).unwrap_or_default();
 				if !bytes.is_empty() && self.accepts(RegexState(state), bytes).is_some() {
-					set(&mut mask, id);
+					mask.insert(id);
 				}
 			}
 		} else {
@@ -232,7 +221,7 @@ impl RegexGrammar {
 				for &(b, child) in trie.children(node) {
 					let Some(next) = self.step(at, b) else { continue };
 					for &id in trie.tokens(child) {
-						set(&mut mask, id as usize);
+						mask.insert(id as usize);
 					}
 					if !trie.children(child).is_empty() {
 						stack.push((child, next));
@@ -251,15 +240,8 @@ impl RegexGrammar {
 		token_bytes: &TokenBytes,
 		eos: Option<u32>,
 	) -> Vec<bool> {
-		let mut allowed: Vec<bool> = (0..token_bytes.len())
-			.map(|id| {
-				let bytes = token_bytes.get(id).unwrap_or_default();
-				!bytes.is_empty() && self.accepts(state, bytes).is_some()
-			})
-			.collect();
-		if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
-			*slot = self.can_end(state);
-		}
+		let mut allowed = token_bytes.each_fitting(|bytes| self.accepts(state, bytes).is_some());
+		allow_end(&mut allowed, eos, self.can_end(state));
 		allowed
 	}
 }

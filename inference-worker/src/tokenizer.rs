@@ -121,7 +121,73 @@ impl TokenTrie {
 	}
 }
 
+/// A set of a vocabulary's tokens, a bit each: those a grammar allows from one of its states,
+/// kept as it is found (by a walk of the [`TokenTrie`]) and read out as the sampler's mask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenMask {
+	words: Box<[u64]>,
+	/// The tokens of the vocabulary.
+	len: usize,
+}
+
+impl TokenMask {
+	/// No token of a vocabulary of `len`.
+	pub fn new(len: usize) -> Self {
+		Self { words: vec![0; len.div_ceil(64)].into_boxed_slice(), len }
+	}
+
+	/// Puts token `id` in the set (an id outside the vocabulary is left out).
+	pub fn insert(&mut self, id: usize) {
+		if let Some(word) = self.words.get_mut(id / 64).filter(|_| id < self.len) {
+			*word |= 1 << (id % 64);
+		}
+	}
+
+	/// Whether token `id` is in the set.
+	pub fn contains(&self, id: usize) -> bool {
+		self.words.get(id / 64).is_some_and(|word| word >> (id % 64) & 1 == 1)
+	}
+
+	/// The tokens of the vocabulary it is a set of.
+	pub fn len(&self) -> usize {
+		self.len
+	}
+
+	/// Whether the vocabulary has no tokens.
+	pub fn is_empty(&self) -> bool {
+		self.len == 0
+	}
+
+	/// For each token of the vocabulary, whether it may come next: whether it is in the set,
+	/// except the end of the output (`eos`), which may come only where it `may_end`.
+	pub fn allowed(&self, eos: Option<u32>, may_end: bool) -> Vec<bool> {
+		let mut allowed: Vec<bool> = (0..self.len).map(|id| self.contains(id)).collect();
+		allow_end(&mut allowed, eos, may_end);
+		allowed
+	}
+}
+
+/// Marks the end of the output (`eos`, if the model has one) in `allowed` as allowed only
+/// where the output `may_end`.
+pub fn allow_end(allowed: &mut [bool], eos: Option<u32>, may_end: bool) {
+	if let Some(slot) = eos.and_then(|eos| allowed.get_mut(eos as usize)) {
+		*slot = may_end;
+	}
+}
+
 impl TokenBytes {
+	/// For each token, whether `fits` takes its bytes; tokens without bytes (special tokens)
+	/// never fit. Token by token: the reference that the grammars' masks, found by walking the
+	/// trie, are tested and measured against.
+	pub fn each_fitting(&self, fits: impl Fn(&[u8]) -> bool) -> Vec<bool> {
+		(0..self.len())
+			.map(|id| {
+				let bytes = self.get(id).unwrap_or_default();
+				!bytes.is_empty() && fits(bytes)
+			})
+			.collect()
+	}
+
 	/// The bytes of each of `tokens`, in order of id.
 	pub fn new<T: AsRef<[u8]>>(tokens: impl IntoIterator<Item = T>) -> Self {
 		let mut all = Self::default();
@@ -413,6 +479,26 @@ mod tests {
 		assert_eq!(piece_bytes("<0xE2>"), [0xe2]);
 		assert_eq!(piece_bytes("<0x>"), b"<0x>");
 		assert_eq!(piece_bytes("York"), b"York");
+	}
+
+	/// A mask holds the ids put in it and no others (none outside the vocabulary), and reads
+	/// out with the end of the output allowed only where it may end.
+	#[test]
+	fn a_token_mask_holds_what_is_put_in_it() {
+		let mut mask = TokenMask::new(130);
+		for id in [0, 63, 64, 129, 130, 500] {
+			mask.insert(id);
+		}
+		let held: Vec<usize> = (0..200).filter(|&id| mask.contains(id)).collect();
+		assert_eq!(held, [0, 63, 64, 129]);
+		assert_eq!(mask.len(), 130);
+		let allowed = mask.allowed(Some(5), true);
+		assert_eq!(allowed.len(), 130);
+		let allowed: Vec<usize> = (0..130).filter(|&id| allowed[id]).collect();
+		assert_eq!(allowed, [0, 5, 63, 64, 129]);
+		let allowed = mask.allowed(Some(64), false);
+		assert!(!allowed[64] && allowed[63]);
+		assert_eq!(mask.allowed(None, true).iter().filter(|&&a| a).count(), 4);
 	}
 
 	#[test]

@@ -721,7 +721,6 @@ fn logprobs_and_echo_are_the_librarys() {
 	refused(chat, json!({"messages": messages, "top_logprobs": 2}), "only with logprobs");
 	refused(chat, json!({"messages": messages, "logprobs": 3}), "not true or false");
 	refused(chat, json!({"messages": messages, "logprobs": true, "top_logprobs": 21}), "at most");
-	refused(chat, json!({"messages": messages, "echo": true}), "only on /v1/completions");
 }
 
 /// A chat that does not say `max_tokens` may use the rest of the context (here the KV cache's
@@ -998,6 +997,18 @@ fn vllm_request_extras_are_the_librarys_or_refused() {
 		assert_eq!(status, 200, "{answer}");
 		serde_json::from_value::<Vec<u32>>(answer["tokens"].clone()).unwrap()
 	};
+	// With echo, the message continued comes back whole, streamed too (in the role's chunk).
+	let mut echoed = want.clone();
+	echoed.text = format!("The capital of France is{}", want.text);
+	let mut body = body;
+	body["echo"] = json!(true);
+	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &echoed, chat);
+	// Its log-probabilities are the answer's tokens' only.
+	body["logprobs"] = json!(true);
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let scored = answer["choices"][0]["logprobs"]["content"].as_array().unwrap();
+	assert_eq!(scored.len(), want.tokens.len());
 	let tokenize = json!({"messages": messages, "add_generation_prompt": false,
 		"continue_final_message": true});
 	assert_eq!(tokens(tokenize), tokenizer.encode(head).unwrap());
@@ -1015,6 +1026,22 @@ fn vllm_request_extras_are_the_librarys_or_refused() {
 	let want = alone(&greedy(&format!("{closed}<|im_start|>assistant\n"), 12));
 	let body = json!({"messages": messages, "max_tokens": 12, "temperature": 0,
 		"chat_template_kwargs": {"enable_thinking": false}});
+	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &want, chat);
+	// Echo repeats only the assistant's message: after a user's, nothing.
+	let asked = json!([{"role": "user", "content": "What is the capital of France?"}]);
+	let opened = format!(
+		"{}<|im_start|>assistant\n",
+		&closed[..closed.find("<|im_start|>assistant").unwrap()]
+	);
+	let want = alone(&greedy(&opened, 12));
+	let body = json!({"messages": asked, "max_tokens": 12, "temperature": 0, "echo": true});
+	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &want, chat);
+	// Without an assistant's turn opened the answer is in the last message's role: echoed.
+	let user_closed = &closed[..closed.find("<|im_start|>assistant").unwrap()];
+	let mut want = alone(&greedy(user_closed, 12));
+	want.text = format!("What is the capital of France?{}", want.text);
+	let body = json!({"messages": asked, "max_tokens": 12, "temperature": 0, "echo": true,
+		"add_generation_prompt": false});
 	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &want, chat);
 
 	// cache_salt: a prompt's cached blocks are shared only with requests of the same salt, or
@@ -1050,6 +1077,12 @@ fn vllm_request_extras_are_the_librarys_or_refused() {
 	refused_chat(json!({"messages": messages, "continue_final_message": true}), "not both");
 	refused(json!({"prompt": "x", "cache_salt": ""}), "empty salt");
 	refused_chat(json!({"messages": messages, "add_special_tokens": true}), "add_special_tokens");
+	let body = json!({"messages": messages, "add_special_tokens": true});
+	refused_at(address, "/tokenize", body, "add_special_tokens");
+	assert_eq!(
+		tokens(json!({"prompt": PARIS, "add_special_tokens": false})),
+		tokenizer.encode_continuation(PARIS).unwrap()
+	);
 	for field in ["add_generation_prompt", "continue_final_message", "chat_template_kwargs"] {
 		let mut body = json!({"prompt": "x"});
 		body[field] = if field == "chat_template_kwargs" { json!({}) } else { json!(false) };
@@ -2778,6 +2811,7 @@ fn score_and_rerank_order_texts_by_their_embeddings() {
 	assert_eq!(status, 200, "{answer}");
 	assert!(answer["id"].as_str().unwrap().starts_with("rerank-"));
 	assert_eq!(answer["usage"]["total_tokens"], count(&all));
+	assert_eq!(answer["usage"]["prompt_tokens"], count(&all));
 	let results = answer["results"].as_array().unwrap();
 	assert_eq!(results.len(), 2);
 	for (result, &index) in results.iter().zip(&order) {
@@ -2802,6 +2836,33 @@ fn score_and_rerank_order_texts_by_their_embeddings() {
 			.collect();
 		assert_eq!(indices, order);
 	}
+	// top_n 0 or past the documents: all of them. One text against one.
+	for top_n in [0, 10] {
+		let body = json!({"query": query, "documents": documents, "top_n": top_n});
+		let (status, answer) = post(address, "/rerank", &body);
+		assert_eq!(status, 200, "{answer}");
+		assert_eq!(answer["results"].as_array().unwrap().len(), documents.len());
+	}
+	let (status, answer) =
+		post(address, "/score", &json!({"text_1": query, "text_2": documents[3]}));
+	assert_eq!(status, 200, "{answer}");
+	assert_eq!(answer["data"].as_array().unwrap().len(), 1);
+	close(&answer["data"][0]["score"], want[3]);
+	// A document longer than the model takes: refused by its name, or cut when asked.
+	let long = "Accepted contributions earn a share of the DataNet's rewards. ".repeat(30);
+	let body = json!({"query": query, "documents": [documents[0], long]});
+	refused_at(address, "/rerank", body.clone(), "documents[1]: ");
+	let mut body = body;
+	body["truncate_prompt_tokens"] = json!(-1);
+	let (status, answer) = post(address, "/rerank", &body);
+	assert_eq!(status, 200, "{answer}");
+	let cut = model.tokenize(&long, Some(256)).unwrap();
+	assert_eq!(answer["usage"]["prompt_tokens"], count(&[query, documents[0]]) + cut.len());
+	let cut_score = cosine(&q, &model.embed(&[cut]).unwrap()[0]);
+	let results = answer["results"].as_array().unwrap();
+	let long_result = results.iter().find(|r| r["index"] == 1).unwrap();
+	close(&long_result["relevance_score"], cut_score);
+	refused_at(address, "/score", json!({"text_1": query, "text_2": [long]}), "text_2[0]: ");
 
 	let refused = |path: &str, body: Value, says: &str| refused_at(address, path, body, says);
 	refused("/rerank", json!({"documents": documents}), "query");
@@ -2816,6 +2877,16 @@ fn score_and_rerank_order_texts_by_their_embeddings() {
 		json!({"text_1": query, "text_2": "x", "truncate_prompt_tokens": 0}),
 		"truncate",
 	);
+	refused("/score", json!({"text_1": documents, "text_2": query}), "4 texts against 1");
+	let many = vec!["x"; 2048];
+	refused("/score", json!({"text_1": query, "text_2": many}), "2048 texts together");
+	refused("/score", json!({"text_1": query, "text_2": "x", "priority": 1}), "priority");
+	refused("/score", json!({"text_1": query, "text_2": "x", "activation": true}), "activation");
+	let body = json!({"query": query, "documents": documents, "rank_fields": ["text"]});
+	refused("/rerank", body, "rank_fields");
+	let (status, answer) =
+		post(address, "/score", &json!({"model": MODEL, "text_1": query, "text_2": query}));
+	assert_eq!(status, 404, "{answer}");
 	let (status, answer) =
 		post(address, "/rerank", &json!({"model": MODEL, "query": query, "documents": documents}));
 	assert_eq!(status, 404, "{answer}");
