@@ -27,49 +27,49 @@
 //!   `bad_words` (up to 300 words, each as vLLM spells it: its tokens alone and, when that is
 //!   a word-start token as long, after a space; the last token of a spelling is never
 //!   generated right after the rest of it), `truncate_prompt_tokens` (only the prompt's last
-//!   this many tokens; -1: as many as the model takes; not on a chat with sources, which it
-//!   would cut) and `cache_salt` (the prompt's cached blocks are shared only with requests of
-//!   the same salt: vLLM's guard against learning another user's prompt from the cache's
-//!   timing), `add_special_tokens` (false on completions, and on `/tokenize` with a prompt: a
-//!   text prompt without the beginning of sequence the tokenizer adds; on chat, where the
-//!   template writes the special tokens, true is refused). What is not served is refused, not ignored: `best_of` above 1, `suffix`, `tools`
-//!   (on completions), vLLM's `use_beam_search` and `length_penalty`, `priority` other than 0,
-//!   `return_tokens_as_token_ids`, `guided_whitespace_pattern`, `logits_processors`,
+//!   this many tokens, a text's beginning of sequence kept first; -1: as many as the model
+//!   takes; not on a chat with sources, which it would cut) and `cache_salt` (the prompt's
+//!   cached blocks are shared only with requests of the same salt: vLLM's guard against
+//!   learning another user's prompt from the cache's timing), `add_special_tokens` (false on
+//!   completions, and on `/tokenize` with a prompt: a text prompt without the beginning of
+//!   sequence the tokenizer adds; on chat, where the template writes the special tokens, true
+//!   is refused). What is not served is refused, not ignored: `best_of` above 1, `suffix`,
+//!   `tools` (on completions), vLLM's `use_beam_search` and `length_penalty`, `priority`
+//!   other than 0, `return_tokens_as_token_ids`, `guided_whitespace_pattern`, `logits_processors`,
 //!   `prompt_embeds`, a request's own `chat_template` and
 //!   `stream_options.continuous_usage_stats`.
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
-//!   model's own chat template instead of `prompt` and `max_tokens` (or
-//!   `max_completion_tokens`) the rest of the context when absent (the model's, or the KV
-//!   cache's if smaller: vLLM's); vLLM's `add_generation_prompt` (false: the conversation
-//!   ends where its last message ends), `continue_final_message` (with `add_generation_prompt`
-//!   false: the last message is left open and the answer goes on with it, a "prefill", cut
-//!   after its text as transformers cuts it) and `chat_template_kwargs` (more variables for
-//!   the template, such as Qwen3's `enable_thinking`; not the template's own, which the
-//!   request sets), on `/tokenize` too; vLLM's `echo` (the answer's content begins with the
-//!   last message's when the answer is in its role: the assistant's, or any with
-//!   `add_generation_prompt` false; a continued message comes back whole; streamed, in the
-//!   first chunk with the role); `logprobs` (true or false) and
-//!   `top_logprobs` (0 to 20) give OpenAI's `logprobs.content` (each token's text, bytes,
-//!   log-probability and most likely alternatives). Log-probabilities are the model's own
-//!   (before temperature, penalty or truncation), as vLLM reports them. Streamed, each chunk
-//!   carries the log-probabilities of the tokens generated since the last (a chunk may bring
-//!   them with no text yet); they add up to the whole answer's. A completion's prompt's are
-//!   not streamed (its `echo` with `logprobs` and `stream` is refused). `tools` with `tool_choice` (a named
-//!   function, `"required"`, `"none"` or `"auto"`) and `parallel_tool_calls`: OpenAI's tool
-//!   calls, held to the tools' parameter schemas ([`crate::tool_calls`]); the message then has
-//!   `content` (`""`; `"auto"`'s text before its first call, or `null`) and `tool_calls`, and
-//!   `"required"` and `"auto"` calls the reason `tool_calls` when they are whole (a named
-//!   tool's keeps the output's, as OpenAI's). Streamed, `"auto"`'s text before its first call
-//!   comes as `content`; each call begins (index, id, type, name) once its name is known and
-//!   its arguments follow as they are generated.
-//!   `documents` (source documents, put in the system message), `retrieval` (DataNet records
-//!   as more documents) and `prompt` (a prompt registered on chain, `{"id", "version",
-//!   "variables"}`, [`crate::prompt_registry`]: its text opens the system message, and the
-//!   answer names it in `prompt`) with `attribution` (`leave_one_out`, or `context_cite` with
-//!   `ablations`, `seed` and `penalty`): each choice's `attribution` scores the contribution
-//!   of each document, of the registered prompt, of each tool's answer in the conversation and
-//!   of the adapter ([`crate::attribution`]); streamed, with the choice's last chunk, once it
-//!   is whole.
+//!   model's own chat template instead of `prompt` and `max_tokens` (or `max_completion_tokens`)
+//!   the rest of the context when absent (the model's, or the KV cache's if smaller: vLLM's);
+//!   vLLM's `add_generation_prompt` (false: the conversation ends where its last message ends),
+//!   `continue_final_message` (with `add_generation_prompt` false: the last message is left open
+//!   and the answer goes on with it, a "prefill", cut after its text as transformers cuts it) and
+//!   `chat_template_kwargs` (more variables for the template, such as Qwen3's `enable_thinking`;
+//!   not the template's own, which the request sets), on `/tokenize` too (a chat with sources
+//!   always ends with the assistant's turn opened; the answer's role is `assistant` even without a
+//!   generation prompt, where vLLM names the last message's); vLLM's `echo` (the answer's content
+//!   begins with the last message's when the answer is in its role: the assistant's, or any with
+//!   `add_generation_prompt` false; a continued message comes back whole; streamed, in the first
+//!   chunk with the role); `logprobs` (true or false) and `top_logprobs` (0 to 20) give OpenAI's
+//!   `logprobs.content` (each token's text, bytes, log-probability and most likely alternatives).
+//!   Log-probabilities are the model's own (before temperature, penalty or truncation), as vLLM
+//!   reports them. Streamed, each chunk carries the log-probabilities of the tokens generated since
+//!   the last (a chunk may bring them with no text yet); they add up to the whole answer's. A
+//!   completion's prompt's are not streamed (its `echo` with `logprobs` and `stream` is refused).
+//!   `tools` with `tool_choice` (a named function, `"required"`, `"none"` or `"auto"`) and
+//!   `parallel_tool_calls`: OpenAI's tool calls, held to the tools' parameter schemas
+//!   ([`crate::tool_calls`]); the message then has `content` (`""`; `"auto"`'s text before its
+//!   first call, or `null`) and `tool_calls`, and `"required"` and `"auto"` calls the reason
+//!   `tool_calls` when they are whole (a named tool's keeps the output's, as OpenAI's). Streamed,
+//!   `"auto"`'s text before its first call comes as `content`; each call begins (index, id, type,
+//!   name) once its name is known and its arguments follow as they are generated. `documents`
+//!   (source documents, put in the system message), `retrieval` (DataNet records as more documents)
+//!   and `prompt` (a prompt registered on chain, `{"id", "version", "variables"}`,
+//!   [`crate::prompt_registry`]: its text opens the system message, and the answer names it in
+//!   `prompt`) with `attribution` (`leave_one_out`, or `context_cite` with `ablations`, `seed` and
+//!   `penalty`): each choice's `attribution` scores the contribution of each document, of the
+//!   registered prompt, of each tool's answer in the conversation and of the adapter
+//!   ([`crate::attribution`]); streamed, with the choice's last chunk, once it is whole.
 //! - With `stream`, the answer is server-sent events as OpenAI sends them: `data:` chunks
 //!   (`text_completion`, or `chat.completion.chunk` whose first delta per choice carries the
 //!   role) with each choice's new text as it is generated, a chunk with its `finish_reason`
@@ -79,8 +79,9 @@
 //!   gets its error status before any event; the events begin once the engine has taken it,
 //!   and a later error (an adapter that cannot be loaded, a failed step) is sent as an
 //!   `{"error": …}` event before `[DONE]`.
-//! - `POST /tokenize` (`prompt`, or `messages`, `tools`, `tool_choice`, `documents`, a
-//!   registered `prompt` and `add_generation_prompt`, placed as a chat places them) and
+//! - `POST /tokenize` (`prompt` and `add_special_tokens`, or `messages`, `tools`,
+//!   `tool_choice`, `documents`, a registered `prompt`, `add_generation_prompt`,
+//!   `continue_final_message` and `chat_template_kwargs`, placed as a chat places them) and
 //!   `POST /detokenize` (`tokens`), vLLM's: the token ids serving would give (`tokens`, `count`,
 //!   `max_model_len`), and the text of token ids (`prompt`).
 //! - `POST /v1/embeddings`, with a sentence-embedding model served
@@ -105,10 +106,10 @@
 //!   counts each text's tokens once. `priority` other than 0, an activation (`activation`,
 //!   `use_activation`, `softmax`) and Cohere's `rank_fields` and `max_tokens_per_doc` are
 //!   refused (when not null).
-//! - `POST /v1/retrieve` (`query`, `top_k`, `datanets`): the DataNet records most similar to
-//!   the query ([`crate::retrieval`]), from `--records` and, when allowed
-//!   ([`ApiState::with_records`]), `POST /v1/records` and `POST /v1/records/delete`. A chat's
-//!   `retrieval` adds the records found as documents (`retrieved` in the answer, or in a stream's first chunk).
+//! - `POST /v1/retrieve` (`query`, `top_k`, `datanets`): the DataNet records most similar to the
+//!   query ([`crate::retrieval`]), from `--records` and, when allowed ([`ApiState::with_records`]),
+//!   `POST /v1/records` and `POST /v1/records/delete`. A chat's `retrieval` adds the records found
+//!   as documents (`retrieved` in the answer, or in a stream's first chunk).
 //! - `GET /v1/datanets`: with records from the chain ([`ApiState::with_datanet_sync`]), how far
 //!   each DataNet is synced: accepted records on chain, verified, indexed, those waiting for
 //!   their content or skipped and why ([`crate::datanet_sync`]).
@@ -772,8 +773,13 @@ impl Grounding {
 }
 
 /// Refuses what `body` asks for at `endpoint` that is not served, rather than answer as if it
-/// had not asked: best-of sampling, a suffix, tools on completions, vLLM's beam search and
-/// priorities, a chat's options on completions. (Fields left at what means "none" pass.)
+/// had not asked: best-of sampling, a suffix, tools on completions, a chat's options on
+/// completions, vLLM's beam search, priorities, token ids as the logprobs' tokens, a
+/// whitespace pattern, logits processors, prompt embeddings, a request's own chat template,
+/// `add_special_tokens` true on chat. (Fields left at what means "none" pass. What needs the
+/// tokenizer or the model's limits, such as token ids in the vocabulary, or
+/// `stream_options.continuous_usage_stats`, is refused later, in [`serve`] and
+/// [`generation_requests`].)
 fn refuse_unserved(endpoint: Endpoint, body: &Body) -> Result<(), ApiError> {
 	let chat = matches!(endpoint, Endpoint::Chat);
 	let none = |value: &Option<Value>, means_none: &[Value]| match value {
@@ -2686,6 +2692,8 @@ struct TokenizeBody {
 	/// A text prompt's special tokens, as a completion's `add_special_tokens` (true when
 	/// absent); with `messages`, only false (the template writes them).
 	add_special_tokens: Option<bool>,
+	/// Not served: a template of the request's own (refused, as on chat).
+	chat_template: Option<Value>,
 	/// With `messages`: the tools given to the template (OpenAI's definitions).
 	tools: Option<Vec<Value>>,
 	/// With `tools`: how they are to be called, as a chat's (`"auto"` when absent): the tools
@@ -2711,6 +2719,11 @@ async fn tokenize(
 	];
 	if let (None, Some((field, _))) = (&body.messages, chat_only.iter().find(|(_, given)| *given)) {
 		return Err(ApiError::bad_request(format!("{field}: only with messages")));
+	}
+	if body.chat_template.as_ref().is_some_and(|t| !t.is_null()) {
+		return Err(ApiError::bad_request(
+			"chat_template: not served by this worker (the model's own is used)",
+		));
 	}
 	if body.messages.is_some() && body.add_special_tokens == Some(true) {
 		return Err(ApiError::bad_request(
@@ -2750,33 +2763,34 @@ async fn tokenize(
 		None if registered.is_some() => Some(Vec::new()),
 		documents => documents,
 	};
-	let tokens =
-		match (text, body.messages, documents) {
-			(Some(prompt), None, None) if body.add_special_tokens == Some(false) => {
-				state.tokenizer.encode_continuation(&prompt)?
-			}
-			(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
-			(None, Some(messages), None) => {
-				let (messages, definitions) = shown(&messages);
-				state.tokenizer.encode(&opening.render(template()?, &messages, &definitions)?)?
-			}
-			(None, Some(messages), Some(documents)) if opening == Opening::Answer => {
-				let template = template()?;
-				let show = |messages: &[Message]| Ok(shown(messages));
-				let instructions = registered.as_ref().map(|(_, text)| text.as_str());
-				let sources = Sources { instructions, documents: &documents, attributed: false };
-				SourcedPrompt::build(template, &state.tokenizer, &messages, &show, sources)?.all()
-			}
-			(None, Some(_), Some(_)) => return Err(ApiError::bad_request(
-				"documents, prompt: a chat with documents or a registered prompt ends with the \
-				 assistant's turn opened",
-			)),
-			_ => {
-				return Err(ApiError::bad_request(
-					"give either `prompt` or `messages` (and `documents`)",
-				))
-			}
-		};
+	let tokens = match (text, body.messages, documents) {
+		(Some(prompt), None, None) if body.add_special_tokens == Some(false) => {
+			state.tokenizer.encode_continuation(&prompt)?
+		}
+		(Some(prompt), None, None) => state.tokenizer.encode(&prompt)?,
+		(None, Some(messages), None) => {
+			let (messages, definitions) = shown(&messages);
+			state.tokenizer.encode(&opening.render(template()?, &messages, &definitions)?)?
+		}
+		(None, Some(messages), Some(documents)) if opening == Opening::Answer => {
+			let template = template()?;
+			let show = |messages: &[Message]| Ok(shown(messages));
+			let instructions = registered.as_ref().map(|(_, text)| text.as_str());
+			let sources = Sources { instructions, documents: &documents, attributed: false };
+			SourcedPrompt::build(template, &state.tokenizer, &messages, &show, sources)?.all()
+		}
+		(None, Some(_), Some(_)) => {
+			return Err(ApiError::bad_request(
+				"add_generation_prompt, continue_final_message: a chat with documents or a \
+				 registered prompt ends with the assistant's turn opened",
+			))
+		}
+		_ => {
+			return Err(ApiError::bad_request(
+				"give either `prompt` or `messages` (and `documents`)",
+			))
+		}
+	};
 	Ok(Json(json!({
 		"count": tokens.len(),
 		"max_model_len": state.engine.max_sequence(),
@@ -2801,6 +2815,8 @@ struct EmbeddingsBody {
 	/// Cut each input to its first this many tokens (-1: the model's most); absent, a longer
 	/// input is refused.
 	truncate_prompt_tokens: Option<i64>,
+	/// vLLM's; only 0 is taken (requests are served in arrival order).
+	priority: Option<i64>,
 }
 
 /// One vector of an embeddings answer.
@@ -2836,6 +2852,7 @@ async fn embeddings(
 	body: Result<Json<EmbeddingsBody>, JsonRejection>,
 ) -> Result<Json<EmbeddingsAnswer>, ApiError> {
 	let Json(body) = body?;
+	refuse_pooling_options(body.priority, [("", &None); 5])?;
 	let (name, service) = state.embedding_model(body.model.as_deref())?;
 	let base64 = match body.encoding_format.as_deref() {
 		None | Some("float") => false,

@@ -1351,9 +1351,7 @@ impl JsonState {
 		token_bytes: &TokenBytes,
 		eos: Option<u32>,
 	) -> Vec<bool> {
-		let mut allowed: Vec<bool> = (0..token_bytes.len())
-			.map(|id| self.accepts(grammar, token_bytes.get(id).unwrap_or_default()).is_some())
-			.collect();
+		let mut allowed = token_bytes.each_fitting(|bytes| self.accepts(grammar, bytes).is_some());
 		allow_end(&mut allowed, eos, self.can_end(grammar));
 		allowed
 	}

@@ -1079,6 +1079,8 @@ fn vllm_request_extras_are_the_librarys_or_refused() {
 	refused_chat(json!({"messages": messages, "add_special_tokens": true}), "add_special_tokens");
 	let body = json!({"messages": messages, "add_special_tokens": true});
 	refused_at(address, "/tokenize", body, "add_special_tokens");
+	let body = json!({"messages": messages, "chat_template": "{{ messages }}"});
+	refused_at(address, "/tokenize", body, "chat_template: not served");
 	assert_eq!(
 		tokens(json!({"prompt": PARIS, "add_special_tokens": false})),
 		tokenizer.encode_continuation(PARIS).unwrap()
@@ -2884,6 +2886,7 @@ fn score_and_rerank_order_texts_by_their_embeddings() {
 	refused("/score", json!({"text_1": query, "text_2": "x", "activation": true}), "activation");
 	let body = json!({"query": query, "documents": documents, "rank_fields": ["text"]});
 	refused("/rerank", body, "rank_fields");
+	refused("/v1/embeddings", json!({"input": "x", "priority": 2}), "priority");
 	let (status, answer) =
 		post(address, "/score", &json!({"model": MODEL, "text_1": query, "text_2": query}));
 	assert_eq!(status, 404, "{answer}");
