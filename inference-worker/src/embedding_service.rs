@@ -89,8 +89,18 @@ impl EmbeddingService {
 	/// [`Error::Overloaded`] when [`MAX_WAITING`] requests are waiting, and with
 	/// [`Error::Request`] for an input that cannot be embedded.
 	pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+		self.embed_named(inputs, |i| format!("input {i}")).await
+	}
+
+	/// [`Self::embed`], with the error for a bad input naming it `name(i)`, as the request
+	/// named it (`documents[3]`, say).
+	pub async fn embed_named(
+		&self,
+		inputs: Vec<Vec<u32>>,
+		name: impl Fn(usize) -> String,
+	) -> Result<Vec<Vec<f32>>> {
 		for (i, tokens) in inputs.iter().enumerate() {
-			self.model.check(&format!("input {i}"), tokens)?;
+			self.model.check(&name(i), tokens)?;
 		}
 		let (reply, answer) = oneshot::channel();
 		self.jobs.try_send(Job { inputs, reply }).map_err(|e| match e {

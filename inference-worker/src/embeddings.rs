@@ -77,11 +77,15 @@ pub fn normalize(v: &mut [f32]) {
 	v.iter_mut().for_each(|x| *x /= norm);
 }
 
-/// The cosine similarity of two vectors of the same length.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-	let dot = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-	let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-	dot / (norm(a) * norm(b)).max(f32::MIN_POSITIVE)
+/// The cosine similarity of two vectors of the same length, summed in `f64` (0 if either is
+/// zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+	let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+	let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+	match norm(a) * norm(b) {
+		0.0 => 0.0,
+		norms => dot / norms,
+	}
 }
 
 /// An entry of `modules.json`.
@@ -402,7 +406,8 @@ mod tests {
 		let mut zero = vec![0.0; 3];
 		normalize(&mut zero);
 		assert_eq!(zero, vec![0.0; 3]);
-		assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - 0.5f32.sqrt()).abs() < 1e-6);
+		assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - 0.5f64.sqrt()).abs() < 1e-12);
+		assert_eq!(cosine(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
 	}
 
 	#[test]

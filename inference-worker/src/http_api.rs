@@ -37,7 +37,8 @@
 //!   `tools` (on completions), vLLM's `use_beam_search` and `length_penalty`, `priority`
 //!   other than 0, `return_tokens_as_token_ids`, `guided_whitespace_pattern`, `logits_processors`,
 //!   `prompt_embeds`, a request's own `chat_template` and
-//!   `stream_options.continuous_usage_stats`.
+//!   `stream_options.continuous_usage_stats`. Fields unknown to the worker are ignored and
+//!   logged by name, on every route (see [`crate::request_body`]).
 //! - `POST /v1/chat/completions`: the same, with `messages` (`role`, `content`) rendered in the
 //!   model's own chat template instead of `prompt` and `max_tokens` (or `max_completion_tokens`)
 //!   the rest of the context when absent (the model's, or the KV cache's if smaller: vLLM's);
@@ -156,7 +157,7 @@ use std::{
 };
 
 use axum::{
-	extract::{rejection::JsonRejection, DefaultBodyLimit, State},
+	extract::{DefaultBodyLimit, State},
 	http::{header, StatusCode},
 	response::{
 		sse::{Event, KeepAlive, Sse},
@@ -183,6 +184,7 @@ use crate::{
 	datanet_sync::SyncStatus,
 	ebnf_grammar::EbnfGrammar,
 	embedding_service::EmbeddingService,
+	embeddings::cosine,
 	error::Error,
 	generate::{
 		check_token_ids, FinishReason, Generation, GenerationRequest, Prompt, ResponseFormat,
@@ -193,6 +195,7 @@ use crate::{
 	lora::AdapterSource,
 	prompt_registry::{fill, PromptError, PromptRef, PromptRegistry, RegisteredPrompt},
 	regex_grammar::RegexGrammar,
+	request_body::{BodyRejection, Lenient},
 	retrieval::{self, Record, VectorIndex, MAX_TOP_K},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
@@ -535,8 +538,8 @@ impl From<AdapterError> for ApiError {
 	}
 }
 
-impl From<JsonRejection> for ApiError {
-	fn from(rejection: JsonRejection) -> Self {
+impl From<BodyRejection> for ApiError {
+	fn from(rejection: BodyRejection) -> Self {
 		let status = rejection.status();
 		let code =
 			if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "invalid_json" };
@@ -544,7 +547,7 @@ impl From<JsonRejection> for ApiError {
 		// for anything wrong with the request itself.
 		let status =
 			if status == StatusCode::PAYLOAD_TOO_LARGE { status } else { StatusCode::BAD_REQUEST };
-		Self { status, kind: "invalid_request_error", code, message: rejection.body_text() }
+		Self { status, kind: "invalid_request_error", code, message: rejection.to_string() }
 	}
 }
 
@@ -1713,15 +1716,7 @@ fn truncated(
 	k: i64,
 	max: usize,
 ) -> Result<Vec<Prompt>, ApiError> {
-	let keep = match k {
-		-1 => max,
-		k if k >= 1 && k as u64 <= max as u64 => k as usize,
-		k => {
-			return Err(ApiError::bad_request(format!(
-				"truncate_prompt_tokens: {k} is neither -1 nor 1 to the model's {max} tokens"
-			)))
-		}
-	};
+	let keep = truncation(k, max)?;
 	prompts
 		.into_iter()
 		.map(|prompt| {
@@ -1740,6 +1735,18 @@ fn truncated(
 			Ok(Prompt::Tokens(bos.into_iter().chain(last.iter().copied()).collect()))
 		})
 		.collect()
+}
+
+/// How many tokens `truncate_prompt_tokens` (`k`) keeps of a model that takes `max`: -1 for
+/// `max`, else 1 to `max`.
+fn truncation(k: i64, max: usize) -> Result<usize, ApiError> {
+	match k {
+		-1 => Ok(max),
+		k if k >= 1 && k as u64 <= max as u64 => Ok(k as usize),
+		k => Err(ApiError::bad_request(format!(
+			"truncate_prompt_tokens: {k} is neither -1 nor 1 to the model's {max} tokens"
+		))),
+	}
 }
 
 /// `prompts` at `endpoint` as the request asks for them: a completion's texts without the
@@ -2457,9 +2464,9 @@ impl Streamer {
 
 async fn completions(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<Body>, JsonRejection>,
+	body: Result<Lenient<Body>, BodyRejection>,
 ) -> Result<Response, ApiError> {
-	let Json(mut body) = body?;
+	let Lenient(mut body) = body?;
 	let prompts = match body.prompt.take() {
 		None => return Err(ApiError::bad_request("prompt: missing field `prompt`")),
 		Some(prompt) => prompts("prompt", prompt, MAX_PROMPTS)?,
@@ -2483,9 +2490,9 @@ async fn completions(
 
 async fn chat_completions(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<Body>, JsonRejection>,
+	body: Result<Lenient<Body>, BodyRejection>,
 ) -> Result<Response, ApiError> {
-	let Json(mut body) = body?;
+	let Lenient(mut body) = body?;
 	let template = state.chat_template()?;
 	let messages = body
 		.messages
@@ -2707,9 +2714,9 @@ struct TokenizeBody {
 /// count and the most tokens a request may reach.
 async fn tokenize(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<TokenizeBody>, JsonRejection>,
+	body: Result<Lenient<TokenizeBody>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Lenient(body) = body?;
 	state.served(body.model.as_deref()).await?;
 	let opening = Opening::of(body.add_generation_prompt, body.continue_final_message)?;
 	let chat_only = [
@@ -2849,10 +2856,10 @@ struct EmbeddingsAnswer {
 /// Sentence embeddings of the inputs (OpenAI's `/v1/embeddings`).
 async fn embeddings(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<EmbeddingsBody>, JsonRejection>,
+	body: Result<Lenient<EmbeddingsBody>, BodyRejection>,
 ) -> Result<Json<EmbeddingsAnswer>, ApiError> {
-	let Json(body) = body?;
-	refuse_pooling_options(body.priority, [("", &None); 5])?;
+	let Lenient(body) = body?;
+	refuse_priority(body.priority)?;
 	let (name, service) = state.embedding_model(body.model.as_deref())?;
 	let base64 = match body.encoding_format.as_deref() {
 		None | Some("float") => false,
@@ -2906,15 +2913,7 @@ fn embedding_truncation(
 	service: &EmbeddingService,
 	truncate_prompt_tokens: Option<i64>,
 ) -> Result<Option<usize>, ApiError> {
-	let max = service.max_tokens();
-	match truncate_prompt_tokens {
-		None => Ok(None),
-		Some(-1) => Ok(Some(max)),
-		Some(k) if k >= 1 && k as u64 <= max as u64 => Ok(Some(k as usize)),
-		Some(k) => Err(ApiError::bad_request(format!(
-			"truncate_prompt_tokens: {k} is neither -1 nor 1 to the model's {max} tokens"
-		))),
-	}
+	truncate_prompt_tokens.map(|k| truncation(k, service.max_tokens())).transpose()
 }
 
 /// The token ids of the embedding model's `inputs`, each cut to `truncate` tokens if given.
@@ -2944,11 +2943,8 @@ async fn embed_texts(
 ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
 	let inputs = texts.iter().map(|(_, t)| Prompt::Text(t.to_string())).collect();
 	let inputs = embedding_inputs(service, inputs, truncate)?;
-	for ((name, _), tokens) in texts.iter().zip(&inputs) {
-		service.model().check(name, tokens)?;
-	}
 	let tokens = inputs.iter().map(Vec::len).sum();
-	Ok((service.embed(inputs).await?, tokens))
+	Ok((service.embed_named(inputs, |i| texts[i].0.clone()).await?, tokens))
 }
 
 /// `texts` named `field[i]` (or `field` alone, for one given as a text).
@@ -2956,16 +2952,6 @@ fn named<'t>(field: &str, texts: &'t [String], one: bool) -> Vec<(String, &'t St
 	match one {
 		true => texts.iter().map(|t| (field.to_string(), t)).collect(),
 		false => texts.iter().enumerate().map(|(i, t)| (format!("{field}[{i}]"), t)).collect(),
-	}
-}
-
-/// The cosine of the angle between `a` and `b` (0 if either is zero).
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-	let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-	let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-	match norm(a) * norm(b) {
-		0.0 => 0.0,
-		norms => dot / norms,
 	}
 }
 
@@ -3008,25 +2994,29 @@ struct ScoreBody {
 	/// Each text cut to its first this many tokens (-1: the model's most); absent, a longer
 	/// text is refused.
 	truncate_prompt_tokens: Option<i64>,
-	/// Not served (refused unless they mean none): see [`refuse_pooling_options`].
+	/// Not served (refused unless they mean none): see [`refuse_priority`] and
+	/// [`refuse_pooling_options`].
 	priority: Option<i64>,
 	activation: Option<Value>,
 	use_activation: Option<Value>,
 	softmax: Option<Value>,
 }
 
-/// Refuses what a `/score` or `/rerank` request asks for that is not served: a priority
-/// other than 0 (requests are served in arrival order), an activation over the scores
-/// (cross-encoders'; these are cosines), Cohere's `rank_fields` and `max_tokens_per_doc`.
-fn refuse_pooling_options(
-	priority: Option<i64>,
-	options: [(&str, &Option<Value>); 5],
-) -> Result<(), ApiError> {
-	if priority.is_some_and(|p| p != 0) {
-		return Err(ApiError::bad_request(
+/// Refuses an embedding model's request's `priority` other than 0: requests are served in
+/// arrival order.
+fn refuse_priority(priority: Option<i64>) -> Result<(), ApiError> {
+	match priority {
+		Some(p) if p != 0 => Err(ApiError::bad_request(
 			"priority: not served by this worker (requests are served in arrival order)",
-		));
+		)),
+		_ => Ok(()),
 	}
+}
+
+/// Refuses what a `/score` or `/rerank` request asks for that is not served: an activation
+/// over the scores (cross-encoders'; these are cosines), Cohere's `rank_fields` and
+/// `max_tokens_per_doc`.
+fn refuse_pooling_options(options: [(&str, &Option<Value>); 5]) -> Result<(), ApiError> {
 	match options.iter().find(|(_, value)| value.as_ref().is_some_and(|v| !v.is_null())) {
 		Some((field, _)) => Err(ApiError::bad_request(format!(
 			"{field}: not served by this worker (scores are the cosines of embeddings)"
@@ -3039,9 +3029,9 @@ fn refuse_pooling_options(
 /// of their embeddings' angle, by pair in order.
 async fn score(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<ScoreBody>, JsonRejection>,
+	body: Result<Lenient<ScoreBody>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Lenient(body) = body?;
 	let none = &None;
 	let options = [
 		("activation", &body.activation),
@@ -3050,7 +3040,8 @@ async fn score(
 		("rank_fields", none),
 		("max_tokens_per_doc", none),
 	];
-	refuse_pooling_options(body.priority, options)?;
+	refuse_priority(body.priority)?;
+	refuse_pooling_options(options)?;
 	let (name, service) = state.embedding_model(body.model.as_deref())?;
 	let truncate = embedding_truncation(service, body.truncate_prompt_tokens)?;
 	let most = MAX_EMBEDDING_INPUTS;
@@ -3103,7 +3094,8 @@ struct RerankBody {
 	/// Cohere's: whether each result carries its document (true when absent, as vLLM's).
 	return_documents: Option<bool>,
 	truncate_prompt_tokens: Option<i64>,
-	/// Not served (refused unless they mean none): see [`refuse_pooling_options`].
+	/// Not served (refused unless they mean none): see [`refuse_priority`] and
+	/// [`refuse_pooling_options`].
 	priority: Option<i64>,
 	activation: Option<Value>,
 	use_activation: Option<Value>,
@@ -3117,9 +3109,9 @@ struct RerankBody {
 /// score; ties keep the documents' order).
 async fn rerank(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<RerankBody>, JsonRejection>,
+	body: Result<Lenient<RerankBody>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Lenient(body) = body?;
 	let options = [
 		("activation", &body.activation),
 		("use_activation", &body.use_activation),
@@ -3127,7 +3119,8 @@ async fn rerank(
 		("rank_fields", &body.rank_fields),
 		("max_tokens_per_doc", &body.max_tokens_per_doc),
 	];
-	refuse_pooling_options(body.priority, options)?;
+	refuse_priority(body.priority)?;
+	refuse_pooling_options(options)?;
 	let (name, service) = state.embedding_model(body.model.as_deref())?;
 	let truncate = embedding_truncation(service, body.truncate_prompt_tokens)?;
 	let query = body.query.ok_or_else(|| ApiError::bad_request("query: missing field `query`"))?;
@@ -3236,9 +3229,9 @@ const DEFAULT_TOP_K: usize = 4;
 /// The records most similar to a query (`{"query", "top_k", "datanets"}`), most similar first.
 async fn retrieve(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<RetrievalBody>, JsonRejection>,
+	body: Result<Lenient<RetrievalBody>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Lenient(body) = body?;
 	let query =
 		body.query.clone().ok_or_else(|| ApiError::bad_request("query: missing field `query`"))?;
 	let (hits, tokens) = state.retrieve(&query, &body).await?;
@@ -3291,9 +3284,9 @@ impl ApiState {
 /// none. Answers how many were new (`added`) and how many are held (`total`).
 async fn add_records(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<RecordsBody>, JsonRejection>,
+	body: Result<Lenient<RecordsBody>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Lenient(body) = body?;
 	let (service, records) = state.retrieval()?;
 	state.runtime_records_allowed()?;
 	if body.records.is_empty() || body.records.len() > MAX_EMBEDDING_INPUTS {
@@ -3310,9 +3303,9 @@ async fn add_records(
 /// Deletes the records of the ids given (those not held are counted out).
 async fn delete_records(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<DeleteRecordsBody>, JsonRejection>,
+	body: Result<Lenient<DeleteRecordsBody>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Lenient(body) = body?;
 	let (_, records) = state.retrieval()?;
 	state.runtime_records_allowed()?;
 	let mut index = records.write().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -3330,9 +3323,9 @@ struct DetokenizeBody {
 /// The text of token ids.
 async fn detokenize(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<DetokenizeBody>, JsonRejection>,
+	body: Result<Lenient<DetokenizeBody>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-	let Json(body) = body?;
+	let Lenient(body) = body?;
 	state.served(body.model.as_deref()).await?;
 	check_token_ids("tokens", &body.tokens, state.tokenizer.vocab_size())?;
 	Ok(Json(json!({ "prompt": state.tokenizer.decode(&body.tokens)? })))
@@ -3362,10 +3355,10 @@ impl ApiState {
 /// a corrupt or mismatched adapter is refused here (422) rather than at its first request.
 async fn load_adapter(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<LoadAdapter>, JsonRejection>,
+	body: Result<Lenient<LoadAdapter>, BodyRejection>,
 ) -> Result<String, ApiError> {
 	state.runtime_adapters_allowed()?;
-	let Json(LoadAdapter { lora_name: name, lora_path }) = body?;
+	let Lenient(LoadAdapter { lora_name: name, lora_path }) = body?;
 	let dir = lora_path.ok_or_else(|| ApiError::bad_request("lora_path: missing"))?;
 	if name.is_empty() || name == state.model_name {
 		return Err(ApiError::bad_request(format!("lora_name: {name:?} cannot name an adapter")));
@@ -3407,10 +3400,10 @@ struct UnloadAdapter {
 /// its weights leave memory as the caches need room).
 async fn unload_adapter(
 	State(state): State<Arc<ApiState>>,
-	body: Result<Json<UnloadAdapter>, JsonRejection>,
+	body: Result<Lenient<UnloadAdapter>, BodyRejection>,
 ) -> Result<String, ApiError> {
 	state.runtime_adapters_allowed()?;
-	let Json(UnloadAdapter { lora_name: name }) = body?;
+	let Lenient(UnloadAdapter { lora_name: name }) = body?;
 	adapter_registry::unreserved(&name).map_err(|e| {
 		ApiError::bad_request(format!(
 			"lora_name: {e}, served while the chain names them (their owners retire them there)"

@@ -31,6 +31,7 @@
 //! - The chain the worker follows ([`chain_rpc`]): [`datanet_sync`], the accepted records of
 //!   DataNets; [`prompt_registry`], registered prompts a chat may name; [`adapter_registry`],
 //!   registered adapters a request may name as its model.
+//! - [`request_body`]: a request's JSON body, its fields unknown to the worker logged.
 //! - [`metrics`]: latency histograms for `/metrics`.
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, and [`allocator`]: how malloc keeps large blocks,
@@ -64,6 +65,7 @@ pub mod model;
 pub mod models;
 pub mod prompt_registry;
 pub mod regex_grammar;
+pub mod request_body;
 pub mod retrieval;
 pub mod sampling;
 pub mod service;

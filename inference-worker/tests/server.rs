@@ -871,6 +871,104 @@ fn assert_whole_and_streamed(
 	assert_eq!(streamed.reasons[0].as_deref(), Some(reason(want)));
 }
 
+/// A chat template of this test's own: ChatML after the beginning of sequence, with Qwen3's
+/// `enable_thinking` (false: an empty thought opens the answer).
+const THINKING_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role \
+	}}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n\
+	{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}\
+	{% endif %}";
+
+/// The real model served with a tokenizer that adds a beginning of sequence (SmolLM2's adds
+/// none, so there these cannot fail) and a template that reads a variable of its own: over
+/// HTTP, whole and streamed, against the library on token ids written here, a completion's
+/// prompt has the BOS, or not with `add_special_tokens: false`, on `/tokenize` too;
+/// `truncate_prompt_tokens` keeps it first; `chat_template_kwargs` reaches the template; a
+/// chat's prompt has one BOS, the template's; `echo` repeats the continued message in each of
+/// `n` choices, streamed too.
+#[test]
+fn a_bos_and_template_keywords_are_served_as_asked() {
+	let (model, tokenizer) = load(WeightFormat::AsStored);
+	let mut own = (*tokenizer).clone();
+	let bos = tokenizer.special_token("<|endoftext|>").unwrap();
+	(own.bos, own.add_bos, own.chat_template) = (Some(bos), true, Some(THINKING_TEMPLATE.into()));
+	let tokenizer = Arc::new(own);
+	let address = start(model.clone(), tokenizer.clone(), Vec::new(), EngineConfig::default());
+	let alone = |prompt: Vec<u32>| {
+		let request = GenerationRequest { prompt: Prompt::Tokens(prompt), ..greedy("", 8) };
+		generate(&model, &tokenizer, None, &request).unwrap()
+	};
+	let (completion, chat) = (("/text", "/text"), ("/message/content", "/delta/content"));
+	let tokens = |body: Value| -> Vec<u32> {
+		let (status, answer) = post(address, "/tokenize", &body);
+		assert_eq!(status, 200, "{answer}");
+		serde_json::from_value(answer["tokens"].clone()).unwrap()
+	};
+
+	// A completion's text gets the BOS unless asked not to.
+	let text = tokenizer.encode_continuation(PARIS).unwrap();
+	assert_ne!(text[0], bos);
+	let with_bos: Vec<u32> = [bos].into_iter().chain(text.iter().copied()).collect();
+	assert_eq!(tokens(json!({"prompt": PARIS})), with_bos);
+	assert_eq!(tokens(json!({"prompt": PARIS, "add_special_tokens": false})), text);
+	let mut body = json!({"prompt": PARIS, "max_tokens": 8, "temperature": 0});
+	let want = alone(with_bos.clone());
+	assert_whole_and_streamed(address, "/v1/completions", &body, &want, completion);
+	body["add_special_tokens"] = json!(false);
+	let without = alone(text.clone());
+	assert_eq!(without.prompt_tokens, text);
+	assert_whole_and_streamed(address, "/v1/completions", &body, &without, completion);
+	// Cut to its last 3 tokens: the BOS and the text's last 2; without the BOS, the last 3.
+	let mut body = json!({"prompt": PARIS, "max_tokens": 8, "temperature": 0,
+		"truncate_prompt_tokens": 3});
+	let last = |n: usize| text[text.len() - n..].to_vec();
+	let want = alone([bos].into_iter().chain(last(2)).collect());
+	assert_whole_and_streamed(address, "/v1/completions", &body, &want, completion);
+	body["add_special_tokens"] = json!(false);
+	assert_whole_and_streamed(address, "/v1/completions", &body, &alone(last(3)), completion);
+
+	// A chat: the template's BOS only; the keyword reaches it.
+	let question = "What is the capital of France?";
+	let messages = json!([{"role": "user", "content": question}]);
+	let opened =
+		format!("<|endoftext|><|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n");
+	let thoughtless = format!("{opened}<think>\n\n</think>\n\n");
+	let (opened, thoughtless) =
+		(tokenizer.encode(&opened).unwrap(), tokenizer.encode(&thoughtless).unwrap());
+	assert_eq!(opened.iter().filter(|&&t| t == bos).count(), 1);
+	assert_eq!(tokens(json!({"messages": messages})), opened);
+	let keywords = json!({"enable_thinking": false});
+	let body = json!({"messages": messages, "chat_template_kwargs": keywords});
+	assert_eq!(tokens(body), thoughtless);
+	let mut body = json!({"messages": messages, "max_tokens": 8, "temperature": 0});
+	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &alone(opened), chat);
+	body["chat_template_kwargs"] = keywords.clone();
+	assert_whole_and_streamed(address, "/v1/chat/completions", &body, &alone(thoughtless), chat);
+	body["chat_template_kwargs"] = json!({"enable_thinking": true});
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+
+	// Echo of a continued message, in each of two choices, whole and streamed.
+	let messages = json!([{"role": "user", "content": question},
+		{"role": "assistant", "content": PARIS}]);
+	let head = format!(
+		"<|endoftext|><|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n{PARIS}"
+	);
+	let want = alone(tokenizer.encode(&head).unwrap());
+	let body = json!({"messages": messages, "max_tokens": 8, "temperature": 0, "n": 2,
+		"echo": true, "add_generation_prompt": false, "continue_final_message": true});
+	let echoed = format!("{PARIS}{}", want.text);
+	let (status, answer) = post(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{answer}");
+	let (status, events) = stream(address, "/v1/chat/completions", &body);
+	assert_eq!(status, 200, "{events:?}");
+	let streamed = gather(&events, "chat.completion.chunk", "/delta/content");
+	assert_eq!(streamed.texts.len(), 2);
+	for i in 0..2 {
+		assert_eq!(answer["choices"][i]["message"]["content"], echoed.as_str(), "{answer}");
+		assert_eq!(streamed.texts[i].0, echoed);
+	}
+}
+
 /// vLLM's request extras are the library's, whole and streamed: `include_stop_str_in_output`
 /// (a stop sequence or token kept in the text), `allowed_token_ids`, `bad_words` (spelled as
 /// vLLM spells them), `truncate_prompt_tokens` (the prompt's last tokens), and a chat's
@@ -3819,7 +3917,7 @@ fn records_are_retrieved_into_chats_and_attributed() {
 	for hit in data {
 		let text = hit["text"].as_str().unwrap();
 		let want = cosine(&q, &vector(text));
-		assert!((hit["score"].as_f64().unwrap() as f32 - want).abs() < 1e-5, "{hit}");
+		assert!((hit["score"].as_f64().unwrap() - want).abs() < 1e-5, "{hit}");
 	}
 	assert!(data[0]["score"].as_f64() > data[1]["score"].as_f64());
 	let (_, filtered) = post(
