@@ -566,6 +566,7 @@ impl<D: Decoder> Engine<D> {
 			}
 			let Some(mut seq) = self.waiting.remove(i) else { break };
 			seq.pending.drain(..reused);
+			seq.progress.record_cached(reused);
 			seq.scheduled = chunk;
 			*rows = rows.saturating_sub(wanted_rows);
 			self.stats.tokens_reused += reused as u64;

@@ -330,6 +330,9 @@ pub struct Generation {
 	pub text: String,
 	/// Why it ended.
 	pub finish_reason: FinishReason,
+	/// How many of the prompt's tokens came from the prefix cache when it was first scheduled
+	/// (vLLM's `num_cached_tokens`; 0 when generated alone).
+	pub cached_tokens: usize,
 }
 
 impl Generation {
@@ -419,6 +422,8 @@ pub struct Progress {
 	include_stop: bool,
 	text: String,
 	finish_reason: Option<FinishReason>,
+	/// How many prompt tokens the prefix cache gave when the request was first scheduled.
+	cached_tokens: Option<usize>,
 }
 
 impl Progress {
@@ -472,7 +477,14 @@ impl Progress {
 			text: String::new(),
 			// A prompt scored only is finished once its log-probabilities are in.
 			finish_reason: (request.max_tokens == 0).then_some(FinishReason::Length),
+			cached_tokens: None,
 		})
+	}
+
+	/// Records that `reused` prompt tokens came from the prefix cache when the request was
+	/// scheduled: the first time only (after a preemption its own blocks may come back).
+	pub fn record_cached(&mut self, reused: usize) {
+		self.cached_tokens.get_or_insert(reused);
 	}
 
 	/// Whether the request is finished.
@@ -697,6 +709,7 @@ impl Progress {
 			prompt_logprobs: self.prompt_logprobs.map(|(_, p)| p),
 			text,
 			finish_reason,
+			cached_tokens: self.cached_tokens.unwrap_or(0),
 		})
 	}
 }

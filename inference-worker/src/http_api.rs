@@ -80,6 +80,8 @@
 //!   gets its error status before any event; the events begin once the engine has taken it,
 //!   and a later error (an adapter that cannot be loaded, a failed step) is sent as an
 //!   `{"error": …}` event before `[DONE]`.
+//! - `POST /v1/responses`: OpenAI's Responses API, read as a chat and answered as a response,
+//!   whole or as the response's streamed events (see [`crate::responses`]).
 //! - `POST /tokenize` (`prompt` and `add_special_tokens`, or `messages`, `tools`,
 //!   `tool_choice`, `documents`, a registered `prompt`, `add_generation_prompt`,
 //!   `continue_final_message` and `chat_template_kwargs`, placed as a chat places them) and
@@ -195,7 +197,8 @@ use crate::{
 	lora::AdapterSource,
 	prompt_registry::{fill, PromptError, PromptRef, PromptRegistry, RegisteredPrompt},
 	regex_grammar::RegexGrammar,
-	request_body::{BodyRejection, Lenient},
+	request_body::{self, BodyRejection, Lenient},
+	responses::{self as responses_api, Head, ResponseEvents},
 	retrieval::{self, Record, VectorIndex, MAX_TOP_K},
 	sampling::{SamplingParams, MAX_TOP_LOGPROBS},
 	service::{EngineService, EventStream, StreamEvent},
@@ -408,6 +411,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 		.route("/v1/chat/completions", post(chat_completions))
 		.route("/v1/load_lora_adapter", post(load_adapter))
 		.route("/v1/unload_lora_adapter", post(unload_adapter))
+		.route("/v1/responses", post(responses))
 		.route("/v1/embeddings", post(embeddings))
 		.route("/score", post(score))
 		.route("/v1/score", post(score))
@@ -1095,6 +1099,14 @@ struct Usage {
 	prompt_tokens: usize,
 	completion_tokens: usize,
 	total_tokens: usize,
+	/// OpenAI's: how many of the prompt tokens came from the prefix cache.
+	prompt_tokens_details: PromptTokensDetails,
+}
+
+/// [`Usage::prompt_tokens_details`].
+#[derive(Debug, Default, Serialize)]
+struct PromptTokensDetails {
+	cached_tokens: usize,
 }
 
 /// OpenAI's name for why generation ended.
@@ -1684,10 +1696,16 @@ impl TokenLogprob {
 /// Token counts of an answer's generations, each with its choice's index, `n` choices per
 /// prompt (each prompt counted once).
 fn usage_of<'g>(generations: impl IntoIterator<Item = (usize, &'g Generation)>, n: usize) -> Usage {
-	let mut usage = Usage { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
+	let mut usage = Usage {
+		prompt_tokens: 0,
+		completion_tokens: 0,
+		total_tokens: 0,
+		prompt_tokens_details: PromptTokensDetails::default(),
+	};
 	for (index, generation) in generations {
 		if index % n.max(1) == 0 {
 			usage.prompt_tokens += generation.prompt_tokens.len();
+			usage.prompt_tokens_details.cached_tokens += generation.cached_tokens;
 		}
 		usage.completion_tokens += generation.tokens.len();
 	}
@@ -1823,7 +1841,7 @@ async fn serve(
 	),
 	served: Served,
 	body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
 	let (model, adapter) = (served.name.clone(), served.adapter.clone());
 	refuse_unserved(endpoint, &body)?;
 	let attribution = match (&body.attribution, &grounding) {
@@ -1996,7 +2014,7 @@ async fn serve(
 	if let (Endpoint::Chat, Some(k), Some(g)) = (endpoint, prompt_logprobs, generations.first()) {
 		answer["prompt_logprobs"] = prompt_logprobs_of(&state.tokenizer, g, k)?;
 	}
-	Ok(Json(answer).into_response())
+	Ok(Answer::Whole(answer))
 }
 
 /// Why a chat cannot be attributed.
@@ -2138,8 +2156,8 @@ struct ChunkHead {
 impl ChunkHead {
 	/// A chunk with `choices` (and `usage`: `null` on every chunk but the last when the client
 	/// asked for it, absent otherwise).
-	fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Event {
-		Event::default().data(self.chunk_json(choices, usage).to_string())
+	fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Sent {
+		Sent::Chunk(self.chunk_json(choices, usage))
 	}
 
 	/// [`ChunkHead::chunk`]'s JSON.
@@ -2195,7 +2213,7 @@ async fn stream(
 		serde_json::Map<String, Value>,
 		Option<Attributing>,
 	),
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
 	let tokenizer = state.tokenizer.clone();
 	let mut choices = Vec::with_capacity(requests.len());
 	let mut started = Vec::with_capacity(requests.len());
@@ -2234,7 +2252,7 @@ async fn stream(
 			if let (true, Some(chunk)) = (start.is_empty(), chunk.as_object_mut()) {
 				chunk.extend(first_fields.clone());
 			}
-			start.push(Event::default().data(chunk.to_string()));
+			start.push(Sent::Chunk(chunk));
 			*offset = text.chars().count();
 		}
 	}
@@ -2246,7 +2264,7 @@ async fn stream(
 		if let Some(chunk) = chunk.as_object_mut() {
 			chunk.extend(first_fields.clone());
 		}
-		start.push(Event::default().data(chunk.to_string()));
+		start.push(Sent::Chunk(chunk));
 	}
 
 	let calls = match &head.calling {
@@ -2267,12 +2285,45 @@ async fn stream(
 		running: open,
 		ended: false,
 	};
-	let events = futures::stream::unfold(answer, |mut answer| async move {
-		let events = answer.next_events().await?;
-		Some((futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>)), answer))
+	let sent = futures::stream::unfold(answer, |mut answer| async move {
+		let sent = answer.next_events().await?;
+		Some((futures::stream::iter(sent), answer))
 	})
 	.flatten();
-	Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+	Ok(Answer::Streamed(sent.boxed()))
+}
+
+/// A generating endpoint's answer: whole, or the chunks of its stream.
+enum Answer {
+	/// OpenAI's answer object.
+	Whole(Value),
+	/// What the stream sends, in order.
+	Streamed(BoxStream<'static, Sent>),
+}
+
+/// What a streamed answer sends: a chunk's object (or an error's), or the end.
+#[derive(Debug)]
+enum Sent {
+	Chunk(Value),
+	/// `[DONE]`.
+	Done,
+}
+
+impl IntoResponse for Answer {
+	fn into_response(self) -> Response {
+		match self {
+			Answer::Whole(answer) => Json(answer).into_response(),
+			Answer::Streamed(sent) => {
+				let events = sent.map(|sent| {
+					Ok::<_, Infallible>(match sent {
+						Sent::Chunk(chunk) => Event::default().data(chunk.to_string()),
+						Sent::Done => Event::default().data("[DONE]"),
+					})
+				});
+				Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+			}
+		}
+	}
 }
 
 /// A streamed answer in progress.
@@ -2289,7 +2340,7 @@ struct Streamer {
 	/// generation, ready to finish with its attribution).
 	scoring: FuturesUnordered<Scoring>,
 	/// Events to send before any choice's (a chat's role chunks).
-	start: Vec<Event>,
+	start: Vec<Sent>,
 	/// Where each choice's next token begins in its text (in characters).
 	offsets: Vec<usize>,
 	/// The choices finished, by index.
@@ -2307,7 +2358,7 @@ type Scoring = BoxFuture<'static, (usize, Generation, Result<Vec<Value>, ApiErro
 impl Streamer {
 	/// The events that the next thing to happen brings; `None` once the answer has ended
 	/// (which drops the choices' streams: any still running are cancelled).
-	async fn next_events(&mut self) -> Option<Vec<Event>> {
+	async fn next_events(&mut self) -> Option<Vec<Sent>> {
 		if self.ended {
 			return None;
 		}
@@ -2397,7 +2448,7 @@ impl Streamer {
 		index: usize,
 		generation: Generation,
 		scored: Result<Vec<Value>, ApiError>,
-	) -> Vec<Event> {
+	) -> Vec<Sent> {
 		match scored {
 			Ok(mut scored) => {
 				let attribution = (!scored.is_empty()).then(|| scored.swap_remove(0));
@@ -2414,7 +2465,7 @@ impl Streamer {
 		index: usize,
 		generation: Generation,
 		attribution: Option<Value>,
-	) -> Vec<Event> {
+	) -> Vec<Sent> {
 		let usage = self.head.include_usage.then_some(Value::Null);
 		let mut choice = self.head.endpoint.delta(index, Piece::End(generation.finish_reason));
 		if let Some(attribution) = attribution {
@@ -2435,7 +2486,7 @@ impl Streamer {
 				let usage = json!(usage_of(finished, self.head.n));
 				events.push(self.head.chunk(Vec::new(), Some(usage)));
 			}
-			events.push(Event::default().data("[DONE]"));
+			events.push(Sent::Done);
 			self.ended = true;
 		}
 		events
@@ -2453,12 +2504,12 @@ impl Streamer {
 	}
 
 	/// The events that end the answer with `error`, in the body since the status has gone.
-	fn fail(&mut self, error: ApiError) -> Vec<Event> {
+	fn fail(&mut self, error: ApiError) -> Vec<Sent> {
 		self.ended = true;
 		if error.status.is_server_error() {
 			tracing::warn!(status = %error.status, error = %error.message, "streamed request failed");
 		}
-		vec![Event::default().data(error.body().to_string()), Event::default().data("[DONE]")]
+		vec![Sent::Chunk(error.body()), Sent::Done]
 	}
 }
 
@@ -2485,14 +2536,59 @@ async fn completions(
 	// (What is refused anyway is refused before the model is looked up: on chain, say.)
 	refuse_unserved(Endpoint::Completions, &body)?;
 	let model = state.served(body.model.as_deref()).await?;
-	serve(state, Endpoint::Completions, (prompts, None, None, None), model, body).await
+	let answer = serve(state, Endpoint::Completions, (prompts, None, None, None), model, body);
+	Ok(answer.await?.into_response())
 }
 
 async fn chat_completions(
 	State(state): State<Arc<ApiState>>,
 	body: Result<Lenient<Body>, BodyRejection>,
 ) -> Result<Response, ApiError> {
-	let Lenient(mut body) = body?;
+	let Lenient(body) = body?;
+	Ok(chat(state, body).await?.into_response())
+}
+
+/// OpenAI's Responses API, read as a chat and answered as a response (see
+/// [`crate::responses`]): whole, or streamed as the response's events.
+async fn responses(
+	State(state): State<Arc<ApiState>>,
+	body: Result<Lenient<serde_json::Map<String, Value>>, BodyRejection>,
+) -> Result<Response, ApiError> {
+	let Lenient(request) = body?;
+	let request = responses_api::chat_request(request).map_err(ApiError::bad_request)?;
+	request_body::warn_ignored("/v1/responses", &request.ignored);
+	let body: Body = serde_path_to_error::deserialize(request.body)
+		.map_err(|e| ApiError::bad_request(format!("{e} (in the request read as a chat's)")))?;
+	let model = body.model.clone().unwrap_or_else(|| state.model_name.clone());
+	let head = Head {
+		id: responses_api::new_id("resp"),
+		created_at: now(),
+		model,
+		repeated: request.repeated,
+	};
+	match chat(state, body).await? {
+		Answer::Whole(answer) => {
+			Ok(Json(responses_api::response_of(&head, &answer)).into_response())
+		}
+		Answer::Streamed(sent) => {
+			let mut events = ResponseEvents::new(head);
+			let start = events.start();
+			let rest = sent.flat_map(move |sent| {
+				futures::stream::iter(match sent {
+					Sent::Chunk(chunk) => events.chunk(&chunk),
+					Sent::Done => events.done(),
+				})
+			});
+			let all = futures::stream::iter(start).chain(rest).map(|(kind, event)| {
+				Ok::<_, Infallible>(Event::default().event(kind).data(event.to_string()))
+			});
+			Ok(Sse::new(all).keep_alive(KeepAlive::default()).into_response())
+		}
+	}
+}
+
+/// A chat's answer (to `/v1/chat/completions`, or to `/v1/responses` read as a chat).
+async fn chat(state: Arc<ApiState>, mut body: Body) -> Result<Answer, ApiError> {
 	let template = state.chat_template()?;
 	let messages = body
 		.messages

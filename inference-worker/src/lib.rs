@@ -32,6 +32,7 @@
 //!   DataNets; [`prompt_registry`], registered prompts a chat may name; [`adapter_registry`],
 //!   registered adapters a request may name as its model.
 //! - [`request_body`]: a request's JSON body, its fields unknown to the worker logged.
+//! - [`responses`]: OpenAI's Responses API read as a chat, the chat's answer as a response.
 //! - [`metrics`]: latency histograms for `/metrics`.
 //! - [`models`]: where the real models live on this machine.
 //! - [`threads`]: the CPU thread count, and [`allocator`]: how malloc keeps large blocks,
@@ -66,6 +67,7 @@ pub mod models;
 pub mod prompt_registry;
 pub mod regex_grammar;
 pub mod request_body;
+pub mod responses;
 pub mod retrieval;
 pub mod sampling;
 pub mod service;

@@ -59,16 +59,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Lenient<T> {
 		let path = request.uri().path().to_string();
 		let Json(value) = Json::<Value>::from_request(request, state).await?;
 		if let Some(known) = field_names::<T>() {
-			let ignored = ignored_fields(&value, known);
-			if !ignored.is_empty() {
-				tracing::warn!(
-					path,
-					fields = ?ignored,
-					"the request's fields {ignored:?} are not known to this worker and were ignored"
-				);
-			}
+			warn_ignored(&path, &ignored_fields(&value, known));
 		}
 		Ok(Self(serde_path_to_error::deserialize(value)?))
+	}
+}
+
+/// Logs the fields of a request to `path` that were `ignored` (a `warn`), if there are any.
+pub fn warn_ignored(path: &str, ignored: &[impl AsRef<str> + std::fmt::Debug]) {
+	if !ignored.is_empty() {
+		tracing::warn!(
+			path,
+			fields = ?ignored,
+			"the request's fields {ignored:?} are not known to this worker and were ignored"
+		);
 	}
 }
 

@@ -1151,7 +1151,10 @@ fn vllm_request_extras_are_the_librarys_or_refused() {
 		let body = json!({"prompt": long, "max_tokens": 1, "cache_salt": salt});
 		let (status, answer) = post(address, "/v1/completions", &body);
 		assert_eq!(status, 200, "{answer}");
-		metric(address, "tokens_reused_total") - before
+		let reused = metric(address, "tokens_reused_total") - before;
+		// The answer says how much of its prompt came from the cache.
+		assert_eq!(answer["usage"]["prompt_tokens_details"]["cached_tokens"], reused);
+		reused
 	};
 	assert_eq!(reused_by(json!("a")), 0);
 	assert_eq!(reused_by(json!("b")), 0, "another salt shares nothing");
@@ -1876,6 +1879,174 @@ fn weather_tools() -> (Value, Value, Value) {
 	let clock = json!({"type": "function", "function": {"name": "get_time"}});
 	let messages = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
 	(parameters, json!([weather, clock]), messages)
+}
+
+/// The events of a response streamed from `/v1/responses`: each event's object, checked to
+/// be named on its `event:` line and numbered in order; no `[DONE]` ends them.
+fn response_events(address: SocketAddr, body: &Value) -> Vec<Value> {
+	let mut body = body.clone();
+	body["stream"] = json!(true);
+	let (status, head, text) =
+		exchange(address, "POST", "/v1/responses", body.to_string().as_bytes());
+	assert_eq!(status, 200, "{text}");
+	assert!(head.contains("content-type: text/event-stream"), "{head}");
+	let text = if head.contains("transfer-encoding: chunked") { dechunk(&text) } else { text };
+	let events: Vec<Value> = text
+		.split("\n\n")
+		.filter(|event| event.lines().any(|l| l.starts_with("data: ")))
+		.map(|event| {
+			let line = |prefix: &str| event.lines().find_map(|l| l.strip_prefix(prefix)).unwrap();
+			let object: Value = serde_json::from_str(line("data: ")).unwrap();
+			assert_eq!(object["type"], line("event: "), "{event}");
+			object
+		})
+		.collect();
+	for (i, event) in events.iter().enumerate() {
+		assert_eq!(event["sequence_number"], i, "{event}");
+	}
+	events
+}
+
+/// The text of a response's output item `i`.
+fn output_text(response: &Value, i: usize) -> &str {
+	response["output"][i]["content"][0]["text"].as_str().unwrap()
+}
+
+/// The `delta`s of a streamed response's events of type `kind`, put together.
+fn deltas(events: &[Value], kind: &str) -> String {
+	events.iter().filter(|e| e["type"] == kind).map(|e| e["delta"].as_str().unwrap()).collect()
+}
+
+/// OpenAI's Responses API over the chat, on the real model against the library: `input` (a
+/// text, or items: messages with text parts, a function's call and its output) and
+/// `instructions` as the chat's messages, `max_output_tokens` (the status `incomplete` when
+/// it cuts), the usage; streamed as the response's events (the text's deltas add up, the
+/// last event has the whole response); a forced function call as a `function_call` item, its
+/// arguments held to the tool's schema, whole and streamed; what is not served refused.
+#[test]
+fn responses_are_the_chats_answers_whole_and_streamed() {
+	let root = tempfile::tempdir().unwrap();
+	let (model, tokenizer, _, address) = serve_tuned(root.path());
+	let alone = |request: &GenerationRequest| generate(&model, &tokenizer, None, request).unwrap();
+	let path = "/v1/responses";
+	let (system, question) = ("Answer in one sentence.", "What is the capital of France?");
+	let messages =
+		json!([{"role": "system", "content": system}, {"role": "user", "content": question}]);
+	let body = json!({"model": MODEL, "instructions": system, "input": question,
+		"max_output_tokens": 6, "temperature": 0, "metadata": {"run": "1"}});
+	let want = alone(&greedy(&render(&tokenizer, &messages), 6));
+	let status = match want.finish_reason {
+		FinishReason::Length => "incomplete",
+		_ => "completed",
+	};
+	let (code, response) = post(address, path, &body);
+	assert_eq!(code, 200, "{response}");
+	assert_eq!((&response["object"], &response["model"]), (&json!("response"), &json!(MODEL)));
+	assert!(response["id"].as_str().unwrap().starts_with("resp_"), "{response}");
+	assert_eq!(response["status"], status, "{response}");
+	assert_eq!(output_text(&response, 0), want.text);
+	assert_eq!(response["output"].as_array().unwrap().len(), 1);
+	assert_eq!(response["usage"]["input_tokens"], want.prompt_tokens.len());
+	assert_eq!(response["usage"]["output_tokens"], want.tokens.len());
+	assert_eq!(response["usage"]["total_tokens"], want.prompt_tokens.len() + want.tokens.len());
+	// Nothing cached yet: the first request of the worker.
+	assert_eq!(response["usage"]["input_tokens_details"]["cached_tokens"], 0);
+	let repeated = json!([system, 6, 0, {"run": "1"}, false]);
+	let fields = ["instructions", "max_output_tokens", "temperature", "metadata", "store"];
+	assert_eq!(json!(fields.map(|f| response[f].clone())), repeated);
+	// Streamed: the deltas add up to the text; the last event is the whole response, whose
+	// prompt came from the cache as far as the engine counted.
+	let before = metric(address, "tokens_reused_total");
+	let events = response_events(address, &body);
+	let reused = metric(address, "tokens_reused_total") - before;
+	assert!(reused >= 16, "{reused}");
+	assert_eq!(events[0]["type"], "response.created");
+	assert_eq!(events[0]["response"]["status"], "in_progress");
+	assert_eq!(deltas(&events, "response.output_text.delta"), want.text);
+	let last = events.last().unwrap();
+	assert_eq!(last["type"], format!("response.{status}"));
+	assert_eq!(output_text(&last["response"], 0), want.text);
+	let usage = &last["response"]["usage"];
+	for count in ["input_tokens", "output_tokens", "total_tokens"] {
+		assert_eq!(usage[count], response["usage"][count]);
+	}
+	assert_eq!(usage["input_tokens_details"]["cached_tokens"], reused);
+	assert_eq!(last["response"]["id"], events[0]["response"]["id"]);
+
+	// The same conversation as items: a developer's message, a user's in text parts.
+	let items = json!([{"role": "developer", "content": system},
+		{"type": "message", "role": "user", "content": [{"type": "input_text", "text": question}]}]);
+	let body = json!({"input": items, "max_output_tokens": 6, "temperature": 0});
+	let (code, response) = post(address, path, &body);
+	assert_eq!(code, 200, "{response}");
+	assert_eq!(output_text(&response, 0), want.text);
+
+	// A forced function call, its arguments held to the tool's schema.
+	let (parameters, tools, messages) = weather_tools();
+	let grammar = JsonGrammar::from_schema(&parameters).unwrap();
+	let want = alone(&GenerationRequest {
+		response_format: ResponseFormat::Json(Arc::new(grammar)),
+		..greedy(&render(&tokenizer, &messages), 64)
+	});
+	let arguments: Value = serde_json::from_str(&want.text).unwrap();
+	assert!(arguments["city"].is_string(), "{arguments}");
+	// OpenAI's Responses tools: the function's fields beside its type.
+	let tools: Vec<Value> = tools
+		.as_array()
+		.unwrap()
+		.iter()
+		.map(|tool| {
+			let mut function = tool["function"].clone();
+			function["type"] = json!("function");
+			function
+		})
+		.collect();
+	let question = messages[0]["content"].clone();
+	let body = json!({"input": question, "tools": tools, "max_output_tokens": 64,
+		"tool_choice": {"type": "function", "name": "get_weather"}, "temperature": 0});
+	let (code, response) = post(address, path, &body);
+	assert_eq!(code, 200, "{response}");
+	let output = response["output"].as_array().unwrap();
+	assert_eq!(output.len(), 1, "{response}");
+	assert_eq!(
+		(&output[0]["type"], &output[0]["name"]),
+		(&json!("function_call"), &json!("get_weather"))
+	);
+	assert_eq!(output[0]["arguments"], want.text);
+	assert_eq!(response["tool_choice"], json!({"type": "function", "name": "get_weather"}));
+	let events = response_events(address, &body);
+	assert_eq!(deltas(&events, "response.function_call_arguments.delta"), want.text);
+	let done = events.iter().find(|e| e["type"] == "response.function_call_arguments.done");
+	assert_eq!(done.unwrap()["arguments"], want.text);
+	let last = events.last().unwrap();
+	assert_eq!(last["type"], "response.completed");
+	assert_eq!(last["response"]["output"][0]["arguments"], want.text);
+	let arguments = want.text;
+
+	// The call and its output given back: the chat's assistant's call and tool's message.
+	let call_id = output[0]["call_id"].as_str().unwrap();
+	let chat = json!([messages[0],
+		{"role": "assistant", "content": null, "tool_calls": [{"id": call_id,
+			"type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+		{"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}]);
+	let want = alone(&greedy(&render(&tokenizer, &chat), 6));
+	let items = json!([messages[0],
+		{"type": "function_call", "call_id": call_id, "name": "get_weather",
+			"arguments": arguments},
+		{"type": "function_call_output", "call_id": call_id, "output": "Sunny, 21 C"}]);
+	let body = json!({"input": items, "max_output_tokens": 6, "temperature": 0});
+	let (code, response) = post(address, path, &body);
+	assert_eq!(code, 200, "{response}");
+	assert_eq!(output_text(&response, 0), want.text);
+
+	// Refused: what would need the response kept, what is not served; a chat's field, wrong.
+	let refused = |body: Value, says: &str| refused_at(address, path, body, says);
+	refused(json!({"input": "x", "store": true}), "store: responses are not kept");
+	refused(json!({"input": "x", "previous_response_id": "resp_1"}), "previous_response_id");
+	refused(json!({"input": "x", "tools": [{"type": "web_search"}]}), "only functions");
+	refused(json!({"input": "x", "temperature": "hot"}), "temperature");
+	refused(json!({"input": "x", "max_output_tokens": "two"}), "max_output_tokens: \"two\" is not");
+	refused(json!({}), "input: missing field");
 }
 
 #[test]
@@ -3095,7 +3266,11 @@ fn the_answers_of_tools_are_attributed_their_part_of_the_answer() {
 		let (status, answer) = post(address, "/v1/chat/completions", &body);
 		assert_eq!(status, 200, "{answer}");
 		assert_eq!(answer["choices"][0]["message"], plain["choices"][0]["message"]);
-		assert_eq!(answer["usage"], plain["usage"]);
+		for count in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+			assert_eq!(answer["usage"][count], plain["usage"][count]);
+		}
+		// (The plain answer's prompt, asked again, came from the cache.)
+		assert!(answer["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64() > Some(0));
 		assert_eq!(answer["usage"]["prompt_tokens"], prompt.all().len());
 		let attribution = &answer["choices"][0]["attribution"];
 		assert_eq!(attribution["scores"].as_array().unwrap().len(), 1, "{attribution}");
