@@ -133,7 +133,11 @@
 //!   serves it; `POST /v1/unload_lora_adapter` (`lora_name`) stops serving it to new requests
 //!   (those taken finish with it). An unloaded adapter that is in the adapters folder comes
 //!   back when next named: remove its folder to withdraw it.
-//! - `GET /health`: 200 while the engine serves, 503 once its thread has stopped.
+//! - `GET /v1/models/{model}`: one model of the list (OpenAI's), 404 for another.
+//! - `GET /health` (and SageMaker's `GET`/`POST /ping`): 200 while the engine serves, 503
+//!   once its thread has stopped. `GET /version`: the worker's version (vLLM's).
+//! - `POST /invocations` (SageMaker's, vLLM's): a chat, completion, embeddings, score or rerank
+//!   request, served as its endpoint serves it (told by its fields).
 //! - `GET /metrics`: the engine's counters and gauges in Prometheus' text format, and vLLM's
 //!   latency histograms: time to the first token, between tokens, and of the whole request.
 //!
@@ -159,7 +163,7 @@ use std::{
 };
 
 use axum::{
-	extract::{DefaultBodyLimit, State},
+	extract::{self, DefaultBodyLimit, State},
 	http::{header, StatusCode},
 	response::{
 		sse::{Event, KeepAlive, Sse},
@@ -405,6 +409,10 @@ impl ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
 	Router::new()
 		.route("/health", get(health))
+		.route("/ping", get(health).post(health))
+		.route("/version", get(version))
+		.route("/invocations", post(invocations))
+		.route("/v1/models/{*model}", get(model))
 		.route("/metrics", get(metrics))
 		.route("/v1/models", get(models))
 		.route("/v1/completions", post(completions))
@@ -3515,6 +3523,63 @@ async fn unload_adapter(
 }
 
 async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
+	Json(json!({ "object": "list", "data": model_cards(&state) }))
+}
+
+/// One model of [`models`]' list, by its id (OpenAI's `GET /v1/models/{model}`); 404 for one
+/// not served.
+async fn model(
+	State(state): State<Arc<ApiState>>,
+	extract::Path(id): extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+	model_cards(&state)
+		.into_iter()
+		.find(|card| card["id"] == id.as_str())
+		.map(Json)
+		.ok_or_else(|| ApiError::model_not_found(format!("the model {id:?} is not served")))
+}
+
+/// The worker's version (vLLM's `/version`).
+async fn version() -> Json<Value> {
+	Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// SageMaker's one route (vLLM's `/invocations`): the body is served by the endpoint whose
+/// request it is, told by its fields: `messages`, a chat; `prompt`, a completion; `input`,
+/// embeddings; `text_1` and `text_2`, scores; `query` and `documents`, a reranking.
+async fn invocations(
+	state: State<Arc<ApiState>>,
+	body: Result<Lenient<serde_json::Map<String, Value>>, BodyRejection>,
+) -> Result<Response, ApiError> {
+	let Lenient(fields) = body?;
+	let has = |name: &str| fields.get(name).is_some_and(|v| !v.is_null());
+	let asks = [has("messages"), has("prompt"), has("input"), has("text_1") && has("text_2")];
+	let [chat, completion, embedding, scores] = asks;
+	let reranking = has("query") && has("documents");
+	let path = "/invocations";
+	let body = Value::Object(fields);
+	if chat {
+		chat_completions(state, Lenient::from_value(path, body)).await
+	} else if completion {
+		completions(state, Lenient::from_value(path, body)).await
+	} else if embedding {
+		Ok(embeddings(state, Lenient::from_value(path, body)).await?.into_response())
+	} else if scores {
+		Ok(score(state, Lenient::from_value(path, body)).await?.into_response())
+	} else if reranking {
+		Ok(rerank(state, Lenient::from_value(path, body)).await?.into_response())
+	} else {
+		Err(ApiError::bad_request(
+			"the request is none the worker serves: a chat has messages, a completion a \
+			 prompt, embeddings an input, scores text_1 and text_2, a reranking a query and \
+			 documents",
+		))
+	}
+}
+
+/// OpenAI's model objects of what is served: the base model, the adapters (`parent`: the
+/// base), the embedding model; with vLLM's `root` and `max_model_len`.
+fn model_cards(state: &ApiState) -> Vec<Value> {
 	let model = |id: &str, parent: Option<&str>| {
 		json!({
 			"id": id,
@@ -3539,7 +3604,7 @@ async fn models(State(state): State<Arc<ApiState>>) -> Json<Value> {
 			"max_model_len": service.max_tokens(),
 		}));
 	}
-	Json(json!({ "object": "list", "data": data }))
+	data
 }
 
 async fn health(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>) {

@@ -58,8 +58,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Lenient<T> {
 	async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
 		let path = request.uri().path().to_string();
 		let Json(value) = Json::<Value>::from_request(request, state).await?;
+		Self::from_value(&path, value)
+	}
+}
+
+impl<T: DeserializeOwned> Lenient<T> {
+	/// `value`, a request's body to `path`, as a `T`, the fields `T` does not know logged.
+	pub fn from_value(path: &str, value: Value) -> Result<Self, BodyRejection> {
 		if let Some(known) = field_names::<T>() {
-			warn_ignored(&path, &ignored_fields(&value, known));
+			warn_ignored(path, &ignored_fields(&value, known));
 		}
 		Ok(Self(serde_path_to_error::deserialize(value)?))
 	}

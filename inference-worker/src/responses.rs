@@ -6,19 +6,22 @@
 //! Responses are not kept: each request carries its whole conversation, as a chat's does, and
 //! `store: true`, `previous_response_id`, `conversation` and `background` are refused (400), as
 //! is what the chat does not serve (tools other than functions, parts other than text,
-//! reasoning effort, `include`, `top_logprobs`, `max_tool_calls`, `truncation: "auto"`). The
-//! chat's own fields that OpenAI's Responses lack (vLLM's sampling fields, and this worker's
-//! `documents`, `retrieval` and `attribution`) are passed on as they are; OpenAI's `prompt`
-//! (`id`, `version`, `variables`) names a prompt registered on chain, as the chat's does.
+//! reasoning effort, `include` other than the output's log-probabilities, `max_tool_calls`,
+//! `truncation: "auto"`). The chat's own fields that OpenAI's Responses lack (vLLM's sampling
+//! fields, and this worker's `documents`, `retrieval` and `attribution`) are passed on as they
+//! are; OpenAI's `prompt` (`id`, `version`, `variables`) names a prompt registered on chain,
+//! as the chat's does.
 
 use serde_json::{json, Map, Value};
 
 /// Fields refused unless they mean none: `(name, why)`.
-const REFUSED: [(&str, &str); 3] = [
+const REFUSED: [(&str, &str); 2] = [
 	("background", "a response is answered while the request waits, or streamed"),
-	("top_logprobs", "log-probabilities are served on /v1/chat/completions"),
 	("max_tool_calls", "the chat's tool calls are not counted against a limit"),
 ];
+
+/// What `include` may ask for: the output text's log-probabilities.
+const LOGPROBS: &str = "message.output_text.logprobs";
 
 /// The chat's fields that a response's request may carry as they are: OpenAI's, vLLM's and
 /// this worker's (sources, retrieval, attribution, a registered prompt).
@@ -107,12 +110,19 @@ pub fn chat_request(mut request: Map<String, Value>) -> Result<ChatRequest, Refu
 			));
 		}
 	}
-	match given("include") {
-		None => {}
-		Some(Value::Array(items)) if items.is_empty() => {}
+	// The output's log-probabilities (with `top_logprobs` alternatives) when included, as
+	// vLLM's: `top_logprobs` alone includes nothing.
+	let logprobs = match given("include") {
+		None => false,
+		Some(Value::Array(items)) if items.iter().all(|item| item == LOGPROBS) => !items.is_empty(),
 		Some(items) => {
-			return Err(format!("include: {items} is not served (nothing more is included)"))
+			return Err(format!("include: {items} is not served (only [\"{LOGPROBS}\"])"))
 		}
+	};
+	let top_logprobs = given("top_logprobs");
+	if logprobs {
+		chat.insert("logprobs".into(), json!(true));
+		chat.insert("top_logprobs".into(), top_logprobs.clone().unwrap_or(json!(0)));
 	}
 	let instructions = given("instructions");
 	let mut messages = Vec::new();
@@ -188,6 +198,7 @@ pub fn chat_request(mut request: Map<String, Value>) -> Result<ChatRequest, Refu
 		("previous_response_id", None),
 		("metadata", Some(metadata.unwrap_or_else(|| json!({})))),
 		("user", user),
+		("top_logprobs", Some(top_logprobs.unwrap_or(json!(0)))),
 	];
 	for (name, value) in defaults {
 		repeated.entry(name).or_insert(value.unwrap_or(Value::Null));
@@ -304,7 +315,8 @@ fn chat_tool(i: usize, tool: &Value) -> Result<Value, Refusal> {
 	match tool.get("type").and_then(Value::as_str) {
 		Some("function") => {
 			let mut function = tool.as_object().cloned().unwrap_or_default();
-			function.remove("type");
+			// (OpenAI's Agents SDK sends `"description": null`.)
+			function.retain(|name, value| name != "type" && !value.is_null());
 			Ok(json!({"type": "function", "function": function}))
 		}
 		other => Err(format!(
@@ -396,15 +408,22 @@ fn usage_of(chat: &Value) -> Value {
 	})
 }
 
-/// A message item of the output, with its text.
-fn message_item(id: &str, status: &str, text: &str) -> Value {
+/// A message item of the output, with its text and its tokens' log-probabilities (none when
+/// not included).
+fn message_item(id: &str, status: &str, text: &str, logprobs: &[Value]) -> Value {
 	json!({
 		"type": "message",
 		"id": id,
 		"status": status,
 		"role": "assistant",
-		"content": [{"type": "output_text", "text": text, "annotations": []}],
+		"content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}],
 	})
+}
+
+/// A chat choice's (or chunk's) tokens' log-probabilities: OpenAI's entries, the same in a
+/// response (`token`, `logprob`, `bytes`, `top_logprobs`).
+fn logprobs_of(choice: &Value) -> &[Value] {
+	choice.pointer("/logprobs/content").and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 /// A function call item of the output.
@@ -420,7 +439,9 @@ fn call_item(id: &str, status: &str, (call_id, name, arguments): (&str, &str, &s
 }
 
 /// The fields of a chat's answer that are neither OpenAI's nor a choice's: what this worker
-/// adds (`adapter`, `prompt`, `retrieved`), kept on the response.
+/// adds (`adapter`, `prompt`, `retrieved`), kept on the response; the prompt registered on
+/// chain as `registered_prompt` (a response's `prompt` is OpenAI's reference to one, of
+/// another shape).
 fn added_fields(answer: &Map<String, Value>) -> Map<String, Value> {
 	const CHATS: [&str; 8] = [
 		"id",
@@ -435,7 +456,10 @@ fn added_fields(answer: &Map<String, Value>) -> Map<String, Value> {
 	answer
 		.iter()
 		.filter(|(k, _)| !CHATS.contains(&k.as_str()))
-		.map(|(k, v)| (k.clone(), v.clone()))
+		.map(|(k, v)| match k.as_str() {
+			"prompt" => ("registered_prompt".to_string(), v.clone()),
+			_ => (k.clone(), v.clone()),
+		})
 		.collect()
 }
 
@@ -449,12 +473,14 @@ pub fn response_of(head: &Head, answer: &Value) -> Value {
 	let calls = message["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default();
 	let mut output = Vec::new();
 	if !text.is_empty() || calls.is_empty() {
-		output.push(message_item(&new_id("msg"), status, text));
+		output.push(message_item(&new_id("msg"), status, text, logprobs_of(choice)));
 	}
-	for call in calls {
+	for (i, call) in calls.iter().enumerate() {
 		let field = |path: &str| call.pointer(path).and_then(Value::as_str).unwrap_or_default();
-		let call = (field("/id"), field("/function/name"), field("/function/arguments"));
-		output.push(call_item(&new_id("fc"), "completed", call));
+		let fields = (field("/id"), field("/function/name"), field("/function/arguments"));
+		// Only the last call can have been cut.
+		let status = if i + 1 == calls.len() { status } else { "completed" };
+		output.push(call_item(&new_id("fc"), status, fields));
 	}
 	let mut extra = answer.as_object().map(added_fields).unwrap_or_default();
 	if let Some(attribution) = choice.get("attribution") {
@@ -470,8 +496,8 @@ pub type Event = (&'static str, Value);
 /// An output item being streamed.
 #[derive(Debug)]
 enum Open {
-	/// A message: its id and text so far.
-	Message { id: String, text: String },
+	/// A message: its id, text and tokens' log-probabilities so far.
+	Message { id: String, text: String, logprobs: Vec<Value> },
 	/// A function call: its item id, call id, name and arguments so far.
 	Call { id: String, call_id: String, name: String, arguments: String },
 }
@@ -539,10 +565,15 @@ impl ResponseEvents {
 		}
 		if let Some(error) = chunk.get("error") {
 			self.ended = true;
+			let field = |name: &str| error.get(name).cloned().unwrap_or(Value::Null);
+			// OpenAI's documented fields, and the same under `error` as its API sends them
+			// (what openai-python raises an error for).
 			let fields = json!({
-				"code": error.get("code").cloned().unwrap_or(Value::Null),
-				"message": error.get("message").cloned().unwrap_or(Value::Null),
+				"code": field("code"),
+				"message": field("message"),
 				"param": null,
+				"error": {"type": field("type"), "code": field("code"),
+					"message": field("message"), "param": null},
 			});
 			events.push(self.event("error", fields));
 			return events;
@@ -557,16 +588,19 @@ impl ResponseEvents {
 			return events;
 		};
 		let delta = &choice["delta"];
-		if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+		let text = delta["content"].as_str().unwrap_or_default();
+		let scored = logprobs_of(choice);
+		if !text.is_empty() || !scored.is_empty() {
 			if !matches!(self.open, Some((Open::Message { .. }, _))) {
 				events.extend(self.close("completed"));
 				events.extend(self.open_message());
 			}
-			if let Some((Open::Message { id, text: all }, _)) = &mut self.open {
+			if let Some((Open::Message { id, text: all, logprobs }, _)) = &mut self.open {
 				all.push_str(text);
+				logprobs.extend_from_slice(scored);
 				let id = id.clone();
 				let fields = json!({"item_id": id, "output_index": self.output.len(),
-					"content_index": 0, "delta": text, "logprobs": []});
+					"content_index": 0, "delta": text, "logprobs": scored});
 				events.push(self.event("response.output_text.delta", fields));
 			}
 		}
@@ -579,6 +613,16 @@ impl ResponseEvents {
 				};
 				let (call_id, name) = (field("/id"), field("/function/name"));
 				events.extend(self.open_call(index, call_id, name));
+			}
+			// An id or a name that comes after the call's first delta.
+			if let Some((Open::Call { call_id, name, .. }, _)) = &mut self.open {
+				let later = |path: &str| call.pointer(path).and_then(Value::as_str);
+				if let (true, Some(id)) = (call_id.is_empty(), later("/id")) {
+					*call_id = id.to_string();
+				}
+				if let (true, Some(named)) = (name.is_empty(), later("/function/name")) {
+					*name = named.to_string();
+				}
 			}
 			let arguments = call.pointer("/function/arguments").and_then(Value::as_str);
 			if let (Some(delta), Some((Open::Call { id, arguments: all, .. }, _))) =
@@ -614,7 +658,7 @@ impl ResponseEvents {
 				json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
 			),
 		];
-		self.open = Some((Open::Message { id, text: String::new() }, None));
+		self.open = Some((Open::Message { id, text: String::new(), logprobs: Vec::new() }, None));
 		events
 	}
 
@@ -639,22 +683,23 @@ impl ResponseEvents {
 		let index = self.output.len();
 		let mut events = Vec::new();
 		let item = match open {
-			Open::Message { id, text } => {
-				let part = json!({"type": "output_text", "text": text, "annotations": []});
+			Open::Message { id, text, logprobs } => {
+				let item = message_item(&id, status, &text, &logprobs);
 				let at = json!({"item_id": id, "output_index": index, "content_index": 0});
 				let mut done = at.clone();
 				done["text"] = json!(text);
-				done["logprobs"] = json!([]);
+				done["logprobs"] = json!(logprobs);
 				events.push(self.event("response.output_text.done", done));
 				let mut done = at;
-				done["part"] = part;
+				done["part"] = item["content"][0].clone();
 				events.push(self.event("response.content_part.done", done));
-				message_item(&id, status, &text)
+				item
 			}
 			Open::Call { id, call_id, name, arguments } => {
-				let done = json!({"item_id": id, "output_index": index, "name": name, "arguments": arguments});
+				let done = json!({"item_id": id, "output_index": index, "name": name,
+					"arguments": arguments});
 				events.push(self.event("response.function_call_arguments.done", done));
-				call_item(&id, "completed", (&call_id, &name, &arguments))
+				call_item(&id, status, (&call_id, &name, &arguments))
 			}
 		};
 		events.push(
@@ -707,7 +752,8 @@ mod tests {
 			"documents": [{"text": "Paris is in France."}],
 			"text": {"format": {"type": "json_schema", "name": "city", "schema": schema,
 				"strict": true}},
-			"tools": [{"type": "function", "name": "find", "parameters": schema}],
+			"tools": [{"type": "function", "name": "find", "parameters": schema,
+				"description": null}],
 			"tool_choice": {"type": "function", "name": "find"},
 			"stream": true,
 			"store": false,
@@ -762,7 +808,10 @@ mod tests {
 			{"type": "function_call", "call_id": "c3", "name": "find", "arguments": "{}"},
 		]}))
 		.unwrap();
-		let call = |id: &str, name: &str, arguments: &str| json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}});
+		let call = |id: &str, name: &str, arguments: &str| {
+			let function = json!({"name": name, "arguments": arguments});
+			json!({"id": id, "type": "function", "function": function})
+		};
 		assert_eq!(
 			request.body["messages"],
 			json!([
@@ -779,6 +828,55 @@ mod tests {
 	}
 
 	#[test]
+	fn included_logprobs_are_the_chats() {
+		let asked = json!({"input": "x", "include": [LOGPROBS], "top_logprobs": 2});
+		let request = read(asked).unwrap();
+		assert_eq!(
+			(&request.body["logprobs"], &request.body["top_logprobs"]),
+			(&json!(true), &json!(2))
+		);
+		assert_eq!(request.repeated["top_logprobs"], 2);
+		// Without the include, as vLLM: no log-probabilities.
+		let request = read(json!({"input": "x", "top_logprobs": 2})).unwrap();
+		assert!(
+			request.body.get("logprobs").is_none() && request.body.get("top_logprobs").is_none()
+		);
+		let request = read(json!({"input": "x", "include": [LOGPROBS]})).unwrap();
+		assert_eq!(request.body["top_logprobs"], 0);
+
+		let entry = |token: &str| {
+			json!({"token": token, "logprob": -0.5, "bytes": [65],
+			"top_logprobs": []})
+		};
+		let answer = json!({"choices": [{"finish_reason": "stop", "logprobs": {"content":
+			[entry("A"), entry("B")]}, "message": {"role": "assistant", "content": "AB"}}]});
+		let response = response_of(&head(), &answer);
+		assert_eq!(
+			response["output"][0]["content"][0]["logprobs"],
+			json!([entry("A"), entry("B")])
+		);
+
+		let mut streamed = ResponseEvents::new(head());
+		let mut events = streamed.start();
+		for token in ["A", "B"] {
+			let chunk = json!({"choices": [{"index": 0, "delta": {"content": token},
+				"logprobs": {"content": [entry(token)]}, "finish_reason": null}]});
+			events.extend(streamed.chunk(&chunk));
+		}
+		events.extend(streamed.done());
+		let deltas: Vec<&Value> = events
+			.iter()
+			.filter(|(kind, _)| *kind == "response.output_text.delta")
+			.map(|(_, e)| &e["logprobs"])
+			.collect();
+		assert_eq!(deltas, [&json!([entry("A")]), &json!([entry("B")])]);
+		let done = events.iter().find(|(kind, _)| *kind == "response.output_text.done").unwrap();
+		assert_eq!(done.1["logprobs"], json!([entry("A"), entry("B")]));
+		let output = &events.last().unwrap().1["response"]["output"][0]["content"][0];
+		assert_eq!(output["logprobs"], json!([entry("A"), entry("B")]));
+	}
+
+	#[test]
 	fn what_is_not_served_is_refused() {
 		let refused = |fields: Value, says: &str| {
 			let mut request = json!({"input": "x"});
@@ -792,11 +890,10 @@ mod tests {
 		refused(json!({"previous_response_id": "resp_1"}), "previous_response_id: responses");
 		refused(json!({"conversation": "conv_1"}), "conversation: responses are not kept");
 		refused(json!({"background": true}), "background: not served");
-		refused(json!({"top_logprobs": 2}), "top_logprobs: not served");
 		refused(json!({"max_tool_calls": 1}), "max_tool_calls: not served");
 		refused(json!({"truncation": "auto"}), "truncation: \"auto\" is not served");
 		refused(json!({"reasoning": {"effort": "high"}}), "the model does not reason");
-		refused(json!({"include": ["reasoning.encrypted_content"]}), "include:");
+		refused(json!({"include": ["reasoning.encrypted_content"]}), "include: [\"reasoning");
 		refused(json!({"input": []}), "input: [] is neither");
 		refused(json!({"input": 3}), "input: 3 is neither");
 		refused(json!({"max_output_tokens": -1}), "max_output_tokens: -1 is not a number");
@@ -832,6 +929,7 @@ mod tests {
 		let usage = json!({"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13});
 		let answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 5,
 			"model": "smollm2", "usage": usage, "retrieved": [{"id": "rec-1"}],
+			"prompt": {"id": 3, "version": 1},
 			"choices": [{"index": 0, "finish_reason": "length", "logprobs": null,
 				"attribution": {"method": "leave_one_out"},
 				"message": {"role": "assistant", "content": "Paris is"}}]});
@@ -850,6 +948,8 @@ mod tests {
 				"total_tokens": 13})
 		);
 		assert_eq!(response["retrieved"], json!([{"id": "rec-1"}]));
+		assert_eq!(response["registered_prompt"], json!({"id": 3, "version": 1}));
+		assert!(response.get("prompt").is_none());
 		assert_eq!(response["attribution"], json!({"method": "leave_one_out"}));
 		assert_eq!(response["max_output_tokens"], 4);
 		assert!(response.get("choices").is_none() && response.get("created").is_none());
@@ -870,6 +970,17 @@ mod tests {
 			(&json!("call_1"), &json!("find"), &json!("{\"city\":\"Paris\"}"))
 		);
 		assert!(output[0]["id"].as_str().unwrap().starts_with("fc_"));
+		assert_eq!(output[0]["status"], "completed");
+
+		// Cut at max_output_tokens: the last call is incomplete, the ones before it whole.
+		let two = json!([calls[0], calls[0]]);
+		let answer = json!({"usage": usage, "choices": [{"finish_reason": "length",
+			"message": {"role": "assistant", "content": "", "tool_calls": two}}]});
+		let response = response_of(&head(), &answer);
+		assert_eq!(response["status"], "incomplete");
+		let statuses: Vec<&Value> =
+			response["output"].as_array().unwrap().iter().map(|o| &o["status"]).collect();
+		assert_eq!(statuses, [&json!("completed"), &json!("incomplete")]);
 	}
 
 	/// The events' types in order, and checks their sequence numbers count from 0.
@@ -929,7 +1040,10 @@ mod tests {
 	#[test]
 	fn streamed_calls_are_function_call_items() {
 		let mut streamed = ResponseEvents::new(head());
-		let chunk = |delta: Value, finish: Value| json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+		let chunk = |delta: Value, finish: Value| {
+			let choice = json!({"index": 0, "delta": delta, "finish_reason": finish});
+			json!({"choices": [choice]})
+		};
 		let call = |index: u64, head: bool, arguments: &str| {
 			let mut call = json!({"index": index, "function": {"arguments": arguments}});
 			if head {
@@ -976,6 +1090,28 @@ mod tests {
 	}
 
 	#[test]
+	fn a_calls_id_and_name_may_come_after_its_first_delta() {
+		let mut streamed = ResponseEvents::new(head());
+		let chunk = |call: Value, finish: Value| {
+			json!({"choices": [{"index": 0, "delta": {"tool_calls": [call]},
+				"finish_reason": finish}]})
+		};
+		let mut events = streamed.start();
+		let arguments = json!({"index": 0, "function": {"arguments": "{"}});
+		events.extend(streamed.chunk(&chunk(arguments, Value::Null)));
+		let named =
+			json!({"index": 0, "id": "call_9", "function": {"name": "f", "arguments": "}"}});
+		events.extend(streamed.chunk(&chunk(named, json!("length"))));
+		events.extend(streamed.done());
+		let done = events.iter().find(|(kind, _)| *kind == "response.output_item.done").unwrap();
+		assert_eq!(done.1["item"]["call_id"], "call_9");
+		assert_eq!(done.1["item"]["name"], "f");
+		assert_eq!(done.1["item"]["arguments"], "{}");
+		assert_eq!(done.1["item"]["status"], "incomplete");
+		assert_eq!(events.last().unwrap().0, "response.incomplete");
+	}
+
+	#[test]
 	fn an_error_chunk_ends_the_events_and_an_empty_answer_is_an_empty_message() {
 		let mut streamed = ResponseEvents::new(head());
 		let error = json!({"error": {"message": "the engine stopped", "type": "server_error",
@@ -984,6 +1120,9 @@ mod tests {
 		assert_eq!(kinds(&events), ["error"]);
 		assert_eq!(events[0].1["message"], "the engine stopped");
 		assert_eq!(events[0].1["code"], "internal_error");
+		let nested = json!({"type": "server_error", "code": "internal_error",
+			"message": "the engine stopped", "param": null});
+		assert_eq!(events[0].1["error"], nested);
 		assert!(streamed.done().is_empty());
 
 		let mut streamed = ResponseEvents::new(head());

@@ -1973,9 +1973,33 @@ fn responses_are_the_chats_answers_whole_and_streamed() {
 	assert_eq!(usage["input_tokens_details"]["cached_tokens"], reused);
 	assert_eq!(last["response"]["id"], events[0]["response"]["id"]);
 
+	// The output's log-probabilities, included: the chat's, whole and streamed.
+	let mut body = body;
+	body["include"] = json!(["message.output_text.logprobs"]);
+	body["top_logprobs"] = json!(2);
+	let asked = json!({"messages": messages, "max_tokens": 6, "temperature": 0,
+		"logprobs": true, "top_logprobs": 2});
+	let (code, chat) = post(address, "/v1/chat/completions", &asked);
+	assert_eq!(code, 200, "{chat}");
+	let scored = &chat["choices"][0]["logprobs"]["content"];
+	assert_eq!(scored.as_array().unwrap().len(), want.tokens.len(), "{chat}");
+	assert_eq!(scored[0]["top_logprobs"].as_array().unwrap().len(), 2);
+	let (code, response) = post(address, path, &body);
+	assert_eq!(code, 200, "{response}");
+	assert_eq!(response["output"][0]["content"][0]["logprobs"], *scored);
+	let events = response_events(address, &body);
+	let streamed: Vec<Value> = events
+		.iter()
+		.filter(|e| e["type"] == "response.output_text.delta")
+		.flat_map(|e| e["logprobs"].as_array().unwrap().clone())
+		.collect();
+	assert_eq!(json!(streamed), *scored);
+	assert_eq!(events.last().unwrap()["response"]["output"][0]["content"][0]["logprobs"], *scored);
+
 	// The same conversation as items: a developer's message, a user's in text parts.
+	let part = json!({"type": "input_text", "text": question});
 	let items = json!([{"role": "developer", "content": system},
-		{"type": "message", "role": "user", "content": [{"type": "input_text", "text": question}]}]);
+		{"type": "message", "role": "user", "content": [part]}]);
 	let body = json!({"input": items, "max_output_tokens": 6, "temperature": 0});
 	let (code, response) = post(address, path, &body);
 	assert_eq!(code, 200, "{response}");
@@ -2930,6 +2954,66 @@ fn start_with_embeddings() -> (SocketAddr, EmbeddingModel) {
 	let state = ApiState::new(engine, MODEL, tokenizer, Vec::new())
 		.with_embeddings(EMBEDDER, embedder.unwrap());
 	(serve_state(state), EmbeddingModel::load(&models::minilm_dir()).unwrap())
+}
+
+/// The smaller routes of vLLM and OpenAI: `/ping` (SageMaker's health check, GET or POST),
+/// `/version`, OpenAI's `GET /v1/models/{model}` (each model of the list, 404 for another),
+/// and SageMaker's `/invocations`, which answers each request as the endpoint whose request
+/// it is (a chat, a completion, embeddings, scores, a reranking) and refuses one it cannot
+/// tell.
+#[test]
+fn ping_version_a_models_card_and_invocations() {
+	let (address, _) = start_with_embeddings();
+	for method in ["GET", "POST"] {
+		let (status, health) = call(address, method, "/ping", b"");
+		assert_eq!((status, health.as_str()), (200, r#"{"status":"ok"}"#), "{method}");
+	}
+	let (status, version) = get(address, "/version");
+	assert_eq!(status, 200, "{version}");
+	let version: Value = serde_json::from_str(&version).unwrap();
+	assert_eq!(version, json!({"version": env!("CARGO_PKG_VERSION")}));
+
+	let (_, list) = get(address, "/v1/models");
+	let list: Value = serde_json::from_str(&list).unwrap();
+	let cards = list["data"].as_array().unwrap();
+	assert_eq!(cards.len(), 2, "{list}");
+	for card in cards {
+		let (status, one) = get(address, &format!("/v1/models/{}", card["id"].as_str().unwrap()));
+		assert_eq!(status, 200, "{one}");
+		assert_eq!(serde_json::from_str::<Value>(&one).unwrap(), *card);
+	}
+	let (status, missing) = get(address, "/v1/models/org/missing");
+	assert_eq!(status, 404, "{missing}");
+	let missing: Value = serde_json::from_str(&missing).unwrap();
+	assert_eq!(missing["error"]["code"], "model_not_found");
+	assert!(missing["error"]["message"].as_str().unwrap().contains("\"org/missing\""));
+
+	// Each request invoked is its own endpoint's answer.
+	let invoked = |body: Value, path: &str, answer_at: &str| {
+		let (status, direct) = post(address, path, &body);
+		assert_eq!(status, 200, "{direct}");
+		let (status, invoked) = post(address, "/invocations", &body);
+		assert_eq!(status, 200, "{invoked}");
+		assert_eq!(invoked["object"], direct["object"], "{invoked}");
+		assert_eq!(invoked[answer_at], direct[answer_at], "{body}");
+	};
+	let messages = json!([{"role": "user", "content": "What is the capital of France?"}]);
+	let chat = json!({"messages": messages, "max_tokens": 6, "temperature": 0});
+	invoked(chat, "/v1/chat/completions", "choices");
+	let completion = json!({"prompt": PARIS, "max_tokens": 6, "temperature": 0});
+	invoked(completion, "/v1/completions", "choices");
+	let embedding = json!({"model": EMBEDDER, "input": ["Bees dance.", "Paris is in France."]});
+	invoked(embedding, "/v1/embeddings", "data");
+	let scores = json!({"model": EMBEDDER, "text_1": "Paris", "text_2": ["France", "Bees"]});
+	invoked(scores, "/score", "data");
+	let documents = json!(["Bees dance.", "Paris is in France."]);
+	let reranking = json!({"model": EMBEDDER, "query": "Paris", "documents": documents});
+	invoked(reranking, "/rerank", "results");
+	let refused = |body: Value, says: &str| refused_at(address, "/invocations", body, says);
+	refused(json!({"text": "x"}), "none the worker serves");
+	refused(json!({"text_1": "x"}), "none the worker serves");
+	refused(json!({"messages": "x"}), "messages");
+	refused(json!({"prompt": "x", "max_tokens": "six"}), "max_tokens");
 }
 
 /// The `embedding` of each `data` entry of an answer, as floats, checking `index` is its place.
