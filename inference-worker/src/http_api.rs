@@ -175,7 +175,7 @@ use axum::{
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use futures::{
 	future::{BoxFuture, Either, FutureExt},
-	stream::{BoxStream, FuturesUnordered, SelectAll, StreamExt},
+	stream::{BoxStream, FuturesUnordered, SelectAll, Stream, StreamExt},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -1102,7 +1102,7 @@ struct StreamOptions {
 }
 
 /// Token counts of an answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct Usage {
 	prompt_tokens: usize,
 	completion_tokens: usize,
@@ -1704,12 +1704,7 @@ impl TokenLogprob {
 /// Token counts of an answer's generations, each with its choice's index, `n` choices per
 /// prompt (each prompt counted once).
 fn usage_of<'g>(generations: impl IntoIterator<Item = (usize, &'g Generation)>, n: usize) -> Usage {
-	let mut usage = Usage {
-		prompt_tokens: 0,
-		completion_tokens: 0,
-		total_tokens: 0,
-		prompt_tokens_details: PromptTokensDetails::default(),
-	};
+	let mut usage = Usage::default();
 	for (index, generation) in generations {
 		if index % n.max(1) == 0 {
 			usage.prompt_tokens += generation.prompt_tokens.len();
@@ -2312,6 +2307,7 @@ enum Answer {
 /// What a streamed answer sends: a chunk's object (or an error's), or the end.
 #[derive(Debug)]
 enum Sent {
+	/// A chunk's object, or an error's (`{"error": ...}`).
 	Chunk(Value),
 	/// `[DONE]`.
 	Done,
@@ -2321,17 +2317,18 @@ impl IntoResponse for Answer {
 	fn into_response(self) -> Response {
 		match self {
 			Answer::Whole(answer) => Json(answer).into_response(),
-			Answer::Streamed(sent) => {
-				let events = sent.map(|sent| {
-					Ok::<_, Infallible>(match sent {
-						Sent::Chunk(chunk) => Event::default().data(chunk.to_string()),
-						Sent::Done => Event::default().data("[DONE]"),
-					})
-				});
-				Sse::new(events).keep_alive(KeepAlive::default()).into_response()
-			}
+			Answer::Streamed(sent) => sse(sent.map(|sent| match sent {
+				Sent::Chunk(chunk) => Event::default().data(chunk.to_string()),
+				Sent::Done => Event::default().data("[DONE]"),
+			})),
 		}
 	}
+}
+
+/// `events` as a server-sent event stream, kept alive while the model is silent.
+fn sse(events: impl Stream<Item = Event> + Send + 'static) -> Response {
+	let events = events.map(Ok::<_, Infallible>);
+	Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
 /// A streamed answer in progress.
@@ -2567,15 +2564,20 @@ async fn responses(
 	request_body::warn_ignored("/v1/responses", &request.ignored);
 	let body: Body = serde_path_to_error::deserialize(request.body)
 		.map_err(|e| ApiError::bad_request(format!("{e} (in the request read as a chat's)")))?;
-	let model = body.model.clone().unwrap_or_else(|| state.model_name.clone());
+	// (The chat's answer names it too, once the stream has begun.)
+	let model = body.model.clone().filter(|m| !m.is_empty());
 	let head = Head {
 		id: responses_api::new_id("resp"),
 		created_at: now(),
-		model,
+		model: model.unwrap_or_else(|| state.model_name.clone()),
 		repeated: request.repeated,
 	};
 	match chat(state, body).await? {
 		Answer::Whole(answer) => {
+			let head = match answer["model"].as_str() {
+				Some(served) => Head { model: served.to_string(), ..head },
+				None => head,
+			};
 			Ok(Json(responses_api::response_of(&head, &answer)).into_response())
 		}
 		Answer::Streamed(sent) => {
@@ -2587,10 +2589,10 @@ async fn responses(
 					Sent::Done => events.done(),
 				})
 			});
-			let all = futures::stream::iter(start).chain(rest).map(|(kind, event)| {
-				Ok::<_, Infallible>(Event::default().event(kind).data(event.to_string()))
-			});
-			Ok(Sse::new(all).keep_alive(KeepAlive::default()).into_response())
+			let all = futures::stream::iter(start)
+				.chain(rest)
+				.map(|(kind, event)| Event::default().event(kind).data(event.to_string()));
+			Ok(sse(all))
 		}
 	}
 }
@@ -3546,7 +3548,8 @@ async fn version() -> Json<Value> {
 
 /// SageMaker's one route (vLLM's `/invocations`): the body is served by the endpoint whose
 /// request it is, told by its fields: `messages`, a chat; `prompt`, a completion; `input`,
-/// embeddings; `text_1` and `text_2`, scores; `query` and `documents`, a reranking.
+/// embeddings or a response (see [`asks_a_response`]); `text_1` and `text_2`, scores; `query`
+/// and `documents`, a reranking.
 async fn invocations(
 	state: State<Arc<ApiState>>,
 	body: Result<Lenient<serde_json::Map<String, Value>>, BodyRejection>,
@@ -3554,8 +3557,13 @@ async fn invocations(
 	let Lenient(fields) = body?;
 	let has = |name: &str| fields.get(name).is_some_and(|v| !v.is_null());
 	let asks = [has("messages"), has("prompt"), has("input"), has("text_1") && has("text_2")];
-	let [chat, completion, embedding, scores] = asks;
+	let [chat, completion, input, scores] = asks;
 	let reranking = has("query") && has("documents");
+	let response = input && asks_a_response(&state, &fields);
+	let embedding = input && !response;
+	if response && !chat && !completion {
+		return responses(state, Ok(Lenient(fields))).await;
+	}
 	let path = "/invocations";
 	let body = Value::Object(fields);
 	if chat {
@@ -3571,10 +3579,37 @@ async fn invocations(
 	} else {
 		Err(ApiError::bad_request(
 			"the request is none the worker serves: a chat has messages, a completion a \
-			 prompt, embeddings an input, scores text_1 and text_2, a reranking a query and \
-			 documents",
+			 prompt, embeddings and a response an input, scores text_1 and text_2, a \
+			 reranking a query and documents",
 		))
 	}
+}
+
+/// Whether a request with an `input` (`fields`) asks for a response (OpenAI's Responses API)
+/// rather than embeddings: it has a field only a response's request has, an item of its input
+/// is an object (a message), it names a model other than the embedding model, or the worker
+/// serves no embedding model.
+fn asks_a_response(state: &ApiState, fields: &serde_json::Map<String, Value>) -> bool {
+	const RESPONSES: [&str; 10] = [
+		"instructions",
+		"max_output_tokens",
+		"tools",
+		"tool_choice",
+		"text",
+		"reasoning",
+		"store",
+		"stream",
+		"include",
+		"previous_response_id",
+	];
+	let messages =
+		fields["input"].as_array().is_some_and(|items| items.iter().any(Value::is_object));
+	let model = fields.get("model").and_then(Value::as_str).filter(|m| !m.is_empty());
+	let embedder = state.embeddings.as_ref().map(|(name, _)| name.as_str());
+	RESPONSES.iter().any(|name| fields.get(*name).is_some_and(|v| !v.is_null()))
+		|| messages
+		|| embedder.is_none()
+		|| model.is_some_and(|model| Some(model) != embedder)
 }
 
 /// OpenAI's model objects of what is served: the base model, the adapters (`parent`: the

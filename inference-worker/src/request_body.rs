@@ -28,7 +28,7 @@ pub enum BodyRejection {
 	#[error("{}", .0.body_text())]
 	Json(#[from] JsonRejection),
 	/// JSON, but not of the type: where (`messages[0].role`) and what is wrong, worded as axum
-	/// words it.
+	/// words it (without its line and column, as it is read from the parsed JSON).
 	#[error("Failed to deserialize the JSON body into the target type: {0}")]
 	Data(#[from] serde_path_to_error::Error<serde_json::Error>),
 }
@@ -72,18 +72,28 @@ impl<T: DeserializeOwned> Lenient<T> {
 	}
 }
 
-/// Logs the fields of a request to `path` that were `ignored` (a `warn`), if there are any.
-pub fn warn_ignored(path: &str, ignored: &[impl AsRef<str> + std::fmt::Debug]) {
-	if !ignored.is_empty() {
-		tracing::warn!(
-			path,
-			fields = ?ignored,
-			"the request's fields {ignored:?} are not known to this worker and were ignored"
-		);
+/// The most ignored fields one log line names (a body may have any number).
+pub const MAX_NAMED: usize = 16;
+
+/// Logs the fields of a request to `path` that were `ignored` (a `warn` naming the first
+/// [`MAX_NAMED`] and counting the rest), if there are any.
+pub fn warn_ignored(path: &str, ignored: &[impl std::fmt::Debug]) {
+	if ignored.is_empty() {
+		return;
 	}
+	let named = &ignored[..ignored.len().min(MAX_NAMED)];
+	let more = match ignored.len() - named.len() {
+		0 => String::new(),
+		more => format!(" and {more} more"),
+	};
+	tracing::warn!(
+		path,
+		fields = ?named,
+		"the request's fields {named:?}{more} are not known to this worker and were ignored"
+	);
 }
 
-/// The top-level fields of `body` (an object) that are not in `known`, in the body's order.
+/// The top-level fields of `body` (an object) that are not in `known`, by name.
 pub fn ignored_fields<'v>(body: &'v Value, known: &[&str]) -> Vec<&'v str> {
 	match body {
 		Value::Object(fields) => {
@@ -173,7 +183,7 @@ mod tests {
 	}
 
 	#[test]
-	fn ignored_fields_are_the_bodys_unknown_ones_in_order() {
+	fn ignored_fields_are_the_bodys_unknown_ones_by_name() {
 		let known = field_names::<Asked>().unwrap();
 		let body =
 			json!({"temprature": 0.5, "prompt": "x", "user": "u", "max_completion_tokens": 3});
@@ -226,6 +236,13 @@ mod tests {
 		assert_eq!((asked.prompt.as_str(), asked.most), ("hi", Some(2)));
 		assert!(log.contains("WARN"), "{log}");
 		assert!(log.contains(r#"["temprature"]"#) && log.contains("/v1/completions"), "{log}");
+
+		// Many unknown: the first ones named, the rest counted.
+		let many: Vec<String> = (0..20).map(|i| format!("\"x{i:02}\": 0")).collect();
+		let (taken, log) =
+			take(&format!("{{\"prompt\": \"hi\", {}}}", many.join(", ")), "application/json");
+		assert!(taken.is_ok());
+		assert!(log.contains("\"x15\"] and 4 more") && !log.contains("\"x16\""), "{log}");
 
 		// Nothing unknown: nothing logged.
 		let (taken, log) =

@@ -76,7 +76,6 @@ pub fn chat_request(mut request: Map<String, Value>) -> Result<ChatRequest, Refu
 	for (name, why) in REFUSED {
 		match given(name) {
 			None | Some(Value::Bool(false)) => {}
-			Some(Value::Number(n)) if n.as_u64() == Some(0) => {}
 			Some(_) => return Err(format!("{name}: not served by this worker ({why})")),
 		}
 	}
@@ -90,15 +89,13 @@ pub fn chat_request(mut request: Map<String, Value>) -> Result<ChatRequest, Refu
 			return Err(format!("{name}: {kept}"));
 		}
 	}
-	let truncation = given("truncation");
-	match truncation.as_ref().and_then(Value::as_str) {
-		None if truncation.is_none() => {}
-		Some("disabled") => {}
-		_ => {
+	match given("truncation") {
+		None => {}
+		Some(Value::String(disabled)) if disabled == "disabled" => {}
+		Some(other) => {
 			return Err(format!(
-				"truncation: {} is not served (only \"disabled\": a conversation longer than the \
-				 model's context is refused, not cut)",
-				truncation.unwrap_or_default()
+				"truncation: {other} is not served (only \"disabled\": a conversation longer than \
+				 the model's context is refused, not cut)"
 			))
 		}
 	}
@@ -279,15 +276,28 @@ fn content_text(content: Option<&Value>, at: &str) -> Result<Value, Refusal> {
 				(Some("input_text" | "output_text" | "text"), Some(Value::String(text))) => {
 					Ok(json!({"type": "text", "text": text}))
 				}
-				(kind, _) => Err(format!(
-					"{at}[{j}]: {} parts are not served (only text)",
-					kind.map_or_else(|| "untyped".to_string(), |k| format!("{k:?}"))
-				)),
+				(kind, _) => {
+					Err(format!("{at}[{j}]: {} parts are not served (only text)", kind_name(kind)))
+				}
 			})
 			.collect::<Result<Vec<_>, _>>()
 			.map(Value::Array),
 		Some(other) => Err(format!("{at}: {other} is neither a text nor a list of parts")),
 		None => Err(format!("{at}: missing")),
+	}
+}
+
+/// A part's or a tool's `type` as an error names it: quoted, or `untyped`.
+fn kind_name(kind: Option<&str>) -> String {
+	kind.map_or_else(|| "untyped".to_string(), |k| format!("{k:?}"))
+}
+
+/// A response's (and its last item's) status after the chat's `finish_reason`: `incomplete`
+/// when `max_output_tokens` cut it.
+fn status_after(finish_reason: Option<&str>) -> &'static str {
+	match finish_reason {
+		Some("length") => "incomplete",
+		_ => "completed",
 	}
 }
 
@@ -319,10 +329,9 @@ fn chat_tool(i: usize, tool: &Value) -> Result<Value, Refusal> {
 			function.retain(|name, value| name != "type" && !value.is_null());
 			Ok(json!({"type": "function", "function": function}))
 		}
-		other => Err(format!(
-			"tools[{i}]: {} tools are not served (only functions)",
-			other.map_or_else(|| "untyped".to_string(), |k| format!("{k:?}"))
-		)),
+		other => {
+			Err(format!("tools[{i}]: {} tools are not served (only functions)", kind_name(other)))
+		}
 	}
 }
 
@@ -467,12 +476,13 @@ fn added_fields(answer: &Map<String, Value>) -> Map<String, Value> {
 pub fn response_of(head: &Head, answer: &Value) -> Value {
 	let choice = &answer["choices"][0];
 	let message = &choice["message"];
-	let incomplete = choice["finish_reason"] == "length";
-	let status = if incomplete { "incomplete" } else { "completed" };
+	let status = status_after(choice["finish_reason"].as_str());
 	let text = message["content"].as_str().unwrap_or_default();
 	let calls = message["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default();
 	let mut output = Vec::new();
 	if !text.is_empty() || calls.is_empty() {
+		// Before calls, the text is whole: only the last item can have been cut.
+		let status = if calls.is_empty() { status } else { "completed" };
 		output.push(message_item(&new_id("msg"), status, text, logprobs_of(choice)));
 	}
 	for (i, call) in calls.iter().enumerate() {
@@ -518,8 +528,11 @@ pub struct ResponseEvents {
 	output: Vec<Value>,
 	/// The chat's finish reason, once it came.
 	finish: Option<String>,
+	/// The response's usage, once the chat's came.
 	usage: Value,
+	/// What the chat's chunks add (see [`added_fields`]) and the answer's attribution.
 	extra: Map<String, Value>,
+	/// Whether the response has ended (completed, or with an error): nothing more is sent.
 	ended: bool,
 }
 
@@ -589,7 +602,11 @@ impl ResponseEvents {
 		};
 		let delta = &choice["delta"];
 		let text = delta["content"].as_str().unwrap_or_default();
-		let scored = logprobs_of(choice);
+		// The tokens' log-probabilities go with the text: those of a call's tokens (or of text
+		// held back, as a call may begin there) have no text of their own to go with.
+		let calling =
+			!delta["tool_calls"].is_null() || matches!(self.open, Some((Open::Call { .. }, _)));
+		let scored = if calling && text.is_empty() { &[] } else { logprobs_of(choice) };
 		if !text.is_empty() || !scored.is_empty() {
 			if !matches!(self.open, Some((Open::Message { .. }, _))) {
 				events.extend(self.close("completed"));
@@ -617,11 +634,10 @@ impl ResponseEvents {
 			// An id or a name that comes after the call's first delta.
 			if let Some((Open::Call { call_id, name, .. }, _)) = &mut self.open {
 				let later = |path: &str| call.pointer(path).and_then(Value::as_str);
-				if let (true, Some(id)) = (call_id.is_empty(), later("/id")) {
-					*call_id = id.to_string();
-				}
-				if let (true, Some(named)) = (name.is_empty(), later("/function/name")) {
-					*name = named.to_string();
+				for (field, path) in [(call_id, "/id"), (name, "/function/name")] {
+					if let Some(value) = later(path).filter(|_| field.is_empty()) {
+						*field = value.to_string();
+					}
 				}
 			}
 			let arguments = call.pointer("/function/arguments").and_then(Value::as_str);
@@ -716,8 +732,7 @@ impl ResponseEvents {
 			return Vec::new();
 		}
 		self.ended = true;
-		let incomplete = self.finish.as_deref() == Some("length");
-		let status = if incomplete { "incomplete" } else { "completed" };
+		let status = status_after(self.finish.as_deref());
 		let mut events = Vec::new();
 		if self.open.is_none() && self.output.is_empty() {
 			events.extend(self.open_message());
@@ -725,7 +740,10 @@ impl ResponseEvents {
 		events.extend(self.close(status));
 		let output = self.output.clone();
 		let response = self.head.response(status, output, self.usage.clone(), &self.extra);
-		let kind = if incomplete { "response.incomplete" } else { "response.completed" };
+		let kind = match status {
+			"incomplete" => "response.incomplete",
+			_ => "response.completed",
+		};
 		events.push(self.event(kind, json!({"response": response})));
 		events
 	}
@@ -972,15 +990,16 @@ mod tests {
 		assert!(output[0]["id"].as_str().unwrap().starts_with("fc_"));
 		assert_eq!(output[0]["status"], "completed");
 
-		// Cut at max_output_tokens: the last call is incomplete, the ones before it whole.
+		// Cut at max_output_tokens: the last call is incomplete, the text and the call before it
+		// whole.
 		let two = json!([calls[0], calls[0]]);
 		let answer = json!({"usage": usage, "choices": [{"finish_reason": "length",
-			"message": {"role": "assistant", "content": "", "tool_calls": two}}]});
+			"message": {"role": "assistant", "content": "Let me look.", "tool_calls": two}}]});
 		let response = response_of(&head(), &answer);
 		assert_eq!(response["status"], "incomplete");
 		let statuses: Vec<&Value> =
 			response["output"].as_array().unwrap().iter().map(|o| &o["status"]).collect();
-		assert_eq!(statuses, [&json!("completed"), &json!("incomplete")]);
+		assert_eq!(statuses, [&json!("completed"), &json!("completed"), &json!("incomplete")]);
 	}
 
 	/// The events' types in order, and checks their sequence numbers count from 0.
@@ -1040,8 +1059,11 @@ mod tests {
 	#[test]
 	fn streamed_calls_are_function_call_items() {
 		let mut streamed = ResponseEvents::new(head());
+		// Each chunk with its tokens' log-probabilities: a call's go with no text.
 		let chunk = |delta: Value, finish: Value| {
-			let choice = json!({"index": 0, "delta": delta, "finish_reason": finish});
+			let logprobs = json!({"content": [{"token": "x", "logprob": -1.0}]});
+			let choice =
+				json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs});
 			json!({"choices": [choice]})
 		};
 		let call = |index: u64, head: bool, arguments: &str| {
@@ -1054,9 +1076,8 @@ mod tests {
 			json!({"tool_calls": [call]})
 		};
 		let mut events = streamed.start();
-		events.extend(
-			streamed.chunk(&chunk(json!({"role": "assistant", "content": ""}), json!(null))),
-		);
+		events.extend(streamed.chunk(&json!({"choices": [{"index": 0, "finish_reason": null,
+				"delta": {"role": "assistant", "content": ""}}]})));
 		events.extend(streamed.chunk(&chunk(call(0, true, ""), json!(null))));
 		events.extend(streamed.chunk(&chunk(call(0, false, "{\"a\":"), json!(null))));
 		events.extend(streamed.chunk(&chunk(call(0, false, "1}"), json!(null))));
