@@ -3561,7 +3561,8 @@ async fn invocations(
 	let reranking = has("query") && has("documents");
 	let response = input && asks_a_response(&state, &fields);
 	let embedding = input && !response;
-	if response && !chat && !completion {
+	// (A completion never has an input: a response's may have OpenAI's `prompt` reference.)
+	if response && !chat {
 		return responses(state, Ok(Lenient(fields))).await;
 	}
 	let path = "/invocations";

@@ -3021,6 +3021,14 @@ fn ping_version_a_models_card_and_invocations() {
 		response["max_output_tokens"] = json!(4);
 		invoked(response, "/v1/responses", "/output/0/content/0/text");
 	}
+	// With OpenAI's prompt reference beside its input, still a response (this worker follows
+	// no chain here, so the registered prompt is refused as the response's endpoint refuses
+	// it).
+	let referenced = json!({"input": question, "prompt": {"id": 1}, "max_output_tokens": 4});
+	let (direct, invoked) =
+		(post(address, "/v1/responses", &referenced), post(address, "/invocations", &referenced));
+	assert_ne!(direct.0, 200, "{}", direct.1);
+	assert_eq!(invoked, direct);
 	let refused = |body: Value, says: &str| refused_at(address, "/invocations", body, says);
 	refused(json!({"text": "x"}), "none the worker serves");
 	refused(json!({"text_1": "x"}), "none the worker serves");
